@@ -1,0 +1,35 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny import build_tiny_model_dir, write_wdct_csv  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("WDPROBE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED / "wdct" / "WDCT.csv").is_file():
+        pytest.skip(f"reference data not found under {SHARED} (set WDPROBE_SHARED_DATA)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-gemma"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_model_dir):
+    from wdprobe.models import load_model
+
+    return load_model(str(tiny_model_dir))
+
+
+@pytest.fixture()
+def wdct_csv(tmp_path) -> Path:
+    return write_wdct_csv(tmp_path / "wdct.csv", trailing="  \n")

@@ -1,0 +1,41 @@
+"""Integration tests on the real embedded Gemma-3-270M (slow: the first run converts the GGUF)."""
+import pytest
+import torch
+
+from wdprobe.data import load_wdct, present, select
+from wdprobe.evaluate import score_wdct
+from wdprobe.prompts import normal_prompt
+from wdprobe.scoring import last_token_logits
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    from wdprobe.models import load_model
+
+    return load_model("gemma-3-270m")
+
+
+def test_gemma_shape_and_exact_last_position_logits(gemma, shared_data):
+    assert gemma.bridge.cfg.n_layers == 18 and gemma.bridge.cfg.d_model == 640
+    items = select(load_wdct(shared_data / "wdct" / "WDCT.csv"), sample=4, seed=1)
+    prompts = [normal_prompt(p, "deed") for p in present(items, seed=0)]
+    batched = last_token_logits(gemma, prompts)
+    for i, p in enumerate(prompts):
+        ref = gemma.hf_model(**gemma.tokenizer(p, return_tensors="pt")).logits[0, -1]
+        torch.testing.assert_close(batched[i], ref, atol=1e-3, rtol=1e-4)
+
+
+def test_gemma_scores_a_handful_of_items(gemma, shared_data, tmp_path):
+    res = score_wdct(tmp_path / "run", data=shared_data / "wdct" / "WDCT.csv", lm=gemma, sample=8, seed=0, progress=False)
+    m = res.metrics
+    assert m["n_items"] == 8 and 0.0 <= m["cs_micro"] <= 1.0 and 0.0 < m["pcs_micro"] <= 1.0
+    letters = res.run_dir / "manifest.json"
+    import json
+
+    st = json.loads(letters.read_text())["stages"]["score"]
+    # Gemma's answer position puts far more mass on " A" than on "A" (measured, not assumed)
+    assert st["letters"]["variant"] == "space"
+    assert st["letters"]["calibration"]["space"] > 3 * st["letters"]["calibration"]["bare"]
+    assert all(r["word_letter_mass"] > 0.01 for r in res.rows)

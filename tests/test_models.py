@@ -1,0 +1,40 @@
+import pytest
+
+from wdprobe.cli import main
+from wdprobe.models import ModelLoadError, load_model
+
+
+def test_unknown_model_name_says_how_to_pass_a_local_path(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as e:
+        load_model("no-such-org/no-such-model-xyz")
+    msg = str(e.value)
+    assert "no-such-org/no-such-model-xyz" in msg and "local Hugging Face model directory" in msg
+
+
+def test_directory_without_config_is_rejected(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_model(str(tmp_path))
+
+
+def test_local_directory_loads_as_bridge(tiny_lm, tiny_model_dir):
+    assert tiny_lm.bridge.cfg.n_layers == 2 and tiny_lm.bridge.cfg.d_model == 64
+    assert tiny_lm.tokenizer.padding_side == "left"
+    assert tiny_lm.revision.startswith("local-")
+    m = tiny_lm.manifest()
+    assert m["path"] == str(tiny_model_dir.resolve()) and m["dtype"] == "float32"
+
+
+def test_cli_score_on_local_model(tiny_model_dir, wdct_csv, tmp_path, capsys):
+    rc = main(["score", "--model", str(tiny_model_dir), "--data", str(wdct_csv), "--out", str(tmp_path / "r"), "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "items: 6" in out and (tmp_path / "r" / "items.csv").is_file()
+
+
+def test_cli_reports_bad_data_cleanly(tiny_model_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text('Type,id,speak,act,correct_answer\nOpinion,q9,"Q?\nA. one","S?\nA. x\nB. y",\n')
+    rc = main(["score", "--model", str(tiny_model_dir), "--data", str(bad), "--out", str(tmp_path / "r")])
+    assert rc == 2
+    assert "'q9'" in capsys.readouterr().err

@@ -1,0 +1,105 @@
+"""Command line: a thin layer over the Python API (every command maps to one function)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+from .data import DOMAINS, SUBSETS
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="gemma-3-270m",
+                   help="embedded default 'gemma-3-270m', a local HF model directory, or a Hugging Face id")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default=None, help="torch device (default: where the model loads, CPU here)")
+    p.add_argument("--device-map", default=None, help="passed to from_pretrained for models larger than one device")
+
+
+def _print_metrics(m: dict) -> None:
+    print(f"items: {m['n_items']}  CS micro {m['cs_micro']:.3f}  CS macro {m['cs_macro']:.3f}  "
+          f"PCS micro {m['pcs_micro']:.3f}  PCS macro {m['pcs_macro']:.3f}")
+    for d, v in m["per_domain"].items():
+        print(f"  {d:8s} n={v['n']:4d}  CS {v['cs']:.3f}  PCS {v['pcs']:.3f}")
+    print(f"letter mass: word {m['word_letter_mass_mean']:.3f}, deed {m['deed_letter_mass_mean']:.3f}")
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .evaluate import score_wdct
+
+    res = score_wdct(args.out, model=args.model, data=args.data, setting=args.setting, seed=args.seed, limit=args.limit,
+                     sample=args.sample, domains=args.domain, subset=args.subset, batch_size=args.batch_size,
+                     dtype=args.dtype, device=args.device, device_map=args.device_map, chat=args.chat, demos=args.demos,
+                     progress=not args.quiet)
+    _print_metrics(res.metrics)
+    print(f"results in {res.run_dir} (items.csv, metrics.json, manifest.json)")
+    return 0
+
+
+def cmd_upstream(args: argparse.Namespace) -> int:
+    from .upstream import upstream_metrics
+
+    for path in args.files:
+        print(json.dumps({"file": path, **upstream_metrics(path)}, indent=None if args.compact else 2))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .models import convert_default_model
+
+    print(convert_default_model())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wdprobe", description="Measure and explain word-deed inconsistency in LMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("score", help="score WDCT word/deed questions (CS, PCS) into a run directory")
+    _add_model_args(p)
+    p.add_argument("--data", default=None, help="WDCT.csv path (else $WDPROBE_WDCT, else download the pinned upstream file)")
+    p.add_argument("--out", required=True, help="run directory (re-running into it resumes)")
+    p.add_argument("--setting", default="normal", choices=["normal", "cot"])
+    p.add_argument("--demos", default=None, help="upstream demo.csv for --setting cot")
+    p.add_argument("--chat", default="auto", choices=["auto", "plain", "chat"],
+                   help="wrap prompts in the chat template (auto: instruction-tuned model names only)")
+    p.add_argument("--seed", type=int, default=0, help="option-shuffling seed")
+    p.add_argument("--limit", type=int, default=None, help="first N items (after filters)")
+    p.add_argument("--sample", type=int, default=None, help="seeded random sample of N items")
+    p.add_argument("--domain", action="append", choices=list(DOMAINS), help="keep only this domain (repeatable)")
+    p.add_argument("--subset", choices=sorted(SUBSETS), default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("upstream", help="CS/PCS of result CSVs in the upstream WDCT format")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--compact", action="store_true")
+    p.set_defaults(func=cmd_upstream)
+
+    p = sub.add_parser("convert-model", help="convert the embedded Gemma-3-270M GGUF into the cache (done on first use anyway)")
+    p.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .data import WDCTFormatError
+    from .download import DataUnavailableError
+    from .models import ModelLoadError
+    from .runs import RunMismatchError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (WDCTFormatError, DataUnavailableError, ModelLoadError, RunMismatchError, FileNotFoundError, ValueError) as exc:
+        print(f"wdprobe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nwdprobe: interrupted; finished parts are saved, re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
