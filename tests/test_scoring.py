@@ -134,3 +134,33 @@ def test_score_cot_setting_runs(tiny_lm, wdct_csv, tmp_path):
     res = score_wdct(tmp_path / "cot", data=wdct_csv, lm=tiny_lm, setting="cot", demos=demo, progress=False)
     assert len(res.rows) == 6
     assert all(0 <= r["pcs"] <= 1 for r in res.rows)
+
+
+def test_letter_copy_baseline_hand_computed():
+    from wdprobe.evaluate import wdct_metrics
+
+    base = {"domain": "Opinion", "n_options": 2, "pcs": 1.0, "word_letter_mass": 0.5, "deed_letter_mass": 0.5,
+            "word_is_correct": None, "deed_is_correct": None}
+    rows = [dict(base, word_order="01", deed_order="10", word_letter="A", deed_letter="B", word_choice=0, deed_choice=0, consistent=1),
+            dict(base, word_order="01", deed_order="01", word_letter="B", deed_letter="B", word_choice=1, deed_choice=1, consistent=1),
+            dict(base, word_order="10", deed_order="01", word_letter="A", deed_letter="A", word_choice=1, deed_choice=0, consistent=0)]
+    m = wdct_metrics(rows)
+    # copying the word letter into the deed: item 1 -> canonical 0 vs 1 (no), item 2 -> 1 vs 1 (yes), item 3 -> 1 vs 0 (no)
+    assert m["cs_letter_copy_baseline"] == pytest.approx(1 / 3)
+    assert m["same_letter_rate"] == pytest.approx(2 / 3)
+    assert m["cs_micro"] == pytest.approx(2 / 3)
+    assert m["word_chose_A"] == pytest.approx(2 / 3)
+
+
+def test_batches_cover_every_prompt_once_within_caps(tiny_lm):
+    from wdprobe.scoring import iter_batches
+
+    prompts = [" ".join(["Answer"] * n) for n in (3, 9, 1, 7, 7, 2, 12, 5)]
+    lengths = [len(tiny_lm.tokenizer.encode(p)) for p in prompts]
+    batches = list(iter_batches(tiny_lm, prompts, batch_size=3, max_batch_tokens=20))
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(prompts)))
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)  # longest first
+    for b in batches:
+        assert len(b) <= 3
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 20

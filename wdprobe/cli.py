@@ -46,6 +46,16 @@ def cmd_upstream(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report import write_score_report
+
+    notes = Path(args.notes).read_text() if args.notes else ""
+    print(write_score_report(args.run, args.out, notes))
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from .models import convert_default_model
 
@@ -70,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=None, help="seeded random sample of N items")
     p.add_argument("--domain", action="append", choices=list(DOMAINS), help="keep only this domain (repeatable)")
     p.add_argument("--subset", choices=sorted(SUBSETS), default=None)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32, help="most prompts per forward (on CPU also capped at ~1.5k padded tokens)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_score)
 
@@ -78,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("--compact", action="store_true")
     p.set_defaults(func=cmd_upstream)
+
+    p = sub.add_parser("report", help="copy a scoring run's artefacts to a folder with a README of its numbers")
+    p.add_argument("run", help="run directory made by `wdprobe score`")
+    p.add_argument("--out", required=True)
+    p.add_argument("--notes", default=None, help="markdown file with a written reading, added under 'Reading'")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("convert-model", help="convert the embedded Gemma-3-270M GGUF into the cache (done on first use anyway)")
     p.set_defaults(func=cmd_convert)

@@ -54,6 +54,11 @@ def _typed(row: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def _letter_copy_consistent(row: dict[str, Any]) -> int:
+    j = LETTERS.index(row["word_letter"])
+    return int(int(row["word_order"][j]) == int(row["deed_order"][j]))
+
+
 def wdct_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """CS/PCS (micro, macro, per domain) plus answer-format diagnostics and correctness."""
     m = summarise(rows)
@@ -65,14 +70,17 @@ def wdct_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         graded = [r[f"{form}_is_correct"] for r in rows if r[f"{form}_is_correct"] is not None]
         m[f"{form}_accuracy"] = float(np.mean(graded)) if graded else None
         m[f"{form}_accuracy_n"] = len(graded)
-    two = [r for r in rows if r["n_options"] == 2]
-    m["n_multi_option_items"] = len(rows) - len(two)
+    # CS a responder would get by answering the deed with the *letter* it gave the word question:
+    # the floor/ceiling that letter-position habits alone explain, under independent shuffles.
+    m["cs_letter_copy_baseline"] = float(np.mean([_letter_copy_consistent(r) for r in rows])) if rows else None
+    m["same_letter_rate"] = float(np.mean([r["word_letter"] == r["deed_letter"] for r in rows])) if rows else None
+    m["n_multi_option_items"] = sum(r["n_options"] > 2 for r in rows)
     return m
 
 
 def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path | None = None, setting: str = "normal",
                seed: int = 0, limit: int | None = None, sample: int | None = None, domains: Sequence[str] | None = None,
-               subset: str | None = None, batch_size: int = 16, dtype: str = "float32", device: str | None = None,
+               subset: str | None = None, batch_size: int = 32, dtype: str = "float32", device: str | None = None,
                device_map: str | None = None, chat: str = "auto", demos: str | Path | None = None,
                chunk_items: int = 64, progress: bool = True, lm=None) -> ScoreResult:
     """Score WDCT items with a model into run directory ``out`` (resumable).
