@@ -98,15 +98,19 @@ def main() -> None:
 
     # warm-up
     next_token_logprobs(lm, prompts[:4], ids.tolist(), batch_size=4)
-    res = {}
     wd = lambda: next_token_logprobs(lm, prompts, ids.tolist(), batch_size=args.batch_size)
     wd_batches = list(iter_batches(lm, prompts, args.batch_size, default_batch_tokens(lm.device)))
-    for name, fn in [("wdprobe", wd), ("bare_hf_last", lambda: bare_hf_last(lm, prompts, batches, ids)),
-                     ("bare_hf_last_wdprobe_batches", lambda: bare_hf_last(lm, prompts, wd_batches, ids)),
-                     ("upstream_gen", lambda: upstream_generate(lm, prompts, batches, ids)),
-                     ("bridge_full", lambda: bridge_full(lm, prompts, batches, ids))]:
-        res[name], all_t = timed(fn, args.repeats)
-        print(f"fp32 {name:28s} median {res[name]:6.2f} s  ({', '.join(f'{t:.2f}' for t in all_t)})")
+    methods = {"wdprobe": wd, "bare_hf_last": lambda: bare_hf_last(lm, prompts, batches, ids),
+               "bare_hf_last_wdprobe_batches": lambda: bare_hf_last(lm, prompts, wd_batches, ids),
+               "upstream_gen": lambda: upstream_generate(lm, prompts, batches, ids),
+               "bridge_full": lambda: bridge_full(lm, prompts, batches, ids)}
+    all_t: dict[str, list[float]] = {k: [] for k in methods}
+    for _ in range(args.repeats):  # round-robin, so machine noise hits every method alike
+        for name, fn in methods.items():
+            all_t[name].append(timed(fn, 1)[0])
+    res = {k: statistics.median(v) for k, v in all_t.items()}
+    for name, ts in all_t.items():
+        print(f"fp32 {name:28s} median {res[name]:6.2f} s  ({', '.join(f'{t:.2f}' for t in ts)})")
     # equality of read-outs: wdprobe vs bare HF on the same prompts
     lp = wd()
     ref = []
@@ -118,9 +122,9 @@ def main() -> None:
 
     lm16 = load_model("gemma-3-270m", dtype="bfloat16")
     next_token_logprobs(lm16, prompts[:4], ids.tolist(), batch_size=4)
-    res["wdprobe_bf16"], all_t = timed(lambda: next_token_logprobs(lm16, prompts, ids.tolist(), batch_size=args.batch_size),
+    res["wdprobe_bf16"], bf16_t = timed(lambda: next_token_logprobs(lm16, prompts, ids.tolist(), batch_size=args.batch_size),
                                        args.bf16_repeats)
-    print(f"bf16 wdprobe                      median {res['wdprobe_bf16']:6.2f} s  ({', '.join(f'{t:.2f}' for t in all_t)})")
+    print(f"bf16 wdprobe                      median {res['wdprobe_bf16']:6.2f} s  ({', '.join(f'{t:.2f}' for t in bf16_t)})")
 
     with tempfile.TemporaryDirectory() as tmp:
         sub = dict(sample=args.dtype_items, seed=0, data=args.data, progress=False, batch_size=args.batch_size)

@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import torch
+
+from wdprobe.capture import (CaptureSpec, CaptureSpecError, capture_batch, capture_wdct, load_activations,
+                             prompt_spans)
+from wdprobe.data import load_wdct, present
+from wdprobe.evaluate import score_wdct
+from wdprobe.prompts import normal_prompt
+
+POSITIONS = ("last", "question_mean", "option0_last", "option1_last", "option2_last", "option3_last")
+
+
+def _batch_inputs(lm, wdct_csv, seed=0):
+    pres = present(load_wdct(wdct_csv), seed=seed)
+    prompts, spans, n_opts = [], [], []
+    for p in pres:
+        for form in ("word", "deed"):
+            text = normal_prompt(p, form)
+            lines = [(chr(65 + j), p.item.options(form)[c]) for j, c in enumerate(p.order(form))]
+            prompts.append(text)
+            spans.append(prompt_spans(text, p.question(form), lines, p.order(form)))
+            n_opts.append(p.item.n_options)
+    return pres, prompts, spans, n_opts
+
+
+def test_spec_validation_names_the_problem():
+    with pytest.raises(CaptureSpecError, match=r"layer\(s\) \[5\] out of range.*0..1"):
+        CaptureSpec.parse("0,5", n_layers=2)
+    with pytest.raises(CaptureSpecError, match="unknown hook"):
+        CaptureSpec.parse("all", 2, hooks=["resid_side"])
+    with pytest.raises(CaptureSpecError, match="empty layer selection"):
+        CaptureSpec.parse([], 2)
+    with pytest.raises(CaptureSpecError, match="unknown position"):
+        CaptureSpec.parse("all", 2, positions=["first"])
+    with pytest.raises(CaptureSpecError, match="empty position"):
+        CaptureSpec.parse("all", 2, positions=[])
+    assert CaptureSpec.parse("0-1", 2).layers == (0, 1)
+    assert CaptureSpec.parse("1", 2).hook_names() == ["blocks.1.hook_resid_post"]
+
+
+def test_prompt_spans_find_canonical_options():
+    from wdprobe.data import Item, Presentation
+
+    it = Item("i", "Opinion", "Pick one?", ("alpha", "beta"), "Do one?", ("do alpha", "do beta"))
+    pres = Presentation(it, (1, 0), (0, 1))
+    text = normal_prompt(pres, "word")
+    sp = prompt_spans(text, pres.question("word"), [("A", "beta"), ("B", "alpha")], (1, 0))
+    assert text[sp.options[0][0]: sp.options[0][1]] == "alpha"
+    assert text[sp.options[1][0]: sp.options[1][1]] == "beta"
+    assert text[sp.question[0]: sp.question[1]] == pres.question("word")
+
+
+def test_capture_equals_run_with_cache_under_left_padding(tiny_lm, wdct_csv):
+    _, prompts, spans, n_opts = _batch_inputs(tiny_lm, wdct_csv)
+    spec = CaptureSpec.parse("all", 2, hooks=("resid_pre", "resid_mid", "resid_post"), positions=POSITIONS)
+    got = capture_batch(tiny_lm, prompts, spans, n_opts, spec)
+    tok = tiny_lm.tokenizer
+    enc = tok(prompts, return_tensors="pt", padding=True, return_offsets_mapping=True)
+    _, cache = tiny_lm.bridge.run_with_cache(enc["input_ids"], attention_mask=enc["attention_mask"],
+                                              names_filter=lambda n: n in spec.hook_names())
+    T = enc["input_ids"].shape[1]
+    for i, p in enumerate(prompts):
+        pad = T - int(enc["attention_mask"][i].sum())
+        offs = enc["offset_mapping"][i].tolist()[pad:]
+        q0, q1 = spans[i].question
+        q_tok = [pad + t for t, (s, e) in enumerate(offs) if e > s and s < q1 and e > q0]
+        for h in spec.hooks:
+            for k, layer in enumerate(spec.layers):
+                x = cache[f"blocks.{layer}.hook_{h}"][i]
+                assert torch.equal(got[f"{h}/last"][i, k], x[-1])
+                torch.testing.assert_close(got[f"{h}/question_mean"][i, k], x[q_tok].mean(0), rtol=1e-5, atol=1e-6)
+                for c in range(4):
+                    v = got[f"{h}/option{c}_last"][i, k]
+                    if c >= n_opts[i]:
+                        assert torch.count_nonzero(v) == 0
+                        continue
+                    end = spans[i].options[c][1] - 1
+                    t = next(t for t, (s, e) in enumerate(offs) if s <= end < e)
+                    assert torch.equal(v, x[pad + t])
+                    # the token really is the option's last word
+                    assert p[offs[t][0]: offs[t][1]] in p[spans[i].options[c][0]: spans[i].options[c][1]]
+
+
+def test_capture_batched_equals_single_prompt(tiny_lm, wdct_csv):
+    _, prompts, spans, n_opts = _batch_inputs(tiny_lm, wdct_csv)
+    spec = CaptureSpec.parse("0,1", 2, positions=POSITIONS)
+    batched = capture_batch(tiny_lm, prompts, spans, n_opts, spec)
+    for i in range(len(prompts)):
+        single = capture_batch(tiny_lm, [prompts[i]], [spans[i]], [n_opts[i]], spec)
+        for name, t in single.items():
+            torch.testing.assert_close(batched[name][i], t[0], rtol=1e-4, atol=1e-4)
+
+
+def test_early_stop_gives_same_activations(tiny_lm, wdct_csv):
+    _, prompts, spans, n_opts = _batch_inputs(tiny_lm, wdct_csv)
+    a = capture_batch(tiny_lm, prompts, spans, n_opts, CaptureSpec.parse("0", 2, positions=("last",)))  # stops after block 0
+    b = capture_batch(tiny_lm, prompts, spans, n_opts, CaptureSpec.parse("0,1", 2, positions=("last",)))
+    assert torch.equal(a["resid_post/last"][:, 0], b["resid_post/last"][:, 0])
+
+
+@pytest.mark.parametrize("storage", ["float32", "bfloat16"])
+def test_capture_stage_resume_gives_identical_arrays(tiny_lm, wdct_csv, tmp_path, storage):
+    run = tmp_path / "run"
+    score_wdct(run, data=wdct_csv, lm=tiny_lm, progress=False)
+    capture_wdct(run, lm=tiny_lm, positions=POSITIONS, storage_dtype=storage, chunk_prompts=4, progress=False)
+    full = {p: load_activations(run, position=p) for p in POSITIONS}
+    assert full["last"].array.shape == (12, 2, 64)
+    assert list(full["last"].meta["prompt_index"]) == list(range(12))
+    assert set(full["last"].meta["form"]) == {"word", "deed"}
+    # interrupt: drop the last part (and its shard) and capture again
+    parts = sorted((run / "capture.parts").glob("part-*.csv"))
+    parts[-1].unlink()
+    capture_wdct(run, lm=tiny_lm, positions=POSITIONS, storage_dtype=storage, chunk_prompts=4, progress=False)
+    for p in POSITIONS:
+        again = load_activations(run, position=p)
+        np.testing.assert_array_equal(again.array, full[p].array)
+    word, meta = full["last"].form("word")
+    assert word.shape == (6, 2, 64) and (meta["form"] == "word").all()
+    with pytest.raises(CaptureSpecError, match="not resid_mid/last"):
+        load_activations(run, hook="resid_mid")

@@ -1,0 +1,334 @@
+"""Activation capture: residual stream at chosen layers and positions, streamed to disk in shards.
+
+Only the hooks asked for are registered, and each hook keeps only the positions asked for, so a
+batch never holds more than ``batch x layers x positions x d_model`` floats of activations; the
+unembedding is skipped (the forward stops after the last layer needed). Shards are written
+atomically per chunk of prompts, so an interrupted capture resumes where it stopped.
+
+Position kinds (computed per prompt from token offsets, never assumed):
+  ``last``            the final prompt token (where the answer letter is predicted)
+  ``question_mean``   mean over the tokens of the question (stem and options, as shown)
+  ``option{c}_last``  last token of canonical option c's text (c = 0..3; zeros where an item has fewer)
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+HOOK_KINDS = ("resid_pre", "resid_mid", "resid_post")
+MAX_OPTIONS = 4
+POSITION_KINDS = ("last", "question_mean") + tuple(f"option{c}_last" for c in range(MAX_OPTIONS))
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class CaptureSpecError(ValueError):
+    """A capture request that cannot be served (unknown hook, layer out of range, empty selection)."""
+
+
+@dataclass(frozen=True)
+class CaptureSpec:
+    """Which hooks (residual kinds x layers) and which position kinds to keep, and how to store them."""
+
+    layers: tuple[int, ...]
+    hooks: tuple[str, ...] = ("resid_post",)
+    positions: tuple[str, ...] = ("last", "question_mean")
+    storage_dtype: str = "float32"
+
+    @classmethod
+    def parse(cls, layers: str | Sequence[int] | None, n_layers: int, hooks: Sequence[str] = ("resid_post",),
+              positions: Sequence[str] = ("last", "question_mean"), storage_dtype: str = "float32") -> "CaptureSpec":
+        """``layers`` as ``"all"``/None, ``"0,4,8"``, ``"2-10"`` or a list; validated against ``n_layers``."""
+        if layers is None or layers == "all":
+            chosen = list(range(n_layers))
+        elif isinstance(layers, str):
+            chosen = []
+            for part in filter(None, (p.strip() for p in layers.split(","))):
+                m = re.fullmatch(r"(-?\d+)(?:-(\d+))?", part)
+                if not m:
+                    raise CaptureSpecError(f"cannot read layer selection {part!r} (use e.g. '0,4,8' or '2-10' or 'all')")
+                a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+                chosen.extend(range(a, b + 1))
+        else:
+            chosen = [int(x) for x in layers]
+        spec = cls(tuple(sorted(set(chosen))), tuple(hooks), tuple(positions), storage_dtype)
+        spec.validate(n_layers)
+        return spec
+
+    def validate(self, n_layers: int) -> None:
+        if not self.layers:
+            raise CaptureSpecError("empty layer selection: choose at least one layer")
+        bad = [l for l in self.layers if not 0 <= l < n_layers]
+        if bad:
+            raise CaptureSpecError(f"layer(s) {bad} out of range: the model has layers 0..{n_layers - 1}")
+        if not self.hooks:
+            raise CaptureSpecError("empty hook selection: choose from " + ", ".join(HOOK_KINDS))
+        unknown = [h for h in self.hooks if h not in HOOK_KINDS]
+        if unknown:
+            raise CaptureSpecError(f"unknown hook(s) {unknown}: choose from {list(HOOK_KINDS)} "
+                                   "(captured as blocks.{layer}.hook_{kind})")
+        if not self.positions:
+            raise CaptureSpecError("empty position selection: choose from " + ", ".join(POSITION_KINDS))
+        unknown = [p for p in self.positions if p not in POSITION_KINDS]
+        if unknown:
+            raise CaptureSpecError(f"unknown position kind(s) {unknown}: choose from {list(POSITION_KINDS)}")
+        if self.storage_dtype not in STORAGE_DTYPES:
+            raise CaptureSpecError(f"storage dtype {self.storage_dtype!r}: choose from {list(STORAGE_DTYPES)}")
+
+    def hook_names(self) -> list[str]:
+        return [f"blocks.{l}.hook_{h}" for h in self.hooks for l in self.layers]
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class PromptSpans:
+    """Character spans inside one prompt: the question, and each canonical option's text."""
+
+    question: tuple[int, int]
+    options: tuple[tuple[int, int], ...]  # canonical order
+
+
+def prompt_spans(prompt: str, question: str, option_lines: Sequence[tuple[str, str]], order: Sequence[int]) -> PromptSpans:
+    """Locate the (last occurrence of the) question and its option texts in a prompt.
+
+    ``option_lines`` are (label, text) in presented order; ``order[j]`` is the canonical option of letter j.
+    """
+    q0 = prompt.rfind(question)
+    if q0 < 0:
+        raise ValueError("question text not found in prompt")
+    spans: dict[int, tuple[int, int]] = {}
+    cursor = q0
+    for j, (label, text) in enumerate(option_lines):
+        line = f"{label}. {text}"
+        at = prompt.find(line, cursor)
+        if at < 0:
+            raise ValueError(f"option {label} not found in prompt")
+        start = at + len(label) + 2
+        spans[order[j]] = (start, start + len(text))
+        cursor = start + len(text)
+    return PromptSpans((q0, q0 + len(question)), tuple(spans[c] for c in range(len(order))))
+
+
+def token_positions(offsets: Sequence[tuple[int, int]], spans: PromptSpans) -> dict[str, Any]:
+    """Token indices (unpadded) for each position kind, from a fast tokenizer's offset mapping."""
+    def covering(char_end: int) -> int:
+        # the token that holds the span's last character
+        for t in range(len(offsets) - 1, -1, -1):
+            s, e = offsets[t]
+            if s <= char_end - 1 < e:
+                return t
+        raise ValueError(f"no token covers character {char_end - 1}")
+
+    q0, q1 = spans.question
+    q_tokens = [t for t, (s, e) in enumerate(offsets) if e > s and s < q1 and e > q0]
+    return {"last": len(offsets) - 1, "question": q_tokens, "options": [covering(e) for _, e in spans.options]}
+
+
+def _encode_with_offsets(tokenizer, prompts: Sequence[str], device):
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and all(p.startswith(bos) for p in prompts))
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=add_special,
+                    return_offsets_mapping=True)
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device), enc["offset_mapping"].tolist()
+
+
+def _batch_positions(mask: torch.Tensor, offsets: list, spans: Sequence[PromptSpans], n_options: Sequence[int]):
+    """Per position kind, what to read from a ``[batch, T, d]`` residual under left padding."""
+    b, T = mask.shape
+    weights = torch.zeros(b, T)
+    opt_idx = torch.zeros(b, MAX_OPTIONS, dtype=torch.long)
+    opt_ok = torch.zeros(b, MAX_OPTIONS)
+    for i in range(b):
+        pad = T - int(mask[i].sum())
+        pos = token_positions(offsets[i][pad:], spans[i])
+        if not pos["question"]:
+            raise ValueError(f"prompt {i} of the batch: no token inside the question span")
+        weights[i, [pad + t for t in pos["question"]]] = 1.0 / len(pos["question"])
+        for c, t in enumerate(pos["options"][: n_options[i]]):
+            opt_idx[i, c] = pad + t
+            opt_ok[i, c] = 1.0
+    return weights, opt_idx, opt_ok
+
+
+def _skip_unembed(resid: torch.Tensor, hook) -> torch.Tensor:
+    return resid[:, -1:, :]
+
+
+@torch.no_grad()
+def capture_batch(lm, prompts: Sequence[str], spans: Sequence[PromptSpans], n_options: Sequence[int],
+                  spec: CaptureSpec) -> dict[str, torch.Tensor]:
+    """Activations of one left-padded batch: ``{"{hook}/{position}": [batch, n_layers, d_model]}`` (float32)."""
+    ids, mask, offsets = _encode_with_offsets(lm.tokenizer, prompts, lm.device)
+    weights, opt_idx, opt_ok = _batch_positions(mask.cpu(), offsets, spans, n_options)
+    weights, opt_idx, opt_ok = weights.to(lm.device), opt_idx.to(lm.device), opt_ok.to(lm.device)
+    b = len(prompts)
+    d = lm.bridge.cfg.d_model
+    slot = {l: k for k, l in enumerate(spec.layers)}
+    out = {f"{h}/{p}": torch.zeros(b, len(spec.layers), d, device=lm.device) for h in spec.hooks for p in spec.positions}
+    rows = torch.arange(b, device=lm.device)
+
+    def make_hook(kind: str, layer: int):
+        def hook(x: torch.Tensor, hook=None):
+            xf = x.float()
+            k = slot[layer]
+            for p in spec.positions:
+                if p == "last":
+                    v = xf[:, -1]
+                elif p == "question_mean":
+                    v = torch.einsum("bt,btd->bd", weights, xf)
+                else:
+                    c = int(p[len("option")])
+                    v = xf[rows, opt_idx[:, c]] * opt_ok[:, c: c + 1]
+                out[f"{kind}/{p}"][:, k] = v
+            return x
+        return hook
+
+    hooks = [(f"blocks.{l}.hook_{h}", make_hook(h, l)) for h in spec.hooks for l in spec.layers]
+    n_layers = lm.bridge.cfg.n_layers
+    stop = max(spec.layers) + 1
+    if stop < n_layers:
+        lm.bridge.run_with_hooks(ids, attention_mask=mask, fwd_hooks=hooks, stop_at_layer=stop)
+    else:
+        lm.bridge.run_with_hooks(ids, attention_mask=mask, fwd_hooks=hooks + [("unembed.hook_in", _skip_unembed)])
+    return out
+
+
+# ---- the capture stage: a scored run directory -> activation shards + metadata ---------------------
+
+STAGE = "capture"
+META_COLUMNS = ["prompt_index", "id", "domain", "form", "n_options", "order", "choice", "letter", "consistent",
+                "correct", "shard", "row"]
+
+
+def _shard_path(run_dir: Path, n: int) -> Path:
+    return Path(run_dir) / "capture" / f"shard-{n:05d}.safetensors"
+
+
+def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = None, hooks: Sequence[str] = ("resid_post",),
+                 positions: Sequence[str] = ("last", "question_mean"), storage_dtype: str = "float32",
+                 batch_size: int = 16, chunk_prompts: int = 128, progress: bool = True, lm=None) -> Path:
+    """Capture activations for every prompt of a scored run (``wdprobe score``) into that run directory.
+
+    Prompts are rebuilt exactly as scored (same items, seed, setting and chat template); each item
+    gives a word and a deed prompt, in that order (``prompt_index = 2 * item + (form == 'deed')``).
+    """
+    from safetensors.torch import save
+    from tqdm.auto import tqdm
+
+    from .cache import atomic_write_bytes
+    from .data import load_wdct
+    from .evaluate import load_score
+    from .runs import RunDir
+    from .scoring import build_prompts, iter_batches
+
+    run = RunDir(run_dir)
+    scored = load_score(run.path)
+    manifest = run.read_manifest()
+    cfg = manifest["stages"]["score"]["config"]
+    if cfg["setting"] != "normal":
+        raise ValueError(f"{run.path}: capture supports runs scored in the 'normal' setting, not {cfg['setting']!r}")
+    if lm is None:
+        from .models import load_model
+
+        model_info = manifest["stages"]["score"]["model"]
+        lm = load_model(model_info["path"] if model_info["name"] != "gemma-3-270m" else "gemma-3-270m", dtype=cfg["dtype"])
+    if lm.revision != cfg["model_revision"]:
+        raise ValueError(f"{run.path} was scored with model revision {cfg['model_revision']}, but {lm.name} is {lm.revision}")
+    spec = CaptureSpec.parse(layers, lm.bridge.cfg.n_layers, hooks, positions, storage_dtype)
+    run.check_or_start(STAGE, {"spec": spec.to_json(), "model_revision": lm.revision})
+
+    from .data import present
+
+    by_id = {it.id: it for it in load_wdct(manifest["stages"]["score"]["data"]["path"])}
+    items = [by_id[r["id"]] for r in scored.rows]
+    pres = present(items, seed=cfg["seed"])
+    prompts = build_prompts(pres, setting="normal", tokenizer=lm.tokenizer, use_chat=cfg["chat_template"])
+    all_prompts, meta, spans, n_opts = [], [], [], []
+    for i, (p, row) in enumerate(zip(pres, scored.rows)):
+        for f, form in enumerate(("word", "deed")):
+            text = prompts[form][i]
+            order = p.order(form)
+            lines = [(chr(65 + j), p.item.options(form)[c]) for j, c in enumerate(order)]
+            all_prompts.append(text)
+            spans.append(prompt_spans(text, p.question(form), lines, order))
+            n_opts.append(p.item.n_options)
+            meta.append({"prompt_index": 2 * i + f, "id": p.item.id, "domain": p.item.domain, "form": form,
+                         "n_options": p.item.n_options, "order": "".join(map(str, order)),
+                         "choice": row[f"{form}_choice"], "letter": row[f"{form}_letter"],
+                         "consistent": row["consistent"], "correct": "" if row["correct"] is None else row["correct"]})
+
+    done = {int(r["prompt_index"]) for r in run.read_parts(STAGE)}
+    todo = [k for k in range(len(all_prompts)) if k not in done]
+    bar = tqdm(total=len(all_prompts), initial=len(done), unit="prompt", desc="capture", disable=not progress)
+    store = STORAGE_DTYPES[spec.storage_dtype]
+    for s in range(0, len(todo), chunk_prompts):
+        chunk = todo[s: s + chunk_prompts]
+        acts: dict[str, torch.Tensor] = {}
+        order_in_chunk: list[int] = []
+        for idx in iter_batches(lm, [all_prompts[k] for k in chunk], batch_size):
+            ks = [chunk[j] for j in idx]
+            got = capture_batch(lm, [all_prompts[k] for k in ks], [spans[k] for k in ks], [n_opts[k] for k in ks], spec)
+            for name, t in got.items():
+                acts[name] = torch.cat([acts[name], t.cpu()]) if name in acts else t.cpu()
+            order_in_chunk.extend(ks)
+            bar.update(len(ks))
+        n_part = len(list(run.parts_dir(STAGE).glob("part-*.csv"))) if run.parts_dir(STAGE).is_dir() else 0
+        tensors = {name: t.to(store).contiguous() for name, t in acts.items()}
+        tensors["prompt_index"] = torch.tensor(order_in_chunk, dtype=torch.int64)
+        atomic_write_bytes(_shard_path(run.path, n_part), save(tensors, metadata={"layers": ",".join(map(str, spec.layers))}))
+        run.write_part(STAGE, [dict(meta[k], shard=n_part, row=r) for r, k in enumerate(order_in_chunk)], META_COLUMNS)
+    bar.close()
+    run.update_stage(STAGE, complete=True, n_prompts=len(all_prompts), layers=list(spec.layers))
+    return run.path
+
+
+@dataclass
+class Activations:
+    """Activations of one hook kind and position kind: ``array[prompt, layer_slot, d_model]`` plus metadata."""
+
+    array: np.ndarray
+    meta: Any  # pandas.DataFrame, one row per prompt, in prompt_index order
+    layers: tuple[int, ...]
+    hook: str
+    position: str
+
+    def form(self, form: str) -> tuple[np.ndarray, Any]:
+        keep = (self.meta["form"] == form).to_numpy()
+        return self.array[keep], self.meta[keep].reset_index(drop=True)
+
+
+def load_activations(run_dir: str | Path, hook: str = "resid_post", position: str = "last") -> Activations:
+    """Read captured activations back as one ``(n_prompts, n_layers, d_model)`` float32 array."""
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    from .runs import RunDir
+
+    run = RunDir(run_dir)
+    st = run.read_manifest().get("stages", {}).get(STAGE)
+    if not st:
+        raise FileNotFoundError(f"{run.path} has no capture: run `wdprobe capture --run {run.path}` first")
+    spec = st["config"]["spec"]
+    name = f"{hook}/{position}"
+    if hook not in spec["hooks"] or position not in spec["positions"]:
+        raise CaptureSpecError(f"{run.path} captured hooks {spec['hooks']} at positions {spec['positions']}, not {name}")
+    meta = pd.DataFrame(run.read_parts(STAGE))
+    for c in ("prompt_index", "n_options", "choice", "consistent", "shard", "row"):
+        meta[c] = meta[c].astype(int)
+    meta = meta.sort_values("prompt_index").reset_index(drop=True)
+    chunks, indices = [], []
+    for n in sorted(meta["shard"].unique()):
+        t = load_file(str(_shard_path(run.path, int(n))))
+        chunks.append(t[name].float().numpy())  # bfloat16 has no numpy dtype: widen via torch
+        indices.append(t["prompt_index"].numpy())
+    arr = np.concatenate(chunks)
+    idx = np.concatenate(indices)
+    pos = {int(k): i for i, k in enumerate(idx)}
+    arr = arr[[pos[int(k)] for k in meta["prompt_index"]]]
+    return Activations(arr, meta, tuple(spec["layers"]), hook, position)
