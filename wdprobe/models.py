@@ -107,6 +107,7 @@ def convert_default_model(target: Path | None = None, progress: bool = True) -> 
                                                "convert_seconds": round(time.perf_counter() - t0, 1)})
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
+    gguf_path.unlink(missing_ok=True)  # the converted copy replaces it; the wheels can rebuild it
     return target
 
 

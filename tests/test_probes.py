@@ -1,0 +1,101 @@
+"""Planted-signal tests: synthetic activations whose answer is known by construction."""
+import numpy as np
+import pytest
+
+from wdprobe.probes import DiffMeanProbe, item_folds, probe_layers
+
+N, D = 240, 24
+
+
+def _acts(rng, labels, direction, strength=3.0, noise=1.0):
+    x = rng.normal(scale=noise, size=(len(labels), D))
+    return x + strength * np.outer(2 * labels - 1, direction)
+
+
+def _mean(res, metric, probe="diffmean", layer=0):
+    df = res.to_frame()
+    sel = df[(df.metric == metric) & (df.probe == probe) & (df.layer == layer)]
+    return sel["value"].mean()
+
+
+@pytest.fixture()
+def rng():
+    return np.random.default_rng(0)
+
+
+def _unit(rng):
+    u = rng.normal(size=D)
+    return u / np.linalg.norm(u)
+
+
+@pytest.mark.parametrize("probe", ["diffmean", "logreg"])
+def test_shared_direction_transfers(rng, probe):
+    u = _unit(rng)
+    y = rng.integers(0, 2, N)
+    word = _acts(rng, y, u)[:, None]
+    deed = _acts(rng, y, u)[:, None]
+    res = probe_layers(word, deed, y, y, kinds=(probe,))
+    assert _mean(res, "word->word", probe) > 0.95
+    assert _mean(res, "word->deed", probe) > 0.95 and _mean(res, "deed->word", probe) > 0.95
+    assert _mean(res, "ic", probe) > 0.95
+    assert res.to_frame().query("metric == 'cosine'")["value"].iloc[0] > 0.9
+    assert abs(_mean(res, "random", probe) - 0.5) < 0.1
+
+
+def test_word_only_direction_does_not_transfer(rng):
+    u = _unit(rng)
+    y = rng.integers(0, 2, N)
+    word = _acts(rng, y, u)[:, None]
+    deed = rng.normal(size=(N, D))[:, None]
+    res = probe_layers(word, deed, y, y, kinds=("diffmean",))
+    assert _mean(res, "word->word") > 0.95
+    assert abs(_mean(res, "word->deed") - 0.5) < 0.1
+    assert abs(_mean(res, "deed->deed") - 0.5) < 0.12
+
+
+def test_letter_only_signal_is_caught_by_the_letter_control(rng):
+    u = _unit(rng)
+    letter_w, letter_d = rng.integers(0, 2, N), rng.integers(0, 2, N)
+    stance = rng.integers(0, 2, N)  # independent of the letter, as under shuffled options
+    word = _acts(rng, letter_w, u)[:, None]
+    deed = _acts(rng, letter_d, u)[:, None]
+    res = probe_layers(word, deed, stance, stance, letter_word=letter_w, letter_deed=letter_d, kinds=("logreg",))
+    assert _mean(res, "letter", "logreg") > 0.95
+    assert abs(_mean(res, "word->word", "logreg") - 0.5) < 0.1
+    assert abs(_mean(res, "deed->deed", "logreg") - 0.5) < 0.1
+
+
+def test_internal_word_stance_under_inconsistent_deeds(rng):
+    # Both forms represent the *word* stance inside, but 30% of deed answers differ: IC > CS.
+    u = _unit(rng)
+    y_word = rng.integers(0, 2, N)
+    flip = rng.random(N) < 0.3
+    y_deed = np.where(flip, 1 - y_word, y_word)
+    word = _acts(rng, y_word, u)[:, None]
+    deed = _acts(rng, y_word, u)[:, None]
+    res = probe_layers(word, deed, y_word, y_deed, kinds=("diffmean",))
+    assert res.cs == pytest.approx(1 - flip.mean())
+    assert _mean(res, "ic") > 0.95 > res.cs + 0.15
+    assert _mean(res, "reads_word_stance") > 0.95
+
+
+def test_item_folds_never_split_an_item():
+    folds = item_folds(53, 5)
+    seen = np.concatenate([te for _, te in folds])
+    assert sorted(seen.tolist()) == list(range(53))
+    for tr, te in folds:
+        assert not set(tr) & set(te) and len(tr) + len(te) == 53
+
+
+def test_diffmean_hand_case():
+    X = np.array([[0.0, 0.0], [0.0, 1.0], [2.0, 0.0], [2.0, 1.0]])
+    y = np.array([0, 0, 1, 1])
+    p = DiffMeanProbe().fit(X, y)
+    np.testing.assert_allclose(p.direction_, [2.0, 0.0])
+    assert p.threshold_ == pytest.approx(2.0)  # direction . midpoint (1, .5)
+    assert p.predict(np.array([[0.9, 5.0], [1.1, -5.0]])).tolist() == [0, 1]
+
+
+def test_mismatched_shapes_are_rejected(rng):
+    with pytest.raises(ValueError, match="same items"):
+        probe_layers(np.zeros((10, 1, 4)), np.zeros((9, 1, 4)), np.zeros(10), np.zeros(10))

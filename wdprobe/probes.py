@@ -1,0 +1,180 @@
+"""Linear probes for the stance a model represents, per layer, within and across word/deed forms.
+
+Estimators follow scikit-learn (``fit``/``predict``/``score``, arrays in and out). The analysis
+(:func:`probe_layers`) takes word and deed activations of the *same items* (row i of each is item i),
+canonical-option labels, and runs, per layer, cross-validation grouped by item: an item's word and
+deed prompts are always on the same side of a split.
+
+Stance labels are binary: canonical option 0 vs 1. Items with 3-4 options (14 of 1,225 in WDCT)
+are left out of stance probes, since their option sets do not share a binary stance axis.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegressionCV
+from sklearn.model_selection import GroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+
+class DiffMeanProbe(BaseEstimator, ClassifierMixin):
+    """Difference-of-means (mass-mean) probe: direction = mean(class 1) - mean(class 0), threshold at the midpoint."""
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "DiffMeanProbe":
+        X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
+        self.classes_ = np.unique(y)
+        if len(self.classes_) != 2:
+            raise ValueError(f"DiffMeanProbe needs two classes, got {self.classes_.tolist()}")
+        mu0, mu1 = X[y == self.classes_[0]].mean(0), X[y == self.classes_[1]].mean(0)
+        self.direction_ = mu1 - mu0
+        self.threshold_ = float(self.direction_ @ (mu0 + mu1) / 2)
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X, dtype=np.float64) @ self.direction_ - self.threshold_
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.where(self.decision_function(X) > 0, self.classes_[1], self.classes_[0])
+
+
+def logistic_probe(seed: int = 0, inner_folds: int = 3) -> Any:
+    """Standardised L2 logistic regression with C chosen by inner cross-validation."""
+    params = inspect.signature(LogisticRegressionCV).parameters
+    kwargs: dict[str, Any] = {"scoring": "neg_log_loss"}  # choose C by held-out likelihood, not accuracy
+    if "use_legacy_attributes" in params:  # sklearn >= 1.8: settle the future defaults now
+        kwargs["use_legacy_attributes"] = False
+    if "l1_ratios" in params:
+        kwargs["l1_ratios"] = (0.0,)
+    return make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, 1, 6).tolist(), cv=inner_folds,
+                                                                max_iter=2000, random_state=seed, **kwargs))
+
+
+def probe_direction(est: Any) -> np.ndarray:
+    """The probe's direction in activation space (for the logistic pipeline: coef / scale)."""
+    if isinstance(est, DiffMeanProbe):
+        return est.direction_
+    scaler, lr = est[0], est[-1]
+    return lr.coef_[0] / scaler.scale_
+
+
+def _make(kind: str, seed: int):
+    if kind == "logreg":
+        return logistic_probe(seed)
+    if kind == "diffmean":
+        return DiffMeanProbe()
+    raise ValueError(f"unknown probe kind {kind!r}: choose 'logreg' or 'diffmean'")
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else float("nan")
+
+
+def item_folds(n_items: int, folds: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Train/test item indices; an item (both its word and its deed prompt) sits on one side only."""
+    if n_items < folds:
+        raise ValueError(f"{n_items} items cannot be split into {folds} folds")
+    return list(GroupKFold(n_splits=folds).split(np.zeros(n_items), groups=np.arange(n_items)))
+
+
+@dataclass
+class ProbeResults:
+    """Per layer, probe kind and metric: one value per CV fold (``folds``) plus summaries."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    cs: float | None = None  # behavioural CS over the probed items
+    layers: tuple[int, ...] = ()
+
+    def add(self, **rec: Any) -> None:
+        self.records.append(rec)
+
+    def to_frame(self):
+        """Tidy frame: layer, probe, metric, fold, value (fold = -1 for whole-data quantities)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.records)
+
+    def summary(self):
+        """Mean and standard error over folds, per layer x probe x metric."""
+        df = self.to_frame()
+        g = df.groupby(["layer", "probe", "metric"])["value"]
+        out = g.agg(["mean", "std", "count"]).reset_index()
+        out["sem"] = out["std"].fillna(0) / np.sqrt(out["count"])
+        return out
+
+
+def probe_layers(word: np.ndarray, deed: np.ndarray, y_word: np.ndarray, y_deed: np.ndarray, *,
+                 letter_word: np.ndarray | None = None, letter_deed: np.ndarray | None = None,
+                 layers: Sequence[int] | None = None, kinds: Sequence[str] = ("logreg", "diffmean"),
+                 folds: int = 5, seed: int = 0, progress: bool = False) -> ProbeResults:
+    """Probe every layer. ``word``/``deed``: ``(n_items, n_layers, d)``; labels: binary canonical stances.
+
+    Metrics per fold (test items held out): ``word->word``, ``deed->deed``, ``word->deed``, ``deed->word``
+    accuracy; ``ic`` (a probe trained on both forms gives the same stance on an item's word and deed
+    prompts); on behaviourally inconsistent test items ``reads_word_stance`` (a word-trained probe reads
+    the deed prompt as the *word* stance); controls ``letter`` (word+deed, the chosen letter) and
+    ``random`` (word+deed with permuted stance labels). Whole-data: ``cosine`` between word and deed
+    stance directions.
+    """
+    from tqdm.auto import tqdm
+
+    word, deed = np.asarray(word), np.asarray(deed)
+    y_word, y_deed = np.asarray(y_word).astype(int), np.asarray(y_deed).astype(int)
+    n, L, _ = word.shape
+    if deed.shape != word.shape or len(y_word) != n or len(y_deed) != n:
+        raise ValueError(f"word {word.shape} / deed {deed.shape} activations and labels ({len(y_word)}, {len(y_deed)}) "
+                         "must describe the same items in the same order")
+    layers = list(range(L)) if layers is None else list(layers)
+    rng = np.random.default_rng(seed)
+    y_rand = rng.permutation(np.concatenate([y_word, y_deed]))
+    res = ProbeResults(cs=float(np.mean(y_word == y_deed)), layers=tuple(layers))
+    splits = item_folds(n, folds)
+    inconsistent = y_word != y_deed
+    for li in tqdm(range(L), desc="probe layers", disable=not progress):
+        layer = layers[li]
+        Xw, Xd = word[:, li], deed[:, li]
+        for kind in kinds:
+            dirs = {}
+            for form, X, y in (("word", Xw, y_word), ("deed", Xd, y_deed)):
+                if len(np.unique(y)) == 2:
+                    dirs[form] = probe_direction(_make(kind, seed).fit(X, y))
+            if len(dirs) == 2:
+                res.add(layer=layer, probe=kind, metric="cosine", fold=-1, value=_cos(dirs["word"], dirs["deed"]))
+            for f, (tr, te) in enumerate(splits):
+                def fit(X, y):
+                    return _make(kind, seed).fit(X, y) if len(np.unique(y)) == 2 else None
+
+                pw, pd_ = fit(Xw[tr], y_word[tr]), fit(Xd[tr], y_deed[tr])
+                if pw is not None:
+                    res.add(layer=layer, probe=kind, metric="word->word", fold=f, value=float(np.mean(pw.predict(Xw[te]) == y_word[te])))
+                    res.add(layer=layer, probe=kind, metric="word->deed", fold=f, value=float(np.mean(pw.predict(Xd[te]) == y_deed[te])))
+                    bad = te[inconsistent[te]]
+                    if len(bad):
+                        res.add(layer=layer, probe=kind, metric="reads_word_stance", fold=f,
+                                value=float(np.mean(pw.predict(Xd[bad]) == y_word[bad])))
+                if pd_ is not None:
+                    res.add(layer=layer, probe=kind, metric="deed->deed", fold=f, value=float(np.mean(pd_.predict(Xd[te]) == y_deed[te])))
+                    res.add(layer=layer, probe=kind, metric="deed->word", fold=f, value=float(np.mean(pd_.predict(Xw[te]) == y_word[te])))
+                both_X = np.concatenate([Xw[tr], Xd[tr]])
+                shared = fit(both_X, np.concatenate([y_word[tr], y_deed[tr]]))
+                if shared is not None:
+                    res.add(layer=layer, probe=kind, metric="ic", fold=f,
+                            value=float(np.mean(shared.predict(Xw[te]) == shared.predict(Xd[te]))))
+                    res.add(layer=layer, probe=kind, metric="cs", fold=f, value=float(np.mean(y_word[te] == y_deed[te])))
+                rand = fit(both_X, np.concatenate([y_rand[:n][tr], y_rand[n:][tr]]))
+                if rand is not None:
+                    test_X = np.concatenate([Xw[te], Xd[te]])
+                    res.add(layer=layer, probe=kind, metric="random", fold=f,
+                            value=float(np.mean(rand.predict(test_X) == np.concatenate([y_rand[:n][te], y_rand[n:][te]]))))
+                if letter_word is not None and letter_deed is not None:
+                    lw, ld = np.asarray(letter_word).astype(int), np.asarray(letter_deed).astype(int)
+                    lp = fit(both_X, np.concatenate([lw[tr], ld[tr]]))
+                    if lp is not None:
+                        res.add(layer=layer, probe=kind, metric="letter", fold=f,
+                                value=float(np.mean(lp.predict(np.concatenate([Xw[te], Xd[te]])) == np.concatenate([lw[te], ld[te]]))))
+    return res
