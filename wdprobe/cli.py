@@ -56,6 +56,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capture(args: argparse.Namespace) -> int:
+    from .capture import capture_wdct
+
+    path = capture_wdct(args.run, layers=args.layers, hooks=args.hooks.split(","), positions=args.positions.split(","),
+                        storage_dtype=args.storage_dtype, batch_size=args.batch_size, progress=not args.quiet)
+    print(f"activations in {path}/capture (load with wdprobe.capture.load_activations)")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .probe_stage import run_probes
+
+    head = run_probes(args.run, hook=args.hook, position=args.position, kinds=args.kinds.split(","), folds=args.folds,
+                      seed=args.seed, progress=not args.quiet)
+    print(json.dumps(head, indent=2))
+    print(f"results and plots in {args.run}/probes/")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from .models import convert_default_model
 
@@ -95,12 +114,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notes", default=None, help="markdown file with a written reading, added under 'Reading'")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("capture", help="capture residual-stream activations for a scored run")
+    p.add_argument("--run", required=True, help="run directory made by `wdprobe score` (normal setting)")
+    p.add_argument("--layers", default="all", help="'all', '0,4,8' or '2-10'")
+    p.add_argument("--hooks", default="resid_post", help="comma list of resid_pre, resid_mid, resid_post")
+    p.add_argument("--positions", default="last,question_mean",
+                   help="comma list of last, question_mean, option0_last..option3_last")
+    p.add_argument("--storage-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("probe", help="stance probes per layer on captured activations, with HTML plots")
+    p.add_argument("--run", required=True)
+    p.add_argument("--hook", default="resid_post")
+    p.add_argument("--position", default="last")
+    p.add_argument("--kinds", default="logreg,diffmean")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_probe)
+
     p = sub.add_parser("convert-model", help="convert the embedded Gemma-3-270M GGUF into the cache (done on first use anyway)")
     p.set_defaults(func=cmd_convert)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .capture import CaptureSpecError
     from .data import WDCTFormatError
     from .download import DataUnavailableError
     from .models import ModelLoadError

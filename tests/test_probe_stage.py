@@ -1,0 +1,26 @@
+import json
+
+from wdprobe.capture import capture_wdct
+from wdprobe.cli import main
+from wdprobe.evaluate import score_wdct
+from tiny import SYNTHETIC_ITEMS, write_wdct_csv
+
+
+def test_score_capture_probe_pipeline_writes_results_and_plots(tiny_lm, tmp_path):
+    two = [s for s in SYNTHETIC_ITEMS if len(s[3]) == 2]
+    items = [(d, f"{i}-{k}", ws, wo, ds, do, c) for k in range(4) for (d, i, ws, wo, ds, do, c) in two]
+    data = write_wdct_csv(tmp_path / "w.csv", items)
+    run = tmp_path / "run"
+    score_wdct(run, data=data, lm=tiny_lm, progress=False)
+    capture_wdct(run, lm=tiny_lm, progress=False)
+    assert main(["probe", "--run", str(run), "--folds", "2", "--kinds", "diffmean", "--quiet"]) == 0
+    out = run / "probes"
+    html = (out / "resid_post-last.html").read_text()
+    assert html.count("plotly") > 3 and "Stance probes by layer" in html
+    head = json.loads((out / "resid_post-last-headline.json").read_text())
+    assert 0.0 <= head["cs"] <= 1.0 and set(head["diffmean"]) >= {"word->word", "ic_max", "letter_best"}
+    import pandas as pd
+
+    frame = pd.read_csv(out / "resid_post-last.csv")
+    assert set(frame["layer"]) == {0, 1}
+    assert {"word->word", "deed->deed", "word->deed", "deed->word", "ic", "random", "letter", "cosine"} <= set(frame["metric"])

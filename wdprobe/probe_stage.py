@@ -1,0 +1,98 @@
+"""The probe stage: captured activations of a run -> tidy probe results, summary CSV and HTML plots."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .cache import atomic_write_text
+from .capture import load_activations
+from .probes import ProbeResults, probe_layers
+from .runs import RunDir
+
+STAGE = "probe"
+
+
+def paired_forms(acts) -> tuple[np.ndarray, np.ndarray, "object"]:
+    """Word and deed arrays aligned by item (two-option items only), plus the per-item metadata."""
+    meta = acts.meta
+    two = (meta["n_options"] == 2).to_numpy()
+    w = two & (meta["form"] == "word").to_numpy()
+    d = two & (meta["form"] == "deed").to_numpy()
+    mw, md = meta[w].reset_index(drop=True), meta[d].reset_index(drop=True)
+    if not (mw["id"].to_numpy() == md["id"].to_numpy()).all():
+        raise ValueError("word and deed prompts are not paired item by item in the capture metadata")
+    items = mw[["id", "domain", "consistent"]].copy()
+    items["y_word"], items["y_deed"] = mw["choice"].to_numpy(), md["choice"].to_numpy()
+    items["letter_word"] = (mw["letter"] != "A").astype(int).to_numpy()
+    items["letter_deed"] = (md["letter"] != "A").astype(int).to_numpy()
+    return acts.array[w], acts.array[d], items
+
+
+def run_probes(run_dir: str | Path, *, hook: str = "resid_post", position: str = "last",
+               kinds: Sequence[str] = ("logreg", "diffmean"), folds: int = 5, seed: int = 0,
+               domains: bool = True, progress: bool = True) -> dict:
+    """Probe every captured layer; write ``probes/{hook}-{position}.{csv,html}`` and a summary JSON."""
+    from . import plots
+
+    run = RunDir(run_dir)
+    acts = load_activations(run.path, hook=hook, position=position)
+    word, deed, items = paired_forms(acts)
+    layers = list(acts.layers)
+    res = probe_layers(word, deed, items["y_word"], items["y_deed"], letter_word=items["letter_word"],
+                       letter_deed=items["letter_deed"], layers=layers, kinds=kinds, folds=folds, seed=seed,
+                       progress=progress)
+    out = run.path / "probes"
+    out.mkdir(exist_ok=True)
+    stem = f"{hook}-{position}"
+    frame = res.to_frame()
+    atomic_write_text(out / f"{stem}.csv", frame.to_csv(index=False))
+    summary = res.summary()
+    atomic_write_text(out / f"{stem}-summary.csv", summary.to_csv(index=False))
+    model = run.read_manifest()["stages"]["score"]["config"]["model"]
+    where = f"{model}, {hook} at the {position.replace('_', ' ')} position, {len(items)} two-option items"
+    figs = [plots.accuracy_figure(summary, res.cs, f"Stance probes by layer — {where}"),
+            plots.ic_figure(summary, f"Internal consistency IC(l) vs behavioural CS — {where}"),
+            plots.cosine_figure(summary, f"Word vs deed stance directions — {where}")]
+    dom = {}
+    if domains:
+        for d in sorted(items["domain"].unique()):
+            keep = (items["domain"] == d).to_numpy()
+            if keep.sum() < 5 * folds:
+                continue
+            r = probe_layers(word[keep], deed[keep], items["y_word"][keep], items["y_deed"][keep],
+                             letter_word=items["letter_word"][keep], letter_deed=items["letter_deed"][keep],
+                             layers=layers, kinds=("diffmean",), folds=folds, seed=seed)
+            dom[d] = (r.summary(), r.cs)
+        if dom:
+            figs.append(plots.domain_figure(dom, f"Per domain (difference-of-means probes) — {model}, {hook}/{position}"))
+    plots.write_html(figs, out / f"{stem}.html", heading=f"wdprobe probes: {where}")
+    pngs = [plots.write_png(f, out / f"{stem}-{i}.png") for i, f in enumerate(figs)]
+    headline = headline_numbers(summary, res.cs)
+    atomic_write_text(out / f"{stem}-headline.json", json.dumps(headline, indent=2) + "\n")
+    run.update_stage(STAGE, **{stem: {"folds": folds, "kinds": list(kinds), "n_items": len(items),
+                                      "png": [str(p) for p in pngs if p], "headline": headline}})
+    return headline
+
+
+def headline_numbers(summary, cs: float) -> dict:
+    """Best layers and values a reader wants first, per probe kind."""
+    out: dict = {"cs": cs}
+    for kind in sorted(set(summary["probe"])):
+        s = summary[summary.probe == kind]
+
+        def at(metric):
+            t = s[s.metric == metric].set_index("layer")["mean"]
+            return t
+
+        ww, dd, wd, ic, let, rnd = (at(m) for m in ("word->word", "deed->deed", "word->deed", "ic", "letter", "random"))
+        best = int(ww.idxmax())
+        out[kind] = {"best_word_layer": best, "word->word": float(ww.max()), "deed->deed_best": float(dd.max()),
+                     "deed->deed_best_layer": int(dd.idxmax()), "word->deed_at_best_word_layer": float(wd.get(best, np.nan)),
+                     "word->deed_best": float(wd.max()), "letter_at_best_word_layer": float(let.get(best, np.nan)),
+                     "letter_best": float(let.max()) if len(let) else None,
+                     "random_mean": float(rnd.mean()), "ic_max": float(ic.max()), "ic_max_layer": int(ic.idxmax()),
+                     "layers_ic_above_cs": [int(l) for l, v in ic.items() if v > cs + 0.05]}
+    return out
