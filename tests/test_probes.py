@@ -100,3 +100,14 @@ def test_diffmean_hand_case():
 def test_mismatched_shapes_are_rejected(rng):
     with pytest.raises(ValueError, match="same items"):
         probe_layers(np.zeros((10, 1, 4)), np.zeros((9, 1, 4)), np.zeros(10), np.zeros(10))
+
+
+def test_ic_chance_exposes_a_constant_probe(rng):
+    from wdprobe.probes import _chance_agreement
+
+    assert _chance_agreement(np.zeros(10), np.zeros(10)) == 1.0
+    assert _chance_agreement(np.array([0, 1, 0, 1]), np.array([1, 1, 0, 0])) == pytest.approx(0.5)
+    # no signal at all: IC is whatever the prediction rates give, and ic_chance tracks it
+    y = rng.integers(0, 2, N)
+    res = probe_layers(rng.normal(size=(N, 1, D)), rng.normal(size=(N, 1, D)), y, y, kinds=("diffmean",))
+    assert abs(_mean(res, "ic") - _mean(res, "ic_chance")) < 0.1

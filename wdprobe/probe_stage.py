@@ -87,12 +87,15 @@ def headline_numbers(summary, cs: float) -> dict:
             t = s[s.metric == metric].set_index("layer")["mean"]
             return t
 
-        ww, dd, wd, ic, let, rnd = (at(m) for m in ("word->word", "deed->deed", "word->deed", "ic", "letter", "random"))
+        ww, dd, wd, ic, icc, let, rnd = (at(m) for m in ("word->word", "deed->deed", "word->deed", "ic", "ic_chance",
+                                                        "letter", "random"))
         best = int(ww.idxmax())
         out[kind] = {"best_word_layer": best, "word->word": float(ww.max()), "deed->deed_best": float(dd.max()),
                      "deed->deed_best_layer": int(dd.idxmax()), "word->deed_at_best_word_layer": float(wd.get(best, np.nan)),
                      "word->deed_best": float(wd.max()), "letter_at_best_word_layer": float(let.get(best, np.nan)),
                      "letter_best": float(let.max()) if len(let) else None,
                      "random_mean": float(rnd.mean()), "ic_max": float(ic.max()), "ic_max_layer": int(ic.idxmax()),
-                     "layers_ic_above_cs": [int(l) for l, v in ic.items() if v > cs + 0.05]}
+                     "ic_chance_at_ic_max": float(icc.get(int(ic.idxmax()), np.nan)),
+                     "layers_ic_above_cs_and_chance": [int(l) for l, v in ic.items()
+                                                       if v > cs + 0.05 and v > icc.get(l, 1.0) + 0.05]}
     return out

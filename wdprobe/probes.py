@@ -70,6 +70,12 @@ def _make(kind: str, seed: int):
     raise ValueError(f"unknown probe kind {kind!r}: choose 'logreg' or 'diffmean'")
 
 
+def _chance_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """P(a == b) if a and b were independent with their observed class rates."""
+    a, b = np.asarray(a), np.asarray(b)
+    return float(sum(np.mean(a == c) * np.mean(b == c) for c in np.union1d(a, b)))
+
+
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     return float(a @ b / (na * nb)) if na > 0 and nb > 0 else float("nan")
@@ -116,7 +122,8 @@ def probe_layers(word: np.ndarray, deed: np.ndarray, y_word: np.ndarray, y_deed:
 
     Metrics per fold (test items held out): ``word->word``, ``deed->deed``, ``word->deed``, ``deed->word``
     accuracy; ``ic`` (a probe trained on both forms gives the same stance on an item's word and deed
-    prompts); on behaviourally inconsistent test items ``reads_word_stance`` (a word-trained probe reads
+    prompts) with ``ic_chance`` (the agreement its prediction rates alone would give) and ``cs`` (the
+    behavioural CS of the same test items); on behaviourally inconsistent test items ``reads_word_stance`` (a word-trained probe reads
     the deed prompt as the *word* stance); controls ``letter`` (word+deed, the chosen letter) and
     ``random`` (word+deed with permuted stance labels). Whole-data: ``cosine`` between word and deed
     stance directions.
@@ -163,8 +170,11 @@ def probe_layers(word: np.ndarray, deed: np.ndarray, y_word: np.ndarray, y_deed:
                 both_X = np.concatenate([Xw[tr], Xd[tr]])
                 shared = fit(both_X, np.concatenate([y_word[tr], y_deed[tr]]))
                 if shared is not None:
-                    res.add(layer=layer, probe=kind, metric="ic", fold=f,
-                            value=float(np.mean(shared.predict(Xw[te]) == shared.predict(Xd[te]))))
+                    pw_te, pd_te = shared.predict(Xw[te]), shared.predict(Xd[te])
+                    res.add(layer=layer, probe=kind, metric="ic", fold=f, value=float(np.mean(pw_te == pd_te)))
+                    # agreement expected from the prediction rates alone (a probe that always says one
+                    # class has IC 1): the chance level IC must beat, as in Cohen's kappa
+                    res.add(layer=layer, probe=kind, metric="ic_chance", fold=f, value=_chance_agreement(pw_te, pd_te))
                     res.add(layer=layer, probe=kind, metric="cs", fold=f, value=float(np.mean(y_word[te] == y_deed[te])))
                 rand = fit(both_X, np.concatenate([y_rand[:n][tr], y_rand[n:][tr]]))
                 if rand is not None:
