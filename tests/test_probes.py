@@ -111,3 +111,12 @@ def test_ic_chance_exposes_a_constant_probe(rng):
     y = rng.integers(0, 2, N)
     res = probe_layers(rng.normal(size=(N, 1, D)), rng.normal(size=(N, 1, D)), y, y, kinds=("diffmean",))
     assert abs(_mean(res, "ic") - _mean(res, "ic_chance")) < 0.1
+
+
+def test_accuracy_is_balanced_so_chance_is_one_half():
+    from wdprobe.probes import _accuracy
+
+    y = np.array([0] * 9 + [1])
+    assert _accuracy(y, np.zeros(10)) == pytest.approx(0.5)  # majority guess: 0.9 plain, 0.5 balanced
+    assert _accuracy(y, y) == 1.0
+    assert _accuracy(np.zeros(4), np.array([0, 0, 1, 1])) == 0.5  # one class in the test set: plain accuracy

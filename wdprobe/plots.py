@@ -54,7 +54,7 @@ def accuracy_figure(summary, cs: float | None, title: str) -> go.Figure:
             fig.add_hline(y=cs, line=dict(color="#2ca02c", width=1.5, dash="longdash"), row=1, col=c,
                           annotation_text=f"behavioural CS {cs:.2f}", annotation_position="bottom right")
         fig.update_xaxes(title_text="layer", row=1, col=c)
-    fig.update_yaxes(title_text="held-out accuracy (mean ± s.e. over item-grouped folds)", range=[0.3, 1.02], row=1, col=1)
+    fig.update_yaxes(title_text="held-out balanced accuracy (mean ± s.e. over item-grouped folds)", range=[0.3, 1.02], row=1, col=1)
     fig.update_layout(title=title, template="plotly_white", height=480, width=560 * len(kinds) + 120,
                       legend=dict(orientation="h", y=-0.2))
     return fig
@@ -110,7 +110,7 @@ def domain_figure(summaries: dict, title: str, probe: str = "diffmean") -> go.Fi
                 _band(fig, sub, sub["layer"], colour, 1, c, label, dash, legend=(c == 1))
         fig.add_hline(y=0.5, line=dict(color="black", width=1, dash="dot"), row=1, col=c)
         fig.update_xaxes(title_text="layer", row=1, col=c)
-    fig.update_yaxes(title_text="held-out accuracy", range=[0.2, 1.02], row=1, col=1)
+    fig.update_yaxes(title_text="held-out balanced accuracy", range=[0.2, 1.02], row=1, col=1)
     fig.update_layout(title=title, template="plotly_white", height=420, width=360 * len(names) + 160,
                       legend=dict(orientation="h", y=-0.25))
     return fig

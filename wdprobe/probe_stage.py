@@ -53,9 +53,9 @@ def run_probes(run_dir: str | Path, *, hook: str = "resid_post", position: str =
     atomic_write_text(out / f"{stem}-summary.csv", summary.to_csv(index=False))
     model = run.read_manifest()["stages"]["score"]["config"]["model"]
     where = f"{model}, {hook} at the {position.replace('_', ' ')} position, {len(items)} two-option items"
-    figs = [plots.accuracy_figure(summary, res.cs, f"Stance probes by layer — {where}"),
-            plots.ic_figure(summary, f"Internal consistency IC(l) vs behavioural CS — {where}"),
-            plots.cosine_figure(summary, f"Word vs deed stance directions — {where}")]
+    figs = [plots.accuracy_figure(summary, res.cs, f"Stance probes by layer<br><sup>{where}</sup>"),
+            plots.ic_figure(summary, f"Internal consistency IC(l) vs behavioural CS<br><sup>{where}</sup>"),
+            plots.cosine_figure(summary, f"Word vs deed stance directions<br><sup>{where}</sup>")]
     dom = {}
     if domains:
         for d in sorted(items["domain"].unique()):

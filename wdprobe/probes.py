@@ -70,6 +70,14 @@ def _make(kind: str, seed: int):
     raise ValueError(f"unknown probe kind {kind!r}: choose 'logreg' or 'diffmean'")
 
 
+def _accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Balanced accuracy (mean recall over classes), so 0.5 is chance however unbalanced the labels;
+    plain accuracy when the test set holds one class only."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    classes = np.unique(y_true)
+    return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in classes]))
+
+
 def _chance_agreement(a: np.ndarray, b: np.ndarray) -> float:
     """P(a == b) if a and b were independent with their observed class rates."""
     a, b = np.asarray(a), np.asarray(b)
@@ -121,7 +129,7 @@ def probe_layers(word: np.ndarray, deed: np.ndarray, y_word: np.ndarray, y_deed:
     """Probe every layer. ``word``/``deed``: ``(n_items, n_layers, d)``; labels: binary canonical stances.
 
     Metrics per fold (test items held out): ``word->word``, ``deed->deed``, ``word->deed``, ``deed->word``
-    accuracy; ``ic`` (a probe trained on both forms gives the same stance on an item's word and deed
+    balanced accuracy; ``ic`` (a probe trained on both forms gives the same stance on an item's word and deed
     prompts) with ``ic_chance`` (the agreement its prediction rates alone would give) and ``cs`` (the
     behavioural CS of the same test items); on behaviourally inconsistent test items ``reads_word_stance`` (a word-trained probe reads
     the deed prompt as the *word* stance); controls ``letter`` (word+deed, the chosen letter) and
@@ -158,15 +166,15 @@ def probe_layers(word: np.ndarray, deed: np.ndarray, y_word: np.ndarray, y_deed:
 
                 pw, pd_ = fit(Xw[tr], y_word[tr]), fit(Xd[tr], y_deed[tr])
                 if pw is not None:
-                    res.add(layer=layer, probe=kind, metric="word->word", fold=f, value=float(np.mean(pw.predict(Xw[te]) == y_word[te])))
-                    res.add(layer=layer, probe=kind, metric="word->deed", fold=f, value=float(np.mean(pw.predict(Xd[te]) == y_deed[te])))
+                    res.add(layer=layer, probe=kind, metric="word->word", fold=f, value=_accuracy(y_word[te], pw.predict(Xw[te])))
+                    res.add(layer=layer, probe=kind, metric="word->deed", fold=f, value=_accuracy(y_deed[te], pw.predict(Xd[te])))
                     bad = te[inconsistent[te]]
                     if len(bad):
                         res.add(layer=layer, probe=kind, metric="reads_word_stance", fold=f,
                                 value=float(np.mean(pw.predict(Xd[bad]) == y_word[bad])))
                 if pd_ is not None:
-                    res.add(layer=layer, probe=kind, metric="deed->deed", fold=f, value=float(np.mean(pd_.predict(Xd[te]) == y_deed[te])))
-                    res.add(layer=layer, probe=kind, metric="deed->word", fold=f, value=float(np.mean(pd_.predict(Xw[te]) == y_word[te])))
+                    res.add(layer=layer, probe=kind, metric="deed->deed", fold=f, value=_accuracy(y_deed[te], pd_.predict(Xd[te])))
+                    res.add(layer=layer, probe=kind, metric="deed->word", fold=f, value=_accuracy(y_word[te], pd_.predict(Xw[te])))
                 both_X = np.concatenate([Xw[tr], Xd[tr]])
                 shared = fit(both_X, np.concatenate([y_word[tr], y_deed[tr]]))
                 if shared is not None:
@@ -180,11 +188,11 @@ def probe_layers(word: np.ndarray, deed: np.ndarray, y_word: np.ndarray, y_deed:
                 if rand is not None:
                     test_X = np.concatenate([Xw[te], Xd[te]])
                     res.add(layer=layer, probe=kind, metric="random", fold=f,
-                            value=float(np.mean(rand.predict(test_X) == np.concatenate([y_rand[:n][te], y_rand[n:][te]]))))
+                            value=_accuracy(np.concatenate([y_rand[:n][te], y_rand[n:][te]]), rand.predict(test_X)))
                 if letter_word is not None and letter_deed is not None:
                     lw, ld = np.asarray(letter_word).astype(int), np.asarray(letter_deed).astype(int)
                     lp = fit(both_X, np.concatenate([lw[tr], ld[tr]]))
                     if lp is not None:
                         res.add(layer=layer, probe=kind, metric="letter", fold=f,
-                                value=float(np.mean(lp.predict(np.concatenate([Xw[te], Xd[te]])) == np.concatenate([lw[te], ld[te]]))))
+                                value=_accuracy(np.concatenate([lw[te], ld[te]]), lp.predict(np.concatenate([Xw[te], Xd[te]]))))
     return res
