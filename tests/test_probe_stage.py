@@ -8,7 +8,7 @@ from tiny import SYNTHETIC_ITEMS, write_wdct_csv
 
 def test_score_capture_probe_pipeline_writes_results_and_plots(tiny_lm, tmp_path):
     two = [s for s in SYNTHETIC_ITEMS if len(s[3]) == 2]
-    items = [(d, f"{i}-{k}", ws, wo, ds, do, c) for k in range(4) for (d, i, ws, wo, ds, do, c) in two]
+    items = [(d, f"{i}-{k}", ws, wo, ds, do, c) for k in range(6) for (d, i, ws, wo, ds, do, c) in two]
     data = write_wdct_csv(tmp_path / "w.csv", items)
     run = tmp_path / "run"
     score_wdct(run, data=data, lm=tiny_lm, progress=False)
@@ -24,3 +24,6 @@ def test_score_capture_probe_pipeline_writes_results_and_plots(tiny_lm, tmp_path
     frame = pd.read_csv(out / "resid_post-last.csv")
     assert set(frame["layer"]) == {0, 1}
     assert {"word->word", "deed->deed", "word->deed", "deed->word", "ic", "random", "letter", "cosine"} <= set(frame["metric"])
+    # EthV + Theory items (2 of 4 templates x 6 copies = 12) get correctness probes
+    assert (out / "resid_post-last-correctness.csv").is_file() and "correctness_diffmean" in head
+    assert "Correctness probes" in html

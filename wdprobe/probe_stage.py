@@ -24,7 +24,7 @@ def paired_forms(acts) -> tuple[np.ndarray, np.ndarray, "object"]:
     mw, md = meta[w].reset_index(drop=True), meta[d].reset_index(drop=True)
     if not (mw["id"].to_numpy() == md["id"].to_numpy()).all():
         raise ValueError("word and deed prompts are not paired item by item in the capture metadata")
-    items = mw[["id", "domain", "consistent"]].copy()
+    items = mw[["id", "domain", "consistent", "correct"]].copy()
     items["y_word"], items["y_deed"] = mw["choice"].to_numpy(), md["choice"].to_numpy()
     items["letter_word"] = (mw["letter"] != "A").astype(int).to_numpy()
     items["letter_deed"] = (md["letter"] != "A").astype(int).to_numpy()
@@ -68,9 +68,31 @@ def run_probes(run_dir: str | Path, *, hook: str = "resid_post", position: str =
             dom[d] = (r.summary(), r.cs)
         if dom:
             figs.append(plots.domain_figure(dom, f"Per domain (difference-of-means probes) — {model}, {hook}/{position}"))
+    graded = (items["correct"].astype(str) != "").to_numpy()
+    correctness = None
+    if graded.sum() >= 5 * folds:
+        # Is the model's answer right? Items with a known answer (EthV, Theory). Difference-of-means only.
+        corr = items["correct"][graded].astype(int).to_numpy()
+        yw = (items["y_word"][graded].to_numpy() == corr).astype(int)
+        yd = (items["y_deed"][graded].to_numpy() == corr).astype(int)
+        correctness = probe_layers(word[graded], deed[graded], yw, yd, letter_word=items["letter_word"][graded],
+                                   letter_deed=items["letter_deed"][graded], layers=layers, kinds=("diffmean",),
+                                   folds=folds, seed=seed)
+        cframe = correctness.to_frame()
+        atomic_write_text(out / f"{stem}-correctness.csv", cframe.to_csv(index=False))
+        figs.append(plots.accuracy_figure(correctness.summary(), None,
+                                          f"Correctness probes: is the answer right? (EthV + Theory, {int(graded.sum())} items)"
+                                          f"<br><sup>label = the model's choice equals the known answer; word accuracy "
+                                          f"{yw.mean():.2f}, deed accuracy {yd.mean():.2f}</sup>"))
     plots.write_html(figs, out / f"{stem}.html", heading=f"wdprobe probes: {where}")
     pngs = [plots.write_png(f, out / f"{stem}-{i}.png") for i, f in enumerate(figs)]
     headline = headline_numbers(summary, res.cs)
+    if correctness is not None:
+        csum = correctness.summary()
+        cw = csum[(csum.metric == "word->word")].set_index("layer")["mean"]
+        cd = csum[(csum.metric == "deed->deed")].set_index("layer")["mean"]
+        headline["correctness_diffmean"] = {"word_best": float(cw.max()), "word_best_layer": int(cw.idxmax()),
+                                            "deed_best": float(cd.max()), "deed_best_layer": int(cd.idxmax())}
     atomic_write_text(out / f"{stem}-headline.json", json.dumps(headline, indent=2) + "\n")
     run.update_stage(STAGE, **{stem: {"folds": folds, "kinds": list(kinds), "n_items": len(items),
                                       "png": [str(p) for p in pngs if p], "headline": headline}})
