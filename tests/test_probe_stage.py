@@ -1,6 +1,5 @@
 import json
 
-from wdprobe.capture import capture_wdct
 from wdprobe.cli import main
 from wdprobe.evaluate import score_wdct
 from tiny import SYNTHETIC_ITEMS, write_wdct_csv
@@ -12,7 +11,8 @@ def test_score_capture_probe_pipeline_writes_results_and_plots(tiny_lm, tmp_path
     data = write_wdct_csv(tmp_path / "w.csv", items)
     run = tmp_path / "run"
     score_wdct(run, data=data, lm=tiny_lm, progress=False)
-    capture_wdct(run, lm=tiny_lm, progress=False)
+    # through the CLI: the model is found again from the run's manifest
+    assert main(["capture", "--run", str(run), "--layers", "0-1", "--quiet"]) == 0
     assert main(["probe", "--run", str(run), "--folds", "2", "--kinds", "diffmean", "--quiet"]) == 0
     out = run / "probes"
     html = (out / "resid_post-last.html").read_text()

@@ -54,8 +54,8 @@ def accuracy_figure(summary, cs: float | None, title: str) -> go.Figure:
             fig.add_hline(y=cs, line=dict(color="#2ca02c", width=1.5, dash="longdash"), row=1, col=c,
                           annotation_text=f"behavioural CS {cs:.2f}", annotation_position="bottom right")
         fig.update_xaxes(title_text="layer", row=1, col=c)
-    fig.update_yaxes(title_text="held-out balanced accuracy (mean ± s.e. over item-grouped folds)", range=[0.3, 1.02], row=1, col=1)
-    fig.update_layout(title=dict(text=title, x=0.02, xanchor="left"), template="plotly_white", height=500,
+    fig.update_yaxes(title_text="balanced accuracy, held out (± s.e.)", range=[0.3, 1.02], row=1, col=1)
+    fig.update_layout(title=dict(text=title, x=0.08, xanchor="left"), template="plotly_white", height=500,
                       width=560 * len(kinds) + 160, margin=dict(l=110, t=110), legend=dict(orientation="h", y=-0.2))
     return fig
 
