@@ -20,7 +20,7 @@ def child(method: str, data: str, n_prompts: int, batch_size: int) -> dict:
     import psutil
     import torch
 
-    from wdprobe.capture import CaptureSpec, capture_batch, prompt_spans
+    from wdprobe.capture import CaptureSpec, capture_batch, presentation_spans
     from wdprobe.data import load_wdct, present, select
     from wdprobe.models import load_model
     from wdprobe.prompts import normal_prompt
@@ -32,9 +32,8 @@ def child(method: str, data: str, n_prompts: int, batch_size: int) -> dict:
     for p in pres:
         for form in ("word", "deed"):
             text = normal_prompt(p, form)
-            lines = [(chr(65 + j), p.item.options(form)[c]) for j, c in enumerate(p.order(form))]
             prompts.append(text)
-            spans.append(prompt_spans(text, p.question(form), lines, p.order(form)))
+            spans.append(presentation_spans(p, form, text))
             n_opts.append(p.item.n_options)
     spec = CaptureSpec.parse("all", lm.bridge.cfg.n_layers, positions=("last",))
     batches = [list(range(s, min(s + batch_size, len(prompts)))) for s in range(0, len(prompts), batch_size)]

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from wdprobe.capture import (CaptureSpec, CaptureSpecError, capture_batch, capture_wdct, load_activations,
-                             prompt_spans)
+                             presentation_spans, prompt_spans)
 from wdprobe.data import load_wdct, present
 from wdprobe.evaluate import score_wdct
 from wdprobe.prompts import normal_prompt
@@ -17,9 +17,8 @@ def _batch_inputs(lm, wdct_csv, seed=0):
     for p in pres:
         for form in ("word", "deed"):
             text = normal_prompt(p, form)
-            lines = [(chr(65 + j), p.item.options(form)[c]) for j, c in enumerate(p.order(form))]
             prompts.append(text)
-            spans.append(prompt_spans(text, p.question(form), lines, p.order(form)))
+            spans.append(presentation_spans(p, form, text))
             n_opts.append(p.item.n_options)
     return pres, prompts, spans, n_opts
 

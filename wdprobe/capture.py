@@ -115,6 +115,13 @@ def prompt_spans(prompt: str, question: str, option_lines: Sequence[tuple[str, s
     return PromptSpans((q0, q0 + len(question)), tuple(spans[c] for c in range(len(order))))
 
 
+def presentation_spans(pres, form: str, prompt: str) -> PromptSpans:
+    """Spans of a presented item's question and options inside the prompt built from it."""
+    order = pres.order(form)
+    lines = [(chr(65 + j), pres.item.options(form)[c]) for j, c in enumerate(order)]
+    return prompt_spans(prompt, pres.question(form), lines, order)
+
+
 def token_positions(offsets: Sequence[tuple[int, int]], spans: PromptSpans) -> dict[str, Any]:
     """Token indices (unpadded) for each position kind, from a fast tokenizer's offset mapping."""
     def covering(char_end: int) -> int:
@@ -254,9 +261,8 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
         for f, form in enumerate(("word", "deed")):
             text = prompts[form][i]
             order = p.order(form)
-            lines = [(chr(65 + j), p.item.options(form)[c]) for j, c in enumerate(order)]
             all_prompts.append(text)
-            spans.append(prompt_spans(text, p.question(form), lines, order))
+            spans.append(presentation_spans(p, form, text))
             n_opts.append(p.item.n_options)
             meta.append({"prompt_index": 2 * i + f, "id": p.item.id, "domain": p.item.domain, "form": form,
                          "n_options": p.item.n_options, "order": "".join(map(str, order)),
