@@ -66,6 +66,7 @@ def ic_figure(summary, title: str) -> go.Figure:
     fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=[PROBE_TITLES[k] for k in kinds], shared_yaxes=True)
     spec = {"ic": ("IC(l): shared probe agrees across forms", "#1f77b4", "solid"),
             "ic_chance": ("IC expected from prediction rates alone", "#7f7f7f", "dot"),
+            "ic_random": ("control: IC of a random-label probe (shared content)", "#bcbd22", "dot"),
             "cs": ("behavioural CS (same test items)", "#2ca02c", "longdash"),
             "reads_word_stance": ("inconsistent items: deed read as word stance", "#d62728", "dash")}
     for c, kind in enumerate(kinds, start=1):

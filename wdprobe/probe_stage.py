@@ -118,6 +118,7 @@ def headline_numbers(summary, cs: float) -> dict:
                      "letter_best": float(let.max()) if len(let) else None,
                      "random_mean": float(rnd.mean()), "ic_max": float(ic.max()), "ic_max_layer": int(ic.idxmax()),
                      "ic_chance_at_ic_max": float(icc.get(int(ic.idxmax()), np.nan)),
+                     "ic_random_at_ic_max": float(at("ic_random").get(int(ic.idxmax()), np.nan)),
                      "layers_ic_above_cs_and_chance": [int(l) for l, v in ic.items()
                                                        if v > cs + 0.05 and v > icc.get(l, 1.0) + 0.05]}
     return out

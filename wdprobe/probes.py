@@ -189,6 +189,11 @@ def probe_layers(word: np.ndarray, deed: np.ndarray, y_word: np.ndarray, y_deed:
                     res.add(layer=layer, probe=kind, metric="cs", fold=f, value=float(np.mean(y_word[te] == y_deed[te])))
                 rand = fit(both_X, np.concatenate([y_rand[:n][tr], y_rand[n:][tr]]))
                 if rand is not None:
+                    # IC of a probe trained on random labels: how often *any* readout agrees across an
+                    # item's two prompts because they share content (topic, options), not a stance
+                    rw, rd = rand.predict(Xw[te]), rand.predict(Xd[te])
+                    res.add(layer=layer, probe=kind, metric="ic_random", fold=f, value=float(np.mean(rw == rd)))
+                    res.add(layer=layer, probe=kind, metric="ic_random_chance", fold=f, value=_chance_agreement(rw, rd))
                     test_X = np.concatenate([Xw[te], Xd[te]])
                     res.add(layer=layer, probe=kind, metric="random", fold=f,
                             value=_accuracy(np.concatenate([y_rand[:n][te], y_rand[n:][te]]), rand.predict(test_X)))
