@@ -40,20 +40,25 @@ def _band(fig, sub, x, colour, row, col, name, dash="solid", legend=True):
                              hovertemplate=f"{name}<br>layer %{{x}}: %{{y:.3f}}<extra></extra>"), row=row, col=col)
 
 
+def _draw_panel(fig, summary, probe: str, spec: dict, col: int) -> None:
+    """One panel: a band per metric in ``spec`` (metric -> (label, colour, dash)), chance line, x title."""
+    for metric, (label, colour, dash) in spec.items():
+        sub = summary[(summary.probe == probe) & (summary.metric == metric)].sort_values("layer")
+        if len(sub):
+            _band(fig, sub, sub["layer"], colour, 1, col, label, dash, legend=(col == 1))
+    fig.add_hline(y=0.5, line=dict(color="black", width=1, dash="dot"), row=1, col=col)
+    fig.update_xaxes(title_text="layer", row=1, col=col)
+
+
 def accuracy_figure(summary, cs: float | None, title: str) -> go.Figure:
     """Probe accuracy by layer, one panel per probe kind: within-form, transfer, controls, CS line."""
     kinds = [k for k in PROBE_TITLES if k in set(summary["probe"])]
     fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=[PROBE_TITLES[k] for k in kinds], shared_yaxes=True)
     for c, kind in enumerate(kinds, start=1):
-        for metric, (label, colour, dash) in STANCE_METRICS.items():
-            sub = summary[(summary.probe == kind) & (summary.metric == metric)].sort_values("layer")
-            if len(sub):
-                _band(fig, sub, sub["layer"], colour, 1, c, label, dash, legend=(c == 1))
-        fig.add_hline(y=0.5, line=dict(color="black", width=1, dash="dot"), row=1, col=c)
+        _draw_panel(fig, summary, kind, STANCE_METRICS, c)
         if cs is not None:
             fig.add_hline(y=cs, line=dict(color="#2ca02c", width=1.5, dash="longdash"), row=1, col=c,
                           annotation_text=f"behavioural CS {cs:.2f}", annotation_position="bottom right")
-        fig.update_xaxes(title_text="layer", row=1, col=c)
     fig.update_yaxes(title_text="balanced accuracy, held out (± s.e.)", range=[0.3, 1.02], row=1, col=1)
     fig.update_layout(title=dict(text=title, x=0.08, xanchor="left"), template="plotly_white", height=500,
                       width=560 * len(kinds) + 160, margin=dict(l=110, t=110), legend=dict(orientation="h", y=-0.2))
@@ -70,12 +75,7 @@ def ic_figure(summary, title: str) -> go.Figure:
             "cs": ("behavioural CS (same test items)", "#2ca02c", "longdash"),
             "reads_word_stance": ("inconsistent items: deed read as word stance", "#d62728", "dash")}
     for c, kind in enumerate(kinds, start=1):
-        for metric, (label, colour, dash) in spec.items():
-            sub = summary[(summary.probe == kind) & (summary.metric == metric)].sort_values("layer")
-            if len(sub):
-                _band(fig, sub, sub["layer"], colour, 1, c, label, dash, legend=(c == 1))
-        fig.add_hline(y=0.5, line=dict(color="black", width=1, dash="dot"), row=1, col=c)
-        fig.update_xaxes(title_text="layer", row=1, col=c)
+        _draw_panel(fig, summary, kind, spec, c)
     fig.update_yaxes(title_text="share of held-out items", range=[0, 1.02], row=1, col=1)
     fig.update_layout(title=title, template="plotly_white", height=460, width=560 * len(kinds) + 120,
                       legend=dict(orientation="h", y=-0.2))
@@ -102,15 +102,9 @@ def domain_figure(summaries: dict, title: str, probe: str = "diffmean") -> go.Fi
     names = list(summaries)
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=[f"{d} (CS {cs:.2f})" for d, (_, cs) in summaries.items()],
                         shared_yaxes=True)
+    spec = {m: STANCE_METRICS[m] for m in ("word->word", "deed->deed", "word->deed", "letter")}
     for c, d in enumerate(names, start=1):
-        summary, _ = summaries[d]
-        for metric in ("word->word", "deed->deed", "word->deed", "letter"):
-            label, colour, dash = STANCE_METRICS[metric]
-            sub = summary[(summary.probe == probe) & (summary.metric == metric)].sort_values("layer")
-            if len(sub):
-                _band(fig, sub, sub["layer"], colour, 1, c, label, dash, legend=(c == 1))
-        fig.add_hline(y=0.5, line=dict(color="black", width=1, dash="dot"), row=1, col=c)
-        fig.update_xaxes(title_text="layer", row=1, col=c)
+        _draw_panel(fig, summaries[d][0], probe, spec, c)
     fig.update_yaxes(title_text="held-out balanced accuracy", range=[0.2, 1.02], row=1, col=1)
     fig.update_layout(title=title, template="plotly_white", height=420, width=360 * len(names) + 160,
                       legend=dict(orientation="h", y=-0.25))
