@@ -229,33 +229,23 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
     from tqdm.auto import tqdm
 
     from .cache import atomic_write_bytes
-    from .data import load_wdct
-    from .evaluate import load_score
+    from .evaluate import scored_prompts
     from .runs import RunDir
-    from .scoring import build_prompts, iter_batches
+    from .scoring import iter_batches
 
     run = RunDir(run_dir)
-    scored = load_score(run.path)
     manifest = run.read_manifest()
     cfg = manifest["stages"]["score"]["config"]
-    if cfg["setting"] != "normal":
-        raise ValueError(f"{run.path}: capture supports runs scored in the 'normal' setting, not {cfg['setting']!r}")
     if lm is None:
-        from .models import load_model
+        from .models import load_for_run
 
-        model_info = manifest["stages"]["score"]["model"]
-        lm = load_model(model_info["path"] if model_info["name"] != "gemma-3-270m" else "gemma-3-270m", dtype=cfg["dtype"])
+        lm = load_for_run(manifest)
     if lm.revision != cfg["model_revision"]:
         raise ValueError(f"{run.path} was scored with model revision {cfg['model_revision']}, but {lm.name} is {lm.revision}")
     spec = CaptureSpec.parse(layers, lm.bridge.cfg.n_layers, hooks, positions, storage_dtype)
     run.check_or_start(STAGE, {"spec": spec.to_json(), "model_revision": lm.revision})
 
-    from .data import present
-
-    by_id = {it.id: it for it in load_wdct(manifest["stages"]["score"]["data"]["path"])}
-    items = [by_id[r["id"]] for r in scored.rows]
-    pres = present(items, seed=cfg["seed"])
-    prompts = build_prompts(pres, setting="normal", tokenizer=lm.tokenizer, use_chat=cfg["chat_template"])
+    pres, prompts, scored = scored_prompts(run.path, lm.tokenizer)
     all_prompts, meta, spans, n_opts = [], [], [], []
     for i, (p, row) in enumerate(zip(pres, scored.rows)):
         for f, form in enumerate(("word", "deed")):

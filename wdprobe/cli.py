@@ -75,6 +75,64 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lens(args: argparse.Namespace) -> int:
+    from .lens import run_lens
+
+    s = run_lens(args.run, progress=not args.quiet)
+    for g in ("consistent", "inconsistent"):
+        if s[g]["n"]:
+            print(f"{g:12s} n={s[g]['n']:5d}  lens CS by layer: " + " ".join(f"{v:.2f}" for v in s[g]["lens_cs"]))
+    inc = s["inconsistent"]
+    if inc["n"]:
+        print(f"inconsistent items: readings part for good at layer {inc['item_divergence_layer_median']:.0f} (median); "
+              f"mean curves part at layer {inc['curve_divergence_layer']}")
+    print(f"results and plots in {args.run}/lens/")
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"cannot read {text!r} as a comma list of numbers") from None
+
+
+def _items(text: str) -> int | None:
+    return None if text == "all" else int(text)
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    from .localise import LOW_RANK_CORRELATION, run_cross_patch, run_positional_patch
+
+    if args.kind in ("cross", "both"):
+        head = run_cross_patch(args.run, n_items=_items(args.items), layers=args.layers,
+                               conditions=args.conditions.split(","), seed=args.seed, batch_size=args.batch_size,
+                               progress=not args.quiet)
+        print(json.dumps({k: v for k, v in head.items()}, indent=2, default=float))
+    if args.kind in ("positional", "both"):
+        head = run_positional_patch(args.run, form=args.form, n_items=args.positional_items, n_exact=args.exact_items,
+                                    layers=args.layers, min_effect=args.min_effect, seed=args.seed,
+                                    batch_size=args.batch_size, progress=not args.quiet)
+        print(json.dumps(head, indent=2))
+        if head["low_rank_correlation"]:
+            print(f"wdprobe: warning: attribution patching agrees poorly with exact patching (Spearman "
+                  f"{head['rank_correlation_pooled']:.2f} < {LOW_RANK_CORRELATION}); trust the exact heatmaps, not the "
+                  "attribution estimate", file=sys.stderr)
+    print(f"results and plots in {args.run}/patching/")
+    return 0
+
+
+def cmd_steer(args: argparse.Namespace) -> int:
+    from .localise import run_steering
+
+    head = run_steering(args.run, n_items=_items(args.items), layers=args.layers, alphas=_floats(args.alphas),
+                        seed=args.seed, min_mass_ratio=args.min_mass_ratio, batch_size=args.batch_size,
+                        progress=not args.quiet)
+    print(json.dumps(head, indent=2))
+    print(f"results and plots in {args.run}/steering/")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from .models import convert_default_model
 
@@ -134,6 +192,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("lens", help="logit lens on captured final-position residuals: where deed readings leave word readings")
+    p.add_argument("--run", required=True, help="run directory with `wdprobe capture` (resid_post, position last)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_lens)
+
+    p = sub.add_parser("patch", help="activation patching: word -> deed per layer, and layer x position heatmaps")
+    p.add_argument("--run", required=True, help="run directory with `wdprobe capture` (resid_post, position last)")
+    p.add_argument("--kind", default="both", choices=["cross", "positional", "both"])
+    p.add_argument("--items", default="64", help="cross-form: number of two-option items (half inconsistent) or 'all'")
+    p.add_argument("--layers", default="all", help="'all', '0,4,8' or '2-10'")
+    p.add_argument("--conditions", default="full,stance,random",
+                   help="cross-form: full residual, word-stance component, random-direction component")
+    p.add_argument("--form", default="deed", choices=["word", "deed"], help="positional: which form's prompts")
+    p.add_argument("--positional-items", type=int, default=16, help="positional: items for attribution patching")
+    p.add_argument("--exact-items", type=int, default=4, help="positional: of those, items also patched exactly")
+    p.add_argument("--min-effect", type=float, default=1.0,
+                   help="positional: keep items whose log-odds move at least this much when options are swapped")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="most rows per forward (on CPU also capped at ~1.5k tokens)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_patch)
+
+    p = sub.add_parser("steer", help="add alpha x word-stance direction to deed runs; CS over (layer, alpha)")
+    p.add_argument("--run", required=True, help="run directory with `wdprobe capture` (resid_post, position last)")
+    p.add_argument("--items", default="64", help="number of two-option items (half inconsistent) or 'all'")
+    p.add_argument("--layers", default="all")
+    p.add_argument("--alphas", default="0.05,0.1,0.2,0.4,0.8", help="comma list, in units of the mean residual norm")
+    p.add_argument("--min-mass-ratio", type=float, default=0.5,
+                   help="a setting keeps the answer format if letter mass stays above this share of clean")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_steer)
 
     p = sub.add_parser("convert-model", help="convert the embedded Gemma-3-270M GGUF into the cache (done on first use anyway)")
     p.set_defaults(func=cmd_convert)

@@ -158,3 +158,20 @@ def load_score(run_dir: str | Path) -> ScoreResult:
         raise FileNotFoundError(f"{run.path} has no items.csv: run `wdprobe score --out {run.path}` first")
     rows = [_typed(r) for r in read_csv(items)]
     return ScoreResult(run.path, rows, json.loads((run.path / "metrics.json").read_text()))
+
+
+def scored_prompts(run_dir: str | Path, tokenizer) -> tuple[list, dict[str, list[str]], ScoreResult]:
+    """The presentations and word/deed prompts of a scored run, rebuilt exactly as they were scored
+    (same items, shuffling seed and chat template), aligned with the run's item rows."""
+    scored = load_score(run_dir)
+    cfg = RunDir(run_dir).read_manifest()["stages"][STAGE]
+    if cfg["config"]["setting"] != "normal":
+        raise ValueError(f"{run_dir}: this stage supports runs scored in the 'normal' setting, "
+                         f"not {cfg['config']['setting']!r}")
+    by_id = {it.id: it for it in load_wdct(cfg["data"]["path"])}
+    missing = [r["id"] for r in scored.rows if r["id"] not in by_id]
+    if missing:
+        raise ValueError(f"{run_dir}: item(s) {missing[:5]} of the run are not in {cfg['data']['path']} any more")
+    pres = present([by_id[r["id"]] for r in scored.rows], seed=cfg["config"]["seed"])
+    prompts = build_prompts(pres, setting="normal", tokenizer=tokenizer, use_chat=cfg["config"]["chat_template"])
+    return pres, prompts, scored

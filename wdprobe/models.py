@@ -182,3 +182,14 @@ def _local_revision(path: Path | str) -> str | None:
     for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")):
         h.update(f"{f.name}:{f.stat().st_size}".encode())
     return "local-" + h.hexdigest()[:12]
+
+
+def load_for_run(manifest: dict[str, Any], *, device: str | None = None) -> LoadedModel:
+    """The model a run directory was scored with (same weights and dtype); refuses different weights."""
+    score = manifest["stages"]["score"]
+    info, cfg = score["model"], score["config"]
+    lm = load_model(DEFAULT_MODEL if info["name"] == DEFAULT_MODEL else info["path"], dtype=cfg["dtype"], device=device)
+    if lm.revision != cfg["model_revision"]:
+        raise ModelLoadError(f"the run was scored with {info['name']} revision {cfg['model_revision']}, "
+                             f"but {lm.path} is now revision {lm.revision}")
+    return lm

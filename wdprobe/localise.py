@@ -1,0 +1,329 @@
+"""The localisation stages on a run directory: cross-form patching, positional patching, steering.
+
+Each stage reads the scored run (prompts, letters) and its capture (stance directions, word residuals),
+writes finished chunks of items atomically into ``{stage}.parts`` (so an interrupted run resumes), then
+tidy CSVs, a headline JSON and plotly figures under ``patching/`` or ``steering/``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .cache import atomic_write_text
+from .runs import RunDir
+
+LOW_RANK_CORRELATION = 0.5  # below this, attribution heatmaps are not to be trusted without exact checks
+
+
+def _model(run: RunDir, lm):
+    if lm is not None:
+        return lm
+    from .models import load_for_run
+
+    return load_for_run(run.read_manifest())
+
+
+def _bar(total: int, desc: str, progress: bool, initial: int = 0):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="row", disable=not progress)
+
+
+def _model_name(run: RunDir) -> str:
+    return run.read_manifest()["stages"]["score"]["config"]["model"]
+
+
+def _resolve_layers(layers, lm) -> list[int]:
+    from .interventions import parse_layers
+
+    return parse_layers(layers, lm.bridge.cfg.n_layers)
+
+
+# ---- cross-form patching ----------------------------------------------------------------------------
+
+PATCH_COLUMNS = ["id", "condition", "layer", "toward_word", "letter_mass"]
+
+
+def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: str | Sequence[int] | None = None,
+                    conditions: Sequence[str] = ("full", "stance", "random"), seed: int = 0, folds: int = 5,
+                    chunk_items: int = 8, batch_size: int = 64, progress: bool = True, lm=None) -> dict[str, Any]:
+    """Word -> deed patching at the final position, layer by layer; writes ``patching/cross_form*``."""
+    from . import localise_plots, plots
+    from .pairs import load_pairs, stance_directions
+    from .patching import CROSS_CONDITIONS, InterventionError, cross_form_patching, summarise_cross_form
+
+    run = RunDir(run_dir)
+    lm = _model(run, lm)
+    layers = _resolve_layers(layers, lm)
+    bad = [c for c in conditions if c not in CROSS_CONDITIONS]
+    if bad:
+        raise InterventionError(f"unknown patching condition(s) {bad}: choose from {list(CROSS_CONDITIONS)}")
+    stage = "patch_cross"
+    run.check_or_start(stage, {"n_items": n_items, "layers": layers, "conditions": list(conditions), "seed": seed,
+                               "folds": folds, "hook": "resid_post", "position": "last"})
+    pairs = load_pairs(run.path, lm.tokenizer, n_items=n_items, seed=seed)
+    dirs = stance_directions(run.path, pairs, layers, folds=folds, seed=seed)
+    done = {r["id"] for r in run.read_parts(stage)}
+    todo = [i for i in range(len(pairs)) if pairs.items["id"][i] not in done]
+    per_item = 1 + len(conditions) * len(layers)
+    bar = _bar(len(pairs) * per_item, "patch word->deed", progress, (len(pairs) - len(todo)) * per_item)
+    for s in range(0, len(todo), chunk_items):
+        idx = todo[s: s + chunk_items]
+        f = cross_form_patching(lm, [pairs.deed_prompts[i] for i in idx], dirs.word_sources[idx], pairs.toward[idx],
+                                pairs.away[idx], pairs.token_ids, layers, conditions=conditions,
+                                stance_dirs=dirs.stance[idx], random_dirs=dirs.random, batch_size=batch_size,
+                                progress=bar.update)
+        f["id"] = [pairs.items["id"][idx[k]] for k in f["item"]]
+        run.write_part(stage, f[PATCH_COLUMNS].to_dict("records"), PATCH_COLUMNS)
+    bar.close()
+    import pandas as pd
+
+    frame = pd.DataFrame(run.read_parts(stage))
+    frame["layer"] = frame["layer"].astype(int)
+    for c in ("toward_word", "letter_mass"):
+        frame[c] = frame[c].astype(float)
+    pos = {iid: k for k, iid in enumerate(pairs.items["id"])}
+    frame["item"] = frame["id"].map(pos)
+    summary = summarise_cross_form(frame, pairs.items)
+    out = run.path / "patching"
+    out.mkdir(exist_ok=True)
+    atomic_write_text(out / "cross_form.csv", frame.merge(pairs.items[["id", "domain", "consistent", "same_letter"]],
+                                                          on="id").to_csv(index=False))
+    atomic_write_text(out / "cross_form_summary.csv", summary.to_csv(index=False))
+    head = cross_form_headline(summary, pairs.items)
+    atomic_write_text(out / "cross_form_headline.json", json.dumps(head, indent=2) + "\n")
+    model = _model_name(run)
+    figs = localise_plots.cross_form_figures(summary, f"{model}, {len(pairs)} two-option items "
+                                             f"({int((pairs.items.consistent == 0).sum())} inconsistent)")
+    plots.write_html(figs, out / "cross_form.html", heading=f"wdprobe cross-form patching: {model}")
+    pngs = [plots.write_png(f, out / f"cross_form-{i}.png") for i, f in enumerate(figs)]
+    run.update_stage(stage, complete=True, headline=head, png=[str(p) for p in pngs if p])
+    return head
+
+
+def cross_form_headline(summary, items) -> dict[str, Any]:
+    """Per condition, the layer with the most inconsistent items flipped, and that layer's numbers."""
+    out: dict[str, Any] = {"n_items": int(len(items)), "n_inconsistent": int((items.consistent == 0).sum()),
+                           "same_letter_rate_inconsistent": float(items[items.consistent == 0]["same_letter"].mean())}
+    for cond, g in summary.groupby("condition"):
+        best = g.loc[g["flip_rate"].idxmax()]
+        out[cond] = {k: (float(best[k]) if k != "layer" else int(best[k])) for k in
+                     ("layer", "flip_rate", "normalised_effect", "break_rate", "flip_rate_same_letter",
+                      "flip_rate_other_letter", "letter_mass")}
+        out[cond]["flip_rate_by_layer"] = {int(r.layer): round(float(r.flip_rate), 4) for r in g.itertuples()}
+    return out
+
+
+# ---- positional patching ----------------------------------------------------------------------------
+
+def token_segments(tokenizer, prompt: str, pres, form: str) -> list[str]:
+    """Role of each prompt token: instruction, scenario, 'A.'/'B.' labels, 'option A'/'option B' text,
+    'Answer:' and the final token (so heatmaps of different items can be averaged by role)."""
+    from .capture import presentation_spans
+    from .scoring import _encode
+
+    enc = tokenizer(prompt, return_offsets_mapping=True, add_special_tokens=True)
+    n = len(_encode(tokenizer, [prompt], "cpu")["input_ids"][0])
+    offsets = enc["offset_mapping"][-n:]
+    spans = presentation_spans(pres, form, prompt)
+    order = pres.order(form)
+    letter_spans = {chr(65 + j): spans.options[c] for j, c in enumerate(order)}
+    q0, q1 = spans.question
+    first_opt = min(s for s, _ in spans.options)
+    out = []
+    for t, (s, e) in enumerate(offsets):
+        if t == n - 1:
+            seg = "final"
+        elif e <= s:
+            seg = "special"
+        elif s < q0:
+            seg = "instruction"
+        elif s >= q1:
+            seg = "Answer:"
+        elif s < first_opt - 3:
+            seg = "scenario"
+        else:
+            seg = next((f"option {L}" for L, (a, b) in letter_spans.items() if a <= s < b), None)
+            if seg is None:
+                seg = next((f"label {L}" for L, (a, _) in letter_spans.items() if a - 4 <= s < a), "scenario")
+        out.append(seg)
+    return out
+
+
+SEGMENT_ORDER = ["special", "instruction", "scenario", "label A", "option A", "label B", "option B", "Answer:", "final"]
+
+
+def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: int = 16, n_exact: int = 4,
+                         layers: str | Sequence[int] | None = None, min_effect: float = 1.0, seed: int = 0,
+                         batch_size: int = 64, progress: bool = True, lm=None) -> dict[str, Any]:
+    """Layer x position heatmaps on option-swapped counterfactuals: attribution on ``n_items`` items whose
+    answer follows the options' content (|clean - counterfactual| >= ``min_effect`` nats), exact patching on
+    the first ``n_exact`` of them, and their rank correlation. Writes ``patching/positional*``."""
+    import pandas as pd
+
+    from . import localise_plots, plots
+    from .interventions import Row, resid_hook, run_interventions
+    from .pairs import load_pairs
+    from .patching import aligned_tokens, attribution_patching, exact_patching, normalised, rank_correlation, \
+        swap_counterfactual
+    from .prompts import normal_prompt, wrap
+
+    if form not in ("word", "deed"):
+        raise ValueError(f"form must be 'word' or 'deed', not {form!r}")
+    run = RunDir(run_dir)
+    lm = _model(run, lm)
+    layers = _resolve_layers(layers, lm)
+    hooks = [resid_hook(l, "resid_pre", lm.bridge.cfg.n_layers) for l in layers]
+    stage = "patch_positional"
+    run.check_or_start(stage, {"form": form, "n_items": n_items, "n_exact": n_exact, "layers": layers,
+                               "min_effect": min_effect, "seed": seed, "hook": "resid_pre"})
+    pairs = load_pairs(run.path, lm.tokenizer, n_items=None)
+    use_chat = run.read_manifest()["stages"]["score"]["config"]["chat_template"]
+    clean_all, cf_all, pres_all = [], [], []
+    for p, prompts in zip(pairs.presentations, pairs.word_prompts if form == "word" else pairs.deed_prompts):
+        cf = wrap(normal_prompt(swap_counterfactual(p, form), form), lm.tokenizer, use_chat)
+        try:
+            aligned_tokens(lm.tokenizer, prompts, cf, name=p.item.id)
+        except Exception:
+            continue
+        clean_all.append(prompts)
+        cf_all.append(cf)
+        pres_all.append(p)
+    order = np.random.default_rng(seed).permutation(len(clean_all))
+    # screen in seeded order for items whose answer depends on the options' content
+    token_ids = pairs.token_ids[:2]
+    chosen: list[int] = []
+    screened = 0
+    for s in range(0, len(order), 64):
+        block = [int(k) for k in order[s: s + 64]]
+        lp = run_interventions(lm, [clean_all[k] for k in block] + [cf_all[k] for k in block],
+                               [Row(j) for j in range(2 * len(block))], token_ids, batch_size=batch_size)
+        lo = lp[:, 0] - lp[:, 1]
+        screened += len(block)
+        chosen += [k for j, k in enumerate(block) if abs(lo[j] - lo[len(block) + j]) >= min_effect]
+        if len(chosen) >= n_items:
+            break
+    chosen = chosen[:n_items]
+    if not chosen:
+        raise ValueError(f"{run.path}: no aligned {form} item changes its answer log-odds by >= {min_effect} when its "
+                         f"options are swapped ({screened} screened); lower --min-effect")
+    clean = [clean_all[k] for k in chosen]
+    cf = [cf_all[k] for k in chosen]
+    ids = [pres_all[k].item.id for k in chosen]
+    tokens = [aligned_tokens(lm.tokenizer, a, b) for a, b in zip(clean, cf)]
+    segs = [token_segments(lm.tokenizer, a, pres_all[k], form) for a, k in zip(clean, chosen)]
+    import time
+
+    t0 = time.perf_counter()
+    attr = attribution_patching(lm, clean, cf, hooks, token_ids)
+    t_attr = time.perf_counter() - t0
+    n_ex = min(n_exact, len(chosen))
+    total = sum(len(t) * len(hooks) for t in tokens[:n_ex])
+    bar = _bar(total, "exact positional patching", progress)
+    t0 = time.perf_counter()
+    exact = exact_patching(lm, clean[:n_ex], cf[:n_ex], hooks, token_ids, batch_size=batch_size, progress=bar.update) if n_ex else []
+    t_exact = time.perf_counter() - t0
+    bar.close()
+    recs = []
+    for method, results in (("attribution", attr), ("exact", exact)):
+        for i, res in enumerate(results):
+            norm = normalised(res)
+            for h, hook in enumerate(hooks):
+                for p, tok in enumerate(tokens[i]):
+                    recs.append({"id": ids[i], "method": method, "hook": hook, "layer": layers[h], "position": p,
+                                 "token": tok, "segment": segs[i][p], "patched": float(res["patched"][h, p]),
+                                 "normalised": float(norm[h, p])})
+    frame = pd.DataFrame(recs)
+    rho = [rank_correlation(attr[i]["patched"], exact[i]["patched"]) for i in range(n_ex)]
+    pooled = rank_correlation(np.concatenate([normalised(attr[i]).ravel() for i in range(n_ex)]),
+                              np.concatenate([normalised(exact[i]).ravel() for i in range(n_ex)])) if n_ex else float("nan")
+    out = run.path / "patching"
+    out.mkdir(exist_ok=True)
+    stem = f"positional-{form}"
+    atomic_write_text(out / f"{stem}.csv", frame.to_csv(index=False))
+    seg_table = (frame.groupby(["method", "layer", "segment"])["normalised"].mean().reset_index())
+    atomic_write_text(out / f"{stem}-segments.csv", seg_table.to_csv(index=False))
+    head = {"form": form, "n_items": len(chosen), "n_exact": n_ex, "screened": screened,
+            "aligned_candidates": len(clean_all), "rank_correlation_per_item": [round(r, 4) for r in rho],
+            "rank_correlation_pooled": pooled, "seconds_attribution": round(t_attr, 2),
+            "seconds_exact": round(t_exact, 2), "clean_minus_counterfactual": [round(r["clean"] - r["counterfactual"], 3)
+                                                                          for r in attr],
+            "low_rank_correlation": bool(n_ex and pooled < LOW_RANK_CORRELATION)}
+    atomic_write_text(out / f"{stem}-headline.json", json.dumps(head, indent=2) + "\n")
+    model = _model_name(run)
+    figs = localise_plots.positional_figures(frame, seg_table, layers, SEGMENT_ORDER,
+                                    f"{model}, {form} prompts, options swapped (A<->B)", n_show=min(n_ex, 2))
+    plots.write_html(figs, out / f"{stem}.html", heading=f"wdprobe positional patching: {model}, {form} form")
+    pngs = [plots.write_png(f, out / f"{stem}-{i}.png") for i, f in enumerate(figs)]
+    run.update_stage(stage, complete=True, headline=head, png=[str(p) for p in pngs if p])
+    return head
+
+
+# ---- steering --------------------------------------------------------------------------------------
+
+STEER_COLUMNS = ["id", "condition", "layer", "alpha", "toward_word", "letter_mass"]
+DEFAULT_ALPHAS = (0.05, 0.1, 0.2, 0.4, 0.8)
+
+
+def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str | Sequence[int] | None = None,
+                 alphas: Sequence[float] = DEFAULT_ALPHAS, seed: int = 0, folds: int = 5, min_mass_ratio: float = 0.5,
+                 chunk_items: int = 8, batch_size: int = 64, progress: bool = True, lm=None) -> dict[str, Any]:
+    """Steer deed runs toward the word answer at each (layer, alpha); writes ``steering/``."""
+    import pandas as pd
+
+    from . import localise_plots, plots
+    from .pairs import load_pairs, stance_directions
+    from .steering import best_setting, steer, summarise_steering
+
+    run = RunDir(run_dir)
+    lm = _model(run, lm)
+    layers = _resolve_layers(layers, lm)
+    alphas = [float(a) for a in alphas]
+    stage = "steer"
+    run.check_or_start(stage, {"n_items": n_items, "layers": layers, "alphas": alphas, "seed": seed, "folds": folds,
+                               "hook": "resid_post", "position": "last"})
+    pairs = load_pairs(run.path, lm.tokenizer, n_items=n_items, seed=seed)
+    dirs = stance_directions(run.path, pairs, layers, folds=folds, seed=seed)
+    sign = np.where(pairs.items["y_word"].to_numpy() == 1, 1.0, -1.0)[:, None, None]
+    unit = dirs.deed_norm[None, :, None]
+    stance_vecs = dirs.stance * unit * sign
+    random_vecs = np.broadcast_to(dirs.random[None], dirs.stance.shape) * unit * sign
+    done = {r["id"] for r in run.read_parts(stage)}
+    todo = [i for i in range(len(pairs)) if pairs.items["id"][i] not in done]
+    per_item = 1 + 2 * len(layers) * len(alphas)
+    bar = _bar(len(pairs) * per_item, "steer deeds", progress, (len(pairs) - len(todo)) * per_item)
+    for s in range(0, len(todo), chunk_items):
+        idx = todo[s: s + chunk_items]
+        f = steer(lm, [pairs.deed_prompts[i] for i in idx], stance_vecs[idx], random_vecs[idx], pairs.toward[idx],
+                  pairs.away[idx], pairs.token_ids, layers, alphas, batch_size=batch_size, progress=bar.update)
+        f["id"] = [pairs.items["id"][idx[k]] for k in f["item"]]
+        run.write_part(stage, f[STEER_COLUMNS].to_dict("records"), STEER_COLUMNS)
+    bar.close()
+    frame = pd.DataFrame(run.read_parts(stage))
+    frame["layer"] = frame["layer"].astype(int)
+    for c in ("alpha", "toward_word", "letter_mass"):
+        frame[c] = frame[c].astype(float)
+    frame["item"] = frame["id"].map({iid: k for k, iid in enumerate(pairs.items["id"])})
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    table = summarise_steering(frame, pairs.items, population_consistency=metrics["cs_micro"])
+    best = best_setting(table, min_mass_ratio=min_mass_ratio, key="cs_population")
+    out = run.path / "steering"
+    out.mkdir(exist_ok=True)
+    atomic_write_text(out / "steering.csv", frame.to_csv(index=False))
+    atomic_write_text(out / "steering_summary.csv", table.to_csv(index=False))
+    head = {"n_items": len(pairs), "n_inconsistent": int((pairs.items.consistent == 0).sum()),
+            "clean_cs_items": table.attrs["clean_cs"], "clean_letter_mass": table.attrs["clean_letter_mass"],
+            "cs_population_clean": metrics["cs_micro"], "deed_residual_norm": dict(zip(map(int, layers),
+                                                                                        map(float, dirs.deed_norm))),
+            "best": best}
+    atomic_write_text(out / "steering_headline.json", json.dumps(head, indent=2) + "\n")
+    model = _model_name(run)
+    figs = localise_plots.steering_figures(table, f"{model}, {len(pairs)} two-option items; alpha in units of the mean deed "
+                                         f"residual norm at the layer", min_mass_ratio)
+    plots.write_html(figs, out / "steering.html", heading=f"wdprobe steering: {model}")
+    pngs = [plots.write_png(f, out / f"steering-{i}.png") for i, f in enumerate(figs)]
+    run.update_stage(stage, complete=True, headline=head, png=[str(p) for p in pngs if p])
+    return head
