@@ -203,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default="both", choices=["cross", "positional", "both"])
     p.add_argument("--items", default="64", help="cross-form: number of two-option items (half inconsistent) or 'all'")
     p.add_argument("--layers", default="all", help="'all', '0,4,8' or '2-10'")
-    p.add_argument("--conditions", default="full,stance,random",
-                   help="cross-form: full residual, word-stance component, random-direction component")
+    p.add_argument("--conditions", default="full,stance,letter,random",
+                   help="cross-form: full residual, or only its component along the word-stance, answer-letter or a "
+                        "random direction")
     p.add_argument("--form", default="deed", choices=["word", "deed"], help="positional: which form's prompts")
     p.add_argument("--positional-items", type=int, default=16, help="positional: items for attribution patching")
     p.add_argument("--exact-items", type=int, default=4, help="positional: of those, items also patched exactly")
@@ -219,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory with `wdprobe capture` (resid_post, position last)")
     p.add_argument("--items", default="64", help="number of two-option items (half inconsistent) or 'all'")
     p.add_argument("--layers", default="all")
-    p.add_argument("--alphas", default="0.05,0.1,0.2,0.4,0.8", help="comma list, in units of the mean residual norm")
+    p.add_argument("--alphas", default="1,2,4,8,16",
+                   help="comma list, in units of the word-answer mean difference at the layer")
     p.add_argument("--min-mass-ratio", type=float, default=0.5,
                    help="a setting keeps the answer format if letter mass stays above this share of clean")
     p.add_argument("--seed", type=int, default=0)

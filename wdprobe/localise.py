@@ -48,7 +48,7 @@ PATCH_COLUMNS = ["id", "condition", "layer", "toward_word", "letter_mass"]
 
 
 def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: str | Sequence[int] | None = None,
-                    conditions: Sequence[str] = ("full", "stance", "random"), seed: int = 0, folds: int = 5,
+                    conditions: Sequence[str] = ("full", "stance", "letter", "random"), seed: int = 0, folds: int = 5,
                     chunk_items: int = 8, batch_size: int = 64, progress: bool = True, lm=None) -> dict[str, Any]:
     """Word -> deed patching at the final position, layer by layer; writes ``patching/cross_form*``."""
     from . import localise_plots, plots
@@ -74,7 +74,8 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
         idx = todo[s: s + chunk_items]
         f = cross_form_patching(lm, [pairs.deed_prompts[i] for i in idx], dirs.word_sources[idx], pairs.toward[idx],
                                 pairs.away[idx], pairs.token_ids, layers, conditions=conditions,
-                                stance_dirs=dirs.stance[idx], random_dirs=dirs.random, batch_size=batch_size,
+                                stance_dirs=dirs.stance[idx], random_dirs=dirs.random, letter_dirs=dirs.letter[idx],
+                                batch_size=batch_size,
                                 progress=bar.update)
         f["id"] = [pairs.items["id"][idx[k]] for k in f["item"]]
         run.write_part(stage, f[PATCH_COLUMNS].to_dict("records"), PATCH_COLUMNS)
@@ -161,7 +162,7 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
                          batch_size: int = 64, progress: bool = True, lm=None) -> dict[str, Any]:
     """Layer x position heatmaps on option-swapped counterfactuals: attribution on ``n_items`` items whose
     answer follows the options' content (|clean - counterfactual| >= ``min_effect`` nats), exact patching on
-    the first ``n_exact`` of them, and their rank correlation. Writes ``patching/positional*``."""
+    the ``n_exact`` shortest of them, and their rank correlation. Writes ``patching/positional*``."""
     import pandas as pd
 
     from . import localise_plots, plots
@@ -206,7 +207,8 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
         chosen += [k for j, k in enumerate(block) if abs(lo[j] - lo[len(block) + j]) >= min_effect]
         if len(chosen) >= n_items:
             break
-    chosen = chosen[:n_items]
+    # exact patching costs (layers x tokens) forwards per item: do it on the shortest chosen items
+    chosen = sorted(chosen[:n_items], key=lambda k: len(lm.tokenizer(clean_all[k])["input_ids"]))
     if not chosen:
         raise ValueError(f"{run.path}: no aligned {form} item changes its answer log-odds by >= {min_effect} when its "
                          f"options are swapped ({screened} screened); lower --min-effect")
@@ -265,7 +267,7 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
 # ---- steering --------------------------------------------------------------------------------------
 
 STEER_COLUMNS = ["id", "condition", "layer", "alpha", "toward_word", "letter_mass"]
-DEFAULT_ALPHAS = (0.05, 0.1, 0.2, 0.4, 0.8)
+DEFAULT_ALPHAS = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str | Sequence[int] | None = None,
@@ -288,7 +290,7 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
     pairs = load_pairs(run.path, lm.tokenizer, n_items=n_items, seed=seed)
     dirs = stance_directions(run.path, pairs, layers, folds=folds, seed=seed)
     sign = np.where(pairs.items["y_word"].to_numpy() == 1, 1.0, -1.0)[:, None, None]
-    unit = dirs.deed_norm[None, :, None]
+    unit = dirs.gap[:, :, None]
     stance_vecs = dirs.stance * unit * sign
     random_vecs = np.broadcast_to(dirs.random[None], dirs.stance.shape) * unit * sign
     done = {r["id"] for r in run.read_parts(stage)}
@@ -316,13 +318,14 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
     atomic_write_text(out / "steering_summary.csv", table.to_csv(index=False))
     head = {"n_items": len(pairs), "n_inconsistent": int((pairs.items.consistent == 0).sum()),
             "clean_cs_items": table.attrs["clean_cs"], "clean_letter_mass": table.attrs["clean_letter_mass"],
-            "cs_population_clean": metrics["cs_micro"], "deed_residual_norm": dict(zip(map(int, layers),
+            "cs_population_clean": metrics["cs_micro"],
+            "mean_difference_norm": dict(zip(map(int, layers), map(float, dirs.gap.mean(0)))), "deed_residual_norm": dict(zip(map(int, layers),
                                                                                         map(float, dirs.deed_norm))),
             "best": best}
     atomic_write_text(out / "steering_headline.json", json.dumps(head, indent=2) + "\n")
     model = _model_name(run)
-    figs = localise_plots.steering_figures(table, f"{model}, {len(pairs)} two-option items; alpha in units of the mean deed "
-                                         f"residual norm at the layer", min_mass_ratio)
+    figs = localise_plots.steering_figures(table, f"{model}, {len(pairs)} two-option items; alpha in units of the word-answer "
+                                         f"mean difference at the layer", min_mass_ratio)
     plots.write_html(figs, out / "steering.html", heading=f"wdprobe steering: {model}")
     pngs = [plots.write_png(f, out / f"steering-{i}.png") for i, f in enumerate(figs)]
     run.update_stage(stage, complete=True, headline=head, png=[str(p) for p in pngs if p])

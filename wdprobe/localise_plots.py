@@ -15,7 +15,8 @@ from .plots import _rgba
 
 GROUP_COLOURS = {"consistent": "#2ca02c", "inconsistent": "#d62728", "all": "#1f77b4"}
 CONDITION_STYLE = {"full": ("full residual", "#1f77b4", "solid"),
-                   "stance": ("word-stance component only", "#d62728", "solid"),
+                   "stance": ("word-stance component only (letter-balanced)", "#d62728", "solid"),
+                   "letter": ("control: answer-letter component", "#ff7f0e", "dash"),
                    "random": ("control: random-direction component", "#7f7f7f", "dot")}
 
 
@@ -42,10 +43,6 @@ def lens_figures(traj, model: str) -> list[go.Figure]:
             continue
         _mean_band(fig, layers, traj.toward_word("word")[m], GROUP_COLOURS[g], f"{g} items: word prompt", "solid")
         _mean_band(fig, layers, traj.toward_word("deed")[m], GROUP_COLOURS[g], f"{g} items: deed prompt", "dash")
-    div = traj.curve_divergence_layer(groups["inconsistent"]) if groups["inconsistent"].any() else None
-    if div is not None:
-        fig.add_vline(x=div, line=dict(color="#d62728", width=1, dash="dot"),
-                      annotation_text=f"deed leaves word: layer {div}", annotation_position="top left")
     fig.add_hline(y=0, line=dict(color="black", width=1, dash="dot"))
     fig.update_layout(title=f"Logit lens: log-odds toward the word answer, by layer<br><sup>{model}, {len(traj.items)} "
                             "two-option items; final norm + unembedding applied to each layer's final-position residual "
@@ -174,7 +171,7 @@ def steering_figures(table, where: str, min_mass_ratio: float) -> list[go.Figure
                                  zmin=0 if col == "mass_ratio" else float(table[metric].min()),
                                  zmax=max(1.0, float(np.nanmax(z))) if col == "mass_ratio" else float(table[metric].max()),
                                  text=np.round(z, 2), texttemplate="%{text}", showscale=False), row=1, col=c)
-        fig.update_xaxes(title_text="alpha (× mean residual norm)", type="category", row=1, col=c)
+        fig.update_xaxes(title_text="alpha (× word-answer mean difference)", type="category", row=1, col=c)
     fig.update_yaxes(title_text="steered layer (resid_post, final position)", row=1, col=1)
     clean = table.attrs.get("clean_cs")
     fig.update_layout(title=f"Steering deeds toward the word answer — {'benchmark-level CS' if metric == 'cs_population' else 'CS'}"
@@ -195,7 +192,7 @@ def steering_figures(table, where: str, min_mass_ratio: float) -> list[go.Figure
             fig2.add_trace(go.Scatter(x=s["alpha"], y=s["mass_ratio"], mode="lines+markers", showlegend=False,
                                       legendgroup=f"{cond}{layer}", line=dict(color=colour, dash=dash)), row=1, col=2)
     fig2.add_hline(y=min_mass_ratio, line=dict(color="black", dash="dot"), row=1, col=2)
-    fig2.update_xaxes(title_text="alpha (× mean residual norm)", type="log")
+    fig2.update_xaxes(title_text="alpha (× word-answer mean difference)", type="log")
     fig2.update_layout(title=f"Steering curves (solid: word-stance direction, dotted: random)<br><sup>{where}</sup>",
                        template="plotly_white", height=500, width=1300)
     if clean is not None:

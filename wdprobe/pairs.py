@@ -82,11 +82,14 @@ def load_pairs(run_dir: str | Path, tokenizer, *, n_items: int | None = None, se
 
 @dataclass
 class Directions:
-    """Per selected item and layer, the cross-fitted unit word-stance direction; a random unit direction per
-    layer; and the mean deed residual norm per layer (the unit of steering strength)."""
+    """Per selected item and layer, the cross-fitted unit word-stance direction and the length of the mean
+    difference it came from (the unit of steering strength); a random unit direction per layer; and the
+    mean deed residual norm per layer (for scale: Gemma's residual norm is dominated by a few huge dimensions)."""
 
     layers: tuple[int, ...]
-    stance: np.ndarray  # [n_items, n_layers, d]
+    stance: np.ndarray  # [n_items, n_layers, d]: word answer 1 vs 0, balanced over the word answer's letter
+    letter: np.ndarray  # [n_items, n_layers, d]: word answer's letter B vs A, balanced over the word answer
+    gap: np.ndarray  # [n_items, n_layers]: |mean(word answer 1) - mean(word answer 0)|
     random: np.ndarray  # [n_layers, d]
     deed_norm: np.ndarray  # [n_layers]
     word_sources: np.ndarray  # [n_items, n_layers, d]: captured word residuals at the final position
@@ -95,7 +98,12 @@ class Directions:
 def stance_directions(run_dir: str | Path, pairs: PairSet, layers: Sequence[int] | None = None, *, folds: int = 5,
                       seed: int = 0) -> Directions:
     """Word-stance directions from the run's captured ``resid_post`` at the final position (all two-option
-    items, cross-fitted by item), restricted to ``layers``."""
+    items, cross-fitted by item), restricted to ``layers``.
+
+    With independent shuffles the word answer's letter predicts its option (a base model says "A" most of
+    the time), so a plain difference of means by answer would partly be a *letter* direction. The stance
+    direction is therefore balanced over the answer letter, and the letter direction (balanced over the
+    answer) is returned too, as the control that carries the letter and not the stance."""
     from .capture import CaptureSpecError, load_activations
     from .probe_stage import paired_forms
     from .probes import crossfit_directions
@@ -109,7 +117,9 @@ def stance_directions(run_dir: str | Path, pairs: PairSet, layers: Sequence[int]
         raise CaptureSpecError(f"layer(s) {missing} were not captured in {run_dir} (captured: {captured}); "
                                "rerun `wdprobe capture` with those layers")
     slots = [captured.index(l) for l in layers]
-    dirs, fold_of = crossfit_directions(word[:, slots], items["y_word"].to_numpy(), folds=folds)
+    y, letter = items["y_word"].to_numpy(), items["letter_word"].to_numpy()
+    dirs, fold_of, gaps = crossfit_directions(word[:, slots], y, folds=folds, balance=letter)
+    letter_dirs, _, _ = crossfit_directions(word[:, slots], letter, folds=folds, balance=y)
     pos = {iid: k for k, iid in enumerate(items["id"])}
     missing_ids = [i for i in pairs.items["id"] if i not in pos]
     if missing_ids:
@@ -120,4 +130,5 @@ def stance_directions(run_dir: str | Path, pairs: PairSet, layers: Sequence[int]
     rand = rng.standard_normal((len(layers), word.shape[-1]))
     rand /= np.linalg.norm(rand, axis=-1, keepdims=True)
     norm = np.linalg.norm(deed[:, slots], axis=-1).mean(0)
-    return Directions(tuple(layers), stance, rand, norm, word[idx][:, slots])
+    return Directions(tuple(layers), stance, letter_dirs[fold_of[idx]], gaps[fold_of[idx]], rand, norm,
+                      word[idx][:, slots])

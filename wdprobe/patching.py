@@ -24,7 +24,7 @@ import torch
 from .interventions import Intervention, InterventionError, Row, forward_last, residuals_at, run_interventions
 from .scoring import _encode
 
-CROSS_CONDITIONS = ("full", "stance", "random")
+CROSS_CONDITIONS = ("full", "stance", "letter", "random")
 
 
 class AlignmentError(InterventionError):
@@ -35,11 +35,14 @@ class AlignmentError(InterventionError):
 
 def cross_form_rows(n_items: int, layers: Sequence[int], sources: np.ndarray, *, hook_kind: str = "resid_post",
                     conditions: Sequence[str] = CROSS_CONDITIONS, stance_dirs: np.ndarray | None = None,
-                    random_dirs: np.ndarray | None = None) -> tuple[list[Row], list[dict[str, Any]]]:
+                    random_dirs: np.ndarray | None = None,
+                    letter_dirs: np.ndarray | None = None) -> tuple[list[Row], list[dict[str, Any]]]:
     """Rows for one batched run: per item a clean row, then one row per (condition, layer).
 
     ``sources``: word-run residuals ``[n_items, n_layers_listed, d]`` at the final position;
-    ``stance_dirs``: unit directions ``[n_items, n_layers_listed, d]``; ``random_dirs``: ``[n_layers_listed, d]``.
+    ``stance_dirs``/``letter_dirs``: unit directions ``[n_items, n_layers_listed, d]``; ``random_dirs``:
+    ``[n_layers_listed, d]``. Conditions: ``full`` (set the whole vector), ``stance``/``letter``/``random``
+    (replace only the component along that direction).
     """
     unknown = [c for c in conditions if c not in CROSS_CONDITIONS]
     if unknown:
@@ -48,6 +51,8 @@ def cross_form_rows(n_items: int, layers: Sequence[int], sources: np.ndarray, *,
         raise InterventionError("the 'stance' condition needs stance directions")
     if "random" in conditions and random_dirs is None:
         raise InterventionError("the 'random' condition needs random directions")
+    if "letter" in conditions and letter_dirs is None:
+        raise InterventionError("the 'letter' condition needs letter directions")
     src = torch.as_tensor(np.asarray(sources, dtype=np.float32))
     rows, keys = [], []
     for i in range(n_items):
@@ -59,7 +64,8 @@ def cross_form_rows(n_items: int, layers: Sequence[int], sources: np.ndarray, *,
                 if cond == "full":
                     iv = Intervention(hook, -1, "set", src[i, k])
                 else:
-                    d = stance_dirs[i, k] if cond == "stance" else random_dirs[k]
+                    d = {"stance": lambda: stance_dirs[i, k], "letter": lambda: letter_dirs[i, k],
+                         "random": lambda: random_dirs[k]}[cond]()
                     iv = Intervention(hook, -1, "project", src[i, k], torch.as_tensor(np.asarray(d, dtype=np.float32)))
                 rows.append(Row(i, [iv]))
                 keys.append({"item": i, "condition": cond, "layer": int(layer)})
@@ -69,7 +75,7 @@ def cross_form_rows(n_items: int, layers: Sequence[int], sources: np.ndarray, *,
 def cross_form_patching(lm, deed_prompts: Sequence[str], sources: np.ndarray, toward: Sequence[int], away: Sequence[int],
                         token_ids: Sequence[int], layers: Sequence[int], *, conditions: Sequence[str] = CROSS_CONDITIONS,
                         stance_dirs: np.ndarray | None = None, random_dirs: np.ndarray | None = None,
-                        hook_kind: str = "resid_post", batch_size: int = 64, progress: Callable[[int], None] | None = None):
+                        letter_dirs: np.ndarray | None = None, hook_kind: str = "resid_post", batch_size: int = 64, progress: Callable[[int], None] | None = None):
     """Patch word residuals into deed runs; one frame row per item x condition x layer (plus ``clean``).
 
     ``toward[i]``/``away[i]``: positions in ``token_ids`` of the deed prompt's letter for the word answer
@@ -78,7 +84,7 @@ def cross_form_patching(lm, deed_prompts: Sequence[str], sources: np.ndarray, to
     import pandas as pd
 
     rows, keys = cross_form_rows(len(deed_prompts), layers, sources, hook_kind=hook_kind, conditions=conditions,
-                                 stance_dirs=stance_dirs, random_dirs=random_dirs)
+                                 stance_dirs=stance_dirs, random_dirs=random_dirs, letter_dirs=letter_dirs)
     lp = run_interventions(lm, deed_prompts, rows, token_ids, batch_size=batch_size, progress=progress)
     frame = pd.DataFrame(keys)
     it = frame["item"].to_numpy()

@@ -206,24 +206,38 @@ def probe_layers(word: np.ndarray, deed: np.ndarray, y_word: np.ndarray, y_deed:
     return res
 
 
-def crossfit_directions(X: np.ndarray, y: np.ndarray, *, folds: int = 5) -> tuple[np.ndarray, np.ndarray]:
+def crossfit_directions(X: np.ndarray, y: np.ndarray, *, folds: int = 5,
+                        balance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unit difference-of-means stance directions per layer, cross-fitted by item.
 
     ``X``: ``(n_items, n_layers, d)``; ``y``: binary labels. Returns ``dirs`` ``(folds, n_layers, d)``
     (pointing from label 0 to label 1) and ``fold_of`` ``(n_items,)``: item i must only be touched with
     ``dirs[fold_of[i]]``, fitted without it, so an intervention never uses a direction that saw its item.
+    ``gaps`` ``(folds, n_layers)``: the length of each mean difference (the natural unit of steering strength).
+    ``balance``: a nuisance label per item (e.g. the answer letter); the difference of means is then taken
+    within each nuisance group and averaged, so a nuisance correlated with ``y`` does not leak into the direction.
     """
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y).astype(int)
     if set(np.unique(y)) != {0, 1}:
         raise ValueError(f"stance directions need both labels 0 and 1, got {sorted(set(y.tolist()))}")
     fold_of = np.zeros(len(y), dtype=int)
     dirs = np.zeros((folds, X.shape[1], X.shape[2]))
+    gaps = np.zeros((folds, X.shape[1]))
     for f, (tr, te) in enumerate(item_folds(len(y), folds)):
         fold_of[te] = f
         yt = y[tr]
         if len(np.unique(yt)) < 2:
             raise ValueError(f"fold {f}: training items hold one label only; use fewer folds")
-        diff = X[tr][yt == 1].mean(0) - X[tr][yt == 0].mean(0)
+        if balance is None:
+            diff = X[tr][yt == 1].mean(0) - X[tr][yt == 0].mean(0)
+        else:
+            bt = np.asarray(balance)[tr]
+            parts = [X[tr][(yt == 1) & (bt == g)].mean(0) - X[tr][(yt == 0) & (bt == g)].mean(0)
+                     for g in np.unique(bt) if ((yt == 1) & (bt == g)).any() and ((yt == 0) & (bt == g)).any()]
+            if not parts:
+                raise ValueError(f"fold {f}: no nuisance group holds both labels; cannot balance the direction")
+            diff = np.mean(parts, axis=0)
         norm = np.linalg.norm(diff, axis=-1, keepdims=True)
         dirs[f] = diff / np.where(norm > 0, norm, 1.0)
-    return dirs, fold_of
+        gaps[f] = norm[..., 0]
+    return dirs, fold_of, gaps

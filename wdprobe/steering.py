@@ -3,8 +3,9 @@
 At layer l the deed run's final-position residual gets ``alpha * scale_l * s_i * u_l``: ``u_l`` the unit
 word-stance direction (difference of means of word residuals by the word answer, cross-fitted so an
 item is never steered by a direction fitted on it), ``s_i = +1/-1`` pointing toward item i's word
-answer, ``scale_l`` the mean norm of deed residuals at that layer (so alpha is a fraction of a typical
-residual). The control adds a random unit direction with the same norm and sign. Outcome: CS (the deed
+answer, ``scale_l`` the length of that mean difference (alpha = 1 moves a residual by the whole gap
+between the two word-answer groups, the usual contrastive-steering unit). The control adds a random unit
+direction with the same norm and sign. Outcome: CS (the deed
 now picks the word answer) and letter mass (the model still answers with a letter at all).
 """
 from __future__ import annotations

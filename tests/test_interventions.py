@@ -1,0 +1,153 @@
+"""The one intervention mechanism: identities, batching, prefix sharing, attribution vs exact, bad input."""
+import numpy as np
+import pytest
+import torch
+
+from wdprobe.interventions import (Intervention, InterventionError, Row, parse_layers, residuals_at, resid_hook,
+                                   run_interventions)
+from wdprobe.patching import (AlignmentError, aligned_tokens, attribution_patching, exact_patching,
+                              exact_patching_one_by_one, rank_correlation)
+from wdprobe.scoring import last_token_logits
+
+PROMPTS = ["What is your view on city parks ? Answer:", "Should schools teach music ? A B Answer:",
+           "Is it right to lie to a friend ? No , honesty matters . Answer:"]
+# aligned pairs: same token count, only the option words differ
+CLEAN = ["Should schools teach music ? A parks B roads Answer:", "What is your view ? A music B math Answer:"]
+CF = ["Should schools teach music ? A roads B parks Answer:", "What is your view ? A math B music Answer:"]
+
+
+def _ids(lm, n=6):
+    return list(range(4, 4 + n))
+
+
+def _all_resid_post(lm):
+    return [resid_hook(l, "resid_post", lm.bridge.cfg.n_layers) for l in range(lm.bridge.cfg.n_layers)]
+
+
+def test_clean_rows_equal_plain_scoring(tiny_lm):
+    lp = run_interventions(tiny_lm, PROMPTS, [Row(i) for i in range(3)], _ids(tiny_lm), pack=False)
+    ref = torch.log_softmax(last_token_logits(tiny_lm, PROMPTS).float(), -1)[:, _ids(tiny_lm)].numpy()
+    np.testing.assert_allclose(lp, ref, atol=1e-5)
+
+
+def test_patching_a_run_with_its_own_activations_changes_nothing(tiny_lm):
+    hooks = _all_resid_post(tiny_lm)
+    own = residuals_at(tiny_lm, PROMPTS, hooks)
+    rows = [Row(i, [Intervention(h, p, "set", own[h][i][p]) for h in hooks for p in range(len(own[h][i]))])
+            for i in range(3)]
+    clean = run_interventions(tiny_lm, PROMPTS, [Row(i) for i in range(3)], _ids(tiny_lm))
+    patched = run_interventions(tiny_lm, PROMPTS, rows, _ids(tiny_lm))
+    np.testing.assert_allclose(patched, clean, atol=1e-5)
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_patching_every_layer_final_position_reproduces_the_source(tiny_lm, pack):
+    hooks = _all_resid_post(tiny_lm)
+    src = residuals_at(tiny_lm, PROMPTS, hooks, positions=[[-1]] * 3)
+    # prompt i receives the final-position residuals of prompt i+1 at every layer
+    rows = [Row(i, [Intervention(h, -1, "set", src[h][(i + 1) % 3][0]) for h in hooks]) for i in range(3)]
+    patched = run_interventions(tiny_lm, PROMPTS, rows, _ids(tiny_lm), pack=pack)
+    source = run_interventions(tiny_lm, PROMPTS, [Row((i + 1) % 3) for i in range(3)], _ids(tiny_lm))
+    np.testing.assert_allclose(patched, source, atol=1e-5)
+    clean = run_interventions(tiny_lm, PROMPTS, [Row(i) for i in range(3)], _ids(tiny_lm))
+    assert np.abs(patched - clean).max() > 1e-3  # the patch did something
+
+
+def test_alpha_zero_steering_is_identity_and_nonzero_is_not(tiny_lm):
+    d = tiny_lm.bridge.cfg.d_model
+    u = torch.randn(d, generator=torch.Generator().manual_seed(0))
+    hook = resid_hook(1, "resid_pre", tiny_lm.bridge.cfg.n_layers)
+    clean = run_interventions(tiny_lm, PROMPTS, [Row(i) for i in range(3)], _ids(tiny_lm))
+    zero = run_interventions(tiny_lm, PROMPTS, [Row(i, [Intervention(hook, -1, "add", 0.0 * u)]) for i in range(3)],
+                             _ids(tiny_lm))
+    np.testing.assert_allclose(zero, clean, atol=1e-6)
+    moved = run_interventions(tiny_lm, PROMPTS, [Row(i, [Intervention(hook, -1, "add", 5.0 * u)]) for i in range(3)],
+                              _ids(tiny_lm))
+    assert np.abs(moved - clean).max() > 1e-3
+
+
+def test_projection_patch_replaces_only_the_component_along_the_direction(tiny_lm):
+    hooks = _all_resid_post(tiny_lm)[:1]
+    acts = residuals_at(tiny_lm, PROMPTS[:2], hooks, positions=[[-1], [-1]])
+    x, s = acts[hooks[0]][0][0], acts[hooks[0]][1][0]
+    u = torch.zeros_like(x)
+    u[3] = 1.0
+    # projecting prompt 1's value onto axis 3 == setting x with coordinate 3 replaced
+    expected = x.clone()
+    expected[3] = s[3]
+    a = run_interventions(tiny_lm, PROMPTS, [Row(0, [Intervention(hooks[0], -1, "project", s, u)])], _ids(tiny_lm))
+    b = run_interventions(tiny_lm, PROMPTS, [Row(0, [Intervention(hooks[0], -1, "set", expected)])], _ids(tiny_lm))
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_prefix_shared_copies_equal_separate_rows(tiny_lm):
+    hooks = _all_resid_post(tiny_lm)
+    src = residuals_at(tiny_lm, PROMPTS, hooks, positions=[[-1]] * 3)
+    g = torch.Generator().manual_seed(1)
+    rows = []
+    for i in range(3):
+        rows.append(Row(i))
+        for h in hooks:
+            u = torch.randn(tiny_lm.bridge.cfg.d_model, generator=g)
+            u /= u.norm()
+            rows += [Row(i, [Intervention(h, -1, "set", src[h][(i + 2) % 3][0])]),
+                     Row(i, [Intervention(h, -1, "project", src[h][(i + 1) % 3][0], u)]),
+                     Row(i, [Intervention(h, -1, "add", 4 * u)])]
+    separate = run_interventions(tiny_lm, PROMPTS, rows, _ids(tiny_lm), pack=False)
+    shared = run_interventions(tiny_lm, PROMPTS, rows, _ids(tiny_lm), pack=True)
+    np.testing.assert_allclose(shared, separate, atol=1e-5)
+
+
+def test_batched_exact_patching_equals_one_patch_per_forward(tiny_lm):
+    hooks = [resid_hook(l, k, 2) for l in (0, 1) for k in ("resid_pre", "resid_post")]
+    ids = [tiny_lm.tokenizer.convert_tokens_to_ids(t) for t in ("A", "B")]
+    batched = exact_patching(tiny_lm, CLEAN, CF, hooks, ids, batch_size=7)
+    for i in range(2):
+        one = exact_patching_one_by_one(tiny_lm, CLEAN[i], CF[i], hooks, ids)
+        np.testing.assert_allclose(batched[i]["patched"], one, atol=1e-5)
+    # patching resid_pre of layer 0 at every position turns the counterfactual into the clean run
+    assert batched[0]["patched"].shape == (4, len(tiny_lm.tokenizer(CLEAN[0])["input_ids"]))
+
+
+def test_attribution_equals_exact_for_a_metric_linear_in_the_patched_activation(tiny_lm):
+    # logits are linear in the unembedding's input, so the letter log-odds' first-order estimate is exact
+    ids = [tiny_lm.tokenizer.convert_tokens_to_ids(t) for t in ("A", "B")]
+    exact = exact_patching(tiny_lm, CLEAN, CF, ["unembed.hook_in"], ids)
+    attr = attribution_patching(tiny_lm, CLEAN, CF, ["unembed.hook_in"], ids)
+    for e, a in zip(exact, attr):
+        np.testing.assert_allclose(a["patched"], e["patched"], atol=1e-4)
+        assert a["clean"] == pytest.approx(e["clean"], abs=1e-5)
+        assert e["patched"][0, -1] == pytest.approx(e["clean"], abs=1e-5)  # the last position carries it all
+
+
+def test_attribution_tracks_exact_patching_on_residual_hooks(tiny_lm):
+    hooks = [resid_hook(l, "resid_pre", 2) for l in (0, 1)]
+    ids = [tiny_lm.tokenizer.convert_tokens_to_ids(t) for t in ("A", "B")]
+    exact = exact_patching(tiny_lm, CLEAN, CF, hooks, ids)
+    attr = attribution_patching(tiny_lm, CLEAN, CF, hooks, ids)
+    e = np.concatenate([r["patched"].ravel() - r["counterfactual"] for r in exact])
+    a = np.concatenate([r["patched"].ravel() - r["counterfactual"] for r in attr])
+    assert rank_correlation(a, e) > 0.3
+    # parameters keep requiring gradients after the backward pass
+    assert all(p.requires_grad for p in tiny_lm.hf_model.parameters())
+
+
+def test_bad_input_gets_clear_errors(tiny_lm):
+    with pytest.raises(AlignmentError, match="prompt pair 0: .* 12 and 10 tokens"):
+        exact_patching(tiny_lm, CLEAN[:1], ["Should schools teach music ? A B Answer:"], ["blocks.0.hook_resid_pre"], [5, 6])
+    with pytest.raises(AlignmentError, match="item ev1"):
+        aligned_tokens(tiny_lm.tokenizer, CLEAN[0], "short prompt", name="item ev1")
+    with pytest.raises(InterventionError, match=r"layer 2 out of range.*0\.\.1"):
+        resid_hook(2, "resid_post", 2)
+    with pytest.raises(InterventionError, match=r"layer\(s\) \[7\] out of range"):
+        parse_layers("0,7", 2)
+    with pytest.raises(InterventionError, match="unknown residual hook kind 'resid_side'"):
+        resid_hook(0, "resid_side", 2)
+    with pytest.raises(InterventionError, match="hook 'blocks.9.hook_resid_post' does not exist"):
+        run_interventions(tiny_lm, PROMPTS, [Row(0, [Intervention("blocks.9.hook_resid_post", -1, "add",
+                                                                  torch.zeros(64))])], [5], pack=False)
+    with pytest.raises(InterventionError, match="position 40 out of range for prompt 0"):
+        run_interventions(tiny_lm, PROMPTS, [Row(0, [Intervention("blocks.0.hook_resid_post", 40, "add",
+                                                                  torch.zeros(64))])], [5])
+    with pytest.raises(InterventionError, match="needs a direction"):
+        Intervention("blocks.0.hook_resid_post", -1, "project", torch.zeros(64))

@@ -1,0 +1,173 @@
+"""Lens, stance directions, patching/steering summaries (hand-computed) and the run-directory stages."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wdprobe.cli import main
+from wdprobe.evaluate import load_score, score_wdct
+from wdprobe.lens import LensTrajectory, canonical_logodds
+from wdprobe.patching import summarise_cross_form
+from wdprobe.probes import crossfit_directions
+from wdprobe.runs import RunMismatchError
+from wdprobe.steering import best_setting, summarise_steering
+from tiny import SYNTHETIC_ITEMS, write_wdct_csv
+
+
+def test_canonical_logodds_follows_the_shuffle():
+    # letters A, B with logits 2 and 0: option 1 is behind A in order "10", behind B in order "01"
+    logits = np.array([[[2.0, 0.0]], [[2.0, 0.0]]])
+    np.testing.assert_allclose(canonical_logodds(logits, ["10", "01"]), [[2.0], [-2.0]])
+
+
+def test_divergence_layers_and_lens_cs_by_hand():
+    items = pd.DataFrame({"id": ["a", "b", "c"], "domain": "X", "y_word": [1, 0, 1], "y_deed": [0, 1, 1],
+                          "consistent": [0, 0, 1]})
+    word = np.array([[1.0, 1.0, 1.0, 1.0], [-1.0, -1.0, -1.0, -1.0], [1.0, 1.0, 1.0, 1.0]])
+    # item a: deed agrees through layer 1, disagrees from layer 2 on; item b: disagrees from the start
+    deed = np.array([[1.0, 1.0, -1.0, -1.0], [1.0, 1.0, 1.0, 1.0], [-1.0, 1.0, 1.0, 1.0]])
+    t = LensTrajectory(word, deed, items, (0, 1, 2, 3))
+    d = t.divergence_layers()
+    assert d[0] == 2 and d[1] == 0 and np.isnan(d[2])
+    np.testing.assert_allclose(t.agreement(), [1 / 3, 2 / 3, 1 / 3, 1 / 3])
+    np.testing.assert_allclose(t.toward_word("deed")[1], [-1, -1, -1, -1])
+    inc = (items.consistent == 0).to_numpy()
+    # gap word - deed toward the word answer on inconsistent items: [1, 1, 2, 2] -> half of final reached at 0
+    assert t.curve_divergence_layer(inc, fraction=0.75) == 2
+    s = t.summary()
+    assert s["inconsistent"]["item_divergence_layer_hist"] == {0: 1, 1: 0, 2: 1, 3: 0}
+
+
+def test_crossfit_directions_recover_a_planted_direction_without_leakage():
+    rng = np.random.default_rng(0)
+    n, d = 200, 16
+    y = rng.integers(0, 2, n)
+    planted = np.zeros(d)
+    planted[5] = 3.0
+    X = rng.standard_normal((n, 2, d))
+    X[:, 1] += y[:, None] * planted
+    dirs, fold_of, gaps = crossfit_directions(X, y, folds=4)
+    assert dirs.shape == (4, 2, d) and set(fold_of) == {0, 1, 2, 3}
+    assert np.all(np.abs(dirs[:, 1, 5]) > 0.9)  # layer 1 carries the planted axis
+    assert np.all(np.abs(dirs[:, 0, 5]) < 0.6)  # layer 0 is noise
+    assert np.allclose(np.linalg.norm(dirs, axis=-1), 1.0)
+    assert np.all(np.abs(gaps[:, 1] - 3.0) < 0.7)
+    # the direction item i is used with must not have seen item i: refit without fold 0 and compare
+    tr = fold_of != 0
+    diff = X[tr][y[tr] == 1].mean(0) - X[tr][y[tr] == 0].mean(0)
+    np.testing.assert_allclose(dirs[0], diff / np.linalg.norm(diff, axis=-1, keepdims=True))
+
+
+def test_balanced_directions_drop_a_correlated_nuisance():
+    rng = np.random.default_rng(1)
+    n, d = 400, 12
+    y = rng.integers(0, 2, n)
+    letter = np.where(rng.random(n) < 0.8, y, 1 - y)  # the letter agrees with the stance 80% of the time
+    X = rng.standard_normal((n, 1, d)) * 0.5
+    X[:, 0, 2] += 2.0 * y  # stance axis
+    X[:, 0, 7] += 4.0 * letter  # letter axis, larger
+    plain, _, _ = crossfit_directions(X, y, folds=4)
+    balanced, _, _ = crossfit_directions(X, y, folds=4, balance=letter)
+    assert np.all(np.abs(plain[:, 0, 7]) > 0.6)  # the plain difference of means is mostly letter
+    assert np.all(np.abs(balanced[:, 0, 2]) > 0.9) and np.all(np.abs(balanced[:, 0, 7]) < 0.3)
+
+
+def test_cross_form_summary_by_hand():
+    items = pd.DataFrame({"consistent": [0, 0, 1], "same_letter": [1, 0, 1], "word_self": [2.0, 2.0, 2.0],
+                          "deed_clean": [-1.0, -2.0, 1.0]})
+    frame = pd.DataFrame({"item": [0, 1, 2, 0, 1, 2], "condition": ["clean"] * 3 + ["full"] * 3,
+                          "layer": [-1, -1, -1, 5, 5, 5], "toward_word": [-1.0, -2.0, 1.0, 0.5, -1.0, -0.5],
+                          "letter_mass": [0.3] * 6})
+    s = summarise_cross_form(frame, items).iloc[0]
+    assert s.flip_rate == 0.5  # item 0 flipped, item 1 did not
+    # normalised: item 0 (0.5 + 1) / (2 + 1) = 0.5; item 1 (-1 + 2) / (2 + 2) = 0.25
+    assert s.normalised_effect == pytest.approx(0.375)
+    assert s.break_rate == 1.0  # the consistent item went negative
+    assert s.flip_rate_same_letter == 1.0 and s.flip_rate_other_letter == 0.0
+
+
+def test_steering_summary_and_best_setting_by_hand():
+    items = pd.DataFrame({"consistent": [0, 1]})
+    frame = pd.DataFrame({"item": [0, 1] * 5, "condition": ["clean"] * 2 + ["stance"] * 4 + ["random"] * 4,
+                          "layer": [-1, -1] + [3] * 8, "alpha": [0, 0, 1, 1, 8, 8, 1, 1, 8, 8],
+                          "toward_word": [-1, 1, 0.5, 1, 2, 2, -1, 1, 0.1, -0.2],
+                          "letter_mass": [0.4, 0.4, 0.4, 0.4, 0.1, 0.1, 0.4, 0.4, 0.4, 0.4]})
+    t = summarise_steering(frame, items, population_consistency=0.6)
+    r = t[(t.condition == "stance") & (t.alpha == 1)].iloc[0]
+    assert r.cs == 1.0 and r.flip_rate == 1.0 and r.break_rate == 0.0 and r.mass_ratio == pytest.approx(1.0)
+    assert r.cs_population == pytest.approx(0.6 * 1 + 0.4 * 1)
+    big = t[(t.condition == "stance") & (t.alpha == 8)].iloc[0]
+    assert big.mass_ratio == pytest.approx(0.25)
+    best = best_setting(t, min_mass_ratio=0.5)
+    assert best["alpha"] == 1 and best["random"]["cs"] == 0.5  # alpha 8 broke the format; control beside it
+    assert t.attrs["clean_cs"] == 0.5
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_lm, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("localise")
+    two = [s for s in SYNTHETIC_ITEMS if len(s[3]) == 2]
+    items = [(d, f"{i}-{k}", ws, wo, ds, do, c) for k in range(6) for (d, i, ws, wo, ds, do, c) in two]
+    data = write_wdct_csv(tmp / "w.csv", items)
+    run = tmp / "run"
+    score_wdct(run, data=data, lm=tiny_lm, progress=False)
+    assert main(["capture", "--run", str(run), "--layers", "all", "--quiet"]) == 0
+    return run
+
+
+def test_lens_stage_final_layer_equals_the_model_answer(tiny_run):
+    assert main(["lens", "--run", str(tiny_run), "--quiet"]) == 0
+    traj = pd.read_csv(tiny_run / "lens" / "trajectory.csv")
+    rows = {r["id"]: r for r in load_score(tiny_run).rows}
+    last = traj[traj.layer == traj.layer.max()]
+    for form in ("word", "deed"):
+        for r in last[last.form == form].itertuples():
+            item = rows[r.id]
+            expected = np.log(item[f"p_{form}_1"]) - np.log(item[f"p_{form}_0"])
+            assert r.logodds == pytest.approx(expected, abs=1e-3)
+    summary = json.loads((tiny_run / "lens" / "summary.json").read_text())
+    assert summary["consistent"]["lens_cs"][-1] == 1.0 and summary["inconsistent"]["lens_cs"][-1] == 0.0
+    assert "Logit lens" in (tiny_run / "lens" / "lens.html").read_text()
+
+
+def test_patch_and_steer_stages_write_results_and_resume(tiny_run, capsys):
+    assert main(["patch", "--run", str(tiny_run), "--kind", "cross", "--items", "12", "--quiet"]) == 0
+    out = tiny_run / "patching"
+    frame = pd.read_csv(out / "cross_form.csv")
+    assert set(frame.condition) == {"clean", "full", "stance", "letter", "random"} and frame.id.nunique() == 12
+    assert len(frame) == 12 * (1 + 4 * 2)
+    head = json.loads((out / "cross_form_headline.json").read_text())
+    assert head["n_items"] == 12 and 0 <= head["full"]["flip_rate"] <= 1
+    # the full patch at the last layer hands the deed run the word run's output: every item gets the word
+    # run's letter, so inconsistent items flip exactly when that letter labels the word answer in the deed prompt
+    last = frame[(frame.condition == "full") & (frame.layer == 1)].set_index("id")
+    for r in last.itertuples():
+        assert (r.toward_word > 0) == bool(r.same_letter)
+    assert "Cross-form patching" in (out / "cross_form.html").read_text()
+    # a rerun with the same settings resumes (nothing to do); different settings are refused
+    assert main(["patch", "--run", str(tiny_run), "--kind", "cross", "--items", "12", "--quiet"]) == 0
+    with pytest.raises(RunMismatchError):
+        from wdprobe.localise import run_cross_patch
+
+        run_cross_patch(tiny_run, n_items=10, progress=False)
+    assert main(["steer", "--run", str(tiny_run), "--items", "12", "--alphas", "0,1,4", "--quiet"]) == 0
+    steer = pd.read_csv(tiny_run / "steering" / "steering.csv")
+    clean = steer[steer.condition == "clean"].set_index("id")["toward_word"]
+    zero = steer[(steer.condition == "stance") & (steer.alpha == 0)]
+    for r in zero.itertuples():  # alpha = 0 is the clean run
+        assert r.toward_word == pytest.approx(clean[r.id], abs=1e-4)
+    assert (tiny_run / "steering" / "steering.html").is_file()
+
+
+def test_positional_stage_and_errors(tiny_run, capsys):
+    assert main(["patch", "--run", str(tiny_run), "--kind", "positional", "--positional-items", "3",
+                 "--exact-items", "2", "--min-effect", "0", "--layers", "0-1", "--quiet"]) == 0
+    head = json.loads((tiny_run / "patching" / "positional-deed-headline.json").read_text())
+    assert head["n_items"] == 3 and head["n_exact"] == 2 and len(head["rank_correlation_per_item"]) == 2
+    frame = pd.read_csv(tiny_run / "patching" / "positional-deed.csv")
+    assert set(frame.method) == {"exact", "attribution"} and {"final", "option A", "option B"} <= set(frame.segment)
+    # bad input through the CLI: exit 2 with a message naming the problem
+    assert main(["steer", "--run", str(tiny_run), "--layers", "0,5", "--quiet"]) == 2
+    assert "layer(s) [5] out of range" in capsys.readouterr().err
+    assert main(["patch", "--run", str(tiny_run), "--kind", "positional", "--min-effect", "1000", "--quiet"]) == 2
