@@ -171,3 +171,13 @@ def test_positional_stage_and_errors(tiny_run, capsys):
     assert main(["steer", "--run", str(tiny_run), "--layers", "0,5", "--quiet"]) == 2
     assert "layer(s) [5] out of range" in capsys.readouterr().err
     assert main(["patch", "--run", str(tiny_run), "--kind", "positional", "--min-effect", "1000", "--quiet"]) == 2
+
+
+def test_localisation_report_page_redraws_every_stage(tiny_run, tmp_path):
+    # runs after the lens, patch and steer tests above have filled the run directory
+    out = tmp_path / "report"
+    assert main(["report", str(tiny_run), "--out", str(out), "--localisation"]) == 0
+    html = (out / "localisation.html").read_text()
+    for title in ("Logit lens", "Cross-form patching", "Positional patching", "Steering deeds"):
+        assert title in html
+    assert html.count("<script") >= 4 and (out / "localisation" / "cross_form_summary.csv").is_file()

@@ -53,6 +53,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     notes = Path(args.notes).read_text() if args.notes else ""
     print(write_score_report(args.run, args.out, notes))
+    if args.localisation:
+        from .localise import write_localisation_report
+
+        print(write_localisation_report(args.run, args.out))
     return 0
 
 
@@ -107,12 +111,12 @@ def cmd_patch(args: argparse.Namespace) -> int:
     if args.kind in ("cross", "both"):
         head = run_cross_patch(args.run, n_items=_items(args.items), layers=args.layers,
                                conditions=args.conditions.split(","), seed=args.seed, batch_size=args.batch_size,
-                               progress=not args.quiet)
+                               progress=not args.quiet, restart=args.restart)
         print(json.dumps({k: v for k, v in head.items()}, indent=2, default=float))
     if args.kind in ("positional", "both"):
         head = run_positional_patch(args.run, form=args.form, n_items=args.positional_items, n_exact=args.exact_items,
-                                    layers=args.layers, min_effect=args.min_effect, seed=args.seed,
-                                    batch_size=args.batch_size, progress=not args.quiet)
+                                    layers=args.layers, min_effect=args.min_effect, screen=args.screen, seed=args.seed,
+                                    batch_size=args.batch_size, progress=not args.quiet, restart=args.restart)
         print(json.dumps(head, indent=2))
         if head["low_rank_correlation"]:
             print(f"wdprobe: warning: attribution patching agrees poorly with exact patching (Spearman "
@@ -127,7 +131,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
     head = run_steering(args.run, n_items=_items(args.items), layers=args.layers, alphas=_floats(args.alphas),
                         seed=args.seed, min_mass_ratio=args.min_mass_ratio, batch_size=args.batch_size,
-                        progress=not args.quiet)
+                        progress=not args.quiet, restart=args.restart)
     print(json.dumps(head, indent=2))
     print(f"results and plots in {args.run}/steering/")
     return 0
@@ -170,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory made by `wdprobe score`")
     p.add_argument("--out", required=True)
     p.add_argument("--notes", default=None, help="markdown file with a written reading, added under 'Reading'")
+    p.add_argument("--localisation", action="store_true",
+                   help="also redraw the run's lens, patching and steering figures into DIR/localisation.html")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("capture", help="capture residual-stream activations for a scored run")
@@ -209,10 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--form", default="deed", choices=["word", "deed"], help="positional: which form's prompts")
     p.add_argument("--positional-items", type=int, default=16, help="positional: items for attribution patching")
     p.add_argument("--exact-items", type=int, default=4, help="positional: of those, items also patched exactly")
-    p.add_argument("--min-effect", type=float, default=1.0,
+    p.add_argument("--min-effect", type=float, default=0.0,
                    help="positional: keep items whose log-odds move at least this much when options are swapped")
+    p.add_argument("--screen", type=int, default=256,
+                   help="positional: aligned items screened (seeded sample); the strongest content effects are kept")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64, help="most rows per forward (on CPU also capped at ~1.5k tokens)")
+    p.add_argument("--restart", action="store_true", help="discard this stage's earlier results in the run directory")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_patch)
 
@@ -226,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a setting keeps the answer format if letter mass stays above this share of clean")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--restart", action="store_true", help="discard this stage's earlier results in the run directory")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_steer)
 

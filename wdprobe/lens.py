@@ -114,17 +114,29 @@ class LensTrajectory:
         return out
 
     def to_frame(self):
-        """Tidy per item x layer x form: id, domain, consistent, layer, form, logodds, toward_word."""
+        """Tidy per item x layer x form: id, domain, consistent, y_word, y_deed, layer, form, logodds, toward_word."""
         import pandas as pd
 
         frames = []
         for form, arr in (("word", self.word), ("deed", self.deed)):
             tw = self.toward_word(form)
             for k, layer in enumerate(self.layers):
-                f = self.items[["id", "domain", "consistent"]].copy()
+                f = self.items[["id", "domain", "consistent", "y_word", "y_deed"]].copy()
                 f["layer"], f["form"], f["logodds"], f["toward_word"] = layer, form, arr[:, k], tw[:, k]
                 frames.append(f)
         return pd.concat(frames, ignore_index=True)
+
+
+def trajectory_from_frame(frame) -> LensTrajectory:
+    """Rebuild a :class:`LensTrajectory` from its tidy frame (``lens/trajectory.csv``)."""
+    layers = tuple(sorted(int(l) for l in frame["layer"].unique()))
+    items = frame[(frame.form == "word") & (frame.layer == layers[0])][["id", "domain", "consistent", "y_word", "y_deed"]]
+    items = items.reset_index(drop=True)
+    arrays = {}
+    for form in ("word", "deed"):
+        grid = frame[frame.form == form].pivot(index="id", columns="layer", values="logodds")
+        arrays[form] = grid.reindex(index=items["id"], columns=list(layers)).to_numpy()
+    return LensTrajectory(arrays["word"], arrays["deed"], items, layers)
 
 
 def canonical_logodds(letter_logits: np.ndarray, orders: Sequence[str]) -> np.ndarray:

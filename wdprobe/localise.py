@@ -49,8 +49,10 @@ PATCH_COLUMNS = ["id", "condition", "layer", "toward_word", "letter_mass"]
 
 def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: str | Sequence[int] | None = None,
                     conditions: Sequence[str] = ("full", "stance", "letter", "random"), seed: int = 0, folds: int = 5,
-                    chunk_items: int = 8, batch_size: int = 64, progress: bool = True, lm=None) -> dict[str, Any]:
-    """Word -> deed patching at the final position, layer by layer; writes ``patching/cross_form*``."""
+                    chunk_items: int = 8, batch_size: int = 64, progress: bool = True, restart: bool = False,
+                    lm=None) -> dict[str, Any]:
+    """Word -> deed patching at the final position, layer by layer; writes ``patching/cross_form*``.
+    ``restart`` discards an earlier run of this stage (otherwise it resumes, or refuses other settings)."""
     from . import localise_plots, plots
     from .pairs import load_pairs, stance_directions
     from .patching import CROSS_CONDITIONS, InterventionError, cross_form_patching, summarise_cross_form
@@ -62,6 +64,8 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
     if bad:
         raise InterventionError(f"unknown patching condition(s) {bad}: choose from {list(CROSS_CONDITIONS)}")
     stage = "patch_cross"
+    if restart:
+        run.reset_stage(stage, ["patching/cross_form*"])
     run.check_or_start(stage, {"n_items": n_items, "layers": layers, "conditions": list(conditions), "seed": seed,
                                "folds": folds, "hook": "resid_post", "position": "last"})
     pairs = load_pairs(run.path, lm.tokenizer, n_items=n_items, seed=seed)
@@ -158,11 +162,15 @@ SEGMENT_ORDER = ["special", "instruction", "scenario", "label A", "option A", "l
 
 
 def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: int = 16, n_exact: int = 4,
-                         layers: str | Sequence[int] | None = None, min_effect: float = 1.0, seed: int = 0,
-                         batch_size: int = 64, progress: bool = True, lm=None) -> dict[str, Any]:
-    """Layer x position heatmaps on option-swapped counterfactuals: attribution on ``n_items`` items whose
-    answer follows the options' content (|clean - counterfactual| >= ``min_effect`` nats), exact patching on
-    the ``n_exact`` shortest of them, and their rank correlation. Writes ``patching/positional*``."""
+                         layers: str | Sequence[int] | None = None, min_effect: float = 0.0, screen: int = 256,
+                         seed: int = 0,
+                         batch_size: int = 64, progress: bool = True, restart: bool = False, lm=None) -> dict[str, Any]:
+    """Layer x position heatmaps on option-swapped counterfactuals.
+
+    Of a seeded sample of ``screen`` aligned items, the ``n_items`` whose answer log-odds move most when
+    the options are swapped (at least ``min_effect`` nats) get attribution patching; the ``n_exact``
+    shortest of them also get exact patching, and the two are compared by rank correlation.
+    Writes ``patching/positional-{form}*``."""
     import pandas as pd
 
     from . import localise_plots, plots
@@ -178,9 +186,11 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     lm = _model(run, lm)
     layers = _resolve_layers(layers, lm)
     hooks = [resid_hook(l, "resid_pre", lm.bridge.cfg.n_layers) for l in layers]
-    stage = "patch_positional"
+    stage = f"patch_positional_{form}"
+    if restart:
+        run.reset_stage(stage, [f"patching/positional-{form}*"])
     run.check_or_start(stage, {"form": form, "n_items": n_items, "n_exact": n_exact, "layers": layers,
-                               "min_effect": min_effect, "seed": seed, "hook": "resid_pre"})
+                               "min_effect": min_effect, "screen": screen, "seed": seed, "hook": "resid_pre"})
     pairs = load_pairs(run.path, lm.tokenizer, n_items=None)
     use_chat = run.read_manifest()["stages"]["score"]["config"]["chat_template"]
     clean_all, cf_all, pres_all = [], [], []
@@ -193,25 +203,22 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
         clean_all.append(prompts)
         cf_all.append(cf)
         pres_all.append(p)
-    order = np.random.default_rng(seed).permutation(len(clean_all))
-    # screen in seeded order for items whose answer depends on the options' content
+    order = np.random.default_rng(seed).permutation(len(clean_all))[:screen]
+    # screen a seeded sample for items whose answer depends on the options' content; keep the strongest
     token_ids = pairs.token_ids[:2]
-    chosen: list[int] = []
-    screened = 0
-    for s in range(0, len(order), 64):
-        block = [int(k) for k in order[s: s + 64]]
-        lp = run_interventions(lm, [clean_all[k] for k in block] + [cf_all[k] for k in block],
-                               [Row(j) for j in range(2 * len(block))], token_ids, batch_size=batch_size)
-        lo = lp[:, 0] - lp[:, 1]
-        screened += len(block)
-        chosen += [k for j, k in enumerate(block) if abs(lo[j] - lo[len(block) + j]) >= min_effect]
-        if len(chosen) >= n_items:
-            break
-    # exact patching costs (layers x tokens) forwards per item: do it on the shortest chosen items
-    chosen = sorted(chosen[:n_items], key=lambda k: len(lm.tokenizer(clean_all[k])["input_ids"]))
-    if not chosen:
+    block = [int(k) for k in order]
+    lp = run_interventions(lm, [clean_all[k] for k in block] + [cf_all[k] for k in block],
+                           [Row(j) for j in range(2 * len(block))], token_ids, batch_size=batch_size)
+    lo = lp[:, 0] - lp[:, 1]
+    effect = np.abs(lo[: len(block)] - lo[len(block):])
+    ranked = [block[j] for j in np.argsort(-effect) if effect[j] >= min_effect][:n_items]
+    screened = len(block)
+    if not ranked:
         raise ValueError(f"{run.path}: no aligned {form} item changes its answer log-odds by >= {min_effect} when its "
-                         f"options are swapped ({screened} screened); lower --min-effect")
+                         f"options are swapped ({screened} screened; largest change {effect.max():.2f}); "
+                         "lower --min-effect")
+    # exact patching costs (layers x tokens) forwards per item: do it on the shortest chosen items
+    chosen = sorted(ranked, key=lambda k: len(lm.tokenizer(clean_all[k])["input_ids"]))
     clean = [clean_all[k] for k in chosen]
     cf = [cf_all[k] for k in chosen]
     ids = [pres_all[k].item.id for k in chosen]
@@ -249,7 +256,9 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     seg_table = (frame.groupby(["method", "layer", "segment"])["normalised"].mean().reset_index())
     atomic_write_text(out / f"{stem}-segments.csv", seg_table.to_csv(index=False))
     head = {"form": form, "n_items": len(chosen), "n_exact": n_ex, "screened": screened,
-            "aligned_candidates": len(clean_all), "rank_correlation_per_item": [round(r, 4) for r in rho],
+            "aligned_candidates": len(clean_all), "screen_effect_quantiles": {q: round(float(np.quantile(effect, q)), 3)
+                                                                              for q in (0.5, 0.9, 0.99, 1.0)},
+            "rank_correlation_per_item": [round(r, 4) for r in rho],
             "rank_correlation_pooled": pooled, "seconds_attribution": round(t_attr, 2),
             "seconds_exact": round(t_exact, 2), "clean_minus_counterfactual": [round(r["clean"] - r["counterfactual"], 3)
                                                                           for r in attr],
@@ -272,7 +281,8 @@ DEFAULT_ALPHAS = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str | Sequence[int] | None = None,
                  alphas: Sequence[float] = DEFAULT_ALPHAS, seed: int = 0, folds: int = 5, min_mass_ratio: float = 0.5,
-                 chunk_items: int = 8, batch_size: int = 64, progress: bool = True, lm=None) -> dict[str, Any]:
+                 chunk_items: int = 8, batch_size: int = 64, progress: bool = True, restart: bool = False,
+                 lm=None) -> dict[str, Any]:
     """Steer deed runs toward the word answer at each (layer, alpha); writes ``steering/``."""
     import pandas as pd
 
@@ -285,6 +295,8 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
     layers = _resolve_layers(layers, lm)
     alphas = [float(a) for a in alphas]
     stage = "steer"
+    if restart:
+        run.reset_stage(stage, ["steering"])
     run.check_or_start(stage, {"n_items": n_items, "layers": layers, "alphas": alphas, "seed": seed, "folds": folds,
                                "hook": "resid_post", "position": "last"})
     pairs = load_pairs(run.path, lm.tokenizer, n_items=n_items, seed=seed)
@@ -330,3 +342,68 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
     pngs = [plots.write_png(f, out / f"steering-{i}.png") for i, f in enumerate(figs)]
     run.update_stage(stage, complete=True, headline=head, png=[str(p) for p in pngs if p])
     return head
+
+
+# ---- one page for a reader -------------------------------------------------------------------------
+
+def write_localisation_report(run_dir: str | Path, out_dir: str | Path, *, png: bool = True) -> Path:
+    """Redraw every lens / patching / steering figure of a run from its saved tables into one offline HTML
+    page (``localisation.html``, plotly inlined once), with PNGs and the summary tables beside it."""
+    import shutil
+
+    import pandas as pd
+
+    from . import localise_plots, plots
+    from .lens import trajectory_from_frame
+
+    run = RunDir(run_dir)
+    out = Path(out_dir)
+    (out / "localisation").mkdir(parents=True, exist_ok=True)
+    model = _model_name(run)
+    figs, names = [], []
+    lens_csv = run.path / "lens" / "trajectory.csv"
+    if lens_csv.is_file():
+        traj = trajectory_from_frame(pd.read_csv(lens_csv))
+        figs += localise_plots.lens_figures(traj, model)
+        names += ["lens-curves", "lens-divergence"]
+        shutil.copy(run.path / "lens" / "summary.json", out / "localisation" / "lens-summary.json")
+    pdir = run.path / "patching"
+    if (pdir / "cross_form_summary.csv").is_file():
+        summary = pd.read_csv(pdir / "cross_form_summary.csv")
+        head = json.loads((pdir / "cross_form_headline.json").read_text())
+        figs += localise_plots.cross_form_figures(summary, f"{model}, {head['n_items']} two-option items "
+                                                           f"({head['n_inconsistent']} inconsistent)")
+        names += ["cross-form", "cross-form-by-letter"]
+        for f in ("cross_form_summary.csv", "cross_form_headline.json"):
+            shutil.copy(pdir / f, out / "localisation" / f)
+    for form in ("deed", "word"):
+        if (pdir / f"positional-{form}.csv").is_file():
+            frame = pd.read_csv(pdir / f"positional-{form}.csv")
+            seg = pd.read_csv(pdir / f"positional-{form}-segments.csv")
+            layers = sorted(frame["layer"].unique())
+            n_ex = frame[frame.method == "exact"]["id"].nunique()
+            pf = localise_plots.positional_figures(frame, seg, layers, SEGMENT_ORDER,
+                                                   f"{model}, {form} prompts, options swapped (A<->B)", n_show=min(n_ex, 2))
+            figs += pf
+            names += [f"positional-{form}-{i}" for i in range(len(pf))]
+            for f in (f"positional-{form}-segments.csv", f"positional-{form}-headline.json"):
+                shutil.copy(pdir / f, out / "localisation" / f)
+    sdir = run.path / "steering"
+    if (sdir / "steering_summary.csv").is_file():
+        table = pd.read_csv(sdir / "steering_summary.csv")
+        head = json.loads((sdir / "steering_headline.json").read_text())
+        table.attrs["clean_cs"] = head["clean_cs_items"]
+        ratio = (head.get("best") or {}).get("min_mass_ratio", 0.5)
+        figs += localise_plots.steering_figures(table, f"{model}, {head['n_items']} two-option items; alpha in units "
+                                                       "of the word-answer mean difference at the layer", ratio)
+        names += ["steering-surface", "steering-curves"]
+        for f in ("steering_summary.csv", "steering_headline.json"):
+            shutil.copy(sdir / f, out / "localisation" / f)
+    if not figs:
+        raise FileNotFoundError(f"{run.path} has no lens, patching or steering results yet")
+    page = plots.write_html(figs, out / "localisation.html",
+                            heading=f"wdprobe: where {model}'s deeds leave its words — lens, patching, steering")
+    if png:
+        for f, n in zip(figs, names):
+            plots.write_png(f, out / "localisation" / f"{n}.png")
+    return page

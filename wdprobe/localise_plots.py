@@ -178,25 +178,28 @@ def steering_figures(table, where: str, min_mass_ratio: float) -> list[go.Figure
                             f"<br><sup>{where}; cells with letter mass below {min_mass_ratio:.0%} of clean break the "
                             "answer format</sup>", template="plotly_white", height=560, width=1400)
     figs = [fig]
-    fig2 = make_subplots(rows=1, cols=2, subplot_titles=["inconsistent items moved to the word answer",
-                                                         "letter mass / clean"])
-    for cond, dash in (("stance", "solid"), ("random", "dot")):
-        m = table[table.condition == cond]
-        layers = sorted(m["layer"].unique())
-        palette = ["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725", "#e45756", "#f58518", "#72b7b2", "#54a24b"]
-        for k, layer in enumerate(layers):
-            s = m[m.layer == layer].sort_values("alpha")
-            colour = palette[k % len(palette)]
-            fig2.add_trace(go.Scatter(x=s["alpha"], y=s["flip_rate"], mode="lines+markers", name=f"{cond}, layer {layer}",
-                                      legendgroup=f"{cond}{layer}", line=dict(color=colour, dash=dash)), row=1, col=1)
-            fig2.add_trace(go.Scatter(x=s["alpha"], y=s["mass_ratio"], mode="lines+markers", showlegend=False,
-                                      legendgroup=f"{cond}{layer}", line=dict(color=colour, dash=dash)), row=1, col=2)
-    fig2.add_hline(y=min_mass_ratio, line=dict(color="black", dash="dot"), row=1, col=2)
+    stance = table[table.condition == "stance"]
+    all_layers = sorted(stance["layer"].unique())
+    best_layer = int(stance.loc[stance[metric].idxmax(), "layer"]) if len(stance) else None
+    shown = sorted(set(all_layers[:: max(1, len(all_layers) // 4)]) | ({best_layer} if best_layer is not None else set()))
+    fig2 = make_subplots(rows=1, cols=3, subplot_titles=["inconsistent items moved to the word answer",
+                                                         "consistent items moved away (broken)", "letter mass / clean"])
+    palette = ["#440154", "#3b528b", "#21918c", "#5ec962", "#e45756", "#f58518"]
+    for k, layer in enumerate(shown):
+        colour = palette[k % len(palette)]
+        for cond, dash in (("stance", "solid"), ("random", "dot")):
+            s_ = table[(table.condition == cond) & (table.layer == layer)].sort_values("alpha")
+            name = f"layer {layer}{' (best)' if layer == best_layer else ''}: {'word-stance' if cond == 'stance' else 'random'}"
+            for c, col in enumerate(("flip_rate", "break_rate", "mass_ratio"), start=1):
+                fig2.add_trace(go.Scatter(x=s_["alpha"], y=s_[col], mode="lines+markers", name=name, showlegend=(c == 1),
+                                          legendgroup=name, line=dict(color=colour, dash=dash)), row=1, col=c)
+    fig2.add_hline(y=min_mass_ratio, line=dict(color="black", dash="dot"), row=1, col=3)
     fig2.update_xaxes(title_text="alpha (× word-answer mean difference)", type="log")
-    fig2.update_layout(title=f"Steering curves (solid: word-stance direction, dotted: random)<br><sup>{where}</sup>",
-                       template="plotly_white", height=500, width=1300)
-    if clean is not None:
-        fig2.add_annotation(text=f"clean CS on these items {clean:.2f}", xref="paper", yref="paper", x=0, y=1.08,
-                            showarrow=False)
+    fig2.update_yaxes(range=[-0.02, 1.02], row=1, col=1)
+    fig2.update_yaxes(range=[-0.02, 1.02], row=1, col=2)
+    sub = f"; clean CS on these items {clean:.2f}" if clean is not None else ""
+    fig2.update_layout(title=f"Steering curves at selected layers (solid: word-stance direction, dotted: random)"
+                             f"<br><sup>{where}{sub}</sup>", template="plotly_white", height=500, width=1450,
+                       legend=dict(orientation="h", y=-0.25))
     figs.append(fig2)
     return figs

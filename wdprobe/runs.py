@@ -69,7 +69,7 @@ class RunDir:
             if diff:
                 detail = ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in diff.items())
                 raise RunMismatchError(f"{self.path} already holds a '{stage}' run with other settings ({detail}); "
-                                       "use a new --out directory or delete this one")
+                                       "use a new --out directory, delete this one, or pass --restart to redo the stage")
         manifest.setdefault("created", now())
         manifest.setdefault("environment", environment())
         manifest.setdefault("stages", {}).setdefault(stage, {})["config"] = dict(config)
@@ -80,6 +80,19 @@ class RunDir:
         manifest = self.read_manifest()
         manifest.setdefault("stages", {}).setdefault(stage, {}).update(fields)
         self.write_manifest(manifest)
+
+    def reset_stage(self, stage: str, outputs: Sequence[str] = ()) -> None:
+        """Forget a stage: its manifest entry, its parts and the named output files/folders (for --restart)."""
+        import shutil
+
+        manifest = self.read_manifest()
+        if stage in manifest.get("stages", {}):
+            del manifest["stages"][stage]
+            self.write_manifest(manifest)
+        shutil.rmtree(self.parts_dir(stage), ignore_errors=True)
+        for name in outputs:
+            for p in self.path.glob(name):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     # parts --------------------------------------------------------------------------------------
     def parts_dir(self, stage: str) -> Path:
