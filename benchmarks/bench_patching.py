@@ -25,8 +25,9 @@ import time
 import numpy as np
 
 
-def shortest_aligned_item(lm, items, form: str, min_effect: float):
-    """The shortest two-option item whose option-swapped prompt aligns and whose answer follows content."""
+def short_item_with_content_effect(lm, items, form: str, pool: int = 64):
+    """Of the ``pool`` shortest two-option items whose option-swapped prompt aligns, the one whose answer
+    moves most when the options are swapped (so the heatmap has something to find)."""
     from wdprobe.data import present
     from wdprobe.interventions import Row, run_interventions
     from wdprobe.patching import AlignmentError, aligned_tokens, swap_counterfactual
@@ -40,17 +41,13 @@ def shortest_aligned_item(lm, items, form: str, min_effect: float):
         except AlignmentError:
             continue
         cands.append((len(toks), p.item.id, clean, cf))
-    cands.sort()
+    cands = sorted(cands)[:pool]
     ids = [lm.tokenizer.encode(f" {c}", add_special_tokens=False)[0] for c in "AB"]
-    for s in range(0, len(cands), 32):
-        block = cands[s: s + 32]
-        lp = run_interventions(lm, [c[2] for c in block] + [c[3] for c in block],
-                               [Row(i) for i in range(2 * len(block))], ids)
-        lo = lp[:, 0] - lp[:, 1]
-        for j, c in enumerate(block):
-            if abs(lo[j] - lo[len(block) + j]) >= min_effect:
-                return c, ids
-    raise SystemExit("no aligned item with a content effect")
+    lp = run_interventions(lm, [c[2] for c in cands] + [c[3] for c in cands], [Row(i) for i in range(2 * len(cands))], ids)
+    lo = lp[:, 0] - lp[:, 1]
+    effect = np.abs(lo[: len(cands)] - lo[len(cands):])
+    best = int(np.argmax(effect))
+    return cands[best], ids, float(effect[best])
 
 
 def main() -> None:
@@ -58,7 +55,6 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--form", default="deed")
-    ap.add_argument("--min-effect", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cross-items", type=int, default=4)
     ap.add_argument("--json", default=None)
@@ -75,10 +71,11 @@ def main() -> None:
 
     lm = load_model(args.model)
     items = load_wdct(args.data)
-    (n_tok, item_id, clean, cf), ids = shortest_aligned_item(lm, items, args.form, args.min_effect)
+    (n_tok, item_id, clean, cf), ids, effect = short_item_with_content_effect(lm, items, args.form)
     L = lm.bridge.cfg.n_layers
     hooks = [resid_hook(l, "resid_pre", L) for l in range(L)]
-    print(f"heatmap: item {item_id} ({args.form}), {n_tok} tokens x {L} layers = {n_tok * L} patches", flush=True)
+    print(f"heatmap: item {item_id} ({args.form}), {n_tok} tokens x {L} layers = {n_tok * L} patches; "
+          f"swapping its options moves the answer log-odds by {effect:.2f}", flush=True)
 
     # final-position rows for the prefix-sharing comparison
     pres = present([it for it in items if it.n_options == 2][: args.cross_items], seed=0)
@@ -118,7 +115,7 @@ def main() -> None:
                                                    "heatmap: attribution"))
     packed, separate = results["final position: prefix-shared copies"]["value"], results["final position: separate rows"]["value"]
     summary = {
-        "model": lm.name, "item": item_id, "form": args.form, "tokens": n_tok, "layers": L, "patches": n_tok * L,
+        "model": lm.name, "item": item_id, "form": args.form, "content_effect": effect, "tokens": n_tok, "layers": L, "patches": n_tok * L,
         "final_position_rows": len(rows), "repeats": args.repeats, "median_seconds": med,
         "all_seconds": times,
         "ratio one-per-patch / batched exact": med["heatmap: one forward per patch"] / med["heatmap: batched exact"],

@@ -151,3 +151,16 @@ def test_bad_input_gets_clear_errors(tiny_lm):
                                                                   torch.zeros(64))])], [5])
     with pytest.raises(InterventionError, match="needs a direction"):
         Intervention("blocks.0.hook_resid_post", -1, "project", torch.zeros(64))
+
+
+def test_prompts_longer_than_the_sliding_window_are_not_packed(tiny_lm):
+    # the tiny model's sliding window is 64 tokens: a longer prompt must run unpacked and stay exact
+    long_prompt = " ".join(["music"] * 80) + " ? Answer:"
+    prompts = [long_prompt, PROMPTS[0]]
+    u = torch.ones(tiny_lm.bridge.cfg.d_model) / 8
+    rows = [Row(i, [Intervention("blocks.0.hook_resid_post", -1, "add", k * u)]) for i in range(2) for k in range(3)]
+    auto = run_interventions(tiny_lm, prompts, rows, _ids(tiny_lm))
+    separate = run_interventions(tiny_lm, prompts, rows, _ids(tiny_lm), pack=False)
+    np.testing.assert_allclose(auto, separate, atol=1e-6)
+    with pytest.raises(InterventionError, match="sliding window \\(64 tokens\\)"):
+        run_interventions(tiny_lm, prompts, rows, _ids(tiny_lm), pack=True)

@@ -175,7 +175,13 @@ def run_interventions(lm, prompts: Sequence[str], rows: Sequence[Row], token_ids
     budget = default_batch_tokens(lm.device) if max_batch_tokens == "auto" else max_batch_tokens
     ids = torch.tensor(list(token_ids), device=lm.device)
     final_only = all(iv.position == -1 for r in rows for iv in r.interventions)
-    if pack and rows and final_only and (pack is True or packing_works(lm, prompts[rows[0].prompt])):
+    window = getattr(lm.hf_model.config, "sliding_window", None)
+    # one custom mask serves every layer, so a prompt longer than a sliding window cannot share its prefix
+    fits = window is None or max(lengths, default=0) <= window
+    if pack is True and not fits:
+        raise InterventionError(f"prefix sharing needs prompts within the model's sliding window ({window} tokens); "
+                                f"the longest prompt has {max(lengths)}: use pack='auto' or pack=False")
+    if pack and rows and final_only and fits and (pack is True or packing_works(lm, prompts[rows[0].prompt])):
         return _run_packed(lm, prompts, rows, prompt_len, ids, budget, progress)
     out = np.zeros((len(rows), len(token_ids)))
     for batch in _row_batches(lengths, batch_size, budget):
@@ -311,13 +317,10 @@ def _run_packed(lm, prompts, rows, prompt_len, ids, budget, progress) -> np.ndar
 
 def packing_works(lm, prompt: str, tol: float = 1e-3) -> bool:
     """Whether this model honours packed final-token copies (checked once per loaded model): the copies'
-    logits must equal a plain forward's. Sliding-window attention shorter than the prompt would break it."""
+    logits must equal a plain forward's. (Prompts longer than a sliding window are never packed.)"""
     key = id(lm.bridge)
     if key not in _PACKING_VERIFIED:
-        window = getattr(lm.hf_model.config, "sliding_window", None)
         enc = _encode(lm.tokenizer, [prompt], lm.device)
-        if window is not None and enc["input_ids"].shape[1] > window:
-            return False
         try:
             with torch.no_grad():
                 ref = forward_last(lm, enc["input_ids"], enc["attention_mask"]).float()
