@@ -85,6 +85,7 @@ def test_cross_form_summary_by_hand():
     assert s.normalised_effect == pytest.approx(0.375)
     assert s.break_rate == 1.0  # the consistent item went negative
     assert s.flip_rate_same_letter == 1.0 and s.flip_rate_other_letter == 0.0
+    assert s.cs_after == pytest.approx(1 / 3)  # only item 0 now gives the word answer in the deed run
 
 
 def test_steering_summary_and_best_setting_by_hand():

@@ -93,6 +93,7 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
     pos = {iid: k for k, iid in enumerate(pairs.items["id"])}
     frame["item"] = frame["id"].map(pos)
     summary = summarise_cross_form(frame, pairs.items)
+    summary.attrs["cs_clean"] = float(pairs.items["consistent"].mean())
     out = run.path / "patching"
     out.mkdir(exist_ok=True)
     atomic_write_text(out / "cross_form.csv", frame.merge(pairs.items[["id", "domain", "consistent", "same_letter"]],
@@ -112,12 +113,15 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
 def cross_form_headline(summary, items) -> dict[str, Any]:
     """Per condition, the layer with the most inconsistent items flipped, and that layer's numbers."""
     out: dict[str, Any] = {"n_items": int(len(items)), "n_inconsistent": int((items.consistent == 0).sum()),
+                           "cs_clean": float(items["consistent"].mean()),
                            "same_letter_rate_inconsistent": float(items[items.consistent == 0]["same_letter"].mean())}
     for cond, g in summary.groupby("condition"):
         best = g.loc[g["flip_rate"].idxmax()]
         out[cond] = {k: (float(best[k]) if k != "layer" else int(best[k])) for k in
                      ("layer", "flip_rate", "normalised_effect", "break_rate", "flip_rate_same_letter",
-                      "flip_rate_other_letter", "letter_mass")}
+                      "flip_rate_other_letter", "cs_after", "letter_mass")}
+        top = g.loc[g["cs_after"].idxmax()]
+        out[cond]["best_cs_after"] = {"layer": int(top["layer"]), "cs_after": float(top["cs_after"])}
         out[cond]["flip_rate_by_layer"] = {int(r.layer): round(float(r.flip_rate), 4) for r in g.itertuples()}
     return out
 
@@ -371,6 +375,8 @@ def write_localisation_report(run_dir: str | Path, out_dir: str | Path, *, png: 
     if (pdir / "cross_form_summary.csv").is_file():
         summary = pd.read_csv(pdir / "cross_form_summary.csv")
         head = json.loads((pdir / "cross_form_headline.json").read_text())
+        if "cs_clean" in head:
+            summary.attrs["cs_clean"] = head["cs_clean"]
         figs += localise_plots.cross_form_figures(summary, f"{model}, {head['n_items']} two-option items "
                                                            f"({head['n_inconsistent']} inconsistent)")
         names += ["cross-form", "cross-form-by-letter"]

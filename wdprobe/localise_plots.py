@@ -70,10 +70,11 @@ def lens_figures(traj, model: str) -> list[go.Figure]:
 
 def cross_form_figures(summary, where: str) -> list[go.Figure]:
     """Flip rate, normalised effect and break rate by layer per condition; full-patch flips by letter match."""
-    fig = make_subplots(rows=1, cols=3, subplot_titles=["inconsistent items flipped to the word answer",
-                                                        "mean normalised effect (inconsistent items)",
-                                                        "consistent items broken (control)"])
-    for c, metric in enumerate(("flip_rate", "normalised_effect", "break_rate"), start=1):
+    fig = make_subplots(rows=1, cols=4, subplot_titles=["inconsistent items flipped to the word answer",
+                                                        "consistent items broken",
+                                                        "CS with the patch in place",
+                                                        "mean normalised effect (inconsistent)"])
+    for c, metric in enumerate(("flip_rate", "break_rate", "cs_after", "normalised_effect"), start=1):
         for cond, (label, colour, dash) in CONDITION_STYLE.items():
             sub = summary[summary.condition == cond].sort_values("layer")
             if len(sub):
@@ -81,10 +82,13 @@ def cross_form_figures(summary, where: str) -> list[go.Figure]:
                                          legendgroup=cond, showlegend=(c == 1), line=dict(color=colour, dash=dash)),
                               row=1, col=c)
         fig.update_xaxes(title_text="patched layer (resid_post, final position)", row=1, col=c)
-    fig.update_yaxes(range=[-0.02, 1.02], row=1, col=1)
-    fig.update_yaxes(range=[-0.02, 1.02], row=1, col=3)
+    for c in (1, 2, 3):
+        fig.update_yaxes(range=[-0.02, 1.02], row=1, col=c)
+    if "cs_clean" in summary.attrs:
+        fig.add_hline(y=summary.attrs["cs_clean"], line=dict(color="#2ca02c", dash="longdash"), row=1, col=3,
+                      annotation_text=f"clean CS {summary.attrs['cs_clean']:.2f}", annotation_position="top left")
     fig.update_layout(title=f"Cross-form patching: word-run residual into the deed run<br><sup>{where}</sup>",
-                      template="plotly_white", height=470, width=1350, legend=dict(orientation="h", y=-0.22))
+                      template="plotly_white", height=470, width=1600, legend=dict(orientation="h", y=-0.22))
     fig2 = go.Figure()
     for cond, (label, colour, _) in CONDITION_STYLE.items():
         sub = summary[summary.condition == cond].sort_values("layer")

@@ -95,7 +95,7 @@ def cross_form_patching(lm, deed_prompts: Sequence[str], sources: np.ndarray, to
 
 def summarise_cross_form(frame, items) -> Any:
     """Per condition x layer: flip rate and mean normalised effect on inconsistent items, break rate on
-    consistent ones; ``items`` has per item ``consistent``, ``word_self`` (the word run's log-odds for its
+    consistent ones, and the CS of all the items with the patch in place; ``items`` has per item ``consistent``, ``word_self`` (the word run's log-odds for its
     own answer) and ``same_letter`` (the word answer's letter is also its letter in the deed prompt)."""
     import pandas as pd
 
@@ -114,6 +114,7 @@ def summarise_cross_form(frame, items) -> Any:
             rec[f"normalised_effect{sfx}"] = float(inc["normalised"].mean()) if len(inc) else np.nan
             rec[f"break_rate{sfx}"] = float((con["toward_word"] < 0).mean()) if len(con) else np.nan
             rec[f"n_inconsistent{sfx}"] = int(len(inc))
+        rec["cs_after"] = float((g["toward_word"] > 0).mean())  # CS of these items with the patch in place
         rec["letter_mass"] = float(g["letter_mass"].mean())
         out.append(rec)
     return pd.DataFrame(out).sort_values(["condition", "layer"]).reset_index(drop=True)
