@@ -159,6 +159,9 @@ def test_patch_and_steer_stages_write_results_and_resume(tiny_run, capsys):
     for r in zero.itertuples():  # alpha = 0 is the clean run
         assert r.toward_word == pytest.approx(clean[r.id], abs=1e-4)
     assert (tiny_run / "steering" / "steering.html").is_file()
+    head = json.loads((tiny_run / "steering" / "steering_headline.json").read_text())
+    # the best setting is rerun on the 12 items the grid did not use, beside a random direction
+    assert head["validation"]["n_items"] == 12 and set(head["validation"]) >= {"stance", "random", "cs_clean"}
 
 
 def test_positional_stage_and_errors(tiny_run, capsys):

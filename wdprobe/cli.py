@@ -131,7 +131,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
     head = run_steering(args.run, n_items=_items(args.items), layers=args.layers, alphas=_floats(args.alphas),
                         seed=args.seed, min_mass_ratio=args.min_mass_ratio, batch_size=args.batch_size,
-                        progress=not args.quiet, restart=args.restart)
+                        progress=not args.quiet, restart=args.restart, validate=not args.no_validate)
     print(json.dumps(head, indent=2))
     print(f"results and plots in {args.run}/steering/")
     return 0
@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a setting keeps the answer format if letter mass stays above this share of clean")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-validate", action="store_true",
+                   help="skip rerunning the best setting on the items the grid did not use")
     p.add_argument("--restart", action="store_true", help="discard this stage's earlier results in the run directory")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_steer)

@@ -286,8 +286,11 @@ DEFAULT_ALPHAS = (1.0, 2.0, 4.0, 8.0, 16.0)
 def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str | Sequence[int] | None = None,
                  alphas: Sequence[float] = DEFAULT_ALPHAS, seed: int = 0, folds: int = 5, min_mass_ratio: float = 0.5,
                  chunk_items: int = 8, batch_size: int = 64, progress: bool = True, restart: bool = False,
-                 lm=None) -> dict[str, Any]:
-    """Steer deed runs toward the word answer at each (layer, alpha); writes ``steering/``."""
+                 validate: bool = True, lm=None) -> dict[str, Any]:
+    """Steer deed runs toward the word answer at each (layer, alpha); writes ``steering/``.
+
+    The best setting is picked on the grid's items, so its CS is optimistic (the best of many noisy cells);
+    with ``validate`` it is rerun, with its random control, on every two-option item *not* in the grid."""
     import pandas as pd
 
     from . import localise_plots, plots
@@ -301,6 +304,7 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
     stage = "steer"
     if restart:
         run.reset_stage(stage, ["steering"])
+        run.reset_stage("steer_validate")
     run.check_or_start(stage, {"n_items": n_items, "layers": layers, "alphas": alphas, "seed": seed, "folds": folds,
                                "hook": "resid_post", "position": "last"})
     pairs = load_pairs(run.path, lm.tokenizer, n_items=n_items, seed=seed)
@@ -328,6 +332,10 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
     metrics = json.loads((run.path / "metrics.json").read_text())
     table = summarise_steering(frame, pairs.items, population_consistency=metrics["cs_micro"])
     best = best_setting(table, min_mass_ratio=min_mass_ratio, key="cs_population")
+    validation = None
+    if validate and best is not None:
+        validation = validate_steering(run, lm, pairs, int(best["layer"]), float(best["alpha"]), folds=folds, seed=seed,
+                                       batch_size=batch_size, progress=progress)
     out = run.path / "steering"
     out.mkdir(exist_ok=True)
     atomic_write_text(out / "steering.csv", frame.to_csv(index=False))
@@ -337,7 +345,7 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
             "cs_population_clean": metrics["cs_micro"],
             "mean_difference_norm": dict(zip(map(int, layers), map(float, dirs.gap.mean(0)))), "deed_residual_norm": dict(zip(map(int, layers),
                                                                                         map(float, dirs.deed_norm))),
-            "best": best}
+            "best": best, "validation": validation}
     atomic_write_text(out / "steering_headline.json", json.dumps(head, indent=2) + "\n")
     model = _model_name(run)
     figs = localise_plots.steering_figures(table, f"{model}, {len(pairs)} two-option items; alpha in units of the word-answer "
@@ -346,6 +354,50 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
     pngs = [plots.write_png(f, out / f"steering-{i}.png") for i, f in enumerate(figs)]
     run.update_stage(stage, complete=True, headline=head, png=[str(p) for p in pngs if p])
     return head
+
+
+def validate_steering(run: RunDir, lm, grid_pairs, layer: int, alpha: float, *, folds: int = 5, seed: int = 0,
+                      batch_size: int = 64, progress: bool = True) -> dict[str, Any] | None:
+    """The chosen (layer, alpha) and a fresh random direction of equal norm on the items the grid never saw."""
+    from .pairs import load_pairs, stance_directions
+    from .steering import steer, summarise_steering
+
+    stage = "steer_validate"
+    run.check_or_start(stage, {"layer": layer, "alpha": alpha, "grid_items": sorted(grid_pairs.items["id"])})
+    everything = load_pairs(run.path, lm.tokenizer, n_items=None)
+    seen = set(grid_pairs.items["id"])
+    held = everything.subset([i for i, iid in enumerate(everything.items["id"]) if iid not in seen])
+    if not len(held):
+        return None
+    dirs = stance_directions(run.path, held, [layer], folds=folds, seed=seed + 1)
+    sign = np.where(held.items["y_word"].to_numpy() == 1, 1.0, -1.0)[:, None, None]
+    unit = dirs.gap[:, :, None]
+    stance_vecs = dirs.stance * unit * sign
+    random_vecs = np.broadcast_to(dirs.random[None], dirs.stance.shape) * unit * sign
+    done = {r["id"] for r in run.read_parts(stage)}
+    todo = [i for i in range(len(held)) if held.items["id"][i] not in done]
+    bar = _bar(3 * len(held), "validate steering", progress, 3 * (len(held) - len(todo)))
+    for s in range(0, len(todo), 64):
+        idx = todo[s: s + 64]
+        f = steer(lm, [held.deed_prompts[i] for i in idx], stance_vecs[idx], random_vecs[idx], held.toward[idx],
+                  held.away[idx], held.token_ids, [layer], [alpha], batch_size=batch_size, progress=bar.update)
+        f["id"] = [held.items["id"][idx[k]] for k in f["item"]]
+        run.write_part(stage, f[STEER_COLUMNS].to_dict("records"), STEER_COLUMNS)
+    bar.close()
+    import pandas as pd
+
+    frame = pd.DataFrame(run.read_parts(stage))
+    for c in ("alpha", "toward_word", "letter_mass"):
+        frame[c] = frame[c].astype(float)
+    frame["layer"] = frame["layer"].astype(int)
+    frame["item"] = frame["id"].map({iid: k for k, iid in enumerate(held.items["id"])})
+    t = summarise_steering(frame, held.items)
+    row = {c: t[t.condition == c].iloc[0] for c in ("stance", "random")}
+    out = {"n_items": len(held), "layer": layer, "alpha": alpha, "cs_clean": t.attrs["clean_cs"]}
+    for c, r in row.items():
+        out[c] = {k: float(r[k]) for k in ("cs", "flip_rate", "break_rate", "mass_ratio")}
+    run.update_stage(stage, complete=True, result=out)
+    return out
 
 
 # ---- one page for a reader -------------------------------------------------------------------------

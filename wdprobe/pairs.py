@@ -32,6 +32,13 @@ class PairSet:
     def __len__(self) -> int:
         return len(self.items)
 
+    def subset(self, indices: Sequence[int]) -> "PairSet":
+        """The same pairs restricted to ``indices`` (re-indexed from 0)."""
+        idx = list(indices)
+        return PairSet(self.items.iloc[idx].reset_index(drop=True), [self.word_prompts[i] for i in idx],
+                       [self.deed_prompts[i] for i in idx], self.toward[idx], self.away[idx], self.token_ids,
+                       [self.presentations[i] for i in idx])
+
 
 def _logodds(p_yes: float, p_no: float) -> float:
     return float(np.log(max(p_yes, 1e-12)) - np.log(max(p_no, 1e-12)))
