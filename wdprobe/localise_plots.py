@@ -112,6 +112,10 @@ def positional_figures(frame, seg_table, layers: Sequence[int], segment_order: S
     ids = list(dict.fromkeys(frame[frame.method == "exact"]["id"]))[:n_show]
     for iid in ids:
         sub = frame[frame.id == iid]
+        # positions before the first token that differs carry exactly the clean activations: crop them
+        moved = sub[sub["normalised"].abs() > 1e-6]["position"]
+        first = max(0, int(moved.min()) - 3) if len(moved) else 0
+        sub = sub[sub.position >= first]
         fig = make_subplots(rows=2, cols=1, subplot_titles=["exact patching", "attribution patching (estimate)"],
                             shared_xaxes=True, vertical_spacing=0.08)
         toks = None
@@ -119,14 +123,15 @@ def positional_figures(frame, seg_table, layers: Sequence[int], segment_order: S
             m = sub[sub.method == method]
             grid = m.pivot(index="layer", columns="position", values="normalised").reindex(layers)
             toks = m.drop_duplicates("position").sort_values("position")["token"].tolist()
-            labels = [f"{p}:{t!r}" for p, t in enumerate(toks)]
+            labels = [f"{p}:{t!r}" for p, t in zip(sorted(m["position"].unique()), toks)]
             fig.add_trace(go.Heatmap(z=grid.to_numpy(), x=labels, y=list(layers), zmid=0, colorscale="RdBu_r",
                                      zmin=-1, zmax=1, showscale=(r == 1), colorbar=dict(title="normalised")),
                           row=r, col=1)
         fig.update_yaxes(title_text="layer (resid_pre)")
-        fig.update_layout(title=f"Positional patching, item {iid}<br><sup>{where}; 1 = patching this residual alone "
+        fig.update_layout(title=f"Positional patching, item {iid} (tokens from position {first}; earlier ones are "
+                                f"identical in both prompts)<br><sup>{where}; 1 = patching this residual alone "
                                 "restores the clean answer, 0 = no effect</sup>", template="plotly_white",
-                          height=760, width=max(900, 13 * len(toks or []) + 200))
+                          height=760, width=max(900, 22 * len(toks or []) + 250))
         figs.append(fig)
     seg_present = [s for s in segment_order if s in set(seg_table["segment"])]
     fig = make_subplots(rows=1, cols=2, subplot_titles=["exact", "attribution"], shared_yaxes=True)
@@ -153,8 +158,9 @@ def positional_figures(frame, seg_table, layers: Sequence[int], segment_order: S
                                      text=[f"{i} L{l} p{p}" for i, l, p in ex.index], name="cells"))
         lo, hi = float(np.nanmin([ex.min(), at.min()])), float(np.nanmax([ex.max(), at.max()]))
         fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(color="black", dash="dot"), name="y = x"))
-        fig.update_layout(title=f"Attribution vs exact patching, every (item, layer, position) cell — Spearman ρ = {rho:.3f}",
-                          template="plotly_white", height=520, width=640, xaxis_title="exact (normalised)",
+        fig.update_layout(title=f"Attribution vs exact patching<br><sup>every (item, layer, position) cell; "
+                                f"Spearman ρ = {rho:.3f}</sup>",
+                          template="plotly_white", height=560, width=720, xaxis_title="exact (normalised)",
                           yaxis_title="attribution estimate (normalised)")
         figs.append(fig)
     return figs
