@@ -30,14 +30,14 @@ def short_item_with_content_effect(lm, items, form: str, pool: int = 64):
     moves most when the options are swapped (so the heatmap has something to find)."""
     from wdprobe.data import present
     from wdprobe.interventions import Row, run_interventions
-    from wdprobe.patching import AlignmentError, aligned_tokens, swap_counterfactual
+    from wdprobe.patching import AlignmentError, swap_alignment, swap_counterfactual
     from wdprobe.prompts import normal_prompt
 
     cands = []
     for p in present([it for it in items if it.n_options == 2], seed=0):
         clean, cf = normal_prompt(p, form), normal_prompt(swap_counterfactual(p, form), form)
         try:
-            toks = aligned_tokens(lm.tokenizer, clean, cf)
+            toks = swap_alignment(lm.tokenizer, p, form, clean, cf)
         except AlignmentError:
             continue
         cands.append((len(toks), p.item.id, clean, cf))

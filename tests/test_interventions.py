@@ -164,3 +164,22 @@ def test_prompts_longer_than_the_sliding_window_are_not_packed(tiny_lm):
     np.testing.assert_allclose(auto, separate, atol=1e-6)
     with pytest.raises(InterventionError, match="sliding window \\(64 tokens\\)"):
         run_interventions(tiny_lm, prompts, rows, _ids(tiny_lm), pack=True)
+
+
+def test_option_swap_alignment_is_checked_slot_by_slot(tiny_lm, wdct_csv):
+    from wdprobe.data import load_wdct, present
+    from wdprobe.patching import swap_alignment, swap_counterfactual
+    from wdprobe.prompts import normal_prompt
+
+    pres = {p.item.id: p for p in present(load_wdct(wdct_csv), seed=0)}
+    ok = pres["op1"]  # "Parks matter more." / "Roads matter more.": same length, swap aligns
+    tokens = swap_alignment(tiny_lm.tokenizer, ok, "word", normal_prompt(ok, "word"),
+                            normal_prompt(swap_counterfactual(ok, "word"), "word"))
+    assert tokens[-1] == "Answer:" or tokens[-1].strip() in (":", "Answer")
+    bad = pres["ev1"]  # "No, honesty matters." (5 tokens) / "Yes, if it helps." (6): same total, shifted slots
+    clean, cf = normal_prompt(bad, "word"), normal_prompt(swap_counterfactual(bad, "word"), "word")
+    assert len(tiny_lm.tokenizer(clean)["input_ids"]) == len(tiny_lm.tokenizer(cf)["input_ids"])
+    with pytest.raises(AlignmentError, match=r"item ev1 \(word\): option A spans \d tokens .* \d in the swapped"):
+        swap_alignment(tiny_lm.tokenizer, bad, "word", clean, cf)
+    with pytest.raises(AlignmentError, match="three|two options"):
+        swap_counterfactual(pres["ev2"], "word")

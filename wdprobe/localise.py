@@ -180,8 +180,8 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     from . import localise_plots, plots
     from .interventions import Row, resid_hook, run_interventions
     from .pairs import load_pairs
-    from .patching import aligned_tokens, attribution_patching, exact_patching, normalised, rank_correlation, \
-        swap_counterfactual
+    from .patching import AlignmentError, aligned_tokens, attribution_patching, exact_patching, normalised, \
+        rank_correlation, swap_alignment, swap_counterfactual
     from .prompts import normal_prompt, wrap
 
     if form not in ("word", "deed"):
@@ -201,12 +201,14 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     for p, prompts in zip(pairs.presentations, pairs.word_prompts if form == "word" else pairs.deed_prompts):
         cf = wrap(normal_prompt(swap_counterfactual(p, form), form), lm.tokenizer, use_chat)
         try:
-            aligned_tokens(lm.tokenizer, prompts, cf, name=p.item.id)
-        except Exception:
+            swap_alignment(lm.tokenizer, p, form, prompts, cf)
+        except AlignmentError:
             continue
         clean_all.append(prompts)
         cf_all.append(cf)
         pres_all.append(p)
+    if not clean_all:
+        raise ValueError(f"{run.path}: no {form} item has two options whose swap aligns token by token")
     order = np.random.default_rng(seed).permutation(len(clean_all))[:screen]
     # screen a seeded sample for items whose answer depends on the options' content; keep the strongest
     token_ids = pairs.token_ids[:2]

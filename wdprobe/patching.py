@@ -126,7 +126,7 @@ def swap_counterfactual(pres, form: str):
     """The same two-option item with its option texts swapped between letters A and B.
 
     Clean and counterfactual prompts then differ only inside the two option texts. When both options
-    tokenise to the same number of tokens (checked by :func:`aligned_tokens`), every position plays the
+    tokenise to the same number of tokens (checked by :func:`swap_alignment`), every position plays the
     same role in both prompts: patching position p moves exactly what the model stored there.
     """
     from dataclasses import replace
@@ -150,6 +150,38 @@ def aligned_tokens(tokenizer, clean: str, counterfactual: str, *, name: str = "i
                              "positional patching needs aligned prompts (choose items whose swapped options have equal "
                              "token lengths, see wdprobe.patching.swap_counterfactual)")
     return [tokenizer.decode([t]) for t in a]
+
+
+def swap_alignment(tokenizer, pres, form: str, clean: str, counterfactual: str) -> list[str]:
+    """Check that an option-swapped pair aligns token by token; return the clean prompt's tokens.
+
+    Equal total length is not enough: options of different token lengths shift the second option's label.
+    Each option slot must hold the same number of tokens in both prompts, and every token outside the
+    option texts must be identical at the same position. Raises :class:`AlignmentError` naming the item.
+    """
+    from .capture import presentation_spans
+    from .scoring import _encode
+
+    tokens = aligned_tokens(tokenizer, clean, counterfactual, name=f"item {pres.item.id} ({form})")
+    swapped = swap_counterfactual(pres, form)
+    slots = []
+    for prompt, p in ((clean, pres), (counterfactual, swapped)):
+        n = len(_encode(tokenizer, [prompt], "cpu")["input_ids"][0])
+        offsets = tokenizer(prompt, return_offsets_mapping=True)["offset_mapping"][-n:]
+        spans = presentation_spans(p, form, prompt)
+        by_letter = [spans.options[c] for c in p.order(form)]  # option text spans in letter order
+        slots.append([[t for t, (a, b) in enumerate(offsets) if b > a and a < e and b > s] for s, e in by_letter])
+    for j, (a, b) in enumerate(zip(*slots)):
+        if a != b:
+            raise AlignmentError(f"item {pres.item.id} ({form}): option {chr(65 + j)} spans {len(a)} tokens in the clean "
+                                 f"prompt and {len(b)} in the swapped one; positions would not align")
+    inside = {t for slot in slots[0] for t in slot}
+    ids_a = _encode(tokenizer, [clean], "cpu")["input_ids"][0].tolist()
+    ids_b = _encode(tokenizer, [counterfactual], "cpu")["input_ids"][0].tolist()
+    outside = [t for t in range(len(ids_a)) if t not in inside and ids_a[t] != ids_b[t]]
+    if outside:
+        raise AlignmentError(f"item {pres.item.id} ({form}): tokens outside the options differ at positions {outside[:5]}")
+    return tokens
 
 
 def _letter_logodds(lp: np.ndarray) -> np.ndarray:
