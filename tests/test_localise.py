@@ -171,6 +171,10 @@ def test_positional_stage_and_errors(tiny_run, capsys):
     assert head["n_items"] == 3 and head["n_exact"] == 2 and len(head["rank_correlation_per_item"]) == 2
     frame = pd.read_csv(tiny_run / "patching" / "positional-deed.csv")
     assert set(frame.method) == {"exact", "attribution"} and {"final", "option A", "option B"} <= set(frame.segment)
+    # at the embeddings (layer 0 resid_pre) only tokens that differ can matter: the option texts
+    layer0 = frame[(frame.method == "exact") & (frame.layer == 0)]
+    assert (layer0[~layer0.segment.isin(["option A", "option B"])]["normalised"].abs() < 1e-6).all()
+    assert (layer0[layer0.segment.isin(["option A", "option B"])]["normalised"].abs() > 1e-6).any()
     # bad input through the CLI: exit 2 with a message naming the problem
     assert main(["steer", "--run", str(tiny_run), "--layers", "0,5", "--quiet"]) == 2
     assert "layer(s) [5] out of range" in capsys.readouterr().err

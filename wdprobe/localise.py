@@ -155,7 +155,8 @@ def token_segments(tokenizer, prompt: str, pres, form: str) -> list[str]:
         elif s < first_opt - 3:
             seg = "scenario"
         else:
-            seg = next((f"option {L}" for L, (a, b) in letter_spans.items() if a <= s < b), None)
+            # a token belongs to an option when it overlaps the option's text (its leading space included)
+            seg = next((f"option {L}" for L, (a, b) in letter_spans.items() if s < b and e > a), None)
             if seg is None:
                 seg = next((f"label {L}" for L, (a, _) in letter_spans.items() if a - 4 <= s < a), "scenario")
         out.append(seg)
