@@ -146,6 +146,8 @@ def test_patch_and_steer_stages_write_results_and_resume(tiny_run, capsys):
     for r in last.itertuples():
         assert (r.toward_word > 0) == bool(r.same_letter)
     assert "Cross-form patching" in (out / "cross_form.html").read_text()
+    stage = json.loads((tiny_run / "manifest.json").read_text())["stages"]["patch_cross"]
+    assert stage["complete"] and stage["seconds_total"] > 0 and stage["config"]["n_items"] == 12
     # a rerun with the same settings resumes (nothing to do); different settings are refused
     assert main(["patch", "--run", str(tiny_run), "--kind", "cross", "--items", "12", "--quiet"]) == 0
     with pytest.raises(RunMismatchError):

@@ -7,6 +7,7 @@ tidy CSVs, a headline JSON and plotly figures under ``patching/`` or ``steering/
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,6 +17,13 @@ from .cache import atomic_write_text
 from .runs import RunDir
 
 LOW_RANK_CORRELATION = 0.5  # below this, attribution heatmaps are not to be trusted without exact checks
+
+
+def _seconds(run: RunDir, stage: str, t0: float) -> dict[str, float]:
+    """This call's wall time and the stage's total over resumed calls, for the manifest."""
+    spent = time.perf_counter() - t0
+    before = run.read_manifest().get("stages", {}).get(stage, {}).get("seconds_total", 0.0)
+    return {"seconds": round(spent, 1), "seconds_total": round(before + spent, 1)}
 
 
 def _model(run: RunDir, lm):
@@ -57,6 +65,7 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
     from .pairs import load_pairs, stance_directions
     from .patching import CROSS_CONDITIONS, InterventionError, cross_form_patching, summarise_cross_form
 
+    t_start = time.perf_counter()
     run = RunDir(run_dir)
     lm = _model(run, lm)
     layers = _resolve_layers(layers, lm)
@@ -106,7 +115,7 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
                                              f"({int((pairs.items.consistent == 0).sum())} inconsistent)")
     plots.write_html(figs, out / "cross_form.html", heading=f"wdprobe cross-form patching: {model}")
     pngs = [plots.write_png(f, out / f"cross_form-{i}.png") for i, f in enumerate(figs)]
-    run.update_stage(stage, complete=True, headline=head, png=[str(p) for p in pngs if p])
+    run.update_stage(stage, complete=True, headline=head, png=[str(p) for p in pngs if p], **_seconds(run, stage, t_start))
     return head
 
 
@@ -187,6 +196,7 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
 
     if form not in ("word", "deed"):
         raise ValueError(f"form must be 'word' or 'deed', not {form!r}")
+    t_start = time.perf_counter()
     run = RunDir(run_dir)
     lm = _model(run, lm)
     layers = _resolve_layers(layers, lm)
@@ -231,8 +241,6 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     ids = [pres_all[k].item.id for k in chosen]
     tokens = [aligned_tokens(lm.tokenizer, a, b) for a, b in zip(clean, cf)]
     segs = [token_segments(lm.tokenizer, a, pres_all[k], form) for a, k in zip(clean, chosen)]
-    import time
-
     t0 = time.perf_counter()
     attr = attribution_patching(lm, clean, cf, hooks, token_ids)
     t_attr = time.perf_counter() - t0
@@ -276,7 +284,7 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
                                     f"{model}, {form} prompts, options swapped (A<->B)", n_show=min(n_ex, 2))
     plots.write_html(figs, out / f"{stem}.html", heading=f"wdprobe positional patching: {model}, {form} form")
     pngs = [plots.write_png(f, out / f"{stem}-{i}.png") for i, f in enumerate(figs)]
-    run.update_stage(stage, complete=True, headline=head, png=[str(p) for p in pngs if p])
+    run.update_stage(stage, complete=True, headline=head, png=[str(p) for p in pngs if p], **_seconds(run, stage, t_start))
     return head
 
 
@@ -300,6 +308,7 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
     from .pairs import load_pairs, stance_directions
     from .steering import best_setting, steer, summarise_steering
 
+    t_start = time.perf_counter()
     run = RunDir(run_dir)
     lm = _model(run, lm)
     layers = _resolve_layers(layers, lm)
@@ -355,7 +364,7 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
                                          f"mean difference at the layer", min_mass_ratio)
     plots.write_html(figs, out / "steering.html", heading=f"wdprobe steering: {model}")
     pngs = [plots.write_png(f, out / f"steering-{i}.png") for i, f in enumerate(figs)]
-    run.update_stage(stage, complete=True, headline=head, png=[str(p) for p in pngs if p])
+    run.update_stage(stage, complete=True, headline=head, png=[str(p) for p in pngs if p], **_seconds(run, stage, t_start))
     return head
 
 
