@@ -88,7 +88,7 @@ def cross_form_figures(summary, where: str) -> list[go.Figure]:
         fig.add_hline(y=summary.attrs["cs_clean"], line=dict(color="#2ca02c", dash="longdash"), row=1, col=3,
                       annotation_text=f"clean CS {summary.attrs['cs_clean']:.2f}", annotation_position="top left")
     fig.update_layout(title=f"Cross-form patching: word-run residual into the deed run<br><sup>{where}</sup>",
-                      template="plotly_white", height=470, width=1600, legend=dict(orientation="h", y=-0.22))
+                      template="plotly_white", height=470, width=1280, legend=dict(orientation="h", y=-0.22))
     fig2 = go.Figure()
     for cond, (label, colour, _) in CONDITION_STYLE.items():
         sub = summary[summary.condition == cond].sort_values("layer")
@@ -186,7 +186,7 @@ def steering_figures(table, where: str, min_mass_ratio: float) -> list[go.Figure
     clean = table.attrs.get("clean_cs")
     fig.update_layout(title=f"Steering deeds toward the word answer — {'benchmark-level CS' if metric == 'cs_population' else 'CS'}"
                             f"<br><sup>{where}; cells with letter mass below {min_mass_ratio:.0%} of clean break the "
-                            "answer format</sup>", template="plotly_white", height=560, width=1400)
+                            "answer format</sup>", template="plotly_white", height=560, width=1280)
     figs = [fig]
     stance = table[table.condition == "stance"]
     all_layers = sorted(stance["layer"].unique())
@@ -209,7 +209,7 @@ def steering_figures(table, where: str, min_mass_ratio: float) -> list[go.Figure
     fig2.update_yaxes(range=[-0.02, 1.02], row=1, col=2)
     sub = f"; clean CS on these items {clean:.2f}" if clean is not None else ""
     fig2.update_layout(title=f"Steering curves at selected layers (solid: word-stance direction, dotted: random)"
-                             f"<br><sup>{where}{sub}</sup>", template="plotly_white", height=500, width=1450,
+                             f"<br><sup>{where}{sub}</sup>", template="plotly_white", height=500, width=1280,
                        legend=dict(orientation="h", y=-0.25))
     figs.append(fig2)
     return figs
