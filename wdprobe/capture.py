@@ -20,6 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .scoring import LAST_POSITION_HOOK, _keep_last_position
+
 HOOK_KINDS = ("resid_pre", "resid_mid", "resid_post")
 MAX_OPTIONS = 4
 POSITION_KINDS = ("last", "question_mean") + tuple(f"option{c}_last" for c in range(MAX_OPTIONS))
@@ -163,10 +165,6 @@ def _batch_positions(mask: torch.Tensor, offsets: list, spans: Sequence[PromptSp
     return weights, opt_idx, opt_ok
 
 
-def _skip_unembed(resid: torch.Tensor, hook) -> torch.Tensor:
-    return resid[:, -1:, :]
-
-
 @torch.no_grad()
 def capture_batch(lm, prompts: Sequence[str], spans: Sequence[PromptSpans], n_options: Sequence[int],
                   spec: CaptureSpec) -> dict[str, torch.Tensor]:
@@ -202,7 +200,7 @@ def capture_batch(lm, prompts: Sequence[str], spans: Sequence[PromptSpans], n_op
     if stop < n_layers:
         lm.bridge.run_with_hooks(ids, attention_mask=mask, fwd_hooks=hooks, stop_at_layer=stop)
     else:
-        lm.bridge.run_with_hooks(ids, attention_mask=mask, fwd_hooks=hooks + [("unembed.hook_in", _skip_unembed)])
+        lm.bridge.run_with_hooks(ids, attention_mask=mask, fwd_hooks=hooks + [(LAST_POSITION_HOOK, _keep_last_position)])
     return out
 
 

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Literal, Mapping, Sequence
 import numpy as np
 import torch
 
-from .scoring import LAST_POSITION_HOOK, _encode, default_batch_tokens
+from .scoring import LAST_POSITION_HOOK, _encode, default_batch_tokens, forward_last, length_batches
 
 Kind = Literal["set", "add", "project"]
 RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
@@ -120,29 +120,8 @@ def _hooks_for_batch(batch_rows: Sequence[Row], lengths: Sequence[int], T: int, 
     return hooks
 
 
-def _last_only(x: torch.Tensor, hook=None) -> torch.Tensor:
-    return x[:, -1:, :]
-
-
-def forward_last(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 hooks: Iterable[tuple[str, Callable]] = ()) -> torch.Tensor:
-    """Last-position logits ``[batch, vocab]`` of a left-padded batch under the given forward hooks."""
-    hooks = list(hooks) + [(LAST_POSITION_HOOK, _last_only)]
-    return lm.bridge.run_with_hooks(input_ids, attention_mask=attention_mask, fwd_hooks=hooks)[:, -1, :]
-
-
 def _row_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None) -> list[list[int]]:
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    out: list[list[int]] = []
-    cur: list[int] = []
-    for i in order:
-        if cur and (len(cur) == batch_size or (max_tokens is not None and (len(cur) + 1) * lengths[cur[0]] > max_tokens)):
-            out.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        out.append(cur)
-    return out
+    return list(length_batches(lengths, batch_size, max_tokens))
 
 
 @torch.no_grad()

@@ -61,15 +61,20 @@ def _keep_last_position(resid: torch.Tensor, hook) -> torch.Tensor:
     return resid[:, -1:, :]
 
 
+def forward_last(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor, hooks=()) -> torch.Tensor:
+    """Last-position logits ``[batch, vocab]`` of a left-padded batch under the given forward hooks
+    (the unembedding runs on the final position only)."""
+    hooks = list(hooks) + [(LAST_POSITION_HOOK, _keep_last_position)]
+    return lm.bridge.run_with_hooks(input_ids, attention_mask=attention_mask, fwd_hooks=hooks)[:, -1, :]
+
+
 @torch.no_grad()
 def last_token_logits(lm, prompts: Sequence[str]) -> torch.Tensor:
     """Next-token logits after each prompt, ``[len(prompts), vocab]``, for one left-padded batch."""
     if lm.tokenizer.padding_side != "left":
         raise ValueError("the tokenizer must pad on the left so that position -1 is every prompt's last token")
     enc = _encode(lm.tokenizer, prompts, lm.device)
-    logits = lm.bridge.run_with_hooks(enc["input_ids"], attention_mask=enc["attention_mask"],
-                                      fwd_hooks=[(LAST_POSITION_HOOK, _keep_last_position)])
-    return logits[:, -1, :]
+    return forward_last(lm, enc["input_ids"], enc["attention_mask"])
 
 
 def default_batch_tokens(device) -> int | None:
@@ -78,11 +83,10 @@ def default_batch_tokens(device) -> int | None:
     return 1536 if str(device).startswith("cpu") else None
 
 
-def iter_batches(lm, prompts: Sequence[str], batch_size: int, max_batch_tokens: int | None = None) -> Iterator[list[int]]:
-    """Index batches sorted by token length (longest first), at most ``batch_size`` prompts and, when
-    given, at most ``max_batch_tokens`` padded tokens each, so padding (wasted compute) stays small."""
-    lengths = [len(lm.tokenizer.encode(p)) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+def length_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None = None) -> Iterator[list[int]]:
+    """Index batches sorted by length (longest first), at most ``batch_size`` entries and, when given, at
+    most ``max_batch_tokens`` padded tokens each, so padding (wasted compute) stays small."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batch: list[int] = []
     for i in order:
         full = len(batch) == batch_size or (
@@ -93,6 +97,11 @@ def iter_batches(lm, prompts: Sequence[str], batch_size: int, max_batch_tokens: 
         batch.append(i)
     if batch:
         yield batch
+
+
+def iter_batches(lm, prompts: Sequence[str], batch_size: int, max_batch_tokens: int | None = None) -> Iterator[list[int]]:
+    """:func:`length_batches` over the prompts' token lengths."""
+    return length_batches([len(lm.tokenizer.encode(p)) for p in prompts], batch_size, max_batch_tokens)
 
 
 def next_token_logprobs(lm, prompts: Sequence[str], token_ids: Sequence[int], *, batch_size: int = 32,
