@@ -120,10 +120,6 @@ def _hooks_for_batch(batch_rows: Sequence[Row], lengths: Sequence[int], T: int, 
     return hooks
 
 
-def _row_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None) -> list[list[int]]:
-    return list(length_batches(lengths, batch_size, max_tokens))
-
-
 @torch.no_grad()
 def run_interventions(lm, prompts: Sequence[str], rows: Sequence[Row], token_ids: Sequence[int], *,
                       batch_size: int = 64, max_batch_tokens: int | None | str = "auto",
@@ -163,7 +159,7 @@ def run_interventions(lm, prompts: Sequence[str], rows: Sequence[Row], token_ids
     if pack and rows and final_only and fits and (pack is True or packing_works(lm, prompts[rows[0].prompt])):
         return _run_packed(lm, prompts, rows, prompt_len, ids, budget, progress)
     out = np.zeros((len(rows), len(token_ids)))
-    for batch in _row_batches(lengths, batch_size, budget):
+    for batch in length_batches(lengths, batch_size, budget):
         enc = _encode(lm.tokenizer, [prompts[rows[i].prompt] for i in batch], lm.device)
         T = enc["input_ids"].shape[1]
         hooks = _hooks_for_batch([rows[i] for i in batch], [lengths[i] for i in batch], T, lm.device, n_layers, hook_dict)
@@ -179,7 +175,7 @@ def residuals_at(lm, prompts: Sequence[str], hooks: Sequence[str], positions: Se
     """Clean residuals at ``hooks`` per prompt: ``{hook: [tensor[n_positions_i, d]]}`` (all positions by default)."""
     out: dict[str, list[torch.Tensor]] = {h: [None] * len(prompts) for h in hooks}  # type: ignore[list-item]
     lengths = [len(_encode(lm.tokenizer, [p], "cpu")["input_ids"][0]) for p in prompts]
-    for batch in _row_batches(lengths, batch_size, None):
+    for batch in length_batches(lengths, batch_size, None):
         enc = _encode(lm.tokenizer, [prompts[i] for i in batch], lm.device)
         T = enc["input_ids"].shape[1]
         got: dict[str, torch.Tensor] = {}
@@ -282,7 +278,7 @@ def _run_packed(lm, prompts, rows, prompt_len, ids, budget, progress) -> np.ndar
     cost = [prompt_len[p] - 1 + len(ks) for p, ks in seqs]
     out = np.zeros((len(rows), len(ids)))
     cap = budget if budget is not None else 8192
-    for batch in _row_batches(cost, 64, cap):
+    for batch in length_batches(cost, 64, cap):
         chosen = [seqs[i] for i in batch]
         logits, rmax = _packed_forward(lm, [(tokens[p], len(ks)) for p, ks in chosen],
                                        [[rows[k] for k in ks] for _, ks in chosen], n_layers)

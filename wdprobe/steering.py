@@ -17,7 +17,6 @@ import torch
 
 from .interventions import Intervention, InterventionError, Row, run_interventions
 
-STEER_CONDITIONS = ("stance", "random")
 
 
 def steering_rows(n_items: int, layers: Sequence[int], alphas: Sequence[float], stance_vecs: np.ndarray,
