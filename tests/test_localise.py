@@ -12,7 +12,7 @@ from wdprobe.patching import summarise_cross_form
 from wdprobe.probes import crossfit_directions
 from wdprobe.runs import RunMismatchError
 from wdprobe.steering import best_setting, summarise_steering
-from tiny import SYNTHETIC_ITEMS, write_wdct_csv
+from tiny import write_two_option_copies
 
 
 def test_canonical_logodds_follows_the_shuffle():
@@ -108,9 +108,7 @@ def test_steering_summary_and_best_setting_by_hand():
 @pytest.fixture(scope="module")
 def tiny_run(tiny_lm, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("localise")
-    two = [s for s in SYNTHETIC_ITEMS if len(s[3]) == 2]
-    items = [(d, f"{i}-{k}", ws, wo, ds, do, c) for k in range(6) for (d, i, ws, wo, ds, do, c) in two]
-    data = write_wdct_csv(tmp / "w.csv", items)
+    data = write_two_option_copies(tmp / "w.csv")
     run = tmp / "run"
     score_wdct(run, data=data, lm=tiny_lm, progress=False)
     assert main(["capture", "--run", str(run), "--layers", "all", "--quiet"]) == 0

@@ -2,13 +2,11 @@ import json
 
 from wdprobe.cli import main
 from wdprobe.evaluate import score_wdct
-from tiny import SYNTHETIC_ITEMS, write_wdct_csv
+from tiny import write_two_option_copies
 
 
 def test_score_capture_probe_pipeline_writes_results_and_plots(tiny_lm, tmp_path):
-    two = [s for s in SYNTHETIC_ITEMS if len(s[3]) == 2]
-    items = [(d, f"{i}-{k}", ws, wo, ds, do, c) for k in range(6) for (d, i, ws, wo, ds, do, c) in two]
-    data = write_wdct_csv(tmp_path / "w.csv", items)
+    data = write_two_option_copies(tmp_path / "w.csv")
     run = tmp_path / "run"
     score_wdct(run, data=data, lm=tiny_lm, progress=False)
     # through the CLI: the model is found again from the run's manifest

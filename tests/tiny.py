@@ -69,3 +69,11 @@ def build_tiny_model_dir(path: Path, *, seed: int = 0, chat_template: str | None
     cfgd = json.loads((path / "config.json").read_text())
     assert cfgd.get("architectures") == ["Gemma3ForCausalLM"]
     return path
+
+
+def write_two_option_copies(path: Path, copies: int = 6) -> Path:
+    """A WDCT file of the two-option synthetic items, each repeated ``copies`` times under new ids
+    (enough items for folds and for both consistent and inconsistent answers)."""
+    two = [s for s in SYNTHETIC_ITEMS if len(s[3]) == 2]
+    items = [(d, f"{i}-{k}", ws, wo, ds, do, c) for k in range(copies) for (d, i, ws, wo, ds, do, c) in two]
+    return write_wdct_csv(path, items)

@@ -290,6 +290,14 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
 
 # ---- steering --------------------------------------------------------------------------------------
 
+def steering_vectors(pairs, dirs) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-alpha steering vectors ``[n_items, n_layers, d]``: the stance direction scaled by its mean-difference
+    length and signed toward each item's word answer, and a random direction with the same norm and sign."""
+    sign = np.where(pairs.items["y_word"].to_numpy() == 1, 1.0, -1.0)[:, None, None]
+    unit = dirs.gap[:, :, None]
+    return dirs.stance * unit * sign, np.broadcast_to(dirs.random[None], dirs.stance.shape) * unit * sign
+
+
 STEER_COLUMNS = ["id", "condition", "layer", "alpha", "toward_word", "letter_mass"]
 DEFAULT_ALPHAS = (1.0, 2.0, 4.0, 8.0, 16.0)
 
@@ -321,10 +329,7 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
                                "hook": "resid_post", "position": "last"})
     pairs = load_pairs(run.path, lm.tokenizer, n_items=n_items, seed=seed)
     dirs = stance_directions(run.path, pairs, layers, folds=folds, seed=seed)
-    sign = np.where(pairs.items["y_word"].to_numpy() == 1, 1.0, -1.0)[:, None, None]
-    unit = dirs.gap[:, :, None]
-    stance_vecs = dirs.stance * unit * sign
-    random_vecs = np.broadcast_to(dirs.random[None], dirs.stance.shape) * unit * sign
+    stance_vecs, random_vecs = steering_vectors(pairs, dirs)
     done = {r["id"] for r in run.read_parts(stage)}
     todo = [i for i in range(len(pairs)) if pairs.items["id"][i] not in done]
     per_item = 1 + 2 * len(layers) * len(alphas)
@@ -382,10 +387,7 @@ def validate_steering(run: RunDir, lm, grid_pairs, layer: int, alpha: float, *, 
     if not len(held):
         return None
     dirs = stance_directions(run.path, held, [layer], folds=folds, seed=seed + 1)
-    sign = np.where(held.items["y_word"].to_numpy() == 1, 1.0, -1.0)[:, None, None]
-    unit = dirs.gap[:, :, None]
-    stance_vecs = dirs.stance * unit * sign
-    random_vecs = np.broadcast_to(dirs.random[None], dirs.stance.shape) * unit * sign
+    stance_vecs, random_vecs = steering_vectors(held, dirs)
     done = {r["id"] for r in run.read_parts(stage)}
     todo = [i for i in range(len(held)) if held.items["id"][i] not in done]
     bar = _bar(3 * len(held), "validate steering", progress, 3 * (len(held) - len(todo)))
