@@ -137,6 +137,31 @@ def cmd_steer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import STAGES, StudyConfig, config_to_toml, load_config, with_overrides
+    from .study import run_study
+
+    cfg = load_config(args.config) if args.config else StudyConfig()
+    stages = args.stages.split(",") if args.stages else None
+    if args.skip:
+        skip = args.skip.split(",")
+        unknown = [s for s in skip if s not in STAGES]
+        if unknown:
+            raise ValueError(f"--skip: unknown stage(s) {unknown}: choose from {list(STAGES)}")
+        stages = [s for s in (stages or cfg.stages) if s not in skip]
+    cfg = with_overrides(cfg, {"model": args.model, "data": args.data, "out": args.out, "report": args.report,
+                               "notes": args.notes, "seed": args.seed, "limit": args.limit, "sample": args.sample,
+                               "domains": args.domain, "dtype": args.dtype, "device": args.device,
+                               "device_map": args.device_map, "stages": stages})
+    if args.print_config:
+        print(config_to_toml(cfg), end="")
+        return 0
+    page = run_study(cfg, progress=not args.quiet, restart=args.restart.split(",") if args.restart else (),
+                     log=None if not args.quiet else (lambda m: print(m, file=sys.stderr)))
+    print(f"run directory {cfg.out_dir}; report {page}")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from .models import convert_default_model
 
@@ -241,6 +266,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_steer)
 
+    p = sub.add_parser("run", help="the whole study in one command: score, capture, probes, lens, patching, steering, report")
+    p.add_argument("--config", default=None, help="TOML study file (see --print-config); flags given here win over it")
+    p.add_argument("--model", default=None, help="embedded 'gemma-3-270m' (default), a local HF directory or a Hugging Face id")
+    p.add_argument("--data", default=None, help="WDCT.csv (else $WDPROBE_WDCT, else the pinned upstream download)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<model>); re-running resumes and skips finished stages")
+    p.add_argument("--report", default=None, help="report folder (default reports/<model>): index.html, summary.md, figures")
+    p.add_argument("--notes", default=None, help="markdown file with a written reading, added to the report")
+    p.add_argument("--seed", type=int, default=None, help="option shuffling and every sampled subset")
+    p.add_argument("--limit", type=int, default=None, help="first N items (a quick look)")
+    p.add_argument("--sample", type=int, default=None, help="seeded random sample of N items")
+    p.add_argument("--domain", action="append", choices=list(DOMAINS), default=None, help="keep only this domain (repeatable)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default=None)
+    p.add_argument("--device-map", default=None)
+    p.add_argument("--stages", default=None, help="comma list of stages to run (default all, in pipeline order)")
+    p.add_argument("--skip", default=None, help="comma list of stages to leave out")
+    p.add_argument("--restart", default=None, help="comma list of patch_cross, patch_positional, steer to redo (and all after)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration as TOML and stop")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_run)
+
     p = sub.add_parser("convert-model", help="convert the embedded Gemma-3-270M GGUF into the cache (done on first use anyway)")
     p.set_defaults(func=cmd_convert)
     return parser
@@ -248,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .capture import CaptureSpecError
+    from .config import ConfigError
     from .data import WDCTFormatError
     from .download import DataUnavailableError
     from .models import ModelLoadError
@@ -256,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (WDCTFormatError, DataUnavailableError, ModelLoadError, RunMismatchError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, WDCTFormatError, DataUnavailableError, ModelLoadError, RunMismatchError, FileNotFoundError, ValueError) as exc:
         print(f"wdprobe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

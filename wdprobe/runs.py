@@ -127,10 +127,11 @@ def environment() -> dict[str, str]:
     import torch
     import transformers
 
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        import transformer_lens
-        tl = getattr(transformer_lens, "__version__", "unknown")
-    except Exception:  # pragma: no cover - import problems surface elsewhere
+        tl = version("transformer-lens")
+    except PackageNotFoundError:  # pragma: no cover - import problems surface elsewhere
         tl = "unavailable"
     from . import __version__
 

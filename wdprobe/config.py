@@ -1,0 +1,214 @@
+"""Study configuration: one TOML file equivalent to the flags of ``wdprobe run``.
+
+Every stage has its own section; a key a section does not know is an error that names the file, the
+section and the nearest known key (typos in configs should not silently fall back to defaults).
+The resolved configuration is saved in the run's manifest, so a run records exactly what made it.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+STAGES = ("score", "capture", "probes", "lens", "patch_cross", "patch_positional", "steer", "report")
+
+
+class ConfigError(ValueError):
+    """A study configuration that cannot be used as written."""
+
+
+@dataclass
+class ScoreSection:
+    batch_size: int = 32
+    chat: str = "auto"
+
+
+@dataclass
+class CaptureSection:
+    layers: str = "all"
+    positions: list[str] = field(default_factory=lambda: ["last", "question_mean"])
+    storage_dtype: str = "float32"
+    batch_size: int = 16
+
+
+@dataclass
+class ProbesSection:
+    positions: list[str] = field(default_factory=lambda: ["last", "question_mean"])
+    kinds: list[str] = field(default_factory=lambda: ["logreg", "diffmean"])
+    folds: int = 5
+
+
+@dataclass
+class PatchCrossSection:
+    items: int | str = 64
+    layers: str = "all"
+    conditions: list[str] = field(default_factory=lambda: ["full", "stance", "letter", "random"])
+    batch_size: int = 64
+
+
+@dataclass
+class PatchPositionalSection:
+    forms: list[str] = field(default_factory=lambda: ["deed", "word"])
+    items: int = 16
+    exact_items: int = 4
+    screen: int = 256
+    min_effect: float = 0.0
+    layers: str = "all"
+    batch_size: int = 64
+
+
+@dataclass
+class SteerSection:
+    items: int | str = 64
+    layers: str = "all"
+    alphas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0])
+    min_mass_ratio: float = 0.5
+    validate: bool = True
+    batch_size: int = 64
+
+
+SECTIONS: dict[str, type] = {"score": ScoreSection, "capture": CaptureSection, "probes": ProbesSection,
+                             "patch_cross": PatchCrossSection, "patch_positional": PatchPositionalSection,
+                             "steer": SteerSection}
+
+
+@dataclass
+class StudyConfig:
+    """Everything ``wdprobe run`` needs; defaults give the embedded model on the full WDCT."""
+
+    model: str = "gemma-3-270m"
+    data: str | None = None
+    out: str | None = None
+    report: str | None = None
+    notes: str | None = None
+    seed: int = 0
+    limit: int | None = None
+    sample: int | None = None
+    domains: list[str] | None = None
+    dtype: str = "float32"
+    device: str | None = None
+    device_map: str | None = None
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    score: ScoreSection = field(default_factory=ScoreSection)
+    capture: CaptureSection = field(default_factory=CaptureSection)
+    probes: ProbesSection = field(default_factory=ProbesSection)
+    patch_cross: PatchCrossSection = field(default_factory=PatchCrossSection)
+    patch_positional: PatchPositionalSection = field(default_factory=PatchPositionalSection)
+    steer: SteerSection = field(default_factory=SteerSection)
+
+    @property
+    def slug(self) -> str:
+        """A folder name for the model: the last path part of a directory or Hugging Face id."""
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.model.rstrip("/")).name) or "model"
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("runs") / self.slug
+
+    @property
+    def report_dir(self) -> Path:
+        return Path(self.report) if self.report else Path("reports") / self.slug
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> "StudyConfig":
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad:
+            raise ConfigError(f"unknown stage(s) {bad}: choose from {list(STAGES)}")
+        for name, value in (("patch_cross.items", self.patch_cross.items), ("steer.items", self.steer.items)):
+            if not (value == "all" or (isinstance(value, int) and value > 0)):
+                raise ConfigError(f"{name} must be a positive number or 'all', not {value!r}")
+        for name in ("limit", "sample"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v <= 0):
+                raise ConfigError(f"{name} must be a positive number, not {v!r}")
+        return self
+
+
+def _check_keys(given: Mapping[str, Any], known: list[str], where: str) -> None:
+    for key in given:
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else f"; known keys: {', '.join(known)}"
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+
+
+def _typed(value: Any, default: Any, where: str) -> Any:
+    """Light type check against the default: catches a string where a list or number belongs."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool) != isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if isinstance(default, list) and not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    if isinstance(default, float) and isinstance(value, int):
+        return float(value)
+    if isinstance(default, list) and default and isinstance(default[0], float):
+        return [float(v) for v in value]
+    return value
+
+
+def config_from_mapping(data: Mapping[str, Any], source: str = "<config>") -> StudyConfig:
+    """A :class:`StudyConfig` from parsed TOML (or any nested mapping), with named errors."""
+    top = [f.name for f in fields(StudyConfig)]
+    _check_keys(data, top, source)
+    base = StudyConfig()
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: [{key}] must be a table")
+            cls = SECTIONS[key]
+            names = [f.name for f in fields(cls)]
+            _check_keys(value, names, f"{source} [{key}]")
+            default = cls()
+            kwargs[key] = cls(**{k: _typed(v, getattr(default, k), f"{source} [{key}] {k}") for k, v in value.items()})
+        else:
+            kwargs[key] = _typed(value, getattr(base, key), f"{source}: {key}")
+    return StudyConfig(**kwargs).validate()
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read a TOML study file; errors name the file and the key."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"study config {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return config_from_mapping(data, str(path))
+
+
+def with_overrides(cfg: StudyConfig, overrides: Mapping[str, Any]) -> StudyConfig:
+    """Flags given on the command line win over the file; keys are 'name' or 'section.name'."""
+    data = cfg.to_dict()
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section, _, name = key.rpartition(".")
+        (data[section] if section else data)[name] = value
+    return config_from_mapping(data, "command line")
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def config_to_toml(cfg: StudyConfig) -> str:
+    """The configuration as a TOML file ``load_config`` reads back (unset keys are left out)."""
+    data = cfg.to_dict()
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if k not in SECTIONS and v is not None]
+    for name in SECTIONS:
+        lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in data[name].items() if v is not None]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,407 @@
+"""The study report: one self-contained page (``index.html``) and its markdown twin (``summary.md``).
+
+The page opens with the findings in words and numbers, each sentence built from a run's saved
+tables with wording that follows the numbers (a CS within 0.05 of its chance baseline is called
+chance, a steering gain is called a restoration only if it beats both clean and a random direction on
+held-out items); then the figures, redrawn from those tables; then timings and the manifest.
+Stages that were not run are left out, so the same code reports a scoring-only run or the full study.
+"""
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from .cache import atomic_write_text
+from .data import DOMAINS
+from .report import PAPER_TABLE, write_score_report
+from .runs import RunDir
+
+NEAR = 0.05  # a difference smaller than this is reported as "no difference" (items are few hundred)
+
+
+@dataclass
+class Finding:
+    """One numbered finding: a short claim and the numbers behind it (plain text, no markup)."""
+
+    title: str
+    text: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def study_numbers(run_dir: str | Path) -> dict[str, Any]:
+    """Every headline number of a run, read from its saved artefacts (missing stages are None)."""
+    run = RunDir(run_dir)
+    p = run.path
+    manifest = run.read_manifest()
+    probes = {}
+    for f in sorted((p / "probes").glob("*-headline.json")) if (p / "probes").is_dir() else []:
+        probes[f.name.removesuffix("-headline.json")] = _json(f)
+    return {"model": manifest["stages"]["score"]["config"]["model"], "manifest": manifest,
+            "metrics": _json(p / "metrics.json"), "probes": probes, "lens": _json(p / "lens" / "summary.json"),
+            "cross": _json(p / "patching" / "cross_form_headline.json"),
+            "positional": {f: _json(p / "patching" / f"positional-{f}-headline.json") for f in ("deed", "word")},
+            "positional_arrival": {f: arrival_layer(p / "patching" / f"positional-{f}-segments.csv") for f in ("deed", "word")},
+            "steer": _json(p / "steering" / "steering_headline.json")}
+
+
+def arrival_layer(segments_csv: Path, segment: str = "final", share: float = 0.5) -> int | None:
+    """First layer at which patching the final token alone carries ``share`` of the option-swap effect
+    (exact patching where it was run, else attribution): where option content has reached the answer."""
+    if not segments_csv.is_file():
+        return None
+    seg = pd.read_csv(segments_csv)
+    method = "exact" if (seg.method == "exact").any() else "attribution"
+    s = seg[(seg.method == method) & (seg.segment == segment)].sort_values("layer")
+    hit = s[s.normalised >= share]
+    return int(hit.layer.iloc[0]) if len(hit) else None
+
+
+def _chance_words(cs: float, baseline: float) -> str:
+    if abs(cs - baseline) < NEAR:
+        return "at chance"
+    return "above chance" if cs > baseline else "below chance"
+
+
+def _closest_paper_models(cs: float, k: int = 2) -> list[str]:
+    ranked = sorted(PAPER_TABLE, key=lambda m: abs(PAPER_TABLE[m][0] - cs))
+    return ranked[:k]
+
+
+def finding_behaviour(n: dict) -> Finding | None:
+    m = n["metrics"]
+    if not m:
+        return None
+    base = m["cs_letter_copy_baseline"]
+    near = _closest_paper_models(m["cs_macro"])
+    text = (f"CS {m['cs_micro']:.3f} over {m['n_items']} items (macro over domains {m['cs_macro']:.3f}); PCS "
+            f"{m['pcs_micro']:.3f}. A model that answered every deed question with the letter it gave the word "
+            f"question would score {base:.3f}, so word-deed consistency is {_chance_words(m['cs_micro'], base)}. "
+            f"In the paper's table (macro CS) it sits nearest {' and '.join(f'{x} ({PAPER_TABLE[x][0]:.2f})' for x in near)}. "
+            f"Mean probability on the option letters: word {m['word_letter_mass_mean']:.2f}, deed "
+            f"{m['deed_letter_mass_mean']:.2f}.")
+    pcs_note = ""
+    if m["pcs_micro"] > 0.9 and abs(m["cs_micro"] - base) < NEAR:
+        pcs_note = " The high PCS with chance-level CS means both answer distributions are flat, not that they agree."
+    return Finding("Is the model consistent?", text + pcs_note,
+                   {"cs_micro": m["cs_micro"], "cs_macro": m["cs_macro"], "pcs_micro": m["pcs_micro"],
+                    "cs_letter_copy_baseline": base})
+
+
+def finding_probes(n: dict) -> Finding | None:
+    head = n["probes"].get("resid_post-last")
+    if not head:
+        return None
+    kind = "logreg" if "logreg" in head else "diffmean"
+    h = head[kind]
+    word_beats_letter = h["word->word"] - h["letter_at_best_word_layer"] >= NEAR
+    deed_decodable = h["deed->deed_best"] - 0.5 >= NEAR
+    transfer = h["word->deed_best"] - 0.5 >= NEAR
+    text = (f"At the answer position, a {kind} probe reads the word answer at {h['word->word']:.2f} balanced accuracy "
+            f"(layer {h['best_word_layer']}; a probe for the presented letter reaches {h['letter_at_best_word_layer']:.2f} "
+            f"there), the deed answer at best {h['deed->deed_best']:.2f} (layer {h['deed->deed_best_layer']}), and a "
+            f"word-trained probe reads deeds at best {h['word->deed_best']:.2f}. ")
+    text += ("The word stance is decodable beyond the letter; " if word_beats_letter else
+             "What the word probe reads is no more than the answer letter; ")
+    text += ("deed stance is decodable; " if deed_decodable else "the deed stance is not linearly decodable; ")
+    text += ("and a stance direction learned on words carries over to deeds." if transfer else
+             "and nothing learned on words carries over to deeds: no shared internal stance is visible.")
+    return Finding("Do word and deed share an internal stance?", text,
+                   {"probe": kind, "word": h["word->word"], "deed": h["deed->deed_best"], "transfer": h["word->deed_best"],
+                    "letter": h["letter_at_best_word_layer"]})
+
+
+def finding_lens(n: dict) -> Finding | None:
+    lens = n["lens"]
+    if not lens or not lens["inconsistent"]["n"]:
+        return None
+    inc = lens["inconsistent"]
+    hist = {int(k): v for k, v in inc.get("item_divergence_layer_hist", {}).items()}
+    n_layers = len(lens["all"]["lens_cs"])
+    last3 = sum(v for k, v in hist.items() if k >= n_layers - 3)
+    share = last3 / max(1, sum(hist.values()))
+    cs_curve = lens["all"]["lens_cs"]
+    text = (f"Read through the logit lens, the deed answer of the {inc['n']} inconsistent items parts from the word "
+            f"answer for good at layer {inc['item_divergence_layer_median']:.0f} (median; {share:.0%} of them in the "
+            f"last three of {n_layers} layers). Lens CS over all items stays between {min(cs_curve[:-1]):.2f} and "
+            f"{max(cs_curve[:-1]):.2f} before the last layer, so the intermediate layers hold no more agreement than the "
+            "final answer does.")
+    return Finding("Where does the deed answer leave the word stance?", text,
+                   {"divergence_layer_median": inc["item_divergence_layer_median"], "share_last_three": share,
+                    "n_layers": n_layers})
+
+
+def finding_patching(n: dict) -> Finding | None:
+    c = n["cross"]
+    if not c or "full" not in c:
+        return None
+    f = c["full"]
+    text = (f"Patching the word run's residual into the deed run at the answer position flips up to "
+            f"{f['flip_rate']:.2f} of inconsistent items (layer {f['layer']}) but breaks {f['break_rate']:.2f} of "
+            f"consistent ones; CS with that patch is {f['cs_after']:.3f} (clean {c['cs_clean']:.3f}). Flips follow "
+            f"the letter: {f['flip_rate_same_letter']:.2f} where the word run's letter also labels the word answer in the deed prompt, "
+            f"{f['flip_rate_other_letter']:.2f} where they do not.")
+    if "stance" in c:
+        s = c["stance"]
+        text += (f" Patching only the component along the word-stance direction flips {s['flip_rate']:.2f} "
+                 f"(layer {s['layer']}; CS {s['cs_after']:.3f})")
+        if "random" in c:
+            text += f", a random direction {c['random']['flip_rate']:.2f}"
+        text += "."
+    arrive = n["positional_arrival"]
+    if arrive.get("deed") is not None and arrive.get("word") is not None:
+        text += (f" Swapping the options shows where their content reaches the answer position: layer {arrive['word']} "
+                 f"in word prompts, layer {arrive['deed']} in deed prompts.")
+    gain = f["cs_after"] - c["cs_clean"]
+    title = ("Does patching restore consistency?" if gain < NEAR else "Patching restores consistency")
+    return Finding(title, text, {"flip_rate": f["flip_rate"], "break_rate": f["break_rate"], "cs_after": f["cs_after"],
+                                 "cs_clean": c["cs_clean"], "arrival": arrive})
+
+
+def finding_steering(n: dict) -> Finding | None:
+    s = n["steer"]
+    if not s:
+        return None
+    best = s.get("best")
+    if not best:
+        return Finding("Does steering restore consistency?",
+                       "No (layer, alpha) setting kept the answer format; nothing to report.")
+    text = (f"Adding the word-stance direction to the deed run, the best grid setting (layer {best['layer']}, alpha "
+            f"{best['alpha']:g}) gives CS {best['cs']:.2f} on the {s['n_items']} grid items (clean "
+            f"{s['clean_cs_items']:.2f}; a random direction of equal norm {best['random']['cs']:.2f}).")
+    val = s.get("validation")
+    restored = None
+    if val:
+        st, rnd, clean = val["stance"]["cs"], val["random"]["cs"], val["cs_clean"]
+        restored = st - clean >= NEAR and st - rnd >= NEAR
+        text += (f" Rerun on the {val['n_items']} items the grid never saw: CS {st:.3f} vs clean {clean:.3f} and random "
+                 f"{rnd:.3f} — " + ("a validated restoration." if restored else
+                                    "the gain does not survive; the grid's best was selection noise."))
+    else:
+        text += " Not validated on held-out items (the grid's best cell is optimistic)."
+    return Finding("Does steering restore consistency?", text,
+                   {"grid_cs": best["cs"], "validated_cs": (val or {}).get("stance", {}).get("cs"), "restored": restored})
+
+
+FINDINGS = (finding_behaviour, finding_probes, finding_lens, finding_patching, finding_steering)
+
+
+def findings(run_dir: str | Path) -> list[Finding]:
+    """The report's numbered findings for a run (only for the stages it has)."""
+    n = study_numbers(run_dir)
+    return [f for f in (fn(n) for fn in FINDINGS) if f is not None]
+
+
+def stage_timings(manifest: dict) -> list[tuple[str, float]]:
+    """(stage, seconds) in pipeline order from ``wdprobe run``'s record, else from each stage's own."""
+    done = manifest.get("study", {}).get("done", {})
+    if done:
+        return [(k, float(v["seconds"])) for k, v in done.items()]
+    out = []
+    for k, v in manifest.get("stages", {}).items():
+        t = v.get("seconds_total") or sum(v.get("timings", {}).values()) or None
+        if t:
+            out.append((k, float(t)))
+    return out
+
+
+# ---- figures ---------------------------------------------------------------------------------------
+
+def paper_figure(metrics: dict, model: str) -> go.Figure:
+    """This run's macro CS and PCS beside the paper's table (Xu et al. 2025), chance marked."""
+    names = list(PAPER_TABLE) + [f"{model} (this run)"]
+    cs = [PAPER_TABLE[k][0] for k in PAPER_TABLE] + [metrics["cs_macro"]]
+    pcs = [PAPER_TABLE[k][1] for k in PAPER_TABLE] + [metrics["pcs_macro"]]
+    colour = ["#9aa5b1"] * len(PAPER_TABLE) + ["#d9480f"]
+    fig = go.Figure()
+    fig.add_bar(y=names, x=cs, orientation="h", marker_color=colour, name="CS", text=[f"{v:.2f}" for v in cs],
+                textposition="outside")
+    fig.add_scatter(y=names, x=pcs, mode="markers", marker=dict(symbol="diamond", size=10, color="#1c7ed6"), name="PCS")
+    fig.add_vline(x=0.5, line_dash="dot", annotation_text="chance CS (two options)", annotation_position="top")
+    fig.update_layout(title="CS and PCS beside the paper's table (macro over domains)<br><sup>grey: Xu et al. (ICLR "
+                            "2025), generated answers; orange: this run, next-token letter probabilities</sup>",
+                      xaxis=dict(range=[0, 1.05], title="score"), height=420, margin=dict(l=200),
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def domain_figure(metrics: dict, model: str) -> go.Figure:
+    doms = [d for d in DOMAINS if d in metrics["per_domain"]]
+    fig = go.Figure()
+    fig.add_bar(x=doms, y=[metrics["per_domain"][d]["cs"] for d in doms], name="CS", marker_color="#d9480f")
+    fig.add_bar(x=doms, y=[metrics["per_domain"][d]["pcs"] for d in doms], name="PCS", marker_color="#1c7ed6")
+    fig.add_hline(y=metrics["cs_letter_copy_baseline"], line_dash="dot", annotation_text="letter-copy baseline CS")
+    fig.update_layout(barmode="group", title=f"CS and PCS by domain — {model}<br><sup>"
+                      + ", ".join(f"{d} n={metrics['per_domain'][d]['n']}" for d in doms) + "</sup>",
+                      yaxis=dict(range=[0, 1.05]), height=380)
+    return fig
+
+
+def probe_figures(run_dir: Path, position: str = "last") -> list[go.Figure]:
+    from . import plots
+
+    stem = f"resid_post-{position}"
+    summary_csv = run_dir / "probes" / f"{stem}-summary.csv"
+    if not summary_csv.is_file():
+        return []
+    summary = pd.read_csv(summary_csv)
+    head = _json(run_dir / "probes" / f"{stem}-headline.json") or {}
+    where = f"resid_post at the {position.replace('_', ' ')} position"
+    return [plots.accuracy_figure(summary, head.get("cs"), f"Stance probes by layer<br><sup>{where}</sup>"),
+            plots.ic_figure(summary, f"Internal consistency IC(l) vs behavioural CS<br><sup>{where}</sup>")]
+
+
+def study_figures(run_dir: str | Path) -> list[tuple[str, str, go.Figure]]:
+    """(section, name, figure) for every stage a run has, in reading order."""
+    from .localise import localisation_figures
+
+    p = Path(run_dir)
+    n = study_numbers(p)
+    figs: list[tuple[str, str, go.Figure]] = []
+    if n["metrics"]:
+        figs += [("behaviour", "paper-table", paper_figure(n["metrics"], n["model"])),
+                 ("behaviour", "domains", domain_figure(n["metrics"], n["model"]))]
+    for pos in ("last", "question_mean"):
+        figs += [("probes", f"probes-{pos}-{i}", f) for i, f in enumerate(probe_figures(p, pos))]
+    figs += localisation_figures(p)
+    return figs
+
+
+# ---- page ------------------------------------------------------------------------------------------
+
+SECTION_TITLES = {"behaviour": "Behaviour: CS and PCS", "probes": "Probes: is a stance shared inside?",
+                  "lens": "Logit lens: where the deed answer forms", "patching": "Cross-form activation patching",
+                  "positional": "Positional patching: where option content flows", "steering": "Steering deeds toward words"}
+
+CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}"
+       "h1{margin-bottom:0}.sub{color:#666;margin-top:.3em}ol.findings li{margin:.6em 0}"
+       "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
+       "th:first-child,td:first-child{text-align:left}pre{background:#f6f8fa;padding:1em;overflow:auto;font-size:12px}"
+       "nav a{margin-right:1em}.num{font-variant-numeric:tabular-nums}.fig{overflow-x:auto;margin:1em 0}")
+
+
+def _table_html(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table class='num'><tr>{head}</tr>{body}</table>"
+
+
+def _paper_rows(metrics: dict, model: str) -> list[list[str]]:
+    rows = [[k, f"{cs:.2f}", "—" if p is None else f"{p:.2f}"] for k, (cs, p) in PAPER_TABLE.items()]
+    rows.append([f"{model} (this run)", f"{metrics['cs_macro']:.2f}", f"{metrics['pcs_macro']:.2f}"])
+    return rows
+
+
+def _timing_rows(manifest: dict) -> list[list[str]]:
+    rows = [[k, f"{s:.0f}", f"{s / 60:.1f}"] for k, s in stage_timings(manifest)]
+    total = sum(s for _, s in stage_timings(manifest))
+    return rows + [["total", f"{total:.0f}", f"{total / 60:.1f}"]]
+
+
+def render_index_html(run_dir: str | Path, notes: str = "") -> str:
+    """The whole self-contained page as a string (plotly.js inlined once)."""
+    n = study_numbers(run_dir)
+    model, m, manifest = n["model"], n["metrics"], n["manifest"]
+    score = manifest["stages"]["score"]
+    env = manifest.get("environment", {})
+    figs = study_figures(run_dir)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>wdprobe: {html.escape(model)}</title>"
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>Word-deed consistency of {html.escape(model)}</h1>",
+             f"<p class='sub'>{m['n_items']} WDCT items (sha256 {score['config']['data_sha256'][:12]}…), option-shuffling "
+             f"seed {score['config']['seed']}, {score['config']['dtype']}; wdprobe {env.get('wdprobe', '?')}, "
+             f"TransformerLens {env.get('transformer_lens', '?')}, torch {env.get('torch', '?')}; updated "
+             f"{manifest.get('updated', '')}</p>",
+             "<nav><a href='#findings'>Findings</a><a href='#figures'>Figures</a><a href='#timing'>Timing</a>"
+             "<a href='#manifest'>Manifest</a></nav>",
+             "<h2 id='findings'>Findings</h2><ol class='findings'>"]
+    for f in findings(run_dir):
+        parts.append(f"<li><b>{html.escape(f.title)}</b> {html.escape(f.text)}</li>")
+    parts.append("</ol>")
+    if notes.strip():
+        parts.append("<h3>Reading</h3>" + "".join(f"<p>{html.escape(p.strip())}</p>" for p in notes.split("\n\n") if p.strip()))
+    parts.append("<h3>Beside the paper</h3>" + _table_html(["model", "CS (macro)", "PCS (macro)"], _paper_rows(m, model)))
+    dom_rows = [[d, v["n"], f"{v['cs']:.3f}", f"{v['pcs']:.3f}"] for d, v in m["per_domain"].items()]
+    dom_rows.append(["all (micro)", m["n_items"], f"{m['cs_micro']:.3f}", f"{m['pcs_micro']:.3f}"])
+    parts.append(_table_html(["domain", "n", "CS", "PCS"], dom_rows))
+    parts.append("<h2 id='figures'>Figures</h2>")
+    section = None
+    for i, (sec, _, fig) in enumerate(figs):
+        if sec != section:
+            parts.append(f"<h3>{html.escape(SECTION_TITLES.get(sec, sec))}</h3>")
+            section = sec
+        parts.append("<div class='fig'>" + fig.to_html(full_html=False, include_plotlyjs=(i == 0)) + "</div>")
+    parts.append("<h2 id='timing'>Timing per stage</h2>" + _table_html(["stage", "seconds", "minutes"], _timing_rows(manifest)))
+    parts.append(f"<p>Machine: {html.escape(env.get('machine', '?'))}, {html.escape(str(env.get('threads', '?')))} "
+                 "torch threads.</p>")
+    shown = {k: v for k, v in manifest.items() if k != "study"}
+    shown["study_config"] = manifest.get("study", {}).get("config")
+    parts.append("<h2 id='manifest'>Manifest</h2><details><summary>manifest.json (what made this run)</summary><pre>"
+                 + html.escape(json.dumps(_trim(shown), indent=2)) + "</pre></details></body></html>")
+    return "\n".join(parts)
+
+
+def _trim(obj: Any, limit: int = 40) -> Any:
+    """Long id lists in the manifest (validation items) shortened for display."""
+    if isinstance(obj, dict):
+        return {k: _trim(v, limit) for k, v in obj.items()}
+    if isinstance(obj, list) and len(obj) > limit:
+        return obj[:limit] + [f"... {len(obj) - limit} more"]
+    return obj
+
+
+def render_summary_markdown(run_dir: str | Path, figures: list[str], notes: str = "") -> str:
+    """The findings, tables and timings as markdown, with links to the PNG figures."""
+    n = study_numbers(run_dir)
+    model, m, manifest = n["model"], n["metrics"], n["manifest"]
+    lines = [f"# Word-deed consistency of {model}", "",
+             f"Open [`index.html`](index.html) for the interactive page (self-contained, works offline). "
+             f"{m['n_items']} WDCT items; run directory recorded in `manifest.json`.", "", "## Findings", ""]
+    lines += [f"{i}. **{f.title}** {f.text}" for i, f in enumerate(findings(run_dir), 1)]
+    if notes.strip():
+        lines += ["", "## Reading", "", notes.strip()]
+    lines += ["", "## Beside the paper (macro over domains)", "", "| model | CS | PCS |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in _paper_rows(m, model)]
+    lines += ["", "## Timing per stage (this machine)", "", "| stage | seconds | minutes |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in _timing_rows(manifest)]
+    env = manifest.get("environment", {})
+    lines += ["", f"Machine {env.get('machine', '?')}, {env.get('threads', '?')} torch threads; wdprobe "
+              f"{env.get('wdprobe', '?')}, torch {env.get('torch', '?')}.", ""]
+    if figures:
+        lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
+    return "\n".join(lines)
+
+
+def write_study_report(run_dir: str | Path, out_dir: str | Path, *, notes: str = "", png: bool = True) -> Path:
+    """Write ``index.html`` and ``summary.md`` (plus the scoring README, PNG figures and the small tables
+    behind them) for a run into ``out_dir``; return the page's path."""
+    from .localise import copy_localisation_tables
+    from .plots import write_png
+
+    run = Path(run_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_score_report(run, out, notes)
+    copy_localisation_tables(run, out / "tables")
+    for f in (run / "probes").glob("*-headline.json") if (run / "probes").is_dir() else []:
+        shutil.copy(f, out / "tables" / f"probes-{f.name}")
+    page = out / "index.html"
+    atomic_write_text(page, render_index_html(run, notes))
+    pngs: list[str] = []
+    if png:
+        (out / "figures").mkdir(exist_ok=True)
+        for _, name, fig in study_figures(run):
+            if write_png(fig, out / "figures" / f"{name}.png"):
+                pngs.append(f"figures/{name}.png")
+    atomic_write_text(out / "summary.md", render_summary_markdown(run, pngs, notes))
+    return page
