@@ -2,6 +2,10 @@ import os
 import sys
 from pathlib import Path
 
+# Static PNG export starts a headless browser (~4 s a figure); unit tests check the HTML and tables instead,
+# and test_study checks PNG export once with it switched back on.
+os.environ.setdefault("WDPROBE_PNG", "0")
+
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -162,6 +162,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_runs
+
+    labels = args.labels.split(",") if args.labels else None
+    print(compare_runs(args.runs, args.out, labels=labels))
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from .models import convert_default_model
 
@@ -286,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration as TOML and stop")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compare", help="side-by-side numbers and overlaid layer curves of two or more runs, one HTML page")
+    p.add_argument("runs", nargs="+", help="run directories (e.g. base and instruct, or two seeds)")
+    p.add_argument("--out", default="compare.html", help="HTML page to write (the table also goes to .csv beside it)")
+    p.add_argument("--labels", default=None, help="comma list of names for the runs (default: model names)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("convert-model", help="convert the embedded Gemma-3-270M GGUF into the cache (done on first use anyway)")
     p.set_defaults(func=cmd_convert)

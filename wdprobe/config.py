@@ -92,6 +92,7 @@ class StudyConfig:
     device: str | None = None
     device_map: str | None = None
     stages: list[str] = field(default_factory=lambda: list(STAGES))
+    png: bool = True  # static PNGs beside the HTML figures (about 4 s each on CPU)
     score: ScoreSection = field(default_factory=ScoreSection)
     capture: CaptureSection = field(default_factory=CaptureSection)
     probes: ProbesSection = field(default_factory=ProbesSection)

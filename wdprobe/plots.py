@@ -5,6 +5,8 @@ same numbers back the HTML, the CSV and any figure a user draws themselves.
 """
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -123,8 +125,31 @@ def write_html(figures: Sequence[go.Figure], path: str | Path, heading: str = ""
     return Path(path)
 
 
+_PNG = {"enabled": None}
+
+
+def png_enabled() -> bool:
+    """PNG export costs ~4 s a figure (a headless browser); ``WDPROBE_PNG=0`` or :func:`png_export` turn it off."""
+    if _PNG["enabled"] is not None:
+        return bool(_PNG["enabled"])
+    return os.environ.get("WDPROBE_PNG", "1") != "0"
+
+
+@contextmanager
+def png_export(enabled: bool):
+    """Within the block, write PNGs beside HTML figures or not."""
+    before = _PNG["enabled"]
+    _PNG["enabled"] = enabled
+    try:
+        yield
+    finally:
+        _PNG["enabled"] = before
+
+
 def write_png(fig: go.Figure, path: str | Path) -> Path | None:
-    """A static PNG where an exporter works (kaleido + a Chromium); None where it does not."""
+    """A static PNG where an exporter works (kaleido + a Chromium) and export is on; None otherwise."""
+    if not png_enabled():
+        return None
     try:
         fig.write_image(str(path), scale=1.5)
         return Path(path)

@@ -24,16 +24,17 @@ class _LazyModel:
     """Loads the model on first use, once, and remembers how long that took."""
 
     def __init__(self, cfg: StudyConfig, lm=None):
-        self.cfg, self.lm, self.seconds = cfg, lm, 0.0
+        self.cfg, self.lm, self.seconds, self.cpu_seconds = cfg, lm, 0.0, 0.0
 
     def get(self):
         if self.lm is None:
             from .models import load_model
 
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             self.lm = load_model(self.cfg.model, dtype=self.cfg.dtype, device=self.cfg.device,
                                  device_map=self.cfg.device_map)
             self.seconds = round(time.perf_counter() - t0, 1)
+            self.cpu_seconds = round(time.process_time() - c0, 1)
         return self.lm
 
 
@@ -158,12 +159,14 @@ def study_status(run_dir: str | Path) -> dict[str, Any]:
     return RunDir(run_dir).read_manifest().get("study", {})
 
 
-def _record(run: RunDir, stage: str, settings: dict[str, Any], seconds: float, result: str, cfg: StudyConfig) -> None:
+def _record(run: RunDir, stage: str, settings: dict[str, Any], seconds: float, result: str, cfg: StudyConfig,
+            cpu_seconds: float | None = None) -> None:
     manifest = run.read_manifest()
     study = manifest.setdefault("study", {})
     study["config"] = cfg.to_dict()
     study.setdefault("done", {})[stage] = {"settings": settings, "seconds": round(seconds, 1), "finished": now(),
-                                           "result": result}
+                                           "result": result,
+                                           "cpu_seconds": None if cpu_seconds is None else round(cpu_seconds, 1)}
     run.write_manifest(manifest)
 
 
@@ -189,27 +192,37 @@ def run_study(cfg: StudyConfig, *, progress: bool = True, restart: Sequence[str]
     bar = tqdm(total=len(stages), desc="wdprobe run", unit="stage", disable=not progress, position=0,
                bar_format="{desc}: {n_fmt}/{total_fmt} stages |{bar}| {elapsed}")
     page = run.path
-    for k, stage in enumerate(stages):
-        settings = stage_settings(cfg, stage)  # the report is always redrawn: it is cheap and reads every stage
-        done = study_status(run.path).get("done", {}).get(stage)
-        redo = k >= first_restart
-        if stage != "report" and done and not redo and json.dumps(done["settings"], sort_keys=True) == json.dumps(settings, sort_keys=True):
-            say(f"[{stage}] already done ({done['seconds']:.0f} s on {done['finished']}): {done['result']}")
-            bar.update(1)
-            continue
-        bar.set_description_str(f"wdprobe run [{stage}]")
-        t0 = time.perf_counter()
-        loaded_before = model.lm is not None
-        kwargs = {"restart": True} if redo and stage in RESTARTABLE else {}
-        result = RUNNERS[stage](cfg, run.path, model, progress, **kwargs)
-        seconds = time.perf_counter() - t0
-        if not loaded_before and model.lm is not None and model.seconds:
-            seconds -= model.seconds  # model loading is recorded on its own
-            _record(run, "load_model", {"model": cfg.model}, model.seconds, model.lm.name, cfg)
-        _record(run, stage, settings, seconds, result, cfg)
-        say(f"[{stage}] {seconds:.0f} s: {result}")
-        if stage == "report":
-            page = Path(result)
-        bar.update(1)
+    from .plots import png_enabled, png_export
+
+    with png_export(cfg.png and png_enabled()):  # WDPROBE_PNG=0 in the environment also turns PNGs off
+        for k, stage in enumerate(stages):
+            page = _run_stage(cfg, run, stage, k, first_restart, model, progress, say, bar) or page
     bar.close()
     return page
+
+
+def _run_stage(cfg: StudyConfig, run: RunDir, stage: str, k: int, first_restart: int, model: _LazyModel,
+               progress: bool, say: Callable[[str], None], bar) -> Path | None:
+    """One stage: skip it when finished with the same settings, else run it and record settings and time."""
+    settings = stage_settings(cfg, stage)
+    done = study_status(run.path).get("done", {}).get(stage)
+    redo = k >= first_restart
+    same = done is not None and json.dumps(done["settings"], sort_keys=True) == json.dumps(settings, sort_keys=True)
+    if stage != "report" and same and not redo:  # the report is always redrawn: cheap, and it reads every stage
+        say(f"[{stage}] already done ({done['seconds']:.0f} s on {done['finished']}): {done['result']}")
+        bar.update(1)
+        return None
+    bar.set_description_str(f"wdprobe run [{stage}]")
+    t0, c0 = time.perf_counter(), time.process_time()
+    loaded_before = model.lm is not None
+    kwargs = {"restart": True} if redo and stage in RESTARTABLE else {}
+    result = RUNNERS[stage](cfg, run.path, model, progress, **kwargs)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if not loaded_before and model.lm is not None and model.seconds:
+        seconds -= model.seconds  # model loading is recorded on its own
+        cpu -= model.cpu_seconds
+        _record(run, "load_model", {"model": cfg.model}, model.seconds, model.lm.name, cfg, model.cpu_seconds)
+    _record(run, stage, settings, seconds, result, cfg, cpu)
+    say(f"[{stage}] {seconds:.0f} s: {result}")
+    bar.update(1)
+    return Path(result) if stage == "report" else None

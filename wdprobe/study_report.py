@@ -202,16 +202,18 @@ def findings(run_dir: str | Path) -> list[Finding]:
     return [f for f in (fn(n) for fn in FINDINGS) if f is not None]
 
 
-def stage_timings(manifest: dict) -> list[tuple[str, float]]:
-    """(stage, seconds) in pipeline order from ``wdprobe run``'s record, else from each stage's own."""
+def stage_timings(manifest: dict) -> list[tuple[str, float, float | None]]:
+    """(stage, wall seconds, CPU seconds or None) in pipeline order from ``wdprobe run``'s record, else from
+    each stage's own record. CPU time (all threads of this process) is what another workload on the same
+    machine does not inflate."""
     done = manifest.get("study", {}).get("done", {})
     if done:
-        return [(k, float(v["seconds"])) for k, v in done.items()]
+        return [(k, float(v["seconds"]), v.get("cpu_seconds")) for k, v in done.items()]
     out = []
     for k, v in manifest.get("stages", {}).items():
         t = v.get("seconds_total") or sum(v.get("timings", {}).values()) or None
         if t:
-            out.append((k, float(t)))
+            out.append((k, float(t), None))
     return out
 
 
@@ -303,9 +305,18 @@ def _paper_rows(metrics: dict, model: str) -> list[list[str]]:
 
 
 def _timing_rows(manifest: dict) -> list[list[str]]:
-    rows = [[k, f"{s:.0f}", f"{s / 60:.1f}"] for k, s in stage_timings(manifest)]
-    total = sum(s for _, s in stage_timings(manifest))
-    return rows + [["total", f"{total:.0f}", f"{total / 60:.1f}"]]
+    t = stage_timings(manifest)
+
+    def cpu(c):
+        return "—" if c is None else f"{c:.0f}"
+
+    rows = [[k, f"{s:.0f}", f"{s / 60:.1f}", cpu(c)] for k, s, c in t]
+    cpus = [c for _, _, c in t if c is not None]
+    total = sum(s for _, s, _ in t)
+    return rows + [["total", f"{total:.0f}", f"{total / 60:.1f}", cpu(sum(cpus)) if cpus else "—"]]
+
+
+TIMING_HEADER = ["stage", "wall s", "wall min", "CPU s"]
 
 
 def render_index_html(run_dir: str | Path, notes: str = "") -> str:
@@ -341,7 +352,7 @@ def render_index_html(run_dir: str | Path, notes: str = "") -> str:
             parts.append(f"<h3>{html.escape(SECTION_TITLES.get(sec, sec))}</h3>")
             section = sec
         parts.append("<div class='fig'>" + fig.to_html(full_html=False, include_plotlyjs=(i == 0)) + "</div>")
-    parts.append("<h2 id='timing'>Timing per stage</h2>" + _table_html(["stage", "seconds", "minutes"], _timing_rows(manifest)))
+    parts.append("<h2 id='timing'>Timing per stage</h2>" + _table_html(TIMING_HEADER, _timing_rows(manifest)))
     parts.append(f"<p>Machine: {html.escape(env.get('machine', '?'))}, {html.escape(str(env.get('threads', '?')))} "
                  "torch threads.</p>")
     shown = {k: v for k, v in manifest.items() if k != "study"}
@@ -372,8 +383,8 @@ def render_summary_markdown(run_dir: str | Path, figures: list[str], notes: str 
         lines += ["", "## Reading", "", notes.strip()]
     lines += ["", "## Beside the paper (macro over domains)", "", "| model | CS | PCS |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in _paper_rows(m, model)]
-    lines += ["", "## Timing per stage (this machine)", "", "| stage | seconds | minutes |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in _timing_rows(manifest)]
+    lines += ["", "## Timing per stage (this machine)", "", "| " + " | ".join(TIMING_HEADER) + " |", "|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in _timing_rows(manifest)]
     env = manifest.get("environment", {})
     lines += ["", f"Machine {env.get('machine', '?')}, {env.get('threads', '?')} torch threads; wdprobe "
               f"{env.get('wdprobe', '?')}, torch {env.get('torch', '?')}.", ""]

@@ -1,0 +1,212 @@
+"""`wdprobe run` (config, stage sequencing, skipping, restart), the study report and `wdprobe compare`,
+on the tiny offline model."""
+import copy
+import json
+
+import pandas as pd
+import pytest
+from tiny import write_two_option_copies
+
+from wdprobe.cli import main
+from wdprobe.config import ConfigError, StudyConfig, config_from_mapping, config_to_toml, load_config, with_overrides
+from wdprobe.evaluate import load_score
+from wdprobe.runs import RunMismatchError
+from wdprobe.study import run_study, study_status
+from wdprobe.study_report import finding_behaviour, finding_steering, findings
+
+
+# ---- configuration -----------------------------------------------------------------------------------
+
+def test_config_round_trips_through_toml(tmp_path):
+    cfg = StudyConfig(model="some/model", limit=10, domains=["EthV"])
+    cfg.patch_cross.items = "all"
+    cfg.steer.alphas = [0.5, 2.0]
+    cfg.probes.kinds = ["diffmean"]
+    path = tmp_path / "study.toml"
+    path.write_text(config_to_toml(cfg))
+    assert load_config(path) == cfg
+
+
+def test_config_errors_name_the_file_and_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('model = "m"\n[steer]\nalpha = [1, 2]\n')
+    with pytest.raises(ConfigError, match=r"bad.toml \[steer\]: unknown key 'alpha' \(did you mean 'alphas'\?\)"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="unknown key 'modle'"):
+        config_from_mapping({"modle": "x"})
+    with pytest.raises(ConfigError, match=r"\[capture\] positions: expected a list"):
+        config_from_mapping({"capture": {"positions": "last"}})
+    with pytest.raises(ConfigError, match="unknown stage"):
+        config_from_mapping({"stages": ["score", "probe"]})
+    with pytest.raises(ConfigError, match="patch_cross.items must be a positive number or 'all'"):
+        config_from_mapping({"patch_cross": {"items": "most"}})
+    path.write_text("model = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+
+
+def test_flags_override_the_file():
+    cfg = config_from_mapping({"model": "a", "seed": 3, "steer": {"items": 10}})
+    cfg2 = with_overrides(cfg, {"model": "b", "seed": None, "steer.items": 20, "limit": 5})
+    assert (cfg2.model, cfg2.seed, cfg2.steer.items, cfg2.limit) == ("b", 3, 20, 5)
+    assert cfg2.out_dir.as_posix() == "runs/b" and StudyConfig(model="/x/y/Model-7B/").slug == "Model-7B"
+
+
+# ---- findings wording follows the numbers ------------------------------------------------------------
+
+def _metrics(cs, base, pcs=0.96):
+    return {"metrics": {"n_items": 100, "cs_micro": cs, "cs_macro": cs, "pcs_micro": pcs, "cs_letter_copy_baseline": base,
+                        "word_letter_mass_mean": 0.5, "deed_letter_mass_mean": 0.5}}
+
+
+def test_behaviour_finding_calls_chance_by_the_baseline():
+    assert "consistency is at chance" in finding_behaviour(_metrics(0.52, 0.50)).text
+    assert "flat, not that they agree" in finding_behaviour(_metrics(0.52, 0.50)).text
+    assert "above chance" in finding_behaviour(_metrics(0.70, 0.50)).text
+    # nearest models in the paper's table by macro CS (Llama-3-70B-Instruct 0.73, GPT-4-Turbo 0.76)
+    assert "nearest Llama-3-70B-Instruct (0.73)" in finding_behaviour(_metrics(0.74, 0.5)).text
+
+
+def test_steering_is_called_a_restoration_only_if_it_beats_clean_and_random_held_out():
+    def numbers(stance, random, clean):
+        best = {"layer": 3, "alpha": 4.0, "cs": 0.8, "random": {"cs": 0.5}}
+        return {"steer": {"n_items": 50, "clean_cs_items": 0.5, "best": best,
+                          "validation": {"n_items": 90, "cs_clean": clean, "stance": {"cs": stance}, "random": {"cs": random}}}}
+
+    assert finding_steering(numbers(0.70, 0.50, 0.50)).numbers["restored"] is True
+    assert finding_steering(numbers(0.52, 0.50, 0.50)).numbers["restored"] is False  # within noise of clean
+    assert finding_steering(numbers(0.70, 0.68, 0.50)).numbers["restored"] is False  # a random direction does as well
+    assert "does not survive" in finding_steering(numbers(0.52, 0.50, 0.50)).text
+
+
+# ---- the pipeline on the tiny model --------------------------------------------------------------------
+
+def _small(cfg: StudyConfig) -> StudyConfig:
+    cfg.probes.kinds = ["diffmean"]
+    cfg.probes.folds = 3
+    cfg.patch_cross.items = 12
+    cfg.patch_positional.items = 2
+    cfg.patch_positional.exact_items = 1
+    cfg.patch_positional.layers = "0-1"
+    cfg.patch_positional.forms = ["deed"]
+    cfg.steer.items = 12
+    cfg.steer.alphas = [1.0, 4.0]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def study(tiny_model_dir, tiny_lm, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    data = write_two_option_copies(tmp / "w.csv")
+    cfg = _small(StudyConfig(model=str(tiny_model_dir), data=str(data), out=str(tmp / "run"), report=str(tmp / "report")))
+    messages = []
+    page = run_study(cfg, progress=False, lm=tiny_lm, log=messages.append)
+    return cfg, page, messages
+
+
+def test_run_study_runs_every_stage_and_reports(study):
+    cfg, page, messages = study
+    done = study_status(cfg.out_dir)["done"]
+    assert list(done) == ["score", "capture", "probes", "lens", "patch_cross", "patch_positional", "steer", "report"]
+    assert all(v["seconds"] >= 0 for v in done.values())
+    assert study_status(cfg.out_dir)["config"]["patch_cross"]["items"] == 12  # the configuration is in the manifest
+    for rel in ("items.csv", "capture", "probes/resid_post-last.csv", "lens/trajectory.csv", "patching/cross_form.csv",
+                "patching/positional-deed.csv", "steering/steering.csv"):
+        assert (cfg.out_dir / rel).exists(), rel
+    assert page == cfg.report_dir / "index.html"
+    html = page.read_text()
+    m = load_score(cfg.out_dir).metrics
+    # the page opens with the findings, built from this run's own numbers, then figures, then the manifest
+    order = [html.index(f"id='{a}'") for a in ("findings", "figures", "timing", "manifest")]
+    assert order == sorted(order)
+    assert f"CS {m['cs_micro']:.3f} over {m['n_items']} items" in html
+    assert html.count("<script") >= 8 and "<script src" not in html  # plotly inlined: works offline
+    for f in findings(cfg.out_dir):
+        assert f.title in (cfg.report_dir / "summary.md").read_text()
+    assert (cfg.report_dir / "README.md").is_file() and (cfg.report_dir / "tables" / "cross_form_headline.json").is_file()
+
+
+def test_second_run_skips_finished_stages_without_loading_the_model(study, monkeypatch):
+    cfg, _, _ = study
+
+    def refuse(*a, **k):
+        raise AssertionError("the model should not be loaded when every stage is done")
+
+    monkeypatch.setattr("wdprobe.models.load_model", refuse)
+    messages = []
+    run_study(cfg, progress=False, log=messages.append)
+    assert sum("already done" in m for m in messages) == 7 and "[report]" in messages[-1]
+
+
+def test_changed_settings_are_refused_and_restart_redoes_the_stage(study, tiny_lm):
+    cfg, _, _ = study
+    before = pd.read_csv(cfg.out_dir / "steering" / "steering_summary.csv")
+    cfg2 = copy.deepcopy(cfg)
+    cfg2.steer.alphas = [2.0]
+    with pytest.raises(RunMismatchError, match="'steer' run with other settings"):
+        run_study(cfg2, progress=False, lm=tiny_lm, log=lambda m: None)
+    with pytest.raises(ValueError, match="--restart works for"):
+        run_study(cfg2, progress=False, lm=tiny_lm, restart=["score"])
+    run_study(cfg2, progress=False, lm=tiny_lm, restart=["steer"], log=lambda m: None)
+    after = pd.read_csv(cfg.out_dir / "steering" / "steering_summary.csv")
+    assert set(after.alpha) == {2.0} and set(before.alpha) == {1.0, 4.0}
+    # restoring the first settings for the other tests of this module
+    run_study(cfg, progress=False, lm=tiny_lm, restart=["steer"], log=lambda m: None)
+
+
+def test_cli_run_with_a_config_file_and_flags(tiny_model_dir, tmp_path, capsys):
+    data = write_two_option_copies(tmp_path / "w.csv")
+    cfg = _small(StudyConfig(model=str(tiny_model_dir)))
+    (tmp_path / "s.toml").write_text(config_to_toml(cfg))
+    out = tmp_path / "run"
+    args = ["run", "--config", str(tmp_path / "s.toml"), "--data", str(data), "--out", str(out), "--limit", "10",
+            "--stages", "score,capture,lens,report", "--report", str(tmp_path / "rep"), "--quiet"]
+    assert main(args + ["--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "limit = 10" in printed and 'stages = ["score", "capture", "lens", "report"]' in printed
+    assert main(args) == 0
+    assert list(study_status(out)["done"]) == ["load_model", "score", "capture", "lens", "report"]
+    assert load_score(out).metrics["n_items"] == 10
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert "Where does the deed answer leave the word stance?" in html and "Do word and deed share" not in html
+    (tmp_path / "typo.toml").write_text("[steer]\nitem = 3\n")
+    assert main(["run", "--config", str(tmp_path / "typo.toml"), "--quiet"]) == 2
+    assert "unknown key 'item'" in capsys.readouterr().err
+
+
+# ---- compare -------------------------------------------------------------------------------------------
+
+def test_compare_puts_each_runs_numbers_side_by_side(study, tiny_lm, tmp_path, capsys):
+    cfg, _, _ = study
+    other = copy.deepcopy(cfg)
+    other.seed, other.out, other.stages = 1, str(tmp_path / "seed1"), ["score", "capture", "lens", "patch_cross"]
+    run_study(other, progress=False, lm=tiny_lm, log=lambda m: None)
+    page = tmp_path / "cmp" / "compare.html"
+    assert main(["compare", str(cfg.out_dir), str(other.out_dir), "--out", str(page), "--labels", "seed0,seed1"]) == 0
+    table = pd.read_csv(page.with_suffix(".csv"), index_col="metric")
+    for label, run in (("seed0", cfg.out_dir), ("seed1", other.out_dir)):
+        m = json.loads((run / "metrics.json").read_text())
+        assert float(table.loc["CS micro", label]) == pytest.approx(m["cs_micro"])
+    assert pd.isna(table.loc["steer: held-out CS", "seed1"])  # the second run has no steering stage
+    html = page.read_text()
+    assert "seed0" in html and "seed1" in html and "Layer curves" in html
+    assert main(["compare", str(cfg.out_dir), str(other.out_dir), "--labels", "one"]) == 2
+    assert "1 labels for 2 runs" in capsys.readouterr().err
+    assert main(["compare", str(cfg.out_dir), str(tmp_path)]) == 2
+    assert "not a scored run directory" in capsys.readouterr().err
+
+
+def test_png_export_can_be_switched_on_and_off(tmp_path):
+    import plotly.graph_objects as go
+
+    from wdprobe.plots import png_export, write_png
+
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[1, 0]))
+    with png_export(False):
+        assert write_png(fig, tmp_path / "off.png") is None and not (tmp_path / "off.png").exists()
+    pytest.importorskip("kaleido")
+    with png_export(True):
+        path = write_png(fig, tmp_path / "on.png")
+    if path is None:
+        pytest.skip("kaleido is installed but found no browser to render with")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
