@@ -1,0 +1,131 @@
+"""Per-domain study: is word-deed inconsistency, and where it arises inside, the same in every WDCT domain?
+
+    python experiments/per_domain.py --data WDCT.csv                    # full WDCT on the embedded model
+    python experiments/per_domain.py --data WDCT.csv --run runs/gemma-3-270m-study   # reuse a finished study
+
+For each domain (Opinion, NonEthV, EthV, Theory): CS and PCS; the logit-lens CS by layer and the layer
+where inconsistent items' deed answers part from their word answers; difference-of-means stance probes
+(word, deed, word->deed transfer) fitted within the domain. Writes a markdown table and an HTML figure.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from wdprobe.capture import load_activations
+from wdprobe.config import StudyConfig
+from wdprobe.data import DOMAINS
+from wdprobe.evaluate import load_score
+from wdprobe.lens import trajectory_from_frame
+from wdprobe.plots import write_html
+from wdprobe.probe_stage import paired_forms
+from wdprobe.probes import probe_layers
+from wdprobe.study import run_study
+
+
+def domain_lens(run: Path) -> dict[str, dict]:
+    """Per domain: lens CS by layer over all items, median divergence layer of inconsistent items."""
+    traj = trajectory_from_frame(pd.read_csv(run / "lens" / "trajectory.csv"))
+    div = traj.divergence_layers()
+    out = {}
+    for d in DOMAINS:
+        m = (traj.items["domain"] == d).to_numpy()
+        if m.any():
+            inc = m & ~traj.items["consistent"].to_numpy().astype(bool)
+            out[d] = {"n_two_option": int(m.sum()), "lens_cs": traj.agreement(m),
+                      "divergence_median": float(np.nanmedian(div[inc])) if inc.any() else None}
+    return out
+
+
+def domain_probes(run: Path, folds: int, seed: int) -> dict[str, dict]:
+    """Per domain: best-layer difference-of-means probe accuracies (word, deed, word->deed)."""
+    word, deed, items = paired_forms(load_activations(run, "resid_post", "last"))
+    out = {}
+    for d in DOMAINS:
+        keep = (items["domain"] == d).to_numpy()
+        k = min(folds, int(keep.sum()) // 4)
+        if k < 2:
+            continue
+        res = probe_layers(word[keep], deed[keep], items["y_word"][keep].to_numpy(), items["y_deed"][keep].to_numpy(),
+                           kinds=("diffmean",), folds=k, seed=seed)
+        s = res.summary()
+
+        def best(metric):
+            t = s[s.metric == metric].set_index("layer")["mean"]
+            return float(t.max()), int(t.idxmax())
+
+        out[d] = {"folds": k, "word": best("word->word"), "deed": best("deed->deed"), "transfer": best("word->deed")}
+    return out
+
+
+def figure(lens: dict, probes: dict, model: str) -> go.Figure:
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["Logit-lens CS by layer", "Best-layer stance probes (diffmean)"],
+                        column_widths=[0.55, 0.45])
+    colours = dict(zip(DOMAINS, ["#d9480f", "#1c7ed6", "#2b8a3e", "#862e9c"]))
+    for d, v in lens.items():
+        fig.add_scatter(x=list(range(len(v["lens_cs"]))), y=v["lens_cs"], name=f"{d} (n={v['n_two_option']})",
+                        line=dict(color=colours[d]), row=1, col=1)
+    metrics = ["word", "deed", "transfer"]
+    for d, v in probes.items():
+        fig.add_bar(x=metrics, y=[v[m][0] for m in metrics], name=d, marker_color=colours[d], showlegend=False, row=1, col=2)
+    fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"))
+    fig.update_layout(template="plotly_white", barmode="group", height=460, width=1150,
+                      title=f"Per-domain view — {model}<br><sup>two-option items; probe accuracy balanced, chance 0.5</sup>")
+    fig.update_xaxes(title_text="layer", row=1, col=1)
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="gemma-3-270m")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--run", default=None, help="an existing study run directory (its missing stages are run)")
+    ap.add_argument("--sample", type=int, default=None, help="seeded sample of N items across domains")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--report", default="reports/per_domain")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    cfg = StudyConfig(model=args.model, data=args.data, sample=args.sample, seed=args.seed,
+                      stages=["score", "capture", "lens"], out=args.run)
+    if args.run is None:
+        cfg.out = str(Path("runs") / f"per-domain-{cfg.slug}")
+        cfg.capture.positions = ["last"]
+    run_study(cfg, progress=not args.quiet)
+    run = cfg.out_dir
+    metrics = load_score(run).metrics
+    lens, probes = domain_lens(run), domain_probes(run, args.folds, args.seed)
+    rows = ["| domain | items | CS | PCS | lens: deed leaves word (median layer) | probe word | probe deed | word->deed |",
+            "|---|---|---|---|---|---|---|---|"]
+    for d in DOMAINS:
+        if d not in metrics["per_domain"]:
+            continue
+        m, l, p = metrics["per_domain"][d], lens.get(d, {}), probes.get(d)
+        div = l.get("divergence_median")
+        pr = [f"{p[k][0]:.2f} (L{p[k][1]})" for k in ("word", "deed", "transfer")] if p else ["—"] * 3
+        rows.append(f"| {d} | {m['n']} | {m['cs']:.3f} | {m['pcs']:.3f} | {'—' if div is None else f'{div:.0f}'} | "
+                    + " | ".join(pr) + " |")
+    out = Path(args.report)
+    out.mkdir(parents=True, exist_ok=True)
+    text = (f"# Per-domain view of {cfg.model}\n\nRun directory `{run}`; {metrics['n_items']} items. Probe columns: best "
+            "balanced accuracy over layers (layer in brackets), difference of means, folds over items within the "
+            "domain. Lens and probes use two-option items only.\n\n" + "\n".join(rows) + "\n\n"
+            "![per domain](per_domain.png)\n")
+    (out / "README.md").write_text(text)
+    fig = figure(lens, probes, cfg.model)
+    write_html([fig], out / "per_domain.html", heading=f"wdprobe per-domain view: {cfg.model}")
+    from wdprobe.plots import write_png
+
+    write_png(fig, out / "per_domain.png")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
