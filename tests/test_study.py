@@ -122,8 +122,8 @@ def test_run_study_runs_every_stage_and_reports(study):
     assert f"CS {m['cs_micro']:.3f} over {m['n_items']} items" in html
     assert html.count("<script") >= 8 and "<script src" not in html  # plotly inlined: works offline
     for f in findings(cfg.out_dir):
-        assert f.title in (cfg.report_dir / "summary.md").read_text()
-    assert (cfg.report_dir / "README.md").is_file() and (cfg.report_dir / "tables" / "cross_form_headline.json").is_file()
+        assert f.title in (cfg.report_dir / "README.md").read_text()
+    assert (cfg.report_dir / "scores.md").is_file() and (cfg.report_dir / "tables" / "cross_form_headline.json").is_file()
 
 
 def test_second_run_skips_finished_stages_without_loading_the_model(study, monkeypatch):

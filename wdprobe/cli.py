@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="embedded 'gemma-3-270m' (default), a local HF directory or a Hugging Face id")
     p.add_argument("--data", default=None, help="WDCT.csv (else $WDPROBE_WDCT, else the pinned upstream download)")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>); re-running resumes and skips finished stages")
-    p.add_argument("--report", default=None, help="report folder (default reports/<model>): index.html, summary.md, figures")
+    p.add_argument("--report", default=None, help="report folder (default reports/<model>): index.html, README.md, scores.md, figures")
     p.add_argument("--notes", default=None, help="markdown file with a written reading, added to the report")
     p.add_argument("--seed", type=int, default=None, help="option shuffling and every sampled subset")
     p.add_argument("--limit", type=int, default=None, help="first N items (a quick look)")

@@ -83,7 +83,8 @@ class StudyConfig:
     data: str | None = None
     out: str | None = None
     report: str | None = None
-    notes: str | None = None
+    notes: str | None = None  # markdown file: the study's written reading (index.html, README.md)
+    score_notes: str | None = None  # markdown file: the reading of the scores (scores.md)
     seed: int = 0
     limit: int | None = None
     sample: int | None = None

@@ -84,11 +84,11 @@ def score_summary_markdown(run_dir: str | Path, notes: str = "") -> str:
     return "\n".join(lines)
 
 
-def write_score_report(run_dir: str | Path, out_dir: str | Path, notes: str = "") -> Path:
-    """Copy a scoring run's artefacts into ``out_dir`` and write its README.md."""
+def write_score_report(run_dir: str | Path, out_dir: str | Path, notes: str = "", name: str = "README.md") -> Path:
+    """Copy a scoring run's artefacts into ``out_dir`` and write its summary (``name``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("metrics.json", "items.csv", "manifest.json"):
-        shutil.copyfile(Path(run_dir) / name, out / name)
-    atomic_write_text(out / "README.md", score_summary_markdown(run_dir, notes))
-    return out / "README.md"
+    for artefact in ("metrics.json", "items.csv", "manifest.json"):
+        shutil.copyfile(Path(run_dir) / artefact, out / artefact)
+    atomic_write_text(out / name, score_summary_markdown(run_dir, notes))
+    return out / name

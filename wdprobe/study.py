@@ -51,7 +51,7 @@ def stage_settings(cfg: StudyConfig, stage: str) -> dict[str, Any]:
     if stage in ("capture", "probes", "patch_cross", "patch_positional", "steer"):
         return {**common, **asdict(getattr(cfg, stage))}
     if stage == "report":
-        return {"report": str(cfg.report_dir), "notes": cfg.notes}
+        return {"report": str(cfg.report_dir), "notes": cfg.notes, "score_notes": cfg.score_notes}
     return common
 
 
@@ -142,8 +142,10 @@ def _do_steer(cfg: StudyConfig, run: Path, model: _LazyModel, progress: bool, re
 def _do_report(cfg: StudyConfig, run: Path, model: _LazyModel, progress: bool) -> str:
     from .study_report import write_study_report
 
-    notes = Path(cfg.notes).read_text() if cfg.notes else ""
-    page = write_study_report(run, cfg.report_dir, notes=notes)
+    def read(path: str | None) -> str:
+        return Path(path).read_text() if path else ""
+
+    page = write_study_report(run, cfg.report_dir, notes=read(cfg.notes), score_notes=read(cfg.score_notes))
     return str(page)
 
 

@@ -1,4 +1,5 @@
-"""The study report: one self-contained page (``index.html``) and its markdown twin (``summary.md``).
+"""The study report: one self-contained page (``index.html``) and its markdown twin (``README.md``, what a
+code host shows for the folder).
 
 The page opens with the findings in words and numbers, each sentence built from a run's saved
 tables with wording that follows the numbers (a CS within 0.05 of its chance baseline is called
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,7 +342,8 @@ def render_index_html(run_dir: str | Path, notes: str = "") -> str:
         parts.append(f"<li><b>{html.escape(f.title)}</b> {html.escape(f.text)}</li>")
     parts.append("</ol>")
     if notes.strip():
-        parts.append("<h3>Reading</h3>" + "".join(f"<p>{html.escape(p.strip())}</p>" for p in notes.split("\n\n") if p.strip()))
+        parts.append("<h3>Reading</h3>" + "".join(f"<p>{_inline_markdown(p.strip())}</p>"
+                                                  for p in notes.split("\n\n") if p.strip()))
     parts.append("<h3>Beside the paper</h3>" + _table_html(["model", "CS (macro)", "PCS (macro)"], _paper_rows(m, model)))
     dom_rows = [[d, v["n"], f"{v['cs']:.3f}", f"{v['pcs']:.3f}"] for d, v in m["per_domain"].items()]
     dom_rows.append(["all (micro)", m["n_items"], f"{m['cs_micro']:.3f}", f"{m['pcs_micro']:.3f}"])
@@ -362,6 +365,14 @@ def render_index_html(run_dir: str | Path, notes: str = "") -> str:
     return "\n".join(parts)
 
 
+def _inline_markdown(text: str) -> str:
+    """Bold, code and links of a notes paragraph as HTML (the notes are short markdown; nothing more is needed)."""
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
+    out = re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+    return re.sub(r"\[(.+?)\]\((.+?)\)", r"<a href='\2'>\1</a>", out)
+
+
 def _trim(obj: Any, limit: int = 40) -> Any:
     """Long id lists in the manifest (validation items) shortened for display."""
     if isinstance(obj, dict):
@@ -376,8 +387,9 @@ def render_summary_markdown(run_dir: str | Path, figures: list[str], notes: str 
     n = study_numbers(run_dir)
     model, m, manifest = n["model"], n["metrics"], n["manifest"]
     lines = [f"# Word-deed consistency of {model}", "",
-             f"Open [`index.html`](index.html) for the interactive page (self-contained, works offline). "
-             f"{m['n_items']} WDCT items; run directory recorded in `manifest.json`.", "", "## Findings", ""]
+             f"Open [`index.html`](index.html) for the interactive page (self-contained, works offline; plotly "
+             f"figures). {m['n_items']} WDCT items; scoring details in [`scores.md`](scores.md); what made the run "
+             "in `manifest.json`.", "", "## Findings", ""]
     lines += [f"{i}. **{f.title}** {f.text}" for i, f in enumerate(findings(run_dir), 1)]
     if notes.strip():
         lines += ["", "## Reading", "", notes.strip()]
@@ -393,16 +405,18 @@ def render_summary_markdown(run_dir: str | Path, figures: list[str], notes: str 
     return "\n".join(lines)
 
 
-def write_study_report(run_dir: str | Path, out_dir: str | Path, *, notes: str = "", png: bool = True) -> Path:
-    """Write ``index.html`` and ``summary.md`` (plus the scoring README, PNG figures and the small tables
-    behind them) for a run into ``out_dir``; return the page's path."""
+def write_study_report(run_dir: str | Path, out_dir: str | Path, *, notes: str = "", score_notes: str = "",
+                       png: bool = True) -> Path:
+    """Write ``index.html`` and its markdown twin ``README.md`` for a run into ``out_dir``, with the scoring
+    summary (``scores.md``, its reading ``score_notes``), PNG figures and the small tables behind them;
+    return the page's path. ``notes`` is the study's written reading, shown under the findings."""
     from .localise import copy_localisation_tables
     from .plots import write_png
 
     run = Path(run_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_score_report(run, out, notes)
+    write_score_report(run, out, score_notes, name="scores.md")
     copy_localisation_tables(run, out / "tables")
     for f in (run / "probes").glob("*-headline.json") if (run / "probes").is_dir() else []:
         shutil.copy(f, out / "tables" / f"probes-{f.name}")
@@ -414,5 +428,5 @@ def write_study_report(run_dir: str | Path, out_dir: str | Path, *, notes: str =
         for _, name, fig in study_figures(run):
             if write_png(fig, out / "figures" / f"{name}.png"):
                 pngs.append(f"figures/{name}.png")
-    atomic_write_text(out / "summary.md", render_summary_markdown(run, pngs, notes))
+    atomic_write_text(out / "README.md", render_summary_markdown(run, pngs, notes))
     return page
