@@ -167,6 +167,11 @@ def test_cli_run_with_a_config_file_and_flags(tiny_model_dir, tmp_path, capsys):
     assert main(args) == 0
     assert list(study_status(out)["done"]) == ["load_model", "score", "capture", "lens", "report"]
     assert load_score(out).metrics["n_items"] == 10
+    capsys.readouterr()
+    assert main(["status", str(out)]) == 0
+    status = capsys.readouterr().out
+    assert "lens" in status and "patch_cross" in status and "not run" in status
+    assert main(["status", str(tmp_path)]) == 2
     html = (tmp_path / "rep" / "index.html").read_text()
     assert "Where does the deed answer leave the word stance?" in html and "Do word and deed share" not in html
     (tmp_path / "typo.toml").write_text("[steer]\nitem = 3\n")

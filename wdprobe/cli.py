@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from .data import DOMAINS, SUBSETS
@@ -162,6 +163,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from .config import STAGES
+    from .study import study_status
+
+    done = study_status(args.run).get("done", {})
+    if not done:
+        stages = json.loads((Path(args.run) / "manifest.json").read_text()).get("stages", {}) \
+            if (Path(args.run) / "manifest.json").is_file() else {}
+        if not stages:
+            raise FileNotFoundError(f"{args.run} is not a run directory (no manifest.json)")
+        print(f"{args.run}: made stage by stage; stages: " + ", ".join(
+            f"{k} ({'complete' if v.get('complete') else 'partial'})" for k, v in stages.items()))
+        return 0
+    for stage in ("load_model",) + STAGES:
+        d = done.get(stage)
+        print(f"{stage:17s} " + (f"{d['seconds']:8.0f} s  {d['finished']}  {d['result']}" if d else "       -  not run"))
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare_runs
 
@@ -294,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration as TOML and stop")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="which stages of a run are done, with their wall time and result")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("compare", help="side-by-side numbers and overlaid layer curves of two or more runs, one HTML page")
     p.add_argument("runs", nargs="+", help="run directories (e.g. base and instruct, or two seeds)")
