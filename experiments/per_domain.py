@@ -53,14 +53,19 @@ def domain_probes(run: Path, folds: int, seed: int) -> dict[str, dict]:
         if k < 2:
             continue
         res = probe_layers(word[keep], deed[keep], items["y_word"][keep].to_numpy(), items["y_deed"][keep].to_numpy(),
-                           kinds=("diffmean",), folds=k, seed=seed)
+                           letter_word=items["letter_word"][keep].to_numpy(),
+                           letter_deed=items["letter_deed"][keep].to_numpy(), kinds=("diffmean",), folds=k, seed=seed)
         s = res.summary()
 
         def best(metric):
             t = s[s.metric == metric].set_index("layer")["mean"]
             return float(t.max()), int(t.idxmax())
 
-        out[d] = {"folds": k, "word": best("word->word"), "deed": best("deed->deed"), "transfer": best("word->deed")}
+        word_best = best("word->word")
+        letter = s[s.metric == "letter"].set_index("layer")["mean"]
+        out[d] = {"folds": k, "word": word_best, "deed": best("deed->deed"), "transfer": best("word->deed"),
+                  "letter_at_word_layer": float(letter.get(word_best[1], np.nan)),
+                  "word_chose_A": float((items["letter_word"][keep] == 0).mean())}
     return out
 
 
@@ -71,9 +76,10 @@ def figure(lens: dict, probes: dict, model: str) -> go.Figure:
     for d, v in lens.items():
         fig.add_scatter(x=list(range(len(v["lens_cs"]))), y=v["lens_cs"], name=f"{d} (n={v['n_two_option']})",
                         line=dict(color=colours[d]), row=1, col=1)
-    metrics = ["word", "deed", "transfer"]
+    names = ["word", "letter control<br>(at word's layer)", "deed", "word->deed"]
     for d, v in probes.items():
-        fig.add_bar(x=metrics, y=[v[m][0] for m in metrics], name=d, marker_color=colours[d], showlegend=False, row=1, col=2)
+        ys = [v["word"][0], v["letter_at_word_layer"], v["deed"][0], v["transfer"][0]]
+        fig.add_bar(x=names, y=ys, name=d, marker_color=colours[d], showlegend=False, row=1, col=2)
     fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"))
     fig.update_layout(template="plotly_white", barmode="group", height=460, width=1150,
                       title=f"Per-domain view — {model}<br><sup>two-option items; probe accuracy balanced, chance 0.5</sup>")
@@ -101,22 +107,31 @@ def main(argv: list[str] | None = None) -> int:
     run = cfg.out_dir
     metrics = load_score(run).metrics
     lens, probes = domain_lens(run), domain_probes(run, args.folds, args.seed)
-    rows = ["| domain | items | CS | PCS | lens: deed leaves word (median layer) | probe word | probe deed | word->deed |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| domain | items | CS | PCS | lens: deed leaves word (median layer) | probe word | letter control there "
+            "| word answers = letter A | probe deed | word->deed |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for d in DOMAINS:
         if d not in metrics["per_domain"]:
             continue
         m, l, p = metrics["per_domain"][d], lens.get(d, {}), probes.get(d)
         div = l.get("divergence_median")
-        pr = [f"{p[k][0]:.2f} (L{p[k][1]})" for k in ("word", "deed", "transfer")] if p else ["—"] * 3
+        pr = ([f"{p['word'][0]:.2f} (L{p['word'][1]})", f"{p['letter_at_word_layer']:.2f}", f"{p['word_chose_A']:.2f}"]
+              + [f"{p[k][0]:.2f} (L{p[k][1]})" for k in ("deed", "transfer")]) if p else ["—"] * 5
         rows.append(f"| {d} | {m['n']} | {m['cs']:.3f} | {m['pcs']:.3f} | {'—' if div is None else f'{div:.0f}'} | "
                     + " | ".join(pr) + " |")
+    stuck = [d for d, p in probes.items() if p["word_chose_A"] >= 0.9 or p["word_chose_A"] <= 0.1]
+    caveat = ""
+    if stuck:
+        caveat = (f"In {', '.join(stuck)} the model gave the same letter to at least 90% of word questions, so there the "
+                  "word answer is simply the option shown under that letter: a word probe can read it from which option "
+                  "text comes first (presentation order), and a high word-probe accuracy is not evidence of a stance.\n\n")
     out = Path(args.report)
     out.mkdir(parents=True, exist_ok=True)
     text = (f"# Per-domain view of {cfg.model}\n\nRun directory `{run}`; {metrics['n_items']} items. Probe columns: best "
             "balanced accuracy over layers (layer in brackets), difference of means, folds over items within the "
-            "domain. Lens and probes use two-option items only.\n\n" + "\n".join(rows) + "\n\n"
-            "![per domain](per_domain.png)\n")
+            "domain; *letter control there*: a probe for the letter the model chose, at the word probe's best layer "
+            "(a word probe is only evidence of a stance where it beats this). Lens and probes use two-option items only.\n\n"
+            + "\n".join(rows) + "\n\n" + caveat + "![per domain](per_domain.png)\n")
     (out / "README.md").write_text(text)
     fig = figure(lens, probes, cfg.model)
     write_html([fig], out / "per_domain.html", heading=f"wdprobe per-domain view: {cfg.model}")

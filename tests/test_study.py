@@ -108,7 +108,7 @@ def test_run_study_runs_every_stage_and_reports(study):
     cfg, page, messages = study
     done = study_status(cfg.out_dir)["done"]
     assert list(done) == ["score", "capture", "probes", "lens", "patch_cross", "patch_positional", "steer", "report"]
-    assert all(v["seconds"] >= 0 for v in done.values())
+    assert all(v["seconds"] >= 0 and v["cpu_seconds"] >= 0 for v in done.values())
     assert study_status(cfg.out_dir)["config"]["patch_cross"]["items"] == 12  # the configuration is in the manifest
     for rel in ("items.csv", "capture", "probes/resid_post-last.csv", "lens/trajectory.csv", "patching/cross_form.csv",
                 "patching/positional-deed.csv", "steering/steering.csv"):
@@ -120,6 +120,7 @@ def test_run_study_runs_every_stage_and_reports(study):
     order = [html.index(f"id='{a}'") for a in ("findings", "figures", "timing", "manifest")]
     assert order == sorted(order)
     assert f"CS {m['cs_micro']:.3f} over {m['n_items']} items" in html
+    assert "CPU s" in html and ">total<" in html  # the timing table, with CPU time where it was recorded
     assert html.count("<script") >= 8 and "<script src" not in html  # plotly inlined: works offline
     for f in findings(cfg.out_dir):
         assert f.title in (cfg.report_dir / "README.md").read_text()

@@ -152,7 +152,7 @@ def finding_patching(n: dict) -> Finding | None:
             f"{f['flip_rate']:.2f} of inconsistent items (layer {f['layer']}) but breaks {f['break_rate']:.2f} of "
             f"consistent ones; CS with that patch is {f['cs_after']:.3f} (clean {c['cs_clean']:.3f}). Flips follow "
             f"the letter: {f['flip_rate_same_letter']:.2f} where the word run's letter also labels the word answer in the deed prompt, "
-            f"{f['flip_rate_other_letter']:.2f} where they do not.")
+            f"{f['flip_rate_other_letter']:.2f} where it does not.")
     if "stance" in c:
         s = c["stance"]
         text += (f" Patching only the component along the word-stance direction flips {s['flip_rate']:.2f} "
@@ -287,7 +287,7 @@ SECTION_TITLES = {"behaviour": "Behaviour: CS and PCS", "probes": "Probes: is a 
                   "lens": "Logit lens: where the deed answer forms", "patching": "Cross-form activation patching",
                   "positional": "Positional patching: where option content flows", "steering": "Steering deeds toward words"}
 
-CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}"
+CSS = ("body{font-family:system-ui,sans-serif;max-width:1360px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}"
        "h1{margin-bottom:0}.sub{color:#666;margin-top:.3em}ol.findings li{margin:.6em 0}"
        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
        "th:first-child,td:first-child{text-align:left}pre{background:#f6f8fa;padding:1em;overflow:auto;font-size:12px}"
@@ -306,19 +306,14 @@ def _paper_rows(metrics: dict, model: str) -> list[list[str]]:
     return rows
 
 
-def _timing_rows(manifest: dict) -> list[list[str]]:
+def _timing_table(manifest: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the per-stage timing table (the CPU column only where CPU time was recorded)."""
     t = stage_timings(manifest)
-
-    def cpu(c):
-        return "—" if c is None else f"{c:.0f}"
-
-    rows = [[k, f"{s:.0f}", f"{s / 60:.1f}", cpu(c)] for k, s, c in t]
     cpus = [c for _, _, c in t if c is not None]
     total = sum(s for _, s, _ in t)
-    return rows + [["total", f"{total:.0f}", f"{total / 60:.1f}", cpu(sum(cpus)) if cpus else "—"]]
-
-
-TIMING_HEADER = ["stage", "wall s", "wall min", "CPU s"]
+    rows = [[k, f"{s:.0f}", f"{s / 60:.1f}"] + ([("—" if c is None else f"{c:.0f}")] if cpus else []) for k, s, c in t]
+    rows.append(["total", f"{total:.0f}", f"{total / 60:.1f}"] + ([f"{sum(cpus):.0f}"] if cpus else []))
+    return ["stage", "wall s", "wall min"] + (["CPU s"] if cpus else []), rows
 
 
 def render_index_html(run_dir: str | Path, notes: str = "") -> str:
@@ -355,7 +350,7 @@ def render_index_html(run_dir: str | Path, notes: str = "") -> str:
             parts.append(f"<h3>{html.escape(SECTION_TITLES.get(sec, sec))}</h3>")
             section = sec
         parts.append("<div class='fig'>" + fig.to_html(full_html=False, include_plotlyjs=(i == 0)) + "</div>")
-    parts.append("<h2 id='timing'>Timing per stage</h2>" + _table_html(TIMING_HEADER, _timing_rows(manifest)))
+    parts.append("<h2 id='timing'>Timing per stage</h2>" + _table_html(*_timing_table(manifest)))
     parts.append(f"<p>Machine: {html.escape(env.get('machine', '?'))}, {html.escape(str(env.get('threads', '?')))} "
                  "torch threads.</p>")
     shown = {k: v for k, v in manifest.items() if k != "study"}
@@ -395,8 +390,9 @@ def render_summary_markdown(run_dir: str | Path, figures: list[str], notes: str 
         lines += ["", "## Reading", "", notes.strip()]
     lines += ["", "## Beside the paper (macro over domains)", "", "| model | CS | PCS |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in _paper_rows(m, model)]
-    lines += ["", "## Timing per stage (this machine)", "", "| " + " | ".join(TIMING_HEADER) + " |", "|---|---|---|---|"]
-    lines += ["| " + " | ".join(r) + " |" for r in _timing_rows(manifest)]
+    header, rows = _timing_table(manifest)
+    lines += ["", "## Timing per stage (this machine)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     env = manifest.get("environment", {})
     lines += ["", f"Machine {env.get('machine', '?')}, {env.get('threads', '?')} torch threads; wdprobe "
               f"{env.get('wdprobe', '?')}, torch {env.get('torch', '?')}.", ""]
