@@ -200,6 +200,10 @@ def test_compare_puts_each_runs_numbers_side_by_side(study, tiny_lm, tmp_path, c
     assert "1 labels for 2 runs" in capsys.readouterr().err
     assert main(["compare", str(cfg.out_dir), str(tmp_path)]) == 2
     assert "not a scored run directory" in capsys.readouterr().err
+    from wdprobe.study_report import write_study_report
+
+    with pytest.raises(FileNotFoundError, match="holds no finished scoring run"):
+        write_study_report(tmp_path / "empty", tmp_path / "rep")
 
 
 def test_png_export_can_be_switched_on_and_off(tmp_path):

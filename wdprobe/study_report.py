@@ -41,11 +41,20 @@ def _json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def require_scored_run(path: Path) -> None:
+    """Every report starts from the scores; say so by name instead of failing on a missing file."""
+    manifest = RunDir(path).read_manifest()
+    if "score" not in manifest.get("stages", {}) or not (Path(path) / "metrics.json").is_file():
+        raise FileNotFoundError(f"{path} holds no finished scoring run (manifest.json + metrics.json); "
+                                "run `wdprobe run` or `wdprobe score` into it first")
+
+
 def study_numbers(run_dir: str | Path) -> dict[str, Any]:
     """Every headline number of a run, read from its saved artefacts (missing stages are None)."""
     run = RunDir(run_dir)
     p = run.path
     manifest = run.read_manifest()
+    require_scored_run(p)
     probes = {}
     for f in sorted((p / "probes").glob("*-headline.json")) if (p / "probes").is_dir() else []:
         probes[f.name.removesuffix("-headline.json")] = _json(f)
@@ -410,6 +419,7 @@ def write_study_report(run_dir: str | Path, out_dir: str | Path, *, notes: str =
     from .plots import write_png
 
     run = Path(run_dir)
+    require_scored_run(run)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_score_report(run, out, score_notes, name="scores.md")
