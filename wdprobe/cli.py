@@ -102,15 +102,12 @@ def _floats(text: str) -> list[float]:
         raise ValueError(f"cannot read {text!r} as a comma list of numbers") from None
 
 
-def _items(text: str) -> int | None:
-    return None if text == "all" else int(text)
-
-
 def cmd_patch(args: argparse.Namespace) -> int:
+    from .config import item_count
     from .localise import LOW_RANK_CORRELATION, run_cross_patch, run_positional_patch
 
     if args.kind in ("cross", "both"):
-        head = run_cross_patch(args.run, n_items=_items(args.items), layers=args.layers,
+        head = run_cross_patch(args.run, n_items=item_count(args.items), layers=args.layers,
                                conditions=args.conditions.split(","), seed=args.seed, batch_size=args.batch_size,
                                progress=not args.quiet, restart=args.restart)
         print(json.dumps({k: v for k, v in head.items()}, indent=2, default=float))
@@ -128,9 +125,10 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
+    from .config import item_count
     from .localise import run_steering
 
-    head = run_steering(args.run, n_items=_items(args.items), layers=args.layers, alphas=_floats(args.alphas),
+    head = run_steering(args.run, n_items=item_count(args.items), layers=args.layers, alphas=_floats(args.alphas),
                         seed=args.seed, min_mass_ratio=args.min_mass_ratio, batch_size=args.batch_size,
                         progress=not args.quiet, restart=args.restart, validate=not args.no_validate)
     print(json.dumps(head, indent=2))

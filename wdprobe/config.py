@@ -20,6 +20,11 @@ class ConfigError(ValueError):
     """A study configuration that cannot be used as written."""
 
 
+def item_count(value: int | str) -> int | None:
+    """``"all"`` -> None (every item), else the number of items (flags and config files both say it so)."""
+    return None if value == "all" else int(value)
+
+
 @dataclass
 class ScoreSection:
     batch_size: int = 32

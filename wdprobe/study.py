@@ -9,15 +9,15 @@ from its saved parts; the model is loaded once, and only if some stage needs it.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import STAGES, StudyConfig
+from .config import STAGES, StudyConfig, item_count
 from .runs import RunDir, now
 
-MODEL_STAGES = {"score", "capture", "lens", "patch_cross", "patch_positional", "steer"}
 
 
 class _LazyModel:
@@ -36,10 +36,6 @@ class _LazyModel:
             self.seconds = round(time.perf_counter() - t0, 1)
             self.cpu_seconds = round(time.process_time() - c0, 1)
         return self.lm
-
-
-def _items(v: int | str) -> int | None:
-    return None if v == "all" else int(v)
 
 
 def stage_settings(cfg: StudyConfig, stage: str) -> dict[str, Any]:
@@ -101,7 +97,7 @@ def _do_patch_cross(cfg: StudyConfig, run: Path, model: _LazyModel, progress: bo
     from .localise import run_cross_patch
 
     c = cfg.patch_cross
-    head = run_cross_patch(run, n_items=_items(c.items), layers=c.layers, conditions=c.conditions, seed=cfg.seed,
+    head = run_cross_patch(run, n_items=item_count(c.items), layers=c.layers, conditions=c.conditions, seed=cfg.seed,
                            batch_size=c.batch_size, lm=model.get(), progress=progress, restart=restart)
     if "full" in head:
         return f"full patch flips up to {head['full']['flip_rate']:.2f} of inconsistent items (layer {head['full']['layer']})"
@@ -118,7 +114,8 @@ def _do_patch_positional(cfg: StudyConfig, run: Path, model: _LazyModel, progres
                                     min_effect=c.min_effect, screen=c.screen, seed=cfg.seed, batch_size=c.batch_size,
                                     lm=model.get(), progress=progress, restart=restart)
         rho = head.get("rank_correlation_pooled")
-        out.append(f"{form}: {head['n_items']} items" + (f", attribution vs exact rho {rho:.2f}" if rho == rho and rho is not None else ""))
+        has_rho = rho is not None and not math.isnan(rho)
+        out.append(f"{form}: {head['n_items']} items" + (f", attribution vs exact rho {rho:.2f}" if has_rho else ""))
     return "; ".join(out)
 
 
@@ -126,7 +123,7 @@ def _do_steer(cfg: StudyConfig, run: Path, model: _LazyModel, progress: bool, re
     from .localise import run_steering
 
     s = cfg.steer
-    head = run_steering(run, n_items=_items(s.items), layers=s.layers, alphas=s.alphas, seed=cfg.seed,
+    head = run_steering(run, n_items=item_count(s.items), layers=s.layers, alphas=s.alphas, seed=cfg.seed,
                         min_mass_ratio=s.min_mass_ratio, batch_size=s.batch_size, validate=s.validate, lm=model.get(),
                         progress=progress, restart=restart)
     best = head.get("best")
