@@ -69,9 +69,9 @@ def run_curves(run_dir: str | Path, label: str) -> RunCurves:
     return RunCurves(label, _layer_count(p), lens_cs, probes, cross, steer)
 
 
-def headline_row(run_dir: str | Path) -> dict[str, Any]:
+def headline_row(run_dir: str | Path, numbers: dict[str, Any] | None = None) -> dict[str, Any]:
     """The numbers a comparison table puts side by side, for one run."""
-    n = study_numbers(run_dir)
+    n = numbers or study_numbers(run_dir)
     m = n["metrics"] or {}
     row: dict[str, Any] = {"model": n["model"], "items": m.get("n_items"), "CS micro": m.get("cs_micro"),
                            "CS macro": m.get("cs_macro"), "PCS micro": m.get("pcs_micro"),
@@ -98,13 +98,12 @@ def headline_row(run_dir: str | Path) -> dict[str, Any]:
     return row
 
 
-def _labels(run_dirs: Sequence[str | Path], labels: Sequence[str] | None) -> list[str]:
+def _labels(run_dirs: Sequence[str | Path], labels: Sequence[str] | None, models: Sequence[str]) -> list[str]:
     if labels:
         if len(labels) != len(run_dirs):
             raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
         return list(labels)
-    names = [study_numbers(r)["model"] for r in run_dirs]
-    return [f"{n} ({Path(r).name})" if names.count(n) > 1 else n for n, r in zip(names, run_dirs)]
+    return [f"{n} ({Path(r).name})" if list(models).count(n) > 1 else n for n, r in zip(models, run_dirs)]
 
 
 def curves_figure(curves: Sequence[RunCurves]) -> go.Figure:
@@ -164,8 +163,9 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, labels: Sequen
     for r in run_dirs:
         if not (Path(r) / "manifest.json").is_file() or not (Path(r) / "metrics.json").is_file():
             raise FileNotFoundError(f"{r} is not a scored run directory (no manifest.json / metrics.json)")
-    names = _labels(run_dirs, labels)
-    rows = [headline_row(r) for r in run_dirs]
+    numbers = [study_numbers(r) for r in run_dirs]
+    names = _labels(run_dirs, labels, [n["model"] for n in numbers])
+    rows = [headline_row(r, n) for r, n in zip(run_dirs, numbers)]
     table = pd.DataFrame(rows, index=names).T
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

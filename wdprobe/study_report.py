@@ -207,9 +207,9 @@ def finding_steering(n: dict) -> Finding | None:
 FINDINGS = (finding_behaviour, finding_probes, finding_lens, finding_patching, finding_steering)
 
 
-def findings(run_dir: str | Path) -> list[Finding]:
+def findings(run_dir: str | Path, numbers: dict[str, Any] | None = None) -> list[Finding]:
     """The report's numbered findings for a run (only for the stages it has)."""
-    n = study_numbers(run_dir)
+    n = numbers or study_numbers(run_dir)
     return [f for f in (fn(n) for fn in FINDINGS) if f is not None]
 
 
@@ -274,12 +274,12 @@ def probe_figures(run_dir: Path, position: str = "last") -> list[go.Figure]:
             plots.ic_figure(summary, f"Internal consistency IC(l) vs behavioural CS<br><sup>{where}</sup>")]
 
 
-def study_figures(run_dir: str | Path) -> list[tuple[str, str, go.Figure]]:
+def study_figures(run_dir: str | Path, numbers: dict[str, Any] | None = None) -> list[tuple[str, str, go.Figure]]:
     """(section, name, figure) for every stage a run has, in reading order."""
     from .localise import localisation_figures
 
     p = Path(run_dir)
-    n = study_numbers(p)
+    n = numbers or study_numbers(p)
     figs: list[tuple[str, str, go.Figure]] = []
     if n["metrics"]:
         figs += [("behaviour", "paper-table", paper_figure(n["metrics"], n["model"])),
@@ -325,13 +325,14 @@ def _timing_table(manifest: dict) -> tuple[list[str], list[list[str]]]:
     return ["stage", "wall s", "wall min"] + (["CPU s"] if cpus else []), rows
 
 
-def render_index_html(run_dir: str | Path, notes: str = "") -> str:
+def render_index_html(run_dir: str | Path, notes: str = "", numbers: dict[str, Any] | None = None,
+                      figures: list[tuple[str, str, go.Figure]] | None = None) -> str:
     """The whole self-contained page as a string (plotly.js inlined once)."""
-    n = study_numbers(run_dir)
+    n = numbers or study_numbers(run_dir)
     model, m, manifest = n["model"], n["metrics"], n["manifest"]
     score = manifest["stages"]["score"]
     env = manifest.get("environment", {})
-    figs = study_figures(run_dir)
+    figs = figures if figures is not None else study_figures(run_dir, n)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>wdprobe: {html.escape(model)}</title>"
              f"<style>{CSS}</style></head><body>",
              f"<h1>Word-deed consistency of {html.escape(model)}</h1>",
@@ -342,7 +343,7 @@ def render_index_html(run_dir: str | Path, notes: str = "") -> str:
              "<nav><a href='#findings'>Findings</a><a href='#figures'>Figures</a><a href='#timing'>Timing</a>"
              "<a href='#manifest'>Manifest</a></nav>",
              "<h2 id='findings'>Findings</h2><ol class='findings'>"]
-    for f in findings(run_dir):
+    for f in findings(run_dir, n):
         parts.append(f"<li><b>{html.escape(f.title)}</b> {html.escape(f.text)}</li>")
     parts.append("</ol>")
     if notes.strip():
@@ -386,15 +387,16 @@ def _trim(obj: Any, limit: int = 40) -> Any:
     return obj
 
 
-def render_summary_markdown(run_dir: str | Path, figures: list[str], notes: str = "") -> str:
+def render_summary_markdown(run_dir: str | Path, figures: list[str], notes: str = "",
+                            numbers: dict[str, Any] | None = None) -> str:
     """The findings, tables and timings as markdown, with links to the PNG figures."""
-    n = study_numbers(run_dir)
+    n = numbers or study_numbers(run_dir)
     model, m, manifest = n["model"], n["metrics"], n["manifest"]
     lines = [f"# Word-deed consistency of {model}", "",
              f"Open [`index.html`](index.html) for the interactive page (self-contained, works offline; plotly "
              f"figures). {m['n_items']} WDCT items; scoring details in [`scores.md`](scores.md); what made the run "
              "in `manifest.json`.", "", "## Findings", ""]
-    lines += [f"{i}. **{f.title}** {f.text}" for i, f in enumerate(findings(run_dir), 1)]
+    lines += [f"{i}. **{f.title}** {f.text}" for i, f in enumerate(findings(run_dir, n), 1)]
     if notes.strip():
         lines += ["", "## Reading", "", notes.strip()]
     lines += ["", "## Beside the paper (macro over domains)", "", "| model | CS | PCS |", "|---|---|---|"]
@@ -426,13 +428,15 @@ def write_study_report(run_dir: str | Path, out_dir: str | Path, *, notes: str =
     copy_localisation_tables(run, out / "tables")
     for f in (run / "probes").glob("*-headline.json") if (run / "probes").is_dir() else []:
         shutil.copy(f, out / "tables" / f"probes-{f.name}")
+    numbers = study_numbers(run)  # read once, drawn once: the page, the PNGs and the markdown share them
+    figs = study_figures(run, numbers)
     page = out / "index.html"
-    atomic_write_text(page, render_index_html(run, notes))
+    atomic_write_text(page, render_index_html(run, notes, numbers, figs))
     pngs: list[str] = []
     if png:
         (out / "figures").mkdir(exist_ok=True)
-        for _, name, fig in study_figures(run):
+        for _, name, fig in figs:
             if write_png(fig, out / "figures" / f"{name}.png"):
                 pngs.append(f"figures/{name}.png")
-    atomic_write_text(out / "README.md", render_summary_markdown(run, pngs, notes))
+    atomic_write_text(out / "README.md", render_summary_markdown(run, pngs, notes, numbers))
     return page
