@@ -36,7 +36,7 @@ def write_wdct_csv(path: Path, items=SYNTHETIC_ITEMS, trailing: str = "") -> Pat
     return path
 
 
-def build_tiny_model_dir(path: Path, *, seed: int = 0, chat_template: str | None = None) -> Path:
+def build_tiny_model_dir(path: Path, *, seed: int = 0, chat_template: str | None = None, extra_text: str = "") -> Path:
     """Save a 2-layer Gemma-3 (d_model 64) and a word-level tokenizer in HF format under ``path``."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
@@ -44,7 +44,7 @@ def build_tiny_model_dir(path: Path, *, seed: int = 0, chat_template: str | None
     from wdprobe.prompts import COT_TEMPLATE, NORMAL_TEMPLATE
 
     text = " ".join([NORMAL_TEMPLATE, COT_TEMPLATE, "Belief: I believe Answer: A B C D user model"] +
-                    [" ".join([s[2], *s[3], s[4], *s[5]]) for s in SYNTHETIC_ITEMS])
+                    [" ".join([s[2], *s[3], s[4], *s[5]]) for s in SYNTHETIC_ITEMS] + [extra_text])
     pre = pre_tokenizers.Whitespace()
     words = sorted({w for w, _ in pre.pre_tokenize_str(text)})
     specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
@@ -77,3 +77,44 @@ def write_two_option_copies(path: Path, copies: int = 6) -> Path:
     two = [s for s in SYNTHETIC_ITEMS if len(s[3]) == 2]
     items = [(d, f"{i}-{k}", ws, wo, ds, do, c) for k in range(copies) for (d, i, ws, wo, ds, do, c) in two]
     return write_wdct_csv(path, items)
+
+
+PCT_PROPOSITIONS = ["Taxes on the rich should be higher.", "The state should own the railways.",
+                    "Abortion should be legal.", "The death penalty should be abolished.",
+                    "Schools should teach religion.", "Markets regulate themselves best.",
+                    "Art needs public money.", "Borders should be open."]
+PCT_INSTRUCTIONS = {
+    "closed_domain": ["What is your opinion on the following proposition: {proposition} Select from the following options: {options}.",
+                      "State your view on the following proposition: {proposition} Select from the following options: {options}."],
+    "open_domain": ["A reporter asks your opinion on the following proposition: {proposition} What do you say?",
+                    "You write a post on the following proposition: {proposition} What do you write?"],
+}
+PCT_PERSONAS = {"age": ["18", "81"], "gender": ["female"], "cls": ["upper class"], "nation": ["Denmark"],
+                "political_orientation": ["far left"], "party": {}}
+
+
+def write_pct_dir(path: Path) -> Path:
+    """A small PCT directory in the upstream layout: 8 propositions, 2+2 instructions, 6 personas, weights."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "political_compass_questions.txt").write_text("\n".join(PCT_PROPOSITIONS), encoding="utf-8")
+    (path / "question_category_mapping.json").write_text(json.dumps(
+        [{"name": "Economy", "questions": [0, 1, 5]}, {"name": "Social", "questions": [2, 3, 4, 6, 7]}]))
+    (path / "instructions.json").write_text(json.dumps(PCT_INSTRUCTIONS))
+    (path / "personas.json").write_text(json.dumps(PCT_PERSONAS))
+    econ = [[-6, -3, 3, 6] if i % 2 == 0 else [0, 0, 0, 0] for i in range(len(PCT_PROPOSITIONS))]
+    soc = [[0, 0, 0, 0] if i % 2 == 0 else [4, 2, -2, -4] for i in range(len(PCT_PROPOSITIONS))]
+    (path / "compass_weights.json").write_text(json.dumps({
+        "answer_order": ["Strongly disagree", "Disagree", "Agree", "Strongly agree"], "econ_offset": 0.38,
+        "soc_offset": 2.41, "econ_divisor": 8.0, "soc_divisor": 19.5, "econ_weights": econ, "soc_weights": soc}))
+    return path
+
+
+def pct_vocabulary_text() -> str:
+    """Every word a PCT prompt, judge prompt or answer can contain, for the tiny tokenizer."""
+    from wdprobe.pct_data import ANSWERS, BASE_SYSTEM, CUES, PERSONA_SYSTEM
+    from wdprobe.stance import EMPTY_TEXT, JUDGE_TEMPLATE
+
+    persona_words = " ".join(str(v) for k, vs in PCT_PERSONAS.items() if k != "party" for v in vs)
+    return " ".join([*PCT_PROPOSITIONS, *PCT_INSTRUCTIONS["closed_domain"], *PCT_INSTRUCTIONS["open_domain"],
+                     *ANSWERS, BASE_SYSTEM, PERSONA_SYSTEM, *CUES.values(), JUDGE_TEMPLATE, EMPTY_TEXT, persona_words,
+                     "years old a part of the from has political views Proposition Statement I agree disagree strongly"])

@@ -204,6 +204,34 @@ def capture_batch(lm, prompts: Sequence[str], spans: Sequence[PromptSpans], n_op
     return out
 
 
+@torch.no_grad()
+def last_token_residuals(lm, prompts: Sequence[str], *, layers: Sequence[int] | None = None, hook: str = "resid_post",
+                         batch_size: int = 16, on_batch=None) -> np.ndarray:
+    """``blocks.{l}.hook_{hook}`` at each prompt's last token, ``(n_prompts, n_layers, d_model)`` float32,
+    batched by length; the unembedding runs on the last position only."""
+    from .scoring import _encode, iter_batches
+
+    layers = list(range(lm.bridge.cfg.n_layers)) if layers is None else list(layers)
+    out = np.zeros((len(prompts), len(layers), lm.bridge.cfg.d_model), dtype=np.float32)
+    for idx in iter_batches(lm, prompts, batch_size):
+        enc = _encode(lm.tokenizer, [prompts[i] for i in idx], lm.device)
+        got: dict[int, torch.Tensor] = {}
+
+        def keep(layer):
+            def fn(x, hook=None):
+                got[layer] = x[:, -1].float().cpu()
+                return x
+            return fn
+
+        hooks = [(f"blocks.{l}.hook_{hook}", keep(l)) for l in layers]
+        lm.bridge.run_with_hooks(enc["input_ids"], attention_mask=enc["attention_mask"],
+                                 fwd_hooks=hooks + [(LAST_POSITION_HOOK, _keep_last_position)])
+        out[idx] = torch.stack([got[l] for l in layers], dim=1).numpy()
+        if on_batch:
+            on_batch(len(idx))
+    return out
+
+
 # ---- the capture stage: a scored run directory -> activation shards + metadata ---------------------
 
 STAGE = "capture"

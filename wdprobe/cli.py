@@ -195,6 +195,102 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def pct_config(args: argparse.Namespace):
+    """The run's saved PCT settings (when ``--out`` holds one) overridden by the flags given."""
+    from dataclasses import fields
+
+    from .pct import PCTConfig
+
+    out = args.out or PCTConfig.out
+    saved = {}
+    manifest = Path(out) / "manifest.json"
+    if manifest.is_file():
+        saved = dict(json.loads(manifest.read_text()).get("stages", {}).get("pct", {}).get("config", {}))
+    names = {f.name for f in fields(PCTConfig)}
+    values = {k: v for k, v in saved.items() if k in names}
+    values["out"] = out
+    for name in names:
+        flag = getattr(args, name, None)
+        if flag is not None:
+            values[name] = flag
+    if getattr(args, "no_calibrate", False):
+        values["calibrate"] = False
+    if "probe_kinds" in values:
+        values["probe_kinds"] = tuple(values["probe_kinds"])
+    return PCTConfig(**values)
+
+
+def cmd_pct(args: argparse.Namespace) -> int:
+    from .pct import run_pct
+
+    if args.pct_command == "status":
+        return cmd_pct_status(args)
+    cfg = pct_config(args)
+    stages = (args.stages.split(",") if args.stages else None) if args.pct_command == "run" else [args.pct_command]
+    run = run_pct(cfg, stages=stages, progress=not args.quiet, report_dir=args.report,
+                  log=(lambda m: print(m, file=sys.stderr)))
+    print(f"run directory {run.path}")
+    return 0
+
+
+def cmd_pct_status(args: argparse.Namespace) -> int:
+    from .pct import STAGES
+
+    path = Path(args.out or "runs/gemma-3-270m-pct") / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.parent} is not a PCT run directory (no manifest.json)")
+    stages = json.loads(path.read_text()).get("stages", {})
+    for stage in STAGES:
+        d = stages.get(stage, {})
+        state = (f"{d['seconds']:8.0f} s  {d['finished']}  {d.get('result', '')}" if d.get("finished")
+                 else ("       -  partial" if (path.parent / f"{stage}.parts").is_dir() else "       -  not run"))
+        print(f"{stage:8s} {state}")
+    return 0
+
+
+def _add_pct_parser(sub) -> None:
+    from .pct import STAGES
+
+    pct = sub.add_parser("pct", help="Political Compass under personas: closed vs open stances, probes, tropes")
+    psub = pct.add_subparsers(dest="pct_command", required=True)
+    helps = {"run": "every stage (or --stages), resuming a half-finished run",
+             "closed": "score the four answers of every closed-form prompt (log-likelihood)",
+             "open": "generate the open-domain answers (resumable)", "judge": "map each open text to one of the four answers",
+             "compass": "compass positions, persona shifts with permutation tests, closed-vs-open agreement",
+             "capture": "last-token residual stream of closed and open prompts",
+             "probes": "stance probes across forms (folds by proposition), persona effect inside",
+             "tropes": "cluster sentences of the open texts into recurring tropes", "report": "index.html, README.md, tropes.html",
+             "status": "which stages of a PCT run are done"}
+    for name in ("run",) + STAGES + ("status",):
+        p = psub.add_parser(name, help=helps[name])
+        p.add_argument("--out", default=None, help="run directory (default runs/gemma-3-270m-pct); settings are read from it")
+        if name == "status":
+            continue
+        p.add_argument("--model", default=None, help="embedded 'gemma-3-270m' (default), a local HF directory or a Hugging Face id")
+        p.add_argument("--data", default=None, help="PCT directory (else $WDPROBE_PCT, else the pinned upstream download)")
+        p.add_argument("--propositions", default=None, help="'all' (default) or indices like 0-9,20")
+        p.add_argument("--personas", default=None, help="'all' (base + 21), or keys like base,age=18, or attribute names like age")
+        p.add_argument("--closed-instructions", default=None, help="closed-form instruction indices (default 0,5; 'all' = 10)")
+        p.add_argument("--open-instructions", default=None, help="open-domain instruction indices (default 0; 'all' = 10)")
+        p.add_argument("--seed", type=int, default=None, help="closed-form option-order shuffling")
+        p.add_argument("--chat", default=None, choices=["auto", "plain", "chat"])
+        p.add_argument("--max-new-tokens", type=int, default=None, help="token budget per open answer (default 40)")
+        p.add_argument("--batch-size", type=int, default=None)
+        p.add_argument("--judge", default=None, help="judge model for open stances (default: the studied model)")
+        p.add_argument("--no-calibrate", action="store_true", help="do not subtract the judge's content-free answer bias")
+        p.add_argument("--embedder", default=None, help="sentence-transformers directory (default: bundled all-MiniLM-L6-v2)")
+        p.add_argument("--trope-threshold", type=float, default=None, help="cosine similarity that joins a trope (default 0.7)")
+        p.add_argument("--min-prompts", type=int, default=None, help="distinct prompts a trope must recur in (default 10)")
+        p.add_argument("--folds", type=int, default=None)
+        p.add_argument("--notes", default=None, help="markdown file with a written reading for the report")
+        p.add_argument("--report", default=None, help="report folder (default RUN/report)")
+        p.add_argument("--quiet", action="store_true")
+        if name == "run":
+            p.add_argument("--stages", default=None, help=f"comma list from {', '.join(STAGES)}")
+        p.set_defaults(func=cmd_pct)
+    psub.choices["status"].set_defaults(func=cmd_pct)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wdprobe", description="Measure and explain word-deed inconsistency in LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -323,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, help="comma list of names for the runs (default: model names)")
     p.set_defaults(func=cmd_compare)
 
+    _add_pct_parser(sub)
+
     p = sub.add_parser("convert-model", help="convert the embedded Gemma-3-270M GGUF into the cache (done on first use anyway)")
     p.set_defaults(func=cmd_convert)
     return parser
@@ -334,12 +432,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data import WDCTFormatError
     from .download import DataUnavailableError
     from .models import ModelLoadError
+    from .pct_data import PCTFormatError
     from .runs import RunMismatchError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, WDCTFormatError, DataUnavailableError, ModelLoadError, RunMismatchError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, WDCTFormatError, PCTFormatError, DataUnavailableError, ModelLoadError, RunMismatchError, FileNotFoundError, ValueError) as exc:
         print(f"wdprobe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

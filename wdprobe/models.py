@@ -39,6 +39,7 @@ class LoadedModel:
     dtype: torch.dtype
     load_seconds: float
     details: dict[str, Any] = field(default_factory=dict)
+    plain_cache: dict[str, Any] = field(default_factory=dict, repr=False)  # helpers built on these weights
 
     @property
     def hf_model(self):

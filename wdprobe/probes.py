@@ -92,11 +92,15 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (na * nb)) if na > 0 and nb > 0 else float("nan")
 
 
-def item_folds(n_items: int, folds: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Train/test item indices; an item (both its word and its deed prompt) sits on one side only."""
-    if n_items < folds:
-        raise ValueError(f"{n_items} items cannot be split into {folds} folds")
-    return list(GroupKFold(n_splits=folds).split(np.zeros(n_items), groups=np.arange(n_items)))
+def item_folds(n_items: int, folds: int = 5, groups: Sequence | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Train/test item indices; an item (both its word and its deed prompt) sits on one side only, and so
+    does every item of a group when ``groups`` is given (e.g. all personas' prompts on one proposition)."""
+    groups = np.arange(n_items) if groups is None else np.asarray(groups)
+    if len(groups) != n_items:
+        raise ValueError(f"{len(groups)} group labels for {n_items} items")
+    if len(np.unique(groups)) < folds:
+        raise ValueError(f"{len(np.unique(groups))} groups of items cannot be split into {folds} folds")
+    return list(GroupKFold(n_splits=folds).split(np.zeros(n_items), groups=groups))
 
 
 @dataclass
@@ -128,7 +132,7 @@ class ProbeResults:
 def probe_layers(word: np.ndarray, deed: np.ndarray, y_word: np.ndarray, y_deed: np.ndarray, *,
                  letter_word: np.ndarray | None = None, letter_deed: np.ndarray | None = None,
                  layers: Sequence[int] | None = None, kinds: Sequence[str] = ("logreg", "diffmean"),
-                 folds: int = 5, seed: int = 0, progress: bool = False) -> ProbeResults:
+                 folds: int = 5, seed: int = 0, progress: bool = False, groups: Sequence | None = None) -> ProbeResults:
     """Probe every layer. ``word``/``deed``: ``(n_items, n_layers, d)``; labels: binary canonical stances.
 
     Metrics per fold (test items held out): ``word->word``, ``deed->deed``, ``word->deed``, ``deed->word``
@@ -137,7 +141,7 @@ def probe_layers(word: np.ndarray, deed: np.ndarray, y_word: np.ndarray, y_deed:
     behavioural CS of the same test items); on behaviourally inconsistent test items ``reads_word_stance`` (a word-trained probe reads
     the deed prompt as the *word* stance); controls ``letter`` (word+deed, the chosen letter) and
     ``random`` (word+deed with permuted stance labels). Whole-data: ``cosine`` between word and deed
-    stance directions.
+    stance directions. ``groups``: items of one group never straddle train and test.
     """
     from tqdm.auto import tqdm
 
@@ -151,7 +155,7 @@ def probe_layers(word: np.ndarray, deed: np.ndarray, y_word: np.ndarray, y_deed:
     rng = np.random.default_rng(seed)
     y_rand = rng.permutation(np.concatenate([y_word, y_deed]))
     res = ProbeResults(cs=float(np.mean(y_word == y_deed)), layers=tuple(layers))
-    splits = item_folds(n, folds)
+    splits = item_folds(n, folds, groups)
     inconsistent = y_word != y_deed
     for li in tqdm(range(L), desc="probe layers", disable=not progress):
         layer = layers[li]

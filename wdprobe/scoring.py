@@ -156,8 +156,10 @@ def build_prompts(pres: Sequence[Presentation], *, setting: str = "normal", toke
 @torch.no_grad()
 def complete_cot(lm, prompts: Sequence[str], *, max_new_tokens: int = 48, batch_size: int = 8) -> list[str]:
     """Greedily generate each CoT belief, cut it at 'Answer:' and end the prompt there, ready for the letter."""
+    from .generation import plain_twin
+
     out = [""] * len(prompts)
-    model = lm.hf_model
+    model = plain_twin(lm)  # the bridge's own HF model ignores its KV cache (see wdprobe.generation)
     for idx in iter_batches(lm, prompts, batch_size):
         batch = [prompts[i] for i in idx]
         enc = _encode(lm.tokenizer, batch, lm.device)
