@@ -22,6 +22,7 @@ from .runs import RunDir, now, read_csv
 
 STAGES = ("closed", "open", "judge", "compass", "capture", "probes", "tropes", "report")
 MODEL_STAGES = {"closed", "open", "judge", "capture"}
+_OPEN_CHUNK = 64  # prompts generated between saves (a crash loses at most this many)
 STOP_MARKERS = ("\nResponse", "\nAnswer:", "\nQuestion", "\nProposition", "\n\n\n")
 
 
@@ -147,7 +148,7 @@ def _ordered(rows: list[dict[str, str]], prompts: list[dict[str, str]]) -> list[
     return [by_id[p["id"]] for p in prompts]
 
 
-def pct_open(run: RunDir, lm, *, max_new_tokens: int = 40, batch_size: int = 16, chunk: int = 64,
+def pct_open(run: RunDir, lm, *, max_new_tokens: int = 40, batch_size: int = 16, chunk: int | None = None,
              progress: bool = True) -> Path:
     """Open domain: greedy generation per prompt, saved every ``chunk`` prompts (a rerun resumes)."""
     from .generation import generate_texts
@@ -158,6 +159,7 @@ def pct_open(run: RunDir, lm, *, max_new_tokens: int = 40, batch_size: int = 16,
     bar = _bar(len(prompts), "open-domain generation", progress)
     bar.update(len(prompts) - len(todo))
     cols = ["id", "pair_id", "proposition", "section", "persona", "instruction", "text", "raw"]
+    chunk = chunk or _OPEN_CHUNK
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         texts = generate_texts(lm, [r["prompt"] for r in part], max_new_tokens=max_new_tokens, batch_size=batch_size,

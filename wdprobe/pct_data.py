@@ -62,7 +62,7 @@ class PCTMaterial:
         for p in self.personas:
             if p.key == key:
                 return p
-        raise KeyError(f"unknown persona {key!r}; known: {', '.join(p.key for p in self.personas)}")
+        raise ValueError(f"unknown persona {key!r}; known: {', '.join(p.key for p in self.personas)}")
 
 
 @dataclass(frozen=True)

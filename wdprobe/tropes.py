@@ -18,7 +18,7 @@ import numpy as np
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 _SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
-_WORD = re.compile(r"[A-Za-z]{2,}")
+_WORD = re.compile(r"[A-Za-z]+")
 
 
 class Embedder(Protocol):
