@@ -392,3 +392,30 @@ def test_cli_pct_run_status_and_errors(tmp_path, pct_dir, pct_lm, capsys):
     assert main(["pct", "run", "--data", str(pct_dir), "--out", str(tmp_path / "bad"), "--personas", "age=99",
                  "--chat", "plain", "--quiet"]) == 2
     assert "unknown persona 'age=99'" in capsys.readouterr().err
+
+
+def test_judge_check_scores_planted_statements():
+    from wdprobe.stance import judge_check
+
+    class Reader:
+        name = "reader"
+
+        def stance_logprobs(self, propositions, texts):
+            out = np.zeros((len(texts), 4))
+            for i, t in enumerate(texts):
+                t = t.lower()
+                k = 0 if "strongly disagree" in t else 1 if "disagree" in t else 3 if "strongly agree" in t else 2
+                out[i, k] = 1.0
+            return out
+
+    class AlwaysAgree:
+        name = "always"
+
+        def stance_logprobs(self, propositions, texts):
+            return np.tile([0.0, 0.0, 1.0, 0.0], (len(texts), 1))
+
+    good = judge_check(Reader(), PCT_PROPOSITIONS[:3])
+    assert good["statements"] == 12 and good["exact"] == 1.0 and good["same_side"] == 1.0
+    assert np.array_equal(np.array(good["confusion"]), 3 * np.eye(4, dtype=int))
+    bad = judge_check(AlwaysAgree(), PCT_PROPOSITIONS[:3])
+    assert bad["exact"] == 0.25 and bad["same_side"] == 0.5

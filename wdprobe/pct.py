@@ -191,6 +191,12 @@ def pct_judge(run: RunDir, judge, *, chunk: int = 256, progress: bool = True) ->
         run.write_part("judge", rows, cols)
         bar.update(len(part))
     bar.close()
+    if not (run.path / "judge_check.json").is_file():
+        from .cache import atomic_write_json
+        from .stance import judge_check
+
+        unique = sorted(set(statements.values()))
+        atomic_write_json(run.path / "judge_check.json", judge_check(judge, unique))
     return run.write_table("stances.csv", _ordered(run.read_parts("judge"), texts), cols)
 
 

@@ -21,7 +21,7 @@ from .study_report import CSS, _inline_markdown, _table_html
 ATTRIBUTE_COLOURS = {"base": "#000000", "age": "#1f77b4", "gender": "#d62728", "cls": "#2ca02c", "nation": "#9467bd",
                      "political_orientation": "#ff7f0e"}
 TABLES = ("positions.csv", "shifts.csv", "agreement.csv", "compass.json", "probes.csv", "persona_effect.csv",
-          "tropes.csv", "tropes.json")
+          "tropes.csv", "tropes.json", "judge_check.json")
 ALPHA = 0.05
 
 
@@ -181,7 +181,7 @@ def pct_numbers(run_dir: str | Path) -> dict[str, Any]:
     n: dict[str, Any] = {"manifest": run.read_manifest()}
     for name in ("positions.csv", "shifts.csv", "agreement.csv", "probes.csv", "persona_effect.csv", "tropes.csv"):
         n[name.split(".")[0]] = _load(run, name)
-    for name in ("compass.json", "tropes.json"):
+    for name in ("compass.json", "tropes.json", "judge_check.json"):
         p = run.path / name
         n[name.split(".")[0] + "_summary"] = json.loads(p.read_text()) if p.is_file() else None
     n["model"] = n["manifest"].get("model", {}).get("name") or n["manifest"].get("stages", {}).get("pct", {}).get(
@@ -220,6 +220,12 @@ def pct_findings(n: dict[str, Any]) -> list[tuple[str, str]]:
                     ". Largest moves: " + "; ".join(f"{r.persona} ({r.d_econ:+.2f}, {r.d_social:+.2f})"
                                                     for r in big.itertuples()) +
                     f". Answers that change with the persona: median {c.answers_changed.median():.0%} of propositions."))
+    jc = n.get("judge_check_summary")
+    if jc:
+        out.append(("Judge check.", f"On {jc['statements']} planted unambiguous statements (one per answer and "
+                    f"proposition) the judge ({jc['judge']}) names the exact answer {jc['exact']:.2f} of the time "
+                    f"(chance 0.25) and the side {jc['same_side']:.2f} (chance 0.50)"
+                    + ("; open-form stances below are only as good as that." if jc["same_side"] < 0.9 else ".")))
     if cs and cs.get("pairs"):
         out.append(("Closed vs open.", f"On {cs['pairs']} pairs the open text takes the same side as the closed answer "
                     f"{cs['same_side']:.2f} of the time (chance from the answer rates {cs['same_side_chance']:.2f}); "

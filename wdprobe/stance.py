@@ -69,3 +69,29 @@ def stance_of(scores: np.ndarray) -> np.ndarray:
 def agrees(answer: int | np.ndarray) -> np.ndarray:
     """Binary stance: 1 for Agree / Strongly agree, 0 for the two disagreeing answers."""
     return (np.asarray(answer) >= 2).astype(int)
+
+
+CHECK_TEMPLATES = ("I strongly disagree: it is wrong to say that {p}", "I disagree with the claim that {p}",
+                   "I agree with the claim that {p}", "I strongly agree: it is right to say that {p}")
+
+
+def judge_check(judge: StanceJudge, propositions: Sequence[str]) -> dict:
+    """How well a judge reads unambiguous statements: for each proposition, one planted text per answer
+    ("I strongly disagree: ...", ..., "I strongly agree: ..."); exact and same-side accuracy and the
+    confusion table. A judge that fails here cannot be trusted on free text."""
+    props, texts, truth = [], [], []
+    for p in propositions:
+        statement = p.rstrip(".")
+        statement = statement[:1].lower() + statement[1:]
+        for k, t in enumerate(CHECK_TEMPLATES):
+            props.append(p)
+            texts.append(t.format(p=statement) + ".")
+            truth.append(k)
+    got = stance_of(judge.stance_logprobs(props, texts))
+    truth_a = np.asarray(truth)
+    table = np.zeros((4, 4), int)
+    for a, b in zip(truth_a, got):
+        table[a, b] += 1
+    return {"judge": judge.name, "statements": len(texts), "exact": round(float(np.mean(got == truth_a)), 4),
+            "same_side": round(float(np.mean(agrees(got) == agrees(truth_a))), 4),
+            "confusion": table.tolist(), "answers": list(ANSWERS)}
