@@ -282,6 +282,19 @@ def _selection_text(manifest: dict) -> str:
             f"{c.get('judge') or 'the model itself'}{' (calibrated)' if c.get('calibrate') else ''}")
 
 
+def remake_command(manifest: dict, run_dir: Path) -> str:
+    """The ``wdprobe pct run`` command line that makes this run (settings from the manifest)."""
+    c = manifest.get("stages", {}).get("pct", {}).get("config", {})
+    flags = [("--model", c.get("model")), ("--data", c.get("data")), ("--out", str(run_dir)),
+             ("--propositions", c.get("propositions")), ("--personas", c.get("personas")),
+             ("--closed-instructions", c.get("closed_instructions")), ("--open-instructions", c.get("open_instructions")),
+             ("--seed", c.get("seed")), ("--max-new-tokens", c.get("max_new_tokens")), ("--judge", c.get("judge"))]
+    parts = ["wdprobe pct run"] + [f"{k} {v}" for k, v in flags if v is not None]
+    if c.get("calibrate") is False:
+        parts.append("--no-calibrate")
+    return " ".join(parts)
+
+
 def _timings(manifest: dict) -> list[list[str]]:
     st = manifest.get("stages", {})
     rows = [[k, f"{v['seconds']:.0f}", f"{v['seconds'] / 60:.1f}"] for k, v in st.items() if "seconds" in v]
@@ -347,7 +360,8 @@ def write_pct_report(run_dir: str | Path, out_dir: str | Path, *, notes: str | N
     sel = _selection_text(manifest)
     page = [f"<!doctype html><html><head><meta charset='utf-8'><title>PCT: {html.escape(n['model'])}</title>"
             f"<style>{CSS}</style></head><body><h1>Political Compass under personas: {html.escape(n['model'])}</h1>",
-            f"<p class='sub'>{html.escape(sel)}. Tropes: <a href='tropes.html'>tropes.html</a>.</p>",
+            f"<p class='sub'>{html.escape(sel)}. Tropes: <a href='tropes.html'>tropes.html</a>. Made by "
+            f"<code>{html.escape(remake_command(manifest, run.path))}</code>.</p>",
             "<h2>Findings</h2><ol class='findings'>"]
     page += [f"<li><b>{html.escape(t)}</b> {html.escape(x)}</li>" for t, x in found] + ["</ol>"]
     if notes and notes.strip():
@@ -370,7 +384,8 @@ def write_pct_report(run_dir: str | Path, out_dir: str | Path, *, notes: str | N
                 pngs.append(f"figures/{name}.png")
     md = [f"# Political Compass under personas: {n['model']}", "",
           f"Interactive page: [`index.html`](index.html); tropes: [`tropes.html`](tropes.html); tables in "
-          f"[`tables/`](tables/). Selection: {sel}.", "", "## Findings", ""]
+          f"[`tables/`](tables/). Selection: {sel}.", "", f"Made by `{remake_command(manifest, run.path)}` "
+          "(add `--report DIR --notes FILE` for this folder).", "", "## Findings", ""]
     md += [f"{i}. **{t}** {x}" for i, (t, x) in enumerate(found, 1)]
     if notes and notes.strip():
         md += ["", "## Reading", "", notes.strip()]
