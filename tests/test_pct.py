@@ -387,6 +387,9 @@ def test_cli_pct_run_status_and_errors(tmp_path, pct_dir, pct_lm, capsys):
     assert "closed" in status and "not run" in status
     # settings come from the run directory; a changed setting is refused with the difference named
     assert main(["pct", "compass", "--out", str(out), "--quiet"]) == 0
+    before = (out / "positions.csv").stat().st_mtime_ns
+    assert main(["pct", "compass", "--out", str(out), "--redo", "--quiet"]) == 0  # recomputed, not skipped
+    assert (out / "positions.csv").stat().st_mtime_ns > before
     assert main(["pct", "closed", "--out", str(out), "--seed", "5", "--quiet"]) == 2
     assert "seed: 0 there vs 5 now" in capsys.readouterr().err
     assert main(["pct", "run", "--data", str(pct_dir), "--out", str(tmp_path / "bad"), "--personas", "age=99",
@@ -419,3 +422,16 @@ def test_judge_check_scores_planted_statements():
     assert np.array_equal(np.array(good["confusion"]), 3 * np.eye(4, dtype=int))
     bad = judge_check(AlwaysAgree(), PCT_PROPOSITIONS[:3])
     assert bad["exact"] == 0.25 and bad["same_side"] == 0.5
+
+
+def test_instruction_noise_by_hand():
+    from wdprobe.pct import instruction_noise
+
+    rows = [{"persona": per, "proposition": p, "instruction": i, "choice": c}
+            for per, p, i, c in [("base", 0, 0, 0), ("base", 0, 5, 0), ("base", 1, 0, 2), ("base", 1, 5, 3),
+                                 ("x", 0, 0, 1), ("x", 0, 5, 0), ("x", 1, 0, 2), ("x", 1, 5, 2)]]
+    got = instruction_noise(rows)
+    # between instructions: base p1 and x p0 differ -> 2 of 4; persona vs base: x differs on (0,0) and (1,5) -> 2 of 4
+    assert got == {"instructions": [0, 5], "answer_changes_between_instructions": 0.5,
+                   "answer_changes_persona_vs_base": 0.5}
+    assert instruction_noise([r for r in rows if r["instruction"] == 0]) is None

@@ -227,7 +227,8 @@ def cmd_pct(args: argparse.Namespace) -> int:
         return cmd_pct_status(args)
     cfg = pct_config(args)
     stages = (args.stages.split(",") if args.stages else None) if args.pct_command == "run" else [args.pct_command]
-    run = run_pct(cfg, stages=stages, progress=not args.quiet, report_dir=args.report,
+    redo = args.redo.split(",") if args.redo else ([args.pct_command] if args.pct_command != "run" and args.redo_stage else [])
+    run = run_pct(cfg, stages=stages, progress=not args.quiet, report_dir=args.report, redo=redo,
                   log=(lambda m: print(m, file=sys.stderr)))
     print(f"run directory {run.path}")
     return 0
@@ -287,6 +288,11 @@ def _add_pct_parser(sub) -> None:
         p.add_argument("--quiet", action="store_true")
         if name == "run":
             p.add_argument("--stages", default=None, help=f"comma list from {', '.join(STAGES)}")
+            p.add_argument("--redo", default=None, help="comma list of finished stages to delete and run again")
+        else:
+            p.add_argument("--redo", dest="redo_stage", action="store_true",
+                           help="delete this stage's outputs and run it again even if finished")
+            p.set_defaults(redo=None)
         p.set_defaults(func=cmd_pct)
     psub.choices["status"].set_defaults(func=cmd_pct)
 

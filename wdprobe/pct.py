@@ -241,6 +241,7 @@ def pct_compass(run: RunDir, weights_path: str | Path, *, n_perm: int = 10000, s
         summary["exact_chance"] = round(float(ca @ ob), 4)
         side_c, side_o = np.mean([a["closed"] >= 2 for a in agree]), np.mean([a["open"] >= 2 for a in agree])
         summary["same_side_chance"] = round(float(side_c * side_o + (1 - side_c) * (1 - side_o)), 4)
+    summary["instruction_noise"] = instruction_noise(closed)
     run.write_table("positions.csv", pos, ["form"] + cols_pos)
     shift_cols = ["form", "persona", "d_econ", "d_social", "p_econ", "p_social", "q_econ", "q_social",
                   "answers_changed", "n_pairs"]
@@ -251,6 +252,21 @@ def pct_compass(run: RunDir, weights_path: str | Path, *, n_perm: int = 10000, s
 
     atomic_write_json(run.path / "compass.json", summary)
     return summary
+
+
+def instruction_noise(closed: Sequence[dict]) -> dict[str, Any] | None:
+    """Noise floor for persona effects: how often the same persona answers a proposition differently under
+    two closed instructions, against how often a persona's answer differs from the base case's under the
+    same instruction."""
+    ans: dict[tuple[str, int, int], int] = {(r["persona"], int(r["proposition"]), int(r["instruction"])): int(r["choice"])
+                                            for r in closed}
+    insts = sorted({k[2] for k in ans})
+    if len(insts) < 2:
+        return None
+    diff_inst = [ans[(p, q, insts[0])] != ans[(p, q, i)] for (p, q, i) in ans if i != insts[0] and (p, q, insts[0]) in ans]
+    diff_persona = [ans[(p, q, i)] != ans[("base", q, i)] for (p, q, i) in ans if p != "base" and ("base", q, i) in ans]
+    return {"instructions": insts, "answer_changes_between_instructions": round(float(np.mean(diff_inst)), 4),
+            "answer_changes_persona_vs_base": round(float(np.mean(diff_persona)), 4) if diff_persona else None}
 
 
 def pct_capture(run: RunDir, lm, *, batch_size: int = 16, progress: bool = True) -> Path:
@@ -413,9 +429,17 @@ def _top(values: Sequence, k: int = 3) -> list[tuple[Any, int]]:
 
 # ---- the pipeline -------------------------------------------------------------------------------
 
+REDO_OUTPUTS = {"closed": ("closed.csv",), "open": ("open.csv",), "judge": ("stances.csv", "judge_check.json"),
+                "compass": ("compass.json", "positions.csv", "shifts.csv", "agreement.csv"),
+                "capture": ("activations.safetensors",), "probes": ("probes.csv", "probes_folds.csv", "persona_effect.csv"),
+                "tropes": ("tropes.csv", "trope_sentences.csv", "tropes.json"), "report": ()}
+
+
 def run_pct(cfg: PCTConfig, *, stages: Sequence[str] | None = None, progress: bool = True, lm=None, judge=None,
-            embedder=None, report_dir: str | Path | None = None, log: Callable[[str], None] = print) -> RunDir:
-    """Run (or resume) the PCT study; finished stages with the same settings are skipped."""
+            embedder=None, report_dir: str | Path | None = None, log: Callable[[str], None] = print,
+            redo: Sequence[str] = ()) -> RunDir:
+    """Run (or resume) the PCT study; finished stages with the same settings are skipped, except those
+    in ``redo`` (their outputs are deleted first: use after changing a judge, embedder or code)."""
     from .models import load_model
     from .prompts import resolve_chat
 
@@ -426,6 +450,10 @@ def run_pct(cfg: PCTConfig, *, stages: Sequence[str] | None = None, progress: bo
     run = RunDir(cfg.out)
     manifest = run.check_or_start("pct", {k: v for k, v in cfg.to_json().items() if k not in ("out", "notes", "batch_size")})
     holder: dict[str, Any] = {"lm": lm}
+    for stage in redo:
+        if stage not in STAGES:
+            raise ValueError(f"cannot redo unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        run.reset_stage(stage, REDO_OUTPUTS[stage])
 
     def model():
         if holder["lm"] is None:

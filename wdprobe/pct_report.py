@@ -215,11 +215,15 @@ def pct_findings(n: dict[str, Any]) -> list[tuple[str, str]]:
         c = sh[sh.form == "closed"]
         sig = c[(c.q_econ < ALPHA) | (c.q_social < ALPHA)]
         big = c.reindex(c[["d_econ", "d_social"]].abs().max(axis=1).sort_values(ascending=False).index).head(3)
+        noise = (cs or {}).get("instruction_noise") or {}
+        floor = (f" For scale: the same persona answers {noise['answer_changes_between_instructions']:.0%} of "
+                 "propositions differently under another closed instruction." if noise else "")
         out.append(("Personas.", f"{len(sig)} of {len(c)} personas move the closed-form position significantly "
                     f"(BH q < {ALPHA})" + (f": {', '.join(sig.persona)}" if 0 < len(sig) <= 8 else "") +
                     ". Largest moves: " + "; ".join(f"{r.persona} ({r.d_econ:+.2f}, {r.d_social:+.2f})"
                                                     for r in big.itertuples()) +
-                    f". Answers that change with the persona: median {c.answers_changed.median():.0%} of propositions."))
+                    f". A persona changes the answer to a median {c.answers_changed.median():.0%} of propositions."
+                    + floor))
     jc = n.get("judge_check_summary")
     if jc:
         out.append(("Judge check.", f"On {jc['statements']} planted unambiguous statements (one per answer and "
