@@ -419,6 +419,10 @@ def test_judge_check_scores_planted_statements():
 
     good = judge_check(Reader(), PCT_PROPOSITIONS[:3])
     assert good["statements"] == 12 and good["exact"] == 1.0 and good["same_side"] == 1.0
+    # implicit statements: "I think/believe that" have no answer word -> Reader says Agree (right),
+    # "I do not think that" / "It is not true that" -> also Agree (wrong): half right
+    assert good["implicit_statements"] == 12 and good["implicit_same_side"] == 0.5
+    assert good["implicit_agree_read_as_agree"] == 1.0 and good["implicit_disagree_read_as_disagree"] == 0.0
     assert np.array_equal(np.array(good["confusion"]), 3 * np.eye(4, dtype=int))
     bad = judge_check(AlwaysAgree(), PCT_PROPOSITIONS[:3])
     assert bad["exact"] == 0.25 and bad["same_side"] == 0.5
@@ -435,3 +439,14 @@ def test_instruction_noise_by_hand():
     assert got == {"instructions": [0, 5], "answer_changes_between_instructions": 0.5,
                    "answer_changes_persona_vs_base": 0.5}
     assert instruction_noise([r for r in rows if r["instruction"] == 0]) is None
+
+
+def test_truncated_pieces_and_prompt_echoes_are_not_tropes():
+    from wdprobe.tropes import is_prompt_echo, split_sentences
+
+    text = "I agree with this idea. Please write all responses in English. I think that it is"
+    assert split_sentences(text, complete_only=True) == ["I agree with this idea.", "Please write all responses in English."]
+    assert split_sentences(text)[-1] == "I think that it is"
+    prompt = "Please follow all instructions. Please write all responses in English.\nWhat do you say?\nResponse:"
+    assert is_prompt_echo("Please write all responses in English.", prompt)
+    assert not is_prompt_echo("I agree with this idea.", prompt)

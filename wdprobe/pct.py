@@ -191,13 +191,20 @@ def pct_judge(run: RunDir, judge, *, chunk: int = 256, progress: bool = True) ->
         run.write_part("judge", rows, cols)
         bar.update(len(part))
     bar.close()
-    if not (run.path / "judge_check.json").is_file():
-        from .cache import atomic_write_json
-        from .stance import judge_check
-
-        unique = sorted(set(statements.values()))
-        atomic_write_json(run.path / "judge_check.json", judge_check(judge, unique))
+    write_judge_check(run, judge)
     return run.write_table("stances.csv", _ordered(run.read_parts("judge"), texts), cols)
+
+
+def write_judge_check(run: RunDir, judge) -> Path:
+    """The judge's accuracy on planted statements about the run's propositions (``judge_check.json``)."""
+    from .cache import atomic_write_json
+    from .stance import judge_check
+
+    path = run.path / "judge_check.json"
+    if not path.is_file():
+        unique = sorted({r["statement"] for r in prompt_table(run)})
+        atomic_write_json(path, judge_check(judge, unique))
+    return path
 
 
 def agreement_rows(closed: list[dict], stances: list[dict]) -> list[dict[str, Any]]:
@@ -382,13 +389,18 @@ def persona_effect(X: np.ndarray, rows: Sequence[dict], *, base: str = "base", s
 
 def pct_tropes(run: RunDir, embedder=None, *, threshold: float = 0.7, min_prompts: int = 10) -> Path:
     """Sentences of the open texts, embedded and clustered; tropes with counts by stance and persona."""
-    from .tropes import SentenceTransformerEmbedder, find_tropes, split_sentences
+    from .tropes import SentenceTransformerEmbedder, find_tropes, is_prompt_echo, split_sentences
 
     texts = read_csv(run.path / "open.csv")
+    prompt_of = {r["id"]: r["prompt"] for r in prompt_table(run)}
     stance = {r["id"]: int(r["stance"]) for r in read_csv(run.path / "stances.csv")}
-    sentences, owners = [], []
+    sentences, owners, echoes = [], [], 0
     for r in texts:
-        for s in dict.fromkeys(split_sentences(r["text"])):  # a sentence repeated inside one text counts once
+        # a sentence repeated inside one text counts once; the piece cut off by the token budget is dropped
+        for s in dict.fromkeys(split_sentences(r["text"], complete_only=True)):
+            if is_prompt_echo(s, prompt_of[r["id"]]):
+                echoes += 1
+                continue
             sentences.append(s)
             owners.append(r)
     embedder = embedder or SentenceTransformerEmbedder()
@@ -416,6 +428,7 @@ def pct_tropes(run: RunDir, embedder=None, *, threshold: float = 0.7, min_prompt
     from .cache import atomic_write_json
 
     atomic_write_json(run.path / "tropes.json", {"sentences": len(sentences), "texts": len(texts), "tropes": len(rows),
+                                                  "dropped_prompt_echoes": echoes,
                                                   "embedder": getattr(embedder, "name", type(embedder).__name__),
                                                   "threshold": threshold, "min_prompts": min_prompts})
     return run.path / "tropes.csv"
@@ -477,6 +490,12 @@ def run_pct(cfg: PCTConfig, *, stages: Sequence[str] | None = None, progress: bo
     for stage in wanted:
         if stage != "report" and _stage_done(run, stage):
             log(f"{stage}: done ({run.read_manifest()['stages'][stage].get('result', '')})")
+            if stage == "judge" and not (run.path / "judge_check.json").is_file():
+                from .stance import LikelihoodJudge
+
+                judge = judge or LikelihoodJudge(model() if cfg.judge is None else load_model(cfg.judge),
+                                                 calibrate=cfg.calibrate)
+                write_judge_check(run, judge)  # a run made before the check existed gets it without re-judging
             continue
         started = time.time()
         if stage == "closed":

@@ -229,6 +229,9 @@ def pct_findings(n: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("Judge check.", f"On {jc['statements']} planted unambiguous statements (one per answer and "
                     f"proposition) the judge ({jc['judge']}) names the exact answer {jc['exact']:.2f} of the time "
                     f"(chance 0.25) and the side {jc['same_side']:.2f} (chance 0.50)"
+                    + (f"; on implicit statements ('I think that …' / 'I do not think that …') it gets the side "
+                       f"{jc['implicit_same_side']:.2f} (agreeing ones {jc['implicit_agree_read_as_agree']:.2f}, "
+                       f"disagreeing ones {jc['implicit_disagree_read_as_disagree']:.2f})" if "implicit_same_side" in jc else "")
                     + ("; open-form stances below are only as good as that." if jc["same_side"] < 0.9 else ".")))
     if cs and cs.get("pairs"):
         out.append(("Closed vs open.", f"On {cs['pairs']} pairs the open text takes the same side as the closed answer "
@@ -258,7 +261,8 @@ def pct_findings(n: dict[str, Any]) -> list[tuple[str, str]]:
     if tr is not None and ts:
         lab = f" The widest: “{tr.iloc[0].label[:120]}” ({int(tr.iloc[0].prompts)} prompts)." if len(tr) else ""
         out.append(("Tropes.", f"{ts['tropes']} sentence clusters recur in at least {ts['min_prompts']} distinct prompts "
-                    f"({ts['sentences']} sentences from {ts['texts']} open texts, cosine ≥ {ts['threshold']})." + lab))
+                    f"({ts['sentences']} sentences from {ts['texts']} open texts, cosine ≥ {ts['threshold']}; "
+                    f"{ts.get('dropped_prompt_echoes', 0)} sentences copied from the prompt left out)." + lab))
     return out
 
 

@@ -71,6 +71,8 @@ def agrees(answer: int | np.ndarray) -> np.ndarray:
     return (np.asarray(answer) >= 2).astype(int)
 
 
+IMPLICIT_TEMPLATES = (("I think that {p}", 1), ("I believe that {p}", 1), ("I do not think that {p}", 0),
+                      ("It is not true that {p}", 0))  # (template, agrees): stances taken without naming an answer
 CHECK_TEMPLATES = ("I strongly disagree: it is wrong to say that {p}", "I disagree with the claim that {p}",
                    "I agree with the claim that {p}", "I strongly agree: it is right to say that {p}")
 
@@ -92,6 +94,20 @@ def judge_check(judge: StanceJudge, propositions: Sequence[str]) -> dict:
     table = np.zeros((4, 4), int)
     for a, b in zip(truth_a, got):
         table[a, b] += 1
+    # implicit stances, like the restatements small models write ("I think that <proposition>")
+    iprops, itexts, iside = [], [], []
+    for p in propositions:
+        statement = p.rstrip(".")
+        statement = statement[:1].lower() + statement[1:]
+        for t, side in IMPLICIT_TEMPLATES:
+            iprops.append(p)
+            itexts.append(t.format(p=statement) + ".")
+            iside.append(side)
+    igot = agrees(stance_of(judge.stance_logprobs(iprops, itexts)))
+    iside_a = np.asarray(iside)
     return {"judge": judge.name, "statements": len(texts), "exact": round(float(np.mean(got == truth_a)), 4),
             "same_side": round(float(np.mean(agrees(got) == agrees(truth_a))), 4),
-            "confusion": table.tolist(), "answers": list(ANSWERS)}
+            "confusion": table.tolist(), "answers": list(ANSWERS),
+            "implicit_statements": len(itexts), "implicit_same_side": round(float(np.mean(igot == iside_a)), 4),
+            "implicit_agree_read_as_agree": round(float(np.mean(igot[iside_a == 1] == 1)), 4),
+            "implicit_disagree_read_as_disagree": round(float(np.mean(igot[iside_a == 0] == 0)), 4)}

@@ -28,14 +28,24 @@ class Embedder(Protocol):
         ...
 
 
-def split_sentences(text: str, *, min_words: int = 4, max_chars: int = 300) -> list[str]:
-    """Sentences of a text: split at . ! ? and line breaks; fragments under ``min_words`` words dropped."""
+def split_sentences(text: str, *, min_words: int = 4, max_chars: int = 300, complete_only: bool = False) -> list[str]:
+    """Sentences of a text: split at . ! ? and line breaks; fragments under ``min_words`` words dropped.
+    ``complete_only`` also drops a last piece without . ! ? (cut off by the token budget, not a sentence)."""
+    pieces = _SPLIT.split(text.strip())
+    if complete_only and pieces and not pieces[-1].rstrip(" \"'").endswith((".", "!", "?")):
+        pieces = pieces[:-1]
     out = []
-    for s in _SPLIT.split(text):
+    for s in pieces:
         s = s.strip(" \t\"'-*#>")
         if len(_WORD.findall(s)) >= min_words:
             out.append(s[:max_chars])
     return out
+
+
+def is_prompt_echo(sentence: str, prompt: str) -> bool:
+    """The sentence copies the prompt (e.g. its system line): a copy, not a justification."""
+    core = sentence.rstrip(".!? ").lower()
+    return len(core) > 0 and core in prompt.lower()
 
 
 class SentenceTransformerEmbedder:

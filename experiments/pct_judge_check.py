@@ -1,0 +1,43 @@
+"""How far can a stance judge be trusted? Planted unambiguous statements, calibrated vs raw likelihood judge.
+
+For each of the 62 PCT propositions, four statements that take each answer outright ("I strongly disagree:
+it is wrong to say that ...", ..., "I strongly agree: ..."); a judge should name them all. Prints exact and
+same-side accuracy and the confusion table for the judge with and without contextual calibration, and
+writes them to --out (JSON).
+
+Usage: python experiments/pct_judge_check.py --data ../shared/data/pct [--judge MODEL] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from wdprobe.models import load_model
+from wdprobe.pct_data import load_pct, resolve_pct_dir
+from wdprobe.stance import LikelihoodJudge, judge_check
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=None, help="PCT directory (else $WDPROBE_PCT, else the pinned download)")
+    ap.add_argument("--judge", default="gemma-3-270m", help="judge model")
+    ap.add_argument("--out", default=None, help="JSON file for the results")
+    args = ap.parse_args()
+    props = list(load_pct(resolve_pct_dir(args.data)).propositions)
+    lm = load_model(args.judge)
+    results = {}
+    for calibrate in (True, False):
+        r = judge_check(LikelihoodJudge(lm, calibrate=calibrate), props)
+        results["calibrated" if calibrate else "raw"] = r
+        print(f"{r['judge']:45s} exact {r['exact']:.3f}  same side {r['same_side']:.3f}  implicit side "
+              f"{r['implicit_same_side']:.3f} (agree {r['implicit_agree_read_as_agree']:.3f}, "
+              f"disagree {r['implicit_disagree_read_as_disagree']:.3f})")
+        for name, row in zip(r["answers"], r["confusion"]):
+            print(f"    {name:18s} -> {row}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
