@@ -49,6 +49,16 @@ def test_prompt_wording_and_seeded_option_order(pct_dir):
         assert listed in p.text and sorted(p.order) == [0, 1, 2, 3]
         assert p.order == option_order(3, p.proposition, p.persona, p.instruction)
     assert len({p.order for p in closed}) > 3  # shuffled, not one fixed order
+    # by item (default): every persona sees a proposition's options in the same order; by prompt: not always
+    by_item = {(p.proposition, p.instruction, p.persona): p.order for p in closed}
+    assert all(o == by_item[(q, i, "base")] for (q, i, _), o in by_item.items())
+    per_prompt = [p for p in build_prompts(m, personas="base,age=18", seed=3, order_by="prompt") if p.form == "closed"]
+    pairs = {}
+    for p in per_prompt:
+        pairs.setdefault((p.proposition, p.instruction), set()).add(p.order)
+    assert any(len(v) == 2 for v in pairs.values())
+    with pytest.raises(ValueError, match="order_by must be one of"):
+        option_order(0, 0, "base", 0, by="persona")
     age = next(p for p in prompts if p.persona == "age=18")
     assert "from the perspective of a person who is 18 years old." in age.text
     base = next(p for p in prompts if p.persona == "base")
@@ -450,3 +460,13 @@ def test_truncated_pieces_and_prompt_echoes_are_not_tropes():
     prompt = "Please follow all instructions. Please write all responses in English.\nWhat do you say?\nResponse:"
     assert is_prompt_echo("Please write all responses in English.", prompt)
     assert not is_prompt_echo("I agree with this idea.", prompt)
+
+
+def test_position_bias_by_hand():
+    from wdprobe.pct import position_bias
+
+    rows = [{"order": "2301", "choice": 2}, {"order": "0123", "choice": 0}, {"order": "3210", "choice": 1},
+            {"order": "1032", "choice": 2}]
+    got = position_bias(rows)
+    # chosen at listed positions 0, 0, 2, 3; sides: agree/first agree, dis/dis, dis/first agree, agree/first dis
+    assert got == {"chosen_listed_position_share": [0.5, 0.0, 0.25, 0.25], "same_side_as_first_listed": 0.5}

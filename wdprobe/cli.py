@@ -274,6 +274,9 @@ def _add_pct_parser(sub) -> None:
         p.add_argument("--closed-instructions", default=None, help="closed-form instruction indices (default 0,5; 'all' = 10)")
         p.add_argument("--open-instructions", default=None, help="open-domain instruction indices (default 0; 'all' = 10)")
         p.add_argument("--seed", type=int, default=None, help="closed-form option-order shuffling")
+        p.add_argument("--order-by", default=None, choices=["item", "prompt"],
+                       help="option order shared by all personas of a proposition and instruction (item, default) "
+                            "or drawn per prompt (prompt, as LLM Tropes)")
         p.add_argument("--chat", default=None, choices=["auto", "plain", "chat"])
         p.add_argument("--max-new-tokens", type=int, default=None, help="token budget per open answer (default 40)")
         p.add_argument("--batch-size", type=int, default=None)

@@ -38,6 +38,7 @@ class PCTConfig:
     closed_instructions: str = "0,5"
     open_instructions: str = "0"
     seed: int = 0
+    order_by: str = "item"  # closed-form option order shared by personas ("item") or drawn per prompt ("prompt")
     chat: str = "auto"
     max_new_tokens: int = 40
     batch_size: int = 16
@@ -51,7 +52,8 @@ class PCTConfig:
     notes: str | None = None  # markdown file whose text the report includes as its reading
 
     def selection(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("propositions", "personas", "closed_instructions", "open_instructions", "seed")}
+        return {k: getattr(self, k) for k in ("propositions", "personas", "closed_instructions", "open_instructions", "seed",
+                                              "order_by")}
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -93,7 +95,8 @@ def write_prompts(run: RunDir, cfg: PCTConfig, tokenizer=None, use_chat: bool = 
     material = load_pct(resolve_pct_dir(cfg.data))
     prompts: list[PCTPrompt] = build_prompts(material, propositions=cfg.propositions, personas=cfg.personas,
                                              closed_instructions=cfg.closed_instructions,
-                                             open_instructions=cfg.open_instructions, seed=cfg.seed)
+                                             open_instructions=cfg.open_instructions, seed=cfg.seed,
+                                             order_by=cfg.order_by)
     rows = [{"id": p.id, "pair_id": p.pair_id, "form": p.form, "proposition": p.proposition,
              "section": material.sections[p.proposition], "persona": p.persona, "instruction": p.instruction,
              "order": "".join(map(str, p.order)), "statement": material.propositions[p.proposition],
@@ -249,6 +252,7 @@ def pct_compass(run: RunDir, weights_path: str | Path, *, n_perm: int = 10000, s
         side_c, side_o = np.mean([a["closed"] >= 2 for a in agree]), np.mean([a["open"] >= 2 for a in agree])
         summary["same_side_chance"] = round(float(side_c * side_o + (1 - side_c) * (1 - side_o)), 4)
     summary["instruction_noise"] = instruction_noise(closed)
+    summary["position_bias"] = position_bias(closed)
     run.write_table("positions.csv", pos, ["form"] + cols_pos)
     shift_cols = ["form", "persona", "d_econ", "d_social", "p_econ", "p_social", "q_econ", "q_social",
                   "answers_changed", "n_pairs"]
@@ -259,6 +263,17 @@ def pct_compass(run: RunDir, weights_path: str | Path, *, n_perm: int = 10000, s
 
     atomic_write_json(run.path / "compass.json", summary)
     return summary
+
+
+def position_bias(closed: Sequence[dict]) -> dict[str, Any]:
+    """Where in the listed order the chosen answer sits: a model reading the options picks by content,
+    a position-biased one picks the first (or last) listed whatever it says."""
+    pos = [r["order"].index(str(r["choice"])) for r in closed]
+    share = np.bincount(pos, minlength=4) / max(len(pos), 1)
+    first_side = [int(r["order"][0]) >= 2 for r in closed]
+    side = [int(r["choice"]) >= 2 for r in closed]
+    return {"chosen_listed_position_share": [round(float(x), 4) for x in share],
+            "same_side_as_first_listed": round(float(np.mean([a == b for a, b in zip(side, first_side)])), 4)}
 
 
 def instruction_noise(closed: Sequence[dict]) -> dict[str, Any] | None:
@@ -338,9 +353,35 @@ def pct_probes(run: RunDir, *, kinds: Sequence[str] = ("diffmean", "logreg"), fo
     res_frame = res.to_frame()
     res_frame["metric"] = res_frame["metric"].map(_rename_metric)
     res_frame.to_csv(run.path / "probes_folds.csv", index=False)
+    order_control(arrays["closed"][ci], [p[2] for p in pairs], groups, kinds=kinds, folds=folds, seed=seed) \
+        .to_csv(run.path / "probes_order_control.csv", index=False)
     effect = persona_effect(arrays["closed"], [closed[i] for i in ids["closed"]], seed=seed)
     effect.to_csv(run.path / "persona_effect.csv", index=False)
     return run.path / "probes.csv"
+
+
+def order_control(X: np.ndarray, rows: Sequence[dict], groups: Sequence[int], *, kinds: Sequence[str], folds: int,
+                  seed: int = 0):
+    """Control for closed prompts: how well each layer decodes whether the *first-listed* option agrees
+    (prompt text, not a stance), beside the closed answer's side, with the same proposition-grouped folds."""
+    import pandas as pd
+
+    from .probes import _accuracy, _make, item_folds
+    from .stance import agrees
+
+    first = np.array([int(r["order"][0]) >= 2 for r in rows], dtype=int)
+    chosen = agrees([int(r["choice"]) for r in rows])
+    splits = item_folds(len(rows), folds, groups)
+    out = []
+    for layer in range(X.shape[1]):
+        for kind in kinds:
+            for label, y in (("closed->closed", chosen), ("first_listed_agrees", first)):
+                accs = [_accuracy(y[te], _make(kind, seed).fit(X[tr, layer], y[tr]).predict(X[te, layer]))
+                        for tr, te in splits if len(np.unique(y[tr])) == 2]
+                if accs:
+                    out.append({"layer": layer, "probe": kind, "metric": label, "mean": float(np.mean(accs)),
+                                "sem": float(np.std(accs) / np.sqrt(len(accs)))})
+    return pd.DataFrame(out)
 
 
 def _rename_metric(m: str) -> str:
@@ -444,7 +485,7 @@ def _top(values: Sequence, k: int = 3) -> list[tuple[Any, int]]:
 
 REDO_OUTPUTS = {"closed": ("closed.csv",), "open": ("open.csv",), "judge": ("stances.csv", "judge_check.json"),
                 "compass": ("compass.json", "positions.csv", "shifts.csv", "agreement.csv"),
-                "capture": ("activations.safetensors",), "probes": ("probes.csv", "probes_folds.csv", "persona_effect.csv"),
+                "capture": ("activations.safetensors",), "probes": ("probes.csv", "probes_folds.csv", "persona_effect.csv", "probes_order_control.csv"),
                 "tropes": ("tropes.csv", "trope_sentences.csv", "tropes.json"), "report": ()}
 
 

@@ -137,9 +137,17 @@ def load_pct(path: str | os.PathLike) -> PCTMaterial:
     return PCTMaterial(props, tuple(sections), instructions, personas, str(root))
 
 
-def option_order(seed: int, proposition: int, persona: str, instruction: int) -> tuple[int, ...]:
-    """Seeded per prompt, stable under any subsetting."""
-    rng = random.Random(f"pct:{seed}:{proposition}:{persona}:{instruction}")
+ORDER_BY = ("item", "prompt")
+
+
+def option_order(seed: int, proposition: int, persona: str, instruction: int, by: str = "item") -> tuple[int, ...]:
+    """Seeded, stable under any subsetting. ``by="item"``: one order per (proposition, instruction), shared by
+    every persona, so a persona's answer is compared with the base case's under the same order (small models
+    mostly pick the first listed option); ``by="prompt"``: a fresh order per prompt, as the LLM Tropes study did."""
+    if by not in ORDER_BY:
+        raise ValueError(f"order_by must be one of {ORDER_BY}, not {by!r}")
+    key = f"{proposition}:{instruction}" if by == "item" else f"{proposition}:{persona}:{instruction}"
+    rng = random.Random(f"pct:{seed}:{key}")
     order = list(range(len(ANSWERS)))
     rng.shuffle(order)
     return tuple(order)
@@ -203,7 +211,8 @@ def parse_personas(spec: str | Sequence[str] | None, material: PCTMaterial) -> l
 
 def build_prompts(material: PCTMaterial, *, propositions: str | Sequence[int] | None = None,
                   personas: str | Sequence[str] | None = None, closed_instructions: str | Sequence[int] | None = None,
-                  open_instructions: str | Sequence[int] | None = None, seed: int = 0) -> list[PCTPrompt]:
+                  open_instructions: str | Sequence[int] | None = None, seed: int = 0,
+                  order_by: str = "item") -> list[PCTPrompt]:
     """Every prompt variation of the selection: propositions x personas x (closed + open instructions)."""
     props = parse_selection(propositions, len(material.propositions), "proposition")
     chosen = parse_personas(personas, material)
@@ -214,7 +223,7 @@ def build_prompts(material: PCTMaterial, *, propositions: str | Sequence[int] | 
         for persona in chosen:
             for i in inst[form]:
                 for p in props:
-                    order = option_order(seed, p, persona.key, i) if form == "closed" else tuple(range(len(ANSWERS)))
+                    order = option_order(seed, p, persona.key, i, order_by) if form == "closed" else tuple(range(len(ANSWERS)))
                     out.append(PCTPrompt(p, persona.key, form, i, order,
                                          prompt_text(material, p, persona, form, i, order)))
     return out

@@ -21,7 +21,7 @@ from .study_report import CSS, _inline_markdown, _table_html
 ATTRIBUTE_COLOURS = {"base": "#000000", "age": "#1f77b4", "gender": "#d62728", "cls": "#2ca02c", "nation": "#9467bd",
                      "political_orientation": "#ff7f0e"}
 TABLES = ("positions.csv", "shifts.csv", "agreement.csv", "compass.json", "probes.csv", "persona_effect.csv",
-          "tropes.csv", "tropes.json", "judge_check.json")
+          "tropes.csv", "tropes.json", "judge_check.json", "probes_order_control.csv")
 ALPHA = 0.05
 
 
@@ -126,7 +126,7 @@ PROBE_LINES = {"closed->closed": ("closed → closed", "#1f77b4", "solid"), "ope
                "random": ("control: random labels", "#bcbd22", "dot")}
 
 
-def probe_figure(probes: pd.DataFrame, model: str) -> go.Figure:
+def probe_figure(probes: pd.DataFrame, model: str, control: pd.DataFrame | None = None) -> go.Figure:
     """Held-out balanced accuracy by layer for stance probes on closed and open prompts (folds by proposition)."""
     from .plots import PROBE_TITLES, _band
 
@@ -137,6 +137,11 @@ def probe_figure(probes: pd.DataFrame, model: str) -> go.Figure:
             sub = probes[(probes.probe == kind) & (probes.metric == metric)].sort_values("layer")
             if len(sub):
                 _band(fig, sub, sub["layer"], colour, 1, c, label, dash, legend=(c == 1))
+        if control is not None and len(control):
+            sub = control[(control.probe == kind) & (control.metric == "first_listed_agrees")].sort_values("layer")
+            if len(sub):
+                _band(fig, sub, sub["layer"], "#8c564b", 1, c, "control: first-listed option agrees (closed)", "dashdot",
+                      legend=(c == 1))
         fig.add_hline(y=0.5, line=dict(color="black", width=1, dash="dot"), row=1, col=c)
         fig.update_xaxes(title_text="layer", row=1, col=c)
     fig.update_yaxes(title_text="held-out balanced accuracy / agreement", range=[0.2, 1.02], row=1, col=1)
@@ -179,7 +184,8 @@ def trope_bubble_figure(tropes: pd.DataFrame, top: int = 30) -> go.Figure:
 def pct_numbers(run_dir: str | Path) -> dict[str, Any]:
     run = RunDir(run_dir)
     n: dict[str, Any] = {"manifest": run.read_manifest()}
-    for name in ("positions.csv", "shifts.csv", "agreement.csv", "probes.csv", "persona_effect.csv", "tropes.csv"):
+    for name in ("positions.csv", "shifts.csv", "agreement.csv", "probes.csv", "persona_effect.csv", "tropes.csv",
+                 "probes_order_control.csv"):
         n[name.split(".")[0]] = _load(run, name)
     for name in ("compass.json", "tropes.json", "judge_check.json"):
         p = run.path / name
@@ -211,6 +217,13 @@ def pct_findings(n: dict[str, Any]) -> list[tuple[str, str]]:
             out.append(("Closed-form position.", f"Without a persona the model sits at economic {b.econ:+.2f}, social "
                         f"{b.social:+.2f} (s.d. over instructions {b.econ_sd:.2f} / {b.social_sd:.2f})"
                         + (f"; '{top}' is its most frequent closed answer ({rates[top]:.0%} of prompts)." if top else ".")))
+    pb = (cs or {}).get("position_bias")
+    if pb:
+        share = pb["chosen_listed_position_share"]
+        out.append(("Position bias.", f"The chosen answer is the first option listed in {share[0]:.0%} of closed prompts "
+                    f"(second {share[1]:.0%}, third {share[2]:.0%}, fourth {share[3]:.0%}); its side matches the "
+                    f"first-listed option's side {pb['same_side_as_first_listed']:.0%} of the time. Options are "
+                    f"ordered {_order_words(n['manifest'])}."))
     if sh is not None and len(sh):
         c = sh[sh.form == "closed"]
         sig = c[(c.q_econ < ALPHA) | (c.q_social < ALPHA)]
@@ -245,6 +258,11 @@ def pct_findings(n: dict[str, Any]) -> list[tuple[str, str]]:
         bits = [f"{text} at up to {b[1]:.2f} (layer {b[0]}, ±{b[2]:.2f})"
                 for m, text in said.items() if (b := _best(pr, m, kind)) is not None]
         missing = [m for m in said if _best(pr, m, kind) is None]
+        oc = n.get("probes_order_control")
+        if oc is not None and len(oc) and _best(oc, "first_listed_agrees", kind) is not None:
+            b = _best(oc, "first_listed_agrees", kind)
+            bits.append(f"whether the first-listed option agrees (prompt text, no stance) it reads at up to {b[1]:.2f} "
+                        f"(layer {b[0]})")
         out.append(("Inside.", f"A {kind} probe " + "; ".join(bits) + ". Folds hold out whole propositions, so no probe "
                     "can memorise a proposition's answer." + (f" Not computed (one stance only): {', '.join(missing)}."
                                                                if missing else "")))
@@ -266,6 +284,12 @@ def pct_findings(n: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+def _order_words(manifest: dict) -> str:
+    by = manifest.get("stages", {}).get("pct", {}).get("config", {}).get("order_by", "prompt")
+    return ("once per proposition and instruction, shared by every persona (persona shifts are not order effects)"
+            if by == "item" else "afresh for every prompt, as in LLM Tropes (persona shifts include order effects)")
+
+
 def pct_figures(n: dict[str, Any]) -> list[tuple[str, go.Figure]]:
     figs = []
     if n["positions"] is not None:
@@ -274,7 +298,7 @@ def pct_figures(n: dict[str, Any]) -> list[tuple[str, go.Figure]]:
     if n["agreement"] is not None:
         figs.append(("agreement", agreement_figure(n["agreement"], n["compass_summary"] or {})))
     if n["probes"] is not None:
-        figs.append(("probes", probe_figure(n["probes"], n["model"])))
+        figs.append(("probes", probe_figure(n["probes"], n["model"], n.get("probes_order_control"))))
     if n["persona_effect"] is not None and len(n["persona_effect"]):
         figs.append(("persona_effect", persona_effect_figure(n["persona_effect"])))
     if n["tropes"] is not None and len(n["tropes"]):
@@ -286,7 +310,7 @@ def _selection_text(manifest: dict) -> str:
     c = manifest.get("stages", {}).get("pct", {}).get("config", {})
     return (f"propositions {c.get('propositions')}, personas {c.get('personas')}, closed instructions "
             f"{c.get('closed_instructions')}, open instructions {c.get('open_instructions')}, option-order seed "
-            f"{c.get('seed')}, {c.get('max_new_tokens')} new tokens per open answer (greedy), judge "
+            f"{c.get('seed')} (order per {c.get('order_by', 'prompt')}), {c.get('max_new_tokens')} new tokens per open answer (greedy), judge "
             f"{c.get('judge') or 'the model itself'}{' (calibrated)' if c.get('calibrate') else ''}")
 
 
@@ -296,7 +320,7 @@ def remake_command(manifest: dict, run_dir: Path) -> str:
     flags = [("--model", c.get("model")), ("--data", c.get("data")), ("--out", str(run_dir)),
              ("--propositions", c.get("propositions")), ("--personas", c.get("personas")),
              ("--closed-instructions", c.get("closed_instructions")), ("--open-instructions", c.get("open_instructions")),
-             ("--seed", c.get("seed")), ("--max-new-tokens", c.get("max_new_tokens")), ("--judge", c.get("judge"))]
+             ("--seed", c.get("seed")), ("--order-by", c.get("order_by")), ("--max-new-tokens", c.get("max_new_tokens")), ("--judge", c.get("judge"))]
     parts = ["wdprobe pct run"] + [f"{k} {v}" for k, v in flags if v is not None]
     if c.get("calibrate") is False:
         parts.append("--no-calibrate")
