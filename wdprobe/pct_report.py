@@ -49,10 +49,13 @@ def compass_figure(positions: pd.DataFrame, shifts: pd.DataFrame, model: str) ->
             s = sub[sub.persona.map(_attribute) == attr]
             if not len(s):
                 continue
-            marks = ["*" if sig.get((form, p)) else "" for p in s.persona]
+            # names only where they say something (base, significant shifts): coinciding labels are unreadable;
+            # every name is in the hover and the shift table
+            text = [("base" if attr == "base" else f"{p.split('=', 1)[-1]}*") if attr == "base" or sig.get((form, p)) else ""
+                    for p in s.persona]
             fig.add_trace(go.Scatter(
-                x=s.econ, y=s.social, mode="markers+text" if form == "closed" else "markers",
-                text=[f"{p.split('=', 1)[-1]}{m}" for p, m in zip(s.persona, marks)], textposition="top center",
+                x=s.econ, y=s.social, mode="markers+text",
+                text=text, textposition="top center",
                 textfont=dict(size=9, color=colour),
                 marker=dict(symbol="star" if attr == "base" else symbol, size=14 if attr == "base" else 10,
                             color=colour, line=dict(width=1.5, color=colour)),
@@ -64,8 +67,8 @@ def compass_figure(positions: pd.DataFrame, shifts: pd.DataFrame, model: str) ->
     lim = max(2.0, float(np.ceil(np.nanmax(np.abs(positions[["econ", "social"]].to_numpy())) + 0.5)))
     fig.add_hline(y=0, line=dict(color="#888", width=1))
     fig.add_vline(x=0, line=dict(color="#888", width=1))
-    fig.update_layout(title=f"{model}: Political Compass position per persona (closed form filled, open form hollow; "
-                            "* shift vs base significant, BH q < 0.05; bars: s.d. over instructions)",
+    fig.update_layout(title=f"{model}: Political Compass position per persona<br><sup>closed form filled, open form hollow; "
+                            "* shift from base significant (BH q < 0.05); bars: s.d. over instructions; hover for names</sup>",
                       template="plotly_white", width=900, height=760,
                       xaxis=dict(title="economic (left − / right +)", range=[-lim, lim], zeroline=False),
                       yaxis=dict(title="social (libertarian − / authoritarian +)", range=[-lim, lim], zeroline=False,
