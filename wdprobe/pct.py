@@ -385,7 +385,7 @@ def order_control(X: np.ndarray, rows: Sequence[dict], groups: Sequence[int], *,
 
 
 def _rename_metric(m: str) -> str:
-    return m.replace("word", "closed").replace("deed", "open").replace("reads_closed_stance", "reads_closed_stance")
+    return m.replace("word", "closed").replace("deed", "open")
 
 
 def persona_effect(X: np.ndarray, rows: Sequence[dict], *, base: str = "base", seed: int = 0, n_perm: int = 2000):

@@ -45,6 +45,7 @@ class LikelihoodJudge:
                  on_batch: Callable[[int], None] | None = None):
         self.lm, self.calibrate, self.template, self.batch_size, self.on_batch = lm, calibrate, template, batch_size, on_batch
         self.name = f"likelihood:{lm.name}" + ("+calibrated" if calibrate else "")
+        self._offsets: dict[str, np.ndarray] = {}  # content-free scores per proposition, computed once
 
     def prompts(self, propositions: Sequence[str], texts: Sequence[str]) -> list[str]:
         return [self.template.format(proposition=p, text=clean_text(t)) for p, t in zip(propositions, texts)]
@@ -54,11 +55,11 @@ class LikelihoodJudge:
                              on_batch=self.on_batch)
         if not self.calibrate:
             return lp
-        unique = sorted(set(propositions))
-        base = option_logprobs(self.lm, self.prompts(unique, [EMPTY_TEXT] * len(unique)), ANSWERS,
-                               batch_size=self.batch_size)
-        offset = dict(zip(unique, base))
-        return lp - np.stack([offset[p] for p in propositions])
+        new = sorted(set(propositions) - set(self._offsets))
+        if new:
+            base = option_logprobs(self.lm, self.prompts(new, [EMPTY_TEXT] * len(new)), ANSWERS, batch_size=self.batch_size)
+            self._offsets.update(zip(new, base))
+        return lp - np.stack([self._offsets[p] for p in propositions])
 
 
 def stance_of(scores: np.ndarray) -> np.ndarray:
