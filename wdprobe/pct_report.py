@@ -357,7 +357,8 @@ def render_tropes_html(n: dict[str, Any], run: RunDir) -> str:
     """``tropes.html``: the bubble chart and every trope with example sentences by stance."""
     tr = n["tropes"]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Tropes: {html.escape(n['model'])}</title>"
-             f"<style>{CSS}</style></head><body><h1>Tropes of {html.escape(n['model'])}</h1>"]
+             f"<style>{CSS}td:nth-child(2),td:nth-child(9){{text-align:left}}</style></head><body>"
+             f"<h1>Tropes of {html.escape(n['model'])}</h1>"]
     ts = n["tropes_summary"] or {}
     parts.append(f"<p class='sub'>{ts.get('tropes', 0)} tropes from {ts.get('sentences', 0)} sentences of "
                  f"{ts.get('texts', 0)} open-domain texts; embedder {html.escape(str(ts.get('embedder')))}, cosine ≥ "
