@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -336,7 +336,7 @@ def pct_probes(run: RunDir, *, kinds: Sequence[str] = ("diffmean", "logreg"), fo
     closed = {r["id"]: r for r in read_csv(run.path / "closed.csv")}
     stances = {r["id"]: r for r in read_csv(run.path / "stances.csv")}
     c_index = {i: k for k, i in enumerate(ids["closed"])}
-    o_index = {r["pair_id"]: (k, r) for k, r in ((ids["open"].index(i), stances[i]) for i in ids["open"])}
+    o_index = {stances[i]["pair_id"]: (k, stances[i]) for k, i in enumerate(ids["open"])}
     pairs = [(c_index[i], o_index[closed[i]["pair_id"]][0], closed[i], o_index[closed[i]["pair_id"]][1])
              for i in ids["closed"] if closed[i]["pair_id"] in o_index]
     if len(pairs) < 2 * folds:
@@ -502,7 +502,7 @@ def run_pct(cfg: PCTConfig, *, stages: Sequence[str] | None = None, progress: bo
     if unknown:
         raise ValueError(f"unknown PCT stage(s) {unknown}; stages are {', '.join(STAGES)}")
     run = RunDir(cfg.out)
-    manifest = run.check_or_start("pct", {k: v for k, v in cfg.to_json().items() if k not in ("out", "notes", "batch_size")})
+    run.check_or_start("pct", {k: v for k, v in cfg.to_json().items() if k not in ("out", "notes", "batch_size")})
     holder: dict[str, Any] = {"lm": lm}
     for stage in redo:
         if stage not in STAGES:
@@ -519,6 +519,12 @@ def run_pct(cfg: PCTConfig, *, stages: Sequence[str] | None = None, progress: bo
             run.write_manifest(m)
         return holder["lm"]
 
+    def default_judge():
+        """The configured judge model (the studied model itself by default), loaded only when needed."""
+        from .stance import LikelihoodJudge
+
+        return LikelihoodJudge(model() if cfg.judge is None else load_model(cfg.judge), calibrate=cfg.calibrate)
+
     if not (run.path / "prompts.csv").is_file():
         from .prompts import _INSTRUCT_NAME
 
@@ -532,10 +538,7 @@ def run_pct(cfg: PCTConfig, *, stages: Sequence[str] | None = None, progress: bo
         if stage != "report" and _stage_done(run, stage):
             log(f"{stage}: done ({run.read_manifest()['stages'][stage].get('result', '')})")
             if stage == "judge" and not (run.path / "judge_check.json").is_file():
-                from .stance import LikelihoodJudge
-
-                judge = judge or LikelihoodJudge(model() if cfg.judge is None else load_model(cfg.judge),
-                                                 calibrate=cfg.calibrate)
+                judge = judge or default_judge()
                 write_judge_check(run, judge)  # a run made before the check existed gets it without re-judging
             continue
         started = time.time()
@@ -547,10 +550,7 @@ def run_pct(cfg: PCTConfig, *, stages: Sequence[str] | None = None, progress: bo
             result = f"{sum(1 for _ in read_csv(run.path / 'open.csv'))} texts"
         elif stage == "judge":
             _require(run, stage, "open")
-            from .stance import LikelihoodJudge
-
-            if judge is None:
-                judge = LikelihoodJudge(model() if cfg.judge is None else load_model(cfg.judge), calibrate=cfg.calibrate)
+            judge = judge or default_judge()
             pct_judge(run, judge, progress=progress)
             result = f"judge {judge.name}"
         elif stage == "compass":
