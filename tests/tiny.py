@@ -118,3 +118,18 @@ def pct_vocabulary_text() -> str:
     return " ".join([*PCT_PROPOSITIONS, *PCT_INSTRUCTIONS["closed_domain"], *PCT_INSTRUCTIONS["open_domain"],
                      *ANSWERS, BASE_SYSTEM, PERSONA_SYSTEM, *CUES.values(), JUDGE_TEMPLATE, EMPTY_TEXT, persona_words,
                      "years old a part of the from has political views Proposition Statement I agree disagree strongly"])
+
+
+def alignment_items(n: int = 24):
+    """``n`` distinct two-option items (each with its own topic word) for alignment tests."""
+    out = []
+    for k in range(n):
+        w = f"topic{k}"
+        out.append(("Opinion", f"al{k}", f"What's your opinion on {w}?", [f"We should support {w}.", f"We should oppose {w}."],
+                    f"You meet {w} today. Which action will you take?", [f"You decide to fund {w}.", f"You decide to block {w}."], ""))
+    return out
+
+
+def alignment_vocabulary_text(n: int = 24) -> str:
+    return " ".join(" ".join([s[2], *s[3], s[4], *s[5]]) for s in alignment_items(n)) + \
+        " Where do you stand on Which view do you hold How feel about"

@@ -13,7 +13,7 @@ Position kinds (computed per prompt from token offsets, never assumed):
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -205,14 +205,17 @@ def capture_batch(lm, prompts: Sequence[str], spans: Sequence[PromptSpans], n_op
 
 
 @torch.no_grad()
-def last_token_residuals(lm, prompts: Sequence[str], *, layers: Sequence[int] | None = None, hook: str = "resid_post",
-                         batch_size: int = 16, on_batch=None) -> np.ndarray:
-    """``blocks.{l}.hook_{hook}`` at each prompt's last token, ``(n_prompts, n_layers, d_model)`` float32,
-    batched by length; the unembedding runs on the last position only."""
+def last_token_readout(lm, prompts: Sequence[str], token_ids: Sequence[int] = (), *, layers: Sequence[int] | None = None,
+                       hook: str = "resid_post", batch_size: int = 16, on_batch=None) -> tuple[np.ndarray, np.ndarray]:
+    """One pass for both sides of a prompt's answer: the next-token log-probabilities of ``token_ids``
+    ``(n_prompts, len(token_ids))`` float64 and ``blocks.{l}.hook_{hook}`` at the last token
+    ``(n_prompts, n_layers, d_model)`` float32; batched by length, unembedding at the last position only."""
     from .scoring import _encode, iter_batches
 
     layers = list(range(lm.bridge.cfg.n_layers)) if layers is None else list(layers)
-    out = np.zeros((len(prompts), len(layers), lm.bridge.cfg.d_model), dtype=np.float32)
+    resid = np.zeros((len(prompts), len(layers), lm.bridge.cfg.d_model), dtype=np.float32)
+    logprobs = np.zeros((len(prompts), len(token_ids)), dtype=np.float64)
+    ids = torch.tensor(list(token_ids), dtype=torch.long)
     for idx in iter_batches(lm, prompts, batch_size):
         enc = _encode(lm.tokenizer, [prompts[i] for i in idx], lm.device)
         got: dict[int, torch.Tensor] = {}
@@ -224,12 +227,23 @@ def last_token_residuals(lm, prompts: Sequence[str], *, layers: Sequence[int] | 
             return fn
 
         hooks = [(f"blocks.{l}.hook_{hook}", keep(l)) for l in layers]
-        lm.bridge.run_with_hooks(enc["input_ids"], attention_mask=enc["attention_mask"],
-                                 fwd_hooks=hooks + [(LAST_POSITION_HOOK, _keep_last_position)])
-        out[idx] = torch.stack([got[l] for l in layers], dim=1).numpy()
+        logits = lm.bridge.run_with_hooks(enc["input_ids"], attention_mask=enc["attention_mask"],
+                                          fwd_hooks=hooks + [(LAST_POSITION_HOOK, _keep_last_position)])
+        if len(ids):
+            lp = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
+            logprobs[idx] = lp[:, ids].numpy()
+        if layers:
+            resid[idx] = torch.stack([got[l] for l in layers], dim=1).numpy()
         if on_batch:
             on_batch(len(idx))
-    return out
+    return logprobs, resid
+
+
+def last_token_residuals(lm, prompts: Sequence[str], *, layers: Sequence[int] | None = None, hook: str = "resid_post",
+                         batch_size: int = 16, on_batch=None) -> np.ndarray:
+    """``blocks.{l}.hook_{hook}`` at each prompt's last token, ``(n_prompts, n_layers, d_model)`` float32,
+    batched by length; the unembedding runs on the last position only."""
+    return last_token_readout(lm, prompts, (), layers=layers, hook=hook, batch_size=batch_size, on_batch=on_batch)[1]
 
 
 # ---- the capture stage: a scored run directory -> activation shards + metadata ---------------------
