@@ -145,7 +145,9 @@ def test_movement_reads_a_planted_shift():
     Xe = X0.copy()
     Xe[:, 2] += (np.where(t == 1, 1.0, -1.0))[:, None] * u * 1.0
     mv = movement(axis, X0, Xe, t)
-    assert mv["shift"][2] == pytest.approx(0.5, abs=0.05) and abs(mv["shift"][0]) < 1e-9
+    assert axis.spread[2] == pytest.approx(0.1, rel=0.15) and mv["separation"][2] == pytest.approx(20, rel=0.15)
+    # one unit along u towards the target = 1 / spread within-answer standard deviations
+    assert mv["shift"][2] == pytest.approx(1.0 / axis.spread[2], rel=0.01) and abs(mv["shift"][0]) < 1e-9
     assert mv["read_target_start"][0] == pytest.approx(0.0, abs=0.02)
     Xe[:, 1] += (np.where(t == 1, 1.0, -1.0))[:, None] * u * 4.0  # all the way across
     assert movement(axis, X0, Xe, t)["read_target"][1] == pytest.approx(1.0)
@@ -156,7 +158,9 @@ def test_movement_reads_a_planted_shift():
 @pytest.fixture(scope="module")
 def align_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("align")
-    model_dir = build_tiny_model_dir(d / "model", seed=3, extra_text=alignment_vocabulary_text(24))
+    # a larger init than the default 0.02 gives the random model peaked letter preferences (it answers A to
+    # every item), as real base models do; with tiny weights every logit is near zero and nothing is learnable
+    model_dir = build_tiny_model_dir(d / "model", seed=3, extra_text=alignment_vocabulary_text(24), initializer_range=0.3)
     data = write_wdct_csv(d / "items.csv", alignment_items(24))
     return model_dir, data
 
@@ -215,19 +219,29 @@ def test_training_an_easy_target_reaches_full_direct_change(align_model, tmp_pat
         assert (tmp_path / "run" / name).stat().st_size > 100
 
 
-def test_item_specific_targets_are_learned_in_both_orders(align_model, tmp_path):
-    """orders='both' shows every trained item with its options both ways round, so only the item's own
-    stance (not a letter) predicts the target: the tiny model must still memorise it."""
+def test_both_orders_untie_targets_from_letters(align_model, tmp_path):
+    """orders='both' shows every trained item with its options both ways round: each item is trained once
+    towards A and once towards B, always the letter that shows the item's target option."""
     from wdprobe.align import AlignConfig, run_align
+    from wdprobe.runs import read_csv
 
     model_dir, data = align_model
-    res = run_align(tmp_path / "run", model=str(model_dir), data=data, lm=_lm(model_dir), progress=False,
-                    config=AlignConfig(n_items=None, method="sft", sft_epochs=8, orders="both", held_out=0.25),
-                    train=TrainSettings(lr=2e-2, batch_size=6, rank=8))
-    final = [r for r in res.change_rates if r["epoch"] == 8 and r["set"] == "train"][0]
-    assert final["direct"] >= 0.85
-    examples = (tmp_path / "run" / "examples.csv").read_text().splitlines()
-    assert len(examples) - 1 == 2 * 18  # 18 trained items x both orders
+    lm = _lm(model_dir)
+    run_align(tmp_path / "run", model=str(model_dir), data=data, lm=lm, progress=False,
+              config=AlignConfig(n_items=12, method="sft", sft_epochs=1, orders="both", held_out=0.5),
+              train=TrainSettings(lr=1e-3, batch_size=4))
+    ex = read_csv(tmp_path / "run" / "examples.csv")
+    targets = {r["id"]: int(r["target"]) for r in read_csv(tmp_path / "run" / "split.csv") if r["set"] == "train"}
+    assert len(ex) == 2 * len(targets) == 12
+    a_id, b_id = (lm.tokenizer.convert_tokens_to_ids(t) for t in ("A", "B"))
+    options = {it[1]: it[3] for it in alignment_items(24)}
+    for iid, t in targets.items():
+        mine = [r for r in ex if r["item_id"] == iid]
+        assert sorted(int(r["target"]) for r in mine) == sorted([a_id, b_id])
+        for r in mine:
+            letter = "A" if int(r["target"]) == a_id else "B"
+            assert f"{letter}. {options[iid][t]}" in r["prompt"]  # the target letter shows the target option
+            assert int(r["rejected"]) == (b_id if letter == "A" else a_id)
 
 
 def test_resume_gives_the_same_next_epoch(align_model, tmp_path):

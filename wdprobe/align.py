@@ -370,9 +370,10 @@ def _inside_summary(tables: dict[str, list[dict]], trained: str, last: int) -> d
     mv = [r for r in tables["movement"] if r["epoch"] == last and r["set"] == "train"]
     for form, axis, key in ((f, f, "trained_shift"), (g, g, "other_shift_own_axis"), (g, f, "other_shift_trained_axis"),
                             (f, "letter", "trained_shift_letter"), (g, "letter", "other_shift_letter")):
-        vals = [r["shift"] for r in mv if r["form"] == form and r["axis"] == axis]
-        if vals:
-            out[key] = [round(v, 4) for v in vals]
+        sel = [r for r in mv if r["form"] == form and r["axis"] == axis]
+        if sel:
+            out[key] = [round(r["shift"], 4) for r in sel]  # within-answer SDs
+            out[key.replace("shift", "read_change")] = [round(r["read_target"] - r["read_target_start"], 4) for r in sel]
     ic = tables["ic"]
     for e in sorted({r["epoch"] for r in ic}):
         vals = [r for r in ic if r["epoch"] == e]

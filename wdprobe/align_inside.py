@@ -14,11 +14,19 @@ import numpy as np
 
 @dataclass(frozen=True)
 class StanceAxis:
-    """Per layer: unit direction (label 0 -> 1), midpoint threshold and the class gap along it."""
+    """Per layer: unit direction (label 0 -> 1), midpoint threshold, the class gap along it and the pooled
+    within-class standard deviation of the projection (the unit movements are measured in: a gap near zero
+    where a layer does not separate the answers would blow any gap-relative number up)."""
 
     direction: np.ndarray  # (L, d)
     threshold: np.ndarray  # (L,)
     gap: np.ndarray  # (L,)
+    spread: np.ndarray  # (L,)
+
+    @property
+    def separation(self) -> np.ndarray:
+        """|gap| / spread: how well each layer's axis separates the two answers (Cohen's d)."""
+        return np.abs(self.gap) / np.where(self.spread > 0, self.spread, np.nan)
 
     def project(self, X: np.ndarray) -> np.ndarray:
         """``(n, L)`` coordinates of activations along each layer's direction."""
@@ -50,7 +58,9 @@ def stance_axis(X: np.ndarray, y: np.ndarray, nuisance: np.ndarray | None = None
     proj = np.einsum("nld,ld->nl", np.asarray(X, dtype=np.float64), unit)
     y = np.asarray(y).astype(int)
     mu0, mu1 = proj[y == 0].mean(0), proj[y == 1].mean(0)
-    return StanceAxis(unit, (mu0 + mu1) / 2, mu1 - mu0)
+    resid = np.where((y == 1)[:, None], proj - mu1, proj - mu0)
+    spread = np.sqrt((resid ** 2).sum(0) / max(len(y) - 2, 1))
+    return StanceAxis(unit, (mu0 + mu1) / 2, mu1 - mu0, spread)
 
 
 def cosine_per_layer(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -62,14 +72,15 @@ def movement(axis: StanceAxis, X0: np.ndarray, Xe: np.ndarray, targets: np.ndarr
     """How far each layer moved towards the target along a fixed (pre-training) axis.
 
     ``shift``: mean over items of the signed displacement towards the target label, in units of the
-    axis's class gap (1.0 = as far as the two answer groups were apart before training).
+    axis's pre-training within-answer standard deviation (compare with ``separation``, the distance
+    between the two answer groups in the same units).
     ``read_target``/``read_target_start``: share of items the axis reads as the target after/before."""
     t = np.asarray(targets).astype(int)
     sign = np.where(t == 1, 1.0, -1.0)[:, None]
-    disp = (axis.project(Xe) - axis.project(X0)) * sign
-    gap = np.where(np.abs(axis.gap) > 1e-12, axis.gap, np.nan)  # signed: label 1 lies on its side
-    return {"shift": disp.mean(0) / gap, "read_target": (axis.read(Xe) == t[:, None]).mean(0),
-            "read_target_start": (axis.read(X0) == t[:, None]).mean(0)}
+    disp = (axis.project(Xe) - axis.project(X0)) * sign * np.sign(axis.gap)  # label 1 lies on the gap's side
+    spread = np.where(axis.spread > 0, axis.spread, np.nan)
+    return {"shift": disp.mean(0) / spread, "read_target": (axis.read(Xe) == t[:, None]).mean(0),
+            "read_target_start": (axis.read(X0) == t[:, None]).mean(0), "separation": axis.separation}
 
 
 # ---- tables over the epochs of one alignment run ---------------------------------------------------
@@ -124,7 +135,8 @@ def inside_tables(epochs: dict[int, tuple[list, dict]], sets: dict[str, str], ta
                     mv = movement(axes[key], res0[form][m], res[form][m], tt[m])
                     for layer in range(len(mv["shift"])):
                         move.append({"epoch": e, "set": s, "form": form, "axis": axis_name, "layer": layer,
-                                     "shift": float(mv["shift"][layer]), "read_target": float(mv["read_target"][layer]),
+                                     "shift": float(mv["shift"][layer]), "separation": float(mv["separation"][layer]),
+                                     "read_target": float(mv["read_target"][layer]),
                                      "read_target_start": float(mv["read_target_start"][layer])})
         cos = {}
         for f in start_dirs:

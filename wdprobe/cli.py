@@ -300,6 +300,83 @@ def _add_pct_parser(sub) -> None:
     psub.choices["status"].set_defaults(func=cmd_pct)
 
 
+def _item_limit(text: str) -> int | None:
+    return None if str(text).lower() == "all" else int(text)
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from .align import AlignConfig, run_align
+    from .finetune import TrainSettings
+
+    cfg = AlignConfig(form=args.form, method=args.method, sft_epochs=args.sft_epochs, dpo_epochs=args.dpo_epochs,
+                      n_items=_item_limit(args.items), held_out=args.held_out, seed=args.seed, orders=args.orders,
+                      paraphrases=args.paraphrases, paraphrase_table=args.paraphrase_table,
+                      domains=tuple(args.domain) if args.domain else None, batch_size=args.eval_batch_size)
+    train = TrainSettings(tuning=args.tuning, rank=args.rank, lora_alpha=args.lora_alpha, lr=args.lr,
+                          batch_size=args.batch_size, beta=args.beta, seed=args.seed)
+    max_memory = json.loads(args.max_memory) if args.max_memory else None
+    out = args.out or f"runs/{Path(args.model).name}-align-{args.form}"
+    res = run_align(out, model=args.model, data=args.data, config=cfg, train=train, dtype=args.dtype, device=args.device,
+                    device_map=args.device_map, max_memory=max_memory, progress=not args.quiet,
+                    stop_after_epoch=args.stop_after_epoch)
+    if not res.change_rates:
+        print(f"stopped after epoch {args.stop_after_epoch}; rerun the same command to go on ({res.run_dir})")
+        return 0
+    print(f"{'epoch':>5} {'phase':6} {'set':9} {'direct':>7} {'indirect':>8} {'away':>6} {'CS':>6} {'PCS':>6}")
+    for r in res.change_rates:
+        if r["set"] == "all":
+            continue
+        fmt = lambda v: "   -  " if v is None else f"{v:6.3f}"  # noqa: E731
+        print(f"{r['epoch']:>5} {r['objective']:6} {r['set']:9} {fmt(r['direct']):>7} {fmt(r['indirect']):>8} "
+              f"{fmt(r['indirect_away']):>6} {r['cs']:6.3f} {r['pcs']:6.3f}")
+    print(f"results in {res.run_dir} (change_rates.csv, inside_*.csv, summary.json); "
+          f"report: wdprobe align-report {res.run_dir} --out DIR")
+    return 0
+
+
+def cmd_align_report(args: argparse.Namespace) -> int:
+    from .align_report import write_alignment_report
+
+    print(write_alignment_report([Path(r) for r in args.runs], Path(args.out)))
+    return 0
+
+
+def _add_align_parsers(sub) -> None:
+    p = sub.add_parser("align", help="train one form (word/deed/both/paraphrase) towards flipped answers; "
+                                     "direct vs indirect change per epoch, and what moves inside")
+    _add_model_args(p)
+    p.add_argument("--max-memory", default=None, help='JSON per-device limits for device_map, e.g. \'{"0": "70GiB", "cpu": "200GiB"}\'')
+    p.add_argument("--data", default=None, help="WDCT.csv (else $WDPROBE_WDCT, else the pinned upstream download)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<model>-align-<form>); rerunning resumes")
+    p.add_argument("--form", default="word", choices=["word", "deed", "both", "paraphrase"])
+    p.add_argument("--method", default="sft+dpo", choices=["sft", "dpo", "sft+dpo"])
+    p.add_argument("--sft-epochs", type=int, default=3)
+    p.add_argument("--dpo-epochs", type=int, default=1)
+    p.add_argument("--items", default="128", help="seeded sample of two-option items, or 'all'")
+    p.add_argument("--held-out", type=float, default=0.5, help="share of the items never trained on")
+    p.add_argument("--domain", action="append", choices=list(DOMAINS), default=None)
+    p.add_argument("--orders", default="both", choices=["both", "shown"],
+                   help="train each prompt in both option orders (targets not tied to a letter) or only as shown")
+    p.add_argument("--paraphrases", type=int, default=1, help="rule-based rewordings per trained word item (--form paraphrase)")
+    p.add_argument("--paraphrase-table", default=None, help="CSV id,word_stem of your own paraphrases instead of the rules")
+    p.add_argument("--tuning", default="lora", choices=["lora", "full"])
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=8, help="training batch (examples)")
+    p.add_argument("--eval-batch-size", type=int, default=16)
+    p.add_argument("--beta", type=float, default=0.1, help="DPO beta")
+    p.add_argument("--seed", type=int, default=0, help="option shuffling, item sample, split and example order")
+    p.add_argument("--stop-after-epoch", type=int, default=None, help="end after this epoch (resume later)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_align)
+
+    p = sub.add_parser("align-report", help="figures and README for one or more finished `wdprobe align` runs")
+    p.add_argument("runs", nargs="+", help="run directories (e.g. the word, deed, both and paraphrase runs)")
+    p.add_argument("--out", required=True, help="report folder")
+    p.set_defaults(func=cmd_align_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wdprobe", description="Measure and explain word-deed inconsistency in LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -429,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     _add_pct_parser(sub)
+    _add_align_parsers(sub)
 
     p = sub.add_parser("convert-model", help="convert the embedded Gemma-3-270M GGUF into the cache (done on first use anyway)")
     p.set_defaults(func=cmd_convert)
