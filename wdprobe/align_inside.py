@@ -146,6 +146,7 @@ def inside_tables(epochs: dict[int, tuple[list, dict]], sets: dict[str, str], ta
             except ValueError:
                 cos[f] = None
         yw, yd = _labels(rows, "word", "choice"), _labels(rows, "deed", "choice")
+        cs_chance = float(sum(np.mean(yw == c) * np.mean(yd == c) for c in (0, 1)))  # CS if answers were independent
         summary = None
         if len(np.unique(yw)) == 2 and len(np.unique(yd)) == 2:
             pr = probe_layers(res["word"], res["deed"], yw, yd, letter_word=_labels(rows, "word", "letter"),
@@ -159,5 +160,5 @@ def inside_tables(epochs: dict[int, tuple[list, dict]], sets: dict[str, str], ta
                 sel = summary[summary["layer"] == layer].set_index("metric")["mean"]
                 ic.append({"epoch": e, "layer": layer, **{m.replace("->", "_to_"): float(sel[m]) for m in
                            ("ic", "ic_chance", "cs", "word->word", "deed->deed", "word->deed", "deed->word", "letter")
-                           if m in sel}})
+                           if m in sel}, "cs_chance": cs_chance})
     return {"movement": move, "drift": drift, "ic": ic}

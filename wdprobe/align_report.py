@@ -21,6 +21,7 @@ from .plots import write_png
 
 RUN_TITLES = {"word": "trained on words", "deed": "trained on deeds", "both": "trained on both (dual augmentation)",
               "paraphrase": "words + paraphrases"}
+SHORT_TITLES = {"word": "words", "deed": "deeds", "both": "both forms", "paraphrase": "words + paraphrases"}
 SET_DASH = {"train": "solid", "held_out": "dash"}
 SET_NAMES = {"train": "trained items", "held_out": "held-out items"}
 
@@ -46,7 +47,12 @@ class AlignedRun:
 
     @property
     def title(self) -> str:
-        return RUN_TITLES.get(self.form, self.form)
+        base = RUN_TITLES.get(self.form, self.form)
+        return base + (", both option orders" if self.config.get("orders") == "both" else "")
+
+    @property
+    def short(self) -> str:
+        return SHORT_TITLES.get(self.form, self.form)
 
     def epoch_labels(self) -> list[str]:
         sched = self.summary["schedule"]
@@ -63,7 +69,7 @@ def _rate_label(run: AlignedRun, which: str) -> str:
 
 def change_rate_figure(runs: Sequence[AlignedRun]) -> go.Figure:
     """Direct vs indirect change per epoch, one panel per run (word training, then deed training, ...)."""
-    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[r.title for r in runs],
+    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[f"trained on {r.short}" for r in runs],
                         horizontal_spacing=0.03)
     colours = {"direct": "#1f77b4", "indirect": "#d62728", "indirect_away": "#7f7f7f"}
     for c, run in enumerate(runs, 1):
@@ -106,7 +112,7 @@ def shift_heatmap_figure(runs: Sequence[AlignedRun], item_set: str = "train") ->
     """Per run: movement towards the target along each form's own pre-training stance axis, layer x epoch."""
     titles = []
     for run in runs:
-        titles += [f"{run.title}: {run.trained} prompts", f"{run.title}: {run.other} prompts"]
+        titles += [f"trained on {run.short}: {run.trained} prompts", f"trained on {run.short}: {run.other} prompts"]
     fig = make_subplots(rows=len(runs), cols=2, subplot_titles=titles, vertical_spacing=0.08 if len(runs) > 1 else 0.2,
                         horizontal_spacing=0.06)
     for r, run in enumerate(runs, 1):
@@ -130,7 +136,7 @@ def shift_heatmap_figure(runs: Sequence[AlignedRun], item_set: str = "train") ->
 
 def shift_lines_figure(runs: Sequence[AlignedRun], item_set: str = "train") -> go.Figure:
     """Final epoch: movement per layer along the trained form's axis, the other form's axis and the letter axis."""
-    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[r.title for r in runs],
+    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[f"trained on {r.short}" for r in runs],
                         horizontal_spacing=0.03)
     styles = {"trained": ("#1f77b4", "solid"), "other_own": ("#d62728", "solid"), "other_trained": ("#d62728", "dash"),
               "trained_letter": ("#1f77b4", "dot"), "other_letter": ("#d62728", "dot")}
@@ -159,8 +165,8 @@ def shift_lines_figure(runs: Sequence[AlignedRun], item_set: str = "train") -> g
 
 
 def ic_figure(runs: Sequence[AlignedRun]) -> go.Figure:
-    """IC(l) of a shared probe per epoch, with the behavioural CS of the same items as a flat line."""
-    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[r.title for r in runs],
+    """IC(l) of a shared probe above its chance level, per epoch, with the CS above its chance level (dotted)."""
+    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[f"trained on {r.short}" for r in runs],
                         horizontal_spacing=0.03)
     for c, run in enumerate(runs, 1):
         if run.ic.empty:
@@ -170,20 +176,26 @@ def ic_figure(runs: Sequence[AlignedRun]) -> go.Figure:
         for k, e in enumerate(epochs):
             d = run.ic[run.ic["epoch"] == e].sort_values("layer")
             shade = int(40 + 180 * k / max(len(epochs) - 1, 1))
-            colour = f"rgb({255 - shade},{80},{shade})"
-            fig.add_trace(go.Scatter(x=d["layer"], y=d["ic"], mode="lines", name=f"IC(l), {labels[e]}", legendgroup=str(e),
-                                     showlegend=c == 1, line=dict(color=colour)), row=1, col=c)
-            fig.add_trace(go.Scatter(x=[d["layer"].min(), d["layer"].max()], y=[d["cs"].mean()] * 2, mode="lines",
-                                     name=f"CS, {labels[e]}", legendgroup=str(e), showlegend=False,
-                                     line=dict(color=colour, dash="dot", width=1)), row=1, col=c)
+            colour = f"rgb({255 - shade},80,{shade})"
+            fig.add_trace(go.Scatter(x=d["layer"], y=d["ic"] - d["ic_chance"], mode="lines", name=labels[e],
+                                     legendgroup=str(e), showlegend=c == 1, line=dict(color=colour),
+                                     hovertemplate="IC %{customdata:.2f} (above chance %{y:.2f})",
+                                     customdata=d["ic"]), row=1, col=c)
+            if "cs_chance" in d:
+                cs = float((d["cs"] - d["cs_chance"]).mean())
+                fig.add_trace(go.Scatter(x=[d["layer"].min(), d["layer"].max()], y=[cs, cs], mode="lines",
+                                         name=f"CS above chance, {labels[e]}", legendgroup=str(e), showlegend=False,
+                                         line=dict(color=colour, dash="dot", width=1)), row=1, col=c)
+        fig.add_hline(y=0, line=dict(color="#999", width=1), row=1, col=c)
         fig.update_xaxes(title_text="layer", row=1, col=c)
-    fig.update_yaxes(title_text="IC (dotted: behavioural CS)", range=[0, 1], row=1, col=1)
-    fig.update_layout(title="IC(l) of a shared difference-of-means probe per epoch (dotted: CS)", height=440, legend=dict(orientation="h", y=-0.22))
+    fig.update_yaxes(title_text="IC − chance (dotted: CS − chance)", range=[-0.5, 0.5], row=1, col=1)
+    fig.update_layout(title="IC(l) of a shared difference-of-means probe above its chance level, per epoch",
+                      height=440, legend=dict(orientation="h", y=-0.22))
     return fig
 
 
 def drift_figure(runs: Sequence[AlignedRun]) -> go.Figure:
-    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[r.title for r in runs],
+    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[f"trained on {r.short}" for r in runs],
                         horizontal_spacing=0.03)
     for c, run in enumerate(runs, 1):
         last = run.drift["epoch"].max()
@@ -287,6 +299,21 @@ SETTINGS_HEADER = ["run", "method", "epochs", "trained/all items", "option order
                    "wall min"]
 
 
+PROTOCOLS = {"shown": "options as shown (paper's protocol)", "both": "both option orders (letter control)"}
+
+
+def _protocol_groups(runs: Sequence[AlignedRun]) -> list[tuple[str, list[AlignedRun]]]:
+    groups: dict[str, list[AlignedRun]] = {}
+    for run in runs:
+        groups.setdefault(run.config.get("orders", "shown"), []).append(run)
+    return list(groups.items())
+
+
+def _titled(fig: go.Figure, protocol: str) -> go.Figure:
+    fig.update_layout(title=dict(text=f"{fig.layout.title.text}<br><sup>{protocol}</sup>"))
+    return fig
+
+
 def write_alignment_report(run_dirs: Sequence[str | Path], out: str | Path, notes: str | None = None) -> Path:
     """index.html + README.md + figures/ + tables/ for finished alignment runs (e.g. word, deed, both, paraphrase)."""
     runs = [AlignedRun(p) for p in run_dirs]
@@ -303,9 +330,15 @@ def write_alignment_report(run_dirs: Sequence[str | Path], out: str | Path, note
     if notes is None and notes_path.is_file():
         notes = notes_path.read_text()
     model = runs[0].config["model"]
-    figs = [("change_rates", change_rate_figure(runs)), ("consistency", cs_figure(runs)),
-            ("inside_shift_by_layer", shift_lines_figure(runs)), ("inside_shift_heatmap", shift_heatmap_figure(runs)),
-            ("inside_ic", ic_figure(runs)), ("inside_direction_drift", drift_figure(runs))]
+    figs = []
+    for orders, group in _protocol_groups(runs):
+        tag = "" if len(_protocol_groups(runs)) == 1 else f"_{orders}"
+        figs += [(f"change_rates{tag}", _titled(change_rate_figure(group), PROTOCOLS.get(orders, orders))),
+                 (f"inside_shift_by_layer{tag}", _titled(shift_lines_figure(group), PROTOCOLS.get(orders, orders))),
+                 (f"inside_shift_heatmap{tag}", _titled(shift_heatmap_figure(group), PROTOCOLS.get(orders, orders))),
+                 (f"inside_ic{tag}", _titled(ic_figure(group), PROTOCOLS.get(orders, orders))),
+                 (f"inside_direction_drift{tag}", _titled(drift_figure(group), PROTOCOLS.get(orders, orders)))]
+    figs.insert(1, ("consistency", cs_figure(runs)))
     found = findings(runs)
     page = ["<!doctype html><html><head><meta charset='utf-8'><title>Alignment: " + html.escape(model) + "</title>",
             "<style>body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}"
