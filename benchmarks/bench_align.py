@@ -77,8 +77,8 @@ def main() -> None:
         train[tuning] = {"seconds": round(sec, 2), "s_per_example": round(sec / len(examples), 3),
                          "trainable_params": tuner.n_trainable(), "loss": round(stats["loss"], 4)}
         if tuning == "lora":
-            def apply_restore():
-                with tuner.applied():
+            def apply_restore(t=tuner):
+                with t.applied():
                     pass
             t_apply, _, _ = timed(apply_restore, args.repeats)
             train["lora"]["apply_restore_ms"] = round(1000 * t_apply, 1)
