@@ -4,10 +4,12 @@
     python experiments/alignment.py --data WDCT.csv --runs-to-do word deed  # only the two core runs
     python experiments/alignment.py --report-only                         # redraw from finished runs
 
-Trains four copies of the model (LoRA, SFT then DPO with beta 0.1) on flipped answers: word items only,
-deed items only, both forms (dual augmentation), word items plus rule-based paraphrases (paraphrase
-augmentation), each on the same seeded train/held-out split, and writes the report under
-``reports/<model>/alignment/``. Each run is resumable: rerun the same command after an interruption.
+Trains six copies of the model (LoRA, SFT then DPO with beta 0.1) on flipped answers, each on the same
+seeded train/held-out split: with the paper's protocol (trained prompts as shown), word items only, deed
+items only, both forms (dual augmentation) and word items plus rule-based paraphrases (paraphrase
+augmentation); as a letter control, word only and deed only with every trained prompt also shown with
+its options swapped. Writes the report under ``reports/<model>/alignment/`` (a ``reading.md`` there is
+kept and shown). Each run is resumable: rerun the same command after an interruption.
 """
 from __future__ import annotations
 
