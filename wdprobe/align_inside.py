@@ -118,6 +118,17 @@ def inside_tables(epochs: dict[int, tuple[list, dict]], sets: dict[str, str], ta
             axes[(form, "letter")] = stance_axis(res0[form], l0)
     start_dirs = {f: balanced_difference(res0[f], _labels(rows0, f, "choice"), _labels(rows0, f, "letter"))
                   for f in ("word", "deed") if (f, f) in axes}
+    # noise floor of the drift: the same pre-training direction fitted on two random halves of the items
+    halves = np.random.default_rng(0).permutation(len(ids))
+    h1, h2 = halves[: len(ids) // 2], halves[len(ids) // 2:]
+    split_half = {}
+    for f in start_dirs:
+        y0, l0 = _labels(rows0, f, "choice"), _labels(rows0, f, "letter")
+        try:
+            split_half[f] = cosine_per_layer(balanced_difference(res0[f][h1], y0[h1], l0[h1]),
+                                             balanced_difference(res0[f][h2], y0[h2], l0[h2]))
+        except ValueError:
+            pass
     move, drift, ic = [], [], []
     for e, (rows, res) in sorted(epochs.items()):
         if [r["id"] for r in rows] != ids:
@@ -155,7 +166,8 @@ def inside_tables(epochs: dict[int, tuple[list, dict]], sets: dict[str, str], ta
         n_layers = res["word"].shape[1]
         for layer in range(n_layers):
             drift.append({"epoch": e, "layer": layer,
-                          **{f"cos_{f}_to_start": (None if cos.get(f) is None else float(cos[f][layer])) for f in ("word", "deed")}})
+                          **{f"cos_{f}_to_start": (None if cos.get(f) is None else float(cos[f][layer])) for f in ("word", "deed")},
+                          **{f"split_half_{f}": (float(split_half[f][layer]) if f in split_half else None) for f in ("word", "deed")}})
             if summary is not None:
                 sel = summary[summary["layer"] == layer].set_index("metric")["mean"]
                 ic.append({"epoch": e, "layer": layer, **{m.replace("->", "_to_"): float(sel[m]) for m in

@@ -205,6 +205,11 @@ def drift_figure(runs: Sequence[AlignedRun]) -> go.Figure:
             if col in d and d[col].notna().any():
                 fig.add_trace(go.Scatter(x=d["layer"], y=d[col], mode="lines+markers", name=f"{form} stance direction",
                                          legendgroup=form, showlegend=c == 1, line=dict(color=colour)), row=1, col=c)
+            floor = f"split_half_{form}"
+            if floor in d and d[floor].notna().any():
+                fig.add_trace(go.Scatter(x=d["layer"], y=d[floor], mode="lines", legendgroup=form, showlegend=c == 1,
+                                         name=f"{form}: two halves of the items before training (noise floor)",
+                                         line=dict(color=colour, dash="dot", width=1)), row=1, col=c)
         fig.update_xaxes(title_text="layer", row=1, col=c)
     fig.update_yaxes(title_text="cosine to pre-training", range=[-1, 1], row=1, col=1)
     fig.update_layout(title="Stance directions after the last epoch: cosine to the pre-training direction", height=420, legend=dict(orientation="h", y=-0.22))
