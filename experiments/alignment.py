@@ -47,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         from wdprobe.models import load_model
 
         lm = load_model(args.model)
-        for name in args.todo:
-            form, orders = RUNS[name]
+        for run_name in args.todo:
+            form, orders = RUNS[run_name]
             cfg = AlignConfig(**{**CPU_STUDY.to_json(), "form": form, "orders": orders, "domains": None})
-            print(f"== {name}: training on {form}, options {orders} ==", flush=True)
-            run_align(runs / name, model=args.model, data=args.data, config=cfg, train=CPU_TRAINING, lm=lm)
+            print(f"== {run_name}: training on {form}, options {orders} ==", flush=True)
+            run_align(runs / run_name, model=args.model, data=args.data, config=cfg, train=CPU_TRAINING, lm=lm)
     done = [runs / f for f in args.todo if (runs / f / "summary.json").is_file()]
     if not done:
         print(f"no finished runs under {runs}", file=sys.stderr)
