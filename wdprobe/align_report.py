@@ -59,17 +59,18 @@ class AlignedRun:
         return ["start"] + [f"{e} {obj.upper()}" for e, obj in enumerate(sched, 1)]
 
 
-def _rate_label(run: AlignedRun, which: str) -> str:
-    if which == "direct":
-        return f"direct: {run.trained} answers on the target"
-    if run.form == "both":
-        return f"{run.other} (also trained) moved to the target"
-    return f"indirect: {run.other} answers moved to the target"
+RATE_LABELS = {"direct": "direct: trained form answers with the target",
+               "indirect": "indirect: other form moved to the target (in 'both forms': also trained)",
+               "indirect_away": "control: other form moved off the target (same rate = no following)"}
+
+
+def _width(n_panels: int) -> int:
+    return max(700, 300 * n_panels + 160)
 
 
 def change_rate_figure(runs: Sequence[AlignedRun]) -> go.Figure:
     """Direct vs indirect change per epoch, one panel per run (word training, then deed training, ...)."""
-    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[f"trained on {r.short}" for r in runs],
+    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[f"trained on<br>{r.short}" for r in runs],
                         horizontal_spacing=0.03)
     colours = {"direct": "#1f77b4", "indirect": "#d62728", "indirect_away": "#7f7f7f"}
     for c, run in enumerate(runs, 1):
@@ -78,8 +79,7 @@ def change_rate_figure(runs: Sequence[AlignedRun]) -> go.Figure:
             d = run.rates[run.rates["set"] == s].sort_values("epoch")
             x = [labels[e] for e in d["epoch"]]
             for which in ("direct", "indirect", "indirect_away"):
-                name = (_rate_label(run, which) if which != "indirect_away"
-                        else f"control: {run.other} moved off the target (same rate = no following)")
+                name = RATE_LABELS[which]
                 fig.add_trace(go.Scatter(x=x, y=d[which], mode="lines+markers", name=f"{name} — {SET_NAMES[s]}",
                                          legendgroup=f"{which}-{s}", showlegend=c == 1,
                                          line=dict(color=colours[which], dash=SET_DASH[s] if which != "indirect_away" else
@@ -87,7 +87,7 @@ def change_rate_figure(runs: Sequence[AlignedRun]) -> go.Figure:
                                          hovertemplate="%{y:.3f}"), row=1, col=c)
     fig.update_yaxes(range=[-0.02, 1.02], title_text="share of items", row=1, col=1)
     fig.update_layout(title="Change rates per epoch (canonical options; solid: trained items, dashed: held out)",
-                      height=520, legend=dict(orientation="h", y=-0.25), margin=dict(b=190))
+                      height=560, width=_width(len(runs)), legend=dict(orientation="h", y=-0.25), margin=dict(b=190))
     return fig
 
 
@@ -112,7 +112,8 @@ def shift_heatmap_figure(runs: Sequence[AlignedRun], item_set: str = "train") ->
     """Per run: movement towards the target along each form's own pre-training stance axis, layer x epoch."""
     titles = []
     for run in runs:
-        titles += [f"trained on {run.short}: {run.trained} prompts", f"trained on {run.short}: {run.other} prompts"]
+        titles += [f"trained on {run.short}:<br>{run.trained} prompts", f"trained on {run.short}:<br>{run.other} prompts"]
+
     fig = make_subplots(rows=len(runs), cols=2, subplot_titles=titles, vertical_spacing=0.08 if len(runs) > 1 else 0.2,
                         horizontal_spacing=0.06)
     for r, run in enumerate(runs, 1):
@@ -128,45 +129,44 @@ def shift_heatmap_figure(runs: Sequence[AlignedRun], item_set: str = "train") ->
                                      colorbar=dict(title="Δ read as<br>target"), hovertemplate="layer %{y}, %{x}: %{z:.2f}<extra></extra>"),
                           row=r, col=c)
             fig.update_yaxes(title_text="layer", row=r, col=c)
-    fig.update_layout(title=f"Share of {SET_NAMES[item_set]} the pre-training stance probe reads as the target, "
-                            "minus before training",
+    fig.update_layout(title=f"Pre-training stance probe: share of {SET_NAMES[item_set]} read as the target, minus before",
+                      width=1150,
                       height=330 * len(runs) + 80)
     return fig
 
 
 def shift_lines_figure(runs: Sequence[AlignedRun], item_set: str = "train") -> go.Figure:
     """Final epoch: movement per layer along the trained form's axis, the other form's axis and the letter axis."""
-    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[f"trained on {r.short}" for r in runs],
+    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[f"trained on<br>{r.short}" for r in runs],
                         horizontal_spacing=0.03)
     styles = {"trained": ("#1f77b4", "solid"), "other_own": ("#d62728", "solid"), "other_trained": ("#d62728", "dash"),
               "trained_letter": ("#1f77b4", "dot"), "other_letter": ("#d62728", "dot")}
     for c, run in enumerate(runs, 1):
         last = run.movement["epoch"].max()
         m = run.movement[(run.movement["epoch"] == last) & (run.movement["set"] == item_set)]
-        series = {"trained": (run.trained, run.trained, f"{run.trained} prompts, {run.trained} stance axis"),
-                  "other_own": (run.other, run.other, f"{run.other} prompts, {run.other} stance axis"),
-                  "other_trained": (run.other, run.trained, f"{run.other} prompts, {run.trained} stance axis"),
-                  "trained_letter": (run.trained, "letter", f"{run.trained} prompts, letter axis (control)"),
-                  "other_letter": (run.other, "letter", f"{run.other} prompts, letter axis (control)")}
+        series = {"trained": (run.trained, run.trained, "trained form, its own stance axis"),
+                  "other_own": (run.other, run.other, "other form, its own stance axis"),
+                  "other_trained": (run.other, run.trained, "other form, the trained form's stance axis"),
+                  "trained_letter": (run.trained, "letter", "trained form, answer-letter axis (control)"),
+                  "other_letter": (run.other, "letter", "other form, answer-letter axis (control)")}
         for key, (form, axis, label) in series.items():
             d = m[(m["form"] == form) & (m["axis"] == axis)].sort_values("layer")
             if d.empty:
                 continue
             colour, dash = styles[key]
-            fig.add_trace(go.Scatter(x=d["layer"], y=d["read_target"] - d["read_target_start"], mode="lines+markers", name=label.replace(run.trained, "trained form", 1)
-                                     if key.startswith("trained") else label.replace(run.other, "other form", 1),
+            fig.add_trace(go.Scatter(x=d["layer"], y=d["read_target"] - d["read_target_start"], mode="lines+markers", name=label,
                                      legendgroup=key, showlegend=c == 1, line=dict(color=colour, dash=dash)), row=1, col=c)
         fig.add_hline(y=0, line=dict(color="#999", width=1), row=1, col=c)
         fig.update_xaxes(title_text="layer", row=1, col=c)
     fig.update_yaxes(title_text="Δ share read as target", range=[-1, 1], row=1, col=1)
     fig.update_layout(title=f"Last epoch, {SET_NAMES[item_set]}: pre-training probes reading the target, minus before",
-                      height=480, legend=dict(orientation="h", y=-0.22))
+                      height=500, width=_width(len(runs)), legend=dict(orientation="h", y=-0.22))
     return fig
 
 
 def ic_figure(runs: Sequence[AlignedRun]) -> go.Figure:
     """IC(l) of a shared probe above its chance level, per epoch, with the CS above its chance level (dotted)."""
-    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[f"trained on {r.short}" for r in runs],
+    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[f"trained on<br>{r.short}" for r in runs],
                         horizontal_spacing=0.03)
     for c, run in enumerate(runs, 1):
         if run.ic.empty:
@@ -190,12 +190,12 @@ def ic_figure(runs: Sequence[AlignedRun]) -> go.Figure:
         fig.update_xaxes(title_text="layer", row=1, col=c)
     fig.update_yaxes(title_text="IC − chance (dotted: CS − chance)", range=[-0.5, 0.5], row=1, col=1)
     fig.update_layout(title="IC(l) of a shared difference-of-means probe above its chance level, per epoch",
-                      height=440, legend=dict(orientation="h", y=-0.22))
+                      height=460, width=_width(len(runs)), legend=dict(orientation="h", y=-0.22))
     return fig
 
 
 def drift_figure(runs: Sequence[AlignedRun]) -> go.Figure:
-    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[f"trained on {r.short}" for r in runs],
+    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[f"trained on<br>{r.short}" for r in runs],
                         horizontal_spacing=0.03)
     for c, run in enumerate(runs, 1):
         last = run.drift["epoch"].max()
@@ -212,7 +212,7 @@ def drift_figure(runs: Sequence[AlignedRun]) -> go.Figure:
                                          line=dict(color=colour, dash="dot", width=1)), row=1, col=c)
         fig.update_xaxes(title_text="layer", row=1, col=c)
     fig.update_yaxes(title_text="cosine to pre-training", range=[-1, 1], row=1, col=1)
-    fig.update_layout(title="Stance directions after the last epoch: cosine to the pre-training direction", height=420, legend=dict(orientation="h", y=-0.22))
+    fig.update_layout(title="Stance directions after the last epoch: cosine to the pre-training direction", height=460, width=_width(len(runs)), legend=dict(orientation="h", y=-0.22))
     return fig
 
 
@@ -315,7 +315,7 @@ def _protocol_groups(runs: Sequence[AlignedRun]) -> list[tuple[str, list[Aligned
 
 
 def _titled(fig: go.Figure, protocol: str) -> go.Figure:
-    fig.update_layout(title=dict(text=f"{fig.layout.title.text}<br><sup>{protocol}</sup>"))
+    fig.update_layout(title=dict(text=f"{fig.layout.title.text}<br><sup>{protocol}</sup>"), margin=dict(t=150))
     return fig
 
 
