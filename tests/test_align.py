@@ -307,3 +307,26 @@ def test_paraphrase_mode_adds_reworded_word_prompts(align_model, tmp_path):
     for r in ex:
         by_item.setdefault(r["item_id"].split("~p")[0], set()).add(r["target"])
     assert all(len(v) == 1 for v in by_item.values()) and set(by_item) <= set(targets)
+
+
+def test_cli_align_and_report(align_model, tmp_path, capsys):
+    from wdprobe.cli import main
+
+    model_dir, data = align_model
+    run = tmp_path / "run"
+    args = ["align", "--model", str(model_dir), "--data", str(data), "--out", str(run), "--form", "deed",
+            "--method", "sft+dpo", "--sft-epochs", "1", "--dpo-epochs", "1", "--items", "12", "--orders", "shown",
+            "--batch-size", "4", "--lr", "1e-2", "--rank", "4", "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "held_out" in out and "direct" in out
+    manifest = (run / "manifest.json").read_text()
+    assert '"form": "deed"' in manifest and '"lr": 0.01' in manifest and '"beta": 0.1' in manifest
+    assert main(args) == 0  # a finished run resumes to the same tables without training again
+    assert main(["align-report", str(run), "--out", str(tmp_path / "report")]) == 0
+    readme = (tmp_path / "report" / "README.md").read_text()
+    assert "trained on deeds" in readme and "| 6 |" in readme  # 6 trained and 6 held-out items
+    assert (tmp_path / "report" / "tables" / "deed" / "change_rates.csv").is_file()
+    # bad input names the culprit
+    assert main(args[:-1] + ["--held-out", "1.5"]) == 2
+    assert "held_out must be a fraction" in capsys.readouterr().err
