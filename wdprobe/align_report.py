@@ -18,6 +18,7 @@ from plotly.subplots import make_subplots
 
 from .cache import atomic_write_text
 from .plots import write_png
+from .study_report import _inline_markdown as inline_markdown
 
 RUN_TITLES = {"word": "trained on words", "deed": "trained on deeds", "both": "trained on both (dual augmentation)",
               "paraphrase": "words + paraphrases"}
@@ -355,9 +356,9 @@ def write_alignment_report(run_dirs: Sequence[str | Path], out: str | Path, note
             "items after every epoch. Rates are in canonical option space.</p>",
             "<h2>Settings</h2>" + _html_table(SETTINGS_HEADER, settings_rows(runs)),
             "<h2>Change rates after the last epoch</h2>" + _html_table(RATE_HEADER, rate_rows(runs)),
-            "<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(f).replace('**', '')}</li>" for f in found) + "</ul>"]
+            "<h2>Findings</h2><ul>" + "".join(f"<li>{inline_markdown(f)}</li>" for f in found) + "</ul>"]
     if notes and notes.strip():
-        page.append("<h2>Reading</h2>" + "".join(f"<p>{html.escape(p.strip())}</p>" for p in notes.split("\n\n")
+        page.append("<h2>Reading</h2>" + "".join(f"<p>{inline_markdown(p.strip())}</p>" for p in notes.split("\n\n")
                                                  if p.strip() and not p.lstrip().startswith("#")))
     for i, (_, fig) in enumerate(figs):
         page.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))

@@ -371,9 +371,10 @@ def render_index_html(run_dir: str | Path, notes: str = "", numbers: dict[str, A
 
 
 def _inline_markdown(text: str) -> str:
-    """Bold, code and links of a notes paragraph as HTML (the notes are short markdown; nothing more is needed)."""
+    """Bold, italics, code and links of a notes paragraph as HTML (the notes are short markdown; nothing more is needed)."""
     out = html.escape(text)
     out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
+    out = re.sub(r"(?<![\w*])\*(?=\S)(.+?)(?<=\S)\*(?![\w*])", r"<i>\1</i>", out)
     out = re.sub(r"`(.+?)`", r"<code>\1</code>", out)
     return re.sub(r"\[(.+?)\]\((.+?)\)", r"<a href='\2'>\1</a>", out)
 
