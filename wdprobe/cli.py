@@ -33,9 +33,20 @@ def cmd_score(args: argparse.Namespace) -> int:
     res = score_wdct(args.out, model=args.model, data=args.data, setting=args.setting, seed=args.seed, limit=args.limit,
                      sample=args.sample, domains=args.domain, subset=args.subset, batch_size=args.batch_size,
                      dtype=args.dtype, device=args.device, device_map=args.device_map, chat=args.chat, demos=args.demos,
-                     progress=not args.quiet)
+                     progress=not args.quiet, shard=args.shard)
     _print_metrics(res.metrics)
+    if args.shard:
+        print(f"shard {args.shard} in {res.run_dir}; when every shard is done: wdprobe merge {args.out}")
+        return 0
     print(f"results in {res.run_dir} (items.csv, metrics.json, manifest.json)")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .merge import main_summary, merge_run
+
+    print(main_summary(merge_run(args.run)))
+    print(f"merged into {args.run}")
     return 0
 
 
@@ -395,8 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", action="append", choices=list(DOMAINS), help="keep only this domain (repeatable)")
     p.add_argument("--subset", choices=sorted(SUBSETS), default=None)
     p.add_argument("--batch-size", type=int, default=32, help="most prompts per forward (on CPU also capped at ~1.5k padded tokens)")
+    p.add_argument("--shard", default=None, help="i/n: score only shard i of n (items split by id) into RUN/shards/score/; "
+                                                 "then `wdprobe merge RUN`")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("merge", help="combine the shards of sharded stages (RUN/shards/...) into RUN, as if run unsharded")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("upstream", help="CS/PCS of result CSVs in the upstream WDCT format")
     p.add_argument("files", nargs="+")
@@ -518,6 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .config import ConfigError
     from .data import WDCTFormatError
     from .download import DataUnavailableError
+    from .merge import MergeError
     from .models import ModelLoadError
     from .pct_data import PCTFormatError
     from .runs import RunMismatchError
@@ -525,7 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, WDCTFormatError, PCTFormatError, DataUnavailableError, ModelLoadError, RunMismatchError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, WDCTFormatError, PCTFormatError, DataUnavailableError, ModelLoadError, RunMismatchError, MergeError,
+            FileNotFoundError, ValueError) as exc:
         print(f"wdprobe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

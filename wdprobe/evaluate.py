@@ -82,13 +82,18 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
                seed: int = 0, limit: int | None = None, sample: int | None = None, domains: Sequence[str] | None = None,
                subset: str | None = None, batch_size: int = 32, dtype: str = "float32", device: str | None = None,
                device_map: str | None = None, chat: str = "auto", demos: str | Path | None = None,
-               chunk_items: int = 64, progress: bool = True, lm=None) -> ScoreResult:
+               chunk_items: int = 64, progress: bool = True, lm=None, shard: "str | None" = None) -> ScoreResult:
     """Score WDCT items with a model into run directory ``out`` (resumable).
 
-    ``lm`` lets a script reuse an already loaded :class:`~wdprobe.models.LoadedModel`.
+    ``lm`` lets a script reuse an already loaded :class:`~wdprobe.models.LoadedModel`. ``shard`` (``"i/n"``)
+    scores only the items of that shard (by item id) into ``out/shards/score/i-of-n/``; answer letters are
+    still calibrated on the whole selection, so ``wdprobe merge out`` gives exactly the unsharded run.
     """
+    from .shards import Shard, shard_dir
+
     timer = Timer()
-    run = RunDir(out)
+    part = Shard.parse(shard)
+    run = RunDir(shard_dir(out, STAGE, part) if part else out)
     data_path = resolve_wdct_path(data)
     with timer("load_data"):
         all_items = load_wdct(data_path)
@@ -104,6 +109,8 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
     config = {"model": lm.name, "model_revision": lm.revision, "dtype": str(lm.dtype).replace("torch.", ""),
               "data_sha256": sha, "setting": setting, "seed": seed, "chat_template": use_chat,
               "items": {"domains": list(domains) if domains else None, "subset": subset, "sample": sample, "limit": limit}}
+    if part:
+        config["shard"] = str(part)
     manifest = run.check_or_start(STAGE, config)
     stage = manifest["stages"][STAGE]
     pres = present(items, seed=seed)
@@ -115,6 +122,9 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
             calib = build_prompts(pres[:16], setting="normal", tokenizer=lm.tokenizer, use_chat=use_chat)
             letters = resolve_letter_tokens(lm, calib["word"] + calib["deed"], n_letters=4, batch_size=batch_size)
             run.update_stage(STAGE, letters=letters.to_json())
+    if part:  # letters were calibrated on the whole selection (as unsharded); score this shard's items only
+        run.update_stage(STAGE, selection_ids=[p.item.id for p in pres])
+        pres = part.select(pres, key=lambda p: p.item.id)
 
     done = {r["id"]: _typed(r) for r in run.read_parts(STAGE)}
     todo = [p for p in pres if p.item.id not in done]
@@ -143,7 +153,7 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
     atomic_write_json(run.path / "metrics.json", metrics)
     previous = run.read_manifest()["stages"][STAGE].get("timings", {})
     timings = {k: round(previous.get(k, 0.0) + v, 3) for k, v in timer.seconds.items()}
-    run.update_stage(STAGE, model=lm.manifest(), data={"path": str(data_path), "sha256": sha, "n_items": len(items)},
+    run.update_stage(STAGE, model=lm.manifest(), data={"path": str(data_path), "sha256": sha, "n_items": len(pres)},
                      letters=letters.to_json(), timings=timings, complete=True, batch_size=batch_size)
     return ScoreResult(run.path, rows, metrics)
 

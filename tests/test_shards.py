@@ -1,0 +1,74 @@
+"""Sharded stages: a deterministic split by item id, and merges identical to the unsharded run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tiny import write_two_option_copies
+from wdprobe.shards import Shard, ShardSpecError
+
+
+def test_shards_partition_items_by_id_alone():
+    ids = [f"item-{k}" for k in range(200)]
+    shards = [Shard(i, 4) for i in range(4)]
+    owners = [[s.index for s in shards if s.holds(i)] for i in ids]
+    assert all(len(o) == 1 for o in owners)  # every item in exactly one shard
+    sizes = [sum(o == [k] for o in owners) for k in range(4)]
+    assert min(sizes) > 30  # and the split is not degenerate
+    # the owner of an id depends on nothing else: order, the rest of the list
+    assert Shard(1, 4).select(list(reversed(ids)), key=str) == [i for i in reversed(ids) if Shard(1, 4).holds(i)]
+    assert Shard.parse("2/4") == Shard(2, 4) and str(Shard(2, 4)) == "2/4" and Shard(2, 4).name == "2-of-4"
+    for bad in ("4/4", "1-4", "x/2", "-1/3"):
+        with pytest.raises(ShardSpecError):
+            Shard.parse(bad)
+
+
+def test_sharded_scoring_merges_to_the_unsharded_run(tiny_lm, tmp_path):
+    from wdprobe.cli import main
+    from wdprobe.evaluate import score_wdct
+    from wdprobe.merge import MergeError, merge_run
+    from wdprobe.runs import read_csv
+
+    data = write_two_option_copies(tmp_path / "w.csv", copies=5)
+    whole = score_wdct(tmp_path / "whole", lm=tiny_lm, data=data, progress=False, batch_size=4)
+    sharded = tmp_path / "sharded"
+    score_wdct(sharded, lm=tiny_lm, data=data, progress=False, batch_size=4, shard="0/3")
+    with pytest.raises(MergeError, match="1/3, 2/3 of 'score' not run yet"):
+        merge_run(sharded)
+    score_wdct(sharded, lm=tiny_lm, data=data, progress=False, batch_size=4, shard="2/3")
+    # the CLI runs the missing shard and merges
+    assert main(["score", "--model", tiny_lm.path, "--data", str(data), "--out", str(sharded), "--shard", "1/3",
+                 "--batch-size", "4", "--quiet"]) == 0
+    assert main(["merge", str(sharded)]) == 0
+    a, b = read_csv(tmp_path / "whole" / "items.csv"), read_csv(sharded / "items.csv")
+    assert [r["id"] for r in a] == [r["id"] for r in b]
+    for ra, rb in zip(a, b):
+        for k in ra:
+            if k.startswith("p_") or k in ("pcs", "word_letter_mass", "deed_letter_mass"):
+                assert ra[k] == rb[k] or abs(float(ra[k]) - float(rb[k])) < 1e-6, (ra["id"], k)
+            else:
+                assert ra[k] == rb[k], (ra["id"], k)
+    ma = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    mb = json.loads((sharded / "metrics.json").read_text())
+    assert ma.keys() == mb.keys() and all(ma[k] == pytest.approx(mb[k]) for k in ma if isinstance(ma[k], float))
+    manifest = json.loads((sharded / "manifest.json").read_text())["stages"]["score"]
+    assert manifest["complete"] and "shard" not in manifest["config"] and len(manifest["merged_from"]) == 3
+    # downstream stages read the merged run like any other
+    from wdprobe.evaluate import load_score
+
+    assert len(load_score(sharded).rows) == len(whole.rows)
+
+
+def test_merge_refuses_disagreeing_shards(tiny_lm, tmp_path):
+    from wdprobe.evaluate import score_wdct
+    from wdprobe.merge import MergeError, merge_run
+
+    data = write_two_option_copies(tmp_path / "w.csv", copies=3)
+    run = tmp_path / "run"
+    score_wdct(run, lm=tiny_lm, data=data, progress=False, shard="0/2", seed=0)
+    score_wdct(run, lm=tiny_lm, data=data, progress=False, shard="1/2", seed=1)
+    with pytest.raises(MergeError, match=r"1-of-2: settings differ from shard 0-of-2 in \['seed'\]"):
+        merge_run(run)
+    with pytest.raises(MergeError, match="nothing to merge"):
+        merge_run(tmp_path / "empty")
