@@ -11,12 +11,27 @@ from typing import Sequence
 from .data import DOMAINS, SUBSETS
 
 
+def _device_map_arg(text: str):
+    """``auto``/``balanced``/... as given; a JSON object as a module -> device dict."""
+    if text.lstrip().startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"--device-map {text!r} is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError("--device-map JSON must be an object of module name -> device")
+        return value
+    return text
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="gemma-3-270m",
                    help="embedded default 'gemma-3-270m', a local HF model directory, or a Hugging Face id")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default=None, help="torch device (default: where the model loads, CPU here)")
-    p.add_argument("--device-map", default=None, help="passed to from_pretrained for models larger than one device")
+    p.add_argument("--device-map", default=None, type=_device_map_arg,
+                   help="for models larger than one device: auto, balanced, or a JSON module->device map "
+                        "(e.g. '{\"model.layers.0\": 0, \"model.layers.1\": 1, ...}')")
 
 
 def _print_metrics(m: dict) -> None:

@@ -48,7 +48,13 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
+        """Where inputs go: the input embedding's device (with a device map, later layers may sit elsewhere)."""
+        return self.hf_model.get_input_embeddings().weight.device
+
+    @property
+    def device_map(self) -> dict[str, Any] | None:
+        """The module -> device placement accelerate chose, when the model was loaded with one."""
+        return getattr(self.hf_model, "hf_device_map", None)
 
     def manifest(self) -> dict[str, Any]:
         return {"name": self.name, "path": self.path, "revision": self.revision, "dtype": str(self.dtype).replace("torch.", ""),
@@ -117,13 +123,19 @@ def _is_local(name: str) -> bool:
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | None = None, dtype: str | torch.dtype | None = "float32",
-               device_map: str | dict | None = None, local_only: bool | None = None, **hf_kwargs) -> LoadedModel:
+               device_map: str | dict | None = None, local_only: bool | None = None, n_devices: int | None = None,
+               max_memory: dict | None = None, offload_folder: str | None = None, **hf_kwargs) -> LoadedModel:
     """Load a causal LM as a TransformerBridge plus tokenizer.
 
     ``name_or_path``: ``gemma-3-270m`` (embedded default, converted and cached on first use), a local
-    HF-format directory, or a Hugging Face id. ``device_map`` is passed through to ``from_pretrained``
-    for models larger than one device. A local directory never touches the network.
+    HF-format directory, or a Hugging Face id. A local directory never touches the network.
+    Models larger than one device: ``device_map`` (``"auto"``, ``"balanced"`` or a module -> device dict),
+    ``max_memory`` (per-device budgets) and ``offload_folder`` go to ``from_pretrained`` (accelerate places
+    the layers); ``n_devices=k`` balances the layers over the first k GPUs. Inputs go to the device of the
+    input embedding (:attr:`LoadedModel.device`); accelerate's hooks move activations between layers.
     """
+    from transformer_lens.utilities.multi_gpu import resolve_device_map
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -147,10 +159,14 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | None = None, 
         path = name
         display = name.split("/")[-1]
         local = bool(local_only) or os.environ.get("HF_HUB_OFFLINE") == "1"
+    if device is not None and (device_map is not None or (n_devices or 1) > 1):
+        raise ValueError(f"loading {name!r}: pass either device={device!r} or a device map / n_devices, not both")
+    device_map, max_memory = resolve_device_map(n_devices, device_map, None, max_memory)
+    placement = {k: v for k, v in (("max_memory", max_memory), ("offload_folder", offload_folder)) if v is not None}
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=local)
         hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, device_map=device_map,
-                                                        local_files_only=local, **hf_kwargs)
+                                                        local_files_only=local, **placement, **hf_kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"Could not load model {name!r}: {exc}\n"
@@ -168,6 +184,11 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | None = None, 
     bridge_device = device if device is not None else (None if device_map else str(next(hf_model.parameters()).device))
     bridge = TransformerBridge.boot_transformers(str(path), hf_model=hf_model, tokenizer=tokenizer, device=bridge_device,
                                                  dtype=torch_dtype)
+    placed = getattr(hf_model, "hf_device_map", None) or device_map  # transformers keeps none for a one-device map
+    if isinstance(placed, dict):
+        details["device_map"] = {str(k): str(v) for k, v in placed.items()}
+    elif placed is not None:
+        details["device_map"] = str(placed)
     revision = getattr(hf_model.config, "_commit_hash", None) or _local_revision(path)
     return LoadedModel(bridge, tokenizer, display, str(path), revision or "unknown", torch_dtype, time.perf_counter() - t0, details)
 
@@ -189,7 +210,16 @@ def load_for_run(manifest: dict[str, Any], *, device: str | None = None) -> Load
     """The model a run directory was scored with (same weights and dtype); refuses different weights."""
     score = manifest["stages"]["score"]
     info, cfg = score["model"], score["config"]
-    lm = load_model(DEFAULT_MODEL if info["name"] == DEFAULT_MODEL else info["path"], dtype=cfg["dtype"], device=device)
+    placement: dict[str, Any] = {}
+    recorded = info.get("device_map")
+    if device is None and recorded:  # a model that was split across devices is split the same way again
+        if isinstance(recorded, dict):
+            recorded = {k: int(v) if str(v).isdigit() else v for k, v in recorded.items()}
+            if "disk" in recorded.values():
+                placement["offload_folder"] = str(cache_dir() / "offload" / info["name"])
+        placement["device_map"] = recorded
+    lm = load_model(DEFAULT_MODEL if info["name"] == DEFAULT_MODEL else info["path"], dtype=cfg["dtype"], device=device,
+                    **placement)
     if lm.revision != cfg["model_revision"]:
         raise ModelLoadError(f"the run was scored with {info['name']} revision {cfg['model_revision']}, "
                              f"but {lm.path} is now revision {lm.revision}")
