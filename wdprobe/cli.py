@@ -65,6 +65,16 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep
+
+    res = run_sweep(args.config, executor=args.executor, address=args.address, progress=not args.quiet)
+    for row in res.runs:
+        print(f"{row['run']:40s} n={row['n_items']:5d}  CS micro {row['cs_micro']:.3f}  PCS micro {row['pcs_micro']:.3f}")
+    print(f"{len(res.tasks)} task(s) ran; merged runs and sweep.csv in {res.out}")
+    return 0
+
+
 def cmd_upstream(args: argparse.Namespace) -> int:
     from .upstream import upstream_metrics
 
@@ -425,6 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "then `wdprobe merge RUN`")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("sweep", help="models x settings x shards as tasks, run here (--executor local) or on Ray; "
+                                     "resumes a half-finished sweep, merges each run")
+    p.add_argument("config", help="sweep TOML ([sweep] out, models, shards; [grid]; [fixed]); see wdprobe.sweep")
+    p.add_argument("--executor", default="local", choices=["local", "ray"])
+    p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto, or ray://head:10001); default: "
+                                                   "start a local Ray instance")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("merge", help="combine the shards of sharded stages (RUN/shards/...) into RUN, as if run unsharded")
     p.add_argument("run")
