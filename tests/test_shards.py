@@ -72,3 +72,26 @@ def test_merge_refuses_disagreeing_shards(tiny_lm, tmp_path):
         merge_run(run)
     with pytest.raises(MergeError, match="nothing to merge"):
         merge_run(tmp_path / "empty")
+
+
+def test_sharded_capture_merges_to_the_unsharded_capture(tiny_lm, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from wdprobe.capture import capture_wdct, load_activations
+    from wdprobe.evaluate import score_wdct
+    from wdprobe.merge import merge_run
+
+    data = write_two_option_copies(tmp_path / "w.csv", copies=4)
+    score_wdct(tmp_path / "a", lm=tiny_lm, data=data, progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    capture_wdct(tmp_path / "a", lm=tiny_lm, progress=False, chunk_prompts=8)
+    for i in (1, 0, 2):  # any order
+        capture_wdct(tmp_path / "b", lm=tiny_lm, progress=False, chunk_prompts=8, shard=f"{i}/3")
+    assert set(merge_run(tmp_path / "b")) == {"capture"}
+    for position in ("last", "question_mean"):
+        a = load_activations(tmp_path / "a", position=position)
+        b = load_activations(tmp_path / "b", position=position)
+        assert np.array_equal(a.array, b.array)
+        assert a.meta.drop(columns=["shard", "row"]).equals(b.meta.drop(columns=["shard", "row"]))

@@ -259,12 +259,17 @@ def _shard_path(run_dir: Path, n: int) -> Path:
 
 def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = None, hooks: Sequence[str] = ("resid_post",),
                  positions: Sequence[str] = ("last", "question_mean"), storage_dtype: str = "float32",
-                 batch_size: int = 16, chunk_prompts: int = 128, progress: bool = True, lm=None) -> Path:
+                 batch_size: int = 16, chunk_prompts: int = 128, progress: bool = True, lm=None,
+                 shard: str | None = None) -> Path:
     """Capture activations for every prompt of a scored run (``wdprobe score``) into that run directory.
 
     Prompts are rebuilt exactly as scored (same items, seed, setting and chat template); each item
     gives a word and a deed prompt, in that order (``prompt_index = 2 * item + (form == 'deed')``).
+    ``shard`` (``"i/n"``): only the prompts of that shard's items, into ``RUN/shards/capture/i-of-n/``;
+    ``wdprobe merge RUN`` then assembles ``RUN/capture`` as an unsharded capture would be.
     """
+    from .shards import Shard, shard_dir
+
     from safetensors.torch import save
     from tqdm.auto import tqdm
 
@@ -283,9 +288,13 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
     if lm.revision != cfg["model_revision"]:
         raise ValueError(f"{run.path} was scored with model revision {cfg['model_revision']}, but {lm.name} is {lm.revision}")
     spec = CaptureSpec.parse(layers, lm.bridge.cfg.n_layers, hooks, positions, storage_dtype)
-    run.check_or_start(STAGE, {"spec": spec.to_json(), "model_revision": lm.revision})
+    part = Shard.parse(shard)
+    scored_run = run
+    if part:
+        run = RunDir(shard_dir(scored_run.path, STAGE, part))
+    run.check_or_start(STAGE, {"spec": spec.to_json(), "model_revision": lm.revision, **({"shard": str(part)} if part else {})})
 
-    pres, prompts, scored = scored_prompts(run.path, lm.tokenizer)
+    pres, prompts, scored = scored_prompts(scored_run.path, lm.tokenizer)
     all_prompts, meta, spans, n_opts = [], [], [], []
     for i, (p, row) in enumerate(zip(pres, scored.rows)):
         for f, form in enumerate(("word", "deed")):
@@ -300,8 +309,8 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
                          "consistent": row["consistent"], "correct": "" if row["correct"] is None else row["correct"]})
 
     done = {int(r["prompt_index"]) for r in run.read_parts(STAGE)}
-    todo = [k for k in range(len(all_prompts)) if k not in done]
-    bar = tqdm(total=len(all_prompts), initial=len(done), unit="prompt", desc="capture", disable=not progress)
+    todo = [k for k in range(len(all_prompts)) if k not in done and (part is None or part.holds(meta[k]["id"]))]
+    bar = tqdm(total=len(done) + len(todo), initial=len(done), unit="prompt", desc="capture", disable=not progress)
     store = STORAGE_DTYPES[spec.storage_dtype]
     for s in range(0, len(todo), chunk_prompts):
         chunk = todo[s: s + chunk_prompts]
@@ -320,8 +329,46 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
         atomic_write_bytes(_shard_path(run.path, n_part), save(tensors, metadata={"layers": ",".join(map(str, spec.layers))}))
         run.write_part(STAGE, [dict(meta[k], shard=n_part, row=r) for r, k in enumerate(order_in_chunk)], META_COLUMNS)
     bar.close()
-    run.update_stage(STAGE, complete=True, n_prompts=len(all_prompts), layers=list(spec.layers))
+    run.update_stage(STAGE, complete=True, n_prompts=len(done) + len(todo), layers=list(spec.layers))
     return run.path
+
+
+def merge_capture(run_dir: str | Path) -> dict[str, Any]:
+    """Assemble ``RUN/capture`` from ``RUN/shards/capture/*``: tensor files renumbered, metadata joined
+    (``load_activations`` then returns what an unsharded capture gives)."""
+    import shutil
+
+    from .merge import MergeError, _check_shards
+    from .runs import RunDir, read_csv
+
+    run = RunDir(run_dir)
+    entries = _check_shards(run.path, STAGE)
+    run.reset_stage(STAGE, outputs=["capture"])
+    (run.path / "capture").mkdir(parents=True, exist_ok=True)
+    rows, n_out, seen = [], 0, set()
+    for d, _ in entries:
+        parts = sorted((d / f"{STAGE}.parts").glob("part-*.csv"))
+        remap: dict[int, int] = {}
+        for p in parts:
+            for r in read_csv(p):
+                if r["prompt_index"] in seen:
+                    raise MergeError(f"prompt {r['prompt_index']} (item {r['id']}) captured by two shards")
+                seen.add(r["prompt_index"])
+                old = int(r["shard"])
+                if old not in remap:
+                    remap[old] = n_out
+                    shutil.copyfile(_shard_path(d, old), _shard_path(run.path, n_out))
+                    n_out += 1
+                rows.append(dict(r, shard=remap[old]))
+    run.write_part(STAGE, rows, META_COLUMNS)
+    first = entries[0][1]
+    config = {k: v for k, v in first["config"].items() if k != "shard"}
+    manifest = run.read_manifest()
+    manifest.setdefault("stages", {})[STAGE] = {"config": config, "complete": True, "n_prompts": len(rows),
+                                               "layers": first.get("layers"),
+                                               "merged_from": [str(d.relative_to(run.path)) for d, _ in entries]}
+    run.write_manifest(manifest)
+    return {"n_prompts": len(rows), "tensor_files": n_out}
 
 
 @dataclass

@@ -101,7 +101,11 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from .capture import capture_wdct
 
     path = capture_wdct(args.run, layers=args.layers, hooks=args.hooks.split(","), positions=args.positions.split(","),
-                        storage_dtype=args.storage_dtype, batch_size=args.batch_size, progress=not args.quiet)
+                        storage_dtype=args.storage_dtype, batch_size=args.batch_size, progress=not args.quiet,
+                        shard=args.shard)
+    if args.shard:
+        print(f"shard {args.shard} in {path}; when every shard is done: wdprobe merge {args.run}")
+        return 0
     print(f"activations in {path}/capture (load with wdprobe.capture.load_activations)")
     return 0
 
@@ -471,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--shard", default=None, help="i/n: only shard i of n of the items, into RUN/shards/capture/; then wdprobe merge RUN")
     p.set_defaults(func=cmd_capture)
 
     p = sub.add_parser("probe", help="stance probes per layer on captured activations, with HTML plots")

@@ -92,7 +92,13 @@ def merge_score(run_dir: str | Path) -> dict[str, Any]:
     return metrics
 
 
-MERGERS = {"score": merge_score}
+def _merge_capture(run_dir: str | Path) -> dict[str, Any]:
+    from .capture import merge_capture
+
+    return merge_capture(run_dir)
+
+
+MERGERS = {"score": merge_score, "capture": _merge_capture}
 
 
 def merge_run(run_dir: str | Path) -> dict[str, Any]:
@@ -104,9 +110,10 @@ def merge_run(run_dir: str | Path) -> dict[str, Any]:
     unknown = [s for s in stages if s not in MERGERS]
     if unknown:
         raise MergeError(f"{run_dir}: no merger for stage(s) {unknown}; mergeable: {sorted(MERGERS)}")
-    return {s: MERGERS[s](run_dir) for s in stages}
+    order = [s for s in MERGERS if s in stages]  # scoring first: later stages read the merged run
+    return {s: MERGERS[s](run_dir) for s in order}
 
 
 def main_summary(result: dict[str, Any]) -> str:
-    return json.dumps({s: {k: v for k, v in m.items() if k in ("n_items", "cs_micro", "pcs_micro")}
+    return json.dumps({s: {k: v for k, v in m.items() if k in ("n_items", "cs_micro", "pcs_micro", "n_prompts")}
                        for s, m in result.items()}, indent=2)
