@@ -105,3 +105,28 @@ def test_later_stages_reload_a_split_model_the_same_way(split_lm, tmp_path, monk
     again = load_for_run(manifest)
     assert again.device_map is not None and again.device_map["model.layers.1"] == "disk"
     assert load_for_run(manifest, device="cpu").device_map is None  # an explicit device wins
+
+
+def test_study_stages_on_a_split_model_match_the_whole(split_lm, tiny_lm, tmp_path):
+    """capture -> lens -> cross-form patching on the split model give the unsplit model's numbers."""
+    import pandas as pd
+
+    from tiny import write_two_option_copies
+    from wdprobe.capture import capture_wdct, load_activations
+    from wdprobe.evaluate import score_wdct
+    from wdprobe.lens import run_lens
+    from wdprobe.localise import run_cross_patch
+
+    data = write_two_option_copies(tmp_path / "w.csv")
+    out = {}
+    for name, lm in (("whole", tiny_lm), ("split", split_lm)):
+        run = tmp_path / name
+        score_wdct(run, lm=lm, data=data, progress=False)
+        capture_wdct(run, lm=lm, progress=False)
+        run_lens(run, lm=lm, progress=False)
+        run_cross_patch(run, n_items=12, lm=lm, progress=False)
+        out[name] = (load_activations(run).array, pd.read_csv(run / "lens" / "trajectory.csv"),
+                     pd.read_csv(run / "patching" / "cross_form.csv"))
+    assert np.array_equal(out["whole"][0], out["split"][0])
+    pd.testing.assert_frame_equal(out["whole"][1], out["split"][1], atol=1e-5)
+    pd.testing.assert_frame_equal(out["whole"][2], out["split"][2], atol=1e-5)
