@@ -95,3 +95,39 @@ def test_sharded_capture_merges_to_the_unsharded_capture(tiny_lm, tmp_path):
         b = load_activations(tmp_path / "b", position=position)
         assert np.array_equal(a.array, b.array)
         assert a.meta.drop(columns=["shard", "row"]).equals(b.meta.drop(columns=["shard", "row"]))
+
+
+def test_sharded_cross_patching_merges_to_the_unsharded_stage(tiny_lm, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from wdprobe.capture import capture_wdct
+    from wdprobe.cli import main
+    from wdprobe.evaluate import score_wdct
+    from wdprobe.localise import run_cross_patch
+
+    data = write_two_option_copies(tmp_path / "w.csv")
+    score_wdct(tmp_path / "a", lm=tiny_lm, data=data, progress=False)
+    capture_wdct(tmp_path / "a", lm=tiny_lm, progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    whole = run_cross_patch(tmp_path / "a", n_items=12, lm=tiny_lm, progress=False)
+    for i in range(3):
+        assert main(["patch", "--run", str(tmp_path / "b"), "--kind", "cross", "--items", "12", "--shard", f"{i}/3",
+                     "--quiet"]) == 0
+    assert main(["merge", str(tmp_path / "b")]) == 0
+    merged = json.loads((tmp_path / "b" / "patching" / "cross_form_headline.json").read_text())
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(json.loads(json.dumps(whole))), flat(merged)
+    assert a.keys() == b.keys()
+    diffs = {k: (a[k], b[k]) for k in a if a[k] != pytest.approx(b[k], abs=1e-9, nan_ok=True)}
+    assert not diffs
+    key = ["id", "condition", "layer"]
+    fa = pd.read_csv(tmp_path / "a" / "patching" / "cross_form.csv").sort_values(key).reset_index(drop=True)
+    fb = pd.read_csv(tmp_path / "b" / "patching" / "cross_form.csv").sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(fa.drop(columns=["item"]), fb.drop(columns=["item"]), atol=1e-6)

@@ -149,9 +149,14 @@ def cmd_patch(args: argparse.Namespace) -> int:
     if args.kind in ("cross", "both"):
         head = run_cross_patch(args.run, n_items=item_count(args.items), layers=args.layers,
                                conditions=args.conditions.split(","), seed=args.seed, batch_size=args.batch_size,
-                               progress=not args.quiet, restart=args.restart)
+                               progress=not args.quiet, restart=args.restart, shard=args.shard)
+        if args.shard:
+            print(f"shard {args.shard} done: {head}; when every shard is done: wdprobe merge {args.run}")
+            return 0
         print(json.dumps({k: v for k, v in head.items()}, indent=2, default=float))
     if args.kind in ("positional", "both"):
+        if args.shard:
+            raise ValueError("--shard applies to --kind cross only (positional patching runs on a few items)")
         head = run_positional_patch(args.run, form=args.form, n_items=args.positional_items, n_exact=args.exact_items,
                                     layers=args.layers, min_effect=args.min_effect, screen=args.screen, seed=args.seed,
                                     batch_size=args.batch_size, progress=not args.quiet, restart=args.restart)
@@ -512,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="most rows per forward (on CPU also capped at ~1.5k tokens)")
     p.add_argument("--restart", action="store_true", help="discard this stage's earlier results in the run directory")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--shard", default=None, help="i/n: cross-form patching of shard i of n of the items, into "
+                                                 "RUN/shards/patch_cross/; then wdprobe merge RUN")
     p.set_defaults(func=cmd_patch)
 
     p = sub.add_parser("steer", help="add alpha x word-stance direction to deed runs; CS over (layer, alpha)")

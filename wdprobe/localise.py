@@ -58,9 +58,14 @@ PATCH_COLUMNS = ["id", "condition", "layer", "toward_word", "letter_mass"]
 def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: str | Sequence[int] | None = None,
                     conditions: Sequence[str] = ("full", "stance", "letter", "random"), seed: int = 0, folds: int = 5,
                     chunk_items: int = 8, batch_size: int = 64, progress: bool = True, restart: bool = False,
-                    lm=None) -> dict[str, Any]:
+                    lm=None, shard: str | None = None) -> dict[str, Any]:
     """Word -> deed patching at the final position, layer by layer; writes ``patching/cross_form*``.
-    ``restart`` discards an earlier run of this stage (otherwise it resumes, or refuses other settings)."""
+    ``restart`` discards an earlier run of this stage (otherwise it resumes, or refuses other settings).
+    ``shard`` (``"i/n"``): patch only that shard's items, into ``RUN/shards/patch_cross/i-of-n/``; the
+    items, directions and folds are chosen over the whole run as unsharded, so ``wdprobe merge RUN``
+    gives the unsharded results."""
+    from .shards import Shard, shard_dir
+
     from . import localise_plots, plots
     from .pairs import load_pairs, stance_directions
     from .patching import CROSS_CONDITIONS, InterventionError, cross_form_patching, summarise_cross_form
@@ -75,14 +80,20 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
     stage = "patch_cross"
     if restart:
         run.reset_stage(stage, ["patching/cross_form*"])
-    run.check_or_start(stage, {"n_items": n_items, "layers": layers, "conditions": list(conditions), "seed": seed,
-                               "folds": folds, "hook": "resid_post", "position": "last"})
+    part = Shard.parse(shard)
+    work = RunDir(shard_dir(run.path, stage, part)) if part else run
+    work.check_or_start(stage, {"n_items": n_items, "layers": layers, "conditions": list(conditions), "seed": seed,
+                                "folds": folds, "hook": "resid_post", "position": "last",
+                                **({"shard": str(part)} if part else {})})
     pairs = load_pairs(run.path, lm.tokenizer, n_items=n_items, seed=seed)
     dirs = stance_directions(run.path, pairs, layers, folds=folds, seed=seed)
-    done = {r["id"] for r in run.read_parts(stage)}
-    todo = [i for i in range(len(pairs)) if pairs.items["id"][i] not in done]
+    done = {r["id"] for r in work.read_parts(stage)}
+    todo = [i for i in range(len(pairs)) if pairs.items["id"][i] not in done
+            and (part is None or part.holds(pairs.items["id"][i]))]
+    if part:
+        done = {i for i in done if part.holds(i)}
     per_item = 1 + len(conditions) * len(layers)
-    bar = _bar(len(pairs) * per_item, "patch word->deed", progress, (len(pairs) - len(todo)) * per_item)
+    bar = _bar((len(done) + len(todo)) * per_item, "patch word->deed", progress, len(done) * per_item)
     for s in range(0, len(todo), chunk_items):
         idx = todo[s: s + chunk_items]
         f = cross_form_patching(lm, [pairs.deed_prompts[i] for i in idx], dirs.word_sources[idx], pairs.toward[idx],
@@ -91,8 +102,11 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
                                 batch_size=batch_size,
                                 progress=bar.update)
         f["id"] = [pairs.items["id"][idx[k]] for k in f["item"]]
-        run.write_part(stage, f[PATCH_COLUMNS].to_dict("records"), PATCH_COLUMNS)
+        work.write_part(stage, f[PATCH_COLUMNS].to_dict("records"), PATCH_COLUMNS)
     bar.close()
+    if part:
+        work.update_stage(stage, complete=True, n_items=len(done) + len(todo), **_seconds(work, stage, t_start))
+        return {"shard": str(part), "n_items": len(done) + len(todo)}
     import pandas as pd
 
     frame = pd.DataFrame(run.read_parts(stage))
@@ -117,6 +131,23 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
     pngs = [plots.write_png(f, out / f"cross_form-{i}.png") for i, f in enumerate(figs)]
     run.update_stage(stage, complete=True, headline=head, png=[str(p) for p in pngs if p], **_seconds(run, stage, t_start))
     return head
+
+
+def merge_cross_patch(run_dir: str | Path, lm=None) -> dict[str, Any]:
+    """Join ``RUN/shards/patch_cross/*`` into the run and write the stage's outputs as an unsharded run would."""
+    from .merge import _check_shards
+
+    run = RunDir(run_dir)
+    stage = "patch_cross"
+    entries = _check_shards(run.path, stage)
+    cfg = {k: v for k, v in entries[0][1]["config"].items() if k != "shard"}
+    run.reset_stage(stage, ["patching/cross_form*"])
+    for d, _ in entries:
+        rows = RunDir(d).read_parts(stage)
+        if rows:
+            run.write_part(stage, rows, PATCH_COLUMNS)
+    return run_cross_patch(run.path, n_items=cfg["n_items"], layers=cfg["layers"], conditions=cfg["conditions"],
+                           seed=cfg["seed"], folds=cfg["folds"], progress=False, lm=lm)
 
 
 def cross_form_headline(summary, items) -> dict[str, Any]:

@@ -98,7 +98,13 @@ def _merge_capture(run_dir: str | Path) -> dict[str, Any]:
     return merge_capture(run_dir)
 
 
-MERGERS = {"score": merge_score, "capture": _merge_capture}
+def _merge_cross_patch(run_dir: str | Path) -> dict[str, Any]:
+    from .localise import merge_cross_patch
+
+    return merge_cross_patch(run_dir)
+
+
+MERGERS = {"score": merge_score, "capture": _merge_capture, "patch_cross": _merge_cross_patch}
 
 
 def merge_run(run_dir: str | Path) -> dict[str, Any]:
@@ -115,5 +121,5 @@ def merge_run(run_dir: str | Path) -> dict[str, Any]:
 
 
 def main_summary(result: dict[str, Any]) -> str:
-    return json.dumps({s: {k: v for k, v in m.items() if k in ("n_items", "cs_micro", "pcs_micro", "n_prompts")}
+    return json.dumps({s: {k: v for k, v in m.items() if k in ("n_items", "cs_micro", "pcs_micro", "n_prompts", "n_inconsistent")}
                        for s, m in result.items()}, indent=2)
