@@ -9,6 +9,21 @@ from tiny import write_two_option_copies
 from wdprobe.shards import Shard, ShardSpecError
 
 
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in (d.items() if isinstance(d, dict) else enumerate(d)):
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, (dict, list)) else {f"{prefix}{k}": v})
+    return out
+
+
+def assert_same_numbers(a, b, tol: float = 1e-9) -> None:
+    """Two JSON trees with the same keys and numbers equal to ``tol`` (NaN equals NaN)."""
+    fa, fb = _flat(a), _flat(b)
+    assert fa.keys() == fb.keys()
+    diffs = {k: (fa[k], fb[k]) for k in fa if fa[k] != pytest.approx(fb[k], abs=tol, nan_ok=True)}
+    assert not diffs
+
+
 def test_shards_partition_items_by_id_alone():
     ids = [f"item-{k}" for k in range(200)]
     shards = [Shard(i, 4) for i in range(4)]
@@ -117,17 +132,35 @@ def test_sharded_cross_patching_merges_to_the_unsharded_stage(tiny_lm, tmp_path)
                      "--quiet"]) == 0
     assert main(["merge", str(tmp_path / "b")]) == 0
     merged = json.loads((tmp_path / "b" / "patching" / "cross_form_headline.json").read_text())
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    a, b = flat(json.loads(json.dumps(whole))), flat(merged)
-    assert a.keys() == b.keys()
-    diffs = {k: (a[k], b[k]) for k in a if a[k] != pytest.approx(b[k], abs=1e-9, nan_ok=True)}
-    assert not diffs
+    assert_same_numbers(json.loads(json.dumps(whole)), merged)
     key = ["id", "condition", "layer"]
     fa = pd.read_csv(tmp_path / "a" / "patching" / "cross_form.csv").sort_values(key).reset_index(drop=True)
     fb = pd.read_csv(tmp_path / "b" / "patching" / "cross_form.csv").sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(fa.drop(columns=["item"]), fb.drop(columns=["item"]), atol=1e-6)
+
+
+def test_sharded_steering_merges_to_the_unsharded_stage(tiny_lm, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from wdprobe.capture import capture_wdct
+    from wdprobe.cli import main
+    from wdprobe.evaluate import score_wdct
+    from wdprobe.localise import run_steering
+
+    data = write_two_option_copies(tmp_path / "w.csv")
+    score_wdct(tmp_path / "a", lm=tiny_lm, data=data, progress=False)
+    capture_wdct(tmp_path / "a", lm=tiny_lm, progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    whole = run_steering(tmp_path / "a", n_items=12, alphas=(0, 1, 4), lm=tiny_lm, progress=False)
+    for i in range(2):
+        assert main(["steer", "--run", str(tmp_path / "b"), "--items", "12", "--alphas", "0,1,4", "--shard", f"{i}/2",
+                     "--quiet"]) == 0
+    assert main(["merge", str(tmp_path / "b")]) == 0
+    merged = json.loads((tmp_path / "b" / "steering" / "steering_headline.json").read_text())
+    assert_same_numbers(json.loads(json.dumps(whole)), merged)  # best setting and its validation included
+    key = ["id", "condition", "layer", "alpha"]
+    fa = pd.read_csv(tmp_path / "a" / "steering" / "steering.csv").sort_values(key).reset_index(drop=True)
+    fb = pd.read_csv(tmp_path / "b" / "steering" / "steering.csv").sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(fa.drop(columns=["item"]), fb.drop(columns=["item"]), atol=1e-6)

@@ -175,8 +175,11 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
     head = run_steering(args.run, n_items=item_count(args.items), layers=args.layers, alphas=_floats(args.alphas),
                         seed=args.seed, min_mass_ratio=args.min_mass_ratio, batch_size=args.batch_size,
-                        progress=not args.quiet, restart=args.restart, validate=not args.no_validate)
+                        progress=not args.quiet, restart=args.restart, validate=not args.no_validate, shard=args.shard)
     print(json.dumps(head, indent=2))
+    if args.shard:
+        print(f"when every shard is done: wdprobe merge {args.run}")
+        return 0
     print(f"results and plots in {args.run}/steering/")
     return 0
 
@@ -535,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip rerunning the best setting on the items the grid did not use")
     p.add_argument("--restart", action="store_true", help="discard this stage's earlier results in the run directory")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--shard", default=None, help="i/n: the grid on shard i of n of the items, into RUN/shards/steer/; "
+                                                 "then wdprobe merge RUN (best setting and validation there)")
     p.set_defaults(func=cmd_steer)
 
     p = sub.add_parser("run", help="the whole study in one command: score, capture, probes, lens, patching, steering, report")

@@ -150,6 +150,25 @@ def merge_cross_patch(run_dir: str | Path, lm=None) -> dict[str, Any]:
                            seed=cfg["seed"], folds=cfg["folds"], progress=False, lm=lm)
 
 
+def merge_steering(run_dir: str | Path, lm=None) -> dict[str, Any]:
+    """Join ``RUN/shards/steer/*`` into the run, then pick and validate the best setting as unsharded."""
+    from .merge import _check_shards
+
+    run = RunDir(run_dir)
+    entries = _check_shards(run.path, "steer")
+    first = entries[0][1]
+    cfg = {k: v for k, v in first["config"].items() if k != "shard"}
+    run.reset_stage("steer", ["steering"])
+    run.reset_stage("steer_validate")
+    for d, _ in entries:
+        rows = RunDir(d).read_parts("steer")
+        if rows:
+            run.write_part("steer", rows, STEER_COLUMNS)
+    return run_steering(run.path, n_items=cfg["n_items"], layers=cfg["layers"], alphas=cfg["alphas"], seed=cfg["seed"],
+                        folds=cfg["folds"], min_mass_ratio=first.get("min_mass_ratio", 0.5),
+                        validate=first.get("validate", True), progress=False, lm=lm)
+
+
 def cross_form_headline(summary, items) -> dict[str, Any]:
     """Per condition, the layer with the most inconsistent items flipped, and that layer's numbers."""
     out: dict[str, Any] = {"n_items": int(len(items)), "n_inconsistent": int((items.consistent == 0).sum()),
@@ -336,12 +355,16 @@ DEFAULT_ALPHAS = (1.0, 2.0, 4.0, 8.0, 16.0)
 def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str | Sequence[int] | None = None,
                  alphas: Sequence[float] = DEFAULT_ALPHAS, seed: int = 0, folds: int = 5, min_mass_ratio: float = 0.5,
                  chunk_items: int = 8, batch_size: int = 64, progress: bool = True, restart: bool = False,
-                 validate: bool = True, lm=None) -> dict[str, Any]:
+                 validate: bool = True, lm=None, shard: str | None = None) -> dict[str, Any]:
     """Steer deed runs toward the word answer at each (layer, alpha); writes ``steering/``.
 
     The best setting is picked on the grid's items, so its CS is optimistic (the best of many noisy cells);
-    with ``validate`` it is rerun, with its random control, on every two-option item *not* in the grid."""
+    with ``validate`` it is rerun, with its random control, on every two-option item *not* in the grid.
+    ``shard`` (``"i/n"``): the grid on that shard's items only, into ``RUN/shards/steer/i-of-n/``;
+    ``wdprobe merge RUN`` joins the shards, picks the best setting and validates it as unsharded."""
     import pandas as pd
+
+    from .shards import Shard, shard_dir
 
     from . import localise_plots, plots
     from .pairs import load_pairs, stance_directions
@@ -356,22 +379,29 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
     if restart:
         run.reset_stage(stage, ["steering"])
         run.reset_stage("steer_validate")
-    run.check_or_start(stage, {"n_items": n_items, "layers": layers, "alphas": alphas, "seed": seed, "folds": folds,
-                               "hook": "resid_post", "position": "last"})
+    part = Shard.parse(shard)
+    work = RunDir(shard_dir(run.path, stage, part)) if part else run
+    work.check_or_start(stage, {"n_items": n_items, "layers": layers, "alphas": alphas, "seed": seed, "folds": folds,
+                                "hook": "resid_post", "position": "last", **({"shard": str(part)} if part else {})})
     pairs = load_pairs(run.path, lm.tokenizer, n_items=n_items, seed=seed)
     dirs = stance_directions(run.path, pairs, layers, folds=folds, seed=seed)
     stance_vecs, random_vecs = steering_vectors(pairs, dirs)
-    done = {r["id"] for r in run.read_parts(stage)}
-    todo = [i for i in range(len(pairs)) if pairs.items["id"][i] not in done]
+    done = {r["id"] for r in work.read_parts(stage)}
+    todo = [i for i in range(len(pairs)) if pairs.items["id"][i] not in done
+            and (part is None or part.holds(pairs.items["id"][i]))]
     per_item = 1 + 2 * len(layers) * len(alphas)
-    bar = _bar(len(pairs) * per_item, "steer deeds", progress, (len(pairs) - len(todo)) * per_item)
+    bar = _bar((len(done) + len(todo)) * per_item, "steer deeds", progress, len(done) * per_item)
     for s in range(0, len(todo), chunk_items):
         idx = todo[s: s + chunk_items]
         f = steer(lm, [pairs.deed_prompts[i] for i in idx], stance_vecs[idx], random_vecs[idx], pairs.toward[idx],
                   pairs.away[idx], pairs.token_ids, layers, alphas, batch_size=batch_size, progress=bar.update)
         f["id"] = [pairs.items["id"][idx[k]] for k in f["item"]]
-        run.write_part(stage, f[STEER_COLUMNS].to_dict("records"), STEER_COLUMNS)
+        work.write_part(stage, f[STEER_COLUMNS].to_dict("records"), STEER_COLUMNS)
     bar.close()
+    if part:
+        work.update_stage(stage, complete=True, n_items=len(done) + len(todo), min_mass_ratio=min_mass_ratio,
+                          validate=validate, **_seconds(work, stage, t_start))
+        return {"shard": str(part), "n_items": len(done) + len(todo)}
     frame = pd.DataFrame(run.read_parts(stage))
     frame["layer"] = frame["layer"].astype(int)
     for c in ("alpha", "toward_word", "letter_mass"):

@@ -104,7 +104,13 @@ def _merge_cross_patch(run_dir: str | Path) -> dict[str, Any]:
     return merge_cross_patch(run_dir)
 
 
-MERGERS = {"score": merge_score, "capture": _merge_capture, "patch_cross": _merge_cross_patch}
+def _merge_steering(run_dir: str | Path) -> dict[str, Any]:
+    from .localise import merge_steering
+
+    return merge_steering(run_dir)
+
+
+MERGERS = {"score": merge_score, "capture": _merge_capture, "patch_cross": _merge_cross_patch, "steer": _merge_steering}
 
 
 def merge_run(run_dir: str | Path) -> dict[str, Any]:
