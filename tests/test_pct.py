@@ -470,3 +470,27 @@ def test_position_bias_by_hand():
     got = position_bias(rows)
     # chosen at listed positions 0, 0, 2, 3; sides: agree/first agree, dis/dis, dis/first agree, agree/first dis
     assert got == {"chosen_listed_position_share": [0.5, 0.0, 0.25, 0.25], "same_side_as_first_listed": 0.5}
+
+
+def test_sharded_closed_and_open_merge_to_the_unsharded_tables(tmp_path, pct_dir, pct_lm):
+    from wdprobe.merge import MergeError, merge_run
+    from wdprobe.pct import run_pct
+
+    quiet = dict(progress=False, log=lambda m: None)
+    whole = _cfg(tmp_path, pct_dir, pct_lm.path, personas="base,age=18", out=str(tmp_path / "whole"))
+    run_pct(whole, lm=pct_lm, stages=["closed", "open"], **quiet)
+    cfg = _cfg(tmp_path, pct_dir, pct_lm.path, personas="base,age=18", out=str(tmp_path / "sharded"))
+    for stage in ("closed", "open"):
+        for i in range(3):
+            run_pct(cfg, lm=pct_lm, stages=[stage], shard=f"{i}/3", **quiet)
+    assert not (tmp_path / "sharded" / "closed.csv").exists()
+    assert set(merge_run(tmp_path / "sharded")) == {"closed", "open"}
+    for name in ("closed.csv", "open.csv"):
+        assert (tmp_path / "sharded" / name).read_text() == (tmp_path / "whole" / name).read_text()
+    # the merged stages count as done: the next stages run on them without redoing anything
+    run = run_pct(cfg, lm=None, stages=["closed", "open"], **quiet)
+    assert "merged from 3 shards" in json.dumps(run.read_manifest()["stages"]["closed"])
+    with pytest.raises(ValueError, match="--shard runs one of the stages closed, open"):
+        run_pct(cfg, lm=pct_lm, stages=["judge"], shard="0/2", **quiet)
+    with pytest.raises(MergeError, match="nothing to merge"):
+        merge_run(tmp_path / "whole")

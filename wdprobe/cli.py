@@ -277,7 +277,7 @@ def cmd_pct(args: argparse.Namespace) -> int:
     stages = (args.stages.split(",") if args.stages else None) if args.pct_command == "run" else [args.pct_command]
     redo = args.redo.split(",") if args.redo else ([args.pct_command] if args.pct_command != "run" and args.redo_stage else [])
     run = run_pct(cfg, stages=stages, progress=not args.quiet, report_dir=args.report, redo=redo,
-                  log=(lambda m: print(m, file=sys.stderr)))
+                  log=(lambda m: print(m, file=sys.stderr)), shard=getattr(args, "shard", None))
     print(f"run directory {run.path}")
     return 0
 
@@ -336,6 +336,9 @@ def _add_pct_parser(sub) -> None:
         p.add_argument("--folds", type=int, default=None)
         p.add_argument("--notes", default=None, help="markdown file with a written reading for the report")
         p.add_argument("--report", default=None, help="report folder (default RUN/report)")
+        if name in ("closed", "open"):
+            p.add_argument("--shard", default=None, help="i/n: only shard i of n of the prompts (split by prompt id), "
+                                                         "into RUN/shards/%s/; then wdprobe merge RUN" % name)
         p.add_argument("--quiet", action="store_true")
         if name == "run":
             p.add_argument("--stages", default=None, help=f"comma list from {', '.join(STAGES)}")

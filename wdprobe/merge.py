@@ -110,7 +110,16 @@ def _merge_steering(run_dir: str | Path) -> dict[str, Any]:
     return merge_steering(run_dir)
 
 
-MERGERS = {"score": merge_score, "capture": _merge_capture, "patch_cross": _merge_cross_patch, "steer": _merge_steering}
+def _merge_pct(stage: str):
+    def merge(run_dir: str | Path) -> dict[str, Any]:
+        from .pct import merge_pct_stage
+
+        return merge_pct_stage(run_dir, stage)
+    return merge
+
+
+MERGERS = {"score": merge_score, "capture": _merge_capture, "patch_cross": _merge_cross_patch, "steer": _merge_steering,
+           "closed": _merge_pct("closed"), "open": _merge_pct("open")}
 
 
 def merge_run(run_dir: str | Path) -> dict[str, Any]:

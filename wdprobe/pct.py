@@ -113,19 +113,38 @@ def _bar(total: int, desc: str, progress: bool):
 
 # ---- stages -------------------------------------------------------------------------------------
 
+SHARDABLE = ("closed", "open")
+CLOSED_COLUMNS = ["id", "pair_id", "proposition", "section", "persona", "instruction", "order"] + \
+    [f"lp_{k}" for k in range(4)] + [f"p_{k}" for k in range(4)] + ["choice", "answer", "p_agree"]
+OPEN_COLUMNS = ["id", "pair_id", "proposition", "section", "persona", "instruction", "text", "raw"]
+
+
+def _shard_work(run: RunDir, stage: str, shard) -> tuple[RunDir, Any]:
+    """Where a (possibly sharded) stage writes its parts, and the shard (None when unsharded)."""
+    from .shards import Shard, shard_dir
+
+    part = Shard.parse(shard)
+    if part is None:
+        return run, None
+    work = RunDir(shard_dir(run.path, stage, part))
+    work.check_or_start(stage, {"shard": str(part), "selection": run.read_manifest()["stages"]["pct"]["config"]})
+    return work, part
+
+
 def pct_closed(run: RunDir, lm, *, use_chat: bool = False, batch_size: int = 16, chunk: int = 256,
-               progress: bool = True) -> Path:
-    """Closed form: log-likelihood of each answer text, in canonical order; choice and distribution."""
+               progress: bool = True, shard: str | None = None) -> Path:
+    """Closed form: log-likelihood of each answer text, in canonical order; choice and distribution.
+    ``shard`` (``"i/n"``): only the prompts of that shard (split by prompt id), into ``RUN/shards/closed/``."""
     from .option_scoring import n_sequences, option_logprobs, softmax_rows
 
     prompts = [r for r in prompt_table(run) if r["form"] == "closed"]
-    done = {r["id"] for r in run.read_parts("closed")}
-    todo = [r for r in prompts if r["id"] not in done]
+    work, piece = _shard_work(run, "closed", shard)
+    done = {r["id"] for r in work.read_parts("closed")}
+    todo = [r for r in prompts if r["id"] not in done and (piece is None or piece.holds(r["id"]))]
     prefix = "" if use_chat else " "
     per = n_sequences(lm.tokenizer, ANSWERS, prefix)
     bar = _bar(len(todo) * per, "closed-form answers (sequences)", progress)
-    cols = ["id", "pair_id", "proposition", "section", "persona", "instruction", "order"] + \
-           [f"lp_{k}" for k in range(4)] + [f"p_{k}" for k in range(4)] + ["choice", "answer", "p_agree"]
+    cols = CLOSED_COLUMNS
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         lp = option_logprobs(lm, [r["prompt"] for r in part], ANSWERS, prefix=prefix, batch_size=batch_size,
@@ -137,8 +156,11 @@ def pct_closed(run: RunDir, lm, *, use_chat: bool = False, batch_size: int = 16,
             rows.append({**{k: r[k] for k in cols[:7]}, **{f"lp_{k}": round(float(l[k]), 4) for k in range(4)},
                          **{f"p_{k}": round(float(p[k]), 4) for k in range(4)},
                          "choice": c, "answer": ANSWERS[c], "p_agree": round(float(p[2] + p[3]), 4)})
-        run.write_part("closed", rows, cols)
+        work.write_part("closed", rows, cols)
     bar.close()
+    if piece is not None:
+        work.update_stage("closed", complete=True, n_prompts=len(done) + len(todo))
+        return work.path
     rows = _ordered(run.read_parts("closed"), prompts)
     return run.write_table("closed.csv", rows, cols)
 
@@ -152,25 +174,50 @@ def _ordered(rows: list[dict[str, str]], prompts: list[dict[str, str]]) -> list[
 
 
 def pct_open(run: RunDir, lm, *, max_new_tokens: int = 40, batch_size: int = 16, chunk: int | None = None,
-             progress: bool = True) -> Path:
-    """Open domain: greedy generation per prompt, saved every ``chunk`` prompts (a rerun resumes)."""
+             progress: bool = True, shard: str | None = None) -> Path:
+    """Open domain: greedy generation per prompt, saved every ``chunk`` prompts (a rerun resumes).
+    ``shard`` (``"i/n"``): only the prompts of that shard, into ``RUN/shards/open/``."""
     from .generation import generate_texts
 
     prompts = [r for r in prompt_table(run) if r["form"] == "open"]
-    done = {r["id"] for r in run.read_parts("open")}
-    todo = [r for r in prompts if r["id"] not in done]
-    bar = _bar(len(prompts), "open-domain generation", progress)
-    bar.update(len(prompts) - len(todo))
-    cols = ["id", "pair_id", "proposition", "section", "persona", "instruction", "text", "raw"]
+    work, piece = _shard_work(run, "open", shard)
+    done = {r["id"] for r in work.read_parts("open")}
+    todo = [r for r in prompts if r["id"] not in done and (piece is None or piece.holds(r["id"]))]
+    bar = _bar(len(done) + len(todo), "open-domain generation", progress)
+    bar.update(len(done))
+    cols = OPEN_COLUMNS
     chunk = chunk or _OPEN_CHUNK
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         texts = generate_texts(lm, [r["prompt"] for r in part], max_new_tokens=max_new_tokens, batch_size=batch_size,
                                on_batch=lambda idx, _: bar.update(len(idx)))
         rows = [{**{k: r[k] for k in cols[:6]}, "text": trim_generation(t), "raw": t} for r, t in zip(part, texts)]
-        run.write_part("open", rows, cols)
+        work.write_part("open", rows, cols)
     bar.close()
+    if piece is not None:
+        work.update_stage("open", complete=True, n_prompts=len(done) + len(todo))
+        return work.path
     return run.write_table("open.csv", _ordered(run.read_parts("open"), prompts), cols)
+
+
+def merge_pct_stage(run_dir: str | Path, stage: str) -> dict[str, Any]:
+    """Join ``RUN/shards/<closed|open>/*`` into the run: its parts, its table and a finished stage."""
+    from .merge import _check_shards
+
+    run = RunDir(run_dir)
+    entries = _check_shards(run.path, stage)
+    started = time.time()
+    run.reset_stage(stage, [f"{stage}.csv"])
+    cols = CLOSED_COLUMNS if stage == "closed" else OPEN_COLUMNS
+    for d, _ in entries:
+        rows = RunDir(d).read_parts(stage)
+        if rows:
+            run.write_part(stage, rows, cols)
+    prompts = [r for r in prompt_table(run) if r["form"] == stage]
+    run.write_table(f"{stage}.csv", _ordered(run.read_parts(stage), prompts), cols)
+    _finish(run, stage, started, f"{len(prompts)} {'closed prompts' if stage == 'closed' else 'texts'} "
+                                 f"(merged from {len(entries)} shards)")
+    return {"n_prompts": len(prompts)}
 
 
 def pct_judge(run: RunDir, judge, *, chunk: int = 256, progress: bool = True) -> Path:
@@ -491,13 +538,15 @@ REDO_OUTPUTS = {"closed": ("closed.csv",), "open": ("open.csv",), "judge": ("sta
 
 def run_pct(cfg: PCTConfig, *, stages: Sequence[str] | None = None, progress: bool = True, lm=None, judge=None,
             embedder=None, report_dir: str | Path | None = None, log: Callable[[str], None] = print,
-            redo: Sequence[str] = ()) -> RunDir:
+            redo: Sequence[str] = (), shard: str | None = None) -> RunDir:
     """Run (or resume) the PCT study; finished stages with the same settings are skipped, except those
     in ``redo`` (their outputs are deleted first: use after changing a judge, embedder or code)."""
     from .models import load_model
     from .prompts import resolve_chat
 
     wanted = list(STAGES if stages is None else stages)
+    if shard is not None and (len(wanted) != 1 or wanted[0] not in SHARDABLE):
+        raise ValueError(f"--shard runs one of the stages {', '.join(SHARDABLE)} at a time (then `wdprobe merge RUN`)")
     unknown = [s for s in wanted if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown PCT stage(s) {unknown}; stages are {', '.join(STAGES)}")
@@ -542,6 +591,13 @@ def run_pct(cfg: PCTConfig, *, stages: Sequence[str] | None = None, progress: bo
                 write_judge_check(run, judge)  # a run made before the check existed gets it without re-judging
             continue
         started = time.time()
+        if shard is not None:
+            fn = pct_closed if stage == "closed" else pct_open
+            extra = {"use_chat": use_chat} if stage == "closed" else {"max_new_tokens": cfg.max_new_tokens}
+            path = fn(run, model(), batch_size=cfg.batch_size, progress=progress, shard=shard, **extra)
+            log(f"{stage} shard {shard}: {path} ({time.time() - started:.0f} s); when every shard is done: "
+                f"wdprobe merge {run.path}")
+            continue
         if stage == "closed":
             pct_closed(run, model(), use_chat=use_chat, batch_size=cfg.batch_size, progress=progress)
             result = f"{sum(1 for _ in read_csv(run.path / 'closed.csv'))} closed prompts"
