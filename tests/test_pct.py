@@ -490,7 +490,19 @@ def test_sharded_closed_and_open_merge_to_the_unsharded_tables(tmp_path, pct_dir
     # the merged stages count as done: the next stages run on them without redoing anything
     run = run_pct(cfg, lm=None, stages=["closed", "open"], **quiet)
     assert "merged from 3 shards" in json.dumps(run.read_manifest()["stages"]["closed"])
-    with pytest.raises(ValueError, match="--shard runs one of the stages closed, open"):
-        run_pct(cfg, lm=pct_lm, stages=["judge"], shard="0/2", **quiet)
+    # judge and capture shard the same way
+    run_pct(whole, lm=pct_lm, judge=KeywordJudge(), stages=["judge", "capture"], **quiet)
+    for stage in ("judge", "capture"):
+        for i in range(2):
+            run_pct(cfg, lm=pct_lm, judge=KeywordJudge(), stages=[stage], shard=f"{i}/2", **quiet)
+    assert set(merge_run(tmp_path / "sharded")) == {"closed", "open", "judge", "capture"}
+    assert (tmp_path / "sharded" / "stances.csv").read_text() == (tmp_path / "whole" / "stances.csv").read_text()
+    from wdprobe.pct import load_pct_activations
+    from wdprobe.runs import RunDir
+
+    (a, ia), (b, ib) = load_pct_activations(RunDir(tmp_path / "whole")), load_pct_activations(RunDir(tmp_path / "sharded"))
+    assert ia == ib and all(np.array_equal(a[f], b[f]) for f in ("closed", "open"))
+    with pytest.raises(ValueError, match="--shard runs one of the stages closed, open, judge, capture"):
+        run_pct(cfg, lm=pct_lm, stages=["probes"], shard="0/2", **quiet)
     with pytest.raises(MergeError, match="nothing to merge"):
         merge_run(tmp_path / "whole")

@@ -336,7 +336,7 @@ def _add_pct_parser(sub) -> None:
         p.add_argument("--folds", type=int, default=None)
         p.add_argument("--notes", default=None, help="markdown file with a written reading for the report")
         p.add_argument("--report", default=None, help="report folder (default RUN/report)")
-        if name in ("closed", "open"):
+        if name in ("closed", "open", "judge", "capture"):
             p.add_argument("--shard", default=None, help="i/n: only shard i of n of the prompts (split by prompt id), "
                                                          "into RUN/shards/%s/; then wdprobe merge RUN" % name)
         p.add_argument("--quiet", action="store_true")

@@ -118,8 +118,8 @@ def _merge_pct(stage: str):
     return merge
 
 
-MERGERS = {"score": merge_score, "capture": _merge_capture, "patch_cross": _merge_cross_patch, "steer": _merge_steering,
-           "closed": _merge_pct("closed"), "open": _merge_pct("open")}
+MERGERS = {"score": merge_score, "capture": _merge_capture, "patch_cross": _merge_cross_patch, "steer": _merge_steering}
+PCT_MERGERS = {stage: _merge_pct(stage) for stage in ("closed", "open", "judge", "capture")}
 
 
 def merge_run(run_dir: str | Path) -> dict[str, Any]:
@@ -128,11 +128,13 @@ def merge_run(run_dir: str | Path) -> dict[str, Any]:
     stages = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if not stages:
         raise MergeError(f"{run_dir}: nothing to merge (no shards/ folder); run a stage with --shard i/n first")
-    unknown = [s for s in stages if s not in MERGERS]
+    is_pct = "pct" in RunDir(run_dir).read_manifest().get("stages", {})
+    mergers = PCT_MERGERS if is_pct else MERGERS
+    unknown = [s for s in stages if s not in mergers]
     if unknown:
-        raise MergeError(f"{run_dir}: no merger for stage(s) {unknown}; mergeable: {sorted(MERGERS)}")
-    order = [s for s in MERGERS if s in stages]  # scoring first: later stages read the merged run
-    return {s: MERGERS[s](run_dir) for s in order}
+        raise MergeError(f"{run_dir}: no merger for stage(s) {unknown}; mergeable: {sorted(mergers)}")
+    order = [s for s in mergers if s in stages]  # pipeline order: later stages read the merged earlier ones
+    return {s: mergers[s](run_dir) for s in order}
 
 
 def main_summary(result: dict[str, Any]) -> str:

@@ -113,7 +113,7 @@ def _bar(total: int, desc: str, progress: bool):
 
 # ---- stages -------------------------------------------------------------------------------------
 
-SHARDABLE = ("closed", "open")
+SHARDABLE = ("closed", "open", "judge", "capture")
 CLOSED_COLUMNS = ["id", "pair_id", "proposition", "section", "persona", "instruction", "order"] + \
     [f"lp_{k}" for k in range(4)] + [f"p_{k}" for k in range(4)] + ["choice", "answer", "p_agree"]
 OPEN_COLUMNS = ["id", "pair_id", "proposition", "section", "persona", "instruction", "text", "raw"]
@@ -201,35 +201,68 @@ def pct_open(run: RunDir, lm, *, max_new_tokens: int = 40, batch_size: int = 16,
 
 
 def merge_pct_stage(run_dir: str | Path, stage: str) -> dict[str, Any]:
-    """Join ``RUN/shards/<closed|open>/*`` into the run: its parts, its table and a finished stage."""
+    """Join ``RUN/shards/<closed|open|judge|capture>/*`` into the run: its parts and table (or the
+    activation file), and a finished stage, exactly as the unsharded stage writes them."""
     from .merge import _check_shards
 
     run = RunDir(run_dir)
     entries = _check_shards(run.path, stage)
     started = time.time()
-    run.reset_stage(stage, [f"{stage}.csv"])
-    cols = CLOSED_COLUMNS if stage == "closed" else OPEN_COLUMNS
+    if stage == "capture":
+        return _merge_pct_capture(run, entries, started)
+    table = {"closed": "closed.csv", "open": "open.csv", "judge": "stances.csv"}[stage]
+    run.reset_stage(stage, [table])
+    cols = {"closed": CLOSED_COLUMNS, "open": OPEN_COLUMNS, "judge": JUDGE_COLUMNS}[stage]
     for d, _ in entries:
         rows = RunDir(d).read_parts(stage)
         if rows:
             run.write_part(stage, rows, cols)
-    prompts = [r for r in prompt_table(run) if r["form"] == stage]
-    run.write_table(f"{stage}.csv", _ordered(run.read_parts(stage), prompts), cols)
-    _finish(run, stage, started, f"{len(prompts)} {'closed prompts' if stage == 'closed' else 'texts'} "
+    order = read_csv(run.path / "open.csv") if stage == "judge" else \
+        [r for r in prompt_table(run) if r["form"] == stage]
+    run.write_table(table, _ordered(run.read_parts(stage), order), cols)
+    _finish(run, stage, started, f"{len(order)} {'closed prompts' if stage == 'closed' else 'texts'} "
                                  f"(merged from {len(entries)} shards)")
+    return {"n_prompts": len(order)}
+
+
+def _merge_pct_capture(run: RunDir, entries, started: float) -> dict[str, Any]:
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    from .cache import atomic_write_bytes
+
+    rows: dict[str, dict[str, torch.Tensor]] = {"closed": {}, "open": {}}
+    for d, _ in entries:
+        with safe_open(str(d / "activations.safetensors"), "pt") as f:
+            ids = json.loads(f.metadata()["ids"])
+            for form in ("closed", "open"):
+                t = f.get_tensor(form)
+                rows[form].update({i: t[k] for k, i in enumerate(ids[form])})
+    prompts = prompt_table(run)
+    meta = {form: [r["id"] for r in prompts if r["form"] == form] for form in ("closed", "open")}
+    tensors = {form: torch.stack([rows[form][i] for i in meta[form]]) for form in ("closed", "open")}
+    atomic_write_bytes(run.path / "activations.safetensors",
+                       save(tensors, metadata={"ids": json.dumps(meta), "hook": "resid_post", "position": "last"}))
+    _finish(run, "capture", started, f"activations.safetensors (merged from {len(entries)} shards)")
     return {"n_prompts": len(prompts)}
 
 
-def pct_judge(run: RunDir, judge, *, chunk: int = 256, progress: bool = True) -> Path:
-    """Stance of each open text (a :class:`wdprobe.stance.StanceJudge`), saved in parts."""
+JUDGE_COLUMNS = ["id", "pair_id", "proposition", "section", "persona", "instruction"] + [f"s_{k}" for k in range(4)] + \
+    ["stance", "answer", "empty"]
+
+
+def pct_judge(run: RunDir, judge, *, chunk: int = 256, progress: bool = True, shard: str | None = None) -> Path:
+    """Stance of each open text (a :class:`wdprobe.stance.StanceJudge`), saved in parts.
+    ``shard`` (``"i/n"``): only the texts of that shard, into ``RUN/shards/judge/``."""
     texts = read_csv(run.path / "open.csv")
     statements = {r["id"]: r["statement"] for r in prompt_table(run)}
-    done = {r["id"] for r in run.read_parts("judge")}
-    todo = [r for r in texts if r["id"] not in done]
-    bar = _bar(len(texts), f"judging stances ({judge.name})", progress)
-    bar.update(len(texts) - len(todo))
-    cols = ["id", "pair_id", "proposition", "section", "persona", "instruction"] + [f"s_{k}" for k in range(4)] + \
-           ["stance", "answer", "empty"]
+    work, piece = _shard_work(run, "judge", shard)
+    done = {r["id"] for r in work.read_parts("judge")}
+    todo = [r for r in texts if r["id"] not in done and (piece is None or piece.holds(r["id"]))]
+    bar = _bar(len(done) + len(todo), f"judging stances ({judge.name})", progress)
+    bar.update(len(done))
+    cols = JUDGE_COLUMNS
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         scores = judge.stance_logprobs([statements[r["id"]] for r in part], [r["text"] or "N/A" for r in part])
@@ -238,10 +271,13 @@ def pct_judge(run: RunDir, judge, *, chunk: int = 256, progress: bool = True) ->
             c = int(np.argmax(s))
             rows.append({**{k: r[k] for k in cols[:6]}, **{f"s_{k}": round(float(s[k]), 4) for k in range(4)},
                          "stance": c, "answer": ANSWERS[c], "empty": int(not r["text"].strip())})
-        run.write_part("judge", rows, cols)
+        work.write_part("judge", rows, cols)
         bar.update(len(part))
     bar.close()
-    write_judge_check(run, judge)
+    write_judge_check(run, judge)  # into RUN itself (identical from every shard; the first one writes it)
+    if piece is not None:
+        work.update_stage("judge", complete=True, n_prompts=len(done) + len(todo))
+        return work.path
     return run.write_table("stances.csv", _ordered(run.read_parts("judge"), texts), cols)
 
 
@@ -338,15 +374,17 @@ def instruction_noise(closed: Sequence[dict]) -> dict[str, Any] | None:
             "answer_changes_persona_vs_base": round(float(np.mean(diff_persona)), 4) if diff_persona else None}
 
 
-def pct_capture(run: RunDir, lm, *, batch_size: int = 16, progress: bool = True) -> Path:
-    """Last-token residual stream (every layer) of every closed and open prompt, float16 safetensors."""
+def pct_capture(run: RunDir, lm, *, batch_size: int = 16, progress: bool = True, shard: str | None = None) -> Path:
+    """Last-token residual stream (every layer) of every closed and open prompt, float16 safetensors.
+    ``shard`` (``"i/n"``): only that shard's prompts, into ``RUN/shards/capture/i-of-n/``."""
     import torch
     from safetensors.torch import save
 
     from .cache import atomic_write_bytes
     from .capture import last_token_residuals
 
-    prompts = prompt_table(run)
+    work, piece = _shard_work(run, "capture", shard)
+    prompts = [r for r in prompt_table(run) if piece is None or piece.holds(r["id"])]
     tensors = {}
     for form in ("closed", "open"):
         rows = [r for r in prompts if r["form"] == form]
@@ -354,9 +392,11 @@ def pct_capture(run: RunDir, lm, *, batch_size: int = 16, progress: bool = True)
         arr = last_token_residuals(lm, [r["prompt"] for r in rows], batch_size=batch_size, on_batch=bar.update)
         bar.close()
         tensors[form] = torch.from_numpy(arr).to(torch.float16)
-    path = run.path / "activations.safetensors"
+    path = work.path / "activations.safetensors"
     meta = {form: [r["id"] for r in prompts if r["form"] == form] for form in ("closed", "open")}
     atomic_write_bytes(path, save(tensors, metadata={"ids": json.dumps(meta), "hook": "resid_post", "position": "last"}))
+    if piece is not None:
+        work.update_stage("capture", complete=True, n_prompts=len(prompts))
     return path
 
 
@@ -592,9 +632,17 @@ def run_pct(cfg: PCTConfig, *, stages: Sequence[str] | None = None, progress: bo
             continue
         started = time.time()
         if shard is not None:
-            fn = pct_closed if stage == "closed" else pct_open
-            extra = {"use_chat": use_chat} if stage == "closed" else {"max_new_tokens": cfg.max_new_tokens}
-            path = fn(run, model(), batch_size=cfg.batch_size, progress=progress, shard=shard, **extra)
+            if stage == "closed":
+                path = pct_closed(run, model(), use_chat=use_chat, batch_size=cfg.batch_size, progress=progress, shard=shard)
+            elif stage == "open":
+                path = pct_open(run, model(), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                progress=progress, shard=shard)
+            elif stage == "judge":
+                _require(run, stage, "open")
+                judge = judge or default_judge()
+                path = pct_judge(run, judge, progress=progress, shard=shard)
+            else:
+                path = pct_capture(run, model(), batch_size=cfg.batch_size, progress=progress, shard=shard)
             log(f"{stage} shard {shard}: {path} ({time.time() - started:.0f} s); when every shard is done: "
                 f"wdprobe merge {run.path}")
             continue
