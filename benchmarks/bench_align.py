@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench_pct import timed  # noqa: E402  (same folder: python benchmarks/bench_align.py)
 from wdprobe.align import build_examples, two_option_items
 from wdprobe.alignment import flip_targets
 from wdprobe.capture import last_token_readout, last_token_residuals
@@ -28,15 +28,6 @@ from wdprobe.data import load_wdct, present
 from wdprobe.finetune import TrainSettings, Tuner
 from wdprobe.models import load_model
 from wdprobe.scoring import build_prompts, item_row, next_token_logprobs, resolve_letter_tokens
-
-
-def timed(fn, repeats: int):
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times, out
 
 
 def main() -> None:

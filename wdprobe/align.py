@@ -329,11 +329,12 @@ def analyse(run_dir: str | Path) -> list[dict]:
     split = {r["id"]: r for r in read_csv(run.path / "split.csv")}
     targets = {i: int(r["target"]) for i, r in split.items()}
     epochs = evaluated_epochs(run.path)
-    rows0 = _typed_rows(load_epoch(run.path, 0)[0])
+    loaded = {e: load_epoch(run.path, e) for e in epochs}  # read once: rates and the inside view share them
+    rows0 = _typed_rows(loaded[0][0])
     trained = "both" if cfg["form"] == "both" else ("deed" if cfg["form"] == "deed" else "word")
     rates = []
     for e in epochs:
-        rows = _typed_rows(load_epoch(run.path, e)[0])
+        rows = _typed_rows(loaded[e][0])
         for set_name in ("train", "held_out", "all"):
             keep = {i for i, r in split.items() if set_name == "all" or r["set"] == set_name}
             b = [r for r in rows0 if r["id"] in keep]
@@ -349,7 +350,7 @@ def analyse(run_dir: str | Path) -> list[dict]:
     run.write_table("change_rates.csv", rates, RATE_COLUMNS)
     from .align_inside import inside_tables
 
-    tables = inside_tables({e: load_epoch(run.path, e) for e in epochs}, {i: r["set"] for i, r in split.items()}, targets)
+    tables = inside_tables(loaded, {i: r["set"] for i, r in split.items()}, targets)
     for name, rows_ in tables.items():
         run.write_table(f"inside_{name}.csv", rows_, list(rows_[0]) if rows_ else ["epoch"])
     inside = _inside_summary(tables, trained, epochs[-1])
