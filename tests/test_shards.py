@@ -164,3 +164,33 @@ def test_sharded_steering_merges_to_the_unsharded_stage(tiny_lm, tmp_path):
     fa = pd.read_csv(tmp_path / "a" / "steering" / "steering.csv").sort_values(key).reset_index(drop=True)
     fb = pd.read_csv(tmp_path / "b" / "steering" / "steering.csv").sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(fa.drop(columns=["item"]), fb.drop(columns=["item"]), atol=1e-6)
+
+
+def test_sharded_exact_positional_patching_merges_to_the_unsharded_stage(tiny_lm, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from wdprobe.capture import capture_wdct
+    from wdprobe.cli import main
+    from wdprobe.evaluate import score_wdct
+
+    data = write_two_option_copies(tmp_path / "w.csv")
+    score_wdct(tmp_path / "a", lm=tiny_lm, data=data, progress=False)
+    capture_wdct(tmp_path / "a", lm=tiny_lm, progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    args = ["--kind", "positional", "--positional-items", "4", "--exact-items", "3", "--min-effect", "0", "--quiet"]
+    assert main(["patch", "--run", str(tmp_path / "a")] + args) == 0
+    for i in range(2):
+        assert main(["patch", "--run", str(tmp_path / "b"), "--shard", f"{i}/2"] + args) == 0
+    saved = list((tmp_path / "b" / "shards").rglob("positional-deed-exact/*.json"))
+    assert len(saved) == 3  # every exact item once, across the two shards
+    assert main(["merge", str(tmp_path / "b")]) == 0
+    ha = json.loads((tmp_path / "a" / "patching" / "positional-deed-headline.json").read_text())
+    hb = json.loads((tmp_path / "b" / "patching" / "positional-deed-headline.json").read_text())
+    drop = ("seconds_attribution", "seconds_exact")
+    assert_same_numbers({k: v for k, v in ha.items() if k not in drop}, {k: v for k, v in hb.items() if k not in drop},
+                        tol=1e-6)
+    fa, fb = (pd.read_csv(tmp_path / r / "patching" / "positional-deed.csv") for r in ("a", "b"))
+    pd.testing.assert_frame_equal(fa, fb, atol=1e-6)
+    assert main(["patch", "--run", str(tmp_path / "b"), "--kind", "both", "--shard", "0/2", "--quiet"]) == 2

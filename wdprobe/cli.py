@@ -146,6 +146,9 @@ def cmd_patch(args: argparse.Namespace) -> int:
     from .config import item_count
     from .localise import LOW_RANK_CORRELATION, run_cross_patch, run_positional_patch
 
+    if args.shard and args.kind == "both":
+        raise ValueError("--shard with --kind both: shard the cross and the positional stage one at a time")
+
     if args.kind in ("cross", "both"):
         head = run_cross_patch(args.run, n_items=item_count(args.items), layers=args.layers,
                                conditions=args.conditions.split(","), seed=args.seed, batch_size=args.batch_size,
@@ -155,12 +158,14 @@ def cmd_patch(args: argparse.Namespace) -> int:
             return 0
         print(json.dumps({k: v for k, v in head.items()}, indent=2, default=float))
     if args.kind in ("positional", "both"):
-        if args.shard:
-            raise ValueError("--shard applies to --kind cross only (positional patching runs on a few items)")
         head = run_positional_patch(args.run, form=args.form, n_items=args.positional_items, n_exact=args.exact_items,
                                     layers=args.layers, min_effect=args.min_effect, screen=args.screen, seed=args.seed,
-                                    batch_size=args.batch_size, progress=not args.quiet, restart=args.restart)
+                                    batch_size=args.batch_size, progress=not args.quiet, restart=args.restart,
+                                    shard=args.shard)
         print(json.dumps(head, indent=2))
+        if args.shard:
+            print(f"when every shard is done: wdprobe merge {args.run}")
+            return 0
         if head["low_rank_correlation"]:
             print(f"wdprobe: warning: attribution patching agrees poorly with exact patching (Spearman "
                   f"{head['rank_correlation_pooled']:.2f} < {LOW_RANK_CORRELATION}); trust the exact heatmaps, not the "
@@ -523,8 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="most rows per forward (on CPU also capped at ~1.5k tokens)")
     p.add_argument("--restart", action="store_true", help="discard this stage's earlier results in the run directory")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--shard", default=None, help="i/n: cross-form patching of shard i of n of the items, into "
-                                                 "RUN/shards/patch_cross/; then wdprobe merge RUN")
+    p.add_argument("--shard", default=None, help="i/n: cross-form patching (or the exact positional patching) of shard i "
+                                                 "of n of the items, into RUN/shards/; then wdprobe merge RUN")
     p.set_defaults(func=cmd_patch)
 
     p = sub.add_parser("steer", help="add alpha x word-stance direction to deed runs; CS over (layer, alpha)")

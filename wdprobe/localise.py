@@ -133,6 +133,37 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
     return head
 
 
+def _save_exact(folder: Path, item_id: str, res: dict[str, Any]) -> None:
+    atomic_write_text(folder / f"{item_id}.json", json.dumps({"clean": res["clean"], "counterfactual": res["counterfactual"],
+                                                              "patched": np.asarray(res["patched"]).tolist()}))
+
+
+def _saved_exact(run_dir: Path, stage: str, form: str) -> dict[str, dict[str, Any]]:
+    """Exact positional patching results already saved, by item id (this run's and its shards'; a restart
+    deletes the run's own with the stage's other outputs)."""
+    out = {}
+    name = f"patching/positional-{form}-exact"
+    folders = [run_dir / name] + sorted((run_dir / "shards" / stage).glob(f"*-of-*/{name}"))
+    for folder in folders:
+        for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            d = json.loads(f.read_text())
+            out[f.stem] = {"clean": d["clean"], "counterfactual": d["counterfactual"], "patched": np.array(d["patched"])}
+    return out
+
+
+def merge_positional(run_dir: str | Path, stage: str, lm=None) -> dict[str, Any]:
+    """Positional patching from its shards: every saved exact item is reused, the rest of the stage rerun."""
+    from .merge import _check_shards
+
+    run = RunDir(run_dir)
+    entries = _check_shards(run.path, stage)
+    cfg = entries[0][1]["config"]
+    run.reset_stage(stage, [f"patching/positional-{cfg['form']}*"])
+    return run_positional_patch(run.path, form=cfg["form"], n_items=cfg["n_items"], n_exact=cfg["n_exact"],
+                                layers=cfg["layers"], min_effect=cfg["min_effect"], screen=cfg["screen"], seed=cfg["seed"],
+                                progress=False, lm=lm)
+
+
 def merge_cross_patch(run_dir: str | Path, lm=None) -> dict[str, Any]:
     """Join ``RUN/shards/patch_cross/*`` into the run and write the stage's outputs as an unsharded run would."""
     from .merge import _check_shards
@@ -228,14 +259,19 @@ SEGMENT_ORDER = ["special", "instruction", "scenario", "label A", "option A", "l
 def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: int = 16, n_exact: int = 4,
                          layers: str | Sequence[int] | None = None, min_effect: float = 0.0, screen: int = 256,
                          seed: int = 0,
-                         batch_size: int = 64, progress: bool = True, restart: bool = False, lm=None) -> dict[str, Any]:
+                         batch_size: int = 64, progress: bool = True, restart: bool = False, lm=None,
+                         shard: str | None = None) -> dict[str, Any]:
     """Layer x position heatmaps on option-swapped counterfactuals.
 
     Of a seeded sample of ``screen`` aligned items, the ``n_items`` whose answer log-odds move most when
     the options are swapped (at least ``min_effect`` nats) get attribution patching; the ``n_exact``
     shortest of them also get exact patching, and the two are compared by rank correlation.
-    Writes ``patching/positional-{form}*``."""
+    Writes ``patching/positional-{form}*``. ``shard`` (``"i/n"``): exact patching (the costly part) of that
+    shard's items only, saved under ``RUN/shards/patch_positional_<form>/``; the unsharded call (``wdprobe
+    merge RUN``) reuses every saved item and computes only what is missing."""
     import pandas as pd
+
+    from .shards import Shard, shard_dir
 
     from . import localise_plots, plots
     from .interventions import Row, resid_hook, run_interventions
@@ -254,8 +290,11 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     stage = f"patch_positional_{form}"
     if restart:
         run.reset_stage(stage, [f"patching/positional-{form}*"])
-    run.check_or_start(stage, {"form": form, "n_items": n_items, "n_exact": n_exact, "layers": layers,
-                               "min_effect": min_effect, "screen": screen, "seed": seed, "hook": "resid_pre"})
+    part = Shard.parse(shard)
+    work = RunDir(shard_dir(run.path, stage, part)) if part else run
+    work.check_or_start(stage, {"form": form, "n_items": n_items, "n_exact": n_exact, "layers": layers,
+                                "min_effect": min_effect, "screen": screen, "seed": seed, "hook": "resid_pre",
+                                **({"shard": str(part)} if part else {})})
     pairs = load_pairs(run.path, lm.tokenizer, n_items=None)
     use_chat = run.read_manifest()["stages"]["score"]["config"]["chat_template"]
     clean_all, cf_all, pres_all = [], [], []
@@ -291,16 +330,26 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     ids = [pres_all[k].item.id for k in chosen]
     tokens = [aligned_tokens(lm.tokenizer, a, b) for a, b in zip(clean, cf)]
     segs = [token_segments(lm.tokenizer, a, pres_all[k], form) for a, k in zip(clean, chosen)]
+    n_ex = min(n_exact, len(chosen))
+    saved = _saved_exact(run.path, stage, form)
+    todo = [i for i in range(n_ex) if ids[i] not in saved and (part is None or part.holds(ids[i]))]
+    total = sum(len(tokens[i]) * len(hooks) for i in todo)
+    bar = _bar(total, "exact positional patching", progress)
+    t0 = time.perf_counter()
+    for i in todo:  # one item at a time, saved as it finishes: an interrupted run keeps what is done
+        res = exact_patching(lm, [clean[i]], [cf[i]], hooks, token_ids, batch_size=batch_size, progress=bar.update)[0]
+        saved[ids[i]] = res
+        _save_exact(work.path / "patching" / f"positional-{form}-exact", ids[i], res)
+    t_exact = time.perf_counter() - t0
+    bar.close()
+    if part:
+        work.update_stage(stage, complete=True, exact_items=[ids[i] for i in range(n_ex) if part.holds(ids[i])],
+                          **_seconds(work, stage, t_start))
+        return {"shard": str(part), "n_exact": sum(part.holds(ids[i]) for i in range(n_ex))}
+    exact = [saved[ids[i]] for i in range(n_ex)]
     t0 = time.perf_counter()
     attr = attribution_patching(lm, clean, cf, hooks, token_ids)
     t_attr = time.perf_counter() - t0
-    n_ex = min(n_exact, len(chosen))
-    total = sum(len(t) * len(hooks) for t in tokens[:n_ex])
-    bar = _bar(total, "exact positional patching", progress)
-    t0 = time.perf_counter()
-    exact = exact_patching(lm, clean[:n_ex], cf[:n_ex], hooks, token_ids, batch_size=batch_size, progress=bar.update) if n_ex else []
-    t_exact = time.perf_counter() - t0
-    bar.close()
     recs = []
     for method, results in (("attribution", attr), ("exact", exact)):
         for i, res in enumerate(results):

@@ -118,7 +118,17 @@ def _merge_pct(stage: str):
     return merge
 
 
-MERGERS = {"score": merge_score, "capture": _merge_capture, "patch_cross": _merge_cross_patch, "steer": _merge_steering}
+def _merge_positional(stage: str):
+    def merge(run_dir: str | Path) -> dict[str, Any]:
+        from .localise import merge_positional
+
+        return merge_positional(run_dir, stage)
+    return merge
+
+
+MERGERS = {"score": merge_score, "capture": _merge_capture, "patch_cross": _merge_cross_patch, "steer": _merge_steering,
+           "patch_positional_deed": _merge_positional("patch_positional_deed"),
+           "patch_positional_word": _merge_positional("patch_positional_word")}
 PCT_MERGERS = {stage: _merge_pct(stage) for stage in ("closed", "open", "judge", "capture")}
 
 
