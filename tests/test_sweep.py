@@ -88,3 +88,25 @@ def test_ray_executor_equals_local(tmp_path, tiny_model_dir):
         assert all(abs(float(x["pcs"]) - float(y["pcs"])) < 1e-6 for x, y in zip(ra, rb))
     info = json.loads((remote.out / "sweep.json").read_text())
     assert info["executor"] == "ray" and info["ran"] == 4
+
+
+def test_sweep_runs_later_stages_on_merged_shards(tmp_path, tiny_model_dir, tiny_lm):
+    import numpy as np
+
+    from wdprobe.capture import capture_wdct, load_activations
+    from wdprobe.evaluate import score_wdct
+
+    data = write_two_option_copies(tmp_path / "w.csv", copies=3)
+    cfg = tmp_path / "stages.toml"
+    cfg.write_text(f'[sweep]\nout = "{tmp_path / "out"}"\nmodels = ["{tiny_model_dir}"]\ndata = "{data}"\nshards = 2\n'
+                   f'stages = ["score", "capture"]\n')
+    res = run_sweep(cfg, executor="local", progress=False)
+    assert sorted(t["stage"] for t in res.tasks) == ["capture", "capture", "score", "score"]
+    score_wdct(tmp_path / "whole", lm=tiny_lm, data=data, progress=False)
+    capture_wdct(tmp_path / "whole", lm=tiny_lm, progress=False)
+    a = load_activations(tmp_path / "whole")
+    b = load_activations(res.out / tiny_model_dir.name)
+    assert np.array_equal(a.array, b.array)
+    cfg.write_text(cfg.read_text().replace('["score", "capture"]', '["capture"]'))
+    with pytest.raises(SweepConfigError, match="stages must start with 'score'"):
+        load_sweep(cfg)

@@ -7,6 +7,7 @@ A sweep file (TOML) names the models, a grid of scoring settings and a shard cou
     models = ["gemma-3-270m", "/models/Llama-3-8B"]
     data = "WDCT.csv"             # optional: else $WDPROBE_WDCT or the pinned download
     shards = 4                    # each run's items split by id into 4 tasks
+    stages = ["score", "capture"] # optional (default ["score"]): also capture, patch_cross, steer, in order
     num_cpus = 1                  # Ray resources per task
     num_gpus = 0
 
@@ -17,9 +18,11 @@ A sweep file (TOML) names the models, a grid of scoring settings and a shard cou
     sample = 200
     dtype = "float32"
 
-Every task is one ``score_wdct(..., shard="i/n")`` call writing its own shard directory, so a task that dies
-is rerun alone and a half-finished sweep resumes (finished shards are skipped). When a run's shards are all
-done they are merged (:func:`wdprobe.merge.merge_score`) and the sweep writes ``sweep.csv`` (one row per run).
+Every task is one stage of one shard of one run (``score_wdct(..., shard="i/n")``, ``capture_wdct(...)``, ...)
+writing its own shard directory, so a task that dies is rerun alone and a half-finished sweep resumes
+(finished shards are skipped). Stages run one after another: when all shards of a stage are done, each run's
+shards are merged (:mod:`wdprobe.merge`) before the next stage's tasks start. The sweep writes ``sweep.csv``
+(one row per run).
 Ray is optional (``pip install 'wdprobe[ray]'``); ``executor="local"`` needs nothing but wdprobe.
 """
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any, Sequence
 SETTING_KEYS = {"seed", "setting", "sample", "limit", "domains", "subset", "dtype", "batch_size", "chat", "demos",
                 "device_map"}
 EXECUTORS = ("local", "ray")
+SWEEP_STAGES = ("score", "capture", "patch_cross", "steer")
 
 
 class SweepConfigError(ValueError):
@@ -49,10 +53,11 @@ class SweepTask:
     data: str | None
     settings: tuple[tuple[str, Any], ...]
     shard: str
+    stage: str = "score"
 
     @property
     def key(self) -> str:
-        return f"{Path(self.run).name}[{self.shard}]"
+        return f"{Path(self.run).name}[{self.shard}]" + ("" if self.stage == "score" else f":{self.stage}")
 
 
 @dataclass
@@ -65,6 +70,7 @@ class SweepSpec:
     num_gpus: float = 0
     grid: dict[str, list] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
+    stages: list[str] = field(default_factory=lambda: ["score"])
 
     def runs(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(run directory, model, settings) for every model x grid combination."""
@@ -77,8 +83,8 @@ class SweepSpec:
                 out.append((str(self.out / name), model, {**self.fixed, **combo}))
         return out
 
-    def tasks(self) -> list[SweepTask]:
-        return [SweepTask(run, model, self.data, tuple(sorted(settings.items())), f"{i}/{self.shards}")
+    def tasks(self, stage: str = "score") -> list[SweepTask]:
+        return [SweepTask(run, model, self.data, tuple(sorted(settings.items())), f"{i}/{self.shards}", stage)
                 for run, model, settings in self.runs() for i in range(self.shards)]
 
 
@@ -91,7 +97,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     sweep = raw.get("sweep")
     if not isinstance(sweep, dict):
         raise SweepConfigError(f"{path}: needs a [sweep] table with out, models and shards")
-    unknown = set(sweep) - {"out", "models", "data", "shards", "num_cpus", "num_gpus"}
+    unknown = set(sweep) - {"out", "models", "data", "shards", "num_cpus", "num_gpus", "stages"}
     if unknown:
         raise SweepConfigError(f"{path}: unknown [sweep] key(s) {sorted(unknown)}")
     models = sweep.get("models")
@@ -109,12 +115,16 @@ def load_sweep(path: str | Path) -> SweepSpec:
     shards = sweep.get("shards", 1)
     if not isinstance(shards, int) or shards < 1:
         raise SweepConfigError(f"{path}: [sweep] shards must be a positive integer, not {shards!r}")
+    stages = sweep.get("stages", ["score"])
+    if not isinstance(stages, list) or not stages or stages[0] != "score" or any(x not in SWEEP_STAGES for x in stages):
+        raise SweepConfigError(f"{path}: [sweep] stages must start with 'score' and use {list(SWEEP_STAGES)} "
+                               f"(in pipeline order), not {stages!r}")
     data = sweep.get("data")
     if data and not Path(data).is_absolute() and (path.parent / data).exists():
         data = str(path.parent / data)  # relative to the sweep file
     out = Path(sweep.get("out", "runs/sweep"))
     return SweepSpec(out=out if out.is_absolute() else Path.cwd() / out, models=models, data=data,
-                     shards=shards, num_cpus=sweep.get("num_cpus", 1), num_gpus=sweep.get("num_gpus", 0),
+                     shards=shards, num_cpus=sweep.get("num_cpus", 1), num_gpus=sweep.get("num_gpus", 0), stages=stages,
                      grid=grid, fixed=fixed)
 
 
@@ -127,8 +137,8 @@ def task_done(task: SweepTask) -> bool:
     from .runs import RunDir
     from .shards import Shard, shard_dir
 
-    manifest = RunDir(shard_dir(task.run, "score", Shard.parse(task.shard))).read_manifest()
-    return bool(manifest.get("stages", {}).get("score", {}).get("complete"))
+    manifest = RunDir(shard_dir(task.run, task.stage, Shard.parse(task.shard))).read_manifest()
+    return bool(manifest.get("stages", {}).get(task.stage, {}).get("complete"))
 
 
 def run_task(task: SweepTask) -> dict[str, Any]:
@@ -145,9 +155,20 @@ def run_task(task: SweepTask) -> dict[str, Any]:
         _MODELS[key] = load_model(task.model, dtype=settings.get("dtype", "float32"), device_map=settings.get("device_map"))
     t_load = time.perf_counter() - t0
     lm = _MODELS[key]
-    kwargs = {k: v for k, v in settings.items() if k not in ("dtype", "device_map")}
-    res = score_wdct(task.run, lm=lm, data=task.data, shard=task.shard, progress=False, **kwargs)
-    return {"task": task.key, "run": task.run, "shard": task.shard, "items": len(res.rows),
+    if task.stage == "score":
+        kwargs = {k: v for k, v in settings.items() if k not in ("dtype", "device_map")}
+        items = len(score_wdct(task.run, lm=lm, data=task.data, shard=task.shard, progress=False, **kwargs).rows)
+    elif task.stage == "capture":
+        from .capture import capture_wdct
+
+        capture_wdct(task.run, lm=lm, shard=task.shard, progress=False)
+        items = None
+    else:
+        from .localise import run_cross_patch, run_steering
+
+        fn = run_cross_patch if task.stage == "patch_cross" else run_steering
+        items = fn(task.run, lm=lm, shard=task.shard, progress=False)["n_items"]
+    return {"task": task.key, "stage": task.stage, "run": task.run, "shard": task.shard, "items": items,
             "load_seconds": round(t_load, 3), "model_reused": loaded, "seconds": round(time.perf_counter() - t0, 3)}
 
 
@@ -198,11 +219,19 @@ def run_sweep(spec: SweepSpec | str | Path, *, executor: str = "local", address:
 
     if executor not in EXECUTORS:
         raise SweepConfigError(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
+    from .merge import MERGERS
+
     spec = load_sweep(spec) if not isinstance(spec, SweepSpec) else spec
-    tasks = spec.tasks()
-    todo = [t for t in tasks if not task_done(t)]
     t0 = time.perf_counter()
-    timings = _run_local(todo, progress) if executor == "local" else _run_ray(todo, spec, address, progress)
+    timings: list[dict] = []
+    n_tasks = n_todo = 0
+    for stage in spec.stages:  # a stage's shards all finish and merge before the next stage reads them
+        tasks = spec.tasks(stage)
+        todo = [t for t in tasks if not task_done(t)]
+        n_tasks, n_todo = n_tasks + len(tasks), n_todo + len(todo)
+        timings += _run_local(todo, progress) if executor == "local" else _run_ray(todo, spec, address, progress)
+        for run, _, _ in spec.runs():
+            MERGERS[stage](run)
     wall = time.perf_counter() - t0
     rows = []
     for run, model, settings in spec.runs():
@@ -212,7 +241,7 @@ def run_sweep(spec: SweepSpec | str | Path, *, executor: str = "local", address:
                      "pcs_micro": metrics["pcs_micro"], "pcs_macro": metrics["pcs_macro"]})
     spec.out.mkdir(parents=True, exist_ok=True)
     RunDir(spec.out).write_table("sweep.csv", rows, list(rows[0]) if rows else ["run"])
-    atomic_write_json(spec.out / "sweep.json", {"executor": executor, "address": address, "tasks": len(tasks),
-                                                "ran": len(todo), "skipped": len(tasks) - len(todo),
+    atomic_write_json(spec.out / "sweep.json", {"executor": executor, "address": address, "stages": spec.stages,
+                                                "tasks": n_tasks, "ran": n_todo, "skipped": n_tasks - n_todo,
                                                 "wall_seconds": round(wall, 3), "task_timings": timings})
     return SweepResult(spec.out, rows, timings)
