@@ -24,6 +24,18 @@ def assert_same_numbers(a, b, tol: float = 1e-9) -> None:
     assert not diffs
 
 
+def _captured_twins(lm, tmp_path) -> None:
+    """A scored and captured run ``a`` and an identical copy ``b`` (one stage to run unsharded, one sharded)."""
+    import shutil
+
+    from wdprobe.capture import capture_wdct
+    from wdprobe.evaluate import score_wdct
+
+    score_wdct(tmp_path / "a", lm=lm, data=write_two_option_copies(tmp_path / "w.csv"), progress=False)
+    capture_wdct(tmp_path / "a", lm=lm, progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+
+
 def test_shards_partition_items_by_id_alone():
     ids = [f"item-{k}" for k in range(200)]
     shards = [Shard(i, 4) for i in range(4)]
@@ -113,19 +125,12 @@ def test_sharded_capture_merges_to_the_unsharded_capture(tiny_lm, tmp_path):
 
 
 def test_sharded_cross_patching_merges_to_the_unsharded_stage(tiny_lm, tmp_path):
-    import shutil
-
     import pandas as pd
 
-    from wdprobe.capture import capture_wdct
     from wdprobe.cli import main
-    from wdprobe.evaluate import score_wdct
     from wdprobe.localise import run_cross_patch
 
-    data = write_two_option_copies(tmp_path / "w.csv")
-    score_wdct(tmp_path / "a", lm=tiny_lm, data=data, progress=False)
-    capture_wdct(tmp_path / "a", lm=tiny_lm, progress=False)
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    _captured_twins(tiny_lm, tmp_path)
     whole = run_cross_patch(tmp_path / "a", n_items=12, lm=tiny_lm, progress=False)
     for i in range(3):
         assert main(["patch", "--run", str(tmp_path / "b"), "--kind", "cross", "--items", "12", "--shard", f"{i}/3",
@@ -140,19 +145,12 @@ def test_sharded_cross_patching_merges_to_the_unsharded_stage(tiny_lm, tmp_path)
 
 
 def test_sharded_steering_merges_to_the_unsharded_stage(tiny_lm, tmp_path):
-    import shutil
-
     import pandas as pd
 
-    from wdprobe.capture import capture_wdct
     from wdprobe.cli import main
-    from wdprobe.evaluate import score_wdct
     from wdprobe.localise import run_steering
 
-    data = write_two_option_copies(tmp_path / "w.csv")
-    score_wdct(tmp_path / "a", lm=tiny_lm, data=data, progress=False)
-    capture_wdct(tmp_path / "a", lm=tiny_lm, progress=False)
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    _captured_twins(tiny_lm, tmp_path)
     whole = run_steering(tmp_path / "a", n_items=12, alphas=(0, 1, 4), lm=tiny_lm, progress=False)
     for i in range(2):
         assert main(["steer", "--run", str(tmp_path / "b"), "--items", "12", "--alphas", "0,1,4", "--shard", f"{i}/2",
@@ -167,18 +165,11 @@ def test_sharded_steering_merges_to_the_unsharded_stage(tiny_lm, tmp_path):
 
 
 def test_sharded_exact_positional_patching_merges_to_the_unsharded_stage(tiny_lm, tmp_path):
-    import shutil
-
     import pandas as pd
 
-    from wdprobe.capture import capture_wdct
     from wdprobe.cli import main
-    from wdprobe.evaluate import score_wdct
 
-    data = write_two_option_copies(tmp_path / "w.csv")
-    score_wdct(tmp_path / "a", lm=tiny_lm, data=data, progress=False)
-    capture_wdct(tmp_path / "a", lm=tiny_lm, progress=False)
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    _captured_twins(tiny_lm, tmp_path)
     args = ["--kind", "positional", "--positional-items", "4", "--exact-items", "3", "--min-effect", "0", "--quiet"]
     assert main(["patch", "--run", str(tmp_path / "a")] + args) == 0
     for i in range(2):

@@ -338,11 +338,11 @@ def merge_capture(run_dir: str | Path) -> dict[str, Any]:
     (``load_activations`` then returns what an unsharded capture gives)."""
     import shutil
 
-    from .merge import MergeError, _check_shards
+    from .merge import MergeError, checked_shards
     from .runs import RunDir, read_csv
 
     run = RunDir(run_dir)
-    entries = _check_shards(run.path, STAGE)
+    entries = checked_shards(run.path, STAGE)
     run.reset_stage(STAGE, outputs=["capture"])
     (run.path / "capture").mkdir(parents=True, exist_ok=True)
     rows, n_out, seen = [], 0, set()

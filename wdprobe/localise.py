@@ -153,10 +153,10 @@ def _saved_exact(run_dir: Path, stage: str, form: str) -> dict[str, dict[str, An
 
 def merge_positional(run_dir: str | Path, stage: str, lm=None) -> dict[str, Any]:
     """Positional patching from its shards: every saved exact item is reused, the rest of the stage rerun."""
-    from .merge import _check_shards
+    from .merge import checked_shards
 
     run = RunDir(run_dir)
-    entries = _check_shards(run.path, stage)
+    entries = checked_shards(run.path, stage)
     cfg = entries[0][1]["config"]
     run.reset_stage(stage, [f"patching/positional-{cfg['form']}*"])
     return run_positional_patch(run.path, form=cfg["form"], n_items=cfg["n_items"], n_exact=cfg["n_exact"],
@@ -166,11 +166,11 @@ def merge_positional(run_dir: str | Path, stage: str, lm=None) -> dict[str, Any]
 
 def merge_cross_patch(run_dir: str | Path, lm=None) -> dict[str, Any]:
     """Join ``RUN/shards/patch_cross/*`` into the run and write the stage's outputs as an unsharded run would."""
-    from .merge import _check_shards
+    from .merge import checked_shards
 
     run = RunDir(run_dir)
     stage = "patch_cross"
-    entries = _check_shards(run.path, stage)
+    entries = checked_shards(run.path, stage)
     cfg = {k: v for k, v in entries[0][1]["config"].items() if k != "shard"}
     run.reset_stage(stage, ["patching/cross_form*"])
     for d, _ in entries:
@@ -183,10 +183,10 @@ def merge_cross_patch(run_dir: str | Path, lm=None) -> dict[str, Any]:
 
 def merge_steering(run_dir: str | Path, lm=None) -> dict[str, Any]:
     """Join ``RUN/shards/steer/*`` into the run, then pick and validate the best setting as unsharded."""
-    from .merge import _check_shards
+    from .merge import checked_shards
 
     run = RunDir(run_dir)
-    entries = _check_shards(run.path, "steer")
+    entries = checked_shards(run.path, "steer")
     first = entries[0][1]
     cfg = {k: v for k, v in first["config"].items() if k != "shard"}
     run.reset_stage("steer", ["steering"])

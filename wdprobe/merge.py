@@ -26,7 +26,9 @@ def _stage_of(path: Path, stage: str) -> dict[str, Any]:
     return entry
 
 
-def _check_shards(run_dir: Path, stage: str) -> list[tuple[Path, dict[str, Any]]]:
+def checked_shards(run_dir: Path, stage: str) -> list[tuple[Path, dict[str, Any]]]:
+    """The shard directories of ``stage`` with their manifest entries, once all n exist, finished, with
+    the same settings (every stage's merger starts here)."""
     dirs = shard_dirs(run_dir, stage)
     if not dirs:
         raise MergeError(f"{run_dir}: no shards of '{stage}' under shards/{stage}/ (run the stage with --shard i/n)")
@@ -58,7 +60,7 @@ def merge_score(run_dir: str | Path) -> dict[str, Any]:
     from .evaluate import ITEM_COLUMNS, STAGE, _typed, wdct_metrics
 
     run = RunDir(run_dir)
-    entries = _check_shards(run.path, STAGE)
+    entries = checked_shards(run.path, STAGE)
     order = entries[0][1].get("selection_ids")
     if not order:
         raise MergeError(f"{entries[0][0]}: the manifest lacks selection_ids (written by sharded scoring)")

@@ -203,10 +203,10 @@ def pct_open(run: RunDir, lm, *, max_new_tokens: int = 40, batch_size: int = 16,
 def merge_pct_stage(run_dir: str | Path, stage: str) -> dict[str, Any]:
     """Join ``RUN/shards/<closed|open|judge|capture>/*`` into the run: its parts and table (or the
     activation file), and a finished stage, exactly as the unsharded stage writes them."""
-    from .merge import _check_shards
+    from .merge import checked_shards
 
     run = RunDir(run_dir)
-    entries = _check_shards(run.path, stage)
+    entries = checked_shards(run.path, stage)
     started = time.time()
     if stage == "capture":
         return _merge_pct_capture(run, entries, started)

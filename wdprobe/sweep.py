@@ -214,7 +214,7 @@ def run_sweep(spec: SweepSpec | str | Path, *, executor: str = "local", address:
               progress: bool = True) -> SweepResult:
     """Run every unfinished task of a sweep, merge each run's shards, and write ``sweep.csv``."""
     from .cache import atomic_write_json
-    from .merge import merge_score
+    from .evaluate import load_score
     from .runs import RunDir
 
     if executor not in EXECUTORS:
@@ -235,7 +235,7 @@ def run_sweep(spec: SweepSpec | str | Path, *, executor: str = "local", address:
     wall = time.perf_counter() - t0
     rows = []
     for run, model, settings in spec.runs():
-        metrics = merge_score(run)
+        metrics = load_score(run).metrics  # merged by the stage loop above
         rows.append({"run": Path(run).name, "model": model, **{k: settings.get(k) for k in spec.grid},
                      "n_items": metrics["n_items"], "cs_micro": metrics["cs_micro"], "cs_macro": metrics["cs_macro"],
                      "pcs_micro": metrics["pcs_micro"], "pcs_macro": metrics["pcs_macro"]})
