@@ -20,11 +20,11 @@ def child(method: str, data: str, n_prompts: int, batch_size: int) -> dict:
     import psutil
     import torch
 
-    from wdprobe.capture import CaptureSpec, capture_batch, presentation_spans
-    from wdprobe.data import load_wdct, present, select
-    from wdprobe.models import load_model
-    from wdprobe.prompts import normal_prompt
-    from wdprobe.scoring import _encode
+    from wdprobe.methods.capture import CaptureSpec, capture_batch, presentation_spans
+    from wdprobe.data.wdct import load_wdct, present, select
+    from wdprobe.core.model import load_model
+    from wdprobe.data.prompts import normal_prompt
+    from wdprobe.core.forward import encode_prompts
 
     lm = load_model("gemma-3-270m")
     pres = present(select(load_wdct(data), limit=n_prompts // 2), seed=0)
@@ -46,7 +46,7 @@ def child(method: str, data: str, n_prompts: int, batch_size: int) -> dict:
     def run_tl(batches):
         out = []
         for b in batches:
-            enc = _encode(lm.tokenizer, [prompts[i] for i in b], lm.device)
+            enc = encode_prompts(lm.tokenizer, [prompts[i] for i in b], lm.device)
             _, cache = lm.bridge.run_with_cache(enc["input_ids"], attention_mask=enc["attention_mask"])
             out.append(torch.stack([cache[f"blocks.{l}.hook_resid_post"][:, -1] for l in range(lm.bridge.cfg.n_layers)], 1))
             del cache

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wdprobe.generation import generate_texts
-from wdprobe.models import load_model
-from wdprobe.option_scoring import _keep_last, encode_options, option_logprobs
-from wdprobe.pct_data import ANSWERS, build_prompts, finish_prompt, load_pct
-from wdprobe.scoring import LAST_POSITION_HOOK, _encode, iter_batches
+from wdprobe.core.generation import generate_texts
+from wdprobe.core.model import load_model
+from wdprobe.core.option_scoring import _keep_last, encode_options, option_logprobs
+from wdprobe.data.pct import ANSWERS, build_prompts, finish_prompt, load_pct
+from wdprobe.core.forward import LAST_POSITION_HOOK, encode_prompts, iter_batches
 
 
 def timed(fn, repeats: int):
@@ -67,7 +67,7 @@ def bridge_greedy(lm, prompts, new_tokens, batch_size):
     tok = lm.tokenizer
     out = [""] * len(prompts)
     for idx in iter_batches(lm, prompts, batch_size):
-        enc = _encode(tok, [prompts[i] for i in idx], lm.device)
+        enc = encode_prompts(tok, [prompts[i] for i in idx], lm.device)
         ids, mask = enc["input_ids"], enc["attention_mask"]
         start = ids.shape[1]
         for _ in range(new_tokens):

@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wdprobe.data import load_wdct, present, select
-from wdprobe.evaluate import score_wdct
-from wdprobe.models import load_model
-from wdprobe.prompts import normal_prompt
-from wdprobe.scoring import _encode, default_batch_tokens, iter_batches, last_token_logits, next_token_logprobs
+from wdprobe.data.wdct import load_wdct, present, select
+from wdprobe.stages.score import score_wdct
+from wdprobe.core.model import load_model
+from wdprobe.data.prompts import normal_prompt
+from wdprobe.core.forward import encode_prompts, default_batch_tokens, iter_batches, last_token_logits
+from wdprobe.scoring.letters import next_token_logprobs
 
 
 def timed(fn, repeats: int) -> tuple[float, list[float]]:
@@ -44,7 +45,7 @@ def timed(fn, repeats: int) -> tuple[float, list[float]]:
 @torch.no_grad()
 def bare_hf_last(lm, prompts, batches, ids):
     for b in batches:
-        enc = _encode(lm.tokenizer, [prompts[i] for i in b], lm.device)
+        enc = encode_prompts(lm.tokenizer, [prompts[i] for i in b], lm.device)
         logits = lm.hf_model(**enc, logits_to_keep=1).logits[:, -1].float()
         torch.log_softmax(logits, -1)[:, ids]
 
@@ -52,7 +53,7 @@ def bare_hf_last(lm, prompts, batches, ids):
 @torch.no_grad()
 def upstream_generate(lm, prompts, batches, ids):
     for b in batches:
-        enc = _encode(lm.tokenizer, [prompts[i] for i in b], lm.device)
+        enc = encode_prompts(lm.tokenizer, [prompts[i] for i in b], lm.device)
         out = lm.hf_model.generate(**enc, max_new_tokens=10, do_sample=False, output_scores=True,
                                    return_dict_in_generate=True, pad_token_id=lm.tokenizer.pad_token_id)
         out.scores[0][:, ids]
@@ -61,7 +62,7 @@ def upstream_generate(lm, prompts, batches, ids):
 @torch.no_grad()
 def bridge_full(lm, prompts, batches, ids):
     for b in batches:
-        enc = _encode(lm.tokenizer, [prompts[i] for i in b], lm.device)
+        enc = encode_prompts(lm.tokenizer, [prompts[i] for i in b], lm.device)
         lm.bridge(enc["input_ids"], attention_mask=enc["attention_mask"])[:, -1, ids]
 
 
@@ -116,7 +117,7 @@ def main() -> None:
     ref = []
     with torch.no_grad():
         for i, p in enumerate(prompts[:8]):
-            enc = _encode(lm.tokenizer, [p], lm.device)
+            enc = encode_prompts(lm.tokenizer, [p], lm.device)
             ref.append(torch.log_softmax(lm.hf_model(**enc, logits_to_keep=1).logits[0, -1].float(), -1)[ids].numpy())
     max_diff = float(np.abs(np.stack(ref) - lp[:8]).max())
 

@@ -17,8 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from wdprobe.align import AlignConfig, run_align
-from wdprobe.finetune import TrainSettings
+from wdprobe.studies.align.stages import AlignConfig, run_align
+from wdprobe.studies.align.finetune import TrainSettings
 
 # The CPU study: 96 two-option items (48 trained, 48 held out), 3 SFT epochs + 1 DPO epoch (beta 0.1).
 # Two protocols: the paper's (each trained prompt as shown, options in their seeded order) for all four
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = Path(args.runs or f"runs/{name}-align")
     lm = None
     if not args.report_only:
-        from wdprobe.models import load_model
+        from wdprobe.core.model import load_model
 
         lm = load_model(args.model)
         for run_name in args.todo:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if not done:
         print(f"no finished runs under {runs}", file=sys.stderr)
         return 1
-    from wdprobe.align_report import write_alignment_report
+    from wdprobe.studies.align.report import write_alignment_report
 
     out = write_alignment_report(done, Path(args.report or f"reports/{name}/alignment"))
     print(f"report: {out}")

@@ -14,11 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from wdprobe.config import StudyConfig
-from wdprobe.data import DOMAINS
-from wdprobe.evaluate import load_score
-from wdprobe.report import PAPER_TABLE
-from wdprobe.study import run_study
+from wdprobe.pipeline.config import StudyConfig
+from wdprobe.data.wdct import DOMAINS
+from wdprobe.stages.score import load_score
+from wdprobe.reports.scores import PAPER_TABLE
+from wdprobe.pipeline.study import run_study
 
 # Hugging Face ids of the paper's open models (the paper does not pin Mistral's instruct version).
 PAPER_NAMES = {

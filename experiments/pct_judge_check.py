@@ -13,9 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
-from wdprobe.models import load_model
-from wdprobe.pct_data import load_pct, resolve_pct_dir
-from wdprobe.stance import LikelihoodJudge, judge_check
+from wdprobe.core.model import load_model
+from wdprobe.data.pct import load_pct, resolve_pct_dir
+from wdprobe.studies.pct.stance import LikelihoodJudge, judge_check
 
 
 def main() -> None:

@@ -18,15 +18,15 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from wdprobe.capture import load_activations
-from wdprobe.config import StudyConfig
-from wdprobe.data import DOMAINS
-from wdprobe.evaluate import load_score
-from wdprobe.lens import trajectory_from_frame
-from wdprobe.plots import write_html
-from wdprobe.probe_stage import paired_forms
-from wdprobe.probes import probe_layers
-from wdprobe.study import run_study
+from wdprobe.stages.capture import load_activations
+from wdprobe.pipeline.config import StudyConfig
+from wdprobe.data.wdct import DOMAINS
+from wdprobe.stages.score import load_score
+from wdprobe.methods.lens import trajectory_from_frame
+from wdprobe.figures.probes import write_html
+from wdprobe.stages.capture import paired_forms
+from wdprobe.methods.probes import probe_layers
+from wdprobe.pipeline.study import run_study
 
 
 def domain_lens(run: Path) -> dict[str, dict]:
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "README.md").write_text(text)
     fig = figure(lens, probes, cfg.model)
     write_html([fig], out / "per_domain.html", heading=f"wdprobe per-domain view: {cfg.model}")
-    from wdprobe.plots import write_png
+    from wdprobe.figures.probes import write_png
 
     write_png(fig, out / "per_domain.png")
     print(text)

@@ -29,7 +29,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_model_dir):
-    from wdprobe.models import load_model
+    from wdprobe.core.model import load_model
 
     return load_model(str(tiny_model_dir))
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tiny import alignment_items, alignment_vocabulary_text, build_tiny_model_dir, write_wdct_csv
-from wdprobe.alignment import AlignmentDataError, change_rates, flip_targets, split_items, trained_forms
-from wdprobe.data import Item, Presentation
-from wdprobe.finetune import TrainSettings, dpo_loss, epoch_order, phases
-from wdprobe.scoring import item_row
+from wdprobe.studies.align.targets import AlignmentDataError, change_rates, flip_targets, split_items, trained_forms
+from wdprobe.data.wdct import Item, Presentation
+from wdprobe.studies.align.finetune import TrainSettings, dpo_loss, epoch_order, phases
+from wdprobe.scoring.letters import item_row
 
 
 # ---- pure arithmetic ------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def test_dpo_loss_and_schedule_by_hand():
 
 
 def test_paraphrase_rules_and_table(tmp_path):
-    from wdprobe.paraphrase import load_paraphrase_table, paraphrase_items, rule_paraphrases
+    from wdprobe.data.paraphrase import load_paraphrase_table, paraphrase_items, rule_paraphrases
 
     assert rule_paraphrases("What's your opinion on naturopathy?", 2) == ["Where do you stand on naturopathy?",
                                                                           "Which view on naturopathy do you hold?"]
@@ -128,7 +128,7 @@ def test_paraphrase_rules_and_table(tmp_path):
 
 
 def test_movement_reads_a_planted_shift():
-    from wdprobe.align_inside import balanced_difference, movement, stance_axis
+    from wdprobe.studies.align.inside import balanced_difference, movement, stance_axis
 
     rng = np.random.default_rng(0)
     n, L, d = 200, 3, 16
@@ -166,14 +166,14 @@ def align_model(tmp_path_factory):
 
 
 def _lm(model_dir):
-    from wdprobe.models import load_model
+    from wdprobe.core.model import load_model
 
     return load_model(str(model_dir))
 
 
 def test_applied_weights_match_peft_and_restore_exactly(align_model):
-    from wdprobe.finetune import Tuner
-    from wdprobe.scoring import last_token_logits
+    from wdprobe.studies.align.finetune import Tuner
+    from wdprobe.core.forward import last_token_logits
 
     model_dir, _ = align_model
     lm = _lm(model_dir)
@@ -197,7 +197,7 @@ def test_applied_weights_match_peft_and_restore_exactly(align_model):
 def test_training_an_easy_target_reaches_full_direct_change(align_model, tmp_path):
     """With options in their shown order only, the flip target of a letter-biased model is one letter:
     the loop must learn it (direct change near 1) and the rates, tables and checkpoints must say so."""
-    from wdprobe.align import AlignConfig, run_align
+    from wdprobe.studies.align.stages import AlignConfig, run_align
 
     model_dir, data = align_model
     res = run_align(tmp_path / "run", model=str(model_dir), data=data, lm=_lm(model_dir), progress=False,
@@ -222,8 +222,8 @@ def test_training_an_easy_target_reaches_full_direct_change(align_model, tmp_pat
 def test_both_orders_untie_targets_from_letters(align_model, tmp_path):
     """orders='both' shows every trained item with its options both ways round: each item is trained once
     towards A and once towards B, always the letter that shows the item's target option."""
-    from wdprobe.align import AlignConfig, run_align
-    from wdprobe.runs import read_csv
+    from wdprobe.studies.align.stages import AlignConfig, run_align
+    from wdprobe.runs.rundir import read_csv
 
     model_dir, data = align_model
     lm = _lm(model_dir)
@@ -247,8 +247,8 @@ def test_both_orders_untie_targets_from_letters(align_model, tmp_path):
 def test_resume_gives_the_same_next_epoch(align_model, tmp_path):
     from safetensors.torch import load_file
 
-    from wdprobe.align import AlignConfig, run_align
-    from wdprobe.runs import read_csv
+    from wdprobe.studies.align.stages import AlignConfig, run_align
+    from wdprobe.runs.rundir import read_csv
 
     model_dir, data = align_model
     cfg = AlignConfig(n_items=12, sft_epochs=2, dpo_epochs=1, held_out=0.5)
@@ -267,7 +267,7 @@ def test_resume_gives_the_same_next_epoch(align_model, tmp_path):
         assert [r["word_choice"] for r in ra] == [r["word_choice"] for r in rb]
         assert np.allclose([float(r["p_word_0"]) for r in ra], [float(r["p_word_0"]) for r in rb], atol=1e-5)
     # a different setting in the same directory is refused, not mixed in
-    from wdprobe.runs import RunMismatchError
+    from wdprobe.runs.rundir import RunMismatchError
 
     with pytest.raises(RunMismatchError, match="sft_epochs"):
         run_align(tmp_path / "halted", model=str(model_dir), data=data, lm=_lm(model_dir), progress=False,
@@ -275,8 +275,8 @@ def test_resume_gives_the_same_next_epoch(align_model, tmp_path):
 
 
 def test_full_tuning_and_both_forms(align_model, tmp_path):
-    from wdprobe.align import AlignConfig, run_align
-    from wdprobe.scoring import last_token_logits
+    from wdprobe.studies.align.stages import AlignConfig, run_align
+    from wdprobe.core.forward import last_token_logits
 
     model_dir, data = align_model
     lm = _lm(model_dir)
@@ -291,8 +291,8 @@ def test_full_tuning_and_both_forms(align_model, tmp_path):
 
 
 def test_paraphrase_mode_adds_reworded_word_prompts(align_model, tmp_path):
-    from wdprobe.align import AlignConfig, run_align
-    from wdprobe.runs import read_csv
+    from wdprobe.studies.align.stages import AlignConfig, run_align
+    from wdprobe.runs.rundir import read_csv
 
     model_dir, data = align_model
     run_align(tmp_path / "run", model=str(model_dir), data=data, lm=_lm(model_dir), progress=False,

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from wdprobe.capture import (CaptureSpec, CaptureSpecError, capture_batch, capture_wdct, load_activations,
-                             presentation_spans, prompt_spans)
-from wdprobe.data import load_wdct, present
-from wdprobe.evaluate import score_wdct
-from wdprobe.prompts import normal_prompt
+from wdprobe.methods.capture import CaptureSpec, CaptureSpecError, capture_batch, presentation_spans, prompt_spans
+from wdprobe.stages.capture import capture_wdct, load_activations
+from wdprobe.data.wdct import load_wdct, present
+from wdprobe.stages.score import score_wdct
+from wdprobe.data.prompts import normal_prompt
 
 POSITIONS = ("last", "question_mean", "option0_last", "option1_last", "option2_last", "option3_last")
 
@@ -39,7 +39,7 @@ def test_spec_validation_names_the_problem():
 
 
 def test_prompt_spans_find_canonical_options():
-    from wdprobe.data import Item, Presentation
+    from wdprobe.data.wdct import Item, Presentation
 
     it = Item("i", "Opinion", "Pick one?", ("alpha", "beta"), "Do one?", ("do alpha", "do beta"))
     pres = Presentation(it, (1, 0), (0, 1))

@@ -3,8 +3,7 @@ import csv
 
 import pytest
 
-from wdprobe.data import (LETTERS, WDCTFormatError, load_wdct, parse_rows, present, resolve_wdct_path, select,
-                          split_question)
+from wdprobe.data.wdct import LETTERS, WDCTFormatError, load_wdct, parse_rows, present, resolve_wdct_path, select, split_question
 
 
 def _row(iid="x1", speak="Q?\nA. one\nB. two", act="S?\nA. do one\nB. do two", typ="Opinion", ans=""):
@@ -124,7 +123,7 @@ def test_data_path_resolution_prefers_flag_then_env(monkeypatch, tmp_path):
 
 
 def test_download_failure_says_how_to_use_a_local_copy(monkeypatch, tmp_path):
-    from wdprobe import download
+    from wdprobe.data import download
 
     monkeypatch.delenv("WDPROBE_WDCT", raising=False)
     monkeypatch.setenv("WDPROBE_CACHE", str(tmp_path))
@@ -136,7 +135,7 @@ def test_download_failure_says_how_to_use_a_local_copy(monkeypatch, tmp_path):
 def test_cached_download_is_verified_by_checksum(monkeypatch, tmp_path):
     import hashlib
 
-    from wdprobe import download
+    from wdprobe.data import download
 
     monkeypatch.setenv("WDPROBE_CACHE", str(tmp_path))
     payload = b"Type,id,speak,act,correct_answer\n"

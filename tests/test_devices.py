@@ -15,13 +15,13 @@ SPLIT = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1":
 
 @pytest.fixture(scope="module")
 def split_lm(tiny_model_dir, tmp_path_factory):
-    from wdprobe.models import load_model
+    from wdprobe.core.model import load_model
 
     return load_model(str(tiny_model_dir), device_map=SPLIT, offload_folder=str(tmp_path_factory.mktemp("offload")))
 
 
 def test_split_model_reads_the_same_as_the_whole(tiny_lm, split_lm):
-    from wdprobe.capture import last_token_readout
+    from wdprobe.methods.capture import last_token_readout
 
     assert split_lm.device_map["model.layers.1"] == "disk" and split_lm.device == torch.device("cpu")
     assert split_lm.manifest()["device_map"]["model.layers.1"] == "disk"
@@ -33,7 +33,7 @@ def test_split_model_reads_the_same_as_the_whole(tiny_lm, split_lm):
 
 def test_hooks_on_an_offloaded_layer_patch_the_same(tiny_lm, split_lm):
     """An intervention on the layer that lives "elsewhere" changes the output exactly as on the whole model."""
-    from wdprobe.scoring import _encode, forward_last
+    from wdprobe.core.forward import encode_prompts, forward_last
 
     shift = torch.randn(tiny_lm.bridge.cfg.d_model, generator=torch.Generator().manual_seed(0))
 
@@ -45,7 +45,7 @@ def test_hooks_on_an_offloaded_layer_patch_the_same(tiny_lm, split_lm):
     prompts = ["Answer: A B", "Is it right to lie to a friend ? Answer:"]
     outs = []
     for lm in (tiny_lm, split_lm):
-        enc = _encode(lm.tokenizer, prompts, lm.device)
+        enc = encode_prompts(lm.tokenizer, prompts, lm.device)
         with torch.no_grad():
             clean = forward_last(lm, enc["input_ids"], enc["attention_mask"])
             patched = forward_last(lm, enc["input_ids"], enc["attention_mask"], hooks=[("blocks.1.hook_resid_pre", add)])
@@ -56,7 +56,7 @@ def test_hooks_on_an_offloaded_layer_patch_the_same(tiny_lm, split_lm):
 
 def test_scoring_a_split_model_records_the_placement(split_lm, tiny_lm, tmp_path):
     from tiny import write_two_option_copies
-    from wdprobe.evaluate import score_wdct
+    from wdprobe.stages.score import score_wdct
 
     data = write_two_option_copies(tmp_path / "w.csv", copies=2)
     a = score_wdct(tmp_path / "whole", lm=tiny_lm, data=data, progress=False)
@@ -68,7 +68,7 @@ def test_scoring_a_split_model_records_the_placement(split_lm, tiny_lm, tmp_path
 
 
 def test_device_placement_errors_name_the_problem(tiny_model_dir):
-    from wdprobe.models import load_model
+    from wdprobe.core.model import load_model
 
     with pytest.raises(ValueError, match="either device='cpu' or a device map"):
         load_model(str(tiny_model_dir), device="cpu", device_map="auto")
@@ -95,8 +95,8 @@ def test_cli_reads_a_json_device_map(tiny_model_dir, tmp_path):
 
 def test_later_stages_reload_a_split_model_the_same_way(split_lm, tmp_path, monkeypatch):
     from tiny import write_two_option_copies
-    from wdprobe.evaluate import score_wdct
-    from wdprobe.models import load_for_run
+    from wdprobe.stages.score import score_wdct
+    from wdprobe.core.model import load_for_run
 
     data = write_two_option_copies(tmp_path / "w.csv", copies=1)
     score_wdct(tmp_path / "run", lm=split_lm, data=data, progress=False)
@@ -112,10 +112,10 @@ def test_study_stages_on_a_split_model_match_the_whole(split_lm, tiny_lm, tmp_pa
     import pandas as pd
 
     from tiny import write_two_option_copies
-    from wdprobe.capture import capture_wdct, load_activations
-    from wdprobe.evaluate import score_wdct
-    from wdprobe.lens import run_lens
-    from wdprobe.localise import run_cross_patch
+    from wdprobe.stages.capture import capture_wdct, load_activations
+    from wdprobe.stages.score import score_wdct
+    from wdprobe.stages.lens import run_lens
+    from wdprobe.stages.patching import run_cross_patch
 
     data = write_two_option_copies(tmp_path / "w.csv")
     out = {}

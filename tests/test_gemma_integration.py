@@ -2,17 +2,17 @@
 import pytest
 import torch
 
-from wdprobe.data import load_wdct, present, select
-from wdprobe.evaluate import score_wdct
-from wdprobe.prompts import normal_prompt
-from wdprobe.scoring import last_token_logits
+from wdprobe.data.wdct import load_wdct, present, select
+from wdprobe.stages.score import score_wdct
+from wdprobe.data.prompts import normal_prompt
+from wdprobe.core.forward import last_token_logits
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def gemma():
-    from wdprobe.models import load_model
+    from wdprobe.core.model import load_model
 
     return load_model("gemma-3-270m")
 

@@ -3,11 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from wdprobe.interventions import (Intervention, InterventionError, Row, parse_layers, residuals_at, resid_hook,
-                                   run_interventions)
-from wdprobe.patching import (AlignmentError, aligned_tokens, attribution_patching, exact_patching,
-                              exact_patching_one_by_one, rank_correlation)
-from wdprobe.scoring import last_token_logits
+from wdprobe.methods.interventions import Intervention, InterventionError, Row, parse_layers, residuals_at, resid_hook, run_interventions
+from wdprobe.methods.patching import AlignmentError, aligned_tokens, attribution_patching, exact_patching, exact_patching_one_by_one, rank_correlation
+from wdprobe.core.forward import last_token_logits
 
 PROMPTS = ["What is your view on city parks ? Answer:", "Should schools teach music ? A B Answer:",
            "Is it right to lie to a friend ? No , honesty matters . Answer:"]
@@ -167,9 +165,9 @@ def test_prompts_longer_than_the_sliding_window_are_not_packed(tiny_lm):
 
 
 def test_option_swap_alignment_is_checked_slot_by_slot(tiny_lm, wdct_csv):
-    from wdprobe.data import load_wdct, present
-    from wdprobe.patching import swap_alignment, swap_counterfactual
-    from wdprobe.prompts import normal_prompt
+    from wdprobe.data.wdct import load_wdct, present
+    from wdprobe.methods.patching import swap_alignment, swap_counterfactual
+    from wdprobe.data.prompts import normal_prompt
 
     pres = {p.item.id: p for p in present(load_wdct(wdct_csv), seed=0)}
     ok = pres["op1"]  # "Parks matter more." / "Roads matter more.": same length, swap aligns

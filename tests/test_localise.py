@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 
 from wdprobe.cli import main
-from wdprobe.evaluate import load_score, score_wdct
-from wdprobe.lens import LensTrajectory, canonical_logodds
-from wdprobe.patching import summarise_cross_form
-from wdprobe.probes import crossfit_directions
-from wdprobe.runs import RunMismatchError
-from wdprobe.steering import best_setting, summarise_steering
+from wdprobe.stages.score import load_score, score_wdct
+from wdprobe.methods.lens import LensTrajectory, canonical_logodds
+from wdprobe.methods.patching import summarise_cross_form
+from wdprobe.methods.probes import crossfit_directions
+from wdprobe.runs.rundir import RunMismatchError
+from wdprobe.methods.steering import best_setting, summarise_steering
 from tiny import write_two_option_copies
 
 
@@ -149,7 +149,7 @@ def test_patch_and_steer_stages_write_results_and_resume(tiny_run, capsys):
     # a rerun with the same settings resumes (nothing to do); different settings are refused
     assert main(["patch", "--run", str(tiny_run), "--kind", "cross", "--items", "12", "--quiet"]) == 0
     with pytest.raises(RunMismatchError):
-        from wdprobe.localise import run_cross_patch
+        from wdprobe.stages.patching import run_cross_patch
 
         run_cross_patch(tiny_run, n_items=10, progress=False)
     assert main(["steer", "--run", str(tiny_run), "--items", "12", "--alphas", "0,1,4", "--quiet"]) == 0

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from wdprobe.metrics import js_divergence, pcs, summarise
+from wdprobe.scoring.metrics import js_divergence, pcs, summarise
 
 
 def test_jsd_hand_computed():

@@ -1,7 +1,7 @@
 import pytest
 
 from wdprobe.cli import main
-from wdprobe.models import ModelLoadError, load_model
+from wdprobe.core.model import ModelLoadError, load_model
 
 
 def test_unknown_model_name_says_how_to_pass_a_local_path(monkeypatch):

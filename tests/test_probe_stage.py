@@ -1,7 +1,7 @@
 import json
 
 from wdprobe.cli import main
-from wdprobe.evaluate import score_wdct
+from wdprobe.stages.score import score_wdct
 from tiny import write_two_option_copies
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from wdprobe.probes import DiffMeanProbe, item_folds, probe_layers
+from wdprobe.methods.probes import DiffMeanProbe, item_folds, probe_layers
 
 N, D = 240, 24
 
@@ -115,7 +115,7 @@ def test_mismatched_shapes_are_rejected(rng):
 
 
 def test_ic_chance_exposes_a_constant_probe(rng):
-    from wdprobe.probes import _chance_agreement
+    from wdprobe.methods.probes import _chance_agreement
 
     assert _chance_agreement(np.zeros(10), np.zeros(10)) == 1.0
     assert _chance_agreement(np.array([0, 1, 0, 1]), np.array([1, 1, 0, 0])) == pytest.approx(0.5)
@@ -126,9 +126,9 @@ def test_ic_chance_exposes_a_constant_probe(rng):
 
 
 def test_accuracy_is_balanced_so_chance_is_one_half():
-    from wdprobe.probes import _accuracy
+    from wdprobe.methods.probes import accuracy
 
     y = np.array([0] * 9 + [1])
-    assert _accuracy(y, np.zeros(10)) == pytest.approx(0.5)  # majority guess: 0.9 plain, 0.5 balanced
-    assert _accuracy(y, y) == 1.0
-    assert _accuracy(np.zeros(4), np.array([0, 0, 1, 1])) == 0.5  # one class in the test set: plain accuracy
+    assert accuracy(y, np.zeros(10)) == pytest.approx(0.5)  # majority guess: 0.9 plain, 0.5 balanced
+    assert accuracy(y, y) == 1.0
+    assert accuracy(np.zeros(4), np.array([0, 0, 1, 1])) == 0.5  # one class in the test set: plain accuracy

@@ -1,5 +1,5 @@
 from wdprobe.cli import main
-from wdprobe.evaluate import score_wdct
+from wdprobe.stages.score import score_wdct
 
 
 def test_report_writes_readme_with_run_numbers(tiny_lm, wdct_csv, tmp_path):

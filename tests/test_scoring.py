@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from wdprobe.data import Item, Presentation, load_wdct, present
-from wdprobe.evaluate import load_score, score_wdct
-from wdprobe.prompts import Demo, cot_prompt, normal_prompt, resolve_chat, wrap
-from wdprobe.runs import RunMismatchError
-from wdprobe.scoring import (build_prompts, item_row, last_token_logits, letter_candidates, next_token_logprobs,
-                             resolve_letter_tokens)
+from wdprobe.data.wdct import Item, Presentation, load_wdct, present
+from wdprobe.stages.score import load_score, score_wdct
+from wdprobe.data.prompts import Demo, cot_prompt, normal_prompt, resolve_chat, wrap
+from wdprobe.runs.rundir import RunMismatchError
+from wdprobe.scoring.letters import build_prompts, item_row, letter_candidates, next_token_logprobs, resolve_letter_tokens
+from wdprobe.core.forward import last_token_logits
 
 
 def test_batched_equals_unbatched_under_left_padding(tiny_lm, wdct_csv):
@@ -137,7 +137,7 @@ def test_score_cot_setting_runs(tiny_lm, wdct_csv, tmp_path):
 
 
 def test_letter_copy_baseline_hand_computed():
-    from wdprobe.evaluate import wdct_metrics
+    from wdprobe.stages.score import wdct_metrics
 
     base = {"domain": "Opinion", "n_options": 2, "pcs": 1.0, "word_letter_mass": 0.5, "deed_letter_mass": 0.5,
             "word_is_correct": None, "deed_is_correct": None}
@@ -153,7 +153,7 @@ def test_letter_copy_baseline_hand_computed():
 
 
 def test_batches_cover_every_prompt_once_within_caps(tiny_lm):
-    from wdprobe.scoring import iter_batches
+    from wdprobe.core.forward import iter_batches
 
     prompts = [" ".join(["Answer"] * n) for n in (3, 9, 1, 7, 7, 2, 12, 5)]
     lengths = [len(tiny_lm.tokenizer.encode(p)) for p in prompts]

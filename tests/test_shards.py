@@ -6,7 +6,7 @@ import json
 import pytest
 
 from tiny import write_two_option_copies
-from wdprobe.shards import Shard, ShardSpecError
+from wdprobe.runs.shards import Shard, ShardSpecError
 
 
 def _flat(d, prefix=""):
@@ -28,8 +28,8 @@ def _captured_twins(lm, tmp_path) -> None:
     """A scored and captured run ``a`` and an identical copy ``b`` (one stage to run unsharded, one sharded)."""
     import shutil
 
-    from wdprobe.capture import capture_wdct
-    from wdprobe.evaluate import score_wdct
+    from wdprobe.stages.capture import capture_wdct
+    from wdprobe.stages.score import score_wdct
 
     score_wdct(tmp_path / "a", lm=lm, data=write_two_option_copies(tmp_path / "w.csv"), progress=False)
     capture_wdct(tmp_path / "a", lm=lm, progress=False)
@@ -53,9 +53,10 @@ def test_shards_partition_items_by_id_alone():
 
 def test_sharded_scoring_merges_to_the_unsharded_run(tiny_lm, tmp_path):
     from wdprobe.cli import main
-    from wdprobe.evaluate import score_wdct
-    from wdprobe.merge import MergeError, merge_run
-    from wdprobe.runs import read_csv
+    from wdprobe.stages.score import score_wdct
+    from wdprobe.runs.shards import MergeError
+    from wdprobe.pipeline.merge import merge_run
+    from wdprobe.runs.rundir import read_csv
 
     data = write_two_option_copies(tmp_path / "w.csv", copies=5)
     whole = score_wdct(tmp_path / "whole", lm=tiny_lm, data=data, progress=False, batch_size=4)
@@ -82,14 +83,15 @@ def test_sharded_scoring_merges_to_the_unsharded_run(tiny_lm, tmp_path):
     manifest = json.loads((sharded / "manifest.json").read_text())["stages"]["score"]
     assert manifest["complete"] and "shard" not in manifest["config"] and len(manifest["merged_from"]) == 3
     # downstream stages read the merged run like any other
-    from wdprobe.evaluate import load_score
+    from wdprobe.stages.score import load_score
 
     assert len(load_score(sharded).rows) == len(whole.rows)
 
 
 def test_merge_refuses_disagreeing_shards(tiny_lm, tmp_path):
-    from wdprobe.evaluate import score_wdct
-    from wdprobe.merge import MergeError, merge_run
+    from wdprobe.stages.score import score_wdct
+    from wdprobe.runs.shards import MergeError
+    from wdprobe.pipeline.merge import merge_run
 
     data = write_two_option_copies(tmp_path / "w.csv", copies=3)
     run = tmp_path / "run"
@@ -106,9 +108,9 @@ def test_sharded_capture_merges_to_the_unsharded_capture(tiny_lm, tmp_path):
 
     import numpy as np
 
-    from wdprobe.capture import capture_wdct, load_activations
-    from wdprobe.evaluate import score_wdct
-    from wdprobe.merge import merge_run
+    from wdprobe.stages.capture import capture_wdct, load_activations
+    from wdprobe.stages.score import score_wdct
+    from wdprobe.pipeline.merge import merge_run
 
     data = write_two_option_copies(tmp_path / "w.csv", copies=4)
     score_wdct(tmp_path / "a", lm=tiny_lm, data=data, progress=False)
@@ -128,7 +130,7 @@ def test_sharded_cross_patching_merges_to_the_unsharded_stage(tiny_lm, tmp_path)
     import pandas as pd
 
     from wdprobe.cli import main
-    from wdprobe.localise import run_cross_patch
+    from wdprobe.stages.patching import run_cross_patch
 
     _captured_twins(tiny_lm, tmp_path)
     whole = run_cross_patch(tmp_path / "a", n_items=12, lm=tiny_lm, progress=False)
@@ -148,7 +150,7 @@ def test_sharded_steering_merges_to_the_unsharded_stage(tiny_lm, tmp_path):
     import pandas as pd
 
     from wdprobe.cli import main
-    from wdprobe.localise import run_steering
+    from wdprobe.stages.steering import run_steering
 
     _captured_twins(tiny_lm, tmp_path)
     whole = run_steering(tmp_path / "a", n_items=12, alphas=(0, 1, 4), lm=tiny_lm, progress=False)

@@ -8,11 +8,11 @@ import pytest
 from tiny import write_two_option_copies
 
 from wdprobe.cli import main
-from wdprobe.config import ConfigError, StudyConfig, config_from_mapping, config_to_toml, load_config, with_overrides
-from wdprobe.evaluate import load_score
-from wdprobe.runs import RunMismatchError
-from wdprobe.study import run_study, study_status
-from wdprobe.study_report import finding_behaviour, finding_steering, findings
+from wdprobe.pipeline.config import ConfigError, StudyConfig, config_from_mapping, config_to_toml, load_config, with_overrides
+from wdprobe.stages.score import load_score
+from wdprobe.runs.rundir import RunMismatchError
+from wdprobe.pipeline.study import run_study, study_status
+from wdprobe.reports.study import finding_behaviour, finding_steering, findings
 
 
 # ---- configuration -----------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def test_second_run_skips_finished_stages_without_loading_the_model(study, monke
     def refuse(*a, **k):
         raise AssertionError("the model should not be loaded when every stage is done")
 
-    monkeypatch.setattr("wdprobe.models.load_model", refuse)
+    monkeypatch.setattr("wdprobe.core.model.load_model", refuse)
     messages = []
     run_study(cfg, progress=False, log=messages.append)
     assert sum("already done" in m for m in messages) == 7 and "[report]" in messages[-1]
@@ -200,7 +200,7 @@ def test_compare_puts_each_runs_numbers_side_by_side(study, tiny_lm, tmp_path, c
     assert "1 labels for 2 runs" in capsys.readouterr().err
     assert main(["compare", str(cfg.out_dir), str(tmp_path)]) == 2
     assert "not a scored run directory" in capsys.readouterr().err
-    from wdprobe.study_report import write_study_report
+    from wdprobe.reports.study import write_study_report
 
     with pytest.raises(FileNotFoundError, match="holds no finished scoring run"):
         write_study_report(tmp_path / "empty", tmp_path / "rep")
@@ -209,7 +209,7 @@ def test_compare_puts_each_runs_numbers_side_by_side(study, tiny_lm, tmp_path, c
 def test_png_export_can_be_switched_on_and_off(tmp_path):
     import plotly.graph_objects as go
 
-    from wdprobe.plots import png_export, write_png
+    from wdprobe.figures.probes import png_export, write_png
 
     fig = go.Figure(go.Scatter(x=[0, 1], y=[1, 0]))
     with png_export(False):

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from tiny import write_two_option_copies
-from wdprobe.sweep import SweepConfigError, load_sweep, run_sweep
+from wdprobe.pipeline.sweep import SweepConfigError, load_sweep, run_sweep
 
 
 def _write_sweep(tmp_path, model_dir, data, out: str, shards: int = 2) -> "Path":  # noqa: F821
@@ -43,8 +43,8 @@ def test_sweep_plan_and_errors(tmp_path, tiny_model_dir):
 
 
 def test_local_sweep_resumes_and_merges(tmp_path, tiny_model_dir, tiny_lm):
-    from wdprobe.evaluate import score_wdct
-    from wdprobe.runs import read_csv
+    from wdprobe.stages.score import score_wdct
+    from wdprobe.runs.rundir import read_csv
 
     data = write_two_option_copies(tmp_path / "w.csv", copies=3)
     cfg = _write_sweep(tmp_path, tiny_model_dir, data, "local")
@@ -69,7 +69,7 @@ def test_local_sweep_resumes_and_merges(tmp_path, tiny_model_dir, tiny_lm):
 
 def test_ray_executor_equals_local(tmp_path, tiny_model_dir):
     ray = pytest.importorskip("ray")
-    from wdprobe.runs import read_csv
+    from wdprobe.runs.rundir import read_csv
 
     data = write_two_option_copies(tmp_path / "w.csv", copies=3)
     local = run_sweep(_write_sweep(tmp_path, tiny_model_dir, data, "local"), executor="local", progress=False)
@@ -93,8 +93,8 @@ def test_ray_executor_equals_local(tmp_path, tiny_model_dir):
 def test_sweep_runs_later_stages_on_merged_shards(tmp_path, tiny_model_dir, tiny_lm):
     import numpy as np
 
-    from wdprobe.capture import capture_wdct, load_activations
-    from wdprobe.evaluate import score_wdct
+    from wdprobe.stages.capture import capture_wdct, load_activations
+    from wdprobe.stages.score import score_wdct
 
     data = write_two_option_copies(tmp_path / "w.csv", copies=3)
     cfg = tmp_path / "stages.toml"

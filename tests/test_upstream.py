@@ -3,7 +3,7 @@ import csv
 import pytest
 
 from wdprobe.cli import main
-from wdprobe.upstream import extract_letter, upstream_metrics
+from wdprobe.scoring.upstream import extract_letter, upstream_metrics
 
 
 @pytest.mark.parametrize("text, letter", [

@@ -42,7 +42,7 @@ def build_tiny_model_dir(path: Path, *, seed: int = 0, chat_template: str | None
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
 
-    from wdprobe.prompts import COT_TEMPLATE, NORMAL_TEMPLATE
+    from wdprobe.data.prompts import COT_TEMPLATE, NORMAL_TEMPLATE
 
     text = " ".join([NORMAL_TEMPLATE, COT_TEMPLATE, "Belief: I believe Answer: A B C D user model"] +
                     [" ".join([s[2], *s[3], s[4], *s[5]]) for s in SYNTHETIC_ITEMS] + [extra_text])
@@ -112,8 +112,8 @@ def write_pct_dir(path: Path) -> Path:
 
 def pct_vocabulary_text() -> str:
     """Every word a PCT prompt, judge prompt or answer can contain, for the tiny tokenizer."""
-    from wdprobe.pct_data import ANSWERS, BASE_SYSTEM, CUES, PERSONA_SYSTEM
-    from wdprobe.stance import EMPTY_TEXT, JUDGE_TEMPLATE
+    from wdprobe.data.pct import ANSWERS, BASE_SYSTEM, CUES, PERSONA_SYSTEM
+    from wdprobe.studies.pct.stance import EMPTY_TEXT, JUDGE_TEMPLATE
 
     persona_words = " ".join(str(v) for k, vs in PCT_PERSONAS.items() if k != "party" for v in vs)
     return " ".join([*PCT_PROPOSITIONS, *PCT_INSTRUCTIONS["closed_domain"], *PCT_INSTRUCTIONS["open_domain"],

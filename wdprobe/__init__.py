@@ -1,2 +1,2 @@
 """wdprobe: measure and explain word-deed inconsistency in language models."""
-__version__ = "0.1.0"
+from wdprobe.version import __version__

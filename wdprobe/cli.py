@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
-
-from .data import DOMAINS, SUBSETS
+from wdprobe.data.wdct import DOMAINS, SUBSETS
 
 
 def _device_map_arg(text: str):
@@ -43,7 +41,7 @@ def _print_metrics(m: dict) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .evaluate import score_wdct
+    from wdprobe.stages.score import score_wdct
 
     res = score_wdct(args.out, model=args.model, data=args.data, setting=args.setting, seed=args.seed, limit=args.limit,
                      sample=args.sample, domains=args.domain, subset=args.subset, batch_size=args.batch_size,
@@ -58,7 +56,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .merge import main_summary, merge_run
+    from wdprobe.pipeline.merge import main_summary, merge_run
 
     print(main_summary(merge_run(args.run)))
     print(f"merged into {args.run}")
@@ -66,7 +64,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import run_sweep
+    from wdprobe.pipeline.sweep import run_sweep
 
     res = run_sweep(args.config, executor=args.executor, address=args.address, progress=not args.quiet)
     for row in res.runs:
@@ -76,7 +74,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_upstream(args: argparse.Namespace) -> int:
-    from .upstream import upstream_metrics
+    from wdprobe.scoring.upstream import upstream_metrics
 
     for path in args.files:
         print(json.dumps({"file": path, **upstream_metrics(path)}, indent=None if args.compact else 2))
@@ -86,19 +84,19 @@ def cmd_upstream(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .report import write_score_report
+    from wdprobe.reports.scores import write_score_report
 
     notes = Path(args.notes).read_text() if args.notes else ""
     print(write_score_report(args.run, args.out, notes))
     if args.localisation:
-        from .localise import write_localisation_report
+        from wdprobe.reports.localisation import write_localisation_report
 
         print(write_localisation_report(args.run, args.out))
     return 0
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    from .capture import capture_wdct
+    from wdprobe.stages.capture import capture_wdct
 
     path = capture_wdct(args.run, layers=args.layers, hooks=args.hooks.split(","), positions=args.positions.split(","),
                         storage_dtype=args.storage_dtype, batch_size=args.batch_size, progress=not args.quiet,
@@ -111,7 +109,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from .probe_stage import run_probes
+    from wdprobe.stages.probes import run_probes
 
     head = run_probes(args.run, hook=args.hook, position=args.position, kinds=args.kinds.split(","), folds=args.folds,
                       seed=args.seed, progress=not args.quiet)
@@ -121,7 +119,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_lens(args: argparse.Namespace) -> int:
-    from .lens import run_lens
+    from wdprobe.stages.lens import run_lens
 
     s = run_lens(args.run, progress=not args.quiet)
     for g in ("consistent", "inconsistent"):
@@ -143,8 +141,8 @@ def _floats(text: str) -> list[float]:
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
-    from .config import item_count
-    from .localise import LOW_RANK_CORRELATION, run_cross_patch, run_positional_patch
+    from wdprobe.pipeline.config import item_count
+    from wdprobe.stages.patching import LOW_RANK_CORRELATION, run_cross_patch, run_positional_patch
 
     if args.shard and args.kind == "both":
         raise ValueError("--shard with --kind both: shard the cross and the positional stage one at a time")
@@ -175,8 +173,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    from .config import item_count
-    from .localise import run_steering
+    from wdprobe.pipeline.config import item_count
+    from wdprobe.stages.steering import run_steering
 
     head = run_steering(args.run, n_items=item_count(args.items), layers=args.layers, alphas=_floats(args.alphas),
                         seed=args.seed, min_mass_ratio=args.min_mass_ratio, batch_size=args.batch_size,
@@ -190,8 +188,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import STAGES, StudyConfig, config_to_toml, load_config, with_overrides
-    from .study import run_study
+    from wdprobe.pipeline.config import STAGES, StudyConfig, config_to_toml, load_config, with_overrides
+    from wdprobe.pipeline.study import run_study
 
     cfg = load_config(args.config) if args.config else StudyConfig()
     stages = args.stages.split(",") if args.stages else None
@@ -215,8 +213,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .config import STAGES
-    from .study import study_status
+    from wdprobe.pipeline.config import STAGES
+    from wdprobe.pipeline.study import study_status
 
     done = study_status(args.run).get("done", {})
     if not done:
@@ -234,7 +232,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_runs
+    from wdprobe.reports.compare import compare_runs
 
     labels = args.labels.split(",") if args.labels else None
     print(compare_runs(args.runs, args.out, labels=labels))
@@ -242,7 +240,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .models import convert_default_model
+    from wdprobe.core.model import convert_default_model
 
     print(convert_default_model())
     return 0
@@ -252,7 +250,7 @@ def pct_config(args: argparse.Namespace):
     """The run's saved PCT settings (when ``--out`` holds one) overridden by the flags given."""
     from dataclasses import fields
 
-    from .pct import PCTConfig
+    from wdprobe.studies.pct.stages import PCTConfig
 
     out = args.out or PCTConfig.out
     saved = {}
@@ -274,7 +272,7 @@ def pct_config(args: argparse.Namespace):
 
 
 def cmd_pct(args: argparse.Namespace) -> int:
-    from .pct import run_pct
+    from wdprobe.studies.pct.stages import run_pct
 
     if args.pct_command == "status":
         return cmd_pct_status(args)
@@ -288,7 +286,7 @@ def cmd_pct(args: argparse.Namespace) -> int:
 
 
 def cmd_pct_status(args: argparse.Namespace) -> int:
-    from .pct import STAGES
+    from wdprobe.studies.pct.stages import STAGES
 
     path = Path(args.out or "runs/gemma-3-270m-pct") / "manifest.json"
     if not path.is_file():
@@ -303,7 +301,7 @@ def cmd_pct_status(args: argparse.Namespace) -> int:
 
 
 def _add_pct_parser(sub) -> None:
-    from .pct import STAGES
+    from wdprobe.studies.pct.stages import STAGES
 
     pct = sub.add_parser("pct", help="Political Compass under personas: closed vs open stances, probes, tropes")
     psub = pct.add_subparsers(dest="pct_command", required=True)
@@ -361,8 +359,8 @@ def _item_limit(text: str) -> int | None:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from .align import AlignConfig, run_align
-    from .finetune import TrainSettings
+    from wdprobe.studies.align.stages import AlignConfig, run_align
+    from wdprobe.studies.align.finetune import TrainSettings
 
     cfg = AlignConfig(form=args.form, method=args.method, sft_epochs=args.sft_epochs, dpo_epochs=args.dpo_epochs,
                       n_items=_item_limit(args.items), held_out=args.held_out, seed=args.seed, orders=args.orders,
@@ -391,7 +389,7 @@ def cmd_align(args: argparse.Namespace) -> int:
 
 
 def cmd_align_report(args: argparse.Namespace) -> int:
-    from .align_report import write_alignment_report
+    from wdprobe.studies.align.report import write_alignment_report
 
     print(write_alignment_report([Path(r) for r in args.runs], Path(args.out)))
     return 0
@@ -590,14 +588,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .capture import CaptureSpecError
-    from .config import ConfigError
-    from .data import WDCTFormatError
-    from .download import DataUnavailableError
-    from .merge import MergeError
-    from .models import ModelLoadError
-    from .pct_data import PCTFormatError
-    from .runs import RunMismatchError
+    from wdprobe.pipeline.config import ConfigError
+    from wdprobe.data.wdct import WDCTFormatError
+    from wdprobe.data.download import DataUnavailableError
+    from wdprobe.runs.shards import MergeError
+    from wdprobe.core.model import ModelLoadError
+    from wdprobe.data.pct import PCTFormatError
+    from wdprobe.runs.rundir import RunMismatchError
 
     args = build_parser().parse_args(argv)
     try:

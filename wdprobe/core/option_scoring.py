@@ -1,0 +1,101 @@
+"""Log-likelihood of whole option texts ("Strongly agree") after a prompt, sharing forwards between options.
+
+An option of tokens t_0..t_{k-1} needs next-token distributions after the prompt and after each of
+t_0..t_{k-2}. Options whose prefixes lie on one token path share a forward: one sequence
+``prompt + path`` yields the distributions at every position of the path. For the four PCT answers and
+Gemma's tokenizer (" Strongly"+" agree", " Strongly"+" disagree", " Dis"+"agree", " Agree") that is two
+sequences per prompt instead of four, and the vocabulary projection runs only on the path positions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+import numpy as np
+import torch
+from wdprobe.core.forward import LAST_POSITION_HOOK, default_batch_tokens, length_batches
+
+
+@dataclass(frozen=True)
+class OptionPaths:
+    """Token ids per option, and the token paths (continuations) whose forwards cover them."""
+
+    options: tuple[tuple[int, ...], ...]
+    paths: tuple[tuple[int, ...], ...]
+    path_of: tuple[int, ...]  # which path covers each option
+
+
+def option_paths(token_ids: Sequence[Sequence[int]]) -> OptionPaths:
+    """Fewest paths (greedy, longest options first) such that each option minus its last token prefixes one."""
+    options = tuple(tuple(t) for t in token_ids)
+    if any(len(t) == 0 for t in options):
+        raise ValueError("an option encodes to no tokens")
+    paths: list[tuple[int, ...]] = []
+    for opt in sorted(options, key=len, reverse=True):
+        need = opt[:-1]
+        if not any(p[: len(need)] == need for p in paths):
+            paths.append(need)
+    path_of = tuple(next(j for j, p in enumerate(paths) if p[: len(o) - 1] == o[:-1]) for o in options)
+    return OptionPaths(options, tuple(paths), path_of)
+
+
+def encode_options(tokenizer, options: Sequence[str], prefix: str = " ") -> list[list[int]]:
+    """Token ids of each option as it follows the prompt (``prefix`` + text, no special tokens)."""
+    return [tokenizer.encode(prefix + o, add_special_tokens=False) for o in options]
+
+
+def n_sequences(tokenizer, options: Sequence[str], prefix: str = " ") -> int:
+    """Forwards per prompt that :func:`option_logprobs` needs for these options."""
+    return len(option_paths(encode_options(tokenizer, options, prefix)).paths)
+
+
+def _keep_last(m: int):
+    def hook(resid: torch.Tensor, hook=None) -> torch.Tensor:
+        return resid[:, -m:, :]
+    return hook
+
+
+@torch.no_grad()
+def option_logprobs(lm, prompts: Sequence[str], options: Sequence[str], *, prefix: str = " ", batch_size: int = 32,
+                    max_batch_tokens: int | None | str = "auto",
+                    on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """Sum of token log-probabilities of each option text after each prompt, ``[len(prompts), len(options)]``.
+
+    ``on_batch(n)`` is called after each batch of ``n`` sequences; there are
+    ``len(prompts) * n_sequences(lm.tokenizer, options, prefix)`` in all.
+    """
+    tok = lm.tokenizer
+    paths = option_paths(encode_options(tok, options, prefix))
+    bos = getattr(tok, "bos_token", None)
+    add_special = not (bos and all(p.startswith(bos) for p in prompts))
+    prompt_ids = [tok.encode(p, add_special_tokens=add_special) for p in prompts]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    out = np.zeros((len(prompts), len(options)), dtype=np.float64)
+    budget = default_batch_tokens(lm.device) if max_batch_tokens == "auto" else max_batch_tokens
+    for j, path in enumerate(paths.paths):
+        m = len(path) + 1
+        covered = [o for o in range(len(options)) if paths.path_of[o] == j]
+        seqs = [ids + list(path) for ids in prompt_ids]
+        for idx in length_batches([len(s) for s in seqs], batch_size, budget):
+            width = max(len(seqs[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, width - len(seqs[i]):] = torch.tensor(seqs[i])
+                mask[r, width - len(seqs[i]):] = 1
+            logits = lm.bridge.run_with_hooks(ids.to(lm.device), attention_mask=mask.to(lm.device),
+                                              fwd_hooks=[(LAST_POSITION_HOOK, _keep_last(m))])[:, -m:, :]
+            lp = torch.log_softmax(logits.float(), dim=-1).cpu()
+            for o in covered:
+                toks = paths.options[o]
+                total = sum(lp[:, pos, t] for pos, t in enumerate(toks))
+                out[idx, o] = total.numpy()
+            if on_batch:
+                on_batch(len(idx))
+    return out
+
+
+def softmax_rows(lp: np.ndarray) -> np.ndarray:
+    """Distribution over the options from their log-likelihoods."""
+    z = lp - lp.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

@@ -1,0 +1,241 @@
+"""WDCT items: parsing the benchmark file, validating it, subsets and seeded option shuffling.
+
+Every item is kept in *canonical* option order (word option i corresponds to deed option i, as in
+the upstream file). Shuffling produces a :class:`Presentation` that remembers, for each form, which
+canonical option each displayed letter shows, so every later stage can map letters back to stances.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+DOMAINS = ("Opinion", "NonEthV", "EthV", "Theory")
+FORMS = ("word", "deed")
+LETTERS = "ABCDEFGH"
+REQUIRED_COLUMNS = ("Type", "id", "speak", "act", "correct_answer")
+_OPTION_LINE = re.compile(r"^([A-H])\.\s?(.*)$")
+
+
+class WDCTFormatError(ValueError):
+    """A WDCT file or item that cannot be used; the message names the file, item id and problem."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One word/deed pair with options in canonical order."""
+
+    id: str
+    domain: str
+    word_stem: str
+    word_options: tuple[str, ...]
+    deed_stem: str
+    deed_options: tuple[str, ...]
+    correct: int | None = None  # canonical index of the known correct option (EthV, Theory)
+
+    @property
+    def n_options(self) -> int:
+        return len(self.word_options)
+
+    def stem(self, form: str) -> str:
+        return self.word_stem if form == "word" else self.deed_stem
+
+    def options(self, form: str) -> tuple[str, ...]:
+        return self.word_options if form == "word" else self.deed_options
+
+
+@dataclass(frozen=True)
+class Presentation:
+    """An item as shown to the model: per form, ``order[j]`` is the canonical option behind letter j."""
+
+    item: Item
+    word_order: tuple[int, ...]
+    deed_order: tuple[int, ...]
+
+    def order(self, form: str) -> tuple[int, ...]:
+        return self.word_order if form == "word" else self.deed_order
+
+    def letters(self) -> str:
+        return LETTERS[: self.item.n_options]
+
+    def question(self, form: str) -> str:
+        """The question text with options relabelled in presented order (paper's format)."""
+        opts = self.item.options(form)
+        lines = [self.item.stem(form)]
+        for j, canon in enumerate(self.order(form)):
+            lines.append(f"{LETTERS[j]}. {opts[canon]}")
+        return "\n".join(lines)
+
+    def letter_of(self, form: str, canonical: int) -> str:
+        return LETTERS[self.order(form).index(canonical)]
+
+    def canonical_of(self, form: str, letter: str) -> int:
+        return self.order(form)[LETTERS.index(letter)]
+
+
+def split_question(text: str, *, item_id: str, form: str, source: str) -> tuple[str, tuple[str, ...]]:
+    """Split a question into its stem and its trailing ``A. ...``/``B. ...`` option lines.
+
+    Options are the maximal run of trailing lines labelled A, B, C, ... in order; trailing
+    whitespace and newlines are ignored and option text is stripped.
+    """
+    lines = text.rstrip().split("\n")
+    options: list[str] = []
+    i = len(lines) - 1
+    while i >= 0:
+        m = _OPTION_LINE.match(lines[i].strip())
+        if not m:
+            break
+        options.append(m.group(1) + "\x00" + m.group(2).strip())
+        i -= 1
+    options.reverse()
+    letters = "".join(o.split("\x00")[0] for o in options)
+    # Keep only the run that starts at A (a stem line could itself look like "B. ...").
+    start = letters.rfind("A")
+    if start < 0:
+        raise WDCTFormatError(f"{source}: item {item_id!r} ({form}): no option lines 'A. ...' at the end")
+    options = options[start:]
+    letters = letters[start:]
+    if letters != LETTERS[: len(letters)]:
+        raise WDCTFormatError(f"{source}: item {item_id!r} ({form}): option letters {letters!r} are not A, B, ... in order")
+    if len(options) < 2:
+        raise WDCTFormatError(f"{source}: item {item_id!r} ({form}): only one option; an item needs 2-4")
+    if len(options) > 4:
+        raise WDCTFormatError(f"{source}: item {item_id!r} ({form}): {len(options)} options; at most 4 are supported")
+    stem_lines = lines[: i + 1 + start]
+    stem = "\n".join(stem_lines).strip()
+    if not stem:
+        raise WDCTFormatError(f"{source}: item {item_id!r} ({form}): empty question text before the options")
+    texts = tuple(o.split("\x00", 1)[1] for o in options)
+    for j, t in enumerate(texts):
+        if not t:
+            raise WDCTFormatError(f"{source}: item {item_id!r} ({form}): option {LETTERS[j]} is empty")
+    return stem, texts
+
+
+def parse_rows(rows: Iterable[dict[str, str]], source: str = "<rows>") -> list[Item]:
+    """Validate and parse WDCT rows (dicts with the upstream columns) into items."""
+    items: list[Item] = []
+    seen: set[str] = set()
+    for n, row in enumerate(rows, start=2):  # row 1 is the header
+        item_id = (row.get("id") or "").strip()
+        if not item_id:
+            raise WDCTFormatError(f"{source}: line {n}: empty id")
+        if item_id in seen:
+            raise WDCTFormatError(f"{source}: item {item_id!r}: duplicate id")
+        seen.add(item_id)
+        domain = (row.get("Type") or "").strip()
+        if domain not in DOMAINS:
+            raise WDCTFormatError(f"{source}: item {item_id!r}: unknown domain {domain!r} (expected one of {DOMAINS})")
+        parsed = {}
+        for form, col in (("word", "speak"), ("deed", "act")):
+            text = row.get(col) or ""
+            if not text.strip():
+                raise WDCTFormatError(f"{source}: item {item_id!r}: empty {form} question (column {col!r})")
+            parsed[form] = split_question(text, item_id=item_id, form=form, source=source)
+        kw, kd = len(parsed["word"][1]), len(parsed["deed"][1])
+        if kw != kd:
+            raise WDCTFormatError(f"{source}: item {item_id!r}: word question has {kw} options but deed question has {kd}")
+        answer = (row.get("correct_answer") or "").strip()
+        correct = None
+        if answer:
+            if answer not in LETTERS[:kw]:
+                raise WDCTFormatError(f"{source}: item {item_id!r}: correct_answer {answer!r} is not one of its options")
+            correct = LETTERS.index(answer)
+        items.append(Item(item_id, domain, parsed["word"][0], parsed["word"][1], parsed["deed"][0], parsed["deed"][1], correct))
+    if not items:
+        raise WDCTFormatError(f"{source}: no items")
+    return items
+
+
+def load_wdct(path: str | os.PathLike) -> list[Item]:
+    """Read and validate a WDCT CSV file (upstream column layout)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"WDCT file not found: {path}")
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise WDCTFormatError(f"{path}: missing column(s) {missing}; expected {list(REQUIRED_COLUMNS)}")
+        return parse_rows(reader, source=str(path))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---- subsets -----------------------------------------------------------------------------------
+
+SUBSETS = {"WDCT": DOMAINS, "WDCT_NE": ("Opinion", "NonEthV")}
+
+
+def select(items: Sequence[Item], *, domains: Sequence[str] | None = None, subset: str | None = None,
+           sample: int | None = None, seed: int = 0, limit: int | None = None) -> list[Item]:
+    """Filter items by domain or named subset (WDCT, WDCT_NE), then take a seeded sample or the first ``limit``.
+
+    The sample is drawn with its own seeded generator, so the same (seed, size) gives the same items.
+    """
+    wanted: set[str] | None = None
+    if subset is not None:
+        if subset not in SUBSETS:
+            raise ValueError(f"unknown subset {subset!r}; choose one of {sorted(SUBSETS)}")
+        wanted = set(SUBSETS[subset])
+    if domains:
+        bad = [d for d in domains if d not in DOMAINS]
+        if bad:
+            raise ValueError(f"unknown domain(s) {bad}; choose from {DOMAINS}")
+        wanted = set(domains) if wanted is None else wanted & set(domains)
+    out = [it for it in items if wanted is None or it.domain in wanted]
+    if sample is not None:
+        if sample > len(out):
+            raise ValueError(f"sample of {sample} requested but only {len(out)} items match")
+        rng = random.Random(f"sample:{seed}")
+        keep = set(rng.sample(range(len(out)), sample))
+        out = [it for i, it in enumerate(out) if i in keep]
+    if limit is not None:
+        out = out[:limit]
+    return out
+
+
+# ---- shuffling ---------------------------------------------------------------------------------
+
+def _permutation(seed: int, item_id: str, form: str, k: int) -> tuple[int, ...]:
+    # Seeded per (seed, item, form): independent across forms and stable under subsetting/reordering.
+    rng = random.Random(f"{seed}:{item_id}:{form}")
+    perm = list(range(k))
+    rng.shuffle(perm)
+    return tuple(perm)
+
+
+def present(items: Sequence[Item], seed: int | None = 0) -> list[Presentation]:
+    """Shuffle options independently per form and per item; ``seed=None`` keeps canonical order."""
+    out = []
+    for it in items:
+        k = it.n_options
+        if seed is None:
+            out.append(Presentation(it, tuple(range(k)), tuple(range(k))))
+        else:
+            out.append(Presentation(it, _permutation(seed, it.id, "word", k), _permutation(seed, it.id, "deed", k)))
+    return out
+
+
+def resolve_wdct_path(path: str | os.PathLike | None = None) -> Path:
+    """The WDCT file to use: the given path, else ``$WDPROBE_WDCT``, else the pinned upstream download."""
+    from wdprobe.data.download import WDCT, fetch
+
+    if path:
+        return Path(path)
+    env = os.environ.get(WDCT.env_var)
+    if env:
+        return Path(env)
+    return fetch(WDCT)

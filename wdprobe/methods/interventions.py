@@ -1,0 +1,305 @@
+"""One hook mechanism for every intervention: patching, projection patching, steering, attribution.
+
+An intervention is a small *setter* on one hook point of one row of a batch: ``set`` a residual vector
+(activation patching), ``project`` onto a source's component along a direction (patch only what a
+probe direction carries), or ``add`` a vector (steering). Rows are prompts *or copies of prompts*:
+many patches of the same prompt share one batched forward pass by sitting on different rows.
+:func:`run_interventions` is the single loop that groups rows into token-budgeted batches, registers
+one vectorised hook per hook point, and returns the next-token log-probabilities of chosen tokens,
+computing the unembedding at the last position only (Gemma's vocabulary is most of a forward's cost).
+
+Positions are indices into the *unpadded* prompt; negative indices count from the end (``-1`` is the
+token where the answer letter is predicted). Left padding is handled here, once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Mapping, Sequence
+import numpy as np
+import torch
+from wdprobe.core.forward import LAST_POSITION_HOOK, encode_prompts, default_batch_tokens, forward_last, length_batches
+
+Kind = Literal["set", "add", "project"]
+RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
+
+
+class InterventionError(ValueError):
+    """An intervention that cannot be applied: unknown hook, layer or position out of range, bad vector."""
+
+
+def resid_hook(layer: int, kind: str, n_layers: int) -> str:
+    """The canonical hook name of a residual-stream point, validated against the model's depth."""
+    if kind not in RESID_KINDS:
+        raise InterventionError(f"unknown residual hook kind {kind!r}: choose from {list(RESID_KINDS)}")
+    if not 0 <= int(layer) < n_layers:
+        raise InterventionError(f"layer {layer} out of range: the model has layers 0..{n_layers - 1}")
+    return f"blocks.{int(layer)}.hook_{kind}"
+
+
+def parse_layers(spec: str | Sequence[int] | None, n_layers: int) -> list[int]:
+    """``"all"``/None, ``"0,4,8"``, ``"2-10"`` or a list, validated (same syntax as capture)."""
+    from wdprobe.methods.capture import CaptureSpec, CaptureSpecError
+
+    try:
+        return list(CaptureSpec.parse(spec, n_layers).layers)
+    except CaptureSpecError as e:
+        raise InterventionError(str(e)) from None
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """One setter: at ``hook``, on token ``position`` of its row, ``set``/``add``/``project`` ``value``."""
+
+    hook: str
+    position: int
+    kind: Kind
+    value: torch.Tensor  # [d_model]
+    direction: torch.Tensor | None = None  # unit vector, for ``project``
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("set", "add", "project"):
+            raise InterventionError(f"unknown intervention kind {self.kind!r}: choose set, add or project")
+        if self.kind == "project" and self.direction is None:
+            raise InterventionError(f"a 'project' intervention at {self.hook} needs a direction")
+
+
+@dataclass
+class Row:
+    """One forward-pass row: a prompt (by index) and the interventions applied to it."""
+
+    prompt: int
+    interventions: list[Intervention] = field(default_factory=list)
+
+
+def _apply(x: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, kind: torch.Tensor, value: torch.Tensor,
+           direction: torch.Tensor) -> torch.Tensor:
+    """Vectorised setters for one hook point; ``kind`` 0 set, 1 add, 2 project."""
+    x = x.clone()
+    cur = x[rows, pos].float()
+    proj = ((value - cur) * direction).sum(-1, keepdim=True) * direction
+    new = torch.where((kind == 0)[:, None], value, torch.where((kind == 1)[:, None], cur + value, cur + proj))
+    x[rows, pos] = new.to(x.dtype)
+    return x
+
+
+_KIND_CODE = {"set": 0, "add": 1, "project": 2}
+
+
+def _hooks_for_batch(batch_rows: Sequence[Row], lengths: Sequence[int], T: int, device, n_layers: int,
+                     hook_dict: Mapping[str, object]) -> list[tuple[str, Callable]]:
+    per_hook: dict[str, list[tuple[int, int, int, torch.Tensor, torch.Tensor]]] = {}
+    for r, row in enumerate(batch_rows):
+        n = lengths[r]
+        for iv in row.interventions:
+            if iv.hook not in hook_dict:
+                raise InterventionError(f"hook {iv.hook!r} does not exist in this model "
+                                        f"(residual hooks are blocks.0..{n_layers - 1}.hook_resid_pre/mid/post)")
+            if not -n <= iv.position < n:
+                raise InterventionError(f"position {iv.position} out of range for prompt {row.prompt} "
+                                        f"({n} tokens) at {iv.hook}")
+            p = T + iv.position if iv.position < 0 else T - n + iv.position
+            d = iv.direction if iv.direction is not None else torch.zeros_like(iv.value)
+            per_hook.setdefault(iv.hook, []).append((r, p, _KIND_CODE[iv.kind], iv.value, d))
+    hooks = []
+    for name, ivs in per_hook.items():
+        rows = torch.tensor([i[0] for i in ivs], device=device)
+        pos = torch.tensor([i[1] for i in ivs], device=device)
+        kind = torch.tensor([i[2] for i in ivs], device=device)
+        value = torch.stack([i[3] for i in ivs]).float().to(device)
+        direction = torch.stack([i[4] for i in ivs]).float().to(device)
+
+        def hook(x, hook=None, rows=rows, pos=pos, kind=kind, value=value, direction=direction):
+            if x.shape[-1] != value.shape[-1]:
+                raise InterventionError(f"{hook.name if hook else name}: activation width {x.shape[-1]}, "
+                                        f"intervention vectors {value.shape[-1]}")
+            return _apply(x, rows, pos, kind, value, direction)
+
+        hooks.append((name, hook))
+    return hooks
+
+
+@torch.no_grad()
+def run_interventions(lm, prompts: Sequence[str], rows: Sequence[Row], token_ids: Sequence[int], *,
+                      batch_size: int = 64, max_batch_tokens: int | None | str = "auto",
+                      progress: Callable[[int], None] | None = None, pack: bool | str = "auto") -> np.ndarray:
+    """Log-probabilities of ``token_ids`` as the next token for every row, ``[len(rows), len(token_ids)]``.
+
+    All rows of a batch run in one forward pass; each hook point gets one vectorised hook applying
+    every setter aimed at it. A row without interventions is the clean run of its prompt.
+
+    When every intervention sits on the final position (cross-form patching, steering), rows of the same
+    prompt share its prefix: the prompt runs once with one copy of its final token per row, each copy
+    seeing the prefix and itself only (a 4D attention mask, all copies at the final position id). Every
+    copy computes exactly what a separate forward pass would, at a fraction of the cost; ``pack="auto"``
+    checks that equality once per model and falls back to separate rows if the model does not honour it.
+    """
+    if lm.tokenizer.padding_side != "left":
+        raise InterventionError("the tokenizer must pad on the left so that position -1 is every prompt's last token")
+    for r in rows:
+        if not 0 <= r.prompt < len(prompts):
+            raise InterventionError(f"row refers to prompt {r.prompt}, but there are {len(prompts)} prompts")
+    n_layers = lm.bridge.cfg.n_layers
+    hook_dict = lm.bridge.hook_dict
+    prompt_len = {}
+    for r in rows:
+        if r.prompt not in prompt_len:
+            prompt_len[r.prompt] = len(encode_prompts(lm.tokenizer, [prompts[r.prompt]], "cpu")["input_ids"][0])
+    lengths = [prompt_len[r.prompt] for r in rows]
+    budget = default_batch_tokens(lm.device) if max_batch_tokens == "auto" else max_batch_tokens
+    ids = torch.tensor(list(token_ids), device=lm.device)
+    final_only = all(iv.position == -1 for r in rows for iv in r.interventions)
+    window = getattr(lm.hf_model.config, "sliding_window", None)
+    # one custom mask serves every layer, so a prompt longer than a sliding window cannot share its prefix
+    fits = window is None or max(lengths, default=0) <= window
+    if pack is True and not fits:
+        raise InterventionError(f"prefix sharing needs prompts within the model's sliding window ({window} tokens); "
+                                f"the longest prompt has {max(lengths)}: use pack='auto' or pack=False")
+    if pack and rows and final_only and fits and (pack is True or packing_works(lm, prompts[rows[0].prompt])):
+        return _run_packed(lm, prompts, rows, prompt_len, ids, budget, progress)
+    out = np.zeros((len(rows), len(token_ids)))
+    for batch in length_batches(lengths, batch_size, budget):
+        enc = encode_prompts(lm.tokenizer, [prompts[rows[i].prompt] for i in batch], lm.device)
+        T = enc["input_ids"].shape[1]
+        hooks = _hooks_for_batch([rows[i] for i in batch], [lengths[i] for i in batch], T, lm.device, n_layers, hook_dict)
+        logits = forward_last(lm, enc["input_ids"], enc["attention_mask"], hooks).float()
+        out[batch] = torch.log_softmax(logits, -1)[:, ids].cpu().numpy()
+        if progress:
+            progress(len(batch))
+    return out
+
+
+def residuals_at(lm, prompts: Sequence[str], hooks: Sequence[str], positions: Sequence[Sequence[int]] | None = None,
+                 *, batch_size: int = 16) -> dict[str, list[torch.Tensor]]:
+    """Clean residuals at ``hooks`` per prompt: ``{hook: [tensor[n_positions_i, d]]}`` (all positions by default)."""
+    out: dict[str, list[torch.Tensor]] = {h: [None] * len(prompts) for h in hooks}  # type: ignore[list-item]
+    lengths = [len(encode_prompts(lm.tokenizer, [p], "cpu")["input_ids"][0]) for p in prompts]
+    for batch in length_batches(lengths, batch_size, None):
+        enc = encode_prompts(lm.tokenizer, [prompts[i] for i in batch], lm.device)
+        T = enc["input_ids"].shape[1]
+        got: dict[str, torch.Tensor] = {}
+
+        def keep(x, hook=None):
+            got[hook.name] = x.detach().float()
+            return x
+
+        with torch.no_grad():
+            forward_last(lm, enc["input_ids"], enc["attention_mask"], [(h, keep) for h in hooks])
+        aliases = {h: _canonical(lm, h) for h in hooks}
+        for h in hooks:
+            x = got.get(h, got.get(aliases[h]))
+            if x is None:
+                raise InterventionError(f"hook {h!r} did not fire")
+            for j, i in enumerate(batch):
+                row = x[j, T - lengths[i]:]
+                out[h][i] = row if positions is None else row[list(positions[i])]
+    return out
+
+
+def _canonical(lm, name: str) -> str:
+    hp = lm.bridge.hook_dict.get(name)
+    return getattr(hp, "name", name) if hp is not None else name
+
+
+# ---- prefix sharing for final-position interventions -------------------------------------------------
+
+MAX_COPIES = 256  # final-token copies per packed sequence
+_PACKING_VERIFIED: dict[int, bool] = {}
+
+
+def _packed_batch(lm, seqs: Sequence[tuple[list[int], int]]):
+    """Left-padded packed sequences: (prefix ids + final id, n_copies) -> ids, 4D mask, position ids."""
+    lens = [len(p) - 1 + r for p, r in seqs]
+    L = max(lens)
+    pad_id = lm.tokenizer.pad_token_id or 0
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(seqs), L), dtype=torch.long)
+    allowed = torch.zeros((len(seqs), L, L), dtype=torch.bool)
+    for b, ((p, r), n) in enumerate(zip(seqs, lens)):
+        T = len(p)
+        off = L - n
+        ids[b, off: off + T - 1] = torch.tensor(p[:-1])
+        ids[b, off + T - 1:] = p[-1]
+        pos[b, off: off + T - 1] = torch.arange(T - 1)
+        pos[b, off + T - 1:] = T - 1
+        allowed[b, off: off + T - 1, off: off + T - 1] = torch.tril(torch.ones(T - 1, T - 1, dtype=torch.bool))
+        q = torch.arange(off + T - 1, L)
+        allowed[b, q, off: off + T - 1] = True
+        allowed[b, q, q] = True
+        allowed[b, :off, :off] = torch.eye(off, dtype=torch.bool)  # padding attends to itself: no empty rows
+    dtype = next(lm.hf_model.parameters()).dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+    return ids.to(lm.device), mask.to(lm.device), pos.to(lm.device), L
+
+
+def _packed_forward(lm, seqs, seq_rows: Sequence[Sequence[Row]], n_layers: int):
+    ids, mask, pos, L = _packed_batch(lm, seqs)
+    rmax = max(r for _, r in seqs)
+    per_hook: dict[str, list] = {}
+    for b, rows in enumerate(seq_rows):
+        first = L - len(rows)
+        for c, row in enumerate(rows):
+            for iv in row.interventions:
+                if iv.hook not in lm.bridge.hook_dict:
+                    raise InterventionError(f"hook {iv.hook!r} does not exist in this model "
+                                            f"(residual hooks are blocks.0..{n_layers - 1}.hook_resid_pre/mid/post)")
+                d = iv.direction if iv.direction is not None else torch.zeros_like(iv.value)
+                per_hook.setdefault(iv.hook, []).append((b, first + c, _KIND_CODE[iv.kind], iv.value, d))
+    hooks = []
+    for name, ivs in per_hook.items():
+        t = [torch.tensor([i[k] for i in ivs], device=lm.device) for k in range(3)]
+        value = torch.stack([i[3] for i in ivs]).float().to(lm.device)
+        direction = torch.stack([i[4] for i in ivs]).float().to(lm.device)
+
+        def hook(x, hook=None, t=t, value=value, direction=direction):
+            return _apply(x, t[0], t[1], t[2], value, direction)
+
+        hooks.append((name, hook))
+
+    def keep_copies(x, hook=None):
+        return x[:, L - rmax:, :]
+
+    logits = lm.bridge.run_with_hooks(ids, attention_mask=mask, position_ids=pos,
+                                      fwd_hooks=hooks + [(LAST_POSITION_HOOK, keep_copies)])
+    return logits, rmax
+
+
+def _run_packed(lm, prompts, rows, prompt_len, ids, budget, progress) -> np.ndarray:
+    n_layers = lm.bridge.cfg.n_layers
+    by_prompt: dict[int, list[int]] = {}
+    for k, r in enumerate(rows):
+        by_prompt.setdefault(r.prompt, []).append(k)
+    seqs = []  # (prompt, row indices)
+    for p, ks in by_prompt.items():
+        for s in range(0, len(ks), MAX_COPIES):
+            seqs.append((p, ks[s: s + MAX_COPIES]))
+    tokens = {p: encode_prompts(lm.tokenizer, [prompts[p]], "cpu")["input_ids"][0].tolist() for p in by_prompt}
+    cost = [prompt_len[p] - 1 + len(ks) for p, ks in seqs]
+    out = np.zeros((len(rows), len(ids)))
+    cap = budget if budget is not None else 8192
+    for batch in length_batches(cost, 64, cap):
+        chosen = [seqs[i] for i in batch]
+        logits, rmax = _packed_forward(lm, [(tokens[p], len(ks)) for p, ks in chosen],
+                                       [[rows[k] for k in ks] for _, ks in chosen], n_layers)
+        lp = torch.log_softmax(logits.float(), -1)[..., ids].cpu().numpy()
+        for b, (_, ks) in enumerate(chosen):
+            out[ks] = lp[b, rmax - len(ks):]
+            if progress:
+                progress(len(ks))
+    return out
+
+
+def packing_works(lm, prompt: str, tol: float = 1e-3) -> bool:
+    """Whether this model honours packed final-token copies (checked once per loaded model): the copies'
+    logits must equal a plain forward's. (Prompts longer than a sliding window are never packed.)"""
+    key = id(lm.bridge)
+    if key not in _PACKING_VERIFIED:
+        enc = encode_prompts(lm.tokenizer, [prompt], lm.device)
+        try:
+            with torch.no_grad():
+                ref = forward_last(lm, enc["input_ids"], enc["attention_mask"]).float()
+                logits, _ = _packed_forward(lm, [(enc["input_ids"][0].tolist(), 3)], [[Row(0)] * 3],
+                                            lm.bridge.cfg.n_layers)
+            _PACKING_VERIFIED[key] = bool((logits[0].float() - ref).abs().max() < tol * max(1.0, float(ref.abs().max())))
+        except Exception:  # a model whose forward rejects 4D masks or position ids: use separate rows
+            _PACKING_VERIFIED[key] = False
+    return _PACKING_VERIFIED[key]

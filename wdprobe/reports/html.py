@@ -1,0 +1,27 @@
+"""TODO docstring (study_report)"""
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+
+CSS = ("body{font-family:system-ui,sans-serif;max-width:1360px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}"
+       "h1{margin-bottom:0}.sub{color:#666;margin-top:.3em}ol.findings li{margin:.6em 0}"
+       "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
+       "th:first-child,td:first-child{text-align:left}pre{background:#f6f8fa;padding:1em;overflow:auto;font-size:12px}"
+       "nav a{margin-right:1em}.num{font-variant-numeric:tabular-nums}.fig{overflow-x:auto;margin:1em 0}")
+
+
+def table_html(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table class='num'><tr>{head}</tr>{body}</table>"
+
+
+def inline_markdown(text: str) -> str:
+    """Bold, italics, code and links of a notes paragraph as HTML (the notes are short markdown; nothing more is needed)."""
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
+    out = re.sub(r"(?<![\w*])\*(?=\S)(.+?)(?<=\S)\*(?![\w*])", r"<i>\1</i>", out)
+    out = re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+    return re.sub(r"\[(.+?)\]\((.+?)\)", r"<a href='\2'>\1</a>", out)

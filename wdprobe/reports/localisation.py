@@ -1,0 +1,94 @@
+"""TODO docstring (localise)"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from wdprobe.runs.rundir import RunDir
+from wdprobe.stages.patching import SEGMENT_ORDER
+from wdprobe.runs.stage import scored_model_name
+
+
+# ---- one page for a reader -------------------------------------------------------------------------
+
+def localisation_figures(run_dir: str | Path) -> list[tuple[str, str, Any]]:
+    """Every lens / patching / steering figure of a run, redrawn from its saved tables, as
+    ``(section, name, figure)``; stages not run yet are left out."""
+    import pandas as pd
+
+    from wdprobe.figures import localisation as localise_plots
+    from wdprobe.methods.lens import trajectory_from_frame
+
+    run = RunDir(run_dir)
+    model = scored_model_name(run)
+    figs: list[tuple[str, str, Any]] = []
+    lens_csv = run.path / "lens" / "trajectory.csv"
+    if lens_csv.is_file():
+        traj = trajectory_from_frame(pd.read_csv(lens_csv))
+        figs += [("lens", n, f) for n, f in zip(["lens-curves", "lens-divergence"], localise_plots.lens_figures(traj, model))]
+    pdir = run.path / "patching"
+    if (pdir / "cross_form_summary.csv").is_file():
+        summary = pd.read_csv(pdir / "cross_form_summary.csv")
+        head = json.loads((pdir / "cross_form_headline.json").read_text())
+        if "cs_clean" in head:
+            summary.attrs["cs_clean"] = head["cs_clean"]
+        cf = localise_plots.cross_form_figures(summary, f"{model}, {head['n_items']} two-option items "
+                                                        f"({head['n_inconsistent']} inconsistent)")
+        figs += [("patching", n, f) for n, f in zip(["cross-form", "cross-form-by-letter"], cf)]
+    for form in ("deed", "word"):
+        if (pdir / f"positional-{form}.csv").is_file():
+            frame = pd.read_csv(pdir / f"positional-{form}.csv")
+            seg = pd.read_csv(pdir / f"positional-{form}-segments.csv")
+            layers = sorted(frame["layer"].unique())
+            n_ex = frame[frame.method == "exact"]["id"].nunique()
+            pf = localise_plots.positional_figures(frame, seg, layers, SEGMENT_ORDER,
+                                                   f"{model}, {form} prompts, options swapped (A<->B)", n_show=min(n_ex, 2))
+            figs += [("positional", f"positional-{form}-{i}", f) for i, f in enumerate(pf)]
+    sdir = run.path / "steering"
+    if (sdir / "steering_summary.csv").is_file():
+        table = pd.read_csv(sdir / "steering_summary.csv")
+        head = json.loads((sdir / "steering_headline.json").read_text())
+        table.attrs["clean_cs"] = head["clean_cs_items"]
+        ratio = (head.get("best") or {}).get("min_mass_ratio", 0.5)
+        sf = localise_plots.steering_figures(table, f"{model}, {head['n_items']} two-option items; alpha in units "
+                                                    "of the word-answer mean difference at the layer", ratio)
+        figs += [("steering", n, f) for n, f in zip(["steering-surface", "steering-curves"], sf)]
+    return figs
+
+
+LOCALISATION_TABLES = ["lens/summary.json", "patching/cross_form_summary.csv", "patching/cross_form_headline.json",
+                       "patching/positional-deed-segments.csv", "patching/positional-deed-headline.json",
+                       "patching/positional-word-segments.csv", "patching/positional-word-headline.json",
+                       "steering/steering_summary.csv", "steering/steering_headline.json"]
+
+
+def copy_localisation_tables(run_dir: str | Path, dest: str | Path) -> None:
+    """The small summary tables behind the figures, beside a report (the big per-row tables stay in the run)."""
+    import shutil
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in LOCALISATION_TABLES:
+        src = Path(run_dir) / rel
+        if src.is_file():
+            name = "lens-summary.json" if rel == "lens/summary.json" else src.name
+            shutil.copy(src, dest / name)
+
+
+def write_localisation_report(run_dir: str | Path, out_dir: str | Path, *, png: bool = True) -> Path:
+    """Redraw every lens / patching / steering figure of a run from its saved tables into one offline HTML
+    page (``localisation.html``, plotly inlined once), with PNGs and the summary tables beside it."""
+    from wdprobe.figures import probes as plots
+
+    out = Path(out_dir)
+    figs = localisation_figures(run_dir)
+    if not figs:
+        raise FileNotFoundError(f"{run_dir} has no lens, patching or steering results yet")
+    copy_localisation_tables(run_dir, out / "localisation")
+    model = scored_model_name(RunDir(run_dir))
+    page = plots.write_html([f for _, _, f in figs], out / "localisation.html",
+                            heading=f"wdprobe: where {model}'s deeds leave its words — lens, patching, steering")
+    if png:
+        for _, n, f in figs:
+            plots.write_png(f, out / "localisation" / f"{n}.png")
+    return page

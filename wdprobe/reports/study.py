@@ -1,0 +1,420 @@
+"""The study report: one self-contained page (``index.html``) and its markdown twin (``README.md``, what a
+code host shows for the folder).
+
+The page opens with the findings in words and numbers, each sentence built from a run's saved
+tables with wording that follows the numbers (a CS within 0.05 of its chance baseline is called
+chance, a steering gain is called a restoration only if it beats both clean and a random direction on
+held-out items); then the figures, redrawn from those tables; then timings and the manifest.
+Stages that were not run are left out, so the same code reports a scoring-only run or the full study.
+"""
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+import pandas as pd
+import plotly.graph_objects as go
+from wdprobe.core.cache import atomic_write_text
+from wdprobe.data.wdct import DOMAINS
+from wdprobe.reports.scores import PAPER_TABLE, write_score_report
+from wdprobe.runs.rundir import RunDir
+from wdprobe.reports.html import CSS, inline_markdown, table_html
+
+NEAR = 0.05  # a difference smaller than this is reported as "no difference" (items are few hundred)
+
+
+@dataclass
+class Finding:
+    """One numbered finding: a short claim and the numbers behind it (plain text, no markup)."""
+
+    title: str
+    text: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def require_scored_run(path: Path) -> None:
+    """Every report starts from the scores; say so by name instead of failing on a missing file."""
+    manifest = RunDir(path).read_manifest()
+    if "score" not in manifest.get("stages", {}) or not (Path(path) / "metrics.json").is_file():
+        raise FileNotFoundError(f"{path} holds no finished scoring run (manifest.json + metrics.json); "
+                                "run `wdprobe run` or `wdprobe score` into it first")
+
+
+def study_numbers(run_dir: str | Path) -> dict[str, Any]:
+    """Every headline number of a run, read from its saved artefacts (missing stages are None)."""
+    run = RunDir(run_dir)
+    p = run.path
+    manifest = run.read_manifest()
+    require_scored_run(p)
+    probes = {}
+    for f in sorted((p / "probes").glob("*-headline.json")) if (p / "probes").is_dir() else []:
+        probes[f.name.removesuffix("-headline.json")] = _json(f)
+    return {"model": manifest["stages"]["score"]["config"]["model"], "manifest": manifest,
+            "metrics": _json(p / "metrics.json"), "probes": probes, "lens": _json(p / "lens" / "summary.json"),
+            "cross": _json(p / "patching" / "cross_form_headline.json"),
+            "positional": {f: _json(p / "patching" / f"positional-{f}-headline.json") for f in ("deed", "word")},
+            "positional_arrival": {f: arrival_layer(p / "patching" / f"positional-{f}-segments.csv") for f in ("deed", "word")},
+            "steer": _json(p / "steering" / "steering_headline.json")}
+
+
+def arrival_layer(segments_csv: Path, segment: str = "final", share: float = 0.5) -> int | None:
+    """First layer at which patching the final token alone carries ``share`` of the option-swap effect
+    (exact patching where it was run, else attribution): where option content has reached the answer."""
+    if not segments_csv.is_file():
+        return None
+    seg = pd.read_csv(segments_csv)
+    method = "exact" if (seg.method == "exact").any() else "attribution"
+    s = seg[(seg.method == method) & (seg.segment == segment)].sort_values("layer")
+    hit = s[s.normalised >= share]
+    return int(hit.layer.iloc[0]) if len(hit) else None
+
+
+def _chance_words(cs: float, baseline: float) -> str:
+    if abs(cs - baseline) < NEAR:
+        return "at chance"
+    return "above chance" if cs > baseline else "below chance"
+
+
+def _closest_paper_models(cs: float, k: int = 2) -> list[str]:
+    ranked = sorted(PAPER_TABLE, key=lambda m: abs(PAPER_TABLE[m][0] - cs))
+    return ranked[:k]
+
+
+def finding_behaviour(n: dict) -> Finding | None:
+    m = n["metrics"]
+    if not m:
+        return None
+    base = m["cs_letter_copy_baseline"]
+    near = _closest_paper_models(m["cs_macro"])
+    text = (f"CS {m['cs_micro']:.3f} over {m['n_items']} items (macro over domains {m['cs_macro']:.3f}); PCS "
+            f"{m['pcs_micro']:.3f}. A model that answered every deed question with the letter it gave the word "
+            f"question would score {base:.3f}, so word-deed consistency is {_chance_words(m['cs_micro'], base)}. "
+            f"In the paper's table (macro CS) it sits nearest {' and '.join(f'{x} ({PAPER_TABLE[x][0]:.2f})' for x in near)}. "
+            f"Mean probability on the option letters: word {m['word_letter_mass_mean']:.2f}, deed "
+            f"{m['deed_letter_mass_mean']:.2f}.")
+    pcs_note = ""
+    if m["pcs_micro"] > 0.9 and abs(m["cs_micro"] - base) < NEAR:
+        pcs_note = " The high PCS with chance-level CS means both answer distributions are flat, not that they agree."
+    return Finding("Is the model consistent?", text + pcs_note,
+                   {"cs_micro": m["cs_micro"], "cs_macro": m["cs_macro"], "pcs_micro": m["pcs_micro"],
+                    "cs_letter_copy_baseline": base})
+
+
+def finding_probes(n: dict) -> Finding | None:
+    head = n["probes"].get("resid_post-last")
+    if not head:
+        return None
+    kind = "logreg" if "logreg" in head else "diffmean"
+    h = head[kind]
+    word_beats_letter = h["word->word"] - h["letter_at_best_word_layer"] >= NEAR
+    deed_decodable = h["deed->deed_best"] - 0.5 >= NEAR
+    transfer = h["word->deed_best"] - 0.5 >= NEAR
+    text = (f"At the answer position, a {kind} probe reads the word answer at {h['word->word']:.2f} balanced accuracy "
+            f"(layer {h['best_word_layer']}; a probe for the presented letter reaches {h['letter_at_best_word_layer']:.2f} "
+            f"there), the deed answer at best {h['deed->deed_best']:.2f} (layer {h['deed->deed_best_layer']}), and a "
+            f"word-trained probe reads deeds at best {h['word->deed_best']:.2f}. ")
+    text += ("The word stance is decodable beyond the letter; " if word_beats_letter else
+             "What the word probe reads is no more than the answer letter; ")
+    text += ("deed stance is decodable; " if deed_decodable else "the deed stance is not linearly decodable; ")
+    text += ("and a stance direction learned on words carries over to deeds." if transfer else
+             "and nothing learned on words carries over to deeds: no shared internal stance is visible.")
+    return Finding("Do word and deed share an internal stance?", text,
+                   {"probe": kind, "word": h["word->word"], "deed": h["deed->deed_best"], "transfer": h["word->deed_best"],
+                    "letter": h["letter_at_best_word_layer"]})
+
+
+def finding_lens(n: dict) -> Finding | None:
+    lens = n["lens"]
+    if not lens or not lens["inconsistent"]["n"]:
+        return None
+    inc = lens["inconsistent"]
+    hist = {int(k): v for k, v in inc.get("item_divergence_layer_hist", {}).items()}
+    n_layers = len(lens["all"]["lens_cs"])
+    last3 = sum(v for k, v in hist.items() if k >= n_layers - 3)
+    share = last3 / max(1, sum(hist.values()))
+    cs_curve = lens["all"]["lens_cs"]
+    text = (f"Read through the logit lens, the deed answer of the {inc['n']} inconsistent items parts from the word "
+            f"answer for good at layer {inc['item_divergence_layer_median']:.0f} (median; {share:.0%} of them in the "
+            f"last three of {n_layers} layers). Lens CS over all items stays between {min(cs_curve[:-1]):.2f} and "
+            f"{max(cs_curve[:-1]):.2f} before the last layer, so the intermediate layers hold no more agreement than the "
+            "final answer does.")
+    return Finding("Where does the deed answer leave the word stance?", text,
+                   {"divergence_layer_median": inc["item_divergence_layer_median"], "share_last_three": share,
+                    "n_layers": n_layers})
+
+
+def finding_patching(n: dict) -> Finding | None:
+    c = n["cross"]
+    if not c or "full" not in c:
+        return None
+    f = c["full"]
+    text = (f"Patching the word run's residual into the deed run at the answer position flips up to "
+            f"{f['flip_rate']:.2f} of inconsistent items (layer {f['layer']}) but breaks {f['break_rate']:.2f} of "
+            f"consistent ones; CS with that patch is {f['cs_after']:.3f} (clean {c['cs_clean']:.3f}). Flips follow "
+            f"the letter: {f['flip_rate_same_letter']:.2f} where the word run's letter also labels the word answer in the deed prompt, "
+            f"{f['flip_rate_other_letter']:.2f} where it does not.")
+    if "stance" in c:
+        s = c["stance"]
+        text += (f" Patching only the component along the word-stance direction flips {s['flip_rate']:.2f} "
+                 f"(layer {s['layer']}; CS {s['cs_after']:.3f})")
+        if "random" in c:
+            text += f", a random direction {c['random']['flip_rate']:.2f}"
+        text += "."
+    arrive = n["positional_arrival"]
+    if arrive.get("deed") is not None and arrive.get("word") is not None:
+        text += (f" Swapping the options shows where their content reaches the answer position: layer {arrive['word']} "
+                 f"in word prompts, layer {arrive['deed']} in deed prompts.")
+    gain = f["cs_after"] - c["cs_clean"]
+    title = ("Does patching restore consistency?" if gain < NEAR else "Patching restores consistency")
+    return Finding(title, text, {"flip_rate": f["flip_rate"], "break_rate": f["break_rate"], "cs_after": f["cs_after"],
+                                 "cs_clean": c["cs_clean"], "arrival": arrive})
+
+
+def finding_steering(n: dict) -> Finding | None:
+    s = n["steer"]
+    if not s:
+        return None
+    best = s.get("best")
+    if not best:
+        return Finding("Does steering restore consistency?",
+                       "No (layer, alpha) setting kept the answer format; nothing to report.")
+    text = (f"Adding the word-stance direction to the deed run, the best grid setting (layer {best['layer']}, alpha "
+            f"{best['alpha']:g}) gives CS {best['cs']:.2f} on the {s['n_items']} grid items (clean "
+            f"{s['clean_cs_items']:.2f}; a random direction of equal norm {best['random']['cs']:.2f}).")
+    val = s.get("validation")
+    restored = None
+    if val:
+        st, rnd, clean = val["stance"]["cs"], val["random"]["cs"], val["cs_clean"]
+        restored = st - clean >= NEAR and st - rnd >= NEAR
+        text += (f" Rerun on the {val['n_items']} items the grid never saw: CS {st:.3f} vs clean {clean:.3f} and random "
+                 f"{rnd:.3f} — " + ("a validated restoration." if restored else
+                                    "the gain does not survive; the grid's best was selection noise."))
+    else:
+        text += " Not validated on held-out items (the grid's best cell is optimistic)."
+    return Finding("Does steering restore consistency?", text,
+                   {"grid_cs": best["cs"], "validated_cs": (val or {}).get("stance", {}).get("cs"), "restored": restored})
+
+
+FINDINGS = (finding_behaviour, finding_probes, finding_lens, finding_patching, finding_steering)
+
+
+def findings(run_dir: str | Path, numbers: dict[str, Any] | None = None) -> list[Finding]:
+    """The report's numbered findings for a run (only for the stages it has)."""
+    n = numbers or study_numbers(run_dir)
+    return [f for f in (fn(n) for fn in FINDINGS) if f is not None]
+
+
+def stage_timings(manifest: dict) -> list[tuple[str, float, float | None]]:
+    """(stage, wall seconds, CPU seconds or None) in pipeline order from ``wdprobe run``'s record, else from
+    each stage's own record. CPU time (all threads of this process) is what another workload on the same
+    machine does not inflate."""
+    done = manifest.get("study", {}).get("done", {})
+    if done:
+        return [(k, float(v["seconds"]), v.get("cpu_seconds")) for k, v in done.items()]
+    out = []
+    for k, v in manifest.get("stages", {}).items():
+        t = v.get("seconds_total") or sum(v.get("timings", {}).values()) or None
+        if t:
+            out.append((k, float(t), None))
+    return out
+
+
+# ---- figures ---------------------------------------------------------------------------------------
+
+def paper_figure(metrics: dict, model: str) -> go.Figure:
+    """This run's macro CS and PCS beside the paper's table (Xu et al. 2025), chance marked."""
+    names = list(PAPER_TABLE) + [f"{model} (this run)"]
+    cs = [PAPER_TABLE[k][0] for k in PAPER_TABLE] + [metrics["cs_macro"]]
+    pcs = [PAPER_TABLE[k][1] for k in PAPER_TABLE] + [metrics["pcs_macro"]]
+    colour = ["#9aa5b1"] * len(PAPER_TABLE) + ["#d9480f"]
+    fig = go.Figure()
+    fig.add_bar(y=names, x=cs, orientation="h", marker_color=colour, name="CS", text=[f"{v:.2f}" for v in cs],
+                textposition="outside")
+    fig.add_scatter(y=names, x=pcs, mode="markers", marker=dict(symbol="diamond", size=10, color="#1c7ed6"), name="PCS")
+    fig.add_vline(x=0.5, line_dash="dot", annotation_text="chance CS (two options)", annotation_position="top")
+    fig.update_layout(title="CS and PCS beside the paper's table (macro over domains)<br><sup>grey: Xu et al. (ICLR "
+                            "2025), generated answers; orange: this run, next-token letter probabilities</sup>",
+                      xaxis=dict(range=[0, 1.05], title="score"), height=420, margin=dict(l=200),
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def domain_figure(metrics: dict, model: str) -> go.Figure:
+    doms = [d for d in DOMAINS if d in metrics["per_domain"]]
+    fig = go.Figure()
+    fig.add_bar(x=doms, y=[metrics["per_domain"][d]["cs"] for d in doms], name="CS", marker_color="#d9480f")
+    fig.add_bar(x=doms, y=[metrics["per_domain"][d]["pcs"] for d in doms], name="PCS", marker_color="#1c7ed6")
+    fig.add_hline(y=metrics["cs_letter_copy_baseline"], line_dash="dot", annotation_text="letter-copy baseline CS")
+    fig.update_layout(barmode="group", title=f"CS and PCS by domain — {model}<br><sup>"
+                      + ", ".join(f"{d} n={metrics['per_domain'][d]['n']}" for d in doms) + "</sup>",
+                      yaxis=dict(range=[0, 1.05]), height=380)
+    return fig
+
+
+def probe_figures(run_dir: Path, position: str = "last") -> list[go.Figure]:
+    from wdprobe.figures import probes as plots
+
+    stem = f"resid_post-{position}"
+    summary_csv = run_dir / "probes" / f"{stem}-summary.csv"
+    if not summary_csv.is_file():
+        return []
+    summary = pd.read_csv(summary_csv)
+    head = _json(run_dir / "probes" / f"{stem}-headline.json") or {}
+    where = f"resid_post at the {position.replace('_', ' ')} position"
+    return [plots.accuracy_figure(summary, head.get("cs"), f"Stance probes by layer<br><sup>{where}</sup>"),
+            plots.ic_figure(summary, f"Internal consistency IC(l) vs behavioural CS<br><sup>{where}</sup>")]
+
+
+def study_figures(run_dir: str | Path, numbers: dict[str, Any] | None = None) -> list[tuple[str, str, go.Figure]]:
+    """(section, name, figure) for every stage a run has, in reading order."""
+    from wdprobe.reports.localisation import localisation_figures
+
+    p = Path(run_dir)
+    n = numbers or study_numbers(p)
+    figs: list[tuple[str, str, go.Figure]] = []
+    if n["metrics"]:
+        figs += [("behaviour", "paper-table", paper_figure(n["metrics"], n["model"])),
+                 ("behaviour", "domains", domain_figure(n["metrics"], n["model"]))]
+    for pos in ("last", "question_mean"):
+        figs += [("probes", f"probes-{pos}-{i}", f) for i, f in enumerate(probe_figures(p, pos))]
+    figs += localisation_figures(p)
+    return figs
+
+
+# ---- page ------------------------------------------------------------------------------------------
+
+SECTION_TITLES = {"behaviour": "Behaviour: CS and PCS", "probes": "Probes: is a stance shared inside?",
+                  "lens": "Logit lens: where the deed answer forms", "patching": "Cross-form activation patching",
+                  "positional": "Positional patching: where option content flows", "steering": "Steering deeds toward words"}
+
+
+def _paper_rows(metrics: dict, model: str) -> list[list[str]]:
+    rows = [[k, f"{cs:.2f}", "—" if p is None else f"{p:.2f}"] for k, (cs, p) in PAPER_TABLE.items()]
+    rows.append([f"{model} (this run)", f"{metrics['cs_macro']:.2f}", f"{metrics['pcs_macro']:.2f}"])
+    return rows
+
+
+def _timing_table(manifest: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the per-stage timing table (the CPU column only where CPU time was recorded)."""
+    t = stage_timings(manifest)
+    cpus = [c for _, _, c in t if c is not None]
+    total = sum(s for _, s, _ in t)
+    rows = [[k, f"{s:.0f}", f"{s / 60:.1f}"] + ([("—" if c is None else f"{c:.0f}")] if cpus else []) for k, s, c in t]
+    rows.append(["total", f"{total:.0f}", f"{total / 60:.1f}"] + ([f"{sum(cpus):.0f}"] if cpus else []))
+    return ["stage", "wall s", "wall min"] + (["CPU s"] if cpus else []), rows
+
+
+def render_index_html(run_dir: str | Path, notes: str = "", numbers: dict[str, Any] | None = None,
+                      figures: list[tuple[str, str, go.Figure]] | None = None) -> str:
+    """The whole self-contained page as a string (plotly.js inlined once)."""
+    n = numbers or study_numbers(run_dir)
+    model, m, manifest = n["model"], n["metrics"], n["manifest"]
+    score = manifest["stages"]["score"]
+    env = manifest.get("environment", {})
+    figs = figures if figures is not None else study_figures(run_dir, n)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>wdprobe: {html.escape(model)}</title>"
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>Word-deed consistency of {html.escape(model)}</h1>",
+             f"<p class='sub'>{m['n_items']} WDCT items (sha256 {score['config']['data_sha256'][:12]}…), option-shuffling "
+             f"seed {score['config']['seed']}, {score['config']['dtype']}; wdprobe {env.get('wdprobe', '?')}, "
+             f"TransformerLens {env.get('transformer_lens', '?')}, torch {env.get('torch', '?')}; updated "
+             f"{manifest.get('updated', '')}</p>",
+             "<nav><a href='#findings'>Findings</a><a href='#figures'>Figures</a><a href='#timing'>Timing</a>"
+             "<a href='#manifest'>Manifest</a></nav>",
+             "<h2 id='findings'>Findings</h2><ol class='findings'>"]
+    for f in findings(run_dir, n):
+        parts.append(f"<li><b>{html.escape(f.title)}</b> {html.escape(f.text)}</li>")
+    parts.append("</ol>")
+    if notes.strip():
+        parts.append("<h3>Reading</h3>" + "".join(f"<p>{inline_markdown(p.strip())}</p>"
+                                                  for p in notes.split("\n\n") if p.strip()))
+    parts.append("<h3>Beside the paper</h3>" + table_html(["model", "CS (macro)", "PCS (macro)"], _paper_rows(m, model)))
+    dom_rows = [[d, v["n"], f"{v['cs']:.3f}", f"{v['pcs']:.3f}"] for d, v in m["per_domain"].items()]
+    dom_rows.append(["all (micro)", m["n_items"], f"{m['cs_micro']:.3f}", f"{m['pcs_micro']:.3f}"])
+    parts.append(table_html(["domain", "n", "CS", "PCS"], dom_rows))
+    parts.append("<h2 id='figures'>Figures</h2>")
+    section = None
+    for i, (sec, _, fig) in enumerate(figs):
+        if sec != section:
+            parts.append(f"<h3>{html.escape(SECTION_TITLES.get(sec, sec))}</h3>")
+            section = sec
+        parts.append("<div class='fig'>" + fig.to_html(full_html=False, include_plotlyjs=(i == 0)) + "</div>")
+    parts.append("<h2 id='timing'>Timing per stage</h2>" + table_html(*_timing_table(manifest)))
+    parts.append(f"<p>Machine: {html.escape(env.get('machine', '?'))}, {html.escape(str(env.get('threads', '?')))} "
+                 "torch threads.</p>")
+    shown = {k: v for k, v in manifest.items() if k != "study"}
+    shown["study_config"] = manifest.get("study", {}).get("config")
+    parts.append("<h2 id='manifest'>Manifest</h2><details><summary>manifest.json (what made this run)</summary><pre>"
+                 + html.escape(json.dumps(_trim(shown), indent=2)) + "</pre></details></body></html>")
+    return "\n".join(parts)
+
+
+def _trim(obj: Any, limit: int = 40) -> Any:
+    """Long id lists in the manifest (validation items) shortened for display."""
+    if isinstance(obj, dict):
+        return {k: _trim(v, limit) for k, v in obj.items()}
+    if isinstance(obj, list) and len(obj) > limit:
+        return obj[:limit] + [f"... {len(obj) - limit} more"]
+    return obj
+
+
+def render_summary_markdown(run_dir: str | Path, figures: list[str], notes: str = "",
+                            numbers: dict[str, Any] | None = None) -> str:
+    """The findings, tables and timings as markdown, with links to the PNG figures."""
+    n = numbers or study_numbers(run_dir)
+    model, m, manifest = n["model"], n["metrics"], n["manifest"]
+    lines = [f"# Word-deed consistency of {model}", "",
+             f"Open [`index.html`](index.html) for the interactive page (self-contained, works offline; plotly "
+             f"figures). {m['n_items']} WDCT items; scoring details in [`scores.md`](scores.md); what made the run "
+             "in `manifest.json`.", "", "## Findings", ""]
+    lines += [f"{i}. **{f.title}** {f.text}" for i, f in enumerate(findings(run_dir, n), 1)]
+    if notes.strip():
+        lines += ["", "## Reading", "", notes.strip()]
+    lines += ["", "## Beside the paper (macro over domains)", "", "| model | CS | PCS |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in _paper_rows(m, model)]
+    header, rows = _timing_table(manifest)
+    lines += ["", "## Timing per stage (this machine)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    env = manifest.get("environment", {})
+    lines += ["", f"Machine {env.get('machine', '?')}, {env.get('threads', '?')} torch threads; wdprobe "
+              f"{env.get('wdprobe', '?')}, torch {env.get('torch', '?')}.", ""]
+    if figures:
+        lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
+    return "\n".join(lines)
+
+
+def write_study_report(run_dir: str | Path, out_dir: str | Path, *, notes: str = "", score_notes: str = "",
+                       png: bool = True) -> Path:
+    """Write ``index.html`` and its markdown twin ``README.md`` for a run into ``out_dir``, with the scoring
+    summary (``scores.md``, its reading ``score_notes``), PNG figures and the small tables behind them;
+    return the page's path. ``notes`` is the study's written reading, shown under the findings."""
+    from wdprobe.reports.localisation import copy_localisation_tables
+    from wdprobe.figures.probes import write_png
+
+    run = Path(run_dir)
+    require_scored_run(run)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_score_report(run, out, score_notes, name="scores.md")
+    copy_localisation_tables(run, out / "tables")
+    for f in (run / "probes").glob("*-headline.json") if (run / "probes").is_dir() else []:
+        shutil.copy(f, out / "tables" / f"probes-{f.name}")
+    numbers = study_numbers(run)  # read once, drawn once: the page, the PNGs and the markdown share them
+    figs = study_figures(run, numbers)
+    page = out / "index.html"
+    atomic_write_text(page, render_index_html(run, notes, numbers, figs))
+    pngs: list[str] = []
+    if png:
+        (out / "figures").mkdir(exist_ok=True)
+        for _, name, fig in figs:
+            if write_png(fig, out / "figures" / f"{name}.png"):
+                pngs.append(f"figures/{name}.png")
+    atomic_write_text(out / "README.md", render_summary_markdown(run, pngs, notes, numbers))
+    return page

@@ -1,0 +1,206 @@
+"""Activation capture: residual stream at chosen layers and positions, streamed to disk in shards.
+
+Only the hooks asked for are registered, and each hook keeps only the positions asked for, so a
+batch never holds more than ``batch x layers x positions x d_model`` floats of activations; the
+unembedding is skipped (the forward stops after the last layer needed). Shards are written
+atomically per chunk of prompts, so an interrupted capture resumes where it stopped.
+
+Position kinds (computed per prompt from token offsets, never assumed):
+  ``last``            the final prompt token (where the answer letter is predicted)
+  ``question_mean``   mean over the tokens of the question (stem and options, as shown)
+  ``option{c}_last``  last token of canonical option c's text (c = 0..3; zeros where an item has fewer)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+import numpy as np
+import torch
+from wdprobe.runs.rundir import RunDir
+from wdprobe.methods.capture import CaptureSpec, CaptureSpecError, STORAGE_DTYPES, capture_batch, presentation_spans
+
+
+# ---- the capture stage: a scored run directory -> activation shards + metadata ---------------------
+
+STAGE = "capture"
+META_COLUMNS = ["prompt_index", "id", "domain", "form", "n_options", "order", "choice", "letter", "consistent",
+                "correct", "shard", "row"]
+
+
+def _shard_path(run_dir: Path, n: int) -> Path:
+    return Path(run_dir) / "capture" / f"shard-{n:05d}.safetensors"
+
+
+def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = None, hooks: Sequence[str] = ("resid_post",),
+                 positions: Sequence[str] = ("last", "question_mean"), storage_dtype: str = "float32",
+                 batch_size: int = 16, chunk_prompts: int = 128, progress: bool = True, lm=None,
+                 shard: str | None = None) -> Path:
+    """Capture activations for every prompt of a scored run (``wdprobe score``) into that run directory.
+
+    Prompts are rebuilt exactly as scored (same items, seed, setting and chat template); each item
+    gives a word and a deed prompt, in that order (``prompt_index = 2 * item + (form == 'deed')``).
+    ``shard`` (``"i/n"``): only the prompts of that shard's items, into ``RUN/shards/capture/i-of-n/``;
+    ``wdprobe merge RUN`` then assembles ``RUN/capture`` as an unsharded capture would be.
+    """
+    from wdprobe.runs.shards import Shard, shard_dir
+
+    from safetensors.torch import save
+    from tqdm.auto import tqdm
+
+    from wdprobe.core.cache import atomic_write_bytes
+    from wdprobe.stages.score import scored_prompts
+    from wdprobe.core.forward import iter_batches
+
+    run = RunDir(run_dir)
+    manifest = run.read_manifest()
+    cfg = manifest["stages"]["score"]["config"]
+    if lm is None:
+        from wdprobe.core.model import load_for_run
+
+        lm = load_for_run(manifest)
+    if lm.revision != cfg["model_revision"]:
+        raise ValueError(f"{run.path} was scored with model revision {cfg['model_revision']}, but {lm.name} is {lm.revision}")
+    spec = CaptureSpec.parse(layers, lm.bridge.cfg.n_layers, hooks, positions, storage_dtype)
+    part = Shard.parse(shard)
+    scored_run = run
+    if part:
+        run = RunDir(shard_dir(scored_run.path, STAGE, part))
+    run.check_or_start(STAGE, {"spec": spec.to_json(), "model_revision": lm.revision, **({"shard": str(part)} if part else {})})
+
+    pres, prompts, scored = scored_prompts(scored_run.path, lm.tokenizer)
+    all_prompts, meta, spans, n_opts = [], [], [], []
+    for i, (p, row) in enumerate(zip(pres, scored.rows)):
+        for f, form in enumerate(("word", "deed")):
+            text = prompts[form][i]
+            order = p.order(form)
+            all_prompts.append(text)
+            spans.append(presentation_spans(p, form, text))
+            n_opts.append(p.item.n_options)
+            meta.append({"prompt_index": 2 * i + f, "id": p.item.id, "domain": p.item.domain, "form": form,
+                         "n_options": p.item.n_options, "order": "".join(map(str, order)),
+                         "choice": row[f"{form}_choice"], "letter": row[f"{form}_letter"],
+                         "consistent": row["consistent"], "correct": "" if row["correct"] is None else row["correct"]})
+
+    done = {int(r["prompt_index"]) for r in run.read_parts(STAGE)}
+    todo = [k for k in range(len(all_prompts)) if k not in done and (part is None or part.holds(meta[k]["id"]))]
+    bar = tqdm(total=len(done) + len(todo), initial=len(done), unit="prompt", desc="capture", disable=not progress)
+    store = STORAGE_DTYPES[spec.storage_dtype]
+    for s in range(0, len(todo), chunk_prompts):
+        chunk = todo[s: s + chunk_prompts]
+        acts: dict[str, torch.Tensor] = {}
+        order_in_chunk: list[int] = []
+        for idx in iter_batches(lm, [all_prompts[k] for k in chunk], batch_size):
+            ks = [chunk[j] for j in idx]
+            got = capture_batch(lm, [all_prompts[k] for k in ks], [spans[k] for k in ks], [n_opts[k] for k in ks], spec)
+            for name, t in got.items():
+                acts[name] = torch.cat([acts[name], t.cpu()]) if name in acts else t.cpu()
+            order_in_chunk.extend(ks)
+            bar.update(len(ks))
+        n_part = len(list(run.parts_dir(STAGE).glob("part-*.csv"))) if run.parts_dir(STAGE).is_dir() else 0
+        tensors = {name: t.to(store).contiguous() for name, t in acts.items()}
+        tensors["prompt_index"] = torch.tensor(order_in_chunk, dtype=torch.int64)
+        atomic_write_bytes(_shard_path(run.path, n_part), save(tensors, metadata={"layers": ",".join(map(str, spec.layers))}))
+        run.write_part(STAGE, [dict(meta[k], shard=n_part, row=r) for r, k in enumerate(order_in_chunk)], META_COLUMNS)
+    bar.close()
+    run.update_stage(STAGE, complete=True, n_prompts=len(done) + len(todo), layers=list(spec.layers))
+    return run.path
+
+
+def merge_capture(run_dir: str | Path) -> dict[str, Any]:
+    """Assemble ``RUN/capture`` from ``RUN/shards/capture/*``: tensor files renumbered, metadata joined
+    (``load_activations`` then returns what an unsharded capture gives)."""
+    import shutil
+
+    from wdprobe.runs.shards import MergeError, checked_shards
+    from wdprobe.runs.rundir import read_csv
+
+    run = RunDir(run_dir)
+    entries = checked_shards(run.path, STAGE)
+    run.reset_stage(STAGE, outputs=["capture"])
+    (run.path / "capture").mkdir(parents=True, exist_ok=True)
+    rows, n_out, seen = [], 0, set()
+    for d, _ in entries:
+        parts = sorted((d / f"{STAGE}.parts").glob("part-*.csv"))
+        remap: dict[int, int] = {}
+        for p in parts:
+            for r in read_csv(p):
+                if r["prompt_index"] in seen:
+                    raise MergeError(f"prompt {r['prompt_index']} (item {r['id']}) captured by two shards")
+                seen.add(r["prompt_index"])
+                old = int(r["shard"])
+                if old not in remap:
+                    remap[old] = n_out
+                    shutil.copyfile(_shard_path(d, old), _shard_path(run.path, n_out))
+                    n_out += 1
+                rows.append(dict(r, shard=remap[old]))
+    run.write_part(STAGE, rows, META_COLUMNS)
+    first = entries[0][1]
+    config = {k: v for k, v in first["config"].items() if k != "shard"}
+    manifest = run.read_manifest()
+    manifest.setdefault("stages", {})[STAGE] = {"config": config, "complete": True, "n_prompts": len(rows),
+                                               "layers": first.get("layers"),
+                                               "merged_from": [str(d.relative_to(run.path)) for d, _ in entries]}
+    run.write_manifest(manifest)
+    return {"n_prompts": len(rows), "tensor_files": n_out}
+
+
+@dataclass
+class Activations:
+    """Activations of one hook kind and position kind: ``array[prompt, layer_slot, d_model]`` plus metadata."""
+
+    array: np.ndarray
+    meta: Any  # pandas.DataFrame, one row per prompt, in prompt_index order
+    layers: tuple[int, ...]
+    hook: str
+    position: str
+
+    def form(self, form: str) -> tuple[np.ndarray, Any]:
+        keep = (self.meta["form"] == form).to_numpy()
+        return self.array[keep], self.meta[keep].reset_index(drop=True)
+
+
+def load_activations(run_dir: str | Path, hook: str = "resid_post", position: str = "last") -> Activations:
+    """Read captured activations back as one ``(n_prompts, n_layers, d_model)`` float32 array."""
+    import pandas as pd
+    from safetensors.torch import load_file
+
+
+    run = RunDir(run_dir)
+    st = run.read_manifest().get("stages", {}).get(STAGE)
+    if not st:
+        raise FileNotFoundError(f"{run.path} has no capture: run `wdprobe capture --run {run.path}` first")
+    spec = st["config"]["spec"]
+    name = f"{hook}/{position}"
+    if hook not in spec["hooks"] or position not in spec["positions"]:
+        raise CaptureSpecError(f"{run.path} captured hooks {spec['hooks']} at positions {spec['positions']}, not {name}")
+    meta = pd.DataFrame(run.read_parts(STAGE))
+    for c in ("prompt_index", "n_options", "choice", "consistent", "shard", "row"):
+        meta[c] = meta[c].astype(int)
+    meta = meta.sort_values("prompt_index").reset_index(drop=True)
+    chunks, indices = [], []
+    for n in sorted(meta["shard"].unique()):
+        t = load_file(str(_shard_path(run.path, int(n))))
+        chunks.append(t[name].float().numpy())  # bfloat16 has no numpy dtype: widen via torch
+        indices.append(t["prompt_index"].numpy())
+    arr = np.concatenate(chunks)
+    idx = np.concatenate(indices)
+    pos = {int(k): i for i, k in enumerate(idx)}
+    arr = arr[[pos[int(k)] for k in meta["prompt_index"]]]
+    return Activations(arr, meta, tuple(spec["layers"]), hook, position)
+
+
+def paired_forms(acts) -> tuple[np.ndarray, np.ndarray, "object"]:
+    """Word and deed arrays aligned by item (two-option items only), plus the per-item metadata."""
+    meta = acts.meta
+    two = (meta["n_options"] == 2).to_numpy()
+    w = two & (meta["form"] == "word").to_numpy()
+    d = two & (meta["form"] == "deed").to_numpy()
+    mw, md = meta[w].reset_index(drop=True), meta[d].reset_index(drop=True)
+    if not (mw["id"].to_numpy() == md["id"].to_numpy()).all():
+        raise ValueError("word and deed prompts are not paired item by item in the capture metadata")
+    items = mw[["id", "domain", "consistent", "correct"]].copy()
+    items["y_word"], items["y_deed"] = mw["choice"].to_numpy(), md["choice"].to_numpy()
+    items["letter_word"] = (mw["letter"] != "A").astype(int).to_numpy()
+    items["letter_deed"] = (md["letter"] != "A").astype(int).to_numpy()
+    return acts.array[w], acts.array[d], items

@@ -1,0 +1,140 @@
+"""Word/deed pairs of a scored run, ready for interventions: prompts, letters, stance directions.
+
+Patching and steering both need, per two-option item: the word and deed prompts exactly as scored,
+which answer-letter slot of the deed prompt holds the word answer (and which the other option), the
+word-stance direction at each layer fitted without that item, and a random control direction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+import numpy as np
+from wdprobe.data.wdct import LETTERS
+
+
+@dataclass
+class PairSet:
+    """Two-option items of a run. ``items`` (a frame, one row per item, index 0..n-1) holds id, domain,
+    consistent, y_word, y_deed, same_letter, word_self (the word run's log-odds for its own answer) and
+    deed_clean (the deed run's log-odds toward the word answer); ``toward``/``away`` index ``token_ids``."""
+
+    items: Any
+    word_prompts: list[str]
+    deed_prompts: list[str]
+    toward: np.ndarray
+    away: np.ndarray
+    token_ids: tuple[int, ...]
+    presentations: list
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def subset(self, indices: Sequence[int]) -> "PairSet":
+        """The same pairs restricted to ``indices`` (re-indexed from 0)."""
+        idx = list(indices)
+        return PairSet(self.items.iloc[idx].reset_index(drop=True), [self.word_prompts[i] for i in idx],
+                       [self.deed_prompts[i] for i in idx], self.toward[idx], self.away[idx], self.token_ids,
+                       [self.presentations[i] for i in idx])
+
+
+def _logodds(p_yes: float, p_no: float) -> float:
+    return float(np.log(max(p_yes, 1e-12)) - np.log(max(p_no, 1e-12)))
+
+
+def choose_items(rows: Sequence[dict[str, Any]], n_items: int | None, seed: int = 0, balanced: bool = True) -> list[int]:
+    """Indices of two-option items; with ``n_items``, a seeded sample, half inconsistent when ``balanced``
+    (inconsistent items are the ones patching and steering try to move)."""
+    two = [i for i, r in enumerate(rows) if r["n_options"] == 2]
+    if n_items is None or n_items >= len(two):
+        return two
+    rng = np.random.default_rng(seed)
+    if not balanced:
+        return sorted(rng.choice(two, size=n_items, replace=False).tolist())
+    inc = [i for i in two if not rows[i]["consistent"]]
+    con = [i for i in two if rows[i]["consistent"]]
+    k = min(n_items // 2, len(inc))
+    picked = rng.choice(inc, size=k, replace=False).tolist() + rng.choice(con, size=min(n_items - k, len(con)),
+                                                                          replace=False).tolist()
+    return sorted(picked)
+
+
+def load_pairs(run_dir: str | Path, tokenizer, *, n_items: int | None = None, seed: int = 0,
+               balanced: bool = True) -> PairSet:
+    """The run's two-option items (or a seeded, balanced sample of them) with everything interventions need."""
+    import pandas as pd
+
+    from wdprobe.stages.score import scored_prompts
+    from wdprobe.runs.rundir import RunDir
+
+    pres, prompts, scored = scored_prompts(run_dir, tokenizer)
+    ids = tuple(RunDir(run_dir).read_manifest()["stages"]["score"]["letters"]["ids"])
+    keep = choose_items(scored.rows, n_items, seed, balanced)
+    recs, toward, away = [], [], []
+    for i in keep:
+        r, p = scored.rows[i], pres[i]
+        yw, yd = r["word_choice"], r["deed_choice"]
+        t, a = LETTERS.index(p.letter_of("deed", yw)), LETTERS.index(p.letter_of("deed", 1 - yw))
+        toward.append(t)
+        away.append(a)
+        recs.append({"id": r["id"], "domain": r["domain"], "consistent": int(r["consistent"]), "y_word": yw, "y_deed": yd,
+                     "word_letter": r["word_letter"], "same_letter": int(p.letter_of("deed", yw) == r["word_letter"]),
+                     "word_self": _logodds(r[f"p_word_{yw}"], r[f"p_word_{1 - yw}"]),
+                     "deed_clean": _logodds(r[f"p_deed_{yw}"], r[f"p_deed_{1 - yw}"]), "run_row": i})
+    return PairSet(pd.DataFrame(recs), [prompts["word"][i] for i in keep], [prompts["deed"][i] for i in keep],
+                   np.array(toward), np.array(away), ids, [pres[i] for i in keep])
+
+
+@dataclass
+class Directions:
+    """Per selected item and layer, the cross-fitted unit word-stance direction and the length of the mean
+    difference it came from (the unit of steering strength); a random unit direction per layer; and the
+    mean deed residual norm per layer (for scale: Gemma's residual norm is dominated by a few huge dimensions)."""
+
+    layers: tuple[int, ...]
+    stance: np.ndarray  # [n_items, n_layers, d]: word answer 1 vs 0, balanced over the word answer's letter
+    letter: np.ndarray  # [n_items, n_layers, d]: word answer's letter B vs A, balanced over the word answer
+    gap: np.ndarray  # [n_items, n_layers]: |mean(word answer 1) - mean(word answer 0)|
+    random: np.ndarray  # [n_layers, d]
+    deed_norm: np.ndarray  # [n_layers]
+    word_sources: np.ndarray  # [n_items, n_layers, d]: captured word residuals at the final position
+
+
+def stance_directions(run_dir: str | Path, pairs: PairSet, layers: Sequence[int] | None = None, *, folds: int = 5,
+                      seed: int = 0) -> Directions:
+    """Word-stance directions from the run's captured ``resid_post`` at the final position (all two-option
+    items, cross-fitted by item), restricted to ``layers``.
+
+    With independent shuffles the word answer's letter predicts its option (a base model says "A" most of
+    the time), so a plain difference of means by answer would partly be a *letter* direction. The stance
+    direction is therefore balanced over the answer letter, and the letter direction (balanced over the
+    answer) is returned too, as the control that carries the letter and not the stance."""
+    from wdprobe.methods.capture import CaptureSpecError
+    from wdprobe.stages.capture import load_activations
+    from wdprobe.stages.capture import paired_forms
+    from wdprobe.methods.probes import crossfit_directions
+
+    acts = load_activations(run_dir, hook="resid_post", position="last")
+    word, deed, items = paired_forms(acts)
+    captured = list(acts.layers)
+    layers = captured if layers is None else list(layers)
+    missing = [l for l in layers if l not in captured]
+    if missing:
+        raise CaptureSpecError(f"layer(s) {missing} were not captured in {run_dir} (captured: {captured}); "
+                               "rerun `wdprobe capture` with those layers")
+    slots = [captured.index(l) for l in layers]
+    y, letter = items["y_word"].to_numpy(), items["letter_word"].to_numpy()
+    dirs, fold_of, gaps = crossfit_directions(word[:, slots], y, folds=folds, balance=letter)
+    letter_dirs, _, _ = crossfit_directions(word[:, slots], letter, folds=folds, balance=y)
+    pos = {iid: k for k, iid in enumerate(items["id"])}
+    missing_ids = [i for i in pairs.items["id"] if i not in pos]
+    if missing_ids:
+        raise ValueError(f"item(s) {missing_ids[:5]} have no captured activations in {run_dir}")
+    idx = np.array([pos[i] for i in pairs.items["id"]])
+    stance = dirs[fold_of[idx]]
+    rng = np.random.default_rng(seed + 7919)
+    rand = rng.standard_normal((len(layers), word.shape[-1]))
+    rand /= np.linalg.norm(rand, axis=-1, keepdims=True)
+    norm = np.linalg.norm(deed[:, slots], axis=-1).mean(0)
+    return Directions(tuple(layers), stance, letter_dirs[fold_of[idx]], gaps[fold_of[idx]], rand, norm,
+                      word[idx][:, slots])

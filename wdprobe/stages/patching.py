@@ -1,0 +1,335 @@
+"""The localisation stages on a run directory: cross-form patching, positional patching, steering.
+
+Each stage reads the scored run (prompts, letters) and its capture (stance directions, word residuals),
+writes finished chunks of items atomically into ``{stage}.parts`` (so an interrupted run resumes), then
+tidy CSVs, a headline JSON and plotly figures under ``patching/`` or ``steering/``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+import numpy as np
+from wdprobe.core.cache import atomic_write_text
+from wdprobe.runs.rundir import RunDir
+from wdprobe.runs.stage import model_for_run, progress_bar, resolve_layers, scored_model_name, stage_seconds
+
+LOW_RANK_CORRELATION = 0.5  # below this, attribution heatmaps are not to be trusted without exact checks
+
+
+# ---- cross-form patching ----------------------------------------------------------------------------
+
+PATCH_COLUMNS = ["id", "condition", "layer", "toward_word", "letter_mass"]
+
+
+def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: str | Sequence[int] | None = None,
+                    conditions: Sequence[str] = ("full", "stance", "letter", "random"), seed: int = 0, folds: int = 5,
+                    chunk_items: int = 8, batch_size: int = 64, progress: bool = True, restart: bool = False,
+                    lm=None, shard: str | None = None) -> dict[str, Any]:
+    """Word -> deed patching at the final position, layer by layer; writes ``patching/cross_form*``.
+    ``restart`` discards an earlier run of this stage (otherwise it resumes, or refuses other settings).
+    ``shard`` (``"i/n"``): patch only that shard's items, into ``RUN/shards/patch_cross/i-of-n/``; the
+    items, directions and folds are chosen over the whole run as unsharded, so ``wdprobe merge RUN``
+    gives the unsharded results."""
+    from wdprobe.runs.shards import Shard, shard_dir
+
+    from wdprobe.figures import localisation as localise_plots, probes as plots
+    from wdprobe.stages.pairs import load_pairs, stance_directions
+    from wdprobe.methods.patching import CROSS_CONDITIONS, InterventionError, cross_form_patching, summarise_cross_form
+
+    t_start = time.perf_counter()
+    run = RunDir(run_dir)
+    lm = model_for_run(run, lm)
+    layers = resolve_layers(layers, lm)
+    bad = [c for c in conditions if c not in CROSS_CONDITIONS]
+    if bad:
+        raise InterventionError(f"unknown patching condition(s) {bad}: choose from {list(CROSS_CONDITIONS)}")
+    stage = "patch_cross"
+    if restart:
+        run.reset_stage(stage, ["patching/cross_form*"])
+    part = Shard.parse(shard)
+    work = RunDir(shard_dir(run.path, stage, part)) if part else run
+    work.check_or_start(stage, {"n_items": n_items, "layers": layers, "conditions": list(conditions), "seed": seed,
+                                "folds": folds, "hook": "resid_post", "position": "last",
+                                **({"shard": str(part)} if part else {})})
+    pairs = load_pairs(run.path, lm.tokenizer, n_items=n_items, seed=seed)
+    dirs = stance_directions(run.path, pairs, layers, folds=folds, seed=seed)
+    done = {r["id"] for r in work.read_parts(stage)}
+    todo = [i for i in range(len(pairs)) if pairs.items["id"][i] not in done
+            and (part is None or part.holds(pairs.items["id"][i]))]
+    if part:
+        done = {i for i in done if part.holds(i)}
+    per_item = 1 + len(conditions) * len(layers)
+    bar = progress_bar((len(done) + len(todo)) * per_item, "patch word->deed", progress, len(done) * per_item)
+    for s in range(0, len(todo), chunk_items):
+        idx = todo[s: s + chunk_items]
+        f = cross_form_patching(lm, [pairs.deed_prompts[i] for i in idx], dirs.word_sources[idx], pairs.toward[idx],
+                                pairs.away[idx], pairs.token_ids, layers, conditions=conditions,
+                                stance_dirs=dirs.stance[idx], random_dirs=dirs.random, letter_dirs=dirs.letter[idx],
+                                batch_size=batch_size,
+                                progress=bar.update)
+        f["id"] = [pairs.items["id"][idx[k]] for k in f["item"]]
+        work.write_part(stage, f[PATCH_COLUMNS].to_dict("records"), PATCH_COLUMNS)
+    bar.close()
+    if part:
+        work.update_stage(stage, complete=True, n_items=len(done) + len(todo), **stage_seconds(work, stage, t_start))
+        return {"shard": str(part), "n_items": len(done) + len(todo)}
+    import pandas as pd
+
+    frame = pd.DataFrame(run.read_parts(stage))
+    frame["layer"] = frame["layer"].astype(int)
+    for c in ("toward_word", "letter_mass"):
+        frame[c] = frame[c].astype(float)
+    pos = {iid: k for k, iid in enumerate(pairs.items["id"])}
+    frame["item"] = frame["id"].map(pos)
+    summary = summarise_cross_form(frame, pairs.items)
+    summary.attrs["cs_clean"] = float(pairs.items["consistent"].mean())
+    out = run.path / "patching"
+    out.mkdir(exist_ok=True)
+    atomic_write_text(out / "cross_form.csv", frame.merge(pairs.items[["id", "domain", "consistent", "same_letter"]],
+                                                          on="id").to_csv(index=False))
+    atomic_write_text(out / "cross_form_summary.csv", summary.to_csv(index=False))
+    head = cross_form_headline(summary, pairs.items)
+    atomic_write_text(out / "cross_form_headline.json", json.dumps(head, indent=2) + "\n")
+    model = scored_model_name(run)
+    figs = localise_plots.cross_form_figures(summary, f"{model}, {len(pairs)} two-option items "
+                                             f"({int((pairs.items.consistent == 0).sum())} inconsistent)")
+    plots.write_html(figs, out / "cross_form.html", heading=f"wdprobe cross-form patching: {model}")
+    pngs = [plots.write_png(f, out / f"cross_form-{i}.png") for i, f in enumerate(figs)]
+    run.update_stage(stage, complete=True, headline=head, png=[str(p) for p in pngs if p], **stage_seconds(run, stage, t_start))
+    return head
+
+
+def _save_exact(folder: Path, item_id: str, res: dict[str, Any]) -> None:
+    atomic_write_text(folder / f"{item_id}.json", json.dumps({"clean": res["clean"], "counterfactual": res["counterfactual"],
+                                                              "patched": np.asarray(res["patched"]).tolist()}))
+
+
+def _saved_exact(run_dir: Path, stage: str, form: str) -> dict[str, dict[str, Any]]:
+    """Exact positional patching results already saved, by item id (this run's and its shards'; a restart
+    deletes the run's own with the stage's other outputs)."""
+    out = {}
+    name = f"patching/positional-{form}-exact"
+    folders = [run_dir / name] + sorted((run_dir / "shards" / stage).glob(f"*-of-*/{name}"))
+    for folder in folders:
+        for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            d = json.loads(f.read_text())
+            out[f.stem] = {"clean": d["clean"], "counterfactual": d["counterfactual"], "patched": np.array(d["patched"])}
+    return out
+
+
+def merge_positional(run_dir: str | Path, stage: str, lm=None) -> dict[str, Any]:
+    """Positional patching from its shards: every saved exact item is reused, the rest of the stage rerun."""
+    from wdprobe.runs.shards import checked_shards
+
+    run = RunDir(run_dir)
+    entries = checked_shards(run.path, stage)
+    cfg = entries[0][1]["config"]
+    run.reset_stage(stage, [f"patching/positional-{cfg['form']}*"])
+    return run_positional_patch(run.path, form=cfg["form"], n_items=cfg["n_items"], n_exact=cfg["n_exact"],
+                                layers=cfg["layers"], min_effect=cfg["min_effect"], screen=cfg["screen"], seed=cfg["seed"],
+                                progress=False, lm=lm)
+
+
+def merge_cross_patch(run_dir: str | Path, lm=None) -> dict[str, Any]:
+    """Join ``RUN/shards/patch_cross/*`` into the run and write the stage's outputs as an unsharded run would."""
+    from wdprobe.runs.shards import checked_shards
+
+    run = RunDir(run_dir)
+    stage = "patch_cross"
+    entries = checked_shards(run.path, stage)
+    cfg = {k: v for k, v in entries[0][1]["config"].items() if k != "shard"}
+    run.reset_stage(stage, ["patching/cross_form*"])
+    for d, _ in entries:
+        rows = RunDir(d).read_parts(stage)
+        if rows:
+            run.write_part(stage, rows, PATCH_COLUMNS)
+    return run_cross_patch(run.path, n_items=cfg["n_items"], layers=cfg["layers"], conditions=cfg["conditions"],
+                           seed=cfg["seed"], folds=cfg["folds"], progress=False, lm=lm)
+
+
+def cross_form_headline(summary, items) -> dict[str, Any]:
+    """Per condition, the layer with the most inconsistent items flipped, and that layer's numbers."""
+    out: dict[str, Any] = {"n_items": int(len(items)), "n_inconsistent": int((items.consistent == 0).sum()),
+                           "cs_clean": float(items["consistent"].mean()),
+                           "same_letter_rate_inconsistent": float(items[items.consistent == 0]["same_letter"].mean())}
+    for cond, g in summary.groupby("condition"):
+        best = g.loc[g["flip_rate"].idxmax()]
+        out[cond] = {k: (float(best[k]) if k != "layer" else int(best[k])) for k in
+                     ("layer", "flip_rate", "normalised_effect", "break_rate", "flip_rate_same_letter",
+                      "flip_rate_other_letter", "cs_after", "letter_mass")}
+        top = g.loc[g["cs_after"].idxmax()]
+        out[cond]["best_cs_after"] = {"layer": int(top["layer"]), "cs_after": float(top["cs_after"])}
+        out[cond]["flip_rate_by_layer"] = {int(r.layer): round(float(r.flip_rate), 4) for r in g.itertuples()}
+    return out
+
+
+# ---- positional patching ----------------------------------------------------------------------------
+
+def token_segments(tokenizer, prompt: str, pres, form: str) -> list[str]:
+    """Role of each prompt token: instruction, scenario, 'A.'/'B.' labels, 'option A'/'option B' text,
+    'Answer:' and the final token (so heatmaps of different items can be averaged by role)."""
+    from wdprobe.methods.capture import presentation_spans
+    from wdprobe.core.forward import encode_prompts
+
+    enc = tokenizer(prompt, return_offsets_mapping=True, add_special_tokens=True)
+    n = len(encode_prompts(tokenizer, [prompt], "cpu")["input_ids"][0])
+    offsets = enc["offset_mapping"][-n:]
+    spans = presentation_spans(pres, form, prompt)
+    order = pres.order(form)
+    letter_spans = {chr(65 + j): spans.options[c] for j, c in enumerate(order)}
+    q0, q1 = spans.question
+    first_opt = min(s for s, _ in spans.options)
+    out = []
+    for t, (s, e) in enumerate(offsets):
+        if t == n - 1:
+            seg = "final"
+        elif e <= s:
+            seg = "special"
+        elif s < q0:
+            seg = "instruction"
+        elif s >= q1:
+            seg = "Answer:"
+        elif s < first_opt - 3:
+            seg = "scenario"
+        else:
+            # a token belongs to an option when it overlaps the option's text (its leading space included)
+            seg = next((f"option {L}" for L, (a, b) in letter_spans.items() if s < b and e > a), None)
+            if seg is None:
+                seg = next((f"label {L}" for L, (a, _) in letter_spans.items() if a - 4 <= s < a), "scenario")
+        out.append(seg)
+    return out
+
+
+SEGMENT_ORDER = ["special", "instruction", "scenario", "label A", "option A", "label B", "option B", "Answer:", "final"]
+
+
+def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: int = 16, n_exact: int = 4,
+                         layers: str | Sequence[int] | None = None, min_effect: float = 0.0, screen: int = 256,
+                         seed: int = 0,
+                         batch_size: int = 64, progress: bool = True, restart: bool = False, lm=None,
+                         shard: str | None = None) -> dict[str, Any]:
+    """Layer x position heatmaps on option-swapped counterfactuals.
+
+    Of a seeded sample of ``screen`` aligned items, the ``n_items`` whose answer log-odds move most when
+    the options are swapped (at least ``min_effect`` nats) get attribution patching; the ``n_exact``
+    shortest of them also get exact patching, and the two are compared by rank correlation.
+    Writes ``patching/positional-{form}*``. ``shard`` (``"i/n"``): exact patching (the costly part) of that
+    shard's items only, saved under ``RUN/shards/patch_positional_<form>/``; the unsharded call (``wdprobe
+    merge RUN``) reuses every saved item and computes only what is missing."""
+    import pandas as pd
+
+    from wdprobe.runs.shards import Shard, shard_dir
+
+    from wdprobe.figures import localisation as localise_plots, probes as plots
+    from wdprobe.methods.interventions import Row, resid_hook, run_interventions
+    from wdprobe.stages.pairs import load_pairs
+    from wdprobe.methods.patching import AlignmentError, aligned_tokens, attribution_patching, exact_patching, normalised, rank_correlation, swap_alignment, swap_counterfactual
+    from wdprobe.data.prompts import normal_prompt, wrap
+
+    if form not in ("word", "deed"):
+        raise ValueError(f"form must be 'word' or 'deed', not {form!r}")
+    t_start = time.perf_counter()
+    run = RunDir(run_dir)
+    lm = model_for_run(run, lm)
+    layers = resolve_layers(layers, lm)
+    hooks = [resid_hook(l, "resid_pre", lm.bridge.cfg.n_layers) for l in layers]
+    stage = f"patch_positional_{form}"
+    if restart:
+        run.reset_stage(stage, [f"patching/positional-{form}*"])
+    part = Shard.parse(shard)
+    work = RunDir(shard_dir(run.path, stage, part)) if part else run
+    work.check_or_start(stage, {"form": form, "n_items": n_items, "n_exact": n_exact, "layers": layers,
+                                "min_effect": min_effect, "screen": screen, "seed": seed, "hook": "resid_pre",
+                                **({"shard": str(part)} if part else {})})
+    pairs = load_pairs(run.path, lm.tokenizer, n_items=None)
+    use_chat = run.read_manifest()["stages"]["score"]["config"]["chat_template"]
+    clean_all, cf_all, pres_all = [], [], []
+    for p, prompts in zip(pairs.presentations, pairs.word_prompts if form == "word" else pairs.deed_prompts):
+        cf = wrap(normal_prompt(swap_counterfactual(p, form), form), lm.tokenizer, use_chat)
+        try:
+            swap_alignment(lm.tokenizer, p, form, prompts, cf)
+        except AlignmentError:
+            continue
+        clean_all.append(prompts)
+        cf_all.append(cf)
+        pres_all.append(p)
+    if not clean_all:
+        raise ValueError(f"{run.path}: no {form} item has two options whose swap aligns token by token")
+    order = np.random.default_rng(seed).permutation(len(clean_all))[:screen]
+    # screen a seeded sample for items whose answer depends on the options' content; keep the strongest
+    token_ids = pairs.token_ids[:2]
+    block = [int(k) for k in order]
+    lp = run_interventions(lm, [clean_all[k] for k in block] + [cf_all[k] for k in block],
+                           [Row(j) for j in range(2 * len(block))], token_ids, batch_size=batch_size)
+    lo = lp[:, 0] - lp[:, 1]
+    effect = np.abs(lo[: len(block)] - lo[len(block):])
+    ranked = [block[j] for j in np.argsort(-effect) if effect[j] >= min_effect][:n_items]
+    screened = len(block)
+    if not ranked:
+        raise ValueError(f"{run.path}: no aligned {form} item changes its answer log-odds by >= {min_effect} when its "
+                         f"options are swapped ({screened} screened; largest change {effect.max():.2f}); "
+                         "lower --min-effect")
+    # exact patching costs (layers x tokens) forwards per item: do it on the shortest chosen items
+    chosen = sorted(ranked, key=lambda k: len(lm.tokenizer(clean_all[k])["input_ids"]))
+    clean = [clean_all[k] for k in chosen]
+    cf = [cf_all[k] for k in chosen]
+    ids = [pres_all[k].item.id for k in chosen]
+    tokens = [aligned_tokens(lm.tokenizer, a, b) for a, b in zip(clean, cf)]
+    segs = [token_segments(lm.tokenizer, a, pres_all[k], form) for a, k in zip(clean, chosen)]
+    n_ex = min(n_exact, len(chosen))
+    saved = _saved_exact(run.path, stage, form)
+    todo = [i for i in range(n_ex) if ids[i] not in saved and (part is None or part.holds(ids[i]))]
+    total = sum(len(tokens[i]) * len(hooks) for i in todo)
+    bar = progress_bar(total, "exact positional patching", progress)
+    t0 = time.perf_counter()
+    for i in todo:  # one item at a time, saved as it finishes: an interrupted run keeps what is done
+        res = exact_patching(lm, [clean[i]], [cf[i]], hooks, token_ids, batch_size=batch_size, progress=bar.update)[0]
+        saved[ids[i]] = res
+        _save_exact(work.path / "patching" / f"positional-{form}-exact", ids[i], res)
+    t_exact = time.perf_counter() - t0
+    bar.close()
+    if part:
+        work.update_stage(stage, complete=True, exact_items=[ids[i] for i in range(n_ex) if part.holds(ids[i])],
+                          **stage_seconds(work, stage, t_start))
+        return {"shard": str(part), "n_exact": sum(part.holds(ids[i]) for i in range(n_ex))}
+    exact = [saved[ids[i]] for i in range(n_ex)]
+    t0 = time.perf_counter()
+    attr = attribution_patching(lm, clean, cf, hooks, token_ids)
+    t_attr = time.perf_counter() - t0
+    recs = []
+    for method, results in (("attribution", attr), ("exact", exact)):
+        for i, res in enumerate(results):
+            norm = normalised(res)
+            for h, hook in enumerate(hooks):
+                for p, tok in enumerate(tokens[i]):
+                    recs.append({"id": ids[i], "method": method, "hook": hook, "layer": layers[h], "position": p,
+                                 "token": tok, "segment": segs[i][p], "patched": float(res["patched"][h, p]),
+                                 "normalised": float(norm[h, p])})
+    frame = pd.DataFrame(recs)
+    rho = [rank_correlation(attr[i]["patched"], exact[i]["patched"]) for i in range(n_ex)]
+    pooled = rank_correlation(np.concatenate([normalised(attr[i]).ravel() for i in range(n_ex)]),
+                              np.concatenate([normalised(exact[i]).ravel() for i in range(n_ex)])) if n_ex else float("nan")
+    out = run.path / "patching"
+    out.mkdir(exist_ok=True)
+    stem = f"positional-{form}"
+    atomic_write_text(out / f"{stem}.csv", frame.to_csv(index=False))
+    seg_table = (frame.groupby(["method", "layer", "segment"])["normalised"].mean().reset_index())
+    atomic_write_text(out / f"{stem}-segments.csv", seg_table.to_csv(index=False))
+    head = {"form": form, "n_items": len(chosen), "n_exact": n_ex, "screened": screened,
+            "aligned_candidates": len(clean_all), "screen_effect_quantiles": {q: round(float(np.quantile(effect, q)), 3)
+                                                                              for q in (0.5, 0.9, 0.99, 1.0)},
+            "rank_correlation_per_item": [round(r, 4) for r in rho],
+            "rank_correlation_pooled": pooled, "seconds_attribution": round(t_attr, 2),
+            "seconds_exact": round(t_exact, 2), "clean_minus_counterfactual": [round(r["clean"] - r["counterfactual"], 3)
+                                                                          for r in attr],
+            "low_rank_correlation": bool(n_ex and pooled < LOW_RANK_CORRELATION)}
+    atomic_write_text(out / f"{stem}-headline.json", json.dumps(head, indent=2) + "\n")
+    model = scored_model_name(run)
+    figs = localise_plots.positional_figures(frame, seg_table, layers, SEGMENT_ORDER,
+                                    f"{model}, {form} prompts, options swapped (A<->B)", n_show=min(n_ex, 2))
+    plots.write_html(figs, out / f"{stem}.html", heading=f"wdprobe positional patching: {model}, {form} form")
+    pngs = [plots.write_png(f, out / f"{stem}-{i}.png") for i, f in enumerate(figs)]
+    run.update_stage(stage, complete=True, headline=head, png=[str(p) for p in pngs if p], **stage_seconds(run, stage, t_start))
+    return head

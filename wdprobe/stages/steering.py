@@ -1,0 +1,167 @@
+"""TODO docstring (localise)"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+import numpy as np
+from wdprobe.core.cache import atomic_write_text
+from wdprobe.runs.rundir import RunDir
+from wdprobe.runs.stage import model_for_run, progress_bar, resolve_layers, scored_model_name, stage_seconds
+
+
+def merge_steering(run_dir: str | Path, lm=None) -> dict[str, Any]:
+    """Join ``RUN/shards/steer/*`` into the run, then pick and validate the best setting as unsharded."""
+    from wdprobe.runs.shards import checked_shards
+
+    run = RunDir(run_dir)
+    entries = checked_shards(run.path, "steer")
+    first = entries[0][1]
+    cfg = {k: v for k, v in first["config"].items() if k != "shard"}
+    run.reset_stage("steer", ["steering"])
+    run.reset_stage("steer_validate")
+    for d, _ in entries:
+        rows = RunDir(d).read_parts("steer")
+        if rows:
+            run.write_part("steer", rows, STEER_COLUMNS)
+    return run_steering(run.path, n_items=cfg["n_items"], layers=cfg["layers"], alphas=cfg["alphas"], seed=cfg["seed"],
+                        folds=cfg["folds"], min_mass_ratio=first.get("min_mass_ratio", 0.5),
+                        validate=first.get("validate", True), progress=False, lm=lm)
+
+
+# ---- steering --------------------------------------------------------------------------------------
+
+def steering_vectors(pairs, dirs) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-alpha steering vectors ``[n_items, n_layers, d]``: the stance direction scaled by its mean-difference
+    length and signed toward each item's word answer, and a random direction with the same norm and sign."""
+    sign = np.where(pairs.items["y_word"].to_numpy() == 1, 1.0, -1.0)[:, None, None]
+    unit = dirs.gap[:, :, None]
+    return dirs.stance * unit * sign, np.broadcast_to(dirs.random[None], dirs.stance.shape) * unit * sign
+
+
+STEER_COLUMNS = ["id", "condition", "layer", "alpha", "toward_word", "letter_mass"]
+DEFAULT_ALPHAS = (1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str | Sequence[int] | None = None,
+                 alphas: Sequence[float] = DEFAULT_ALPHAS, seed: int = 0, folds: int = 5, min_mass_ratio: float = 0.5,
+                 chunk_items: int = 8, batch_size: int = 64, progress: bool = True, restart: bool = False,
+                 validate: bool = True, lm=None, shard: str | None = None) -> dict[str, Any]:
+    """Steer deed runs toward the word answer at each (layer, alpha); writes ``steering/``.
+
+    The best setting is picked on the grid's items, so its CS is optimistic (the best of many noisy cells);
+    with ``validate`` it is rerun, with its random control, on every two-option item *not* in the grid.
+    ``shard`` (``"i/n"``): the grid on that shard's items only, into ``RUN/shards/steer/i-of-n/``;
+    ``wdprobe merge RUN`` joins the shards, picks the best setting and validates it as unsharded."""
+    import pandas as pd
+
+    from wdprobe.runs.shards import Shard, shard_dir
+
+    from wdprobe.figures import localisation as localise_plots, probes as plots
+    from wdprobe.stages.pairs import load_pairs, stance_directions
+    from wdprobe.methods.steering import best_setting, steer, summarise_steering
+
+    t_start = time.perf_counter()
+    run = RunDir(run_dir)
+    lm = model_for_run(run, lm)
+    layers = resolve_layers(layers, lm)
+    alphas = [float(a) for a in alphas]
+    stage = "steer"
+    if restart:
+        run.reset_stage(stage, ["steering"])
+        run.reset_stage("steer_validate")
+    part = Shard.parse(shard)
+    work = RunDir(shard_dir(run.path, stage, part)) if part else run
+    work.check_or_start(stage, {"n_items": n_items, "layers": layers, "alphas": alphas, "seed": seed, "folds": folds,
+                                "hook": "resid_post", "position": "last", **({"shard": str(part)} if part else {})})
+    pairs = load_pairs(run.path, lm.tokenizer, n_items=n_items, seed=seed)
+    dirs = stance_directions(run.path, pairs, layers, folds=folds, seed=seed)
+    stance_vecs, random_vecs = steering_vectors(pairs, dirs)
+    done = {r["id"] for r in work.read_parts(stage)}
+    todo = [i for i in range(len(pairs)) if pairs.items["id"][i] not in done
+            and (part is None or part.holds(pairs.items["id"][i]))]
+    per_item = 1 + 2 * len(layers) * len(alphas)
+    bar = progress_bar((len(done) + len(todo)) * per_item, "steer deeds", progress, len(done) * per_item)
+    for s in range(0, len(todo), chunk_items):
+        idx = todo[s: s + chunk_items]
+        f = steer(lm, [pairs.deed_prompts[i] for i in idx], stance_vecs[idx], random_vecs[idx], pairs.toward[idx],
+                  pairs.away[idx], pairs.token_ids, layers, alphas, batch_size=batch_size, progress=bar.update)
+        f["id"] = [pairs.items["id"][idx[k]] for k in f["item"]]
+        work.write_part(stage, f[STEER_COLUMNS].to_dict("records"), STEER_COLUMNS)
+    bar.close()
+    if part:
+        work.update_stage(stage, complete=True, n_items=len(done) + len(todo), min_mass_ratio=min_mass_ratio,
+                          validate=validate, **stage_seconds(work, stage, t_start))
+        return {"shard": str(part), "n_items": len(done) + len(todo)}
+    frame = pd.DataFrame(run.read_parts(stage))
+    frame["layer"] = frame["layer"].astype(int)
+    for c in ("alpha", "toward_word", "letter_mass"):
+        frame[c] = frame[c].astype(float)
+    frame["item"] = frame["id"].map({iid: k for k, iid in enumerate(pairs.items["id"])})
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    table = summarise_steering(frame, pairs.items, population_consistency=metrics["cs_micro"])
+    best = best_setting(table, min_mass_ratio=min_mass_ratio, key="cs_population")
+    validation = None
+    if validate and best is not None:
+        validation = validate_steering(run, lm, pairs, int(best["layer"]), float(best["alpha"]), folds=folds, seed=seed,
+                                       batch_size=batch_size, progress=progress)
+    out = run.path / "steering"
+    out.mkdir(exist_ok=True)
+    atomic_write_text(out / "steering.csv", frame.to_csv(index=False))
+    atomic_write_text(out / "steering_summary.csv", table.to_csv(index=False))
+    head = {"n_items": len(pairs), "n_inconsistent": int((pairs.items.consistent == 0).sum()),
+            "clean_cs_items": table.attrs["clean_cs"], "clean_letter_mass": table.attrs["clean_letter_mass"],
+            "cs_population_clean": metrics["cs_micro"],
+            "mean_difference_norm": dict(zip(map(int, layers), map(float, dirs.gap.mean(0)))), "deed_residual_norm": dict(zip(map(int, layers),
+                                                                                        map(float, dirs.deed_norm))),
+            "best": best, "validation": validation}
+    atomic_write_text(out / "steering_headline.json", json.dumps(head, indent=2) + "\n")
+    model = scored_model_name(run)
+    figs = localise_plots.steering_figures(table, f"{model}, {len(pairs)} two-option items; alpha in units of the word-answer "
+                                         f"mean difference at the layer", min_mass_ratio)
+    plots.write_html(figs, out / "steering.html", heading=f"wdprobe steering: {model}")
+    pngs = [plots.write_png(f, out / f"steering-{i}.png") for i, f in enumerate(figs)]
+    run.update_stage(stage, complete=True, headline=head, png=[str(p) for p in pngs if p], **stage_seconds(run, stage, t_start))
+    return head
+
+
+def validate_steering(run: RunDir, lm, grid_pairs, layer: int, alpha: float, *, folds: int = 5, seed: int = 0,
+                      batch_size: int = 64, progress: bool = True) -> dict[str, Any] | None:
+    """The chosen (layer, alpha) and a fresh random direction of equal norm on the items the grid never saw."""
+    from wdprobe.stages.pairs import load_pairs, stance_directions
+    from wdprobe.methods.steering import steer, summarise_steering
+
+    stage = "steer_validate"
+    run.check_or_start(stage, {"layer": layer, "alpha": alpha, "grid_items": sorted(grid_pairs.items["id"])})
+    everything = load_pairs(run.path, lm.tokenizer, n_items=None)
+    seen = set(grid_pairs.items["id"])
+    held = everything.subset([i for i, iid in enumerate(everything.items["id"]) if iid not in seen])
+    if not len(held):
+        return None
+    dirs = stance_directions(run.path, held, [layer], folds=folds, seed=seed + 1)
+    stance_vecs, random_vecs = steering_vectors(held, dirs)
+    done = {r["id"] for r in run.read_parts(stage)}
+    todo = [i for i in range(len(held)) if held.items["id"][i] not in done]
+    bar = progress_bar(3 * len(held), "validate steering", progress, 3 * (len(held) - len(todo)))
+    for s in range(0, len(todo), 64):
+        idx = todo[s: s + 64]
+        f = steer(lm, [held.deed_prompts[i] for i in idx], stance_vecs[idx], random_vecs[idx], held.toward[idx],
+                  held.away[idx], held.token_ids, [layer], [alpha], batch_size=batch_size, progress=bar.update)
+        f["id"] = [held.items["id"][idx[k]] for k in f["item"]]
+        run.write_part(stage, f[STEER_COLUMNS].to_dict("records"), STEER_COLUMNS)
+    bar.close()
+    import pandas as pd
+
+    frame = pd.DataFrame(run.read_parts(stage))
+    for c in ("alpha", "toward_word", "letter_mass"):
+        frame[c] = frame[c].astype(float)
+    frame["layer"] = frame["layer"].astype(int)
+    frame["item"] = frame["id"].map({iid: k for k, iid in enumerate(held.items["id"])})
+    t = summarise_steering(frame, held.items)
+    row = {c: t[t.condition == c].iloc[0] for c in ("stance", "random")}
+    out = {"n_items": len(held), "layer": layer, "alpha": alpha, "cs_clean": t.attrs["clean_cs"]}
+    for c, r in row.items():
+        out[c] = {k: float(r[k]) for k in ("cs", "flip_rate", "break_rate", "mass_ratio")}
+    run.update_stage(stage, complete=True, result=out)
+    return out

@@ -1,0 +1,387 @@
+"""Report for alignment runs: change-rate curves in the paper's style, CS/PCS, and the inside view.
+
+Everything is drawn from the tables each run directory already holds (``change_rates.csv``,
+``inside_*.csv``, ``summary.json``, ``manifest.json``); the report folder gets copies of them, an
+``index.html`` with interactive figures, PNGs where an exporter works, and a ``README.md`` of numbers.
+"""
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from wdprobe.core.cache import atomic_write_text
+from wdprobe.figures.probes import write_png
+from wdprobe.reports.html import inline_markdown as inline_markdown
+
+RUN_TITLES = {"word": "trained on words", "deed": "trained on deeds", "both": "trained on both (dual augmentation)",
+              "paraphrase": "words + paraphrases"}
+SHORT_TITLES = {"word": "words", "deed": "deeds", "both": "both forms", "paraphrase": "words + paraphrases"}
+SET_DASH = {"train": "solid", "held_out": "dash"}
+SET_NAMES = {"train": "trained items", "held_out": "held-out items"}
+
+
+class AlignedRun:
+    """One finished ``wdprobe align`` run, read from its directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "summary.json").is_file():
+            raise FileNotFoundError(f"{self.path}: no summary.json; finish the run (`wdprobe align ...`) first")
+        self.summary = json.loads((self.path / "summary.json").read_text())
+        self.manifest = json.loads((self.path / "manifest.json").read_text())
+        self.config = self.manifest["stages"]["align"]["config"]
+        self.rates = pd.read_csv(self.path / "change_rates.csv")
+        self.movement = pd.read_csv(self.path / "inside_movement.csv")
+        self.drift = pd.read_csv(self.path / "inside_drift.csv")
+        ic = self.path / "inside_ic.csv"
+        self.ic = pd.read_csv(ic) if ic.stat().st_size > 10 else pd.DataFrame()
+        self.form = self.config["form"]
+        self.trained = "deed" if self.form == "deed" else "word"
+        self.other = "word" if self.trained == "deed" else "deed"
+
+    @property
+    def title(self) -> str:
+        base = RUN_TITLES.get(self.form, self.form)
+        return base + (", both option orders" if self.config.get("orders") == "both" else "")
+
+    @property
+    def short(self) -> str:
+        return SHORT_TITLES.get(self.form, self.form)
+
+    def epoch_labels(self) -> list[str]:
+        sched = self.summary["schedule"]
+        return ["start"] + [f"{e} {obj.upper()}" for e, obj in enumerate(sched, 1)]
+
+
+RATE_LABELS = {"direct": "direct: trained form answers with the target",
+               "indirect": "indirect: other form moved to the target (in 'both forms': also trained)",
+               "indirect_away": "control: other form moved off the target (same rate = no following)"}
+
+
+def _width(n_panels: int) -> int:
+    return max(700, 300 * n_panels + 160)
+
+
+def change_rate_figure(runs: Sequence[AlignedRun]) -> go.Figure:
+    """Direct vs indirect change per epoch, one panel per run (word training, then deed training, ...)."""
+    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[f"trained on<br>{r.short}" for r in runs],
+                        horizontal_spacing=0.03)
+    colours = {"direct": "#1f77b4", "indirect": "#d62728", "indirect_away": "#7f7f7f"}
+    for c, run in enumerate(runs, 1):
+        labels = run.epoch_labels()
+        for s in ("train", "held_out"):
+            d = run.rates[run.rates["set"] == s].sort_values("epoch")
+            x = [labels[e] for e in d["epoch"]]
+            for which in ("direct", "indirect", "indirect_away"):
+                name = RATE_LABELS[which]
+                fig.add_trace(go.Scatter(x=x, y=d[which], mode="lines+markers", name=f"{name} — {SET_NAMES[s]}",
+                                         legendgroup=f"{which}-{s}", showlegend=c == 1,
+                                         line=dict(color=colours[which], dash=SET_DASH[s] if which != "indirect_away" else
+                                                   ("dot" if s == "train" else "dashdot"), width=2 if which != "indirect_away" else 1),
+                                         hovertemplate="%{y:.3f}"), row=1, col=c)
+    fig.update_yaxes(range=[-0.02, 1.02], title_text="share of items", row=1, col=1)
+    fig.update_layout(title="Change rates per epoch (canonical options; solid: trained items, dashed: held out)",
+                      height=560, width=_width(len(runs)), legend=dict(orientation="h", y=-0.25), margin=dict(b=190))
+    return fig
+
+
+def cs_figure(runs: Sequence[AlignedRun]) -> go.Figure:
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["CS (word and deed choose the same stance)", "PCS"])
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    for i, run in enumerate(runs):
+        labels = run.epoch_labels()
+        for s in ("train", "held_out"):
+            d = run.rates[run.rates["set"] == s].sort_values("epoch")
+            for col, metric in ((1, "cs"), (2, "pcs")):
+                fig.add_trace(go.Scatter(x=[labels[e] for e in d["epoch"]], y=d[metric], mode="lines+markers",
+                                         name=f"{run.title} — {SET_NAMES[s]}", legendgroup=f"{run.form}-{s}",
+                                         showlegend=col == 1, line=dict(color=palette[i % len(palette)], dash=SET_DASH[s])),
+                              row=1, col=col)
+    fig.update_yaxes(range=[0, 1])
+    fig.update_layout(title="Consistency per epoch", height=430, legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def shift_heatmap_figure(runs: Sequence[AlignedRun], item_set: str = "train") -> go.Figure:
+    """Per run: movement towards the target along each form's own pre-training stance axis, layer x epoch."""
+    titles = []
+    for run in runs:
+        titles += [f"trained on {run.short}:<br>{run.trained} prompts", f"trained on {run.short}:<br>{run.other} prompts"]
+
+    fig = make_subplots(rows=len(runs), cols=2, subplot_titles=titles, vertical_spacing=0.08 if len(runs) > 1 else 0.2,
+                        horizontal_spacing=0.06)
+    for r, run in enumerate(runs, 1):
+        labels = run.epoch_labels()
+        for c, form in enumerate((run.trained, run.other), 1):
+            d = run.movement[(run.movement["set"] == item_set) & (run.movement["form"] == form) & (run.movement["axis"] == form)]
+            if d.empty:
+                continue
+            d = d.assign(change=d["read_target"] - d["read_target_start"])
+            piv = d.pivot(index="layer", columns="epoch", values="change").sort_index()
+            fig.add_trace(go.Heatmap(z=piv.values, x=[labels[e] for e in piv.columns], y=list(piv.index), zmin=-1, zmax=1,
+                                     colorscale="RdBu_r", zmid=0, showscale=(r == 1 and c == 1),
+                                     colorbar=dict(title="Δ read as<br>target"), hovertemplate="layer %{y}, %{x}: %{z:.2f}<extra></extra>"),
+                          row=r, col=c)
+            fig.update_yaxes(title_text="layer", row=r, col=c)
+    fig.update_layout(title=f"Pre-training stance probe: share of {SET_NAMES[item_set]} read as the target, minus before",
+                      width=1150,
+                      height=330 * len(runs) + 80)
+    return fig
+
+
+def shift_lines_figure(runs: Sequence[AlignedRun], item_set: str = "train") -> go.Figure:
+    """Final epoch: movement per layer along the trained form's axis, the other form's axis and the letter axis."""
+    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[f"trained on<br>{r.short}" for r in runs],
+                        horizontal_spacing=0.03)
+    styles = {"trained": ("#1f77b4", "solid"), "other_own": ("#d62728", "solid"), "other_trained": ("#d62728", "dash"),
+              "trained_letter": ("#1f77b4", "dot"), "other_letter": ("#d62728", "dot")}
+    for c, run in enumerate(runs, 1):
+        last = run.movement["epoch"].max()
+        m = run.movement[(run.movement["epoch"] == last) & (run.movement["set"] == item_set)]
+        series = {"trained": (run.trained, run.trained, "trained form, its own stance axis"),
+                  "other_own": (run.other, run.other, "other form, its own stance axis"),
+                  "other_trained": (run.other, run.trained, "other form, the trained form's stance axis"),
+                  "trained_letter": (run.trained, "letter", "trained form, answer-letter axis (control)"),
+                  "other_letter": (run.other, "letter", "other form, answer-letter axis (control)")}
+        for key, (form, axis, label) in series.items():
+            d = m[(m["form"] == form) & (m["axis"] == axis)].sort_values("layer")
+            if d.empty:
+                continue
+            colour, dash = styles[key]
+            fig.add_trace(go.Scatter(x=d["layer"], y=d["read_target"] - d["read_target_start"], mode="lines+markers", name=label,
+                                     legendgroup=key, showlegend=c == 1, line=dict(color=colour, dash=dash)), row=1, col=c)
+        fig.add_hline(y=0, line=dict(color="#999", width=1), row=1, col=c)
+        fig.update_xaxes(title_text="layer", row=1, col=c)
+    fig.update_yaxes(title_text="Δ share read as target", range=[-1, 1], row=1, col=1)
+    fig.update_layout(title=f"Last epoch, {SET_NAMES[item_set]}: pre-training probes reading the target, minus before",
+                      height=500, width=_width(len(runs)), legend=dict(orientation="h", y=-0.22))
+    return fig
+
+
+def ic_figure(runs: Sequence[AlignedRun]) -> go.Figure:
+    """IC(l) of a shared probe above its chance level, per epoch, with the CS above its chance level (dotted)."""
+    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[f"trained on<br>{r.short}" for r in runs],
+                        horizontal_spacing=0.03)
+    for c, run in enumerate(runs, 1):
+        if run.ic.empty:
+            continue
+        labels = run.epoch_labels()
+        epochs = sorted(run.ic["epoch"].unique())
+        for k, e in enumerate(epochs):
+            d = run.ic[run.ic["epoch"] == e].sort_values("layer")
+            shade = int(40 + 180 * k / max(len(epochs) - 1, 1))
+            colour = f"rgb({255 - shade},80,{shade})"
+            fig.add_trace(go.Scatter(x=d["layer"], y=d["ic"] - d["ic_chance"], mode="lines", name=labels[e],
+                                     legendgroup=str(e), showlegend=c == 1, line=dict(color=colour),
+                                     hovertemplate="IC %{customdata:.2f} (above chance %{y:.2f})",
+                                     customdata=d["ic"]), row=1, col=c)
+            if "cs_chance" in d:
+                cs = float((d["cs"] - d["cs_chance"]).mean())
+                fig.add_trace(go.Scatter(x=[d["layer"].min(), d["layer"].max()], y=[cs, cs], mode="lines",
+                                         name=f"CS above chance, {labels[e]}", legendgroup=str(e), showlegend=False,
+                                         line=dict(color=colour, dash="dot", width=1)), row=1, col=c)
+        fig.add_hline(y=0, line=dict(color="#999", width=1), row=1, col=c)
+        fig.update_xaxes(title_text="layer", row=1, col=c)
+    fig.update_yaxes(title_text="IC − chance (dotted: CS − chance)", range=[-0.5, 0.5], row=1, col=1)
+    fig.update_layout(title="IC(l) of a shared difference-of-means probe above its chance level, per epoch",
+                      height=460, width=_width(len(runs)), legend=dict(orientation="h", y=-0.22))
+    return fig
+
+
+def drift_figure(runs: Sequence[AlignedRun]) -> go.Figure:
+    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[f"trained on<br>{r.short}" for r in runs],
+                        horizontal_spacing=0.03)
+    for c, run in enumerate(runs, 1):
+        last = run.drift["epoch"].max()
+        d = run.drift[run.drift["epoch"] == last].sort_values("layer")
+        for form, colour in (("word", "#1f77b4"), ("deed", "#d62728")):
+            col = f"cos_{form}_to_start"
+            if col in d and d[col].notna().any():
+                fig.add_trace(go.Scatter(x=d["layer"], y=d[col], mode="lines+markers", name=f"{form} stance direction",
+                                         legendgroup=form, showlegend=c == 1, line=dict(color=colour)), row=1, col=c)
+            floor = f"split_half_{form}"
+            if floor in d and d[floor].notna().any():
+                fig.add_trace(go.Scatter(x=d["layer"], y=d[floor], mode="lines", legendgroup=form, showlegend=c == 1,
+                                         name=f"{form}: two halves of the items before training (noise floor)",
+                                         line=dict(color=colour, dash="dot", width=1)), row=1, col=c)
+        fig.update_xaxes(title_text="layer", row=1, col=c)
+    fig.update_yaxes(title_text="cosine to pre-training", range=[-1, 1], row=1, col=1)
+    fig.update_layout(title="Stance directions after the last epoch: cosine to the pre-training direction", height=460, width=_width(len(runs)), legend=dict(orientation="h", y=-0.22))
+    return fig
+
+
+# ---- numbers and words ----------------------------------------------------------------------------
+
+def _f(v: Any, nd: int = 2) -> str:
+    try:
+        if v is None or pd.isna(v):
+            return "–"
+    except TypeError:
+        pass
+    return f"{float(v):.{nd}f}"
+
+
+def rate_rows(runs: Sequence[AlignedRun]) -> list[list[str]]:
+    rows = []
+    for run in runs:
+        last = run.rates["epoch"].max()
+        for s in ("train", "held_out"):
+            start = run.rates[(run.rates["epoch"] == 0) & (run.rates["set"] == s)].iloc[0]
+            end = run.rates[(run.rates["epoch"] == last) & (run.rates["set"] == s)].iloc[0]
+            rows.append([run.title, SET_NAMES[s], str(int(end["n"])), _f(end["direct"]), _f(end["indirect"]),
+                         _f(end["indirect_away"]), _f(end["following"]), f"{_f(start['cs'])} → {_f(end['cs'])}",
+                         f"{_f(start['pcs'])} → {_f(end['pcs'])}"])
+    return rows
+
+
+RATE_HEADER = ["run", "items", "n", "direct", "indirect", "other moved off target", "following (indirect − off)",
+               "CS start → end", "PCS start → end"]
+
+
+def _peak(values: Sequence[float]) -> tuple[int, float]:
+    i = max(range(len(values)), key=lambda k: values[k])
+    return i, values[i]
+
+
+def findings(runs: Sequence[AlignedRun]) -> list[str]:
+    """Sentences worded from the numbers (no interpretation beyond what they show)."""
+    out = []
+    for run in runs:
+        last = run.rates["epoch"].max()
+        end = {s: run.rates[(run.rates["epoch"] == last) & (run.rates["set"] == s)].iloc[0] for s in ("train", "held_out")}
+        tr = end["train"]
+        ins = run.summary.get("inside", {})
+        text = (f"**{run.title.capitalize()}** ({len(run.summary['schedule'])} epochs): {run.trained} answers on trained items "
+                f"moved to the target in {_f(tr['direct'])} of items (held out {_f(end['held_out']['direct'])}). ")
+        if run.form != "both":
+            text += (f"The {run.other} answers of the same trained items moved to the target in {_f(tr['indirect'])} "
+                     f"of those not already there, and moved off it in {_f(tr['indirect_away'])} of those that were: "
+                     f"following {_f(tr['following'])}. ")
+        else:
+            text += f"Deed answers (also trained) reached the target in {_f(tr['indirect'])} of items not already there. "
+        if "trained_read_change" in ins and "other_read_change_own_axis" in ins:
+            lt, vt = _peak(ins["trained_read_change"])
+            lo, vo = _peak(ins["other_read_change_own_axis"])
+            lx, vx = _peak(ins.get("other_read_change_trained_axis", [float("nan")]))
+            text += (f"Inside (pre-training stance probes, trained items): the share of {run.trained} prompts read as the "
+                     f"target rose by at most {vt:+.2f} (layer {lt}); of {run.other} prompts by at most {vo:+.2f} on the "
+                     f"{run.other} axis (layer {lo}) and {vx:+.2f} on the {run.trained} axis (layer {lx}).")
+        out.append(text)
+    return out
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def settings_rows(runs: Sequence[AlignedRun]) -> list[list[str]]:
+    rows = []
+    for run in runs:
+        c, t = run.config, run.config["train"]
+        timings = run.manifest["stages"]["align"].get("timings", {})
+        rows.append([run.title, c["method"], " + ".join(f"{n}×{o.upper()}" for o, n in
+                                                       pd.Series(run.summary["schedule"]).value_counts(sort=False).items()),
+                     f"{run.summary['n_train']}/{run.summary['n_items']}", c["orders"],
+                     f"{t['tuning']} r={t['rank']} α={t['lora_alpha']}" if t["tuning"] == "lora" else "full",
+                     f"{t['lr']:g}", str(t["batch_size"]), f"{t['beta']:g}",
+                     f"{sum(v for k, v in timings.items() if k != 'load_model') / 60:.1f}"])
+    return rows
+
+
+SETTINGS_HEADER = ["run", "method", "epochs", "trained/all items", "option orders", "tuning", "lr", "batch", "DPO β",
+                   "wall min"]
+
+
+PROTOCOLS = {"shown": "options as shown (paper's protocol)", "both": "both option orders (letter control)"}
+
+
+def _protocol_groups(runs: Sequence[AlignedRun]) -> list[tuple[str, list[AlignedRun]]]:
+    groups: dict[str, list[AlignedRun]] = {}
+    for run in runs:
+        groups.setdefault(run.config.get("orders", "shown"), []).append(run)
+    return list(groups.items())
+
+
+def _titled(fig: go.Figure, protocol: str) -> go.Figure:
+    fig.update_layout(title=dict(text=f"{fig.layout.title.text}<br><sup>{protocol}</sup>"), margin=dict(t=150))
+    return fig
+
+
+def write_alignment_report(run_dirs: Sequence[str | Path], out: str | Path, notes: str | None = None) -> Path:
+    """index.html + README.md + figures/ + tables/ for finished alignment runs (e.g. word, deed, both, paraphrase)."""
+    runs = [AlignedRun(p) for p in run_dirs]
+    out = Path(out)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    for run in runs:
+        dest = out / "tables" / run.form
+        dest.mkdir(exist_ok=True)
+        for name in ("change_rates.csv", "inside_movement.csv", "inside_drift.csv", "inside_ic.csv", "summary.json",
+                     "split.csv", "manifest.json"):
+            if (run.path / name).is_file():
+                shutil.copyfile(run.path / name, dest / name)
+    notes_path = out / "reading.md"
+    if notes is None and notes_path.is_file():
+        notes = notes_path.read_text()
+    model = runs[0].config["model"]
+    figs = []
+    for orders, group in _protocol_groups(runs):
+        tag = "" if len(_protocol_groups(runs)) == 1 else f"_{orders}"
+        figs += [(f"change_rates{tag}", _titled(change_rate_figure(group), PROTOCOLS.get(orders, orders))),
+                 (f"inside_shift_by_layer{tag}", _titled(shift_lines_figure(group), PROTOCOLS.get(orders, orders))),
+                 (f"inside_shift_heatmap{tag}", _titled(shift_heatmap_figure(group), PROTOCOLS.get(orders, orders))),
+                 (f"inside_ic{tag}", _titled(ic_figure(group), PROTOCOLS.get(orders, orders))),
+                 (f"inside_direction_drift{tag}", _titled(drift_figure(group), PROTOCOLS.get(orders, orders)))]
+    figs.insert(1, ("consistency", cs_figure(runs)))
+    found = findings(runs)
+    page = ["<!doctype html><html><head><meta charset='utf-8'><title>Alignment: " + html.escape(model) + "</title>",
+            "<style>body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}"
+            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+            "td:first-child,th:first-child{text-align:left}</style></head><body>",
+            f"<h1>Do deeds follow words under alignment? {html.escape(model)}</h1>",
+            "<p>Each run trains one form towards the option <i>opposite</i> to the model's own pre-training answer "
+            "(so every trained answer is a change), SFT then DPO, and evaluates both forms of trained and held-out "
+            "items after every epoch. Rates are in canonical option space.</p>",
+            "<h2>Settings</h2>" + _html_table(SETTINGS_HEADER, settings_rows(runs)),
+            "<h2>Change rates after the last epoch</h2>" + _html_table(RATE_HEADER, rate_rows(runs)),
+            "<h2>Findings</h2><ul>" + "".join(f"<li>{inline_markdown(f)}</li>" for f in found) + "</ul>"]
+    if notes and notes.strip():
+        page.append("<h2>Reading</h2>" + "".join(f"<p>{inline_markdown(p.strip())}</p>" for p in notes.split("\n\n")
+                                                 if p.strip() and not p.lstrip().startswith("#")))
+    for i, (_, fig) in enumerate(figs):
+        page.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
+    page.append("</body></html>")
+    atomic_write_text(out / "index.html", "\n".join(page))
+    pngs = []
+    (out / "figures").mkdir(exist_ok=True)
+    for name, fig in figs:
+        if write_png(fig, out / "figures" / f"{name}.png"):
+            pngs.append(f"figures/{name}.png")
+    md = [f"# Do deeds follow words under alignment? {model}", "",
+          "Interactive figures: [`index.html`](index.html); per-run tables in [`tables/`](tables/).", "",
+          "Each run trains one form towards the option opposite to the model's own pre-training answer (every trained "
+          "answer is a change), SFT then DPO (β as listed), and evaluates the word and deed forms of trained and "
+          "held-out items after every epoch, in canonical option space. *Direct*: the trained form answers with the "
+          "target. *Indirect*: the other form moved to the target, among items where it was not already there. "
+          "*Moved off target*: the other form left the target, among items already on it — with two options any "
+          "change of a non-target answer is a move to the target, so answers that change for reasons unrelated to "
+          "the trained stance raise both rates alike; *following* = indirect − moved off.", "",
+          "## Settings", ""] + _md_table(SETTINGS_HEADER, settings_rows(runs)) + [
+          "", "## Change rates after the last epoch", ""] + _md_table(RATE_HEADER, rate_rows(runs)) + [
+          "", "## Findings", ""] + [f"- {f}" for f in found]
+    if notes and notes.strip():
+        md += ["", "## Reading", "", notes.strip()]
+    if pngs:
+        md += ["", "## Figures", ""] + [f"![{Path(p).stem}]({p})" for p in pngs]
+    atomic_write_text(out / "README.md", "\n".join(md) + "\n")
+    return out / "index.html"

@@ -1,0 +1,132 @@
+"""Political Compass coordinates from answers, and persona shifts with a paired permutation test.
+
+econ = sum_i econ_weights[i][answer_i] / 8.0 + 0.38 and social = sum_i soc_weights[i][answer_i] / 19.5 + 2.41
+(politicalcompass.org's scoring, as the LLM Tropes study used it), each rounded to two decimals;
+unanswered propositions contribute nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+import numpy as np
+from wdprobe.data.pct import ANSWERS, WEIGHTS_FILE, PCTFormatError
+
+
+@dataclass(frozen=True)
+class CompassWeights:
+    econ: np.ndarray  # (n_propositions, 4), columns in ANSWERS order
+    soc: np.ndarray
+    econ_offset: float
+    soc_offset: float
+    econ_divisor: float
+    soc_divisor: float
+
+    def contributions(self, proposition: int, answer: int) -> tuple[float, float]:
+        """What one answer adds to (econ, social), divisor applied."""
+        return (float(self.econ[proposition, answer]) / self.econ_divisor,
+                float(self.soc[proposition, answer]) / self.soc_divisor)
+
+    def coordinates(self, answers: Mapping[int, int]) -> tuple[float, float]:
+        """(economic, social) for ``{proposition: canonical answer index}``."""
+        e = sum(self.econ[p, a] for p, a in answers.items()) / self.econ_divisor + self.econ_offset
+        s = sum(self.soc[p, a] for p, a in answers.items()) / self.soc_divisor + self.soc_offset
+        return round(float(e), 2), round(float(s), 2)
+
+
+def load_weights(path: str | os.PathLike) -> CompassWeights:
+    """``compass_weights.json`` (a file, or the PCT directory holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHTS_FILE
+    if not path.is_file():
+        raise PCTFormatError(f"{path}: missing. The compass weights are not a file upstream (they sit in "
+                             "copenlu/llm-pct-tropes src/analysis.ipynb); put compass_weights.json beside the PCT files")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    if list(raw.get("answer_order", ANSWERS)) != list(ANSWERS):
+        raise PCTFormatError(f"{path}: answer_order {raw.get('answer_order')} differs from {list(ANSWERS)}")
+    econ, soc = np.asarray(raw["econ_weights"], float), np.asarray(raw["soc_weights"], float)
+    if econ.shape != soc.shape or econ.ndim != 2 or econ.shape[1] != 4:
+        raise PCTFormatError(f"{path}: econ_weights {econ.shape} and soc_weights {soc.shape} must both be (n, 4)")
+    return CompassWeights(econ, soc, float(raw["econ_offset"]), float(raw["soc_offset"]),
+                          float(raw["econ_divisor"]), float(raw["soc_divisor"]))
+
+
+def sign_flip_test(diffs: np.ndarray, *, n_perm: int = 10000, seed: int = 0) -> float:
+    """Two-sided p-value that the paired differences' sum is zero (each pair's sign flipped at random)."""
+    diffs = np.asarray(diffs, float)
+    if len(diffs) == 0 or not np.any(diffs):
+        return 1.0
+    rng = np.random.default_rng(seed)
+    signs = rng.choice((-1.0, 1.0), size=(n_perm, len(diffs)))
+    null = np.abs(signs @ diffs)
+    observed = abs(diffs.sum())
+    return float((1 + np.sum(null >= observed - 1e-12)) / (n_perm + 1))
+
+
+def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
+    """False-discovery-rate adjusted p-values (q-values), same order as ``p``."""
+    p = np.asarray(p, float)
+    n = len(p)
+    if n == 0:
+        return p
+    order = np.argsort(p)
+    ranked = p[order] * n / np.arange(1, n + 1)
+    q = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(n)
+    out[order] = np.minimum(q, 1.0)
+    return out
+
+
+def persona_positions(rows: Sequence[Mapping], weights: CompassWeights) -> list[dict]:
+    """Compass position per persona: coordinates per instruction (its answers to every proposition), then
+    their mean and spread. ``rows``: closed-form results with ``persona``, ``instruction``, ``proposition``, ``choice``."""
+    groups: dict[tuple[str, int], dict[int, int]] = {}
+    for r in rows:
+        groups.setdefault((r["persona"], int(r["instruction"])), {})[int(r["proposition"])] = int(r["choice"])
+    per: dict[str, list[tuple[float, float]]] = {}
+    for (persona, _), answers in groups.items():
+        per.setdefault(persona, []).append(weights.coordinates(answers))
+    out = []
+    for persona, coords in per.items():
+        c = np.asarray(coords)
+        out.append({"persona": persona, "econ": round(float(c[:, 0].mean()), 3), "social": round(float(c[:, 1].mean()), 3),
+                    "econ_sd": round(float(c[:, 0].std()), 3), "social_sd": round(float(c[:, 1].std()), 3),
+                    "n_instructions": len(coords)})
+    return out
+
+
+def persona_shifts(rows: Sequence[Mapping], weights: CompassWeights, *, base: str = "base", n_perm: int = 10000,
+                   seed: int = 0) -> list[dict]:
+    """Shift of each persona's position from the base case, with a paired sign-flip permutation test.
+
+    Pairs are (proposition, instruction) answered both by the persona and the base case; a pair's
+    difference is what the persona's answer adds to the coordinate minus what the base answer adds,
+    averaged over instructions, so the shift is the difference of mean coordinates over shared pairs.
+    p-values are two-sided; q-values are Benjamini-Hochberg over all personas and both axes.
+    """
+    answer = {(r["persona"], int(r["proposition"]), int(r["instruction"])): int(r["choice"]) for r in rows}
+    personas = sorted({p for p, _, _ in answer if p != base})
+    n_inst = {}
+    for p, _, i in answer:
+        n_inst.setdefault(p, set()).add(i)
+    out = []
+    for persona in personas:
+        pairs = [(prop, inst) for (p, prop, inst) in answer if p == persona and (base, prop, inst) in answer]
+        if not pairs:
+            continue
+        k = len({inst for _, inst in pairs})
+        d = np.array([np.subtract(weights.contributions(prop, answer[(persona, prop, inst)]),
+                                  weights.contributions(prop, answer[(base, prop, inst)])) for prop, inst in pairs]) / k
+        changed = float(np.mean([answer[(persona, prop, inst)] != answer[(base, prop, inst)] for prop, inst in pairs]))
+        out.append({"persona": persona, "d_econ": round(float(d[:, 0].sum()), 3), "d_social": round(float(d[:, 1].sum()), 3),
+                    "p_econ": sign_flip_test(d[:, 0], n_perm=n_perm, seed=seed),
+                    "p_social": sign_flip_test(d[:, 1], n_perm=n_perm, seed=seed + 1),
+                    "answers_changed": round(changed, 3), "n_pairs": len(pairs)})
+    q = benjamini_hochberg([r["p_econ"] for r in out] + [r["p_social"] for r in out])
+    for i, r in enumerate(out):
+        r["q_econ"], r["q_social"] = round(float(q[i]), 4), round(float(q[len(out) + i]), 4)
+        r["p_econ"], r["p_social"] = round(r["p_econ"], 4), round(r["p_social"], 4)
+    return out

@@ -1,0 +1,438 @@
+"""The PCT study report: compass positions by persona, closed-vs-open agreement, probes across forms,
+the persona effect inside, and tropes; an interactive page, its markdown twin and ``tropes.html``."""
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from wdprobe.core.cache import atomic_write_text
+from wdprobe.data.pct import ANSWERS
+from wdprobe.runs.rundir import RunDir
+from wdprobe.reports.html import CSS, inline_markdown, table_html
+
+ATTRIBUTE_COLOURS = {"base": "#000000", "age": "#1f77b4", "gender": "#d62728", "cls": "#2ca02c", "nation": "#9467bd",
+                     "political_orientation": "#ff7f0e"}
+TABLES = ("positions.csv", "shifts.csv", "agreement.csv", "compass.json", "probes.csv", "persona_effect.csv",
+          "tropes.csv", "tropes.json", "judge_check.json", "probes_order_control.csv")
+ALPHA = 0.05
+
+
+def _attribute(persona: str) -> str:
+    return persona.split("=", 1)[0]
+
+
+def _load(run: RunDir, name: str) -> pd.DataFrame | None:
+    p = run.path / name
+    if not p.is_file() or p.stat().st_size <= 1:
+        return None
+    try:
+        return pd.read_csv(p)
+    except pd.errors.EmptyDataError:
+        return None
+
+
+def compass_figure(positions: pd.DataFrame, shifts: pd.DataFrame, model: str) -> go.Figure:
+    """Persona positions on the compass (closed form filled, open form hollow), base case as a star."""
+    fig = go.Figure()
+    sig = {(r.form, r.persona): (r.q_econ < ALPHA or r.q_social < ALPHA) for r in shifts.itertuples()}
+    for form, symbol in (("closed", "circle"), ("open", "circle-open")):
+        sub = positions[positions.form == form]
+        for attr, colour in ATTRIBUTE_COLOURS.items():
+            s = sub[sub.persona.map(_attribute) == attr]
+            if not len(s):
+                continue
+            # names only where they say something (base, significant shifts): coinciding labels are unreadable;
+            # every name is in the hover and the shift table
+            text = [("base" if attr == "base" else f"{p.split('=', 1)[-1]}*") if attr == "base" or sig.get((form, p)) else ""
+                    for p in s.persona]
+            fig.add_trace(go.Scatter(
+                x=s.econ, y=s.social, mode="markers+text",
+                text=text, textposition="top center",
+                textfont=dict(size=9, color=colour),
+                marker=dict(symbol="star" if attr == "base" else symbol, size=14 if attr == "base" else 10,
+                            color=colour, line=dict(width=1.5, color=colour)),
+                error_x=dict(type="data", array=s.econ_sd, thickness=0.8, width=0, color=colour),
+                error_y=dict(type="data", array=s.social_sd, thickness=0.8, width=0, color=colour),
+                name=f"{attr} ({form})", legendgroup=attr,
+                hovertemplate="%{customdata}<br>economic %{x:.2f}, social %{y:.2f}<extra>" + form + "</extra>",
+                customdata=list(s.persona)))
+    lim = max(2.0, float(np.ceil(np.nanmax(np.abs(positions[["econ", "social"]].to_numpy())) + 0.5)))
+    fig.add_hline(y=0, line=dict(color="#888", width=1))
+    fig.add_vline(x=0, line=dict(color="#888", width=1))
+    fig.update_layout(title=f"{model}: Political Compass position per persona<br><sup>closed form filled, open form hollow; "
+                            "* shift from base significant (BH q < 0.05); bars: s.d. over instructions; hover for names</sup>",
+                      template="plotly_white", width=900, height=760,
+                      xaxis=dict(title="economic (left − / right +)", range=[-lim, lim], zeroline=False),
+                      yaxis=dict(title="social (libertarian − / authoritarian +)", range=[-lim, lim], zeroline=False,
+                                 scaleanchor="x"),
+                      legend=dict(orientation="v", x=1.02, y=1))
+    return fig
+
+
+def shift_figure(shifts: pd.DataFrame) -> go.Figure:
+    """Shift of each persona from the base case on both axes, per form, with significance marks."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["economic shift", "social shift"], shared_yaxes=True)
+    for col, axis in ((1, "econ"), (2, "social")):
+        for form, colour in (("closed", "#1f77b4"), ("open", "#d62728")):
+            s = shifts[shifts.form == form].sort_values("persona")
+            if not len(s):
+                continue
+            q = s[f"q_{axis}"]
+            fig.add_trace(go.Bar(y=s.persona, x=s[f"d_{axis}"], orientation="h", name=form, marker_color=colour,
+                                 showlegend=(col == 1), opacity=1.0, text=["*" if v < ALPHA else "" for v in q],
+                                 textposition="outside",
+                                 hovertemplate="%{y}: %{x:.2f}<br>q=%{customdata:.3f}<extra>" + form + "</extra>",
+                                 customdata=q), row=1, col=col)
+    fig.update_layout(title="Shift from the base case (* BH q < 0.05, paired sign-flip permutation test)",
+                      template="plotly_white", barmode="group", height=120 + 26 * shifts.persona.nunique(), width=1000)
+    return fig
+
+
+def agreement_figure(agreement: pd.DataFrame, summary: dict) -> go.Figure:
+    """Closed-vs-open agreement per persona (same side and exact), and the closed x open answer table."""
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4],
+                        subplot_titles=["agreement per persona", "closed answer (rows) × open stance (columns)"])
+    per = agreement.groupby("persona")[["same_side", "exact"]].mean().reset_index().sort_values("persona")
+    fig.add_trace(go.Bar(y=per.persona, x=per.same_side, orientation="h", name="same side (agree vs disagree)",
+                         marker_color="#1f77b4"), row=1, col=1)
+    fig.add_trace(go.Bar(y=per.persona, x=per.exact, orientation="h", name="exact answer", marker_color="#ff7f0e"),
+                  row=1, col=1)
+    for key, colour in (("same_side_chance", "#1f77b4"), ("exact_chance", "#ff7f0e")):
+        if summary.get(key) is not None:
+            fig.add_vline(x=summary[key], line=dict(color=colour, dash="dot"), row=1, col=1)
+    table = np.zeros((4, 4), int)
+    for a, b in zip(agreement["closed"], agreement["open"]):
+        table[int(a), int(b)] += 1
+    fig.add_trace(go.Heatmap(z=table, x=list(ANSWERS), y=list(ANSWERS), colorscale="Blues", showscale=False,
+                             text=table, texttemplate="%{text}"), row=1, col=2)
+    fig.update_yaxes(autorange="reversed", row=1, col=2)
+    fig.update_xaxes(title_text="share of closed/open pairs (dotted: chance from the answer rates)", range=[0, 1],
+                     row=1, col=1)
+    fig.update_layout(title="Does the closed-form answer match the stance of the open text?", template="plotly_white",
+                      barmode="group", height=140 + 30 * len(per), width=1200, legend=dict(orientation="h", y=-0.08))
+    return fig
+
+
+PROBE_LINES = {"closed->closed": ("closed → closed", "#1f77b4", "solid"), "open->open": ("open → open", "#d62728", "solid"),
+               "closed->open": ("closed → open (transfer)", "#9467bd", "dash"),
+               "open->closed": ("open → closed (transfer)", "#ff7f0e", "dash"),
+               "ic": ("IC: shared probe agrees across forms", "#2ca02c", "solid"),
+               "ic_chance": ("IC expected from prediction rates", "#7f7f7f", "dot"),
+               "random": ("control: random labels", "#bcbd22", "dot")}
+
+
+def probe_figure(probes: pd.DataFrame, model: str, control: pd.DataFrame | None = None) -> go.Figure:
+    """Held-out balanced accuracy by layer for stance probes on closed and open prompts (folds by proposition)."""
+    from wdprobe.figures.probes import PROBE_TITLES, add_band
+
+    kinds = [k for k in PROBE_TITLES if k in set(probes.probe)]
+    fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=[PROBE_TITLES[k] for k in kinds], shared_yaxes=True)
+    for c, kind in enumerate(kinds, start=1):
+        for metric, (label, colour, dash) in PROBE_LINES.items():
+            sub = probes[(probes.probe == kind) & (probes.metric == metric)].sort_values("layer")
+            if len(sub):
+                add_band(fig, sub, sub["layer"], colour, 1, c, label, dash, legend=(c == 1))
+        if control is not None and len(control):
+            sub = control[(control.probe == kind) & (control.metric == "first_listed_agrees")].sort_values("layer")
+            if len(sub):
+                add_band(fig, sub, sub["layer"], "#8c564b", 1, c, "control: first-listed option agrees (closed)", "dashdot",
+                      legend=(c == 1))
+        fig.add_hline(y=0.5, line=dict(color="black", width=1, dash="dot"), row=1, col=c)
+        fig.update_xaxes(title_text="layer", row=1, col=c)
+    fig.update_yaxes(title_text="held-out balanced accuracy / agreement", range=[0.2, 1.02], row=1, col=1)
+    fig.update_layout(title=f"{model}: is the stance (agree vs disagree) readable, and shared, in closed and open prompts?",
+                      template="plotly_white", height=500, width=560 * len(kinds) + 160, legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def persona_effect_figure(effect: pd.DataFrame) -> go.Figure:
+    """Persona shift along the base case's internal stance direction, per layer (1.0 = an answer change's gap)."""
+    pivot = effect.pivot(index="persona", columns="layer", values="shift").sort_index()
+    pv = effect.pivot(index="persona", columns="layer", values="p").reindex(pivot.index)
+    lim = float(np.nanmax(np.abs(pivot.to_numpy()))) if pivot.size else 1.0
+    fig = go.Figure(go.Heatmap(z=pivot.to_numpy(), x=list(pivot.columns), y=list(pivot.index), colorscale="RdBu_r",
+                               zmid=0, zmin=-lim, zmax=lim, text=np.where(pv.to_numpy() < 0.01, "•", ""),
+                               texttemplate="%{text}", colorbar=dict(title="shift")))
+    fig.update_layout(title="Persona shift along the internal stance direction (closed prompts; + toward 'agree'; "
+                            "• p < 0.01)", template="plotly_white", xaxis_title="layer",
+                      height=140 + 24 * len(pivot), width=1000)
+    return fig
+
+
+def trope_bubble_figure(tropes: pd.DataFrame, top: int = 30) -> go.Figure:
+    """Tropes: reach (distinct prompts) against the share of agreeing texts; bubble size = sentences."""
+    t = tropes.head(top)
+    size = np.sqrt(t.sentences.to_numpy()) if len(t) else np.array([])
+    fig = go.Figure(go.Scatter(
+        x=t.agree_share, y=t.prompts, mode="markers+text", text=[f"T{i}" for i in t.trope], textposition="middle center",
+        marker=dict(size=8 + 30 * size / (size.max() if len(size) else 1), color=t.agree_share, colorscale="RdBu",
+                    cmin=0, cmax=1, line=dict(width=1, color="#333"), colorbar=dict(title="agree share")),
+        customdata=np.stack([t.label.str.slice(0, 140), t.top_personas], axis=-1) if len(t) else None,
+        hovertemplate="%{customdata[0]}<br>%{y} prompts, agree share %{x:.2f}<br>%{customdata[1]}<extra></extra>"))
+    fig.update_layout(title=f"Top {len(t)} tropes: how many prompts they recur in, and the stance of the texts using them",
+                      template="plotly_white", width=1000, height=620, xaxis=dict(title="share of texts that agree",
+                                                                               range=[-0.05, 1.05]),
+                      yaxis_title="distinct prompts")
+    return fig
+
+
+def pct_numbers(run_dir: str | Path) -> dict[str, Any]:
+    run = RunDir(run_dir)
+    n: dict[str, Any] = {"manifest": run.read_manifest()}
+    for name in ("positions.csv", "shifts.csv", "agreement.csv", "probes.csv", "persona_effect.csv", "tropes.csv",
+                 "probes_order_control.csv"):
+        n[name.split(".")[0]] = _load(run, name)
+    for name in ("compass.json", "tropes.json", "judge_check.json"):
+        p = run.path / name
+        n[name.split(".")[0] + "_summary"] = json.loads(p.read_text()) if p.is_file() else None
+    n["model"] = n["manifest"].get("model", {}).get("name") or n["manifest"].get("stages", {}).get("pct", {}).get(
+        "config", {}).get("model", "model")
+    return n
+
+
+def _best(probes: pd.DataFrame, metric: str, kind: str) -> tuple[int, float, float] | None:
+    """(layer, mean, sem) where ``metric`` peaks; None when the metric was not computed (one-class labels)."""
+    s = probes[(probes.metric == metric) & (probes.probe == kind)]
+    if not len(s):
+        return None
+    r = s.loc[s["mean"].idxmax()]
+    return int(r["layer"]), float(r["mean"]), float(r["sem"])
+
+
+def pct_findings(n: dict[str, Any]) -> list[tuple[str, str]]:
+    """Numbered findings worded from the numbers (no hand-written claims)."""
+    out = []
+    pos, sh, cs = n["positions"], n["shifts"], n["compass_summary"]
+    if pos is not None:
+        base = pos[(pos.form == "closed") & (pos.persona == "base")]
+        rates = cs.get("closed_answer_rates", {}) if cs else {}
+        top = max(rates, key=rates.get) if rates else None
+        if len(base):
+            b = base.iloc[0]
+            out.append(("Closed-form position.", f"Without a persona the model sits at economic {b.econ:+.2f}, social "
+                        f"{b.social:+.2f} (s.d. over instructions {b.econ_sd:.2f} / {b.social_sd:.2f})"
+                        + (f"; '{top}' is its most frequent closed answer ({rates[top]:.0%} of prompts)." if top else ".")))
+    pb = (cs or {}).get("position_bias")
+    if pb:
+        share = pb["chosen_listed_position_share"]
+        out.append(("Position bias.", f"The chosen answer is the first option listed in {share[0]:.0%} of closed prompts "
+                    f"(second {share[1]:.0%}, third {share[2]:.0%}, fourth {share[3]:.0%}); its side matches the "
+                    f"first-listed option's side {pb['same_side_as_first_listed']:.0%} of the time. Options are "
+                    f"ordered {_order_words(n['manifest'])}."))
+    if sh is not None and len(sh):
+        c = sh[sh.form == "closed"]
+        sig = c[(c.q_econ < ALPHA) | (c.q_social < ALPHA)]
+        big = c.reindex(c[["d_econ", "d_social"]].abs().max(axis=1).sort_values(ascending=False).index).head(3)
+        noise = (cs or {}).get("instruction_noise") or {}
+        floor = (f" For scale: the same persona answers {noise['answer_changes_between_instructions']:.0%} of "
+                 "propositions differently under another closed instruction." if noise else "")
+        out.append(("Personas.", f"{len(sig)} of {len(c)} personas move the closed-form position significantly "
+                    f"(BH q < {ALPHA})" + (f": {', '.join(sig.persona)}" if 0 < len(sig) <= 8 else "") +
+                    ". Largest moves: " + "; ".join(f"{r.persona} ({r.d_econ:+.2f}, {r.d_social:+.2f})"
+                                                    for r in big.itertuples()) +
+                    f". A persona changes the answer to a median {c.answers_changed.median():.0%} of propositions."
+                    + floor))
+    jc = n.get("judge_check_summary")
+    if jc:
+        out.append(("Judge check.", f"On {jc['statements']} planted unambiguous statements (one per answer and "
+                    f"proposition) the judge ({jc['judge']}) names the exact answer {jc['exact']:.2f} of the time "
+                    f"(chance 0.25) and the side {jc['same_side']:.2f} (chance 0.50)"
+                    + (f"; on implicit statements ('I think that …' / 'I do not think that …') it gets the side "
+                       f"{jc['implicit_same_side']:.2f} (agreeing ones {jc['implicit_agree_read_as_agree']:.2f}, "
+                       f"disagreeing ones {jc['implicit_disagree_read_as_disagree']:.2f})" if "implicit_same_side" in jc else "")
+                    + ("; open-form stances below are only as good as that." if jc["same_side"] < 0.9 else ".")))
+    if cs and cs.get("pairs"):
+        out.append(("Closed vs open.", f"On {cs['pairs']} pairs the open text takes the same side as the closed answer "
+                    f"{cs['same_side']:.2f} of the time (chance from the answer rates {cs['same_side_chance']:.2f}); "
+                    f"the exact answer matches {cs['exact']:.2f} (chance {cs['exact_chance']:.2f})."))
+    pr = n["probes"]
+    if pr is not None and len(pr):
+        kind = "logreg" if "logreg" in set(pr.probe) else pr.probe.iloc[0]
+        said = {"closed->closed": "reads the closed answer's side", "open->open": "reads the open text's side from "
+                "the open prompt", "closed->open": "trained on closed prompts, predicts the open stance"}
+        bits = [f"{text} at up to {b[1]:.2f} (layer {b[0]}, ±{b[2]:.2f})"
+                for m, text in said.items() if (b := _best(pr, m, kind)) is not None]
+        missing = [m for m in said if _best(pr, m, kind) is None]
+        oc = n.get("probes_order_control")
+        if oc is not None and len(oc) and _best(oc, "first_listed_agrees", kind) is not None:
+            b = _best(oc, "first_listed_agrees", kind)
+            bits.append(f"whether the first-listed option agrees (prompt text, no stance) it reads at up to {b[1]:.2f} "
+                        f"(layer {b[0]})")
+        out.append(("Inside.", f"A {kind} probe " + "; ".join(bits) + ". Folds hold out whole propositions, so no probe "
+                    "can memorise a proposition's answer." + (f" Not computed (one stance only): {', '.join(missing)}."
+                                                               if missing else "")))
+    eff = n["persona_effect"]
+    if eff is not None and len(eff):
+        last = eff[eff.layer == eff.layer.max()]
+        corr = float(np.corrcoef(last["shift"], last["behaviour_shift"])[0, 1]) if len(last) > 2 else float("nan")
+        strongest = eff.loc[eff["shift"].abs().idxmax()]
+        out.append(("Personas inside.", f"Along the base case's internal stance direction, the largest persona shift is "
+                    f"{strongest['persona']} at layer {int(strongest.layer)} ({strongest['shift']:+.2f} of an answer "
+                    f"change's gap); at the last layer internal and behavioural (P(agree)) shifts correlate r = {corr:.2f} "
+                    f"over {len(last)} personas."))
+    tr, ts = n["tropes"], n["tropes_summary"]
+    if tr is not None and ts:
+        lab = f" The widest: “{tr.iloc[0].label[:120]}” ({int(tr.iloc[0].prompts)} prompts)." if len(tr) else ""
+        out.append(("Tropes.", f"{ts['tropes']} sentence clusters recur in at least {ts['min_prompts']} distinct prompts "
+                    f"({ts['sentences']} sentences from {ts['texts']} open texts, cosine ≥ {ts['threshold']}; "
+                    f"{ts.get('dropped_prompt_echoes', 0)} sentences copied from the prompt left out)." + lab))
+    return out
+
+
+def _order_words(manifest: dict) -> str:
+    by = manifest.get("stages", {}).get("pct", {}).get("config", {}).get("order_by", "prompt")
+    return ("once per proposition and instruction, shared by every persona (persona shifts are not order effects)"
+            if by == "item" else "afresh for every prompt, as in LLM Tropes (persona shifts include order effects)")
+
+
+def pct_figures(n: dict[str, Any]) -> list[tuple[str, go.Figure]]:
+    figs = []
+    if n["positions"] is not None:
+        figs.append(("compass", compass_figure(n["positions"], n["shifts"], n["model"])))
+        figs.append(("shifts", shift_figure(n["shifts"])))
+    if n["agreement"] is not None:
+        figs.append(("agreement", agreement_figure(n["agreement"], n["compass_summary"] or {})))
+    if n["probes"] is not None:
+        figs.append(("probes", probe_figure(n["probes"], n["model"], n.get("probes_order_control"))))
+    if n["persona_effect"] is not None and len(n["persona_effect"]):
+        figs.append(("persona_effect", persona_effect_figure(n["persona_effect"])))
+    if n["tropes"] is not None and len(n["tropes"]):
+        figs.append(("tropes", trope_bubble_figure(n["tropes"])))
+    return figs
+
+
+def _selection_text(manifest: dict) -> str:
+    c = manifest.get("stages", {}).get("pct", {}).get("config", {})
+    return (f"propositions {c.get('propositions')}, personas {c.get('personas')}, closed instructions "
+            f"{c.get('closed_instructions')}, open instructions {c.get('open_instructions')}, option-order seed "
+            f"{c.get('seed')} (order per {c.get('order_by', 'prompt')}), {c.get('max_new_tokens')} new tokens per open answer (greedy), judge "
+            f"{c.get('judge') or 'the model itself'}{' (calibrated)' if c.get('calibrate') else ''}")
+
+
+def remake_command(manifest: dict, run_dir: Path) -> str:
+    """The ``wdprobe pct run`` command line that makes this run (settings from the manifest)."""
+    c = manifest.get("stages", {}).get("pct", {}).get("config", {})
+    flags = [("--model", c.get("model")), ("--data", c.get("data")), ("--out", str(run_dir)),
+             ("--propositions", c.get("propositions")), ("--personas", c.get("personas")),
+             ("--closed-instructions", c.get("closed_instructions")), ("--open-instructions", c.get("open_instructions")),
+             ("--seed", c.get("seed")), ("--order-by", c.get("order_by")), ("--max-new-tokens", c.get("max_new_tokens")), ("--judge", c.get("judge"))]
+    parts = ["wdprobe pct run"] + [f"{k} {v}" for k, v in flags if v is not None]
+    if c.get("calibrate") is False:
+        parts.append("--no-calibrate")
+    return " ".join(parts)
+
+
+def _timings(manifest: dict) -> list[list[str]]:
+    st = manifest.get("stages", {})
+    rows = [[k, f"{v['seconds']:.0f}", f"{v['seconds'] / 60:.1f}"] for k, v in st.items() if "seconds" in v]
+    total = sum(v["seconds"] for v in st.values() if "seconds" in v)
+    return rows + [["total", f"{total:.0f}", f"{total / 60:.1f}"]]
+
+
+def shift_rows(sh: pd.DataFrame) -> list[list[str]]:
+    return [[r.form, r.persona, f"{r.d_econ:+.2f}", f"{r.q_econ:.3f}", f"{r.d_social:+.2f}", f"{r.q_social:.3f}",
+             f"{r.answers_changed:.2f}", int(r.n_pairs)] for r in sh.itertuples()]
+
+
+SHIFT_HEADER = ["form", "persona", "Δ economic", "q", "Δ social", "q", "answers changed", "pairs"]
+
+
+def trope_rows(tr: pd.DataFrame, limit: int = 40) -> list[list[str]]:
+    return [[f"T{r.trope}", r.label, r.prompts, r.sentences, r.n_strongly_disagree, r.n_disagree, r.n_agree,
+             r.n_strongly_agree, r.top_personas] for r in tr.head(limit).itertuples()]
+
+
+TROPE_HEADER = ["trope", "representative sentence", "prompts", "sentences", "SD", "D", "A", "SA", "top personas"]
+
+
+def render_tropes_html(n: dict[str, Any], run: RunDir) -> str:
+    """``tropes.html``: the bubble chart and every trope with example sentences by stance."""
+    tr = n["tropes"]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Tropes: {html.escape(n['model'])}</title>"
+             f"<style>{CSS}td:nth-child(2),td:nth-child(9){{text-align:left}}</style></head><body>"
+             f"<h1>Tropes of {html.escape(n['model'])}</h1>"]
+    ts = n["tropes_summary"] or {}
+    parts.append(f"<p class='sub'>{ts.get('tropes', 0)} tropes from {ts.get('sentences', 0)} sentences of "
+                 f"{ts.get('texts', 0)} open-domain texts; embedder {html.escape(str(ts.get('embedder')))}, cosine ≥ "
+                 f"{ts.get('threshold')}, at least {ts.get('min_prompts')} distinct prompts. Counts by the judged "
+                 "stance of the text: SD strongly disagree, D disagree, A agree, SA strongly agree.</p>")
+    if tr is None or not len(tr):
+        return "\n".join(parts + ["<p>No trope recurs often enough.</p></body></html>"])
+    parts.append(trope_bubble_figure(tr).to_html(full_html=False, include_plotlyjs=True))
+    members = _load(run, "trope_sentences.csv")
+    parts.append(table_html(TROPE_HEADER, trope_rows(tr, limit=len(tr))))
+    parts.append("<h2>Examples</h2>")
+    for r in tr.head(30).itertuples():
+        ex = members[members.trope == r.trope].drop_duplicates("sentence").head(5) if members is not None else []
+        items = "".join(f"<li>{html.escape(str(e.sentence))} <span class='sub'>({html.escape(str(e.persona))}, "
+                        f"p{int(e.proposition):02d}, {ANSWERS[int(e.stance)]})</span></li>" for e in ex.itertuples())
+        parts.append(f"<h3>T{r.trope}: {html.escape(r.label)}</h3><ul>{items}</ul>")
+    return "\n".join(parts + ["</body></html>"])
+
+
+def write_pct_report(run_dir: str | Path, out_dir: str | Path, *, notes: str | None = None, png: bool = True) -> Path:
+    """``index.html`` (findings, tables, every figure), ``README.md`` (its markdown twin with PNGs),
+    ``tropes.html`` and the small tables behind them, in ``out_dir``."""
+    from wdprobe.figures.probes import write_png
+
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    out = Path(out_dir)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    for name in TABLES:
+        if (run.path / name).is_file():
+            shutil.copy(run.path / name, out / "tables" / name)
+    n = pct_numbers(run.path)
+    figs = pct_figures(n)
+    found = pct_findings(n)
+    manifest = n["manifest"]
+    sel = _selection_text(manifest)
+    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>PCT: {html.escape(n['model'])}</title>"
+            f"<style>{CSS}</style></head><body><h1>Political Compass under personas: {html.escape(n['model'])}</h1>",
+            f"<p class='sub'>{html.escape(sel)}. Tropes: <a href='tropes.html'>tropes.html</a>. Made by "
+            f"<code>{html.escape(remake_command(manifest, run.path))}</code>.</p>",
+            "<h2>Findings</h2><ol class='findings'>"]
+    page += [f"<li><b>{html.escape(t)}</b> {html.escape(x)}</li>" for t, x in found] + ["</ol>"]
+    if notes and notes.strip():
+        page.append("<h3>Reading</h3>" + "".join(f"<p>{inline_markdown(p.strip())}</p>" for p in notes.split("\n\n")
+                                                 if p.strip() and not p.startswith("#")))
+    if n["shifts"] is not None:
+        page.append("<h3>Persona shifts</h3>" + table_html(SHIFT_HEADER, shift_rows(n["shifts"])))
+    for i, (_, fig) in enumerate(figs):
+        page.append("<div class='fig'>" + fig.to_html(full_html=False, include_plotlyjs=(i == 0)) + "</div>")
+    page.append("<h2>Timing per stage</h2>" + table_html(["stage", "wall s", "wall min"], _timings(manifest)))
+    page.append("<h2>Manifest</h2><details><summary>manifest.json</summary><pre>" +
+                html.escape(json.dumps(manifest, indent=2, default=str)) + "</pre></details></body></html>")
+    atomic_write_text(out / "index.html", "\n".join(page))
+    atomic_write_text(out / "tropes.html", render_tropes_html(n, run))
+    pngs = []
+    if png:
+        (out / "figures").mkdir(exist_ok=True)
+        for name, fig in figs:
+            if write_png(fig, out / "figures" / f"{name}.png"):
+                pngs.append(f"figures/{name}.png")
+    md = [f"# Political Compass under personas: {n['model']}", "",
+          f"Interactive page: [`index.html`](index.html); tropes: [`tropes.html`](tropes.html); tables in "
+          f"[`tables/`](tables/). Selection: {sel}.", "", f"Made by `{remake_command(manifest, run.path)}` "
+          "(add `--report DIR --notes FILE` for this folder).", "", "## Findings", ""]
+    md += [f"{i}. **{t}** {x}" for i, (t, x) in enumerate(found, 1)]
+    if notes and notes.strip():
+        md += ["", "## Reading", "", notes.strip()]
+    if n["shifts"] is not None:
+        md += ["", "## Persona shifts (vs base case)", "", "| " + " | ".join(SHIFT_HEADER) + " |",
+               "|" + "---|" * len(SHIFT_HEADER)]
+        md += ["| " + " | ".join(map(str, r)) + " |" for r in shift_rows(n["shifts"])]
+    if n["tropes"] is not None and len(n["tropes"]):
+        md += ["", "## Top tropes", "", "| " + " | ".join(TROPE_HEADER) + " |", "|" + "---|" * len(TROPE_HEADER)]
+        md += ["| " + " | ".join(str(c).replace("|", "/") for c in r) + " |" for r in trope_rows(n["tropes"], 15)]
+    md += ["", "## Timing per stage (this machine)", "", "| stage | wall s | wall min |", "|---|---|---|"]
+    md += ["| " + " | ".join(r) + " |" for r in _timings(manifest)]
+    if pngs:
+        md += ["", "## Figures", ""] + [f"![{Path(p).stem}]({p})" for p in pngs]
+    atomic_write_text(out / "README.md", "\n".join(md) + "\n")
+    return out / "index.html"

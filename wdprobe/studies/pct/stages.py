@@ -1,0 +1,685 @@
+"""The PCT study over one run directory: closed-form answers, open-domain texts and their stances,
+compass positions under personas, activations and probes across the two forms, and tropes.
+
+Stages (each a function a script can call; ``run_pct`` sequences them and skips finished ones):
+``closed`` (score the four answers) -> ``open`` (generate, resumable) -> ``judge`` (text -> stance) ->
+``compass`` (positions, persona shifts, closed-vs-open agreement) -> ``capture`` (last-token residuals)
+-> ``probes`` (stance probes across forms, persona effect inside) -> ``tropes`` -> ``report``.
+Every stage reads and writes plain files in the run directory (CSV, JSON, safetensors).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+import numpy as np
+from wdprobe.data.pct import ANSWERS, PCTPrompt, build_prompts, finish_prompt, load_pct, resolve_pct_dir
+from wdprobe.runs.rundir import RunDir, now, read_csv
+
+STAGES = ("closed", "open", "judge", "compass", "capture", "probes", "tropes", "report")
+MODEL_STAGES = {"closed", "open", "judge", "capture"}
+_OPEN_CHUNK = 64  # prompts generated between saves (a crash loses at most this many)
+STOP_MARKERS = ("\nResponse", "\nAnswer:", "\nQuestion", "\nProposition", "\n\n\n")
+
+
+@dataclass
+class PCTConfig:
+    """Everything that defines a PCT run; saved in the manifest, compared on resume."""
+
+    model: str = "gemma-3-270m"
+    data: str | None = None  # PCT directory (None: $WDPROBE_PCT or the pinned download)
+    out: str = "runs/gemma-3-270m-pct"
+    propositions: str = "all"
+    personas: str = "all"
+    closed_instructions: str = "0,5"
+    open_instructions: str = "0"
+    seed: int = 0
+    order_by: str = "item"  # closed-form option order shared by personas ("item") or drawn per prompt ("prompt")
+    chat: str = "auto"
+    max_new_tokens: int = 40
+    batch_size: int = 16
+    judge: str | None = None  # judge model (None: the studied model judges its own texts)
+    calibrate: bool = True
+    probe_kinds: tuple[str, ...] = ("diffmean", "logreg")
+    folds: int = 5
+    embedder: str | None = None  # sentence-transformers directory (None: bundled all-MiniLM-L6-v2)
+    trope_threshold: float = 0.7
+    min_prompts: int = 10
+    notes: str | None = None  # markdown file whose text the report includes as its reading
+
+    def selection(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("propositions", "personas", "closed_instructions", "open_instructions", "seed",
+                                              "order_by")}
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["probe_kinds"] = list(self.probe_kinds)
+        return d
+
+
+def trim_generation(text: str) -> str:
+    """The model's answer without the next turn it starts to invent ('Response:', 'Question' ...)."""
+    t = text.strip()
+    cut = min([t.find(m) for m in STOP_MARKERS if m in t] or [len(t)])
+    return t[:cut].strip()
+
+
+# ---- run directory helpers ----------------------------------------------------------------------
+
+def _stage_done(run: RunDir, stage: str) -> bool:
+    return bool(run.read_manifest().get("stages", {}).get(stage, {}).get("finished"))
+
+
+def _finish(run: RunDir, stage: str, started: float, result: str) -> None:
+    run.update_stage(stage, finished=now(), seconds=round(time.time() - started, 1), result=result)
+
+
+def _require(run: RunDir, stage: str, needed: str) -> None:
+    if not _stage_done(run, needed):
+        raise FileNotFoundError(f"{run.path}: stage '{stage}' needs '{needed}' first (wdprobe pct {needed} --out {run.path})")
+
+
+def prompt_table(run: RunDir) -> list[dict[str, str]]:
+    path = run.path / "prompts.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; start the run with `wdprobe pct closed` or `wdprobe pct run`")
+    return read_csv(path)
+
+
+def write_prompts(run: RunDir, cfg: PCTConfig, tokenizer=None, use_chat: bool = False) -> list[dict[str, Any]]:
+    """Build the selection's prompts and save them (with the final text each model call sees)."""
+    material = load_pct(resolve_pct_dir(cfg.data))
+    prompts: list[PCTPrompt] = build_prompts(material, propositions=cfg.propositions, personas=cfg.personas,
+                                             closed_instructions=cfg.closed_instructions,
+                                             open_instructions=cfg.open_instructions, seed=cfg.seed,
+                                             order_by=cfg.order_by)
+    rows = [{"id": p.id, "pair_id": p.pair_id, "form": p.form, "proposition": p.proposition,
+             "section": material.sections[p.proposition], "persona": p.persona, "instruction": p.instruction,
+             "order": "".join(map(str, p.order)), "statement": material.propositions[p.proposition],
+             "prompt": finish_prompt(p.text, p.form, tokenizer, use_chat)} for p in prompts]
+    run.write_table("prompts.csv", rows, list(rows[0]))
+    return rows
+
+
+def _bar(total: int, desc: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not progress, unit="prompt")
+
+
+# ---- stages -------------------------------------------------------------------------------------
+
+SHARDABLE = ("closed", "open", "judge", "capture")
+CLOSED_COLUMNS = ["id", "pair_id", "proposition", "section", "persona", "instruction", "order"] + \
+    [f"lp_{k}" for k in range(4)] + [f"p_{k}" for k in range(4)] + ["choice", "answer", "p_agree"]
+OPEN_COLUMNS = ["id", "pair_id", "proposition", "section", "persona", "instruction", "text", "raw"]
+
+
+def _shard_work(run: RunDir, stage: str, shard) -> tuple[RunDir, Any]:
+    """Where a (possibly sharded) stage writes its parts, and the shard (None when unsharded)."""
+    from wdprobe.runs.shards import Shard, shard_dir
+
+    part = Shard.parse(shard)
+    if part is None:
+        return run, None
+    work = RunDir(shard_dir(run.path, stage, part))
+    work.check_or_start(stage, {"shard": str(part), "selection": run.read_manifest()["stages"]["pct"]["config"]})
+    return work, part
+
+
+def pct_closed(run: RunDir, lm, *, use_chat: bool = False, batch_size: int = 16, chunk: int = 256,
+               progress: bool = True, shard: str | None = None) -> Path:
+    """Closed form: log-likelihood of each answer text, in canonical order; choice and distribution.
+    ``shard`` (``"i/n"``): only the prompts of that shard (split by prompt id), into ``RUN/shards/closed/``."""
+    from wdprobe.core.option_scoring import n_sequences, option_logprobs, softmax_rows
+
+    prompts = [r for r in prompt_table(run) if r["form"] == "closed"]
+    work, piece = _shard_work(run, "closed", shard)
+    done = {r["id"] for r in work.read_parts("closed")}
+    todo = [r for r in prompts if r["id"] not in done and (piece is None or piece.holds(r["id"]))]
+    prefix = "" if use_chat else " "
+    per = n_sequences(lm.tokenizer, ANSWERS, prefix)
+    bar = _bar(len(todo) * per, "closed-form answers (sequences)", progress)
+    cols = CLOSED_COLUMNS
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        lp = option_logprobs(lm, [r["prompt"] for r in part], ANSWERS, prefix=prefix, batch_size=batch_size,
+                             on_batch=bar.update)
+        probs = softmax_rows(lp)
+        rows = []
+        for r, l, p in zip(part, lp, probs):
+            c = int(np.argmax(l))
+            rows.append({**{k: r[k] for k in cols[:7]}, **{f"lp_{k}": round(float(l[k]), 4) for k in range(4)},
+                         **{f"p_{k}": round(float(p[k]), 4) for k in range(4)},
+                         "choice": c, "answer": ANSWERS[c], "p_agree": round(float(p[2] + p[3]), 4)})
+        work.write_part("closed", rows, cols)
+    bar.close()
+    if piece is not None:
+        work.update_stage("closed", complete=True, n_prompts=len(done) + len(todo))
+        return work.path
+    rows = _ordered(run.read_parts("closed"), prompts)
+    return run.write_table("closed.csv", rows, cols)
+
+
+def _ordered(rows: list[dict[str, str]], prompts: list[dict[str, str]]) -> list[dict[str, str]]:
+    by_id = {r["id"]: r for r in rows}
+    missing = [p["id"] for p in prompts if p["id"] not in by_id]
+    if missing:
+        raise RuntimeError(f"{len(missing)} prompts have no result (first: {missing[0]}); rerun the stage to resume")
+    return [by_id[p["id"]] for p in prompts]
+
+
+def pct_open(run: RunDir, lm, *, max_new_tokens: int = 40, batch_size: int = 16, chunk: int | None = None,
+             progress: bool = True, shard: str | None = None) -> Path:
+    """Open domain: greedy generation per prompt, saved every ``chunk`` prompts (a rerun resumes).
+    ``shard`` (``"i/n"``): only the prompts of that shard, into ``RUN/shards/open/``."""
+    from wdprobe.core.generation import generate_texts
+
+    prompts = [r for r in prompt_table(run) if r["form"] == "open"]
+    work, piece = _shard_work(run, "open", shard)
+    done = {r["id"] for r in work.read_parts("open")}
+    todo = [r for r in prompts if r["id"] not in done and (piece is None or piece.holds(r["id"]))]
+    bar = _bar(len(done) + len(todo), "open-domain generation", progress)
+    bar.update(len(done))
+    cols = OPEN_COLUMNS
+    chunk = chunk or _OPEN_CHUNK
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        texts = generate_texts(lm, [r["prompt"] for r in part], max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               on_batch=lambda idx, _: bar.update(len(idx)))
+        rows = [{**{k: r[k] for k in cols[:6]}, "text": trim_generation(t), "raw": t} for r, t in zip(part, texts)]
+        work.write_part("open", rows, cols)
+    bar.close()
+    if piece is not None:
+        work.update_stage("open", complete=True, n_prompts=len(done) + len(todo))
+        return work.path
+    return run.write_table("open.csv", _ordered(run.read_parts("open"), prompts), cols)
+
+
+def merge_pct_stage(run_dir: str | Path, stage: str) -> dict[str, Any]:
+    """Join ``RUN/shards/<closed|open|judge|capture>/*`` into the run: its parts and table (or the
+    activation file), and a finished stage, exactly as the unsharded stage writes them."""
+    from wdprobe.runs.shards import checked_shards
+
+    run = RunDir(run_dir)
+    entries = checked_shards(run.path, stage)
+    started = time.time()
+    if stage == "capture":
+        return _merge_pct_capture(run, entries, started)
+    table = {"closed": "closed.csv", "open": "open.csv", "judge": "stances.csv"}[stage]
+    run.reset_stage(stage, [table])
+    cols = {"closed": CLOSED_COLUMNS, "open": OPEN_COLUMNS, "judge": JUDGE_COLUMNS}[stage]
+    for d, _ in entries:
+        rows = RunDir(d).read_parts(stage)
+        if rows:
+            run.write_part(stage, rows, cols)
+    order = read_csv(run.path / "open.csv") if stage == "judge" else \
+        [r for r in prompt_table(run) if r["form"] == stage]
+    run.write_table(table, _ordered(run.read_parts(stage), order), cols)
+    _finish(run, stage, started, f"{len(order)} {'closed prompts' if stage == 'closed' else 'texts'} "
+                                 f"(merged from {len(entries)} shards)")
+    return {"n_prompts": len(order)}
+
+
+def _merge_pct_capture(run: RunDir, entries, started: float) -> dict[str, Any]:
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    from wdprobe.core.cache import atomic_write_bytes
+
+    rows: dict[str, dict[str, torch.Tensor]] = {"closed": {}, "open": {}}
+    for d, _ in entries:
+        with safe_open(str(d / "activations.safetensors"), "pt") as f:
+            ids = json.loads(f.metadata()["ids"])
+            for form in ("closed", "open"):
+                t = f.get_tensor(form)
+                rows[form].update({i: t[k] for k, i in enumerate(ids[form])})
+    prompts = prompt_table(run)
+    meta = {form: [r["id"] for r in prompts if r["form"] == form] for form in ("closed", "open")}
+    tensors = {form: torch.stack([rows[form][i] for i in meta[form]]) for form in ("closed", "open")}
+    atomic_write_bytes(run.path / "activations.safetensors",
+                       save(tensors, metadata={"ids": json.dumps(meta), "hook": "resid_post", "position": "last"}))
+    _finish(run, "capture", started, f"activations.safetensors (merged from {len(entries)} shards)")
+    return {"n_prompts": len(prompts)}
+
+
+JUDGE_COLUMNS = ["id", "pair_id", "proposition", "section", "persona", "instruction"] + [f"s_{k}" for k in range(4)] + \
+    ["stance", "answer", "empty"]
+
+
+def pct_judge(run: RunDir, judge, *, chunk: int = 256, progress: bool = True, shard: str | None = None) -> Path:
+    """Stance of each open text (a :class:`wdprobe.stance.StanceJudge`), saved in parts.
+    ``shard`` (``"i/n"``): only the texts of that shard, into ``RUN/shards/judge/``."""
+    texts = read_csv(run.path / "open.csv")
+    statements = {r["id"]: r["statement"] for r in prompt_table(run)}
+    work, piece = _shard_work(run, "judge", shard)
+    done = {r["id"] for r in work.read_parts("judge")}
+    todo = [r for r in texts if r["id"] not in done and (piece is None or piece.holds(r["id"]))]
+    bar = _bar(len(done) + len(todo), f"judging stances ({judge.name})", progress)
+    bar.update(len(done))
+    cols = JUDGE_COLUMNS
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        scores = judge.stance_logprobs([statements[r["id"]] for r in part], [r["text"] or "N/A" for r in part])
+        rows = []
+        for r, s in zip(part, scores):
+            c = int(np.argmax(s))
+            rows.append({**{k: r[k] for k in cols[:6]}, **{f"s_{k}": round(float(s[k]), 4) for k in range(4)},
+                         "stance": c, "answer": ANSWERS[c], "empty": int(not r["text"].strip())})
+        work.write_part("judge", rows, cols)
+        bar.update(len(part))
+    bar.close()
+    write_judge_check(run, judge)  # into RUN itself (identical from every shard; the first one writes it)
+    if piece is not None:
+        work.update_stage("judge", complete=True, n_prompts=len(done) + len(todo))
+        return work.path
+    return run.write_table("stances.csv", _ordered(run.read_parts("judge"), texts), cols)
+
+
+def write_judge_check(run: RunDir, judge) -> Path:
+    """The judge's accuracy on planted statements about the run's propositions (``judge_check.json``)."""
+    from wdprobe.core.cache import atomic_write_json
+    from wdprobe.studies.pct.stance import judge_check
+
+    path = run.path / "judge_check.json"
+    if not path.is_file():
+        unique = sorted({r["statement"] for r in prompt_table(run)})
+        atomic_write_json(path, judge_check(judge, unique))
+    return path
+
+
+def agreement_rows(closed: list[dict], stances: list[dict]) -> list[dict[str, Any]]:
+    """Closed answer vs open stance per pair (same proposition, persona and instruction index)."""
+    by_pair = {r["pair_id"]: r for r in stances}
+    out = []
+    for c in closed:
+        s = by_pair.get(c["pair_id"])
+        if s is None:
+            continue
+        a, b = int(c["choice"]), int(s["stance"])
+        out.append({"pair_id": c["pair_id"], "proposition": c["proposition"], "section": c["section"],
+                    "persona": c["persona"], "instruction": c["instruction"], "closed": a, "open": b,
+                    "exact": int(a == b), "same_side": int((a >= 2) == (b >= 2))})
+    return out
+
+
+def pct_compass(run: RunDir, weights_path: str | Path, *, n_perm: int = 10000, seed: int = 0) -> dict[str, Any]:
+    """Positions per persona (closed form and, through the judge, open form), shifts vs base, agreement."""
+    from wdprobe.studies.pct.compass import load_weights, persona_positions, persona_shifts
+
+    weights = load_weights(weights_path)
+    closed = read_csv(run.path / "closed.csv")
+    cols_pos = ["persona", "econ", "social", "econ_sd", "social_sd", "n_instructions"]
+    pos = [dict(r, form="closed") for r in persona_positions(closed, weights)]
+    shifts = [dict(r, form="closed") for r in persona_shifts(closed, weights, n_perm=n_perm, seed=seed)]
+    summary: dict[str, Any] = {"closed_prompts": len(closed)}
+    if (run.path / "stances.csv").is_file():
+        stances = read_csv(run.path / "stances.csv")
+        as_choice = [dict(r, choice=r["stance"]) for r in stances]
+        pos += [dict(r, form="open") for r in persona_positions(as_choice, weights)]
+        shifts += [dict(r, form="open") for r in persona_shifts(as_choice, weights, n_perm=n_perm, seed=seed)]
+        agree = agreement_rows(closed, stances)
+        run.write_table("agreement.csv", agree, list(agree[0]))
+        summary.update(pairs=len(agree), exact=round(float(np.mean([a["exact"] for a in agree])), 4),
+                       same_side=round(float(np.mean([a["same_side"] for a in agree])), 4),
+                       empty_open_texts=int(sum(int(r["empty"]) for r in stances)))
+        # chance agreement from the two forms' answer rates alone (agreement that needs no shared stance)
+        ca = np.bincount([a["closed"] for a in agree], minlength=4) / len(agree)
+        ob = np.bincount([a["open"] for a in agree], minlength=4) / len(agree)
+        summary["exact_chance"] = round(float(ca @ ob), 4)
+        side_c, side_o = np.mean([a["closed"] >= 2 for a in agree]), np.mean([a["open"] >= 2 for a in agree])
+        summary["same_side_chance"] = round(float(side_c * side_o + (1 - side_c) * (1 - side_o)), 4)
+    summary["instruction_noise"] = instruction_noise(closed)
+    summary["position_bias"] = position_bias(closed)
+    run.write_table("positions.csv", pos, ["form"] + cols_pos)
+    shift_cols = ["form", "persona", "d_econ", "d_social", "p_econ", "p_social", "q_econ", "q_social",
+                  "answers_changed", "n_pairs"]
+    run.write_table("shifts.csv", shifts, shift_cols)
+    summary["closed_answer_rates"] = {ANSWERS[k]: round(float(np.mean([int(r["choice"]) == k for r in closed])), 4)
+                                      for k in range(4)}
+    from wdprobe.core.cache import atomic_write_json
+
+    atomic_write_json(run.path / "compass.json", summary)
+    return summary
+
+
+def position_bias(closed: Sequence[dict]) -> dict[str, Any]:
+    """Where in the listed order the chosen answer sits: a model reading the options picks by content,
+    a position-biased one picks the first (or last) listed whatever it says."""
+    pos = [r["order"].index(str(r["choice"])) for r in closed]
+    share = np.bincount(pos, minlength=4) / max(len(pos), 1)
+    first_side = [int(r["order"][0]) >= 2 for r in closed]
+    side = [int(r["choice"]) >= 2 for r in closed]
+    return {"chosen_listed_position_share": [round(float(x), 4) for x in share],
+            "same_side_as_first_listed": round(float(np.mean([a == b for a, b in zip(side, first_side)])), 4)}
+
+
+def instruction_noise(closed: Sequence[dict]) -> dict[str, Any] | None:
+    """Noise floor for persona effects: how often the same persona answers a proposition differently under
+    two closed instructions, against how often a persona's answer differs from the base case's under the
+    same instruction."""
+    ans: dict[tuple[str, int, int], int] = {(r["persona"], int(r["proposition"]), int(r["instruction"])): int(r["choice"])
+                                            for r in closed}
+    insts = sorted({k[2] for k in ans})
+    if len(insts) < 2:
+        return None
+    diff_inst = [ans[(p, q, insts[0])] != ans[(p, q, i)] for (p, q, i) in ans if i != insts[0] and (p, q, insts[0]) in ans]
+    diff_persona = [ans[(p, q, i)] != ans[("base", q, i)] for (p, q, i) in ans if p != "base" and ("base", q, i) in ans]
+    return {"instructions": insts, "answer_changes_between_instructions": round(float(np.mean(diff_inst)), 4),
+            "answer_changes_persona_vs_base": round(float(np.mean(diff_persona)), 4) if diff_persona else None}
+
+
+def pct_capture(run: RunDir, lm, *, batch_size: int = 16, progress: bool = True, shard: str | None = None) -> Path:
+    """Last-token residual stream (every layer) of every closed and open prompt, float16 safetensors.
+    ``shard`` (``"i/n"``): only that shard's prompts, into ``RUN/shards/capture/i-of-n/``."""
+    import torch
+    from safetensors.torch import save
+
+    from wdprobe.core.cache import atomic_write_bytes
+    from wdprobe.methods.capture import last_token_residuals
+
+    work, piece = _shard_work(run, "capture", shard)
+    prompts = [r for r in prompt_table(run) if piece is None or piece.holds(r["id"])]
+    tensors = {}
+    for form in ("closed", "open"):
+        rows = [r for r in prompts if r["form"] == form]
+        bar = _bar(len(rows), f"capture ({form})", progress)
+        arr = last_token_residuals(lm, [r["prompt"] for r in rows], batch_size=batch_size, on_batch=bar.update)
+        bar.close()
+        tensors[form] = torch.from_numpy(arr).to(torch.float16)
+    path = work.path / "activations.safetensors"
+    meta = {form: [r["id"] for r in prompts if r["form"] == form] for form in ("closed", "open")}
+    atomic_write_bytes(path, save(tensors, metadata={"ids": json.dumps(meta), "hook": "resid_post", "position": "last"}))
+    if piece is not None:
+        work.update_stage("capture", complete=True, n_prompts=len(prompts))
+    return path
+
+
+def load_pct_activations(run: RunDir) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    from safetensors import safe_open
+
+    path = run.path / "activations.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run `wdprobe pct capture --out {run.path}`")
+    with safe_open(str(path), "pt") as f:
+        ids = json.loads(f.metadata()["ids"])
+        arrays = {k: f.get_tensor(k).float().numpy() for k in ("closed", "open")}
+    return arrays, ids
+
+
+def pct_probes(run: RunDir, *, kinds: Sequence[str] = ("diffmean", "logreg"), folds: int = 5, seed: int = 0,
+               progress: bool = True) -> Path:
+    """Probes across forms (closed = 'word', open = 'deed'), folds grouped by proposition, and the persona
+    effect along the internal stance direction."""
+    from wdprobe.methods.probes import probe_layers
+    from wdprobe.studies.pct.stance import agrees
+
+    arrays, ids = load_pct_activations(run)
+    closed = {r["id"]: r for r in read_csv(run.path / "closed.csv")}
+    stances = {r["id"]: r for r in read_csv(run.path / "stances.csv")}
+    c_index = {i: k for k, i in enumerate(ids["closed"])}
+    o_index = {stances[i]["pair_id"]: (k, stances[i]) for k, i in enumerate(ids["open"])}
+    pairs = [(c_index[i], o_index[closed[i]["pair_id"]][0], closed[i], o_index[closed[i]["pair_id"]][1])
+             for i in ids["closed"] if closed[i]["pair_id"] in o_index]
+    if len(pairs) < 2 * folds:
+        raise ValueError(f"{run.path}: {len(pairs)} closed/open pairs are too few for {folds}-fold probes")
+    ci, oi = [p[0] for p in pairs], [p[1] for p in pairs]
+    y_closed = agrees([int(p[2]["choice"]) for p in pairs])
+    y_open = agrees([int(p[3]["stance"]) for p in pairs])
+    groups = [int(p[2]["proposition"]) for p in pairs]
+    res = probe_layers(arrays["closed"][ci], arrays["open"][oi], y_closed, y_open, kinds=kinds, folds=folds,
+                       seed=seed, progress=progress, groups=groups)
+    df = res.summary()
+    df["metric"] = df["metric"].map(_rename_metric)
+    df.to_csv(run.path / "probes.csv", index=False)
+    res_frame = res.to_frame()
+    res_frame["metric"] = res_frame["metric"].map(_rename_metric)
+    res_frame.to_csv(run.path / "probes_folds.csv", index=False)
+    order_control(arrays["closed"][ci], [p[2] for p in pairs], groups, kinds=kinds, folds=folds, seed=seed) \
+        .to_csv(run.path / "probes_order_control.csv", index=False)
+    effect = persona_effect(arrays["closed"], [closed[i] for i in ids["closed"]], seed=seed)
+    effect.to_csv(run.path / "persona_effect.csv", index=False)
+    return run.path / "probes.csv"
+
+
+def order_control(X: np.ndarray, rows: Sequence[dict], groups: Sequence[int], *, kinds: Sequence[str], folds: int,
+                  seed: int = 0):
+    """Control for closed prompts: how well each layer decodes whether the *first-listed* option agrees
+    (prompt text, not a stance), beside the closed answer's side, with the same proposition-grouped folds."""
+    import pandas as pd
+
+    from wdprobe.methods.probes import accuracy, make_probe, item_folds
+    from wdprobe.studies.pct.stance import agrees
+
+    first = np.array([int(r["order"][0]) >= 2 for r in rows], dtype=int)
+    chosen = agrees([int(r["choice"]) for r in rows])
+    splits = item_folds(len(rows), folds, groups)
+    out = []
+    for layer in range(X.shape[1]):
+        for kind in kinds:
+            for label, y in (("closed->closed", chosen), ("first_listed_agrees", first)):
+                accs = [accuracy(y[te], make_probe(kind, seed).fit(X[tr, layer], y[tr]).predict(X[te, layer]))
+                        for tr, te in splits if len(np.unique(y[tr])) == 2]
+                if accs:
+                    out.append({"layer": layer, "probe": kind, "metric": label, "mean": float(np.mean(accs)),
+                                "sem": float(np.std(accs) / np.sqrt(len(accs)))})
+    return pd.DataFrame(out)
+
+
+def _rename_metric(m: str) -> str:
+    return m.replace("word", "closed").replace("deed", "open")
+
+
+def persona_effect(X: np.ndarray, rows: Sequence[dict], *, base: str = "base", seed: int = 0, n_perm: int = 2000):
+    """Per layer and persona: how far the persona moves closed prompts along the internal stance direction.
+
+    Direction per layer: mean(agreeing answers) - mean(disagreeing answers) over the *base-case* prompts
+    (unit vector). Shift: mean over shared (proposition, instruction) of projection(persona) -
+    projection(base), in units of the base's agree-minus-disagree gap along that direction (1.0 = as far
+    as a change of answer). Behavioural shift: mean change of P(agree). Sign-flip p-value per cell.
+    """
+    import pandas as pd
+
+    from wdprobe.studies.pct.compass import sign_flip_test
+
+    key = [(r["persona"], int(r["proposition"]), int(r["instruction"])) for r in rows]
+    index = {k: i for i, k in enumerate(key)}
+    y = np.array([int(r["choice"]) >= 2 for r in rows])
+    p_agree = np.array([float(r["p_agree"]) for r in rows])
+    is_base = np.array([k[0] == base for k in key])
+    out = []
+    if is_base.sum() == 0 or len(set(y[is_base])) < 2:
+        return pd.DataFrame(out)
+    for layer in range(X.shape[1]):
+        Xl = X[:, layer].astype(np.float64)
+        d = Xl[is_base & y].mean(0) - Xl[is_base & ~y].mean(0)
+        norm = np.linalg.norm(d)
+        if norm == 0:
+            continue
+        proj = Xl @ (d / norm)
+        gap = proj[is_base & y].mean() - proj[is_base & ~y].mean()
+        for persona in sorted({k[0] for k in key} - {base}):
+            pairs = [(index[k], index[(base, k[1], k[2])]) for k in key if k[0] == persona and (base, k[1], k[2]) in index]
+            if not pairs:
+                continue
+            a, b = np.array(pairs).T
+            diff = (proj[a] - proj[b]) / gap
+            out.append({"layer": layer, "persona": persona, "shift": round(float(diff.mean()), 4),
+                        "p": round(sign_flip_test(diff, n_perm=n_perm, seed=seed), 4),
+                        "behaviour_shift": round(float((p_agree[a] - p_agree[b]).mean()), 4), "n_pairs": len(pairs)})
+    return pd.DataFrame(out)
+
+
+def pct_tropes(run: RunDir, embedder=None, *, threshold: float = 0.7, min_prompts: int = 10) -> Path:
+    """Sentences of the open texts, embedded and clustered; tropes with counts by stance and persona."""
+    from wdprobe.studies.pct.tropes import SentenceTransformerEmbedder, find_tropes, is_prompt_echo, split_sentences
+
+    texts = read_csv(run.path / "open.csv")
+    prompt_of = {r["id"]: r["prompt"] for r in prompt_table(run)}
+    stance = {r["id"]: int(r["stance"]) for r in read_csv(run.path / "stances.csv")}
+    sentences, owners, echoes = [], [], 0
+    for r in texts:
+        # a sentence repeated inside one text counts once; the piece cut off by the token budget is dropped
+        for s in dict.fromkeys(split_sentences(r["text"], complete_only=True)):
+            if is_prompt_echo(s, prompt_of[r["id"]]):
+                echoes += 1
+                continue
+            sentences.append(s)
+            owners.append(r)
+    embedder = embedder or SentenceTransformerEmbedder()
+    emb = embedder.encode(sentences) if sentences else np.zeros((0, 1), np.float32)
+    tropes = find_tropes(sentences, [o["id"] for o in owners], emb, threshold=threshold, min_prompts=min_prompts)
+    rows, members = [], []
+    for t in tropes:
+        who = [owners[i] for i in t.members]
+        st = [stance[o["id"]] for o in who]
+        personas = sorted({o["persona"] for o in who})
+        props = sorted({int(o["proposition"]) for o in who})
+        rows.append({"trope": t.id, "label": t.label, "sentences": len(t.members), "prompts": t.n_prompts,
+                     "propositions": len(props), "personas": len(personas), "cohesion": t.cohesion,
+                     **{f"n_{a.lower().replace(' ', '_')}": st.count(k) for k, a in enumerate(ANSWERS)},
+                     "agree_share": round(float(np.mean([s >= 2 for s in st])), 3),
+                     "top_personas": "; ".join(f"{p} ({n})" for p, n in _top([o["persona"] for o in who])),
+                     "top_propositions": "; ".join(f"p{p:02d} ({n})" for p, n in _top([int(o["proposition"]) for o in who]))})
+        members += [{"trope": t.id, "id": owners[i]["id"], "persona": owners[i]["persona"],
+                     "proposition": owners[i]["proposition"], "stance": stance[owners[i]["id"]], "sentence": sentences[i]}
+                    for i in t.members]
+    cols = ["trope", "label", "sentences", "prompts", "propositions", "personas", "cohesion", "n_strongly_disagree",
+            "n_disagree", "n_agree", "n_strongly_agree", "agree_share", "top_personas", "top_propositions"]
+    run.write_table("tropes.csv", rows, cols)
+    run.write_table("trope_sentences.csv", members, ["trope", "id", "persona", "proposition", "stance", "sentence"])
+    from wdprobe.core.cache import atomic_write_json
+
+    atomic_write_json(run.path / "tropes.json", {"sentences": len(sentences), "texts": len(texts), "tropes": len(rows),
+                                                  "dropped_prompt_echoes": echoes,
+                                                  "embedder": getattr(embedder, "name", type(embedder).__name__),
+                                                  "threshold": threshold, "min_prompts": min_prompts})
+    return run.path / "tropes.csv"
+
+
+def _top(values: Sequence, k: int = 3) -> list[tuple[Any, int]]:
+    from collections import Counter
+
+    return Counter(values).most_common(k)
+
+
+# ---- the pipeline -------------------------------------------------------------------------------
+
+REDO_OUTPUTS = {"closed": ("closed.csv",), "open": ("open.csv",), "judge": ("stances.csv", "judge_check.json"),
+                "compass": ("compass.json", "positions.csv", "shifts.csv", "agreement.csv"),
+                "capture": ("activations.safetensors",), "probes": ("probes.csv", "probes_folds.csv", "persona_effect.csv", "probes_order_control.csv"),
+                "tropes": ("tropes.csv", "trope_sentences.csv", "tropes.json"), "report": ()}
+
+
+def run_pct(cfg: PCTConfig, *, stages: Sequence[str] | None = None, progress: bool = True, lm=None, judge=None,
+            embedder=None, report_dir: str | Path | None = None, log: Callable[[str], None] = print,
+            redo: Sequence[str] = (), shard: str | None = None) -> RunDir:
+    """Run (or resume) the PCT study; finished stages with the same settings are skipped, except those
+    in ``redo`` (their outputs are deleted first: use after changing a judge, embedder or code)."""
+    from wdprobe.core.model import load_model
+    from wdprobe.data.prompts import resolve_chat
+
+    wanted = list(STAGES if stages is None else stages)
+    if shard is not None and (len(wanted) != 1 or wanted[0] not in SHARDABLE):
+        raise ValueError(f"--shard runs one of the stages {', '.join(SHARDABLE)} at a time (then `wdprobe merge RUN`)")
+    unknown = [s for s in wanted if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown PCT stage(s) {unknown}; stages are {', '.join(STAGES)}")
+    run = RunDir(cfg.out)
+    run.check_or_start("pct", {k: v for k, v in cfg.to_json().items() if k not in ("out", "notes", "batch_size")})
+    holder: dict[str, Any] = {"lm": lm}
+    for stage in redo:
+        if stage not in STAGES:
+            raise ValueError(f"cannot redo unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        run.reset_stage(stage, REDO_OUTPUTS[stage])
+
+    def model():
+        if holder["lm"] is None:
+            log(f"loading {cfg.model} ...")
+            holder["lm"] = load_model(cfg.model)
+        m = run.read_manifest()
+        if "model" not in m:
+            m["model"] = holder["lm"].manifest()
+            run.write_manifest(m)
+        return holder["lm"]
+
+    def default_judge():
+        """The configured judge model (the studied model itself by default), loaded only when needed."""
+        from wdprobe.studies.pct.stance import LikelihoodJudge
+
+        return LikelihoodJudge(model() if cfg.judge is None else load_model(cfg.judge), calibrate=cfg.calibrate)
+
+    if not (run.path / "prompts.csv").is_file():
+        from wdprobe.data.prompts import INSTRUCT_NAME
+
+        maybe_chat = cfg.chat == "chat" or (cfg.chat == "auto" and bool(INSTRUCT_NAME.search(cfg.model)))
+        tok = model().tokenizer if maybe_chat else None
+        use_chat = resolve_chat(cfg.chat, cfg.model, tok) if tok is not None else False
+        write_prompts(run, cfg, tok, use_chat)
+        run.update_stage("prompts", use_chat=use_chat, finished=now())
+    use_chat = bool(run.read_manifest()["stages"]["prompts"]["use_chat"])
+    for stage in wanted:
+        if stage != "report" and _stage_done(run, stage):
+            log(f"{stage}: done ({run.read_manifest()['stages'][stage].get('result', '')})")
+            if stage == "judge" and not (run.path / "judge_check.json").is_file():
+                judge = judge or default_judge()
+                write_judge_check(run, judge)  # a run made before the check existed gets it without re-judging
+            continue
+        started = time.time()
+        if shard is not None:
+            if stage == "closed":
+                path = pct_closed(run, model(), use_chat=use_chat, batch_size=cfg.batch_size, progress=progress, shard=shard)
+            elif stage == "open":
+                path = pct_open(run, model(), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                progress=progress, shard=shard)
+            elif stage == "judge":
+                _require(run, stage, "open")
+                judge = judge or default_judge()
+                path = pct_judge(run, judge, progress=progress, shard=shard)
+            else:
+                path = pct_capture(run, model(), batch_size=cfg.batch_size, progress=progress, shard=shard)
+            log(f"{stage} shard {shard}: {path} ({time.time() - started:.0f} s); when every shard is done: "
+                f"wdprobe merge {run.path}")
+            continue
+        if stage == "closed":
+            pct_closed(run, model(), use_chat=use_chat, batch_size=cfg.batch_size, progress=progress)
+            result = f"{sum(1 for _ in read_csv(run.path / 'closed.csv'))} closed prompts"
+        elif stage == "open":
+            pct_open(run, model(), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=progress)
+            result = f"{sum(1 for _ in read_csv(run.path / 'open.csv'))} texts"
+        elif stage == "judge":
+            _require(run, stage, "open")
+            judge = judge or default_judge()
+            pct_judge(run, judge, progress=progress)
+            result = f"judge {judge.name}"
+        elif stage == "compass":
+            _require(run, stage, "closed")
+            s = pct_compass(run, resolve_pct_dir(cfg.data), seed=cfg.seed)
+            result = f"closed-vs-open same side {s.get('same_side')} (chance {s.get('same_side_chance')})"
+        elif stage == "capture":
+            pct_capture(run, model(), batch_size=cfg.batch_size, progress=progress)
+            result = "activations.safetensors"
+        elif stage == "probes":
+            for need in ("capture", "judge"):
+                _require(run, stage, need)
+            pct_probes(run, kinds=cfg.probe_kinds, folds=cfg.folds, seed=cfg.seed, progress=progress)
+            result = "probes.csv, persona_effect.csv"
+        elif stage == "tropes":
+            _require(run, stage, "judge")
+            from wdprobe.studies.pct.tropes import SentenceTransformerEmbedder
+
+            emb = embedder or SentenceTransformerEmbedder(cfg.embedder)
+            pct_tropes(run, emb, threshold=cfg.trope_threshold, min_prompts=cfg.min_prompts)
+            result = f"{json.loads((run.path / 'tropes.json').read_text())['tropes']} tropes"
+        else:  # report
+            from wdprobe.studies.pct.report import write_pct_report
+
+            notes = Path(cfg.notes).read_text() if cfg.notes else None
+            out = write_pct_report(run, report_dir or run.path / "report", notes=notes)
+            result = str(out)
+        _finish(run, stage, started, result)
+        log(f"{stage}: {result} ({time.time() - started:.0f} s)")
+    return run
