@@ -30,7 +30,8 @@ def short_item_with_content_effect(lm, items, form: str, pool: int = 64):
     moves most when the options are swapped (so the heatmap has something to find)."""
     from wdprobe.data.wdct import present
     from wdprobe.methods.interventions import Row, run_interventions
-    from wdprobe.methods.patching import AlignmentError, swap_alignment, swap_counterfactual
+    from wdprobe.methods.patching import swap_alignment, swap_counterfactual
+    from wdprobe.errors import TokenAlignmentError
     from wdprobe.data.prompts import normal_prompt
 
     cands = []
@@ -38,7 +39,7 @@ def short_item_with_content_effect(lm, items, form: str, pool: int = 64):
         clean, cf = normal_prompt(p, form), normal_prompt(swap_counterfactual(p, form), form)
         try:
             toks = swap_alignment(lm.tokenizer, p, form, clean, cf)
-        except AlignmentError:
+        except TokenAlignmentError:
             continue
         cands.append((len(toks), p.item.id, clean, cf))
     cands = sorted(cands)[:pool]

@@ -6,13 +6,23 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny import (
+    alignment_items,
+    alignment_vocabulary_text,
+    build_tiny_model_dir,
+    write_wdct_csv,
+)
 
-from tiny import alignment_items, alignment_vocabulary_text, build_tiny_model_dir, write_wdct_csv
-from wdprobe.studies.align.targets import AlignmentDataError, change_rates, flip_targets, split_items, trained_forms
 from wdprobe.data.wdct import Item, Presentation
-from wdprobe.studies.align.finetune import TrainSettings, dpo_loss, epoch_order, phases
+from wdprobe.errors import AlignmentDataError
 from wdprobe.scoring.letters import item_row
-
+from wdprobe.studies.align.finetune import TrainSettings, dpo_loss, epoch_order, phases
+from wdprobe.studies.align.targets import (
+    change_rates,
+    flip_targets,
+    split_items,
+    trained_forms,
+)
 
 # ---- pure arithmetic ------------------------------------------------------------------------------
 
@@ -111,7 +121,11 @@ def test_dpo_loss_and_schedule_by_hand():
 
 
 def test_paraphrase_rules_and_table(tmp_path):
-    from wdprobe.data.paraphrase import load_paraphrase_table, paraphrase_items, rule_paraphrases
+    from wdprobe.data.paraphrase import (
+        load_paraphrase_table,
+        paraphrase_items,
+        rule_paraphrases,
+    )
 
     assert rule_paraphrases("What's your opinion on naturopathy?", 2) == ["Where do you stand on naturopathy?",
                                                                           "Which view on naturopathy do you hold?"]
@@ -172,8 +186,8 @@ def _lm(model_dir):
 
 
 def test_applied_weights_match_peft_and_restore_exactly(align_model):
-    from wdprobe.studies.align.finetune import Tuner
     from wdprobe.core.forward import last_token_logits
+    from wdprobe.studies.align.finetune import Tuner
 
     model_dir, _ = align_model
     lm = _lm(model_dir)
@@ -222,8 +236,8 @@ def test_training_an_easy_target_reaches_full_direct_change(align_model, tmp_pat
 def test_both_orders_untie_targets_from_letters(align_model, tmp_path):
     """orders='both' shows every trained item with its options both ways round: each item is trained once
     towards A and once towards B, always the letter that shows the item's target option."""
-    from wdprobe.studies.align.stages import AlignConfig, run_align
     from wdprobe.runs.rundir import read_csv
+    from wdprobe.studies.align.stages import AlignConfig, run_align
 
     model_dir, data = align_model
     lm = _lm(model_dir)
@@ -247,8 +261,8 @@ def test_both_orders_untie_targets_from_letters(align_model, tmp_path):
 def test_resume_gives_the_same_next_epoch(align_model, tmp_path):
     from safetensors.torch import load_file
 
-    from wdprobe.studies.align.stages import AlignConfig, run_align
     from wdprobe.runs.rundir import read_csv
+    from wdprobe.studies.align.stages import AlignConfig, run_align
 
     model_dir, data = align_model
     cfg = AlignConfig(n_items=12, sft_epochs=2, dpo_epochs=1, held_out=0.5)
@@ -267,7 +281,7 @@ def test_resume_gives_the_same_next_epoch(align_model, tmp_path):
         assert [r["word_choice"] for r in ra] == [r["word_choice"] for r in rb]
         assert np.allclose([float(r["p_word_0"]) for r in ra], [float(r["p_word_0"]) for r in rb], atol=1e-5)
     # a different setting in the same directory is refused, not mixed in
-    from wdprobe.runs.rundir import RunMismatchError
+    from wdprobe.errors import RunMismatchError
 
     with pytest.raises(RunMismatchError, match="sft_epochs"):
         run_align(tmp_path / "halted", model=str(model_dir), data=data, lm=_lm(model_dir), progress=False,
@@ -275,8 +289,8 @@ def test_resume_gives_the_same_next_epoch(align_model, tmp_path):
 
 
 def test_full_tuning_and_both_forms(align_model, tmp_path):
-    from wdprobe.studies.align.stages import AlignConfig, run_align
     from wdprobe.core.forward import last_token_logits
+    from wdprobe.studies.align.stages import AlignConfig, run_align
 
     model_dir, data = align_model
     lm = _lm(model_dir)
@@ -291,8 +305,8 @@ def test_full_tuning_and_both_forms(align_model, tmp_path):
 
 
 def test_paraphrase_mode_adds_reworded_word_prompts(align_model, tmp_path):
-    from wdprobe.studies.align.stages import AlignConfig, run_align
     from wdprobe.runs.rundir import read_csv
+    from wdprobe.studies.align.stages import AlignConfig, run_align
 
     model_dir, data = align_model
     run_align(tmp_path / "run", model=str(model_dir), data=data, lm=_lm(model_dir), progress=False,

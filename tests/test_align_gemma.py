@@ -14,8 +14,8 @@ def gemma():
 
 
 def test_lora_applied_to_the_bridge_equals_peft_on_gemma(gemma):
-    from wdprobe.studies.align.finetune import TrainSettings, Tuner
     from wdprobe.core.forward import last_token_logits
+    from wdprobe.studies.align.finetune import TrainSettings, Tuner
 
     tuner = Tuner(gemma, TrainSettings(rank=4, seed=0))
     for name, p in tuner.params.items():
@@ -33,8 +33,8 @@ def test_lora_applied_to_the_bridge_equals_peft_on_gemma(gemma):
 
 
 def test_one_epoch_of_word_training_on_gemma(gemma, shared_data, tmp_path):
-    from wdprobe.studies.align.stages import AlignConfig, load_epoch, run_align
     from wdprobe.studies.align.finetune import TrainSettings
+    from wdprobe.studies.align.stages import AlignConfig, load_epoch, run_align
 
     res = run_align(tmp_path / "run", data=shared_data / "wdct" / "WDCT.csv", lm=gemma, progress=False,
                     config=AlignConfig(n_items=8, held_out=0.5, method="sft", sft_epochs=1, orders="shown"),
@@ -45,9 +45,9 @@ def test_one_epoch_of_word_training_on_gemma(gemma, shared_data, tmp_path):
     # the evaluation before training is plain scoring: the same answers as wdprobe's scorer gives
     import json
 
-    from wdprobe.studies.align.stages import two_option_items
     from wdprobe.data.wdct import load_wdct, present
     from wdprobe.scoring.letters import build_prompts, item_row, next_token_logprobs
+    from wdprobe.studies.align.stages import two_option_items
 
     letters = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["align"]["letters"]["ids"]
     pres = present(two_option_items(load_wdct(shared_data / "wdct" / "WDCT.csv"), 8, 0), seed=0)

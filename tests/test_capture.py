@@ -2,11 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from wdprobe.methods.capture import CaptureSpec, CaptureSpecError, capture_batch, presentation_spans, prompt_spans
-from wdprobe.stages.capture import capture_wdct, load_activations
-from wdprobe.data.wdct import load_wdct, present
-from wdprobe.stages.score import score_wdct
 from wdprobe.data.prompts import normal_prompt
+from wdprobe.data.wdct import load_wdct, present
+from wdprobe.errors import CaptureSpecError
+from wdprobe.methods.capture import (
+    CaptureSpec,
+    capture_batch,
+    presentation_spans,
+    prompt_spans,
+)
+from wdprobe.stages.capture import capture_wdct, load_activations
+from wdprobe.stages.score import score_wdct
 
 POSITIONS = ("last", "question_mean", "option0_last", "option1_last", "option2_last", "option3_last")
 

@@ -3,7 +3,16 @@ import csv
 
 import pytest
 
-from wdprobe.data.wdct import LETTERS, WDCTFormatError, load_wdct, parse_rows, present, resolve_wdct_path, select, split_question
+from wdprobe.data.wdct import (
+    LETTERS,
+    load_wdct,
+    parse_rows,
+    present,
+    resolve_wdct_path,
+    select,
+    split_question,
+)
+from wdprobe.errors import WDCTFormatError
 
 
 def _row(iid="x1", speak="Q?\nA. one\nB. two", act="S?\nA. do one\nB. do two", typ="Opinion", ans=""):

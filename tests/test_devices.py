@@ -56,6 +56,7 @@ def test_hooks_on_an_offloaded_layer_patch_the_same(tiny_lm, split_lm):
 
 def test_scoring_a_split_model_records_the_placement(split_lm, tiny_lm, tmp_path):
     from tiny import write_two_option_copies
+
     from wdprobe.stages.score import score_wdct
 
     data = write_two_option_copies(tmp_path / "w.csv", copies=2)
@@ -79,6 +80,7 @@ def test_device_placement_errors_name_the_problem(tiny_model_dir):
 
 def test_cli_reads_a_json_device_map(tiny_model_dir, tmp_path):
     from tiny import write_two_option_copies
+
     from wdprobe.cli import main
 
     data = write_two_option_copies(tmp_path / "w.csv", copies=1)
@@ -95,8 +97,9 @@ def test_cli_reads_a_json_device_map(tiny_model_dir, tmp_path):
 
 def test_later_stages_reload_a_split_model_the_same_way(split_lm, tmp_path, monkeypatch):
     from tiny import write_two_option_copies
-    from wdprobe.stages.score import score_wdct
+
     from wdprobe.core.model import load_for_run
+    from wdprobe.stages.score import score_wdct
 
     data = write_two_option_copies(tmp_path / "w.csv", copies=1)
     score_wdct(tmp_path / "run", lm=split_lm, data=data, progress=False)
@@ -110,12 +113,12 @@ def test_later_stages_reload_a_split_model_the_same_way(split_lm, tmp_path, monk
 def test_study_stages_on_a_split_model_match_the_whole(split_lm, tiny_lm, tmp_path):
     """capture -> lens -> cross-form patching on the split model give the unsplit model's numbers."""
     import pandas as pd
-
     from tiny import write_two_option_copies
+
     from wdprobe.stages.capture import capture_wdct, load_activations
-    from wdprobe.stages.score import score_wdct
     from wdprobe.stages.lens import run_lens
     from wdprobe.stages.patching import run_cross_patch
+    from wdprobe.stages.score import score_wdct
 
     data = write_two_option_copies(tmp_path / "w.csv")
     out = {}

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
+from wdprobe.core.forward import last_token_logits
+from wdprobe.data.prompts import normal_prompt
 from wdprobe.data.wdct import load_wdct, present, select
 from wdprobe.stages.score import score_wdct
-from wdprobe.data.prompts import normal_prompt
-from wdprobe.core.forward import last_token_logits
 
 pytestmark = pytest.mark.slow
 

@@ -3,9 +3,23 @@ import numpy as np
 import pytest
 import torch
 
-from wdprobe.methods.interventions import Intervention, InterventionError, Row, parse_layers, residuals_at, resid_hook, run_interventions
-from wdprobe.methods.patching import AlignmentError, aligned_tokens, attribution_patching, exact_patching, exact_patching_one_by_one, rank_correlation
 from wdprobe.core.forward import last_token_logits
+from wdprobe.errors import InterventionError, TokenAlignmentError
+from wdprobe.methods.interventions import (
+    Intervention,
+    Row,
+    parse_layers,
+    resid_hook,
+    residuals_at,
+    run_interventions,
+)
+from wdprobe.methods.patching import (
+    aligned_tokens,
+    attribution_patching,
+    exact_patching,
+    exact_patching_one_by_one,
+    rank_correlation,
+)
 
 PROMPTS = ["What is your view on city parks ? Answer:", "Should schools teach music ? A B Answer:",
            "Is it right to lie to a friend ? No , honesty matters . Answer:"]
@@ -131,9 +145,9 @@ def test_attribution_tracks_exact_patching_on_residual_hooks(tiny_lm):
 
 
 def test_bad_input_gets_clear_errors(tiny_lm):
-    with pytest.raises(AlignmentError, match="prompt pair 0: .* 12 and 10 tokens"):
+    with pytest.raises(TokenAlignmentError, match="prompt pair 0: .* 12 and 10 tokens"):
         exact_patching(tiny_lm, CLEAN[:1], ["Should schools teach music ? A B Answer:"], ["blocks.0.hook_resid_pre"], [5, 6])
-    with pytest.raises(AlignmentError, match="item ev1"):
+    with pytest.raises(TokenAlignmentError, match="item ev1"):
         aligned_tokens(tiny_lm.tokenizer, CLEAN[0], "short prompt", name="item ev1")
     with pytest.raises(InterventionError, match=r"layer 2 out of range.*0\.\.1"):
         resid_hook(2, "resid_post", 2)
@@ -165,9 +179,9 @@ def test_prompts_longer_than_the_sliding_window_are_not_packed(tiny_lm):
 
 
 def test_option_swap_alignment_is_checked_slot_by_slot(tiny_lm, wdct_csv):
+    from wdprobe.data.prompts import normal_prompt
     from wdprobe.data.wdct import load_wdct, present
     from wdprobe.methods.patching import swap_alignment, swap_counterfactual
-    from wdprobe.data.prompts import normal_prompt
 
     pres = {p.item.id: p for p in present(load_wdct(wdct_csv), seed=0)}
     ok = pres["op1"]  # "Parks matter more." / "Roads matter more.": same length, swap aligns
@@ -177,7 +191,7 @@ def test_option_swap_alignment_is_checked_slot_by_slot(tiny_lm, wdct_csv):
     bad = pres["ev1"]  # "No, honesty matters." (5 tokens) / "Yes, if it helps." (6): same total, shifted slots
     clean, cf = normal_prompt(bad, "word"), normal_prompt(swap_counterfactual(bad, "word"), "word")
     assert len(tiny_lm.tokenizer(clean)["input_ids"]) == len(tiny_lm.tokenizer(cf)["input_ids"])
-    with pytest.raises(AlignmentError, match=r"item ev1 \(word\): option A spans \d tokens .* \d in the swapped"):
+    with pytest.raises(TokenAlignmentError, match=r"item ev1 \(word\): option A spans \d tokens .* \d in the swapped"):
         swap_alignment(tiny_lm.tokenizer, bad, "word", clean, cf)
-    with pytest.raises(AlignmentError, match="three|two options"):
+    with pytest.raises(TokenAlignmentError, match="three|two options"):
         swap_counterfactual(pres["ev2"], "word")

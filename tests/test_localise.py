@@ -4,15 +4,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from tiny import write_two_option_copies
 
 from wdprobe.cli import main
-from wdprobe.stages.score import load_score, score_wdct
+from wdprobe.errors import RunMismatchError
 from wdprobe.methods.lens import LensTrajectory, canonical_logodds
 from wdprobe.methods.patching import summarise_cross_form
 from wdprobe.methods.probes import crossfit_directions
-from wdprobe.runs.rundir import RunMismatchError
 from wdprobe.methods.steering import best_setting, summarise_steering
-from tiny import write_two_option_copies
+from wdprobe.stages.score import load_score, score_wdct
 
 
 def test_canonical_logodds_follows_the_shuffle():

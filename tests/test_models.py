@@ -1,7 +1,8 @@
 import pytest
 
 from wdprobe.cli import main
-from wdprobe.core.model import ModelLoadError, load_model
+from wdprobe.core.model import load_model
+from wdprobe.errors import ModelLoadError
 
 
 def test_unknown_model_name_says_how_to_pass_a_local_path(monkeypatch):

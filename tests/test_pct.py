@@ -7,10 +7,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import (
+    PCT_PROPOSITIONS,
+    build_tiny_model_dir,
+    pct_vocabulary_text,
+    write_pct_dir,
+)
 
-from tiny import PCT_PROPOSITIONS, build_tiny_model_dir, pct_vocabulary_text, write_pct_dir
-from wdprobe.studies.pct.compass import benjamini_hochberg, load_weights, persona_shifts, sign_flip_test
-from wdprobe.data.pct import ANSWERS, PCTFormatError, build_prompts, load_pct, option_order, parse_personas, parse_selection
+from wdprobe.data.pct import (
+    ANSWERS,
+    build_prompts,
+    load_pct,
+    option_order,
+    parse_personas,
+    parse_selection,
+)
+from wdprobe.errors import PCTFormatError
+from wdprobe.studies.pct.compass import (
+    benjamini_hochberg,
+    load_weights,
+    persona_shifts,
+    sign_flip_test,
+)
 
 
 @pytest.fixture(scope="module")
@@ -324,7 +342,7 @@ def _cfg(tmp_path, pct_dir, model_dir, **kw):
 def test_pipeline_end_to_end_with_plugged_judge(tmp_path, pct_dir, pct_lm):
     import pandas as pd
 
-    from wdprobe.studies.pct.stages import run_pct
+    from wdprobe.pipeline.pct import run_pct
 
     cfg = _cfg(tmp_path, pct_dir, pct_lm.path)
     run = run_pct(cfg, lm=pct_lm, judge=KeywordJudge(), embedder=FixedEmbedder(), progress=False, log=lambda m: None)
@@ -353,14 +371,14 @@ def test_pipeline_end_to_end_with_plugged_judge(tmp_path, pct_dir, pct_lm):
 
 
 def test_generation_resumes_after_an_interruption(tmp_path, pct_dir, pct_lm, monkeypatch):
-    import wdprobe.core.generation as generation
-    from wdprobe.studies.pct.stages import run_pct
+    import wdprobe.studies.pct.stages as pct
+    from wdprobe.pipeline.pct import run_pct
 
     cfg = _cfg(tmp_path, pct_dir, pct_lm.path, personas="base,age=18", out=str(tmp_path / "whole"))
     run_pct(cfg, lm=pct_lm, stages=["open"], progress=False, log=lambda m: None)
     whole = (tmp_path / "whole" / "open.csv").read_text()
 
-    real = generation.generate_texts
+    real = pct.generate_texts
     calls = {"n": 0}
 
     def dies_on_second_chunk(*a, **k):
@@ -369,15 +387,14 @@ def test_generation_resumes_after_an_interruption(tmp_path, pct_dir, pct_lm, mon
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(generation, "generate_texts", dies_on_second_chunk)
-    import wdprobe.studies.pct.stages as pct
+    monkeypatch.setattr(pct, "generate_texts", dies_on_second_chunk)
 
     monkeypatch.setattr(pct, "_OPEN_CHUNK", 8)
     cut = _cfg(tmp_path, pct_dir, pct_lm.path, personas="base,age=18", out=str(tmp_path / "cut"))
     with pytest.raises(KeyboardInterrupt):
         run_pct(cut, lm=pct_lm, stages=["open"], progress=False, log=lambda m: None)
     assert len(list((tmp_path / "cut" / "open.parts").glob("part-*.csv"))) == 1
-    monkeypatch.setattr(generation, "generate_texts", real)
+    monkeypatch.setattr(pct, "generate_texts", real)
     run_pct(cut, lm=pct_lm, stages=["open"], progress=False, log=lambda m: None)
     assert (tmp_path / "cut" / "open.csv").read_text() == whole
 
@@ -472,9 +489,9 @@ def test_position_bias_by_hand():
 
 
 def test_sharded_closed_and_open_merge_to_the_unsharded_tables(tmp_path, pct_dir, pct_lm):
-    from wdprobe.runs.shards import MergeError
+    from wdprobe.errors import MergeError
     from wdprobe.pipeline.merge import merge_run
-    from wdprobe.studies.pct.stages import run_pct
+    from wdprobe.pipeline.pct import run_pct
 
     quiet = dict(progress=False, log=lambda m: None)
     whole = _cfg(tmp_path, pct_dir, pct_lm.path, personas="base,age=18", out=str(tmp_path / "whole"))
@@ -497,8 +514,8 @@ def test_sharded_closed_and_open_merge_to_the_unsharded_tables(tmp_path, pct_dir
             run_pct(cfg, lm=pct_lm, judge=KeywordJudge(), stages=[stage], shard=f"{i}/2", **quiet)
     assert set(merge_run(tmp_path / "sharded")) == {"closed", "open", "judge", "capture"}
     assert (tmp_path / "sharded" / "stances.csv").read_text() == (tmp_path / "whole" / "stances.csv").read_text()
-    from wdprobe.studies.pct.stages import load_pct_activations
     from wdprobe.runs.rundir import RunDir
+    from wdprobe.studies.pct.stages import load_pct_activations
 
     (a, ia), (b, ib) = load_pct_activations(RunDir(tmp_path / "whole")), load_pct_activations(RunDir(tmp_path / "sharded"))
     assert ia == ib and all(np.array_equal(a[f], b[f]) for f in ("closed", "open"))

@@ -33,8 +33,9 @@ def test_small_pct_run_on_gemma(gemma, shared_data, tmp_path):
     import pandas as pd
 
     from wdprobe.core.option_scoring import option_logprobs
-    from wdprobe.studies.pct.stages import PCTConfig, run_pct
     from wdprobe.data.pct import ANSWERS
+    from wdprobe.pipeline.pct import run_pct
+    from wdprobe.studies.pct.stages import PCTConfig
 
     class Embed:  # tropes are tested elsewhere; keep this test to the model's stages
         name = "hash"

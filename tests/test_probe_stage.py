@@ -1,8 +1,9 @@
 import json
 
+from tiny import write_two_option_copies
+
 from wdprobe.cli import main
 from wdprobe.stages.score import score_wdct
-from tiny import write_two_option_copies
 
 
 def test_score_capture_probe_pipeline_writes_results_and_plots(tiny_lm, tmp_path):

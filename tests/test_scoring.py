@@ -4,12 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from wdprobe.data.wdct import Item, Presentation, load_wdct, present
-from wdprobe.stages.score import load_score, score_wdct
-from wdprobe.data.prompts import Demo, cot_prompt, normal_prompt, resolve_chat, wrap
-from wdprobe.runs.rundir import RunMismatchError
-from wdprobe.scoring.letters import build_prompts, item_row, letter_candidates, next_token_logprobs, resolve_letter_tokens
 from wdprobe.core.forward import last_token_logits
+from wdprobe.data.prompts import Demo, cot_prompt, normal_prompt, resolve_chat, wrap
+from wdprobe.data.wdct import Item, Presentation, load_wdct, present
+from wdprobe.errors import RunMismatchError
+from wdprobe.scoring.letters import (
+    item_row,
+    letter_candidates,
+    next_token_logprobs,
+    resolve_letter_tokens,
+)
+from wdprobe.stages.score import load_score, score_wdct
 
 
 def test_batched_equals_unbatched_under_left_padding(tiny_lm, wdct_csv):
@@ -130,7 +135,7 @@ def test_score_cot_setting_runs(tiny_lm, wdct_csv, tmp_path):
         w = csv.writer(fh)
         w.writerow(["id", "Type", "Prompt", "Question", "Belief"])
         for i in range(5):
-            w.writerow([f"d{i}", "Opinion", "Explain the belief", f"Which action will you take?\nA. x\nB. y", "Belief: I believe\nAnswer: A"])
+            w.writerow([f"d{i}", "Opinion", "Explain the belief", "Which action will you take?\nA. x\nB. y", "Belief: I believe\nAnswer: A"])
     res = score_wdct(tmp_path / "cot", data=wdct_csv, lm=tiny_lm, setting="cot", demos=demo, progress=False)
     assert len(res.rows) == 6
     assert all(0 <= r["pcs"] <= 1 for r in res.rows)

@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from tiny import write_two_option_copies
-from wdprobe.runs.shards import Shard, ShardSpecError
+
+from wdprobe.errors import ShardSpecError
+from wdprobe.runs.shards import Shard
 
 
 def _flat(d, prefix=""):
@@ -53,10 +54,10 @@ def test_shards_partition_items_by_id_alone():
 
 def test_sharded_scoring_merges_to_the_unsharded_run(tiny_lm, tmp_path):
     from wdprobe.cli import main
-    from wdprobe.stages.score import score_wdct
-    from wdprobe.runs.shards import MergeError
+    from wdprobe.errors import MergeError
     from wdprobe.pipeline.merge import merge_run
     from wdprobe.runs.rundir import read_csv
+    from wdprobe.stages.score import score_wdct
 
     data = write_two_option_copies(tmp_path / "w.csv", copies=5)
     whole = score_wdct(tmp_path / "whole", lm=tiny_lm, data=data, progress=False, batch_size=4)
@@ -89,9 +90,9 @@ def test_sharded_scoring_merges_to_the_unsharded_run(tiny_lm, tmp_path):
 
 
 def test_merge_refuses_disagreeing_shards(tiny_lm, tmp_path):
-    from wdprobe.stages.score import score_wdct
-    from wdprobe.runs.shards import MergeError
+    from wdprobe.errors import MergeError
     from wdprobe.pipeline.merge import merge_run
+    from wdprobe.stages.score import score_wdct
 
     data = write_two_option_copies(tmp_path / "w.csv", copies=3)
     run = tmp_path / "run"
@@ -108,9 +109,9 @@ def test_sharded_capture_merges_to_the_unsharded_capture(tiny_lm, tmp_path):
 
     import numpy as np
 
+    from wdprobe.pipeline.merge import merge_run
     from wdprobe.stages.capture import capture_wdct, load_activations
     from wdprobe.stages.score import score_wdct
-    from wdprobe.pipeline.merge import merge_run
 
     data = write_two_option_copies(tmp_path / "w.csv", copies=4)
     score_wdct(tmp_path / "a", lm=tiny_lm, data=data, progress=False)

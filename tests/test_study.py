@@ -8,12 +8,17 @@ import pytest
 from tiny import write_two_option_copies
 
 from wdprobe.cli import main
-from wdprobe.pipeline.config import ConfigError, StudyConfig, config_from_mapping, config_to_toml, load_config, with_overrides
-from wdprobe.stages.score import load_score
-from wdprobe.runs.rundir import RunMismatchError
+from wdprobe.errors import ConfigError, RunMismatchError
+from wdprobe.pipeline.config import (
+    StudyConfig,
+    config_from_mapping,
+    config_to_toml,
+    load_config,
+    with_overrides,
+)
 from wdprobe.pipeline.study import run_study, study_status
 from wdprobe.reports.study import finding_behaviour, finding_steering, findings
-
+from wdprobe.stages.score import load_score
 
 # ---- configuration -----------------------------------------------------------------------------------
 
@@ -133,7 +138,7 @@ def test_second_run_skips_finished_stages_without_loading_the_model(study, monke
     def refuse(*a, **k):
         raise AssertionError("the model should not be loaded when every stage is done")
 
-    monkeypatch.setattr("wdprobe.core.model.load_model", refuse)
+    monkeypatch.setattr("wdprobe.pipeline.study.load_model", refuse)
     messages = []
     run_study(cfg, progress=False, log=messages.append)
     assert sum("already done" in m for m in messages) == 7 and "[report]" in messages[-1]

@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from tiny import write_two_option_copies
-from wdprobe.pipeline.sweep import SweepConfigError, load_sweep, run_sweep
+
+from wdprobe.errors import SweepConfigError
+from wdprobe.pipeline.sweep import load_sweep, run_sweep
 
 
 def _write_sweep(tmp_path, model_dir, data, out: str, shards: int = 2) -> "Path":  # noqa: F821
@@ -43,8 +44,8 @@ def test_sweep_plan_and_errors(tmp_path, tiny_model_dir):
 
 
 def test_local_sweep_resumes_and_merges(tmp_path, tiny_model_dir, tiny_lm):
-    from wdprobe.stages.score import score_wdct
     from wdprobe.runs.rundir import read_csv
+    from wdprobe.stages.score import score_wdct
 
     data = write_two_option_copies(tmp_path / "w.csv", copies=3)
     cfg = _write_sweep(tmp_path, tiny_model_dir, data, "local")

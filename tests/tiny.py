@@ -40,7 +40,11 @@ def build_tiny_model_dir(path: Path, *, seed: int = 0, chat_template: str | None
                          initializer_range: float = 0.02) -> Path:
     """Save a 2-layer Gemma-3 (d_model 64) and a word-level tokenizer in HF format under ``path``."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
+    from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        PreTrainedTokenizerFast,
+    )
 
     from wdprobe.data.prompts import COT_TEMPLATE, NORMAL_TEMPLATE
 

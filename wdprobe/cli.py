@@ -6,7 +6,48 @@ import json
 import sys
 from pathlib import Path
 from typing import Sequence
+
+from wdprobe.core.model import convert_default_model
 from wdprobe.data.wdct import DOMAINS, SUBSETS
+from wdprobe.errors import (
+    InputError,
+    MissingInputError,
+    WdprobeError,
+)
+from wdprobe.pipeline.config import (
+    STAGES,
+    StudyConfig,
+    config_to_toml,
+    item_count,
+    load_config,
+    with_overrides,
+)
+from wdprobe.pipeline.merge import main_summary, merge_run
+from wdprobe.pipeline.study import run_study
+from wdprobe.pipeline.sweep import run_sweep
+from wdprobe.reports.compare import compare_runs
+from wdprobe.reports.localisation import write_localisation_report
+from wdprobe.reports.scores import write_score_report
+from wdprobe.scoring.upstream import upstream_metrics
+from wdprobe.stages.capture import capture_wdct
+from wdprobe.stages.lens import run_lens
+from wdprobe.stages.patching import (
+    LOW_RANK_CORRELATION,
+    run_cross_patch,
+    run_positional_patch,
+)
+from wdprobe.stages.probes import run_probes
+from wdprobe.stages.score import score_wdct
+from wdprobe.stages.steering import run_steering
+from wdprobe.studies.align.finetune import TrainSettings
+from wdprobe.studies.align.report import write_alignment_report
+from wdprobe.studies.align.stages import AlignConfig, run_align
+from wdprobe.pipeline.merge import study_of
+from wdprobe.runs.rundir import RunDir
+from wdprobe.pipeline.pct import pct_stage_names
+from wdprobe.pipeline.registry import REGISTRY
+from wdprobe.pipeline.pct import run_pct
+from wdprobe.studies.pct.stages import PCTConfig
 
 
 def _device_map_arg(text: str):
@@ -41,8 +82,6 @@ def _print_metrics(m: dict) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from wdprobe.stages.score import score_wdct
-
     res = score_wdct(args.out, model=args.model, data=args.data, setting=args.setting, seed=args.seed, limit=args.limit,
                      sample=args.sample, domains=args.domain, subset=args.subset, batch_size=args.batch_size,
                      dtype=args.dtype, device=args.device, device_map=args.device_map, chat=args.chat, demos=args.demos,
@@ -56,16 +95,12 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from wdprobe.pipeline.merge import main_summary, merge_run
-
     print(main_summary(merge_run(args.run)))
     print(f"merged into {args.run}")
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from wdprobe.pipeline.sweep import run_sweep
-
     res = run_sweep(args.config, executor=args.executor, address=args.address, progress=not args.quiet)
     for row in res.runs:
         print(f"{row['run']:40s} n={row['n_items']:5d}  CS micro {row['cs_micro']:.3f}  PCS micro {row['pcs_micro']:.3f}")
@@ -74,8 +109,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_upstream(args: argparse.Namespace) -> int:
-    from wdprobe.scoring.upstream import upstream_metrics
-
     for path in args.files:
         print(json.dumps({"file": path, **upstream_metrics(path)}, indent=None if args.compact else 2))
     return 0
@@ -84,20 +117,16 @@ def cmd_upstream(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from wdprobe.reports.scores import write_score_report
 
     notes = Path(args.notes).read_text() if args.notes else ""
     print(write_score_report(args.run, args.out, notes))
     if args.localisation:
-        from wdprobe.reports.localisation import write_localisation_report
 
         print(write_localisation_report(args.run, args.out))
     return 0
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    from wdprobe.stages.capture import capture_wdct
-
     path = capture_wdct(args.run, layers=args.layers, hooks=args.hooks.split(","), positions=args.positions.split(","),
                         storage_dtype=args.storage_dtype, batch_size=args.batch_size, progress=not args.quiet,
                         shard=args.shard)
@@ -109,8 +138,6 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from wdprobe.stages.probes import run_probes
-
     head = run_probes(args.run, hook=args.hook, position=args.position, kinds=args.kinds.split(","), folds=args.folds,
                       seed=args.seed, progress=not args.quiet)
     print(json.dumps(head, indent=2))
@@ -119,8 +146,6 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_lens(args: argparse.Namespace) -> int:
-    from wdprobe.stages.lens import run_lens
-
     s = run_lens(args.run, progress=not args.quiet)
     for g in ("consistent", "inconsistent"):
         if s[g]["n"]:
@@ -137,15 +162,12 @@ def _floats(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"cannot read {text!r} as a comma list of numbers") from None
+        raise InputError(f"cannot read {text!r} as a comma list of numbers") from None
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
-    from wdprobe.pipeline.config import item_count
-    from wdprobe.stages.patching import LOW_RANK_CORRELATION, run_cross_patch, run_positional_patch
-
     if args.shard and args.kind == "both":
-        raise ValueError("--shard with --kind both: shard the cross and the positional stage one at a time")
+        raise InputError("--shard with --kind both: shard the cross and the positional stage one at a time")
 
     if args.kind in ("cross", "both"):
         head = run_cross_patch(args.run, n_items=item_count(args.items), layers=args.layers,
@@ -173,9 +195,6 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    from wdprobe.pipeline.config import item_count
-    from wdprobe.stages.steering import run_steering
-
     head = run_steering(args.run, n_items=item_count(args.items), layers=args.layers, alphas=_floats(args.alphas),
                         seed=args.seed, min_mass_ratio=args.min_mass_ratio, batch_size=args.batch_size,
                         progress=not args.quiet, restart=args.restart, validate=not args.no_validate, shard=args.shard)
@@ -188,16 +207,13 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from wdprobe.pipeline.config import STAGES, StudyConfig, config_to_toml, load_config, with_overrides
-    from wdprobe.pipeline.study import run_study
-
     cfg = load_config(args.config) if args.config else StudyConfig()
     stages = args.stages.split(",") if args.stages else None
     if args.skip:
         skip = args.skip.split(",")
         unknown = [s for s in skip if s not in STAGES]
         if unknown:
-            raise ValueError(f"--skip: unknown stage(s) {unknown}: choose from {list(STAGES)}")
+            raise InputError(f"--skip: unknown stage(s) {unknown}: choose from {list(STAGES)}")
         stages = [s for s in (stages or cfg.stages) if s not in skip]
     cfg = with_overrides(cfg, {"model": args.model, "data": args.data, "out": args.out, "report": args.report,
                                "notes": args.notes, "seed": args.seed, "limit": args.limit, "sample": args.sample,
@@ -212,36 +228,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from wdprobe.pipeline.config import STAGES
-    from wdprobe.pipeline.study import study_status
+def print_status(run_dir: str | Path, study: str) -> None:
+    """One line per registered stage of ``study``: done (wall time, when, result), running, partial, or not run."""
+    run = RunDir(run_dir)
+    if not run.manifest_path.is_file():
+        raise MissingInputError(f"{run_dir} is not a run directory (no manifest.json)")
+    holder = run.holder()
+    load = run.read_manifest().get("model_load")
+    if load:
+        print(f"{'load_model':17s} {load['seconds']:8.0f} s  {load['finished']}  {load['model']}")
+    for stage in REGISTRY.stages(study):
+        entry = run.stage_entry(stage.name)
+        if run.is_done(stage.name):
+            seconds = entry.get("seconds", entry.get("seconds_total", 0.0)) or 0.0
+            state = f"{seconds:8.0f} s  {entry.get('finished', '')}  {entry.get('result', '')}"
+        elif holder and entry:
+            state = f"       -  running ({holder})"
+        elif entry or run.parts_dir(stage.name).is_dir():
+            state = "       -  partial (the same command resumes it)"
+        else:
+            state = "       -  not run"
+        print(f"{stage.name:17s} {state}")
 
-    done = study_status(args.run).get("done", {})
-    if not done:
-        stages = json.loads((Path(args.run) / "manifest.json").read_text()).get("stages", {}) \
-            if (Path(args.run) / "manifest.json").is_file() else {}
-        if not stages:
-            raise FileNotFoundError(f"{args.run} is not a run directory (no manifest.json)")
-        print(f"{args.run}: made stage by stage; stages: " + ", ".join(
-            f"{k} ({'complete' if v.get('complete') else 'partial'})" for k, v in stages.items()))
-        return 0
-    for stage in ("load_model",) + STAGES:
-        d = done.get(stage)
-        print(f"{stage:17s} " + (f"{d['seconds']:8.0f} s  {d['finished']}  {d['result']}" if d else "       -  not run"))
+
+def cmd_status(args: argparse.Namespace) -> int:
+    print_status(args.run, study_of(args.run))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from wdprobe.reports.compare import compare_runs
-
     labels = args.labels.split(",") if args.labels else None
     print(compare_runs(args.runs, args.out, labels=labels))
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from wdprobe.core.model import convert_default_model
-
     print(convert_default_model())
     return 0
 
@@ -250,7 +271,6 @@ def pct_config(args: argparse.Namespace):
     """The run's saved PCT settings (when ``--out`` holds one) overridden by the flags given."""
     from dataclasses import fields
 
-    from wdprobe.studies.pct.stages import PCTConfig
 
     out = args.out or PCTConfig.out
     saved = {}
@@ -272,8 +292,6 @@ def pct_config(args: argparse.Namespace):
 
 
 def cmd_pct(args: argparse.Namespace) -> int:
-    from wdprobe.studies.pct.stages import run_pct
-
     if args.pct_command == "status":
         return cmd_pct_status(args)
     cfg = pct_config(args)
@@ -286,23 +304,11 @@ def cmd_pct(args: argparse.Namespace) -> int:
 
 
 def cmd_pct_status(args: argparse.Namespace) -> int:
-    from wdprobe.studies.pct.stages import STAGES
-
-    path = Path(args.out or "runs/gemma-3-270m-pct") / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path.parent} is not a PCT run directory (no manifest.json)")
-    stages = json.loads(path.read_text()).get("stages", {})
-    for stage in STAGES:
-        d = stages.get(stage, {})
-        state = (f"{d['seconds']:8.0f} s  {d['finished']}  {d.get('result', '')}" if d.get("finished")
-                 else ("       -  partial" if (path.parent / f"{stage}.parts").is_dir() else "       -  not run"))
-        print(f"{stage:8s} {state}")
+    print_status(args.out or "runs/gemma-3-270m-pct", "pct")
     return 0
 
 
 def _add_pct_parser(sub) -> None:
-    from wdprobe.studies.pct.stages import STAGES
-
     pct = sub.add_parser("pct", help="Political Compass under personas: closed vs open stances, probes, tropes")
     psub = pct.add_subparsers(dest="pct_command", required=True)
     helps = {"run": "every stage (or --stages), resuming a half-finished run",
@@ -313,7 +319,7 @@ def _add_pct_parser(sub) -> None:
              "probes": "stance probes across forms (folds by proposition), persona effect inside",
              "tropes": "cluster sentences of the open texts into recurring tropes", "report": "index.html, README.md, tropes.html",
              "status": "which stages of a PCT run are done"}
-    for name in ("run",) + STAGES + ("status",):
+    for name in ("run",) + pct_stage_names() + ("status",):
         p = psub.add_parser(name, help=helps[name])
         p.add_argument("--out", default=None, help="run directory (default runs/gemma-3-270m-pct); settings are read from it")
         if name == "status":
@@ -344,7 +350,7 @@ def _add_pct_parser(sub) -> None:
                                                          "into RUN/shards/%s/; then wdprobe merge RUN" % name)
         p.add_argument("--quiet", action="store_true")
         if name == "run":
-            p.add_argument("--stages", default=None, help=f"comma list from {', '.join(STAGES)}")
+            p.add_argument("--stages", default=None, help=f"comma list from {', '.join(pct_stage_names())}")
             p.add_argument("--redo", default=None, help="comma list of finished stages to delete and run again")
         else:
             p.add_argument("--redo", dest="redo_stage", action="store_true",
@@ -359,9 +365,6 @@ def _item_limit(text: str) -> int | None:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from wdprobe.studies.align.stages import AlignConfig, run_align
-    from wdprobe.studies.align.finetune import TrainSettings
-
     cfg = AlignConfig(form=args.form, method=args.method, sft_epochs=args.sft_epochs, dpo_epochs=args.dpo_epochs,
                       n_items=_item_limit(args.items), held_out=args.held_out, seed=args.seed, orders=args.orders,
                       paraphrases=args.paraphrases, paraphrase_table=args.paraphrase_table,
@@ -389,8 +392,6 @@ def cmd_align(args: argparse.Namespace) -> int:
 
 
 def cmd_align_report(args: argparse.Namespace) -> int:
-    from wdprobe.studies.align.report import write_alignment_report
-
     print(write_alignment_report([Path(r) for r in args.runs], Path(args.out)))
     return 0
 
@@ -588,19 +589,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from wdprobe.pipeline.config import ConfigError
-    from wdprobe.data.wdct import WDCTFormatError
-    from wdprobe.data.download import DataUnavailableError
-    from wdprobe.runs.shards import MergeError
-    from wdprobe.core.model import ModelLoadError
-    from wdprobe.data.pct import PCTFormatError
-    from wdprobe.runs.rundir import RunMismatchError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, WDCTFormatError, PCTFormatError, DataUnavailableError, ModelLoadError, RunMismatchError, MergeError,
-            FileNotFoundError, ValueError) as exc:
+    except WdprobeError as exc:  # on purpose, with a message naming the culprit; anything else is a bug
         print(f"wdprobe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,13 +1,30 @@
-"""TODO docstring (scoring)"""
+"""The forward runtime every stage shares: tokenising, length-sorted batches, last-position forwards.
+
+Bridge forwards compute logits at every position unless told otherwise; on Gemma's 262k vocabulary that
+is most of the cost, so :func:`forward_last` unembeds only the final position (a hook on
+``unembed.hook_in``; STACK.md). Prompts are left-padded, so position -1 is every prompt's last real token.
+These functions take a :class:`~wdprobe.core.model.LoadedModel`; the handle exposes them as methods.
+"""
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
+
 import torch
+from jaxtyping import Float, Int
+
+from wdprobe.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedTokenizerBase
+
+    from wdprobe.core.model import LoadedModel
 
 LAST_POSITION_HOOK = "unembed.hook_in"
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str], device) -> dict[str, torch.Tensor]:
+def encode_prompts(tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[str],
+                   device: torch.device | str) -> dict[str, Int[torch.Tensor, "batch pos"]]:
+    """Left-padded ``input_ids`` and ``attention_mask`` on ``device``, with BOS added once."""
     bos = getattr(tokenizer, "bos_token", None)
     # A chat template already writes BOS into the text; do not add a second one.
     add_special = not (bos and all(p.startswith(bos) for p in prompts))
@@ -15,11 +32,13 @@ def encode_prompts(tokenizer, prompts: Sequence[str], device) -> dict[str, torch
     return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
 
 
-def keep_last_position(resid: torch.Tensor, hook) -> torch.Tensor:
+def keep_last_position(resid: Float[torch.Tensor, "batch pos d_model"], hook: object) -> Float[torch.Tensor, "batch 1 d_model"]:
+    """Forward hook on the unembedding input: keep only the final position."""
     return resid[:, -1:, :]
 
 
-def forward_last(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor, hooks=()) -> torch.Tensor:
+def forward_last(lm: "LoadedModel", input_ids: Int[torch.Tensor, "batch pos"], attention_mask: Int[torch.Tensor, "batch pos"],
+                 hooks: Sequence[tuple[str, object]] = ()) -> Float[torch.Tensor, "batch vocab"]:
     """Last-position logits ``[batch, vocab]`` of a left-padded batch under the given forward hooks
     (the unembedding runs on the final position only)."""
     hooks = list(hooks) + [(LAST_POSITION_HOOK, keep_last_position)]
@@ -27,15 +46,15 @@ def forward_last(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor, hook
 
 
 @torch.no_grad()
-def last_token_logits(lm, prompts: Sequence[str]) -> torch.Tensor:
+def last_token_logits(lm: "LoadedModel", prompts: Sequence[str]) -> Float[torch.Tensor, "prompt vocab"]:
     """Next-token logits after each prompt, ``[len(prompts), vocab]``, for one left-padded batch."""
     if lm.tokenizer.padding_side != "left":
-        raise ValueError("the tokenizer must pad on the left so that position -1 is every prompt's last token")
+        raise InputError("the tokenizer must pad on the left so that position -1 is every prompt's last token")
     enc = encode_prompts(lm.tokenizer, prompts, lm.device)
     return forward_last(lm, enc["input_ids"], enc["attention_mask"])
 
 
-def default_batch_tokens(device) -> int | None:
+def default_batch_tokens(device: torch.device | str) -> int | None:
     """Padded-token budget per batch. On CPU, batches of ~1.5k tokens run ~15% faster than 32 prompts of
     ~100 tokens (less padding, better cache use; see docs/benchmarks.md); on GPUs the cap is the batch size."""
     return 1536 if str(device).startswith("cpu") else None
@@ -57,6 +76,6 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: in
         yield batch
 
 
-def iter_batches(lm, prompts: Sequence[str], batch_size: int, max_batch_tokens: int | None = None) -> Iterator[list[int]]:
+def iter_batches(lm: "LoadedModel", prompts: Sequence[str], batch_size: int, max_batch_tokens: int | None = None) -> Iterator[list[int]]:
     """:func:`length_batches` over the prompts' token lengths."""
     return length_batches([len(lm.tokenizer.encode(p)) for p in prompts], batch_size, max_batch_tokens)

@@ -9,7 +9,11 @@ Hugging Face model *on the same weight tensors* (no copy, no reload), whose KV c
 from __future__ import annotations
 
 from typing import Callable, Sequence
+
 import torch
+
+from wdprobe.core.forward import encode_prompts, iter_batches
+from wdprobe.errors import ModelLoadError
 
 WRAPPER = "._original_component"
 
@@ -37,7 +41,7 @@ def plain_twin(lm):
     missing = wanted - set(shared)
     tied = {k for k in missing if k.endswith("lm_head.weight")}
     if missing - tied:
-        raise RuntimeError(f"cannot rebuild a plain twin of {lm.name!r}: no bridge tensor for {sorted(missing - tied)[:5]}")
+        raise ModelLoadError(f"cannot rebuild a plain twin of {lm.name!r}: no bridge tensor for {sorted(missing - tied)[:5]}")
     twin.load_state_dict(shared, strict=False, assign=True)
     if tied:
         twin.tie_weights()
@@ -53,7 +57,7 @@ def plain_twin(lm):
             module._buffers[name] = buf
     left = [n for n, b in twin.named_buffers() if b.is_meta]
     if left:
-        raise RuntimeError(f"cannot rebuild a plain twin of {lm.name!r}: buffers {left[:5]} have no bridge counterpart")
+        raise ModelLoadError(f"cannot rebuild a plain twin of {lm.name!r}: buffers {left[:5]} have no bridge counterpart")
     twin.eval()
     lm.plain_cache["twin"] = twin
     return twin
@@ -67,7 +71,6 @@ def generate_texts(lm, prompts: Sequence[str], *, max_new_tokens: int = 48, batc
 
     ``on_batch(indices, texts)`` is called after each batch, so a caller can save progress as it goes.
     """
-    from wdprobe.core.forward import encode_prompts, iter_batches
 
     twin = plain_twin(lm)
     tok = lm.tokenizer

@@ -12,25 +12,41 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
 import torch
+from jaxtyping import Float, Int
+
 from wdprobe.core.cache import atomic_write_json, cache_dir
+from wdprobe.core.forward import (
+    encode_prompts,
+    forward_last,
+    iter_batches,
+    last_token_logits,
+)
+from wdprobe.errors import InputError, ModelLoadError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformer_lens import TransformerBridge
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_MODEL = "gemma-3-270m"
 DEFAULT_ALIASES = {"gemma-3-270m", "default", "gemma3-270m"}
 _CONVERTED_MARKER = "wdprobe-converted.json"
 
 
-class ModelLoadError(RuntimeError):
-    """A model that cannot be loaded; the message names it and says how to pass a local path."""
 
 
 @dataclass
 class LoadedModel:
-    """A TransformerBridge with the tokenizer and where it came from (for manifests)."""
+    """The model handle every stage takes: a TransformerBridge, its tokenizer, and where it came from.
 
-    bridge: Any
-    tokenizer: Any
+    It owns the forward runtime (:meth:`encode`, :meth:`batches`, :meth:`forward_last`,
+    :meth:`last_token_logits`) so that stages never reach into the bridge to tokenise or batch; the
+    wrapped Hugging Face model (:attr:`hf_model`) is there for fine-tuning and generation only."""
+
+    bridge: "TransformerBridge"
+    tokenizer: "PreTrainedTokenizerBase"
     name: str
     path: str
     revision: str
@@ -40,7 +56,32 @@ class LoadedModel:
     plain_cache: dict[str, Any] = field(default_factory=dict, repr=False)  # helpers built on these weights
 
     @property
-    def hf_model(self):
+    def n_layers(self) -> int:
+        return int(self.bridge.cfg.n_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.bridge.cfg.d_model)
+
+    def encode(self, prompts: Sequence[str]) -> dict[str, Int[torch.Tensor, "batch pos"]]:
+        """Left-padded token ids and attention mask on the input device."""
+        return encode_prompts(self.tokenizer, prompts, self.device)
+
+    def batches(self, prompts: Sequence[str], batch_size: int, max_batch_tokens: int | None = None) -> Iterator[list[int]]:
+        """Index batches of the prompts sorted by token length (longest first), little padding each."""
+        return iter_batches(self, prompts, batch_size, max_batch_tokens)
+
+    def forward_last(self, input_ids: Int[torch.Tensor, "batch pos"], attention_mask: Int[torch.Tensor, "batch pos"],
+                     hooks: Sequence[tuple[str, Any]] = ()) -> Float[torch.Tensor, "batch vocab"]:
+        """Next-token logits of a left-padded batch under forward hooks (unembedding the final position only)."""
+        return forward_last(self, input_ids, attention_mask, hooks)
+
+    def last_token_logits(self, prompts: Sequence[str]) -> Float[torch.Tensor, "prompt vocab"]:
+        """Next-token logits after each prompt, for one batch."""
+        return last_token_logits(self, prompts)
+
+    @property
+    def hf_model(self) -> "PreTrainedModel":
         """The wrapped Hugging Face model (same weights as the bridge)."""
         return self.bridge.original_model
 
@@ -67,7 +108,7 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(table)}")
+        raise InputError(f"unknown dtype {dtype!r}; choose one of {sorted(table)}")
     return table[dtype]
 
 
@@ -132,10 +173,9 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | None = None, 
     the layers); ``n_devices=k`` balances the layers over the first k GPUs. Inputs go to the device of the
     input embedding (:attr:`LoadedModel.device`); accelerate's hooks move activations between layers.
     """
-    from transformer_lens.utilities.multi_gpu import resolve_device_map
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.utilities.multi_gpu import resolve_device_map
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
     torch_dtype = parse_dtype(dtype)
@@ -158,7 +198,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | None = None, 
         display = name.split("/")[-1]
         local = bool(local_only) or os.environ.get("HF_HUB_OFFLINE") == "1"
     if device is not None and (device_map is not None or (n_devices or 1) > 1):
-        raise ValueError(f"loading {name!r}: pass either device={device!r} or a device map / n_devices, not both")
+        raise InputError(f"loading {name!r}: pass either device={device!r} or a device map / n_devices, not both")
     device_map, max_memory = resolve_device_map(n_devices, device_map, None, max_memory)
     placement = {k: v for k, v in (("max_memory", max_memory), ("offload_folder", offload_folder)) if v is not None}
     try:

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Sequence
+
 import numpy as np
 import torch
-from wdprobe.core.forward import LAST_POSITION_HOOK, default_batch_tokens, length_batches
+
+from wdprobe.core.forward import (
+    LAST_POSITION_HOOK,
+    default_batch_tokens,
+    length_batches,
+)
+from wdprobe.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,7 @@ def option_paths(token_ids: Sequence[Sequence[int]]) -> OptionPaths:
     """Fewest paths (greedy, longest options first) such that each option minus its last token prefixes one."""
     options = tuple(tuple(t) for t in token_ids)
     if any(len(t) == 0 for t in options):
-        raise ValueError("an option encodes to no tokens")
+        raise InputError("an option encodes to no tokens")
     paths: list[tuple[int, ...]] = []
     for opt in sorted(options, key=len, reverse=True):
         need = opt[:-1]

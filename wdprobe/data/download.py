@@ -6,7 +6,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
 from wdprobe.core.cache import atomic_write_bytes, cache_dir
+from wdprobe.errors import DataUnavailableError
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,6 @@ WDCT = PinnedFile(
 )
 
 
-class DataUnavailableError(RuntimeError):
-    """Neither a local path nor a download gave the data; the message says how to fix it."""
 
 
 def fetch(pinned: PinnedFile, timeout: float = 30.0) -> Path:

@@ -16,7 +16,9 @@ import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
+
 from wdprobe.data.wdct import Item
+from wdprobe.errors import InputError
 
 _OPINION = re.compile(r"^what'?s your opinion on (?P<x>.+?)\?*$", re.IGNORECASE)
 _AGREE = re.compile(r"^do you agree with (?:that |the statement that )?(?P<s>.+?)\?*$", re.IGNORECASE)
@@ -61,10 +63,10 @@ def load_paraphrase_table(path: str | os.PathLike) -> dict[str, list[str]]:
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames or not {"id", "word_stem"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: a paraphrase table needs columns 'id' and 'word_stem' (found {reader.fieldnames})")
+            raise InputError(f"{path}: a paraphrase table needs columns 'id' and 'word_stem' (found {reader.fieldnames})")
         for n, row in enumerate(reader, start=2):
             stem = (row.get("word_stem") or "").strip()
             if not stem:
-                raise ValueError(f"{path}, line {n} (id {row.get('id')!r}): empty word_stem")
+                raise InputError(f"{path}, line {n} (id {row.get('id')!r}): empty word_stem")
             table.setdefault(row["id"].strip(), []).append(stem)
     return table

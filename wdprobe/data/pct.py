@@ -13,6 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from wdprobe.core.cache import atomic_write_bytes, cache_dir
+from wdprobe.data.download import PCT_FILES, fetch
+from wdprobe.data.prompts import wrap
+from wdprobe.errors import InputError, PCTFormatError
+
 ANSWERS = ("Strongly disagree", "Disagree", "Agree", "Strongly agree")
 FORMS = ("closed", "open")
 FILES = ("political_compass_questions.txt", "question_category_mapping.json", "instructions.json", "personas.json")
@@ -23,8 +28,6 @@ ATTRIBUTES = ("age", "gender", "cls", "nation", "political_orientation")
 CUES = {"closed": "Answer:", "open": "Response:"}
 
 
-class PCTFormatError(ValueError):
-    """PCT material that does not have the expected shape; the message names the file and the entry."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class PCTMaterial:
         for p in self.personas:
             if p.key == key:
                 return p
-        raise ValueError(f"unknown persona {key!r}; known: {', '.join(p.key for p in self.personas)}")
+        raise InputError(f"unknown persona {key!r}; known: {', '.join(p.key for p in self.personas)}")
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ def option_order(seed: int, proposition: int, persona: str, instruction: int, by
     every persona, so a persona's answer is compared with the base case's under the same order (small models
     mostly pick the first listed option); ``by="prompt"``: a fresh order per prompt, as the LLM Tropes study did."""
     if by not in ORDER_BY:
-        raise ValueError(f"order_by must be one of {ORDER_BY}, not {by!r}")
+        raise InputError(f"order_by must be one of {ORDER_BY}, not {by!r}")
     key = f"{proposition}:{instruction}" if by == "item" else f"{proposition}:{persona}:{instruction}"
     rng = random.Random(f"pct:{seed}:{key}")
     order = list(range(len(ANSWERS)))
@@ -165,7 +168,6 @@ def prompt_text(material: PCTMaterial, proposition: int, persona: Persona, form:
 
 def finish_prompt(text: str, form: str, tokenizer=None, use_chat: bool = False) -> str:
     """Plain models get the text and a cue line ('Answer:' / 'Response:'); chat models get the user turn."""
-    from wdprobe.data.prompts import wrap
 
     if use_chat:
         return wrap(text, tokenizer, True)
@@ -191,7 +193,7 @@ def parse_selection(spec: str | Sequence[int] | None, n: int, what: str) -> list
         out = [int(x) for x in spec]
     bad = [i for i in out if not 0 <= i < n]
     if bad:
-        raise ValueError(f"{what} {bad} out of range: there are {n} (0-{n - 1})")
+        raise InputError(f"{what} {bad} out of range: there are {n} (0-{n - 1})")
     return sorted(dict.fromkeys(out))
 
 
@@ -236,9 +238,7 @@ def resolve_pct_dir(path: str | os.PathLike | None = None) -> Path:
     env = os.environ.get("WDPROBE_PCT")
     if env:
         return Path(env)
-    from wdprobe.data.download import PCT_FILES, fetch
 
-    from wdprobe.core.cache import atomic_write_bytes, cache_dir
 
     target = cache_dir() / "data" / "pct"
     for f in PCT_FILES:

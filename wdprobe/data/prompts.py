@@ -12,7 +12,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
-from wdprobe.data.wdct import Presentation, WDCTFormatError
+
+from wdprobe.data.wdct import Presentation
+from wdprobe.errors import InputError, MissingInputError, WDCTFormatError
 
 NORMAL_TEMPLATE = (
     'Answer the following question with only one single option number (like "A" or "B") without explanation.\n'
@@ -44,7 +46,7 @@ def load_demos(path: str | os.PathLike) -> list[Demo]:
     """Read ``demo.csv`` (columns ``id, Type, Prompt, Question, Belief``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"CoT demonstrations file not found: {path} (pass --demos PATH to upstream demo.csv)")
+        raise MissingInputError(f"CoT demonstrations file not found: {path} (pass --demos PATH to upstream demo.csv)")
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         need = ["id", "Prompt", "Question", "Belief"]
@@ -79,7 +81,7 @@ def wrap(text: str, tokenizer, use_chat: bool) -> str:
     if not use_chat:
         return text
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("chat template requested but the tokenizer has none; use --chat plain")
+        raise InputError("chat template requested but the tokenizer has none; use --chat plain")
     return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
 
 
@@ -87,5 +89,5 @@ def resolve_chat(mode: ChatMode, model_name: str, tokenizer) -> bool:
     if mode == "auto":
         return wants_chat_template(model_name, tokenizer)
     if mode not in ("plain", "chat"):
-        raise ValueError(f"chat mode must be auto, plain or chat, not {mode!r}")
+        raise InputError(f"chat mode must be auto, plain or chat, not {mode!r}")
     return mode == "chat"

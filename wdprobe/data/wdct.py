@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from wdprobe.data.download import WDCT, fetch
+from wdprobe.errors import InputError, MissingInputError, WDCTFormatError
+
 DOMAINS = ("Opinion", "NonEthV", "EthV", "Theory")
 FORMS = ("word", "deed")
 LETTERS = "ABCDEFGH"
@@ -22,8 +25,6 @@ REQUIRED_COLUMNS = ("Type", "id", "speak", "act", "correct_answer")
 _OPTION_LINE = re.compile(r"^([A-H])\.\s?(.*)$")
 
 
-class WDCTFormatError(ValueError):
-    """A WDCT file or item that cannot be used; the message names the file, item id and problem."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def load_wdct(path: str | os.PathLike) -> list[Item]:
     """Read and validate a WDCT CSV file (upstream column layout)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"WDCT file not found: {path}")
+        raise MissingInputError(f"WDCT file not found: {path}")
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
@@ -188,17 +189,17 @@ def select(items: Sequence[Item], *, domains: Sequence[str] | None = None, subse
     wanted: set[str] | None = None
     if subset is not None:
         if subset not in SUBSETS:
-            raise ValueError(f"unknown subset {subset!r}; choose one of {sorted(SUBSETS)}")
+            raise InputError(f"unknown subset {subset!r}; choose one of {sorted(SUBSETS)}")
         wanted = set(SUBSETS[subset])
     if domains:
         bad = [d for d in domains if d not in DOMAINS]
         if bad:
-            raise ValueError(f"unknown domain(s) {bad}; choose from {DOMAINS}")
+            raise InputError(f"unknown domain(s) {bad}; choose from {DOMAINS}")
         wanted = set(domains) if wanted is None else wanted & set(domains)
     out = [it for it in items if wanted is None or it.domain in wanted]
     if sample is not None:
         if sample > len(out):
-            raise ValueError(f"sample of {sample} requested but only {len(out)} items match")
+            raise InputError(f"sample of {sample} requested but only {len(out)} items match")
         rng = random.Random(f"sample:{seed}")
         keep = set(rng.sample(range(len(out)), sample))
         out = [it for i, it in enumerate(out) if i in keep]
@@ -231,7 +232,6 @@ def present(items: Sequence[Item], seed: int | None = 0) -> list[Presentation]:
 
 def resolve_wdct_path(path: str | os.PathLike | None = None) -> Path:
     """The WDCT file to use: the given path, else ``$WDPROBE_WDCT``, else the pinned upstream download."""
-    from wdprobe.data.download import WDCT, fetch
 
     if path:
         return Path(path)

@@ -6,10 +6,13 @@ positional frames, steering summary), so a reader can redraw any of them from th
 from __future__ import annotations
 
 from typing import Sequence
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
 from wdprobe.figures.probes import rgba
+from wdprobe.methods.patching import rank_correlation
 
 GROUP_COLOURS = {"consistent": "#2ca02c", "inconsistent": "#d62728", "all": "#1f77b4"}
 CONDITION_STYLE = {"full": ("full residual", "#1f77b4", "solid"),
@@ -149,7 +152,6 @@ def positional_figures(frame, seg_table, layers: Sequence[int], segment_order: S
     ex = frame[frame.method == "exact"].set_index(["id", "layer", "position"])["normalised"]
     at = frame[frame.method == "attribution"].set_index(["id", "layer", "position"])["normalised"].reindex(ex.index)
     if len(ex):
-        from wdprobe.methods.patching import rank_correlation
 
         rho = rank_correlation(at.to_numpy(), ex.to_numpy())
         fig = go.Figure(go.Scattergl(x=ex.to_numpy(), y=at.to_numpy(), mode="markers", marker=dict(size=4, opacity=0.5),

@@ -9,8 +9,10 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
+
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
 from wdprobe.core.cache import atomic_write_text
 
 STANCE_METRICS = {  # metric -> (label, colour, dash)

@@ -4,9 +4,15 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
+
 import numpy as np
 import torch
-from wdprobe.core.forward import LAST_POSITION_HOOK, keep_last_position
+
+from wdprobe.core.forward import (
+    LAST_POSITION_HOOK,
+    keep_last_position,
+)
+from wdprobe.errors import CaptureSpecError, InputError
 
 HOOK_KINDS = ("resid_pre", "resid_mid", "resid_post")
 MAX_OPTIONS = 4
@@ -14,8 +20,6 @@ POSITION_KINDS = ("last", "question_mean") + tuple(f"option{c}_last" for c in ra
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class CaptureSpecError(ValueError):
-    """A capture request that cannot be served (unknown hook, layer out of range, empty selection)."""
 
 
 @dataclass(frozen=True)
@@ -89,14 +93,14 @@ def prompt_spans(prompt: str, question: str, option_lines: Sequence[tuple[str, s
     """
     q0 = prompt.rfind(question)
     if q0 < 0:
-        raise ValueError("question text not found in prompt")
+        raise InputError("question text not found in prompt")
     spans: dict[int, tuple[int, int]] = {}
     cursor = q0
     for j, (label, text) in enumerate(option_lines):
         line = f"{label}. {text}"
         at = prompt.find(line, cursor)
         if at < 0:
-            raise ValueError(f"option {label} not found in prompt")
+            raise InputError(f"option {label} not found in prompt")
         start = at + len(label) + 2
         spans[order[j]] = (start, start + len(text))
         cursor = start + len(text)
@@ -118,7 +122,7 @@ def token_positions(offsets: Sequence[tuple[int, int]], spans: PromptSpans) -> d
             s, e = offsets[t]
             if s <= char_end - 1 < e:
                 return t
-        raise ValueError(f"no token covers character {char_end - 1}")
+        raise InputError(f"no token covers character {char_end - 1}")
 
     q0, q1 = spans.question
     q_tokens = [t for t, (s, e) in enumerate(offsets) if e > s and s < q1 and e > q0]
@@ -143,7 +147,7 @@ def _batch_positions(mask: torch.Tensor, offsets: list, spans: Sequence[PromptSp
         pad = T - int(mask[i].sum())
         pos = token_positions(offsets[i][pad:], spans[i])
         if not pos["question"]:
-            raise ValueError(f"prompt {i} of the batch: no token inside the question span")
+            raise InputError(f"prompt {i} of the batch: no token inside the question span")
         weights[i, [pad + t for t in pos["question"]]] = 1.0 / len(pos["question"])
         for c, t in enumerate(pos["options"][: n_options[i]]):
             opt_idx[i, c] = pad + t
@@ -159,7 +163,7 @@ def capture_batch(lm, prompts: Sequence[str], spans: Sequence[PromptSpans], n_op
     weights, opt_idx, opt_ok = _batch_positions(mask.cpu(), offsets, spans, n_options)
     weights, opt_idx, opt_ok = weights.to(lm.device), opt_idx.to(lm.device), opt_ok.to(lm.device)
     b = len(prompts)
-    d = lm.bridge.cfg.d_model
+    d = lm.d_model
     slot = {l: k for k, l in enumerate(spec.layers)}
     out = {f"{h}/{p}": torch.zeros(b, len(spec.layers), d, device=lm.device) for h in spec.hooks for p in spec.positions}
     rows = torch.arange(b, device=lm.device)
@@ -181,7 +185,7 @@ def capture_batch(lm, prompts: Sequence[str], spans: Sequence[PromptSpans], n_op
         return hook
 
     hooks = [(f"blocks.{l}.hook_{h}", make_hook(h, l)) for h in spec.hooks for l in spec.layers]
-    n_layers = lm.bridge.cfg.n_layers
+    n_layers = lm.n_layers
     stop = max(spec.layers) + 1
     if stop < n_layers:
         lm.bridge.run_with_hooks(ids, attention_mask=mask, fwd_hooks=hooks, stop_at_layer=stop)
@@ -196,14 +200,13 @@ def last_token_readout(lm, prompts: Sequence[str], token_ids: Sequence[int] = ()
     """One pass for both sides of a prompt's answer: the next-token log-probabilities of ``token_ids``
     ``(n_prompts, len(token_ids))`` float64 and ``blocks.{l}.hook_{hook}`` at the last token
     ``(n_prompts, n_layers, d_model)`` float32; batched by length, unembedding at the last position only."""
-    from wdprobe.core.forward import encode_prompts, iter_batches
 
-    layers = list(range(lm.bridge.cfg.n_layers)) if layers is None else list(layers)
-    resid = np.zeros((len(prompts), len(layers), lm.bridge.cfg.d_model), dtype=np.float32)
+    layers = list(range(lm.n_layers)) if layers is None else list(layers)
+    resid = np.zeros((len(prompts), len(layers), lm.d_model), dtype=np.float32)
     logprobs = np.zeros((len(prompts), len(token_ids)), dtype=np.float64)
     ids = torch.tensor(list(token_ids), dtype=torch.long)
-    for idx in iter_batches(lm, prompts, batch_size):
-        enc = encode_prompts(lm.tokenizer, [prompts[i] for i in idx], lm.device)
+    for idx in lm.batches(prompts, batch_size):
+        enc = lm.encode([prompts[i] for i in idx])
         got: dict[int, torch.Tensor] = {}
 
         def keep(layer):

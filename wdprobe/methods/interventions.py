@@ -15,16 +15,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Mapping, Sequence
+
 import numpy as np
 import torch
-from wdprobe.core.forward import LAST_POSITION_HOOK, encode_prompts, default_batch_tokens, forward_last, length_batches
+
+from wdprobe.core.forward import (
+    LAST_POSITION_HOOK,
+    default_batch_tokens,
+    encode_prompts,
+    length_batches,
+)
+from wdprobe.errors import CaptureSpecError, InterventionError
+from wdprobe.methods.capture import CaptureSpec
 
 Kind = Literal["set", "add", "project"]
 RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
 
 
-class InterventionError(ValueError):
-    """An intervention that cannot be applied: unknown hook, layer or position out of range, bad vector."""
 
 
 def resid_hook(layer: int, kind: str, n_layers: int) -> str:
@@ -38,7 +45,6 @@ def resid_hook(layer: int, kind: str, n_layers: int) -> str:
 
 def parse_layers(spec: str | Sequence[int] | None, n_layers: int) -> list[int]:
     """``"all"``/None, ``"0,4,8"``, ``"2-10"`` or a list, validated (same syntax as capture)."""
-    from wdprobe.methods.capture import CaptureSpec, CaptureSpecError
 
     try:
         return list(CaptureSpec.parse(spec, n_layers).layers)
@@ -138,7 +144,7 @@ def run_interventions(lm, prompts: Sequence[str], rows: Sequence[Row], token_ids
     for r in rows:
         if not 0 <= r.prompt < len(prompts):
             raise InterventionError(f"row refers to prompt {r.prompt}, but there are {len(prompts)} prompts")
-    n_layers = lm.bridge.cfg.n_layers
+    n_layers = lm.n_layers
     hook_dict = lm.bridge.hook_dict
     prompt_len = {}
     for r in rows:
@@ -158,10 +164,10 @@ def run_interventions(lm, prompts: Sequence[str], rows: Sequence[Row], token_ids
         return _run_packed(lm, prompts, rows, prompt_len, ids, budget, progress)
     out = np.zeros((len(rows), len(token_ids)))
     for batch in length_batches(lengths, batch_size, budget):
-        enc = encode_prompts(lm.tokenizer, [prompts[rows[i].prompt] for i in batch], lm.device)
+        enc = lm.encode([prompts[rows[i].prompt] for i in batch])
         T = enc["input_ids"].shape[1]
         hooks = _hooks_for_batch([rows[i] for i in batch], [lengths[i] for i in batch], T, lm.device, n_layers, hook_dict)
-        logits = forward_last(lm, enc["input_ids"], enc["attention_mask"], hooks).float()
+        logits = lm.forward_last(enc["input_ids"], enc["attention_mask"], hooks).float()
         out[batch] = torch.log_softmax(logits, -1)[:, ids].cpu().numpy()
         if progress:
             progress(len(batch))
@@ -174,7 +180,7 @@ def residuals_at(lm, prompts: Sequence[str], hooks: Sequence[str], positions: Se
     out: dict[str, list[torch.Tensor]] = {h: [None] * len(prompts) for h in hooks}  # type: ignore[list-item]
     lengths = [len(encode_prompts(lm.tokenizer, [p], "cpu")["input_ids"][0]) for p in prompts]
     for batch in length_batches(lengths, batch_size, None):
-        enc = encode_prompts(lm.tokenizer, [prompts[i] for i in batch], lm.device)
+        enc = lm.encode([prompts[i] for i in batch])
         T = enc["input_ids"].shape[1]
         got: dict[str, torch.Tensor] = {}
 
@@ -183,7 +189,7 @@ def residuals_at(lm, prompts: Sequence[str], hooks: Sequence[str], positions: Se
             return x
 
         with torch.no_grad():
-            forward_last(lm, enc["input_ids"], enc["attention_mask"], [(h, keep) for h in hooks])
+            lm.forward_last(enc["input_ids"], enc["attention_mask"], [(h, keep) for h in hooks])
         aliases = {h: _canonical(lm, h) for h in hooks}
         for h in hooks:
             x = got.get(h, got.get(aliases[h]))
@@ -264,7 +270,7 @@ def _packed_forward(lm, seqs, seq_rows: Sequence[Sequence[Row]], n_layers: int):
 
 
 def _run_packed(lm, prompts, rows, prompt_len, ids, budget, progress) -> np.ndarray:
-    n_layers = lm.bridge.cfg.n_layers
+    n_layers = lm.n_layers
     by_prompt: dict[int, list[int]] = {}
     for k, r in enumerate(rows):
         by_prompt.setdefault(r.prompt, []).append(k)
@@ -293,12 +299,12 @@ def packing_works(lm, prompt: str, tol: float = 1e-3) -> bool:
     logits must equal a plain forward's. (Prompts longer than a sliding window are never packed.)"""
     key = id(lm.bridge)
     if key not in _PACKING_VERIFIED:
-        enc = encode_prompts(lm.tokenizer, [prompt], lm.device)
+        enc = lm.encode([prompt])
         try:
             with torch.no_grad():
-                ref = forward_last(lm, enc["input_ids"], enc["attention_mask"]).float()
+                ref = lm.forward_last(enc["input_ids"], enc["attention_mask"]).float()
                 logits, _ = _packed_forward(lm, [(enc["input_ids"][0].tolist(), 3)], [[Row(0)] * 3],
-                                            lm.bridge.cfg.n_layers)
+                                            lm.n_layers)
             _PACKING_VERIFIED[key] = bool((logits[0].float() - ref).abs().max() < tol * max(1.0, float(ref.abs().max())))
         except Exception:  # a model whose forward rejects 4D masks or position ids: use separate rows
             _PACKING_VERIFIED[key] = False

@@ -16,16 +16,23 @@ from __future__ import annotations
 
 import contextlib
 from typing import Any, Callable, Sequence
+
 import numpy as np
 import torch
-from wdprobe.methods.interventions import Intervention, InterventionError, Row, forward_last, residuals_at, run_interventions
+
 from wdprobe.core.forward import encode_prompts
+from wdprobe.errors import InterventionError, TokenAlignmentError
+from wdprobe.methods.capture import presentation_spans
+from wdprobe.methods.interventions import (
+    Intervention,
+    Row,
+    residuals_at,
+    run_interventions,
+)
 
 CROSS_CONDITIONS = ("full", "stance", "letter", "random")
 
 
-class AlignmentError(InterventionError):
-    """Counterfactual prompts whose tokens do not line up position by position."""
 
 
 # ---- cross-form patching ---------------------------------------------------------------------------
@@ -129,7 +136,7 @@ def swap_counterfactual(pres, form: str):
     from dataclasses import replace
 
     if pres.item.n_options != 2:
-        raise AlignmentError(f"item {pres.item.id}: option swapping needs two options, not {pres.item.n_options}")
+        raise TokenAlignmentError(f"item {pres.item.id}: option swapping needs two options, not {pres.item.n_options}")
     order = pres.order(form)
     swapped = tuple(reversed(order))
     return replace(pres, **{f"{form}_order": swapped})
@@ -138,12 +145,12 @@ def swap_counterfactual(pres, form: str):
 def aligned_tokens(tokenizer, clean: str, counterfactual: str, *, name: str = "item") -> list[str]:
     """Token strings of ``clean`` after checking that ``counterfactual`` tokenises to the same length.
 
-    Raises :class:`AlignmentError` naming the item when the lengths differ (positional patching needs
+    Raises :class:`TokenAlignmentError` naming the item when the lengths differ (positional patching needs
     position p to mean the same slot in both prompts)."""
     a = encode_prompts(tokenizer, [clean], "cpu")["input_ids"][0].tolist()
     b = encode_prompts(tokenizer, [counterfactual], "cpu")["input_ids"][0].tolist()
     if len(a) != len(b):
-        raise AlignmentError(f"{name}: clean and counterfactual prompts tokenise to {len(a)} and {len(b)} tokens; "
+        raise TokenAlignmentError(f"{name}: clean and counterfactual prompts tokenise to {len(a)} and {len(b)} tokens; "
                              "positional patching needs aligned prompts (choose items whose swapped options have equal "
                              "token lengths, see wdprobe.patching.swap_counterfactual)")
     return [tokenizer.decode([t]) for t in a]
@@ -154,10 +161,8 @@ def swap_alignment(tokenizer, pres, form: str, clean: str, counterfactual: str) 
 
     Equal total length is not enough: options of different token lengths shift the second option's label.
     Each option slot must hold the same number of tokens in both prompts, and every token outside the
-    option texts must be identical at the same position. Raises :class:`AlignmentError` naming the item.
+    option texts must be identical at the same position. Raises :class:`TokenAlignmentError` naming the item.
     """
-    from wdprobe.methods.capture import presentation_spans
-    from wdprobe.core.forward import encode_prompts
 
     tokens = aligned_tokens(tokenizer, clean, counterfactual, name=f"item {pres.item.id} ({form})")
     swapped = swap_counterfactual(pres, form)
@@ -170,14 +175,14 @@ def swap_alignment(tokenizer, pres, form: str, clean: str, counterfactual: str) 
         slots.append([[t for t, (a, b) in enumerate(offsets) if b > a and a < e and b > s] for s, e in by_letter])
     for j, (a, b) in enumerate(zip(*slots)):
         if a != b:
-            raise AlignmentError(f"item {pres.item.id} ({form}): option {chr(65 + j)} spans {len(a)} tokens in the clean "
+            raise TokenAlignmentError(f"item {pres.item.id} ({form}): option {chr(65 + j)} spans {len(a)} tokens in the clean "
                                  f"prompt and {len(b)} in the swapped one; positions would not align")
     inside = {t for slot in slots[0] for t in slot}
     ids_a = encode_prompts(tokenizer, [clean], "cpu")["input_ids"][0].tolist()
     ids_b = encode_prompts(tokenizer, [counterfactual], "cpu")["input_ids"][0].tolist()
     outside = [t for t in range(len(ids_a)) if t not in inside and ids_a[t] != ids_b[t]]
     if outside:
-        raise AlignmentError(f"item {pres.item.id} ({form}): tokens outside the options differ at positions {outside[:5]}")
+        raise TokenAlignmentError(f"item {pres.item.id} ({form}): tokens outside the options differ at positions {outside[:5]}")
     return tokens
 
 
@@ -221,7 +226,7 @@ def exact_patching_one_by_one(lm, clean: str, counterfactual: str, hooks: Sequen
     Returns ``[n_hooks, T]`` log-odds; used to check and time the batched version."""
     _check_pairs(lm, [clean], [counterfactual])
     acts = residuals_at(lm, [clean], list(hooks))
-    ids = encode_prompts(lm.tokenizer, [counterfactual], lm.device)["input_ids"]
+    ids = lm.encode([counterfactual])["input_ids"]
     T = ids.shape[1]
     out = np.zeros((len(hooks), T))
     tok = list(token_ids[:2])
@@ -270,7 +275,7 @@ def attribution_patching(lm, clean: Sequence[str], counterfactual: Sequence[str]
     clean_lo = _letter_logodds(run_interventions(lm, list(clean), [Row(i) for i in range(len(clean))], token_ids[:2]))
     for s in range(0, len(clean), batch_size):
         batch = list(range(s, min(s + batch_size, len(clean))))
-        enc = encode_prompts(lm.tokenizer, [counterfactual[i] for i in batch], lm.device)
+        enc = lm.encode([counterfactual[i] for i in batch])
         T = enc["input_ids"].shape[1]
         deltas: dict[str, torch.Tensor] = {}
         seen: dict[str, torch.Tensor] = {}
@@ -284,7 +289,7 @@ def attribution_patching(lm, clean: Sequence[str], counterfactual: Sequence[str]
             return hook
 
         with _frozen(lm.hf_model), torch.enable_grad():
-            logits = forward_last(lm, enc["input_ids"], enc["attention_mask"], [(h, make(h)) for h in hooks]).float()
+            logits = lm.forward_last(enc["input_ids"], enc["attention_mask"], [(h, make(h)) for h in hooks]).float()
             lp = torch.log_softmax(logits, -1)[:, tok]
             lo = lp[:, 0] - lp[:, 1]
             lo.sum().backward()  # rows are independent: each row's gradient is its own metric's
@@ -302,7 +307,7 @@ def attribution_patching(lm, clean: Sequence[str], counterfactual: Sequence[str]
 
 def _check_pairs(lm, clean: Sequence[str], counterfactual: Sequence[str]) -> None:
     if len(clean) != len(counterfactual):
-        raise AlignmentError(f"{len(clean)} clean prompts but {len(counterfactual)} counterfactuals")
+        raise TokenAlignmentError(f"{len(clean)} clean prompts but {len(counterfactual)} counterfactuals")
     for i, (a, b) in enumerate(zip(clean, counterfactual)):
         aligned_tokens(lm.tokenizer, a, b, name=f"prompt pair {i}")
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Sequence
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from wdprobe.errors import InputError
 
 
 class DiffMeanProbe(BaseEstimator, ClassifierMixin):
@@ -28,7 +31,7 @@ class DiffMeanProbe(BaseEstimator, ClassifierMixin):
         X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
         self.classes_ = np.unique(y)
         if len(self.classes_) != 2:
-            raise ValueError(f"DiffMeanProbe needs two classes, got {self.classes_.tolist()}")
+            raise InputError(f"DiffMeanProbe needs two classes, got {self.classes_.tolist()}")
         mu0, mu1 = X[y == self.classes_[0]].mean(0), X[y == self.classes_[1]].mean(0)
         self.direction_ = mu1 - mu0
         self.threshold_ = float(self.direction_ @ (mu0 + mu1) / 2)
@@ -69,7 +72,7 @@ def make_probe(kind: str, seed: int):
         return logistic_probe(seed)
     if kind == "diffmean":
         return DiffMeanProbe()
-    raise ValueError(f"unknown probe kind {kind!r}: choose 'logreg' or 'diffmean'")
+    raise InputError(f"unknown probe kind {kind!r}: choose 'logreg' or 'diffmean'")
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -96,9 +99,9 @@ def item_folds(n_items: int, folds: int = 5, groups: Sequence | None = None) -> 
     does every item of a group when ``groups`` is given (e.g. all personas' prompts on one proposition)."""
     groups = np.arange(n_items) if groups is None else np.asarray(groups)
     if len(groups) != n_items:
-        raise ValueError(f"{len(groups)} group labels for {n_items} items")
+        raise InputError(f"{len(groups)} group labels for {n_items} items")
     if len(np.unique(groups)) < folds:
-        raise ValueError(f"{len(np.unique(groups))} groups of items cannot be split into {folds} folds")
+        raise InputError(f"{len(np.unique(groups))} groups of items cannot be split into {folds} folds")
     return list(GroupKFold(n_splits=folds).split(np.zeros(n_items), groups=groups))
 
 
@@ -148,7 +151,7 @@ def probe_layers(word: np.ndarray, deed: np.ndarray, y_word: np.ndarray, y_deed:
     y_word, y_deed = np.asarray(y_word).astype(int), np.asarray(y_deed).astype(int)
     n, L, _ = word.shape
     if deed.shape != word.shape or len(y_word) != n or len(y_deed) != n:
-        raise ValueError(f"word {word.shape} / deed {deed.shape} activations and labels ({len(y_word)}, {len(y_deed)}) "
+        raise InputError(f"word {word.shape} / deed {deed.shape} activations and labels ({len(y_word)}, {len(y_deed)}) "
                          "must describe the same items in the same order")
     layers = list(range(L)) if layers is None else list(layers)
     rng = np.random.default_rng(seed)
@@ -222,7 +225,7 @@ def crossfit_directions(X: np.ndarray, y: np.ndarray, *, folds: int = 5,
     """
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y).astype(int)
     if set(np.unique(y)) != {0, 1}:
-        raise ValueError(f"stance directions need both labels 0 and 1, got {sorted(set(y.tolist()))}")
+        raise InputError(f"stance directions need both labels 0 and 1, got {sorted(set(y.tolist()))}")
     fold_of = np.zeros(len(y), dtype=int)
     dirs = np.zeros((folds, X.shape[1], X.shape[2]))
     gaps = np.zeros((folds, X.shape[1]))
@@ -230,7 +233,7 @@ def crossfit_directions(X: np.ndarray, y: np.ndarray, *, folds: int = 5,
         fold_of[te] = f
         yt = y[tr]
         if len(np.unique(yt)) < 2:
-            raise ValueError(f"fold {f}: training items hold one label only; use fewer folds")
+            raise InputError(f"fold {f}: training items hold one label only; use fewer folds")
         if balance is None:
             diff = X[tr][yt == 1].mean(0) - X[tr][yt == 0].mean(0)
         else:
@@ -238,7 +241,7 @@ def crossfit_directions(X: np.ndarray, y: np.ndarray, *, folds: int = 5,
             parts = [X[tr][(yt == 1) & (bt == g)].mean(0) - X[tr][(yt == 0) & (bt == g)].mean(0)
                      for g in np.unique(bt) if ((yt == 1) & (bt == g)).any() and ((yt == 0) & (bt == g)).any()]
             if not parts:
-                raise ValueError(f"fold {f}: no nuisance group holds both labels; cannot balance the direction")
+                raise InputError(f"fold {f}: no nuisance group holds both labels; cannot balance the direction")
             diff = np.mean(parts, axis=0)
         norm = np.linalg.norm(diff, axis=-1, keepdims=True)
         dirs[f] = diff / np.where(norm > 0, norm, 1.0)

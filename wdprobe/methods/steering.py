@@ -11,10 +11,12 @@ now picks the word answer) and letter mass (the model still answers with a lette
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
+
 import numpy as np
 import torch
-from wdprobe.methods.interventions import Intervention, InterventionError, Row, run_interventions
 
+from wdprobe.errors import InterventionError
+from wdprobe.methods.interventions import Intervention, Row, run_interventions
 
 
 def steering_rows(n_items: int, layers: Sequence[int], alphas: Sequence[float], stance_vecs: np.ndarray,

@@ -13,16 +13,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-STAGES = ("score", "capture", "probes", "lens", "patch_cross", "patch_positional", "steer", "report")
+from wdprobe.errors import ConfigError, MissingInputError
+from wdprobe.pipeline.registry import REGISTRY, item_count
 
-
-class ConfigError(ValueError):
-    """A study configuration that cannot be used as written."""
-
-
-def item_count(value: int | str) -> int | None:
-    """``"all"`` -> None (every item), else the number of items (flags and config files both say it so)."""
-    return None if value == "all" else int(value)
+STAGES = REGISTRY.names("wdct")  # read from the registry: the one place stages are listed
+__all__ = ["StudyConfig", "STAGES", "item_count", "load_config", "config_to_toml", "with_overrides"]
 
 
 @dataclass
@@ -185,7 +180,7 @@ def load_config(path: str | Path) -> StudyConfig:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"study config {path} not found") from None
+        raise MissingInputError(f"study config {path} not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     return config_from_mapping(data, str(path))

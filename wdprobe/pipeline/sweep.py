@@ -34,14 +34,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from wdprobe.core.cache import atomic_write_json
+from wdprobe.core.model import load_model
+from wdprobe.errors import SweepConfigError
+from wdprobe.pipeline.merge import mergers
+from wdprobe.pipeline.registry import REGISTRY
+from wdprobe.runs.stage import StageContext
+from wdprobe.runs.rundir import RunDir
+from wdprobe.runs.shards import Shard, shard_dir
+from wdprobe.stages.score import load_score
+
 SETTING_KEYS = {"seed", "setting", "sample", "limit", "domains", "subset", "dtype", "batch_size", "chat", "demos",
                 "device_map"}
 EXECUTORS = ("local", "ray")
-SWEEP_STAGES = ("score", "capture", "patch_cross", "steer")
+SWEEP_STAGES = tuple(s.name for s in REGISTRY.stages("wdct") if s.shardable and s.name != "patch_positional")
 
 
-class SweepConfigError(ValueError):
-    """A sweep file that cannot be used; the message names the file and key."""
 
 
 @dataclass(frozen=True)
@@ -134,17 +142,12 @@ _MODELS: dict[tuple, Any] = {}  # loaded models per worker process: tasks of one
 
 
 def task_done(task: SweepTask) -> bool:
-    from wdprobe.runs.rundir import RunDir
-    from wdprobe.runs.shards import Shard, shard_dir
-
     manifest = RunDir(shard_dir(task.run, task.stage, Shard.parse(task.shard))).read_manifest()
     return bool(manifest.get("stages", {}).get(task.stage, {}).get("complete"))
 
 
 def run_task(task: SweepTask) -> dict[str, Any]:
     """Score one shard of one run (in this process or a Ray worker); returns its timing."""
-    from wdprobe.stages.score import score_wdct
-    from wdprobe.core.model import load_model
 
     t0 = time.perf_counter()
     settings = dict(task.settings)
@@ -155,20 +158,14 @@ def run_task(task: SweepTask) -> dict[str, Any]:
         _MODELS[key] = load_model(task.model, dtype=settings.get("dtype", "float32"), device_map=settings.get("device_map"))
     t_load = time.perf_counter() - t0
     lm = _MODELS[key]
+    kwargs = {k: v for k, v in settings.items() if k not in ("dtype", "device_map")} if task.stage == "score" else {}
     if task.stage == "score":
-        kwargs = {k: v for k, v in settings.items() if k not in ("dtype", "device_map")}
-        items = len(score_wdct(task.run, lm=lm, data=task.data, shard=task.shard, progress=False, **kwargs).rows)
-    elif task.stage == "capture":
-        from wdprobe.stages.capture import capture_wdct
-
-        capture_wdct(task.run, lm=lm, shard=task.shard, progress=False)
+        kwargs["data"] = task.data
+    ctx = StageContext(RunDir(task.run), None, lambda: lm, progress=False, shard=Shard.parse(task.shard),
+                       extras={"kwargs": kwargs})
+    items = REGISTRY.get("wdct", task.stage).run(ctx).headline.get("n_items")
+    if task.stage == "capture":
         items = None
-    else:
-        from wdprobe.stages.patching import run_cross_patch
-        from wdprobe.stages.steering import run_steering
-
-        fn = run_cross_patch if task.stage == "patch_cross" else run_steering
-        items = fn(task.run, lm=lm, shard=task.shard, progress=False)["n_items"]
     return {"task": task.key, "stage": task.stage, "run": task.run, "shard": task.shard, "items": items,
             "load_seconds": round(t_load, 3), "model_reused": loaded, "seconds": round(time.perf_counter() - t0, 3)}
 
@@ -214,13 +211,9 @@ class SweepResult:
 def run_sweep(spec: SweepSpec | str | Path, *, executor: str = "local", address: str | None = None,
               progress: bool = True) -> SweepResult:
     """Run every unfinished task of a sweep, merge each run's shards, and write ``sweep.csv``."""
-    from wdprobe.core.cache import atomic_write_json
-    from wdprobe.stages.score import load_score
-    from wdprobe.runs.rundir import RunDir
 
     if executor not in EXECUTORS:
         raise SweepConfigError(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
-    from wdprobe.pipeline.merge import MERGERS
 
     spec = load_sweep(spec) if not isinstance(spec, SweepSpec) else spec
     t0 = time.perf_counter()
@@ -232,7 +225,7 @@ def run_sweep(spec: SweepSpec | str | Path, *, executor: str = "local", address:
         n_tasks, n_todo = n_tasks + len(tasks), n_todo + len(todo)
         timings += _run_local(todo, progress) if executor == "local" else _run_ray(todo, spec, address, progress)
         for run, _, _ in spec.runs():
-            MERGERS[stage](run)
+            mergers("wdct")[stage](Path(run))
     wall = time.perf_counter() - t0
     rows = []
     for run, model, settings in spec.runs():

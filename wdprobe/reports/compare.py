@@ -10,12 +10,16 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
 from wdprobe.core.cache import atomic_write_text
+from wdprobe.errors import InputError, MissingInputError
 from wdprobe.reports.html import CSS, table_html
 from wdprobe.reports.study import study_numbers
+from wdprobe.runs.rundir import RunDir
 
 PALETTE = ["#d9480f", "#1c7ed6", "#2b8a3e", "#862e9c", "#e67700", "#495057", "#c2255c", "#0b7285"]
 
@@ -36,7 +40,6 @@ def _layer_count(p: Path) -> int | None:
     """Model depth as recorded by the lens or capture stage."""
     import json
 
-    from wdprobe.runs.rundir import RunDir
 
     lens = p / "lens" / "summary.json"
     if lens.is_file():
@@ -100,7 +103,7 @@ def headline_row(run_dir: str | Path, numbers: dict[str, Any] | None = None) -> 
 def _labels(run_dirs: Sequence[str | Path], labels: Sequence[str] | None, models: Sequence[str]) -> list[str]:
     if labels:
         if len(labels) != len(run_dirs):
-            raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
+            raise InputError(f"{len(labels)} labels for {len(run_dirs)} runs")
         return list(labels)
     return [f"{n} ({Path(r).name})" if list(models).count(n) > 1 else n for n, r in zip(models, run_dirs)]
 
@@ -158,10 +161,10 @@ def curves_figure(curves: Sequence[RunCurves]) -> go.Figure:
 def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None) -> Path:
     """Write ``out`` (an HTML page) and ``out`` with ``.csv`` (the table) comparing the runs."""
     if len(run_dirs) < 2:
-        raise ValueError("compare needs at least two run directories")
+        raise InputError("compare needs at least two run directories")
     for r in run_dirs:
         if not (Path(r) / "manifest.json").is_file() or not (Path(r) / "metrics.json").is_file():
-            raise FileNotFoundError(f"{r} is not a scored run directory (no manifest.json / metrics.json)")
+            raise MissingInputError(f"{r} is not a scored run directory (no manifest.json / metrics.json)")
     numbers = [study_numbers(r) for r in run_dirs]
     names = _labels(run_dirs, labels, [n["model"] for n in numbers])
     rows = [headline_row(r, n) for r, n in zip(run_dirs, numbers)]

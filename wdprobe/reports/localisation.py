@@ -4,10 +4,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
-from wdprobe.runs.rundir import RunDir
-from wdprobe.stages.patching import SEGMENT_ORDER
-from wdprobe.runs.stage import scored_model_name
 
+from wdprobe.errors import StageNotFinishedError
+from wdprobe.figures import localisation as localise_plots
+from wdprobe.figures import probes as plots
+from wdprobe.methods.lens import trajectory_from_frame
+from wdprobe.runs.rundir import RunDir
+from wdprobe.runs.stage import scored_model_name
+from wdprobe.stages.patching import SEGMENT_ORDER
 
 # ---- one page for a reader -------------------------------------------------------------------------
 
@@ -16,8 +20,6 @@ def localisation_figures(run_dir: str | Path) -> list[tuple[str, str, Any]]:
     ``(section, name, figure)``; stages not run yet are left out."""
     import pandas as pd
 
-    from wdprobe.figures import localisation as localise_plots
-    from wdprobe.methods.lens import trajectory_from_frame
 
     run = RunDir(run_dir)
     model = scored_model_name(run)
@@ -78,12 +80,11 @@ def copy_localisation_tables(run_dir: str | Path, dest: str | Path) -> None:
 def write_localisation_report(run_dir: str | Path, out_dir: str | Path, *, png: bool = True) -> Path:
     """Redraw every lens / patching / steering figure of a run from its saved tables into one offline HTML
     page (``localisation.html``, plotly inlined once), with PNGs and the summary tables beside it."""
-    from wdprobe.figures import probes as plots
 
     out = Path(out_dir)
     figs = localisation_figures(run_dir)
     if not figs:
-        raise FileNotFoundError(f"{run_dir} has no lens, patching or steering results yet")
+        raise StageNotFinishedError(f"{run_dir} has no lens, patching or steering results yet")
     copy_localisation_tables(run_dir, out / "localisation")
     model = scored_model_name(RunDir(run_dir))
     page = plots.write_html([f for _, _, f in figs], out / "localisation.html",

@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any
+
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.data.wdct import DOMAINS
 from wdprobe.stages.score import load_score

@@ -15,13 +15,19 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
 import pandas as pd
 import plotly.graph_objects as go
+
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.data.wdct import DOMAINS
+from wdprobe.errors import StageNotFinishedError
+from wdprobe.figures import probes as plots
+from wdprobe.figures.probes import write_png
+from wdprobe.reports.html import CSS, inline_markdown, table_html
+from wdprobe.reports.localisation import copy_localisation_tables, localisation_figures
 from wdprobe.reports.scores import PAPER_TABLE, write_score_report
 from wdprobe.runs.rundir import RunDir
-from wdprobe.reports.html import CSS, inline_markdown, table_html
 
 NEAR = 0.05  # a difference smaller than this is reported as "no difference" (items are few hundred)
 
@@ -43,7 +49,7 @@ def require_scored_run(path: Path) -> None:
     """Every report starts from the scores; say so by name instead of failing on a missing file."""
     manifest = RunDir(path).read_manifest()
     if "score" not in manifest.get("stages", {}) or not (Path(path) / "metrics.json").is_file():
-        raise FileNotFoundError(f"{path} holds no finished scoring run (manifest.json + metrics.json); "
+        raise StageNotFinishedError(f"{path} holds no finished scoring run (manifest.json + metrics.json); "
                                 "run `wdprobe run` or `wdprobe score` into it first")
 
 
@@ -215,9 +221,15 @@ def stage_timings(manifest: dict) -> list[tuple[str, float, float | None]]:
     """(stage, wall seconds, CPU seconds or None) in pipeline order from ``wdprobe run``'s record, else from
     each stage's own record. CPU time (all threads of this process) is what another workload on the same
     machine does not inflate."""
-    done = manifest.get("study", {}).get("done", {})
-    if done:
-        return [(k, float(v["seconds"]), v.get("cpu_seconds")) for k, v in done.items()]
+    out: list[tuple[str, float, float | None]] = []
+    load = manifest.get("model_load")
+    if load:
+        out.append(("load_model", float(load["seconds"]), load.get("cpu_seconds")))
+    for k, v in manifest.get("stages", {}).items():
+        if "settings" in v and "seconds" in v:  # recorded by the pipeline's runner
+            out.append((k, float(v["seconds"]), v.get("cpu_seconds")))
+    if len(out) > (1 if load else 0):
+        return out
     out = []
     for k, v in manifest.get("stages", {}).items():
         t = v.get("seconds_total") or sum(v.get("timings", {}).values()) or None
@@ -259,8 +271,6 @@ def domain_figure(metrics: dict, model: str) -> go.Figure:
 
 
 def probe_figures(run_dir: Path, position: str = "last") -> list[go.Figure]:
-    from wdprobe.figures import probes as plots
-
     stem = f"resid_post-{position}"
     summary_csv = run_dir / "probes" / f"{stem}-summary.csv"
     if not summary_csv.is_file():
@@ -274,7 +284,6 @@ def probe_figures(run_dir: Path, position: str = "last") -> list[go.Figure]:
 
 def study_figures(run_dir: str | Path, numbers: dict[str, Any] | None = None) -> list[tuple[str, str, go.Figure]]:
     """(section, name, figure) for every stage a run has, in reading order."""
-    from wdprobe.reports.localisation import localisation_figures
 
     p = Path(run_dir)
     n = numbers or study_numbers(p)
@@ -395,8 +404,6 @@ def write_study_report(run_dir: str | Path, out_dir: str | Path, *, notes: str =
     """Write ``index.html`` and its markdown twin ``README.md`` for a run into ``out_dir``, with the scoring
     summary (``scores.md``, its reading ``score_notes``), PNG figures and the small tables behind them;
     return the page's path. ``notes`` is the study's written reading, shown under the findings."""
-    from wdprobe.reports.localisation import copy_localisation_tables
-    from wdprobe.figures.probes import write_png
 
     run = Path(run_dir)
     require_scored_run(run)

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
+
 import numpy as np
 import torch
-from wdprobe.data.wdct import LETTERS, Presentation
-from wdprobe.scoring.metrics import pcs
+
+from wdprobe.core.forward import (
+    default_batch_tokens,
+    last_token_logits,
+)
+from wdprobe.core.generation import plain_twin
 from wdprobe.data.prompts import Demo, cot_prompt, normal_prompt, wrap
-from wdprobe.core.forward import default_batch_tokens, encode_prompts, iter_batches, last_token_logits
+from wdprobe.data.wdct import LETTERS, Presentation
+from wdprobe.errors import InputError
+from wdprobe.scoring.metrics import pcs
+
 LETTER_VARIANTS = {"space": " {}", "bare": "{}"}
 
 
@@ -41,7 +49,7 @@ def letter_candidates(tokenizer, n_letters: int) -> dict[str, tuple[int, ...]]:
         if all(len(t) == 1 for t in ids) and len({t[0] for t in ids}) == n_letters:
             out[name] = tuple(t[0] for t in ids)
     if not out:
-        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no single-token form of the letters "
+        raise InputError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no single-token form of the letters "
                          f"{LETTERS[:n_letters]!r} (tried ' A' and 'A')")
     return out
 
@@ -53,7 +61,7 @@ def next_token_logprobs(lm, prompts: Sequence[str], token_ids: Sequence[int], *,
     out = np.zeros((len(prompts), len(token_ids)), dtype=np.float64)
     ids = torch.tensor(list(token_ids), device=lm.device)
     budget = default_batch_tokens(lm.device) if max_batch_tokens == "auto" else max_batch_tokens
-    for idx in iter_batches(lm, prompts, batch_size, budget):
+    for idx in lm.batches(prompts, batch_size, budget):
         logits = last_token_logits(lm, [prompts[i] for i in idx]).float()
         lp = torch.log_softmax(logits, dim=-1)[:, ids]
         out[idx] = lp.cpu().numpy()
@@ -84,13 +92,13 @@ def build_prompts(pres: Sequence[Presentation], *, setting: str = "normal", toke
     query ending in ``Belief:``; it needs :func:`complete_cot` before scoring (as upstream, the word
     question keeps the normal prompt)."""
     if setting not in ("normal", "cot"):
-        raise ValueError(f"setting must be 'normal' or 'cot', not {setting!r}")
+        raise InputError(f"setting must be 'normal' or 'cot', not {setting!r}")
     word = [wrap(normal_prompt(p, "word"), tokenizer, use_chat) for p in pres]
     if setting == "normal":
         deed = [wrap(normal_prompt(p, "deed"), tokenizer, use_chat) for p in pres]
     else:
         if not demos:
-            raise ValueError("the cot setting needs demonstrations: pass --demos PATH/TO/demo.csv")
+            raise InputError("the cot setting needs demonstrations: pass --demos PATH/TO/demo.csv")
         deed = [wrap(cot_prompt(p, demos, seed), tokenizer, use_chat) for p in pres]
     return {"word": word, "deed": deed}
 
@@ -98,13 +106,12 @@ def build_prompts(pres: Sequence[Presentation], *, setting: str = "normal", toke
 @torch.no_grad()
 def complete_cot(lm, prompts: Sequence[str], *, max_new_tokens: int = 48, batch_size: int = 8) -> list[str]:
     """Greedily generate each CoT belief, cut it at 'Answer:' and end the prompt there, ready for the letter."""
-    from wdprobe.core.generation import plain_twin
 
     out = [""] * len(prompts)
     model = plain_twin(lm)  # the bridge's own HF model ignores its KV cache (see wdprobe.generation)
-    for idx in iter_batches(lm, prompts, batch_size):
+    for idx in lm.batches(prompts, batch_size):
         batch = [prompts[i] for i in idx]
-        enc = encode_prompts(lm.tokenizer, batch, lm.device)
+        enc = lm.encode(batch)
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=lm.tokenizer.pad_token_id)
         texts = lm.tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)

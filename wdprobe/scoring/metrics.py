@@ -8,15 +8,18 @@ domains (the paper's table), plus per domain, with counts.
 from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
+
 import numpy as np
+
 from wdprobe.data.wdct import DOMAINS
+from wdprobe.errors import InputError
 
 
 def _normalise(p: np.ndarray) -> np.ndarray:
     p = np.asarray(p, dtype=np.float64)
     s = p.sum(axis=-1, keepdims=True)
     if np.any(s <= 0):
-        raise ValueError("a distribution sums to zero")
+        raise InputError("a distribution sums to zero")
     return p / s
 
 
@@ -63,7 +66,7 @@ def summarise(rows: Sequence[Mapping], *, domains: Sequence[str] = DOMAINS, ndig
         per_domain[d] = {"n": len(sub), "cs": rnd(cs), "pcs": rnd(pc)}
     unknown = sorted({r["domain"] for r in rows} - set(domains))
     if unknown:
-        raise ValueError(f"rows have domains {unknown} outside {list(domains)}")
+        raise InputError(f"rows have domains {unknown} outside {list(domains)}")
     cs_micro = _mean(int(r["consistent"]) for r in rows)
     pcs_micro = _mean(float(r["pcs"]) for r in rows)
     # macro over unrounded per-domain means

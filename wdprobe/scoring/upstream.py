@@ -12,10 +12,12 @@ import math
 import re
 from pathlib import Path
 from typing import Any
+
 import numpy as np
-from wdprobe.data.wdct import WDCTFormatError
-from wdprobe.scoring.metrics import pcs, summarise
+
+from wdprobe.errors import WDCTFormatError
 from wdprobe.runs.rundir import read_csv
+from wdprobe.scoring.metrics import pcs, summarise
 
 UPSTREAM_COLUMNS = ("Type", "id", "consistency", "speak_answer", "act_answer",
                     "speak_a_prob", "speak_b_prob", "act_a_prob", "act_b_prob")

@@ -15,11 +15,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
 import numpy as np
 import torch
-from wdprobe.runs.rundir import RunDir
-from wdprobe.methods.capture import CaptureSpec, CaptureSpecError, STORAGE_DTYPES, capture_batch, presentation_spans
 
+from wdprobe.core.cache import atomic_write_bytes
+from wdprobe.core.model import load_for_run
+from wdprobe.errors import (
+    CaptureSpecError,
+    InputError,
+    MergeError,
+    StageNotFinishedError,
+)
+from wdprobe.methods.capture import (
+    STORAGE_DTYPES,
+    CaptureSpec,
+    capture_batch,
+    presentation_spans,
+)
+from wdprobe.runs.rundir import RunDir, read_csv
+from wdprobe.runs.shards import Shard, checked_shards, shard_dir
+from wdprobe.stages.score import scored_prompts
 
 # ---- the capture stage: a scored run directory -> activation shards + metadata ---------------------
 
@@ -43,25 +59,20 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
     ``shard`` (``"i/n"``): only the prompts of that shard's items, into ``RUN/shards/capture/i-of-n/``;
     ``wdprobe merge RUN`` then assembles ``RUN/capture`` as an unsharded capture would be.
     """
-    from wdprobe.runs.shards import Shard, shard_dir
 
     from safetensors.torch import save
     from tqdm.auto import tqdm
 
-    from wdprobe.core.cache import atomic_write_bytes
-    from wdprobe.stages.score import scored_prompts
-    from wdprobe.core.forward import iter_batches
 
     run = RunDir(run_dir)
     manifest = run.read_manifest()
     cfg = manifest["stages"]["score"]["config"]
     if lm is None:
-        from wdprobe.core.model import load_for_run
 
         lm = load_for_run(manifest)
     if lm.revision != cfg["model_revision"]:
-        raise ValueError(f"{run.path} was scored with model revision {cfg['model_revision']}, but {lm.name} is {lm.revision}")
-    spec = CaptureSpec.parse(layers, lm.bridge.cfg.n_layers, hooks, positions, storage_dtype)
+        raise InputError(f"{run.path} was scored with model revision {cfg['model_revision']}, but {lm.name} is {lm.revision}")
+    spec = CaptureSpec.parse(layers, lm.n_layers, hooks, positions, storage_dtype)
     part = Shard.parse(shard)
     scored_run = run
     if part:
@@ -90,7 +101,7 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
         chunk = todo[s: s + chunk_prompts]
         acts: dict[str, torch.Tensor] = {}
         order_in_chunk: list[int] = []
-        for idx in iter_batches(lm, [all_prompts[k] for k in chunk], batch_size):
+        for idx in lm.batches([all_prompts[k] for k in chunk], batch_size):
             ks = [chunk[j] for j in idx]
             got = capture_batch(lm, [all_prompts[k] for k in ks], [spans[k] for k in ks], [n_opts[k] for k in ks], spec)
             for name, t in got.items():
@@ -103,7 +114,7 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
         atomic_write_bytes(_shard_path(run.path, n_part), save(tensors, metadata={"layers": ",".join(map(str, spec.layers))}))
         run.write_part(STAGE, [dict(meta[k], shard=n_part, row=r) for r, k in enumerate(order_in_chunk)], META_COLUMNS)
     bar.close()
-    run.update_stage(STAGE, complete=True, n_prompts=len(done) + len(todo), layers=list(spec.layers))
+    run.mark_done(STAGE, n_prompts=len(done) + len(todo), layers=list(spec.layers))
     return run.path
 
 
@@ -112,8 +123,6 @@ def merge_capture(run_dir: str | Path) -> dict[str, Any]:
     (``load_activations`` then returns what an unsharded capture gives)."""
     import shutil
 
-    from wdprobe.runs.shards import MergeError, checked_shards
-    from wdprobe.runs.rundir import read_csv
 
     run = RunDir(run_dir)
     entries = checked_shards(run.path, STAGE)
@@ -134,9 +143,9 @@ def merge_capture(run_dir: str | Path) -> dict[str, Any]:
                     shutil.copyfile(_shard_path(d, old), _shard_path(run.path, n_out))
                     n_out += 1
                 rows.append(dict(r, shard=remap[old]))
-    run.write_part(STAGE, rows, META_COLUMNS)
     first = entries[0][1]
     config = {k: v for k, v in first["config"].items() if k != "shard"}
+    run.write_part(STAGE, rows, META_COLUMNS, settings=config)
     manifest = run.read_manifest()
     manifest.setdefault("stages", {})[STAGE] = {"config": config, "complete": True, "n_prompts": len(rows),
                                                "layers": first.get("layers"),
@@ -169,7 +178,7 @@ def load_activations(run_dir: str | Path, hook: str = "resid_post", position: st
     run = RunDir(run_dir)
     st = run.read_manifest().get("stages", {}).get(STAGE)
     if not st:
-        raise FileNotFoundError(f"{run.path} has no capture: run `wdprobe capture --run {run.path}` first")
+        raise StageNotFinishedError(f"{run.path} has no capture: run `wdprobe capture --run {run.path}` first")
     spec = st["config"]["spec"]
     name = f"{hook}/{position}"
     if hook not in spec["hooks"] or position not in spec["positions"]:
@@ -198,7 +207,7 @@ def paired_forms(acts) -> tuple[np.ndarray, np.ndarray, "object"]:
     d = two & (meta["form"] == "deed").to_numpy()
     mw, md = meta[w].reset_index(drop=True), meta[d].reset_index(drop=True)
     if not (mw["id"].to_numpy() == md["id"].to_numpy()).all():
-        raise ValueError("word and deed prompts are not paired item by item in the capture metadata")
+        raise InputError("word and deed prompts are not paired item by item in the capture metadata")
     items = mw[["id", "domain", "consistent", "correct"]].copy()
     items["y_word"], items["y_deed"] = mw["choice"].to_numpy(), md["choice"].to_numpy()
     items["letter_word"] = (mw["letter"] != "A").astype(int).to_numpy()

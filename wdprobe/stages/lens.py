@@ -3,15 +3,22 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Sequence
+
+from wdprobe.core.cache import atomic_write_text
+from wdprobe.core.model import load_for_run
+from wdprobe.errors import InputError
+from wdprobe.figures import localisation as localise_plots
+from wdprobe.figures import probes as plots
 from wdprobe.methods.lens import LensTrajectory, canonical_logodds, lens_logits
+from wdprobe.runs.rundir import RunDir
+from wdprobe.stages.capture import load_activations, paired_forms
 
 
 def trajectory_from_activations(lm, acts, token_ids: Sequence[int]) -> LensTrajectory:
     """Lens readings of captured final-position residuals (two-option items, word and deed paired)."""
-    from wdprobe.stages.capture import paired_forms
 
     if acts.position != "last":
-        raise ValueError(f"the logit lens reads the final position, not {acts.position!r}")
+        raise InputError(f"the logit lens reads the final position, not {acts.position!r}")
     word, deed, items = paired_forms(acts)
     meta = acts.meta
     two = (meta["n_options"] == 2).to_numpy()
@@ -25,16 +32,11 @@ def run_lens(run_dir: str | Path, *, lm=None, progress: bool = True) -> dict[str
     """The lens stage: captured ``resid_post`` at the final position -> ``lens/`` (CSV, JSON, HTML, PNG)."""
     import json
 
-    from wdprobe.figures import localisation as localise_plots, probes as plots
-    from wdprobe.core.cache import atomic_write_text
-    from wdprobe.stages.capture import load_activations
-    from wdprobe.runs.rundir import RunDir
 
     run = RunDir(run_dir)
     acts = load_activations(run.path, hook="resid_post", position="last")
     manifest = run.read_manifest()
     if lm is None:
-        from wdprobe.core.model import load_for_run
 
         lm = load_for_run(manifest)
     ids = manifest["stages"]["score"]["letters"]["ids"]
@@ -50,5 +52,5 @@ def run_lens(run_dir: str | Path, *, lm=None, progress: bool = True) -> dict[str
     pngs = [plots.write_png(f, out / f"lens-{i}.png") for i, f in enumerate(figs)]
     head = {g: {k: summary[g].get(k) for k in ("n", "curve_divergence_layer", "item_divergence_layer_median")}
             for g in ("all", "consistent", "inconsistent")}
-    run.update_stage("lens", complete=True, headline=head, png=[str(p) for p in pngs if p])
+    run.mark_done("lens", headline=head, png=[str(p) for p in pngs if p])
     return summary

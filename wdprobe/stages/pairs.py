@@ -9,8 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
 import numpy as np
+
 from wdprobe.data.wdct import LETTERS
+from wdprobe.errors import CaptureSpecError, InputError
+from wdprobe.methods.probes import crossfit_directions
+from wdprobe.runs.rundir import RunDir
+from wdprobe.stages.capture import load_activations, paired_forms
+from wdprobe.stages.score import scored_prompts
 
 
 @dataclass
@@ -64,8 +71,6 @@ def load_pairs(run_dir: str | Path, tokenizer, *, n_items: int | None = None, se
     """The run's two-option items (or a seeded, balanced sample of them) with everything interventions need."""
     import pandas as pd
 
-    from wdprobe.stages.score import scored_prompts
-    from wdprobe.runs.rundir import RunDir
 
     pres, prompts, scored = scored_prompts(run_dir, tokenizer)
     ids = tuple(RunDir(run_dir).read_manifest()["stages"]["score"]["letters"]["ids"])
@@ -109,10 +114,6 @@ def stance_directions(run_dir: str | Path, pairs: PairSet, layers: Sequence[int]
     the time), so a plain difference of means by answer would partly be a *letter* direction. The stance
     direction is therefore balanced over the answer letter, and the letter direction (balanced over the
     answer) is returned too, as the control that carries the letter and not the stance."""
-    from wdprobe.methods.capture import CaptureSpecError
-    from wdprobe.stages.capture import load_activations
-    from wdprobe.stages.capture import paired_forms
-    from wdprobe.methods.probes import crossfit_directions
 
     acts = load_activations(run_dir, hook="resid_post", position="last")
     word, deed, items = paired_forms(acts)
@@ -129,7 +130,7 @@ def stance_directions(run_dir: str | Path, pairs: PairSet, layers: Sequence[int]
     pos = {iid: k for k, iid in enumerate(items["id"])}
     missing_ids = [i for i in pairs.items["id"] if i not in pos]
     if missing_ids:
-        raise ValueError(f"item(s) {missing_ids[:5]} have no captured activations in {run_dir}")
+        raise InputError(f"item(s) {missing_ids[:5]} have no captured activations in {run_dir}")
     idx = np.array([pos[i] for i in pairs.items["id"]])
     stance = dirs[fold_of[idx]]
     rng = np.random.default_rng(seed + 7919)

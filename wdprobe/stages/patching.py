@@ -10,10 +10,39 @@ import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
 import numpy as np
+
 from wdprobe.core.cache import atomic_write_text
+from wdprobe.core.forward import encode_prompts
+from wdprobe.data.prompts import normal_prompt, wrap
+from wdprobe.errors import InputError, InterventionError, TokenAlignmentError
+from wdprobe.figures import localisation as localise_plots
+from wdprobe.figures import probes as plots
+from wdprobe.methods.capture import presentation_spans
+from wdprobe.methods.interventions import Row, resid_hook, run_interventions
+from wdprobe.methods.patching import (
+    CROSS_CONDITIONS,
+    aligned_tokens,
+    attribution_patching,
+    cross_form_patching,
+    exact_patching,
+    normalised,
+    rank_correlation,
+    summarise_cross_form,
+    swap_alignment,
+    swap_counterfactual,
+)
 from wdprobe.runs.rundir import RunDir
-from wdprobe.runs.stage import model_for_run, progress_bar, resolve_layers, scored_model_name, stage_seconds
+from wdprobe.runs.shards import Shard, checked_shards, shard_dir
+from wdprobe.runs.stage import (
+    model_for_run,
+    progress_bar,
+    resolve_layers,
+    scored_model_name,
+    stage_seconds,
+)
+from wdprobe.stages.pairs import load_pairs, stance_directions
 
 LOW_RANK_CORRELATION = 0.5  # below this, attribution heatmaps are not to be trusted without exact checks
 
@@ -32,11 +61,7 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
     ``shard`` (``"i/n"``): patch only that shard's items, into ``RUN/shards/patch_cross/i-of-n/``; the
     items, directions and folds are chosen over the whole run as unsharded, so ``wdprobe merge RUN``
     gives the unsharded results."""
-    from wdprobe.runs.shards import Shard, shard_dir
 
-    from wdprobe.figures import localisation as localise_plots, probes as plots
-    from wdprobe.stages.pairs import load_pairs, stance_directions
-    from wdprobe.methods.patching import CROSS_CONDITIONS, InterventionError, cross_form_patching, summarise_cross_form
 
     t_start = time.perf_counter()
     run = RunDir(run_dir)
@@ -73,7 +98,7 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
         work.write_part(stage, f[PATCH_COLUMNS].to_dict("records"), PATCH_COLUMNS)
     bar.close()
     if part:
-        work.update_stage(stage, complete=True, n_items=len(done) + len(todo), **stage_seconds(work, stage, t_start))
+        work.mark_done(stage, n_items=len(done) + len(todo), **stage_seconds(work, stage, t_start))
         return {"shard": str(part), "n_items": len(done) + len(todo)}
     import pandas as pd
 
@@ -97,7 +122,7 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
                                              f"({int((pairs.items.consistent == 0).sum())} inconsistent)")
     plots.write_html(figs, out / "cross_form.html", heading=f"wdprobe cross-form patching: {model}")
     pngs = [plots.write_png(f, out / f"cross_form-{i}.png") for i, f in enumerate(figs)]
-    run.update_stage(stage, complete=True, headline=head, png=[str(p) for p in pngs if p], **stage_seconds(run, stage, t_start))
+    run.mark_done(stage, headline=head, png=[str(p) for p in pngs if p], **stage_seconds(run, stage, t_start))
     return head
 
 
@@ -121,7 +146,6 @@ def _saved_exact(run_dir: Path, stage: str, form: str) -> dict[str, dict[str, An
 
 def merge_positional(run_dir: str | Path, stage: str, lm=None) -> dict[str, Any]:
     """Positional patching from its shards: every saved exact item is reused, the rest of the stage rerun."""
-    from wdprobe.runs.shards import checked_shards
 
     run = RunDir(run_dir)
     entries = checked_shards(run.path, stage)
@@ -134,7 +158,6 @@ def merge_positional(run_dir: str | Path, stage: str, lm=None) -> dict[str, Any]
 
 def merge_cross_patch(run_dir: str | Path, lm=None) -> dict[str, Any]:
     """Join ``RUN/shards/patch_cross/*`` into the run and write the stage's outputs as an unsharded run would."""
-    from wdprobe.runs.shards import checked_shards
 
     run = RunDir(run_dir)
     stage = "patch_cross"
@@ -144,7 +167,7 @@ def merge_cross_patch(run_dir: str | Path, lm=None) -> dict[str, Any]:
     for d, _ in entries:
         rows = RunDir(d).read_parts(stage)
         if rows:
-            run.write_part(stage, rows, PATCH_COLUMNS)
+            run.write_part(stage, rows, PATCH_COLUMNS, settings=cfg)
     return run_cross_patch(run.path, n_items=cfg["n_items"], layers=cfg["layers"], conditions=cfg["conditions"],
                            seed=cfg["seed"], folds=cfg["folds"], progress=False, lm=lm)
 
@@ -170,8 +193,6 @@ def cross_form_headline(summary, items) -> dict[str, Any]:
 def token_segments(tokenizer, prompt: str, pres, form: str) -> list[str]:
     """Role of each prompt token: instruction, scenario, 'A.'/'B.' labels, 'option A'/'option B' text,
     'Answer:' and the final token (so heatmaps of different items can be averaged by role)."""
-    from wdprobe.methods.capture import presentation_spans
-    from wdprobe.core.forward import encode_prompts
 
     enc = tokenizer(prompt, return_offsets_mapping=True, add_special_tokens=True)
     n = len(encode_prompts(tokenizer, [prompt], "cpu")["input_ids"][0])
@@ -220,21 +241,15 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     merge RUN``) reuses every saved item and computes only what is missing."""
     import pandas as pd
 
-    from wdprobe.runs.shards import Shard, shard_dir
 
-    from wdprobe.figures import localisation as localise_plots, probes as plots
-    from wdprobe.methods.interventions import Row, resid_hook, run_interventions
-    from wdprobe.stages.pairs import load_pairs
-    from wdprobe.methods.patching import AlignmentError, aligned_tokens, attribution_patching, exact_patching, normalised, rank_correlation, swap_alignment, swap_counterfactual
-    from wdprobe.data.prompts import normal_prompt, wrap
 
     if form not in ("word", "deed"):
-        raise ValueError(f"form must be 'word' or 'deed', not {form!r}")
+        raise InputError(f"form must be 'word' or 'deed', not {form!r}")
     t_start = time.perf_counter()
     run = RunDir(run_dir)
     lm = model_for_run(run, lm)
     layers = resolve_layers(layers, lm)
-    hooks = [resid_hook(l, "resid_pre", lm.bridge.cfg.n_layers) for l in layers]
+    hooks = [resid_hook(l, "resid_pre", lm.n_layers) for l in layers]
     stage = f"patch_positional_{form}"
     if restart:
         run.reset_stage(stage, [f"patching/positional-{form}*"])
@@ -250,13 +265,13 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
         cf = wrap(normal_prompt(swap_counterfactual(p, form), form), lm.tokenizer, use_chat)
         try:
             swap_alignment(lm.tokenizer, p, form, prompts, cf)
-        except AlignmentError:
+        except TokenAlignmentError:
             continue
         clean_all.append(prompts)
         cf_all.append(cf)
         pres_all.append(p)
     if not clean_all:
-        raise ValueError(f"{run.path}: no {form} item has two options whose swap aligns token by token")
+        raise InputError(f"{run.path}: no {form} item has two options whose swap aligns token by token")
     order = np.random.default_rng(seed).permutation(len(clean_all))[:screen]
     # screen a seeded sample for items whose answer depends on the options' content; keep the strongest
     token_ids = pairs.token_ids[:2]
@@ -268,7 +283,7 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     ranked = [block[j] for j in np.argsort(-effect) if effect[j] >= min_effect][:n_items]
     screened = len(block)
     if not ranked:
-        raise ValueError(f"{run.path}: no aligned {form} item changes its answer log-odds by >= {min_effect} when its "
+        raise InputError(f"{run.path}: no aligned {form} item changes its answer log-odds by >= {min_effect} when its "
                          f"options are swapped ({screened} screened; largest change {effect.max():.2f}); "
                          "lower --min-effect")
     # exact patching costs (layers x tokens) forwards per item: do it on the shortest chosen items
@@ -291,7 +306,7 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     t_exact = time.perf_counter() - t0
     bar.close()
     if part:
-        work.update_stage(stage, complete=True, exact_items=[ids[i] for i in range(n_ex) if part.holds(ids[i])],
+        work.mark_done(stage, exact_items=[ids[i] for i in range(n_ex) if part.holds(ids[i])],
                           **stage_seconds(work, stage, t_start))
         return {"shard": str(part), "n_exact": sum(part.holds(ids[i]) for i in range(n_ex))}
     exact = [saved[ids[i]] for i in range(n_ex)]
@@ -331,5 +346,5 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
                                     f"{model}, {form} prompts, options swapped (A<->B)", n_show=min(n_ex, 2))
     plots.write_html(figs, out / f"{stem}.html", heading=f"wdprobe positional patching: {model}, {form} form")
     pngs = [plots.write_png(f, out / f"{stem}-{i}.png") for i, f in enumerate(figs)]
-    run.update_stage(stage, complete=True, headline=head, png=[str(p) for p in pngs if p], **stage_seconds(run, stage, t_start))
+    run.mark_done(stage, headline=head, png=[str(p) for p in pngs if p], **stage_seconds(run, stage, t_start))
     return head

@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Sequence
+
 import numpy as np
+
 from wdprobe.core.cache import atomic_write_text
-from wdprobe.stages.capture import load_activations
+from wdprobe.figures import probes as plots
 from wdprobe.methods.probes import probe_layers
 from wdprobe.runs.rundir import RunDir
-from wdprobe.stages.capture import paired_forms
+from wdprobe.stages.capture import load_activations, paired_forms
 
 STAGE = "probe"
 
@@ -18,7 +20,6 @@ def run_probes(run_dir: str | Path, *, hook: str = "resid_post", position: str =
                kinds: Sequence[str] = ("logreg", "diffmean"), folds: int = 5, seed: int = 0,
                domains: bool = True, progress: bool = True) -> dict:
     """Probe every captured layer; write ``probes/{hook}-{position}.{csv,html}`` and a summary JSON."""
-    from wdprobe.figures import probes as plots
 
     run = RunDir(run_dir)
     acts = load_activations(run.path, hook=hook, position=position)

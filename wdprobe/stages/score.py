@@ -5,18 +5,37 @@ chunks; each finished chunk is written atomically, so an interrupted run resumes
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
 import numpy as np
 from tqdm.auto import tqdm
-from wdprobe.data.wdct import LETTERS, file_sha256, load_wdct, present, resolve_wdct_path, select
-from wdprobe.scoring.metrics import summarise
+
+from wdprobe.core.cache import atomic_write_json
+from wdprobe.core.model import load_model
 from wdprobe.data.prompts import load_demos, resolve_chat
+from wdprobe.data.wdct import (
+    LETTERS,
+    file_sha256,
+    load_wdct,
+    present,
+    resolve_wdct_path,
+    select,
+)
+from wdprobe.errors import InputError, MergeError, StageNotFinishedError
 from wdprobe.runs.rundir import RunDir, Timer, read_csv
-from wdprobe.scoring.letters import LetterTokens, build_prompts, complete_cot, item_row, next_token_logprobs, resolve_letter_tokens
-import json
-from wdprobe.runs.shards import MergeError, checked_shards
+from wdprobe.runs.shards import Shard, checked_shards, shard_dir
+from wdprobe.scoring.letters import (
+    LetterTokens,
+    build_prompts,
+    complete_cot,
+    item_row,
+    next_token_logprobs,
+    resolve_letter_tokens,
+)
+from wdprobe.scoring.metrics import summarise
 
 STAGE = "score"
 ITEM_COLUMNS = ["id", "domain", "n_options", "word_order", "deed_order",
@@ -89,7 +108,6 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
     scores only the items of that shard (by item id) into ``out/shards/score/i-of-n/``; answer letters are
     still calibrated on the whole selection, so ``wdprobe merge out`` gives exactly the unsharded run.
     """
-    from wdprobe.runs.shards import Shard, shard_dir
 
     timer = Timer()
     part = Shard.parse(shard)
@@ -100,7 +118,6 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
         items = select(all_items, domains=domains, subset=subset, sample=sample, seed=seed, limit=limit)
         sha = file_sha256(data_path)
     if lm is None:
-        from wdprobe.core.model import load_model
 
         with timer("load_model"):
             lm = load_model(model, device=device, dtype=dtype, device_map=device_map)
@@ -148,13 +165,12 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
     rows = [done[p.item.id] for p in pres]
     metrics = wdct_metrics(rows)
     run.write_table("items.csv", rows, ITEM_COLUMNS)
-    from wdprobe.core.cache import atomic_write_json
 
     atomic_write_json(run.path / "metrics.json", metrics)
     previous = run.read_manifest()["stages"][STAGE].get("timings", {})
     timings = {k: round(previous.get(k, 0.0) + v, 3) for k, v in timer.seconds.items()}
-    run.update_stage(STAGE, model=lm.manifest(), data={"path": str(data_path), "sha256": sha, "n_items": len(pres)},
-                     letters=letters.to_json(), timings=timings, complete=True, batch_size=batch_size)
+    run.mark_done(STAGE, model=lm.manifest(), data={"path": str(data_path), "sha256": sha, "n_items": len(pres)},
+                     letters=letters.to_json(), timings=timings, batch_size=batch_size)
     return ScoreResult(run.path, rows, metrics)
 
 
@@ -164,7 +180,7 @@ def load_score(run_dir: str | Path) -> ScoreResult:
     run = RunDir(run_dir)
     items = run.path / "items.csv"
     if not items.is_file():
-        raise FileNotFoundError(f"{run.path} has no items.csv: run `wdprobe score --out {run.path}` first")
+        raise StageNotFinishedError(f"{run.path} has no items.csv: run `wdprobe score --out {run.path}` first")
     rows = [typed_item_row(r) for r in read_csv(items)]
     return ScoreResult(run.path, rows, json.loads((run.path / "metrics.json").read_text()))
 
@@ -175,12 +191,12 @@ def scored_prompts(run_dir: str | Path, tokenizer) -> tuple[list, dict[str, list
     scored = load_score(run_dir)
     cfg = RunDir(run_dir).read_manifest()["stages"][STAGE]
     if cfg["config"]["setting"] != "normal":
-        raise ValueError(f"{run_dir}: this stage supports runs scored in the 'normal' setting, "
+        raise InputError(f"{run_dir}: this stage supports runs scored in the 'normal' setting, "
                          f"not {cfg['config']['setting']!r}")
     by_id = {it.id: it for it in load_wdct(cfg["data"]["path"])}
     missing = [r["id"] for r in scored.rows if r["id"] not in by_id]
     if missing:
-        raise ValueError(f"{run_dir}: item(s) {missing[:5]} of the run are not in {cfg['data']['path']} any more")
+        raise InputError(f"{run_dir}: item(s) {missing[:5]} of the run are not in {cfg['data']['path']} any more")
     pres = present([by_id[r["id"]] for r in scored.rows], seed=cfg["config"]["seed"])
     prompts = build_prompts(pres, setting="normal", tokenizer=tokenizer, use_chat=cfg["config"]["chat_template"])
     return pres, prompts, scored
@@ -188,7 +204,6 @@ def scored_prompts(run_dir: str | Path, tokenizer) -> tuple[list, dict[str, list
 
 def merge_score(run_dir: str | Path) -> dict[str, Any]:
     """Merge the scoring shards into ``run_dir/items.csv``, ``metrics.json`` and the manifest."""
-    from wdprobe.core.cache import atomic_write_json
 
     run = RunDir(run_dir)
     entries = checked_shards(run.path, STAGE)

@@ -5,15 +5,27 @@ import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
 import numpy as np
+
 from wdprobe.core.cache import atomic_write_text
+from wdprobe.figures import localisation as localise_plots
+from wdprobe.figures import probes as plots
+from wdprobe.methods.steering import best_setting, steer, summarise_steering
 from wdprobe.runs.rundir import RunDir
-from wdprobe.runs.stage import model_for_run, progress_bar, resolve_layers, scored_model_name, stage_seconds
+from wdprobe.runs.shards import Shard, checked_shards, shard_dir
+from wdprobe.runs.stage import (
+    model_for_run,
+    progress_bar,
+    resolve_layers,
+    scored_model_name,
+    stage_seconds,
+)
+from wdprobe.stages.pairs import load_pairs, stance_directions
 
 
 def merge_steering(run_dir: str | Path, lm=None) -> dict[str, Any]:
     """Join ``RUN/shards/steer/*`` into the run, then pick and validate the best setting as unsharded."""
-    from wdprobe.runs.shards import checked_shards
 
     run = RunDir(run_dir)
     entries = checked_shards(run.path, "steer")
@@ -24,7 +36,7 @@ def merge_steering(run_dir: str | Path, lm=None) -> dict[str, Any]:
     for d, _ in entries:
         rows = RunDir(d).read_parts("steer")
         if rows:
-            run.write_part("steer", rows, STEER_COLUMNS)
+            run.write_part("steer", rows, STEER_COLUMNS, settings=cfg)
     return run_steering(run.path, n_items=cfg["n_items"], layers=cfg["layers"], alphas=cfg["alphas"], seed=cfg["seed"],
                         folds=cfg["folds"], min_mass_ratio=first.get("min_mass_ratio", 0.5),
                         validate=first.get("validate", True), progress=False, lm=lm)
@@ -56,11 +68,7 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
     ``wdprobe merge RUN`` joins the shards, picks the best setting and validates it as unsharded."""
     import pandas as pd
 
-    from wdprobe.runs.shards import Shard, shard_dir
 
-    from wdprobe.figures import localisation as localise_plots, probes as plots
-    from wdprobe.stages.pairs import load_pairs, stance_directions
-    from wdprobe.methods.steering import best_setting, steer, summarise_steering
 
     t_start = time.perf_counter()
     run = RunDir(run_dir)
@@ -91,7 +99,7 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
         work.write_part(stage, f[STEER_COLUMNS].to_dict("records"), STEER_COLUMNS)
     bar.close()
     if part:
-        work.update_stage(stage, complete=True, n_items=len(done) + len(todo), min_mass_ratio=min_mass_ratio,
+        work.mark_done(stage, n_items=len(done) + len(todo), min_mass_ratio=min_mass_ratio,
                           validate=validate, **stage_seconds(work, stage, t_start))
         return {"shard": str(part), "n_items": len(done) + len(todo)}
     frame = pd.DataFrame(run.read_parts(stage))
@@ -122,15 +130,13 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
                                          f"mean difference at the layer", min_mass_ratio)
     plots.write_html(figs, out / "steering.html", heading=f"wdprobe steering: {model}")
     pngs = [plots.write_png(f, out / f"steering-{i}.png") for i, f in enumerate(figs)]
-    run.update_stage(stage, complete=True, headline=head, png=[str(p) for p in pngs if p], **stage_seconds(run, stage, t_start))
+    run.mark_done(stage, headline=head, png=[str(p) for p in pngs if p], **stage_seconds(run, stage, t_start))
     return head
 
 
 def validate_steering(run: RunDir, lm, grid_pairs, layer: int, alpha: float, *, folds: int = 5, seed: int = 0,
                       batch_size: int = 64, progress: bool = True) -> dict[str, Any] | None:
     """The chosen (layer, alpha) and a fresh random direction of equal norm on the items the grid never saw."""
-    from wdprobe.stages.pairs import load_pairs, stance_directions
-    from wdprobe.methods.steering import steer, summarise_steering
 
     stage = "steer_validate"
     run.check_or_start(stage, {"layer": layer, "alpha": alpha, "grid_items": sorted(grid_pairs.items["id"])})
@@ -163,5 +169,5 @@ def validate_steering(run: RunDir, lm, grid_pairs, layer: int, alpha: float, *, 
     out = {"n_items": len(held), "layer": layer, "alpha": alpha, "cs_clean": t.attrs["clean_cs"]}
     for c, r in row.items():
         out[c] = {k: float(r[k]) for k in ("cs", "flip_rate", "break_rate", "mass_ratio")}
-    run.update_stage(stage, complete=True, result=out)
+    run.mark_done(stage, result=out)
     return out

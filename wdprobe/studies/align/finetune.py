@@ -21,9 +21,13 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from wdprobe.core.generation import plain_twin
+from wdprobe.errors import InputError, TrainingError
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 METHODS = ("sft", "dpo", "sft+dpo")
@@ -58,9 +62,9 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         if self.tuning not in ("lora", "full"):
-            raise ValueError(f"tuning must be 'lora' or 'full', not {self.tuning!r}")
+            raise InputError(f"tuning must be 'lora' or 'full', not {self.tuning!r}")
         if self.batch_size < 1 or self.lr <= 0 or self.rank < 1:
-            raise ValueError(f"batch_size, lr and rank must be positive (got {self.batch_size}, {self.lr}, {self.rank})")
+            raise InputError(f"batch_size, lr and rank must be positive (got {self.batch_size}, {self.lr}, {self.rank})")
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -71,7 +75,7 @@ class TrainSettings:
 def phases(method: str, sft_epochs: int, dpo_epochs: int) -> list[str]:
     """The objective of each epoch 1..E, e.g. ``['sft', 'sft', 'dpo', 'dpo']`` for sft+dpo."""
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+        raise InputError(f"unknown method {method!r}; choose one of {METHODS}")
     return ["sft"] * (sft_epochs if "sft" in method else 0) + ["dpo"] * (dpo_epochs if "dpo" in method else 0)
 
 
@@ -92,8 +96,6 @@ class Tuner:
     """The trainable side of a :class:`~wdprobe.models.LoadedModel`."""
 
     def __init__(self, lm, settings: TrainSettings):
-        from wdprobe.core.generation import plain_twin
-
         self.lm, self.settings = lm, settings
         twin = plain_twin(lm)
         lm.plain_cache.pop("twin", None)  # this twin gets adapters; generation must build its own
@@ -104,7 +106,7 @@ class Tuner:
             present = {name.rsplit(".", 1)[-1] for name, _ in twin.named_modules()}
             targets = [t for t in settings.target_modules if t in present]
             if not targets:
-                raise ValueError(f"none of the LoRA target modules {list(settings.target_modules)} exist in {lm.name!r}; "
+                raise InputError(f"none of the LoRA target modules {list(settings.target_modules)} exist in {lm.name!r}; "
                                  f"pass target module names that do (e.g. from model.named_modules())")
             cfg = LoraConfig(r=settings.rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                              target_modules=targets, bias="none")
@@ -116,7 +118,7 @@ class Tuner:
                 p.requires_grad_(p is not embed)
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         if not self.params:
-            raise RuntimeError(f"nothing to train in {lm.name!r} with tuning={settings.tuning!r}")
+            raise TrainingError(f"nothing to train in {lm.name!r} with tuning={settings.tuning!r}")
 
     # ---- state ----------------------------------------------------------------------------------
     def n_trainable(self) -> int:
@@ -129,7 +131,7 @@ class Tuner:
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         missing = set(self.params) - set(state)
         if missing:
-            raise ValueError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[:3]}; "
+            raise InputError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[:3]}; "
                              "was it written with other tuning settings?")
         for n, p in self.params.items():
             p.copy_(state[n].to(p.device, p.dtype))
@@ -162,9 +164,7 @@ class Tuner:
 
     # ---- forward --------------------------------------------------------------------------------
     def _encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        from wdprobe.core.forward import encode_prompts
-
-        enc = encode_prompts(self.lm.tokenizer, prompts, self.lm.device)
+        enc = self.lm.encode(prompts)
         # left padding: positions count real tokens only, as the bridge does
         enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         return enc
@@ -199,9 +199,9 @@ class Tuner:
         from tqdm.auto import tqdm
 
         if objective == "dpo" and reference is None:
-            raise ValueError("DPO needs reference log-probabilities (Tuner.reference_logprobs)")
+            raise InputError("DPO needs reference log-probabilities (Tuner.reference_logprobs)")
         if objective not in ("sft", "dpo"):
-            raise ValueError(f"objective must be 'sft' or 'dpo', not {objective!r}")
+            raise InputError(f"objective must be 'sft' or 'dpo', not {objective!r}")
         self.model.train()
         order = epoch_order(len(examples), self.settings.seed, epoch)
         bs = self.settings.batch_size
@@ -270,7 +270,7 @@ def load_checkpoint(run_dir: str | Path, epoch: int, tuner: Tuner) -> dict | Non
 
     d = checkpoint_dir(run_dir, epoch)
     if not (d / "trainable.safetensors").is_file():
-        raise FileNotFoundError(f"{d}: no checkpoint for epoch {epoch}")
+        raise TrainingError(f"{d}: no checkpoint for epoch {epoch}")
     tuner.load_trainable_state(load_file(str(d / "trainable.safetensors")))
     opt = d / "optimizer.pt"
     return torch.load(opt, weights_only=True) if opt.is_file() else None

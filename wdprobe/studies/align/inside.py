@@ -8,7 +8,11 @@ answers A most of the time), and a plain difference of means would be mostly a l
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
+
+from wdprobe.errors import InputError
+from wdprobe.methods.probes import probe_layers
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ def balanced_difference(X: np.ndarray, y: np.ndarray, nuisance: np.ndarray | Non
         if (y[m] == 1).any() and (y[m] == 0).any():
             parts.append(X[m & (y == 1)].mean(0) - X[m & (y == 0)].mean(0))
     if not parts:
-        raise ValueError("no group of items holds both labels; a stance direction needs both answers")
+        raise InputError("no group of items holds both labels; a stance direction needs both answers")
     return np.mean(parts, axis=0)
 
 
@@ -100,7 +104,6 @@ def inside_tables(epochs: dict[int, tuple[list, dict]], sets: dict[str, str], ta
     IC(l) of a shared difference-of-means probe (item-grouped CV) with its chance level and the CS.
 
     ``epochs``: epoch -> (item rows, {"word": X, "deed": X}) with rows in the same item order every epoch."""
-    from wdprobe.methods.probes import probe_layers
 
     rows0, res0 = epochs[0]
     ids = [r["id"] for r in rows0]
@@ -131,7 +134,7 @@ def inside_tables(epochs: dict[int, tuple[list, dict]], sets: dict[str, str], ta
     move, drift, ic = [], [], []
     for e, (rows, res) in sorted(epochs.items()):
         if [r["id"] for r in rows] != ids:
-            raise ValueError(f"epoch {e}: items differ from epoch 0 (order or ids); evaluations must cover the same items")
+            raise InputError(f"epoch {e}: items differ from epoch 0 (order or ids); evaluations must cover the same items")
         for form in ("word", "deed"):
             for axis_name in ("word", "deed", "letter"):
                 key = (form, "letter") if axis_name == "letter" else (axis_name, axis_name)

@@ -11,10 +11,13 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
+
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
 from wdprobe.core.cache import atomic_write_text
+from wdprobe.errors import StageNotFinishedError
 from wdprobe.figures.probes import write_png
 from wdprobe.reports.html import inline_markdown as inline_markdown
 
@@ -31,7 +34,7 @@ class AlignedRun:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not (self.path / "summary.json").is_file():
-            raise FileNotFoundError(f"{self.path}: no summary.json; finish the run (`wdprobe align ...`) first")
+            raise StageNotFinishedError(f"{self.path}: no summary.json; finish the run (`wdprobe align ...`) first")
         self.summary = json.loads((self.path / "summary.json").read_text())
         self.manifest = json.loads((self.path / "manifest.json").read_text())
         self.config = self.manifest["stages"]["align"]["config"]

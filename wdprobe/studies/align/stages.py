@@ -18,12 +18,43 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
+
 import numpy as np
-from wdprobe.studies.align.targets import AlignmentDataError, change_rates, flip_targets, other_form, split_items, trained_forms
-from wdprobe.core.cache import atomic_write_bytes, atomic_write_json
-from wdprobe.data.wdct import Presentation, file_sha256, load_wdct, present, resolve_wdct_path, select
-from wdprobe.studies.align.finetune import Example, TrainSettings, Tuner, load_checkpoint, phases, save_checkpoint, saved_epochs
-from wdprobe.runs.rundir import RunDir, read_csv
+
+from wdprobe.core.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
+from wdprobe.core.model import load_model
+from wdprobe.data.paraphrase import load_paraphrase_table, paraphrase_items
+from wdprobe.data.prompts import normal_prompt, resolve_chat, wrap
+from wdprobe.data.wdct import (
+    Presentation,
+    file_sha256,
+    load_wdct,
+    present,
+    resolve_wdct_path,
+    select,
+)
+from wdprobe.errors import AlignmentDataError, InputError
+from wdprobe.methods.capture import last_token_readout
+from wdprobe.runs.rundir import RunDir, Timer, read_csv, rows_to_csv
+from wdprobe.scoring.letters import build_prompts, item_row, resolve_letter_tokens
+from wdprobe.stages.score import ITEM_COLUMNS
+from wdprobe.studies.align.finetune import (
+    Example,
+    TrainSettings,
+    Tuner,
+    load_checkpoint,
+    phases,
+    save_checkpoint,
+    saved_epochs,
+)
+from wdprobe.studies.align.inside import inside_tables
+from wdprobe.studies.align.targets import (
+    change_rates,
+    flip_targets,
+    other_form,
+    split_items,
+    trained_forms,
+)
 
 STAGE = "align"
 
@@ -49,9 +80,9 @@ class AlignConfig:
         trained_forms(self.form)
         phases(self.method, self.sft_epochs, self.dpo_epochs)
         if self.orders not in ("both", "shown"):
-            raise ValueError(f"orders must be 'both' or 'shown', not {self.orders!r}")
+            raise InputError(f"orders must be 'both' or 'shown', not {self.orders!r}")
         if not 0.0 < self.held_out < 1.0:
-            raise ValueError(f"held_out must be a fraction strictly between 0 and 1, not {self.held_out!r}")
+            raise InputError(f"held_out must be a fraction strictly between 0 and 1, not {self.held_out!r}")
 
     @property
     def schedule(self) -> list[str]:
@@ -84,7 +115,6 @@ def build_examples(pres: Sequence[Presentation], targets: dict[str, int], forms:
     """Training prompts: each item in each trained form (and each option order when ``orders='both'``,
     so the target is not tied to one letter), answer = the letter showing the target option.
     ``extra_word``: reworded word questions (ids ``<id>~pK``) trained towards their item's target."""
-    from wdprobe.data.prompts import normal_prompt, wrap
 
     out = []
     jobs = [(p, f) for p in pres for f in forms] + [(p, "word") for p in extra_word]
@@ -107,8 +137,6 @@ def evaluate(lm, pres: Sequence[Presentation], letter_ids: Sequence[int], *, use
     for the word and deed prompts of ``pres``, in one bridge pass per batch."""
     from tqdm.auto import tqdm
 
-    from wdprobe.methods.capture import last_token_readout
-    from wdprobe.scoring.letters import build_prompts, item_row
 
     prompts = build_prompts(pres, setting="normal", tokenizer=lm.tokenizer, use_chat=use_chat)
     n = len(pres)
@@ -128,9 +156,6 @@ def save_epoch(run_dir: str | Path, epoch: int, rows: Sequence[dict], resid: dic
     """Residuals first, the items table last: ``items.csv`` existing marks the epoch as evaluated."""
     from safetensors.numpy import save
 
-    from wdprobe.core.cache import atomic_write_text
-    from wdprobe.stages.score import ITEM_COLUMNS
-    from wdprobe.runs.rundir import rows_to_csv
 
     d = epoch_dir(run_dir, epoch)
     d.mkdir(parents=True, exist_ok=True)
@@ -173,9 +198,6 @@ def run_align(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path 
     splitting work across sessions, and for tests of resuming). ``lm``: an already loaded model; with
     ``train.tuning='full'`` its weights are changed in place.
     """
-    from wdprobe.data.prompts import resolve_chat
-    from wdprobe.runs.rundir import Timer
-    from wdprobe.scoring.letters import resolve_letter_tokens
 
     timer = Timer()
     run = RunDir(out)
@@ -185,7 +207,6 @@ def run_align(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path 
         items = two_option_items(items, config.n_items, config.seed)
         sha = file_sha256(data_path)
     if lm is None:
-        from wdprobe.core.model import load_model
 
         with timer("load_model"):
             kwargs = {"max_memory": max_memory} if max_memory else {}
@@ -201,7 +222,6 @@ def run_align(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path 
     if "letters" in stage:
         letter_ids = tuple(stage["letters"]["ids"])
     else:
-        from wdprobe.scoring.letters import build_prompts
 
         calib = build_prompts(pres[:16], setting="normal", tokenizer=lm.tokenizer, use_chat=use_chat)
         letters = resolve_letter_tokens(lm, calib["word"] + calib["deed"], n_letters=2, batch_size=config.batch_size)
@@ -235,7 +255,6 @@ def run_align(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path 
     train_pres = [by_id[i] for i in train_ids]
     extra: list[Presentation] = []
     if config.form == "paraphrase":
-        from wdprobe.data.paraphrase import load_paraphrase_table, paraphrase_items
 
         table = load_paraphrase_table(config.paraphrase_table) if config.paraphrase_table else None
         # a paraphrase keeps its item's option order: only the wording of the question changes
@@ -346,7 +365,6 @@ def analyse(run_dir: str | Path) -> list[dict]:
                           "word_letter_a": float(np.mean([r["word_letter"] == "A" for r in a])),
                           "deed_letter_a": float(np.mean([r["deed_letter"] == "A" for r in a]))})
     run.write_table("change_rates.csv", rates, RATE_COLUMNS)
-    from wdprobe.studies.align.inside import inside_tables
 
     tables = inside_tables(loaded, {i: r["set"] for i, r in split.items()}, targets)
     for name, rows_ in tables.items():

@@ -14,20 +14,21 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from typing import Mapping, Sequence
+
 import numpy as np
+
+from wdprobe.errors import AlignmentDataError, InputError
 
 FORMS = ("word", "deed")
 TRAIN_MODES = ("word", "deed", "both", "paraphrase")
 
 
-class AlignmentDataError(ValueError):
-    """Items or tables that cannot be used for an alignment run; the message names the item."""
 
 
 def trained_forms(mode: str) -> tuple[str, ...]:
     """Which question forms a training mode puts gradient on (paraphrase = word plus reworded words)."""
     if mode not in TRAIN_MODES:
-        raise ValueError(f"unknown training form {mode!r}; choose one of {TRAIN_MODES}")
+        raise InputError(f"unknown training form {mode!r}; choose one of {TRAIN_MODES}")
     return ("word", "deed") if mode == "both" else ("deed",) if mode == "deed" else ("word",)
 
 
@@ -46,7 +47,7 @@ def split_items(ids: Sequence[str], held_out: float | int, seed: int = 0) -> tup
         raise AlignmentDataError(f"item ids must be unique to split them; repeated: {dup}")
     n_out = int(round(held_out * len(ids))) if isinstance(held_out, float) else int(held_out)
     if not 0 <= n_out <= len(ids):
-        raise ValueError(f"held-out size {held_out!r} does not fit {len(ids)} items")
+        raise InputError(f"held-out size {held_out!r} does not fit {len(ids)} items")
     ranked = sorted(ids, key=lambda i: (random.Random(f"split:{seed}:{i}").random(), i))
     out = set(ranked[:n_out])
     return [i for i in ids if i not in out], [i for i in ids if i in out]
@@ -108,7 +109,7 @@ def change_rates(before: Sequence[Mapping], after: Sequence[Mapping], targets: M
     ``trained_form``: ``word`` or ``deed`` (the other form gives the indirect rates); ``both`` reports the
     word form as direct and the deed form as "other" (both trained, so "indirect" there is also direct)."""
     if trained_form not in ("word", "deed", "both"):
-        raise ValueError(f"trained form must be word, deed or both, not {trained_form!r}")
+        raise InputError(f"trained form must be word, deed or both, not {trained_form!r}")
     f = "word" if trained_form == "both" else trained_form
     g = other_form(f)
     b = {str(r["id"]): r for r in before}

@@ -11,8 +11,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
+
 import numpy as np
-from wdprobe.data.pct import ANSWERS, WEIGHTS_FILE, PCTFormatError
+
+from wdprobe.data.pct import ANSWERS, WEIGHTS_FILE
+from wdprobe.errors import PCTFormatError
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,17 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.data.pct import ANSWERS
-from wdprobe.runs.rundir import RunDir
+from wdprobe.figures.probes import PROBE_TITLES, add_band, write_png
 from wdprobe.reports.html import CSS, inline_markdown, table_html
+from wdprobe.runs.rundir import RunDir
 
 ATTRIBUTE_COLOURS = {"base": "#000000", "age": "#1f77b4", "gender": "#d62728", "cls": "#2ca02c", "nation": "#9467bd",
                      "political_orientation": "#ff7f0e"}
@@ -129,7 +132,6 @@ PROBE_LINES = {"closed->closed": ("closed → closed", "#1f77b4", "solid"), "ope
 
 def probe_figure(probes: pd.DataFrame, model: str, control: pd.DataFrame | None = None) -> go.Figure:
     """Held-out balanced accuracy by layer for stance probes on closed and open prompts (folds by proposition)."""
-    from wdprobe.figures.probes import PROBE_TITLES, add_band
 
     kinds = [k for k in PROBE_TITLES if k in set(probes.probe)]
     fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=[PROBE_TITLES[k] for k in kinds], shared_yaxes=True)
@@ -379,7 +381,6 @@ def render_tropes_html(n: dict[str, Any], run: RunDir) -> str:
 def write_pct_report(run_dir: str | Path, out_dir: str | Path, *, notes: str | None = None, png: bool = True) -> Path:
     """``index.html`` (findings, tables, every figure), ``README.md`` (its markdown twin with PNGs),
     ``tropes.html`` and the small tables behind them, in ``out_dir``."""
-    from wdprobe.figures.probes import write_png
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     out = Path(out_dir)

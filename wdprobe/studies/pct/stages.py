@@ -1,7 +1,7 @@
 """The PCT study over one run directory: closed-form answers, open-domain texts and their stances,
 compass positions under personas, activations and probes across the two forms, and tropes.
 
-Stages (each a function a script can call; ``run_pct`` sequences them and skips finished ones):
+Stages (each a function a script can call; ``wdprobe.pipeline.pct.run_pct`` sequences them and skips finished ones):
 ``closed`` (score the four answers) -> ``open`` (generate, resumable) -> ``judge`` (text -> stance) ->
 ``compass`` (positions, persona shifts, closed-vs-open agreement) -> ``capture`` (last-token residuals)
 -> ``probes`` (stance probes across forms, persona effect inside) -> ``tropes`` -> ``report``.
@@ -13,13 +13,41 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
-import numpy as np
-from wdprobe.data.pct import ANSWERS, PCTPrompt, build_prompts, finish_prompt, load_pct, resolve_pct_dir
-from wdprobe.runs.rundir import RunDir, now, read_csv
+from typing import Any, Sequence
 
-STAGES = ("closed", "open", "judge", "compass", "capture", "probes", "tropes", "report")
-MODEL_STAGES = {"closed", "open", "judge", "capture"}
+import numpy as np
+
+from wdprobe.core.cache import atomic_write_bytes, atomic_write_json
+from wdprobe.core.generation import generate_texts
+from wdprobe.core.option_scoring import n_sequences, option_logprobs, softmax_rows
+from wdprobe.data.pct import (
+    ANSWERS,
+    PCTPrompt,
+    build_prompts,
+    finish_prompt,
+    load_pct,
+    resolve_pct_dir,
+)
+from wdprobe.errors import InputError, StageNotFinishedError
+from wdprobe.methods.capture import last_token_residuals
+from wdprobe.methods.probes import accuracy, item_folds, make_probe, probe_layers
+from wdprobe.runs.rundir import RunDir, read_csv
+from wdprobe.runs.stage import require_done
+from wdprobe.runs.shards import Shard, checked_shards, shard_dir
+from wdprobe.studies.pct.compass import (
+    load_weights,
+    persona_positions,
+    persona_shifts,
+    sign_flip_test,
+)
+from wdprobe.studies.pct.stance import agrees, judge_check
+from wdprobe.studies.pct.tropes import (
+    SentenceTransformerEmbedder,
+    find_tropes,
+    is_prompt_echo,
+    split_sentences,
+)
+
 _OPEN_CHUNK = 64  # prompts generated between saves (a crash loses at most this many)
 STOP_MARKERS = ("\nResponse", "\nAnswer:", "\nQuestion", "\nProposition", "\n\n\n")
 
@@ -68,23 +96,14 @@ def trim_generation(text: str) -> str:
 
 # ---- run directory helpers ----------------------------------------------------------------------
 
-def _stage_done(run: RunDir, stage: str) -> bool:
-    return bool(run.read_manifest().get("stages", {}).get(stage, {}).get("finished"))
-
-
-def _finish(run: RunDir, stage: str, started: float, result: str) -> None:
-    run.update_stage(stage, finished=now(), seconds=round(time.time() - started, 1), result=result)
-
-
 def _require(run: RunDir, stage: str, needed: str) -> None:
-    if not _stage_done(run, needed):
-        raise FileNotFoundError(f"{run.path}: stage '{stage}' needs '{needed}' first (wdprobe pct {needed} --out {run.path})")
+    require_done(run, stage, needed, f"wdprobe pct {needed} --out {run.path}")
 
 
 def prompt_table(run: RunDir) -> list[dict[str, str]]:
     path = run.path / "prompts.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; start the run with `wdprobe pct closed` or `wdprobe pct run`")
+        raise StageNotFinishedError(f"{path}: missing; start the run with `wdprobe pct closed` or `wdprobe pct run`")
     return read_csv(path)
 
 
@@ -119,7 +138,6 @@ OPEN_COLUMNS = ["id", "pair_id", "proposition", "section", "persona", "instructi
 
 def _shard_work(run: RunDir, stage: str, shard) -> tuple[RunDir, Any]:
     """Where a (possibly sharded) stage writes its parts, and the shard (None when unsharded)."""
-    from wdprobe.runs.shards import Shard, shard_dir
 
     part = Shard.parse(shard)
     if part is None:
@@ -133,7 +151,6 @@ def pct_closed(run: RunDir, lm, *, use_chat: bool = False, batch_size: int = 16,
                progress: bool = True, shard: str | None = None) -> Path:
     """Closed form: log-likelihood of each answer text, in canonical order; choice and distribution.
     ``shard`` (``"i/n"``): only the prompts of that shard (split by prompt id), into ``RUN/shards/closed/``."""
-    from wdprobe.core.option_scoring import n_sequences, option_logprobs, softmax_rows
 
     prompts = [r for r in prompt_table(run) if r["form"] == "closed"]
     work, piece = _shard_work(run, "closed", shard)
@@ -157,7 +174,7 @@ def pct_closed(run: RunDir, lm, *, use_chat: bool = False, batch_size: int = 16,
         work.write_part("closed", rows, cols)
     bar.close()
     if piece is not None:
-        work.update_stage("closed", complete=True, n_prompts=len(done) + len(todo))
+        work.mark_done("closed", n_prompts=len(done) + len(todo))
         return work.path
     rows = _ordered(run.read_parts("closed"), prompts)
     return run.write_table("closed.csv", rows, cols)
@@ -167,7 +184,7 @@ def _ordered(rows: list[dict[str, str]], prompts: list[dict[str, str]]) -> list[
     by_id = {r["id"]: r for r in rows}
     missing = [p["id"] for p in prompts if p["id"] not in by_id]
     if missing:
-        raise RuntimeError(f"{len(missing)} prompts have no result (first: {missing[0]}); rerun the stage to resume")
+        raise StageNotFinishedError(f"{len(missing)} prompts have no result (first: {missing[0]}); rerun the stage to resume")
     return [by_id[p["id"]] for p in prompts]
 
 
@@ -175,7 +192,6 @@ def pct_open(run: RunDir, lm, *, max_new_tokens: int = 40, batch_size: int = 16,
              progress: bool = True, shard: str | None = None) -> Path:
     """Open domain: greedy generation per prompt, saved every ``chunk`` prompts (a rerun resumes).
     ``shard`` (``"i/n"``): only the prompts of that shard, into ``RUN/shards/open/``."""
-    from wdprobe.core.generation import generate_texts
 
     prompts = [r for r in prompt_table(run) if r["form"] == "open"]
     work, piece = _shard_work(run, "open", shard)
@@ -193,7 +209,7 @@ def pct_open(run: RunDir, lm, *, max_new_tokens: int = 40, batch_size: int = 16,
         work.write_part("open", rows, cols)
     bar.close()
     if piece is not None:
-        work.update_stage("open", complete=True, n_prompts=len(done) + len(todo))
+        work.mark_done("open", n_prompts=len(done) + len(todo))
         return work.path
     return run.write_table("open.csv", _ordered(run.read_parts("open"), prompts), cols)
 
@@ -201,7 +217,6 @@ def pct_open(run: RunDir, lm, *, max_new_tokens: int = 40, batch_size: int = 16,
 def merge_pct_stage(run_dir: str | Path, stage: str) -> dict[str, Any]:
     """Join ``RUN/shards/<closed|open|judge|capture>/*`` into the run: its parts and table (or the
     activation file), and a finished stage, exactly as the unsharded stage writes them."""
-    from wdprobe.runs.shards import checked_shards
 
     run = RunDir(run_dir)
     entries = checked_shards(run.path, stage)
@@ -210,15 +225,16 @@ def merge_pct_stage(run_dir: str | Path, stage: str) -> dict[str, Any]:
         return _merge_pct_capture(run, entries, started)
     table = {"closed": "closed.csv", "open": "open.csv", "judge": "stances.csv"}[stage]
     run.reset_stage(stage, [table])
+    settings = {k: v for k, v in entries[0][1].get("config", {}).items() if k != "shard"}
     cols = {"closed": CLOSED_COLUMNS, "open": OPEN_COLUMNS, "judge": JUDGE_COLUMNS}[stage]
     for d, _ in entries:
         rows = RunDir(d).read_parts(stage)
         if rows:
-            run.write_part(stage, rows, cols)
+            run.write_part(stage, rows, cols, settings=settings)
     order = read_csv(run.path / "open.csv") if stage == "judge" else \
         [r for r in prompt_table(run) if r["form"] == stage]
     run.write_table(table, _ordered(run.read_parts(stage), order), cols)
-    _finish(run, stage, started, f"{len(order)} {'closed prompts' if stage == 'closed' else 'texts'} "
+    run.mark_done(stage, seconds=round(time.time() - started, 1), result=f"{len(order)} {'closed prompts' if stage == 'closed' else 'texts'} "
                                  f"(merged from {len(entries)} shards)")
     return {"n_prompts": len(order)}
 
@@ -228,7 +244,6 @@ def _merge_pct_capture(run: RunDir, entries, started: float) -> dict[str, Any]:
     from safetensors import safe_open
     from safetensors.torch import save
 
-    from wdprobe.core.cache import atomic_write_bytes
 
     rows: dict[str, dict[str, torch.Tensor]] = {"closed": {}, "open": {}}
     for d, _ in entries:
@@ -242,7 +257,7 @@ def _merge_pct_capture(run: RunDir, entries, started: float) -> dict[str, Any]:
     tensors = {form: torch.stack([rows[form][i] for i in meta[form]]) for form in ("closed", "open")}
     atomic_write_bytes(run.path / "activations.safetensors",
                        save(tensors, metadata={"ids": json.dumps(meta), "hook": "resid_post", "position": "last"}))
-    _finish(run, "capture", started, f"activations.safetensors (merged from {len(entries)} shards)")
+    run.mark_done("capture", seconds=round(time.time() - started, 1), result=f"activations.safetensors (merged from {len(entries)} shards)")
     return {"n_prompts": len(prompts)}
 
 
@@ -274,15 +289,13 @@ def pct_judge(run: RunDir, judge, *, chunk: int = 256, progress: bool = True, sh
     bar.close()
     write_judge_check(run, judge)  # into RUN itself (identical from every shard; the first one writes it)
     if piece is not None:
-        work.update_stage("judge", complete=True, n_prompts=len(done) + len(todo))
+        work.mark_done("judge", n_prompts=len(done) + len(todo))
         return work.path
     return run.write_table("stances.csv", _ordered(run.read_parts("judge"), texts), cols)
 
 
 def write_judge_check(run: RunDir, judge) -> Path:
     """The judge's accuracy on planted statements about the run's propositions (``judge_check.json``)."""
-    from wdprobe.core.cache import atomic_write_json
-    from wdprobe.studies.pct.stance import judge_check
 
     path = run.path / "judge_check.json"
     if not path.is_file():
@@ -308,7 +321,6 @@ def agreement_rows(closed: list[dict], stances: list[dict]) -> list[dict[str, An
 
 def pct_compass(run: RunDir, weights_path: str | Path, *, n_perm: int = 10000, seed: int = 0) -> dict[str, Any]:
     """Positions per persona (closed form and, through the judge, open form), shifts vs base, agreement."""
-    from wdprobe.studies.pct.compass import load_weights, persona_positions, persona_shifts
 
     weights = load_weights(weights_path)
     closed = read_csv(run.path / "closed.csv")
@@ -340,7 +352,6 @@ def pct_compass(run: RunDir, weights_path: str | Path, *, n_perm: int = 10000, s
     run.write_table("shifts.csv", shifts, shift_cols)
     summary["closed_answer_rates"] = {ANSWERS[k]: round(float(np.mean([int(r["choice"]) == k for r in closed])), 4)
                                       for k in range(4)}
-    from wdprobe.core.cache import atomic_write_json
 
     atomic_write_json(run.path / "compass.json", summary)
     return summary
@@ -378,8 +389,6 @@ def pct_capture(run: RunDir, lm, *, batch_size: int = 16, progress: bool = True,
     import torch
     from safetensors.torch import save
 
-    from wdprobe.core.cache import atomic_write_bytes
-    from wdprobe.methods.capture import last_token_residuals
 
     work, piece = _shard_work(run, "capture", shard)
     prompts = [r for r in prompt_table(run) if piece is None or piece.holds(r["id"])]
@@ -394,7 +403,7 @@ def pct_capture(run: RunDir, lm, *, batch_size: int = 16, progress: bool = True,
     meta = {form: [r["id"] for r in prompts if r["form"] == form] for form in ("closed", "open")}
     atomic_write_bytes(path, save(tensors, metadata={"ids": json.dumps(meta), "hook": "resid_post", "position": "last"}))
     if piece is not None:
-        work.update_stage("capture", complete=True, n_prompts=len(prompts))
+        work.mark_done("capture", n_prompts=len(prompts))
     return path
 
 
@@ -403,7 +412,7 @@ def load_pct_activations(run: RunDir) -> tuple[dict[str, np.ndarray], dict[str, 
 
     path = run.path / "activations.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; run `wdprobe pct capture --out {run.path}`")
+        raise StageNotFinishedError(f"{path}: missing; run `wdprobe pct capture --out {run.path}`")
     with safe_open(str(path), "pt") as f:
         ids = json.loads(f.metadata()["ids"])
         arrays = {k: f.get_tensor(k).float().numpy() for k in ("closed", "open")}
@@ -414,8 +423,6 @@ def pct_probes(run: RunDir, *, kinds: Sequence[str] = ("diffmean", "logreg"), fo
                progress: bool = True) -> Path:
     """Probes across forms (closed = 'word', open = 'deed'), folds grouped by proposition, and the persona
     effect along the internal stance direction."""
-    from wdprobe.methods.probes import probe_layers
-    from wdprobe.studies.pct.stance import agrees
 
     arrays, ids = load_pct_activations(run)
     closed = {r["id"]: r for r in read_csv(run.path / "closed.csv")}
@@ -425,7 +432,7 @@ def pct_probes(run: RunDir, *, kinds: Sequence[str] = ("diffmean", "logreg"), fo
     pairs = [(c_index[i], o_index[closed[i]["pair_id"]][0], closed[i], o_index[closed[i]["pair_id"]][1])
              for i in ids["closed"] if closed[i]["pair_id"] in o_index]
     if len(pairs) < 2 * folds:
-        raise ValueError(f"{run.path}: {len(pairs)} closed/open pairs are too few for {folds}-fold probes")
+        raise InputError(f"{run.path}: {len(pairs)} closed/open pairs are too few for {folds}-fold probes")
     ci, oi = [p[0] for p in pairs], [p[1] for p in pairs]
     y_closed = agrees([int(p[2]["choice"]) for p in pairs])
     y_open = agrees([int(p[3]["stance"]) for p in pairs])
@@ -451,8 +458,6 @@ def order_control(X: np.ndarray, rows: Sequence[dict], groups: Sequence[int], *,
     (prompt text, not a stance), beside the closed answer's side, with the same proposition-grouped folds."""
     import pandas as pd
 
-    from wdprobe.methods.probes import accuracy, make_probe, item_folds
-    from wdprobe.studies.pct.stance import agrees
 
     first = np.array([int(r["order"][0]) >= 2 for r in rows], dtype=int)
     chosen = agrees([int(r["choice"]) for r in rows])
@@ -483,7 +488,6 @@ def persona_effect(X: np.ndarray, rows: Sequence[dict], *, base: str = "base", s
     """
     import pandas as pd
 
-    from wdprobe.studies.pct.compass import sign_flip_test
 
     key = [(r["persona"], int(r["proposition"]), int(r["instruction"])) for r in rows]
     index = {k: i for i, k in enumerate(key)}
@@ -515,7 +519,6 @@ def persona_effect(X: np.ndarray, rows: Sequence[dict], *, base: str = "base", s
 
 def pct_tropes(run: RunDir, embedder=None, *, threshold: float = 0.7, min_prompts: int = 10) -> Path:
     """Sentences of the open texts, embedded and clustered; tropes with counts by stance and persona."""
-    from wdprobe.studies.pct.tropes import SentenceTransformerEmbedder, find_tropes, is_prompt_echo, split_sentences
 
     texts = read_csv(run.path / "open.csv")
     prompt_of = {r["id"]: r["prompt"] for r in prompt_table(run)}
@@ -551,7 +554,6 @@ def pct_tropes(run: RunDir, embedder=None, *, threshold: float = 0.7, min_prompt
             "n_disagree", "n_agree", "n_strongly_agree", "agree_share", "top_personas", "top_propositions"]
     run.write_table("tropes.csv", rows, cols)
     run.write_table("trope_sentences.csv", members, ["trope", "id", "persona", "proposition", "stance", "sentence"])
-    from wdprobe.core.cache import atomic_write_json
 
     atomic_write_json(run.path / "tropes.json", {"sentences": len(sentences), "texts": len(texts), "tropes": len(rows),
                                                   "dropped_prompt_echoes": echoes,
@@ -564,122 +566,3 @@ def _top(values: Sequence, k: int = 3) -> list[tuple[Any, int]]:
     from collections import Counter
 
     return Counter(values).most_common(k)
-
-
-# ---- the pipeline -------------------------------------------------------------------------------
-
-REDO_OUTPUTS = {"closed": ("closed.csv",), "open": ("open.csv",), "judge": ("stances.csv", "judge_check.json"),
-                "compass": ("compass.json", "positions.csv", "shifts.csv", "agreement.csv"),
-                "capture": ("activations.safetensors",), "probes": ("probes.csv", "probes_folds.csv", "persona_effect.csv", "probes_order_control.csv"),
-                "tropes": ("tropes.csv", "trope_sentences.csv", "tropes.json"), "report": ()}
-
-
-def run_pct(cfg: PCTConfig, *, stages: Sequence[str] | None = None, progress: bool = True, lm=None, judge=None,
-            embedder=None, report_dir: str | Path | None = None, log: Callable[[str], None] = print,
-            redo: Sequence[str] = (), shard: str | None = None) -> RunDir:
-    """Run (or resume) the PCT study; finished stages with the same settings are skipped, except those
-    in ``redo`` (their outputs are deleted first: use after changing a judge, embedder or code)."""
-    from wdprobe.core.model import load_model
-    from wdprobe.data.prompts import resolve_chat
-
-    wanted = list(STAGES if stages is None else stages)
-    if shard is not None and (len(wanted) != 1 or wanted[0] not in SHARDABLE):
-        raise ValueError(f"--shard runs one of the stages {', '.join(SHARDABLE)} at a time (then `wdprobe merge RUN`)")
-    unknown = [s for s in wanted if s not in STAGES]
-    if unknown:
-        raise ValueError(f"unknown PCT stage(s) {unknown}; stages are {', '.join(STAGES)}")
-    run = RunDir(cfg.out)
-    run.check_or_start("pct", {k: v for k, v in cfg.to_json().items() if k not in ("out", "notes", "batch_size")})
-    holder: dict[str, Any] = {"lm": lm}
-    for stage in redo:
-        if stage not in STAGES:
-            raise ValueError(f"cannot redo unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-        run.reset_stage(stage, REDO_OUTPUTS[stage])
-
-    def model():
-        if holder["lm"] is None:
-            log(f"loading {cfg.model} ...")
-            holder["lm"] = load_model(cfg.model)
-        m = run.read_manifest()
-        if "model" not in m:
-            m["model"] = holder["lm"].manifest()
-            run.write_manifest(m)
-        return holder["lm"]
-
-    def default_judge():
-        """The configured judge model (the studied model itself by default), loaded only when needed."""
-        from wdprobe.studies.pct.stance import LikelihoodJudge
-
-        return LikelihoodJudge(model() if cfg.judge is None else load_model(cfg.judge), calibrate=cfg.calibrate)
-
-    if not (run.path / "prompts.csv").is_file():
-        from wdprobe.data.prompts import INSTRUCT_NAME
-
-        maybe_chat = cfg.chat == "chat" or (cfg.chat == "auto" and bool(INSTRUCT_NAME.search(cfg.model)))
-        tok = model().tokenizer if maybe_chat else None
-        use_chat = resolve_chat(cfg.chat, cfg.model, tok) if tok is not None else False
-        write_prompts(run, cfg, tok, use_chat)
-        run.update_stage("prompts", use_chat=use_chat, finished=now())
-    use_chat = bool(run.read_manifest()["stages"]["prompts"]["use_chat"])
-    for stage in wanted:
-        if stage != "report" and _stage_done(run, stage):
-            log(f"{stage}: done ({run.read_manifest()['stages'][stage].get('result', '')})")
-            if stage == "judge" and not (run.path / "judge_check.json").is_file():
-                judge = judge or default_judge()
-                write_judge_check(run, judge)  # a run made before the check existed gets it without re-judging
-            continue
-        started = time.time()
-        if shard is not None:
-            if stage == "closed":
-                path = pct_closed(run, model(), use_chat=use_chat, batch_size=cfg.batch_size, progress=progress, shard=shard)
-            elif stage == "open":
-                path = pct_open(run, model(), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                progress=progress, shard=shard)
-            elif stage == "judge":
-                _require(run, stage, "open")
-                judge = judge or default_judge()
-                path = pct_judge(run, judge, progress=progress, shard=shard)
-            else:
-                path = pct_capture(run, model(), batch_size=cfg.batch_size, progress=progress, shard=shard)
-            log(f"{stage} shard {shard}: {path} ({time.time() - started:.0f} s); when every shard is done: "
-                f"wdprobe merge {run.path}")
-            continue
-        if stage == "closed":
-            pct_closed(run, model(), use_chat=use_chat, batch_size=cfg.batch_size, progress=progress)
-            result = f"{sum(1 for _ in read_csv(run.path / 'closed.csv'))} closed prompts"
-        elif stage == "open":
-            pct_open(run, model(), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=progress)
-            result = f"{sum(1 for _ in read_csv(run.path / 'open.csv'))} texts"
-        elif stage == "judge":
-            _require(run, stage, "open")
-            judge = judge or default_judge()
-            pct_judge(run, judge, progress=progress)
-            result = f"judge {judge.name}"
-        elif stage == "compass":
-            _require(run, stage, "closed")
-            s = pct_compass(run, resolve_pct_dir(cfg.data), seed=cfg.seed)
-            result = f"closed-vs-open same side {s.get('same_side')} (chance {s.get('same_side_chance')})"
-        elif stage == "capture":
-            pct_capture(run, model(), batch_size=cfg.batch_size, progress=progress)
-            result = "activations.safetensors"
-        elif stage == "probes":
-            for need in ("capture", "judge"):
-                _require(run, stage, need)
-            pct_probes(run, kinds=cfg.probe_kinds, folds=cfg.folds, seed=cfg.seed, progress=progress)
-            result = "probes.csv, persona_effect.csv"
-        elif stage == "tropes":
-            _require(run, stage, "judge")
-            from wdprobe.studies.pct.tropes import SentenceTransformerEmbedder
-
-            emb = embedder or SentenceTransformerEmbedder(cfg.embedder)
-            pct_tropes(run, emb, threshold=cfg.trope_threshold, min_prompts=cfg.min_prompts)
-            result = f"{json.loads((run.path / 'tropes.json').read_text())['tropes']} tropes"
-        else:  # report
-            from wdprobe.studies.pct.report import write_pct_report
-
-            notes = Path(cfg.notes).read_text() if cfg.notes else None
-            out = write_pct_report(run, report_dir or run.path / "report", notes=notes)
-            result = str(out)
-        _finish(run, stage, started, result)
-        log(f"{stage}: {result} ({time.time() - started:.0f} s)")
-    return run

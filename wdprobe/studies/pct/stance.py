@@ -10,7 +10,9 @@ text by default; pass a stronger one); any object with ``name`` and ``stance_log
 from __future__ import annotations
 
 from typing import Callable, Protocol, Sequence
+
 import numpy as np
+
 from wdprobe.core.option_scoring import option_logprobs
 from wdprobe.data.pct import ANSWERS
 

@@ -13,7 +13,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
+
 import numpy as np
+
+from wdprobe.errors import InputError
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 _SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -101,7 +104,7 @@ def find_tropes(sentences: Sequence[str], prompt_ids: Sequence[str], emb: np.nda
                 min_prompts: int = 5) -> list[Trope]:
     """Clusters that recur across at least ``min_prompts`` distinct prompts, largest reach first."""
     if not (len(sentences) == len(prompt_ids) == len(emb)):
-        raise ValueError(f"{len(sentences)} sentences, {len(prompt_ids)} prompt ids and {len(emb)} embeddings must match")
+        raise InputError(f"{len(sentences)} sentences, {len(prompt_ids)} prompt ids and {len(emb)} embeddings must match")
     labels = cluster_sentences(np.asarray(emb, dtype=np.float32), threshold=threshold)
     tropes = []
     for c in np.unique(labels):
