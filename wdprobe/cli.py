@@ -22,12 +22,15 @@ from wdprobe.pipeline.config import (
     load_config,
     with_overrides,
 )
-from wdprobe.pipeline.merge import main_summary, merge_run
+from wdprobe.pipeline.merge import main_summary, merge_run, study_of
+from wdprobe.pipeline.pct import pct_stage_names, run_pct
+from wdprobe.pipeline.registry import REGISTRY
 from wdprobe.pipeline.study import run_study
 from wdprobe.pipeline.sweep import run_sweep
 from wdprobe.reports.compare import compare_runs
 from wdprobe.reports.localisation import write_localisation_report
 from wdprobe.reports.scores import write_score_report
+from wdprobe.runs.rundir import RunDir
 from wdprobe.scoring.upstream import upstream_metrics
 from wdprobe.stages.capture import capture_wdct
 from wdprobe.stages.lens import run_lens
@@ -42,11 +45,6 @@ from wdprobe.stages.steering import run_steering
 from wdprobe.studies.align.finetune import TrainSettings
 from wdprobe.studies.align.report import write_alignment_report
 from wdprobe.studies.align.stages import AlignConfig, run_align
-from wdprobe.pipeline.merge import study_of
-from wdprobe.runs.rundir import RunDir
-from wdprobe.pipeline.pct import pct_stage_names
-from wdprobe.pipeline.registry import REGISTRY
-from wdprobe.pipeline.pct import run_pct
 from wdprobe.studies.pct.stages import PCTConfig
 
 

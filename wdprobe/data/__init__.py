@@ -1,1 +1,1 @@
-"""data"""
+"""Data: WDCT items and their loaders, prompts for each setting, PCT material, paraphrases, pinned downloads."""

@@ -1,4 +1,6 @@
-"""TODO docstring (capture)"""
+"""Capture kernels: which hooks, layers and positions to read (:class:`CaptureSpec`), where each
+prompt's spans lie, and one batched forward that returns only those residuals (never a full cache).
+"""
 from __future__ import annotations
 
 import re

@@ -20,28 +20,45 @@ from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from wdprobe.errors import InputError
 
 
-class DiffMeanProbe(BaseEstimator, ClassifierMixin):
-    """Difference-of-means (mass-mean) probe: direction = mean(class 1) - mean(class 0), threshold at the midpoint."""
+class DiffMeanProbe(ClassifierMixin, BaseEstimator):
+    """Difference-of-means (mass-mean) probe: direction = mean(class 1) - mean(class 0), threshold at the midpoint.
+
+    A scikit-learn estimator (it passes ``parametrize_with_checks``): input is validated, a probe used
+    before ``fit`` says so, and it refuses more than two classes (stance labels are binary)."""
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "DiffMeanProbe":
-        X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        y_type = type_of_target(y, input_name="y")
+        if y_type != "binary":
+            raise InputError(f"Only binary classification is supported. The type of the target is {y_type}: "
+                             f"DiffMeanProbe needs two classes, got {np.unique(y).tolist()}")
         self.classes_ = np.unique(y)
         if len(self.classes_) != 2:
-            raise InputError(f"DiffMeanProbe needs two classes, got {self.classes_.tolist()}")
+            raise InputError(f"DiffMeanProbe needs two classes, got 1 class ({self.classes_.tolist()}): nothing to separate")
         mu0, mu1 = X[y == self.classes_[0]].mean(0), X[y == self.classes_[1]].mean(0)
         self.direction_ = mu1 - mu0
         self.threshold_ = float(self.direction_ @ (mu0 + mu1) / 2)
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(X, dtype=np.float64) @ self.direction_ - self.threshold_
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return X @ self.direction_ - self.threshold_
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.where(self.decision_function(X) > 0, self.classes_[1], self.classes_[0])
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
 
 
 def logistic_probe(seed: int = 0, inner_folds: int = 3) -> Any:

@@ -19,8 +19,8 @@ from wdprobe.figures.probes import png_enabled, png_export
 from wdprobe.pipeline.config import StudyConfig
 from wdprobe.pipeline.registry import REGISTRY
 from wdprobe.pipeline.runner import record_model_load, run_timed
-from wdprobe.runs.stage import StageContext
 from wdprobe.runs.rundir import RunDir
+from wdprobe.runs.stage import StageContext
 
 
 class _LazyModel:

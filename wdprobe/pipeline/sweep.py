@@ -39,9 +39,9 @@ from wdprobe.core.model import load_model
 from wdprobe.errors import SweepConfigError
 from wdprobe.pipeline.merge import mergers
 from wdprobe.pipeline.registry import REGISTRY
-from wdprobe.runs.stage import StageContext
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.shards import Shard, shard_dir
+from wdprobe.runs.stage import StageContext
 from wdprobe.stages.score import load_score
 
 SETTING_KEYS = {"seed", "setting", "sample", "limit", "domains", "subset", "dtype", "batch_size", "chat", "demos",

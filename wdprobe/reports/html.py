@@ -1,4 +1,5 @@
-"""TODO docstring (study_report)"""
+"""Shared HTML for every report page: one stylesheet, tables, and inline markdown (bold, italics, code, links).
+"""
 from __future__ import annotations
 
 import html

@@ -1,4 +1,6 @@
-"""TODO docstring (localise)"""
+"""The localisation part of the study report: lens, patching and steering figures and tables, copied
+from a run directory into a report folder, with a markdown summary.
+"""
 from __future__ import annotations
 
 import json

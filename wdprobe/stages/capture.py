@@ -12,6 +12,7 @@ Position kinds (computed per prompt from token offsets, never assumed):
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -169,8 +170,12 @@ class Activations:
         return self.array[keep], self.meta[keep].reset_index(drop=True)
 
 
-def load_activations(run_dir: str | Path, hook: str = "resid_post", position: str = "last") -> Activations:
-    """Read captured activations back as one ``(n_prompts, n_layers, d_model)`` float32 array."""
+def load_activations(run_dir: str | Path, hook: str = "resid_post", position: str = "last", *,
+                     allow_partial: bool = False) -> Activations:
+    """Read captured activations back as one ``(n_prompts, n_layers, d_model)`` float32 array.
+
+    An unfinished capture is refused by name; ``allow_partial=True`` reads the prompts captured so far
+    and warns how many that is."""
     import pandas as pd
     from safetensors.torch import load_file
 
@@ -179,6 +184,9 @@ def load_activations(run_dir: str | Path, hook: str = "resid_post", position: st
     st = run.read_manifest().get("stages", {}).get(STAGE)
     if not st:
         raise StageNotFinishedError(f"{run.path} has no capture: run `wdprobe capture --run {run.path}` first")
+    if not st.get("complete") and not allow_partial:
+        raise StageNotFinishedError(f"{run.path}: the capture did not finish; rerun `wdprobe capture --run {run.path}` "
+                                    "(it resumes), or pass allow_partial=True to read the prompts captured so far")
     spec = st["config"]["spec"]
     name = f"{hook}/{position}"
     if hook not in spec["hooks"] or position not in spec["positions"]:
@@ -196,6 +204,8 @@ def load_activations(run_dir: str | Path, hook: str = "resid_post", position: st
     idx = np.concatenate(indices)
     pos = {int(k): i for i, k in enumerate(idx)}
     arr = arr[[pos[int(k)] for k in meta["prompt_index"]]]
+    if not st.get("complete"):
+        warnings.warn(f"{run.path}: reading an unfinished capture ({len(meta)} prompts so far)", stacklevel=2)
     return Activations(arr, meta, tuple(spec["layers"]), hook, position)
 
 

@@ -1,4 +1,6 @@
-"""TODO docstring (lens)"""
+"""The logit-lens stage: read the captured residuals of a scored run through the final norm and
+unembedding, per layer, word vs deed; write tidy tables, a headline and figures under ``lens/``.
+"""
 from __future__ import annotations
 
 from pathlib import Path

@@ -10,6 +10,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -33,7 +34,7 @@ from wdprobe.methods.patching import (
     swap_alignment,
     swap_counterfactual,
 )
-from wdprobe.runs.rundir import RunDir
+from wdprobe.runs.rundir import RunDir, safe_name
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import (
     model_for_run,
@@ -126,8 +127,9 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
     return head
 
 
-def _save_exact(folder: Path, item_id: str, res: dict[str, Any]) -> None:
-    atomic_write_text(folder / f"{item_id}.json", json.dumps({"clean": res["clean"], "counterfactual": res["counterfactual"],
+def _save_exact(run: RunDir, folder: str, item_id: str, res: dict[str, Any]) -> None:
+    """One item's exact patching result, under a file name made safe from the item id (ids come from data)."""
+    atomic_write_text(run.child(folder, safe_name(item_id) + ".json"), json.dumps({"clean": res["clean"], "counterfactual": res["counterfactual"],
                                                               "patched": np.asarray(res["patched"]).tolist()}))
 
 
@@ -140,7 +142,7 @@ def _saved_exact(run_dir: Path, stage: str, form: str) -> dict[str, dict[str, An
     for folder in folders:
         for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             d = json.loads(f.read_text())
-            out[f.stem] = {"clean": d["clean"], "counterfactual": d["counterfactual"], "patched": np.array(d["patched"])}
+            out[unquote(f.stem)] = {"clean": d["clean"], "counterfactual": d["counterfactual"], "patched": np.array(d["patched"])}
     return out
 
 
@@ -302,7 +304,7 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     for i in todo:  # one item at a time, saved as it finishes: an interrupted run keeps what is done
         res = exact_patching(lm, [clean[i]], [cf[i]], hooks, token_ids, batch_size=batch_size, progress=bar.update)[0]
         saved[ids[i]] = res
-        _save_exact(work.path / "patching" / f"positional-{form}-exact", ids[i], res)
+        _save_exact(work, f"patching/positional-{form}-exact", ids[i], res)
     t_exact = time.perf_counter() - t0
     bar.close()
     if part:

@@ -1,4 +1,9 @@
-"""TODO docstring (localise)"""
+"""The steering stage on a run directory: add alpha x the word-stance direction in deed runs over a
+(layer, alpha) grid, pick the best setting, validate it on held-out items against a random direction.
+
+Finished chunks of items are saved in ``steer.parts`` (an interrupted run resumes); the outputs are tidy
+CSVs, a headline JSON and figures under ``steering/``.
+"""
 from __future__ import annotations
 
 import json

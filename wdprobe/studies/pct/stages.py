@@ -32,8 +32,8 @@ from wdprobe.errors import InputError, StageNotFinishedError
 from wdprobe.methods.capture import last_token_residuals
 from wdprobe.methods.probes import accuracy, item_folds, make_probe, probe_layers
 from wdprobe.runs.rundir import RunDir, read_csv
-from wdprobe.runs.stage import require_done
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
+from wdprobe.runs.stage import require_done
 from wdprobe.studies.pct.compass import (
     load_weights,
     persona_positions,
