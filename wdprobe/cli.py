@@ -15,11 +15,11 @@ from wdprobe.errors import (
     WdprobeError,
 )
 from wdprobe.pipeline.config import (
-    STAGES,
     StudyConfig,
     config_to_toml,
     item_count,
     load_config,
+    wdct_stages,
     with_overrides,
 )
 from wdprobe.pipeline.merge import main_summary, merge_run, study_of
@@ -209,9 +209,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     stages = args.stages.split(",") if args.stages else None
     if args.skip:
         skip = args.skip.split(",")
-        unknown = [s for s in skip if s not in STAGES]
+        unknown = [s for s in skip if s not in wdct_stages()]
         if unknown:
-            raise InputError(f"--skip: unknown stage(s) {unknown}: choose from {list(STAGES)}")
+            raise InputError(f"--skip: unknown stage(s) {unknown}: choose from {list(wdct_stages())}")
         stages = [s for s in (stages or cfg.stages) if s not in skip]
     cfg = with_overrides(cfg, {"model": args.model, "data": args.data, "out": args.out, "report": args.report,
                                "notes": args.notes, "seed": args.seed, "limit": args.limit, "sample": args.sample,

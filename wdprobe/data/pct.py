@@ -55,6 +55,8 @@ BASE = Persona("base", "")
 
 @dataclass(frozen=True)
 class PCTMaterial:
+    """The PCT propositions, sections, instructions and personas, as read from the upstream files."""
+
     propositions: tuple[str, ...]
     sections: tuple[str, ...]  # section name of each proposition
     instructions: dict[str, tuple[str, ...]]  # form -> templates

@@ -14,7 +14,7 @@ token where the answer letter is predicted). Left padding is handled here, once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from wdprobe.core.forward import (
 )
 from wdprobe.errors import CaptureSpecError, InterventionError
 from wdprobe.methods.capture import CaptureSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from wdprobe.core.model import LoadedModel
 
 Kind = Literal["set", "add", "project"]
 RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
@@ -50,6 +53,11 @@ def parse_layers(spec: str | Sequence[int] | None, n_layers: int) -> list[int]:
         return list(CaptureSpec.parse(spec, n_layers).layers)
     except CaptureSpecError as e:
         raise InterventionError(str(e)) from None
+
+
+def resolve_layers(layers: str | Sequence[int] | None, lm: "LoadedModel") -> list[int]:
+    """:func:`parse_layers` against the model's depth."""
+    return parse_layers(layers, lm.n_layers)
 
 
 @dataclass(frozen=True)

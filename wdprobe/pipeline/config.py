@@ -16,18 +16,26 @@ from typing import Any, Mapping
 from wdprobe.errors import ConfigError, MissingInputError
 from wdprobe.pipeline.registry import REGISTRY, item_count
 
-STAGES = REGISTRY.names("wdct")  # read from the registry: the one place stages are listed
-__all__ = ["StudyConfig", "STAGES", "item_count", "load_config", "config_to_toml", "with_overrides"]
+__all__ = ["StudyConfig", "wdct_stages", "item_count", "load_config", "config_to_toml", "with_overrides"]
+
+
+def wdct_stages() -> tuple[str, ...]:
+    """The WDCT stages in pipeline order, read from the registry (so registered stages count too)."""
+    return REGISTRY.names("wdct")
 
 
 @dataclass
 class ScoreSection:
+    """Settings of the ``score`` stage (``[score]`` in a study file)."""
+
     batch_size: int = 32
     chat: str = "auto"
 
 
 @dataclass
 class CaptureSection:
+    """Settings of the ``capture`` stage: layers, positions, storage dtype."""
+
     layers: str = "all"
     positions: list[str] = field(default_factory=lambda: ["last", "question_mean"])
     storage_dtype: str = "float32"
@@ -36,6 +44,8 @@ class CaptureSection:
 
 @dataclass
 class ProbesSection:
+    """Settings of the ``probes`` stage: positions, probe kinds, folds."""
+
     positions: list[str] = field(default_factory=lambda: ["last", "question_mean"])
     kinds: list[str] = field(default_factory=lambda: ["logreg", "diffmean"])
     folds: int = 5
@@ -43,6 +53,8 @@ class ProbesSection:
 
 @dataclass
 class PatchCrossSection:
+    """Settings of cross-form patching: items, layers, conditions."""
+
     items: int | str = 64
     layers: str = "all"
     conditions: list[str] = field(default_factory=lambda: ["full", "stance", "letter", "random"])
@@ -51,6 +63,8 @@ class PatchCrossSection:
 
 @dataclass
 class PatchPositionalSection:
+    """Settings of positional patching: forms, attribution items, exact items."""
+
     forms: list[str] = field(default_factory=lambda: ["deed", "word"])
     items: int = 16
     exact_items: int = 4
@@ -62,6 +76,8 @@ class PatchPositionalSection:
 
 @dataclass
 class SteerSection:
+    """Settings of steering: grid items, layers, alphas, validation."""
+
     items: int | str = 64
     layers: str = "all"
     alphas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0])
@@ -92,7 +108,7 @@ class StudyConfig:
     dtype: str = "float32"
     device: str | None = None
     device_map: str | None = None
-    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    stages: list[str] = field(default_factory=lambda: list(wdct_stages()))
     png: bool = True  # static PNGs beside the HTML figures (about 4 s each on CPU)
     score: ScoreSection = field(default_factory=ScoreSection)
     capture: CaptureSection = field(default_factory=CaptureSection)
@@ -118,9 +134,9 @@ class StudyConfig:
         return asdict(self)
 
     def validate(self) -> "StudyConfig":
-        bad = [s for s in self.stages if s not in STAGES]
+        bad = [s for s in self.stages if s not in wdct_stages()]
         if bad:
-            raise ConfigError(f"unknown stage(s) {bad}: choose from {list(STAGES)}")
+            raise ConfigError(f"unknown stage(s) {bad}: choose from {list(wdct_stages())}")
         for name, value in (("patch_cross.items", self.patch_cross.items), ("steer.items", self.steer.items)):
             if not (value == "all" or (isinstance(value, int) and value > 0)):
                 raise ConfigError(f"{name} must be a positive number or 'all', not {value!r}")

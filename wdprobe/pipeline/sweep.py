@@ -70,6 +70,8 @@ class SweepTask:
 
 @dataclass
 class SweepSpec:
+    """A sweep read from its TOML file: models x grid of scoring settings x shards, and the stages to run."""
+
     out: Path
     models: list[str]
     data: str | None = None
@@ -203,6 +205,8 @@ def _run_ray(tasks: Sequence[SweepTask], spec: SweepSpec, address: str | None, p
 
 @dataclass
 class SweepResult:
+    """A finished sweep: where it wrote, one row per run, and each task's timing."""
+
     out: Path
     runs: list[dict]
     tasks: list[dict]

@@ -21,7 +21,7 @@ from wdprobe.errors import InputError, InterventionError, TokenAlignmentError
 from wdprobe.figures import localisation as localise_plots
 from wdprobe.figures import probes as plots
 from wdprobe.methods.capture import presentation_spans
-from wdprobe.methods.interventions import Row, resid_hook, run_interventions
+from wdprobe.methods.interventions import Row, resid_hook, resolve_layers, run_interventions
 from wdprobe.methods.patching import (
     CROSS_CONDITIONS,
     aligned_tokens,
@@ -39,7 +39,6 @@ from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import (
     model_for_run,
     progress_bar,
-    resolve_layers,
     scored_model_name,
     stage_seconds,
 )

@@ -16,13 +16,13 @@ import numpy as np
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.figures import localisation as localise_plots
 from wdprobe.figures import probes as plots
+from wdprobe.methods.interventions import resolve_layers
 from wdprobe.methods.steering import best_setting, steer, summarise_steering
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import (
     model_for_run,
     progress_bar,
-    resolve_layers,
     scored_model_name,
     stage_seconds,
 )

@@ -182,6 +182,8 @@ def evaluated_epochs(run_dir: str | Path) -> list[int]:
 
 @dataclass
 class AlignResult:
+    """A finished (or stopped) alignment run: its directory and the change rates per epoch."""
+
     run_dir: Path
     change_rates: list[dict]
     summary: dict = field(default_factory=dict)

@@ -20,6 +20,8 @@ from wdprobe.errors import PCTFormatError
 
 @dataclass(frozen=True)
 class CompassWeights:
+    """Per-proposition economic and social weights of the four answers, with offsets and divisors."""
+
     econ: np.ndarray  # (n_propositions, 4), columns in ANSWERS order
     soc: np.ndarray
     econ_offset: float

@@ -24,6 +24,8 @@ _WORD = re.compile(r"[A-Za-z]+")
 
 
 class Embedder(Protocol):
+    """Anything that turns sentences into L2-normalised rows (a sentence-transformers model, or a test double)."""
+
     name: str
 
     def encode(self, sentences: Sequence[str]) -> np.ndarray:  # (n, d), rows L2-normalised
@@ -82,6 +84,8 @@ def bundled_minilm() -> Path:
 
 @dataclass
 class Trope:
+    """A cluster of justifications that recurs across many distinct prompts, with its representative sentence."""
+
     id: int
     label: str  # the most central sentence
     members: list[int] = field(default_factory=list)  # sentence indices

@@ -6,14 +6,9 @@ import torch
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def gemma():
-    from wdprobe.core.model import load_model
 
-    return load_model("gemma-3-270m")
-
-
-def test_lora_applied_to_the_bridge_equals_peft_on_gemma(gemma):
+def test_lora_applied_to_the_bridge_equals_peft_on_gemma(fresh_gemma):
+    gemma = fresh_gemma
     from wdprobe.core.forward import last_token_logits
     from wdprobe.studies.align.finetune import TrainSettings, Tuner
 
@@ -32,7 +27,8 @@ def test_lora_applied_to_the_bridge_equals_peft_on_gemma(gemma):
     assert torch.equal(last_token_logits(gemma, prompts), before)
 
 
-def test_one_epoch_of_word_training_on_gemma(gemma, shared_data, tmp_path):
+def test_one_epoch_of_word_training_on_gemma(fresh_gemma, shared_data, tmp_path):
+    gemma = fresh_gemma
     from wdprobe.studies.align.finetune import TrainSettings
     from wdprobe.studies.align.stages import AlignConfig, load_epoch, run_align
 

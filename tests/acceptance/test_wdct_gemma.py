@@ -10,12 +10,6 @@ from wdprobe.stages.score import score_wdct
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def gemma():
-    from wdprobe.core.model import load_model
-
-    return load_model("gemma-3-270m")
-
 
 def test_gemma_shape_and_exact_last_position_logits(gemma, shared_data):
     assert gemma.bridge.cfg.n_layers == 18 and gemma.bridge.cfg.d_model == 640

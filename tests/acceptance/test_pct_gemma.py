@@ -8,12 +8,6 @@ import torch
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def gemma():
-    from wdprobe.core.model import load_model
-
-    return load_model("gemma-3-270m")
-
 
 def test_twin_generation_matches_uncached_greedy_on_gemma(gemma):
     from wdprobe.core.generation import generate_texts
