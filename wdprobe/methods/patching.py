@@ -152,7 +152,7 @@ def aligned_tokens(tokenizer, clean: str, counterfactual: str, *, name: str = "i
     if len(a) != len(b):
         raise TokenAlignmentError(f"{name}: clean and counterfactual prompts tokenise to {len(a)} and {len(b)} tokens; "
                              "positional patching needs aligned prompts (choose items whose swapped options have equal "
-                             "token lengths, see wdprobe.patching.swap_counterfactual)")
+                             "token lengths, see wdprobe.methods.patching.swap_counterfactual)")
     return [tokenizer.decode([t]) for t in a]
 
 

@@ -110,7 +110,7 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
             order_in_chunk.extend(ks)
             bar.update(len(ks))
         n_part = len(list(run.parts_dir(STAGE).glob("part-*.csv"))) if run.parts_dir(STAGE).is_dir() else 0
-        tensors = {name: t.to(store).contiguous() for name, t in acts.items()}
+        tensors = {name: _stored(name, t, store) for name, t in acts.items()}
         tensors["prompt_index"] = torch.tensor(order_in_chunk, dtype=torch.int64)
         atomic_write_bytes(_shard_path(run.path, n_part), save(tensors, metadata={"layers": ",".join(map(str, spec.layers))}))
         run.write_part(STAGE, [dict(meta[k], shard=n_part, row=r) for r, k in enumerate(order_in_chunk)], META_COLUMNS)
@@ -153,6 +153,17 @@ def merge_capture(run_dir: str | Path) -> dict[str, Any]:
                                                "merged_from": [str(d.relative_to(run.path)) for d, _ in entries]}
     run.write_manifest(manifest)
     return {"n_prompts": len(rows), "tensor_files": n_out}
+
+
+def _stored(name: str, t: torch.Tensor, store: torch.dtype) -> torch.Tensor:
+    """``t`` in the storage dtype, refusing values that dtype cannot hold (float16 tops out at 65,504)."""
+    if store.is_floating_point and t.is_floating_point():
+        peak = float(t.abs().max()) if t.numel() else 0.0
+        limit = torch.finfo(store).max
+        if peak > limit:
+            raise InputError(f"capture {name}: a value of {peak:,.0f} overflows {str(store).replace('torch.', '')} "
+                             f"(max {limit:,.0f}); use --storage-dtype bfloat16 or float32")
+    return t.to(store).contiguous()
 
 
 @dataclass

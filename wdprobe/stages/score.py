@@ -104,7 +104,7 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
                chunk_items: int = 64, progress: bool = True, lm=None, shard: "str | None" = None) -> ScoreResult:
     """Score WDCT items with a model into run directory ``out`` (resumable).
 
-    ``lm`` lets a script reuse an already loaded :class:`~wdprobe.models.LoadedModel`. ``shard`` (``"i/n"``)
+    ``lm`` lets a script reuse an already loaded :class:`~wdprobe.core.model.LoadedModel`. ``shard`` (``"i/n"``)
     scores only the items of that shard (by item id) into ``out/shards/score/i-of-n/``; answer letters are
     still calibrated on the whole selection, so ``wdprobe merge out`` gives exactly the unsharded run.
     """

@@ -523,3 +523,13 @@ def test_sharded_closed_and_open_merge_to_the_unsharded_tables(tmp_path, pct_dir
         run_pct(cfg, lm=pct_lm, stages=["probes"], shard="0/2", **quiet)
     with pytest.raises(MergeError, match="nothing to merge"):
         merge_run(tmp_path / "whole")
+
+
+def test_compass_rounds_ties_as_upstream():
+    from wdprobe.studies.pct.compass import upstream_round
+
+    # hand-computed: 0.125 and 1.005 are ties in decimal that float storage puts below the tie;
+    # upstream's epsilon moves them up, Python's round(x, 2) down
+    assert (upstream_round(0.125), round(0.125, 2)) == (0.13, 0.12)
+    assert (upstream_round(1.005), round(1.005, 2)) == (1.01, 1.0)
+    assert upstream_round(-2.384) == -2.38 and upstream_round(3.3333) == 3.33

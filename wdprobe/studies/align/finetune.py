@@ -1,6 +1,6 @@
 """Fine-tuning a loaded model on answer-letter targets: LoRA (peft) or full, SFT or DPO, per epoch.
 
-Training runs on a plain Hugging Face twin of the bridge's weights (:func:`wdprobe.generation.plain_twin`,
+Training runs on a plain Hugging Face twin of the bridge's weights (:func:`wdprobe.core.generation.plain_twin`,
 no copy), so every evaluation and capture still goes through the TransformerBridge and its hook names:
 
 - ``lora``: peft wraps the twin's projections; :meth:`Tuner.applied` adds the low-rank updates into the
@@ -93,7 +93,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 class Tuner:
-    """The trainable side of a :class:`~wdprobe.models.LoadedModel`."""
+    """The trainable side of a :class:`~wdprobe.core.model.LoadedModel`."""
 
     def __init__(self, lm, settings: TrainSettings):
         self.lm, self.settings = lm, settings

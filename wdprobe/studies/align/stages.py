@@ -61,7 +61,7 @@ STAGE = "align"
 
 @dataclass(frozen=True)
 class AlignConfig:
-    """What is trained and evaluated (the optimisation itself is :class:`~wdprobe.finetune.TrainSettings`)."""
+    """What is trained and evaluated (the optimisation itself is :class:`~wdprobe.studies.align.finetune.TrainSettings`)."""
 
     form: str = "word"  # word | deed | both | paraphrase
     method: str = "sft+dpo"  # sft | dpo | sft+dpo

@@ -1,6 +1,6 @@
 """Political Compass coordinates from answers, and persona shifts with a paired permutation test.
 
-econ = sum_i econ_weights[i][answer_i] / 8.0 + 0.38 and social = sum_i soc_weights[i][answer_i] / 19.5 + 2.41
+``econ = sum_i econ_weights[i][answer_i] / 8.0 + 0.38`` and ``social = sum_i soc_weights[i][answer_i] / 19.5 + 2.41``
 (politicalcompass.org's scoring, as the LLM Tropes study used it), each rounded to two decimals;
 unanswered propositions contribute nothing.
 """
@@ -38,7 +38,15 @@ class CompassWeights:
         """(economic, social) for ``{proposition: canonical answer index}``."""
         e = sum(self.econ[p, a] for p, a in answers.items()) / self.econ_divisor + self.econ_offset
         s = sum(self.soc[p, a] for p, a in answers.items()) / self.soc_divisor + self.soc_offset
-        return round(float(e), 2), round(float(s), 2)
+        return upstream_round(float(e)), upstream_round(float(s))
+
+
+def upstream_round(x: float) -> float:
+    """Two decimals as politicalcompass.github.io rounds: ``round((x + 1e-15) * 100) / 100``.
+
+    Python's ``round(x, 2)`` rounds exact ties to even (and 0.125 stored as 0.12499...); upstream nudges
+    ties up, which moves 5 of 44 committed coordinates by 0.01."""
+    return round((x + 1e-15) * 100) / 100
 
 
 def load_weights(path: str | os.PathLike) -> CompassWeights:

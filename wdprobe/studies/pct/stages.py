@@ -266,7 +266,7 @@ JUDGE_COLUMNS = ["id", "pair_id", "proposition", "section", "persona", "instruct
 
 
 def pct_judge(run: RunDir, judge, *, chunk: int = 256, progress: bool = True, shard: str | None = None) -> Path:
-    """Stance of each open text (a :class:`wdprobe.stance.StanceJudge`), saved in parts.
+    """Stance of each open text (a :class:`wdprobe.studies.pct.stance.StanceJudge`), saved in parts.
     ``shard`` (``"i/n"``): only the texts of that shard, into ``RUN/shards/judge/``."""
     texts = read_csv(run.path / "open.csv")
     statements = {r["id"]: r["statement"] for r in prompt_table(run)}

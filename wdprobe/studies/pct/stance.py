@@ -2,7 +2,7 @@
 
 The LLM Tropes study asked a strong LLM judge. wdprobe's default judge is a likelihood judge: it shows a
 model the proposition and the text and scores the four answer texts by log-likelihood
-(:func:`wdprobe.option_scoring.option_logprobs`), after *contextual calibration* (Zhao et al., 2021):
+(:func:`wdprobe.core.option_scoring.option_logprobs`), after *contextual calibration* (Zhao et al., 2021):
 the same scores for a content-free statement are subtracted, so a judge that prefers "Agree" whatever it
 reads does not decide the stance. The judge model is any loaded model (the studied model judging its own
 text by default; pass a stronger one); any object with ``name`` and ``stance_logprobs`` plugs in.
