@@ -105,14 +105,17 @@ def test_steering_summary_and_best_setting_by_hand():
     assert t.attrs["clean_cs"] == 0.5
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_lm, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("localise")
+def _scored_and_captured(tiny_lm, tmp):
     data = write_two_option_copies(tmp / "w.csv")
     run = tmp / "run"
     score_wdct(run, data=data, lm=tiny_lm, progress=False)
     assert main(["capture", "--run", str(run), "--layers", "all", "--quiet"]) == 0
     return run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_lm, tmp_path_factory):
+    return _scored_and_captured(tiny_lm, tmp_path_factory.mktemp("localise"))
 
 
 def test_lens_stage_final_layer_equals_the_model_answer(tiny_run):
@@ -181,8 +184,15 @@ def test_positional_stage_and_errors(tiny_run, capsys):
     assert main(["patch", "--run", str(tiny_run), "--kind", "positional", "--min-effect", "1000", "--quiet"]) == 2
 
 
-def test_localisation_report_page_redraws_every_stage(tiny_run, tmp_path):
-    # runs after the lens, patch and steer tests above have filled the run directory
+def test_localisation_report_page_redraws_every_stage(tiny_lm, tmp_path):
+    # a run of its own with every stage the page draws, so the test holds in any order
+    tiny_run = _scored_and_captured(tiny_lm, tmp_path)
+    for argv in (["lens", "--run", str(tiny_run), "--quiet"],
+                 ["patch", "--run", str(tiny_run), "--kind", "cross", "--items", "12", "--quiet"],
+                 ["patch", "--run", str(tiny_run), "--kind", "positional", "--form", "deed", "--positional-items", "2",
+                  "--exact-items", "1", "--screen", "8", "--quiet"],
+                 ["steer", "--run", str(tiny_run), "--items", "12", "--alphas", "0,1,4", "--quiet"]):
+        assert main(argv) == 0
     out = tmp_path / "report"
     assert main(["report", str(tiny_run), "--out", str(out), "--localisation"]) == 0
     html = (out / "localisation.html").read_text()
