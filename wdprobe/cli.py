@@ -235,14 +235,16 @@ def print_status(run_dir: str | Path, study: str) -> None:
     load = run.read_manifest().get("model_load")
     if load:
         print(f"{'load_model':17s} {load['seconds']:8.0f} s  {load['finished']}  {load['model']}")
+    legacy = run.read_manifest().get("study", {}).get("done", {})  # runs made before the stage protocol
     for stage in REGISTRY.stages(study):
-        entry = run.stage_entry(stage.name)
-        if run.is_done(stage.name):
-            seconds = entry.get("seconds", entry.get("seconds_total", 0.0)) or 0.0
+        recorded = run.stage_entry(stage.name)
+        entry = {**legacy.get(stage.name, {}), **recorded}
+        if run.is_done(stage.name) or stage.name in legacy:
+            seconds = entry.get("seconds") or entry.get("seconds_total") or sum(entry.get("timings", {}).values())
             state = f"{seconds:8.0f} s  {entry.get('finished', '')}  {entry.get('result', '')}"
-        elif holder and entry:
+        elif holder and recorded:
             state = f"       -  running ({holder})"
-        elif entry or run.parts_dir(stage.name).is_dir():
+        elif recorded or run.parts_dir(stage.name).is_dir():
             state = "       -  partial (the same command resumes it)"
         else:
             state = "       -  not run"

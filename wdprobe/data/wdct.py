@@ -7,8 +7,8 @@ canonical option each displayed letter shows, so every later stage can map lette
 from __future__ import annotations
 
 import csv
-import io
 import hashlib
+import io
 import os
 import random
 import re

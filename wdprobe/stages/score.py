@@ -18,6 +18,7 @@ from wdprobe.core.model import load_model
 from wdprobe.data.prompts import load_demos, resolve_chat
 from wdprobe.data.wdct import (
     LETTERS,
+    Presentation,
     file_sha256,
     load_wdct,
     present,
@@ -27,6 +28,7 @@ from wdprobe.data.wdct import (
 from wdprobe.errors import InputError, MergeError, StageNotFinishedError
 from wdprobe.runs.rundir import RunDir, Timer, read_csv
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
+from wdprobe.runs.stage import save_in_parts, work_left
 from wdprobe.scoring.letters import (
     LetterTokens,
     build_prompts,
@@ -144,22 +146,23 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
         pres = part.select(pres, key=lambda p: p.item.id)
 
     done = {r["id"]: typed_item_row(r) for r in run.read_parts(STAGE)}
-    todo = [p for p in pres if p.item.id not in done]
+    todo = work_left(pres, done, key=lambda p: p.item.id)
     bar = tqdm(total=2 * len(pres), initial=2 * (len(pres) - len(todo)), unit="prompt", desc=f"score {lm.name}",
                disable=not progress)
+
+    def score(chunk: Sequence[Presentation]) -> list[dict[str, Any]]:
+        prompts = build_prompts(chunk, setting=setting, tokenizer=lm.tokenizer, use_chat=use_chat,
+                                demos=demo_list, seed=seed)
+        if setting == "cot":
+            prompts["deed"] = complete_cot(lm, prompts["deed"], batch_size=max(1, batch_size // 2))
+        lp = next_token_logprobs(lm, prompts["word"] + prompts["deed"], letters.ids, batch_size=batch_size,
+                                 on_batch=bar.update)
+        n = len(chunk)
+        return [item_row(p, lp[i], lp[n + i]) for i, p in enumerate(chunk)]
+
     with timer("score"):
-        for s in range(0, len(todo), chunk_items):
-            chunk = todo[s: s + chunk_items]
-            prompts = build_prompts(chunk, setting=setting, tokenizer=lm.tokenizer, use_chat=use_chat,
-                                    demos=demo_list, seed=seed)
-            if setting == "cot":
-                prompts["deed"] = complete_cot(lm, prompts["deed"], batch_size=max(1, batch_size // 2))
-            lp = next_token_logprobs(lm, prompts["word"] + prompts["deed"], letters.ids, batch_size=batch_size,
-                                     on_batch=bar.update)
-            n = len(chunk)
-            rows = [item_row(p, lp[i], lp[n + i]) for i, p in enumerate(chunk)]
-            run.write_part(STAGE, rows, ITEM_COLUMNS)
-            done.update({r["id"]: typed_item_row(dict((k, str(v)) for k, v in r.items())) for r in rows})
+        new = save_in_parts(run, STAGE, todo, chunk_size=chunk_items, columns=ITEM_COLUMNS, compute=score)
+    done.update({r["id"]: typed_item_row(dict((k, str(v)) for k, v in r.items())) for r in new})
     bar.close()
 
     rows = [done[p.item.id] for p in pres]

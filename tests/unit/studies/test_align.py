@@ -340,7 +340,14 @@ def test_cli_align_and_report(align_model, tmp_path, capsys):
     assert main(["align-report", str(run), "--out", str(tmp_path / "report")]) == 0
     readme = (tmp_path / "report" / "README.md").read_text()
     assert "trained on deeds" in readme and "| 6 |" in readme  # 6 trained and 6 held-out items
-    assert (tmp_path / "report" / "tables" / "deed" / "change_rates.csv").is_file()
+    assert (tmp_path / "report" / "tables" / "run" / "change_rates.csv").is_file()
+    # two runs of the same form keep their own tables (keyed by run directory, never by form)
+    import shutil
+
+    shutil.copytree(run, tmp_path / "run-both-orders")
+    (tmp_path / "run-both-orders" / "change_rates.csv").write_text((run / "change_rates.csv").read_text() + "")
+    assert main(["align-report", str(run), str(tmp_path / "run-both-orders"), "--out", str(tmp_path / "report2")]) == 0
+    assert {p.name for p in (tmp_path / "report2" / "tables").iterdir()} == {"run", "run-both-orders"}
     # bad input names the culprit
     assert main(args[:-1] + ["--held-out", "1.5"]) == 2
     assert "held_out must be a fraction" in capsys.readouterr().err

@@ -17,9 +17,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from wdprobe.core.cache import atomic_write_text
-from wdprobe.errors import StageNotFinishedError
+from wdprobe.errors import InputError, StageNotFinishedError
 from wdprobe.figures.probes import write_png
 from wdprobe.reports.html import inline_markdown as inline_markdown
+from wdprobe.runs.rundir import safe_name
 
 RUN_TITLES = {"word": "trained on words", "deed": "trained on deeds", "both": "trained on both (dual augmentation)",
               "paraphrase": "words + paraphrases"}
@@ -326,8 +327,11 @@ def write_alignment_report(run_dirs: Sequence[str | Path], out: str | Path, note
     runs = [AlignedRun(p) for p in run_dirs]
     out = Path(out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
+    names = [run.path.name for run in runs]
+    if len(set(names)) != len(names):
+        raise InputError(f"alignment runs must have distinct folder names (their tables are kept under tables/<name>): {names}")
     for run in runs:
-        dest = out / "tables" / run.form
+        dest = out / "tables" / safe_name(run.path.name)  # keyed by run: two runs of one form never overwrite
         dest.mkdir(exist_ok=True)
         for name in ("change_rates.csv", "inside_movement.csv", "inside_drift.csv", "inside_ic.csv", "summary.json",
                      "split.csv", "manifest.json"):
@@ -371,7 +375,7 @@ def write_alignment_report(run_dirs: Sequence[str | Path], out: str | Path, note
         if write_png(fig, out / "figures" / f"{name}.png"):
             pngs.append(f"figures/{name}.png")
     md = [f"# Do deeds follow words under alignment? {model}", "",
-          "Interactive figures: [`index.html`](index.html); per-run tables in [`tables/`](tables/).", "",
+          "Interactive figures: [`index.html`](index.html); per-run tables in [`tables/`](tables/), one folder per run directory.", "",
           "Each run trains one form towards the option opposite to the model's own pre-training answer (every trained "
           "answer is a change), SFT then DPO (β as listed), and evaluates the word and deed forms of trained and "
           "held-out items after every epoch, in canonical option space. *Direct*: the trained form answers with the "

@@ -33,7 +33,7 @@ from wdprobe.methods.capture import last_token_residuals
 from wdprobe.methods.probes import accuracy, item_folds, make_probe, probe_layers
 from wdprobe.runs.rundir import RunDir, read_csv
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
-from wdprobe.runs.stage import require_done
+from wdprobe.runs.stage import require_done, save_in_parts, saved_ids, work_left
 from wdprobe.studies.pct.compass import (
     load_weights,
     persona_positions,
@@ -154,14 +154,14 @@ def pct_closed(run: RunDir, lm, *, use_chat: bool = False, batch_size: int = 16,
 
     prompts = [r for r in prompt_table(run) if r["form"] == "closed"]
     work, piece = _shard_work(run, "closed", shard)
-    done = {r["id"] for r in work.read_parts("closed")}
-    todo = [r for r in prompts if r["id"] not in done and (piece is None or piece.holds(r["id"]))]
+    done = saved_ids(work, "closed")
+    todo = work_left(prompts, done, key=lambda r: r["id"], shard=piece)
     prefix = "" if use_chat else " "
     per = n_sequences(lm.tokenizer, ANSWERS, prefix)
     bar = _bar(len(todo) * per, "closed-form answers (sequences)", progress)
     cols = CLOSED_COLUMNS
-    for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
+
+    def score(part: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
         lp = option_logprobs(lm, [r["prompt"] for r in part], ANSWERS, prefix=prefix, batch_size=batch_size,
                              on_batch=bar.update)
         probs = softmax_rows(lp)
@@ -171,7 +171,9 @@ def pct_closed(run: RunDir, lm, *, use_chat: bool = False, batch_size: int = 16,
             rows.append({**{k: r[k] for k in cols[:7]}, **{f"lp_{k}": round(float(l[k]), 4) for k in range(4)},
                          **{f"p_{k}": round(float(p[k]), 4) for k in range(4)},
                          "choice": c, "answer": ANSWERS[c], "p_agree": round(float(p[2] + p[3]), 4)})
-        work.write_part("closed", rows, cols)
+        return rows
+
+    save_in_parts(work, "closed", todo, chunk_size=chunk, columns=cols, compute=score)
     bar.close()
     if piece is not None:
         work.mark_done("closed", n_prompts=len(done) + len(todo))
@@ -195,18 +197,18 @@ def pct_open(run: RunDir, lm, *, max_new_tokens: int = 40, batch_size: int = 16,
 
     prompts = [r for r in prompt_table(run) if r["form"] == "open"]
     work, piece = _shard_work(run, "open", shard)
-    done = {r["id"] for r in work.read_parts("open")}
-    todo = [r for r in prompts if r["id"] not in done and (piece is None or piece.holds(r["id"]))]
+    done = saved_ids(work, "open")
+    todo = work_left(prompts, done, key=lambda r: r["id"], shard=piece)
     bar = _bar(len(done) + len(todo), "open-domain generation", progress)
     bar.update(len(done))
     cols = OPEN_COLUMNS
-    chunk = chunk or _OPEN_CHUNK
-    for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
+
+    def generate(part: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
         texts = generate_texts(lm, [r["prompt"] for r in part], max_new_tokens=max_new_tokens, batch_size=batch_size,
                                on_batch=lambda idx, _: bar.update(len(idx)))
-        rows = [{**{k: r[k] for k in cols[:6]}, "text": trim_generation(t), "raw": t} for r, t in zip(part, texts)]
-        work.write_part("open", rows, cols)
+        return [{**{k: r[k] for k in cols[:6]}, "text": trim_generation(t), "raw": t} for r, t in zip(part, texts)]
+
+    save_in_parts(work, "open", todo, chunk_size=chunk or _OPEN_CHUNK, columns=cols, compute=generate)
     bar.close()
     if piece is not None:
         work.mark_done("open", n_prompts=len(done) + len(todo))
@@ -271,21 +273,23 @@ def pct_judge(run: RunDir, judge, *, chunk: int = 256, progress: bool = True, sh
     texts = read_csv(run.path / "open.csv")
     statements = {r["id"]: r["statement"] for r in prompt_table(run)}
     work, piece = _shard_work(run, "judge", shard)
-    done = {r["id"] for r in work.read_parts("judge")}
-    todo = [r for r in texts if r["id"] not in done and (piece is None or piece.holds(r["id"]))]
+    done = saved_ids(work, "judge")
+    todo = work_left(texts, done, key=lambda r: r["id"], shard=piece)
     bar = _bar(len(done) + len(todo), f"judging stances ({judge.name})", progress)
     bar.update(len(done))
     cols = JUDGE_COLUMNS
-    for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
+
+    def judged(part: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
         scores = judge.stance_logprobs([statements[r["id"]] for r in part], [r["text"] or "N/A" for r in part])
         rows = []
         for r, s in zip(part, scores):
             c = int(np.argmax(s))
             rows.append({**{k: r[k] for k in cols[:6]}, **{f"s_{k}": round(float(s[k]), 4) for k in range(4)},
                          "stance": c, "answer": ANSWERS[c], "empty": int(not r["text"].strip())})
-        work.write_part("judge", rows, cols)
         bar.update(len(part))
+        return rows
+
+    save_in_parts(work, "judge", todo, chunk_size=chunk, columns=cols, compute=judged)
     bar.close()
     write_judge_check(run, judge)  # into RUN itself (identical from every shard; the first one writes it)
     if piece is not None:
