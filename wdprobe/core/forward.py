@@ -79,5 +79,12 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: in
 
 
 def iter_batches(lm: "LoadedModel", prompts: Sequence[str], batch_size: int, max_batch_tokens: int | None = None) -> Iterator[list[int]]:
-    """:func:`length_batches` over the prompts' token lengths."""
-    return length_batches([len(lm.tokenizer.encode(p)) for p in prompts], batch_size, max_batch_tokens)
+    """:func:`length_batches` over the prompts' token lengths; a prompt longer than the model's context is
+    refused (its answer would be read off a truncated or extrapolated sequence)."""
+    lengths = [len(lm.tokenizer.encode(p)) for p in prompts]
+    limit = lm.context_length
+    if limit is not None and lengths and max(lengths) > limit:
+        k = max(range(len(lengths)), key=lengths.__getitem__)
+        raise InputError(f"a prompt of {lengths[k]} tokens is longer than {lm.name}'s context of {limit} "
+                         f"(it begins {prompts[k][:80]!r}); shorten it or leave the item out")
+    return length_batches(lengths, batch_size, max_batch_tokens)

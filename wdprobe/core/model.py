@@ -61,6 +61,12 @@ class LoadedModel:
         return int(self.bridge.cfg.n_layers)
 
     @property
+    def context_length(self) -> int | None:
+        """The longest sequence the model was built for (``max_position_embeddings``), when it says."""
+        value = getattr(self.hf_model.config, "max_position_embeddings", None)
+        return int(value) if value else None
+
+    @property
     def d_model(self) -> int:
         return int(self.bridge.cfg.d_model)
 

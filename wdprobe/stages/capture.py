@@ -20,11 +20,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from wdprobe.core.cache import atomic_write_bytes
 from wdprobe.core.model import load_for_run
 from wdprobe.errors import (
     CaptureSpecError,
     InputError,
+    IntegrityError,
     MergeError,
     StageNotFinishedError,
 )
@@ -34,8 +34,9 @@ from wdprobe.methods.capture import (
     capture_batch,
     presentation_spans,
 )
-from wdprobe.runs.rundir import RunDir, read_csv
+from wdprobe.runs.rundir import RunDir, read_checked, read_csv, write_checked
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
+from wdprobe.runs.stage import scored_entry
 from wdprobe.stages.score import scored_prompts
 
 # ---- the capture stage: a scored run directory -> activation shards + metadata ---------------------
@@ -67,7 +68,7 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
 
     run = RunDir(run_dir)
     manifest = run.read_manifest()
-    cfg = manifest["stages"]["score"]["config"]
+    cfg = scored_entry(run)["config"]
     if lm is None:
 
         lm = load_for_run(manifest)
@@ -112,7 +113,7 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
         n_part = len(list(run.parts_dir(STAGE).glob("part-*.csv"))) if run.parts_dir(STAGE).is_dir() else 0
         tensors = {name: _stored(name, t, store) for name, t in acts.items()}
         tensors["prompt_index"] = torch.tensor(order_in_chunk, dtype=torch.int64)
-        atomic_write_bytes(_shard_path(run.path, n_part), save(tensors, metadata={"layers": ",".join(map(str, spec.layers))}))
+        write_checked(_shard_path(run.path, n_part), save(tensors, metadata={"layers": ",".join(map(str, spec.layers))}))
         run.write_part(STAGE, [dict(meta[k], shard=n_part, row=r) for r, k in enumerate(order_in_chunk)], META_COLUMNS)
     bar.close()
     run.mark_done(STAGE, n_prompts=len(done) + len(todo), layers=list(spec.layers))
@@ -142,6 +143,9 @@ def merge_capture(run_dir: str | Path) -> dict[str, Any]:
                 if old not in remap:
                     remap[old] = n_out
                     shutil.copyfile(_shard_path(d, old), _shard_path(run.path, n_out))
+                    side = _shard_path(d, old).with_name(_shard_path(d, old).name + ".sha256")
+                    if side.is_file():
+                        shutil.copyfile(side, _shard_path(run.path, n_out).with_name(_shard_path(run.path, n_out).name + ".sha256"))
                     n_out += 1
                 rows.append(dict(r, shard=remap[old]))
     first = entries[0][1]
@@ -188,7 +192,8 @@ def load_activations(run_dir: str | Path, hook: str = "resid_post", position: st
     An unfinished capture is refused by name; ``allow_partial=True`` reads the prompts captured so far
     and warns how many that is."""
     import pandas as pd
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError
+    from safetensors.torch import load
 
 
     run = RunDir(run_dir)
@@ -208,7 +213,12 @@ def load_activations(run_dir: str | Path, hook: str = "resid_post", position: st
     meta = meta.sort_values("prompt_index").reset_index(drop=True)
     chunks, indices = [], []
     for n in sorted(meta["shard"].unique()):
-        t = load_file(str(_shard_path(run.path, int(n))))
+        path = _shard_path(run.path, int(n))
+        try:
+            t = load(read_checked(path))
+        except (SafetensorError, ValueError, OSError) as exc:  # truncated or overwritten without a checksum
+            raise IntegrityError(f"{path}: not a readable safetensors file ({exc}); delete {run.path / 'capture'} and "
+                                 f"{run.parts_dir(STAGE)} and rerun `wdprobe capture --run {run.path}`") from None
         chunks.append(t[name].float().numpy())  # bfloat16 has no numpy dtype: widen via torch
         indices.append(t["prompt_index"].numpy())
     arr = np.concatenate(chunks)

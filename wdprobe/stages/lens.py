@@ -13,6 +13,7 @@ from wdprobe.figures import localisation as localise_plots
 from wdprobe.figures import probes as plots
 from wdprobe.methods.lens import LensTrajectory, canonical_logodds, lens_logits
 from wdprobe.runs.rundir import RunDir
+from wdprobe.runs.stage import scored_entry
 from wdprobe.stages.capture import load_activations, paired_forms
 
 
@@ -41,7 +42,7 @@ def run_lens(run_dir: str | Path, *, lm=None, progress: bool = True) -> dict[str
     if lm is None:
 
         lm = load_for_run(manifest)
-    ids = manifest["stages"]["score"]["letters"]["ids"]
+    ids = scored_entry(RunDir(run_dir))["letters"]["ids"]
     traj = trajectory_from_activations(lm, acts, ids)
     out = run.path / "lens"
     out.mkdir(exist_ok=True)

@@ -16,6 +16,7 @@ from wdprobe.data.wdct import LETTERS
 from wdprobe.errors import CaptureSpecError, InputError
 from wdprobe.methods.probes import crossfit_directions
 from wdprobe.runs.rundir import RunDir
+from wdprobe.runs.stage import scored_entry
 from wdprobe.stages.capture import load_activations, paired_forms
 from wdprobe.stages.score import scored_prompts
 
@@ -73,7 +74,7 @@ def load_pairs(run_dir: str | Path, tokenizer, *, n_items: int | None = None, se
 
 
     pres, prompts, scored = scored_prompts(run_dir, tokenizer)
-    ids = tuple(RunDir(run_dir).read_manifest()["stages"]["score"]["letters"]["ids"])
+    ids = tuple(scored_entry(RunDir(run_dir))["letters"]["ids"])
     keep = choose_items(scored.rows, n_items, seed, balanced)
     recs, toward, away = [], [], []
     for i in keep:

@@ -39,6 +39,7 @@ from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import (
     model_for_run,
     progress_bar,
+    scored_entry,
     scored_model_name,
     stage_seconds,
 )
@@ -260,7 +261,7 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
                                 "min_effect": min_effect, "screen": screen, "seed": seed, "hook": "resid_pre",
                                 **({"shard": str(part)} if part else {})})
     pairs = load_pairs(run.path, lm.tokenizer, n_items=None)
-    use_chat = run.read_manifest()["stages"]["score"]["config"]["chat_template"]
+    use_chat = scored_entry(run)["config"]["chat_template"]
     clean_all, cf_all, pres_all = [], [], []
     for p, prompts in zip(pairs.presentations, pairs.word_prompts if form == "word" else pairs.deed_prompts):
         cf = wrap(normal_prompt(swap_counterfactual(p, form), form), lm.tokenizer, use_chat)

@@ -11,6 +11,7 @@ from wdprobe.core.cache import atomic_write_text
 from wdprobe.figures import probes as plots
 from wdprobe.methods.probes import probe_layers
 from wdprobe.runs.rundir import RunDir
+from wdprobe.runs.stage import scored_entry
 from wdprobe.stages.capture import load_activations, paired_forms
 
 STAGE = "probe"
@@ -35,7 +36,7 @@ def run_probes(run_dir: str | Path, *, hook: str = "resid_post", position: str =
     atomic_write_text(out / f"{stem}.csv", frame.to_csv(index=False))
     summary = res.summary()
     atomic_write_text(out / f"{stem}-summary.csv", summary.to_csv(index=False))
-    model = run.read_manifest()["stages"]["score"]["config"]["model"]
+    model = scored_entry(run)["config"]["model"]
     where = f"{model}, {hook} at the {position.replace('_', ' ')} position, {len(items)} two-option items"
     figs = [plots.accuracy_figure(summary, res.cs, f"Stance probes by layer<br><sup>{where}</sup>"),
             plots.ic_figure(summary, f"Internal consistency IC(l) vs behavioural CS<br><sup>{where}</sup>"),

@@ -28,7 +28,7 @@ from wdprobe.data.wdct import (
 from wdprobe.errors import InputError, MergeError, StageNotFinishedError
 from wdprobe.runs.rundir import RunDir, Timer, read_csv
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
-from wdprobe.runs.stage import save_in_parts, work_left
+from wdprobe.runs.stage import save_in_parts, scored_entry, work_left
 from wdprobe.scoring.letters import (
     LetterTokens,
     build_prompts,
@@ -192,7 +192,7 @@ def scored_prompts(run_dir: str | Path, tokenizer) -> tuple[list, dict[str, list
     """The presentations and word/deed prompts of a scored run, rebuilt exactly as they were scored
     (same items, shuffling seed and chat template), aligned with the run's item rows."""
     scored = load_score(run_dir)
-    cfg = RunDir(run_dir).read_manifest()["stages"][STAGE]
+    cfg = scored_entry(RunDir(run_dir))
     if cfg["config"]["setting"] != "normal":
         raise InputError(f"{run_dir}: this stage supports runs scored in the 'normal' setting, "
                          f"not {cfg['config']['setting']!r}")

@@ -39,3 +39,27 @@ def test_cli_reports_bad_data_cleanly(tiny_model_dir, tmp_path, capsys):
     rc = main(["score", "--model", str(tiny_model_dir), "--data", str(bad), "--out", str(tmp_path / "r")])
     assert rc == 2
     assert "'q9'" in capsys.readouterr().err
+
+
+def test_a_prompt_longer_than_the_context_is_refused(tiny_lm):
+    import pytest
+
+    from wdprobe.errors import InputError
+
+    assert tiny_lm.context_length == 512
+    long = " ".join(["Answer:"] * 600)
+    with pytest.raises(InputError, match="longer than .* context of 512"):
+        list(tiny_lm.batches(["Answer: A", long], batch_size=4))
+    assert sorted(i for b in tiny_lm.batches(["Answer: A", "Answer: B"], batch_size=4) for i in b) == [0, 1]
+
+
+def test_the_handle_owns_encoding_and_last_position_forwards(tiny_lm):
+    import torch
+
+    prompts = ["Answer: A", "What is your view on city parks? Answer:"]
+    enc = tiny_lm.encode(prompts)
+    assert enc["input_ids"].shape == enc["attention_mask"].shape and enc["attention_mask"][0, 0] == 0  # left padding
+    logits = tiny_lm.forward_last(enc["input_ids"], enc["attention_mask"])
+    assert logits.shape == (2, tiny_lm.bridge.cfg.d_vocab)
+    assert torch.allclose(logits, tiny_lm.last_token_logits(prompts))
+    assert (tiny_lm.n_layers, tiny_lm.d_model) == (2, 64)
