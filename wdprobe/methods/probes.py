@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegressionCV
-from sklearn.model_selection import GroupKFold
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
@@ -82,6 +82,17 @@ def probe_direction(est: Any) -> np.ndarray:
         return est.direction_
     scaler, lr = est[0], est[-1]
     return lr.coef_[0] / scaler.scale_
+
+
+def fit_probe(kind: str, seed: int, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> Any:
+    """Fit a probe; the logistic probe's inner cross-validation (its choice of C) keeps each group (an
+    item, whose word and deed rows are both in ``X``) on one side of every inner split."""
+    est = make_probe(kind, seed)
+    if kind == "logreg" and groups is not None:
+        inner = est[-1].cv
+        splitter = StratifiedGroupKFold(n_splits=min(inner, len(np.unique(groups))))
+        est[-1].set_params(cv=list(splitter.split(X, y, groups)))
+    return est.fit(X, y)
 
 
 def make_probe(kind: str, seed: int):
@@ -175,6 +186,7 @@ def probe_layers(word: np.ndarray, deed: np.ndarray, y_word: np.ndarray, y_deed:
     y_rand = rng.permutation(np.concatenate([y_word, y_deed]))
     res = ProbeResults(cs=float(np.mean(y_word == y_deed)), layers=tuple(layers))
     splits = item_folds(n, folds, groups)
+    item_groups = np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None else np.arange(n)
     inconsistent = y_word != y_deed
     for li in tqdm(range(L), desc="probe layers", disable=not progress):
         layer = layers[li]
@@ -183,14 +195,14 @@ def probe_layers(word: np.ndarray, deed: np.ndarray, y_word: np.ndarray, y_deed:
             dirs = {}
             for form, X, y in (("word", Xw, y_word), ("deed", Xd, y_deed)):
                 if len(np.unique(y)) == 2:
-                    dirs[form] = probe_direction(make_probe(kind, seed).fit(X, y))
+                    dirs[form] = probe_direction(fit_probe(kind, seed, X, y, item_groups))
             if len(dirs) == 2:
                 res.add(layer=layer, probe=kind, metric="cosine", fold=-1, value=_cos(dirs["word"], dirs["deed"]))
             for f, (tr, te) in enumerate(splits):
-                def fit(X, y):
-                    return make_probe(kind, seed).fit(X, y) if len(np.unique(y)) == 2 else None
+                def fit(X, y, g):
+                    return fit_probe(kind, seed, X, y, g) if len(np.unique(y)) == 2 else None
 
-                pw, pd_ = fit(Xw[tr], y_word[tr]), fit(Xd[tr], y_deed[tr])
+                pw, pd_ = fit(Xw[tr], y_word[tr], item_groups[tr]), fit(Xd[tr], y_deed[tr], item_groups[tr])
                 if pw is not None:
                     res.add(layer=layer, probe=kind, metric="word->word", fold=f, value=accuracy(y_word[te], pw.predict(Xw[te])))
                     res.add(layer=layer, probe=kind, metric="word->deed", fold=f, value=accuracy(y_deed[te], pw.predict(Xd[te])))
@@ -202,7 +214,8 @@ def probe_layers(word: np.ndarray, deed: np.ndarray, y_word: np.ndarray, y_deed:
                     res.add(layer=layer, probe=kind, metric="deed->deed", fold=f, value=accuracy(y_deed[te], pd_.predict(Xd[te])))
                     res.add(layer=layer, probe=kind, metric="deed->word", fold=f, value=accuracy(y_word[te], pd_.predict(Xw[te])))
                 both_X = np.concatenate([Xw[tr], Xd[tr]])
-                shared = fit(both_X, np.concatenate([y_word[tr], y_deed[tr]]))
+                both_groups = np.concatenate([item_groups[tr], item_groups[tr]])  # an item's two rows stay together
+                shared = fit(both_X, np.concatenate([y_word[tr], y_deed[tr]]), both_groups)
                 if shared is not None:
                     pw_te, pd_te = shared.predict(Xw[te]), shared.predict(Xd[te])
                     res.add(layer=layer, probe=kind, metric="ic", fold=f, value=float(np.mean(pw_te == pd_te)))
@@ -210,7 +223,7 @@ def probe_layers(word: np.ndarray, deed: np.ndarray, y_word: np.ndarray, y_deed:
                     # class has IC 1): the chance level IC must beat, as in Cohen's kappa
                     res.add(layer=layer, probe=kind, metric="ic_chance", fold=f, value=_chance_agreement(pw_te, pd_te))
                     res.add(layer=layer, probe=kind, metric="cs", fold=f, value=float(np.mean(y_word[te] == y_deed[te])))
-                rand = fit(both_X, np.concatenate([y_rand[:n][tr], y_rand[n:][tr]]))
+                rand = fit(both_X, np.concatenate([y_rand[:n][tr], y_rand[n:][tr]]), both_groups)
                 if rand is not None:
                     # IC of a probe trained on random labels: how often *any* readout agrees across an
                     # item's two prompts because they share content (topic, options), not a stance
@@ -222,7 +235,7 @@ def probe_layers(word: np.ndarray, deed: np.ndarray, y_word: np.ndarray, y_deed:
                             value=accuracy(np.concatenate([y_rand[:n][te], y_rand[n:][te]]), rand.predict(test_X)))
                 if letter_word is not None and letter_deed is not None:
                     lw, ld = np.asarray(letter_word).astype(int), np.asarray(letter_deed).astype(int)
-                    lp = fit(both_X, np.concatenate([lw[tr], ld[tr]]))
+                    lp = fit(both_X, np.concatenate([lw[tr], ld[tr]]), both_groups)
                     if lp is not None:
                         res.add(layer=layer, probe=kind, metric="letter", fold=f,
                                 value=accuracy(np.concatenate([lw[te], ld[te]]), lp.predict(np.concatenate([Xw[te], Xd[te]]))))

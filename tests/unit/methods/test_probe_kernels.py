@@ -132,3 +132,20 @@ def test_accuracy_is_balanced_so_chance_is_one_half():
     assert accuracy(y, np.zeros(10)) == pytest.approx(0.5)  # majority guess: 0.9 plain, 0.5 balanced
     assert accuracy(y, y) == 1.0
     assert accuracy(np.zeros(4), np.array([0, 0, 1, 1])) == 0.5  # one class in the test set: plain accuracy
+
+
+def test_the_logistic_probes_inner_cv_keeps_an_items_rows_together():
+    from wdprobe.methods.probes import fit_probe
+
+    rng = np.random.default_rng(0)
+    n = 40
+    X = rng.normal(size=(2 * n, 6))
+    y = np.concatenate([np.arange(n) % 2, np.arange(n) % 2])
+    groups = np.concatenate([np.arange(n), np.arange(n)])  # item i's word row and deed row
+    est = fit_probe("logreg", 0, X, y, groups)
+    splits = est[-1].cv
+    assert len(splits) == 3
+    for tr, te in splits:
+        assert not set(groups[tr]) & set(groups[te])
+    # without groups the default inner CV is used (and, on stacked word+deed rows, would split items)
+    assert fit_probe("logreg", 0, X, y)[-1].cv == 3

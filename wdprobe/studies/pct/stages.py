@@ -30,7 +30,7 @@ from wdprobe.data.pct import (
 )
 from wdprobe.errors import InputError, StageNotFinishedError
 from wdprobe.methods.capture import last_token_residuals
-from wdprobe.methods.probes import accuracy, item_folds, make_probe, probe_layers
+from wdprobe.methods.probes import accuracy, fit_probe, item_folds, probe_layers
 from wdprobe.runs.rundir import RunDir, read_csv
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import require_done, save_in_parts, saved_ids, work_left
@@ -466,11 +466,12 @@ def order_control(X: np.ndarray, rows: Sequence[dict], groups: Sequence[int], *,
     first = np.array([int(r["order"][0]) >= 2 for r in rows], dtype=int)
     chosen = agrees([int(r["choice"]) for r in rows])
     splits = item_folds(len(rows), folds, groups)
+    group_ids = np.unique(np.asarray(groups), return_inverse=True)[1]  # the inner CV keeps propositions together too
     out = []
     for layer in range(X.shape[1]):
         for kind in kinds:
             for label, y in (("closed->closed", chosen), ("first_listed_agrees", first)):
-                accs = [accuracy(y[te], make_probe(kind, seed).fit(X[tr, layer], y[tr]).predict(X[te, layer]))
+                accs = [accuracy(y[te], fit_probe(kind, seed, X[tr, layer], y[tr], group_ids[tr]).predict(X[te, layer]))
                         for tr, te in splits if len(np.unique(y[tr])) == 2]
                 if accs:
                     out.append({"layer": layer, "probe": kind, "metric": label, "mean": float(np.mean(accs)),
