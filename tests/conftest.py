@@ -37,3 +37,21 @@ def tiny_lm(tiny_model_dir):
 @pytest.fixture()
 def wdct_csv(tmp_path) -> Path:
     return write_wdct_csv(tmp_path / "wdct.csv", trailing="  \n")
+
+
+@pytest.fixture(scope="session")
+def pct_dir(tmp_path_factory) -> Path:
+    """A small PCT directory in the upstream layout (tests/tiny.py)."""
+    from tiny import write_pct_dir
+
+    return write_pct_dir(tmp_path_factory.mktemp("pct"))
+
+
+@pytest.fixture(scope="session")
+def pct_lm(tmp_path_factory):
+    """A tiny random Gemma-3 whose vocabulary covers the PCT material."""
+    from tiny import build_tiny_model_dir, pct_vocabulary_text
+
+    from wdprobe.core.model import load_model
+
+    return load_model(str(build_tiny_model_dir(tmp_path_factory.mktemp("tiny-pct"), extra_text=pct_vocabulary_text())))

@@ -1,7 +1,7 @@
 """Bad input files fail loudly, naming the file and line; line endings never change what the model reads."""
 import pytest
-
 from tiny import write_wdct_csv
+
 from wdprobe.data.wdct import load_wdct, select
 from wdprobe.errors import InputError, WDCTFormatError
 
