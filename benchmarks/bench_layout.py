@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING_FILES = {"manifest.json", "settings.json", ".wdprobe.lock"}
+TIMING_FILES = {"manifest.json", "settings.json", ".wdprobe.lock"}  # plus *.sha256 sidecars (new files, not results)
 TIMING_KEYS = ("seconds", "timings")
 
 
@@ -65,8 +65,11 @@ def without_timings(path: Path) -> object:
 
 def compare(a: Path, b: Path) -> dict[str, list[str]]:
     """Files of two runs: identical bytes, identical without timing fields (JSON), or different."""
-    files_a = {p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name not in TIMING_FILES}
-    files_b = {p.relative_to(b) for p in b.rglob("*") if p.is_file() and p.name not in TIMING_FILES}
+    def kept(p: Path) -> bool:
+        return p.is_file() and p.name not in TIMING_FILES and p.suffix != ".sha256"
+
+    files_a = {p.relative_to(a) for p in a.rglob("*") if kept(p)}
+    files_b = {p.relative_to(b) for p in b.rglob("*") if kept(p)}
     out: dict[str, list[str]] = {"identical": [], "identical_but_timings": [], "different": [],
                                  "only_one": sorted(map(str, files_a ^ files_b))}
     for rel in sorted(files_a & files_b):
