@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from bench_pct import timed  # noqa: E402  (same folder: python benchmarks/bench_align.py)
+
+from wdprobe.core.model import load_model
+from wdprobe.data.wdct import load_wdct, present
+from wdprobe.methods.capture import last_token_readout, last_token_residuals
+from wdprobe.scoring.letters import build_prompts, item_row, next_token_logprobs, resolve_letter_tokens
+from wdprobe.studies.align.finetune import TrainSettings, Tuner
 from wdprobe.studies.align.stages import build_examples, two_option_items
 from wdprobe.studies.align.targets import flip_targets
-from wdprobe.methods.capture import last_token_readout, last_token_residuals
-from wdprobe.data.wdct import load_wdct, present
-from wdprobe.studies.align.finetune import TrainSettings, Tuner
-from wdprobe.core.model import load_model
-from wdprobe.scoring.letters import build_prompts, item_row, next_token_logprobs, resolve_letter_tokens
 
 
 def main() -> None:

@@ -20,11 +20,11 @@ def child(method: str, data: str, n_prompts: int, batch_size: int) -> dict:
     import psutil
     import torch
 
-    from wdprobe.methods.capture import CaptureSpec, capture_batch, presentation_spans
-    from wdprobe.data.wdct import load_wdct, present, select
+    from wdprobe.core.forward import encode_prompts
     from wdprobe.core.model import load_model
     from wdprobe.data.prompts import normal_prompt
-    from wdprobe.core.forward import encode_prompts
+    from wdprobe.data.wdct import load_wdct, present, select
+    from wdprobe.methods.capture import CaptureSpec, capture_batch, presentation_spans
 
     lm = load_model("gemma-3-270m")
     pres = present(select(load_wdct(data), limit=n_prompts // 2), seed=0)

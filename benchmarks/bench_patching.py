@@ -28,11 +28,11 @@ import numpy as np
 def short_item_with_content_effect(lm, items, form: str, pool: int = 64):
     """Of the ``pool`` shortest two-option items whose option-swapped prompt aligns, the one whose answer
     moves most when the options are swapped (so the heatmap has something to find)."""
+    from wdprobe.data.prompts import normal_prompt
     from wdprobe.data.wdct import present
+    from wdprobe.errors import TokenAlignmentError
     from wdprobe.methods.interventions import Row, run_interventions
     from wdprobe.methods.patching import swap_alignment, swap_counterfactual
-    from wdprobe.errors import TokenAlignmentError
-    from wdprobe.data.prompts import normal_prompt
 
     cands = []
     for p in present([it for it in items if it.n_options == 2], seed=0):
@@ -63,12 +63,11 @@ def main() -> None:
 
     import torch
 
-    from wdprobe.data.wdct import load_wdct
-    from wdprobe.methods.interventions import Intervention, Row, residuals_at, resid_hook, run_interventions
     from wdprobe.core.model import load_model
-    from wdprobe.methods.patching import attribution_patching, exact_patching, exact_patching_one_by_one, rank_correlation
     from wdprobe.data.prompts import normal_prompt
-    from wdprobe.data.wdct import present
+    from wdprobe.data.wdct import load_wdct, present
+    from wdprobe.methods.interventions import Intervention, Row, resid_hook, residuals_at, run_interventions
+    from wdprobe.methods.patching import attribution_patching, exact_patching, exact_patching_one_by_one, rank_correlation
 
     lm = load_model(args.model)
     items = load_wdct(args.data)

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wdprobe.core.forward import LAST_POSITION_HOOK, encode_prompts, iter_batches
 from wdprobe.core.generation import generate_texts
 from wdprobe.core.model import load_model
 from wdprobe.core.option_scoring import _keep_last, encode_options, option_logprobs
 from wdprobe.data.pct import ANSWERS, build_prompts, finish_prompt, load_pct
-from wdprobe.core.forward import LAST_POSITION_HOOK, encode_prompts, iter_batches
 
 
 def timed(fn, repeats: int):

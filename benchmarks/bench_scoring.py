@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wdprobe.data.wdct import load_wdct, present, select
-from wdprobe.stages.score import score_wdct
+from wdprobe.core.forward import default_batch_tokens, encode_prompts, iter_batches, last_token_logits
 from wdprobe.core.model import load_model
 from wdprobe.data.prompts import normal_prompt
-from wdprobe.core.forward import encode_prompts, default_batch_tokens, iter_batches, last_token_logits
+from wdprobe.data.wdct import load_wdct, present, select
 from wdprobe.scoring.letters import next_token_logprobs
+from wdprobe.stages.score import score_wdct
 
 
 def timed(fn, repeats: int) -> tuple[float, list[float]]:

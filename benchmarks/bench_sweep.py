@@ -36,8 +36,8 @@ def main() -> None:
 
     import ray
 
-    from wdprobe.runs.rundir import read_csv
     from wdprobe.pipeline.sweep import run_sweep
+    from wdprobe.runs.rundir import read_csv
 
     d = Path(tempfile.mkdtemp(prefix="wdprobe-bench-sweep-"))
     res: dict = {"sample": args.sample, "shards": args.shards}

@@ -17,8 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from wdprobe.studies.align.stages import AlignConfig, run_align
 from wdprobe.studies.align.finetune import TrainSettings
+from wdprobe.studies.align.stages import AlignConfig, run_align
 
 # The CPU study: 96 two-option items (48 trained, 48 held out), 3 SFT epochs + 1 DPO epoch (beta 0.1).
 # Two protocols: the paper's (each trained prompt as shown, options in their seeded order) for all four

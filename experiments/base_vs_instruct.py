@@ -15,9 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from wdprobe.reports.compare import compare_runs
 from wdprobe.pipeline.config import StudyConfig
 from wdprobe.pipeline.study import run_study
+from wdprobe.reports.compare import compare_runs
 
 DEFAULT_STAGES = "score,capture,probes,lens,patch_cross"
 

@@ -14,11 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from wdprobe.pipeline.config import StudyConfig
 from wdprobe.data.wdct import DOMAINS
-from wdprobe.stages.score import load_score
-from wdprobe.reports.scores import PAPER_TABLE
+from wdprobe.pipeline.config import StudyConfig
 from wdprobe.pipeline.study import run_study
+from wdprobe.reports.scores import PAPER_TABLE
+from wdprobe.stages.score import load_score
 
 # Hugging Face ids of the paper's open models (the paper does not pin Mistral's instruct version).
 PAPER_NAMES = {

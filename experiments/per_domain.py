@@ -18,15 +18,14 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from wdprobe.stages.capture import load_activations
-from wdprobe.pipeline.config import StudyConfig
 from wdprobe.data.wdct import DOMAINS
-from wdprobe.stages.score import load_score
-from wdprobe.methods.lens import trajectory_from_frame
 from wdprobe.figures.probes import write_html
-from wdprobe.stages.capture import paired_forms
+from wdprobe.methods.lens import trajectory_from_frame
 from wdprobe.methods.probes import probe_layers
+from wdprobe.pipeline.config import StudyConfig
 from wdprobe.pipeline.study import run_study
+from wdprobe.stages.capture import load_activations, paired_forms
+from wdprobe.stages.score import load_score
 
 
 def domain_lens(run: Path) -> dict[str, dict]:

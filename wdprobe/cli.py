@@ -276,7 +276,7 @@ def pct_config(args: argparse.Namespace):
     saved = {}
     manifest = Path(out) / "manifest.json"
     if manifest.is_file():
-        saved = dict(json.loads(manifest.read_text()).get("stages", {}).get("pct", {}).get("config", {}))
+        saved = dict(RunDir(out).stage_entry("pct").get("config", {}))
     names = {f.name for f in fields(PCTConfig)}
     values = {k: v for k, v in saved.items() if k in names}
     values["out"] = out

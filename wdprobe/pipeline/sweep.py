@@ -144,8 +144,7 @@ _MODELS: dict[tuple, Any] = {}  # loaded models per worker process: tasks of one
 
 
 def task_done(task: SweepTask) -> bool:
-    manifest = RunDir(shard_dir(task.run, task.stage, Shard.parse(task.shard))).read_manifest()
-    return bool(manifest.get("stages", {}).get(task.stage, {}).get("complete"))
+    return RunDir(shard_dir(task.run, task.stage, Shard.parse(task.shard))).is_done(task.stage)
 
 
 def run_task(task: SweepTask) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def _layer_count(p: Path) -> int | None:
     lens = p / "lens" / "summary.json"
     if lens.is_file():
         return len(json.loads(lens.read_text())["all"]["lens_cs"])
-    layers = RunDir(p).read_manifest().get("stages", {}).get("capture", {}).get("layers")
+    layers = RunDir(p).stage_entry("capture").get("layers")
     return max(layers) + 1 if layers else None
 
 

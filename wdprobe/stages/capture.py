@@ -197,7 +197,7 @@ def load_activations(run_dir: str | Path, hook: str = "resid_post", position: st
 
 
     run = RunDir(run_dir)
-    st = run.read_manifest().get("stages", {}).get(STAGE)
+    st = run.stage_entry(STAGE)
     if not st:
         raise StageNotFinishedError(f"{run.path} has no capture: run `wdprobe capture --run {run.path}` first")
     if not st.get("complete") and not allow_partial:

@@ -1,0 +1,151 @@
+"""What a run directory promises: safe file names, one writer at a time, no stale or partial results."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from wdprobe.errors import RunLockedError, RunMismatchError, StageNotFinishedError, UnsafePathError
+from wdprobe.runs.rundir import RunDir, safe_name, settings_digest
+from wdprobe.stages.score import score_wdct
+
+
+@pytest.mark.parametrize("item_id", ["../../../../X", "/abs/dir/X", "..", ".", "a/b", "", "x\x00y", ".hidden"])
+def test_safe_name_keeps_data_derived_names_inside_the_run(tmp_path, item_id):
+    run = RunDir(tmp_path / "run")
+    name = safe_name(item_id)
+    assert "/" not in name and not name.startswith(".") and name
+    path = run.child("patching", name + ".json")
+    assert tmp_path / "run" in path.resolve().parents
+
+
+def test_ordinary_ids_keep_their_file_names():
+    assert [safe_name(x) for x in ["123", "ethv_12", "a-b.c"]] == ["123", "ethv_12", "a-b.c"]
+
+
+def test_child_refuses_paths_that_leave_the_run(tmp_path):
+    run = RunDir(tmp_path / "run")
+    for bad in (("..", "x.json"), ("/etc", "passwd"), ("patching", "../../x")):
+        with pytest.raises(UnsafePathError, match="outside the run directory"):
+            run.child(*bad)
+
+
+def test_exact_patching_files_from_hostile_ids_stay_inside(tmp_path):
+    import json
+
+    from wdprobe.stages.patching import _saved_exact
+
+    run = RunDir(tmp_path / "run")
+    hostile = "../../../../escaped"
+    from wdprobe.core.cache import atomic_write_text
+
+    atomic_write_text(run.child("patching/positional-deed-exact", safe_name(hostile) + ".json"),
+                      json.dumps({"clean": 0.0, "counterfactual": 1.0, "patched": [[0.5]]}))
+    assert not (tmp_path / "escaped.json").exists()
+    assert list(_saved_exact(run.path, "patch_positional_deed", "deed")) == [hostile]
+
+
+def test_a_second_process_is_told_who_holds_the_run(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.lock()
+    try:
+        code = textwrap.dedent(f"""
+            from wdprobe.runs.rundir import RunDir
+            from wdprobe.errors import RunLockedError
+            try:
+                RunDir({str(run.path)!r}).check_or_start("score", {{"seed": 0}})
+            except RunLockedError as e:
+                print("LOCKED", e)
+        """)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+        assert "LOCKED" in out and "pid" in out
+        assert run.holder() is None  # this process holds it: not "someone else"
+    finally:
+        run.unlock()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert "LOCKED" not in out  # released: the next process may write
+
+
+def test_lock_is_reentrant_in_one_process_and_released_when_the_stage_is_done(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.check_or_start("a", {"x": 1})
+    run.check_or_start("a", {"x": 1})
+    run.mark_done("a")
+    assert run.is_done("a") and run.stage_entry("a")["finished"]
+
+
+def test_resume_refuses_parts_of_another_seed_when_the_manifest_is_gone(tiny_lm, wdct_csv, tmp_path):
+    out = tmp_path / "run"
+    score_wdct(out, data=wdct_csv, lm=tiny_lm, chunk_items=2, progress=False)
+    (out / "manifest.json").unlink()
+    with pytest.raises(RunMismatchError, match="parts made with other settings.*seed"):
+        score_wdct(out, data=wdct_csv, lm=tiny_lm, seed=1, chunk_items=2, progress=False)
+
+
+def test_parts_label_carries_the_settings_digest(tiny_lm, wdct_csv, tmp_path):
+    out = tmp_path / "run"
+    score_wdct(out, data=wdct_csv, lm=tiny_lm, chunk_items=2, progress=False)
+    import json
+
+    label = json.loads((out / "score.parts" / "settings.json").read_text())
+    assert label["digest"] == settings_digest(RunDir(out).stage_entry("score")["config"])
+
+
+def test_readers_refuse_an_unfinished_capture(tiny_lm, wdct_csv, tmp_path):
+    from wdprobe.stages.capture import capture_wdct, load_activations
+
+    out = tmp_path / "run"
+    score_wdct(out, data=wdct_csv, lm=tiny_lm, progress=False)
+    capture_wdct(out, lm=tiny_lm, layers="all", positions=["last"], progress=False)
+    whole = load_activations(out)
+    run = RunDir(out)
+    run.update_stage("capture", complete=False)  # as a capture killed half-way leaves it
+    with pytest.raises(StageNotFinishedError, match="did not finish"):
+        load_activations(out)
+    with pytest.warns(UserWarning, match="unfinished capture"):
+        partial = load_activations(out, allow_partial=True)
+    assert partial.array.shape == whole.array.shape
+
+
+def test_require_done_names_the_command(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(StageNotFinishedError, match="has not run.*wdprobe score"):
+        run.require_done("score", "wdprobe score --out X")
+    run.check_or_start("score", {})
+    with pytest.raises(StageNotFinishedError, match="did not finish"):
+        run.require_done("score", "wdprobe score --out X")
+    run.mark_done("score")
+    assert run.require_done("score", "x")["complete"] is True
+
+
+def test_a_changed_part_is_refused_by_name(tiny_lm, wdct_csv, tmp_path):
+    from wdprobe.errors import IntegrityError
+
+    out = tmp_path / "run"
+    score_wdct(out, data=wdct_csv, lm=tiny_lm, chunk_items=2, progress=False)
+    part = sorted((out / "score.parts").glob("part-*.csv"))[0]
+    part.write_text(part.read_text().replace("op1", "op9", 1))  # same shape, other content
+    with pytest.raises(IntegrityError, match=f"{part.name}: content changed.*delete it"):
+        RunDir(out).read_parts("score")
+    part.unlink()  # what the message says to do: the same command recomputes the part
+    again = score_wdct(out, data=wdct_csv, lm=tiny_lm, chunk_items=2, progress=False)
+    assert len(again.rows) == 6
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_capture_shard_is_refused_naming_the_file(tiny_lm, wdct_csv, tmp_path, damage):
+    from wdprobe.errors import IntegrityError
+    from wdprobe.stages.capture import capture_wdct, load_activations
+
+    out = tmp_path / "run"
+    score_wdct(out, data=wdct_csv, lm=tiny_lm, progress=False)
+    capture_wdct(out, lm=tiny_lm, layers="all", positions=["last"], progress=False)
+    shard = sorted((out / "capture").glob("*.safetensors"))[0]
+    data = bytearray(shard.read_bytes())
+    if damage == "truncate":
+        shard.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        data[-3] ^= 0x40  # inside the tensor data: loads, but with a wrong value
+        shard.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=shard.name):
+        load_activations(out)

@@ -1,0 +1,330 @@
+"""Run directories: plain artefacts (CSV/JSON) plus a manifest, written atomically, resumable.
+
+A stage writes its results in parts (one CSV per chunk of items, each written atomically), so a
+crash or Ctrl-C loses at most the chunk in flight; re-running into the same directory reads the
+finished parts and only computes what is missing. What a run directory promises:
+
+- the manifest records each stage's settings; a resume with other settings is refused, naming them;
+- every parts folder carries the digest of the settings it was made with, so parts of another run
+  (a deleted manifest, another seed, other model weights) are refused rather than mixed in;
+- a stage is done only when its manifest entry says ``complete`` (:meth:`RunDir.mark_done`); readers
+  refuse an unfinished stage by name;
+- one process writes into a run directory at a time (an OS lock, released when the process ends);
+- file names derived from data (item ids) are encoded, and every path is checked to stay inside the run.
+"""
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import io
+import json
+import os
+import platform
+import shutil
+import socket
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, Iterator, Mapping, Sequence
+from urllib.parse import quote
+
+from wdprobe.core.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
+from wdprobe.errors import IntegrityError, RunLockedError, RunMismatchError, StageNotFinishedError, UnsafePathError
+from wdprobe.version import __version__
+
+MANIFEST = "manifest.json"
+LOCK = ".wdprobe.lock"
+PARTS_SETTINGS = "settings.json"
+_HELD_LOCKS: dict[str, IO[str]] = {}  # run directories this process writes into, with their open lock files
+
+
+def safe_name(text: str) -> str:
+    """A file name for a value taken from data (an item id): percent-encoded, never a path or a dot name.
+
+    Letters, digits, ``-``, ``_`` and inner dots stay as they are, so ordinary ids keep their file names."""
+    name = quote(str(text), safe="-_.")
+    if not name or name.startswith("."):
+        name = "%2E" + name[1:] if name else "%00"
+    return name
+
+
+def check_digest(path: Path, expected: str) -> None:
+    """Refuse a file whose bytes no longer match the sha256 taken when it was written (a truncated,
+    overwritten or bit-flipped part would otherwise be read as data)."""
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    if actual != expected:
+        raise IntegrityError(f"{path}: content changed since it was written (checksum mismatch); delete it and rerun "
+                             "the same command, which recomputes it")
+
+
+def write_checked(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically with a ``.sha256`` file beside it, for :func:`read_checked`."""
+    atomic_write_bytes(path, data)
+    atomic_write_text(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest() + "\n")
+
+
+def read_checked(path: Path) -> bytes:
+    """A file's bytes, verified against the ``.sha256`` written beside it (when there is one)."""
+    if not path.is_file():
+        raise IntegrityError(f"{path}: missing; delete the stage's parts folder and rerun the stage")
+    data = path.read_bytes()
+    side = path.with_name(path.name + ".sha256")
+    if side.is_file() and hashlib.sha256(data).hexdigest() != side.read_text().strip():
+        raise IntegrityError(f"{path}: content changed since it was written (checksum mismatch); delete it with the "
+                             "stage's parts folder and rerun the stage")
+    return data
+
+
+def settings_digest(settings: Mapping[str, Any]) -> str:
+    """sha256 of the settings as canonical JSON: what parts and results are labelled with."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def rows_to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    columns = list(columns or (rows[0].keys() if rows else []))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: r.get(c, "") for c in columns})
+    return buf.getvalue()
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+class RunDir:
+    """One run directory: ``manifest.json`` plus per-stage artefacts."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # paths ----------------------------------------------------------------------------------------
+    def child(self, *parts: str) -> Path:
+        """A path inside the run directory; refuses one that would land outside it (``..``, absolute)."""
+        path = self.path.joinpath(*parts)
+        root = self.path.resolve()
+        resolved = path.resolve()
+        if resolved != root and root not in resolved.parents:
+            raise UnsafePathError(f"{path}: outside the run directory {self.path}; file names from data must be "
+                                  "made safe with wdprobe.runs.rundir.safe_name")
+        return path
+
+    # one writer at a time ---------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Take this run directory for this process (re-entrant), or say which process holds it.
+
+        The lock is an OS file lock: it is released when the process ends, however it ends, so a killed
+        run never leaves a stale lock behind."""
+        key = str(self.path.resolve())
+        if key in _HELD_LOCKS:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path / LOCK, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise RunLockedError(f"{self.path} is being written by {holder}; wait for it to finish, or use another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {now()}")
+        fh.flush()
+        _HELD_LOCKS[key] = fh
+
+    def unlock(self) -> None:
+        """Let other processes write here again (called when a stage is done)."""
+        fh = _HELD_LOCKS.pop(str(self.path.resolve()), None)
+        if fh is not None:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            fh.close()
+
+    def holder(self) -> str | None:
+        """Which process is writing into this run now (None when no process is)."""
+        path = self.path / LOCK
+        if not path.is_file() or str(self.path.resolve()) in _HELD_LOCKS:
+            return None
+        with open(path, "a+", encoding="utf-8") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.seek(0)
+                return fh.read().strip() or "another process"
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return None
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    def read_manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.is_file():
+            return {}
+        return json.loads(self.manifest_path.read_text())
+
+    def write_manifest(self, manifest: Mapping[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.manifest_path, dict(manifest, updated=now()))
+
+    # stages ----------------------------------------------------------------------------------------
+    def stage_entry(self, stage: str) -> dict[str, Any]:
+        """The manifest's entry for ``stage`` ({} when the stage never started)."""
+        return dict(self.read_manifest().get("stages", {}).get(stage) or {})
+
+    def is_done(self, stage: str) -> bool:
+        """Whether ``stage`` finished (the one done-marker every stage writes through :meth:`mark_done`)."""
+        return bool(self.stage_entry(stage).get("complete"))
+
+    def require_done(self, stage: str, command: str) -> dict[str, Any]:
+        """The entry of a finished ``stage``, or an error naming the command that finishes it."""
+        entry = self.stage_entry(stage)
+        if not entry.get("complete"):
+            state = "did not finish" if entry else "has not run"
+            raise StageNotFinishedError(f"{self.path}: stage '{stage}' {state}; run `{command}` (it resumes) before reading it")
+        return entry
+
+    def mark_done(self, stage: str, **fields: Any) -> None:
+        """Record ``stage`` as finished (``complete``, a time stamp, and any fields given) and release the lock."""
+        self.update_stage(stage, **fields, complete=True, finished=now())
+        self.unlock()
+
+    def check_or_start(self, stage: str, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Start a stage or resume it; refuse when the directory holds a run of different settings, or
+        parts made with other settings, or when another process is writing here."""
+        self.lock()
+        manifest = self.read_manifest()
+        previous = manifest.get("stages", {}).get(stage, {}).get("config")
+        if previous is not None:
+            diff = {k: (previous.get(k), v) for k, v in config.items() if previous.get(k) != v}
+            if diff:
+                detail = ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in diff.items())
+                raise RunMismatchError(f"{self.path} already holds a '{stage}' run with other settings ({detail}); "
+                                       "use a new --out directory, or delete this one (`wdprobe run` also takes --restart STAGE for the patching and steering stages)")
+        manifest.setdefault("created", now())
+        manifest.setdefault("environment", environment())
+        manifest.setdefault("stages", {}).setdefault(stage, {})["config"] = dict(config)
+        self._check_parts(stage, config)
+        self.write_manifest(manifest)
+        return manifest
+
+    def _check_parts(self, stage: str, config: Mapping[str, Any]) -> None:
+        """Label the stage's parts folder with the settings digest, or refuse parts made with others."""
+        folder = self.parts_dir(stage)
+        label = folder / PARTS_SETTINGS
+        digest = settings_digest(config)
+        if label.is_file():
+            made = json.loads(label.read_text())
+            if made.get("digest") != digest:
+                old = made.get("settings", {})
+                diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+                raise RunMismatchError(f"{folder} holds parts made with other settings (differing: {diff}); delete that "
+                                       "folder to start the stage again, or use a new --out directory")
+        elif folder.is_dir() and any(folder.glob("part-*")):
+            raise RunMismatchError(f"{folder} holds parts with no record of their settings; delete that folder to start "
+                                   "the stage again")
+
+    def update_stage(self, stage: str, **fields: Any) -> None:
+        manifest = self.read_manifest()
+        manifest.setdefault("stages", {}).setdefault(stage, {}).update(fields)
+        self.write_manifest(manifest)
+
+    def reset_stage(self, stage: str, outputs: Sequence[str] = ()) -> None:
+        """Forget a stage: its manifest entry, its parts and the named output files/folders (for --restart)."""
+        manifest = self.read_manifest()
+        if stage in manifest.get("stages", {}):
+            del manifest["stages"][stage]
+            self.write_manifest(manifest)
+        shutil.rmtree(self.parts_dir(stage), ignore_errors=True)
+        for name in outputs:
+            for p in self.path.glob(name):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+    # parts --------------------------------------------------------------------------------------
+    def parts_dir(self, stage: str) -> Path:
+        return self.path / f"{stage}.parts"
+
+    def read_parts(self, stage: str) -> list[dict[str, str]]:
+        """Every saved row of ``stage``, each part checked against the checksum taken when it was written."""
+        d = self.parts_dir(stage)
+        rows: list[dict[str, str]] = []
+        if not d.is_dir():
+            return rows
+        label = d / PARTS_SETTINGS
+        sums = json.loads(label.read_text()).get("parts", {}) if label.is_file() else {}
+        for p in sorted(d.glob("part-*.csv")):
+            if p.name in sums:
+                check_digest(p, sums[p.name])
+            try:
+                rows.extend(read_csv(p))
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise IntegrityError(f"{p}: unreadable ({exc}); delete this part file and rerun the same command "
+                                     "(it recomputes what the part held)") from None
+        return rows
+
+    def write_part(self, stage: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
+                   settings: Mapping[str, Any] | None = None) -> Path:
+        """Save one finished chunk of a stage atomically. The first part labels the folder with the settings
+        (the stage's manifest config, or ``settings`` when a merge writes parts before the stage starts)."""
+        d = self.parts_dir(stage)
+        d.mkdir(parents=True, exist_ok=True)
+        label = d / PARTS_SETTINGS
+        if not label.is_file():
+            config = dict(settings) if settings is not None else self.stage_entry(stage).get("config", {})
+            atomic_write_json(label, {"digest": settings_digest(config), "settings": config})
+        n = len(list(d.glob("part-*.csv")))
+        path = d / f"part-{n:05d}.csv"
+        text = rows_to_csv(rows, columns).encode("utf-8")
+        atomic_write_bytes(path, text)
+        made = json.loads(label.read_text())
+        made.setdefault("parts", {})[path.name] = hashlib.sha256(text).hexdigest()
+        atomic_write_json(label, made)
+        return path
+
+    def write_table(self, name: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
+        path = self.path / name
+        atomic_write_text(path, rows_to_csv(rows, columns))
+        return path
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def environment() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+    import transformers
+
+    try:
+        tl = version("transformer-lens")
+    except PackageNotFoundError:  # pragma: no cover - import problems surface elsewhere
+        tl = "unavailable"
+
+    return {"wdprobe": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "transformer_lens": tl, "machine": platform.machine(),
+            "threads": str(torch.get_num_threads())}
+
+
+class Timer:
+    """Wall-clock seconds of named steps, for manifests."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
