@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wdprobe.core.forward import default_batch_tokens, encode_prompts, iter_batches, last_token_logits
+from wdprobe.core.forward import default_batch_tokens, encode_prompts, iter_batches
 from wdprobe.core.model import load_model
 from wdprobe.data.prompts import normal_prompt
 from wdprobe.data.wdct import load_wdct, present, select

@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping, Sequence
+from typing import IO, Any, Mapping, Sequence
 from urllib.parse import quote
 
 from wdprobe.core.cache import atomic_write_bytes, atomic_write_json, atomic_write_text

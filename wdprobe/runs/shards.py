@@ -8,13 +8,12 @@ items. Each shard writes a complete run directory of its own under ``RUN/shards/
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
 from wdprobe.errors import MergeError, ShardSpecError
-from wdprobe.runs.rundir import RunDir, read_csv
+from wdprobe.runs.rundir import RunDir
 
 
 def _stage_of(path: Path, stage: str) -> dict[str, Any]:

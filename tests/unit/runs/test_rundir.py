@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from wdprobe.errors import RunLockedError, RunMismatchError, StageNotFinishedError, UnsafePathError
+from wdprobe.errors import RunMismatchError, StageNotFinishedError, UnsafePathError
 from wdprobe.runs.rundir import RunDir, safe_name, settings_digest
 from wdprobe.stages.score import score_wdct
 
