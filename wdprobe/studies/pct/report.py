@@ -184,6 +184,17 @@ def trope_bubble_figure(tropes: pd.DataFrame, top: int = 30) -> go.Figure:
     return fig
 
 
+def derived_numbers(persona_effect: pd.DataFrame | None) -> dict[str, float]:
+    """Numbers the findings quote that no run table holds as such, computed from the tables (and
+    written to the report's ``tables/derived.json``, so every quoted number is in a committed table)."""
+    out: dict[str, float] = {}
+    if persona_effect is not None and len(persona_effect):
+        last = persona_effect[persona_effect.layer == persona_effect.layer.max()]
+        out["persona_internal_vs_behaviour_r_last_layer"] = (
+            float(np.corrcoef(last["shift"], last["behaviour_shift"])[0, 1]) if len(last) > 2 else float("nan"))
+    return out
+
+
 def pct_numbers(run_dir: str | Path) -> dict[str, Any]:
     run = RunDir(run_dir)
     n: dict[str, Any] = {"manifest": run.read_manifest()}
@@ -272,7 +283,7 @@ def pct_findings(n: dict[str, Any]) -> list[tuple[str, str]]:
     eff = n["persona_effect"]
     if eff is not None and len(eff):
         last = eff[eff.layer == eff.layer.max()]
-        corr = float(np.corrcoef(last["shift"], last["behaviour_shift"])[0, 1]) if len(last) > 2 else float("nan")
+        corr = derived_numbers(eff)["persona_internal_vs_behaviour_r_last_layer"]
         strongest = eff.loc[eff["shift"].abs().idxmax()]
         out.append(("Personas inside.", f"Along the base case's internal stance direction, the largest persona shift is "
                     f"{strongest['persona']} at layer {int(strongest.layer)} ({strongest['shift']:+.2f} of an answer "
@@ -389,6 +400,7 @@ def write_pct_report(run_dir: str | Path, out_dir: str | Path, *, notes: str | N
         if (run.path / name).is_file():
             shutil.copy(run.path / name, out / "tables" / name)
     n = pct_numbers(run.path)
+    atomic_write_text(out / "tables" / "derived.json", json.dumps(derived_numbers(n["persona_effect"]), indent=2) + "\n")
     figs = pct_figures(n)
     found = pct_findings(n)
     manifest = n["manifest"]

@@ -1,0 +1,87 @@
+"""Every number a committed report's findings quote is backed by a table committed beside it.
+
+A finding is worded from the run's tables; if a number in the findings cannot be found (at the precision
+it is quoted) in any CSV or JSON of the report folder, the report is not reproducible from what is
+committed (as happened when two alignment runs of one form overwrote each other's tables)."""
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+REPORTS = Path(__file__).resolve().parents[3] / "reports"
+NUMBER = re.compile(r"(?<![\w.\-/])(-?\d+(?:,\d{3})*(?:\.\d+)?)(%?)(?![\w\-/])")
+
+
+def findings(readme: Path) -> str:
+    text = readme.read_text()
+    match = re.search(r"^## Findings\n(.*?)(?=^## )", text, flags=re.S | re.M)
+    return match.group(1) if match else ""
+
+
+def quoted_numbers(text: str) -> list[tuple[str, float, int, bool]]:
+    text = re.sub(r"\[[^\]]*\]\([^)]*\)", "", text)  # links
+    text = re.sub(r"`[^`]*`", "", text)  # code
+    out = []
+    for m in NUMBER.finditer(text):
+        raw, pct = m.group(1).replace(",", ""), m.group(2) == "%"
+        decimals = len(raw.split(".")[1]) if "." in raw else 0
+        out.append((m.group(0), float(raw), decimals, pct))
+    return out
+
+
+def table_values(folder: Path) -> list[float]:
+    values: list[float] = []
+
+    def walk(obj):
+        if isinstance(obj, dict):
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                walk(v)
+        elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+            values.append(float(obj))
+        elif isinstance(obj, str):
+            try:
+                values.append(float(obj))
+            except ValueError:
+                pass
+
+    for path in folder.rglob("*"):
+        if path.suffix == ".json":
+            walk(json.loads(path.read_text()))
+        elif path.suffix == ".csv":
+            with open(path, newline="") as fh:
+                for row in csv.reader(fh):
+                    walk(row)
+    return values
+
+
+def backed(x: float, decimals: int, pct: bool, values: list[float]) -> bool:
+    candidates = [x / 100, x] if pct else [x]
+    for target in candidates:
+        d = decimals + (2 if pct and target != x else 0)
+        if any(round(v, d) == round(target, d) for v in values):
+            return True
+        if decimals == 0 and any(abs(v - target) < 0.5 for v in values):  # counts and layer numbers
+            return True
+    return False
+
+
+@pytest.mark.parametrize("readme", sorted(REPORTS.rglob("README.md")), ids=lambda p: str(p.relative_to(REPORTS)))
+def test_findings_quote_only_committed_numbers(readme):
+    text = findings(readme)
+    if not text:
+        pytest.skip("no findings section")
+    values = table_values(readme.parent)
+    missing = [q for q, x, d, pct in quoted_numbers(text) if not backed(x, d, pct, values)]
+    assert not missing, f"{readme}: findings quote numbers no committed table holds: {missing}"
+
+
+def test_the_check_catches_a_number_no_table_holds(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"cs": 0.4831, "n": 1225}))
+    assert backed(0.483, 3, False, table_values(tmp_path)) and backed(1225, 0, False, table_values(tmp_path))
+    assert not backed(0.77, 2, False, table_values(tmp_path))
+    assert backed(48.3, 1, True, table_values(tmp_path))
