@@ -39,9 +39,12 @@ from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import (
     model_for_run,
     progress_bar,
+    save_in_parts,
+    saved_ids,
     scored_entry,
     scored_model_name,
     stage_seconds,
+    work_left,
 )
 from wdprobe.stages.pairs import load_pairs, stance_directions
 
@@ -81,22 +84,24 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
                                 **({"shard": str(part)} if part else {})})
     pairs = load_pairs(run.path, lm.tokenizer, n_items=n_items, seed=seed)
     dirs = stance_directions(run.path, pairs, layers, folds=folds, seed=seed)
-    done = {r["id"] for r in work.read_parts(stage)}
-    todo = [i for i in range(len(pairs)) if pairs.items["id"][i] not in done
-            and (part is None or part.holds(pairs.items["id"][i]))]
+    ids = pairs.items["id"]
+    done = saved_ids(work, stage)
+    todo = work_left(range(len(pairs)), done, key=lambda i: ids[i], shard=part)
     if part:
         done = {i for i in done if part.holds(i)}
     per_item = 1 + len(conditions) * len(layers)
     bar = progress_bar((len(done) + len(todo)) * per_item, "patch word->deed", progress, len(done) * per_item)
-    for s in range(0, len(todo), chunk_items):
-        idx = todo[s: s + chunk_items]
+
+    def patch(idx: Sequence[int]) -> list[dict[str, Any]]:
+        idx = list(idx)
         f = cross_form_patching(lm, [pairs.deed_prompts[i] for i in idx], dirs.word_sources[idx], pairs.toward[idx],
                                 pairs.away[idx], pairs.token_ids, layers, conditions=conditions,
                                 stance_dirs=dirs.stance[idx], random_dirs=dirs.random, letter_dirs=dirs.letter[idx],
-                                batch_size=batch_size,
-                                progress=bar.update)
-        f["id"] = [pairs.items["id"][idx[k]] for k in f["item"]]
-        work.write_part(stage, f[PATCH_COLUMNS].to_dict("records"), PATCH_COLUMNS)
+                                batch_size=batch_size, progress=bar.update)
+        f["id"] = [ids[idx[k]] for k in f["item"]]
+        return f[PATCH_COLUMNS].to_dict("records")
+
+    save_in_parts(work, stage, todo, chunk_size=chunk_items, columns=PATCH_COLUMNS, compute=patch)
     bar.close()
     if part:
         work.mark_done(stage, n_items=len(done) + len(todo), **stage_seconds(work, stage, t_start))

@@ -23,6 +23,7 @@ from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import (
     model_for_run,
     progress_bar,
+    save_in_parts,
     scored_model_name,
     stage_seconds,
 )
@@ -96,12 +97,14 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
             and (part is None or part.holds(pairs.items["id"][i]))]
     per_item = 1 + 2 * len(layers) * len(alphas)
     bar = progress_bar((len(done) + len(todo)) * per_item, "steer deeds", progress, len(done) * per_item)
-    for s in range(0, len(todo), chunk_items):
-        idx = todo[s: s + chunk_items]
+    def grid(idx: Sequence[int]) -> list[dict[str, Any]]:
+        idx = list(idx)
         f = steer(lm, [pairs.deed_prompts[i] for i in idx], stance_vecs[idx], random_vecs[idx], pairs.toward[idx],
                   pairs.away[idx], pairs.token_ids, layers, alphas, batch_size=batch_size, progress=bar.update)
         f["id"] = [pairs.items["id"][idx[k]] for k in f["item"]]
-        work.write_part(stage, f[STEER_COLUMNS].to_dict("records"), STEER_COLUMNS)
+        return f[STEER_COLUMNS].to_dict("records")
+
+    save_in_parts(work, stage, todo, chunk_size=chunk_items, columns=STEER_COLUMNS, compute=grid)
     bar.close()
     if part:
         work.mark_done(stage, n_items=len(done) + len(todo), min_mass_ratio=min_mass_ratio,
@@ -155,12 +158,14 @@ def validate_steering(run: RunDir, lm, grid_pairs, layer: int, alpha: float, *, 
     done = {r["id"] for r in run.read_parts(stage)}
     todo = [i for i in range(len(held)) if held.items["id"][i] not in done]
     bar = progress_bar(3 * len(held), "validate steering", progress, 3 * (len(held) - len(todo)))
-    for s in range(0, len(todo), 64):
-        idx = todo[s: s + 64]
+    def held_out(idx: Sequence[int]) -> list[dict[str, Any]]:
+        idx = list(idx)
         f = steer(lm, [held.deed_prompts[i] for i in idx], stance_vecs[idx], random_vecs[idx], held.toward[idx],
                   held.away[idx], held.token_ids, [layer], [alpha], batch_size=batch_size, progress=bar.update)
         f["id"] = [held.items["id"][idx[k]] for k in f["item"]]
-        run.write_part(stage, f[STEER_COLUMNS].to_dict("records"), STEER_COLUMNS)
+        return f[STEER_COLUMNS].to_dict("records")
+
+    save_in_parts(run, stage, todo, chunk_size=64, columns=STEER_COLUMNS, compute=held_out)
     bar.close()
     import pandas as pd
 
