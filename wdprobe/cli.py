@@ -80,6 +80,7 @@ def _print_metrics(m: dict) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    """`wdprobe score`: score WDCT items into a run directory (or one shard of them)."""
     res = score_wdct(args.out, model=args.model, data=args.data, setting=args.setting, seed=args.seed, limit=args.limit,
                      sample=args.sample, domains=args.domain, subset=args.subset, batch_size=args.batch_size,
                      dtype=args.dtype, device=args.device, device_map=args.device_map, chat=args.chat, demos=args.demos,
@@ -93,12 +94,14 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    """`wdprobe merge RUN`: combine every sharded stage of a run as if it had run unsharded."""
     print(main_summary(merge_run(args.run)))
     print(f"merged into {args.run}")
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    """`wdprobe sweep FILE`: models x settings x shards as tasks, here or on Ray."""
     res = run_sweep(args.config, executor=args.executor, address=args.address, progress=not args.quiet)
     for row in res.runs:
         print(f"{row['run']:40s} n={row['n_items']:5d}  CS micro {row['cs_micro']:.3f}  PCS micro {row['pcs_micro']:.3f}")
@@ -107,12 +110,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_upstream(args: argparse.Namespace) -> int:
+    """`wdprobe upstream FILE...`: CS/PCS of result files in the upstream WDCT format."""
     for path in args.files:
         print(json.dumps({"file": path, **upstream_metrics(path)}, indent=None if args.compact else 2))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """`wdprobe report RUN --out DIR`: the scoring summary (and, asked, the localisation page)."""
     from pathlib import Path
 
 
@@ -125,6 +130,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
+    """`wdprobe capture --run RUN`: residual-stream activations of every scored prompt."""
     path = capture_wdct(args.run, layers=args.layers, hooks=args.hooks.split(","), positions=args.positions.split(","),
                         storage_dtype=args.storage_dtype, batch_size=args.batch_size, progress=not args.quiet,
                         shard=args.shard)
@@ -136,6 +142,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    """`wdprobe probe --run RUN`: stance probes per layer from the captured activations."""
     head = run_probes(args.run, hook=args.hook, position=args.position, kinds=args.kinds.split(","), folds=args.folds,
                       seed=args.seed, progress=not args.quiet)
     print(json.dumps(head, indent=2))
@@ -144,6 +151,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_lens(args: argparse.Namespace) -> int:
+    """`wdprobe lens --run RUN`: the logit lens, word vs deed, per layer."""
     s = run_lens(args.run, progress=not args.quiet)
     for g in ("consistent", "inconsistent"):
         if s[g]["n"]:
@@ -164,6 +172,7 @@ def _floats(text: str) -> list[float]:
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
+    """`wdprobe patch --run RUN`: cross-form and/or positional activation patching."""
     if args.shard and args.kind == "both":
         raise InputError("--shard with --kind both: shard the cross and the positional stage one at a time")
 
@@ -193,6 +202,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
+    """`wdprobe steer --run RUN`: steering deeds along the word-stance direction."""
     head = run_steering(args.run, n_items=item_count(args.items), layers=args.layers, alphas=_floats(args.alphas),
                         seed=args.seed, min_mass_ratio=args.min_mass_ratio, batch_size=args.batch_size,
                         progress=not args.quiet, restart=args.restart, validate=not args.no_validate, shard=args.shard)
@@ -205,6 +215,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """`wdprobe run`: the whole WDCT study from flags and/or a config file."""
     cfg = load_config(args.config) if args.config else StudyConfig()
     stages = args.stages.split(",") if args.stages else None
     if args.skip:
@@ -252,17 +263,20 @@ def print_status(run_dir: str | Path, study: str) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """`wdprobe status RUN`: each registered stage done, running, partial or not run."""
     print_status(args.run, study_of(args.run))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """`wdprobe compare RUN...`: runs side by side on one page."""
     labels = args.labels.split(",") if args.labels else None
     print(compare_runs(args.runs, args.out, labels=labels))
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    """`wdprobe convert-model`: convert the embedded model into the cache ahead of time."""
     print(convert_default_model())
     return 0
 
@@ -292,6 +306,7 @@ def pct_config(args: argparse.Namespace):
 
 
 def cmd_pct(args: argparse.Namespace) -> int:
+    """`wdprobe pct STAGE|run`: the PCT study, one stage or all, resuming."""
     if args.pct_command == "status":
         return cmd_pct_status(args)
     cfg = pct_config(args)
@@ -304,6 +319,7 @@ def cmd_pct(args: argparse.Namespace) -> int:
 
 
 def cmd_pct_status(args: argparse.Namespace) -> int:
+    """`wdprobe pct status`: the PCT stages of a run and their state."""
     print_status(args.out or "runs/gemma-3-270m-pct", "pct")
     return 0
 
@@ -365,6 +381,7 @@ def _item_limit(text: str) -> int | None:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
+    """`wdprobe align`: train one form towards flipped answers and watch both forms."""
     cfg = AlignConfig(form=args.form, method=args.method, sft_epochs=args.sft_epochs, dpo_epochs=args.dpo_epochs,
                       n_items=_item_limit(args.items), held_out=args.held_out, seed=args.seed, orders=args.orders,
                       paraphrases=args.paraphrases, paraphrase_table=args.paraphrase_table,
@@ -392,6 +409,7 @@ def cmd_align(args: argparse.Namespace) -> int:
 
 
 def cmd_align_report(args: argparse.Namespace) -> int:
+    """`wdprobe align-report RUN...`: figures and README for finished alignment runs."""
     print(write_alignment_report([Path(r) for r in args.runs], Path(args.out)))
     return 0
 
@@ -433,6 +451,7 @@ def _add_align_parsers(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command (the CLI reference in the docs is generated from it)."""
     parser = argparse.ArgumentParser(prog="wdprobe", description="Measure and explain word-deed inconsistency in LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -589,6 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; errors wdprobe raises on purpose exit with code 2 and their message."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -113,7 +113,8 @@ def test_every_module_and_public_function_has_a_docstring():
         if not ast.get_docstring(tree):
             missing.append(name)
         for node in tree.body:
-            if isinstance(node, ast.ClassDef) and not node.name.startswith("_") and not ast.get_docstring(node):
+            public = isinstance(node, (ast.ClassDef, ast.FunctionDef)) and not node.name.startswith("_")
+            if public and not ast.get_docstring(node):
                 missing.append(f"{name}.{node.name}")
     assert not missing, missing
 

@@ -108,6 +108,7 @@ class LoadedModel:
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """A torch dtype from its name (``float32``, ``bf16``, ...), refusing unknown names."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
@@ -120,6 +121,7 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 
 def default_model_dir() -> Path:
+    """Where the converted embedded model lives in the cache."""
     return cache_dir() / "models" / DEFAULT_MODEL
 
 

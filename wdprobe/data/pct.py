@@ -101,6 +101,7 @@ def _read_json(path: Path) -> Any:
 
 
 def personas_from(spec: dict[str, Any], source: str = "<personas>") -> tuple[Persona, ...]:
+    """The personas (base case and single attributes) the material defines."""
     out = [BASE]
     for attr in ATTRIBUTES:
         values = spec.get(attr)

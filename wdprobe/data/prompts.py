@@ -86,6 +86,7 @@ def wrap(text: str, tokenizer, use_chat: bool) -> str:
 
 
 def resolve_chat(mode: ChatMode, model_name: str, tokenizer) -> bool:
+    """Whether prompts go inside the tokenizer's chat template (``auto``: instruction-tuned names with a template)."""
     if mode == "auto":
         return wants_chat_template(model_name, tokenizer)
     if mode not in ("plain", "chat"):

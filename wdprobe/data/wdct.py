@@ -206,6 +206,7 @@ def _checked_rows(reader: csv.DictReader, source: str) -> Iterable[dict[str, str
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (recorded so a run knows exactly which data it read)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -27,12 +27,14 @@ PROBE_TITLES = {"logreg": "logistic regression (standardised, L2, C by inner CV)
 
 
 def rgba(hex_colour: str, alpha: float) -> str:
+    """An ``rgba(...)`` colour string from a hex colour and an opacity (for error bands)."""
     h = hex_colour.lstrip("#")
     r, g, b = (int(h[i: i + 2], 16) for i in (0, 2, 4))
     return f"rgba({r},{g},{b},{alpha})"
 
 
 def add_band(fig, sub, x, colour, row, col, name, dash="solid", legend=True):
+    """Add a mean line with a +-1 SEM band to one panel of a figure."""
     mean, sem = sub["mean"].to_numpy(), sub["sem"].to_numpy()
     fig.add_trace(go.Scatter(x=list(x) + list(x)[::-1], y=list(mean + sem) + list(mean - sem)[::-1], fill="toself",
                              fillcolor=rgba(colour, 0.15), line=dict(width=0), hoverinfo="skip", showlegend=False,

@@ -96,6 +96,7 @@ def fit_probe(kind: str, seed: int, X: np.ndarray, y: np.ndarray, groups: np.nda
 
 
 def make_probe(kind: str, seed: int):
+    """A fresh probe of ``kind`` (``logreg`` or ``diffmean``), seeded."""
     if kind == "logreg":
         return logistic_probe(seed)
     if kind == "diffmean":

@@ -47,5 +47,6 @@ def merge_run(run_dir: str | Path) -> dict[str, Any]:
 
 
 def main_summary(result: dict[str, Any]) -> str:
+    """The merged stages' headline numbers as JSON, for the command line."""
     return json.dumps({s: {k: v for k, v in m.items() if k in ("n_items", "cs_micro", "pcs_micro", "n_prompts", "n_inconsistent")}
                        for s, m in result.items()}, indent=2)

@@ -24,6 +24,7 @@ __all__ = ["run_pct", "pct_stage_names"]
 
 
 def pct_stage_names() -> tuple[str, ...]:
+    """The PCT stages in pipeline order, from the registry."""
     return REGISTRY.names("pct")
 
 

@@ -46,6 +46,7 @@ def stage_settings(cfg: StudyConfig, stage: str) -> dict[str, Any]:
 
 
 def restartable() -> set[str]:
+    """WDCT stages ``--restart`` can redo (their outputs are not what earlier stages stand on)."""
     return {s.name for s in REGISTRY.stages("wdct") if s.restartable}
 
 

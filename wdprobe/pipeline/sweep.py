@@ -99,6 +99,7 @@ class SweepSpec:
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep file; errors name the file and the key."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -144,6 +145,7 @@ _MODELS: dict[tuple, Any] = {}  # loaded models per worker process: tasks of one
 
 
 def task_done(task: SweepTask) -> bool:
+    """Whether a sweep task's shard finished (so a resumed sweep skips it)."""
     return RunDir(shard_dir(task.run, task.stage, Shard.parse(task.shard))).is_done(task.stage)
 
 

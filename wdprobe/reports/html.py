@@ -14,6 +14,7 @@ CSS = ("body{font-family:system-ui,sans-serif;max-width:1360px;margin:2em auto;p
 
 
 def table_html(header: list[str], rows: list[list[Any]]) -> str:
+    """An HTML table from a header and rows (values escaped)."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table class='num'><tr>{head}</tr>{body}</table>"

@@ -94,6 +94,7 @@ def _closest_paper_models(cs: float, k: int = 2) -> list[str]:
 
 
 def finding_behaviour(n: dict) -> Finding | None:
+    """Finding 1: CS and PCS against the letter-copy baseline and the paper's models."""
     m = n["metrics"]
     if not m:
         return None
@@ -114,6 +115,7 @@ def finding_behaviour(n: dict) -> Finding | None:
 
 
 def finding_probes(n: dict) -> Finding | None:
+    """Finding 2: whether word and deed share an internal stance, against the letter and random controls."""
     head = n["probes"].get("resid_post-last")
     if not head:
         return None
@@ -137,6 +139,7 @@ def finding_probes(n: dict) -> Finding | None:
 
 
 def finding_lens(n: dict) -> Finding | None:
+    """Finding 3: where the deed answer leaves the word answer under the logit lens."""
     lens = n["lens"]
     if not lens or not lens["inconsistent"]["n"]:
         return None
@@ -157,6 +160,7 @@ def finding_lens(n: dict) -> Finding | None:
 
 
 def finding_patching(n: dict) -> Finding | None:
+    """Finding 4: what patching the word run into the deed run restores, and what it breaks."""
     c = n["cross"]
     if not c or "full" not in c:
         return None
@@ -184,6 +188,7 @@ def finding_patching(n: dict) -> Finding | None:
 
 
 def finding_steering(n: dict) -> Finding | None:
+    """Finding 5: the best steering setting, and whether it survives held-out items."""
     s = n["steer"]
     if not s:
         return None
@@ -259,6 +264,7 @@ def paper_figure(metrics: dict, model: str) -> go.Figure:
 
 
 def domain_figure(metrics: dict, model: str) -> go.Figure:
+    """CS and PCS per WDCT domain."""
     doms = [d for d in DOMAINS if d in metrics["per_domain"]]
     fig = go.Figure()
     fig.add_bar(x=doms, y=[metrics["per_domain"][d]["cs"] for d in doms], name="CS", marker_color="#d9480f")
@@ -271,6 +277,7 @@ def domain_figure(metrics: dict, model: str) -> go.Figure:
 
 
 def probe_figures(run_dir: Path, position: str = "last") -> list[go.Figure]:
+    """The probe figures of one position (accuracy, IC vs CS, cosine)."""
     stem = f"resid_post-{position}"
     summary_csv = run_dir / "probes" / f"{stem}-summary.csv"
     if not summary_csv.is_file():

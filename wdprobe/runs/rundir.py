@@ -83,6 +83,7 @@ def settings_digest(settings: Mapping[str, Any]) -> str:
 
 
 def rows_to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """CSV text of rows in the given column order (missing values empty)."""
     columns = list(columns or (rows[0].keys() if rows else []))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -93,6 +94,7 @@ def rows_to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts of strings."""
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
@@ -296,10 +298,12 @@ class RunDir:
 
 
 def now() -> str:
+    """The current UTC time, to the second, for manifests."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def environment() -> dict[str, str]:
+    """Library versions, machine and threads, recorded in every manifest."""
     from importlib.metadata import PackageNotFoundError, version
 
     import torch

@@ -91,9 +91,11 @@ class Shard:
 
 
 def shard_dir(run_dir: str | Path, stage: str, shard: Shard) -> Path:
+    """The run directory a shard of a stage writes into."""
     return Path(run_dir) / "shards" / stage / shard.name
 
 
 def shard_dirs(run_dir: str | Path, stage: str) -> list[Path]:
+    """Every shard directory of a stage that exists so far."""
     root = Path(run_dir) / "shards" / stage
     return sorted(p for p in root.glob("*-of-*") if p.is_dir()) if root.is_dir() else []

@@ -162,6 +162,7 @@ def model_for_run(run: RunDir, lm: LoadedModel | None) -> LoadedModel:
 
 
 def progress_bar(total: int, desc: str, progress: bool, initial: int = 0, unit: str = "row") -> "Bar":
+    """A tqdm bar (silent when ``progress`` is false)."""
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not progress)
 
 

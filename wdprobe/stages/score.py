@@ -62,6 +62,7 @@ class ScoreResult:
 
 
 def typed_item_row(row: dict[str, str]) -> dict[str, Any]:
+    """A per-item CSV row with its numbers parsed back (the inverse of writing items.csv)."""
     out: dict[str, Any] = dict(row)
     for k in ("n_options", "word_choice", "deed_choice", "consistent"):
         out[k] = int(row[k])

@@ -80,10 +80,12 @@ def phases(method: str, sft_epochs: int, dpo_epochs: int) -> list[str]:
 
 
 def sft_loss(lp_target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the target letter at the prompt's end."""
     return -lp_target.mean()
 
 
 def dpo_loss(lp_c: torch.Tensor, lp_r: torch.Tensor, ref_c: torch.Tensor, ref_r: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO loss (target letter chosen, the other rejected) against reference log-probabilities."""
     return -F.logsigmoid(beta * ((lp_c - ref_c) - (lp_r - ref_r))).mean()
 
 
@@ -234,6 +236,7 @@ class Tuner:
 # ---- checkpoints --------------------------------------------------------------------------------
 
 def checkpoint_dir(run_dir: str | Path, epoch: int) -> Path:
+    """Where the checkpoint of an epoch is saved."""
     return Path(run_dir) / "checkpoints" / f"epoch-{epoch:02d}"
 
 
@@ -277,6 +280,7 @@ def load_checkpoint(run_dir: str | Path, epoch: int, tuner: Tuner) -> dict | Non
 
 
 def saved_epochs(run_dir: str | Path) -> list[int]:
+    """Epochs with a saved checkpoint, in order."""
     root = Path(run_dir) / "checkpoints"
     return sorted(int(p.name.split("-")[1]) for p in root.glob("epoch-*")
                   if not p.name.endswith(".partial") and (p / "trainable.safetensors").is_file()) if root.is_dir() else []

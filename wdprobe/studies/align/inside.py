@@ -55,6 +55,7 @@ def balanced_difference(X: np.ndarray, y: np.ndarray, nuisance: np.ndarray | Non
 
 
 def stance_axis(X: np.ndarray, y: np.ndarray, nuisance: np.ndarray | None = None) -> StanceAxis:
+    """The difference-of-means stance direction per layer, balanced over answer letters."""
     diff = balanced_difference(X, y, nuisance)
     norm = np.linalg.norm(diff, axis=-1)
     unit = diff / np.where(norm > 0, norm, 1.0)[:, None]
@@ -67,6 +68,7 @@ def stance_axis(X: np.ndarray, y: np.ndarray, nuisance: np.ndarray | None = None
 
 
 def cosine_per_layer(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine between two sets of per-layer directions."""
     na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
     return np.einsum("ld,ld->l", a, b) / np.where(na * nb > 0, na * nb, np.nan)
 

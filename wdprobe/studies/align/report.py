@@ -95,6 +95,7 @@ def change_rate_figure(runs: Sequence[AlignedRun]) -> go.Figure:
 
 
 def cs_figure(runs: Sequence[AlignedRun]) -> go.Figure:
+    """CS and PCS per epoch, trained and held-out items."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=["CS (word and deed choose the same stance)", "PCS"])
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
     for i, run in enumerate(runs):
@@ -198,6 +199,7 @@ def ic_figure(runs: Sequence[AlignedRun]) -> go.Figure:
 
 
 def drift_figure(runs: Sequence[AlignedRun]) -> go.Figure:
+    """How far stance directions move per epoch, beside their split-half noise floor."""
     fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[f"trained on<br>{r.short}" for r in runs],
                         horizontal_spacing=0.03)
     for c, run in enumerate(runs, 1):
@@ -231,6 +233,7 @@ def _f(v: Any, nd: int = 2) -> str:
 
 
 def rate_rows(runs: Sequence[AlignedRun]) -> list[list[str]]:
+    """Change-rate table rows after the last epoch, one per run and item set."""
     rows = []
     for run in runs:
         last = run.rates["epoch"].max()
@@ -290,6 +293,7 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def settings_rows(runs: Sequence[AlignedRun]) -> list[list[str]]:
+    """The settings table rows, one per run."""
     rows = []
     for run in runs:
         c, t = run.config, run.config["train"]

@@ -97,6 +97,7 @@ class AlignConfig:
 # ---- items, targets and examples ----------------------------------------------------------------
 
 def two_option_items(items, n_items: int | None, seed: int):
+    """The two-option items (a seeded sample of them when ``n_items`` is set)."""
     binary = [it for it in items if it.n_options == 2]
     if not binary:
         raise AlignmentDataError("no two-option items in the selection; alignment flips need two options")
@@ -149,6 +150,7 @@ def evaluate(lm, pres: Sequence[Presentation], letter_ids: Sequence[int], *, use
 
 
 def epoch_dir(run_dir: str | Path, epoch: int) -> Path:
+    """Where an epoch's evaluation is saved."""
     return Path(run_dir) / "epochs" / f"epoch-{epoch:02d}"
 
 
@@ -166,6 +168,7 @@ def save_epoch(run_dir: str | Path, epoch: int, rows: Sequence[dict], resid: dic
 
 
 def load_epoch(run_dir: str | Path, epoch: int) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """An evaluated epoch's rows and residuals."""
     from safetensors.numpy import load_file
 
     d = epoch_dir(run_dir, epoch)
@@ -174,6 +177,7 @@ def load_epoch(run_dir: str | Path, epoch: int) -> tuple[list[dict], dict[str, n
 
 
 def evaluated_epochs(run_dir: str | Path) -> list[int]:
+    """Epochs whose evaluation is saved, in order."""
     root = Path(run_dir) / "epochs"
     return sorted(int(p.name.split("-")[1]) for p in root.glob("epoch-*") if (p / "items.csv").is_file()) if root.is_dir() else []
 

@@ -33,6 +33,7 @@ def trained_forms(mode: str) -> tuple[str, ...]:
 
 
 def other_form(form: str) -> str:
+    """The form that was not trained."""
     return "deed" if form == "word" else "word"
 
 

@@ -196,6 +196,7 @@ def derived_numbers(persona_effect: pd.DataFrame | None) -> dict[str, float]:
 
 
 def pct_numbers(run_dir: str | Path) -> dict[str, Any]:
+    """Every table of a PCT run the report reads, loaded once."""
     run = RunDir(run_dir)
     n: dict[str, Any] = {"manifest": run.read_manifest()}
     for name in ("positions.csv", "shifts.csv", "agreement.csv", "probes.csv", "persona_effect.csv", "tropes.csv",
@@ -305,6 +306,7 @@ def _order_words(manifest: dict) -> str:
 
 
 def pct_figures(n: dict[str, Any]) -> list[tuple[str, go.Figure]]:
+    """The PCT report's figures, in page order."""
     figs = []
     if n["positions"] is not None:
         figs.append(("compass", compass_figure(n["positions"], n["shifts"], n["model"])))
@@ -349,6 +351,7 @@ def _timings(manifest: dict) -> list[list[str]]:
 
 
 def shift_rows(sh: pd.DataFrame) -> list[list[str]]:
+    """The persona-shift table rows (shift, p and q per axis)."""
     return [[r.form, r.persona, f"{r.d_econ:+.2f}", f"{r.q_econ:.3f}", f"{r.d_social:+.2f}", f"{r.q_social:.3f}",
              f"{r.answers_changed:.2f}", int(r.n_pairs)] for r in sh.itertuples()]
 
@@ -357,6 +360,7 @@ SHIFT_HEADER = ["form", "persona", "Δ economic", "q", "Δ social", "q", "answer
 
 
 def trope_rows(tr: pd.DataFrame, limit: int = 40) -> list[list[str]]:
+    """The trope table rows, widest first."""
     return [[f"T{r.trope}", r.label, r.prompts, r.sentences, r.n_strongly_disagree, r.n_disagree, r.n_agree,
              r.n_strongly_agree, r.top_personas] for r in tr.head(limit).itertuples()]
 

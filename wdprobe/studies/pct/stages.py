@@ -101,6 +101,7 @@ def _require(run: RunDir, stage: str, needed: str) -> None:
 
 
 def prompt_table(run: RunDir) -> list[dict[str, str]]:
+    """The run's prompts (``prompts.csv``), or an error naming the command that writes them."""
     path = run.path / "prompts.csv"
     if not path.is_file():
         raise StageNotFinishedError(f"{path}: missing; start the run with `wdprobe pct closed` or `wdprobe pct run`")
@@ -412,6 +413,7 @@ def pct_capture(run: RunDir, lm, *, batch_size: int = 16, progress: bool = True,
 
 
 def load_pct_activations(run: RunDir) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """The captured last-token residuals of the closed and open prompts, with their ids."""
     from safetensors import safe_open
 
     path = run.path / "activations.safetensors"
