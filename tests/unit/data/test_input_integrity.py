@@ -41,3 +41,13 @@ def test_batch_size_zero_is_an_input_error():
 
     with pytest.raises(InputError, match="batch size"):
         list(length_batches([3, 4], 0))
+
+
+@pytest.mark.parametrize("flags", [["--limit", "-2"], ["--sample", "0"], ["--limit", "0"]])
+def test_score_refuses_bad_selections_before_writing_anything(tiny_model_dir, wdct_csv, tmp_path, capsys, flags):
+    from wdprobe.cli import main
+
+    out = tmp_path / "run"
+    assert main(["score", "--model", str(tiny_model_dir), "--data", str(wdct_csv), "--out", str(out), "--quiet", *flags]) == 2
+    assert "positive number" in capsys.readouterr().err
+    assert not (out / "manifest.json").exists()
