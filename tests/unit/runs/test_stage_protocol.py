@@ -119,3 +119,30 @@ def test_status_shows_a_stage_another_process_is_running(tiny_lm, wdct_csv, tmp_
     time.sleep(0.1)
     assert main(["status", str(run)]) == 0
     assert "partial" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_the_resume_skeleton_loses_at_most_the_chunk_in_flight(tmp_path):
+    from wdprobe.runs.rundir import RunDir
+    from wdprobe.runs.shards import Shard
+    from wdprobe.runs.stage import save_in_parts, saved_ids, work_left
+
+    run = RunDir(tmp_path / "run")
+    run.check_or_start("toy", {"k": 1})
+    units = [f"u{i}" for i in range(7)]
+    calls = []
+
+    def compute(chunk, fail_on=None):
+        calls.append(list(chunk))
+        if fail_on in chunk:
+            raise KeyboardInterrupt
+        return [{"id": u, "value": len(u) * 10} for u in chunk]
+
+    with pytest.raises(KeyboardInterrupt):
+        save_in_parts(run, "toy", units, chunk_size=3, columns=["id", "value"], compute=lambda c: compute(c, "u4"))
+    assert saved_ids(run, "toy") == {"u0", "u1", "u2"}  # the first chunk was saved before the crash
+    todo = work_left(units, saved_ids(run, "toy"), key=str)
+    assert todo == ["u3", "u4", "u5", "u6"]
+    new = save_in_parts(run, "toy", todo, chunk_size=3, columns=["id", "value"], compute=compute)
+    assert [r["id"] for r in new] == todo and sorted(r["id"] for r in run.read_parts("toy")) == units
+    half = Shard(0, 2)
+    assert work_left(units, set(), key=str, shard=half) == [u for u in units if half.holds(u)]
