@@ -120,11 +120,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     """`wdprobe report RUN --out DIR`: the scoring summary (and, asked, the localisation page)."""
     from pathlib import Path
 
-
     notes = Path(args.notes).read_text() if args.notes else ""
     print(write_score_report(args.run, args.out, notes))
     if args.localisation:
-
         print(write_localisation_report(args.run, args.out))
     return 0
 
@@ -284,7 +282,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def pct_config(args: argparse.Namespace):
     """The run's saved PCT settings (when ``--out`` holds one) overridden by the flags given."""
     from dataclasses import fields
-
 
     out = args.out or PCTConfig.out
     saved = {}

@@ -242,7 +242,6 @@ def resolve_pct_dir(path: str | os.PathLike | None = None) -> Path:
     if env:
         return Path(env)
 
-
     target = cache_dir() / "data" / "pct"
     for f in PCT_FILES:
         atomic_write_bytes(target / f.name, fetch(f).read_bytes())

@@ -152,7 +152,6 @@ def positional_figures(frame, seg_table, layers: Sequence[int], segment_order: S
     ex = frame[frame.method == "exact"].set_index(["id", "layer", "position"])["normalised"]
     at = frame[frame.method == "attribution"].set_index(["id", "layer", "position"])["normalised"].reindex(ex.index)
     if len(ex):
-
         rho = rank_correlation(at.to_numpy(), ex.to_numpy())
         fig = go.Figure(go.Scattergl(x=ex.to_numpy(), y=at.to_numpy(), mode="markers", marker=dict(size=4, opacity=0.5),
                                      text=[f"{i} L{l} p{p}" for i, l, p in ex.index], name="cells"))

@@ -31,7 +31,6 @@ class _LazyModel:
 
     def get(self):
         if self.lm is None:
-
             t0, c0 = time.perf_counter(), time.process_time()
             self.lm = load_model(self.cfg.model, dtype=self.cfg.dtype, device=self.cfg.device,
                                  device_map=self.cfg.device_map)

@@ -40,7 +40,6 @@ def _layer_count(p: Path) -> int | None:
     """Model depth as recorded by the lens or capture stage."""
     import json
 
-
     lens = p / "lens" / "summary.json"
     if lens.is_file():
         return len(json.loads(lens.read_text())["all"]["lens_cs"])

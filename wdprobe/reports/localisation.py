@@ -22,7 +22,6 @@ def localisation_figures(run_dir: str | Path) -> list[tuple[str, str, Any]]:
     ``(section, name, figure)``; stages not run yet are left out."""
     import pandas as pd
 
-
     run = RunDir(run_dir)
     model = scored_model_name(run)
     figs: list[tuple[str, str, Any]] = []

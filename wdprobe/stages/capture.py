@@ -65,12 +65,10 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
     from safetensors.torch import save
     from tqdm.auto import tqdm
 
-
     run = RunDir(run_dir)
     manifest = run.read_manifest()
     cfg = scored_entry(run)["config"]
     if lm is None:
-
         lm = load_for_run(manifest)
     if lm.revision != cfg["model_revision"]:
         raise InputError(f"{run.path} was scored with model revision {cfg['model_revision']}, but {lm.name} is {lm.revision}")
@@ -124,7 +122,6 @@ def merge_capture(run_dir: str | Path) -> dict[str, Any]:
     """Assemble ``RUN/capture`` from ``RUN/shards/capture/*``: tensor files renumbered, metadata joined
     (``load_activations`` then returns what an unsharded capture gives)."""
     import shutil
-
 
     run = RunDir(run_dir)
     entries = checked_shards(run.path, STAGE)
@@ -194,7 +191,6 @@ def load_activations(run_dir: str | Path, hook: str = "resid_post", position: st
     import pandas as pd
     from safetensors import SafetensorError
     from safetensors.torch import load
-
 
     run = RunDir(run_dir)
     st = run.stage_entry(STAGE)

@@ -35,12 +35,10 @@ def run_lens(run_dir: str | Path, *, lm=None, progress: bool = True) -> dict[str
     """The lens stage: captured ``resid_post`` at the final position -> ``lens/`` (CSV, JSON, HTML, PNG)."""
     import json
 
-
     run = RunDir(run_dir)
     acts = load_activations(run.path, hook="resid_post", position="last")
     manifest = run.read_manifest()
     if lm is None:
-
         lm = load_for_run(manifest)
     ids = scored_entry(RunDir(run_dir))["letters"]["ids"]
     traj = trajectory_from_activations(lm, acts, ids)

@@ -72,7 +72,6 @@ def load_pairs(run_dir: str | Path, tokenizer, *, n_items: int | None = None, se
     """The run's two-option items (or a seeded, balanced sample of them) with everything interventions need."""
     import pandas as pd
 
-
     pres, prompts, scored = scored_prompts(run_dir, tokenizer)
     ids = tuple(scored_entry(RunDir(run_dir))["letters"]["ids"])
     keep = choose_items(scored.rows, n_items, seed, balanced)

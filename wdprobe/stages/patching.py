@@ -66,7 +66,6 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
     items, directions and folds are chosen over the whole run as unsharded, so ``wdprobe merge RUN``
     gives the unsharded results."""
 
-
     t_start = time.perf_counter()
     run = RunDir(run_dir)
     lm = model_for_run(run, lm)
@@ -247,7 +246,6 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     shard's items only, saved under ``RUN/shards/patch_positional_<form>/``; the unsharded call (``wdprobe
     merge RUN``) reuses every saved item and computes only what is missing."""
     import pandas as pd
-
 
 
     if form not in ("word", "deed"):

@@ -121,7 +121,6 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
         items = select(all_items, domains=domains, subset=subset, sample=sample, seed=seed, limit=limit)
         sha = file_sha256(data_path)
     if lm is None:
-
         with timer("load_model"):
             lm = load_model(model, device=device, dtype=dtype, device_map=device_map)
     use_chat = resolve_chat(chat, lm.name, lm.tokenizer)

@@ -75,7 +75,6 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
     import pandas as pd
 
 
-
     t_start = time.perf_counter()
     run = RunDir(run_dir)
     lm = model_for_run(run, lm)

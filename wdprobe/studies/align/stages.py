@@ -138,7 +138,6 @@ def evaluate(lm, pres: Sequence[Presentation], letter_ids: Sequence[int], *, use
     for the word and deed prompts of ``pres``, in one bridge pass per batch."""
     from tqdm.auto import tqdm
 
-
     prompts = build_prompts(pres, setting="normal", tokenizer=lm.tokenizer, use_chat=use_chat)
     n = len(pres)
     bar = tqdm(total=2 * n, desc=desc, unit="prompt", disable=not progress)
@@ -157,7 +156,6 @@ def epoch_dir(run_dir: str | Path, epoch: int) -> Path:
 def save_epoch(run_dir: str | Path, epoch: int, rows: Sequence[dict], resid: dict[str, np.ndarray], extra: dict) -> None:
     """Residuals first, the items table last: ``items.csv`` existing marks the epoch as evaluated."""
     from safetensors.numpy import save
-
 
     d = epoch_dir(run_dir, epoch)
     d.mkdir(parents=True, exist_ok=True)
@@ -213,7 +211,6 @@ def run_align(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path 
         items = two_option_items(items, config.n_items, config.seed)
         sha = file_sha256(data_path)
     if lm is None:
-
         with timer("load_model"):
             kwargs = {"max_memory": max_memory} if max_memory else {}
             lm = load_model(model, device=device, dtype=dtype, device_map=device_map, **kwargs)
@@ -228,7 +225,6 @@ def run_align(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path 
     if "letters" in stage:
         letter_ids = tuple(stage["letters"]["ids"])
     else:
-
         calib = build_prompts(pres[:16], setting="normal", tokenizer=lm.tokenizer, use_chat=use_chat)
         letters = resolve_letter_tokens(lm, calib["word"] + calib["deed"], n_letters=2, batch_size=config.batch_size)
         letter_ids = letters.ids
@@ -261,7 +257,6 @@ def run_align(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path 
     train_pres = [by_id[i] for i in train_ids]
     extra: list[Presentation] = []
     if config.form == "paraphrase":
-
         table = load_paraphrase_table(config.paraphrase_table) if config.paraphrase_table else None
         # a paraphrase keeps its item's option order: only the wording of the question changes
         extra = [Presentation(it, by_id[it.id.split("~p")[0]].word_order, by_id[it.id.split("~p")[0]].deed_order)

@@ -247,7 +247,6 @@ def _merge_pct_capture(run: RunDir, entries, started: float) -> dict[str, Any]:
     from safetensors import safe_open
     from safetensors.torch import save
 
-
     rows: dict[str, dict[str, torch.Tensor]] = {"closed": {}, "open": {}}
     for d, _ in entries:
         with safe_open(str(d / "activations.safetensors"), "pt") as f:
@@ -394,7 +393,6 @@ def pct_capture(run: RunDir, lm, *, batch_size: int = 16, progress: bool = True,
     import torch
     from safetensors.torch import save
 
-
     work, piece = _shard_work(run, "capture", shard)
     prompts = [r for r in prompt_table(run) if piece is None or piece.holds(r["id"])]
     tensors = {}
@@ -464,7 +462,6 @@ def order_control(X: np.ndarray, rows: Sequence[dict], groups: Sequence[int], *,
     (prompt text, not a stance), beside the closed answer's side, with the same proposition-grouped folds."""
     import pandas as pd
 
-
     first = np.array([int(r["order"][0]) >= 2 for r in rows], dtype=int)
     chosen = agrees([int(r["choice"]) for r in rows])
     splits = item_folds(len(rows), folds, groups)
@@ -494,7 +491,6 @@ def persona_effect(X: np.ndarray, rows: Sequence[dict], *, base: str = "base", s
     as a change of answer). Behavioural shift: mean change of P(agree). Sign-flip p-value per cell.
     """
     import pandas as pd
-
 
     key = [(r["persona"], int(r["proposition"]), int(r["instruction"])) for r in rows]
     index = {k: i for i, k in enumerate(key)}
