@@ -36,8 +36,6 @@ DEFAULT_ALIASES = {"gemma-3-270m", "default", "gemma3-270m"}
 _CONVERTED_MARKER = "wdprobe-converted.json"
 
 
-
-
 @dataclass
 class LoadedModel:
     """The model handle every stage takes: a TransformerBridge, its tokenizer, and where it came from.

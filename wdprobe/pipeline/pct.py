@@ -13,7 +13,7 @@ from wdprobe.core.model import LoadedModel, load_model
 from wdprobe.data.pct import resolve_pct_dir
 from wdprobe.data.prompts import INSTRUCT_NAME, resolve_chat
 from wdprobe.errors import InputError
-from wdprobe.pipeline.registry import JUDGE_CHECK, REGISTRY
+from wdprobe.pipeline.registry import REGISTRY, ensure_judge_check
 from wdprobe.pipeline.runner import run_timed
 from wdprobe.runs.rundir import RunDir, now
 from wdprobe.runs.shards import Shard
@@ -76,7 +76,7 @@ def run_pct(cfg: PCTConfig, *, stages: Sequence[str] | None = None, progress: bo
         if name != "report" and run.is_done(name):
             log(f"{name}: done ({run.stage_entry(name).get('result', '')})")
             if name == "judge":
-                JUDGE_CHECK(ctx)
+                ensure_judge_check(ctx)
             continue
         for needed in stage.requires:
             require_done(run, name, needed, f"wdprobe pct {needed} --out {run.path}")

@@ -261,7 +261,7 @@ def _pct_judge(ctx: StageContext) -> StageResult:
     return StageResult("judge", f"judge {judge.name}")
 
 
-def _pct_judge_check(ctx: StageContext) -> None:
+def ensure_judge_check(ctx: StageContext) -> None:
     """A run judged before the judge check existed gets it without re-judging."""
     if not (ctx.run.path / "judge_check.json").is_file():
         write_judge_check(ctx.run, _judge(ctx))
@@ -342,4 +342,3 @@ REGISTRY.register(Stage("align", "align", _align, lambda cfg: asdict(cfg), unit=
                         outputs=("epochs", "change_rates.csv", "summary.json"),
                         doc="train one form towards flipped answers, evaluate both forms each epoch, outside and in"))
 
-JUDGE_CHECK = _pct_judge_check
