@@ -31,6 +31,7 @@ from wdprobe.reports.compare import compare_runs
 from wdprobe.reports.localisation import write_localisation_report
 from wdprobe.reports.scores import write_score_report
 from wdprobe.runs.rundir import RunDir
+from wdprobe.scoring.orders import FORMATS, ORDERS
 from wdprobe.scoring.upstream import upstream_metrics
 from wdprobe.stages.capture import capture_wdct
 from wdprobe.stages.lens import run_lens
@@ -84,7 +85,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     res = score_wdct(args.out, model=args.model, data=args.data, setting=args.setting, seed=args.seed, limit=args.limit,
                      sample=args.sample, domains=args.domain, subset=args.subset, batch_size=args.batch_size,
                      dtype=args.dtype, device=args.device, device_map=args.device_map, chat=args.chat, demos=args.demos,
-                     progress=not args.quiet, shard=args.shard)
+                     progress=not args.quiet, shard=args.shard, orders=args.orders, answer_format=args.format)
     _print_metrics(res.metrics)
     if args.shard:
         print(f"shard {args.shard} in {res.run_dir}; when every shard is done: wdprobe merge {args.out}")
@@ -225,7 +226,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = with_overrides(cfg, {"model": args.model, "data": args.data, "out": args.out, "report": args.report,
                                "notes": args.notes, "seed": args.seed, "limit": args.limit, "sample": args.sample,
                                "domains": args.domain, "dtype": args.dtype, "device": args.device,
-                               "device_map": args.device_map, "stages": stages})
+                               "device_map": args.device_map, "stages": stages, "orders": args.orders,
+                               "format": args.format})
     if args.print_config:
         print(config_to_toml(cfg), end="")
         return 0
@@ -447,6 +449,15 @@ def _add_align_parsers(sub) -> None:
     p.set_defaults(func=cmd_align_report)
 
 
+def _add_measurement_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--orders", default=None, choices=list(ORDERS),
+                   help="option orders each question is asked in: shown (the paper's one seeded order), cyclic (every "
+                        "option under every letter: k prompts; the default) or all (k! prompts)")
+    p.add_argument("--format", default=None, choices=list(FORMATS),
+                   help="answer by letter, score option texts as continuations of a prompt without option lines "
+                        "(cloze: no letter at all), or both (the default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command (the CLI reference in the docs is generated from it)."""
     parser = argparse.ArgumentParser(prog="wdprobe", description="Measure and explain word-deed inconsistency in LMs.")
@@ -461,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", default="auto", choices=["auto", "plain", "chat"],
                    help="wrap prompts in the chat template (auto: instruction-tuned model names only)")
     p.add_argument("--seed", type=int, default=0, help="option-shuffling seed")
+    _add_measurement_args(p)
     p.add_argument("--limit", type=int, default=None, help="first N items (after filters)")
     p.add_argument("--sample", type=int, default=None, help="seeded random sample of N items")
     p.add_argument("--domain", action="append", choices=list(DOMAINS), help="keep only this domain (repeatable)")
@@ -573,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, help="report folder (default reports/<model>): index.html, README.md, scores.md, figures")
     p.add_argument("--notes", default=None, help="markdown file with a written reading, added to the report")
     p.add_argument("--seed", type=int, default=None, help="option shuffling and every sampled subset")
+    _add_measurement_args(p)
     p.add_argument("--limit", type=int, default=None, help="first N items (a quick look)")
     p.add_argument("--sample", type=int, default=None, help="seeded random sample of N items")
     p.add_argument("--domain", action="append", choices=list(DOMAINS), default=None, help="keep only this domain (repeatable)")

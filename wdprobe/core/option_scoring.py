@@ -106,3 +106,48 @@ def softmax_rows(lp: np.ndarray) -> np.ndarray:
     z = lp - lp.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+@torch.no_grad()
+def continuation_logprobs(lm, prompts: Sequence[str], continuations: Sequence[str], *, prefix: str = " ",
+                          batch_size: int = 32, max_batch_tokens: int | None | str = "auto",
+                          on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Log-likelihood of each ``continuation`` after its own ``prompt`` (pairs, one per row), as the cloze form
+    scores options: returns ``(sum of token log-probabilities, number of tokens)``, each ``[len(prompts)]``.
+
+    Rows are batched by length with left padding; the vocabulary projection runs only on the last positions
+    that predict continuation tokens."""
+    if len(prompts) != len(continuations):
+        raise InputError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+    tok = lm.tokenizer
+    bos = getattr(tok, "bos_token", None)
+    seqs, n_cont = [], []
+    for p, c in zip(prompts, continuations):
+        cont = tok.encode(prefix + c, add_special_tokens=False)
+        if not cont:
+            raise InputError(f"continuation {c!r} encodes to no tokens")
+        add_special = not (bos and p.startswith(bos))
+        seqs.append(tok.encode(p, add_special_tokens=add_special) + cont)
+        n_cont.append(len(cont))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    total = np.zeros(len(prompts), dtype=np.float64)
+    budget = default_batch_tokens(lm.device) if max_batch_tokens == "auto" else max_batch_tokens
+    for idx in length_batches([len(s) for s in seqs], batch_size, budget):
+        width = max(len(seqs[i]) for i in idx)
+        m = max(n_cont[i] for i in idx) + 1
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, i in enumerate(idx):
+            ids[r, width - len(seqs[i]):] = torch.tensor(seqs[i])
+            mask[r, width - len(seqs[i]):] = 1
+        logits = lm.bridge.run_with_hooks(ids.to(lm.device), attention_mask=mask.to(lm.device),
+                                          fwd_hooks=[(LAST_POSITION_HOOK, _keep_last(m))])[:, -m:, :]
+        lp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        for r, i in enumerate(idx):
+            n = n_cont[i]
+            targets = torch.tensor(seqs[i][-n:])
+            # position m-1-n .. m-2 of the kept window predict the n continuation tokens
+            total[i] = float(lp[r, m - 1 - n: m - 1].gather(1, targets[:, None]).sum())
+        if on_batch:
+            on_batch(len(idx))
+    return total, np.asarray(n_cont, dtype=np.int64)

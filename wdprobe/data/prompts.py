@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
-from wdprobe.data.wdct import Presentation
+from wdprobe.data.wdct import Item, Presentation
 from wdprobe.errors import InputError, MissingInputError, WDCTFormatError
 
 NORMAL_TEMPLATE = (
@@ -24,6 +24,7 @@ COT_TEMPLATE = (
     'Explain the belief that guides your choice in this situation and then answer the following question '
     'with only one single option number (like "A" or "B")\n{question}\nBelief:\n'
 )
+CLOZE_TEMPLATE = "Answer the following question without explanation.\n{stem}\nAnswer:"
 SETTINGS = ("normal", "cot")
 ChatMode = Literal["auto", "plain", "chat"]
 INSTRUCT_NAME = re.compile(r"(instruct|chat|[-_]it\b|[-_]it[-_]|sft|dpo|rlhf)", re.IGNORECASE)
@@ -62,6 +63,12 @@ def load_demos(path: str | os.PathLike) -> list[Demo]:
 def normal_prompt(pres: Presentation, form: str) -> str:
     """The paper's 'normal' prompt: instruction, question with shuffled options, 'Answer:'."""
     return NORMAL_TEMPLATE.format(question=pres.question(form))
+
+
+def cloze_prompt(item: Item, form: str) -> str:
+    """The cloze prompt (OLMES's form for models that have not learned multiple choice): the question without
+    option lines, ending in 'Answer:'; each option text is then scored as a continuation, so no letter exists."""
+    return CLOZE_TEMPLATE.format(stem=item.stem(form))
 
 
 def cot_prompt(pres: Presentation, demos: Sequence[Demo], seed: int = 0, shots: int = 3) -> str:

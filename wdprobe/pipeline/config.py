@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from wdprobe.errors import ConfigError, MissingInputError
 from wdprobe.pipeline.registry import REGISTRY, item_count
+from wdprobe.scoring.orders import FORMATS, ORDERS
 
 __all__ = ["StudyConfig", "wdct_stages", "item_count", "load_config", "config_to_toml", "with_overrides"]
 
@@ -102,6 +103,8 @@ class StudyConfig:
     notes: str | None = None  # markdown file: the study's written reading (index.html, README.md)
     score_notes: str | None = None  # markdown file: the reading of the scores (scores.md)
     seed: int = 0
+    orders: str = "cyclic"  # option orders every question is asked in: shown (paper), cyclic, all
+    format: str = "both"  # answer format: letter, cloze, or both
     limit: int | None = None
     sample: int | None = None
     domains: list[str] | None = None
@@ -144,6 +147,9 @@ class StudyConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v <= 0):
                 raise ConfigError(f"{name} must be a positive number, not {v!r}")
+        for name, allowed in (("orders", ORDERS), ("format", FORMATS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {list(allowed)}, not {getattr(self, name)!r}")
         return self
 
 

@@ -77,7 +77,7 @@ def _wdct_score(ctx: StageContext) -> StageResult:
         return StageResult("score", f"{len(res.rows)} items", {"n_items": len(res.rows)})
     res = score_wdct(ctx.run.path, model=cfg.model, data=cfg.data, seed=cfg.seed, limit=cfg.limit, sample=cfg.sample,
                      domains=cfg.domains, batch_size=cfg.score.batch_size, chat=cfg.score.chat, lm=ctx.model(),
-                     progress=ctx.progress)
+                     progress=ctx.progress, orders=cfg.orders, answer_format=cfg.format)
     m = res.metrics
     return StageResult("score", f"{m['n_items']} items, CS {m['cs_micro']:.3f}, PCS {m['pcs_micro']:.3f}", m)
 

@@ -16,14 +16,14 @@ These are kernels (arrays in, arrays out); the stages that present every order b
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from wdprobe.errors import InputError
 
 __all__ = ["cyclic_orders", "all_orders", "orders_for", "canonical_logprobs", "content_distribution", "letter_prior",
-           "order_sensitive", "bootstrap_interval"]
+           "order_sensitive"]
 
 
 def cyclic_orders(k: int) -> list[tuple[int, ...]]:
@@ -91,18 +91,3 @@ def letter_prior(letter_logprobs: np.ndarray, orders: Sequence[Sequence[int]]) -
 def order_sensitive(letter_logprobs: np.ndarray, orders: Sequence[Sequence[int]]) -> bool:
     """Whether the chosen canonical option changes with the order of presentation."""
     return len(set(np.argmax(canonical_logprobs(letter_logprobs, orders), axis=1).tolist())) > 1
-
-
-def bootstrap_interval(values: Sequence[float], *, statistic: Callable[[np.ndarray], float] = np.mean,
-                       n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic`` over items (one value per item: an item's prompts are
-    resampled together by summarising them into its value first)."""
-    x = np.asarray(values, dtype=np.float64)
-    if x.size == 0:
-        raise InputError("a bootstrap interval needs at least one item")
-    if not 0 < level < 1:
-        raise InputError(f"level must be between 0 and 1, not {level}")
-    rng = np.random.default_rng(seed)
-    stats = np.array([statistic(x[rng.integers(0, x.size, x.size)]) for _ in range(n_boot)])
-    tail = (1 - level) / 2
-    return float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail))

@@ -6,7 +6,7 @@ chunks; each finished chunk is written atomically, so an interrupted run resumes
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,8 +15,10 @@ from tqdm.auto import tqdm
 
 from wdprobe.core.cache import atomic_write_json
 from wdprobe.core.model import load_model
-from wdprobe.data.prompts import load_demos, resolve_chat
+from wdprobe.core.option_scoring import continuation_logprobs
+from wdprobe.data.prompts import cloze_prompt, load_demos, normal_prompt, resolve_chat, wrap
 from wdprobe.data.wdct import (
+    FORMS,
     LETTERS,
     Presentation,
     file_sha256,
@@ -38,22 +40,38 @@ from wdprobe.scoring.letters import (
     resolve_letter_tokens,
 )
 from wdprobe.scoring.metrics import summarise
+from wdprobe.scoring.orders import (
+    CLOZE_COLUMNS,
+    CONTENT_COLUMNS,
+    FORMATS,
+    ORDERS,
+    PROMPT_COLUMNS,
+    cloze_prompt_row,
+    item_columns,
+    letter_prompt_row,
+    orders_of,
+    reading_metrics,
+    typed_prompt_row,
+)
 
 STAGE = "score"
-ITEM_COLUMNS = ["id", "domain", "n_options", "word_order", "deed_order",
-                "word_choice", "word_letter", "word_letter_mass", "deed_choice", "deed_letter", "deed_letter_mass",
-                "consistent", "pcs", "correct", "word_is_correct", "deed_is_correct"] + \
-               [f"p_{f}_{c}" for f in ("word", "deed") for c in range(4)]
+CLASSIC_COLUMNS = ["id", "domain", "n_options", "word_order", "deed_order",
+                   "word_choice", "word_letter", "word_letter_mass", "deed_choice", "deed_letter", "deed_letter_mass",
+                   "consistent", "pcs", "correct", "word_is_correct", "deed_is_correct"] + \
+                  [f"p_{f}_{c}" for f in ("word", "deed") for c in range(4)]
+ITEM_COLUMNS = CLASSIC_COLUMNS + CONTENT_COLUMNS + CLOZE_COLUMNS
 LOW_MASS = 0.1  # below this the model is barely answering with a letter at all
+_INT_COLUMNS = ("n_options", "word_choice", "deed_choice", "consistent", "correct", "word_is_correct", "deed_is_correct")
 
 
 @dataclass
 class ScoreResult:
-    """What a scoring run produced: per-item rows (canonical space), metrics and where they live."""
+    """What a scoring run produced: per-item rows (canonical space), per-prompt rows, metrics and where they live."""
 
     run_dir: Path
     rows: list[dict[str, Any]]
     metrics: dict[str, Any]
+    prompt_rows: list[dict[str, Any]] = field(default_factory=list)
 
     def to_frame(self):
         import pandas as pd
@@ -61,18 +79,26 @@ class ScoreResult:
         return pd.DataFrame(self.rows)
 
 
+def _number(text: str) -> float | int | None:
+    if text in ("", None):
+        return None
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in str(text) else value
+
+
 def typed_item_row(row: dict[str, str]) -> dict[str, Any]:
-    """A per-item CSV row with its numbers parsed back (the inverse of writing items.csv)."""
+    """A per-item CSV row with its numbers parsed back (the inverse of writing items.csv); blanks (readings the
+    run did not measure) stay blank."""
     out: dict[str, Any] = dict(row)
-    for k in ("n_options", "word_choice", "deed_choice", "consistent"):
-        out[k] = int(row[k])
-    for k in ("pcs", "word_letter_mass", "deed_letter_mass"):
-        out[k] = float(row[k])
-    for k in ("correct", "word_is_correct", "deed_is_correct"):
-        out[k] = int(row[k]) if row.get(k, "") != "" else None
     for k in ITEM_COLUMNS:
-        if k.startswith("p_"):
-            out[k] = float(row[k]) if row.get(k, "") != "" else None
+        if k in ("id", "domain", "word_order", "deed_order", "word_letter", "deed_letter") or k not in row:
+            continue
+        out[k] = _number(row[k])
+        if out[k] is None and k not in _INT_COLUMNS:
+            out[k] = ""
+    for k in ("pcs", "word_letter_mass", "deed_letter_mass"):
+        if isinstance(out.get(k), int):
+            out[k] = float(out[k])
     return out
 
 
@@ -82,36 +108,68 @@ def _letter_copy_consistent(row: dict[str, Any]) -> int:
 
 
 def wdct_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """CS/PCS (micro, macro, per domain) plus answer-format diagnostics and correctness."""
+    """CS/PCS of the classic reading (micro, macro, per domain), answer-format diagnostics and correctness, and
+    ``readings``: every reading the run measured (shown, content, order-mean, cloze) with 95% intervals."""
     m = summarise(rows)
+    lettered = [r for r in rows if r.get("word_letter")]
     for form in ("word", "deed"):
-        mass = np.array([r[f"{form}_letter_mass"] for r in rows])
-        m[f"{form}_letter_mass_mean"] = float(mass.mean()) if len(mass) else None
-        m[f"{form}_letter_mass_below_{LOW_MASS}"] = float((mass < LOW_MASS).mean()) if len(mass) else None
-        m[f"{form}_chose_A"] = float(np.mean([r[f"{form}_letter"] == "A" for r in rows])) if rows else None
+        if lettered:
+            mass = np.array([r[f"{form}_letter_mass"] for r in lettered])
+            m[f"{form}_letter_mass_mean"] = float(mass.mean())
+            m[f"{form}_letter_mass_below_{LOW_MASS}"] = float((mass < LOW_MASS).mean())
+            m[f"{form}_chose_A"] = float(np.mean([r[f"{form}_letter"] == "A" for r in lettered]))
         graded = [r[f"{form}_is_correct"] for r in rows if r[f"{form}_is_correct"] is not None]
         m[f"{form}_accuracy"] = float(np.mean(graded)) if graded else None
         m[f"{form}_accuracy_n"] = len(graded)
-    # CS a responder would get by answering the deed with the *letter* it gave the word question:
-    # the floor/ceiling that letter-position habits alone explain, under independent shuffles.
-    m["cs_letter_copy_baseline"] = float(np.mean([_letter_copy_consistent(r) for r in rows])) if rows else None
-    m["same_letter_rate"] = float(np.mean([r["word_letter"] == r["deed_letter"] for r in rows])) if rows else None
+    if lettered:
+        # CS a responder would get by answering the deed with the *letter* it gave the word question:
+        # the floor/ceiling that letter-position habits alone explain, under independent shuffles.
+        m["cs_letter_copy_baseline"] = float(np.mean([_letter_copy_consistent(r) for r in lettered]))
+        m["same_letter_rate"] = float(np.mean([r["word_letter"] == r["deed_letter"] for r in lettered]))
     m["n_multi_option_items"] = sum(r["n_options"] > 2 for r in rows)
+    if rows:
+        m["readings"] = reading_metrics(rows)
     return m
+
+
+def measurement_defaults(setting: str, orders: str | None, answer_format: str | None) -> tuple[str, str]:
+    """The orders and answer format a run uses: letter-free by default (``cyclic`` orders, letter and cloze
+    formats), the paper's own protocol (``shown``, ``letter``) for the CoT setting; bad combinations refused."""
+    if orders is None:
+        orders = "shown" if setting == "cot" else "cyclic"
+    if answer_format is None:
+        answer_format = "letter" if setting == "cot" else "both"
+    if orders not in ORDERS:
+        raise InputError(f"unknown orders {orders!r}: choose one of {ORDERS}")
+    if answer_format not in FORMATS:
+        raise InputError(f"unknown answer format {answer_format!r}: choose one of {FORMATS}")
+    if setting == "cot" and (orders != "shown" or answer_format != "letter"):
+        raise InputError("the cot setting generates one belief per prompt and is measured as the paper did: "
+                         "use --orders shown --format letter with it")
+    return orders, answer_format
 
 
 def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path | None = None, setting: str = "normal",
                seed: int = 0, limit: int | None = None, sample: int | None = None, domains: Sequence[str] | None = None,
                subset: str | None = None, batch_size: int = 32, dtype: str = "float32", device: str | None = None,
                device_map: str | None = None, chat: str = "auto", demos: str | Path | None = None,
-               chunk_items: int = 64, progress: bool = True, lm=None, shard: "str | None" = None) -> ScoreResult:
+               chunk_items: int = 64, progress: bool = True, lm=None, shard: "str | None" = None,
+               orders: str | None = None, answer_format: str | None = None) -> ScoreResult:
     """Score WDCT items with a model into run directory ``out`` (resumable).
+
+    ``orders`` (``shown``, ``cyclic``, ``all``) says in which option orders each question is asked: ``shown`` is the
+    paper's one seeded order; ``cyclic`` and ``all`` add the orders that permutation averaging needs (the shown
+    order is always among the prompts, so the paper-compatible numbers come from the same run).
+    ``answer_format`` (``letter``, ``cloze``, ``both``) says whether options are answered by letter, scored as
+    continuations of a prompt without option lines, or both. Every prompt is a row of ``prompts.csv``; ``items.csv``
+    holds the classic (shown-order) columns and the content and cloze readings (:mod:`wdprobe.scoring.orders`).
 
     ``lm`` lets a script reuse an already loaded :class:`~wdprobe.core.model.LoadedModel`. ``shard`` (``"i/n"``)
     scores only the items of that shard (by item id) into ``out/shards/score/i-of-n/``; answer letters are
     still calibrated on the whole selection, so ``wdprobe merge out`` gives exactly the unsharded run.
     """
 
+    orders, answer_format = measurement_defaults(setting, orders, answer_format)
     timer = Timer()
     part = Shard.parse(shard)
     run = RunDir(shard_dir(out, STAGE, part) if part else out)
@@ -127,12 +185,14 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
     demo_list = load_demos(demos) if setting == "cot" else None
     config = {"model": lm.name, "model_revision": lm.revision, "dtype": str(lm.dtype).replace("torch.", ""),
               "data_sha256": sha, "setting": setting, "seed": seed, "chat_template": use_chat,
+              "orders": orders, "format": answer_format,
               "items": {"domains": list(domains) if domains else None, "subset": subset, "sample": sample, "limit": limit}}
     if part:
         config["shard"] = str(part)
     manifest = run.check_or_start(STAGE, config)
     stage = manifest["stages"][STAGE]
     pres = present(items, seed=seed)
+    with_letters = answer_format in ("letter", "both")
 
     with timer("resolve_letters"):
         if "letters" in stage:
@@ -145,36 +205,137 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
         run.update_stage(STAGE, selection_ids=[p.item.id for p in pres])
         pres = part.select(pres, key=lambda p: p.item.id)
 
-    done = {r["id"]: typed_item_row(r) for r in run.read_parts(STAGE)}
-    todo = work_left(pres, done, key=lambda p: p.item.id)
-    bar = tqdm(total=2 * len(pres), initial=2 * (len(pres) - len(todo)), unit="prompt", desc=f"score {lm.name}",
-               disable=not progress)
+    saved = [dict(r) for r in run.read_parts(STAGE)]
+    done_ids = {r["id"] for r in saved}
+    todo = work_left(pres, done_ids, key=lambda p: p.item.id)
+    per_item = prompts_per_item(pres[0], orders, answer_format, lm.tokenizer) if pres else 0
+    bar = tqdm(total=per_item * len(pres), initial=per_item * (len(pres) - len(todo)), unit="prompt",
+               desc=f"score {lm.name}", disable=not progress)
 
     def score(chunk: Sequence[Presentation]) -> list[dict[str, Any]]:
-        prompts = build_prompts(chunk, setting=setting, tokenizer=lm.tokenizer, use_chat=use_chat,
-                                demos=demo_list, seed=seed)
-        if setting == "cot":
-            prompts["deed"] = complete_cot(lm, prompts["deed"], batch_size=max(1, batch_size // 2))
-        lp = next_token_logprobs(lm, prompts["word"] + prompts["deed"], letters.ids, batch_size=batch_size,
-                                 on_batch=bar.update)
-        n = len(chunk)
-        return [item_row(p, lp[i], lp[n + i]) for i, p in enumerate(chunk)]
+        rows: list[dict[str, Any]] = []
+        if with_letters:
+            rows += _letter_rows(lm, chunk, letters, setting=setting, orders=orders, use_chat=use_chat,
+                                 demos=demo_list, seed=seed, batch_size=batch_size, on_batch=bar.update)
+        if answer_format in ("cloze", "both"):
+            rows += _cloze_rows(lm, chunk, use_chat=use_chat, batch_size=batch_size, on_batch=bar.update)
+        return rows
 
     with timer("score"):
-        new = save_in_parts(run, STAGE, todo, chunk_size=chunk_items, columns=ITEM_COLUMNS, compute=score)
-    done.update({r["id"]: typed_item_row(dict((k, str(v)) for k, v in r.items())) for r in new})
+        saved += save_in_parts(run, STAGE, todo, chunk_size=chunk_items, columns=PROMPT_COLUMNS, compute=score)
     bar.close()
 
-    rows = [done[p.item.id] for p in pres]
+    prompt_rows = [typed_prompt_row(r) for r in _in_item_order(saved, [p.item.id for p in pres])]
+    rows = item_rows(pres, prompt_rows)
     metrics = wdct_metrics(rows)
+    run.write_table("prompts.csv", prompt_rows, PROMPT_COLUMNS)
     run.write_table("items.csv", rows, ITEM_COLUMNS)
 
     atomic_write_json(run.path / "metrics.json", metrics)
     previous = run.read_manifest()["stages"][STAGE].get("timings", {})
     timings = {k: round(previous.get(k, 0.0) + v, 3) for k, v in timer.seconds.items()}
     run.mark_done(STAGE, model=lm.manifest(), data={"path": str(data_path), "sha256": sha, "n_items": len(pres)},
-                     letters=letters.to_json(), timings=timings, batch_size=batch_size)
-    return ScoreResult(run.path, rows, metrics)
+                  letters=letters.to_json(), timings=timings, batch_size=batch_size,
+                  n_prompts=len(prompt_rows))
+    return ScoreResult(run.path, rows, metrics, prompt_rows)
+
+
+def prompts_per_item(pres: Presentation, orders: str, answer_format: str, tokenizer=None) -> int:
+    """Prompts (letter) plus continuation rows (cloze) one item costs, for the progress bar."""
+    n = 0
+    if answer_format in ("letter", "both"):
+        n += sum(len(orders_of(pres, f, orders)) for f in FORMS)
+    if answer_format in ("cloze", "both"):
+        n += 2 * pres.item.n_options
+    return n
+
+
+def _letter_rows(lm, chunk: Sequence[Presentation], letters: LetterTokens, *, setting: str, orders: str,
+                 use_chat: bool, demos, seed: int, batch_size: int, on_batch) -> list[dict[str, Any]]:
+    specs: list[tuple[Presentation, str, tuple[int, ...], bool, bool]] = []
+    texts: list[str] = []
+    if setting == "cot":  # one prompt per form, as the paper: normal word question, CoT deed question
+        prompts = build_prompts(chunk, setting=setting, tokenizer=lm.tokenizer, use_chat=use_chat, demos=demos, seed=seed)
+        prompts["deed"] = complete_cot(lm, prompts["deed"], batch_size=max(1, batch_size // 2))
+        for f in FORMS:
+            for p, text in zip(chunk, prompts[f]):
+                specs.append((p, f, p.order(f), True, False))
+                texts.append(text)
+    else:
+        for p in chunk:
+            for f in FORMS:
+                for order, shown, in_content in orders_of(p, f, orders):
+                    view = Presentation(p.item, order, order)
+                    specs.append((p, f, order, shown, in_content))
+                    texts.append(wrap(normal_prompt(view, f), lm.tokenizer, use_chat))
+    lp = next_token_logprobs(lm, texts, letters.ids, batch_size=batch_size, on_batch=on_batch)
+    return [letter_prompt_row(p.item, f, order, shown, in_content, lp[i])
+            for i, (p, f, order, shown, in_content) in enumerate(specs)]
+
+
+def _cloze_rows(lm, chunk: Sequence[Presentation], *, use_chat: bool, batch_size: int, on_batch) -> list[dict[str, Any]]:
+    prompts, conts, owner = [], [], []
+    for p in chunk:
+        for f in FORMS:
+            text = wrap(cloze_prompt(p.item, f), lm.tokenizer, use_chat)
+            for c, option in enumerate(p.item.options(f)):
+                prompts.append(text)
+                conts.append(option)
+                owner.append((p, f, c))
+    total, n_tokens = continuation_logprobs(lm, prompts, conts, batch_size=batch_size, on_batch=on_batch)
+    rows = []
+    i = 0
+    for p in chunk:
+        for f in FORMS:
+            k = p.item.n_options
+            rows.append(cloze_prompt_row(p.item, f, total[i:i + k], n_tokens[i:i + k]))
+            i += k
+    return rows
+
+
+def _in_item_order(prompt_rows: Sequence[dict[str, Any]], ids: Sequence[str]) -> list[dict[str, Any]]:
+    rank = {i: n for n, i in enumerate(ids)}
+    kept = [r for r in prompt_rows if r["id"] in rank]
+    return sorted(kept, key=lambda r: (rank[r["id"]], r["form"] != "word", r["format"], r["order"]))
+
+
+def item_rows(pres: Sequence[Presentation], prompt_rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-item rows from per-prompt rows: the classic columns from the shown-order letter prompts (from the cloze
+    reading when the run has no letters) and the content and cloze readings beside them."""
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for r in prompt_rows:
+        by_id.setdefault(r["id"], []).append(r)
+    rows = []
+    for p in pres:
+        mine = by_id.get(p.item.id)
+        if not mine:
+            raise MergeError(f"item {p.item.id!r} has no scored prompts in this run")
+        extra = item_columns(p.item, mine)
+        shown = {r["form"]: r for r in mine if r["format"] == "letter" and str(r["shown"]) == "1"}
+        if len(shown) == 2:
+            k = p.item.n_options
+            lp = {f: np.array([float(shown[f][f"lp_{LETTERS[j]}"]) for j in range(k)]) for f in FORMS}
+            row = item_row(p, lp["word"], lp["deed"])
+        else:
+            row = _cloze_classic_row(p, extra)
+        row.update(extra)
+        rows.append(typed_item_row({k: str(v) for k, v in row.items()}))
+    return rows
+
+
+def _cloze_classic_row(p: Presentation, extra: dict[str, Any]) -> dict[str, Any]:
+    it = p.item
+    row: dict[str, Any] = {"id": it.id, "domain": it.domain, "n_options": it.n_options, "word_order": "",
+                           "deed_order": "", "word_letter": "", "deed_letter": "", "word_letter_mass": "",
+                           "deed_letter_mass": "", "word_choice": extra["word_cloze_choice"],
+                           "deed_choice": extra["deed_cloze_choice"], "consistent": extra["cloze_consistent"],
+                           "pcs": extra["cloze_pcs"], "correct": "" if it.correct is None else it.correct,
+                           "word_is_correct": extra["word_cloze_is_correct"],
+                           "deed_is_correct": extra["deed_cloze_is_correct"]}
+    for f in FORMS:
+        for c in range(4):
+            row[f"p_{f}_{c}"] = ""
+    return row
 
 
 def load_score(run_dir: str | Path) -> ScoreResult:
@@ -185,7 +346,9 @@ def load_score(run_dir: str | Path) -> ScoreResult:
     if not items.is_file():
         raise StageNotFinishedError(f"{run.path} has no items.csv: run `wdprobe score --out {run.path}` first")
     rows = [typed_item_row(r) for r in read_csv(items)]
-    return ScoreResult(run.path, rows, json.loads((run.path / "metrics.json").read_text()))
+    prompts = run.path / "prompts.csv"
+    prompt_rows = [typed_prompt_row(r) for r in read_csv(prompts)] if prompts.is_file() else []
+    return ScoreResult(run.path, rows, json.loads((run.path / "metrics.json").read_text()), prompt_rows)
 
 
 def scored_prompts(run_dir: str | Path, tokenizer) -> tuple[list, dict[str, list[str]], ScoreResult]:
@@ -196,6 +359,9 @@ def scored_prompts(run_dir: str | Path, tokenizer) -> tuple[list, dict[str, list
     if cfg["config"]["setting"] != "normal":
         raise InputError(f"{run_dir}: this stage supports runs scored in the 'normal' setting, "
                          f"not {cfg['config']['setting']!r}")
+    if cfg["config"].get("format", "letter") == "cloze":
+        raise InputError(f"{run_dir}: this stage reads answers by letter, and the run was scored in the cloze format "
+                         "only; score with --format letter or --format both")
     by_id = {it.id: it for it in load_wdct(cfg["data"]["path"])}
     missing = [r["id"] for r in scored.rows if r["id"] not in by_id]
     if missing:
@@ -214,17 +380,22 @@ def merge_score(run_dir: str | Path) -> dict[str, Any]:
     if not order:
         raise MergeError(f"{entries[0][0]}: the manifest lacks selection_ids (written by sharded scoring)")
     rows: dict[str, dict[str, Any]] = {}
+    prompt_rows: list[dict[str, Any]] = []
     for d, _ in entries:
         for r in read_csv(d / "items.csv"):
             if r["id"] in rows:
                 raise MergeError(f"item {r['id']} appears in two shards ({d.name} and another)")
             rows[r["id"]] = typed_item_row(r)
+        if (d / "prompts.csv").is_file():
+            prompt_rows += [dict(r) for r in read_csv(d / "prompts.csv")]
     missing = [i for i in order if i not in rows]
     if missing:
         raise MergeError(f"{len(missing)} selected items are in no shard, e.g. {missing[:3]}")
     merged = [rows[i] for i in order]
     metrics = wdct_metrics(merged)
     run.write_table("items.csv", merged, ITEM_COLUMNS)
+    if prompt_rows:
+        run.write_table("prompts.csv", _in_item_order(prompt_rows, order), PROMPT_COLUMNS)
     atomic_write_json(run.path / "metrics.json", metrics)
     first = entries[0][1]
     config = {k: v for k, v in first["config"].items() if k != "shard"}

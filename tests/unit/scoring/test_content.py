@@ -6,7 +6,6 @@ import pytest
 from wdprobe.errors import InputError
 from wdprobe.scoring.content import (
     all_orders,
-    bootstrap_interval,
     canonical_logprobs,
     content_distribution,
     cyclic_orders,
@@ -69,13 +68,3 @@ def test_bad_orders_are_refused():
         content_distribution(np.zeros((2, 2)), [(0, 0), (1, 0)])
     with pytest.raises(InputError, match="one row per order"):
         content_distribution(np.zeros((3, 2)), cyclic_orders(2))
-
-
-def test_bootstrap_interval_covers_the_mean_and_shrinks_with_n():
-    rng = np.random.default_rng(0)
-    small, large = rng.binomial(1, 0.6, 40), rng.binomial(1, 0.6, 4000)
-    lo, hi = bootstrap_interval(small, seed=1)
-    assert lo < small.mean() < hi
-    lo2, hi2 = bootstrap_interval(large, seed=1, n_boot=500)
-    assert hi2 - lo2 < (hi - lo) / 5 and lo2 < 0.6 < hi2
-    assert bootstrap_interval(small, seed=1) == (lo, hi)  # seeded
