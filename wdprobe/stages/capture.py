@@ -37,13 +37,13 @@ from wdprobe.methods.capture import (
 from wdprobe.runs.rundir import RunDir, read_checked, read_csv, write_checked
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import scored_entry
-from wdprobe.stages.score import scored_prompts
+from wdprobe.stages.score import scored_letter_prompts
 
 # ---- the capture stage: a scored run directory -> activation shards + metadata ---------------------
 
 STAGE = "capture"
-META_COLUMNS = ["prompt_index", "id", "domain", "form", "n_options", "order", "choice", "letter", "consistent",
-                "correct", "shard", "row"]
+META_COLUMNS = ["prompt_index", "id", "domain", "form", "n_options", "order", "shown", "in_content", "choice", "letter",
+                "consistent", "content_choice", "content_consistent", "correct", "shard", "row"]
 
 
 def _shard_path(run_dir: Path, n: int) -> Path:
@@ -56,8 +56,9 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
                  shard: str | None = None) -> Path:
     """Capture activations for every prompt of a scored run (``wdprobe score``) into that run directory.
 
-    Prompts are rebuilt exactly as scored (same items, seed, setting and chat template); each item
-    gives a word and a deed prompt, in that order (``prompt_index = 2 * item + (form == 'deed')``).
+    Prompts are rebuilt exactly as scored (same items, seed, setting and chat template): every letter-format
+    prompt of the run, i.e. each item's word prompts then its deed prompts, one per option order the run was
+    scored in (``prompt_index`` numbers them in that order; ``shown`` marks the paper's seeded order).
     ``shard`` (``"i/n"``): only the prompts of that shard's items, into ``RUN/shards/capture/i-of-n/``;
     ``wdprobe merge RUN`` then assembles ``RUN/capture`` as an unsharded capture would be.
     """
@@ -79,19 +80,19 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
         run = RunDir(shard_dir(scored_run.path, STAGE, part))
     run.check_or_start(STAGE, {"spec": spec.to_json(), "model_revision": lm.revision, **({"shard": str(part)} if part else {})})
 
-    pres, prompts, scored = scored_prompts(scored_run.path, lm.tokenizer)
     all_prompts, meta, spans, n_opts = [], [], [], []
-    for i, (p, row) in enumerate(zip(pres, scored.rows)):
-        for f, form in enumerate(("word", "deed")):
-            text = prompts[form][i]
-            order = p.order(form)
-            all_prompts.append(text)
-            spans.append(presentation_spans(p, form, text))
-            n_opts.append(p.item.n_options)
-            meta.append({"prompt_index": 2 * i + f, "id": p.item.id, "domain": p.item.domain, "form": form,
-                         "n_options": p.item.n_options, "order": "".join(map(str, order)),
-                         "choice": row[f"{form}_choice"], "letter": row[f"{form}_letter"],
-                         "consistent": row["consistent"], "correct": "" if row["correct"] is None else row["correct"]})
+    for k, sp in enumerate(scored_letter_prompts(scored_run.path, lm.tokenizer)):
+        item = sp.item
+        all_prompts.append(sp.text)
+        spans.append(presentation_spans(sp.view, sp.form, sp.text))
+        n_opts.append(sp.view.item.n_options)
+        content = item.get(f"{sp.form}_content_choice", "")
+        meta.append({"prompt_index": k, "id": sp.view.item.id, "domain": sp.view.item.domain, "form": sp.form,
+                     "n_options": sp.view.item.n_options, "order": sp.order, "shown": int(sp.shown),
+                     "in_content": int(sp.in_content), "choice": sp.choice, "letter": sp.letter,
+                     "consistent": item["consistent"], "content_choice": content,
+                     "content_consistent": item.get("content_consistent", ""),
+                     "correct": "" if item["correct"] is None else item["correct"]})
 
     done = {int(r["prompt_index"]) for r in run.read_parts(STAGE)}
     todo = [k for k in range(len(all_prompts)) if k not in done and (part is None or part.holds(meta[k]["id"]))]
@@ -183,8 +184,11 @@ class Activations:
 
 
 def load_activations(run_dir: str | Path, hook: str = "resid_post", position: str = "last", *,
-                     allow_partial: bool = False) -> Activations:
+                     orders: str = "shown", allow_partial: bool = False) -> Activations:
     """Read captured activations back as one ``(n_prompts, n_layers, d_model)`` float32 array.
+
+    ``orders="shown"`` keeps the paper's one seeded order per (item, form) — what the classic analyses pair word
+    with deed on; ``orders="all"`` every captured order (content probes, decide vs bind).
 
     An unfinished capture is refused by name; ``allow_partial=True`` reads the prompts captured so far
     and warns how many that is."""
@@ -203,8 +207,12 @@ def load_activations(run_dir: str | Path, hook: str = "resid_post", position: st
     name = f"{hook}/{position}"
     if hook not in spec["hooks"] or position not in spec["positions"]:
         raise CaptureSpecError(f"{run.path} captured hooks {spec['hooks']} at positions {spec['positions']}, not {name}")
+    if orders not in ("shown", "all"):
+        raise InputError(f"orders must be 'shown' or 'all', not {orders!r}")
     meta = pd.DataFrame(run.read_parts(STAGE))
-    for c in ("prompt_index", "n_options", "choice", "consistent", "shard", "row"):
+    if "shown" not in meta:  # captured before orders existed: one shown prompt per (item, form)
+        meta["shown"], meta["in_content"], meta["content_choice"], meta["content_consistent"] = 1, 0, "", ""
+    for c in ("prompt_index", "n_options", "choice", "consistent", "shard", "row", "shown", "in_content"):
         meta[c] = meta[c].astype(int)
     meta = meta.sort_values("prompt_index").reset_index(drop=True)
     chunks, indices = [], []
@@ -220,6 +228,8 @@ def load_activations(run_dir: str | Path, hook: str = "resid_post", position: st
     arr = np.concatenate(chunks)
     idx = np.concatenate(indices)
     pos = {int(k): i for i, k in enumerate(idx)}
+    if orders == "shown":
+        meta = meta[meta["shown"] == 1].reset_index(drop=True)
     arr = arr[[pos[int(k)] for k in meta["prompt_index"]]]
     if not st.get("complete"):
         warnings.warn(f"{run.path}: reading an unfinished capture ({len(meta)} prompts so far)", stacklevel=2)

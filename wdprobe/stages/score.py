@@ -371,6 +371,50 @@ def scored_prompts(run_dir: str | Path, tokenizer) -> tuple[list, dict[str, list
     return pres, prompts, scored
 
 
+@dataclass(frozen=True)
+class ScoredPrompt:
+    """One letter-format prompt of a scored run, rebuilt exactly as scored, with what the model did on it.
+
+    ``view`` is the item in this prompt's option order; ``item`` is the item's row of ``items.csv``."""
+
+    view: Presentation
+    form: str
+    text: str
+    shown: bool
+    in_content: bool
+    choice: int
+    letter: str
+    item: dict[str, Any]
+
+    @property
+    def order(self) -> str:
+        return "".join(map(str, self.view.order(self.form)))
+
+
+def scored_letter_prompts(run_dir: str | Path, tokenizer) -> list[ScoredPrompt]:
+    """Every letter-format prompt of a scored run (each item's word prompts, then its deed prompts, in the run's
+    order of orders). A run scored before orders existed gives its one shown prompt per form."""
+    pres, prompts, scored = scored_prompts(run_dir, tokenizer)
+    cfg = scored_entry(RunDir(run_dir))["config"]
+    if not scored.prompt_rows:
+        return [ScoredPrompt(p, f, prompts[f][i], True, False, int(row[f"{f}_choice"]), row[f"{f}_letter"], row)
+                for i, (p, row) in enumerate(zip(pres, scored.rows)) for f in FORMS]
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for r in scored.prompt_rows:
+        if r["format"] == "letter":
+            by_id.setdefault(r["id"], []).append(r)
+    out = []
+    for p, row in zip(pres, scored.rows):
+        for f in FORMS:
+            for r in (r for r in by_id.get(p.item.id, []) if r["form"] == f):
+                order = tuple(int(ch) for ch in r["order"])
+                view = Presentation(p.item, order, order)
+                text = wrap(normal_prompt(view, f), tokenizer, cfg["chat_template"])
+                out.append(ScoredPrompt(view, f, text, bool(r["shown"]), bool(r["in_content"]), int(r["choice"]),
+                                        r["letter"], row))
+    return out
+
+
 def merge_score(run_dir: str | Path) -> dict[str, Any]:
     """Merge the scoring shards into ``run_dir/items.csv``, ``metrics.json`` and the manifest."""
 

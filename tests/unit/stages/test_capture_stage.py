@@ -12,7 +12,7 @@ from wdprobe.methods.capture import (
     prompt_spans,
 )
 from wdprobe.stages.capture import capture_wdct, load_activations
-from wdprobe.stages.score import score_wdct
+from wdprobe.stages.score import load_score, score_wdct
 
 POSITIONS = ("last", "question_mean", "option0_last", "option1_last", "option2_last", "option3_last")
 
@@ -109,18 +109,21 @@ def test_capture_stage_resume_gives_identical_arrays(tiny_lm, wdct_csv, tmp_path
     run = tmp_path / "run"
     score_wdct(run, data=wdct_csv, lm=tiny_lm, progress=False)
     capture_wdct(run, lm=tiny_lm, positions=POSITIONS, storage_dtype=storage, chunk_prompts=4, progress=False)
-    full = {p: load_activations(run, position=p) for p in POSITIONS}
-    assert full["last"].array.shape == (12, 2, 64)
-    assert list(full["last"].meta["prompt_index"]) == list(range(12))
+    full = {p: load_activations(run, position=p, orders="all") for p in POSITIONS}
+    n_prompts = len([r for r in load_score(run).prompt_rows if r["format"] == "letter"])  # every order of the run
+    assert full["last"].array.shape == (n_prompts, 2, 64) and n_prompts > 12
+    assert list(full["last"].meta["prompt_index"]) == list(range(n_prompts))
+    shown = load_activations(run, position="last")  # the paper's one seeded order per (item, form)
+    assert shown.array.shape == (12, 2, 64) and (shown.meta["shown"] == 1).all()
     assert set(full["last"].meta["form"]) == {"word", "deed"}
     # interrupt: drop the last part (and its shard) and capture again
     parts = sorted((run / "capture.parts").glob("part-*.csv"))
     parts[-1].unlink()
     capture_wdct(run, lm=tiny_lm, positions=POSITIONS, storage_dtype=storage, chunk_prompts=4, progress=False)
     for p in POSITIONS:
-        again = load_activations(run, position=p)
+        again = load_activations(run, position=p, orders="all")
         np.testing.assert_array_equal(again.array, full[p].array)
-    word, meta = full["last"].form("word")
+    word, meta = shown.form("word")
     assert word.shape == (6, 2, 64) and (meta["form"] == "word").all()
     with pytest.raises(CaptureSpecError, match="not resid_mid/last"):
         load_activations(run, hook="resid_mid")

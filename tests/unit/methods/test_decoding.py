@@ -1,0 +1,83 @@
+"""The max-over-layers decoding test: planted content and letter signals found at their planted layers; a
+content probe cannot use a letter-only signal; no false alarms on noise beyond the nominal rate."""
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from wdprobe.errors import InputError
+from wdprobe.methods.decoding import auroc, decode_layers, group_folds
+
+
+def planted(n_items=200, layers=6, d=16, content_at=3, letter_at=5, content_size=0.8, letter_size=1.0, seed=0):
+    """Two prompts per item (both orders): content constant within an item, the letter said alternates."""
+    rng = np.random.default_rng(seed)
+    items = np.repeat(np.arange(n_items), 2)
+    content = rng.integers(0, 2, n_items)[items]
+    letter = np.tile([0, 1], n_items)
+    X = rng.normal(size=(2 * n_items, layers, d))
+    if content_at is not None:
+        X[:, content_at:, 0] += content_size * (2 * content - 1)[:, None]
+    if letter_at is not None:
+        X[:, letter_at:, 1] += letter_size * (2 * letter - 1)[:, None]
+    return X, content, letter, items
+
+
+def test_decide_and_bind_layers_are_recovered():
+    X, content, letter, items = planted()
+    decide = decode_layers(X, content, items, n_perm=100)
+    bind = decode_layers(X, letter, items, n_perm=100, permute="rows")
+    assert decide.significant and decide.first_significant() == 3
+    assert bind.significant and bind.first_significant() == 5
+    assert np.all(np.abs(decide.control - 0.5) < 0.05)  # the random-label control sits at chance
+    assert decide.low[decide.best] < decide.value[decide.best] < decide.high[decide.best]
+
+
+def test_a_content_probe_cannot_use_a_letter_only_signal():
+    X, content, letter, items = planted(content_at=None, letter_size=3.0)
+    res = decode_layers(X, content, items, n_perm=100)
+    assert not res.significant and res.first_significant() is None
+    assert np.all(res.value < 0.6)
+    assert decode_layers(X, letter, items, n_perm=50, permute="rows").value.max() > 0.9  # the letter is there
+
+
+def test_false_alarm_rate_on_noise_is_near_nominal():
+    alarms = [decode_layers(*_noise(seed), n_perm=60, seed=seed).significant for seed in range(40)]
+    assert np.mean(alarms) <= 0.15
+
+
+def _noise(seed):
+    X, content, _, items = planted(n_items=60, content_at=None, letter_at=None, seed=seed)
+    return X, content, items
+
+
+def test_cross_form_transfer_and_a_flipped_stance():
+    X, content, _, items = planted(letter_at=None)
+    deed = X.copy()
+    same = decode_layers(X, content, items, test_X=deed, test_y=content, test_groups=items, n_perm=50)
+    assert same.significant and same.first_significant() == 3
+    flipped = deed.copy()
+    flipped[:, :, 0] *= -1  # the deed represents the stance with the opposite sign
+    res = decode_layers(X, content, items, test_X=flipped, test_y=content, test_groups=items, n_perm=50)
+    assert res.value[4] < 0.3 and not res.significant
+
+
+def test_auroc_matches_sklearn_with_ties():
+    rng = np.random.default_rng(1)
+    s = np.round(rng.normal(size=(50, 3)), 1)
+    y = rng.integers(0, 2, 50)
+    np.testing.assert_allclose(auroc(s, y[:, None]), [roc_auc_score(y, s[:, j]) for j in range(3)])
+
+
+def test_folds_keep_groups_whole_and_bad_input_is_refused():
+    groups = np.repeat(np.arange(10), 3)
+    folds = group_folds(groups, 5)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(30))
+    for f in folds:
+        assert all(np.sum(groups[f] == g) in (0, 3) for g in range(10))
+    X, content, letter, items = planted(n_items=20)
+    with pytest.raises(InputError, match="one label per group"):
+        decode_layers(X, letter, items, n_perm=5)
+    with pytest.raises(InputError, match="binary"):
+        decode_layers(X, np.zeros(40, int), items)
+    with pytest.raises(InputError, match="cannot be split"):
+        group_folds(np.arange(3), 5)

@@ -1,0 +1,218 @@
+"""Layer-wise decoding with a test that accounts for picking the best layer (SCIENCE.md §9).
+
+"The stance is decodable at layer l" is read off the best of many layers, so its test must be of the *maximum*
+over layers: labels are permuted, every layer is decoded again under each permutation, and the maximum over
+layers of each permutation forms the null. The observed best layer is significant when it beats that null
+(family-wise, so every layer above the null's 95th percentile is significant too, and the first such layer is
+where the information appears: the *decide* layer for content labels, the *bind* layer for letter labels).
+
+The probe is difference-of-means (mass-mean), cross-validated with folds grouped (every prompt of a group — an
+item's orders, or its two forms — on one side). Its closed form lets every permutation run at once: the class
+sums of all permutations are one matrix product per fold. The unpermuted column gives the real curve, the
+permuted columns the random-label control; intervals are a bootstrap over groups of out-of-fold correctness.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from jaxtyping import Float
+from scipy.stats import rankdata
+
+from wdprobe.errors import InputError
+from wdprobe.scoring.stats import LEVEL, bootstrap_indices
+
+__all__ = ["LayerTest", "decode_layers", "group_folds", "auroc"]
+
+Metric = Literal["accuracy", "auroc"]
+
+
+def group_folds(groups: np.ndarray, folds: int, seed: int = 0) -> list[np.ndarray]:
+    """Test-row indices of each fold; whole groups are dealt to folds in a seeded random order."""
+    names = np.unique(groups)
+    if len(names) < folds:
+        raise InputError(f"{len(names)} groups cannot be split into {folds} folds")
+    rng = np.random.default_rng(seed)
+    fold_of = dict(zip(rng.permutation(names).tolist(), np.arange(len(names)) % folds))
+    which = np.array([fold_of[g] for g in groups.tolist()])
+    return [np.flatnonzero(which == f) for f in range(folds)]
+
+
+def _balanced_accuracy(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``scores`` (n, P, L) decision values, ``y`` (n, P) 0/1 labels -> (P, L) balanced accuracy."""
+    pred = scores > 0
+    pos = y[:, :, None].astype(bool)
+    n_pos = pos.sum(axis=0)
+    n_neg = (~pos).sum(axis=0)
+    tpr = (pred & pos).sum(axis=0) / np.maximum(n_pos, 1)
+    tnr = (~pred & ~pos).sum(axis=0) / np.maximum(n_neg, 1)
+    return 0.5 * (tpr + tnr)
+
+
+def auroc(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Area under the ROC curve along axis 0 (Mann-Whitney U with average ranks for ties): ``scores`` (n, ...)
+    and 0/1 ``y`` broadcastable to it -> (...)."""
+    y = np.broadcast_to(y, scores.shape).astype(bool)
+    ranks = rankdata(scores, axis=0)
+    n_pos = y.sum(axis=0)
+    n_neg = y.shape[0] - n_pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.where(y, ranks, 0).sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+@dataclass
+class LayerTest:
+    """Per layer: the real curve, the random-label control, an interval; over layers: the max-statistic test."""
+
+    layers: tuple[int, ...]
+    metric: str
+    value: np.ndarray  # (L,) cross-validated metric with the real labels
+    low: np.ndarray  # (L,) bootstrap interval over groups
+    high: np.ndarray
+    control: np.ndarray  # (L,) mean under permuted labels (the random-label control curve)
+    null_max: np.ndarray  # (n_perm,) max over layers under each permutation
+    n_rows: int
+    n_groups: int
+    level: float = LEVEL
+
+    @property
+    def threshold(self) -> float:
+        """The value a layer must beat to be significant with every layer tested (family-wise ``level``)."""
+        return float(np.quantile(self.null_max, self.level))
+
+    @property
+    def best(self) -> int:
+        """Index (into ``layers``) of the best layer."""
+        return int(np.nanargmax(self.value))
+
+    @property
+    def p_value(self) -> float:
+        """Family-wise p-value of the best layer: share of permutations whose best layer did as well."""
+        return float((1 + np.sum(self.null_max >= self.value[self.best])) / (1 + len(self.null_max)))
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < 1 - self.level
+
+    def first_significant(self) -> int | None:
+        """The first layer (a layer number) above the family-wise threshold, or None."""
+        above = np.flatnonzero(self.value > self.threshold)
+        return int(self.layers[above[0]]) if above.size else None
+
+    def to_rows(self, **labels: object) -> list[dict[str, object]]:
+        """Tidy rows, one per layer, with ``labels`` (e.g. position, probe name) on each."""
+        return [dict(labels, layer=int(l), metric=self.metric, value=float(v), low=float(lo), high=float(hi),
+                     control=float(c), threshold=self.threshold, n_rows=self.n_rows, n_groups=self.n_groups)
+                for l, v, lo, hi, c in zip(self.layers, self.value, self.low, self.high, self.control)]
+
+    def summary(self) -> dict[str, object]:
+        """The test in numbers, for headlines and wording."""
+        b = self.best
+        return {"metric": self.metric, "best_layer": int(self.layers[b]), "best": float(self.value[b]),
+                "best_low": float(self.low[b]), "best_high": float(self.high[b]), "control_at_best": float(self.control[b]),
+                "threshold": self.threshold, "p_value": self.p_value, "significant": self.significant,
+                "first_significant_layer": self.first_significant(), "n_rows": self.n_rows, "n_groups": self.n_groups,
+                "n_permutations": int(len(self.null_max))}
+
+
+def _permuted_labels(y: np.ndarray, groups: np.ndarray, n_perm: int, permute: str,
+                     rng: np.random.Generator) -> np.ndarray:
+    """(n, 1 + n_perm) label matrix: column 0 the real labels, then permutations (of whole groups' labels when
+    ``permute='groups'`` — labels must then be constant within a group — or of rows)."""
+    cols = [y]
+    if permute == "groups":
+        names, inverse = np.unique(groups, return_inverse=True)
+        group_label = np.zeros(len(names), dtype=y.dtype)
+        group_label[inverse] = y
+        if not np.array_equal(group_label[inverse], y):  # a group with two labels
+            raise InputError("permute='groups' needs one label per group; these labels vary inside a group")
+        cols += [rng.permutation(group_label)[inverse] for _ in range(n_perm)]
+    elif permute == "rows":
+        cols += [rng.permutation(y) for _ in range(n_perm)]
+    else:
+        raise InputError(f"permute must be 'groups' or 'rows', not {permute!r}")
+    return np.stack(cols, axis=1)
+
+
+def decode_layers(X: Float[np.ndarray, "n layer d"], y: np.ndarray, groups: np.ndarray, *,
+                  layers: tuple[int, ...] | None = None, test_X: Float[np.ndarray, "m layer d"] | None = None,
+                  test_y: np.ndarray | None = None, test_groups: np.ndarray | None = None, folds: int = 5,
+                  n_perm: int = 200, permute: str = "groups", metric: Metric = "accuracy", seed: int = 0,
+                  n_boot: int = 1000) -> LayerTest:
+    """Decode binary ``y`` from ``X`` at every layer with grouped cross-validation and the max-over-layers test.
+
+    With ``test_X`` (e.g. deed prompts while ``X`` holds word prompts) the probe trained on the training folds of
+    ``X`` is scored on the test folds of ``test_X``: groups are shared, so an item is never on both sides (the
+    cross-form transfer). ``metric`` is balanced accuracy or AUROC of the decision value."""
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y).astype(int)
+    groups = np.asarray(groups)
+    if X.ndim != 3 or y.shape != (X.shape[0],) or groups.shape != y.shape:
+        raise InputError(f"decode_layers needs X (n, layer, d), y (n,), groups (n,); got {X.shape}, {y.shape}, {groups.shape}")
+    if set(np.unique(y).tolist()) != {0, 1}:
+        raise InputError(f"decode_layers needs binary 0/1 labels with both classes present, got {np.unique(y).tolist()}")
+    if test_X is None:
+        test_X, test_y, test_groups = X, y, groups
+    test_X = np.asarray(test_X, dtype=np.float64)
+    test_y, test_groups = np.asarray(test_y).astype(int), np.asarray(test_groups)
+    if test_X.shape[1:] != X.shape[1:] or test_y.shape != (test_X.shape[0],) or test_groups.shape != test_y.shape:
+        raise InputError(f"test set shapes {test_X.shape}, {test_y.shape}, {test_groups.shape} do not match X {X.shape}")
+    layers = tuple(range(X.shape[1])) if layers is None else tuple(layers)
+    if len(layers) != X.shape[1]:
+        raise InputError(f"{len(layers)} layer numbers for {X.shape[1]} layers of activations")
+    rng = np.random.default_rng(seed)
+    # one permutation serves both sets: permute the labels of the union of groups
+    all_groups = np.concatenate([groups, test_groups])
+    Y_all = _permuted_labels(np.concatenate([y, test_y]), all_groups, n_perm, permute, rng)
+    Y, Y_test = Y_all[: len(y)], Y_all[len(y):]
+    scores = np.full((test_X.shape[0], Y.shape[1], X.shape[1]), np.nan)
+    test_fold_rows = group_folds(np.concatenate([groups, test_groups]), folds, seed)
+    n = len(y)
+    for rows in test_fold_rows:
+        in_test = np.zeros(len(all_groups), dtype=bool)
+        in_test[rows] = True
+        train = np.flatnonzero(~in_test[:n])
+        test = np.flatnonzero(in_test[n:])
+        if train.size == 0 or test.size == 0:
+            continue
+        Xtr, Ytr = X[train], Y[train].astype(np.float64)
+        n1 = Ytr.sum(axis=0)  # (P,)
+        n0 = len(train) - n1
+        if np.any(n1 == 0) or np.any(n0 == 0):
+            raise InputError("a training fold holds one class only; use fewer folds or more items")
+        s1 = np.einsum("nld,np->pld", Xtr, Ytr)
+        s0 = Xtr.sum(axis=0)[None] - s1
+        mu1, mu0 = s1 / n1[:, None, None], s0 / n0[:, None, None]
+        direction = mu1 - mu0
+        thresh = np.einsum("pld,pld->pl", direction, (mu0 + mu1) / 2)
+        scores[test] = np.einsum("nld,pld->npl", test_X[test], direction) - thresh[None]
+    if metric == "accuracy":
+        values = _balanced_accuracy(scores, Y_test)
+    elif metric == "auroc":
+        values = auroc(scores, Y_test[:, :, None])
+    else:
+        raise InputError(f"metric must be 'accuracy' or 'auroc', not {metric!r}")
+    real, null = values[0], values[1:]
+    low, high = _group_interval(scores[:, 0], test_y, test_groups, metric, n_boot, seed)
+    return LayerTest(layers, metric, real, low, high, null.mean(axis=0) if len(null) else np.full(len(layers), np.nan),
+                     null.max(axis=1) if len(null) else np.array([]), int(test_X.shape[0]), int(len(np.unique(test_groups))))
+
+
+def _group_interval(scores: np.ndarray, y: np.ndarray, groups: np.ndarray, metric: str, n_boot: int,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap over groups of the metric's out-of-fold value, per layer: (low, high), each (L,)."""
+    names, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(names))]
+    idx = bootstrap_indices(len(names), n_boot=n_boot, seed=seed)
+    stats = []
+    for draw in idx:
+        rows = np.concatenate([members[g] for g in draw])
+        s, t = scores[rows], y[rows]
+        if len(np.unique(t)) < 2:
+            continue
+        stats.append(_balanced_accuracy(s[:, None, :], t[:, None])[0] if metric == "accuracy"
+                     else auroc(s, t[:, None]))
+    stats = np.array(stats)
+    tail = (1 - LEVEL) / 2
+    return np.quantile(stats, tail, axis=0), np.quantile(stats, 1 - tail, axis=0)
