@@ -144,7 +144,7 @@ def decode_layers(X: Float[np.ndarray, "n layer d"], y: np.ndarray, groups: np.n
 
     With ``test_X`` (e.g. deed prompts while ``X`` holds word prompts) the probe trained on the training folds of
     ``X`` is scored on the test folds of ``test_X``: groups are shared, so an item is never on both sides (the
-    cross-form transfer). ``metric`` is balanced accuracy or AUROC of the decision value."""
+    cross-form transfer; each set's labels are then permuted within that set). ``metric`` is balanced accuracy or AUROC of the decision value."""
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y).astype(int)
     groups = np.asarray(groups)
@@ -152,6 +152,7 @@ def decode_layers(X: Float[np.ndarray, "n layer d"], y: np.ndarray, groups: np.n
         raise InputError(f"decode_layers needs X (n, layer, d), y (n,), groups (n,); got {X.shape}, {y.shape}, {groups.shape}")
     if set(np.unique(y).tolist()) != {0, 1}:
         raise InputError(f"decode_layers needs binary 0/1 labels with both classes present, got {np.unique(y).tolist()}")
+    transfer = test_X is not None
     if test_X is None:
         test_X, test_y, test_groups = X, y, groups
     test_X = np.asarray(test_X, dtype=np.float64)
@@ -162,10 +163,13 @@ def decode_layers(X: Float[np.ndarray, "n layer d"], y: np.ndarray, groups: np.n
     if len(layers) != X.shape[1]:
         raise InputError(f"{len(layers)} layer numbers for {X.shape[1]} layers of activations")
     rng = np.random.default_rng(seed)
-    # one permutation serves both sets: permute the labels of the union of groups
     all_groups = np.concatenate([groups, test_groups])
-    Y_all = _permuted_labels(np.concatenate([y, test_y]), all_groups, n_perm, permute, rng)
-    Y, Y_test = Y_all[: len(y)], Y_all[len(y):]
+    if not transfer:  # one set: the labels a row is trained on are the labels it is tested on
+        Y = _permuted_labels(y, groups, n_perm, permute, rng)
+        Y_test = Y
+    else:  # each set's labels permuted within that set (an item may carry a different label in each)
+        Y, Y_test = (_permuted_labels(y, groups, n_perm, permute, rng),
+                     _permuted_labels(test_y, test_groups, n_perm, permute, rng))
     scores = np.full((test_X.shape[0], Y.shape[1], X.shape[1]), np.nan)
     test_fold_rows = group_folds(np.concatenate([groups, test_groups]), folds, seed)
     n = len(y)

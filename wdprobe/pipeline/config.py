@@ -50,6 +50,7 @@ class ProbesSection:
     positions: list[str] = field(default_factory=lambda: ["last", "question_mean"])
     kinds: list[str] = field(default_factory=lambda: ["logreg", "diffmean"])
     folds: int = 5
+    permutations: int = 200  # label permutations behind every max-over-layers test
 
 
 @dataclass

@@ -19,6 +19,7 @@ from wdprobe.reports.study import write_study_report
 from wdprobe.runs.rundir import read_csv
 from wdprobe.runs.stage import Stage, StageContext, StageRegistry, StageResult
 from wdprobe.stages.capture import capture_wdct, merge_capture
+from wdprobe.stages.content_probes import run_content_probes
 from wdprobe.stages.lens import run_lens
 from wdprobe.stages.patching import merge_cross_patch, merge_positional, run_cross_patch, run_positional_patch
 from wdprobe.stages.probes import run_probes
@@ -104,6 +105,14 @@ def _wdct_probes(ctx: StageContext) -> StageResult:
         kind = "diffmean" if "diffmean" in head else p.kinds[0]
         heads[position] = head
         out.append(f"{position}: word probe {head[kind]['word->word']:.2f}, transfer {head[kind]['word->deed_best']:.2f}")
+    if cfg.orders != "shown":
+        content = run_content_probes(ctx.run.path, positions=p.positions, folds=p.folds, n_perm=p.permutations,
+                                     seed=cfg.seed)
+        heads["content"] = content
+        for position, tests in content.items():
+            layers = {k: tests[k]["first_significant_layer"] for k in ("decide_word", "bind_word") if k in tests}
+            out.append(f"{position}: word content decodable from layer {layers.get('decide_word')}, "
+                       f"letter from layer {layers.get('bind_word')}")
     return StageResult("probes", "; ".join(out), heads)
 
 

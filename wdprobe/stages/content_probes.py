@@ -1,0 +1,165 @@
+"""Content probes: where the option a model decides on becomes decodable, and where the letter it says does.
+
+A run scored in every order (``--orders cyclic``) shows each option under each letter, so a probe trained on the
+*content* label (the item's order-averaged choice) with all of an item's orders in one fold cannot use the letter;
+a probe on the *letter said* can. Per captured position and layer (difference-of-means probes, grouped folds,
+:func:`wdprobe.methods.decoding.decode_layers`):
+
+- ``decide`` (word, deed): the content choice; ``bind`` (word, deed): the letter said;
+- ``transfer`` (word→deed, deed→word): a content probe trained on one form and tested on the other;
+- ``correct`` (word, deed): is the content choice the known answer (EthV, Theory);
+- ``inconsistency``: from the deed prompt, before any answer, will the item be answered inconsistently (AUROC).
+
+Every curve has its random-label control and a bootstrap interval over items, and every "decodable" claim the
+max-over-layers permutation test (family-wise 95%). Results: ``probes/content-{position}.csv`` (tidy, one row
+per analysis and layer), ``probes/content-summary.json`` and ``probes/content-{position}.html``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from wdprobe.core.cache import atomic_write_text
+from wdprobe.errors import InputError
+from wdprobe.figures.probes import rgba, write_html, write_png
+from wdprobe.methods.decoding import LayerTest, decode_layers
+from wdprobe.runs.rundir import RunDir
+from wdprobe.runs.stage import scored_entry
+from wdprobe.stages.capture import Activations, load_activations
+
+STAGE = "content_probes"
+COLUMNS = ["position", "analysis", "layer", "metric", "value", "low", "high", "control", "threshold", "n_rows", "n_groups"]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One decoding question: its label, where it is trained and tested, and how its null permutes labels."""
+
+    name: str
+    title: str
+    colour: str
+    panel: str
+
+
+ANALYSES = (
+    Analysis("decide_word", "content choice (word)", "#1f77b4", "decide vs bind"),
+    Analysis("decide_deed", "content choice (deed)", "#d62728", "decide vs bind"),
+    Analysis("bind_word", "letter said (word)", "#17becf", "decide vs bind"),
+    Analysis("bind_deed", "letter said (deed)", "#ff9896", "decide vs bind"),
+    Analysis("transfer_word_deed", "content, word → deed", "#9467bd", "cross-form transfer"),
+    Analysis("transfer_deed_word", "content, deed → word", "#ff7f0e", "cross-form transfer"),
+    Analysis("correct_word", "content choice is correct (word)", "#2ca02c", "correctness"),
+    Analysis("correct_deed", "content choice is correct (deed)", "#8c564b", "correctness"),
+    Analysis("inconsistency", "deed prompt → item inconsistent (AUROC)", "#e377c2", "predicting inconsistency"),
+)
+BY_NAME = {a.name: a for a in ANALYSES}
+
+
+def _two_option_rows(acts: Activations, form: str) -> tuple[np.ndarray, Any]:
+    meta = acts.meta
+    keep = ((meta["form"] == form) & (meta["n_options"] == 2) & (meta["in_content"] == 1)).to_numpy()
+    return acts.array[keep], meta[keep].reset_index(drop=True)
+
+
+def _has_both(y: np.ndarray, groups: np.ndarray, folds: int) -> bool:
+    return len(np.unique(y)) == 2 and len(np.unique(groups)) >= 2 * folds and min(np.bincount(y)) >= folds
+
+
+def content_tests(acts: Activations, *, folds: int = 5, n_perm: int = 200, seed: int = 0) -> dict[str, LayerTest]:
+    """Every analysis this capture supports, by name (an analysis whose labels have one class, or too few items,
+    is left out)."""
+    if not (acts.meta["in_content"] == 1).any():
+        raise InputError("content probes need the activations of every order: score with --orders cyclic (or all) "
+                         "and capture again")
+    X, meta = {}, {}
+    for form in ("word", "deed"):
+        X[form], meta[form] = _two_option_rows(acts, form)
+        if (meta[form]["content_choice"].astype(str) == "").any():
+            raise InputError("the capture has no content choice for some prompts: rescore with --orders cyclic")
+    out: dict[str, LayerTest] = {}
+    layers = tuple(acts.layers)
+
+    def add(name: str, Xa, y, g, **kw) -> None:
+        y = np.asarray(y, dtype=int)
+        test_y = kw.get("test_y")
+        if _has_both(y, np.asarray(g), folds) and (test_y is None or len(np.unique(test_y)) == 2):
+            out[name] = decode_layers(Xa, y, np.asarray(g), layers=layers, folds=folds, n_perm=n_perm, seed=seed, **kw)
+
+    content = {f: meta[f]["content_choice"].astype(int).to_numpy() for f in meta}
+    groups = {f: meta[f]["id"].to_numpy() for f in meta}
+    for f in ("word", "deed"):
+        add(f"decide_{f}", X[f], content[f], groups[f])
+        add(f"bind_{f}", X[f], (meta[f]["letter"] != "A").to_numpy(), groups[f], permute="rows")
+        graded = (meta[f]["correct"].astype(str) != "").to_numpy()
+        if graded.any():
+            right = content[f][graded] == meta[f]["correct"][graded].astype(int).to_numpy()
+            add(f"correct_{f}", X[f][graded], right, groups[f][graded])
+    add("transfer_word_deed", X["word"], content["word"], groups["word"], test_X=X["deed"], test_y=content["deed"],
+        test_groups=groups["deed"])
+    add("transfer_deed_word", X["deed"], content["deed"], groups["deed"], test_X=X["word"], test_y=content["word"],
+        test_groups=groups["word"])
+    inconsistent = 1 - meta["deed"]["content_consistent"].astype(int).to_numpy()
+    add("inconsistency", X["deed"], inconsistent, groups["deed"], metric="auroc")
+    return out
+
+
+def run_content_probes(run_dir: str | Path, *, positions: Sequence[str] = ("last", "question_mean"),
+                       hook: str = "resid_post", folds: int = 5, n_perm: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Content probes at each position of a run captured in every order; returns (and writes) the summary."""
+    run = RunDir(run_dir)
+    model = scored_entry(run)["config"]["model"]
+    out_dir = run.path / "probes"
+    out_dir.mkdir(exist_ok=True)
+    summary: dict[str, Any] = {}
+    for position in positions:
+        acts = load_activations(run.path, hook=hook, position=position, orders="all")
+        tests = content_tests(acts, folds=folds, n_perm=n_perm, seed=seed)
+        rows = [r for name, t in tests.items() for r in t.to_rows(position=position, analysis=name)]
+        frame = "\n".join([",".join(COLUMNS)] + [",".join(str(r[c]) for c in COLUMNS) for r in rows]) + "\n"
+        atomic_write_text(out_dir / f"content-{position}.csv", frame)
+        summary[position] = {name: t.summary() for name, t in tests.items()}
+        fig = content_figure(tests, f"Content probes — {model}, {hook} at the {position.replace('_', ' ')} position"
+                                    f"<br><sup>difference-of-means probes, folds grouped by item (every order of an item "
+                                    f"in one fold); band: 95% bootstrap interval over items; dotted: random-label "
+                                    f"control; short dashes: family-wise 95% threshold over layers</sup>")
+        write_html([fig], out_dir / f"content-{position}.html", heading=f"Content probes: {model}, {position}")
+        write_png(fig, out_dir / f"content-{position}.png")
+    atomic_write_text(out_dir / "content-summary.json", json.dumps(summary, indent=2) + "\n")
+    run.update_stage("probe", content=summary)
+    return summary
+
+
+def content_figure(tests: dict[str, LayerTest], title: str) -> go.Figure:
+    """One panel per question (decide vs bind, transfer, correctness, inconsistency): curve, band, control,
+    threshold."""
+    panels = [p for p in dict.fromkeys(a.panel for a in ANALYSES) if any(BY_NAME[n].panel == p for n in tests)]
+    fig = make_subplots(rows=1, cols=max(1, len(panels)), subplot_titles=panels, shared_yaxes=False)
+    for col, panel in enumerate(panels, start=1):
+        for name, t in tests.items():
+            a = BY_NAME[name]
+            if a.panel != panel:
+                continue
+            x = list(t.layers)
+            fig.add_trace(go.Scatter(x=x + x[::-1], y=list(t.high) + list(t.low)[::-1], fill="toself",
+                                     fillcolor=rgba(a.colour, 0.15), line=dict(width=0), hoverinfo="skip",
+                                     showlegend=False, legendgroup=name), row=1, col=col)
+            fig.add_trace(go.Scatter(x=x, y=t.value, mode="lines+markers", name=a.title, legendgroup=name,
+                                     line=dict(color=a.colour, width=2), marker=dict(size=5),
+                                     hovertemplate=f"{a.title}<br>layer %{{x}}: %{{y:.3f}}<extra></extra>"), row=1, col=col)
+            fig.add_trace(go.Scatter(x=x, y=t.control, mode="lines", showlegend=False, legendgroup=name,
+                                     line=dict(color=a.colour, width=1, dash="dot"), hoverinfo="skip"), row=1, col=col)
+            fig.add_trace(go.Scatter(x=[x[0], x[-1]], y=[t.threshold] * 2, mode="lines", showlegend=False,
+                                     legendgroup=name, line=dict(color=a.colour, width=1, dash="dash"),
+                                     hovertemplate=f"{a.title}: family-wise threshold %{{y:.3f}}<extra></extra>"),
+                          row=1, col=col)
+        fig.update_xaxes(title_text="layer", row=1, col=col)
+        fig.update_yaxes(title_text="AUROC" if panel == "predicting inconsistency" else "balanced accuracy", row=1, col=col)
+    fig.update_layout(title=title, height=460, width=max(700, 420 * len(panels)), template="plotly_white",
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
