@@ -183,8 +183,9 @@ def decode_layers(X: Float[np.ndarray, "n layer d"], y: np.ndarray, groups: np.n
         Xtr, Ytr = X[train], Y[train].astype(np.float64)
         n1 = Ytr.sum(axis=0)  # (P,)
         n0 = len(train) - n1
-        if np.any(n1 == 0) or np.any(n0 == 0):
+        if n1[0] == 0 or n0[0] == 0:
             raise InputError("a training fold holds one class only; use fewer folds or more items")
+        n1, n0 = np.maximum(n1, 1), np.maximum(n0, 1)  # a permutation may empty a class in a fold: a null draw still
         s1 = np.einsum("nld,np->pld", Xtr, Ytr)
         s0 = Xtr.sum(axis=0)[None] - s1
         mu1, mu0 = s1 / n1[:, None, None], s0 / n0[:, None, None]

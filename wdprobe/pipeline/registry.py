@@ -101,7 +101,8 @@ def _wdct_probes(ctx: StageContext) -> StageResult:
         raise InputError(f"probes.positions {missing} were not captured (capture.positions = {cfg.capture.positions})")
     out, heads = [], {}
     for position in p.positions:
-        head = run_probes(ctx.run.path, position=position, kinds=p.kinds, folds=p.folds, seed=cfg.seed, progress=ctx.progress)
+        head = run_probes(ctx.run.path, position=position, kinds=p.kinds, folds=p.folds, seed=cfg.seed, progress=ctx.progress,
+                          n_perm=p.permutations)
         kind = "diffmean" if "diffmean" in head else p.kinds[0]
         heads[position] = head
         out.append(f"{position}: word probe {head[kind]['word->word']:.2f}, transfer {head[kind]['word->deed_best']:.2f}")

@@ -27,9 +27,9 @@ from wdprobe.figures.probes import write_png
 from wdprobe.reports.html import CSS, inline_markdown, table_html
 from wdprobe.reports.localisation import copy_localisation_tables, localisation_figures
 from wdprobe.reports.scores import PAPER_TABLE, write_score_report
+from wdprobe.reports.wording import decodable, interval, verdict, versus
 from wdprobe.runs.rundir import RunDir
-
-NEAR = 0.05  # a difference smaller than this is reported as "no difference" (items are few hundred)
+from wdprobe.stages.score import load_score, wdct_metrics
 
 
 @dataclass
@@ -62,8 +62,14 @@ def study_numbers(run_dir: str | Path) -> dict[str, Any]:
     probes = {}
     for f in sorted((p / "probes").glob("*-headline.json")) if (p / "probes").is_dir() else []:
         probes[f.name.removesuffix("-headline.json")] = _json(f)
+    metrics = _json(p / "metrics.json")
+    if metrics is not None and "vs_chance" not in (metrics.get("readings") or {}).get("shown", {}):
+        # scored before readings (or their tests) existed: derive them from the items
+        metrics = dict(metrics, readings=wdct_metrics(load_score(p).rows)["readings"])
+    capture = manifest.get("stages", {}).get("capture", {})
     return {"model": manifest["stages"]["score"]["config"]["model"], "manifest": manifest,
-            "metrics": _json(p / "metrics.json"), "probes": probes, "lens": _json(p / "lens" / "summary.json"),
+            "metrics": metrics, "probes": probes, "content_probes": _json(p / "probes" / "content-summary.json"),
+            "n_layers": len(capture.get("layers") or []) or None, "lens": _json(p / "lens" / "summary.json"),
             "cross": _json(p / "patching" / "cross_form_headline.json"),
             "positional": {f: _json(p / "patching" / f"positional-{f}-headline.json") for f in ("deed", "word")},
             "positional_arrival": {f: arrival_layer(p / "patching" / f"positional-{f}-segments.csv") for f in ("deed", "word")},
@@ -82,60 +88,92 @@ def arrival_layer(segments_csv: Path, segment: str = "final", share: float = 0.5
     return int(hit.layer.iloc[0]) if len(hit) else None
 
 
-def _chance_words(cs: float, baseline: float) -> str:
-    if abs(cs - baseline) < NEAR:
-        return "at chance"
-    return "above chance" if cs > baseline else "below chance"
-
-
 def _closest_paper_models(cs: float, k: int = 2) -> list[str]:
     ranked = sorted(PAPER_TABLE, key=lambda m: abs(PAPER_TABLE[m][0] - cs))
     return ranked[:k]
 
 
 def finding_behaviour(n: dict) -> Finding | None:
-    """Finding 1: CS and PCS against the letter-copy baseline and the paper's models."""
+    """Finding 1: CS in every reading the run measured, each with its interval and its test against chance."""
     m = n["metrics"]
     if not m:
         return None
-    base = m["cs_letter_copy_baseline"]
+    readings = m.get("readings") or {}
+    parts = []
+    for name, label in (("shown", "paper-compatible (one seeded order, by letter)"),
+                        ("content", "content (order-averaged over every cyclic order)"),
+                        ("order_mean", "mean over single orders"), ("cloze", "cloze (no letters)")):
+        r = readings.get(name)
+        if not r:
+            continue
+        cs = r["cs"]["micro"]
+        sentence = f"{label} {interval(cs['value'], cs['low'], cs['high'], 3)}"
+        if r.get("vs_chance"):
+            ref = r["vs_chance"]["reference"]
+            sentence += " — " + versus(r["vs_chance"], above=f"above the {ref:.3f} the same answers reach with random "
+                                       "items", below=f"below the {ref:.3f} the same answers reach with random items",
+                                       neither=f"not distinguishable from {ref:.3f}, what the same answers reach "
+                                               "paired with random items")
+        parts.append(sentence)
+    text = (f"CS over {m['n_items']} items, 95% intervals: " + "; ".join(parts) + "." if parts else
+            f"CS {m['cs_micro']:.3f} over {m['n_items']} items (macro {m['cs_macro']:.3f}).")
     near = _closest_paper_models(m["cs_macro"])
-    text = (f"CS {m['cs_micro']:.3f} over {m['n_items']} items (macro over domains {m['cs_macro']:.3f}); PCS "
-            f"{m['pcs_micro']:.3f}. A model that answered every deed question with the letter it gave the word "
-            f"question would score {base:.3f}, so word-deed consistency is {_chance_words(m['cs_micro'], base)}. "
-            f"In the paper's table (macro CS) it sits nearest {' and '.join(f'{x} ({PAPER_TABLE[x][0]:.2f})' for x in near)}. "
-            f"Mean probability on the option letters: word {m['word_letter_mass_mean']:.2f}, deed "
-            f"{m['deed_letter_mass_mean']:.2f}.")
-    pcs_note = ""
-    if m["pcs_micro"] > 0.9 and abs(m["cs_micro"] - base) < NEAR:
-        pcs_note = " The high PCS with chance-level CS means both answer distributions are flat, not that they agree."
-    return Finding("Is the model consistent?", text + pcs_note,
+    text += (f" In the paper's table (macro CS {m['cs_macro']:.3f} here) it sits nearest "
+             f"{' and '.join(f'{x} ({PAPER_TABLE[x][0]:.2f})' for x in near)}.")
+    content = readings.get("content")
+    if content and content.get("order_sensitivity"):
+        sens = content["order_sensitivity"]
+        prior = content.get("letter_prior", {}).get("2", {})
+        text += (f" Reordering the options changes the answer of {interval(**_iv(sens['word']))} of word items and "
+                 f"{interval(**_iv(sens['deed']))} of deed items")
+        if prior:
+            text += (f"; on two-option questions the letter prior (PriDe, estimated from the orders) puts "
+                     f"{prior['word'][0]:.2f} on \"A\" in words and {prior['deed'][0]:.2f} in deeds")
+        text += "."
+    if "word_letter_mass_mean" in m:
+        text += (f" Mean probability on the option letters: word {m['word_letter_mass_mean']:.2f}, deed "
+                 f"{m['deed_letter_mass_mean']:.2f}.")
+    return Finding("Is the model consistent?", text,
                    {"cs_micro": m["cs_micro"], "cs_macro": m["cs_macro"], "pcs_micro": m["pcs_micro"],
-                    "cs_letter_copy_baseline": base})
+                    "readings": {k: v["cs"]["micro"] for k, v in readings.items()}})
+
+
+def _iv(d: dict) -> dict:
+    return {"value": d["value"], "low": d["low"], "high": d["high"]}
 
 
 def finding_probes(n: dict) -> Finding | None:
-    """Finding 2: whether word and deed share an internal stance, against the letter and random controls."""
+    """Finding 2: what is decodable inside — content vs letter (every order), or the shown answers — by test."""
+    content = (n.get("content_probes") or {}).get("last")
     head = n["probes"].get("resid_post-last")
-    if not head:
+    if not content and not head:
         return None
-    kind = "logreg" if "logreg" in head else "diffmean"
-    h = head[kind]
-    word_beats_letter = h["word->word"] - h["letter_at_best_word_layer"] >= NEAR
-    deed_decodable = h["deed->deed_best"] - 0.5 >= NEAR
-    transfer = h["word->deed_best"] - 0.5 >= NEAR
-    text = (f"At the answer position, a {kind} probe reads the word answer at {h['word->word']:.2f} balanced accuracy "
-            f"(layer {h['best_word_layer']}; a probe for the presented letter reaches {h['letter_at_best_word_layer']:.2f} "
-            f"there), the deed answer at best {h['deed->deed_best']:.2f} (layer {h['deed->deed_best_layer']}), and a "
-            f"word-trained probe reads deeds at best {h['word->deed_best']:.2f}. ")
-    text += ("The word stance is decodable beyond the letter; " if word_beats_letter else
-             "What the word probe reads is no more than the answer letter; ")
-    text += ("deed stance is decodable; " if deed_decodable else "the deed stance is not linearly decodable; ")
-    text += ("and a stance direction learned on words carries over to deeds." if transfer else
-             "and nothing learned on words carries over to deeds: no shared internal stance is visible.")
-    return Finding("Do word and deed share an internal stance?", text,
-                   {"probe": kind, "word": h["word->word"], "deed": h["deed->deed_best"], "transfer": h["word->deed_best"],
-                    "letter": h["letter_at_best_word_layer"]})
+    layers = n.get("n_layers")
+    sentences = []
+    if content:
+        sentences.append(decodable(content.get("decide_word"), "In word prompts (every order), the option the model "
+                                   "decides on by content", layers=layers))
+        sentences.append(decodable(content.get("decide_deed"), "In deed prompts, the content choice", layers=layers))
+        sentences.append(decodable(content.get("bind_word"), "The letter it says in words", layers=layers))
+        sentences.append(decodable(content.get("transfer_word_deed"), "A content probe trained on words and read on "
+                                   "deeds", layers=layers))
+        sentences.append(decodable(content.get("inconsistency"), "From the deed prompt, whether the item will be "
+                                   "answered inconsistently", layers=layers))
+    tests = (head or {}).get("tests")
+    if tests:
+        sentences.append(decodable(tests.get("word->word"), "In the shown order alone, the word answer", layers=layers))
+        sentences.append(decodable(tests.get("word->deed"), "A word-answer probe read on deeds", layers=layers))
+        sentences.append(decodable(tests.get("letter"), "The letter said in words", layers=layers))
+    elif head and not content:
+        kind = "logreg" if "logreg" in head else "diffmean"
+        h = head[kind]
+        sentences.append(f"A {kind} probe reads the word answer at {h['word->word']:.2f} (layer {h['best_word_layer']}) "
+                         f"and words-to-deeds at best {h['word->deed_best']:.2f}; this run recorded no test, so no claim "
+                         "is made (rerun the probes stage)")
+    text = ("At the answer position (difference-of-means probes, folds by item, max-over-layers permutation tests). "
+            + ". ".join(sentences) + ".")
+    return Finding("What is decodable inside: the option or the letter?", text,
+                   {"content": content, "tests": tests})
 
 
 def finding_lens(n: dict) -> Finding | None:
@@ -151,44 +189,54 @@ def finding_lens(n: dict) -> Finding | None:
     cs_curve = lens["all"]["lens_cs"]
     text = (f"Read through the logit lens, the deed answer of the {inc['n']} inconsistent items parts from the word "
             f"answer for good at layer {inc['item_divergence_layer_median']:.0f} (median; {share:.0%} of them in the "
-            f"last three of {n_layers} layers). Lens CS over all items stays between {min(cs_curve[:-1]):.2f} and "
-            f"{max(cs_curve[:-1]):.2f} before the last layer, so the intermediate layers hold no more agreement than the "
-            "final answer does.")
+            f"last three of {n_layers} layers). Lens CS over all items ranges from {min(cs_curve[:-1]):.2f} to "
+            f"{max(cs_curve[:-1]):.2f} before the last layer (final {cs_curve[-1]:.2f}; a description, not a test).")
     return Finding("Where does the deed answer leave the word stance?", text,
                    {"divergence_layer_median": inc["item_divergence_layer_median"], "share_last_three": share,
                     "n_layers": n_layers})
 
 
 def finding_patching(n: dict) -> Finding | None:
-    """Finding 4: what patching the word run into the deed run restores, and what it breaks."""
+    """Finding 4: whether patching the word run into the deed run restores consistency, by test."""
     c = n["cross"]
     if not c or "full" not in c:
         return None
     f = c["full"]
     text = (f"Patching the word run's residual into the deed run at the answer position flips up to "
             f"{f['flip_rate']:.2f} of inconsistent items (layer {f['layer']}) but breaks {f['break_rate']:.2f} of "
-            f"consistent ones; CS with that patch is {f['cs_after']:.3f} (clean {c['cs_clean']:.3f}). Flips follow "
-            f"the letter: {f['flip_rate_same_letter']:.2f} where the word run's letter also labels the word answer in the deed prompt, "
-            f"{f['flip_rate_other_letter']:.2f} where it does not.")
-    if "stance" in c:
-        s = c["stance"]
-        text += (f" Patching only the component along the word-stance direction flips {s['flip_rate']:.2f} "
-                 f"(layer {s['layer']}; CS {s['cs_after']:.3f})")
-        if "random" in c:
-            text += f", a random direction {c['random']['flip_rate']:.2f}"
-        text += "."
+            f"consistent ones (CS {c['cs_clean']:.3f} clean, {f['cs_after']:.3f} patched). Flips follow the letter: "
+            f"{f['flip_rate_same_letter']:.2f} where the word run's letter also labels the word answer in the deed "
+            f"prompt, {f['flip_rate_other_letter']:.2f} where it does not.")
+    tests = c.get("tests") or {}
+    restored = 0
+    for cond, label in (("full", "the full residual"), ("stance", "the stance component")):
+        t = tests.get(f"restores_{cond}")
+        if not t:
+            continue
+        restored = max(restored, verdict(t)) if cond == "full" else restored
+        text += " " + versus(t, above=f"Patching {label} raises CS by {interval(t['effect'], t['low'], t['high'])} at "
+                                      f"its best layer {t['setting']}, beyond picking the best layer",
+                             below=f"Patching {label} lowers CS by {interval(-t['effect'], -t['high'], -t['low'])}",
+                             neither=f"Patching {label}: no layer raises CS beyond what picking the best layer gives "
+                                     f"(best layer {t['setting']}, {interval(t['effect'], t['low'], t['high'])})") + "."
+        b = tests.get(f"{cond}_beats_random")
+        if b:
+            text += " " + versus(b, above="It beats a random direction of the same norm",
+                                 below="A random direction of the same norm does better",
+                                 neither="Against a random direction of the same norm") + "."
+    if not tests:
+        text += " This run recorded no test, so no claim about restoration is made (rerun patch_cross)."
     arrive = n["positional_arrival"]
     if arrive.get("deed") is not None and arrive.get("word") is not None:
         text += (f" Swapping the options shows where their content reaches the answer position: layer {arrive['word']} "
                  f"in word prompts, layer {arrive['deed']} in deed prompts.")
-    gain = f["cs_after"] - c["cs_clean"]
-    title = ("Does patching restore consistency?" if gain < NEAR else "Patching restores consistency")
+    title = "Patching restores consistency" if restored > 0 else "Does patching restore consistency?"
     return Finding(title, text, {"flip_rate": f["flip_rate"], "break_rate": f["break_rate"], "cs_after": f["cs_after"],
-                                 "cs_clean": c["cs_clean"], "arrival": arrive})
+                                 "cs_clean": c["cs_clean"], "arrival": arrive, "tests": tests})
 
 
 def finding_steering(n: dict) -> Finding | None:
-    """Finding 5: the best steering setting, and whether it survives held-out items."""
+    """Finding 5: the best steering setting, and whether it survives held-out items, by test."""
     s = n["steer"]
     if not s:
         return None
@@ -198,17 +246,26 @@ def finding_steering(n: dict) -> Finding | None:
                        "No (layer, alpha) setting kept the answer format; nothing to report.")
     text = (f"Adding the word-stance direction to the deed run, the best grid setting (layer {best['layer']}, alpha "
             f"{best['alpha']:g}) gives CS {best['cs']:.2f} on the {s['n_items']} grid items (clean "
-            f"{s['clean_cs_items']:.2f}; a random direction of equal norm {best['random']['cs']:.2f}).")
+            f"{s['clean_cs_items']:.2f}; a random direction of equal norm {best['random']['cs']:.2f}); the grid's best "
+            "cell is optimistic, so the claim rests on held-out items.")
     val = s.get("validation")
     restored = None
-    if val:
-        st, rnd, clean = val["stance"]["cs"], val["random"]["cs"], val["cs_clean"]
-        restored = st - clean >= NEAR and st - rnd >= NEAR
-        text += (f" Rerun on the {val['n_items']} items the grid never saw: CS {st:.3f} vs clean {clean:.3f} and random "
-                 f"{rnd:.3f} — " + ("a validated restoration." if restored else
-                                    "the gain does not survive; the grid's best was selection noise."))
+    if val and val.get("tests"):
+        t, r = val["tests"]["beats_clean"], val["tests"]["beats_random"]
+        restored = verdict(t) > 0 and verdict(r) > 0
+        text += (f" On the {val['n_items']} items the grid never saw, CS {val['stance']['cs']:.3f} vs clean "
+                 f"{val['cs_clean']:.3f} and random {val['random']['cs']:.3f}: "
+                 + versus(t, above=f"steering beats clean by {interval(t['effect'], t['low'], t['high'])}",
+                          below=f"steering lowers CS by {interval(-t['effect'], -t['high'], -t['low'])}",
+                          neither="steering vs clean")
+                 + "; " + versus(r, above="and beats the random direction", below="and the random direction does better",
+                                 neither="vs the random direction") + ".")
+        text += " A validated restoration." if restored else " Not a validated restoration."
+    elif val:
+        text += (f" On the {val['n_items']} held-out items CS {val['stance']['cs']:.3f} vs clean {val['cs_clean']:.3f}; "
+                 "this run recorded no test, so no claim is made (rerun steer).")
     else:
-        text += " Not validated on held-out items (the grid's best cell is optimistic)."
+        text += " Not validated on held-out items, so no claim is made."
     return Finding("Does steering restore consistency?", text,
                    {"grid_cs": best["cs"], "validated_cs": (val or {}).get("stance", {}).get("cs"), "restored": restored})
 

@@ -23,7 +23,7 @@ from wdprobe.data.wdct import FORMS, LETTERS, Item, Presentation
 from wdprobe.errors import InputError
 from wdprobe.scoring.content import canonical_logprobs, content_distribution, letter_prior, orders_for
 from wdprobe.scoring.metrics import pcs
-from wdprobe.scoring.stats import mean_with_interval
+from wdprobe.scoring.stats import chance_agreement_test, mean_with_interval
 
 __all__ = ["ORDERS", "FORMATS", "PROMPT_COLUMNS", "CONTENT_COLUMNS", "CLOZE_COLUMNS", "orders_of", "letter_prompt_row",
            "cloze_prompt_row", "typed_prompt_row", "item_columns", "reading_metrics", "READINGS", "READING_NAMES", "readings_lines"]
@@ -50,6 +50,12 @@ READINGS = {  # reading -> (consistency column, pcs column or None, correctness 
     "order_mean": ("order_mean_consistent", None, None),
     "cloze": ("cloze_consistent", "cloze_pcs", "cloze_is_correct"),
     "cloze_sum": ("cloze_sum_consistent", None, None),
+}
+CHOICES = {  # reading -> the per-item choice columns (word, deed) its CS compares
+    "shown": ("word_choice", "deed_choice"),
+    "content": ("word_content_choice", "deed_content_choice"),
+    "cloze": ("word_cloze_choice", "deed_cloze_choice"),
+    "cloze_sum": ("word_cloze_sum_choice", "deed_cloze_sum_choice"),
 }
 
 
@@ -193,6 +199,12 @@ def reading_metrics(rows: Sequence[Mapping[str, Any]], *, seed: int = 0) -> dict
         domains = [r["domain"] for r in measured]
         entry: dict[str, Any] = {"n_items": len(measured),
                                  "cs": _interval_json([float(r[cs_col]) for r in measured], domains, seed)}
+        if name in CHOICES:
+            w, d = CHOICES[name]
+            # chance: the same answers paired with random items of the same domain and option count
+            entry["vs_chance"] = chance_agreement_test([int(r[w]) for r in measured], [int(r[d]) for r in measured],
+                                                       [f"{r['domain']}:{r['n_options']}" for r in measured],
+                                                       seed=seed).to_json()
         if pcs_col:
             entry["pcs"] = _interval_json([float(r[pcs_col]) for r in measured], domains, seed)
         if correct_stem:

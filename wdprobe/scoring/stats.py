@@ -1,4 +1,4 @@
-"""Uncertainty over items: bootstrap intervals for item means, micro and macro (SCIENCE.md §9).
+"""Uncertainty over items: bootstrap intervals and the tests findings are worded from (SCIENCE.md §9).
 
 Every headline is a mean over items, so the unit of resampling is the item: an item's prompts (its orders,
 its two forms) are summarised into its one value first and resampled together. Macro means (over domains)
@@ -7,13 +7,14 @@ are recomputed on each resample from the resampled items of each domain.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from wdprobe.errors import InputError
 
-__all__ = ["Interval", "bootstrap_interval", "bootstrap_indices", "mean_with_interval", "LEVEL", "N_BOOT"]
+__all__ = ["Interval", "Evidence", "bootstrap_interval", "bootstrap_indices", "mean_with_interval", "chance_agreement_test",
+           "sign_flip_max_test", "paired_difference_test", "LEVEL", "N_BOOT"]
 
 LEVEL = 0.95
 N_BOOT = 2000
@@ -90,3 +91,97 @@ def mean_with_interval(values: Sequence[float], groups: Sequence[str] | None = N
         lo, hi = _tails(macro, level)
         out["macro"] = Interval(point, lo, hi, int(x.size))
     return out
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The evidence for one claim: the effect with its interval, the p-value, and what was tested against what.
+
+    ``effect`` is the observed statistic minus its null reference (so 0 is "no effect"); ``setting`` names the
+    layer or setting a selection-corrected test picked (None when nothing was picked)."""
+
+    effect: float
+    low: float
+    high: float
+    p_value: float
+    n: int
+    reference: float
+    setting: int | None = None
+    level: float = LEVEL
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < 1 - self.level
+
+    def direction(self) -> int:
+        """+1 or -1 when significant (the sign of the effect), 0 when inconclusive."""
+        return 0 if not self.significant else (1 if self.effect > 0 else -1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"effect": self.effect, "low": self.low, "high": self.high, "p_value": self.p_value, "n": self.n,
+                "reference": self.reference, "setting": self.setting, "significant": self.significant}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Evidence":
+        return cls(d["effect"], d["low"], d["high"], d["p_value"], d["n"], d["reference"], d.get("setting"))
+
+
+def chance_agreement_test(word: Sequence[int], deed: Sequence[int], strata: Sequence[str] | None = None, *,
+                          n_perm: int = 2000, seed: int = 0) -> Evidence:
+    """Is word-deed agreement (CS) different from what the same answers give when paired with random items?
+
+    Deed answers are permuted among items of the same stratum (e.g. domain and number of options), which keeps
+    each form's answer rates: the null is "answers do not depend on which item's word they meet". Two-sided."""
+    w, d = np.asarray(word), np.asarray(deed)
+    if w.shape != d.shape or w.ndim != 1 or w.size == 0:
+        raise InputError(f"word and deed answers need the same length, got {w.shape} and {d.shape}")
+    s = np.zeros(w.size, dtype=int) if strata is None else np.unique(np.asarray(list(strata)), return_inverse=True)[1]
+    rng = np.random.default_rng(seed)
+    observed = float(np.mean(w == d))
+    null = np.empty(n_perm)
+    members = [np.flatnonzero(s == k) for k in np.unique(s)]
+    for b in range(n_perm):
+        perm = d.copy()
+        for m in members:
+            perm[m] = d[rng.permutation(m)]
+        null[b] = np.mean(w == perm)
+    reference = float(null.mean())
+    p = float(min(1.0, 2 * min(np.mean(null >= observed), np.mean(null <= observed)) + 1 / (n_perm + 1)))
+    agree = (w == d).astype(float)
+    lo, hi = bootstrap_interval(agree, seed=seed)
+    return Evidence(observed - reference, lo - reference, hi - reference, p, int(w.size), reference)
+
+
+def sign_flip_max_test(diffs: np.ndarray, *, n_perm: int = 2000, seed: int = 0, n_boot: int = N_BOOT) -> Evidence:
+    """Is the best of several settings (columns) better than no effect? ``diffs`` (n_items, n_settings): per item,
+    the paired difference (e.g. consistent after patching minus consistent before) at each setting.
+
+    Under the null each item's differences are symmetric about 0, so flipping an item's sign (the same flip for all
+    its settings) leaves them as likely; the null of the *maximum* column mean over those flips accounts for
+    picking the best setting. The interval is a bootstrap over items of the picked column (optimistic where the
+    test is not: read it as the size, the p-value as the evidence)."""
+    x = np.asarray(diffs, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise InputError(f"paired differences need shape (items, settings), got {np.asarray(diffs).shape}")
+    rng = np.random.default_rng(seed)
+    means = x.mean(axis=0)
+    best = int(np.argmax(means))
+    signs = rng.choice([-1.0, 1.0], size=(n_perm, x.shape[0]))
+    null_max = (signs @ x / x.shape[0]).max(axis=1)
+    p = float((1 + np.sum(null_max >= means[best])) / (1 + n_perm))
+    lo, hi = bootstrap_interval(x[:, best], n_boot=n_boot, seed=seed)
+    return Evidence(float(means[best]), lo, hi, p, int(x.shape[0]), 0.0, best)
+
+
+def paired_difference_test(diffs: Sequence[float], *, n_perm: int = 2000, seed: int = 0) -> Evidence:
+    """One setting, no selection: mean paired difference, bootstrap interval, two-sided sign-flip p-value."""
+    x = np.asarray(diffs, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise InputError(f"paired differences need one value per item, got shape {x.shape}")
+    rng = np.random.default_rng(seed)
+    null = rng.choice([-1.0, 1.0], size=(n_perm, x.size)) @ x / x.size
+    p = float(min(1.0, (1 + np.sum(np.abs(null) >= abs(x.mean()))) / (1 + n_perm)))
+    lo, hi = bootstrap_interval(x, seed=seed)
+    return Evidence(float(x.mean()), lo, hi, p, int(x.size), 0.0)

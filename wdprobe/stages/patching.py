@@ -27,6 +27,7 @@ from wdprobe.methods.patching import (
     aligned_tokens,
     attribution_patching,
     cross_form_patching,
+    cross_form_tests,
     exact_patching,
     normalised,
     rank_correlation,
@@ -121,6 +122,7 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
                                                           on="id").to_csv(index=False))
     atomic_write_text(out / "cross_form_summary.csv", summary.to_csv(index=False))
     head = cross_form_headline(summary, pairs.items)
+    head["tests"] = cross_form_tests(frame, pairs.items, seed=seed)
     atomic_write_text(out / "cross_form_headline.json", json.dumps(head, indent=2) + "\n")
     model = scored_model_name(run)
     figs = localise_plots.cross_form_figures(summary, f"{model}, {len(pairs)} two-option items "

@@ -9,6 +9,7 @@ import numpy as np
 
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.figures import probes as plots
+from wdprobe.methods.decoding import decode_layers
 from wdprobe.methods.probes import probe_layers
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.stage import scored_entry
@@ -19,7 +20,7 @@ STAGE = "probe"
 
 def run_probes(run_dir: str | Path, *, hook: str = "resid_post", position: str = "last",
                kinds: Sequence[str] = ("logreg", "diffmean"), folds: int = 5, seed: int = 0,
-               domains: bool = True, progress: bool = True) -> dict:
+               domains: bool = True, progress: bool = True, n_perm: int = 200) -> dict:
     """Probe every captured layer; write ``probes/{hook}-{position}.{csv,html}`` and a summary JSON."""
 
     run = RunDir(run_dir)
@@ -78,10 +79,29 @@ def run_probes(run_dir: str | Path, *, hook: str = "resid_post", position: str =
         cd = csum[(csum.metric == "deed->deed")].set_index("layer")["mean"]
         headline["correctness_diffmean"] = {"word_best": float(cw.max()), "word_best_layer": int(cw.idxmax()),
                                             "deed_best": float(cd.max()), "deed_best_layer": int(cd.idxmax())}
+    headline["tests"] = stance_tests(word, deed, items, layers, folds=folds, n_perm=n_perm, seed=seed)
     atomic_write_text(out / f"{stem}-headline.json", json.dumps(headline, indent=2) + "\n")
     run.update_stage(STAGE, **{stem: {"folds": folds, "kinds": list(kinds), "n_items": len(items),
                                       "png": [str(p) for p in pngs if p], "headline": headline}})
     return headline
+
+
+def stance_tests(word: np.ndarray, deed: np.ndarray, items, layers: Sequence[int], *, folds: int = 5, n_perm: int = 200,
+                 seed: int = 0) -> dict[str, dict]:
+    """The claims the probe finding words, each with the max-over-layers permutation test (difference-of-means
+    probes, one prompt per item and form, folds by item): the word answer, the deed answer, the word probe read
+    on deeds, and the letter said (the control a stance reading must beat)."""
+    ids = items["id"].to_numpy()
+    yw, yd = items["y_word"].to_numpy().astype(int), items["y_deed"].to_numpy().astype(int)
+    lw = items["letter_word"].to_numpy().astype(int)
+    cases = {"word->word": (word, yw, {}), "deed->deed": (deed, yd, {}),
+             "word->deed": (word, yw, {"test_X": deed, "test_y": yd, "test_groups": ids}), "letter": (word, lw, {})}
+    out = {}
+    for name, (X, y, kw) in cases.items():
+        if min(np.bincount(y, minlength=2)) < folds or (kw and len(np.unique(kw["test_y"])) < 2):
+            continue  # too few of a class to give every fold both
+        out[name] = decode_layers(X, y, ids, layers=tuple(layers), folds=folds, n_perm=n_perm, seed=seed, **kw).summary()
+    return out
 
 
 def headline_numbers(summary, cs: float) -> dict:

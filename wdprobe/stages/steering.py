@@ -27,6 +27,7 @@ from wdprobe.runs.stage import (
     scored_model_name,
     stage_seconds,
 )
+from wdprobe.scoring.stats import paired_difference_test
 from wdprobe.stages.pairs import load_pairs, stance_directions
 
 
@@ -141,6 +142,18 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
     return head
 
 
+def steering_tests(frame, items, *, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """On held-out items at the one chosen setting (no selection left to correct for): paired sign-flip tests of
+    steered consistency against clean (``beats_clean``) and against the random direction (``beats_random``)."""
+    f = frame[frame.condition.isin(["stance", "random"])]
+    after = {c: g.set_index("item")["toward_word"].gt(0).astype(float) for c, g in f.groupby("condition")}
+    clean = items["consistent"].astype(float)
+    stance = after["stance"]
+    return {"beats_clean": paired_difference_test(stance - clean.reindex(stance.index).to_numpy(), seed=seed).to_json(),
+            "beats_random": paired_difference_test((stance - after["random"].reindex(stance.index)).to_numpy(),
+                                                   seed=seed).to_json()}
+
+
 def validate_steering(run: RunDir, lm, grid_pairs, layer: int, alpha: float, *, folds: int = 5, seed: int = 0,
                       batch_size: int = 64, progress: bool = True) -> dict[str, Any] | None:
     """The chosen (layer, alpha) and a fresh random direction of equal norm on the items the grid never saw."""
@@ -178,5 +191,6 @@ def validate_steering(run: RunDir, lm, grid_pairs, layer: int, alpha: float, *, 
     out = {"n_items": len(held), "layer": layer, "alpha": alpha, "cs_clean": t.attrs["clean_cs"]}
     for c, r in row.items():
         out[c] = {k: float(r[k]) for k in ("cs", "flip_rate", "break_rate", "mass_ratio")}
+    out["tests"] = steering_tests(frame, held.items, seed=seed)
     run.mark_done(stage, result=out)
     return out

@@ -84,7 +84,8 @@ def test_reading_metrics_name_every_reading_with_intervals():
     rows = []
     for n, prior in enumerate(([0.9, 0.1], [0.5, 0.5]) * 10):
         item = Item(f"i{n}", "Opinion" if n % 2 else "EthV", "Q?", ("yes", "no"), "Act?", ("do", "don't"), correct=0)
-        row = {"id": item.id, "domain": item.domain, "n_options": 2, "consistent": 1, "pcs": 1.0,
+        row = {"id": item.id, "domain": item.domain, "n_options": 2, "consistent": 1, "pcs": 1.0, "word_choice": 0,
+               "deed_choice": 0,
                "word_is_correct": 1, "deed_is_correct": 0}
         row.update(item_columns(item, planted_rows(item, prior, {"word": [0.6, 0.4], "deed": [0.7, 0.3]})))
         rows.append(row)

@@ -3,7 +3,15 @@ import numpy as np
 import pytest
 
 from wdprobe.errors import InputError
-from wdprobe.scoring.stats import Interval, bootstrap_interval, mean_with_interval
+from wdprobe.scoring.stats import (
+    Evidence,
+    Interval,
+    bootstrap_interval,
+    chance_agreement_test,
+    mean_with_interval,
+    paired_difference_test,
+    sign_flip_max_test,
+)
 
 
 def test_bootstrap_interval_covers_the_mean_and_shrinks_with_n():
@@ -46,3 +54,47 @@ def test_interval_helpers_and_bad_input():
         mean_with_interval([1, 0], ["a"])
     with pytest.raises(InputError, match="at least one item"):
         mean_with_interval([])
+
+
+def test_chance_agreement_finds_planted_agreement_and_not_noise():
+    rng = np.random.default_rng(0)
+    word = rng.integers(0, 2, 300)
+    copy = np.where(rng.random(300) < 0.8, word, 1 - word)  # deed copies the word answer 80% of the time
+    t = chance_agreement_test(word, copy, n_perm=500)
+    assert t.significant and t.direction() == 1 and t.reference == pytest.approx(0.5, abs=0.05)
+    assert t.low < t.effect < t.high
+    against = chance_agreement_test(word, 1 - copy, n_perm=500)
+    assert against.direction() == -1
+    noise = [chance_agreement_test(rng.integers(0, 2, 40), rng.integers(0, 2, 40), n_perm=300, seed=s).significant
+             for s in range(60)]
+    assert np.mean(noise) <= 0.12
+
+
+def test_chance_agreement_respects_strata():
+    # stratum a always answers 0 in both forms, stratum b always 1: agreement 1, but also 1 under within-stratum
+    # shuffles, so there is no evidence of item-level agreement; ignoring strata would call it significant
+    word = np.array([0] * 20 + [1] * 20)
+    strata = ["a"] * 20 + ["b"] * 20
+    assert not chance_agreement_test(word, word.copy(), strata, n_perm=300).significant
+    assert chance_agreement_test(word, word.copy(), n_perm=300).significant
+
+
+def test_sign_flip_max_test_accounts_for_picking_the_best_setting():
+    rng = np.random.default_rng(1)
+    noise = rng.choice([-1.0, 0.0, 1.0], size=(60, 18), p=[0.2, 0.6, 0.2])
+    naive = max(paired_difference_test(noise[:, j], n_perm=500).p_value for j in range(18))
+    corrected = sign_flip_max_test(noise, n_perm=500)
+    assert corrected.p_value > min(paired_difference_test(noise[:, j], n_perm=500).p_value for j in range(18))
+    assert naive <= 1.0 and corrected.setting == int(np.argmax(noise.mean(0)))
+    planted = noise.copy()
+    planted[:, 7] = rng.choice([0.0, 1.0], size=60, p=[0.5, 0.5])  # half the items gain at setting 7
+    t = sign_flip_max_test(planted, n_perm=500)
+    assert t.significant and t.setting == 7 and t.effect == pytest.approx(planted[:, 7].mean())
+    alarms = [sign_flip_max_test(rng.choice([-1.0, 0.0, 1.0], size=(40, 10)), n_perm=200, seed=s).significant
+              for s in range(60)]
+    assert np.mean(alarms) <= 0.12
+
+
+def test_test_round_trips_through_json():
+    t = paired_difference_test([1.0, 0.0, 1.0, 1.0, 0.0, 1.0] * 5, n_perm=200)
+    assert Evidence.from_json(t.to_json()) == t and t.direction() == 1

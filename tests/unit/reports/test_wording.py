@@ -1,0 +1,82 @@
+"""Findings are worded from their tests: a planted null at small n reads "inconclusive", a planted effect is
+claimed, and two seeds of a null never word opposite conclusions unless their intervals exclude each other."""
+import re
+
+import numpy as np
+from planted import planted_capture
+
+from wdprobe.data.wdct import Item, Presentation
+from wdprobe.reports.study import finding_behaviour, finding_probes
+from wdprobe.reports.wording import decodable, interval, p_text, versus
+from wdprobe.scoring.letters import item_row
+from wdprobe.scoring.orders import item_columns, letter_prompt_row, orders_of
+from wdprobe.stages.content_probes import content_tests
+from wdprobe.stages.score import typed_item_row, wdct_metrics
+
+
+def scored_rows(n_items: int, seed: int, copy: float = 0.0) -> list[dict]:
+    """Item rows as the score stage writes them, from a model with a letter prior and per-item content
+    preferences; with probability ``copy`` the deed prefers what the word prefers, else independently."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_items):
+        item = Item(f"i{i}", ["Opinion", "EthV"][i % 2], "Q?", ("yes", "no"), "Act?", ("do", "don't"), correct=0)
+        pres = Presentation(item, tuple(rng.permutation(2)), tuple(rng.permutation(2)))
+        word = rng.dirichlet([1, 1])
+        deed = word if rng.random() < copy else rng.dirichlet([1, 1])
+        prior = [0.7, 0.3]
+        prompt_rows = []
+        for form, content in (("word", word), ("deed", deed)):
+            for order, shown, in_content in orders_of(pres, form, "cyclic"):
+                lp = np.log([prior[j] * content[c] for j, c in enumerate(order)])
+                prompt_rows.append(letter_prompt_row(item, form, order, shown, in_content, lp))
+        shown = {r["form"]: r for r in prompt_rows if r["shown"]}
+        row = item_row(pres, *[np.array([shown[f]["lp_A"], shown[f]["lp_B"]]) for f in ("word", "deed")])
+        row.update(item_columns(item, prompt_rows))
+        rows.append(typed_item_row({k: str(v) for k, v in row.items()}))
+    return rows
+
+
+def behaviour(rows: list[dict]) -> str:
+    return finding_behaviour({"metrics": wdct_metrics(rows)}).text
+
+
+def test_wording_helpers_by_hand():
+    assert interval(0.5, 0.41, 0.6) == "0.50 [0.41, 0.60]" and p_text(0.0004) == "p < 0.001"
+    sig = {"effect": 0.2, "low": 0.1, "high": 0.3, "p_value": 0.01, "n": 50, "significant": True}
+    assert versus(sig, above="up", below="down", neither="flat") == "up (p = 0.010, n = 50)"
+    assert versus(dict(sig, effect=-0.2), above="up", below="down", neither="flat").startswith("down")
+    assert versus(dict(sig, significant=False, p_value=0.3), above="up", below="down",
+                  neither="flat") == "flat: inconclusive at n = 50 (p = 0.300)"
+    assert decodable(None, "X") == "X: not measured"
+
+
+def test_a_planted_null_at_small_n_is_worded_inconclusive():
+    text = behaviour(scored_rows(30, seed=0))
+    assert "content (order-averaged" in text and text.count("inconclusive at n = 30") >= 2
+    assert "above the" not in text and "below the" not in text
+    tests = content_tests(planted_capture(n_items=40, decide_at=None, bind_at=None, inconsistency_at=None), n_perm=100)
+    probes = finding_probes({"content_probes": {"last": {k: t.summary() for k, t in tests.items()}}, "probes": {},
+                             "n_layers": 5}).text
+    assert "is decodable" not in probes and probes.count("inconclusive at n = 40 items") >= 3
+
+
+def test_a_planted_effect_is_claimed():
+    text = behaviour(scored_rows(200, seed=1, copy=0.9))
+    content = text.split("content (order-averaged")[1].split(";")[0]
+    assert "above the" in content  # deeds copy words' content preference: agreement beyond random pairing
+    tests = content_tests(planted_capture(), n_perm=100)
+    probes = finding_probes({"content_probes": {"last": {k: t.summary() for k, t in tests.items()}}, "probes": {},
+                             "n_layers": 5}).text
+    assert "the option the model decides on by content is decodable" in probes
+
+
+def test_two_seeds_never_word_opposite_conclusions_without_disjoint_intervals():
+    for seed in range(12):
+        a, b = (behaviour(scored_rows(40, seed=2 * seed + k)) for k in (0, 1))
+        for reading in ("paper-compatible", "content (order-averaged"):
+            ca, cb = (t.split(reading)[1].split(";")[0] for t in (a, b))
+            words = [("above" if "above the" in c else "below" if "below the" in c else "none") for c in (ca, cb)]
+            if {"above", "below"} <= set(words):
+                (la, ha), (lb, hb) = (tuple(map(float, re.search(r"\[([\d.]+), ([\d.]+)\]", c).groups())) for c in (ca, cb))
+                assert ha < lb or hb < la, (seed, reading, ca, cb)
