@@ -19,6 +19,8 @@ _PUBLIC: dict[str, str] = {
     "load_wdct": "wdprobe.data.wdct", "Item": "wdprobe.data.wdct",
     # stages a script calls on a run directory
     "score_wdct": "wdprobe.stages.score", "load_score": "wdprobe.stages.score", "ScoreResult": "wdprobe.stages.score",
+    "load_items": "wdprobe.stages.score", "load_prompts": "wdprobe.stages.score",
+    "run_content_probes": "wdprobe.stages.content_probes",
     "capture_wdct": "wdprobe.stages.capture", "load_activations": "wdprobe.stages.capture",
     "Activations": "wdprobe.stages.capture", "paired_forms": "wdprobe.stages.capture",
     "run_probes": "wdprobe.stages.probes", "run_lens": "wdprobe.stages.lens",
@@ -28,6 +30,10 @@ _PUBLIC: dict[str, str] = {
     "DiffMeanProbe": "wdprobe.methods.probes", "logistic_probe": "wdprobe.methods.probes",
     "probe_layers": "wdprobe.methods.probes", "ProbeResults": "wdprobe.methods.probes",
     "LensTrajectory": "wdprobe.methods.lens", "lens_logits": "wdprobe.methods.lens",
+    "decode_layers": "wdprobe.methods.decoding", "LayerTest": "wdprobe.methods.decoding",
+    "content_distribution": "wdprobe.scoring.content", "letter_prior": "wdprobe.scoring.content",
+    "mean_with_interval": "wdprobe.scoring.stats", "chance_agreement_test": "wdprobe.scoring.stats",
+    "sign_flip_max_test": "wdprobe.scoring.stats",
     "CaptureSpec": "wdprobe.methods.capture", "capture_batch": "wdprobe.methods.capture",
     "Intervention": "wdprobe.methods.interventions", "run_interventions": "wdprobe.methods.interventions",
     # studies and the pipeline

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from wdprobe.errors import InputError
+
 
 @torch.no_grad()
 def lens_logits(lm, resid: np.ndarray | torch.Tensor, token_ids: Sequence[int], *, chunk: int = 4096) -> np.ndarray:
@@ -143,3 +145,19 @@ def canonical_logodds(letter_logits: np.ndarray, orders: Sequence[str]) -> np.nd
     idx = np.array([[o.index("0"), o.index("1")] for o in orders])
     rows = np.arange(len(orders))
     return letter_logits[rows, :, idx[:, 1]] - letter_logits[rows, :, idx[:, 0]]
+
+
+def order_averaged(logodds: np.ndarray, keys: Sequence[Any]) -> tuple[list[Any], np.ndarray]:
+    """Mean canonical log-odds over the orders of each key (e.g. ``(item id, form)``), ``[n, L]`` -> ``[m, L]``.
+
+    With every option shown under every letter the letter preference cancels (for two options exactly: the
+    letter log-odds enters once with each sign), leaving the content log-odds per layer."""
+    logodds = np.asarray(logodds, dtype=np.float64)
+    if logodds.ndim != 2 or len(keys) != logodds.shape[0]:
+        raise InputError(f"order averaging needs [n, L] log-odds and n keys, got {logodds.shape} and {len(keys)} keys")
+    unique = list(dict.fromkeys(keys))
+    where = {k: i for i, k in enumerate(unique)}
+    index = np.array([where[k] for k in keys])
+    sums = np.zeros((len(unique), logodds.shape[1]))
+    np.add.at(sums, index, logodds)
+    return unique, sums / np.bincount(index, minlength=len(unique))[:, None]

@@ -29,6 +29,12 @@ def localisation_figures(run_dir: str | Path) -> list[tuple[str, str, Any]]:
     if lens_csv.is_file():
         traj = trajectory_from_frame(pd.read_csv(lens_csv))
         figs += [("lens", n, f) for n, f in zip(["lens-curves", "lens-divergence"], localise_plots.lens_figures(traj, model))]
+    content_csv = run.path / "lens" / "content-trajectory.csv"
+    if content_csv.is_file():
+        traj = trajectory_from_frame(pd.read_csv(content_csv))
+        figs += [("lens", n, f) for n, f in zip(["lens-content-curves", "lens-content-divergence"],
+                                                 localise_plots.lens_figures(traj, f"{model}, content space (log-odds "
+                                                                                   "averaged over option orders)"))]
     pdir = run.path / "patching"
     if (pdir / "cross_form_summary.csv").is_file():
         summary = pd.read_csv(pdir / "cross_form_summary.csv")

@@ -27,8 +27,10 @@ from wdprobe.figures.probes import write_png
 from wdprobe.reports.html import CSS, inline_markdown, table_html
 from wdprobe.reports.localisation import copy_localisation_tables, localisation_figures
 from wdprobe.reports.scores import PAPER_TABLE, write_score_report
-from wdprobe.reports.wording import decodable, interval, verdict, versus
+from wdprobe.reports.wording import decodable, interval, p_text, verdict, versus
 from wdprobe.runs.rundir import RunDir
+from wdprobe.scoring.orders import READING_NAMES
+from wdprobe.stages.content_probes import content_figure, content_title
 from wdprobe.stages.score import load_score, wdct_metrics
 
 
@@ -289,7 +291,12 @@ def stage_timings(manifest: dict) -> list[tuple[str, float, float | None]]:
         out.append(("load_model", float(load["seconds"]), load.get("cpu_seconds")))
     for k, v in manifest.get("stages", {}).items():
         if "settings" in v and "seconds" in v:  # recorded by the pipeline's runner
-            out.append((k, float(v["seconds"]), v.get("cpu_seconds")))
+            # a stage resumed across sessions (or run by its own command first) sums its own timer over them
+            own = sum(t for name, t in v.get("timings", {}).items() if name != "load_model")
+            if own > float(v["seconds"]):
+                out.append((k, own, None))
+            else:
+                out.append((k, float(v["seconds"]), v.get("cpu_seconds")))
     if len(out) > (1 if load else 0):
         return out
     out = []
@@ -333,6 +340,66 @@ def domain_figure(metrics: dict, model: str) -> go.Figure:
     return fig
 
 
+READING_LABELS = {"shown": "paper-compatible<br>(one seeded order)", "content": "content<br>(order-averaged)",
+                  "order_mean": "mean over<br>single orders", "cloze": "cloze<br>(no letters)",
+                  "cloze_sum": "cloze<br>(total log-lik)"}
+
+
+def readings_figure(metrics: dict, model: str) -> go.Figure | None:
+    """CS in every reading with its 95% interval, and what the same answers reach paired with random items."""
+    readings = metrics.get("readings") or {}
+    names = [k for k in READING_LABELS if k in readings]
+    if not names:
+        return None
+    cs = [readings[k]["cs"]["micro"] for k in names]
+    fig = go.Figure(go.Bar(x=[READING_LABELS[k] for k in names], y=[c["value"] for c in cs], name="CS (micro)",
+                           marker_color="#1f77b4",
+                           error_y=dict(type="data", symmetric=False, array=[c["high"] - c["value"] for c in cs],
+                                        arrayminus=[c["value"] - c["low"] for c in cs]),
+                           hovertemplate="%{x}: CS %{y:.3f}<extra></extra>"))
+    ref = [readings[k].get("vs_chance", {}).get("reference") for k in names]
+    fig.add_trace(go.Scatter(x=[READING_LABELS[k] for k, r in zip(names, ref) if r is not None],
+                             y=[r for r in ref if r is not None], mode="markers", name="same answers, random items",
+                             marker=dict(symbol="line-ew-open", size=40, color="#d62728", line=dict(width=3)),
+                             hovertemplate="%{x}: chance %{y:.3f}<extra></extra>"))
+    fig.update_layout(title=f"CS by reading — {model}, {metrics['n_items']} items<br><sup>bars: 95% bootstrap interval "
+                            "over items; red: CS of the same answers paired with random items of the same domain</sup>",
+                      yaxis=dict(title="CS", range=[0, 1]), xaxis_title="reading", template="plotly_white",
+                      height=420, width=820, legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def readings_rows(metrics: dict) -> list[list[str]]:
+    """One table row per reading: CS micro and macro, PCS, the chance test and accuracy, each with its interval."""
+    def iv(d: dict | None) -> str:
+        return "—" if not d else interval(d["value"], d["low"], d["high"], 3)
+
+    rows = []
+    for name, label in READING_NAMES.items():
+        r = (metrics.get("readings") or {}).get(name)
+        if not r:
+            continue
+        chance = r.get("vs_chance")
+        rows.append([label, iv(r["cs"]["micro"]), iv(r["cs"].get("macro")), iv((r.get("pcs") or {}).get("micro")),
+                     "—" if not chance else f"{chance['reference']:.3f} ({p_text(chance['p_value'])})",
+                     iv(r.get("word_accuracy")), iv(r.get("deed_accuracy"))])
+    return rows
+
+
+READINGS_HEADER = ["reading", "CS micro [95% CI]", "CS macro [95% CI]", "PCS micro [95% CI]",
+                   "CS with random pairing (test)", "word accuracy", "deed accuracy"]
+
+
+def content_probe_figures(run_dir: Path, model: str) -> list[tuple[str, go.Figure]]:
+    """The content-probe figure of each position the run probed, redrawn from its table."""
+    out = []
+    for pos in ("last", "question_mean"):
+        path = run_dir / "probes" / f"content-{pos}.csv"
+        if path.is_file():
+            out.append((f"content-{pos}", content_figure(pd.read_csv(path), content_title(model, pos))))
+    return out
+
+
 def probe_figures(run_dir: Path, position: str = "last") -> list[go.Figure]:
     """The probe figures of one position (accuracy, IC vs CS, cosine)."""
     stem = f"resid_post-{position}"
@@ -353,8 +420,11 @@ def study_figures(run_dir: str | Path, numbers: dict[str, Any] | None = None) ->
     n = numbers or study_numbers(p)
     figs: list[tuple[str, str, go.Figure]] = []
     if n["metrics"]:
+        readings = readings_figure(n["metrics"], n["model"])
+        figs += [("behaviour", "readings", readings)] if readings is not None else []
         figs += [("behaviour", "paper-table", paper_figure(n["metrics"], n["model"])),
                  ("behaviour", "domains", domain_figure(n["metrics"], n["model"]))]
+    figs += [("probes", name, f) for name, f in content_probe_figures(p, n["model"])]
     for pos in ("last", "question_mean"):
         figs += [("probes", f"probes-{pos}-{i}", f) for i, f in enumerate(probe_figures(p, pos))]
     figs += localisation_figures(p)
@@ -408,6 +478,8 @@ def render_index_html(run_dir: str | Path, notes: str = "", numbers: dict[str, A
     if notes.strip():
         parts.append("<h3>Reading</h3>" + "".join(f"<p>{inline_markdown(p.strip())}</p>"
                                                   for p in notes.split("\n\n") if p.strip()))
+    if m.get("readings"):
+        parts.append("<h3>Readings (95% intervals over items)</h3>" + table_html(READINGS_HEADER, readings_rows(m)))
     parts.append("<h3>Beside the paper</h3>" + table_html(["model", "CS (macro)", "PCS (macro)"], _paper_rows(m, model)))
     dom_rows = [[d, v["n"], f"{v['cs']:.3f}", f"{v['pcs']:.3f}"] for d, v in m["per_domain"].items()]
     dom_rows.append(["all (micro)", m["n_items"], f"{m['cs_micro']:.3f}", f"{m['pcs_micro']:.3f}"])

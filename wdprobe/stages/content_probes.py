@@ -109,6 +109,14 @@ def content_tests(acts: Activations, *, folds: int = 5, n_perm: int = 200, seed:
     return out
 
 
+def content_frame(tests: dict[str, LayerTest], position: str):
+    """The tests as one tidy table: one row per analysis and layer (``COLUMNS``)."""
+    import pandas as pd
+
+    rows = [r for name, t in tests.items() for r in t.to_rows(position=position, analysis=name)]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
 def run_content_probes(run_dir: str | Path, *, positions: Sequence[str] = ("last", "question_mean"),
                        hook: str = "resid_post", folds: int = 5, n_perm: int = 200, seed: int = 0) -> dict[str, Any]:
     """Content probes at each position of a run captured in every order; returns (and writes) the summary."""
@@ -120,14 +128,10 @@ def run_content_probes(run_dir: str | Path, *, positions: Sequence[str] = ("last
     for position in positions:
         acts = load_activations(run.path, hook=hook, position=position, orders="all")
         tests = content_tests(acts, folds=folds, n_perm=n_perm, seed=seed)
-        rows = [r for name, t in tests.items() for r in t.to_rows(position=position, analysis=name)]
-        frame = "\n".join([",".join(COLUMNS)] + [",".join(str(r[c]) for c in COLUMNS) for r in rows]) + "\n"
-        atomic_write_text(out_dir / f"content-{position}.csv", frame)
+        frame = content_frame(tests, position)
+        atomic_write_text(out_dir / f"content-{position}.csv", frame.to_csv(index=False))
         summary[position] = {name: t.summary() for name, t in tests.items()}
-        fig = content_figure(tests, f"Content probes — {model}, {hook} at the {position.replace('_', ' ')} position"
-                                    f"<br><sup>difference-of-means probes, folds grouped by item (every order of an item "
-                                    f"in one fold); band: 95% bootstrap interval over items; dotted: random-label "
-                                    f"control; short dashes: family-wise 95% threshold over layers</sup>")
+        fig = content_figure(frame, content_title(model, position, hook))
         write_html([fig], out_dir / f"content-{position}.html", heading=f"Content probes: {model}, {position}")
         write_png(fig, out_dir / f"content-{position}.png")
     atomic_write_text(out_dir / "content-summary.json", json.dumps(summary, indent=2) + "\n")
@@ -135,31 +139,41 @@ def run_content_probes(run_dir: str | Path, *, positions: Sequence[str] = ("last
     return summary
 
 
-def content_figure(tests: dict[str, LayerTest], title: str) -> go.Figure:
-    """One panel per question (decide vs bind, transfer, correctness, inconsistency): curve, band, control,
-    threshold."""
-    panels = [p for p in dict.fromkeys(a.panel for a in ANALYSES) if any(BY_NAME[n].panel == p for n in tests)]
+def content_figure(frame, title: str) -> go.Figure:
+    """One panel per question (decide vs bind, transfer, correctness, inconsistency), drawn from the tidy table
+    (``probes/content-{position}.csv``): curve, 95% band, random-label control (dotted), family-wise threshold
+    (dashed)."""
+    names = [n for n in BY_NAME if n in set(frame["analysis"])]
+    panels = [p for p in dict.fromkeys(a.panel for a in ANALYSES) if any(BY_NAME[n].panel == p for n in names)]
     fig = make_subplots(rows=1, cols=max(1, len(panels)), subplot_titles=panels, shared_yaxes=False)
     for col, panel in enumerate(panels, start=1):
-        for name, t in tests.items():
+        for name in names:
             a = BY_NAME[name]
             if a.panel != panel:
                 continue
-            x = list(t.layers)
-            fig.add_trace(go.Scatter(x=x + x[::-1], y=list(t.high) + list(t.low)[::-1], fill="toself",
+            t = frame[frame.analysis == name].sort_values("layer")
+            x = t["layer"].tolist()
+            fig.add_trace(go.Scatter(x=x + x[::-1], y=t["high"].tolist() + t["low"].tolist()[::-1], fill="toself",
                                      fillcolor=rgba(a.colour, 0.15), line=dict(width=0), hoverinfo="skip",
                                      showlegend=False, legendgroup=name), row=1, col=col)
-            fig.add_trace(go.Scatter(x=x, y=t.value, mode="lines+markers", name=a.title, legendgroup=name,
+            fig.add_trace(go.Scatter(x=x, y=t["value"], mode="lines+markers", name=a.title, legendgroup=name,
                                      line=dict(color=a.colour, width=2), marker=dict(size=5),
                                      hovertemplate=f"{a.title}<br>layer %{{x}}: %{{y:.3f}}<extra></extra>"), row=1, col=col)
-            fig.add_trace(go.Scatter(x=x, y=t.control, mode="lines", showlegend=False, legendgroup=name,
+            fig.add_trace(go.Scatter(x=x, y=t["control"], mode="lines", showlegend=False, legendgroup=name,
                                      line=dict(color=a.colour, width=1, dash="dot"), hoverinfo="skip"), row=1, col=col)
-            fig.add_trace(go.Scatter(x=[x[0], x[-1]], y=[t.threshold] * 2, mode="lines", showlegend=False,
-                                     legendgroup=name, line=dict(color=a.colour, width=1, dash="dash"),
+            fig.add_trace(go.Scatter(x=[x[0], x[-1]], y=[float(t["threshold"].iloc[0])] * 2, mode="lines",
+                                     showlegend=False, legendgroup=name, line=dict(color=a.colour, width=1, dash="dash"),
                                      hovertemplate=f"{a.title}: family-wise threshold %{{y:.3f}}<extra></extra>"),
                           row=1, col=col)
         fig.update_xaxes(title_text="layer", row=1, col=col)
         fig.update_yaxes(title_text="AUROC" if panel == "predicting inconsistency" else "balanced accuracy", row=1, col=col)
-    fig.update_layout(title=title, height=460, width=max(700, 420 * len(panels)), template="plotly_white",
-                      legend=dict(orientation="h", y=-0.2))
+    fig.update_layout(title=title, height=480, width=max(700, 330 * len(panels)), template="plotly_white",
+                      legend=dict(orientation="h", y=-0.22))
     return fig
+
+
+def content_title(model: str, position: str, hook: str = "resid_post") -> str:
+    """The figure title, with how to read it."""
+    return (f"Content probes — {model}, {hook} at the {position.replace('_', ' ')} position<br><sup>difference-of-means "
+            "probes, folds by item (every order of an item in one fold); band: 95% bootstrap interval over items; "
+            "dotted: random-label control; dashed: family-wise 95% threshold over layers</sup>")

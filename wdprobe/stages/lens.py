@@ -11,7 +11,7 @@ from wdprobe.core.model import load_for_run
 from wdprobe.errors import InputError
 from wdprobe.figures import localisation as localise_plots
 from wdprobe.figures import probes as plots
-from wdprobe.methods.lens import LensTrajectory, canonical_logodds, lens_logits
+from wdprobe.methods.lens import LensTrajectory, canonical_logodds, lens_logits, order_averaged
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.stage import scored_entry
 from wdprobe.stages.capture import load_activations, paired_forms
@@ -29,6 +29,29 @@ def trajectory_from_activations(lm, acts, token_ids: Sequence[int]) -> LensTraje
     lw = canonical_logodds(lens_logits(lm, word, token_ids[:2]), orders["word"])
     ld = canonical_logodds(lens_logits(lm, deed, token_ids[:2]), orders["deed"])
     return LensTrajectory(lw, ld, items, tuple(acts.layers))
+
+
+def content_trajectory(lm, acts, token_ids: Sequence[int]) -> LensTrajectory:
+    """Lens readings in content space: every order's canonical log-odds per layer, averaged over the orders of each
+    (item, form), so the letter preference cancels; items carry their content choices and content consistency."""
+    import pandas as pd
+
+    meta = acts.meta
+    keep = ((meta["n_options"] == 2) & (meta["in_content"] == 1)).to_numpy()
+    if not keep.any():
+        raise InputError("a content-space lens needs the activations of every order: score with --orders cyclic")
+    sub = meta[keep].reset_index(drop=True)
+    logodds = canonical_logodds(lens_logits(lm, acts.array[keep], token_ids[:2]), sub["order"].astype(str).tolist())
+    keys, mean = order_averaged(logodds, list(zip(sub["id"], sub["form"])))
+    row = {k: i for i, k in enumerate(keys)}
+    first = sub.drop_duplicates(["id", "form"]).set_index(["id", "form"])
+    ids = [i for i in dict.fromkeys(sub["id"]) if (i, "word") in row and (i, "deed") in row]
+    items = pd.DataFrame({"id": ids, "domain": [first.loc[(i, "word"), "domain"] for i in ids],
+                          "y_word": [int(first.loc[(i, "word"), "content_choice"]) for i in ids],
+                          "y_deed": [int(first.loc[(i, "deed"), "content_choice"]) for i in ids],
+                          "consistent": [int(first.loc[(i, "word"), "content_consistent"]) for i in ids]})
+    return LensTrajectory(mean[[row[(i, "word")] for i in ids]], mean[[row[(i, "deed")] for i in ids]], items,
+                          tuple(acts.layers))
 
 
 def run_lens(run_dir: str | Path, *, lm=None, progress: bool = True) -> dict[str, Any]:
@@ -53,5 +76,18 @@ def run_lens(run_dir: str | Path, *, lm=None, progress: bool = True) -> dict[str
     pngs = [plots.write_png(f, out / f"lens-{i}.png") for i, f in enumerate(figs)]
     head = {g: {k: summary[g].get(k) for k in ("n", "curve_divergence_layer", "item_divergence_layer_median")}
             for g in ("all", "consistent", "inconsistent")}
+    all_orders = load_activations(run.path, hook="resid_post", position="last", orders="all")
+    if (all_orders.meta["in_content"] == 1).any():
+        content = content_trajectory(lm, all_orders, ids)
+        atomic_write_text(out / "content-trajectory.csv", content.to_frame().to_csv(index=False))
+        summary["content"] = content.summary()
+        atomic_write_text(out / "content-summary.json", json.dumps(summary["content"], indent=2) + "\n")
+        cfigs = localise_plots.lens_figures(content, f"{model}, content space (log-odds averaged over option orders)")
+        plots.write_html(cfigs, out / "lens-content.html",
+                         heading=f"wdprobe logit lens in content space: {model}, {len(content.items)} two-option items")
+        pngs += [plots.write_png(f, out / f"lens-content-{i}.png") for i, f in enumerate(cfigs)]
+        head["content"] = {g: {k: summary["content"][g].get(k) for k in ("n", "curve_divergence_layer",
+                                                                          "item_divergence_layer_median")}
+                           for g in ("all", "consistent", "inconsistent")}
     run.mark_done("lens", headline=head, png=[str(p) for p in pngs if p])
     return summary

@@ -351,6 +351,26 @@ def load_score(run_dir: str | Path) -> ScoreResult:
     return ScoreResult(run.path, rows, json.loads((run.path / "metrics.json").read_text()), prompt_rows)
 
 
+def load_items(run_dir: str | Path):
+    """A finished scoring run's ``items.csv`` as a DataFrame, one row per item: the paper-compatible columns and the
+    content and cloze readings (blank where the run did not measure them)."""
+    import pandas as pd
+
+    return pd.DataFrame(load_score(run_dir).rows, columns=ITEM_COLUMNS)
+
+
+def load_prompts(run_dir: str | Path):
+    """A finished scoring run's ``prompts.csv`` as a DataFrame, one row per (item, form, format, order): the letter
+    log-probabilities in presented order, the per-option scores in canonical order, the choice."""
+    import pandas as pd
+
+    rows = load_score(run_dir).prompt_rows
+    if not rows:
+        raise StageNotFinishedError(f"{run_dir} has no prompts.csv: it was scored before per-prompt tables existed; "
+                                    "score it again into a new run directory")
+    return pd.DataFrame(rows, columns=PROMPT_COLUMNS)
+
+
 def scored_prompts(run_dir: str | Path, tokenizer) -> tuple[list, dict[str, list[str]], ScoreResult]:
     """The presentations and word/deed prompts of a scored run, rebuilt exactly as they were scored
     (same items, shuffling seed and chat template), aligned with the run's item rows."""

@@ -149,3 +149,19 @@ def test_the_logistic_probes_inner_cv_keeps_an_items_rows_together():
         assert not set(groups[tr]) & set(groups[te])
     # without groups the default inner CV is used (and, on stacked word+deed rows, would split items)
     assert fit_probe("logreg", 0, X, y)[-1].cv == 3
+
+
+def test_order_averaged_lens_cancels_a_planted_letter_preference():
+    from wdprobe.methods.lens import order_averaged
+
+    rng = np.random.default_rng(0)
+    content = rng.normal(size=(5, 4))  # 5 (item, form) keys x 4 layers
+    letter = rng.normal(size=(1, 4)) * 3  # a strong per-layer preference for letter B over A
+    keys, rows = [], []
+    for k in range(5):
+        for sign in (1, -1):  # order 01 puts option 1 under B (+letter), order 10 under A (-letter)
+            keys.append(("it", k))
+            rows.append(content[k] + sign * letter[0])
+    got_keys, mean = order_averaged(np.array(rows), keys)
+    assert got_keys == [("it", k) for k in range(5)]
+    np.testing.assert_allclose(mean, content)

@@ -5,7 +5,7 @@ import pytest
 from planted import planted_capture
 
 from wdprobe.errors import InputError
-from wdprobe.stages.content_probes import content_figure, content_tests
+from wdprobe.stages.content_probes import content_figure, content_frame, content_tests
 
 
 def test_decide_bind_and_inconsistency_are_found_at_their_planted_layers():
@@ -15,7 +15,9 @@ def test_decide_bind_and_inconsistency_are_found_at_their_planted_layers():
     assert tests["transfer_word_deed"].significant  # one stance axis in both forms
     assert tests["inconsistency"].metric == "auroc" and tests["inconsistency"].first_significant() == 3
     assert tests["correct_word"].n_groups == 60  # graded items only
-    fig = content_figure(tests, "planted")
+    frame = content_frame(tests, "last")
+    assert set(frame["analysis"]) == set(tests) and len(frame) == 5 * len(tests)
+    fig = content_figure(frame, "planted")
     assert len(fig.layout.annotations) == 4  # decide vs bind, transfer, correctness, inconsistency
 
 

@@ -117,3 +117,17 @@ def test_the_cot_setting_refuses_letter_free_measurement(tmp_path, wdct_csv, tin
         score_wdct(tmp_path / "r", data=wdct_csv, lm=tiny_lm, setting="cot", orders="cyclic", progress=False)
     with pytest.raises(InputError, match="unknown orders"):
         score_wdct(tmp_path / "r", data=wdct_csv, lm=tiny_lm, orders="some", progress=False)
+
+
+def test_finished_runs_read_back_as_frames_in_one_call(planted_run, tmp_path):
+    from wdprobe import load_items, load_prompts
+    from wdprobe.errors import StageNotFinishedError
+
+    res = planted_run("first")
+    items, prompts = load_items(res.run_dir), load_prompts(res.run_dir)
+    assert list(items["id"]) == [r["id"] for r in res.rows] and "content_consistent" in items
+    assert len(prompts) == len(res.prompt_rows) and set(prompts["format"]) == {"letter", "cloze"}
+    assert (prompts.groupby(["id", "form", "format"]).size() >= 1).all()
+    (res.run_dir / "prompts.csv").unlink()
+    with pytest.raises(StageNotFinishedError, match="no prompts.csv"):
+        load_prompts(res.run_dir)
