@@ -292,6 +292,8 @@ def pct_config(args: argparse.Namespace):
         saved = dict(RunDir(out).stage_entry("pct").get("config", {}))
     names = {f.name for f in fields(PCTConfig)}
     values = {k: v for k, v in saved.items() if k in names}
+    if saved and "orders" not in saved:  # made before cyclic orders existed: one shuffled order
+        values["orders"] = "shown"
     values["out"] = out
     for name in names:
         flag = getattr(args, name, None)
@@ -346,6 +348,9 @@ def _add_pct_parser(sub) -> None:
         p.add_argument("--closed-instructions", default=None, help="closed-form instruction indices (default 0,5; 'all' = 10)")
         p.add_argument("--open-instructions", default=None, help="open-domain instruction indices (default 0; 'all' = 10)")
         p.add_argument("--seed", type=int, default=None, help="closed-form option-order shuffling")
+        p.add_argument("--orders", default=None, choices=["shown", "cyclic"],
+                       help="closed form: the one shuffled order only, or also every cyclic order of the four answers "
+                            "(order-free positions; the default for new runs)")
         p.add_argument("--order-by", default=None, choices=["item", "prompt"],
                        help="option order shared by all personas of a proposition and instruction (item, default) "
                             "or drawn per prompt (prompt, as LLM Tropes)")

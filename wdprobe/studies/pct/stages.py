@@ -19,13 +19,14 @@ import numpy as np
 
 from wdprobe.core.cache import atomic_write_bytes, atomic_write_json
 from wdprobe.core.generation import generate_texts
-from wdprobe.core.option_scoring import n_sequences, option_logprobs, softmax_rows
+from wdprobe.core.option_scoring import n_sequences, option_logprobs
 from wdprobe.data.pct import (
     ANSWERS,
     PCTPrompt,
     build_prompts,
     finish_prompt,
     load_pct,
+    prompt_text,
     resolve_pct_dir,
 )
 from wdprobe.errors import InputError, StageNotFinishedError
@@ -34,6 +35,7 @@ from wdprobe.methods.probes import accuracy, fit_probe, item_folds, probe_layers
 from wdprobe.runs.rundir import RunDir, read_csv
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import require_done, save_in_parts, saved_ids, work_left
+from wdprobe.scoring.content import cyclic_orders
 from wdprobe.studies.pct.compass import (
     load_weights,
     persona_positions,
@@ -65,6 +67,7 @@ class PCTConfig:
     open_instructions: str = "0"
     seed: int = 0
     order_by: str = "item"  # closed-form option order shared by personas ("item") or drawn per prompt ("prompt")
+    orders: str = "cyclic"  # closed form asked in the shown order only, or in every cyclic order of the answers too
     chat: str = "auto"
     max_new_tokens: int = 40
     batch_size: int = 16
@@ -79,7 +82,7 @@ class PCTConfig:
 
     def selection(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("propositions", "personas", "closed_instructions", "open_instructions", "seed",
-                                              "order_by")}
+                                              "order_by", "orders")}
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -115,11 +118,25 @@ def write_prompts(run: RunDir, cfg: PCTConfig, tokenizer=None, use_chat: bool = 
                                              closed_instructions=cfg.closed_instructions,
                                              open_instructions=cfg.open_instructions, seed=cfg.seed,
                                              order_by=cfg.order_by)
+    if cfg.orders not in ("shown", "cyclic"):
+        raise InputError(f"PCT orders must be 'shown' or 'cyclic', not {cfg.orders!r}")
     rows = [{"id": p.id, "pair_id": p.pair_id, "form": p.form, "proposition": p.proposition,
              "section": material.sections[p.proposition], "persona": p.persona, "instruction": p.instruction,
              "order": "".join(map(str, p.order)), "statement": material.propositions[p.proposition],
              "prompt": finish_prompt(p.text, p.form, tokenizer, use_chat)} for p in prompts]
     run.write_table("prompts.csv", rows, list(rows[0]))
+    if cfg.orders == "cyclic":  # the same closed prompt with the answers listed in every cyclic order
+        persona = {q.key: q for q in material.personas}
+        variants = []
+        for p in prompts:
+            if p.form != "closed":
+                continue
+            cyclic = cyclic_orders(len(ANSWERS))
+            for order in cyclic + ([p.order] if p.order not in cyclic else []):  # the shown order is always asked
+                text = prompt_text(material, p.proposition, persona[p.persona], "closed", p.instruction, order)
+                variants.append({"id": p.id, "order": "".join(map(str, order)), "shown": int(order == p.order),
+                                 "prompt": finish_prompt(text, "closed", tokenizer, use_chat)})
+        run.write_table("closed_orders.csv", variants, ["id", "order", "shown", "prompt"])
     return rows
 
 
@@ -133,7 +150,9 @@ def _bar(total: int, desc: str, progress: bool):
 
 SHARDABLE = ("closed", "open", "judge", "capture")
 CLOSED_COLUMNS = ["id", "pair_id", "proposition", "section", "persona", "instruction", "order"] + \
-    [f"lp_{k}" for k in range(4)] + [f"p_{k}" for k in range(4)] + ["choice", "answer", "p_agree"]
+    [f"lp_{k}" for k in range(4)] + [f"p_{k}" for k in range(4)] + ["choice", "answer", "p_agree", "shown_choice",
+                                                                    "shown_p_agree", "n_orders", "order_sensitive",
+                                                                    "by_order"]
 OPEN_COLUMNS = ["id", "pair_id", "proposition", "section", "persona", "instruction", "text", "raw"]
 
 
@@ -151,27 +170,39 @@ def _shard_work(run: RunDir, stage: str, shard) -> tuple[RunDir, Any]:
 def pct_closed(run: RunDir, lm, *, use_chat: bool = False, batch_size: int = 16, chunk: int = 256,
                progress: bool = True, shard: str | None = None) -> Path:
     """Closed form: log-likelihood of each answer text, in canonical order; choice and distribution.
+
+    When the run lists the answers in every cyclic order too (``closed_orders.csv``, ``orders="cyclic"``), each
+    prompt is scored in each of them and its row holds the *content* reading: per answer, the mean over orders of
+    its normalised log-likelihood, renormalised (a preference for the first-listed answer cancels); ``shown_*``
+    keep the reading of the one shuffled order, ``order_sensitive`` whether the choice moves with the order, and
+    ``closed_orders.csv`` every order's log-likelihoods.
     ``shard`` (``"i/n"``): only the prompts of that shard (split by prompt id), into ``RUN/shards/closed/``."""
 
     prompts = [r for r in prompt_table(run) if r["form"] == "closed"]
+    variants: dict[str, list[dict[str, str]]] = {}
+    if (run.path / "closed_orders.csv").is_file():
+        for v in read_csv(run.path / "closed_orders.csv"):
+            variants.setdefault(v["id"], []).append(v)
     work, piece = _shard_work(run, "closed", shard)
     done = saved_ids(work, "closed")
     todo = work_left(prompts, done, key=lambda r: r["id"], shard=piece)
     prefix = "" if use_chat else " "
+    per_prompt = {r["id"]: len(variants.get(r["id"], [])) or 1 for r in prompts}
     per = n_sequences(lm.tokenizer, ANSWERS, prefix)
-    bar = _bar(len(todo) * per, "closed-form answers (sequences)", progress)
+    bar = _bar(sum(per_prompt[r["id"]] for r in todo) * per, "closed-form answers (sequences)", progress)
     cols = CLOSED_COLUMNS
 
     def score(part: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
-        lp = option_logprobs(lm, [r["prompt"] for r in part], ANSWERS, prefix=prefix, batch_size=batch_size,
-                             on_batch=bar.update)
-        probs = softmax_rows(lp)
+        texts, owner = [], []
+        for i, r in enumerate(part):
+            for v in variants.get(r["id"], [{"order": r["order"], "prompt": r["prompt"]}]):
+                texts.append(v["prompt"])
+                owner.append((i, v["order"]))
+        lp = option_logprobs(lm, texts, ANSWERS, prefix=prefix, batch_size=batch_size, on_batch=bar.update)
         rows = []
-        for r, l, p in zip(part, lp, probs):
-            c = int(np.argmax(l))
-            rows.append({**{k: r[k] for k in cols[:7]}, **{f"lp_{k}": round(float(l[k]), 4) for k in range(4)},
-                         **{f"p_{k}": round(float(p[k]), 4) for k in range(4)},
-                         "choice": c, "answer": ANSWERS[c], "p_agree": round(float(p[2] + p[3]), 4)})
+        for i, r in enumerate(part):
+            mine = {order: lp[j] for j, (k, order) in enumerate(owner) if k == i}
+            rows.append(closed_row(r, mine))
         return rows
 
     save_in_parts(work, "closed", todo, chunk_size=chunk, columns=cols, compute=score)
@@ -180,7 +211,40 @@ def pct_closed(run: RunDir, lm, *, use_chat: bool = False, batch_size: int = 16,
         work.mark_done("closed", n_prompts=len(done) + len(todo))
         return work.path
     rows = _ordered(run.read_parts("closed"), prompts)
+    if variants:
+        run.write_table("closed_by_order.csv", [
+            {"id": r["id"], "order": order, "shown": int(order == r["order"]), **{f"lp_{k}": v[k] for k in range(4)}}
+            for r in rows for order, v in json.loads(r["by_order"]).items()], ["id", "order", "shown"] +
+            [f"lp_{k}" for k in range(4)])
     return run.write_table("closed.csv", rows, cols)
+
+
+def closed_row(prompt: dict[str, str], by_order: dict[str, np.ndarray]) -> dict[str, Any]:
+    """One closed prompt's row from its answers' log-likelihoods in each order it was asked in (canonical answer
+    order, one array per order string): the content reading over the cyclic orders when there are several, else
+    the one order's."""
+    def norm(x: np.ndarray) -> np.ndarray:
+        return x - np.logaddexp.reduce(x)
+
+    shown = by_order.get(prompt["order"])
+    cyclic = ["".join(map(str, o)) for o in cyclic_orders(len(ANSWERS))]
+    content_orders = [o for o in cyclic if o in by_order]
+    if len(by_order) > 1 and content_orders:
+        lp = norm(np.mean([norm(by_order[o]) for o in content_orders], axis=0))
+    else:
+        lp = np.asarray(shown if shown is not None else next(iter(by_order.values())), dtype=np.float64)
+    p = np.exp(norm(lp))
+    c = int(np.argmax(lp))
+    row = {**{k: prompt[k] for k in CLOSED_COLUMNS[:7]}, **{f"lp_{k}": round(float(lp[k]), 4) for k in range(4)},
+           **{f"p_{k}": round(float(p[k]), 4) for k in range(4)},
+           "choice": c, "answer": ANSWERS[c], "p_agree": round(float(p[2] + p[3]), 4)}
+    ref = np.asarray(shown if shown is not None else lp)
+    ps = np.exp(norm(ref))
+    row.update({"shown_choice": int(np.argmax(ref)), "shown_p_agree": round(float(ps[2] + ps[3]), 4),
+                "n_orders": len(by_order),
+                "order_sensitive": int(len({int(np.argmax(v)) for v in by_order.values()}) > 1),
+                "by_order": json.dumps({o: [round(float(x), 4) for x in v] for o, v in by_order.items()})})
+    return row
 
 
 def _ordered(rows: list[dict[str, str]], prompts: list[dict[str, str]]) -> list[dict[str, str]]:

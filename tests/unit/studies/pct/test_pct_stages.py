@@ -220,3 +220,40 @@ def test_sharded_closed_and_open_merge_to_the_unsharded_tables(tmp_path, pct_dir
     with pytest.raises(MergeError, match="nothing to merge"):
         merge_run(tmp_path / "whole")
 
+
+
+def test_cyclic_orders_recover_a_planted_content_preference_under_a_first_listed_habit(tmp_path, pct_dir, pct_lm,
+                                                                                     monkeypatch):
+    """A model that mostly picks whatever answer is listed first, on top of a planted preference for "Agree":
+    the shown reading follows the listing, the cyclic (content) reading finds "Agree" on every prompt."""
+    import itertools
+
+    from wdprobe.data.pct import ANSWERS
+    from wdprobe.pipeline.pct import run_pct
+    from wdprobe.runs.rundir import read_csv
+    from wdprobe.studies.pct import stages as pct_stages
+
+    listings = {", ".join(ANSWERS[c] for c in order): order for order in itertools.permutations(range(4))}
+    content = np.log([0.1, 0.2, 0.5, 0.2])  # canonical: strongly disagree, disagree, agree, strongly agree
+
+    def planted(lm, prompts, options, **kw):
+        out = []
+        for text in prompts:
+            order = next(o for listing, o in listings.items() if listing in text)
+            lp = content.copy()
+            lp[order[0]] += 3.0  # the first-listed answer wins by position
+            out.append(lp)
+        if kw.get("on_batch"):
+            kw["on_batch"](len(prompts))
+        return np.array(out)
+
+    monkeypatch.setattr(pct_stages, "option_logprobs", planted)
+    quiet = dict(progress=False, log=lambda m: None)
+    cyclic = run_pct(_cfg(tmp_path / "c", pct_dir, None), lm=pct_lm, stages=["closed"], **quiet)
+    rows = read_csv(cyclic.path / "closed.csv")
+    assert all(int(r["choice"]) == 2 for r in rows)  # content: "Agree" everywhere
+    assert all(int(r["shown_choice"]) == int(r["order"][0]) for r in rows)  # shown: the first listed
+    assert all(int(r["n_orders"]) >= 4 for r in rows)
+    shown = run_pct(_cfg(tmp_path / "s", pct_dir, None, orders="shown"), lm=pct_lm, stages=["closed"], **quiet)
+    srows = read_csv(shown.path / "closed.csv")
+    assert all(int(r["choice"]) == int(r["order"][0]) and int(r["n_orders"]) == 1 for r in srows)
