@@ -31,7 +31,7 @@ from wdprobe.reports.compare import compare_runs
 from wdprobe.reports.localisation import write_localisation_report
 from wdprobe.reports.scores import write_score_report
 from wdprobe.runs.rundir import RunDir
-from wdprobe.scoring.orders import FORMATS, ORDERS
+from wdprobe.scoring.orders import FORMATS, ORDERS, readings_lines
 from wdprobe.scoring.upstream import upstream_metrics
 from wdprobe.stages.capture import capture_wdct
 from wdprobe.stages.lens import run_lens
@@ -77,7 +77,10 @@ def _print_metrics(m: dict) -> None:
           f"PCS micro {m['pcs_micro']:.3f}  PCS macro {m['pcs_macro']:.3f}")
     for d, v in m["per_domain"].items():
         print(f"  {d:8s} n={v['n']:4d}  CS {v['cs']:.3f}  PCS {v['pcs']:.3f}")
-    print(f"letter mass: word {m['word_letter_mass_mean']:.3f}, deed {m['deed_letter_mass_mean']:.3f}")
+    if "word_letter_mass_mean" in m:
+        print(f"letter mass: word {m['word_letter_mass_mean']:.3f}, deed {m['deed_letter_mass_mean']:.3f}")
+    if len(m.get("readings", {})) > 1:
+        print("\n".join(readings_lines(m["readings"])))
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -90,7 +93,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.shard:
         print(f"shard {args.shard} in {res.run_dir}; when every shard is done: wdprobe merge {args.out}")
         return 0
-    print(f"results in {res.run_dir} (items.csv, metrics.json, manifest.json)")
+    print(f"results in {res.run_dir} (items.csv, prompts.csv, metrics.json, manifest.json)")
     return 0
 
 

@@ -235,10 +235,19 @@ def pct_findings(n: dict[str, Any]) -> list[tuple[str, str]]:
     pb = (cs or {}).get("position_bias")
     if pb:
         share = pb["chosen_listed_position_share"]
-        out.append(("Position bias.", f"The chosen answer is the first option listed in {share[0]:.0%} of closed prompts "
-                    f"(second {share[1]:.0%}, third {share[2]:.0%}, fourth {share[3]:.0%}); its side matches the "
-                    f"first-listed option's side {pb['same_side_as_first_listed']:.0%} of the time. Options are "
-                    f"ordered {_order_words(n['manifest'])}."))
+        if "shown_order" in pb:
+            shown = pb["shown_order"]["chosen_listed_position_share"]
+            out.append(("Position bias.", f"Read in the one shuffled order, the chosen answer is the first option listed "
+                        f"in {shown[0]:.0%} of closed prompts; averaged over the four cyclic orders of the answers "
+                        f"(every answer listed first once) it is the shuffled order's first option in {share[0]:.0%} "
+                        f"(second {share[1]:.0%}, third {share[2]:.0%}, fourth {share[3]:.0%}), and the answer changes "
+                        f"with the order in {pb['order_sensitive']:.0%} of prompts. Positions and shifts below are "
+                        "read from the order-averaged answers."))
+        else:
+            out.append(("Position bias.", f"The chosen answer is the first option listed in {share[0]:.0%} of closed "
+                        f"prompts (second {share[1]:.0%}, third {share[2]:.0%}, fourth {share[3]:.0%}); its side matches "
+                        f"the first-listed option's side {pb['same_side_as_first_listed']:.0%} of the time. Options are "
+                        f"ordered {_order_words(n['manifest'])}."))
     if sh is not None and len(sh):
         c = sh[sh.form == "closed"]
         sig = c[(c.q_econ < ALPHA) | (c.q_social < ALPHA)]

@@ -428,12 +428,21 @@ def pct_compass(run: RunDir, weights_path: str | Path, *, n_perm: int = 10000, s
 def position_bias(closed: Sequence[dict]) -> dict[str, Any]:
     """Where in the listed order the chosen answer sits: a model reading the options picks by content,
     a position-biased one picks the first (or last) listed whatever it says."""
-    pos = [r["order"].index(str(r["choice"])) for r in closed]
-    share = np.bincount(pos, minlength=4) / max(len(pos), 1)
-    first_side = [int(r["order"][0]) >= 2 for r in closed]
-    side = [int(r["choice"]) >= 2 for r in closed]
-    return {"chosen_listed_position_share": [round(float(x), 4) for x in share],
-            "same_side_as_first_listed": round(float(np.mean([a == b for a, b in zip(side, first_side)])), 4)}
+    def shares(key: str) -> tuple[np.ndarray, float]:
+        pos = [r["order"].index(str(r[key])) for r in closed]
+        first_side = [int(r["order"][0]) >= 2 for r in closed]
+        side = [int(r[key]) >= 2 for r in closed]
+        return np.bincount(pos, minlength=4) / max(len(pos), 1), float(np.mean([a == b for a, b in zip(side, first_side)]))
+
+    share, same = shares("choice")
+    out: dict[str, Any] = {"chosen_listed_position_share": [round(float(x), 4) for x in share],
+                           "same_side_as_first_listed": round(same, 4)}
+    if closed and int(closed[0].get("n_orders") or 1) > 1:  # content reading: also the shown order's, for comparison
+        share, same = shares("shown_choice")
+        out["shown_order"] = {"chosen_listed_position_share": [round(float(x), 4) for x in share],
+                              "same_side_as_first_listed": round(same, 4)}
+        out["order_sensitive"] = round(float(np.mean([int(r["order_sensitive"]) for r in closed])), 4)
+    return out
 
 
 def instruction_noise(closed: Sequence[dict]) -> dict[str, Any] | None:
