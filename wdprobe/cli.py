@@ -392,7 +392,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     cfg = AlignConfig(form=args.form, method=args.method, sft_epochs=args.sft_epochs, dpo_epochs=args.dpo_epochs,
                       n_items=_item_limit(args.items), held_out=args.held_out, seed=args.seed, orders=args.orders,
                       paraphrases=args.paraphrases, paraphrase_table=args.paraphrase_table,
-                      domains=tuple(args.domain) if args.domain else None, batch_size=args.eval_batch_size)
+                      domains=tuple(args.domain) if args.domain else None, batch_size=args.eval_batch_size,
+                      eval_orders=args.eval_orders)
     train = TrainSettings(tuning=args.tuning, rank=args.rank, lora_alpha=args.lora_alpha, lr=args.lr,
                           batch_size=args.batch_size, beta=args.beta, seed=args.seed)
     max_memory = json.loads(args.max_memory) if args.max_memory else None
@@ -437,6 +438,9 @@ def _add_align_parsers(sub) -> None:
     p.add_argument("--domain", action="append", choices=list(DOMAINS), default=None)
     p.add_argument("--orders", default="both", choices=["both", "shown"],
                    help="train each prompt in both option orders (targets not tied to a letter) or only as shown")
+    p.add_argument("--eval-orders", default="cyclic", choices=["cyclic", "shown"],
+                   help="evaluate every epoch in both option orders too, so change rates are also read on content "
+                        "choices (change_rates_content.csv), or in the shown order only")
     p.add_argument("--paraphrases", type=int, default=1, help="rule-based rewordings per trained word item (--form paraphrase)")
     p.add_argument("--paraphrase-table", default=None, help="CSV id,word_stem of your own paraphrases instead of the rules")
     p.add_argument("--tuning", default="lora", choices=["lora", "full"])

@@ -341,6 +341,8 @@ def test_cli_align_and_report(align_model, tmp_path, capsys):
     readme = (tmp_path / "report" / "README.md").read_text()
     assert "trained on deeds" in readme and "| 6 |" in readme  # 6 trained and 6 held-out items
     assert (tmp_path / "report" / "tables" / "run" / "change_rates.csv").is_file()
+    # evaluated in both orders (the default): the rates are also read on content choices
+    assert (run / "change_rates_content.csv").is_file() and "Read on content choices" in readme
     # two runs of the same form keep their own tables (keyed by run directory, never by form)
     import shutil
 
@@ -351,3 +353,38 @@ def test_cli_align_and_report(align_model, tmp_path, capsys):
     # bad input names the culprit
     assert main(args[:-1] + ["--held-out", "1.5"]) == 2
     assert "held_out must be a fraction" in capsys.readouterr().err
+
+
+def test_a_new_letter_habit_is_not_a_content_change():
+    """Before: no letter preference, content prefers option 0 in both forms. After 'training': every answer is
+    letter A whatever the options (a letter habit). The shown reading calls half the items changed; the content
+    reading (both orders) sees no change at all."""
+    from wdprobe.data.wdct import Item
+    from wdprobe.scoring.orders import item_columns, letter_prompt_row
+    from wdprobe.studies.align.stages import content_change_rates
+
+    def rows(prior):
+        out = []
+        for k in range(8):
+            item = Item(f"i{k}", "Opinion", "Q?", ("a", "b"), "Act?", ("x", "y"))
+            shown = (k % 2, 1 - k % 2)
+            p = _pres(f"i{k}", shown, shown)
+            prompt_rows = []
+            for order in (shown, shown[::-1]):
+                for form in ("word", "deed"):
+                    lp = np.log([prior[j] * (0.6 if c == 0 else 0.4) for j, c in enumerate(order)])
+                    prompt_rows.append(letter_prompt_row(item, form, order, order == shown, True, lp))
+            lp_shown = np.log([prior[j] * (0.6 if c == 0 else 0.4) for j, c in enumerate(shown)])
+            row = item_row(p, lp_shown, lp_shown)
+            row.update(item_columns(item, prompt_rows))
+            out.append(row)
+        return out
+
+    before, after = rows([0.5, 0.5]), rows([0.95, 0.05])
+    split = {r["id"]: {"set": "train"} for r in before}
+    targets = {r["id"]: 1 for r in before}  # train towards option 1
+    assert change_rates(before, after, targets, "word").other_changed == 0.5  # shown: the letter moved deeds
+    content = content_change_rates({0: (before, None), 1: (after, None)}, split, targets, "word")
+    last = [r for r in content if r["epoch"] == 1 and r["set"] == "train"][0]
+    assert last["direct"] == 0.0 and last["other_changed"] == 0.0 and last["indirect"] == 0.0
+    assert content_change_rates({0: ([{"id": "i0", "word_content_choice": ""}], None)}, split, targets, "word") == []

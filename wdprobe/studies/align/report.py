@@ -40,6 +40,8 @@ class AlignedRun:
         self.manifest = json.loads((self.path / "manifest.json").read_text())
         self.config = self.manifest["stages"]["align"]["config"]
         self.rates = pd.read_csv(self.path / "change_rates.csv")
+        content = self.path / "change_rates_content.csv"
+        self.content_rates = pd.read_csv(content) if content.is_file() else None
         self.movement = pd.read_csv(self.path / "inside_movement.csv")
         self.drift = pd.read_csv(self.path / "inside_drift.csv")
         ic = self.path / "inside_ic.csv"
@@ -248,6 +250,24 @@ def rate_rows(runs: Sequence[AlignedRun]) -> list[list[str]]:
 
 RATE_HEADER = ["run", "items", "n", "direct", "indirect", "other moved off target", "following (indirect − off)",
                "CS start → end", "PCS start → end"]
+CONTENT_RATE_HEADER = ["run", "items", "n", "direct", "indirect", "other moved off target", "following (indirect − off)",
+                       "content CS start → end"]
+
+
+def content_rate_rows(runs: Sequence[AlignedRun]) -> list[list[str]]:
+    """The same rates read on content choices (each question asked in both orders), for runs evaluated that way."""
+    rows = []
+    for run in runs:
+        r = run.content_rates
+        if r is None or not len(r):
+            continue
+        last = r["epoch"].max()
+        for s in ("train", "held_out"):
+            start = r[(r["epoch"] == 0) & (r["set"] == s)].iloc[0]
+            end = r[(r["epoch"] == last) & (r["set"] == s)].iloc[0]
+            rows.append([run.title, SET_NAMES[s], str(int(end["n"])), _f(end["direct"]), _f(end["indirect"]),
+                         _f(end["indirect_away"]), _f(end["following"]), f"{_f(start['cs'])} → {_f(end['cs'])}"])
+    return rows
 
 
 def _peak(values: Sequence[float]) -> tuple[int, float]:
@@ -337,7 +357,7 @@ def write_alignment_report(run_dirs: Sequence[str | Path], out: str | Path, note
     for run in runs:
         dest = out / "tables" / safe_name(run.path.name)  # keyed by run: two runs of one form never overwrite
         dest.mkdir(exist_ok=True)
-        for name in ("change_rates.csv", "inside_movement.csv", "inside_drift.csv", "inside_ic.csv", "summary.json",
+        for name in ("change_rates.csv", "change_rates_content.csv", "inside_movement.csv", "inside_drift.csv", "inside_ic.csv", "summary.json",
                      "split.csv", "manifest.json"):
             if (run.path / name).is_file():
                 shutil.copyfile(run.path / name, dest / name)
@@ -365,6 +385,8 @@ def write_alignment_report(run_dirs: Sequence[str | Path], out: str | Path, note
             "items after every epoch. Rates are in canonical option space.</p>",
             "<h2>Settings</h2>" + _html_table(SETTINGS_HEADER, settings_rows(runs)),
             "<h2>Change rates after the last epoch</h2>" + _html_table(RATE_HEADER, rate_rows(runs)),
+            *(["<h3>Read on content choices (each question in both orders: a new letter habit moves nothing)</h3>"
+               + _html_table(CONTENT_RATE_HEADER, content_rate_rows(runs))] if content_rate_rows(runs) else []),
             "<h2>Findings</h2><ul>" + "".join(f"<li>{inline_markdown(f)}</li>" for f in found) + "</ul>"]
     if notes and notes.strip():
         page.append("<h2>Reading</h2>" + "".join(f"<p>{inline_markdown(p.strip())}</p>" for p in notes.split("\n\n")
@@ -388,7 +410,9 @@ def write_alignment_report(run_dirs: Sequence[str | Path], out: str | Path, note
           "change of a non-target answer is a move to the target, so answers that change for reasons unrelated to "
           "the trained stance raise both rates alike; *following* = indirect − moved off.", "",
           "## Settings", ""] + _md_table(SETTINGS_HEADER, settings_rows(runs)) + [
-          "", "## Change rates after the last epoch", ""] + _md_table(RATE_HEADER, rate_rows(runs)) + [
+          "", "## Change rates after the last epoch", ""] + _md_table(RATE_HEADER, rate_rows(runs)) + (
+          ["", "### Read on content choices (each question in both orders: a new letter habit moves nothing)", ""]
+          + _md_table(CONTENT_RATE_HEADER, content_rate_rows(runs)) if content_rate_rows(runs) else []) + [
           "", "## Findings", ""] + [f"- {f}" for f in found]
     if notes and notes.strip():
         md += ["", "## Reading", "", notes.strip()]

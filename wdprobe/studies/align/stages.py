@@ -36,7 +36,8 @@ from wdprobe.data.wdct import (
 from wdprobe.errors import AlignmentDataError, InputError
 from wdprobe.methods.capture import last_token_readout
 from wdprobe.runs.rundir import RunDir, Timer, read_csv, rows_to_csv
-from wdprobe.scoring.letters import build_prompts, item_row, resolve_letter_tokens
+from wdprobe.scoring.letters import build_prompts, item_row, next_token_logprobs, resolve_letter_tokens
+from wdprobe.scoring.orders import item_columns, letter_prompt_row
 from wdprobe.stages.score import ITEM_COLUMNS
 from wdprobe.studies.align.finetune import (
     Example,
@@ -71,6 +72,7 @@ class AlignConfig:
     held_out: float = 0.5  # share of the sample never trained on
     seed: int = 0  # option shuffling, sample, split, example order
     orders: str = "both"  # both: each trained prompt in both option orders; shown: only the seeded order (paper)
+    eval_orders: str = "cyclic"  # evaluate in both orders too, so change rates can be read on content choices
     paraphrases: int = 2  # reworded word stems per trained item (form=paraphrase)
     paraphrase_table: str | None = None  # CSV id,word_stem of user paraphrases instead of the rules
     domains: tuple[str, ...] | None = None
@@ -81,6 +83,8 @@ class AlignConfig:
         phases(self.method, self.sft_epochs, self.dpo_epochs)
         if self.orders not in ("both", "shown"):
             raise InputError(f"orders must be 'both' or 'shown', not {self.orders!r}")
+        if self.eval_orders not in ("cyclic", "shown"):
+            raise InputError(f"eval_orders must be 'cyclic' or 'shown', not {self.eval_orders!r}")
         if not 0.0 < self.held_out < 1.0:
             raise InputError(f"held_out must be a fraction strictly between 0 and 1, not {self.held_out!r}")
 
@@ -133,9 +137,11 @@ def build_examples(pres: Sequence[Presentation], targets: dict[str, int], forms:
 # ---- evaluation ---------------------------------------------------------------------------------
 
 def evaluate(lm, pres: Sequence[Presentation], letter_ids: Sequence[int], *, use_chat: bool, batch_size: int = 16,
-             progress: bool = False, desc: str = "evaluate") -> tuple[list[dict], dict[str, np.ndarray]]:
+             progress: bool = False, desc: str = "evaluate", orders: str = "shown") -> tuple[list[dict], dict[str, np.ndarray]]:
     """Answers (canonical item rows, as WDCT scoring writes them) and last-token residuals of every layer,
-    for the word and deed prompts of ``pres``, in one bridge pass per batch."""
+    for the word and deed prompts of ``pres``, in one bridge pass per batch. With ``orders="cyclic"`` each
+    question is also asked with its two options swapped (letters only), and the rows carry the content reading
+    (``word_content_choice`` ...), so a change of letter habit is not read as a change of stance."""
     from tqdm.auto import tqdm
 
     prompts = build_prompts(pres, setting="normal", tokenizer=lm.tokenizer, use_chat=use_chat)
@@ -145,6 +151,14 @@ def evaluate(lm, pres: Sequence[Presentation], letter_ids: Sequence[int], *, use
                                    on_batch=bar.update)
     bar.close()
     rows = [item_row(p, lp[i], lp[n + i]) for i, p in enumerate(pres)]
+    if orders == "cyclic":
+        swapped = [Presentation(p.item, tuple(reversed(p.word_order)), tuple(reversed(p.deed_order))) for p in pres]
+        other = build_prompts(swapped, setting="normal", tokenizer=lm.tokenizer, use_chat=use_chat)
+        lp2 = next_token_logprobs(lm, other["word"] + other["deed"], letter_ids, batch_size=batch_size)
+        for i, (p, q) in enumerate(zip(pres, swapped)):
+            prompt_rows = [letter_prompt_row(p.item, f, v.order(f), v is p, True, scores[k + i])
+                           for v, scores in ((p, lp), (q, lp2)) for f, k in (("word", 0), ("deed", n))]
+            rows[i].update(item_columns(p.item, prompt_rows))
     return rows, {"word": resid[:n], "deed": resid[n:]}
 
 
@@ -237,7 +251,7 @@ def run_align(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path 
     def evaluate_now(epoch: int) -> None:
         with timer("evaluate"), tuner.applied():
             rows, resid = evaluate(lm, pres, letter_ids, use_chat=use_chat, batch_size=config.batch_size,
-                                   progress=progress, desc=f"evaluate epoch {epoch}")
+                                   progress=progress, desc=f"evaluate epoch {epoch}", orders=config.eval_orders)
         save_epoch(run.path, epoch, rows, resid, {"epoch": epoch})
 
     done_eval = set(evaluated_epochs(run.path))
@@ -338,6 +352,40 @@ def _typed_rows(rows: Sequence[dict]) -> list[dict]:
     return out
 
 
+CONTENT_RATE_COLUMNS = ["epoch", "set", "n", "direct", "indirect", "indirect_away", "following", "other_changed",
+                        "n_indirect", "n_away", "cs"]
+
+
+def content_change_rates(loaded: dict[int, tuple[list[dict], Any]], split: dict[str, dict], targets: dict[str, int],
+                         trained: str) -> list[dict]:
+    """Change rates read on content choices (order-averaged over both orders), per epoch and item set: a model
+    that learned to say one letter whatever the options moves no content choice. Empty when the epochs were
+    evaluated in the shown order only."""
+    def content_rows(rows: Sequence[dict]) -> list[dict] | None:
+        if not rows or str(rows[0].get("word_content_choice", "")) == "":
+            return None
+        return [{"id": r["id"], "word_choice": int(float(r["word_content_choice"])),
+                 "deed_choice": int(float(r["deed_content_choice"])),
+                 "consistent": int(float(r["content_consistent"]))} for r in rows]
+
+    start = content_rows(loaded[0][0]) if 0 in loaded else None
+    if start is None:
+        return []
+    out = []
+    for e in sorted(loaded):
+        rows = content_rows(loaded[e][0])
+        if rows is None:
+            return []
+        for set_name in ("train", "held_out", "all"):
+            keep = {i for i, r in split.items() if set_name == "all" or r["set"] == set_name}
+            b = [r for r in start if r["id"] in keep]
+            a = [r for r in rows if r["id"] in keep]
+            cr = change_rates(b, a, targets, trained).to_row()
+            out.append({"epoch": e, "set": set_name, **{k: cr[k] for k in CONTENT_RATE_COLUMNS if k in cr},
+                        "cs": float(np.mean([r["consistent"] for r in a]))})
+    return out
+
+
 def analyse(run_dir: str | Path) -> list[dict]:
     """Change rates, CS/PCS and the inside view for every evaluated epoch; writes the tables and summary."""
     run = RunDir(run_dir)
@@ -366,6 +414,9 @@ def analyse(run_dir: str | Path) -> list[dict]:
                           "word_letter_a": float(np.mean([r["word_letter"] == "A" for r in a])),
                           "deed_letter_a": float(np.mean([r["deed_letter"] == "A" for r in a]))})
     run.write_table("change_rates.csv", rates, RATE_COLUMNS)
+    content = content_change_rates(loaded, split, targets, trained)
+    if content:
+        run.write_table("change_rates_content.csv", content, CONTENT_RATE_COLUMNS)
 
     tables = inside_tables(loaded, {i: r["set"] for i, r in split.items()}, targets)
     for name, rows_ in tables.items():
