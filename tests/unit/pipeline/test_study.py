@@ -59,29 +59,53 @@ def test_flags_override_the_file():
 
 # ---- findings wording follows the numbers ------------------------------------------------------------
 
-def _metrics(cs, base, pcs=0.96):
-    return {"metrics": {"n_items": 100, "cs_micro": cs, "cs_macro": cs, "pcs_micro": pcs, "cs_letter_copy_baseline": base,
-                        "word_letter_mass_mean": 0.5, "deed_letter_mass_mean": 0.5}}
+def _metrics(cs, agree_per_item):
+    """Metrics with a shown reading whose chance test comes from per-item agreement (planted)."""
+    import numpy as np
+
+    from wdprobe.scoring.stats import chance_agreement_test
+
+    word = np.arange(len(agree_per_item)) % 2
+    deed = np.where(np.asarray(agree_per_item) == 1, word, 1 - word)
+    test = chance_agreement_test(word, deed, n_perm=500).to_json()
+    iv = {"value": cs, "low": cs - 0.05, "high": cs + 0.05, "n": len(word)}
+    return {"metrics": {"n_items": len(word), "cs_micro": cs, "cs_macro": cs, "pcs_micro": 0.96,
+                        "word_letter_mass_mean": 0.5, "deed_letter_mass_mean": 0.5,
+                        "readings": {"shown": {"cs": {"micro": iv}, "vs_chance": test}}}}
 
 
-def test_behaviour_finding_calls_chance_by_the_baseline():
-    assert "consistency is at chance" in finding_behaviour(_metrics(0.52, 0.50)).text
-    assert "flat, not that they agree" in finding_behaviour(_metrics(0.52, 0.50)).text
-    assert "above chance" in finding_behaviour(_metrics(0.70, 0.50)).text
+def test_behaviour_finding_is_worded_from_its_test():
+    agree = [1] * 90 + [0] * 10  # deeds copy words on 90 of 100 items: far beyond random pairing
+    assert "above the" in finding_behaviour(_metrics(0.90, agree)).text
+    coin = [1, 0] * 50  # agreement 0.5, what random pairing gives
+    text = finding_behaviour(_metrics(0.50, coin)).text
+    assert "not distinguishable" in text and "inconclusive at n = 100" in text and "above the" not in text
     # nearest models in the paper's table by macro CS (Llama-3-70B-Instruct 0.73, GPT-4-Turbo 0.76)
-    assert "nearest Llama-3-70B-Instruct (0.73)" in finding_behaviour(_metrics(0.74, 0.5)).text
+    assert "nearest Llama-3-70B-Instruct (0.73)" in finding_behaviour(_metrics(0.74, agree)).text
 
 
-def test_steering_is_called_a_restoration_only_if_it_beats_clean_and_random_held_out():
-    def numbers(stance, random, clean):
+def test_steering_is_called_a_restoration_only_if_its_held_out_tests_say_so():
+    import numpy as np
+
+    from wdprobe.scoring.stats import paired_difference_test
+
+    def numbers(gain_items, beat_random_items, n=90):
+        gains = np.zeros(n)
+        gains[:gain_items] = 1.0  # items moved to consistency by steering (vs clean)
+        beats = np.zeros(n)
+        beats[:beat_random_items] = 1.0
+        tests = {"beats_clean": paired_difference_test(gains, n_perm=500).to_json(),
+                 "beats_random": paired_difference_test(beats, n_perm=500).to_json()}
         best = {"layer": 3, "alpha": 4.0, "cs": 0.8, "random": {"cs": 0.5}}
         return {"steer": {"n_items": 50, "clean_cs_items": 0.5, "best": best,
-                          "validation": {"n_items": 90, "cs_clean": clean, "stance": {"cs": stance}, "random": {"cs": random}}}}
+                          "validation": {"n_items": n, "cs_clean": 0.5, "stance": {"cs": 0.5 + gains.mean()},
+                                         "random": {"cs": 0.5}, "tests": tests}}}
 
-    assert finding_steering(numbers(0.70, 0.50, 0.50)).numbers["restored"] is True
-    assert finding_steering(numbers(0.52, 0.50, 0.50)).numbers["restored"] is False  # within noise of clean
-    assert finding_steering(numbers(0.70, 0.68, 0.50)).numbers["restored"] is False  # a random direction does as well
-    assert "does not survive" in finding_steering(numbers(0.52, 0.50, 0.50)).text
+    assert finding_steering(numbers(20, 20)).numbers["restored"] is True
+    assert finding_steering(numbers(2, 2)).numbers["restored"] is False  # within noise of clean
+    assert finding_steering(numbers(20, 1)).numbers["restored"] is False  # a random direction does as well
+    text = finding_steering(numbers(2, 2)).text
+    assert "Not a validated restoration" in text and "inconclusive at n = 90" in text
 
 
 # ---- the pipeline on the tiny model --------------------------------------------------------------------
