@@ -116,22 +116,33 @@ class LayerTest:
                 "n_permutations": int(len(self.null_max))}
 
 
-def _permuted_labels(y: np.ndarray, groups: np.ndarray, n_perm: int, permute: str,
-                     rng: np.random.Generator) -> np.ndarray:
+def _permuted_labels(y: np.ndarray, groups: np.ndarray, n_perm: int, permute: str, rng: np.random.Generator,
+                     strata: np.ndarray | None = None) -> np.ndarray:
     """(n, 1 + n_perm) label matrix: column 0 the real labels, then permutations (of whole groups' labels when
-    ``permute='groups'`` — labels must then be constant within a group — or of rows)."""
-    cols = [y]
-    if permute == "groups":
-        names, inverse = np.unique(groups, return_inverse=True)
-        group_label = np.zeros(len(names), dtype=y.dtype)
-        group_label[inverse] = y
-        if not np.array_equal(group_label[inverse], y):  # a group with two labels
-            raise InputError("permute='groups' needs one label per group; these labels vary inside a group")
-        cols += [rng.permutation(group_label)[inverse] for _ in range(n_perm)]
-    elif permute == "rows":
-        cols += [rng.permutation(y) for _ in range(n_perm)]
-    else:
+    ``permute='groups'`` — labels must then be constant within a group — or of rows). With ``strata`` (one per
+    row, constant within a group) labels move only within a stratum: the null keeps whatever the strata alone
+    explain (e.g. the domain), so the test asks what is decodable beyond them."""
+    if permute not in ("groups", "rows"):
         raise InputError(f"permute must be 'groups' or 'rows', not {permute!r}")
+    units = groups if permute == "groups" else np.arange(len(y))
+    names, inverse = np.unique(units, return_inverse=True)
+    unit_label = np.zeros(len(names), dtype=y.dtype)
+    unit_label[inverse] = y
+    if not np.array_equal(unit_label[inverse], y):  # a group with two labels
+        raise InputError("permute='groups' needs one label per group; these labels vary inside a group")
+    unit_stratum = np.zeros(len(names), dtype=np.int64)
+    if strata is not None:
+        codes = np.unique(np.asarray(strata), return_inverse=True)[1]
+        unit_stratum[inverse] = codes
+        if not np.array_equal(unit_stratum[inverse], codes):
+            raise InputError("strata must be constant within a group")
+    members = [np.flatnonzero(unit_stratum == k) for k in np.unique(unit_stratum)]
+    cols = [y]
+    for _ in range(n_perm):
+        perm = np.arange(len(names))
+        for m in members:
+            perm[m] = m[rng.permutation(len(m))]
+        cols.append(unit_label[perm][inverse])
     return np.stack(cols, axis=1)
 
 
@@ -139,12 +150,15 @@ def decode_layers(X: Float[np.ndarray, "n layer d"], y: np.ndarray, groups: np.n
                   layers: tuple[int, ...] | None = None, test_X: Float[np.ndarray, "m layer d"] | None = None,
                   test_y: np.ndarray | None = None, test_groups: np.ndarray | None = None, folds: int = 5,
                   n_perm: int = 200, permute: str = "groups", metric: Metric = "accuracy", seed: int = 0,
-                  n_boot: int = 1000) -> LayerTest:
+                  n_boot: int = 1000, strata: np.ndarray | None = None,
+                  test_strata: np.ndarray | None = None) -> LayerTest:
     """Decode binary ``y`` from ``X`` at every layer with grouped cross-validation and the max-over-layers test.
 
     With ``test_X`` (e.g. deed prompts while ``X`` holds word prompts) the probe trained on the training folds of
     ``X`` is scored on the test folds of ``test_X``: groups are shared, so an item is never on both sides (the
-    cross-form transfer; each set's labels are then permuted within that set). ``metric`` is balanced accuracy or AUROC of the decision value."""
+    cross-form transfer; each set's labels are then permuted within that set). ``strata`` (and ``test_strata``)
+    restrict the permutations to within strata, so the control and the threshold include what the strata alone
+    predict (pass the domain to ask what is decodable beyond the item's domain). ``metric`` is balanced accuracy or AUROC of the decision value."""
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y).astype(int)
     groups = np.asarray(groups)
@@ -165,11 +179,12 @@ def decode_layers(X: Float[np.ndarray, "n layer d"], y: np.ndarray, groups: np.n
     rng = np.random.default_rng(seed)
     all_groups = np.concatenate([groups, test_groups])
     if not transfer:  # one set: the labels a row is trained on are the labels it is tested on
-        Y = _permuted_labels(y, groups, n_perm, permute, rng)
+        Y = _permuted_labels(y, groups, n_perm, permute, rng, strata)
         Y_test = Y
     else:  # each set's labels permuted within that set (an item may carry a different label in each)
-        Y, Y_test = (_permuted_labels(y, groups, n_perm, permute, rng),
-                     _permuted_labels(test_y, test_groups, n_perm, permute, rng))
+        Y, Y_test = (_permuted_labels(y, groups, n_perm, permute, rng, strata),
+                     _permuted_labels(test_y, test_groups, n_perm, permute, rng,
+                                      test_strata if test_strata is not None else strata))
     scores = np.full((test_X.shape[0], Y.shape[1], X.shape[1]), np.nan)
     test_fold_rows = group_folds(np.concatenate([groups, test_groups]), folds, seed)
     n = len(y)

@@ -11,7 +11,9 @@ a probe on the *letter said* can. Per captured position and layer (difference-of
 - ``inconsistency``: from the deed prompt, before any answer, will the item be answered inconsistently (AUROC).
 
 Every curve has its random-label control and a bootstrap interval over items, and every "decodable" claim the
-max-over-layers permutation test (family-wise 95%). Results: ``probes/content-{position}.csv`` (tidy, one row
+max-over-layers permutation test (family-wise 95%). Labels are permuted *within a domain*, so what the item's
+domain alone predicts (on WDCT, every EthV word question gets the same content answer) sits in the control and
+the threshold, and "decodable" means decodable beyond the domain. Results: ``probes/content-{position}.csv`` (tidy, one row
 per analysis and layer), ``probes/content-summary.json`` and ``probes/content-{position}.html``.
 """
 from __future__ import annotations
@@ -85,27 +87,30 @@ def content_tests(acts: Activations, *, folds: int = 5, n_perm: int = 200, seed:
     out: dict[str, LayerTest] = {}
     layers = tuple(acts.layers)
 
-    def add(name: str, Xa, y, g, **kw) -> None:
+    def add(name: str, Xa, y, g, strata, **kw) -> None:
         y = np.asarray(y, dtype=int)
         test_y = kw.get("test_y")
         if _has_both(y, np.asarray(g), folds) and (test_y is None or len(np.unique(test_y)) == 2):
-            out[name] = decode_layers(Xa, y, np.asarray(g), layers=layers, folds=folds, n_perm=n_perm, seed=seed, **kw)
+            out[name] = decode_layers(Xa, y, np.asarray(g), layers=layers, folds=folds, n_perm=n_perm, seed=seed,
+                                      strata=np.asarray(strata), **kw)
 
     content = {f: meta[f]["content_choice"].astype(int).to_numpy() for f in meta}
     groups = {f: meta[f]["id"].to_numpy() for f in meta}
+    # labels are permuted within a domain: what the item's domain alone predicts is part of the null
+    domain = {f: meta[f]["domain"].astype(str).to_numpy() for f in meta}
     for f in ("word", "deed"):
-        add(f"decide_{f}", X[f], content[f], groups[f])
-        add(f"bind_{f}", X[f], (meta[f]["letter"] != "A").to_numpy(), groups[f], permute="rows")
+        add(f"decide_{f}", X[f], content[f], groups[f], domain[f])
+        add(f"bind_{f}", X[f], (meta[f]["letter"] != "A").to_numpy(), groups[f], domain[f], permute="rows")
         graded = (meta[f]["correct"].astype(str) != "").to_numpy()
         if graded.any():
             right = content[f][graded] == meta[f]["correct"][graded].astype(int).to_numpy()
-            add(f"correct_{f}", X[f][graded], right, groups[f][graded])
-    add("transfer_word_deed", X["word"], content["word"], groups["word"], test_X=X["deed"], test_y=content["deed"],
-        test_groups=groups["deed"])
-    add("transfer_deed_word", X["deed"], content["deed"], groups["deed"], test_X=X["word"], test_y=content["word"],
-        test_groups=groups["word"])
+            add(f"correct_{f}", X[f][graded], right, groups[f][graded], domain[f][graded])
+    add("transfer_word_deed", X["word"], content["word"], groups["word"], domain["word"], test_X=X["deed"],
+        test_y=content["deed"], test_groups=groups["deed"], test_strata=domain["deed"])
+    add("transfer_deed_word", X["deed"], content["deed"], groups["deed"], domain["deed"], test_X=X["word"],
+        test_y=content["word"], test_groups=groups["word"], test_strata=domain["word"])
     inconsistent = 1 - meta["deed"]["content_consistent"].astype(int).to_numpy()
-    add("inconsistency", X["deed"], inconsistent, groups["deed"], metric="auroc")
+    add("inconsistency", X["deed"], inconsistent, groups["deed"], domain["deed"], metric="auroc")
     return out
 
 

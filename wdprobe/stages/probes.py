@@ -90,7 +90,8 @@ def stance_tests(word: np.ndarray, deed: np.ndarray, items, layers: Sequence[int
                  seed: int = 0) -> dict[str, dict]:
     """The claims the probe finding words, each with the max-over-layers permutation test (difference-of-means
     probes, one prompt per item and form, folds by item): the word answer, the deed answer, the word probe read
-    on deeds, and the letter said (the control a stance reading must beat)."""
+    on deeds, and the letter said (the control a stance reading must beat). Labels are permuted within a domain,
+    so a reading the domain alone explains is not called decodable."""
     ids = items["id"].to_numpy()
     yw, yd = items["y_word"].to_numpy().astype(int), items["y_deed"].to_numpy().astype(int)
     lw = items["letter_word"].to_numpy().astype(int)
@@ -100,7 +101,8 @@ def stance_tests(word: np.ndarray, deed: np.ndarray, items, layers: Sequence[int
     for name, (X, y, kw) in cases.items():
         if min(np.bincount(y, minlength=2)) < folds or (kw and len(np.unique(kw["test_y"])) < 2):
             continue  # too few of a class to give every fold both
-        out[name] = decode_layers(X, y, ids, layers=tuple(layers), folds=folds, n_perm=n_perm, seed=seed, **kw).summary()
+        out[name] = decode_layers(X, y, ids, layers=tuple(layers), folds=folds, n_perm=n_perm, seed=seed,
+                                  strata=items["domain"].astype(str).to_numpy(), **kw).summary()
     return out
 
 

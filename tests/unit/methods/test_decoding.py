@@ -81,3 +81,20 @@ def test_folds_keep_groups_whole_and_bad_input_is_refused():
         decode_layers(X, np.zeros(40, int), items)
     with pytest.raises(InputError, match="cannot be split"):
         group_folds(np.arange(3), 5)
+
+
+def test_within_stratum_permutation_does_not_credit_what_the_stratum_explains():
+    """Labels fixed by the domain (one domain always 1, the other always 0) and activations that encode only the
+    domain: an unstratified test calls the label decodable; permuting within domains does not."""
+    rng = np.random.default_rng(4)
+    n = 200
+    items = np.arange(n)
+    domain = np.where(items < n // 2, "EthV", "Opinion")
+    y = np.where(rng.random(n) < 0.9, (domain == "EthV").astype(int), 1 - (domain == "EthV").astype(int))
+    X = rng.normal(size=(n, 3, 8))
+    X[:, :, 0] += 2.0 * (domain == "EthV")[:, None]
+    assert decode_layers(X, y, items, n_perm=100).significant
+    res = decode_layers(X, y, items, n_perm=100, strata=domain)
+    assert not res.significant and res.control.mean() > 0.65  # the control already reads the domain
+    with pytest.raises(InputError, match="constant within a group"):
+        decode_layers(np.repeat(X, 2, axis=0), np.repeat(y, 2), np.repeat(items, 2), strata=np.tile(["a", "b"], n))
