@@ -162,7 +162,7 @@ def finding_probes(n: dict) -> Finding | None:
         sentences.append(decodable(content.get("inconsistency"), "From the deed prompt, whether the item will be "
                                    "answered inconsistently", layers=layers))
     tests = (head or {}).get("tests")
-    if tests:
+    if tests and not content:  # a letter-free run words its content probes; the shown-order tests are the fallback
         sentences.append(decodable(tests.get("word->word"), "In the shown order alone, the word answer", layers=layers))
         sentences.append(decodable(tests.get("word->deed"), "A word-answer probe read on deeds", layers=layers))
         sentences.append(decodable(tests.get("letter"), "The letter said in words", layers=layers))
