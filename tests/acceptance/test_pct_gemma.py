@@ -45,8 +45,11 @@ def test_small_pct_run_on_gemma(gemma, shared_data, tmp_path):
     closed = pd.read_csv(run.path / "closed.csv")
     prompts = pd.read_csv(run.path / "prompts.csv")
     assert len(closed) == 12 and "Answer:" in prompts.prompt[0]
-    one = option_logprobs(gemma, [prompts[prompts.form == "closed"].prompt.iloc[0]], ANSWERS)[0]
-    assert np.allclose(closed.loc[0, [f"lp_{k}" for k in range(4)]].to_numpy(float), one, atol=1e-3)
+    first = prompts[prompts.form == "closed"].iloc[0]
+    one = option_logprobs(gemma, [first.prompt], ANSWERS)[0]
+    by_order = json.loads(closed.loc[0, "by_order"])  # every order's log-likelihoods; the shown one is the prompt's
+    assert np.allclose(by_order[str(first.order).zfill(4)], one, atol=1e-3)
+    assert closed.loc[0, "n_orders"] >= 4  # and the row's reading averages the cyclic orders
     texts = pd.read_csv(run.path / "open.csv", keep_default_na=False)
     assert (texts.text.str.len() > 0).mean() >= 0.5  # the model writes something for most prompts
     summary = json.loads((run.path / "compass.json").read_text())

@@ -549,7 +549,15 @@ def write_study_report(run_dir: str | Path, out_dir: str | Path, *, notes: str =
     copy_localisation_tables(run, out / "tables")
     for f in (run / "probes").glob("*-headline.json") if (run / "probes").is_dir() else []:
         shutil.copy(f, out / "tables" / f"probes-{f.name}")
+    for f in (run / "probes").glob("content-*.*") if (run / "probes").is_dir() else []:
+        if f.suffix in (".csv", ".json"):
+            shutil.copy(f, out / "tables" / f"probes-{f.name}")
+    if (run / "lens" / "content-summary.json").is_file():
+        shutil.copy(run / "lens" / "content-summary.json", out / "tables" / "lens-content-summary.json")
     numbers = study_numbers(run)  # read once, drawn once: the page, the PNGs and the markdown share them
+    atomic_write_text(out / "tables" / "study-numbers.json",
+                      json.dumps({"n_layers": numbers.get("n_layers"), "n_items": numbers["metrics"]["n_items"]},
+                                 indent=2) + "\n")
     figs = study_figures(run, numbers)
     page = out / "index.html"
     atomic_write_text(page, render_index_html(run, notes, numbers, figs))

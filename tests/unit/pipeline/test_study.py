@@ -148,7 +148,8 @@ def test_run_study_runs_every_stage_and_reports(study):
     # the page opens with the findings, built from this run's own numbers, then figures, then the manifest
     order = [html.index(f"id='{a}'") for a in ("findings", "figures", "timing", "manifest")]
     assert order == sorted(order)
-    assert f"CS {m['cs_micro']:.3f} over {m['n_items']} items" in html
+    cs = m["readings"]["shown"]["cs"]["micro"]
+    assert f"CS over {m['n_items']} items" in html and f"{cs['value']:.3f} [{cs['low']:.3f}, {cs['high']:.3f}]" in html
     assert "CPU s" in html and ">total<" in html  # the timing table, with CPU time where it was recorded
     assert html.count("<script") >= 8 and "<script src" not in html  # plotly inlined: works offline
     for f in findings(cfg.out_dir):

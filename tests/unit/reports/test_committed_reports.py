@@ -23,6 +23,7 @@ def findings(readme: Path) -> str:
 def quoted_numbers(text: str) -> list[tuple[str, float, int, bool]]:
     text = re.sub(r"\[[^\]]*\]\([^)]*\)", "", text)  # links
     text = re.sub(r"`[^`]*`", "", text)  # code
+    text = re.sub(r"p < 0\.001", "", text)  # a bound on a p-value, not a quoted measurement
     out = []
     for m in NUMBER.finditer(text):
         raw, pct = m.group(1).replace(",", ""), m.group(2) == "%"
