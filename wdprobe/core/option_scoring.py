@@ -61,6 +61,20 @@ def _keep_last(m: int):
     return hook
 
 
+def _last_logprobs(lm, seqs: Sequence[Sequence[int]], pad: int, m: int) -> torch.Tensor:
+    """One left-padded forward of token sequences; log-probabilities at the last ``m`` positions only
+    (the vocabulary projection runs on those alone), ``[len(seqs), m, vocab]`` on the CPU."""
+    width = max(len(q) for q in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, q in enumerate(seqs):
+        ids[r, width - len(q):] = torch.tensor(q)
+        mask[r, width - len(q):] = 1
+    logits = lm.bridge.run_with_hooks(ids.to(lm.device), attention_mask=mask.to(lm.device),
+                                      fwd_hooks=[(LAST_POSITION_HOOK, _keep_last(m))])[:, -m:, :]
+    return torch.log_softmax(logits.float(), dim=-1).cpu()
+
+
 @torch.no_grad()
 def option_logprobs(lm, prompts: Sequence[str], options: Sequence[str], *, prefix: str = " ", batch_size: int = 32,
                     max_batch_tokens: int | None | str = "auto",
@@ -83,15 +97,7 @@ def option_logprobs(lm, prompts: Sequence[str], options: Sequence[str], *, prefi
         covered = [o for o in range(len(options)) if paths.path_of[o] == j]
         seqs = [ids + list(path) for ids in prompt_ids]
         for idx in length_batches([len(s) for s in seqs], batch_size, budget):
-            width = max(len(seqs[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                ids[r, width - len(seqs[i]):] = torch.tensor(seqs[i])
-                mask[r, width - len(seqs[i]):] = 1
-            logits = lm.bridge.run_with_hooks(ids.to(lm.device), attention_mask=mask.to(lm.device),
-                                              fwd_hooks=[(LAST_POSITION_HOOK, _keep_last(m))])[:, -m:, :]
-            lp = torch.log_softmax(logits.float(), dim=-1).cpu()
+            lp = _last_logprobs(lm, [seqs[i] for i in idx], pad, m)
             for o in covered:
                 toks = paths.options[o]
                 total = sum(lp[:, pos, t] for pos, t in enumerate(toks))
@@ -133,16 +139,8 @@ def continuation_logprobs(lm, prompts: Sequence[str], continuations: Sequence[st
     total = np.zeros(len(prompts), dtype=np.float64)
     budget = default_batch_tokens(lm.device) if max_batch_tokens == "auto" else max_batch_tokens
     for idx in length_batches([len(s) for s in seqs], batch_size, budget):
-        width = max(len(seqs[i]) for i in idx)
         m = max(n_cont[i] for i in idx) + 1
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            ids[r, width - len(seqs[i]):] = torch.tensor(seqs[i])
-            mask[r, width - len(seqs[i]):] = 1
-        logits = lm.bridge.run_with_hooks(ids.to(lm.device), attention_mask=mask.to(lm.device),
-                                          fwd_hooks=[(LAST_POSITION_HOOK, _keep_last(m))])[:, -m:, :]
-        lp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        lp = _last_logprobs(lm, [seqs[i] for i in idx], pad, m)
         for r, i in enumerate(idx):
             n = n_cont[i]
             targets = torch.tensor(seqs[i][-n:])
