@@ -181,7 +181,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
     if args.kind in ("cross", "both"):
         head = run_cross_patch(args.run, n_items=item_count(args.items), layers=args.layers,
                                conditions=args.conditions.split(","), seed=args.seed, batch_size=args.batch_size,
-                               progress=not args.quiet, restart=args.restart, shard=args.shard)
+                               progress=not args.quiet, restart=args.restart, shard=args.shard,
+                               deed_orders=args.deed_orders)
         if args.shard:
             print(f"shard {args.shard} done: {head}; when every shard is done: wdprobe merge {args.run}")
             return 0
@@ -556,6 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditions", default="full,stance,letter,random",
                    help="cross-form: full residual, or only its component along the word-stance, answer-letter or a "
                         "random direction")
+    p.add_argument("--deed-orders", default="auto", choices=["auto", "shown", "both"],
+                   help="cross-form: patch into the shown deed order only, or into both orders so the patch's effect "
+                        "splits into stance and letter transport (auto: both for runs scored letter-free)")
     p.add_argument("--form", default="deed", choices=["word", "deed"], help="positional: which form's prompts")
     p.add_argument("--positional-items", type=int, default=16, help="positional: items for attribution patching")
     p.add_argument("--exact-items", type=int, default=4, help="positional: of those, items also patched exactly")

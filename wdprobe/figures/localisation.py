@@ -106,6 +106,40 @@ def cross_form_figures(summary, where: str) -> list[go.Figure]:
     return [fig, fig2]
 
 
+def letter_split_figure(summary, where: str) -> go.Figure:
+    """Per condition, by layer: the stance shift (the deed moves toward the word answer's content in both option
+    orders) and the letter shift (it moves toward the word run's letter), each with its 95% bootstrap band; and
+    the flip rates in the same-letter and opposite-letter deed orders."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=["stance shift (content, both orders)",
+                                                        "letter shift (same-letter minus opposite-letter order, halved)",
+                                                        "inconsistent items flipped: same-letter vs opposite-letter order"])
+    for cond, (label, colour, dash) in CONDITION_STYLE.items():
+        sub = summary[summary.condition == cond].sort_values("layer")
+        if not len(sub):
+            continue
+        xs = sub["layer"].tolist()
+        for c, shift in ((1, "stance_shift"), (2, "letter_shift")):
+            fig.add_trace(go.Scatter(x=xs + xs[::-1], y=sub[f"{shift}_high"].tolist() + sub[f"{shift}_low"].tolist()[::-1],
+                                     fill="toself", fillcolor=rgba(colour, 0.15), line=dict(width=0), hoverinfo="skip",
+                                     showlegend=False), row=1, col=c)
+            fig.add_trace(go.Scatter(x=xs, y=sub[shift], mode="lines+markers", name=label, legendgroup=cond,
+                                     showlegend=(c == 1), line=dict(color=colour, dash=dash)), row=1, col=c)
+        for part, symbol in (("same", "circle"), ("opposite", "x")):
+            fig.add_trace(go.Scatter(x=xs, y=sub[f"flip_rate_{part}"], mode="lines+markers", legendgroup=cond,
+                                     name=f"{label}: {part}-letter order", showlegend=False, marker=dict(symbol=symbol),
+                                     line=dict(color=colour, dash="solid" if part == "same" else "dot")), row=1, col=3)
+    for c in (1, 2):
+        fig.add_hline(y=0, line=dict(color="black", width=1, dash="dot"), row=1, col=c)
+        fig.update_yaxes(title_text="shift in deed log-odds toward the word answer", row=1, col=c)
+    fig.update_yaxes(range=[-0.02, 1.02], title_text="share flipped (circles: same letter, crosses: opposite)", row=1, col=3)
+    for c in (1, 2, 3):
+        fig.update_xaxes(title_text="patched layer", row=1, col=c)
+    fig.update_layout(title=f"Does the patch carry the stance or the letter? Word run patched into both deed orders"
+                            f"<br><sup>{where}; bands: 95% bootstrap over items</sup>", template="plotly_white",
+                      height=480, width=1380, legend=dict(orientation="h", y=-0.22))
+    return fig
+
+
 def positional_figures(frame, seg_table, layers: Sequence[int], segment_order: Sequence[str], where: str,
                        n_show: int = 2) -> list[go.Figure]:
     """Per-item layer x token heatmaps (exact | attribution), role-averaged heatmaps, and attribution vs exact."""

@@ -151,6 +151,83 @@ def cross_form_tests(frame, items, *, n_perm: int = 2000, seed: int = 0) -> dict
     return out
 
 
+def letter_split(frame, items):
+    """Per item x condition x layer, the patch's shift of the deed's log-odds toward the word answer in the deed
+    order where that answer carries the word run's letter (``same``) and in the order where it carries the other
+    letter (``opposite``), split into what moves with the option's content and what moves with the letter.
+
+    ``frame`` holds both deed orders of every item (``deed_order`` "shown" and "swapped", as
+    :func:`cross_form_patching` returns them for each), including the ``clean`` rows; ``items`` has ``same_letter``
+    per item (the shown deed order is the ``same`` one). With ``d_same = s + l`` and ``d_opposite = s - l``, a patch
+    that carries only the stance moves both orders alike (``l = 0``) and one that carries only the letter moves
+    them oppositely (``s = 0``): ``stance_shift = s`` and ``letter_shift = l``. The content log-odds (mean of the two
+    orders, i.e. the order-averaged reading) decides content consistency before and after the patch."""
+    import pandas as pd
+
+    need = {"item", "condition", "layer", "deed_order", "toward_word"}
+    if not need <= set(frame.columns):
+        raise InterventionError(f"a letter split needs columns {sorted(need)}; got {sorted(frame.columns)}")
+    wide = frame.pivot_table(index=["item", "condition", "layer"], columns="deed_order", values="toward_word",
+                             aggfunc="first")
+    if not {"shown", "swapped"} <= set(wide.columns) or wide[["shown", "swapped"]].isna().any().any():
+        raise InterventionError("a letter split needs every item patched in both deed orders (shown and swapped)")
+    wide = wide.reset_index()
+    same = items["same_letter"].astype(bool).reindex(wide["item"]).to_numpy()
+    wide["same"] = np.where(same, wide["shown"], wide["swapped"])
+    wide["opposite"] = np.where(same, wide["swapped"], wide["shown"])
+    clean = wide[wide.condition == "clean"].set_index("item")
+    out = wide[wide.condition != "clean"].copy()
+    for col in ("same", "opposite"):
+        out[f"clean_{col}"] = clean[col].reindex(out["item"]).to_numpy()
+    out["content"] = (out["same"] + out["opposite"]) / 2
+    out["clean_content"] = (out["clean_same"] + out["clean_opposite"]) / 2
+    d_same, d_opp = out["same"] - out["clean_same"], out["opposite"] - out["clean_opposite"]
+    out["stance_shift"] = (d_same + d_opp) / 2
+    out["letter_shift"] = (d_same - d_opp) / 2
+    return pd.DataFrame(out[["item", "condition", "layer", "same", "opposite", "clean_same", "clean_opposite", "content",
+                             "clean_content", "stance_shift", "letter_shift"]]).reset_index(drop=True)
+
+
+def summarise_letter_split(split, *, seed: int = 0) -> Any:
+    """Per condition x layer: flips of content-inconsistent items (order-averaged deed reading against the word
+    answer), flips within the same-letter and the opposite-letter deed order, content CS with the patch in place,
+    and the mean stance and letter shifts with bootstrap intervals over items."""
+    import pandas as pd
+
+    from wdprobe.scoring.stats import bootstrap_interval
+
+    rows = []
+    for (cond, layer), g in split.groupby(["condition", "layer"]):
+        rec: dict[str, Any] = {"condition": cond, "layer": int(layer), "n_items": int(len(g))}
+        for name, col in (("content", "content"), ("same", "same"), ("opposite", "opposite")):
+            inc = g[g[f"clean_{col}"] < 0]
+            rec[f"flip_rate_{name}"] = float((inc[col] > 0).mean()) if len(inc) else np.nan
+            rec[f"n_inconsistent_{name}"] = int(len(inc))
+        rec["content_cs_after"] = float((g["content"] > 0).mean())
+        for shift in ("stance_shift", "letter_shift"):
+            lo, hi = bootstrap_interval(g[shift].to_numpy(), seed=seed)
+            rec[shift], rec[f"{shift}_low"], rec[f"{shift}_high"] = float(g[shift].mean()), lo, hi
+        rows.append(rec)
+    out = pd.DataFrame(rows).sort_values(["condition", "layer"]).reset_index(drop=True)
+    return out
+
+
+def letter_split_tests(split, *, n_perm: int = 2000, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Sign-flip tests over items with the max over layers, per condition: ``stance_transport_<c>`` (the patch moves
+    the deed toward the word answer's *content* in both orders), ``letter_transport_<c>`` (it moves the deed toward
+    the word run's *letter* beyond that), and ``content_restores_<c>`` (content consistency after minus before)."""
+    out: dict[str, dict[str, Any]] = {}
+    for cond, g in split.groupby("condition"):
+        g = g.assign(restored=(g["content"] > 0).astype(float) - (g["clean_content"] > 0).astype(float))
+        for name, col in (("stance_transport", "stance_shift"), ("letter_transport", "letter_shift"),
+                          ("content_restores", "restored")):
+            table = g.pivot(index="item", columns="layer", values=col)
+            test = sign_flip_max_test(table.to_numpy(), n_perm=n_perm, seed=seed).to_json()
+            test["setting"] = int(table.columns[test["setting"]])
+            out[f"{name}_{cond}"] = test
+    return out
+
+
 # ---- positional patching on aligned counterfactuals ---------------------------------------------------
 
 def swap_counterfactual(pres, form: str):

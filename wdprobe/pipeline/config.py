@@ -55,12 +55,14 @@ class ProbesSection:
 
 @dataclass
 class PatchCrossSection:
-    """Settings of cross-form patching: items, layers, conditions."""
+    """Settings of cross-form patching: items, layers, conditions, and which deed orders (``auto``: both when the
+    run is letter-free, so stance and letter transport separate)."""
 
     items: int | str = 64
     layers: str = "all"
     conditions: list[str] = field(default_factory=lambda: ["full", "stance", "letter", "random"])
     batch_size: int = 64
+    deed_orders: str = "auto"
 
 
 @dataclass
@@ -151,6 +153,8 @@ class StudyConfig:
         for name, allowed in (("orders", ORDERS), ("format", FORMATS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {list(allowed)}, not {getattr(self, name)!r}")
+        if self.patch_cross.deed_orders not in ("auto", "shown", "both"):
+            raise ConfigError(f"patch_cross.deed_orders must be 'auto', 'shown' or 'both', not {self.patch_cross.deed_orders!r}")
         return self
 
 

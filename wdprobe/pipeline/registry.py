@@ -132,7 +132,7 @@ def _wdct_patch_cross(ctx: StageContext) -> StageResult:
     c = cfg.patch_cross
     head = run_cross_patch(ctx.run.path, n_items=item_count(c.items), layers=c.layers, conditions=c.conditions,
                            seed=cfg.seed, batch_size=c.batch_size, lm=ctx.model(), progress=ctx.progress,
-                           restart=ctx.restart)
+                           restart=ctx.restart, deed_orders=c.deed_orders)
     if "full" in head:
         text = f"full patch flips up to {head['full']['flip_rate']:.2f} of inconsistent items (layer {head['full']['layer']})"
     else:

@@ -206,9 +206,9 @@ def finding_patching(n: dict) -> Finding | None:
     f = c["full"]
     text = (f"Patching the word run's residual into the deed run at the answer position flips up to "
             f"{f['flip_rate']:.2f} of inconsistent items (layer {f['layer']}) but breaks {f['break_rate']:.2f} of "
-            f"consistent ones (CS {c['cs_clean']:.3f} clean, {f['cs_after']:.3f} patched). Flips follow the letter: "
-            f"{f['flip_rate_same_letter']:.2f} where the word run's letter also labels the word answer in the deed "
-            f"prompt, {f['flip_rate_other_letter']:.2f} where it does not.")
+            f"consistent ones (CS {c['cs_clean']:.3f} clean, {f['cs_after']:.3f} patched). In the shown deed "
+            f"order it flips {f['flip_rate_same_letter']:.2f} where the word run's letter also labels the word answer "
+            f"and {f['flip_rate_other_letter']:.2f} where it does not.")
     tests = c.get("tests") or {}
     restored = 0
     for cond, label in (("full", "the full residual"), ("stance", "the stance component")):
@@ -228,6 +228,7 @@ def finding_patching(n: dict) -> Finding | None:
                                  neither="Against a random direction of the same norm") + "."
     if not tests:
         text += " This run recorded no test, so no claim about restoration is made (rerun patch_cross)."
+    text += letter_split_text(c.get("letter_split"))
     arrive = n["positional_arrival"]
     if arrive.get("deed") is not None and arrive.get("word") is not None:
         text += (f" Swapping the options shows where their content reaches the answer position: layer {arrive['word']} "
@@ -235,6 +236,35 @@ def finding_patching(n: dict) -> Finding | None:
     title = "Patching restores consistency" if restored > 0 else "Does patching restore consistency?"
     return Finding(title, text, {"flip_rate": f["flip_rate"], "break_rate": f["break_rate"], "cs_after": f["cs_after"],
                                  "cs_clean": c["cs_clean"], "arrival": arrive, "tests": tests})
+
+
+def letter_split_text(split: dict | None) -> str:
+    """The both-orders patching result in words: what the full residual carries, stance or letter, by test."""
+    if not split or "full" not in split or not split.get("tests"):
+        return ""
+    f, tests = split["full"], split["tests"]
+    stance, letter = tests.get("stance_transport_full"), tests.get("letter_transport_full")
+    if not stance or not letter:
+        return ""
+    text = (f" Patched into both deed orders ({split['n_items']} items), the full residual moves the deed toward the "
+            "word answer's content (the same in both orders) by "
+            + versus(stance, above=f"{interval(stance['effect'], stance['low'], stance['high'])} log-odds at layer "
+                                   f"{stance['setting']}, beyond picking the best layer",
+                     below=f"{interval(stance['effect'], stance['low'], stance['high'])} log-odds, away from it",
+                     neither=f"{interval(stance['effect'], stance['low'], stance['high'])} log-odds at its best layer "
+                             f"{stance['setting']}, no more than chance")
+            + "; toward the word run's letter (same-letter order minus opposite-letter order, halved) by "
+            + versus(letter, above=f"{interval(letter['effect'], letter['low'], letter['high'])} at layer "
+                                   f"{letter['setting']}, beyond picking the best layer",
+                     below=f"{interval(letter['effect'], letter['low'], letter['high'])}, against the letter",
+                     neither=f"{interval(letter['effect'], letter['low'], letter['high'])} at its best layer "
+                             f"{letter['setting']}, no more than chance")
+            + f". At layer {f['layer']} it flips {f['flip_rate_same']:.2f} of the inconsistent items where the word "
+              f"answer keeps its letter and {f['flip_rate_opposite']:.2f} where it does not.")
+    verdicts = (verdict(stance) > 0, verdict(letter) > 0)
+    carries = {(True, True): "both the stance and the letter", (True, False): "the stance, not the letter",
+               (False, True): "the letter, not the stance", (False, False): "neither, at this n"}[verdicts]
+    return text + f" What the word run's residual carries into the deed: {carries}."
 
 
 def finding_steering(n: dict) -> Finding | None:

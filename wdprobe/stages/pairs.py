@@ -6,12 +6,13 @@ word-stance direction at each layer fitted without that item, and a random contr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from wdprobe.data.prompts import normal_prompt, wrap
 from wdprobe.data.wdct import LETTERS
 from wdprobe.errors import CaptureSpecError, InputError
 from wdprobe.methods.probes import crossfit_directions
@@ -34,6 +35,7 @@ class PairSet:
     away: np.ndarray
     token_ids: tuple[int, ...]
     presentations: list
+    swapped_deed_prompts: list[str]  # the deed prompts with the two options' letters exchanged (the other order)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -43,7 +45,7 @@ class PairSet:
         idx = list(indices)
         return PairSet(self.items.iloc[idx].reset_index(drop=True), [self.word_prompts[i] for i in idx],
                        [self.deed_prompts[i] for i in idx], self.toward[idx], self.away[idx], self.token_ids,
-                       [self.presentations[i] for i in idx])
+                       [self.presentations[i] for i in idx], [self.swapped_deed_prompts[i] for i in idx])
 
 
 def _logodds(p_yes: float, p_no: float) -> float:
@@ -73,7 +75,8 @@ def load_pairs(run_dir: str | Path, tokenizer, *, n_items: int | None = None, se
     import pandas as pd
 
     pres, prompts, scored = scored_prompts(run_dir, tokenizer)
-    ids = tuple(scored_entry(RunDir(run_dir))["letters"]["ids"])
+    entry = scored_entry(RunDir(run_dir))
+    ids = tuple(entry["letters"]["ids"])
     keep = choose_items(scored.rows, n_items, seed, balanced)
     recs, toward, away = [], [], []
     for i in keep:
@@ -86,8 +89,10 @@ def load_pairs(run_dir: str | Path, tokenizer, *, n_items: int | None = None, se
                      "word_letter": r["word_letter"], "same_letter": int(p.letter_of("deed", yw) == r["word_letter"]),
                      "word_self": _logodds(r[f"p_word_{yw}"], r[f"p_word_{1 - yw}"]),
                      "deed_clean": _logodds(r[f"p_deed_{yw}"], r[f"p_deed_{1 - yw}"]), "run_row": i})
+    swapped = [wrap(normal_prompt(replace(pres[i], deed_order=tuple(reversed(pres[i].deed_order))), "deed"), tokenizer,
+                    entry["config"]["chat_template"]) for i in keep]
     return PairSet(pd.DataFrame(recs), [prompts["word"][i] for i in keep], [prompts["deed"][i] for i in keep],
-                   np.array(toward), np.array(away), ids, [pres[i] for i in keep])
+                   np.array(toward), np.array(away), ids, [pres[i] for i in keep], swapped)
 
 
 @dataclass

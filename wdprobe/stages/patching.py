@@ -29,9 +29,12 @@ from wdprobe.methods.patching import (
     cross_form_patching,
     cross_form_tests,
     exact_patching,
+    letter_split,
+    letter_split_tests,
     normalised,
     rank_correlation,
     summarise_cross_form,
+    summarise_letter_split,
     swap_alignment,
     swap_counterfactual,
 )
@@ -54,14 +57,28 @@ LOW_RANK_CORRELATION = 0.5  # below this, attribution heatmaps are not to be tru
 
 # ---- cross-form patching ----------------------------------------------------------------------------
 
-PATCH_COLUMNS = ["id", "condition", "layer", "toward_word", "letter_mass"]
+PATCH_COLUMNS = ["id", "deed_order", "condition", "layer", "toward_word", "letter_mass"]
+DEED_ORDERS = ("auto", "shown", "both")
+
+
+def deed_orders_for(run: RunDir, deed_orders: str) -> str:
+    """``auto``: both deed orders when the run was scored letter-free (orders other than ``shown``), else the shown
+    one only, as the paper's protocol and older runs have it."""
+    if deed_orders not in DEED_ORDERS:
+        raise InterventionError(f"unknown deed_orders {deed_orders!r}: choose from {list(DEED_ORDERS)}")
+    if deed_orders != "auto":
+        return deed_orders
+    return "shown" if scored_entry(run)["config"].get("orders", "shown") == "shown" else "both"
 
 
 def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: str | Sequence[int] | None = None,
                     conditions: Sequence[str] = ("full", "stance", "letter", "random"), seed: int = 0, folds: int = 5,
                     chunk_items: int = 8, batch_size: int = 64, progress: bool = True, restart: bool = False,
-                    lm=None, shard: str | None = None) -> dict[str, Any]:
+                    lm=None, shard: str | None = None, deed_orders: str = "auto") -> dict[str, Any]:
     """Word -> deed patching at the final position, layer by layer; writes ``patching/cross_form*``.
+    ``deed_orders="both"`` patches each word run into the deed prompt in both option orders, so that what the patch
+    carries splits into stance (moves the word answer's content in both orders) and letter (moves the word run's
+    letter): ``patching/cross_form_letter_split*``; ``auto`` does so for runs scored letter-free.
     ``restart`` discards an earlier run of this stage (otherwise it resumes, or refuses other settings).
     ``shard`` (``"i/n"``): patch only that shard's items, into ``RUN/shards/patch_cross/i-of-n/``; the
     items, directions and folds are chosen over the whole run as unsharded, so ``wdprobe merge RUN``
@@ -79,8 +96,9 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
         run.reset_stage(stage, ["patching/cross_form*"])
     part = Shard.parse(shard)
     work = RunDir(shard_dir(run.path, stage, part)) if part else run
+    deed_orders = deed_orders_for(run, deed_orders)
     work.check_or_start(stage, {"n_items": n_items, "layers": layers, "conditions": list(conditions), "seed": seed,
-                                "folds": folds, "hook": "resid_post", "position": "last",
+                                "folds": folds, "hook": "resid_post", "position": "last", "deed_orders": deed_orders,
                                 **({"shard": str(part)} if part else {})})
     pairs = load_pairs(run.path, lm.tokenizer, n_items=n_items, seed=seed)
     dirs = stance_directions(run.path, pairs, layers, folds=folds, seed=seed)
@@ -89,16 +107,23 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
     todo = work_left(range(len(pairs)), done, key=lambda i: ids[i], shard=part)
     if part:
         done = {i for i in done if part.holds(i)}
-    per_item = 1 + len(conditions) * len(layers)
+    copies = 2 if deed_orders == "both" else 1
+    per_item = copies * (1 + len(conditions) * len(layers))
     bar = progress_bar((len(done) + len(todo)) * per_item, "patch word->deed", progress, len(done) * per_item)
 
     def patch(idx: Sequence[int]) -> list[dict[str, Any]]:
         idx = list(idx)
-        f = cross_form_patching(lm, [pairs.deed_prompts[i] for i in idx], dirs.word_sources[idx], pairs.toward[idx],
-                                pairs.away[idx], pairs.token_ids, layers, conditions=conditions,
-                                stance_dirs=dirs.stance[idx], random_dirs=dirs.random, letter_dirs=dirs.letter[idx],
-                                batch_size=batch_size, progress=bar.update)
-        f["id"] = [ids[idx[k]] for k in f["item"]]
+        prompts = [pairs.deed_prompts[i] for i in idx]
+        toward, away = pairs.toward[idx], pairs.away[idx]
+        if copies == 2:  # the other order exchanges the two options' letters, so toward and away exchange too
+            prompts += [pairs.swapped_deed_prompts[i] for i in idx]
+            toward, away = np.concatenate([toward, away]), np.concatenate([away, toward])
+        rep = idx * copies
+        f = cross_form_patching(lm, prompts, dirs.word_sources[rep], toward, away, pairs.token_ids, layers,
+                                conditions=conditions, stance_dirs=dirs.stance[rep], random_dirs=dirs.random,
+                                letter_dirs=dirs.letter[rep], batch_size=batch_size, progress=bar.update)
+        f["id"] = [ids[rep[k]] for k in f["item"]]
+        f["deed_order"] = np.where(f["item"] < len(idx), "shown", "swapped")
         return f[PATCH_COLUMNS].to_dict("records")
 
     save_in_parts(work, stage, todo, chunk_size=chunk_items, columns=PATCH_COLUMNS, compute=patch)
@@ -108,12 +133,13 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
         return {"shard": str(part), "n_items": len(done) + len(todo)}
     import pandas as pd
 
-    frame = pd.DataFrame(run.read_parts(stage))
-    frame["layer"] = frame["layer"].astype(int)
+    every = pd.DataFrame(run.read_parts(stage))
+    every["layer"] = every["layer"].astype(int)
     for c in ("toward_word", "letter_mass"):
-        frame[c] = frame[c].astype(float)
+        every[c] = every[c].astype(float)
     pos = {iid: k for k, iid in enumerate(pairs.items["id"])}
-    frame["item"] = frame["id"].map(pos)
+    every["item"] = every["id"].map(pos)
+    frame = every[every["deed_order"] == "shown"].drop(columns="deed_order").reset_index(drop=True)
     summary = summarise_cross_form(frame, pairs.items)
     summary.attrs["cs_clean"] = float(pairs.items["consistent"].mean())
     out = run.path / "patching"
@@ -123,13 +149,38 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
     atomic_write_text(out / "cross_form_summary.csv", summary.to_csv(index=False))
     head = cross_form_headline(summary, pairs.items)
     head["tests"] = cross_form_tests(frame, pairs.items, seed=seed)
-    atomic_write_text(out / "cross_form_headline.json", json.dumps(head, indent=2) + "\n")
     model = scored_model_name(run)
-    figs = localise_plots.cross_form_figures(summary, f"{model}, {len(pairs)} two-option items "
-                                             f"({int((pairs.items.consistent == 0).sum())} inconsistent)")
+    where = f"{model}, {len(pairs)} two-option items ({int((pairs.items.consistent == 0).sum())} inconsistent)"
+    figs = localise_plots.cross_form_figures(summary, where)
+    if deed_orders == "both":
+        head["letter_split"] = write_letter_split(out, every, pairs.items, seed=seed)
+        figs.append(localise_plots.letter_split_figure(pd.read_csv(out / "cross_form_letter_split_summary.csv"),
+                                                       f"{model}, {len(pairs)} two-option items, both deed orders"))
+    atomic_write_text(out / "cross_form_headline.json", json.dumps(head, indent=2) + "\n")
     plots.write_html(figs, out / "cross_form.html", heading=f"wdprobe cross-form patching: {model}")
     pngs = [plots.write_png(f, out / f"cross_form-{i}.png") for i, f in enumerate(figs)]
     run.mark_done(stage, headline=head, png=[str(p) for p in pngs if p], **stage_seconds(run, stage, t_start))
+    return head
+
+
+def write_letter_split(out: Path, every, items, *, seed: int = 0) -> dict[str, Any]:
+    """``cross_form_letter_split.csv`` (per item x condition x layer), its summary by layer, and the headline part:
+    per condition, the layer of the largest stance shift and its numbers, and the tests."""
+    split = letter_split(every, items)
+    split = split.merge(items[["id"]], left_on="item", right_index=True)
+    summary = summarise_letter_split(split, seed=seed)
+    atomic_write_text(out / "cross_form_letter_split.csv", split.to_csv(index=False))
+    atomic_write_text(out / "cross_form_letter_split_summary.csv", summary.to_csv(index=False))
+    clean = split.drop_duplicates("item")
+    head: dict[str, Any] = {"n_items": int(len(clean)), "content_cs_clean": float((clean["clean_content"] > 0).mean()),
+                            "tests": letter_split_tests(split, seed=seed)}
+    for cond, g in summary.groupby("condition"):
+        best = g.loc[g["stance_shift"].idxmax()]
+        head[cond] = {"layer": int(best["layer"]),
+                      **{k: float(best[k]) for k in ("stance_shift", "stance_shift_low", "stance_shift_high",
+                                                     "letter_shift", "letter_shift_low", "letter_shift_high",
+                                                     "flip_rate_content", "flip_rate_same", "flip_rate_opposite",
+                                                     "content_cs_after")}}
     return head
 
 
@@ -177,7 +228,8 @@ def merge_cross_patch(run_dir: str | Path, lm=None) -> dict[str, Any]:
         if rows:
             run.write_part(stage, rows, PATCH_COLUMNS, settings=cfg)
     return run_cross_patch(run.path, n_items=cfg["n_items"], layers=cfg["layers"], conditions=cfg["conditions"],
-                           seed=cfg["seed"], folds=cfg["folds"], progress=False, lm=lm)
+                           seed=cfg["seed"], folds=cfg["folds"], progress=False, lm=lm,
+                           deed_orders=cfg.get("deed_orders", "shown"))
 
 
 def cross_form_headline(summary, items) -> dict[str, Any]:

@@ -80,3 +80,20 @@ def test_two_seeds_never_word_opposite_conclusions_without_disjoint_intervals():
             if {"above", "below"} <= set(words):
                 (la, ha), (lb, hb) = (tuple(map(float, re.search(r"\[([\d.]+), ([\d.]+)\]", c).groups())) for c in (ca, cb))
                 assert ha < lb or hb < la, (seed, reading, ca, cb)
+
+
+def test_patching_letter_split_is_worded_from_its_two_tests():
+    from wdprobe.reports.study import letter_split_text
+
+    def ev(effect, p):
+        return {"effect": effect, "low": effect - 0.1, "high": effect + 0.1, "p_value": p, "n": 80, "setting": 9,
+                "significant": p < 0.05}
+
+    full = {"layer": 9, "flip_rate_same": 0.85, "flip_rate_opposite": 0.1}
+    letter_only = {"n_items": 80, "full": full, "tests": {"stance_transport_full": ev(0.02, 0.4),
+                                                          "letter_transport_full": ev(1.5, 0.001)}}
+    text = letter_split_text(letter_only)
+    assert "carries into the deed: the letter, not the stance" in text and "no more than chance" in text
+    both = dict(letter_only, tests={"stance_transport_full": ev(0.8, 0.001), "letter_transport_full": ev(1.5, 0.001)})
+    assert "both the stance and the letter" in letter_split_text(both)
+    assert letter_split_text(None) == "" and letter_split_text({"full": full}) == ""

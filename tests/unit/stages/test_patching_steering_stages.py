@@ -9,7 +9,7 @@ from tiny import write_two_option_copies
 from wdprobe.cli import main
 from wdprobe.errors import RunMismatchError
 from wdprobe.methods.lens import LensTrajectory, canonical_logodds
-from wdprobe.methods.patching import summarise_cross_form
+from wdprobe.methods.patching import letter_split, letter_split_tests, summarise_cross_form, summarise_letter_split
 from wdprobe.methods.probes import crossfit_directions
 from wdprobe.methods.steering import best_setting, summarise_steering
 from wdprobe.stages.score import load_score, score_wdct
@@ -88,6 +88,51 @@ def test_cross_form_summary_by_hand():
     assert s.cs_after == pytest.approx(1 / 3)  # only item 0 now gives the word answer in the deed run
 
 
+def test_letter_split_by_hand():
+    # item 0: the shown deed order is the same-letter one; item 1: the swapped order is
+    items = pd.DataFrame({"same_letter": [1, 0]})
+    rows = []
+    for item, order, clean, patched in ((0, "shown", -1.0, 3.0), (0, "swapped", -1.0, -5.0),  # letter: +4 / -4
+                                        (1, "shown", -2.0, 0.0), (1, "swapped", 0.0, 2.0)):  # stance: +2 in both
+        rows += [{"item": item, "deed_order": order, "condition": "clean", "layer": -1, "toward_word": clean},
+                 {"item": item, "deed_order": order, "condition": "full", "layer": 3, "toward_word": patched}]
+    split = letter_split(pd.DataFrame(rows), items).set_index("item")
+    assert split.loc[0, "letter_shift"] == 4.0 and split.loc[0, "stance_shift"] == 0.0
+    assert split.loc[1, "letter_shift"] == 0.0 and split.loc[1, "stance_shift"] == 2.0
+    # item 1's same-letter order is the swapped one: clean same 0.0, opposite -2.0, content -1.0 -> 1.0 after
+    assert split.loc[1, "clean_same"] == 0.0 and split.loc[1, "clean_content"] == -1.0 and split.loc[1, "content"] == 1.0
+    s = summarise_letter_split(split.reset_index()).iloc[0]
+    assert s.stance_shift == 1.0 and s.letter_shift == 2.0 and s.content_cs_after == 0.5
+    assert s.flip_rate_content == 0.5  # both content-inconsistent; item 1 flipped, item 0 (content -1 after) did not
+    assert s.flip_rate_same == 1.0 and s.n_inconsistent_same == 1  # only item 0 was inconsistent in its same order
+    assert s.flip_rate_opposite == 0.0 and s.n_inconsistent_opposite == 2  # -1 -> -5 and -2 -> 0 (not > 0)
+    with pytest.raises(Exception, match="both deed orders"):
+        letter_split(pd.DataFrame(rows[:6]), items)
+
+
+def test_letter_split_tests_tell_a_letter_patch_from_a_stance_patch():
+    rng = np.random.default_rng(0)
+    n, layers = 60, (0, 1, 2)
+    items = pd.DataFrame({"same_letter": rng.integers(0, 2, n)})
+    rows = []
+    for i in range(n):
+        for order in ("shown", "swapped"):
+            same = (order == "shown") == bool(items.same_letter[i])
+            clean = rng.normal()
+            rows.append({"item": i, "deed_order": order, "condition": "clean", "layer": -1, "toward_word": clean})
+            for layer in layers:  # "full" carries the letter at layer 2 only; "stance" carries content at layer 1 only
+                letter = 3.0 * (layer == 2) * (1 if same else -1)
+                rows.append({"item": i, "deed_order": order, "condition": "full", "layer": layer,
+                             "toward_word": clean + letter + rng.normal(0, 0.3)})
+                rows.append({"item": i, "deed_order": order, "condition": "stance", "layer": layer,
+                             "toward_word": clean + 2.0 * (layer == 1) + rng.normal(0, 0.3)})
+    tests = letter_split_tests(letter_split(pd.DataFrame(rows), items), n_perm=500)
+    assert tests["letter_transport_full"]["p_value"] < 0.01 and tests["letter_transport_full"]["setting"] == 2
+    assert tests["stance_transport_full"]["p_value"] > 0.05
+    assert tests["stance_transport_stance"]["p_value"] < 0.01 and tests["stance_transport_stance"]["setting"] == 1
+    assert tests["letter_transport_stance"]["p_value"] > 0.05
+
+
 def test_steering_summary_and_best_setting_by_hand():
     items = pd.DataFrame({"consistent": [0, 1]})
     frame = pd.DataFrame({"item": [0, 1] * 5, "condition": ["clean"] * 2 + ["stance"] * 4 + ["random"] * 4,
@@ -147,6 +192,18 @@ def test_patch_and_steer_stages_write_results_and_resume(tiny_run, capsys):
     for r in last.itertuples():
         assert (r.toward_word > 0) == bool(r.same_letter)
     assert "Cross-form patching" in (out / "cross_form.html").read_text()
+    # the run was scored letter-free, so each word run was also patched into the other deed order. At the last
+    # layer the full patch hands the deed run the word run's output whatever the order: the word's letter wins in
+    # both, so the content reading is exactly even and the whole move is letter
+    split = pd.read_csv(out / "cross_form_letter_split.csv")
+    assert split.id.nunique() == 12 and set(split.condition) == {"full", "stance", "letter", "random"}
+    last = split[(split.condition == "full") & (split.layer == 1)].set_index("id")
+    word_self = {r["id"]: np.log(r[f"p_word_{r['word_choice']}"] / r[f"p_word_{1 - r['word_choice']}"])
+                 for r in load_score(tiny_run).rows}
+    for r in last.itertuples():
+        assert r.same == pytest.approx(word_self[r.Index], abs=1e-3) and r.content == pytest.approx(0, abs=1e-3)
+        assert r.letter_shift == pytest.approx(word_self[r.Index] - (r.clean_same - r.clean_opposite) / 2, abs=1e-3)
+    assert set(head["letter_split"]["tests"]) >= {"stance_transport_full", "letter_transport_full"}
     stage = json.loads((tiny_run / "manifest.json").read_text())["stages"]["patch_cross"]
     assert stage["complete"] and stage["seconds_total"] > 0 and stage["config"]["n_items"] == 12
     # a rerun with the same settings resumes (nothing to do); different settings are refused
