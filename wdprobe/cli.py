@@ -208,7 +208,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
     """`wdprobe steer --run RUN`: steering deeds along the word-stance direction."""
     head = run_steering(args.run, n_items=item_count(args.items), layers=args.layers, alphas=_floats(args.alphas),
                         seed=args.seed, min_mass_ratio=args.min_mass_ratio, batch_size=args.batch_size,
-                        progress=not args.quiet, restart=args.restart, validate=not args.no_validate, shard=args.shard)
+                        progress=not args.quiet, restart=args.restart, validate=not args.no_validate, shard=args.shard,
+                        space=args.space)
     print(json.dumps(head, indent=2))
     if args.shard:
         print(f"when every shard is done: wdprobe merge {args.run}")
@@ -589,6 +590,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip rerunning the best setting on the items the grid did not use")
     p.add_argument("--restart", action="store_true", help="discard this stage's earlier results in the run directory")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--space", default="auto", choices=["auto", "shown", "content"],
+                   help="shown: the letter-balanced word-stance direction, read in the shown deed order; content: the "
+                        "word content direction (residuals averaged over option orders), every deed order, content CS "
+                        "(auto: content for runs scored letter-free)")
     p.add_argument("--shard", default=None, help="i/n: the grid on shard i of n of the items, into RUN/shards/steer/; "
                                                  "then wdprobe merge RUN (best setting and validation there)")
     p.set_defaults(func=cmd_steer)

@@ -80,7 +80,8 @@ class PatchPositionalSection:
 
 @dataclass
 class SteerSection:
-    """Settings of steering: grid items, layers, alphas, validation."""
+    """Settings of steering: grid items, layers, alphas, validation, and the space (``auto``: content space, the
+    word content direction read in both deed orders, for letter-free runs)."""
 
     items: int | str = 64
     layers: str = "all"
@@ -88,6 +89,7 @@ class SteerSection:
     min_mass_ratio: float = 0.5
     validate: bool = True
     batch_size: int = 64
+    space: str = "auto"
 
 
 SECTIONS: dict[str, type] = {"score": ScoreSection, "capture": CaptureSection, "probes": ProbesSection,
@@ -153,6 +155,8 @@ class StudyConfig:
         for name, allowed in (("orders", ORDERS), ("format", FORMATS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {list(allowed)}, not {getattr(self, name)!r}")
+        if self.steer.space not in ("auto", "shown", "content"):
+            raise ConfigError(f"steer.space must be 'auto', 'shown' or 'content', not {self.steer.space!r}")
         if self.patch_cross.deed_orders not in ("auto", "shown", "both"):
             raise ConfigError(f"patch_cross.deed_orders must be 'auto', 'shown' or 'both', not {self.patch_cross.deed_orders!r}")
         return self

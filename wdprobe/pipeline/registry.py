@@ -163,7 +163,7 @@ def _wdct_steer(ctx: StageContext) -> StageResult:
     s = cfg.steer
     head = run_steering(ctx.run.path, n_items=item_count(s.items), layers=s.layers, alphas=s.alphas, seed=cfg.seed,
                         min_mass_ratio=s.min_mass_ratio, batch_size=s.batch_size, validate=s.validate, lm=ctx.model(),
-                        progress=ctx.progress, restart=ctx.restart)
+                        progress=ctx.progress, restart=ctx.restart, space=s.space)
     best = head.get("best")
     if not best:
         return StageResult("steer", "no setting kept the answer format", head)

@@ -259,8 +259,9 @@ def letter_split_text(split: dict | None) -> str:
                      below=f"{interval(letter['effect'], letter['low'], letter['high'])}, against the letter",
                      neither=f"{interval(letter['effect'], letter['low'], letter['high'])} at its best layer "
                              f"{letter['setting']}, no more than chance")
-            + f". At layer {f['layer']} it flips {f['flip_rate_same']:.2f} of the inconsistent items where the word "
-              f"answer keeps its letter and {f['flip_rate_opposite']:.2f} where it does not.")
+            + f". At layer {f['layer']}, where it flips the most inconsistent items over both orders, it flips "
+              f"{f['flip_rate_same']:.2f} of them where the word answer keeps its letter and {f['flip_rate_opposite']:.2f} "
+              "where it does not.")
     verdicts = (verdict(stance) > 0, verdict(letter) > 0)
     carries = {(True, True): "both the stance and the letter", (True, False): "the stance, not the letter",
                (False, True): "the letter, not the stance", (False, False): "neither, at this n"}[verdicts]
@@ -276,7 +277,10 @@ def finding_steering(n: dict) -> Finding | None:
     if not best:
         return Finding("Does steering restore consistency?",
                        "No (layer, alpha) setting kept the answer format; nothing to report.")
-    text = (f"Adding the word-stance direction to the deed run, the best grid setting (layer {best['layer']}, alpha "
+    content = s.get("space") == "content"
+    what = ("the word content direction (word residuals averaged over option orders) to the deed run in both option "
+            "orders, read as content CS (order-averaged)" if content else "the word-stance direction to the deed run")
+    text = (f"Adding {what}, the best grid setting (layer {best['layer']}, alpha "
             f"{best['alpha']:g}) gives CS {best['cs']:.2f} on the {s['n_items']} grid items (clean "
             f"{s['clean_cs_items']:.2f}; a random direction of equal norm {best['random']['cs']:.2f}); the grid's best "
             "cell is optimistic, so the claim rests on held-out items.")

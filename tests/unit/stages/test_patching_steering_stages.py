@@ -133,6 +133,38 @@ def test_letter_split_tests_tell_a_letter_patch_from_a_stance_patch():
     assert tests["letter_transport_stance"]["p_value"] > 0.05
 
 
+def test_order_averaged_residuals_drop_a_letter_confounded_with_content():
+    from wdprobe.stages.pairs import order_averaged
+
+    rng = np.random.default_rng(3)
+    n, d = 300, 10
+    content = rng.integers(0, 2, n)
+    rows, values, under_b = [], [], []
+    for i in range(n):
+        for order in ("01", "10"):
+            b = order.index(str(content[i])) == 1  # the content choice sits under letter B in this order
+            x = rng.standard_normal(d) * 0.3
+            x[1] += 1.0 * content[i]  # content axis
+            x[4] += 5.0 * b  # letter axis, larger
+            rows.append({"id": f"i{i}", "form": "word", "n_options": 2, "order": order, "content_choice": content[i]})
+            values.append(x[None])
+            under_b.append(b)
+    meta, values, under_b = pd.DataFrame(rows), np.stack(values), np.array(under_b)
+    ids, X, label = order_averaged(values, meta, "word")
+    assert len(ids) == n and X.shape == (n, 1, d) and (label == content).all()
+    averaged, _, _ = crossfit_directions(X, label, folds=3)
+    assert np.all(np.abs(averaged[:, 0, 1]) > 0.95) and np.all(np.abs(averaged[:, 0, 4]) < 0.1)
+    # one order per item, chosen so that the letter goes with the content 90% of the time (as a letter habit
+    # makes it in a model's shown-order answers): the plain difference of means is then mostly the letter
+    agree = rng.random(n) < 0.9
+    pick = np.array([2 * i + int(under_b[2 * i] != (agree[i] == bool(content[i]))) for i in range(n)])
+    assert np.mean(under_b[pick] == content.astype(bool)) > 0.8
+    plain, _, _ = crossfit_directions(values[pick], content, folds=3)
+    assert np.all(np.abs(plain[:, 0, 4]) > 0.9)
+    with pytest.raises(Exception, match="every option order"):
+        order_averaged(values[::2], meta.iloc[::2].reset_index(drop=True), "word")
+
+
 def test_steering_summary_and_best_setting_by_hand():
     items = pd.DataFrame({"consistent": [0, 1]})
     frame = pd.DataFrame({"item": [0, 1] * 5, "condition": ["clean"] * 2 + ["stance"] * 4 + ["random"] * 4,
@@ -222,6 +254,13 @@ def test_patch_and_steer_stages_write_results_and_resume(tiny_run, capsys):
     head = json.loads((tiny_run / "steering" / "steering_headline.json").read_text())
     # the best setting is rerun on the 12 items the grid did not use, beside a random direction
     assert head["validation"]["n_items"] == 12 and set(head["validation"]) >= {"stance", "random", "cs_clean"}
+    # the run is letter-free, so steering works in content space: both deed orders per item, and the clean
+    # reading (mean log-odds over the two orders toward the word content choice) is the score stage's content CS
+    assert head["space"] == "content" and (steer["n_orders"] == 2).all()
+    content = {r["id"]: r["content_consistent"] for r in load_score(tiny_run).rows}
+    for iid, lo in clean.items():
+        assert int(lo > 0) == content[iid]
+    assert head["clean_cs_items"] == pytest.approx(np.mean([content[i] for i in clean.index]))
 
 
 def test_positional_stage_and_errors(tiny_run, capsys):
