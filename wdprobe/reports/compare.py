@@ -11,29 +11,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.errors import InputError, MissingInputError
+from wdprobe.figures.probes import rgba
 from wdprobe.reports.html import CSS, table_html
 from wdprobe.reports.study import study_numbers
 from wdprobe.runs.rundir import RunDir
+from wdprobe.scoring.stats import wilson_interval
 
 PALETTE = ["#d9480f", "#1c7ed6", "#2b8a3e", "#862e9c", "#e67700", "#495057", "#c2255c", "#0b7285"]
 
 
 @dataclass
 class RunCurves:
-    """Layer curves of one run, each a Series indexed by layer (missing stages: None)."""
+    """Layer curves of one run, each a frame indexed by layer with ``value``, ``low`` and ``high`` (a 95% band),
+    or None where the run lacks the stage. Probe curves are the content probes (decide, transfer) where the run
+    has them, else the shown-order probes (band: 1.96 standard errors over folds)."""
 
     label: str
     n_layers: int | None
-    lens_cs: pd.Series | None
-    probes: pd.DataFrame | None
-    cross_flip: pd.Series | None
-    steer_cs: pd.Series | None
+    lens_cs: pd.DataFrame | None
+    probe_word: pd.DataFrame | None
+    probe_deed: pd.DataFrame | None
+    probe_transfer: pd.DataFrame | None
+    ic: pd.DataFrame | None
+    cross_flip: pd.DataFrame | None
+    steer_cs: pd.DataFrame | None
+    content_probes: bool = False
 
 
 def _layer_count(p: Path) -> int | None:
@@ -47,27 +56,76 @@ def _layer_count(p: Path) -> int | None:
     return max(layers) + 1 if layers else None
 
 
+def _share_band(share: pd.Series, n: Any) -> pd.DataFrame:
+    """A share per layer with its Wilson 95% band."""
+    lo, hi = wilson_interval(share.to_numpy(), np.broadcast_to(np.asarray(n, dtype=float), share.shape))
+    return pd.DataFrame({"value": share.to_numpy(), "low": lo, "high": hi}, index=share.index)
+
+
+def _probe_curves(p: Path) -> tuple[dict[str, pd.DataFrame | None], bool]:
+    content = p / "probes" / "content-last.csv"
+    if content.is_file():
+        c = pd.read_csv(content)
+        out = {}
+        for key, analysis in (("word", "decide_word"), ("deed", "decide_deed"), ("transfer", "transfer_word_deed")):
+            sub = c[(c.analysis == analysis) & (c.metric == "accuracy")].set_index("layer")
+            out[key] = sub[["value", "low", "high"]] if len(sub) else None
+        return {**out, "ic": None}, True
+    summary = p / "probes" / "resid_post-last-summary.csv"
+    if not summary.is_file():
+        return {"word": None, "deed": None, "transfer": None, "ic": None}, False
+    t = pd.read_csv(summary)
+    kind = "logreg" if (t.probe == "logreg").any() else "diffmean"
+    t = t[t.probe == kind]
+    out = {}
+    for key, metric in (("word", "word->word"), ("deed", "deed->deed"), ("transfer", "word->deed"), ("ic", "ic")):
+        sub = t[t.metric == metric].set_index("layer")
+        sem = sub["sem"].fillna(0.0) if "sem" in sub else 0.0
+        out[key] = (pd.DataFrame({"value": sub["mean"], "low": sub["mean"] - 1.96 * sem, "high": sub["mean"] + 1.96 * sem})
+                    if len(sub) else None)
+    return out, False
+
+
 def run_curves(run_dir: str | Path, label: str) -> RunCurves:
-    """Read the layer curves a comparison overlays from a run directory."""
+    """Read the layer curves a comparison overlays from a run directory, each with its 95% band."""
     import json
 
     p = Path(run_dir)
     lens = p / "lens" / "summary.json"
-    lens_cs = pd.Series(json.loads(lens.read_text())["all"]["lens_cs"]) if lens.is_file() else None
-    probes_csv = p / "probes" / "resid_post-last-summary.csv"
-    probes = pd.read_csv(probes_csv) if probes_csv.is_file() else None
+    lens_cs = None
+    if lens.is_file():
+        every = json.loads(lens.read_text())["all"]
+        lens_cs = _share_band(pd.Series(every["lens_cs"]), every["n"])
+    probes, content = _probe_curves(p)
     cross_csv = p / "patching" / "cross_form_summary.csv"
     cross = None
     if cross_csv.is_file():
         c = pd.read_csv(cross_csv)
-        cross = c[c.condition == "full"].set_index("layer")["flip_rate"]
+        c = c[c.condition == "full"].set_index("layer")
+        cross = _share_band(c["flip_rate"], c["n_inconsistent"])
     steer_csv = p / "steering" / "steering_summary.csv"
     steer = None
     if steer_csv.is_file():
         s = pd.read_csv(steer_csv)
         s = s[s.condition == "stance"]
-        steer = s.groupby("layer")["cs"].max()  # best alpha per layer
-    return RunCurves(label, _layer_count(p), lens_cs, probes, cross, steer)
+        best = s.loc[s.groupby("layer")["cs"].idxmax()].set_index("layer")["cs"]  # best alpha per layer
+        n = json.loads((p / "steering" / "steering_headline.json").read_text())["n_items"]
+        steer = _share_band(best, n)
+    return RunCurves(label, _layer_count(p), lens_cs, probes["word"], probes["deed"], probes["transfer"], probes["ic"],
+                     cross, steer, content)
+
+
+def reading_rows(metrics: dict[str, Any]) -> dict[str, Any]:
+    """CS of every reading the run has (paper-compatible, content, per-order mean, cloze), each with its 95% interval
+    as ``(low)``/``(high)`` rows, and its p-value against random pairing."""
+    out: dict[str, Any] = {}
+    for name, r in (metrics.get("readings") or {}).items():
+        cs = r["cs"]["micro"]
+        out[f"CS {name}"] = cs["value"]
+        out[f"CS {name} (low)"], out[f"CS {name} (high)"] = cs["low"], cs["high"]
+        if r.get("vs_chance"):
+            out[f"CS {name}: p vs random pairing"] = r["vs_chance"]["p_value"]
+    return out
 
 
 def headline_row(run_dir: str | Path, numbers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -79,6 +137,7 @@ def headline_row(run_dir: str | Path, numbers: dict[str, Any] | None = None) -> 
                            "letter-copy baseline CS": m.get("cs_letter_copy_baseline"),
                            "letter mass word": m.get("word_letter_mass_mean"),
                            "letter mass deed": m.get("deed_letter_mass_mean")}
+    row.update(reading_rows(m))
     for d, v in (m.get("per_domain") or {}).items():
         row[f"CS {d}"] = v["cs"]
     head = n["probes"].get("resid_post-last") or {}
@@ -108,52 +167,51 @@ def _labels(run_dirs: Sequence[str | Path], labels: Sequence[str] | None, models
 
 
 def curves_figure(curves: Sequence[RunCurves]) -> go.Figure:
-    """Overlaid layer curves: lens CS, probe accuracies, IC, cross-form flip rate, steering CS."""
+    """Overlaid layer curves with their 95% bands: lens CS, probe accuracies, transfer, IC, cross-form flip rate,
+    steering CS."""
     depths = {c.n_layers for c in curves if c.n_layers}
     relative = len(depths) > 1
+    content = any(c.content_probes for c in curves)
 
     def x_of(index, c: RunCurves):
         idx = pd.Index(index).astype(float)
         return idx / (c.n_layers - 1) if relative and c.n_layers else idx
 
-    titles = ["Logit-lens CS (all items)", "Word probe (solid) / deed probe (dash), balanced acc.",
-              "Word->deed transfer probe", "Internal consistency IC(l)", "Full patch: inconsistent items flipped",
-              "Steering: CS at the best alpha"]
+    titles = ["Logit-lens CS (all items)",
+              ("Content choice decodable: word (solid) / deed (dash)" if content else
+               "Word probe (solid) / deed probe (dash), balanced acc."),
+              "Word->deed transfer" + (" (content)" if content else " probe"), "Internal consistency IC(l)",
+              "Full patch: inconsistent items flipped", "Steering: CS at the best alpha"]
     fig = make_subplots(rows=2, cols=3, subplot_titles=titles, horizontal_spacing=0.07, vertical_spacing=0.16)
     for k, c in enumerate(curves):
         col = PALETTE[k % len(PALETTE)]
+        shown = [False]
 
-        def line(x, y, row, cl, dash="solid", show=False):
-            fig.add_scatter(x=list(x), y=list(y), mode="lines+markers", marker=dict(size=4), name=c.label,
-                            legendgroup=c.label, showlegend=show, line=dict(color=col, dash=dash), row=row, col=cl)
+        def line(curve: pd.DataFrame | None, row, cl, dash="solid"):
+            if curve is None or not len(curve):
+                return
+            x = list(x_of(curve.index, c))
+            fig.add_scatter(x=x + x[::-1], y=list(curve["high"]) + list(curve["low"])[::-1], fill="toself",
+                            fillcolor=rgba(col, 0.12), line=dict(width=0), hoverinfo="skip", showlegend=False,
+                            legendgroup=c.label, row=row, col=cl)
+            fig.add_scatter(x=x, y=list(curve["value"]), mode="lines+markers", marker=dict(size=4), name=c.label,
+                            legendgroup=c.label, showlegend=not shown[0], line=dict(color=col, dash=dash),
+                            row=row, col=cl)
+            shown[0] = True
 
-        first = True
-        if c.lens_cs is not None:
-            line(x_of(c.lens_cs.index, c), c.lens_cs.values, 1, 1, show=first)
-            first = False
-        if c.probes is not None:
-            kind = "logreg" if (c.probes.probe == "logreg").any() else "diffmean"
-            p = c.probes[c.probes.probe == kind]
-
-            def metric(name):
-                return p[p.metric == name].set_index("layer")["mean"]
-
-            for name, r, cl, dash in (("word->word", 1, 2, "solid"), ("deed->deed", 1, 2, "dash"),
-                                      ("word->deed", 1, 3, "solid"), ("ic", 2, 1, "solid")):
-                s = metric(name)
-                if len(s):
-                    line(x_of(s.index, c), s.values, r, cl, dash, show=first)
-                    first = False
-        if c.cross_flip is not None:
-            line(x_of(c.cross_flip.index, c), c.cross_flip.values, 2, 2, show=first)
-            first = False
-        if c.steer_cs is not None:
-            line(x_of(c.steer_cs.index, c), c.steer_cs.values, 2, 3, show=first)
+        line(c.lens_cs, 1, 1)
+        line(c.probe_word, 1, 2)
+        line(c.probe_deed, 1, 2, "dash")
+        line(c.probe_transfer, 1, 3)
+        line(c.ic, 2, 1)
+        line(c.cross_flip, 2, 2)
+        line(c.steer_cs, 2, 3)
     for r, cl in ((1, 1), (1, 2), (1, 3), (2, 1), (2, 3)):
         fig.add_hline(y=0.5, line=dict(color="grey", dash="dot", width=1), row=r, col=cl)
     fig.update_xaxes(title_text="relative depth" if relative else "layer")
     fig.update_layout(template="plotly_white", height=720, width=1180, legend=dict(orientation="h", y=-0.12),
-                      title="Layer curves, overlaid" + (" (different depths: x is layer / (n_layers - 1))" if relative else ""))
+                      title="Layer curves, overlaid, with 95% bands"
+                            + (" (different depths: x is layer / (n_layers - 1))" if relative else ""))
     return fig
 
 
@@ -180,7 +238,15 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, labels: Sequen
             return f"{v:.0f}" if "layer" in key else f"{v:.3f}"
         return v
 
-    body = table_html(["metric"] + names, [[k] + [cell(v, k) for v in table.loc[k]] for k in table.index])
+    def merged(k: str) -> list[Any]:
+        """A value with its interval rows folded in: ``0.483 [0.456, 0.512]``."""
+        if f"{k} (low)" not in table.index:
+            return [k] + [cell(v, k) for v in table.loc[k]]
+        return [f"{k} [95%]"] + [("—" if cell(v, k) == "—" else f"{v:.3f} [{lo:.3f}, {hi:.3f}]") for v, lo, hi in
+                                zip(table.loc[k], table.loc[f"{k} (low)"], table.loc[f"{k} (high)"])]
+
+    keys = [k for k in table.index if not k.endswith((" (low)", " (high)"))]
+    body = table_html(["metric"] + names, [merged(k) for k in keys])
     sources = "".join(f"<li>{html.escape(n)}: <code>{html.escape(str(Path(r).resolve()))}</code></li>"
                       for n, r in zip(names, run_dirs))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>wdprobe compare</title><style>{CSS}</style>"

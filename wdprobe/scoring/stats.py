@@ -14,7 +14,7 @@ import numpy as np
 from wdprobe.errors import InputError
 
 __all__ = ["Interval", "Evidence", "bootstrap_interval", "bootstrap_indices", "mean_with_interval", "chance_agreement_test",
-           "sign_flip_max_test", "paired_difference_test", "LEVEL", "N_BOOT"]
+           "sign_flip_max_test", "paired_difference_test", "wilson_interval", "LEVEL", "N_BOOT"]
 
 LEVEL = 0.95
 N_BOOT = 2000
@@ -38,6 +38,19 @@ class Interval:
 
     def __str__(self) -> str:
         return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def wilson_interval(share: Any, n: Any, *, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a proportion (vectorised over layers): right at 0 and 1 and for small n, where
+    the normal approximation gives bounds outside [0, 1]. For curves saved with only a share and a count."""
+    from statistics import NormalDist
+
+    p, n = np.asarray(share, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
 
 
 def bootstrap_indices(n: int, *, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:

@@ -224,8 +224,17 @@ def test_compare_puts_each_runs_numbers_side_by_side(study, tiny_lm, tmp_path, c
         m = json.loads((run / "metrics.json").read_text())
         assert float(table.loc["CS micro", label]) == pytest.approx(m["cs_micro"])
     assert pd.isna(table.loc["steer: held-out CS", "seed1"])  # the second run has no steering stage
+    m = json.loads((cfg.out_dir / "metrics.json").read_text())
+    for reading in ("shown", "content"):  # every reading with its interval, from the run's metrics
+        lo, v, hi = (float(table.loc[f"CS {reading}{sfx}", "seed0"]) for sfx in (" (low)", "", " (high)"))
+        assert lo <= v <= hi and v == pytest.approx(m["readings"][reading]["cs"]["micro"]["value"])
     html = page.read_text()
-    assert "seed0" in html and "seed1" in html and "Layer curves" in html
+    assert "seed0" in html and "seed1" in html and "Layer curves" in html and "CS content [95%]" in html
+    from wdprobe.reports.compare import run_curves
+
+    curves = run_curves(cfg.out_dir, "seed0")
+    for curve in (curves.lens_cs, curves.cross_flip, curves.probe_word):
+        assert curve is not None and ((curve["low"] <= curve["value"] + 1e-12) & (curve["value"] <= curve["high"] + 1e-12)).all()
     assert main(["compare", str(cfg.out_dir), str(other.out_dir), "--labels", "one"]) == 2
     assert "1 labels for 2 runs" in capsys.readouterr().err
     assert main(["compare", str(cfg.out_dir), str(tmp_path)]) == 2

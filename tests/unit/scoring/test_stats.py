@@ -98,3 +98,13 @@ def test_sign_flip_max_test_accounts_for_picking_the_best_setting():
 def test_test_round_trips_through_json():
     t = paired_difference_test([1.0, 0.0, 1.0, 1.0, 0.0, 1.0] * 5, n_perm=200)
     assert Evidence.from_json(t.to_json()) == t and t.direction() == 1
+
+
+def test_wilson_interval_by_hand():
+    from wdprobe.scoring.stats import wilson_interval
+
+    # p = 0.5, n = 100, z = 1.959964: centre 0.5, half-width z/(1+z^2/n) * sqrt(0.0025 + z^2/40000) = 0.0962
+    lo, hi = wilson_interval([0.5, 0.0, 1.0], [100, 10, 10])
+    assert lo[0] == pytest.approx(0.4038, abs=1e-4) and hi[0] == pytest.approx(0.5962, abs=1e-4)
+    assert lo[1] == pytest.approx(0.0, abs=1e-12) and 0.25 < hi[1] < 0.3  # 0 of 10: [0, 0.278]
+    assert hi[2] == pytest.approx(1.0, abs=1e-12) and lo[2] == pytest.approx(1 - hi[1])
