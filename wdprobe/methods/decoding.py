@@ -23,7 +23,7 @@ from scipy.stats import rankdata
 from wdprobe.errors import InputError
 from wdprobe.scoring.stats import LEVEL, bootstrap_indices
 
-__all__ = ["LayerTest", "decode_layers", "group_folds", "auroc"]
+__all__ = ["LayerTest", "decode_layers", "group_folds", "auroc", "internal_consistency"]
 
 Metric = Literal["accuracy", "auroc"]
 
@@ -236,3 +236,48 @@ def _group_interval(scores: np.ndarray, y: np.ndarray, groups: np.ndarray, metri
     stats = np.array(stats)
     tail = (1 - LEVEL) / 2
     return np.quantile(stats, tail, axis=0), np.quantile(stats, 1 - tail, axis=0)
+
+
+def internal_consistency(word_X: Float[np.ndarray, "n layer d"], deed_X: Float[np.ndarray, "m layer d"],
+                         word_y: np.ndarray, deed_y: np.ndarray, word_groups: np.ndarray, deed_groups: np.ndarray, *,
+                         folds: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
+    """IC(l): does one probe, trained on both forms, read the same stance from an item's word and deed prompts?
+
+    Per fold (items dealt whole), a difference-of-means probe is fitted on the word and deed rows of the training
+    items, each labelled with its own form's choice; each test item's word rows and deed rows are scored and their
+    mean decision values read as that form's internal stance (an item's rows are its option orders, so the letter
+    averages out). Returns per item (``items``, sorted) and layer: ``agree`` (n_items, L) 0/1, ``word``/``deed``
+    readings, and per item ``consistent`` (the behavioural agreement of the labels): IC(l) > CS means the two forms
+    share a stance inside that the deed answer then leaves."""
+    wX, dX = np.asarray(word_X, dtype=np.float64), np.asarray(deed_X, dtype=np.float64)
+    wy, dy = np.asarray(word_y).astype(int), np.asarray(deed_y).astype(int)
+    wg, dg = np.asarray(word_groups), np.asarray(deed_groups)
+    if wX.shape[1:] != dX.shape[1:] or wy.shape != (wX.shape[0],) or dy.shape != (dX.shape[0],):
+        raise InputError(f"internal consistency needs word and deed activations of one shape with one label per row; "
+                         f"got {wX.shape}, {dX.shape}, {wy.shape}, {dy.shape}")
+    items = np.unique(np.concatenate([wg, dg]))
+    if set(np.unique(wg)) != set(items) or set(np.unique(dg)) != set(items):
+        raise InputError("internal consistency needs every item's word and deed prompts")
+    X, y = np.concatenate([wX, dX]), np.concatenate([wy, dy])
+    g, is_word = np.concatenate([wg, dg]), np.r_[np.ones(len(wy), bool), np.zeros(len(dy), bool)]
+    pos = {name: k for k, name in enumerate(items.tolist())}
+    item_of = np.array([pos[v] for v in g.tolist()])
+    score = np.zeros((len(y), X.shape[1]))
+    for test in group_folds(g, folds, seed):
+        train = np.setdiff1d(np.arange(len(y)), test)
+        if len(np.unique(y[train])) < 2:
+            raise InputError("a training fold holds one class only; use fewer folds or more items")
+        mu1, mu0 = X[train][y[train] == 1].mean(0), X[train][y[train] == 0].mean(0)
+        direction = mu1 - mu0
+        score[test] = np.einsum("nld,ld->nl", X[test], direction) - np.einsum("ld,ld->l", direction, (mu0 + mu1) / 2)
+    readings = {}
+    for form, rows in (("word", is_word), ("deed", ~is_word)):
+        total = np.zeros((len(items), X.shape[1]))
+        np.add.at(total, item_of[rows], score[rows])
+        readings[form] = total / np.bincount(item_of[rows], minlength=len(items))[:, None] > 0
+    label = {}
+    for form, (yy, gg) in (("word", (wy, wg)), ("deed", (dy, dg))):
+        label[form] = np.zeros(len(items), dtype=int)
+        label[form][[pos[v] for v in gg.tolist()]] = yy
+    return {"items": items, "agree": (readings["word"] == readings["deed"]).astype(float), "word": readings["word"],
+            "deed": readings["deed"], "consistent": (label["word"] == label["deed"]).astype(float)}

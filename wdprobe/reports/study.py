@@ -71,6 +71,7 @@ def study_numbers(run_dir: str | Path) -> dict[str, Any]:
     capture = manifest.get("stages", {}).get("capture", {})
     return {"model": manifest["stages"]["score"]["config"]["model"], "manifest": manifest,
             "metrics": metrics, "probes": probes, "content_probes": _json(p / "probes" / "content-summary.json"),
+            "content_ic": _json(p / "probes" / "content-ic.json"),
             "n_layers": len(capture.get("layers") or []) or None, "lens": _json(p / "lens" / "summary.json"),
             "cross": _json(p / "patching" / "cross_form_headline.json"),
             "positional": {f: _json(p / "patching" / f"positional-{f}-headline.json") for f in ("deed", "word")},
@@ -161,6 +162,17 @@ def finding_probes(n: dict) -> Finding | None:
                                    "deeds", layers=layers))
         sentences.append(decodable(content.get("inconsistency"), "From the deed prompt, whether the item will be "
                                    "answered inconsistently", layers=layers))
+    ic = (n.get("content_ic") or {}).get("last")
+    if content and ic:
+        t = ic["above_cs"]
+        sentences.append(
+            f"One content probe trained on both forms reads the same stance from an item's word and deed prompts "
+            f"on {interval(ic['best'], ic['best_low'], ic['best_high'])} of the {ic['n_items']} items at its best layer "
+            f"{ic['best_layer']} (IC(l)), against content CS {ic['content_cs']:.2f}: "
+            + versus(t, above=f"more than the answers agree (by {interval(t['effect'], t['low'], t['high'])}, beyond "
+                              "picking the best layer), a stance shared inside that the deed answer leaves",
+                     below="less than the answers agree",
+                     neither="no more than the answers agree"))
     tests = (head or {}).get("tests")
     if tests and not content:  # a letter-free run words its content probes; the shown-order tests are the fallback
         sentences.append(decodable(tests.get("word->word"), "In the shown order alone, the word answer", layers=layers))

@@ -8,7 +8,9 @@ a probe on the *letter said* can. Per captured position and layer (difference-of
 - ``decide`` (word, deed): the content choice; ``bind`` (word, deed): the letter said;
 - ``transfer`` (word→deed, deed→word): a content probe trained on one form and tested on the other;
 - ``correct`` (word, deed): is the content choice the known answer (EthV, Theory);
-- ``inconsistency``: from the deed prompt, before any answer, will the item be answered inconsistently (AUROC).
+- ``inconsistency``: from the deed prompt, before any answer, will the item be answered inconsistently (AUROC);
+- ``ic``: IC(l) in content space, one probe trained on both forms reading each item's word and deed prompts
+  (averaged over orders), against the behavioural content CS (``probes/content-ic.json``).
 
 Every curve has its random-label control and a bootstrap interval over items, and every "decodable" claim the
 max-over-layers permutation test (family-wise 95%). Labels are permuted *within a domain*, so what the item's
@@ -30,9 +32,10 @@ from plotly.subplots import make_subplots
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.errors import InputError
 from wdprobe.figures.probes import rgba, write_html, write_png
-from wdprobe.methods.decoding import LayerTest, decode_layers
+from wdprobe.methods.decoding import LayerTest, decode_layers, internal_consistency
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.stage import scored_entry
+from wdprobe.scoring.stats import bootstrap_indices, sign_flip_max_test
 from wdprobe.stages.capture import Activations, load_activations
 
 STAGE = "content_probes"
@@ -59,6 +62,8 @@ ANALYSES = (
     Analysis("correct_word", "content choice is correct (word)", "#2ca02c", "correctness"),
     Analysis("correct_deed", "content choice is correct (deed)", "#8c564b", "correctness"),
     Analysis("inconsistency", "deed prompt → item inconsistent (AUROC)", "#e377c2", "predicting inconsistency"),
+    Analysis("ic", "IC(l): one probe reads the same content stance in word and deed", "#7f7f7f",
+             "internal consistency"),
 )
 BY_NAME = {a.name: a for a in ANALYSES}
 
@@ -114,6 +119,35 @@ def content_tests(acts: Activations, *, folds: int = 5, n_perm: int = 200, seed:
     return out
 
 
+def content_ic(acts: Activations, *, folds: int = 5, seed: int = 0, n_perm: int = 2000) -> tuple[list[dict], dict]:
+    """IC(l) in content space (:func:`wdprobe.methods.decoding.internal_consistency` on every order of the two-option
+    items, labels the content choices): tidy rows (``COLUMNS``; ``control`` is the agreement two independent readings
+    with the same marginals would reach, ``threshold`` the behavioural content CS of the same items) and a summary
+    with the test of IC(l) > content CS, max over layers (sign flips over items)."""
+    X, meta = {}, {}
+    for form in ("word", "deed"):
+        X[form], meta[form] = _two_option_rows(acts, form)
+    y = {f: meta[f]["content_choice"].astype(int).to_numpy() for f in meta}
+    g = {f: meta[f]["id"].to_numpy() for f in meta}
+    r = internal_consistency(X["word"], X["deed"], y["word"], y["deed"], g["word"], g["deed"], folds=folds, seed=seed)
+    agree, cs = r["agree"], r["consistent"]
+    idx = bootstrap_indices(len(cs), seed=seed)
+    boot = agree[idx].mean(axis=1)  # (n_boot, L)
+    low, high = np.quantile(boot, 0.025, axis=0), np.quantile(boot, 0.975, axis=0)
+    pw, pd_ = r["word"].mean(0), r["deed"].mean(0)
+    chance = pw * pd_ + (1 - pw) * (1 - pd_)
+    layers = tuple(acts.layers)
+    rows = [{"position": None, "analysis": "ic", "layer": int(l), "metric": "agreement", "value": float(agree[:, k].mean()),
+             "low": float(low[k]), "high": float(high[k]), "control": float(chance[k]), "threshold": float(cs.mean()),
+             "n_rows": int(len(y["word"]) + len(y["deed"])), "n_groups": int(len(cs))} for k, l in enumerate(layers)]
+    test = sign_flip_max_test(agree - cs[:, None], n_perm=n_perm, seed=seed).to_json()
+    test["setting"] = int(layers[test["setting"]])
+    best = int(np.argmax(agree.mean(0)))
+    return rows, {"ic_by_layer": {int(l): float(v) for l, v in zip(layers, agree.mean(0))}, "content_cs": float(cs.mean()),
+                  "best_layer": int(layers[best]), "best": float(agree[:, best].mean()), "best_low": float(low[best]),
+                  "best_high": float(high[best]), "n_items": int(len(cs)), "above_cs": test}
+
+
 def content_frame(tests: dict[str, LayerTest], position: str):
     """The tests as one tidy table: one row per analysis and layer (``COLUMNS``)."""
     import pandas as pd
@@ -130,17 +164,24 @@ def run_content_probes(run_dir: str | Path, *, positions: Sequence[str] = ("last
     out_dir = run.path / "probes"
     out_dir.mkdir(exist_ok=True)
     summary: dict[str, Any] = {}
+    ic: dict[str, Any] = {}
+    import pandas as pd
+
     for position in positions:
         acts = load_activations(run.path, hook=hook, position=position, orders="all")
         tests = content_tests(acts, folds=folds, n_perm=n_perm, seed=seed)
         frame = content_frame(tests, position)
+        ic_rows, ic[position] = content_ic(acts, folds=folds, seed=seed)
+        frame = pd.concat([frame, pd.DataFrame([dict(r, position=position) for r in ic_rows], columns=COLUMNS)],
+                          ignore_index=True)
         atomic_write_text(out_dir / f"content-{position}.csv", frame.to_csv(index=False))
         summary[position] = {name: t.summary() for name, t in tests.items()}
         fig = content_figure(frame, content_title(model, position, hook))
         write_html([fig], out_dir / f"content-{position}.html", heading=f"Content probes: {model}, {position}")
         write_png(fig, out_dir / f"content-{position}.png")
     atomic_write_text(out_dir / "content-summary.json", json.dumps(summary, indent=2) + "\n")
-    run.update_stage("probe", content=summary)
+    atomic_write_text(out_dir / "content-ic.json", json.dumps(ic, indent=2) + "\n")
+    run.update_stage("probe", content=summary, content_ic=ic)
     return summary
 
 
@@ -166,12 +207,14 @@ def content_figure(frame, title: str) -> go.Figure:
                                      hovertemplate=f"{a.title}<br>layer %{{x}}: %{{y:.3f}}<extra></extra>"), row=1, col=col)
             fig.add_trace(go.Scatter(x=x, y=t["control"], mode="lines", showlegend=False, legendgroup=name,
                                      line=dict(color=a.colour, width=1, dash="dot"), hoverinfo="skip"), row=1, col=col)
+            line = "content CS (the answers' agreement)" if name == "ic" else "family-wise threshold"
             fig.add_trace(go.Scatter(x=[x[0], x[-1]], y=[float(t["threshold"].iloc[0])] * 2, mode="lines",
                                      showlegend=False, legendgroup=name, line=dict(color=a.colour, width=1, dash="dash"),
-                                     hovertemplate=f"{a.title}: family-wise threshold %{{y:.3f}}<extra></extra>"),
+                                     hovertemplate=f"{a.title}: {line} %{{y:.3f}}<extra></extra>"),
                           row=1, col=col)
         fig.update_xaxes(title_text="layer", row=1, col=col)
-        fig.update_yaxes(title_text="AUROC" if panel == "predicting inconsistency" else "balanced accuracy", row=1, col=col)
+        fig.update_yaxes(title_text={"predicting inconsistency": "AUROC", "internal consistency": "share of items whose "
+                                     "word and deed readings agree"}.get(panel, "balanced accuracy"), row=1, col=col)
     fig.update_layout(title=title, height=480, width=max(700, 330 * len(panels)), template="plotly_white",
                       legend=dict(orientation="h", y=-0.22))
     return fig
@@ -181,4 +224,5 @@ def content_title(model: str, position: str, hook: str = "resid_post") -> str:
     """The figure title, with how to read it."""
     return (f"Content probes — {model}, {hook} at the {position.replace('_', ' ')} position<br><sup>difference-of-means "
             "probes, folds by item (every order of an item in one fold); band: 95% bootstrap interval over items; "
-            "dotted: random-label control; dashed: family-wise 95% threshold over layers</sup>")
+            "dotted: random-label control (IC: chance agreement); dashed: family-wise 95% threshold over layers (IC: "
+            "content CS)</sup>")

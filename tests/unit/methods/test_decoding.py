@@ -98,3 +98,38 @@ def test_within_stratum_permutation_does_not_credit_what_the_stratum_explains():
     assert not res.significant and res.control.mean() > 0.65  # the control already reads the domain
     with pytest.raises(InputError, match="constant within a group"):
         decode_layers(np.repeat(X, 2, axis=0), np.repeat(y, 2), np.repeat(items, 2), strata=np.tile(["a", "b"], n))
+
+
+def _ic_data(n_items: int, shared: bool, seed: int = 0):
+    """Two orders per item and form; the deed *answer* departs from the word answer on 40% of items. With
+    ``shared`` the deed activations still hold the word stance (a stance inside that the answer leaves);
+    otherwise they follow the deed answer."""
+    rng = np.random.default_rng(seed)
+    word_y = rng.integers(0, 2, n_items)
+    deed_y = np.where(rng.random(n_items) < 0.4, 1 - word_y, word_y)
+    inside = word_y if shared else deed_y
+    rows = {}
+    for form, state, label in (("word", word_y, word_y), ("deed", inside, deed_y)):
+        X = rng.standard_normal((2 * n_items, 3, 8))
+        X[:, 1:, 0] += 3.0 * np.repeat(state, 2)[:, None]  # layers 1 and 2 hold the stance
+        rows[form] = (X, np.repeat(label, 2), np.repeat(np.arange(n_items), 2))
+    return rows, word_y, deed_y
+
+
+def test_internal_consistency_sees_a_shared_stance_the_deed_answer_leaves():
+    from wdprobe.methods.decoding import internal_consistency
+    from wdprobe.scoring.stats import sign_flip_max_test
+
+    for shared in (True, False):
+        rows, word_y, deed_y = _ic_data(200, shared)
+        r = internal_consistency(rows["word"][0], rows["deed"][0], rows["word"][1], rows["deed"][1], rows["word"][2],
+                                 rows["deed"][2])
+        assert r["agree"].shape == (200, 3) and r["consistent"].mean() == pytest.approx(np.mean(word_y == deed_y))
+        test = sign_flip_max_test(r["agree"] - r["consistent"][:, None], n_perm=500)
+        if shared:  # inside, deeds read as words: IC near 1 at layers 1-2 while CS is near 0.6
+            assert r["agree"][:, 1:].mean() > 0.9 and test.p_value < 0.01 and test.setting in (1, 2)
+        else:  # inside follows the answer: IC no higher than CS
+            assert abs(r["agree"][:, 1:].mean() - r["consistent"].mean()) < 0.1 and test.p_value > 0.05
+    with pytest.raises(InputError, match="every item's word and deed"):
+        internal_consistency(rows["word"][0], rows["deed"][0][:-2], rows["word"][1], rows["deed"][1][:-2],
+                             rows["word"][2], rows["deed"][2][:-2])
