@@ -243,8 +243,11 @@ def internal_consistency(word_X: Float[np.ndarray, "n layer d"], deed_X: Float[n
                          folds: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
     """IC(l): does one probe, trained on both forms, read the same stance from an item's word and deed prompts?
 
-    Per fold (items dealt whole), a difference-of-means probe is fitted on the word and deed rows of the training
-    items, each labelled with its own form's choice; each test item's word rows and deed rows are scored and their
+    Per fold (items dealt whole), each form's rows are centred on that form's training mean (the two prompt forms
+    differ by far more than any stance, and where their label rates differ too, an uncentred probe learns the form
+    and reads every word as one stance and every deed as the other), a difference-of-means probe is fitted on the
+    word and deed rows of the training items, each labelled with its own form's choice, and each test item's word
+    rows and deed rows are scored and their
     mean decision values read as that form's internal stance (an item's rows are its option orders, so the letter
     averages out). Returns per item (``items``, sorted) and layer: ``agree`` (n_items, L) 0/1, ``word``/``deed``
     readings, and per item ``consistent`` (the behavioural agreement of the labels): IC(l) > CS means the two forms
@@ -267,9 +270,14 @@ def internal_consistency(word_X: Float[np.ndarray, "n layer d"], deed_X: Float[n
         train = np.setdiff1d(np.arange(len(y)), test)
         if len(np.unique(y[train])) < 2:
             raise InputError("a training fold holds one class only; use fewer folds or more items")
-        mu1, mu0 = X[train][y[train] == 1].mean(0), X[train][y[train] == 0].mean(0)
+        Xc = X[np.concatenate([train, test])].copy()
+        rows = np.concatenate([train, test])
+        for form in (True, False):
+            Xc[is_word[rows] == form] -= X[train][is_word[train] == form].mean(0)
+        Xtr, Xte = Xc[: len(train)], Xc[len(train):]
+        mu1, mu0 = Xtr[y[train] == 1].mean(0), Xtr[y[train] == 0].mean(0)
         direction = mu1 - mu0
-        score[test] = np.einsum("nld,ld->nl", X[test], direction) - np.einsum("ld,ld->l", direction, (mu0 + mu1) / 2)
+        score[test] = np.einsum("nld,ld->nl", Xte, direction) - np.einsum("ld,ld->l", direction, (mu0 + mu1) / 2)
     readings = {}
     for form, rows in (("word", is_word), ("deed", ~is_word)):
         total = np.zeros((len(items), X.shape[1]))

@@ -130,6 +130,22 @@ def test_internal_consistency_sees_a_shared_stance_the_deed_answer_leaves():
             assert r["agree"][:, 1:].mean() > 0.9 and test.p_value < 0.01 and test.setting in (1, 2)
         else:  # inside follows the answer: IC no higher than CS
             assert abs(r["agree"][:, 1:].mean() - r["consistent"].mean()) < 0.1 and test.p_value > 0.05
+    # the forms differ by a large offset and their label rates differ (words mostly 1, deeds half 0): the form is
+    # not a stance, and centring each form keeps IC at what the shared stance gives
+    rng = np.random.default_rng(1)
+    word_y = (rng.random(200) < 0.8).astype(int)
+    deed_y = word_y.copy()
+    deed_y[rng.random(200) < 0.5] = 0
+    rows = {}
+    for form, state, label, shift in (("word", word_y, word_y, 0.0), ("deed", word_y, deed_y, 6.0)):
+        X = rng.standard_normal((400, 1, 8))
+        X[:, 0, 0] += 3.0 * np.repeat(state, 2)
+        X[:, 0, 1:4] += shift
+        rows[form] = (X, np.repeat(label, 2), np.repeat(np.arange(200), 2))
+    r = internal_consistency(rows["word"][0], rows["deed"][0], rows["word"][1], rows["deed"][1], rows["word"][2],
+                             rows["deed"][2])
+    # (a pooled, uncentred probe learns the form here: every word reads 1, every deed 0, IC = 0)
+    assert r["agree"].mean() > r["consistent"].mean() + 0.15 and r["consistent"].mean() < 0.65
     with pytest.raises(InputError, match="every item's word and deed"):
         internal_consistency(rows["word"][0], rows["deed"][0][:-2], rows["word"][1], rows["deed"][1][:-2],
                              rows["word"][2], rows["deed"][2][:-2])
