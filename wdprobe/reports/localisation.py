@@ -44,6 +44,10 @@ def localisation_figures(run_dir: str | Path) -> list[tuple[str, str, Any]]:
         cf = localise_plots.cross_form_figures(summary, f"{model}, {head['n_items']} two-option items "
                                                         f"({head['n_inconsistent']} inconsistent)")
         figs += [("patching", n, f) for n, f in zip(["cross-form", "cross-form-by-letter"], cf)]
+        if (pdir / "cross_form_letter_split_summary.csv").is_file():
+            split = pd.read_csv(pdir / "cross_form_letter_split_summary.csv")
+            figs.append(("patching", "cross-form-letter-split", localise_plots.letter_split_figure(
+                split, f"{model}, {head['letter_split']['n_items']} two-option items, both deed orders")))
     for form in ("deed", "word"):
         if (pdir / f"positional-{form}.csv").is_file():
             frame = pd.read_csv(pdir / f"positional-{form}.csv")
@@ -59,13 +63,16 @@ def localisation_figures(run_dir: str | Path) -> list[tuple[str, str, Any]]:
         head = json.loads((sdir / "steering_headline.json").read_text())
         table.attrs["clean_cs"] = head["clean_cs_items"]
         ratio = (head.get("best") or {}).get("min_mass_ratio", 0.5)
+        space = ("; content space: word content direction, both deed orders, content CS"
+                 if head.get("space") == "content" else "")
         sf = localise_plots.steering_figures(table, f"{model}, {head['n_items']} two-option items; alpha in units "
-                                                    "of the word-answer mean difference at the layer", ratio)
+                                                    f"of the word-answer mean difference at the layer{space}", ratio)
         figs += [("steering", n, f) for n, f in zip(["steering-surface", "steering-curves"], sf)]
     return figs
 
 
 LOCALISATION_TABLES = ["lens/summary.json", "patching/cross_form_summary.csv", "patching/cross_form_headline.json",
+                       "patching/cross_form_letter_split_summary.csv",
                        "patching/positional-deed-segments.csv", "patching/positional-deed-headline.json",
                        "patching/positional-word-segments.csv", "patching/positional-word-headline.json",
                        "steering/steering_summary.csv", "steering/steering_headline.json"]
