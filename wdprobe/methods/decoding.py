@@ -240,18 +240,24 @@ def _group_interval(scores: np.ndarray, y: np.ndarray, groups: np.ndarray, metri
 
 def internal_consistency(word_X: Float[np.ndarray, "n layer d"], deed_X: Float[np.ndarray, "m layer d"],
                          word_y: np.ndarray, deed_y: np.ndarray, word_groups: np.ndarray, deed_groups: np.ndarray, *,
-                         folds: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
+                         folds: int = 5, seed: int = 0, n_perm: int = 0, word_strata: np.ndarray | None = None,
+                         deed_strata: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """IC(l): does one probe, trained on both forms, read the same stance from an item's word and deed prompts?
 
     Per fold (items dealt whole), each form's rows are centred on that form's training mean (the two prompt forms
     differ by far more than any stance, and where their label rates differ too, an uncentred probe learns the form
     and reads every word as one stance and every deed as the other), a difference-of-means probe is fitted on the
     word and deed rows of the training items, each labelled with its own form's choice, and each test item's word
-    rows and deed rows are scored and their
-    mean decision values read as that form's internal stance (an item's rows are its option orders, so the letter
-    averages out). Returns per item (``items``, sorted) and layer: ``agree`` (n_items, L) 0/1, ``word``/``deed``
-    readings, and per item ``consistent`` (the behavioural agreement of the labels): IC(l) > CS means the two forms
-    share a stance inside that the deed answer then leaves."""
+    rows and deed rows are scored and their mean decision values read as that form's internal stance (an item's
+    rows are its option orders, so the letter averages out).
+
+    An item's two prompts share their topic and domain, so *any* readout tends to agree across them: with
+    ``n_perm``, the same is done with each form's labels permuted over items (within ``*_strata``, e.g. the
+    domain), and ``null_ic`` (n_perm, L) holds those IC curves, the control a shared stance must beat.
+
+    Returns ``items`` (sorted), per item and layer ``agree`` (n_items, L) 0/1, the ``word``/``deed`` readings, per
+    item ``consistent`` (the behavioural agreement of the labels), and ``null_ic``. IC(l) above its control and
+    above CS means the two forms share a stance inside that the deed answer then leaves."""
     wX, dX = np.asarray(word_X, dtype=np.float64), np.asarray(deed_X, dtype=np.float64)
     wy, dy = np.asarray(word_y).astype(int), np.asarray(deed_y).astype(int)
     wg, dg = np.asarray(word_groups), np.asarray(deed_groups)
@@ -261,31 +267,40 @@ def internal_consistency(word_X: Float[np.ndarray, "n layer d"], deed_X: Float[n
     items = np.unique(np.concatenate([wg, dg]))
     if set(np.unique(wg)) != set(items) or set(np.unique(dg)) != set(items):
         raise InputError("internal consistency needs every item's word and deed prompts")
-    X, y = np.concatenate([wX, dX]), np.concatenate([wy, dy])
+    rng = np.random.default_rng(seed)
+    Y = np.concatenate([_permuted_labels(wy, wg, n_perm, "groups", rng, word_strata),
+                        _permuted_labels(dy, dg, n_perm, "groups", rng, deed_strata)])  # (rows, 1 + n_perm)
+    X = np.concatenate([wX, dX])
     g, is_word = np.concatenate([wg, dg]), np.r_[np.ones(len(wy), bool), np.zeros(len(dy), bool)]
     pos = {name: k for k, name in enumerate(items.tolist())}
     item_of = np.array([pos[v] for v in g.tolist()])
-    score = np.zeros((len(y), X.shape[1]))
+    score = np.zeros((len(g), Y.shape[1], X.shape[1]))
     for test in group_folds(g, folds, seed):
-        train = np.setdiff1d(np.arange(len(y)), test)
-        if len(np.unique(y[train])) < 2:
+        train = np.setdiff1d(np.arange(len(g)), test)
+        if len(np.unique(Y[train, 0])) < 2:
             raise InputError("a training fold holds one class only; use fewer folds or more items")
-        Xc = X[np.concatenate([train, test])].copy()
         rows = np.concatenate([train, test])
+        Xc = X[rows].copy()
         for form in (True, False):
             Xc[is_word[rows] == form] -= X[train][is_word[train] == form].mean(0)
         Xtr, Xte = Xc[: len(train)], Xc[len(train):]
-        mu1, mu0 = Xtr[y[train] == 1].mean(0), Xtr[y[train] == 0].mean(0)
+        Ytr = Y[train].astype(np.float64)
+        n1 = np.maximum(Ytr.sum(axis=0), 1)
+        n0 = np.maximum(len(train) - Ytr.sum(axis=0), 1)
+        s1 = np.einsum("nld,np->pld", Xtr, Ytr)
+        mu1, mu0 = s1 / n1[:, None, None], (Xtr.sum(axis=0)[None] - s1) / n0[:, None, None]
         direction = mu1 - mu0
-        score[test] = np.einsum("nld,ld->nl", Xte, direction) - np.einsum("ld,ld->l", direction, (mu0 + mu1) / 2)
+        thresh = np.einsum("pld,pld->pl", direction, (mu0 + mu1) / 2)
+        score[test] = np.einsum("nld,pld->npl", Xte, direction) - thresh[None]
     readings = {}
     for form, rows in (("word", is_word), ("deed", ~is_word)):
-        total = np.zeros((len(items), X.shape[1]))
+        total = np.zeros((len(items),) + score.shape[1:])
         np.add.at(total, item_of[rows], score[rows])
-        readings[form] = total / np.bincount(item_of[rows], minlength=len(items))[:, None] > 0
+        readings[form] = total / np.bincount(item_of[rows], minlength=len(items))[:, None, None] > 0
+    agree = (readings["word"] == readings["deed"]).astype(float)  # (items, 1 + n_perm, L)
     label = {}
     for form, (yy, gg) in (("word", (wy, wg)), ("deed", (dy, dg))):
         label[form] = np.zeros(len(items), dtype=int)
         label[form][[pos[v] for v in gg.tolist()]] = yy
-    return {"items": items, "agree": (readings["word"] == readings["deed"]).astype(float), "word": readings["word"],
-            "deed": readings["deed"], "consistent": (label["word"] == label["deed"]).astype(float)}
+    return {"items": items, "agree": agree[:, 0], "word": readings["word"][:, 0], "deed": readings["deed"][:, 0],
+            "consistent": (label["word"] == label["deed"]).astype(float), "null_ic": agree[:, 1:].mean(axis=0)}

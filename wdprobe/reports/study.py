@@ -163,16 +163,24 @@ def finding_probes(n: dict) -> Finding | None:
         sentences.append(decodable(content.get("inconsistency"), "From the deed prompt, whether the item will be "
                                    "answered inconsistently", layers=layers))
     ic = (n.get("content_ic") or {}).get("last")
-    if content and ic:
-        t = ic["above_cs"]
-        sentences.append(
-            f"One content probe trained on both forms reads the same stance from an item's word and deed prompts "
-            f"on {interval(ic['best'], ic['best_low'], ic['best_high'])} of the {ic['n_items']} items at its best layer "
-            f"{ic['best_layer']} (IC(l)), against content CS {ic['content_cs']:.2f}: "
-            + versus(t, above=f"more than the answers agree (by {interval(t['effect'], t['low'], t['high'])}, beyond "
-                              "picking the best layer), a stance shared inside that the deed answer leaves",
-                     below="less than the answers agree",
-                     neither="no more than the answers agree"))
+    if content and ic and "above_control" in ic:
+        t, c = ic["above_cs"], ic["above_control"]
+        text = (f"One content probe trained on both forms reads the same stance from an item's word and deed prompts "
+                f"on {interval(ic['best'], ic['best_low'], ic['best_high'])} of the {ic['n_items']} items at its best "
+                f"layer {ic['best_layer']} (IC(l)); a probe on labels permuted within domains agrees on "
+                f"{c['control_at_best']:.2f} there (what an item's two prompts share by topic and domain), and the "
+                f"answers agree on {ic['content_cs']:.2f} (content CS): ")
+        if c["significant"] and verdict(t) > 0:
+            text += (f"IC beats its control ({p_text(c['p_value'])}, max over layers) and CS (by "
+                     f"{interval(t['effect'], t['low'], t['high'])}, {p_text(t['p_value'])}): a stance shared inside "
+                     "that the deed answer leaves")
+        elif c["significant"]:
+            text += (f"IC beats its control ({p_text(c['p_value'])}) but not CS: "
+                     + versus(t, above="", below="less than the answers agree", neither="vs CS"))
+        else:
+            text += (f"IC does not beat its control (family-wise {p_text(c['p_value'])}), so the agreement is what shared "
+                     f"topic and domain give, not a shared stance: inconclusive at n = {ic['n_items']} items")
+        sentences.append(text)
     tests = (head or {}).get("tests")
     if tests and not content:  # a letter-free run words its content probes; the shown-order tests are the fallback
         sentences.append(decodable(tests.get("word->word"), "In the shown order alone, the word answer", layers=layers))

@@ -10,7 +10,8 @@ a probe on the *letter said* can. Per captured position and layer (difference-of
 - ``correct`` (word, deed): is the content choice the known answer (EthV, Theory);
 - ``inconsistency``: from the deed prompt, before any answer, will the item be answered inconsistently (AUROC);
 - ``ic``: IC(l) in content space, one probe trained on both forms reading each item's word and deed prompts
-  (averaged over orders), against the behavioural content CS (``probes/content-ic.json``).
+  (averaged over orders), against its within-domain random-label control and against the behavioural content CS
+  (``probes/content-ic.json``).
 
 Every curve has its random-label control and a bootstrap interval over items, and every "decodable" claim the
 max-over-layers permutation test (family-wise 95%). Labels are permuted *within a domain*, so what the item's
@@ -119,33 +120,44 @@ def content_tests(acts: Activations, *, folds: int = 5, n_perm: int = 200, seed:
     return out
 
 
-def content_ic(acts: Activations, *, folds: int = 5, seed: int = 0, n_perm: int = 2000) -> tuple[list[dict], dict]:
+def content_ic(acts: Activations, *, folds: int = 5, seed: int = 0, n_perm: int = 200) -> tuple[list[dict], dict]:
     """IC(l) in content space (:func:`wdprobe.methods.decoding.internal_consistency` on every order of the two-option
-    items, labels the content choices): tidy rows (``COLUMNS``; ``control`` is the agreement two independent readings
-    with the same marginals would reach, ``threshold`` the behavioural content CS of the same items) and a summary
-    with the test of IC(l) > content CS, max over layers (sign flips over items)."""
+    items, labels the content choices): tidy rows (``COLUMNS``; ``control`` is IC with labels permuted over items
+    within a domain, what an item's two prompts share by topic and domain alone; ``threshold`` its family-wise 95%
+    level over layers) and a summary with two tests: IC above that control (max over layers), and IC above the
+    behavioural content CS of the same items (sign flips over items, max over layers)."""
     X, meta = {}, {}
     for form in ("word", "deed"):
         X[form], meta[form] = _two_option_rows(acts, form)
     y = {f: meta[f]["content_choice"].astype(int).to_numpy() for f in meta}
     g = {f: meta[f]["id"].to_numpy() for f in meta}
-    r = internal_consistency(X["word"], X["deed"], y["word"], y["deed"], g["word"], g["deed"], folds=folds, seed=seed)
-    agree, cs = r["agree"], r["consistent"]
+    strata = {f: meta[f]["domain"].astype(str).to_numpy() for f in meta}
+    r = internal_consistency(X["word"], X["deed"], y["word"], y["deed"], g["word"], g["deed"], folds=folds, seed=seed,
+                             n_perm=n_perm, word_strata=strata["word"], deed_strata=strata["deed"])
+    agree, cs, null = r["agree"], r["consistent"], r["null_ic"]
     idx = bootstrap_indices(len(cs), seed=seed)
     boot = agree[idx].mean(axis=1)  # (n_boot, L)
     low, high = np.quantile(boot, 0.025, axis=0), np.quantile(boot, 0.975, axis=0)
-    pw, pd_ = r["word"].mean(0), r["deed"].mean(0)
-    chance = pw * pd_ + (1 - pw) * (1 - pd_)
+    ic = agree.mean(0)
+    null_max = null.max(axis=1)
+    threshold = float(np.quantile(null_max, 0.95))
     layers = tuple(acts.layers)
-    rows = [{"position": None, "analysis": "ic", "layer": int(l), "metric": "agreement", "value": float(agree[:, k].mean()),
-             "low": float(low[k]), "high": float(high[k]), "control": float(chance[k]), "threshold": float(cs.mean()),
+    rows = [{"position": None, "analysis": "ic", "layer": int(l), "metric": "agreement", "value": float(ic[k]),
+             "low": float(low[k]), "high": float(high[k]), "control": float(null[:, k].mean()), "threshold": threshold,
              "n_rows": int(len(y["word"]) + len(y["deed"])), "n_groups": int(len(cs))} for k, l in enumerate(layers)]
-    test = sign_flip_max_test(agree - cs[:, None], n_perm=n_perm, seed=seed).to_json()
-    test["setting"] = int(layers[test["setting"]])
-    best = int(np.argmax(agree.mean(0)))
-    return rows, {"ic_by_layer": {int(l): float(v) for l, v in zip(layers, agree.mean(0))}, "content_cs": float(cs.mean()),
-                  "best_layer": int(layers[best]), "best": float(agree[:, best].mean()), "best_low": float(low[best]),
-                  "best_high": float(high[best]), "n_items": int(len(cs)), "above_cs": test}
+    best = int(np.argmax(ic))
+    above_cs = sign_flip_max_test(agree - cs[:, None], seed=seed).to_json()
+    above_cs["setting"] = int(layers[above_cs["setting"]])
+    p_control = float((1 + np.sum(null_max >= ic[best])) / (1 + len(null_max)))
+    above = [int(layers[k]) for k in np.flatnonzero(ic > threshold)]
+    return rows, {"ic_by_layer": {int(l): float(v) for l, v in zip(layers, ic)},
+                  "control_by_layer": {int(l): float(v) for l, v in zip(layers, null.mean(0))},
+                  "content_cs": float(cs.mean()), "best_layer": int(layers[best]), "best": float(ic[best]),
+                  "best_low": float(low[best]), "best_high": float(high[best]), "n_items": int(len(cs)),
+                  "above_control": {"p_value": p_control, "significant": p_control < 0.05, "threshold": threshold,
+                                    "control_at_best": float(null[:, best].mean()), "first_layer": above[0] if above else None,
+                                    "n_permutations": int(len(null_max))},
+                  "above_cs": above_cs}
 
 
 def content_frame(tests: dict[str, LayerTest], position: str):
@@ -171,7 +183,7 @@ def run_content_probes(run_dir: str | Path, *, positions: Sequence[str] = ("last
         acts = load_activations(run.path, hook=hook, position=position, orders="all")
         tests = content_tests(acts, folds=folds, n_perm=n_perm, seed=seed)
         frame = content_frame(tests, position)
-        ic_rows, ic[position] = content_ic(acts, folds=folds, seed=seed)
+        ic_rows, ic[position] = content_ic(acts, folds=folds, seed=seed, n_perm=n_perm)
         frame = pd.concat([frame, pd.DataFrame([dict(r, position=position) for r in ic_rows], columns=COLUMNS)],
                           ignore_index=True)
         atomic_write_text(out_dir / f"content-{position}.csv", frame.to_csv(index=False))
@@ -207,7 +219,7 @@ def content_figure(frame, title: str) -> go.Figure:
                                      hovertemplate=f"{a.title}<br>layer %{{x}}: %{{y:.3f}}<extra></extra>"), row=1, col=col)
             fig.add_trace(go.Scatter(x=x, y=t["control"], mode="lines", showlegend=False, legendgroup=name,
                                      line=dict(color=a.colour, width=1, dash="dot"), hoverinfo="skip"), row=1, col=col)
-            line = "content CS (the answers' agreement)" if name == "ic" else "family-wise threshold"
+            line = "family-wise threshold"
             fig.add_trace(go.Scatter(x=[x[0], x[-1]], y=[float(t["threshold"].iloc[0])] * 2, mode="lines",
                                      showlegend=False, legendgroup=name, line=dict(color=a.colour, width=1, dash="dash"),
                                      hovertemplate=f"{a.title}: {line} %{{y:.3f}}<extra></extra>"),
@@ -224,5 +236,5 @@ def content_title(model: str, position: str, hook: str = "resid_post") -> str:
     """The figure title, with how to read it."""
     return (f"Content probes — {model}, {hook} at the {position.replace('_', ' ')} position<br><sup>difference-of-means "
             "probes, folds by item (every order of an item in one fold); band: 95% bootstrap interval over items; "
-            "dotted: random-label control (IC: chance agreement); dashed: family-wise 95% threshold over layers (IC: "
-            "content CS)</sup>")
+            "dotted: random-label control (labels permuted within a domain); dashed: family-wise 95% threshold over "
+            "layers</sup>")

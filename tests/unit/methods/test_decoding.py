@@ -149,3 +149,34 @@ def test_internal_consistency_sees_a_shared_stance_the_deed_answer_leaves():
     with pytest.raises(InputError, match="every item's word and deed"):
         internal_consistency(rows["word"][0], rows["deed"][0][:-2], rows["word"][1], rows["deed"][1][:-2],
                              rows["word"][2], rows["deed"][2][:-2])
+
+
+def test_internal_consistency_control_absorbs_what_the_domain_alone_shares():
+    from wdprobe.methods.decoding import internal_consistency
+
+    rng = np.random.default_rng(2)
+    n = 200
+    domain = np.repeat([0, 1], n // 2)
+    for shared in (False, True):
+        if shared:  # a stance of its own in both forms (layer 1); the deed answer leaves it on 40% of items
+            word_y = rng.integers(0, 2, n)
+            deed_y = np.where(rng.random(n) < 0.4, 1 - word_y, word_y)
+        else:  # the domain decides 85% of the answers and is all the activations hold
+            word_y = np.where(rng.random(n) < 0.85, domain, rng.integers(0, 2, n))
+            deed_y = np.where(rng.random(n) < 0.85, domain, rng.integers(0, 2, n))
+        rows = {}
+        for form, label in (("word", word_y), ("deed", deed_y)):
+            X = rng.standard_normal((2 * n, 2, 8))
+            X[:, :, 0] += 3.0 * np.repeat(domain, 2)[:, None]
+            if shared:
+                X[:, 1, 1] += 3.0 * np.repeat(word_y, 2)
+            rows[form] = (X, np.repeat(label, 2), np.repeat(np.arange(n), 2), np.repeat(domain, 2))
+        r = internal_consistency(rows["word"][0], rows["deed"][0], rows["word"][1], rows["deed"][1], rows["word"][2],
+                                 rows["deed"][2], n_perm=100, word_strata=rows["word"][3], deed_strata=rows["deed"][3])
+        ic, null = r["agree"].mean(0), r["null_ic"]
+        p = (1 + np.sum(null.max(axis=1) >= ic.max())) / (1 + len(null))
+        assert null.shape == (100, 2)
+        if shared:
+            assert p < 0.05 and int(np.argmax(ic)) == 1 and ic[1] > 0.9
+        else:  # readings agree because both prompts carry the domain, and the within-domain control agrees as much
+            assert ic.max() > 0.7 and p > 0.05
