@@ -29,3 +29,23 @@ def planted_capture(n_items=120, layers=5, d=12, decide_at=2, bind_at=4, inconsi
                              "content_choice": int(c), "content_consistent": int(word_c[i] == deed_c[i]),
                              "correct": 0 if i % 2 else ""})
     return Activations(np.array(X), pd.DataFrame(rows), tuple(range(layers)), "resid_post", "last")
+
+
+def planted_cloze_capture(n_items=120, layers=5, d=12, decide_at=2, shared=True, seed=0):
+    """One cloze prompt per (item, form), no letters; the content choice appears from ``decide_at``. With ``shared``
+    the deed prompt holds the *word* choice inside (the deed answer leaves it on 40% of items), else its own."""
+    rng = np.random.default_rng(seed)
+    rows, X = [], []
+    word_c = rng.integers(0, 2, n_items)
+    deed_c = np.where(rng.random(n_items) < 0.6, word_c, 1 - word_c)
+    for i in range(n_items):
+        for form, c in (("word", word_c[i]), ("deed", deed_c[i])):
+            inside = word_c[i] if shared else c
+            x = rng.normal(size=(layers, d))
+            x[decide_at:, 0] += 2.0 * (2 * inside - 1)
+            X.append(x)
+            rows.append({"prompt_index": len(rows), "id": f"it{i}", "domain": ["Opinion", "EthV"][i % 2], "form": form,
+                         "format": "cloze", "n_options": 2, "order": "", "shown": 0, "in_content": 0, "choice": int(c),
+                         "letter": "", "consistent": int(word_c[i] == deed_c[i]), "content_choice": int(c),
+                         "content_consistent": int(word_c[i] == deed_c[i]), "correct": ""})
+    return Activations(np.array(X), pd.DataFrame(rows), tuple(range(layers)), "resid_post", "last")

@@ -100,13 +100,14 @@ def _wdct_probes(ctx: StageContext) -> StageResult:
     if missing:
         raise InputError(f"probes.positions {missing} were not captured (capture.positions = {cfg.capture.positions})")
     out, heads = [], {}
-    for position in p.positions:
+    letters = cfg.format != "cloze"
+    for position in (p.positions if letters else ()):
         head = run_probes(ctx.run.path, position=position, kinds=p.kinds, folds=p.folds, seed=cfg.seed, progress=ctx.progress,
                           n_perm=p.permutations)
         kind = "diffmean" if "diffmean" in head else p.kinds[0]
         heads[position] = head
         out.append(f"{position}: word probe {head[kind]['word->word']:.2f}, transfer {head[kind]['word->deed_best']:.2f}")
-    if cfg.orders != "shown":
+    if cfg.orders != "shown" and letters:
         content = run_content_probes(ctx.run.path, positions=p.positions, folds=p.folds, n_perm=p.permutations,
                                      seed=cfg.seed)
         heads["content"] = content
@@ -114,6 +115,13 @@ def _wdct_probes(ctx: StageContext) -> StageResult:
             layers = {k: tests[k]["first_significant_layer"] for k in ("decide_word", "bind_word") if k in tests}
             out.append(f"{position}: word content decodable from layer {layers.get('decide_word')}, "
                        f"letter from layer {layers.get('bind_word')}")
+    if cfg.format in ("cloze", "both"):
+        cloze = run_content_probes(ctx.run.path, positions=p.positions, folds=p.folds, n_perm=p.permutations,
+                                   seed=cfg.seed, answer_format="cloze")
+        heads["cloze"] = cloze
+        for position, tests in cloze.items():
+            first = tests["decide_word"]["first_significant_layer"] if "decide_word" in tests else None
+            out.append(f"{position}: cloze word choice decodable from layer {first}")
     return StageResult("probes", "; ".join(out), heads)
 
 

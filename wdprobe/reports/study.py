@@ -72,6 +72,7 @@ def study_numbers(run_dir: str | Path) -> dict[str, Any]:
     return {"model": manifest["stages"]["score"]["config"]["model"], "manifest": manifest,
             "metrics": metrics, "probes": probes, "content_probes": _json(p / "probes" / "content-summary.json"),
             "content_ic": _json(p / "probes" / "content-ic.json"),
+            "cloze_probes": _json(p / "probes" / "cloze-summary.json"), "cloze_ic": _json(p / "probes" / "cloze-ic.json"),
             "n_layers": len(capture.get("layers") or []) or None, "lens": _json(p / "lens" / "summary.json"),
             "cross": _json(p / "patching" / "cross_form_headline.json"),
             "positional": {f: _json(p / "patching" / f"positional-{f}-headline.json") for f in ("deed", "word")},
@@ -145,11 +146,30 @@ def _iv(d: dict) -> dict:
     return {"value": d["value"], "low": d["low"], "high": d["high"]}
 
 
+def ic_text(ic: dict, who: str) -> str:
+    """IC(l) in words: a shared stance is claimed only when IC beats its within-domain control and the answers'
+    agreement (CS), each by its test."""
+    t, c = ic["above_cs"], ic["above_control"]
+    text = (f"{who} reads the same stance from an item's word and deed prompts on "
+            f"{interval(ic['best'], ic['best_low'], ic['best_high'])} of the {ic['n_items']} items at its best layer "
+            f"{ic['best_layer']} (IC(l)); a probe on labels permuted within domains agrees on {c['control_at_best']:.2f} "
+            f"there (what an item's two prompts share by topic and domain), and the answers agree on "
+            f"{ic['content_cs']:.2f} (CS): ")
+    if c["significant"] and verdict(t) > 0:
+        return text + (f"IC beats its control ({p_text(c['p_value'])}, max over layers) and CS (by "
+                       f"{interval(t['effect'], t['low'], t['high'])}, {p_text(t['p_value'])}): a stance shared inside "
+                       "that the deed answer leaves")
+    if c["significant"]:
+        return text + f"IC beats its control ({p_text(c['p_value'])}) but not CS (p = {t['p_value']:.3f})"
+    return text + (f"IC does not beat its control (family-wise {p_text(c['p_value'])}), so the agreement is what shared "
+                   f"topic and domain give, not a shared stance: inconclusive at n = {ic['n_items']} items")
+
+
 def finding_probes(n: dict) -> Finding | None:
     """Finding 2: what is decodable inside — content vs letter (every order), or the shown answers — by test."""
     content = (n.get("content_probes") or {}).get("last")
     head = n["probes"].get("resid_post-last")
-    if not content and not head:
+    if not content and not head and not (n.get("cloze_probes") or {}).get("last"):
         return None
     layers = n.get("n_layers")
     sentences = []
@@ -164,23 +184,16 @@ def finding_probes(n: dict) -> Finding | None:
                                    "answered inconsistently", layers=layers))
     ic = (n.get("content_ic") or {}).get("last")
     if content and ic and "above_control" in ic:
-        t, c = ic["above_cs"], ic["above_control"]
-        text = (f"One content probe trained on both forms reads the same stance from an item's word and deed prompts "
-                f"on {interval(ic['best'], ic['best_low'], ic['best_high'])} of the {ic['n_items']} items at its best "
-                f"layer {ic['best_layer']} (IC(l)); a probe on labels permuted within domains agrees on "
-                f"{c['control_at_best']:.2f} there (what an item's two prompts share by topic and domain), and the "
-                f"answers agree on {ic['content_cs']:.2f} (content CS): ")
-        if c["significant"] and verdict(t) > 0:
-            text += (f"IC beats its control ({p_text(c['p_value'])}, max over layers) and CS (by "
-                     f"{interval(t['effect'], t['low'], t['high'])}, {p_text(t['p_value'])}): a stance shared inside "
-                     "that the deed answer leaves")
-        elif c["significant"]:
-            text += (f"IC beats its control ({p_text(c['p_value'])}) but not CS: "
-                     + versus(t, above="", below="less than the answers agree", neither="vs CS"))
-        else:
-            text += (f"IC does not beat its control (family-wise {p_text(c['p_value'])}), so the agreement is what shared "
-                     f"topic and domain give, not a shared stance: inconclusive at n = {ic['n_items']} items")
-        sentences.append(text)
+        sentences.append(ic_text(ic, "One content probe trained on both forms"))
+    cloze, cloze_ic = (n.get("cloze_probes") or {}).get("last"), (n.get("cloze_ic") or {}).get("last")
+    if cloze:
+        sentences.append(decodable(cloze.get("decide_word"), "In the cloze form (no options shown, no letters), the "
+                                   "word choice", layers=layers))
+        sentences.append(decodable(cloze.get("decide_deed"), "The cloze deed choice", layers=layers))
+        sentences.append(decodable(cloze.get("transfer_word_deed"), "A cloze probe trained on words and read on deeds",
+                                   layers=layers))
+        if cloze_ic and "above_control" in cloze_ic:
+            sentences.append(ic_text(cloze_ic, "In the cloze form, one probe trained on both forms"))
     tests = (head or {}).get("tests")
     if tests and not content:  # a letter-free run words its content probes; the shown-order tests are the fallback
         sentences.append(decodable(tests.get("word->word"), "In the shown order alone, the word answer", layers=layers))
@@ -447,10 +460,12 @@ READINGS_HEADER = ["reading", "CS micro [95% CI]", "CS macro [95% CI]", "PCS mic
 def content_probe_figures(run_dir: Path, model: str) -> list[tuple[str, go.Figure]]:
     """The content-probe figure of each position the run probed, redrawn from its table."""
     out = []
-    for pos in ("last", "question_mean"):
-        path = run_dir / "probes" / f"content-{pos}.csv"
-        if path.is_file():
-            out.append((f"content-{pos}", content_figure(pd.read_csv(path), content_title(model, pos))))
+    for prefix, answer_format in (("content", "letter"), ("cloze", "cloze")):
+        for pos in ("last", "question_mean"):
+            path = run_dir / "probes" / f"{prefix}-{pos}.csv"
+            if path.is_file():
+                out.append((f"{prefix}-{pos}", content_figure(pd.read_csv(path),
+                                                              content_title(model, pos, answer_format=answer_format))))
     return out
 
 

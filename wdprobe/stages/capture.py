@@ -33,17 +33,18 @@ from wdprobe.methods.capture import (
     CaptureSpec,
     capture_batch,
     presentation_spans,
+    prompt_spans,
 )
 from wdprobe.runs.rundir import RunDir, read_checked, read_csv, write_checked
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import scored_entry
-from wdprobe.stages.score import scored_letter_prompts
+from wdprobe.stages.score import scored_cloze_prompts, scored_letter_prompts
 
 # ---- the capture stage: a scored run directory -> activation shards + metadata ---------------------
 
 STAGE = "capture"
-META_COLUMNS = ["prompt_index", "id", "domain", "form", "n_options", "order", "shown", "in_content", "choice", "letter",
-                "consistent", "content_choice", "content_consistent", "correct", "shard", "row"]
+META_COLUMNS = ["prompt_index", "id", "domain", "form", "format", "n_options", "order", "shown", "in_content", "choice",
+                "letter", "consistent", "content_choice", "content_consistent", "correct", "shard", "row"]
 
 
 def _shard_path(run_dir: Path, n: int) -> Path:
@@ -81,17 +82,21 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
     run.check_or_start(STAGE, {"spec": spec.to_json(), "model_revision": lm.revision, **({"shard": str(part)} if part else {})})
 
     all_prompts, meta, spans, n_opts = [], [], [], []
-    for k, sp in enumerate(scored_letter_prompts(scored_run.path, lm.tokenizer)):
+    letter = [] if cfg.get("format", "letter") == "cloze" else scored_letter_prompts(scored_run.path, lm.tokenizer)
+    for k, sp in enumerate(list(letter) + scored_cloze_prompts(scored_run.path, lm.tokenizer)):
         item = sp.item
         all_prompts.append(sp.text)
-        spans.append(presentation_spans(sp.view, sp.form, sp.text))
-        n_opts.append(sp.view.item.n_options)
-        content = item.get(f"{sp.form}_content_choice", "")
+        cloze = sp.format == "cloze"
+        # a cloze prompt has no option lines: its question is the stem, and its content choice is the cloze choice
+        spans.append(prompt_spans(sp.text, sp.view.item.stem(sp.form), [], ()) if cloze
+                     else presentation_spans(sp.view, sp.form, sp.text))
+        n_opts.append(0 if cloze else sp.view.item.n_options)
+        content = sp.choice if cloze else item.get(f"{sp.form}_content_choice", "")
         meta.append({"prompt_index": k, "id": sp.view.item.id, "domain": sp.view.item.domain, "form": sp.form,
-                     "n_options": sp.view.item.n_options, "order": sp.order, "shown": int(sp.shown),
-                     "in_content": int(sp.in_content), "choice": sp.choice, "letter": sp.letter,
-                     "consistent": item["consistent"], "content_choice": content,
-                     "content_consistent": item.get("content_consistent", ""),
+                     "format": sp.format, "n_options": sp.view.item.n_options, "order": "" if cloze else sp.order,
+                     "shown": int(sp.shown), "in_content": int(sp.in_content), "choice": sp.choice, "letter": sp.letter,
+                     "consistent": item["cloze_consistent"] if cloze else item["consistent"], "content_choice": content,
+                     "content_consistent": item["cloze_consistent"] if cloze else item.get("content_consistent", ""),
                      "correct": "" if item["correct"] is None else item["correct"]})
 
     done = {int(r["prompt_index"]) for r in run.read_parts(STAGE)}
@@ -184,11 +189,13 @@ class Activations:
 
 
 def load_activations(run_dir: str | Path, hook: str = "resid_post", position: str = "last", *,
-                     orders: str = "shown", allow_partial: bool = False) -> Activations:
+                     orders: str = "shown", answer_format: str = "letter", allow_partial: bool = False) -> Activations:
     """Read captured activations back as one ``(n_prompts, n_layers, d_model)`` float32 array.
 
     ``orders="shown"`` keeps the paper's one seeded order per (item, form) — what the classic analyses pair word
-    with deed on; ``orders="all"`` every captured order (content probes, decide vs bind).
+    with deed on; ``orders="all"`` every captured order (content probes, decide vs bind). ``answer_format="cloze"``
+    reads the cloze prompts instead (one per item and form, no options, no letters; ``orders`` does not apply):
+    ``choice`` and ``content_choice`` are then the cloze choice, ``consistent`` cloze consistency.
 
     An unfinished capture is refused by name; ``allow_partial=True`` reads the prompts captured so far
     and warns how many that is."""
@@ -209,9 +216,14 @@ def load_activations(run_dir: str | Path, hook: str = "resid_post", position: st
         raise CaptureSpecError(f"{run.path} captured hooks {spec['hooks']} at positions {spec['positions']}, not {name}")
     if orders not in ("shown", "all"):
         raise InputError(f"orders must be 'shown' or 'all', not {orders!r}")
+    if answer_format not in ("letter", "cloze"):
+        raise InputError(f"answer_format must be 'letter' or 'cloze', not {answer_format!r}")
     meta = pd.DataFrame(run.read_parts(STAGE))
     if "shown" not in meta:  # captured before orders existed: one shown prompt per (item, form)
         meta["shown"], meta["in_content"], meta["content_choice"], meta["content_consistent"] = 1, 0, "", ""
+    if "format" not in meta:  # captured before the cloze format: letter prompts only
+        meta["format"] = "letter"
+    meta["format"] = meta["format"].fillna("letter").replace("", "letter")
     for c in ("prompt_index", "n_options", "choice", "consistent", "shard", "row", "shown", "in_content"):
         meta[c] = meta[c].astype(int)
     meta = meta.sort_values("prompt_index").reset_index(drop=True)
@@ -228,7 +240,11 @@ def load_activations(run_dir: str | Path, hook: str = "resid_post", position: st
     arr = np.concatenate(chunks)
     idx = np.concatenate(indices)
     pos = {int(k): i for i, k in enumerate(idx)}
-    if orders == "shown":
+    meta = meta[meta["format"] == answer_format].reset_index(drop=True)
+    if not len(meta):
+        raise CaptureSpecError(f"{run.path} captured no {answer_format} prompts: score the run with --format "
+                               f"{answer_format} (or both) and capture again")
+    if orders == "shown" and answer_format == "letter":
         meta = meta[meta["shown"] == 1].reset_index(drop=True)
     arr = arr[[pos[int(k)] for k in meta["prompt_index"]]]
     if not st.get("complete"):

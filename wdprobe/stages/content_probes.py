@@ -69,9 +69,17 @@ ANALYSES = (
 BY_NAME = {a.name: a for a in ANALYSES}
 
 
+def is_cloze(acts: Activations) -> bool:
+    """Activations of cloze prompts (``load_activations(answer_format="cloze")``): one per item and form, no letters."""
+    return "format" in acts.meta and bool((acts.meta["format"] == "cloze").all())
+
+
 def _two_option_rows(acts: Activations, form: str) -> tuple[np.ndarray, Any]:
     meta = acts.meta
-    keep = ((meta["form"] == form) & (meta["n_options"] == 2) & (meta["in_content"] == 1)).to_numpy()
+    keep = (meta["form"] == form) & (meta["n_options"] == 2)
+    if not is_cloze(acts):  # letter prompts: the orders the content reading averages over
+        keep &= meta["in_content"] == 1
+    keep = keep.to_numpy()
     return acts.array[keep], meta[keep].reset_index(drop=True)
 
 
@@ -82,7 +90,7 @@ def _has_both(y: np.ndarray, groups: np.ndarray, folds: int) -> bool:
 def content_tests(acts: Activations, *, folds: int = 5, n_perm: int = 200, seed: int = 0) -> dict[str, LayerTest]:
     """Every analysis this capture supports, by name (an analysis whose labels have one class, or too few items,
     is left out)."""
-    if not (acts.meta["in_content"] == 1).any():
+    if not is_cloze(acts) and not (acts.meta["in_content"] == 1).any():
         raise InputError("content probes need the activations of every order: score with --orders cyclic (or all) "
                          "and capture again")
     X, meta = {}, {}
@@ -106,7 +114,8 @@ def content_tests(acts: Activations, *, folds: int = 5, n_perm: int = 200, seed:
     domain = {f: meta[f]["domain"].astype(str).to_numpy() for f in meta}
     for f in ("word", "deed"):
         add(f"decide_{f}", X[f], content[f], groups[f], domain[f])
-        add(f"bind_{f}", X[f], (meta[f]["letter"] != "A").to_numpy(), groups[f], domain[f], permute="rows")
+        if not is_cloze(acts):  # a cloze prompt says no letter
+            add(f"bind_{f}", X[f], (meta[f]["letter"] != "A").to_numpy(), groups[f], domain[f], permute="rows")
         graded = (meta[f]["correct"].astype(str) != "").to_numpy()
         if graded.any():
             right = content[f][graded] == meta[f]["correct"][graded].astype(int).to_numpy()
@@ -169,8 +178,12 @@ def content_frame(tests: dict[str, LayerTest], position: str):
 
 
 def run_content_probes(run_dir: str | Path, *, positions: Sequence[str] = ("last", "question_mean"),
-                       hook: str = "resid_post", folds: int = 5, n_perm: int = 200, seed: int = 0) -> dict[str, Any]:
-    """Content probes at each position of a run captured in every order; returns (and writes) the summary."""
+                       hook: str = "resid_post", folds: int = 5, n_perm: int = 200, seed: int = 0,
+                       answer_format: str = "letter") -> dict[str, Any]:
+    """Content probes at each position of a run captured in every order; returns (and writes) the summary.
+    ``answer_format="cloze"``: the same analyses on the cloze prompts (labels the cloze choices; no letter, so no
+    bind), written as ``probes/cloze-*``."""
+    prefix = "cloze" if answer_format == "cloze" else "content"
     run = RunDir(run_dir)
     model = scored_entry(run)["config"]["model"]
     out_dir = run.path / "probes"
@@ -180,20 +193,20 @@ def run_content_probes(run_dir: str | Path, *, positions: Sequence[str] = ("last
     import pandas as pd
 
     for position in positions:
-        acts = load_activations(run.path, hook=hook, position=position, orders="all")
+        acts = load_activations(run.path, hook=hook, position=position, orders="all", answer_format=answer_format)
         tests = content_tests(acts, folds=folds, n_perm=n_perm, seed=seed)
         frame = content_frame(tests, position)
         ic_rows, ic[position] = content_ic(acts, folds=folds, seed=seed, n_perm=n_perm)
         frame = pd.concat([frame, pd.DataFrame([dict(r, position=position) for r in ic_rows], columns=COLUMNS)],
                           ignore_index=True)
-        atomic_write_text(out_dir / f"content-{position}.csv", frame.to_csv(index=False))
+        atomic_write_text(out_dir / f"{prefix}-{position}.csv", frame.to_csv(index=False))
         summary[position] = {name: t.summary() for name, t in tests.items()}
-        fig = content_figure(frame, content_title(model, position, hook))
-        write_html([fig], out_dir / f"content-{position}.html", heading=f"Content probes: {model}, {position}")
-        write_png(fig, out_dir / f"content-{position}.png")
-    atomic_write_text(out_dir / "content-summary.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(out_dir / "content-ic.json", json.dumps(ic, indent=2) + "\n")
-    run.update_stage("probe", content=summary, content_ic=ic)
+        fig = content_figure(frame, content_title(model, position, hook, answer_format))
+        write_html([fig], out_dir / f"{prefix}-{position}.html", heading=f"{prefix.capitalize()} probes: {model}, {position}")
+        write_png(fig, out_dir / f"{prefix}-{position}.png")
+    atomic_write_text(out_dir / f"{prefix}-summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out_dir / f"{prefix}-ic.json", json.dumps(ic, indent=2) + "\n")
+    run.update_stage("probe", **{prefix: summary, f"{prefix}_ic": ic})
     return summary
 
 
@@ -232,9 +245,12 @@ def content_figure(frame, title: str) -> go.Figure:
     return fig
 
 
-def content_title(model: str, position: str, hook: str = "resid_post") -> str:
+def content_title(model: str, position: str, hook: str = "resid_post", answer_format: str = "letter") -> str:
     """The figure title, with how to read it."""
-    return (f"Content probes — {model}, {hook} at the {position.replace('_', ' ')} position<br><sup>difference-of-means "
-            "probes, folds by item (every order of an item in one fold); band: 95% bootstrap interval over items; "
+    what = ("Cloze probes (no options shown, no letters; labels: the cloze choices)" if answer_format == "cloze"
+            else "Content probes")
+    folds = "folds by item" if answer_format == "cloze" else "folds by item (every order of an item in one fold)"
+    return (f"{what} — {model}, {hook} at the {position.replace('_', ' ')} position<br><sup>difference-of-means "
+            f"probes, {folds}; band: 95% bootstrap interval over items; "
             "dotted: random-label control (labels permuted within a domain); dashed: family-wise 95% threshold over "
             "layers</sup>")

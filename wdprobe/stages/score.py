@@ -405,6 +405,7 @@ class ScoredPrompt:
     choice: int
     letter: str
     item: dict[str, Any]
+    format: str = "letter"
 
     @property
     def order(self) -> str:
@@ -432,6 +433,29 @@ def scored_letter_prompts(run_dir: str | Path, tokenizer) -> list[ScoredPrompt]:
                 text = wrap(normal_prompt(view, f), tokenizer, cfg["chat_template"])
                 out.append(ScoredPrompt(view, f, text, bool(r["shown"]), bool(r["in_content"]), int(r["choice"]),
                                         r["letter"], row))
+    return out
+
+
+def scored_cloze_prompts(run_dir: str | Path, tokenizer) -> list[ScoredPrompt]:
+    """Every cloze prompt of a scored run (each item's word prompt, then its deed prompt), rebuilt exactly as scored:
+    no option lines and no letters, so ``choice`` is the cloze choice (best mean log-likelihood per token), ``letter``
+    is empty and ``view`` keeps the canonical order. Empty for a run scored without the cloze format."""
+    scored = load_score(run_dir)
+    cfg = scored_entry(RunDir(run_dir))
+    if cfg["config"].get("format", "letter") not in ("cloze", "both"):
+        return []
+    by_id = {it.id: it for it in load_wdct(cfg["data"]["path"])}
+    missing = [r["id"] for r in scored.rows if r["id"] not in by_id]
+    if missing:
+        raise InputError(f"{run_dir}: item(s) {missing[:5]} of the run are not in {cfg['data']['path']} any more")
+    out = []
+    for row in scored.rows:
+        item = by_id[row["id"]]
+        canonical = tuple(range(item.n_options))
+        for f in FORMS:
+            text = wrap(cloze_prompt(item, f), tokenizer, cfg["config"]["chat_template"])
+            out.append(ScoredPrompt(Presentation(item, canonical, canonical), f, text, False, False,
+                                    int(row[f"{f}_cloze_choice"]), "", row, "cloze"))
     return out
 
 

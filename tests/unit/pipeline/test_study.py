@@ -141,7 +141,7 @@ def test_run_study_runs_every_stage_and_reports(study):
     assert study_status(cfg.out_dir)["config"]["patch_cross"]["items"] == 12  # the configuration is in the manifest
     for rel in ("items.csv", "capture", "probes/resid_post-last.csv", "lens/trajectory.csv", "patching/cross_form.csv",
                 "patching/positional-deed.csv", "steering/steering.csv", "probes/content-ic.json",
-                "patching/cross_form_letter_split.csv"):
+                "patching/cross_form_letter_split.csv", "probes/cloze-last.csv", "probes/cloze-ic.json"):
         assert (cfg.out_dir / rel).exists(), rel
     assert page == cfg.report_dir / "index.html"
     html = page.read_text()
@@ -158,6 +158,7 @@ def test_run_study_runs_every_stage_and_reports(study):
     assert (cfg.report_dir / "scores.md").is_file() and (cfg.report_dir / "tables" / "cross_form_headline.json").is_file()
     text = (cfg.report_dir / "README.md").read_text()  # the letter-free analyses are worded from their tests
     assert "IC(l)" in text and "What the word run's residual carries into the deed" in text
+    assert "In the cloze form (no options shown, no letters), the word choice" in text
 
 
 def test_second_run_skips_finished_stages_without_loading_the_model(study, monkeypatch):

@@ -127,3 +127,30 @@ def test_capture_stage_resume_gives_identical_arrays(tiny_lm, wdct_csv, tmp_path
     assert word.shape == (6, 2, 64) and (meta["form"] == "word").all()
     with pytest.raises(CaptureSpecError, match="not resid_mid/last"):
         load_activations(run, hook="resid_mid")
+
+
+def test_capture_reads_the_cloze_prompts_as_scored(tiny_lm, wdct_csv, tmp_path):
+    from wdprobe.data.prompts import cloze_prompt
+    from wdprobe.stages.content_probes import is_cloze
+
+    run = tmp_path / "run"
+    score_wdct(run, data=wdct_csv, lm=tiny_lm, progress=False)  # cyclic orders, letter and cloze formats
+    capture_wdct(run, lm=tiny_lm, positions=("last", "question_mean"), progress=False)
+    cloze = load_activations(run, position="last", answer_format="cloze")
+    rows = {r["id"]: r for r in load_score(run).rows}
+    assert len(cloze.meta) == 2 * len(rows) and is_cloze(cloze) and (cloze.meta["order"].fillna("") == "").all()
+    letter = load_activations(run, position="last", orders="all")
+    assert not is_cloze(letter) and (letter.meta["format"] == "letter").all()  # formats never mix
+    items = {it.id: it for it in load_wdct(wdct_csv)}
+    tok = tiny_lm.tokenizer
+    for k, m in cloze.meta.iterrows():
+        assert int(m["content_choice"]) == rows[m["id"]][f"{m['form']}_cloze_choice"] == m["choice"]
+        assert m["consistent"] == rows[m["id"]]["cloze_consistent"]
+        # the captured last position is the answer position of the cloze prompt itself, run alone
+        text = cloze_prompt(items[m["id"]], m["form"])
+        _, cache = tiny_lm.bridge.run_with_cache(tok(text, return_tensors="pt")["input_ids"],
+                                                  names_filter=lambda n: n == "blocks.1.hook_resid_post")
+        torch.testing.assert_close(torch.as_tensor(cloze.array[k, 1]), cache["blocks.1.hook_resid_post"][0, -1],
+                                   rtol=1e-4, atol=1e-4)
+    q = load_activations(run, position="question_mean", answer_format="cloze")
+    assert np.isfinite(q.array).all() and np.abs(q.array).sum() > 0

@@ -2,10 +2,10 @@
 layer and the bind layer are found where they were planted, a letter-only signal gives no content reading, and
 a planted predictor of inconsistency is found by AUROC."""
 import pytest
-from planted import planted_capture
+from planted import planted_capture, planted_cloze_capture
 
 from wdprobe.errors import InputError
-from wdprobe.stages.content_probes import content_figure, content_frame, content_tests
+from wdprobe.stages.content_probes import content_figure, content_frame, content_ic, content_tests
 
 
 def test_decide_bind_and_inconsistency_are_found_at_their_planted_layers():
@@ -33,3 +33,21 @@ def test_shown_only_captures_are_refused():
     acts.meta["in_content"] = 0
     with pytest.raises(InputError, match="--orders cyclic"):
         content_tests(acts)
+
+
+def test_cloze_probes_find_the_planted_choice_and_say_no_letter():
+    acts = planted_cloze_capture(n_items=240)
+    tests = content_tests(acts, n_perm=100)
+    assert "bind_word" not in tests and "bind_deed" not in tests  # a cloze prompt says no letter
+    decide = tests["decide_word"].summary()
+    assert decide["significant"] and decide["first_significant_layer"] == 2
+    rows, ic = content_ic(acts, n_perm=100)
+    assert len(rows) == 5 and ic["above_control"]["significant"] and ic["above_cs"]["significant"]
+    assert ic["best_layer"] >= 2 and ic["ic_by_layer"][0] < ic["best"]
+    # inside, the deed holds its own answer: IC no higher than the answers' agreement
+    _, own = content_ic(planted_cloze_capture(shared=False, seed=1), n_perm=100)
+    assert not own["above_cs"]["significant"]
+    import pandas as pd
+
+    frame = pd.concat([content_frame(tests, "last"), pd.DataFrame([dict(r, position="last") for r in rows])])
+    assert "internal consistency" in content_figure(frame, "t").to_json()
