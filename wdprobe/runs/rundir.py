@@ -234,13 +234,32 @@ class RunDir:
             raise RunMismatchError(f"{folder} holds parts with no record of their settings; delete that folder to start "
                                    "the stage again")
 
+    @contextmanager
+    def writing(self):
+        """Hold the run's lock for one read-modify-write of the manifest: taken here (and let go after) unless this
+        process holds it already, so another process's stage never interleaves with the write."""
+        held = str(self.path.resolve()) in _HELD_LOCKS
+        self.lock()
+        try:
+            yield
+        finally:
+            if not held:
+                self.unlock()
+
     def update_stage(self, stage: str, **fields: Any) -> None:
-        manifest = self.read_manifest()
-        manifest.setdefault("stages", {}).setdefault(stage, {}).update(fields)
-        self.write_manifest(manifest)
+        """Add ``fields`` to a stage's manifest entry, under the run's lock."""
+        with self.writing():
+            manifest = self.read_manifest()
+            manifest.setdefault("stages", {}).setdefault(stage, {}).update(fields)
+            self.write_manifest(manifest)
 
     def reset_stage(self, stage: str, outputs: Sequence[str] = ()) -> None:
-        """Forget a stage: its manifest entry, its parts and the named output files/folders (for --restart)."""
+        """Forget a stage: its manifest entry, its parts and the named output files/folders (for --restart), under
+        the run's lock."""
+        with self.writing():
+            self._reset_stage(stage, outputs)
+
+    def _reset_stage(self, stage: str, outputs: Sequence[str]) -> None:
         manifest = self.read_manifest()
         if stage in manifest.get("stages", {}):
             del manifest["stages"][stage]

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from wdprobe.errors import RunMismatchError, StageNotFinishedError, UnsafePathError
+from wdprobe.errors import RunLockedError, RunMismatchError, StageNotFinishedError, UnsafePathError
 from wdprobe.runs.rundir import RunDir, safe_name, settings_digest
 from wdprobe.stages.score import score_wdct
 
@@ -64,6 +64,29 @@ def test_a_second_process_is_told_who_holds_the_run(tmp_path):
         run.unlock()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert "LOCKED" not in out  # released: the next process may write
+
+
+def test_manifest_updates_wait_for_no_one_and_refuse_while_another_process_writes(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.update_stage("probe", content={"x": 1})  # no stage running: the update takes and lets go of the lock
+    assert run.stage_entry("probe")["content"] == {"x": 1} and run.holder() is None
+    code = textwrap.dedent(f"""
+        import time
+        from wdprobe.runs.rundir import RunDir
+        RunDir({str(run.path)!r}).lock(); print("held", flush=True); time.sleep(60)
+    """)
+    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError):  # a stage of another process is writing: no interleaved manifest write
+            run.update_stage("probe", content={"x": 2})
+        with pytest.raises(RunLockedError):
+            run.reset_stage("probe")
+    finally:
+        other.kill()
+        other.wait()
+    run.reset_stage("probe")
+    assert run.stage_entry("probe") == {}
 
 
 def test_lock_is_reentrant_in_one_process_and_released_when_the_stage_is_done(tmp_path):
