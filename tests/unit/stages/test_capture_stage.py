@@ -154,3 +154,20 @@ def test_capture_reads_the_cloze_prompts_as_scored(tiny_lm, wdct_csv, tmp_path):
                                    rtol=1e-4, atol=1e-4)
     q = load_activations(run, position="question_mean", answer_format="cloze")
     assert np.isfinite(q.array).all() and np.abs(q.array).sum() > 0
+
+
+def test_capturing_again_adds_the_cloze_prompts_to_a_letter_capture(tiny_lm, wdct_csv, tmp_path, monkeypatch):
+    import wdprobe.stages.capture as capture_stage
+
+    run = tmp_path / "run"
+    score_wdct(run, data=wdct_csv, lm=tiny_lm, progress=False)
+    with monkeypatch.context() as m:  # a capture made before cloze prompts were captured
+        m.setattr(capture_stage, "scored_cloze_prompts", lambda *a, **k: [])
+        capture_wdct(run, lm=tiny_lm, positions=("last",), progress=False)
+    letter = load_activations(run, orders="all")
+    with pytest.raises(CaptureSpecError, match="captured no cloze prompts"):
+        load_activations(run, answer_format="cloze")
+    capture_wdct(run, lm=tiny_lm, positions=("last",), progress=False)  # resumes: only the cloze prompts are new
+    again = load_activations(run, orders="all")
+    np.testing.assert_array_equal(again.array, letter.array)
+    assert len(load_activations(run, answer_format="cloze").meta) == 2 * len(load_score(run).rows)
