@@ -329,6 +329,11 @@ def finding_steering(n: dict) -> Finding | None:
                           neither="steering vs clean")
                  + "; " + versus(r, above="and beats the random direction", below="and the random direction does better",
                                  neither="vs the random direction") + ".")
+        ratio = best.get("min_mass_ratio", 0.5)
+        if val["random"].get("mass_ratio", 1.0) < ratio:
+            text += (f" The random direction of equal norm keeps {val['random']['mass_ratio']:.2g} of the clean letter mass "
+                     f"(the steered direction {val['stance']['mass_ratio']:.2f}): at this norm it breaks the answer format, "
+                     "so only the comparison with clean is informative.")
         text += " A validated restoration." if restored else " Not a validated restoration."
     elif val:
         text += (f" On the {val['n_items']} held-out items CS {val['stance']['cs']:.3f} vs clean {val['cs_clean']:.3f}; "

@@ -106,6 +106,11 @@ def test_steering_is_called_a_restoration_only_if_its_held_out_tests_say_so():
     assert finding_steering(numbers(20, 1)).numbers["restored"] is False  # a random direction does as well
     text = finding_steering(numbers(2, 2)).text
     assert "Not a validated restoration" in text and "inconclusive at n = 90" in text
+    assert "breaks the answer format" not in text
+    broken = numbers(2, 2)
+    broken["steer"]["validation"]["random"]["mass_ratio"] = 1e-9  # the control lost the letters altogether
+    broken["steer"]["validation"]["stance"]["mass_ratio"] = 0.7
+    assert "breaks the answer format, so only the comparison with clean is informative" in finding_steering(broken).text
 
 
 # ---- the pipeline on the tiny model --------------------------------------------------------------------
