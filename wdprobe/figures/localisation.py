@@ -110,9 +110,9 @@ def letter_split_figure(summary, where: str) -> go.Figure:
     """Per condition, by layer: the stance shift (the deed moves toward the word answer's content in both option
     orders) and the letter shift (it moves toward the word run's letter), each with its 95% bootstrap band; and
     the flip rates in the same-letter and opposite-letter deed orders."""
-    fig = make_subplots(rows=1, cols=3, subplot_titles=["stance shift (content, both orders)",
-                                                        "letter shift (same-letter minus opposite-letter order, halved)",
-                                                        "inconsistent items flipped: same-letter vs opposite-letter order"])
+    fig = make_subplots(rows=1, cols=3, subplot_titles=["stance shift: (same + opposite) / 2",
+                                                        "letter shift: (same − opposite) / 2",
+                                                        "flipped: same-letter (●) vs opposite (×) order"])
     for cond, (label, colour, dash) in CONDITION_STYLE.items():
         sub = summary[summary.condition == cond].sort_values("layer")
         if not len(sub):

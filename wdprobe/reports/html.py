@@ -27,3 +27,25 @@ def inline_markdown(text: str) -> str:
     out = re.sub(r"(?<![\w*])\*(?=\S)(.+?)(?<=\S)\*(?![\w*])", r"<i>\1</i>", out)
     out = re.sub(r"`(.+?)`", r"<code>\1</code>", out)
     return re.sub(r"\[(.+?)\]\((.+?)\)", r"<a href='\2'>\1</a>", out)
+
+
+def notes_html(notes: str) -> str:
+    """A written reading (short markdown) as HTML: blank-line separated paragraphs, and bullet lists (lines that
+    start with ``- ``, continued by indented lines) as ``<ul>``; inline markdown inside both. Heading blocks
+    (``#``) are left out: the page has its own headings."""
+    out = []
+    for block in (b.strip("\n") for b in notes.split("\n\n")):
+        if not block.strip() or block.lstrip().startswith("#"):
+            continue
+        lines = block.split("\n")
+        if lines[0].lstrip().startswith("- "):
+            items: list[str] = []
+            for line in lines:
+                if line.lstrip().startswith("- "):
+                    items.append(line.lstrip()[2:].strip())
+                elif items:
+                    items[-1] += " " + line.strip()
+            out.append("<ul>" + "".join(f"<li>{inline_markdown(i)}</li>" for i in items) + "</ul>")
+        else:
+            out.append(f"<p>{inline_markdown(block.strip())}</p>")
+    return "".join(out)

@@ -24,7 +24,7 @@ from wdprobe.data.wdct import DOMAINS
 from wdprobe.errors import StageNotFinishedError
 from wdprobe.figures import probes as plots
 from wdprobe.figures.probes import write_png
-from wdprobe.reports.html import CSS, inline_markdown, table_html
+from wdprobe.reports.html import CSS, notes_html, table_html
 from wdprobe.reports.localisation import copy_localisation_tables, localisation_figures
 from wdprobe.reports.scores import PAPER_TABLE, write_score_report
 from wdprobe.reports.wording import decodable, interval, p_text, verdict, versus
@@ -292,7 +292,7 @@ def letter_split_text(split: dict | None) -> str:
                      below=f"{interval(letter['effect'], letter['low'], letter['high'])}, against the letter",
                      neither=f"{interval(letter['effect'], letter['low'], letter['high'])} at its best layer "
                              f"{letter['setting']}, no more than chance")
-            + f". At layer {f['layer']}, where it flips the most inconsistent items over both orders, it flips "
+            + f". At layer {f['layer']}, where it moves the letter most, it flips "
               f"{f['flip_rate_same']:.2f} of them where the word answer keeps its letter and {f['flip_rate_opposite']:.2f} "
               "where it does not.")
     verdicts = (verdict(stance) > 0, verdict(letter) > 0)
@@ -550,8 +550,7 @@ def render_index_html(run_dir: str | Path, notes: str = "", numbers: dict[str, A
         parts.append(f"<li><b>{html.escape(f.title)}</b> {html.escape(f.text)}</li>")
     parts.append("</ol>")
     if notes.strip():
-        parts.append("<h3>Reading</h3>" + "".join(f"<p>{inline_markdown(p.strip())}</p>"
-                                                  for p in notes.split("\n\n") if p.strip()))
+        parts.append("<h3>Reading</h3>" + notes_html(notes))
     if m.get("readings"):
         parts.append("<h3>Readings (95% intervals over items)</h3>" + table_html(READINGS_HEADER, readings_rows(m)))
     parts.append("<h3>Beside the paper</h3>" + table_html(["model", "CS (macro)", "PCS (macro)"], _paper_rows(m, model)))

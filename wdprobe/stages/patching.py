@@ -165,8 +165,8 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
 
 def write_letter_split(out: Path, every, items, *, seed: int = 0) -> dict[str, Any]:
     """``cross_form_letter_split.csv`` (per item x condition x layer), its summary by layer, and the headline part:
-    per condition, the layer that flips the most inconsistent items over both deed orders and its numbers, and the
-    tests (which pick their own best layer and correct for it)."""
+    per condition, the numbers at the layer of the largest mean letter shift (where the patch moves the letter most,
+    the layer its letter test picks), and the tests (which pick their own best layer and correct for it)."""
     split = letter_split(every, items)
     split = split.merge(items[["id"]], left_on="item", right_index=True)
     summary = summarise_letter_split(split, seed=seed)
@@ -176,7 +176,7 @@ def write_letter_split(out: Path, every, items, *, seed: int = 0) -> dict[str, A
     head: dict[str, Any] = {"n_items": int(len(clean)), "content_cs_clean": float((clean["clean_content"] > 0).mean()),
                             "tests": letter_split_tests(split, seed=seed)}
     for cond, g in summary.groupby("condition"):
-        best = g.loc[(g["flip_rate_same"].fillna(0) + g["flip_rate_opposite"].fillna(0)).idxmax()]
+        best = g.loc[g["letter_shift"].idxmax()]
         head[cond] = {"layer": int(best["layer"]),
                       **{k: float(best[k]) for k in ("stance_shift", "stance_shift_low", "stance_shift_high",
                                                      "letter_shift", "letter_shift_low", "letter_shift_high",

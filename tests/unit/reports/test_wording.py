@@ -97,3 +97,11 @@ def test_patching_letter_split_is_worded_from_its_two_tests():
     both = dict(letter_only, tests={"stance_transport_full": ev(0.8, 0.001), "letter_transport_full": ev(1.5, 0.001)})
     assert "both the stance and the letter" in letter_split_text(both)
     assert letter_split_text(None) == "" and letter_split_text({"full": full}) == ""
+
+
+def test_notes_render_paragraphs_and_bullet_lists():
+    from wdprobe.reports.html import notes_html
+
+    notes = "# Title\n\n**Lead** paragraph\nwith a wrapped line.\n\n- first *point*\n  continued\n- second `code`\n\nLast."
+    assert notes_html(notes) == ("<p><b>Lead</b> paragraph\nwith a wrapped line.</p><ul><li>first <i>point</i> continued"
+                                 "</li><li>second <code>code</code></li></ul><p>Last.</p>")

@@ -19,7 +19,7 @@ from plotly.subplots import make_subplots
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.errors import InputError, StageNotFinishedError
 from wdprobe.figures.probes import write_png
-from wdprobe.reports.html import inline_markdown as inline_markdown
+from wdprobe.reports.html import inline_markdown, notes_html
 from wdprobe.runs.rundir import safe_name
 
 RUN_TITLES = {"word": "trained on words", "deed": "trained on deeds", "both": "trained on both (dual augmentation)",
@@ -389,8 +389,7 @@ def write_alignment_report(run_dirs: Sequence[str | Path], out: str | Path, note
                + _html_table(CONTENT_RATE_HEADER, content_rate_rows(runs))] if content_rate_rows(runs) else []),
             "<h2>Findings</h2><ul>" + "".join(f"<li>{inline_markdown(f)}</li>" for f in found) + "</ul>"]
     if notes and notes.strip():
-        page.append("<h2>Reading</h2>" + "".join(f"<p>{inline_markdown(p.strip())}</p>" for p in notes.split("\n\n")
-                                                 if p.strip() and not p.lstrip().startswith("#")))
+        page.append("<h2>Reading</h2>" + notes_html(notes))
     for i, (_, fig) in enumerate(figs):
         page.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
     page.append("</body></html>")

@@ -16,7 +16,7 @@ from plotly.subplots import make_subplots
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.data.pct import ANSWERS
 from wdprobe.figures.probes import PROBE_TITLES, add_band, write_png
-from wdprobe.reports.html import CSS, inline_markdown, table_html
+from wdprobe.reports.html import CSS, notes_html, table_html
 from wdprobe.runs.rundir import RunDir
 
 ATTRIBUTE_COLOURS = {"base": "#000000", "age": "#1f77b4", "gender": "#d62728", "cls": "#2ca02c", "nation": "#9467bd",
@@ -425,8 +425,7 @@ def write_pct_report(run_dir: str | Path, out_dir: str | Path, *, notes: str | N
             "<h2>Findings</h2><ol class='findings'>"]
     page += [f"<li><b>{html.escape(t)}</b> {html.escape(x)}</li>" for t, x in found] + ["</ol>"]
     if notes and notes.strip():
-        page.append("<h3>Reading</h3>" + "".join(f"<p>{inline_markdown(p.strip())}</p>" for p in notes.split("\n\n")
-                                                 if p.strip() and not p.startswith("#")))
+        page.append("<h3>Reading</h3>" + notes_html(notes))
     if n["shifts"] is not None:
         page.append("<h3>Persona shifts</h3>" + table_html(SHIFT_HEADER, shift_rows(n["shifts"])))
     for i, (_, fig) in enumerate(figs):
