@@ -29,7 +29,7 @@ from wdprobe.methods.interventions import (
     residuals_at,
     run_interventions,
 )
-from wdprobe.scoring.stats import sign_flip_max_test
+from wdprobe.scoring.stats import bootstrap_interval, sign_flip_max_test
 
 CROSS_CONDITIONS = ("full", "stance", "letter", "random")
 
@@ -193,8 +193,6 @@ def summarise_letter_split(split, *, seed: int = 0) -> Any:
     answer), flips within the same-letter and the opposite-letter deed order, content CS with the patch in place,
     and the mean stance and letter shifts with bootstrap intervals over items."""
     import pandas as pd
-
-    from wdprobe.scoring.stats import bootstrap_interval
 
     rows = []
     for (cond, layer), g in split.groupby(["condition", "layer"]):

@@ -105,11 +105,19 @@ def test_shown_letter_run_measures_only_the_paper_reading(planted_run):
 
 
 def test_a_cloze_only_run_has_no_letters_and_letter_stages_refuse_it(planted_run, tiny_lm):
+    from wdprobe.errors import CaptureSpecError
+    from wdprobe.stages.capture import load_activations
+    from wdprobe.stages.patching import run_cross_patch
+
     res = planted_run("first", answer_format="cloze")
     assert all(r["word_letter"] == "" and r["word_choice"] == r["word_cloze_choice"] for r in res.rows)
     assert set(res.metrics["readings"]) == {"shown", "cloze", "cloze_sum"}
-    with pytest.raises(InputError, match="cloze format only"):
-        capture_wdct(res.run_dir, lm=tiny_lm, progress=False)
+    capture_wdct(res.run_dir, lm=tiny_lm, positions=("last",), progress=False)  # the cloze prompts alone
+    assert len(load_activations(res.run_dir, answer_format="cloze").meta) == 2 * len(res.rows)
+    with pytest.raises(CaptureSpecError, match="captured no letter prompts"):
+        load_activations(res.run_dir, orders="all")
+    with pytest.raises(InputError, match="cloze format only"):  # interventions read answers by letter
+        run_cross_patch(res.run_dir, lm=tiny_lm, progress=False)
 
 
 def test_the_cot_setting_refuses_letter_free_measurement(tmp_path, wdct_csv, tiny_lm):
