@@ -149,3 +149,61 @@ def continuation_logprobs(lm, prompts: Sequence[str], continuations: Sequence[st
         if on_batch:
             on_batch(len(idx))
     return total, np.asarray(n_cont, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class DecisionPoint:
+    """Where a cloze prompt's two options part: the prompt's tokens plus the options' shared first tokens
+    (``sequence``), and the first token of each option after that (``tokens``). The next-token log-odds of
+    ``tokens[1]`` over ``tokens[0]`` after ``sequence`` is the cloze decision's first distinguishing step."""
+
+    sequence: list[int]
+    tokens: tuple[int, int]
+    shared: int  # how many option tokens the two options share before they part
+
+
+def decision_point(tokenizer, prompt: str, options: Sequence[str], *, prefix: str = " ") -> DecisionPoint | None:
+    """The decision point of a two-option cloze prompt, or None when one option's tokens are a prefix of the
+    other's (the options never part at one position). Options that start alike ("You decide to ...") part later:
+    the shared tokens are appended to the prompt, so the reading is taken where the choice is actually made."""
+    if len(options) != 2:
+        raise InputError(f"a decision point needs two options, not {len(options)}")
+    a, b = encode_options(tokenizer, options, prefix)
+    k = 0
+    while k < min(len(a), len(b)) and a[k] == b[k]:
+        k += 1
+    if k == min(len(a), len(b)):
+        return None
+    bos = getattr(tokenizer, "bos_token", None)
+    head = tokenizer.encode(prompt, add_special_tokens=not (bos and prompt.startswith(bos)))
+    return DecisionPoint(head + a[:k], (a[k], b[k]), k)
+
+
+@torch.no_grad()
+def last_residuals(lm, seqs: Sequence[Sequence[int]], layers: Sequence[int], *, batch_size: int = 16,
+                   max_batch_tokens: int | None | str = "auto") -> np.ndarray:
+    """``resid_post`` at the last position of each token sequence, at each of ``layers``: ``[n, len(layers), d]``
+    (float32), from left-padded batches with the unembedding at the last position only."""
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    out = np.zeros((len(seqs), len(layers), lm.d_model), dtype=np.float32)
+    budget = default_batch_tokens(lm.device) if max_batch_tokens == "auto" else max_batch_tokens
+    for idx in length_batches([len(s) for s in seqs], batch_size, budget):
+        width = max(len(seqs[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, i in enumerate(idx):
+            ids[r, width - len(seqs[i]):] = torch.tensor(seqs[i])
+            mask[r, width - len(seqs[i]):] = 1
+        got: dict[int, torch.Tensor] = {}
+
+        def keep(slot: int):
+            def hook(x, hook=None):
+                got[slot] = x[:, -1].detach().float().cpu()
+                return x
+            return hook
+
+        lm.forward_last(ids.to(lm.device), mask.to(lm.device),
+                        [(f"blocks.{l}.hook_resid_post", keep(k)) for k, l in enumerate(layers)])
+        for k in range(len(layers)):
+            out[idx, k] = got[k].numpy()
+    return out

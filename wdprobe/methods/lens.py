@@ -39,6 +39,30 @@ def lens_logits(lm, resid: np.ndarray | torch.Tensor, token_ids: Sequence[int], 
     return torch.cat(out).reshape(*shape, len(token_ids)).numpy()
 
 
+@torch.no_grad()
+def lens_logits_per_row(lm, resid: np.ndarray, token_ids: np.ndarray, *, chunk: int = 256) -> np.ndarray:
+    """Logits of each row's own tokens: ``resid`` ``[n, layers, d_model]``, ``token_ids`` ``[n, k]`` -> ``[n, layers, k]``
+    (the cloze lens, where every prompt has its own option tokens), through final norm + unembedding."""
+    x = np.asarray(resid, dtype=np.float32)
+    ids = np.asarray(token_ids, dtype=np.int64)
+    if x.ndim != 3 or ids.ndim != 2 or ids.shape[0] != x.shape[0]:
+        raise InputError(f"per-row lens needs resid [n, layers, d] and token ids [n, k]; got {x.shape} and {ids.shape}")
+    W = lm.hf_model.get_output_embeddings().weight
+    cap = getattr(lm.hf_model.config, "final_logit_softcapping", None)
+    dtype = next(lm.hf_model.parameters()).dtype
+    out = []
+    for s in range(0, len(x), chunk):
+        xb = torch.as_tensor(x[s: s + chunk]).to(lm.device, dtype=dtype)
+        n, L, d = xb.shape
+        normed = lm.bridge.ln_final(xb.reshape(n * L, 1, d))[:, 0].float().reshape(n, L, d)
+        w = W[torch.as_tensor(ids[s: s + chunk]).to(W.device)].float().to(normed.device)  # [n, k, d]
+        logits = torch.einsum("nld,nkd->nlk", normed, w)
+        if cap:
+            logits = cap * torch.tanh(logits / cap)
+        out.append(logits.cpu())
+    return torch.cat(out).numpy()
+
+
 @dataclass
 class LensTrajectory:
     """Canonical-stance log-odds by layer for word and deed prompts of the same items.

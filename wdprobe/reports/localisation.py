@@ -35,6 +35,12 @@ def localisation_figures(run_dir: str | Path) -> list[tuple[str, str, Any]]:
         figs += [("lens", n, f) for n, f in zip(["lens-content-curves", "lens-content-divergence"],
                                                  localise_plots.lens_figures(traj, f"{model}, content space (log-odds "
                                                                                    "averaged over option orders)"))]
+    cloze_csv = run.path / "lens" / "cloze-trajectory.csv"
+    if cloze_csv.is_file():
+        traj = trajectory_from_frame(pd.read_csv(cloze_csv))
+        figs += [("lens", n, f) for n, f in zip(["lens-cloze-curves", "lens-cloze-divergence"],
+                                                 localise_plots.lens_figures(traj, f"{model}, cloze form (log-odds of "
+                                                                                   "the options' first tokens)"))]
     pdir = run.path / "patching"
     if (pdir / "cross_form_summary.csv").is_file():
         summary = pd.read_csv(pdir / "cross_form_summary.csv")
@@ -71,7 +77,7 @@ def localisation_figures(run_dir: str | Path) -> list[tuple[str, str, Any]]:
     return figs
 
 
-LOCALISATION_TABLES = ["lens/summary.json", "patching/cross_form_summary.csv", "patching/cross_form_headline.json",
+LOCALISATION_TABLES = ["lens/summary.json", "lens/cloze-summary.json", "patching/cross_form_summary.csv", "patching/cross_form_headline.json",
                        "patching/cross_form_letter_split_summary.csv",
                        "patching/positional-deed-segments.csv", "patching/positional-deed-headline.json",
                        "patching/positional-word-segments.csv", "patching/positional-word-headline.json",

@@ -74,6 +74,7 @@ def study_numbers(run_dir: str | Path) -> dict[str, Any]:
             "content_ic": _json(p / "probes" / "content-ic.json"),
             "cloze_probes": _json(p / "probes" / "cloze-summary.json"), "cloze_ic": _json(p / "probes" / "cloze-ic.json"),
             "n_layers": len(capture.get("layers") or []) or None, "lens": _json(p / "lens" / "summary.json"),
+            "cloze_lens": _json(p / "lens" / "cloze-summary.json"),
             "cross": _json(p / "patching" / "cross_form_headline.json"),
             "positional": {f: _json(p / "patching" / f"positional-{f}-headline.json") for f in ("deed", "word")},
             "positional_arrival": {f: arrival_layer(p / "patching" / f"positional-{f}-segments.csv") for f in ("deed", "word")},
@@ -214,7 +215,11 @@ def finding_probes(n: dict) -> Finding | None:
 def finding_lens(n: dict) -> Finding | None:
     """Finding 3: where the deed answer leaves the word answer under the logit lens."""
     lens = n["lens"]
+    cloze = n.get("cloze_lens")
     if not lens or not lens["inconsistent"]["n"]:
+        if cloze and cloze["inconsistent"]["n"]:
+            return Finding("Where does the deed answer leave the word stance?", cloze_lens_text(cloze).strip(),
+                           {"cloze_divergence_layer_median": cloze["inconsistent"]["item_divergence_layer_median"]})
         return None
     inc = lens["inconsistent"]
     hist = {int(k): v for k, v in inc.get("item_divergence_layer_hist", {}).items()}
@@ -226,9 +231,21 @@ def finding_lens(n: dict) -> Finding | None:
             f"answer for good at layer {inc['item_divergence_layer_median']:.0f} (median; {share:.0%} of them in the "
             f"last three of {n_layers} layers). Lens CS over all items ranges from {min(cs_curve[:-1]):.2f} to "
             f"{max(cs_curve[:-1]):.2f} before the last layer (final {cs_curve[-1]:.2f}; a description, not a test).")
+    if cloze and cloze["inconsistent"]["n"]:
+        text += cloze_lens_text(cloze)
     return Finding("Where does the deed answer leave the word stance?", text,
                    {"divergence_layer_median": inc["item_divergence_layer_median"], "share_last_three": share,
                     "n_layers": n_layers})
+
+
+def cloze_lens_text(cloze: dict) -> str:
+    """The cloze-form lens in words (first option token at the answer position; a description, not a test)."""
+    inc = cloze["inconsistent"]
+    curve = cloze["all"]["lens_cs"]
+    left = len(cloze.get("unreadable_items") or [])
+    return (f" In the cloze form (first token of each option, {left} items whose options share it left out), the "
+            f"{inc['n']} inconsistent items part for good at layer {inc['item_divergence_layer_median']:.0f} (median); "
+            f"lens CS ranges from {min(curve):.2f} to {max(curve):.2f} over the layers.")
 
 
 def finding_patching(n: dict) -> Finding | None:

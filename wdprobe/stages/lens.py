@@ -3,18 +3,23 @@ unembedding, per layer, word vs deed; write tidy tables, a headline and figures 
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.core.model import load_for_run
+from wdprobe.core.option_scoring import decision_point, last_residuals
 from wdprobe.errors import InputError
 from wdprobe.figures import localisation as localise_plots
 from wdprobe.figures import probes as plots
-from wdprobe.methods.lens import LensTrajectory, canonical_logodds, lens_logits, order_averaged
+from wdprobe.methods.lens import LensTrajectory, canonical_logodds, lens_logits, lens_logits_per_row, order_averaged
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.stage import scored_entry
 from wdprobe.stages.capture import load_activations, paired_forms
+from wdprobe.stages.score import scored_cloze_prompts
 
 
 def trajectory_from_activations(lm, acts, token_ids: Sequence[int]) -> LensTrajectory:
@@ -54,28 +59,80 @@ def content_trajectory(lm, acts, token_ids: Sequence[int]) -> LensTrajectory:
                           tuple(acts.layers))
 
 
+def cloze_trajectory(lm, prompts: Sequence[Any], layers: Sequence[int] | None = None,
+                     batch_size: int = 16) -> tuple[LensTrajectory, list[str]]:
+    """Lens readings of a run's cloze prompts (:func:`wdprobe.stages.score.scored_cloze_prompts`): per layer, the
+    log-odds of option 1 over option 0 at their decision point — the prompt plus the tokens both options share
+    ("You decide to ..."), where the first distinguishing token is predicted (:func:`decision_point`). The last
+    layer's reading is that step of the cloze choice (which scores whole continuations). Items whose options never
+    part at one position are returned by id and left out."""
+    import pandas as pd
+
+    layers = list(range(lm.n_layers)) if layers is None else list(layers)
+    two = [p for p in prompts if p.view.item.n_options == 2]
+    points = {(p.view.item.id, p.form): decision_point(lm.tokenizer, p.text, p.view.item.options(p.form)) for p in two}
+    unreadable = sorted({iid for (iid, _), d in points.items() if d is None})
+    kept = [p for p in two if p.view.item.id not in set(unreadable)]
+    seqs = [points[(p.view.item.id, p.form)].sequence for p in kept]
+    tokens = np.array([points[(p.view.item.id, p.form)].tokens for p in kept]).reshape(-1, 2)
+    logits = lens_logits_per_row(lm, last_residuals(lm, seqs, layers, batch_size=batch_size), tokens) if kept else \
+        np.zeros((0, len(layers), 2))
+    logodds = logits[..., 1] - logits[..., 0]
+    row = {(p.view.item.id, p.form): k for k, p in enumerate(kept)}
+    by_id = {p.view.item.id: p for p in kept if p.form == "word"}
+    ids = [i for i in by_id if (i, "deed") in row]
+    deed_choice = {p.view.item.id: p.choice for p in kept if p.form == "deed"}
+    items = pd.DataFrame({"id": ids, "domain": [by_id[i].view.item.domain for i in ids],
+                          "y_word": [by_id[i].choice for i in ids], "y_deed": [deed_choice[i] for i in ids],
+                          "consistent": [int(by_id[i].choice == deed_choice[i]) for i in ids]})
+    traj = LensTrajectory(logodds[[row[(i, "word")] for i in ids]].reshape(len(ids), len(layers)),
+                          logodds[[row[(i, "deed")] for i in ids]].reshape(len(ids), len(layers)), items, tuple(layers))
+    return traj, unreadable
+
+
 def run_lens(run_dir: str | Path, *, lm=None, progress: bool = True) -> dict[str, Any]:
-    """The lens stage: captured ``resid_post`` at the final position -> ``lens/`` (CSV, JSON, HTML, PNG)."""
-    import json
+    """The lens stage: captured ``resid_post`` at the final position -> ``lens/`` (CSV, JSON, HTML, PNG): by letter
+    in the shown order, in content space (every order), and in the cloze form (``lens/cloze-*``) where the run has
+    those prompts."""
 
     run = RunDir(run_dir)
-    acts = load_activations(run.path, hook="resid_post", position="last")
     manifest = run.read_manifest()
     if lm is None:
         lm = load_for_run(manifest)
-    ids = scored_entry(RunDir(run_dir))["letters"]["ids"]
-    traj = trajectory_from_activations(lm, acts, ids)
+    entry = scored_entry(RunDir(run_dir))
     out = run.path / "lens"
     out.mkdir(exist_ok=True)
-    atomic_write_text(out / "trajectory.csv", traj.to_frame().to_csv(index=False))
-    summary = traj.summary()
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     model = manifest["stages"]["score"]["config"]["model"]
+    summary: dict[str, Any] = {}
+    head: dict[str, Any] = {}
+    pngs: list = []
+    if entry["config"].get("format", "letter") in ("cloze", "both"):
+        traj, unreadable = cloze_trajectory(lm, scored_cloze_prompts(run.path, lm.tokenizer))
+        atomic_write_text(out / "cloze-trajectory.csv", traj.to_frame().to_csv(index=False))
+        summary["cloze"] = dict(traj.summary(), unreadable_items=unreadable)
+        atomic_write_text(out / "cloze-summary.json", json.dumps(summary["cloze"], indent=2) + "\n")
+        cfigs = localise_plots.lens_figures(traj, f"{model}, cloze prompts at the options' decision point "
+                                                  f"({len(unreadable)} items whose options never part left out)")
+        plots.write_html(cfigs, out / "lens-cloze.html",
+                         heading=f"wdprobe logit lens, cloze form: {model}, {len(traj.items)} two-option items")
+        pngs += [plots.write_png(f, out / f"lens-cloze-{i}.png") for i, f in enumerate(cfigs)]
+        head["cloze"] = {g: {k: summary["cloze"][g].get(k) for k in ("n", "curve_divergence_layer",
+                                                                      "item_divergence_layer_median")}
+                         for g in ("all", "consistent", "inconsistent")}
+    if entry["config"].get("format", "letter") == "cloze":
+        run.mark_done("lens", headline=head, png=[str(p) for p in pngs if p])
+        return summary
+    acts = load_activations(run.path, hook="resid_post", position="last")
+    ids = entry["letters"]["ids"]
+    traj = trajectory_from_activations(lm, acts, ids)
+    atomic_write_text(out / "trajectory.csv", traj.to_frame().to_csv(index=False))
+    summary.update(traj.summary())
+    atomic_write_text(out / "summary.json", json.dumps({k: v for k, v in summary.items() if k != "cloze"}, indent=2) + "\n")
     figs = localise_plots.lens_figures(traj, model)
     plots.write_html(figs, out / "lens.html", heading=f"wdprobe logit lens: {model}, {len(traj.items)} two-option items")
-    pngs = [plots.write_png(f, out / f"lens-{i}.png") for i, f in enumerate(figs)]
-    head = {g: {k: summary[g].get(k) for k in ("n", "curve_divergence_layer", "item_divergence_layer_median")}
-            for g in ("all", "consistent", "inconsistent")}
+    pngs += [plots.write_png(f, out / f"lens-{i}.png") for i, f in enumerate(figs)]
+    head.update({g: {k: summary[g].get(k) for k in ("n", "curve_divergence_layer", "item_divergence_layer_median")}
+                 for g in ("all", "consistent", "inconsistent")})
     all_orders = load_activations(run.path, hook="resid_post", position="last", orders="all")
     if (all_orders.meta["in_content"] == 1).any():
         content = content_trajectory(lm, all_orders, ids)

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from tiny import write_two_option_copies
 
 from wdprobe.cli import main
@@ -208,6 +209,36 @@ def test_lens_stage_final_layer_equals_the_model_answer(tiny_run):
     summary = json.loads((tiny_run / "lens" / "summary.json").read_text())
     assert summary["consistent"]["lens_cs"][-1] == 1.0 and summary["inconsistent"]["lens_cs"][-1] == 0.0
     assert "Logit lens" in (tiny_run / "lens" / "lens.html").read_text()
+
+
+def test_decision_point_by_hand(tiny_lm):
+    from wdprobe.core.option_scoring import decision_point
+
+    tok = tiny_lm.tokenizer
+    d = decision_point(tok, "Which action will you take? Answer:", ["You decide to fund parks.", "You decide to fund roads."])
+    assert d.shared == 4 and tok.decode(list(d.tokens)).split() == ["parks", "roads"]
+    assert tok.decode(d.sequence[-4:]).split() == ["You", "decide", "to", "fund"]
+    assert decision_point(tok, "Q? Answer:", ["final", "final"]) is None  # options that never part
+
+
+def test_cloze_lens_last_layer_is_the_models_log_odds_at_the_decision_point(tiny_run, tiny_lm):
+    from wdprobe.core.option_scoring import decision_point
+    from wdprobe.stages.score import scored_cloze_prompts
+
+    assert main(["lens", "--run", str(tiny_run), "--quiet"]) == 0
+    traj = pd.read_csv(tiny_run / "lens" / "cloze-trajectory.csv")
+    summary = json.loads((tiny_run / "lens" / "cloze-summary.json").read_text())
+    rows = {r["id"]: r for r in load_score(tiny_run).rows}
+    last = traj[traj.layer == traj.layer.max()]
+    assert last.id.nunique() + len(summary["unreadable_items"]) == sum(r["n_options"] == 2 for r in rows.values())
+    assert last.id.nunique() > 0
+    texts = {(p.view.item.id, p.form): p for p in scored_cloze_prompts(tiny_run, tiny_lm.tokenizer)}
+    for r in last.itertuples():
+        p = texts[(r.id, r.form)]
+        d = decision_point(tiny_lm.tokenizer, p.text, p.view.item.options(r.form))
+        logits = tiny_lm.bridge(torch.tensor([d.sequence]))[0, -1]
+        assert r.logodds == pytest.approx(float(logits[d.tokens[1]] - logits[d.tokens[0]]), abs=1e-3)  # option 1 over 0
+    assert (tiny_run / "lens" / "lens-cloze.html").is_file()
 
 
 def test_patch_and_steer_stages_write_results_and_resume(tiny_run, capsys):
