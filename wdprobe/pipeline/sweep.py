@@ -17,6 +17,8 @@ A sweep file (TOML) names the models, a grid of scoring settings and a shard cou
     [fixed]                       # the same for every run
     sample = 200
     dtype = "float32"
+    orders = "cyclic"             # option orders and answer format, as `wdprobe score --orders/--format`
+    format = "both"
 
 Every task is one stage of one shard of one run (``score_wdct(..., shard="i/n")``, ``capture_wdct(...)``, ...)
 writing its own shard directory, so a task that dies is rerun alone and a half-finished sweep resumes
@@ -45,7 +47,7 @@ from wdprobe.runs.stage import StageContext
 from wdprobe.stages.score import load_score
 
 SETTING_KEYS = {"seed", "setting", "sample", "limit", "domains", "subset", "dtype", "batch_size", "chat", "demos",
-                "device_map"}
+                "device_map", "orders", "format"}
 EXECUTORS = ("local", "ray")
 SWEEP_STAGES = tuple(s.name for s in REGISTRY.stages("wdct") if s.shardable and s.name != "patch_positional")
 
@@ -164,6 +166,8 @@ def run_task(task: SweepTask) -> dict[str, Any]:
     kwargs = {k: v for k, v in settings.items() if k not in ("dtype", "device_map")} if task.stage == "score" else {}
     if task.stage == "score":
         kwargs["data"] = task.data
+        if "format" in kwargs:  # the sweep file says `format`, as a study config does
+            kwargs["answer_format"] = kwargs.pop("format")
     ctx = StageContext(RunDir(task.run), None, lambda: lm, progress=False, shard=Shard.parse(task.shard),
                        extras={"kwargs": kwargs})
     items = REGISTRY.get("wdct", task.stage).run(ctx).headline.get("n_items")

@@ -239,11 +239,12 @@ def finding_lens(n: dict) -> Finding | None:
 
 
 def cloze_lens_text(cloze: dict) -> str:
-    """The cloze-form lens in words (first option token at the answer position; a description, not a test)."""
+    """The cloze-form lens in words (at the options' decision point; a description, not a test)."""
     inc = cloze["inconsistent"]
     curve = cloze["all"]["lens_cs"]
     left = len(cloze.get("unreadable_items") or [])
-    return (f" In the cloze form (first token of each option, {left} items whose options share it left out), the "
+    return (f" In the cloze form (read where the two options part, after their shared tokens; {left} items whose "
+            f"options never part left out), the "
             f"{inc['n']} inconsistent items part for good at layer {inc['item_divergence_layer_median']:.0f} (median); "
             f"lens CS ranges from {min(curve):.2f} to {max(curve):.2f} over the layers.")
 

@@ -10,7 +10,7 @@ from wdprobe.errors import SweepConfigError
 from wdprobe.pipeline.sweep import load_sweep, run_sweep
 
 
-def _write_sweep(tmp_path, model_dir, data, out: str, shards: int = 2) -> "Path":  # noqa: F821
+def _write_sweep(tmp_path, model_dir, data, out: str, shards: int = 2, fixed: str = "") -> "Path":  # noqa: F821
     p = tmp_path / f"{out}.toml"
     p.write_text(f"""
 [sweep]
@@ -24,6 +24,7 @@ seed = [0, 1]
 
 [fixed]
 batch_size = 4
+{fixed}
 """)
     return p
 
@@ -111,3 +112,15 @@ def test_sweep_runs_later_stages_on_merged_shards(tmp_path, tiny_model_dir, tiny
     cfg.write_text(cfg.read_text().replace('["score", "capture"]', '["capture"]'))
     with pytest.raises(SweepConfigError, match="stages must start with 'score'"):
         load_sweep(cfg)
+
+
+def test_sweep_passes_orders_and_format_to_scoring(tmp_path, tiny_model_dir):
+    from wdprobe.stages.score import load_score
+
+    data = write_two_option_copies(tmp_path / "w.csv", copies=2)
+    cfg = _write_sweep(tmp_path, tiny_model_dir, data, "paper", shards=1, fixed='orders = "shown"\nformat = "letter"')
+    done = run_sweep(cfg, executor="local", progress=False)
+    for run in done.runs:
+        res = load_score(done.out / run["run"])
+        assert len(res.prompt_rows) == 2 * len(res.rows)  # one seeded order per form, letters only
+        assert set(res.metrics["readings"]) == {"shown"}
