@@ -67,10 +67,11 @@ def _probe_curves(p: Path) -> tuple[dict[str, pd.DataFrame | None], bool]:
     if content.is_file():
         c = pd.read_csv(content)
         out = {}
-        for key, analysis in (("word", "decide_word"), ("deed", "decide_deed"), ("transfer", "transfer_word_deed")):
-            sub = c[(c.analysis == analysis) & (c.metric == "accuracy")].set_index("layer")
+        for key, analysis, metric in (("word", "decide_word", "accuracy"), ("deed", "decide_deed", "accuracy"),
+                                      ("transfer", "transfer_word_deed", "accuracy"), ("ic", "ic", "agreement")):
+            sub = c[(c.analysis == analysis) & (c.metric == metric)].set_index("layer")
             out[key] = sub[["value", "low", "high"]] if len(sub) else None
-        return {**out, "ic": None}, True
+        return out, True
     summary = p / "probes" / "resid_post-last-summary.csv"
     if not summary.is_file():
         return {"word": None, "deed": None, "transfer": None, "ic": None}, False
@@ -235,6 +236,8 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, labels: Sequen
         if v is None or (isinstance(v, float) and v != v):
             return "—"
         if isinstance(v, float):
+            if key.endswith("p vs random pairing"):
+                return "< 0.001" if v < 0.001 else f"{v:.3f}"
             return f"{v:.0f}" if "layer" in key else f"{v:.3f}"
         return v
 
