@@ -19,6 +19,7 @@ from wdprobe.reports.study import write_study_report
 from wdprobe.runs.rundir import read_csv
 from wdprobe.runs.stage import Stage, StageContext, StageRegistry, StageResult
 from wdprobe.stages.capture import capture_wdct, merge_capture
+from wdprobe.stages.cloze_patching import run_cloze_patch
 from wdprobe.stages.content_probes import run_content_probes
 from wdprobe.stages.lens import run_lens
 from wdprobe.stages.patching import merge_cross_patch, merge_positional, run_cross_patch, run_positional_patch
@@ -127,9 +128,13 @@ def _wdct_probes(ctx: StageContext) -> StageResult:
 
 def _wdct_lens(ctx: StageContext) -> StageResult:
     s = run_lens(ctx.run.path, lm=ctx.model(), progress=ctx.progress)
-    med = s["inconsistent"].get("item_divergence_layer_median")
-    text = f"inconsistent items part at layer {med:.0f} (median)" if med is not None else "no inconsistent items"
-    return StageResult("lens", text, s)
+    texts = []
+    for name, part in (("", s), ("cloze: ", s.get("cloze") or {})):
+        if "inconsistent" in part:
+            med = part["inconsistent"].get("item_divergence_layer_median")
+            texts.append(f"{name}inconsistent items part at layer {med:.0f} (median)" if med is not None
+                         else f"{name}no inconsistent items")
+    return StageResult("lens", "; ".join(texts) or "done", s)
 
 
 def _wdct_patch_cross(ctx: StageContext) -> StageResult:
@@ -138,18 +143,32 @@ def _wdct_patch_cross(ctx: StageContext) -> StageResult:
         head = run_cross_patch(ctx.run.path, lm=ctx.model(), progress=ctx.progress, **_task_kwargs(ctx))
         return StageResult("patch_cross", f"shard {ctx.shard}", {"n_items": head["n_items"]})
     c = cfg.patch_cross
-    head = run_cross_patch(ctx.run.path, n_items=item_count(c.items), layers=c.layers, conditions=c.conditions,
-                           seed=cfg.seed, batch_size=c.batch_size, lm=ctx.model(), progress=ctx.progress,
-                           restart=ctx.restart, deed_orders=c.deed_orders)
-    if "full" in head:
-        text = f"full patch flips up to {head['full']['flip_rate']:.2f} of inconsistent items (layer {head['full']['layer']})"
-    else:
-        text = "done"
-    return StageResult("patch_cross", text, head)
+    head: dict[str, Any] = {}
+    texts = []
+    if cfg.format != "cloze":
+        head = run_cross_patch(ctx.run.path, n_items=item_count(c.items), layers=c.layers, conditions=c.conditions,
+                               seed=cfg.seed, batch_size=c.batch_size, lm=ctx.model(), progress=ctx.progress,
+                               restart=ctx.restart, deed_orders=c.deed_orders)
+        if "full" in head:
+            texts.append(f"full patch flips up to {head['full']['flip_rate']:.2f} of inconsistent items "
+                         f"(layer {head['full']['layer']})")
+    if cfg.format in ("cloze", "both"):
+        cloze = run_cloze_patch(ctx.run.path, n_items=item_count(c.items), layers=c.layers, seed=cfg.seed,
+                                batch_size=c.batch_size, lm=ctx.model(), progress=ctx.progress, restart=ctx.restart)
+        head = dict(head, cloze=cloze)
+        if "full" in cloze:
+            texts.append(f"cloze: full patch reaches decision-step CS {cloze['full']['cs_after']:.2f} "
+                         f"(clean {cloze['cs_clean_decision_step']:.2f})")
+    return StageResult("patch_cross", "; ".join(texts) or "done", head)
+
+
+LETTER_ONLY = "reads answers by letter; a cloze-only run (format = 'cloze') has none, so it is not run"
 
 
 def _wdct_patch_positional(ctx: StageContext) -> StageResult:
     cfg = ctx.config
+    if cfg.format == "cloze":
+        return StageResult("patch_positional", f"positional patching {LETTER_ONLY}", {"skipped": LETTER_ONLY})
     c = cfg.patch_positional
     out, heads = [], {}
     for form in c.forms:
@@ -168,6 +187,8 @@ def _wdct_steer(ctx: StageContext) -> StageResult:
     if cfg is None:
         head = run_steering(ctx.run.path, lm=ctx.model(), progress=ctx.progress, **_task_kwargs(ctx))
         return StageResult("steer", f"shard {ctx.shard}", {"n_items": head["n_items"]})
+    if cfg.format == "cloze":
+        return StageResult("steer", f"steering {LETTER_ONLY}", {"skipped": LETTER_ONLY})
     s = cfg.steer
     head = run_steering(ctx.run.path, n_items=item_count(s.items), layers=s.layers, alphas=s.alphas, seed=cfg.seed,
                         min_mass_ratio=s.min_mass_ratio, batch_size=s.batch_size, validate=s.validate, lm=ctx.model(),

@@ -30,11 +30,15 @@ def score_summary_markdown(run_dir: str | Path, notes: str = "") -> str:
     st = manifest["stages"]["score"]
     cfg = st["config"]
     rows = res.rows
+    letters = "word_letter_mass_mean" in m  # a cloze-only run has no letters to diagnose
+    how = (f"Answer read from next-token logits on the letter tokens (`{st['letters']['variant']}` variant: mean "
+           "next-token mass on A+B " + ", ".join(f"{k} {v:.3f}" for k, v in st['letters']['calibration'].items()) + ")."
+           if letters and st.get("letters") else
+           "Answered in the cloze form only: each option text scored as a continuation of the question (mean "
+           "log-likelihood per token), no option letters.")
     lines = [f"# WDCT on {cfg['model']}", "",
              f"Setting `{cfg['setting']}`, dtype `{cfg['dtype']}`, option-shuffling seed {cfg['seed']}, "
-             f"{m['n_items']} items (WDCT.csv sha256 `{cfg['data_sha256'][:12]}…`). Answer read from next-token "
-             f"logits on the letter tokens (`{st['letters']['variant']}` variant: mean next-token mass on A+B "
-             + ", ".join(f"{k} {v:.3f}" for k, v in st['letters']['calibration'].items()) + ").", "",
+             f"{m['n_items']} items (WDCT.csv sha256 `{cfg['data_sha256'][:12]}…`). {how}", "",
              "## Consistency", "",
              "| | n | CS | PCS |", "|---|---|---|---|"]
     for d in DOMAINS:
@@ -42,8 +46,32 @@ def score_summary_markdown(run_dir: str | Path, notes: str = "") -> str:
             v = m["per_domain"][d]
             lines.append(f"| {d} | {v['n']} | {_f(v['cs'])} | {_f(v['pcs'])} |")
     lines += [f"| **micro** (mean over items; upstream's \"Avg\") | {m['n_items']} | {_f(m['cs_micro'])} | {_f(m['pcs_micro'])} |",
-              f"| **macro** (mean over domains; the paper's table) | | {_f(m['cs_macro'])} | {_f(m['pcs_macro'])} |", "",
-              "## Is the model answering?", "",
+              f"| **macro** (mean over domains; the paper's table) | | {_f(m['cs_macro'])} | {_f(m['pcs_macro'])} |", ""]
+    if letters:
+        lines += letter_lines(m, rows)
+    lines += ["## The paper's table for scale (Avg CS / Avg PCS, macro over domains)", "",
+              "| model | CS | PCS |", "|---|---|---|"]
+    lines += [f"| {k} | {_f(cs, 2)} | {_f(p, 2)} |" for k, (cs, p) in PAPER_TABLE.items()]
+    lines += [f"| **{cfg['model']} (this run)** | **{_f(m['cs_macro'], 2)}** | **{_f(m['pcs_macro'], 2)}** |", "",
+              "Random choice gives CS 0.50 on two-option items. The paper's numbers come from generated answers "
+              "with regex extraction; these come from " + ("next-token letter probabilities" if letters else
+                                                          "option continuation scores") + " (no item is dropped).", ""]
+    if notes:
+        lines += ["## Reading", "", notes.strip(), ""]
+    t = st.get("timings", {})
+    lines += ["## Provenance", "",
+              f"Model `{st['model']['name']}` ({st['model'].get('source', st['model']['path'])}), revision `{st['model']['revision']}`; "
+              f"wdprobe {manifest['environment']['wdprobe']}, torch {manifest['environment']['torch']}, "
+              f"transformers {manifest['environment']['transformers']}; batch size {st.get('batch_size')}; "
+              "timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()) + ".", "",
+              "Files: `metrics.json`, `items.csv` (one row per item: canonical choices and distributions, letter "
+              "masses, presented option orders), `manifest.json`.", ""]
+    return "\n".join(lines)
+
+
+def letter_lines(m: dict, rows) -> list[str]:
+    """Answer-format diagnostics of a run answered by letter: letter mass, letter habits, the letter-copy baseline."""
+    lines = ["## Is the model answering?", "",
               "| | word | deed |", "|---|---|---|",
               f"| mean next-token mass on the option letters | {_f(m['word_letter_mass_mean'])} | {_f(m['deed_letter_mass_mean'])} |",
               f"| items with letter mass < 0.1 | {_f(m['word_letter_mass_below_0.1'])} | {_f(m['deed_letter_mass_below_0.1'])} |",
@@ -63,23 +91,7 @@ def score_summary_markdown(run_dir: str | Path, notes: str = "") -> str:
               f"(CS) in {_f(m['cs_micro'])}. Had the model answered each deed question with the letter it gave the word "
               f"question, CS would be {_f(m['cs_letter_copy_baseline'])} (shuffles are independent, so letter habits alone "
               "give about 0.5 on two-option items).", ""]
-    lines += ["## The paper's table for scale (Avg CS / Avg PCS, macro over domains)", "",
-              "| model | CS | PCS |", "|---|---|---|"]
-    lines += [f"| {k} | {_f(cs, 2)} | {_f(p, 2)} |" for k, (cs, p) in PAPER_TABLE.items()]
-    lines += [f"| **{cfg['model']} (this run)** | **{_f(m['cs_macro'], 2)}** | **{_f(m['pcs_macro'], 2)}** |", "",
-              "Random choice gives CS 0.50 on two-option items. The paper's numbers come from generated answers "
-              "with regex extraction; these come from next-token letter probabilities (no item is dropped).", ""]
-    if notes:
-        lines += ["## Reading", "", notes.strip(), ""]
-    t = st.get("timings", {})
-    lines += ["## Provenance", "",
-              f"Model `{st['model']['name']}` ({st['model'].get('source', st['model']['path'])}), revision `{st['model']['revision']}`; "
-              f"wdprobe {manifest['environment']['wdprobe']}, torch {manifest['environment']['torch']}, "
-              f"transformers {manifest['environment']['transformers']}; batch size {st.get('batch_size')}; "
-              "timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()) + ".", "",
-              "Files: `metrics.json`, `items.csv` (one row per item: canonical choices and distributions, letter "
-              "masses, presented option orders), `manifest.json`.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def write_score_report(run_dir: str | Path, out_dir: str | Path, notes: str = "", name: str = "README.md") -> Path:

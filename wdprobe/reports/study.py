@@ -76,6 +76,7 @@ def study_numbers(run_dir: str | Path) -> dict[str, Any]:
             "n_layers": len(capture.get("layers") or []) or None, "lens": _json(p / "lens" / "summary.json"),
             "cloze_lens": _json(p / "lens" / "cloze-summary.json"),
             "cross": _json(p / "patching" / "cross_form_headline.json"),
+            "cloze_cross": _json(p / "patching" / "cloze_cross_form_headline.json"),
             "positional": {f: _json(p / "patching" / f"positional-{f}-headline.json") for f in ("deed", "word")},
             "positional_arrival": {f: arrival_layer(p / "patching" / f"positional-{f}-segments.csv") for f in ("deed", "word")},
             "steer": _json(p / "steering" / "steering_headline.json")}
@@ -253,6 +254,11 @@ def finding_patching(n: dict) -> Finding | None:
     """Finding 4: whether patching the word run into the deed run restores consistency, by test."""
     c = n["cross"]
     if not c or "full" not in c:
+        cloze = cloze_patch_text(n.get("cloze_cross")).strip()
+        if cloze:
+            t = n["cloze_cross"]["tests"]["restores_full"]
+            return Finding("Patching restores consistency" if verdict(t) > 0 else "Does patching restore consistency?",
+                           cloze, {"tests": n["cloze_cross"]["tests"]})
         return None
     f = c["full"]
     text = (f"Patching the word run's residual into the deed run at the answer position flips up to "
@@ -280,6 +286,7 @@ def finding_patching(n: dict) -> Finding | None:
     if not tests:
         text += " This run recorded no test, so no claim about restoration is made (rerun patch_cross)."
     text += letter_split_text(c.get("letter_split"))
+    text += cloze_patch_text(n.get("cloze_cross"))
     arrive = n["positional_arrival"]
     if arrive.get("deed") is not None and arrive.get("word") is not None:
         text += (f" Swapping the options shows where their content reaches the answer position: layer {arrive['word']} "
@@ -287,6 +294,26 @@ def finding_patching(n: dict) -> Finding | None:
     title = "Patching restores consistency" if restored > 0 else "Does patching restore consistency?"
     return Finding(title, text, {"flip_rate": f["flip_rate"], "break_rate": f["break_rate"], "cs_after": f["cs_after"],
                                  "cs_clean": c["cs_clean"], "arrival": arrive, "tests": tests})
+
+
+def cloze_patch_text(head: dict | None) -> str:
+    """Cloze-form patching in words, from its max-over-layers tests (decision-step consistency)."""
+    if not head or "tests" not in head or "restores_full" not in head["tests"]:
+        return ""
+    t = head["tests"]["restores_full"]
+    text = (f" In the cloze form ({head['n_items']} items, read where the options part), patching the word run's "
+            f"residual at its decision point into the deed's (decision-step CS {head['cs_clean_decision_step']:.2f} "
+            "clean): "
+            + versus(t, above=f"it raises CS by {interval(t['effect'], t['low'], t['high'])} at layer {t['setting']}, "
+                              "beyond picking the best layer",
+                     below=f"it lowers CS by {interval(-t['effect'], -t['high'], -t['low'])}",
+                     neither=f"no layer raises CS beyond what picking the best layer gives (best layer {t['setting']}, "
+                             f"{interval(t['effect'], t['low'], t['high'])})"))
+    b = head["tests"].get("full_beats_random")
+    if b:
+        text += "; " + versus(b, above="it beats a random direction's component", below="a random direction does better",
+                              neither="against a random direction's component")
+    return text + "."
 
 
 def letter_split_text(split: dict | None) -> str:
@@ -423,7 +450,8 @@ def domain_figure(metrics: dict, model: str) -> go.Figure:
     fig = go.Figure()
     fig.add_bar(x=doms, y=[metrics["per_domain"][d]["cs"] for d in doms], name="CS", marker_color="#d9480f")
     fig.add_bar(x=doms, y=[metrics["per_domain"][d]["pcs"] for d in doms], name="PCS", marker_color="#1c7ed6")
-    fig.add_hline(y=metrics["cs_letter_copy_baseline"], line_dash="dot", annotation_text="letter-copy baseline CS")
+    if "cs_letter_copy_baseline" in metrics:  # a cloze-only run has no letters to copy
+        fig.add_hline(y=metrics["cs_letter_copy_baseline"], line_dash="dot", annotation_text="letter-copy baseline CS")
     fig.update_layout(barmode="group", title=f"CS and PCS by domain — {model}<br><sup>"
                       + ", ".join(f"{d} n={metrics['per_domain'][d]['n']}" for d in doms) + "</sup>",
                       yaxis=dict(range=[0, 1.05]), height=380)

@@ -146,7 +146,8 @@ def test_run_study_runs_every_stage_and_reports(study):
     assert study_status(cfg.out_dir)["config"]["patch_cross"]["items"] == 12  # the configuration is in the manifest
     for rel in ("items.csv", "capture", "probes/resid_post-last.csv", "lens/trajectory.csv", "patching/cross_form.csv",
                 "patching/positional-deed.csv", "steering/steering.csv", "probes/content-ic.json",
-                "patching/cross_form_letter_split.csv", "probes/cloze-last.csv", "probes/cloze-ic.json"):
+                "patching/cross_form_letter_split.csv", "probes/cloze-last.csv", "probes/cloze-ic.json",
+                "patching/cloze_cross_form.csv"):
         assert (cfg.out_dir / rel).exists(), rel
     assert page == cfg.report_dir / "index.html"
     html = page.read_text()
@@ -164,6 +165,22 @@ def test_run_study_runs_every_stage_and_reports(study):
     text = (cfg.report_dir / "README.md").read_text()  # the letter-free analyses are worded from their tests
     assert "IC(l)" in text and "What the word run's residual carries into the deed" in text
     assert "In the cloze form (no options shown, no letters), the word choice" in text
+    assert "read where the options part), patching the word run's residual at its decision point" in text
+
+
+def test_a_cloze_only_study_runs_to_its_report(tiny_model_dir, tiny_lm, tmp_path):
+    data = write_two_option_copies(tmp_path / "w.csv")
+    cfg = _small(StudyConfig(model=str(tiny_model_dir), data=str(data), out=str(tmp_path / "run"),
+                             report=str(tmp_path / "report"), format="cloze"))
+    messages = []
+    page = run_study(cfg, progress=False, lm=tiny_lm, log=messages.append)
+    assert list(study_status(cfg.out_dir)["done"])[-1] == "report" and page.is_file()
+    for rel in ("probes/cloze-last.csv", "lens/cloze-trajectory.csv", "patching/cloze_cross_form.csv"):
+        assert (cfg.out_dir / rel).exists(), rel
+    assert not (cfg.out_dir / "patching" / "cross_form.csv").exists()  # no letters, no letter patching
+    assert any("steering reads answers by letter" in m for m in messages)
+    text = (cfg.report_dir / "README.md").read_text()
+    assert "In the cloze form (no options shown, no letters)" in text and "In the cloze form (" in text
 
 
 def test_second_run_skips_finished_stages_without_loading_the_model(study, monkeypatch):

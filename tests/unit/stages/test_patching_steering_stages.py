@@ -326,3 +326,34 @@ def test_localisation_report_page_redraws_every_stage(tiny_lm, tmp_path):
     for title in ("Logit lens", "Cross-form patching", "Positional patching", "Steering deeds"):
         assert title in html
     assert html.count("<script") >= 4 and (out / "localisation" / "cross_form_summary.csv").is_file()
+
+
+def test_cloze_patching_at_the_decision_points(tiny_run, tiny_lm):
+    from wdprobe.core.option_scoring import last_residuals
+    from wdprobe.methods.lens import lens_logits_per_row
+    from wdprobe.stages.cloze_patching import cloze_pairs, run_cloze_patch
+
+    head = run_cloze_patch(tiny_run, n_items=12, lm=tiny_lm, progress=False)
+    frame = pd.read_csv(tiny_run / "patching" / "cloze_cross_form.csv")
+    assert head["n_items"] == 12 and set(frame.condition) == {"clean", "full", "stance", "random"}
+    assert len(frame) == 12 * (1 + 3 * 2) and set(head["tests"]) >= {"restores_full", "full_beats_random"}
+    # at the last layer the full patch hands the deed its word run's residual: the deed's log-odds at its decision
+    # step are then the word residual read through the final norm and unembedding at the deed's decision tokens
+    items = {it["id"]: it for it in cloze_pairs(tiny_run, tiny_lm, n_items=12)[0]}
+    last = frame[(frame.condition == "full") & (frame.layer == 1)].set_index("id")
+    for iid, it in items.items():
+        resid = last_residuals(tiny_lm, [it["word_sequence"]], [1])
+        y = it["y_word"]
+        toks = np.array([[it["deed_tokens"][y], it["deed_tokens"][1 - y]]])
+        logits = lens_logits_per_row(tiny_lm, resid, toks)[0, 0]
+        assert last.loc[iid, "toward_word"] == pytest.approx(float(logits[0] - logits[1]), abs=1e-3)
+    # clean rows are the deed's own decision step: consistency there is what the summary counts
+    clean = frame[frame.condition == "clean"]
+    assert head["cs_clean_decision_step"] == pytest.approx(float((clean["toward_word"] > 0).mean()))
+
+
+def test_cloze_patching_of_a_small_sample_leaves_the_stance_condition_out(tiny_run, tiny_lm):
+    from wdprobe.stages.cloze_patching import run_cloze_patch
+
+    head = run_cloze_patch(tiny_run, n_items=6, folds=5, lm=tiny_lm, progress=False, restart=True)
+    assert head["n_items"] == 6 and "stance" not in head and "full" in head and "stance left out" in head["notes"][0]
