@@ -29,18 +29,13 @@ def localisation_figures(run_dir: str | Path) -> list[tuple[str, str, Any]]:
     if lens_csv.is_file():
         traj = trajectory_from_frame(pd.read_csv(lens_csv))
         figs += [("lens", n, f) for n, f in zip(["lens-curves", "lens-divergence"], localise_plots.lens_figures(traj, model))]
-    content_csv = run.path / "lens" / "content-trajectory.csv"
-    if content_csv.is_file():
-        traj = trajectory_from_frame(pd.read_csv(content_csv))
-        figs += [("lens", n, f) for n, f in zip(["lens-content-curves", "lens-content-divergence"],
-                                                 localise_plots.lens_figures(traj, f"{model}, content space (log-odds "
-                                                                                   "averaged over option orders)"))]
-    cloze_csv = run.path / "lens" / "cloze-trajectory.csv"
-    if cloze_csv.is_file():
-        traj = trajectory_from_frame(pd.read_csv(cloze_csv))
-        figs += [("lens", n, f) for n, f in zip(["lens-cloze-curves", "lens-cloze-divergence"],
-                                                 localise_plots.lens_figures(traj, f"{model}, cloze form (log-odds of "
-                                                                                   "the options' first tokens)"))]
+    for name, what in (("content", "content space (log-odds averaged over option orders)"),
+                       ("cloze", "cloze form (log-odds where the two options part)")):
+        csv = run.path / "lens" / f"{name}-trajectory.csv"
+        if csv.is_file():
+            traj = trajectory_from_frame(pd.read_csv(csv))
+            figs += [("lens", n, f) for n, f in zip([f"lens-{name}-curves", f"lens-{name}-divergence"],
+                                                     localise_plots.lens_figures(traj, f"{model}, {what}"))]
     pdir = run.path / "patching"
     if (pdir / "cross_form_summary.csv").is_file():
         summary = pd.read_csv(pdir / "cross_form_summary.csv")

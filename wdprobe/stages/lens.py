@@ -90,6 +90,21 @@ def cloze_trajectory(lm, prompts: Sequence[Any], layers: Sequence[int] | None = 
     return traj, unreadable
 
 
+def write_trajectory(out: Path, name: str, traj: LensTrajectory, title: str, heading: str,
+                     **extra: Any) -> tuple[dict[str, Any], dict[str, Any], list]:
+    """One named lens reading (``content``, ``cloze``) as ``{name}-trajectory.csv``, ``{name}-summary.json`` (with
+    ``extra``), ``lens-{name}.html`` and its PNGs; returns its summary, its headline part and the PNG paths."""
+    atomic_write_text(out / f"{name}-trajectory.csv", traj.to_frame().to_csv(index=False))
+    summary = dict(traj.summary(), **extra)
+    atomic_write_text(out / f"{name}-summary.json", json.dumps(summary, indent=2) + "\n")
+    figs = localise_plots.lens_figures(traj, title)
+    plots.write_html(figs, out / f"lens-{name}.html", heading=heading)
+    pngs = [plots.write_png(f, out / f"lens-{name}-{i}.png") for i, f in enumerate(figs)]
+    head = {g: {k: summary[g].get(k) for k in ("n", "curve_divergence_layer", "item_divergence_layer_median")}
+            for g in ("all", "consistent", "inconsistent")}
+    return summary, head, pngs
+
+
 def run_lens(run_dir: str | Path, *, lm=None, progress: bool = True) -> dict[str, Any]:
     """The lens stage: captured ``resid_post`` at the final position -> ``lens/`` (CSV, JSON, HTML, PNG): by letter
     in the shown order, in content space (every order), and in the cloze form (``lens/cloze-*``) where the run has
@@ -108,17 +123,11 @@ def run_lens(run_dir: str | Path, *, lm=None, progress: bool = True) -> dict[str
     pngs: list = []
     if entry["config"].get("format", "letter") in ("cloze", "both"):
         traj, unreadable = cloze_trajectory(lm, scored_cloze_prompts(run.path, lm.tokenizer))
-        atomic_write_text(out / "cloze-trajectory.csv", traj.to_frame().to_csv(index=False))
-        summary["cloze"] = dict(traj.summary(), unreadable_items=unreadable)
-        atomic_write_text(out / "cloze-summary.json", json.dumps(summary["cloze"], indent=2) + "\n")
-        cfigs = localise_plots.lens_figures(traj, f"{model}, cloze prompts at the options' decision point "
-                                                  f"({len(unreadable)} items whose options never part left out)")
-        plots.write_html(cfigs, out / "lens-cloze.html",
-                         heading=f"wdprobe logit lens, cloze form: {model}, {len(traj.items)} two-option items")
-        pngs += [plots.write_png(f, out / f"lens-cloze-{i}.png") for i, f in enumerate(cfigs)]
-        head["cloze"] = {g: {k: summary["cloze"][g].get(k) for k in ("n", "curve_divergence_layer",
-                                                                      "item_divergence_layer_median")}
-                         for g in ("all", "consistent", "inconsistent")}
+        summary["cloze"], head["cloze"], made = write_trajectory(
+            out, "cloze", traj, f"{model}, cloze prompts at the options' decision point ({len(unreadable)} items whose "
+                                "options never part left out)",
+            f"wdprobe logit lens, cloze form: {model}, {len(traj.items)} two-option items", unreadable_items=unreadable)
+        pngs += made
     if entry["config"].get("format", "letter") == "cloze":
         run.mark_done("lens", headline=head, png=[str(p) for p in pngs if p])
         return summary
@@ -136,15 +145,9 @@ def run_lens(run_dir: str | Path, *, lm=None, progress: bool = True) -> dict[str
     all_orders = load_activations(run.path, hook="resid_post", position="last", orders="all")
     if (all_orders.meta["in_content"] == 1).any():
         content = content_trajectory(lm, all_orders, ids)
-        atomic_write_text(out / "content-trajectory.csv", content.to_frame().to_csv(index=False))
-        summary["content"] = content.summary()
-        atomic_write_text(out / "content-summary.json", json.dumps(summary["content"], indent=2) + "\n")
-        cfigs = localise_plots.lens_figures(content, f"{model}, content space (log-odds averaged over option orders)")
-        plots.write_html(cfigs, out / "lens-content.html",
-                         heading=f"wdprobe logit lens in content space: {model}, {len(content.items)} two-option items")
-        pngs += [plots.write_png(f, out / f"lens-content-{i}.png") for i, f in enumerate(cfigs)]
-        head["content"] = {g: {k: summary["content"][g].get(k) for k in ("n", "curve_divergence_layer",
-                                                                          "item_divergence_layer_median")}
-                           for g in ("all", "consistent", "inconsistent")}
+        summary["content"], head["content"], made = write_trajectory(
+            out, "content", content, f"{model}, content space (log-odds averaged over option orders)",
+            f"wdprobe logit lens in content space: {model}, {len(content.items)} two-option items")
+        pngs += made
     run.mark_done("lens", headline=head, png=[str(p) for p in pngs if p])
     return summary

@@ -333,7 +333,7 @@ def test_cloze_patching_at_the_decision_points(tiny_run, tiny_lm):
     from wdprobe.methods.lens import lens_logits_per_row
     from wdprobe.stages.cloze_patching import cloze_pairs, run_cloze_patch
 
-    head = run_cloze_patch(tiny_run, n_items=12, lm=tiny_lm, progress=False)
+    head = run_cloze_patch(tiny_run, n_items=12, lm=tiny_lm, progress=False, restart=True)  # tiny_run is shared
     frame = pd.read_csv(tiny_run / "patching" / "cloze_cross_form.csv")
     assert head["n_items"] == 12 and set(frame.condition) == {"clean", "full", "stance", "random"}
     assert len(frame) == 12 * (1 + 3 * 2) and set(head["tests"]) >= {"restores_full", "full_beats_random"}
