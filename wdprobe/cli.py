@@ -34,6 +34,7 @@ from wdprobe.runs.rundir import RunDir
 from wdprobe.scoring.orders import FORMATS, ORDERS, readings_lines
 from wdprobe.scoring.upstream import upstream_metrics
 from wdprobe.stages.capture import capture_wdct
+from wdprobe.stages.cloze_steering import run_cloze_steering
 from wdprobe.stages.lens import run_lens
 from wdprobe.stages.patching import (
     LOW_RANK_CORRELATION,
@@ -205,7 +206,21 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    """`wdprobe steer --run RUN`: steering deeds along the word-stance direction."""
+    """`wdprobe steer --run RUN`: steering deeds along the word-stance direction (by letter, or in the cloze form)."""
+    answer_format = args.format
+    if answer_format == "auto":
+        scored = RunDir(args.run).stage_entry("score") or {}
+        answer_format = "cloze" if scored.get("config", {}).get("format") == "cloze" else "letter"
+    if answer_format == "cloze":
+        if args.shard:
+            raise InputError("--shard: steering in the cloze form is not sharded; run it whole")
+        head = run_cloze_steering(args.run, n_items=item_count(args.items), layers=args.layers,
+                                  alphas=_floats(args.alphas), seed=args.seed, min_mass_ratio=args.min_mass_ratio,
+                                  batch_size=args.batch_size, progress=not args.quiet, restart=args.restart,
+                                  validate=not args.no_validate)
+        print(json.dumps(head, indent=2))
+        print(f"results and plots in {args.run}/steering/ (cloze_*)")
+        return 0
     head = run_steering(args.run, n_items=item_count(args.items), layers=args.layers, alphas=_floats(args.alphas),
                         seed=args.seed, min_mass_ratio=args.min_mass_ratio, batch_size=args.batch_size,
                         progress=not args.quiet, restart=args.restart, validate=not args.no_validate, shard=args.shard,
@@ -594,6 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shown: the letter-balanced word-stance direction, read in the shown deed order; content: the "
                         "word content direction (residuals averaged over option orders), every deed order, content CS "
                         "(auto: content for runs scored letter-free)")
+    p.add_argument("--format", default="auto", choices=["auto", "letter", "cloze"],
+                   help="letter: steer the answer letter's log-odds; cloze: add the word's cloze stance direction at "
+                        "the deed's decision point and read the decision-step log-odds of the word's choice "
+                        "(steering/cloze_*); auto: cloze for a cloze-only run, else letter")
     p.add_argument("--shard", default=None, help="i/n: the grid on shard i of n of the items, into RUN/shards/steer/; "
                                                  "then wdprobe merge RUN (best setting and validation there)")
     p.set_defaults(func=cmd_steer)

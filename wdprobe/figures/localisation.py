@@ -106,6 +106,28 @@ def cross_form_figures(summary, where: str) -> list[go.Figure]:
     return [fig, fig2]
 
 
+def cloze_patch_figure(summary, where: str) -> go.Figure:
+    """Cloze-form patching by layer per condition: inconsistent items flipped to the word's choice, consistent ones
+    broken, and the decision-step CS with the patch in place (clean CS as a line)."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=["inconsistent items flipped to the word's choice",
+                                                        "consistent items broken", "decision-step CS, patched"])
+    for c, metric in enumerate(("flip_rate", "break_rate", "cs_after"), start=1):
+        for cond, (label, colour, dash) in CONDITION_STYLE.items():
+            sub = summary[summary.condition == cond].sort_values("layer")
+            if len(sub):
+                fig.add_trace(go.Scatter(x=sub["layer"], y=sub[metric], mode="lines+markers", name=label,
+                                         legendgroup=cond, showlegend=(c == 1), line=dict(color=colour, dash=dash)),
+                              row=1, col=c)
+        fig.update_xaxes(title_text="patched layer (resid_post, decision point)", row=1, col=c)
+        fig.update_yaxes(range=[-0.02, 1.02], title_text="share of items" if c < 3 else "CS", row=1, col=c)
+    if "cs_clean" in summary.attrs:
+        fig.add_hline(y=summary.attrs["cs_clean"], line=dict(color="#2ca02c", dash="longdash"), row=1, col=3,
+                      annotation_text=f"clean {summary.attrs['cs_clean']:.2f}", annotation_position="top left")
+    fig.update_layout(title=f"Cross-form patching in the cloze form: word decision point into the deed's<br><sup>{where}</sup>",
+                      template="plotly_white", height=470, width=1280, legend=dict(orientation="h", y=-0.22))
+    return fig
+
+
 def letter_split_figure(summary, where: str) -> go.Figure:
     """Per condition, by layer: the stance shift (the deed moves toward the word answer's content in both option
     orders) and the letter shift (it moves toward the word run's letter), each with its 95% bootstrap band; and
@@ -199,11 +221,16 @@ def positional_figures(frame, seg_table, layers: Sequence[int], segment_order: S
     return figs
 
 
-def steering_figures(table, where: str, min_mass_ratio: float) -> list[go.Figure]:
-    """CS over (layer, alpha) for the stance direction and the random control, and letter mass."""
-    metric = "cs_population" if "cs_population" in table else "cs"
-    fig = make_subplots(rows=1, cols=3, subplot_titles=["word-stance direction: CS", "random direction: CS",
-                                                        "word-stance direction: letter mass / clean"],
+def steering_figures(table, where: str, min_mass_ratio: float, *, mass_label: str = "letter mass",
+                      position: str = "final position", metric: str | None = None) -> list[go.Figure]:
+    """CS over (layer, alpha) for the stance direction and the random control, and the answer format's mass
+    (``mass_label``: letter mass, or the option tokens' in the cloze form); ``metric`` the CS column shown
+    (default: benchmark-level CS when the table has it)."""
+    metric = metric or ("cs_population" if "cs_population" in table else "cs")
+    metric_name = {"cs_population": "benchmark-level CS", "cs_balanced": "balanced CS"}.get(metric, "CS")
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[f"word-stance direction: {metric_name}",
+                                                        f"random direction: {metric_name}",
+                                                        f"word-stance direction: {mass_label} / clean"],
                         horizontal_spacing=0.08)
     for c, (cond, col) in enumerate((("stance", metric), ("random", metric), ("stance", "mass_ratio")), start=1):
         m = table[table.condition == cond]
@@ -215,10 +242,10 @@ def steering_figures(table, where: str, min_mass_ratio: float) -> list[go.Figure
                                  zmax=max(1.0, float(np.nanmax(z))) if col == "mass_ratio" else float(table[metric].max()),
                                  text=np.round(z, 2), texttemplate="%{text}", showscale=False), row=1, col=c)
         fig.update_xaxes(title_text="alpha (× word-answer mean difference)", type="category", row=1, col=c)
-    fig.update_yaxes(title_text="steered layer (resid_post, final position)", row=1, col=1)
+    fig.update_yaxes(title_text=f"steered layer (resid_post, {position})", row=1, col=1)
     clean = table.attrs.get("clean_cs")
-    fig.update_layout(title=f"Steering deeds toward the word answer — {'benchmark-level CS' if metric == 'cs_population' else 'CS'}"
-                            f"<br><sup>{where}; cells with letter mass below {min_mass_ratio:.0%} of clean break the "
+    fig.update_layout(title=f"Steering deeds toward the word answer — {metric_name}"
+                            f"<br><sup>{where}; cells with {mass_label} below {min_mass_ratio:.0%} of clean break the "
                             "answer format</sup>", template="plotly_white", height=560, width=1280)
     figs = [fig]
     stance = table[table.condition == "stance"]
@@ -226,7 +253,7 @@ def steering_figures(table, where: str, min_mass_ratio: float) -> list[go.Figure
     best_layer = int(stance.loc[stance[metric].idxmax(), "layer"]) if len(stance) else None
     shown = sorted(set(all_layers[:: max(1, len(all_layers) // 4)]) | ({best_layer} if best_layer is not None else set()))
     fig2 = make_subplots(rows=1, cols=3, subplot_titles=["inconsistent items moved to the word answer",
-                                                         "consistent items moved away (broken)", "letter mass / clean"])
+                                                         "consistent items moved away (broken)", f"{mass_label} / clean"])
     palette = ["#440154", "#3b528b", "#21918c", "#5ec962", "#e45756", "#f58518"]
     for k, layer in enumerate(shown):
         colour = palette[k % len(palette)]

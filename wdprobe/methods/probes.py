@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegressionCV
-from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
@@ -243,8 +243,8 @@ def probe_layers(word: np.ndarray, deed: np.ndarray, y_word: np.ndarray, y_deed:
     return res
 
 
-def crossfit_directions(X: np.ndarray, y: np.ndarray, *, folds: int = 5,
-                        balance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def crossfit_directions(X: np.ndarray, y: np.ndarray, *, folds: int = 5, balance: np.ndarray | None = None,
+                        stratify: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unit difference-of-means stance directions per layer, cross-fitted by item.
 
     ``X``: ``(n_items, n_layers, d)``; ``y``: binary labels. Returns ``dirs`` ``(folds, n_layers, d)``
@@ -253,6 +253,8 @@ def crossfit_directions(X: np.ndarray, y: np.ndarray, *, folds: int = 5,
     ``gaps`` ``(folds, n_layers)``: the length of each mean difference (the natural unit of steering strength).
     ``balance``: a nuisance label per item (e.g. the answer letter); the difference of means is then taken
     within each nuisance group and averaged, so a nuisance correlated with ``y`` does not leak into the direction.
+    ``stratify``: folds keep the label shares (deterministic, items in their given order), so a rare label still
+    reaches every fold's training items.
     """
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y).astype(int)
     if set(np.unique(y)) != {0, 1}:
@@ -260,7 +262,9 @@ def crossfit_directions(X: np.ndarray, y: np.ndarray, *, folds: int = 5,
     fold_of = np.zeros(len(y), dtype=int)
     dirs = np.zeros((folds, X.shape[1], X.shape[2]))
     gaps = np.zeros((folds, X.shape[1]))
-    for f, (tr, te) in enumerate(item_folds(len(y), folds)):
+    splits = (list(StratifiedKFold(n_splits=folds).split(np.zeros(len(y)), y)) if stratify
+              else item_folds(len(y), folds))
+    for f, (tr, te) in enumerate(splits):
         fold_of[te] = f
         yt = y[tr]
         if len(np.unique(yt)) < 2:

@@ -56,29 +56,32 @@ def steer(lm, deed_prompts: Sequence[str], stance_vecs: np.ndarray, random_vecs:
     return frame
 
 
-def summarise_steering(frame, items, *, population_consistency: float | None = None) -> Any:
-    """Per condition x layer x alpha: CS on the items, flip and break rates, letter mass and its ratio to
-    clean, and (given the full run's CS) the CS the whole benchmark would have: ``p_c (1 - break) + (1 - p_c) flip``."""
+def summarise_steering(frame, items, *, population_consistency: float | None = None, mass: str = "letter_mass") -> Any:
+    """Per condition x layer x alpha: CS on the items, flip and break rates, their mean ``cs_balanced`` (the CS a
+    sample with as many consistent as inconsistent items would have), the answer-format mass (column ``mass``:
+    letter mass, or the option tokens' mass in the cloze form) and its ratio to clean, and (given the full run's CS)
+    the CS the whole benchmark would have: ``p_c (1 - break) + (1 - p_c) flip``."""
     import pandas as pd
 
     f = frame.merge(items[["consistent"]], left_on="item", right_index=True)
     clean = f[f.condition == "clean"]
-    clean_mass = float(clean["letter_mass"].mean())
+    clean_mass = float(clean[mass].mean())
     out = []
     for (cond, layer, alpha), g in f[f.condition != "clean"].groupby(["condition", "layer", "alpha"]):
         inc, con = g[g.consistent == 0], g[g.consistent == 1]
         rec = {"condition": cond, "layer": int(layer), "alpha": float(alpha), "cs": float((g["toward_word"] > 0).mean()),
                "flip_rate": float((inc["toward_word"] > 0).mean()) if len(inc) else np.nan,
                "break_rate": float((con["toward_word"] < 0).mean()) if len(con) else np.nan,
-               "letter_mass": float(g["letter_mass"].mean())}
-        rec["mass_ratio"] = rec["letter_mass"] / clean_mass if clean_mass > 0 else np.nan
+               mass: float(g[mass].mean())}
+        rec["cs_balanced"] = (rec["flip_rate"] + 1 - rec["break_rate"]) / 2
+        rec["mass_ratio"] = rec[mass] / clean_mass if clean_mass > 0 else np.nan
         if population_consistency is not None:
             p = population_consistency
             rec["cs_population"] = p * (1 - rec["break_rate"]) + (1 - p) * rec["flip_rate"]
         out.append(rec)
     table = pd.DataFrame(out).sort_values(["condition", "layer", "alpha"]).reset_index(drop=True)
     table.attrs["clean_cs"] = float((clean["toward_word"] > 0).mean())
-    table.attrs["clean_letter_mass"] = clean_mass
+    table.attrs[f"clean_{mass}"] = clean_mass
     return table
 
 

@@ -20,6 +20,7 @@ from wdprobe.runs.rundir import read_csv
 from wdprobe.runs.stage import Stage, StageContext, StageRegistry, StageResult
 from wdprobe.stages.capture import capture_wdct, merge_capture
 from wdprobe.stages.cloze_patching import run_cloze_patch
+from wdprobe.stages.cloze_steering import run_cloze_steering
 from wdprobe.stages.content_probes import run_content_probes
 from wdprobe.stages.lens import run_lens
 from wdprobe.stages.patching import merge_cross_patch, merge_positional, run_cross_patch, run_positional_patch
@@ -187,20 +188,31 @@ def _wdct_steer(ctx: StageContext) -> StageResult:
     if cfg is None:
         head = run_steering(ctx.run.path, lm=ctx.model(), progress=ctx.progress, **_task_kwargs(ctx))
         return StageResult("steer", f"shard {ctx.shard}", {"n_items": head["n_items"]})
-    if cfg.format == "cloze":
-        return StageResult("steer", f"steering {LETTER_ONLY}", {"skipped": LETTER_ONLY})
     s = cfg.steer
-    head = run_steering(ctx.run.path, n_items=item_count(s.items), layers=s.layers, alphas=s.alphas, seed=cfg.seed,
-                        min_mass_ratio=s.min_mass_ratio, batch_size=s.batch_size, validate=s.validate, lm=ctx.model(),
-                        progress=ctx.progress, restart=ctx.restart, space=s.space)
+    texts, head = [], {}
+    if cfg.format != "cloze":
+        head = run_steering(ctx.run.path, n_items=item_count(s.items), layers=s.layers, alphas=s.alphas, seed=cfg.seed,
+                            min_mass_ratio=s.min_mass_ratio, batch_size=s.batch_size, validate=s.validate,
+                            lm=ctx.model(), progress=ctx.progress, restart=ctx.restart, space=s.space)
+        texts.append(_steering_text(head, "no setting kept the answer format"))
+    if cfg.format in ("cloze", "both"):
+        cloze = run_cloze_steering(ctx.run.path, n_items=item_count(s.items), layers=s.layers, alphas=s.alphas,
+                                   seed=cfg.seed, min_mass_ratio=s.min_mass_ratio, batch_size=s.batch_size,
+                                   validate=s.validate, lm=ctx.model(), progress=ctx.progress, restart=ctx.restart)
+        head = dict(head, cloze=cloze)
+        texts.append("cloze: " + _steering_text(cloze, "no setting kept the options' tokens likely"))
+    return StageResult("steer", "; ".join(texts), head)
+
+
+def _steering_text(head: dict[str, Any], none: str) -> str:
     best = head.get("best")
     if not best:
-        return StageResult("steer", "no setting kept the answer format", head)
+        return none
     text = f"best layer {best['layer']}, alpha {best['alpha']:g}: CS {best['cs']:.2f} on the grid"
     val = head.get("validation")
     if val:
         text += f"; held out {val['stance']['cs']:.2f} vs clean {val['cs_clean']:.2f}"
-    return StageResult("steer", text, head)
+    return text
 
 
 def _wdct_report(ctx: StageContext) -> StageResult:
@@ -250,7 +262,8 @@ REGISTRY.register(Stage("wdct", "patch_positional", _wdct_patch_positional, _sec
                         restartable=True, doc="layer x position heatmaps: attribution, validated by exact patching"))
 REGISTRY.register(Stage("wdct", "steer", _wdct_steer, _section("steer"), requires=("capture",), outputs=("steering",),
                         merge=merge_steering, restartable=True,
-                        doc="deeds steered along the word-stance direction, validated on held-out items"))
+                        doc="deeds steered along the word-stance direction (letter and cloze forms), validated on "
+                            "held-out items"))
 REGISTRY.register(Stage("wdct", "report", _wdct_report,
                         lambda cfg: {"report": str(cfg.report_dir), "notes": cfg.notes, "score_notes": cfg.score_notes},
                         unit="pages", needs_model=False, requires=("score",),

@@ -49,6 +49,12 @@ def localisation_figures(run_dir: str | Path) -> list[tuple[str, str, Any]]:
             split = pd.read_csv(pdir / "cross_form_letter_split_summary.csv")
             figs.append(("patching", "cross-form-letter-split", localise_plots.letter_split_figure(
                 split, f"{model}, {head['letter_split']['n_items']} two-option items, both deed orders")))
+    if (pdir / "cloze_cross_form_summary.csv").is_file():
+        summary = pd.read_csv(pdir / "cloze_cross_form_summary.csv")
+        head = json.loads((pdir / "cloze_cross_form_headline.json").read_text())
+        summary.attrs["cs_clean"] = head["cs_clean_decision_step"]
+        figs.append(("patching", "cross-form-cloze", localise_plots.cloze_patch_figure(
+            summary, f"{model}, {head['n_items']} two-option items read where their options part")))
     for form in ("deed", "word"):
         if (pdir / f"positional-{form}.csv").is_file():
             frame = pd.read_csv(pdir / f"positional-{form}.csv")
@@ -69,6 +75,16 @@ def localisation_figures(run_dir: str | Path) -> list[tuple[str, str, Any]]:
         sf = localise_plots.steering_figures(table, f"{model}, {head['n_items']} two-option items; alpha in units "
                                                     f"of the word-answer mean difference at the layer{space}", ratio)
         figs += [("steering", n, f) for n, f in zip(["steering-surface", "steering-curves"], sf)]
+    if (sdir / "cloze_steering_summary.csv").is_file():
+        table = pd.read_csv(sdir / "cloze_steering_summary.csv")
+        head = json.loads((sdir / "cloze_steering_headline.json").read_text())
+        table.attrs["clean_cs"] = head["clean_cs_items"]
+        ratio = (head.get("best") or {}).get("min_mass_ratio", 0.5)
+        sf = localise_plots.steering_figures(table, f"{model}, cloze form, {head['n_items']} two-option items at the "
+                                                    "options' decision point; alpha in units of the word-choice mean "
+                                                    "difference at the layer", ratio, mass_label="option-token mass",
+                                             position="decision point", metric="cs_balanced")
+        figs += [("steering", n, f) for n, f in zip(["steering-cloze-surface", "steering-cloze-curves"], sf)]
     return figs
 
 
@@ -76,7 +92,9 @@ LOCALISATION_TABLES = ["lens/summary.json", "lens/cloze-summary.json", "patching
                        "patching/cross_form_letter_split_summary.csv",
                        "patching/positional-deed-segments.csv", "patching/positional-deed-headline.json",
                        "patching/positional-word-segments.csv", "patching/positional-word-headline.json",
-                       "steering/steering_summary.csv", "steering/steering_headline.json"]
+                       "patching/cloze_cross_form_summary.csv", "patching/cloze_cross_form_headline.json",
+                       "steering/steering_summary.csv", "steering/steering_headline.json",
+                       "steering/cloze_steering_summary.csv", "steering/cloze_steering_headline.json"]
 
 
 def copy_localisation_tables(run_dir: str | Path, dest: str | Path) -> None:

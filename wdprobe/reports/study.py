@@ -79,7 +79,8 @@ def study_numbers(run_dir: str | Path) -> dict[str, Any]:
             "cloze_cross": _json(p / "patching" / "cloze_cross_form_headline.json"),
             "positional": {f: _json(p / "patching" / f"positional-{f}-headline.json") for f in ("deed", "word")},
             "positional_arrival": {f: arrival_layer(p / "patching" / f"positional-{f}-segments.csv") for f in ("deed", "word")},
-            "steer": _json(p / "steering" / "steering_headline.json")}
+            "steer": _json(p / "steering" / "steering_headline.json"),
+            "cloze_steer": _json(p / "steering" / "cloze_steering_headline.json")}
 
 
 def arrival_layer(segments_csv: Path, segment: str = "final", share: float = 0.5) -> int | None:
@@ -346,15 +347,59 @@ def letter_split_text(split: dict | None) -> str:
     return text + f" What the word run's residual carries into the deed: {carries}."
 
 
+def validation_text(val: dict | None, mass_label: str, min_mass_ratio: float) -> tuple[str, bool | None]:
+    """A steering validation on held-out items in words, and whether it is a validated restoration (``None``
+    when no claim can be made)."""
+    if not val:
+        return " Not validated on held-out items, so no claim is made.", None
+    if not val.get("tests"):
+        return (f" On the {val['n_items']} held-out items CS {val['stance']['cs']:.3f} vs clean {val['cs_clean']:.3f}; "
+                "this run recorded no test, so no claim is made (rerun steer)."), None
+    t, r = val["tests"]["beats_clean"], val["tests"]["beats_random"]
+    restored = verdict(t) > 0 and verdict(r) > 0
+    text = (f" On the {val['n_items']} items the grid never saw, CS {val['stance']['cs']:.3f} vs clean "
+            f"{val['cs_clean']:.3f} and random {val['random']['cs']:.3f}: "
+            + versus(t, above=f"steering beats clean by {interval(t['effect'], t['low'], t['high'])}",
+                     below=f"steering lowers CS by {interval(-t['effect'], -t['high'], -t['low'])}",
+                     neither="steering vs clean")
+            + "; " + versus(r, above="and beats the random direction", below="and the random direction does better",
+                            neither="vs the random direction") + ".")
+    if val["random"].get("mass_ratio", 1.0) < min_mass_ratio:
+        text += (f" The random direction of equal norm keeps {val['random']['mass_ratio']:.2g} of the clean {mass_label} "
+                 f"(the steered direction {val['stance']['mass_ratio']:.2f}): at this norm it breaks the answer format, "
+                 "so only the comparison with clean is informative.")
+    return text + (" A validated restoration." if restored else " Not a validated restoration."), restored
+
+
+def cloze_steering_text(head: dict | None) -> tuple[str, bool | None]:
+    """Cloze-form steering in words (decision-step CS), and whether it is a validated restoration."""
+    if not head:
+        return "", None
+    best = head.get("best")
+    if not best:
+        return (f" In the cloze form ({head['n_items']} items) no (layer, alpha) setting kept the options' decision "
+                "tokens likely; nothing to report."), None
+    text = (f" In the cloze form ({head['n_items']} items, the word run's cloze stance direction added at the deed's "
+            f"decision point, read as decision-step CS), the best grid setting by balanced CS (layer {best['layer']}, "
+            f"alpha {best['alpha']:g}) flips {best['flip_rate']:.2f} of inconsistent items and breaks "
+            f"{best['break_rate']:.2f} of consistent ones (a random direction of equal norm {best['random']['flip_rate']:.2f} "
+            f"and {best['random']['break_rate']:.2f}).")
+    more, restored = validation_text(head.get("validation"), "option-token mass", best.get("min_mass_ratio", 0.5))
+    return text + more, restored
+
+
 def finding_steering(n: dict) -> Finding | None:
-    """Finding 5: the best steering setting, and whether it survives held-out items, by test."""
+    """Finding 5: the best steering setting, and whether it survives held-out items, by test (letter and cloze)."""
     s = n["steer"]
+    cloze, cloze_restored = cloze_steering_text(n.get("cloze_steer"))
     if not s:
-        return None
+        if not cloze:
+            return None
+        return Finding("Does steering restore consistency?", cloze.strip(), {"restored": cloze_restored})
     best = s.get("best")
     if not best:
         return Finding("Does steering restore consistency?",
-                       "No (layer, alpha) setting kept the answer format; nothing to report.")
+                       "No (layer, alpha) setting kept the answer format; nothing to report." + cloze)
     content = s.get("space") == "content"
     what = ("the word content direction (word residuals averaged over option orders) to the deed run in both option "
             "orders, read as content CS (order-averaged)" if content else "the word-stance direction to the deed run")
@@ -363,30 +408,10 @@ def finding_steering(n: dict) -> Finding | None:
             f"{s['clean_cs_items']:.2f}; a random direction of equal norm {best['random']['cs']:.2f}); the grid's best "
             "cell is optimistic, so the claim rests on held-out items.")
     val = s.get("validation")
-    restored = None
-    if val and val.get("tests"):
-        t, r = val["tests"]["beats_clean"], val["tests"]["beats_random"]
-        restored = verdict(t) > 0 and verdict(r) > 0
-        text += (f" On the {val['n_items']} items the grid never saw, CS {val['stance']['cs']:.3f} vs clean "
-                 f"{val['cs_clean']:.3f} and random {val['random']['cs']:.3f}: "
-                 + versus(t, above=f"steering beats clean by {interval(t['effect'], t['low'], t['high'])}",
-                          below=f"steering lowers CS by {interval(-t['effect'], -t['high'], -t['low'])}",
-                          neither="steering vs clean")
-                 + "; " + versus(r, above="and beats the random direction", below="and the random direction does better",
-                                 neither="vs the random direction") + ".")
-        ratio = best.get("min_mass_ratio", 0.5)
-        if val["random"].get("mass_ratio", 1.0) < ratio:
-            text += (f" The random direction of equal norm keeps {val['random']['mass_ratio']:.2g} of the clean letter mass "
-                     f"(the steered direction {val['stance']['mass_ratio']:.2f}): at this norm it breaks the answer format, "
-                     "so only the comparison with clean is informative.")
-        text += " A validated restoration." if restored else " Not a validated restoration."
-    elif val:
-        text += (f" On the {val['n_items']} held-out items CS {val['stance']['cs']:.3f} vs clean {val['cs_clean']:.3f}; "
-                 "this run recorded no test, so no claim is made (rerun steer).")
-    else:
-        text += " Not validated on held-out items, so no claim is made."
-    return Finding("Does steering restore consistency?", text,
-                   {"grid_cs": best["cs"], "validated_cs": (val or {}).get("stance", {}).get("cs"), "restored": restored})
+    more, restored = validation_text(val, "letter mass", best.get("min_mass_ratio", 0.5))
+    return Finding("Does steering restore consistency?", text + more + cloze,
+                   {"grid_cs": best["cs"], "validated_cs": (val or {}).get("stance", {}).get("cs"), "restored": restored,
+                    "cloze_restored": cloze_restored})
 
 
 FINDINGS = (finding_behaviour, finding_probes, finding_lens, finding_patching, finding_steering)

@@ -8,7 +8,7 @@ import torch
 from tiny import write_two_option_copies
 
 from wdprobe.cli import main
-from wdprobe.errors import RunMismatchError
+from wdprobe.errors import InputError, RunMismatchError
 from wdprobe.methods.lens import LensTrajectory, canonical_logodds
 from wdprobe.methods.patching import letter_split, letter_split_tests, summarise_cross_form, summarise_letter_split
 from wdprobe.methods.probes import crossfit_directions
@@ -357,3 +357,75 @@ def test_cloze_patching_of_a_small_sample_leaves_the_stance_condition_out(tiny_r
 
     head = run_cloze_patch(tiny_run, n_items=6, folds=5, lm=tiny_lm, progress=False, restart=True)
     assert head["n_items"] == 6 and "stance" not in head and "full" in head and "stance left out" in head["notes"][0]
+
+
+def test_cloze_steering_vectors_point_toward_each_word_choice():
+    from wdprobe.stages.cloze_steering import cloze_steering_vectors
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 10)
+    sources = rng.normal(scale=1e-3, size=(20, 2, 6))
+    sources[:, 0, 0] += 3.0 * y  # layer 0: the choices 3 apart along e0; layer 1: 1 apart along e1
+    sources[:, 1, 1] += 1.0 * y
+    items = [{"y_word": int(v)} for v in y]
+    stance, random = cloze_steering_vectors(items, sources, folds=5)
+    sign = np.where(y == 1, 1.0, -1.0)
+    np.testing.assert_allclose(stance[:, 0, 0], 3.0 * sign, atol=1e-2)  # alpha = 1 moves a residual by the whole gap
+    np.testing.assert_allclose(stance[:, 1, 1], 1.0 * sign, atol=1e-2)
+    np.testing.assert_allclose(np.linalg.norm(random, axis=-1), np.linalg.norm(stance, axis=-1))
+    # the random control carries the same sign per item, so it pushes "toward" the word choice as often as the stance
+    assert np.all(np.sign(random[:, 0, 0]) == np.sign(random[0, 0, 0]) * sign * sign[0])
+
+
+def test_cloze_steering_adds_its_vector_at_the_deed_decision_point(tiny_run, tiny_lm):
+    from wdprobe.core.forward import encode_prompts
+    from wdprobe.core.option_scoring import last_residuals
+    from wdprobe.methods.lens import lens_logits_per_row
+    from wdprobe.stages.cloze_patching import cloze_pairs
+    from wdprobe.stages.cloze_steering import cloze_steering_vectors, run_cloze_steering
+
+    items = cloze_pairs(tiny_run, tiny_lm, n_items=None)[0]
+    counts = np.bincount([it["y_word"] for it in items], minlength=2)
+    with pytest.raises(InputError, match=f"first option in {counts[0]} and the second in {counts[1]}"):
+        run_cloze_steering(tiny_run, n_items=None, folds=counts.min() + 1, lm=tiny_lm, progress=False, restart=True)
+    head = run_cloze_steering(tiny_run, n_items=None, folds=2, alphas=[1.0, 4.0], lm=tiny_lm, progress=False,
+                              restart=True)
+    frame = pd.read_csv(tiny_run / "steering" / "cloze_steering.csv")
+    assert head["n_items"] == len(items) and len(frame) == len(items) * (1 + 2 * 2 * 2)
+    assert set(frame.condition) == {"clean", "stance", "random"}
+    # at the last layer the steered deed log-odds are the deed's own decision-point residual plus alpha x the
+    # item's vector, read through the final norm and the unembedding at the deed's two decision tokens
+    sources = last_residuals(tiny_lm, [it["word_sequence"] for it in items], [0, 1])
+    stance, _ = cloze_steering_vectors(items, sources, folds=2)
+    for k, it in enumerate(items):
+        seq = encode_prompts(tiny_lm.tokenizer, [it["deed_text"]], "cpu")["input_ids"][0].tolist()
+        resid = last_residuals(tiny_lm, [seq], [1])
+        y = it["y_word"]
+        toks = np.array([[it["deed_tokens"][y], it["deed_tokens"][1 - y]]])
+        rows = frame[frame.id == it["id"]]
+        for cond, vec in (("clean", 0.0), ("stance", 4.0 * stance[k, 1])):
+            logits = lens_logits_per_row(tiny_lm, resid + vec, toks)[0, 0]
+            sel = rows[(rows.condition == cond) & (rows.layer == (1 if cond == "stance" else -1))]
+            if cond == "stance":
+                sel = sel[sel.alpha == 4.0]
+            assert float(sel["toward_word"].iloc[0]) == pytest.approx(float(logits[0] - logits[1]), abs=1e-3)
+    summary = pd.read_csv(tiny_run / "steering" / "cloze_steering_summary.csv")
+    assert {"cs_balanced", "option_mass", "mass_ratio"} <= set(summary.columns)
+    assert head["clean_cs_items"] == pytest.approx(float((frame[frame.condition == "clean"]["toward_word"] > 0).mean()))
+    if head["best"] is not None:  # picked by balanced CS among cells that keep the options' tokens likely
+        kept = summary[(summary.condition == "stance") & (summary.mass_ratio >= 0.5)]
+        assert head["best"]["cs_balanced"] == pytest.approx(kept["cs_balanced"].max())
+
+
+def test_steering_finding_reads_the_cloze_form_alone():
+    from wdprobe.reports.study import finding_steering
+
+    test = {"effect": 0.01, "low": -0.05, "high": 0.07, "p_value": 0.6, "n": 80, "significant": False}
+    head = {"n_items": 40, "best": {"layer": 3, "alpha": 2.0, "flip_rate": 0.4, "break_rate": 0.2, "cs": 0.6,
+                                    "min_mass_ratio": 0.5, "random": {"flip_rate": 0.1, "break_rate": 0.1}},
+            "validation": {"n_items": 80, "cs_clean": 0.55, "stance": {"cs": 0.56, "mass_ratio": 0.9},
+                           "random": {"cs": 0.55, "mass_ratio": 0.95},
+                           "tests": {"beats_clean": test, "beats_random": test}}}
+    f = finding_steering({"steer": None, "cloze_steer": head})
+    assert "cloze form" in f.text and "Not a validated restoration" in f.text and f.numbers["restored"] is False
+    assert finding_steering({"steer": None, "cloze_steer": None}) is None
