@@ -375,6 +375,8 @@ def cloze_steering_text(head: dict | None) -> tuple[str, bool | None]:
     """Cloze-form steering in words (decision-step CS), and whether it is a validated restoration."""
     if not head:
         return "", None
+    if head.get("skipped"):
+        return f" Steering in the cloze form was not run on these {head['n_items']} items: {head['skipped']}.", None
     best = head.get("best")
     if not best:
         return (f" In the cloze form ({head['n_items']} items) no (layer, alpha) setting kept the options' decision "

@@ -47,7 +47,7 @@ def cloze_steering_vectors(items: Sequence[dict[str, Any]], sources: np.ndarray,
     stratified by the word's choice, which a model can make lopsidedly) times that
     fold's mean-difference length, signed toward the item's word choice; and a seeded random unit direction per
     layer with the same norm and sign."""
-    y = np.array([int(it["y_word"]) for it in items])
+    y = np.array([int(it["y_word"]) for it in items], dtype=int)
     if sources.shape[0] != len(y):
         raise InputError(f"{sources.shape[0]} word residuals for {len(y)} items")
     counts = np.bincount(y, minlength=2)
@@ -118,11 +118,17 @@ def run_cloze_steering(run_dir: str | Path, *, n_items: int | None = 64, layers:
     run.check_or_start(STAGE, {"n_items": n_items, "layers": layers, "alphas": alphas, "seed": seed, "folds": folds,
                                "hook": "resid_post", "position": "decision point", "min_mass_ratio": min_mass_ratio})
     items, left_out = cloze_pairs(run.path, lm, n_items=n_items, seed=seed)
-    if len(items) < 2 * folds:
-        raise InputError(f"{run.path}: {len(items)} cloze items readable at a decision point; steering needs at least "
-                         f"{2 * folds} for {folds} cross-fitted folds")
+    out = run.path / "steering"
+    out.mkdir(exist_ok=True)
     sources = last_residuals(lm, [it["word_sequence"] for it in items], layers, batch_size=16)
-    stance_vecs, random_vecs = cloze_steering_vectors(items, sources, folds=folds, seed=seed)
+    try:
+        stance_vecs, random_vecs = cloze_steering_vectors(items, sources, folds=folds, seed=seed)
+    except InputError as exc:  # a small or lopsided sample: no cross-fitted direction to steer along; say so
+        head: dict[str, Any] = {"n_items": len(items), "n_left_out": len(left_out), "best": None, "validation": None,
+                                "skipped": f"no cross-fitted cloze stance direction: {exc}"}
+        atomic_write_text(out / "cloze_steering_headline.json", json.dumps(head, indent=2) + "\n")
+        run.mark_done(STAGE, headline=head, **stage_seconds(run, STAGE, t_start))
+        return head
     done = {r["id"] for r in run.read_parts(STAGE)}
     todo = [i for i, it in enumerate(items) if it["id"] not in done]
     per_item = 1 + 2 * len(layers) * len(alphas)
@@ -142,8 +148,6 @@ def run_cloze_steering(run_dir: str | Path, *, n_items: int | None = 64, layers:
     if validate and best is not None:
         validation = validate_cloze_steering(run, lm, items, int(best["layer"]), float(best["alpha"]), folds=folds,
                                              seed=seed, batch_size=batch_size, progress=progress)
-    out = run.path / "steering"
-    out.mkdir(exist_ok=True)
     atomic_write_text(out / "cloze_steering.csv", frame.merge(table[["id", "consistent"]], on="id").to_csv(index=False))
     atomic_write_text(out / "cloze_steering_summary.csv", summary.to_csv(index=False))
     head = {"n_items": len(items), "n_left_out": len(left_out), "n_inconsistent": int((table.consistent == 0).sum()),
@@ -171,10 +175,11 @@ def validate_cloze_steering(run: RunDir, lm, grid_items: Sequence[dict[str, Any]
     everything, _ = cloze_pairs(run.path, lm, n_items=None)
     seen = {it["id"] for it in grid_items}
     held = [it for it in everything if it["id"] not in seen]
-    if len(held) < 2 * folds or len({it["y_word"] for it in held}) < 2:
-        return None
     sources = last_residuals(lm, [it["word_sequence"] for it in held], [layer], batch_size=16)
-    stance_vecs, random_vecs = cloze_steering_vectors(held, sources, folds=folds, seed=seed + 1)
+    try:
+        stance_vecs, random_vecs = cloze_steering_vectors(held, sources, folds=folds, seed=seed + 1)
+    except InputError:  # too few held-out items of one choice to cross-fit: nothing to validate on
+        return None
     done = {r["id"] for r in run.read_parts(VALIDATE_STAGE)}
     todo = [i for i, it in enumerate(held) if it["id"] not in done]
     bar = progress_bar(3 * len(held), "validate steering (cloze)", progress, 3 * (len(held) - len(todo)))
@@ -188,10 +193,10 @@ def validate_cloze_steering(run: RunDir, lm, grid_items: Sequence[dict[str, Any]
     bar.close()
     frame, table = read_cloze_steering(run.read_parts(VALIDATE_STAGE), held)
     t = summarise_steering(frame, table, mass="option_mass")
-    out: dict[str, Any] = {"n_items": len(held), "layer": layer, "alpha": alpha, "cs_clean": t.attrs["clean_cs"]}
+    result: dict[str, Any] = {"n_items": len(held), "layer": layer, "alpha": alpha, "cs_clean": t.attrs["clean_cs"]}
     for c in ("stance", "random"):
         r = t[t.condition == c].iloc[0]
-        out[c] = {k: float(r[k]) for k in ("cs", "flip_rate", "break_rate", "mass_ratio")}
-    out["tests"] = steering_tests(frame, table, seed=seed)
-    run.mark_done(VALIDATE_STAGE, result=out)
-    return out
+        result[c] = {k: float(r[k]) for k in ("cs", "flip_rate", "break_rate", "mass_ratio")}
+    result["tests"] = steering_tests(frame, table, seed=seed)
+    run.mark_done(VALIDATE_STAGE, result=result)
+    return result

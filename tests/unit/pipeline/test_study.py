@@ -175,12 +175,15 @@ def test_a_cloze_only_study_runs_to_its_report(tiny_model_dir, tiny_lm, tmp_path
     messages = []
     page = run_study(cfg, progress=False, lm=tiny_lm, log=messages.append)
     assert list(study_status(cfg.out_dir)["done"])[-1] == "report" and page.is_file()
-    for rel in ("probes/cloze-last.csv", "lens/cloze-trajectory.csv", "patching/cloze_cross_form.csv"):
+    for rel in ("probes/cloze-last.csv", "lens/cloze-trajectory.csv", "patching/cloze_cross_form.csv",
+                "steering/cloze_steering_headline.json"):
         assert (cfg.out_dir / rel).exists(), rel
-    assert not (cfg.out_dir / "patching" / "cross_form.csv").exists()  # no letters, no letter patching
-    assert any("steering reads answers by letter" in m for m in messages)
+    for rel in ("patching/cross_form.csv", "steering/steering_headline.json"):  # no letters: nothing read by letter
+        assert not (cfg.out_dir / rel).exists(), rel
+    assert any("positional patching reads answers by letter" in m for m in messages)
     text = (cfg.report_dir / "README.md").read_text()
     assert "In the cloze form (no options shown, no letters)" in text and "In the cloze form (" in text
+    assert "Steering in the cloze form" in text or "the word run's cloze stance direction added" in text
 
 
 def test_second_run_skips_finished_stages_without_loading_the_model(study, monkeypatch):

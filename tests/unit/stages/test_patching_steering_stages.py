@@ -387,7 +387,10 @@ def test_cloze_steering_adds_its_vector_at_the_deed_decision_point(tiny_run, tin
     items = cloze_pairs(tiny_run, tiny_lm, n_items=None)[0]
     counts = np.bincount([it["y_word"] for it in items], minlength=2)
     with pytest.raises(InputError, match=f"first option in {counts[0]} and the second in {counts[1]}"):
-        run_cloze_steering(tiny_run, n_items=None, folds=counts.min() + 1, lm=tiny_lm, progress=False, restart=True)
+        cloze_steering_vectors(items, np.zeros((len(items), 2, 4)), folds=counts.min() + 1)
+    lopsided = run_cloze_steering(tiny_run, n_items=None, folds=counts.min() + 1, lm=tiny_lm, progress=False,
+                                  restart=True)  # a lopsided sample: the stage says why it steered nothing
+    assert lopsided["best"] is None and f"first option in {counts[0]}" in lopsided["skipped"]
     head = run_cloze_steering(tiny_run, n_items=None, folds=2, alphas=[1.0, 4.0], lm=tiny_lm, progress=False,
                               restart=True)
     frame = pd.read_csv(tiny_run / "steering" / "cloze_steering.csv")
