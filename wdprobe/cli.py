@@ -354,6 +354,7 @@ def _add_pct_parser(sub) -> None:
              "compass": "compass positions, persona shifts with permutation tests, closed-vs-open agreement",
              "capture": "last-token residual stream of closed and open prompts",
              "probes": "stance probes across forms (folds by proposition), persona effect inside",
+             "content_probes": "closed prompts in every order: the answer's content vs its listing, inside",
              "tropes": "cluster sentences of the open texts into recurring tropes", "report": "index.html, README.md, tropes.html",
              "status": "which stages of a PCT run are done"}
     for name in ("run",) + pct_stage_names() + ("status",):

@@ -117,14 +117,17 @@ class LayerTest:
 
 
 def _permuted_labels(y: np.ndarray, groups: np.ndarray, n_perm: int, permute: str, rng: np.random.Generator,
-                     strata: np.ndarray | None = None) -> np.ndarray:
+                     strata: np.ndarray | None = None, units: np.ndarray | None = None) -> np.ndarray:
     """(n, 1 + n_perm) label matrix: column 0 the real labels, then permutations (of whole groups' labels when
     ``permute='groups'`` — labels must then be constant within a group — or of rows). With ``strata`` (one per
     row, constant within a group) labels move only within a stratum: the null keeps whatever the strata alone
     explain (e.g. the domain), so the test asks what is decodable beyond them."""
     if permute not in ("groups", "rows"):
         raise InputError(f"permute must be 'groups' or 'rows', not {permute!r}")
-    units = groups if permute == "groups" else np.arange(len(y))
+    if permute == "groups":
+        units = groups if units is None else np.asarray(units)
+    else:
+        units = np.arange(len(y))
     names, inverse = np.unique(units, return_inverse=True)
     unit_label = np.zeros(len(names), dtype=y.dtype)
     unit_label[inverse] = y
@@ -151,14 +154,17 @@ def decode_layers(X: Float[np.ndarray, "n layer d"], y: np.ndarray, groups: np.n
                   test_y: np.ndarray | None = None, test_groups: np.ndarray | None = None, folds: int = 5,
                   n_perm: int = 200, permute: str = "groups", metric: Metric = "accuracy", seed: int = 0,
                   n_boot: int = 1000, strata: np.ndarray | None = None,
-                  test_strata: np.ndarray | None = None) -> LayerTest:
+                  test_strata: np.ndarray | None = None, units: np.ndarray | None = None) -> LayerTest:
     """Decode binary ``y`` from ``X`` at every layer with grouped cross-validation and the max-over-layers test.
 
     With ``test_X`` (e.g. deed prompts while ``X`` holds word prompts) the probe trained on the training folds of
     ``X`` is scored on the test folds of ``test_X``: groups are shared, so an item is never on both sides (the
     cross-form transfer; each set's labels are then permuted within that set). ``strata`` (and ``test_strata``)
     restrict the permutations to within strata, so the control and the threshold include what the strata alone
-    predict (pass the domain to ask what is decodable beyond the item's domain). ``metric`` is balanced accuracy or AUROC of the decision value."""
+    predict (pass the domain to ask what is decodable beyond the item's domain). ``units`` (one set, ``permute=
+    'groups'``): the units whose labels are permuted when they are finer than the fold groups (e.g. a prompt's
+    orders share a label, while folds hold out whole propositions). ``metric`` is balanced accuracy or AUROC of the
+    decision value."""
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y).astype(int)
     groups = np.asarray(groups)
@@ -179,9 +185,11 @@ def decode_layers(X: Float[np.ndarray, "n layer d"], y: np.ndarray, groups: np.n
     rng = np.random.default_rng(seed)
     all_groups = np.concatenate([groups, test_groups])
     if not transfer:  # one set: the labels a row is trained on are the labels it is tested on
-        Y = _permuted_labels(y, groups, n_perm, permute, rng, strata)
+        Y = _permuted_labels(y, groups, n_perm, permute, rng, strata, units)
         Y_test = Y
     else:  # each set's labels permuted within that set (an item may carry a different label in each)
+        if units is not None:
+            raise InputError("units apply to one set; a transfer permutes each set by its groups")
         Y, Y_test = (_permuted_labels(y, groups, n_perm, permute, rng, strata),
                      _permuted_labels(test_y, test_groups, n_perm, permute, rng,
                                       test_strata if test_strata is not None else strata))

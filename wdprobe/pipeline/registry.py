@@ -30,10 +30,12 @@ from wdprobe.stages.steering import merge_steering, run_steering
 from wdprobe.studies.align.stages import run_align
 from wdprobe.studies.pct.report import write_pct_report
 from wdprobe.studies.pct.stages import (
+    load_pct_activations,
     merge_pct_stage,
     pct_capture,
     pct_closed,
     pct_compass,
+    pct_content_probes,
     pct_judge,
     pct_open,
     pct_probes,
@@ -335,6 +337,21 @@ def _pct_probes(ctx: StageContext) -> StageResult:
     return StageResult("probes", "probes.csv, persona_effect.csv")
 
 
+def _pct_content_probes(ctx: StageContext) -> StageResult:
+    cfg = ctx.config
+    if cfg.orders != "cyclic":
+        return StageResult("content_probes", "a run asked in the shown order only has no content reading to probe",
+                           {"skipped": "orders = shown"})
+    if "closed_orders" not in load_pct_activations(ctx.run)[1]:
+        return StageResult("content_probes", "captured before every order was: rerun with --redo capture",
+                           {"skipped": "no closed prompts captured in every order"})
+    pct_content_probes(ctx.run, folds=cfg.folds, seed=cfg.seed)
+    summary = json.loads((ctx.run.path / "probes_content.json").read_text())
+    parts = [f"{name} best {s['best']:.2f} at layer {s['best_layer']} (p = {s['p_value']:.3f})"
+             for name, s in summary.items() if isinstance(s, dict) and "best" in s]
+    return StageResult("content_probes", "; ".join(parts) or "probes_content.csv", summary)
+
+
 def _pct_tropes(ctx: StageContext) -> StageResult:
     cfg = ctx.config
     emb = ctx.extras.get("embedder") or SentenceTransformerEmbedder(cfg.embedder)
@@ -376,6 +393,11 @@ REGISTRY.register(Stage("pct", "probes", _pct_probes, _pct_settings("probe_kinds
                         needs_model=False, requires=("judge", "capture"),
                         outputs=("probes.csv", "probes_folds.csv", "persona_effect.csv", "probes_order_control.csv"),
                         doc="stance probes across forms (folds by proposition), persona effect inside"))
+REGISTRY.register(Stage("pct", "content_probes", _pct_content_probes, _pct_settings("orders", "folds", "seed"),
+                        unit="labels", needs_model=False, requires=("closed", "capture"),
+                        outputs=("probes_content.csv", "probes_content.json"),
+                        doc="closed prompts in every order: the answer's content (decide) vs what is said in this order "
+                            "vs the first-listed answer (position control), each against random labels"))
 REGISTRY.register(Stage("pct", "tropes", _pct_tropes, _pct_settings("embedder", "trope_threshold", "min_prompts"),
                         unit="sentences", needs_model=False, requires=("judge",), outputs=("tropes.csv", "trope_sentences.csv", "tropes.json"),
                         doc="sentences of the open texts clustered into recurring tropes"))

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from wdprobe.core.cache import atomic_write_bytes, atomic_write_json
+from wdprobe.core.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
 from wdprobe.core.generation import generate_texts
 from wdprobe.core.option_scoring import n_sequences, option_logprobs
 from wdprobe.data.pct import (
@@ -31,6 +31,7 @@ from wdprobe.data.pct import (
 )
 from wdprobe.errors import InputError, StageNotFinishedError
 from wdprobe.methods.capture import last_token_residuals
+from wdprobe.methods.decoding import decode_layers
 from wdprobe.methods.probes import accuracy, fit_probe, item_folds, probe_layers
 from wdprobe.runs.rundir import RunDir, read_csv
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
@@ -311,16 +312,18 @@ def _merge_pct_capture(run: RunDir, entries, started: float) -> dict[str, Any]:
     from safetensors import safe_open
     from safetensors.torch import save
 
-    rows: dict[str, dict[str, torch.Tensor]] = {"closed": {}, "open": {}}
+    rows: dict[str, dict[str, torch.Tensor]] = {}
     for d, _ in entries:
         with safe_open(str(d / "activations.safetensors"), "pt") as f:
             ids = json.loads(f.metadata()["ids"])
-            for form in ("closed", "open"):
-                t = f.get_tensor(form)
-                rows[form].update({i: t[k] for k, i in enumerate(ids[form])})
+            for name in ids:
+                t = f.get_tensor(name)
+                rows.setdefault(name, {}).update({i: t[k] for k, i in enumerate(ids[name])})
     prompts = prompt_table(run)
     meta = {form: [r["id"] for r in prompts if r["form"] == form] for form in ("closed", "open")}
-    tensors = {form: torch.stack([rows[form][i] for i in meta[form]]) for form in ("closed", "open")}
+    if "closed_orders" in rows:
+        meta["closed_orders"] = [v["key"] for v in closed_variants(run)]
+    tensors = {name: torch.stack([rows[name][i] for i in keys]) for name, keys in meta.items()}
     atomic_write_bytes(run.path / "activations.safetensors",
                        save(tensors, metadata={"ids": json.dumps(meta), "hook": "resid_post", "position": "last"}))
     run.mark_done("capture", seconds=round(time.time() - started, 1), result=f"activations.safetensors (merged from {len(entries)} shards)")
@@ -460,23 +463,38 @@ def instruction_noise(closed: Sequence[dict]) -> dict[str, Any] | None:
             "answer_changes_persona_vs_base": round(float(np.mean(diff_persona)), 4) if diff_persona else None}
 
 
+def closed_variants(run: RunDir) -> list[dict[str, str]]:
+    """The closed prompts in every order a cyclic run asked them in (``closed_orders.csv``), each with its capture
+    key ``id|order``; empty for a run that asked the shown order only."""
+    path = run.path / "closed_orders.csv"
+    return [dict(v, key=f"{v['id']}|{v['order']}") for v in read_csv(path)] if path.is_file() else []
+
+
+CAPTURED = ("closed", "open", "closed_orders")
+
+
 def pct_capture(run: RunDir, lm, *, batch_size: int = 16, progress: bool = True, shard: str | None = None) -> Path:
-    """Last-token residual stream (every layer) of every closed and open prompt, float16 safetensors.
+    """Last-token residual stream (every layer) of every closed and open prompt, float16 safetensors; in a cyclic
+    run also of every closed prompt in every order it was asked in (``closed_orders``, keys ``id|order``), so
+    probes can separate the answer's content from its position in the list.
     ``shard`` (``"i/n"``): only that shard's prompts, into ``RUN/shards/capture/i-of-n/``."""
     import torch
     from safetensors.torch import save
 
     work, piece = _shard_work(run, "capture", shard)
     prompts = [r for r in prompt_table(run) if piece is None or piece.holds(r["id"])]
-    tensors = {}
-    for form in ("closed", "open"):
-        rows = [r for r in prompts if r["form"] == form]
-        bar = _bar(len(rows), f"capture ({form})", progress)
+    variants = [v for v in closed_variants(run) if piece is None or piece.holds(v["id"])]
+    sets = {"closed": [r for r in prompts if r["form"] == "closed"], "open": [r for r in prompts if r["form"] == "open"]}
+    if variants:
+        sets["closed_orders"] = variants
+    tensors, meta = {}, {}
+    for name, rows in sets.items():
+        bar = _bar(len(rows), f"capture ({name.replace('_', ' in all ')})", progress)
         arr = last_token_residuals(lm, [r["prompt"] for r in rows], batch_size=batch_size, on_batch=bar.update)
         bar.close()
-        tensors[form] = torch.from_numpy(arr).to(torch.float16)
+        tensors[name] = torch.from_numpy(arr).to(torch.float16)
+        meta[name] = [r.get("key", r["id"]) for r in rows]
     path = work.path / "activations.safetensors"
-    meta = {form: [r["id"] for r in prompts if r["form"] == form] for form in ("closed", "open")}
     atomic_write_bytes(path, save(tensors, metadata={"ids": json.dumps(meta), "hook": "resid_post", "position": "last"}))
     if piece is not None:
         work.mark_done("capture", n_prompts=len(prompts))
@@ -484,7 +502,8 @@ def pct_capture(run: RunDir, lm, *, batch_size: int = 16, progress: bool = True,
 
 
 def load_pct_activations(run: RunDir) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-    """The captured last-token residuals of the closed and open prompts, with their ids."""
+    """The captured last-token residuals of the closed and open prompts (and, in a cyclic run, of the closed prompts
+    in every order: ``closed_orders``), with their ids."""
     from safetensors import safe_open
 
     path = run.path / "activations.safetensors"
@@ -492,8 +511,46 @@ def load_pct_activations(run: RunDir) -> tuple[dict[str, np.ndarray], dict[str, 
         raise StageNotFinishedError(f"{path}: missing; run `wdprobe pct capture --out {run.path}`")
     with safe_open(str(path), "pt") as f:
         ids = json.loads(f.metadata()["ids"])
-        arrays = {k: f.get_tensor(k).float().numpy() for k in ("closed", "open")}
+        arrays = {k: f.get_tensor(k).float().numpy() for k in CAPTURED if k in ids}
     return arrays, ids
+
+
+def pct_content_probes(run: RunDir, *, folds: int = 5, seed: int = 0, n_perm: int = 200) -> Path:
+    """The closed prompts in every order of a cyclic run: where the answer's *content* becomes decodable (decide: the
+    side, agree or disagree, of the order-averaged choice — one label under every order of a prompt, so the list
+    position cannot carry it), where the answer *said in this order* is (its side), and the position control
+    (whether the first-listed answer agrees: prompt text, no stance). Difference-of-means probes per layer, folds
+    holding out whole propositions, each tested against its random-label control with the max over layers (content
+    labels permuted per prompt, the others per row). Writes ``probes_content.csv`` and ``probes_content.json``."""
+    arrays, ids = load_pct_activations(run)
+    if "closed_orders" not in arrays:
+        raise StageNotFinishedError(f"{run.path}: no closed prompts captured in every order; content probes need a run "
+                                    "with --orders cyclic captured after its closed stage (`wdprobe pct run --stages "
+                                    "capture,content_probes`)")
+    closed = {r["id"]: r for r in read_csv(run.path / "closed.csv")}
+    keys = [k.rsplit("|", 1) for k in ids["closed_orders"]]
+    missing = sorted({i for i, _ in keys if i not in closed})
+    if missing:
+        raise StageNotFinishedError(f"{run.path}: {len(missing)} captured prompts have no closed-form result (first: "
+                                    f"{missing[0]})")
+    rows = [closed[i] for i, _ in keys]
+    said = [int(np.argmax(json.loads(r["by_order"])[o])) for r, (_, o) in zip(rows, keys)]
+    labels = {"content": agrees([int(r["choice"]) for r in rows]), "said": agrees(said),
+              "first_listed_agrees": np.array([int(o[0]) >= 2 for _, o in keys], dtype=int)}
+    groups = np.array([int(r["proposition"]) for r in rows])
+    prompt_of = np.array([i for i, _ in keys])
+    X = arrays["closed_orders"]
+    out, summary = [], {"n_prompts": len(set(prompt_of)), "n_rows": len(rows), "n_propositions": len(set(groups))}
+    for name, y in labels.items():
+        if len(np.unique(y)) < 2:
+            summary[name] = {"skipped": f"one side only ({int(y[0])})"}
+            continue
+        test = decode_layers(X, y, groups, folds=folds, n_perm=n_perm, seed=seed,
+                             **({"units": prompt_of} if name == "content" else {"permute": "rows"}))
+        out += test.to_rows(label=name)
+        summary[name] = test.summary()
+    atomic_write_text(run.path / "probes_content.json", json.dumps(summary, indent=2) + "\n")
+    return run.write_table("probes_content.csv", out, list(out[0]) if out else ["label", "layer"])
 
 
 def pct_probes(run: RunDir, *, kinds: Sequence[str] = ("diffmean", "logreg"), folds: int = 5, seed: int = 0,

@@ -257,3 +257,64 @@ def test_cyclic_orders_recover_a_planted_content_preference_under_a_first_listed
     shown = run_pct(_cfg(tmp_path / "s", pct_dir, None, orders="shown"), lm=pct_lm, stages=["closed"], **quiet)
     srows = read_csv(shown.path / "closed.csv")
     assert all(int(r["choice"]) == int(r["order"][0]) and int(r["n_orders"]) == 1 for r in srows)
+
+
+@pytest.mark.parametrize("content_planted", [True, False])
+def test_content_probes_find_the_content_layer_and_not_the_listing(tmp_path, pct_dir, pct_lm, monkeypatch,
+                                                                   content_planted):
+    """Planted: the closed answer's content side depends on the proposition, the model says the first-listed answer,
+    and the residual carries the first-listed answer's side from layer 0 and (when planted) the content side from
+    layer 2 only. Content probes (every order of a prompt under one label) must find content at layer 2, never
+    from the listing alone; the position control must find the listing at layer 0."""
+    import itertools
+
+    from tiny import PCT_PROPOSITIONS
+
+    from wdprobe.data.pct import ANSWERS
+    from wdprobe.pipeline.pct import run_pct
+    from wdprobe.studies.pct import stages as pct_stages
+
+    listings = {", ".join(ANSWERS[c] for c in order): order for order in itertools.permutations(range(4))}
+
+    def parts(text):
+        order = next(o for listing, o in listings.items() if listing in text)
+        prop = next(k for k, p in enumerate(PCT_PROPOSITIONS) if p in text)
+        return order, prop % 2 == 0  # even propositions: the model's content leans "Agree"
+
+    def planted_scores(lm, prompts, options, **kw):
+        out = []
+        for text in prompts:
+            order, agree = parts(text)
+            lp = np.log([0.1, 0.5, 0.2, 0.2] if not agree else [0.1, 0.2, 0.5, 0.2])
+            lp[order[0]] += 3.0
+            out.append(lp)
+        if kw.get("on_batch"):
+            kw["on_batch"](len(prompts))
+        return np.array(out)
+
+    def planted_residuals(lm, prompts, batch_size=16, on_batch=None):
+        rng = np.random.default_rng(len(prompts))
+        X = rng.normal(scale=0.3, size=(len(prompts), 3, 8))
+        for i, text in enumerate(prompts):
+            if "Agree" not in text:  # an open prompt: no listing
+                continue
+            order, agree = parts(text)
+            X[i, :, 1] += 2.0 * (order[0] >= 2)
+            if content_planted:
+                X[i, 2, 0] += 2.0 * agree
+        if on_batch:
+            on_batch(len(prompts))
+        return X.astype(np.float32)
+
+    monkeypatch.setattr(pct_stages, "option_logprobs", planted_scores)
+    monkeypatch.setattr(pct_stages, "last_token_residuals", planted_residuals)
+    run = run_pct(_cfg(tmp_path, pct_dir, pct_lm.path, personas="base,age=18"), lm=pct_lm,
+                  stages=["closed", "capture", "content_probes"], progress=False, log=lambda m: None)
+    summary = json.loads((run.path / "probes_content.json").read_text())
+    assert summary["n_rows"] > summary["n_prompts"] >= 16
+    assert summary["first_listed_agrees"]["significant"] and summary["first_listed_agrees"]["first_significant_layer"] == 0
+    assert summary["said"]["significant"]  # what is said follows the listing here
+    if content_planted:
+        assert summary["content"]["significant"] and summary["content"]["first_significant_layer"] == 2
+    else:
+        assert not summary["content"]["significant"]
