@@ -41,7 +41,7 @@ def versus(evidence: Mapping[str, Any], *, above: str, below: str, neither: str)
     return f"{neither}: inconclusive at n = {e['n']} ({p_text(e['p_value'])})"
 
 
-def decodable(summary: Mapping[str, Any] | None, what: str, *, layers: int | None = None) -> str:
+def decodable(summary: Mapping[str, Any] | None, what: str, *, layers: int | None = None, unit: str = "items") -> str:
     """Whether ``what`` is linearly decodable, from a max-over-layers decoding test."""
     if not summary:
         return f"{what}: not measured"
@@ -55,4 +55,4 @@ def decodable(summary: Mapping[str, Any] | None, what: str, *, layers: int | Non
                 f"threshold {s['first_significant_layer']})")
     return (f"{what} is not shown to be decodable: {picked} reaches {metric} {value} (layer {s['best_layer']}), within "
             f"what random labels reach when the best layer is picked (threshold {s['threshold']:.2f}, "
-            f"{p_text(s['p_value'])}): inconclusive at n = {s['n_groups']} items")
+            f"{p_text(s['p_value'])}): inconclusive at n = {s['n_groups']} {unit}")

@@ -93,21 +93,46 @@ def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
     return out
 
 
-def persona_positions(rows: Sequence[Mapping], weights: CompassWeights) -> list[dict]:
+def bootstrap_sum_interval(values: np.ndarray, *, n_boot: int = 2000, seed: int = 0,
+                           level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of the column sums of ``values`` (``(n, k)``) when its n rows are resampled with
+    replacement: a compass coordinate (or a shift) is a sum over propositions, and which propositions were asked
+    is the sampling the interval reports."""
+    values = np.asarray(values, float)
+    if values.ndim == 1:
+        values = values[:, None]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+    sums = values[idx].sum(axis=1)
+    tail = (1 - level) / 2
+    return np.quantile(sums, tail, axis=0), np.quantile(sums, 1 - tail, axis=0)
+
+
+def persona_positions(rows: Sequence[Mapping], weights: CompassWeights, *, seed: int = 0) -> list[dict]:
     """Compass position per persona: coordinates per instruction (its answers to every proposition), then
-    their mean and spread. ``rows``: closed-form results with ``persona``, ``instruction``, ``proposition``, ``choice``."""
+    their mean and spread, and a 95% bootstrap interval over propositions (each proposition's contribution averaged
+    over the instructions, resampled). ``rows``: closed-form results with ``persona``, ``instruction``,
+    ``proposition``, ``choice``."""
     groups: dict[tuple[str, int], dict[int, int]] = {}
     for r in rows:
         groups.setdefault((r["persona"], int(r["instruction"])), {})[int(r["proposition"])] = int(r["choice"])
     per: dict[str, list[tuple[float, float]]] = {}
+    parts: dict[str, dict[int, list[tuple[float, float]]]] = {}
     for (persona, _), answers in groups.items():
         per.setdefault(persona, []).append(weights.coordinates(answers))
+        for prop, a in answers.items():
+            parts.setdefault(persona, {}).setdefault(prop, []).append(weights.contributions(prop, a))
     out = []
     for persona, coords in per.items():
         c = np.asarray(coords)
+        contrib = np.array([np.mean(v, axis=0) for v in parts[persona].values()])
+        low, high = bootstrap_sum_interval(contrib, seed=seed)
+        offset = np.array([weights.econ_offset, weights.soc_offset])
+        low, high = low + offset, high + offset
         out.append({"persona": persona, "econ": round(float(c[:, 0].mean()), 3), "social": round(float(c[:, 1].mean()), 3),
                     "econ_sd": round(float(c[:, 0].std()), 3), "social_sd": round(float(c[:, 1].std()), 3),
-                    "n_instructions": len(coords)})
+                    "n_instructions": len(coords), "econ_low": round(float(low[0]), 3), "econ_high": round(float(high[0]), 3),
+                    "social_low": round(float(low[1]), 3), "social_high": round(float(high[1]), 3)})
     return out
 
 
@@ -134,7 +159,10 @@ def persona_shifts(rows: Sequence[Mapping], weights: CompassWeights, *, base: st
         d = np.array([np.subtract(weights.contributions(prop, answer[(persona, prop, inst)]),
                                   weights.contributions(prop, answer[(base, prop, inst)])) for prop, inst in pairs]) / k
         changed = float(np.mean([answer[(persona, prop, inst)] != answer[(base, prop, inst)] for prop, inst in pairs]))
+        low, high = bootstrap_sum_interval(d, seed=seed)
         out.append({"persona": persona, "d_econ": round(float(d[:, 0].sum()), 3), "d_social": round(float(d[:, 1].sum()), 3),
+                    "d_econ_low": round(float(low[0]), 3), "d_econ_high": round(float(high[0]), 3),
+                    "d_social_low": round(float(low[1]), 3), "d_social_high": round(float(high[1]), 3),
                     "p_econ": sign_flip_test(d[:, 0], n_perm=n_perm, seed=seed),
                     "p_social": sign_flip_test(d[:, 1], n_perm=n_perm, seed=seed + 1),
                     "answers_changed": round(changed, 3), "n_pairs": len(pairs)})

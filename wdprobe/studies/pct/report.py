@@ -17,12 +17,14 @@ from wdprobe.core.cache import atomic_write_text
 from wdprobe.data.pct import ANSWERS
 from wdprobe.figures.probes import PROBE_TITLES, add_band, write_png
 from wdprobe.reports.html import CSS, notes_html, table_html
+from wdprobe.reports.wording import decodable
 from wdprobe.runs.rundir import RunDir
 
 ATTRIBUTE_COLOURS = {"base": "#000000", "age": "#1f77b4", "gender": "#d62728", "cls": "#2ca02c", "nation": "#9467bd",
                      "political_orientation": "#ff7f0e"}
 TABLES = ("positions.csv", "shifts.csv", "agreement.csv", "compass.json", "probes.csv", "persona_effect.csv",
-          "tropes.csv", "tropes.json", "judge_check.json", "probes_order_control.csv")
+          "tropes.csv", "tropes.json", "judge_check.json", "probes_order_control.csv", "probes_content.csv",
+          "probes_content.json")
 ALPHA = 0.05
 
 
@@ -65,11 +67,19 @@ def compass_figure(positions: pd.DataFrame, shifts: pd.DataFrame, model: str) ->
                 name=f"{attr} ({form})", legendgroup=attr,
                 hovertemplate="%{customdata}<br>economic %{x:.2f}, social %{y:.2f}<extra>" + form + "</extra>",
                 customdata=list(s.persona)))
+    shown = positions[positions.form == "closed_shown"]
+    if len(shown):  # a cyclic run: where the one shuffled order would have put each persona
+        fig.add_trace(go.Scatter(x=shown.econ, y=shown.social, mode="markers", name="closed, one shuffled order",
+                                 marker=dict(symbol="x-thin", size=9, line=dict(width=1.5, color="#999")),
+                                 hovertemplate="%{customdata}<br>economic %{x:.2f}, social %{y:.2f}<extra>one order</extra>",
+                                 customdata=list(shown.persona)))
     lim = max(2.0, float(np.ceil(np.nanmax(np.abs(positions[["econ", "social"]].to_numpy())) + 0.5)))
     fig.add_hline(y=0, line=dict(color="#888", width=1))
     fig.add_vline(x=0, line=dict(color="#888", width=1))
-    fig.update_layout(title=f"{model}: Political Compass position per persona<br><sup>closed form filled, open form hollow; "
-                            "* shift from base significant (BH q < 0.05); bars: s.d. over instructions; hover for names</sup>",
+    order_note = "; closed form order-averaged over the cyclic orders, grey × one shuffled order" if len(shown) else ""
+    fig.update_layout(title=f"{model}: Political Compass position per persona<br><sup>closed form filled, open form hollow"
+                            f"{order_note}; * shift from base significant (BH q < 0.05); bars: s.d. over instructions; "
+                            "hover for names</sup>",
                       template="plotly_white", width=900, height=760,
                       xaxis=dict(title="economic (left − / right +)", range=[-lim, lim], zeroline=False),
                       yaxis=dict(title="social (libertarian − / authoritarian +)", range=[-lim, lim], zeroline=False,
@@ -87,12 +97,16 @@ def shift_figure(shifts: pd.DataFrame) -> go.Figure:
             if not len(s):
                 continue
             q = s[f"q_{axis}"]
-            fig.add_trace(go.Bar(y=s.persona, x=s[f"d_{axis}"], orientation="h", name=form, marker_color=colour,
+            err = (dict(type="data", symmetric=False, array=s[f"d_{axis}_high"] - s[f"d_{axis}"],
+                        arrayminus=s[f"d_{axis}"] - s[f"d_{axis}_low"], thickness=1, width=2, color="#444")
+                   if f"d_{axis}_low" in s and s[f"d_{axis}_low"].notna().all() else None)
+            fig.add_trace(go.Bar(y=s.persona, x=s[f"d_{axis}"], orientation="h", name=form, marker_color=colour, error_x=err,
                                  showlegend=(col == 1), opacity=1.0, text=["*" if v < ALPHA else "" for v in q],
                                  textposition="outside",
                                  hovertemplate="%{y}: %{x:.2f}<br>q=%{customdata:.3f}<extra>" + form + "</extra>",
                                  customdata=q), row=1, col=col)
-    fig.update_layout(title="Shift from the base case (* BH q < 0.05, paired sign-flip permutation test)",
+    fig.update_layout(title="Shift from the base case (* BH q < 0.05, paired sign-flip permutation test; bars: 95% bootstrap "
+                            "interval over propositions)",
                       template="plotly_white", barmode="group", height=120 + 26 * shifts.persona.nunique(), width=1000)
     return fig
 
@@ -153,6 +167,31 @@ def probe_figure(probes: pd.DataFrame, model: str, control: pd.DataFrame | None 
     return fig
 
 
+def content_probe_figure(table: pd.DataFrame, model: str) -> go.Figure:
+    """Every-order closed prompts: held-out balanced accuracy by layer for the content side, the side said in that
+    order and the first-listed answer's side, each with its 95% band, random-label control and family-wise threshold."""
+    colours = {"content": "#1f77b4", "said": "#d62728", "first_listed_agrees": "#8c564b"}
+    fig = go.Figure()
+    for label, colour in colours.items():
+        sub = table[table.label == label].sort_values("layer")
+        if not len(sub):
+            continue
+        name = CONTENT_LABELS[label]
+        fig.add_trace(go.Scatter(x=list(sub.layer) + list(sub.layer)[::-1], y=list(sub.high) + list(sub.low)[::-1],
+                                 fill="toself", fillcolor=colour, opacity=0.15, line=dict(width=0), showlegend=False,
+                                 hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=sub.layer, y=sub.value, mode="lines+markers", name=name, line=dict(color=colour)))
+        fig.add_trace(go.Scatter(x=sub.layer, y=sub.control, mode="lines", name=f"random labels ({label})",
+                                 line=dict(color=colour, dash="dot", width=1)))
+        fig.add_hline(y=float(sub.threshold.iloc[0]), line=dict(color=colour, dash="dash", width=1))
+    fig.update_layout(title=f"{model}: closed prompts in every order — content vs what is said vs the listing<br><sup>dashed: "
+                            "family-wise 95% threshold (max over layers under random labels); bands: 95% bootstrap over "
+                            "propositions</sup>", template="plotly_white", height=480, width=1000,
+                      xaxis_title="layer (resid_post, last token)", yaxis_title="held-out balanced accuracy",
+                      yaxis_range=[0.3, 1.02], legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
 def persona_effect_figure(effect: pd.DataFrame) -> go.Figure:
     """Persona shift along the base case's internal stance direction, per layer (1.0 = an answer change's gap)."""
     pivot = effect.pivot(index="persona", columns="layer", values="shift").sort_index()
@@ -200,9 +239,9 @@ def pct_numbers(run_dir: str | Path) -> dict[str, Any]:
     run = RunDir(run_dir)
     n: dict[str, Any] = {"manifest": run.read_manifest()}
     for name in ("positions.csv", "shifts.csv", "agreement.csv", "probes.csv", "persona_effect.csv", "tropes.csv",
-                 "probes_order_control.csv"):
+                 "probes_order_control.csv", "probes_content.csv"):
         n[name.split(".")[0]] = _load(run, name)
-    for name in ("compass.json", "tropes.json", "judge_check.json"):
+    for name in ("compass.json", "tropes.json", "judge_check.json", "probes_content.json"):
         p = run.path / name
         n[name.split(".")[0] + "_summary"] = json.loads(p.read_text()) if p.is_file() else None
     n["model"] = n["manifest"].get("model", {}).get("name") or n["manifest"].get("stages", {}).get("pct", {}).get(
@@ -219,6 +258,40 @@ def _best(probes: pd.DataFrame, metric: str, kind: str) -> tuple[int, float, flo
     return int(r["layer"]), float(r["mean"]), float(r["sem"])
 
 
+def _with_interval(row: Any, axis: str) -> str:
+    """``-1.00 [-1.40, -0.61]`` when the positions table has intervals (older runs: the value alone)."""
+    low, high = getattr(row, f"{axis}_low", None), getattr(row, f"{axis}_high", None)
+    value = getattr(row, axis)
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return f"{value:+.2f}"
+    return f"{value:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def _shift_text(r: Any) -> str:
+    """A persona's shift on both axes, with 95% intervals when the table has them."""
+    if "d_econ_low" in r._fields and not pd.isna(r.d_econ_low):
+        return (f"economic {r.d_econ:+.2f} [{r.d_econ_low:+.2f}, {r.d_econ_high:+.2f}], social {r.d_social:+.2f} "
+                f"[{r.d_social_low:+.2f}, {r.d_social_high:+.2f}]")
+    return f"{r.d_econ:+.2f}, {r.d_social:+.2f}"
+
+
+CONTENT_LABELS = {"content": "the order-averaged answer's side (content)",
+                  "said": "the side of the answer said in that order",
+                  "first_listed_agrees": "whether the first-listed answer agrees (position control: prompt text, no stance)"}
+
+
+def content_probe_text(summary: dict[str, Any] | None) -> str:
+    """The every-order probes in words, from their max-over-layers tests."""
+    if not summary:
+        return ""
+    bits = [decodable(summary[k], what, unit="propositions") for k, what in CONTENT_LABELS.items()
+            if isinstance(summary.get(k), dict) and "best" in summary[k]]
+    return (f"Every closed prompt in every order it was asked in ({summary['n_rows']} rows, {summary['n_prompts']} "
+            f"prompts, folds holding out whole propositions; difference-of-means probes against random labels, the best "
+            f"layer's test family-wise): " + "; ".join(bits) + ". The content label is the same under every order of a "
+            "prompt, so the listing cannot carry it.")
+
+
 def pct_findings(n: dict[str, Any]) -> list[tuple[str, str]]:
     """Numbered findings worded from the numbers (no hand-written claims)."""
     out = []
@@ -229,9 +302,14 @@ def pct_findings(n: dict[str, Any]) -> list[tuple[str, str]]:
         top = max(rates, key=rates.get) if rates else None
         if len(base):
             b = base.iloc[0]
-            out.append(("Closed-form position.", f"Without a persona the model sits at economic {b.econ:+.2f}, social "
-                        f"{b.social:+.2f} (s.d. over instructions {b.econ_sd:.2f} / {b.social_sd:.2f})"
-                        + (f"; '{top}' is its most frequent closed answer ({rates[top]:.0%} of prompts)." if top else ".")))
+            where = (f"economic {_with_interval(b, 'econ')}, social {_with_interval(b, 'social')}")
+            shown = pos[(pos.form == "closed_shown") & (pos.persona == "base")]
+            one_order = (f" Read in the one shuffled order instead, it would sit at economic {shown.iloc[0].econ:+.2f}, "
+                         f"social {shown.iloc[0].social:+.2f}." if len(shown) else "")
+            out.append(("Closed-form position.", f"Without a persona the model sits at {where} (95% bootstrap over "
+                        f"propositions; s.d. over instructions {b.econ_sd:.2f} / {b.social_sd:.2f})"
+                        + (f"; '{top}' is its most frequent closed answer ({rates[top]:.0%} of prompts)." if top else ".")
+                        + one_order))
     pb = (cs or {}).get("position_bias")
     if pb:
         share = pb["chosen_listed_position_share"]
@@ -257,8 +335,7 @@ def pct_findings(n: dict[str, Any]) -> list[tuple[str, str]]:
                  "propositions differently under another closed instruction." if noise else "")
         out.append(("Personas.", f"{len(sig)} of {len(c)} personas move the closed-form position significantly "
                     f"(BH q < {ALPHA})" + (f": {', '.join(sig.persona)}" if 0 < len(sig) <= 8 else "") +
-                    ". Largest moves: " + "; ".join(f"{r.persona} ({r.d_econ:+.2f}, {r.d_social:+.2f})"
-                                                    for r in big.itertuples()) +
+                    ". Largest moves: " + "; ".join(f"{r.persona} ({_shift_text(r)})" for r in big.itertuples()) +
                     f". A persona changes the answer to a median {c.answers_changed.median():.0%} of propositions."
                     + floor))
     jc = n.get("judge_check_summary")
@@ -290,6 +367,9 @@ def pct_findings(n: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("Inside.", f"A {kind} probe " + "; ".join(bits) + ". Folds hold out whole propositions, so no probe "
                     "can memorise a proposition's answer." + (f" Not computed (one stance only): {', '.join(missing)}."
                                                                if missing else "")))
+    content = content_probe_text(n.get("probes_content_summary"))
+    if content:
+        out.append(("Inside, order-free.", content))
     eff = n["persona_effect"]
     if eff is not None and len(eff):
         last = eff[eff.layer == eff.layer.max()]
@@ -324,6 +404,8 @@ def pct_figures(n: dict[str, Any]) -> list[tuple[str, go.Figure]]:
         figs.append(("agreement", agreement_figure(n["agreement"], n["compass_summary"] or {})))
     if n["probes"] is not None:
         figs.append(("probes", probe_figure(n["probes"], n["model"], n.get("probes_order_control"))))
+    if n.get("probes_content") is not None and len(n["probes_content"]):
+        figs.append(("probes_content", content_probe_figure(n["probes_content"], n["model"])))
     if n["persona_effect"] is not None and len(n["persona_effect"]):
         figs.append(("persona_effect", persona_effect_figure(n["persona_effect"])))
     if n["tropes"] is not None and len(n["tropes"]):

@@ -395,14 +395,18 @@ def pct_compass(run: RunDir, weights_path: str | Path, *, n_perm: int = 10000, s
 
     weights = load_weights(weights_path)
     closed = read_csv(run.path / "closed.csv")
-    cols_pos = ["persona", "econ", "social", "econ_sd", "social_sd", "n_instructions"]
-    pos = [dict(r, form="closed") for r in persona_positions(closed, weights)]
+    cols_pos = ["persona", "econ", "social", "econ_sd", "social_sd", "n_instructions", "econ_low", "econ_high",
+                "social_low", "social_high"]
+    pos = [dict(r, form="closed") for r in persona_positions(closed, weights, seed=seed)]
+    if closed and int(closed[0].get("n_orders") or 1) > 1:  # the one shuffled order's reading, for comparison
+        shown = [dict(r, choice=r["shown_choice"]) for r in closed]
+        pos += [dict(r, form="closed_shown") for r in persona_positions(shown, weights, seed=seed)]
     shifts = [dict(r, form="closed") for r in persona_shifts(closed, weights, n_perm=n_perm, seed=seed)]
     summary: dict[str, Any] = {"closed_prompts": len(closed)}
     if (run.path / "stances.csv").is_file():
         stances = read_csv(run.path / "stances.csv")
         as_choice = [dict(r, choice=r["stance"]) for r in stances]
-        pos += [dict(r, form="open") for r in persona_positions(as_choice, weights)]
+        pos += [dict(r, form="open") for r in persona_positions(as_choice, weights, seed=seed)]
         shifts += [dict(r, form="open") for r in persona_shifts(as_choice, weights, n_perm=n_perm, seed=seed)]
         agree = agreement_rows(closed, stances)
         run.write_table("agreement.csv", agree, list(agree[0]))
@@ -418,8 +422,8 @@ def pct_compass(run: RunDir, weights_path: str | Path, *, n_perm: int = 10000, s
     summary["instruction_noise"] = instruction_noise(closed)
     summary["position_bias"] = position_bias(closed)
     run.write_table("positions.csv", pos, ["form"] + cols_pos)
-    shift_cols = ["form", "persona", "d_econ", "d_social", "p_econ", "p_social", "q_econ", "q_social",
-                  "answers_changed", "n_pairs"]
+    shift_cols = ["form", "persona", "d_econ", "d_social", "d_econ_low", "d_econ_high", "d_social_low", "d_social_high",
+                  "p_econ", "p_social", "q_econ", "q_social", "answers_changed", "n_pairs"]
     run.write_table("shifts.csv", shifts, shift_cols)
     summary["closed_answer_rates"] = {ANSWERS[k]: round(float(np.mean([int(r["choice"]) == k for r in closed])), 4)
                                       for k in range(4)}

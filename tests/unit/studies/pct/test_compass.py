@@ -65,3 +65,24 @@ def test_compass_rounds_ties_as_upstream():
     assert (upstream_round(1.005), round(1.005, 2)) == (1.01, 1.0)
     assert upstream_round(-2.384) == -2.38 and upstream_round(3.3333) == 3.33
 
+
+
+def test_positions_and_shifts_carry_bootstrap_intervals_over_propositions(pct_dir):
+    from wdprobe.studies.pct.compass import bootstrap_sum_interval, persona_positions
+
+    # a sum of equal parts has no sampling spread: the interval collapses onto the sum
+    low, high = bootstrap_sum_interval(np.full((10, 2), 0.5))
+    np.testing.assert_allclose(low, [5.0, 5.0]) and np.testing.assert_allclose(high, [5.0, 5.0])
+    # parts 0 or 1 half the time: the sum of 100 resampled parts spreads about 50 +- 1.96 * 5
+    low, high = bootstrap_sum_interval(np.array([0.0, 1.0] * 50), n_boot=4000)
+    assert 38 < low[0] < 42 and 58 < high[0] < 62
+    w = load_weights(pct_dir)
+    rows = [{"persona": "base", "proposition": p, "instruction": i, "choice": (p + i) % 4} for i in (0, 1) for p in range(8)]
+    rows += [{"persona": "right", "proposition": p, "instruction": i, "choice": 3} for i in (0, 1) for p in range(8)]
+    pos = {r["persona"]: r for r in persona_positions(rows, w)}
+    for r in pos.values():
+        assert r["econ_low"] <= r["econ"] <= r["econ_high"] and r["social_low"] <= r["social"] <= r["social_high"]
+    # "right" answers the same everywhere, but which propositions were asked still moves its coordinate
+    assert pos["right"]["econ_high"] - pos["right"]["econ_low"] > 0
+    shift = persona_shifts(rows, w, n_perm=1000)[0]
+    assert shift["d_econ_low"] <= shift["d_econ"] <= shift["d_econ_high"]

@@ -318,3 +318,10 @@ def test_content_probes_find_the_content_layer_and_not_the_listing(tmp_path, pct
         assert summary["content"]["significant"] and summary["content"]["first_significant_layer"] == 2
     else:
         assert not summary["content"]["significant"]
+    from wdprobe.studies.pct.report import pct_findings, pct_numbers
+
+    text = dict(pct_findings(pct_numbers(run.path)))["Inside, order-free."]
+    content = text.split("): ", 1)[1].split(";")[0]  # the first reading is the content side
+    assert ("is decodable" in content) == content_planted
+    if not content_planted:
+        assert "inconclusive at n = 8 propositions" in content
