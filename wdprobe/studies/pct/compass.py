@@ -34,6 +34,12 @@ class CompassWeights:
         return (float(self.econ[proposition, answer]) / self.econ_divisor,
                 float(self.soc[proposition, answer]) / self.soc_divisor)
 
+    def axis_of(self, propositions: Sequence[int]) -> np.ndarray:
+        """Which axes each proposition moves (0 none, 1 economic, 2 social, 3 both): the strata a bootstrap over
+        propositions resamples within."""
+        p = np.asarray(propositions, dtype=int)
+        return (np.abs(self.econ[p]).sum(1) > 0).astype(int) + 2 * (np.abs(self.soc[p]).sum(1) > 0).astype(int)
+
     def coordinates(self, answers: Mapping[int, int]) -> tuple[float, float]:
         """(economic, social) for ``{proposition: canonical answer index}``."""
         e = sum(self.econ[p, a] for p, a in answers.items()) / self.econ_divisor + self.econ_offset
@@ -93,17 +99,22 @@ def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
     return out
 
 
-def bootstrap_sum_interval(values: np.ndarray, *, n_boot: int = 2000, seed: int = 0,
-                           level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+def bootstrap_sum_interval(values: np.ndarray, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                           strata: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval of the column sums of ``values`` (``(n, k)``) when its n rows are resampled with
     replacement: a compass coordinate (or a shift) is a sum over propositions, and which propositions were asked
-    is the sampling the interval reports."""
+    is the sampling the interval reports. ``strata`` (one per row): rows are resampled within their stratum, so
+    each stratum keeps its count (the test always asks so many economic and so many social propositions)."""
     values = np.asarray(values, float)
     if values.ndim == 1:
         values = values[:, None]
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-    sums = values[idx].sum(axis=1)
+    strata = np.zeros(len(values), dtype=int) if strata is None else np.asarray(strata)
+    sums = np.zeros((n_boot, values.shape[1]))
+    for k in np.unique(strata):
+        members = np.flatnonzero(strata == k)
+        idx = members[rng.integers(0, len(members), size=(n_boot, len(members)))]
+        sums += values[idx].sum(axis=1)
     tail = (1 - level) / 2
     return np.quantile(sums, tail, axis=0), np.quantile(sums, 1 - tail, axis=0)
 
@@ -111,7 +122,7 @@ def bootstrap_sum_interval(values: np.ndarray, *, n_boot: int = 2000, seed: int 
 def persona_positions(rows: Sequence[Mapping], weights: CompassWeights, *, seed: int = 0) -> list[dict]:
     """Compass position per persona: coordinates per instruction (its answers to every proposition), then
     their mean and spread, and a 95% bootstrap interval over propositions (each proposition's contribution averaged
-    over the instructions, resampled). ``rows``: closed-form results with ``persona``, ``instruction``,
+    over the instructions, resampled within the propositions that move the same axes). ``rows``: closed-form results with ``persona``, ``instruction``,
     ``proposition``, ``choice``."""
     groups: dict[tuple[str, int], dict[int, int]] = {}
     for r in rows:
@@ -125,14 +136,16 @@ def persona_positions(rows: Sequence[Mapping], weights: CompassWeights, *, seed:
     out = []
     for persona, coords in per.items():
         c = np.asarray(coords)
-        contrib = np.array([np.mean(v, axis=0) for v in parts[persona].values()])
-        low, high = bootstrap_sum_interval(contrib, seed=seed)
+        props = list(parts[persona])
+        contrib = np.array([np.mean(parts[persona][p], axis=0) for p in props])
+        low, high = bootstrap_sum_interval(contrib, seed=seed, strata=weights.axis_of(props))
         offset = np.array([weights.econ_offset, weights.soc_offset])
         low, high = low + offset, high + offset
         out.append({"persona": persona, "econ": round(float(c[:, 0].mean()), 3), "social": round(float(c[:, 1].mean()), 3),
                     "econ_sd": round(float(c[:, 0].std()), 3), "social_sd": round(float(c[:, 1].std()), 3),
-                    "n_instructions": len(coords), "econ_low": round(float(low[0]), 3), "econ_high": round(float(high[0]), 3),
-                    "social_low": round(float(low[1]), 3), "social_high": round(float(high[1]), 3)})
+                    "n_instructions": len(coords), "econ_low": upstream_round(float(low[0])),
+                    "econ_high": upstream_round(float(high[0])), "social_low": upstream_round(float(low[1])),
+                    "social_high": upstream_round(float(high[1]))})  # two decimals, as the coordinates
     return out
 
 
@@ -159,7 +172,7 @@ def persona_shifts(rows: Sequence[Mapping], weights: CompassWeights, *, base: st
         d = np.array([np.subtract(weights.contributions(prop, answer[(persona, prop, inst)]),
                                   weights.contributions(prop, answer[(base, prop, inst)])) for prop, inst in pairs]) / k
         changed = float(np.mean([answer[(persona, prop, inst)] != answer[(base, prop, inst)] for prop, inst in pairs]))
-        low, high = bootstrap_sum_interval(d, seed=seed)
+        low, high = bootstrap_sum_interval(d, seed=seed, strata=weights.axis_of([prop for prop, _ in pairs]))
         out.append({"persona": persona, "d_econ": round(float(d[:, 0].sum()), 3), "d_social": round(float(d[:, 1].sum()), 3),
                     "d_econ_low": round(float(low[0]), 3), "d_econ_high": round(float(high[0]), 3),
                     "d_social_low": round(float(low[1]), 3), "d_social_high": round(float(high[1]), 3),

@@ -82,7 +82,10 @@ def test_positions_and_shifts_carry_bootstrap_intervals_over_propositions(pct_di
     pos = {r["persona"]: r for r in persona_positions(rows, w)}
     for r in pos.values():
         assert r["econ_low"] <= r["econ"] <= r["econ_high"] and r["social_low"] <= r["social"] <= r["social_high"]
-    # "right" answers the same everywhere, but which propositions were asked still moves its coordinate
-    assert pos["right"]["econ_high"] - pos["right"]["econ_low"] > 0
+    # resampled within the propositions that move the same axis: "right" gives every economic (and every social)
+    # proposition the same answer, so which of them were asked cannot move it; "base" varies, so it can
+    assert pos["right"]["econ_high"] == pos["right"]["econ_low"] == pos["right"]["econ"]
+    assert pos["base"]["econ_high"] - pos["base"]["econ_low"] > 0
+    np.testing.assert_array_equal(w.axis_of(range(8)), [1, 2] * 4)
     shift = persona_shifts(rows, w, n_perm=1000)[0]
     assert shift["d_econ_low"] <= shift["d_econ"] <= shift["d_econ_high"]
