@@ -427,8 +427,12 @@ def remake_command(manifest: dict, run_dir: Path) -> str:
     flags = [("--model", c.get("model")), ("--data", c.get("data")), ("--out", str(run_dir)),
              ("--propositions", c.get("propositions")), ("--personas", c.get("personas")),
              ("--closed-instructions", c.get("closed_instructions")), ("--open-instructions", c.get("open_instructions")),
-             ("--seed", c.get("seed")), ("--order-by", c.get("order_by")), ("--max-new-tokens", c.get("max_new_tokens")), ("--judge", c.get("judge"))]
+             ("--seed", c.get("seed")), ("--order-by", c.get("order_by")), ("--orders", c.get("orders")),
+             ("--max-new-tokens", c.get("max_new_tokens")), ("--judge", c.get("judge"))]
     parts = ["wdprobe pct run"] + [f"{k} {v}" for k, v in flags if v is not None]
+    done = [s for s in manifest.get("stages", {}) if s not in ("pct", "prompts")]
+    if done and "open" not in done:  # a partial study: the stages it ran
+        parts.append("--stages " + ",".join(done))
     if c.get("calibrate") is False:
         parts.append("--no-calibrate")
     return " ".join(parts)
@@ -443,11 +447,15 @@ def _timings(manifest: dict) -> list[list[str]]:
 
 def shift_rows(sh: pd.DataFrame) -> list[list[str]]:
     """The persona-shift table rows (shift, p and q per axis)."""
-    return [[r.form, r.persona, f"{r.d_econ:+.2f}", f"{r.q_econ:.3f}", f"{r.d_social:+.2f}", f"{r.q_social:.3f}",
+    def shift(r: Any, axis: str) -> str:
+        value, low, high = getattr(r, f"d_{axis}"), getattr(r, f"d_{axis}_low", None), getattr(r, f"d_{axis}_high", None)
+        return f"{value:+.2f}" + (f" [{low:+.2f}, {high:+.2f}]" if low is not None and not pd.isna(low) else "")
+
+    return [[r.form, r.persona, shift(r, "econ"), f"{r.q_econ:.3f}", shift(r, "social"), f"{r.q_social:.3f}",
              f"{r.answers_changed:.2f}", int(r.n_pairs)] for r in sh.itertuples()]
 
 
-SHIFT_HEADER = ["form", "persona", "Δ economic", "q", "Δ social", "q", "answers changed", "pairs"]
+SHIFT_HEADER = ["form", "persona", "Δ economic [95%]", "q", "Δ social [95%]", "q", "answers changed", "pairs"]
 
 
 def trope_rows(tr: pd.DataFrame, limit: int = 40) -> list[list[str]]:
@@ -530,7 +538,7 @@ def write_pct_report(run_dir: str | Path, out_dir: str | Path, *, notes: str | N
     md += [f"{i}. **{t}** {x}" for i, (t, x) in enumerate(found, 1)]
     if notes and notes.strip():
         md += ["", "## Reading", "", notes.strip()]
-    if n["shifts"] is not None:
+    if n["shifts"] is not None and len(n["shifts"]):
         md += ["", "## Persona shifts (vs base case)", "", "| " + " | ".join(SHIFT_HEADER) + " |",
                "|" + "---|" * len(SHIFT_HEADER)]
         md += ["| " + " | ".join(map(str, r)) + " |" for r in shift_rows(n["shifts"])]
