@@ -198,3 +198,20 @@ def paired_difference_test(diffs: Sequence[float], *, n_perm: int = 2000, seed: 
     p = float(min(1.0, (1 + np.sum(np.abs(null) >= abs(x.mean()))) / (1 + n_perm)))
     lo, hi = bootstrap_interval(x, seed=seed)
     return Evidence(float(x.mean()), lo, hi, p, int(x.size), 0.0)
+
+
+def proportion_difference(k1: int, n1: int, k2: int, n2: int, *, level: float = LEVEL) -> Evidence:
+    """``k1/n1 − k2/n2`` with Newcombe's hybrid score interval (from the two Wilson intervals) and Fisher's exact
+    two-sided p-value: e.g. alignment's *following*, the share of the other form's answers that moved onto the target
+    minus the share that moved off it (with two options both are "changed", so only their difference is a stance)."""
+    from scipy.stats import fisher_exact
+
+    if n1 <= 0 or n2 <= 0:
+        return Evidence(float("nan"), float("nan"), float("nan"), 1.0, int(max(n1, 0) + max(n2, 0)), 0.0, level=level)
+    p1, p2 = k1 / n1, k2 / n2
+    (l1, l2), (u1, u2) = wilson_interval(np.array([p1, p2]), np.array([n1, n2]), level=level)
+    d = p1 - p2
+    low = d - float(np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2))
+    high = d + float(np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+    p = float(fisher_exact([[k1, n1 - k1], [k2, n2 - k2]])[1])
+    return Evidence(float(d), low, high, p, int(n1 + n2), 0.0, level=level)

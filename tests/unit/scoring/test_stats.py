@@ -108,3 +108,14 @@ def test_wilson_interval_by_hand():
     assert lo[0] == pytest.approx(0.4038, abs=1e-4) and hi[0] == pytest.approx(0.5962, abs=1e-4)
     assert lo[1] == pytest.approx(0.0, abs=1e-12) and 0.25 < hi[1] < 0.3  # 0 of 10: [0, 0.278]
     assert hi[2] == pytest.approx(1.0, abs=1e-12) and lo[2] == pytest.approx(1 - hi[1])
+
+
+def test_proportion_difference_matches_newcombes_worked_example():
+    from wdprobe.scoring.stats import proportion_difference
+
+    # Newcombe (1998), Stat Med 17:873, method 10 on 56/70 vs 48/80: 0.2000, 95% CI 0.0524 to 0.3339
+    e = proportion_difference(56, 70, 48, 80)
+    assert e.effect == pytest.approx(0.2) and e.low == pytest.approx(0.0524, abs=5e-4)
+    assert e.high == pytest.approx(0.3339, abs=5e-4) and e.significant and e.n == 150
+    same = proportion_difference(10, 20, 10, 20)
+    assert same.effect == 0 and same.p_value == pytest.approx(1.0) and not same.significant

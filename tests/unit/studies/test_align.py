@@ -388,3 +388,16 @@ def test_a_new_letter_habit_is_not_a_content_change():
     last = [r for r in content if r["epoch"] == 1 and r["set"] == "train"][0]
     assert last["direct"] == 0.0 and last["other_changed"] == 0.0 and last["indirect"] == 0.0
     assert content_change_rates({0: ([{"id": "i0", "word_content_choice": ""}], None)}, split, targets, "word") == []
+
+
+def test_following_is_worded_from_its_test():
+    from wdprobe.studies.align.report import following_text
+
+    # two options: a form whose answers change at random moves on and off the target alike
+    random_moves = {"indirect": 0.5, "n_indirect": 24, "indirect_away": 0.5, "n_away": 24}
+    assert "no more than answers changing at random" in following_text(random_moves, "By letter")
+    follows = {"indirect": 0.9, "n_indirect": 30, "indirect_away": 0.1, "n_away": 30}
+    text = following_text(follows, "On content choices")
+    assert text.startswith("On content choices: the other form follows the trained stance, following 0.80 [")
+    assert "following not measurable" in following_text({"indirect": 0.5, "n_indirect": 10, "indirect_away": 0.0,
+                                                         "n_away": 0}, "By letter")

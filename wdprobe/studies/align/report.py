@@ -20,7 +20,9 @@ from wdprobe.core.cache import atomic_write_text
 from wdprobe.errors import InputError, StageNotFinishedError
 from wdprobe.figures.probes import write_png
 from wdprobe.reports.html import inline_markdown, notes_html
+from wdprobe.reports.wording import interval, versus
 from wdprobe.runs.rundir import safe_name
+from wdprobe.scoring.stats import proportion_difference
 
 RUN_TITLES = {"word": "trained on words", "deed": "trained on deeds", "both": "trained on both (dual augmentation)",
               "paraphrase": "words + paraphrases"}
@@ -275,8 +277,27 @@ def _peak(values: Sequence[float]) -> tuple[int, float]:
     return i, values[i]
 
 
+def following_evidence(row: Any) -> dict[str, Any]:
+    """*Following* of one rates row as a test: moved onto the target among the other form's answers that were off it,
+    minus moved off it among those on it (Newcombe interval, Fisher's exact p)."""
+    n1, n2 = int(row["n_indirect"]), int(row["n_away"])
+    return proportion_difference(round(float(row["indirect"]) * n1) if n1 else 0, n1,
+                                 round(float(row["indirect_away"]) * n2) if n2 else 0, n2).to_json()
+
+
+def following_text(row: Any, reading: str) -> str:
+    """The other form's following in words, as its test supports."""
+    e = following_evidence(row)
+    if e["n"] == 0 or e["effect"] != e["effect"]:
+        return f"{reading}: following not measurable (no item on one side of the target)"
+    value = interval(e["effect"], e["low"], e["high"])
+    return versus(e, above=f"{reading}: the other form follows the trained stance, following {value}",
+                  below=f"{reading}: the other form moves against the trained stance, following {value}",
+                  neither=f"{reading}: following {value}, no more than answers changing at random")
+
+
 def findings(runs: Sequence[AlignedRun]) -> list[str]:
-    """Sentences worded from the numbers (no interpretation beyond what they show)."""
+    """Sentences worded from the numbers and their tests (no interpretation beyond what they show)."""
     out = []
     for run in runs:
         last = run.rates["epoch"].max()
@@ -287,8 +308,13 @@ def findings(runs: Sequence[AlignedRun]) -> list[str]:
                 f"moved to the target in {_f(tr['direct'])} of items (held out {_f(end['held_out']['direct'])}). ")
         if run.form != "both":
             text += (f"The {run.other} answers of the same trained items moved to the target in {_f(tr['indirect'])} "
-                     f"of those not already there, and moved off it in {_f(tr['indirect_away'])} of those that were: "
-                     f"following {_f(tr['following'])}. ")
+                     f"of those not already there, and moved off it in {_f(tr['indirect_away'])} of those that were. "
+                     + following_text(tr, "By letter (options as shown)") + ". ")
+            cr = run.content_rates
+            if cr is not None and len(cr):
+                c_end = cr[(cr["epoch"] == cr["epoch"].max()) & (cr["set"] == "train")].iloc[0]
+                text += (following_text(c_end, "On content choices (both orders, a letter habit cancels)")
+                         + f" (moved on {_f(c_end['indirect'])}, off {_f(c_end['indirect_away'])}). ")
         else:
             text += f"Deed answers (also trained) reached the target in {_f(tr['indirect'])} of items not already there. "
         if "trained_read_change" in ins and "other_read_change_own_axis" in ins:
