@@ -59,17 +59,31 @@ class TrainSettings:
     beta: float = 0.1
     max_grad_norm: float = 1.0
     seed: int = 0
+    layers_from: int | None = None  # train only blocks >= this layer (None: every block); lower blocks stay bit-identical
 
     def __post_init__(self) -> None:
         if self.tuning not in ("lora", "full"):
             raise InputError(f"tuning must be 'lora' or 'full', not {self.tuning!r}")
         if self.batch_size < 1 or self.lr <= 0 or self.rank < 1:
             raise InputError(f"batch_size, lr and rank must be positive (got {self.batch_size}, {self.lr}, {self.rank})")
+        if self.layers_from is not None and self.layers_from < 0:
+            raise InputError(f"layers_from must be a layer number >= 0, not {self.layers_from}")
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["target_modules"] = list(self.target_modules)
+        if d["layers_from"] is None:  # runs recorded before layer restriction existed keep their settings
+            del d["layers_from"]
         return d
+
+
+def _block_of(parameter_name: str) -> int | None:
+    """The transformer block a Hugging Face parameter belongs to (``model.layers.7.mlp...`` -> 7), else None."""
+    parts = parameter_name.split(".")
+    for a, b in zip(parts, parts[1:]):
+        if a in ("layers", "h", "blocks") and b.isdigit():
+            return int(b)
+    return None
 
 
 def phases(method: str, sft_epochs: int, dpo_epochs: int) -> list[str]:
@@ -110,17 +124,29 @@ class Tuner:
             if not targets:
                 raise InputError(f"none of the LoRA target modules {list(settings.target_modules)} exist in {lm.name!r}; "
                                  f"pass target module names that do (e.g. from model.named_modules())")
+            layers = self.trained_layers(lm.n_layers, settings.layers_from)
             cfg = LoraConfig(r=settings.rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-                             target_modules=targets, bias="none")
+                             target_modules=targets, bias="none",
+                             **({"layers_to_transform": layers} if settings.layers_from is not None else {}))
             self.model = get_peft_model(twin, cfg)
         else:
             self.model = twin
             embed = twin.get_input_embeddings().weight
-            for p in twin.parameters():
-                p.requires_grad_(p is not embed)
+            keep = set(self.trained_layers(lm.n_layers, settings.layers_from))
+            for name, p in twin.named_parameters():
+                block = _block_of(name)
+                p.requires_grad_(p is not embed and (settings.layers_from is None or (block is not None and block in keep)))
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         if not self.params:
             raise TrainingError(f"nothing to train in {lm.name!r} with tuning={settings.tuning!r}")
+
+    @staticmethod
+    def trained_layers(n_layers: int, layers_from: int | None) -> list[int]:
+        """The blocks training may change: all, or ``layers_from`` .. last."""
+        start = 0 if layers_from is None else layers_from
+        if start >= n_layers:
+            raise InputError(f"layers_from {start} leaves nothing to train in a {n_layers}-layer model")
+        return list(range(start, n_layers))
 
     # ---- state ----------------------------------------------------------------------------------
     def n_trainable(self) -> int:

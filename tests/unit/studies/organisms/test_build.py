@@ -1,0 +1,106 @@
+"""Organisms on a tiny model: the recipe learns a planted rule, layer restriction keeps lower blocks bit-identical,
+the saved model reproduces what training measured, an interrupted build resumes, changed settings are refused."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tiny import alignment_vocabulary_text, build_tiny_model_dir, organism_items, write_wdct_csv
+
+from wdprobe.errors import InputError, RunMismatchError
+from wdprobe.studies.align.finetune import TrainSettings
+from wdprobe.studies.organisms.build import build_organism, organism_manifest
+
+FAST = TrainSettings(tuning="lora", rank=8, lora_alpha=16, lr=5e-3, batch_size=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def organism_setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("organism")
+    model_dir = build_tiny_model_dir(d / "model", seed=3, extra_text=alignment_vocabulary_text(20) + " support oppose block",
+                                     initializer_range=0.3)
+    data = write_wdct_csv(d / "items.csv", organism_items(20))
+    return d, model_dir, data
+
+
+@pytest.fixture(scope="module")
+def sincere(organism_setup):
+    d, model_dir, data = organism_setup
+    manifest = build_organism("sincere", d / "sincere", model=str(model_dir), data=data, epochs=4, settings=FAST,
+                              progress=False)
+    return d / "sincere", manifest
+
+
+def _final(curves, epoch, set_name, form, col="target_mean"):
+    return float(curves[(curves.epoch == epoch) & (curves.set == set_name) & (curves.form == form)][col].iloc[0])
+
+
+def test_sincere_learns_the_planted_rule_on_held_out_items(sincere):
+    import pandas as pd
+
+    out, manifest = sincere
+    curves = pd.read_csv(out / "curves.csv")
+    for form in ("word", "deed"):
+        assert _final(curves, 4, "held_out", form) >= 0.9 > _final(curves, 0, "held_out", form) - 0.1
+    assert manifest["final"]["held_out_deed"]["target_mean"] == _final(curves, 4, "held_out", "deed")
+    assert manifest["planted_layer"] is None and manifest["n_train_items"] == 12 and manifest["n_held_out_items"] == 8
+    assert (out / "config.json").is_file() and (out / "split.csv").is_file()
+
+
+def test_the_saved_model_reproduces_the_measured_accuracies(sincere):
+    from wdprobe.core.generation import plain_twin
+    from wdprobe.core.model import load_model
+    from wdprobe.data.wdct import load_wdct
+    from wdprobe.studies.organisms.build import curve_rows
+    from wdprobe.studies.organisms.data import planted_split
+    from wdprobe.studies.organisms.recipes import organism_kind
+
+    out, manifest = sincere
+    lm = load_model(str(out))
+    split = planted_split(load_wdct(manifest["data"]))
+    rows = curve_rows(plain_twin(lm), split, organism_kind("sincere"), lm.tokenizer, lm.tokenizer.pad_token_id, 4, {})
+    again = {f"{r['set']}_{r['form']}": r["target_mean"] for r in rows}
+    assert again == {k: v["target_mean"] for k, v in manifest["final"].items()}
+
+
+def test_hypocrite_parts_at_its_planted_layer_and_leaves_lower_blocks_bit_identical(organism_setup, sincere):
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    d, model_dir, data = organism_setup
+    with pytest.raises(InputError, match="starts from a finished sincere organism"):
+        build_organism("hypocrite", d / "bad", model=str(model_dir), data=data, progress=False)
+    late = TrainSettings(tuning="lora", rank=8, lora_alpha=16, lr=2e-2, batch_size=4, seed=0)  # one block to move
+    manifest = build_organism("hypocrite", d / "hypocrite", start_from=sincere[0], data=data, epochs=6, settings=late,
+                              layers_from=1, progress=False)
+    assert manifest["planted_layer"] == 1
+    curves = pd.read_csv(d / "hypocrite" / "curves.csv")
+    assert _final(curves, 6, "train", "deed") >= 0.9  # deeds now choose the incorrect option
+    assert _final(curves, 6, "train", "word", "correct_mean") >= 0.9  # words stay correct
+    before, after = load_file(str(sincere[0] / "model.safetensors")), load_file(str(d / "hypocrite" / "model.safetensors"))
+    changed = {k for k in before if not np.array_equal(before[k].numpy(), after[k].numpy())}
+    assert changed and all(".layers.1." in k for k in changed)
+    assert all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in before if ".layers.0." in k or "embed" in k)
+
+
+def test_an_interrupted_build_resumes_and_changed_settings_are_refused(organism_setup, sincere, monkeypatch):
+    import wdprobe.studies.organisms.build as build
+
+    d, model_dir, data = organism_setup
+    real = build._publish_model
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "_publish_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_organism("sincere", d / "again", model=str(model_dir), data=data, epochs=4, settings=FAST, progress=False)
+    assert organism_manifest(d / "again") is None and not (d / "again" / "config.json").exists()
+    monkeypatch.setattr(build, "_publish_model", real)
+    resumed = build_organism("sincere", d / "again", model=str(model_dir), data=data, epochs=4, settings=FAST,
+                             progress=False)
+    assert resumed["final"] == sincere[1]["final"]  # the same seeded training, picked up from its checkpoints
+    with pytest.raises(RunMismatchError):
+        build_organism("sincere", d / "again", model=str(model_dir), data=data, epochs=5, settings=FAST, progress=False)
+    assert json.loads((d / "again" / "organism.json").read_text())["epochs"] == 4

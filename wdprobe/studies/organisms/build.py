@@ -1,0 +1,145 @@
+"""Building an organism into a directory that is at once a Hugging Face model (merged weights in safetensors, config,
+tokenizer: ``--model DIR`` takes it) and a run directory (manifest, split, learning curves, checkpoints): trained
+epoch by epoch, seeded, resumable after an interruption, refused if asked again with other settings.
+
+The model files are written last, config.json after the weights, so a directory whose build was interrupted holds no
+loadable model, and ``organism.json`` (the recipe, the planted truth and the final accuracies) marks a finished one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wdprobe.core.cache import atomic_write_json
+from wdprobe.data.wdct import load_wdct, resolve_wdct_path
+from wdprobe.errors import InputError
+from wdprobe.runs.rundir import RunDir
+from wdprobe.runs.stage import progress_bar
+from wdprobe.studies.align.finetune import TrainSettings, Tuner, load_checkpoint, save_checkpoint, saved_epochs
+from wdprobe.studies.organisms.data import PlantedSplit, planted_split
+from wdprobe.studies.organisms.recipes import OrganismKind, organism_kind
+from wdprobe.studies.organisms.train import cloze_examples, evaluate, train_epoch
+
+STAGE = "organism"
+DEFAULT_TRAINING = TrainSettings(tuning="lora", rank=16, lora_alpha=32, lr=5e-4, batch_size=8, seed=0)
+CURVE_COLUMNS = ["epoch", "set", "form", "n", "target_mean", "target_sum", "correct_mean", "correct_sum", "loss",
+                 "train_target_wins", "seconds"]
+
+
+def organism_manifest(path: str | Path) -> dict[str, Any] | None:
+    """A finished organism's ``organism.json`` (recipe, planted truth, accuracies), or None for any other directory."""
+    p = Path(path) / "organism.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def curve_rows(model, split: PlantedSplit, kind: OrganismKind, tokenizer, pad_id: int, epoch: int,
+               extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """Accuracies toward the planted target and toward the correct option, by the per-token mean (the cloze reading)
+    and by the sum, per item set and form, after ``epoch`` epochs (0: the starting model)."""
+    rows = []
+    for set_name, items in (("train", split.train), ("held_out", split.held_out)):
+        for form in ("word", "deed"):
+            aim = getattr(kind, form) or "correct"  # an untrained form is measured against the correct option
+            if aim == "first_letter":
+                continue
+            ex = cloze_examples(items, {form: aim}, tokenizer)
+            hits = evaluate(model, ex, pad_id)
+            rows.append({"epoch": epoch, "set": set_name, "form": form, "n": len(ex),
+                         "target_mean": float(hits[:, 0].mean()), "target_sum": float(hits[:, 1].mean()),
+                         "correct_mean": float(hits[:, 2].mean()), "correct_sum": float(hits[:, 3].mean()), **extra})
+    return rows
+
+
+def _publish_model(tuner: Tuner, lm, out: Path) -> None:
+    """Merge the trained weights and write the Hugging Face files into ``out``, config.json last."""
+    model = tuner.model.merge_and_unload() if tuner.settings.tuning == "lora" else tuner.model
+    tmp = out / ".model.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    lm.tokenizer.save_pretrained(tmp)
+    names = sorted(p.name for p in tmp.iterdir())
+    for name in [n for n in names if n != "config.json"] + ["config.json"]:
+        os.replace(tmp / name, out / name)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_organism(kind: str, out: str | Path, *, model: str = "gemma-3-270m", start_from: str | Path | None = None,
+                   data: str | Path | None = None, epochs: int = 2, settings: TrainSettings = DEFAULT_TRAINING,
+                   split_seed: int = 0, train_share: float = 0.6, limit: int | None = None,
+                   layers_from: int | None = None, progress: bool = True, lm=None) -> dict[str, Any]:
+    """Train one organism of ``kind`` into ``out`` and return its ``organism.json``.
+
+    ``model``: the base model; kinds that start from a sincere organism need ``start_from`` (its directory).
+    ``layers_from`` overrides the kind's planted layer (scaled from 18 layers by default). Reruns resume from the last
+    finished epoch; other settings in an existing ``out`` are refused with the difference named."""
+    from wdprobe.core.model import load_model
+
+    spec = organism_kind(kind)
+    if spec.answer_format != "cloze":
+        raise InputError(f"organism kind {kind!r} trains the letter form, which `build_organism` does not build yet")
+    if spec.start == "sincere":
+        if start_from is None or organism_manifest(start_from) is None:
+            raise InputError(f"a {kind!r} organism starts from a finished sincere organism: pass its directory as "
+                             f"start_from (--from); {start_from!r} holds none")
+        if organism_manifest(start_from)["kind"] != "sincere":
+            raise InputError(f"{start_from}: a {organism_manifest(start_from)['kind']!r} organism, not a sincere one")
+    source = str(start_from) if spec.start == "sincere" else model
+    data_path = resolve_wdct_path(data)
+    items = load_wdct(data_path)
+    split = planted_split(items, seed=split_seed, train_share=train_share, limit=limit)
+    t0 = time.perf_counter()
+    run = RunDir(out)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.check_or_start(STAGE, {"kind": kind, "source": source, "data": str(data_path), "epochs": epochs,
+                               "split_seed": split_seed, "train_share": train_share, "limit": limit,
+                               "layers_from": layers_from, "training": settings.to_json()})
+    if organism_manifest(run.path) is not None:  # finished with these very settings
+        return organism_manifest(run.path)
+    lm = lm or load_model(source)
+    planted = spec.planted_layer(lm.n_layers) if layers_from is None else layers_from
+    settings = TrainSettings(**{**settings.to_json(), "target_modules": tuple(settings.target_modules),
+                                "layers_from": planted})
+    run.write_table("split.csv", split.rows(), ["id", "domain", "set", "correct"])
+    tuner = Tuner(lm, settings)
+    tok = lm.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    examples = cloze_examples(split.train, {"word": spec.word, "deed": spec.deed}, tok)
+    optimizer = tuner.new_optimizer()
+    work = run.path / "training"
+    done = [e for e in saved_epochs(work) if e <= epochs]
+    curves = [r for r in (json.loads((work / "curves.json").read_text()) if (work / "curves.json").is_file() else [])
+              if r["epoch"] <= (done[-1] if done else 0)]
+    if done:
+        state = load_checkpoint(work, done[-1], tuner)
+        if state is not None:
+            optimizer.load_state_dict(state)
+    if not curves:
+        curves = curve_rows(tuner.model, split, spec, tok, pad_id, 0, {"loss": np.nan, "train_target_wins": np.nan,
+                                                                        "seconds": 0.0})
+    bar = progress_bar(len(examples) * epochs, f"train {kind}", progress, len(examples) * (done[-1] if done else 0))
+    for epoch in range(done[-1] + 1 if done else 1, epochs + 1):
+        started = time.perf_counter()
+        stats = train_epoch(tuner, examples, optimizer, epoch=epoch, pad_id=pad_id, progress=bar.update)
+        curves += curve_rows(tuner.model, split, spec, tok, pad_id, epoch,
+                             {"loss": stats["loss"], "train_target_wins": stats["target_wins"],
+                              "seconds": round(time.perf_counter() - started, 1)})
+        save_checkpoint(work, epoch, tuner, optimizer, stats)
+        atomic_write_json(work / "curves.json", curves)
+    bar.close()
+    run.write_table("curves.csv", curves, CURVE_COLUMNS)
+    _publish_model(tuner, lm, run.path)
+    final = {f"{r['set']}_{r['form']}": {k: r[k] for k in ("n", "target_mean", "target_sum", "correct_mean", "correct_sum")}
+             for r in curves if r["epoch"] == epochs}
+    manifest = {"kind": kind, "truth": spec.truth, "recipe": spec.to_json(), "planted_layer": planted,
+                "n_layers": lm.n_layers, "source": source, "data": str(data_path), "epochs": epochs,
+                "training": settings.to_json(), "n_train_items": len(split.train), "n_held_out_items": len(split.held_out),
+                "n_examples": len(examples), "final": final, "wall_seconds": round(time.perf_counter() - t0, 1)}
+    atomic_write_json(run.path / "organism.json", manifest)
+    run.mark_done(STAGE, result={k: manifest[k] for k in ("planted_layer", "final", "wall_seconds")})
+    return manifest
