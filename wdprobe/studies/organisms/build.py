@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from wdprobe.core.cache import atomic_write_json
+from wdprobe.core.model import load_model
 from wdprobe.data.wdct import load_wdct, resolve_wdct_path
 from wdprobe.errors import InputError
 from wdprobe.runs.rundir import RunDir
@@ -78,8 +79,6 @@ def build_organism(kind: str, out: str | Path, *, model: str = "gemma-3-270m", s
     ``model``: the base model; kinds that start from a sincere organism need ``start_from`` (its directory).
     ``layers_from`` overrides the kind's planted layer (scaled from 18 layers by default). Reruns resume from the last
     finished epoch; other settings in an existing ``out`` are refused with the difference named."""
-    from wdprobe.core.model import load_model
-
     spec = organism_kind(kind)
     if spec.answer_format != "cloze":
         raise InputError(f"organism kind {kind!r} trains the letter form, which `build_organism` does not build yet")
