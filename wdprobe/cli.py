@@ -12,6 +12,7 @@ from wdprobe.data.wdct import DOMAINS, SUBSETS
 from wdprobe.errors import (
     InputError,
     MissingInputError,
+    StageNotFinishedError,
     WdprobeError,
 )
 from wdprobe.pipeline.config import (
@@ -47,6 +48,8 @@ from wdprobe.stages.steering import run_steering
 from wdprobe.studies.align.finetune import TrainSettings
 from wdprobe.studies.align.report import write_alignment_report
 from wdprobe.studies.align.stages import AlignConfig, run_align
+from wdprobe.studies.organisms.build import build_organism, organism_manifest
+from wdprobe.studies.organisms.recipes import KINDS
 from wdprobe.studies.pct.stages import PCTConfig
 
 
@@ -479,6 +482,57 @@ def _add_align_parsers(sub) -> None:
     p.set_defaults(func=cmd_align_report)
 
 
+def cmd_organism_build(args: argparse.Namespace) -> int:
+    """`wdprobe organism build`: train one model organism into a model directory."""
+    settings = TrainSettings(tuning=args.tuning, rank=args.rank, lora_alpha=args.lora_alpha, lr=args.lr,
+                             batch_size=args.batch_size, seed=args.seed)
+    manifest = build_organism(args.kind, args.out, model=args.model, start_from=args.start_from, data=args.data,
+                              epochs=args.epochs, settings=settings, split_seed=args.seed, limit=args.limit,
+                              layers_from=args.layers_from, progress=not args.quiet)
+    print(json.dumps({k: manifest[k] for k in ("kind", "planted_layer", "final", "wall_seconds")}, indent=2))
+    print(f"organism in {args.out}: use it with --model {args.out}")
+    return 0
+
+
+def cmd_organism_show(args: argparse.Namespace) -> int:
+    """`wdprobe organism show DIR`: the recipe, planted truth and accuracies of a finished organism."""
+    manifest = organism_manifest(args.dir)
+    if manifest is None:
+        raise StageNotFinishedError(f"{args.dir}: no finished organism (organism.json missing); build it with "
+                                    "`wdprobe organism build --out DIR`")
+    print(json.dumps(manifest, indent=2))
+    return 0
+
+
+def _add_organism_parsers(sub) -> None:
+    org = sub.add_parser("organism", help="model organisms: copies of a model trained to a planted word-deed relation")
+    osub = org.add_subparsers(dest="organism_command", required=True)
+    kinds = "; ".join(f"{k.name}: {k.truth}" for k in KINDS.values())
+    p = osub.add_parser("build", help="train one organism (resumable) into a Hugging Face model directory",
+                        description=f"Kinds and the truth each plants — {kinds}.")
+    p.add_argument("--kind", required=True, choices=list(KINDS))
+    p.add_argument("--out", required=True, help="organism directory (a model directory: --model DIR takes it)")
+    p.add_argument("--model", default="gemma-3-270m", help="base model (embedded default, local directory or HF id)")
+    p.add_argument("--from", dest="start_from", default=None,
+                   help="the finished sincere organism a hypocrite starts from")
+    p.add_argument("--data", default=None, help="WDCT.csv (else $WDPROBE_WDCT, else the pinned upstream download)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--tuning", default="lora", choices=["lora", "full"])
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--lora-alpha", type=float, default=32.0)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--batch-size", type=int, default=8, help="training examples per step")
+    p.add_argument("--layers-from", type=int, default=None,
+                   help="first trainable block (default: the kind's planted layer, 12 or 4 of 18, scaled to the depth)")
+    p.add_argument("--limit", type=int, default=None, help="use only this many items (seeded; a quick look)")
+    p.add_argument("--seed", type=int, default=0, help="split and example order")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_organism_build)
+    p = osub.add_parser("show", help="the recipe, planted truth and held-out accuracies of a finished organism")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_organism_show)
+
+
 def _add_measurement_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--orders", default=None, choices=list(ORDERS),
                    help="option orders each question is asked in: shown (the paper's one seeded order), cyclic (every "
@@ -652,6 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_pct_parser(sub)
     _add_align_parsers(sub)
+    _add_organism_parsers(sub)
 
     p = sub.add_parser("convert-model", help="convert the embedded Gemma-3-270M GGUF into the cache (done on first use anyway)")
     p.set_defaults(func=cmd_convert)

@@ -104,3 +104,21 @@ def test_an_interrupted_build_resumes_and_changed_settings_are_refused(organism_
     with pytest.raises(RunMismatchError):
         build_organism("sincere", d / "again", model=str(model_dir), data=data, epochs=5, settings=FAST, progress=False)
     assert json.loads((d / "again" / "organism.json").read_text())["epochs"] == 4
+
+
+def test_cli_builds_and_shows_an_organism(organism_setup, capsys):
+    from wdprobe.cli import main
+
+    d, model_dir, data = organism_setup
+    out = d / "cli"
+    assert main(["organism", "build", "--kind", "sincere", "--out", str(out), "--model", str(model_dir), "--data",
+                 str(data), "--epochs", "1", "--limit", "10", "--quiet"]) == 0
+    assert f"--model {out}" in capsys.readouterr().out
+    assert main(["organism", "show", str(out)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["kind"] == "sincere" and shown["n_train_items"] + shown["n_held_out_items"] == 10
+    assert main(["organism", "show", str(d)]) == 2
+    assert "no finished organism" in capsys.readouterr().err
+    assert main(["organism", "build", "--kind", "hypocrite", "--out", str(d / "h"), "--model", str(model_dir),
+                 "--data", str(data), "--quiet"]) == 2
+    assert "starts from a finished sincere organism" in capsys.readouterr().err
