@@ -218,6 +218,7 @@ CARD_HEADER = ["instrument", "organism", "planted truth", "pass/fail rule", "rec
 
 
 def card_rows(verdicts: list[Verdict]) -> list[list[str]]:
+    """The card's table rows, one per rule, in ``CARD_HEADER`` order."""
     return [[v.instrument, v.organism, v.truth, v.rule, v.recovered, v.word] for v in verdicts]
 
 
