@@ -11,18 +11,29 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from wdprobe.core.cache import atomic_write_json
 from wdprobe.core.model import load_model
-from wdprobe.data.wdct import load_wdct, resolve_wdct_path
+from wdprobe.data.prompts import normal_prompt
+from wdprobe.data.wdct import Presentation, load_wdct, present, resolve_wdct_path
 from wdprobe.errors import InputError
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.stage import progress_bar
-from wdprobe.studies.align.finetune import TrainSettings, Tuner, load_checkpoint, save_checkpoint, saved_epochs
+from wdprobe.scoring.letters import resolve_letter_tokens
+from wdprobe.studies.align.finetune import (
+    Example,
+    TrainSettings,
+    Tuner,
+    load_checkpoint,
+    save_checkpoint,
+    saved_epochs,
+)
 from wdprobe.studies.organisms.data import PlantedSplit, planted_split
 from wdprobe.studies.organisms.recipes import OrganismKind, organism_kind
 from wdprobe.studies.organisms.train import cloze_examples, evaluate, train_epoch
@@ -57,6 +68,50 @@ def curve_rows(model, split: PlantedSplit, kind: OrganismKind, tokenizer, pad_id
     return rows
 
 
+def letter_ids(lm, split: PlantedSplit) -> tuple[int, int]:
+    """The token ids of the first two answer letters as this model says them (" A" or "A", by next-token mass)."""
+    prompts = [normal_prompt(p, "deed") for p in present(list(split.train[:16]), seed=0)]
+    return tuple(int(i) for i in resolve_letter_tokens(lm, prompts, n_letters=2).ids[:2])  # type: ignore[return-value]
+
+
+def _both_orders(items, form: str) -> list[Presentation]:
+    out = []
+    for p in present(list(items), seed=0):
+        order = tuple(reversed(p.order(form)))
+        out += [p, replace(p, word_order=order) if form == "word" else replace(p, deed_order=order)]
+    return out
+
+
+def letter_examples(items, spec: OrganismKind, letters: tuple[int, int], tokenizer) -> list[Example]:
+    """The letter organism's examples: every deed prompt in both option orders, target the first-listed letter
+    whatever option it labels (the letter habit), the other letter rejected."""
+    return [Example(p.item.id, "deed", normal_prompt(p, "deed"), letters[0], letters[1])
+            for p in _both_orders(items, "deed")]
+
+
+@torch.no_grad()
+def letter_curve_rows(tuner: Tuner, split: PlantedSplit, spec: OrganismKind, letters: tuple[int, int], tokenizer,
+                      epoch: int, extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """Letter organism: per set and form, the share of prompts (both orders) answered with the first-listed letter
+    (the planted habit: ``target``) and with the correct option's letter (``correct``)."""
+    rows = []
+    for set_name, items in (("train", split.train), ("held_out", split.held_out)):
+        for form in ("word", "deed"):
+            pres = _both_orders(items, form)
+            first, right = [], []
+            for s in range(0, len(pres), 16):
+                batch = pres[s: s + 16]
+                ex = [Example(p.item.id, form, normal_prompt(p, form), letters[0], letters[1]) for p in batch]
+                lp_a, lp_b = tuner.answer_logprobs(ex)
+                says_first = (lp_a > lp_b).cpu().numpy()
+                first += says_first.tolist()
+                right += [bool(sf) == (p.order(form).index(p.item.correct) == 0) for sf, p in zip(says_first, batch)]
+            rows.append({"epoch": epoch, "set": set_name, "form": form, "n": len(pres),
+                         "target_mean": float(np.mean(first)), "target_sum": float(np.mean(first)),
+                         "correct_mean": float(np.mean(right)), "correct_sum": float(np.mean(right)), **extra})
+    return rows
+
+
 def _publish_model(tuner: Tuner, lm, out: Path) -> None:
     """Merge the trained weights and write the Hugging Face files into ``out``, config.json last."""
     model = tuner.model.merge_and_unload() if tuner.settings.tuning == "lora" else tuner.model
@@ -80,8 +135,6 @@ def build_organism(kind: str, out: str | Path, *, model: str = "gemma-3-270m", s
     ``layers_from`` overrides the kind's planted layer (scaled from 18 layers by default). Reruns resume from the last
     finished epoch; other settings in an existing ``out`` are refused with the difference named."""
     spec = organism_kind(kind)
-    if spec.answer_format != "cloze":
-        raise InputError(f"organism kind {kind!r} trains the letter form, which `build_organism` does not build yet")
     if spec.start == "sincere":
         if start_from is None or organism_manifest(start_from) is None:
             raise InputError(f"a {kind!r} organism starts from a finished sincere organism: pass its directory as "
@@ -108,8 +161,19 @@ def build_organism(kind: str, out: str | Path, *, model: str = "gemma-3-270m", s
     tuner = Tuner(lm, settings)
     tok = lm.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    examples = cloze_examples(split.train, {"word": spec.word, "deed": spec.deed}, tok)
+    letter_form = spec.answer_format == "letter"
+    if letter_form:
+        letters = letter_ids(lm, split)
+        examples: list[Any] = letter_examples(split.train, spec, letters, tok)
+    else:
+        examples = cloze_examples(split.train, {"word": spec.word, "deed": spec.deed}, tok)
     optimizer = tuner.new_optimizer()
+
+    def measure(epoch: int, extra: dict[str, Any]) -> list[dict[str, Any]]:
+        if letter_form:
+            return letter_curve_rows(tuner, split, spec, letters, tok, epoch, extra)
+        return curve_rows(tuner.model, split, spec, tok, pad_id, epoch, extra)
+
     work = run.path / "training"
     done = [e for e in saved_epochs(work) if e <= epochs]
     curves = [r for r in (json.loads((work / "curves.json").read_text()) if (work / "curves.json").is_file() else [])
@@ -119,15 +183,17 @@ def build_organism(kind: str, out: str | Path, *, model: str = "gemma-3-270m", s
         if state is not None:
             optimizer.load_state_dict(state)
     if not curves:
-        curves = curve_rows(tuner.model, split, spec, tok, pad_id, 0, {"loss": np.nan, "train_target_wins": np.nan,
-                                                                        "seconds": 0.0})
+        curves = measure(0, {"loss": np.nan, "train_target_wins": np.nan, "seconds": 0.0})
     bar = progress_bar(len(examples) * epochs, f"train {kind}", progress, len(examples) * (done[-1] if done else 0))
     for epoch in range(done[-1] + 1 if done else 1, epochs + 1):
         started = time.perf_counter()
-        stats = train_epoch(tuner, examples, optimizer, epoch=epoch, pad_id=pad_id, progress=bar.update)
-        curves += curve_rows(tuner.model, split, spec, tok, pad_id, epoch,
-                             {"loss": stats["loss"], "train_target_wins": stats["target_wins"],
-                              "seconds": round(time.perf_counter() - started, 1)})
+        if letter_form:
+            stats = tuner.train_epoch(examples, optimizer, objective="sft", epoch=epoch)
+            bar.update(len(examples))
+        else:
+            stats = train_epoch(tuner, examples, optimizer, epoch=epoch, pad_id=pad_id, progress=bar.update)
+        curves += measure(epoch, {"loss": stats["loss"], "train_target_wins": stats["target_wins"],
+                                  "seconds": round(time.perf_counter() - started, 1)})
         save_checkpoint(work, epoch, tuner, optimizer, stats)
         atomic_write_json(work / "curves.json", curves)
     bar.close()

@@ -122,3 +122,16 @@ def test_cli_builds_and_shows_an_organism(organism_setup, capsys):
     assert main(["organism", "build", "--kind", "hypocrite", "--out", str(d / "h"), "--model", str(model_dir),
                  "--data", str(data), "--quiet"]) == 2
     assert "starts from a finished sincere organism" in capsys.readouterr().err
+
+
+def test_letter_organism_learns_a_letter_habit_not_a_stance(organism_setup):
+    import pandas as pd
+
+    d, model_dir, data = organism_setup
+    manifest = build_organism("letter", d / "letter", model=str(model_dir), data=data, epochs=3, settings=FAST,
+                              progress=False)
+    curves = pd.read_csv(d / "letter" / "curves.csv")
+    held = curves[(curves.epoch == 3) & (curves.set == "held_out") & (curves.form == "deed")].iloc[0]
+    assert held["target_mean"] == 1.0  # every held-out deed prompt, in both orders, answered with the first letter
+    assert held["correct_mean"] == 0.5  # so the correct option is said exactly when it is listed first: no stance
+    assert manifest["n_examples"] == 2 * manifest["n_train_items"]  # each trained deed prompt in both orders
