@@ -25,7 +25,8 @@ _PUBLIC: dict[str, str] = {
     "Activations": "wdprobe.stages.capture", "paired_forms": "wdprobe.stages.capture",
     "run_probes": "wdprobe.stages.probes", "run_lens": "wdprobe.stages.lens",
     "run_cross_patch": "wdprobe.stages.patching", "run_positional_patch": "wdprobe.stages.patching",
-    "run_steering": "wdprobe.stages.steering",
+    "run_steering": "wdprobe.stages.steering", "run_cloze_patch": "wdprobe.stages.cloze_patching",
+    "run_cloze_steering": "wdprobe.stages.cloze_steering",
     # method kernels: arrays and models in, arrays out
     "DiffMeanProbe": "wdprobe.methods.probes", "logistic_probe": "wdprobe.methods.probes",
     "probe_layers": "wdprobe.methods.probes", "ProbeResults": "wdprobe.methods.probes",
@@ -41,6 +42,8 @@ _PUBLIC: dict[str, str] = {
     "run_study": "wdprobe.pipeline.study", "study_status": "wdprobe.pipeline.study",
     "PCTConfig": "wdprobe.studies.pct.stages", "run_pct": "wdprobe.pipeline.pct",
     "AlignConfig": "wdprobe.studies.align.stages", "run_align": "wdprobe.studies.align.stages",
+    "build_organism": "wdprobe.studies.organisms.build", "organism_manifest": "wdprobe.studies.organisms.build",
+    "instrument_card": "wdprobe.studies.organisms.card", "organism_results": "wdprobe.studies.organisms.card",
     "merge_run": "wdprobe.pipeline.merge", "run_sweep": "wdprobe.pipeline.sweep",
     "write_study_report": "wdprobe.reports.study", "compare_runs": "wdprobe.reports.compare",
     # the stage protocol and run directories
