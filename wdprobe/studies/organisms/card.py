@@ -17,6 +17,9 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from wdprobe.core.cache import atomic_write_text
+from wdprobe.reports.html import CSS, notes_html, table_html
+
 ALPHA = 0.05
 NEAR_ZERO = 0.05  # restoration "near zero": the patched CS at most this far above clean
 STEER_MARGIN = 0.10  # held-out CS the stance direction must add beyond a random direction of equal norm
@@ -227,3 +230,52 @@ def rules_markdown() -> str:
     lines = ["| instrument | organism | planted truth | pass/fail rule |", "|---|---|---|---|"]
     lines += [f"| {r.instrument} | {r.organism} | {r.truth} | {r.rule} |" for r in RULES]
     return "\n".join(lines)
+
+
+# ---- the card's page ----------------------------------------------------------------------------------------------
+
+BEHAVIOUR_HEADER = ["organism", "planted layer", "held-out word → target", "held-out deed → target",
+                    "held-out word correct", "held-out deed correct", "build min", "study min"]
+
+
+def behaviour_rows(organisms: dict[str, tuple[Path, Path | None]]) -> list[list[str]]:
+    """Per organism: its planted layer, held-out accuracies (per-token mean scoring) and wall times."""
+    rows = []
+    for name, (org_dir, run_dir) in organisms.items():
+        m = json.loads((Path(org_dir) / "organism.json").read_text())
+        f = m["final"]
+        study = None
+        if run_dir is not None and (Path(run_dir) / "manifest.json").is_file():
+            stages = json.loads((Path(run_dir) / "manifest.json").read_text()).get("stages", {})
+            study = sum(float(v.get("seconds") or 0) for v in stages.values() if isinstance(v, dict))
+        rows.append([name, str(m["planted_layer"] if m["planted_layer"] is not None else "—"),
+                     *(f"{f[k]['target_mean']:.2f}" for k in ("held_out_word", "held_out_deed")),
+                     *(f"{f[k]['correct_mean']:.2f}" for k in ("held_out_word", "held_out_deed")),
+                     f"{m['wall_seconds'] / 60:.1f}", f"{study / 60:.1f}" if study else "—"])
+    return rows
+
+
+def write_instrument_card(organisms: dict[str, tuple[str | Path, str | Path | None]], out_dir: str | Path,
+                          *, preamble: str = "") -> Path:
+    """Score every rule on the organisms' studies and write ``card.md`` and ``index.html`` (card first, then the
+    organisms' behaviour) into ``out_dir``; ``organisms`` maps a name to (organism directory, study run directory)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {k: (Path(o), Path(r) if r else None) for k, (o, r) in organisms.items()}
+    results = {k: organism_results(r, o) if r else {} for k, (o, r) in paths.items()}
+    verdicts = instrument_card(results)
+    tally = {w: sum(v.word == w for v in verdicts) for w in ("pass", "fail", "not measured")}
+    summary = f"{tally['pass']} of {len(verdicts)} rules pass, {tally['fail']} fail, {tally['not measured']} not measured."
+    md = ["# The instrument card", "", summary, "", "| " + " | ".join(CARD_HEADER) + " |", "|" + "---|" * len(CARD_HEADER)]
+    md += ["| " + " | ".join(r) + " |" for r in card_rows(verdicts)]
+    md += ["", "## The organisms", "", "| " + " | ".join(BEHAVIOUR_HEADER) + " |", "|" + "---|" * len(BEHAVIOUR_HEADER)]
+    md += ["| " + " | ".join(r) + " |" for r in behaviour_rows(paths)]
+    if preamble.strip():
+        md += ["", preamble.strip()]
+    atomic_write_text(out / "card.md", "\n".join(md) + "\n")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>wdprobe instrument card</title><style>{CSS}</style>"
+            f"</head><body><h1>The instrument card</h1><p>{summary}</p>{table_html(CARD_HEADER, card_rows(verdicts))}"
+            f"<h2>The organisms</h2>{table_html(BEHAVIOUR_HEADER, behaviour_rows(paths))}"
+            f"{notes_html(preamble) if preamble.strip() else ''}</body></html>")
+    atomic_write_text(out / "index.html", page)
+    return out / "card.md"

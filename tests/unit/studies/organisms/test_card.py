@@ -71,3 +71,22 @@ def test_missing_results_are_not_measured_never_passed():
     assert v[("letter split", "letter")].passed is None and v[("letter split", "letter")].word == "not measured"
     assert v[("steering", "hypocrite")].passed is None
     assert "| cross-form patching | hypocrite |" in rules_markdown()
+
+
+def test_card_page_tallies_verdicts_and_lists_the_organisms(tmp_path):
+    import json
+
+    from wdprobe.studies.organisms.card import write_instrument_card
+
+    orgs = {}
+    for name, layer in (("sincere", None), ("hypocrite", 12)):
+        d = tmp_path / name
+        d.mkdir()
+        final = {f"{s}_{f}": {"target_mean": 0.9, "correct_mean": 0.9 if name == "sincere" or f == "word" else 0.1}
+                 for s in ("train", "held_out") for f in ("word", "deed")}
+        (d / "organism.json").write_text(json.dumps({"planted_layer": layer, "final": final, "wall_seconds": 600}))
+        orgs[name] = (d, None)  # no study yet: every rule reads "not measured"
+    card = write_instrument_card(orgs, tmp_path / "card").read_text()
+    assert f"0 of {len(RULES)} rules pass, 0 fail, {len(RULES)} not measured." in card
+    assert "| hypocrite | 12 | 0.90 | 0.90 | 0.90 | 0.10 | 10.0 | — |" in card
+    assert "</table>" in (tmp_path / "card" / "index.html").read_text()
