@@ -250,7 +250,7 @@ def steering_figures(table, where: str, min_mass_ratio: float, *, mass_label: st
     figs = [fig]
     stance = table[table.condition == "stance"]
     all_layers = sorted(stance["layer"].unique())
-    best_layer = int(stance.loc[stance[metric].idxmax(), "layer"]) if len(stance) else None
+    best_layer = int(stance.loc[stance[metric].idxmax(), "layer"]) if stance[metric].notna().any() else None
     shown = sorted(set(all_layers[:: max(1, len(all_layers) // 4)]) | ({best_layer} if best_layer is not None else set()))
     fig2 = make_subplots(rows=1, cols=3, subplot_titles=["inconsistent items moved to the word answer",
                                                          "consistent items moved away (broken)", f"{mass_label} / clean"])

@@ -87,13 +87,17 @@ def summarise_steering(frame, items, *, population_consistency: float | None = N
 
 def best_setting(table, *, min_mass_ratio: float = 0.5, key: str = "cs") -> dict[str, Any] | None:
     """The stance setting with the highest ``key`` whose letter mass stays >= ``min_mass_ratio`` of clean,
-    with the random control at the same (layer, alpha)."""
+    with the random control at the same (layer, alpha). Where ``key`` is undefined everywhere (balanced CS on a sample
+    with no inconsistent or no consistent item) the plain CS ranks the cells, and ``selected_by`` says so."""
     ok = table[(table.condition == "stance") & (table.mass_ratio >= min_mass_ratio)]
     if not len(ok):
         return None
+    if ok[key].isna().all():
+        key = "cs"
     best = ok.loc[ok[key].idxmax()]
     ctrl = table[(table.condition == "random") & (table.layer == best.layer) & (table.alpha == best.alpha)]
     rec = {k: (v.item() if hasattr(v, "item") else v) for k, v in best.to_dict().items()}
     rec["random"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in ctrl.iloc[0].to_dict().items()} if len(ctrl) else None
     rec["min_mass_ratio"] = min_mass_ratio
+    rec["selected_by"] = key
     return rec

@@ -83,7 +83,8 @@ def localisation_figures(run_dir: str | Path) -> list[tuple[str, str, Any]]:
         sf = localise_plots.steering_figures(table, f"{model}, cloze form, {head['n_items']} two-option items at the "
                                                     "options' decision point; alpha in units of the word-choice mean "
                                                     "difference at the layer", ratio, mass_label="option-token mass",
-                                             position="decision point", metric="cs_balanced")
+                                             position="decision point",
+                                             metric=head.get("selected_by", "cs_balanced"))
         figs += [("steering", n, f) for n, f in zip(["steering-cloze-surface", "steering-cloze-curves"], sf)]
     return figs
 

@@ -382,7 +382,8 @@ def cloze_steering_text(head: dict | None) -> tuple[str, bool | None]:
         return (f" In the cloze form ({head['n_items']} items) no (layer, alpha) setting kept the options' decision "
                 "tokens likely; nothing to report."), None
     text = (f" In the cloze form ({head['n_items']} items, the word run's cloze stance direction added at the deed's "
-            f"decision point, read as decision-step CS), the best grid setting by balanced CS (layer {best['layer']}, "
+            f"decision point, read as decision-step CS), the best grid setting by "
+            f"{'balanced CS' if best.get('selected_by', 'cs_balanced') == 'cs_balanced' else 'CS'} (layer {best['layer']}, "
             f"alpha {best['alpha']:g}) flips {best['flip_rate']:.2f} of inconsistent items and breaks "
             f"{best['break_rate']:.2f} of consistent ones (a random direction of equal norm {best['random']['flip_rate']:.2f} "
             f"and {best['random']['break_rate']:.2f}).")

@@ -152,13 +152,14 @@ def run_cloze_steering(run_dir: str | Path, *, n_items: int | None = 64, layers:
     atomic_write_text(out / "cloze_steering_summary.csv", summary.to_csv(index=False))
     head = {"n_items": len(items), "n_left_out": len(left_out), "n_inconsistent": int((table.consistent == 0).sum()),
             "clean_cs_items": summary.attrs["clean_cs"], "clean_option_mass": summary.attrs["clean_option_mass"],
-            "selected_by": "cs_balanced", "best": best, "validation": validation}
+            "selected_by": (best or {}).get("selected_by", "cs_balanced"), "best": best, "validation": validation}
     atomic_write_text(out / "cloze_steering_headline.json", json.dumps(head, indent=2) + "\n")
     model = scored_model_name(run)
     where = (f"{model}, cloze form, {len(items)} two-option items read at the options' decision point; alpha in units "
-             "of the word-choice mean difference at the layer; cells ranked by balanced CS (flip + keep) / 2")
+             "of the word-choice mean difference at the layer; cells ranked by "
+             + ("balanced CS (flip + keep) / 2" if head["selected_by"] == "cs_balanced" else "CS"))
     figs = localise_plots.steering_figures(summary, where, min_mass_ratio, mass_label="option-token mass",
-                                           position="decision point", metric="cs_balanced")
+                                           position="decision point", metric=head["selected_by"])
     plots.write_html(figs, out / "cloze_steering.html", heading=f"wdprobe steering in the cloze form: {model}")
     pngs = [plots.write_png(f, out / f"cloze_steering-{i}.png") for i, f in enumerate(figs)]
     run.mark_done(STAGE, headline=head, png=[str(p) for p in pngs if p], **stage_seconds(run, STAGE, t_start))

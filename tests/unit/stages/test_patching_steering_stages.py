@@ -432,3 +432,10 @@ def test_steering_finding_reads_the_cloze_form_alone():
     f = finding_steering({"steer": None, "cloze_steer": head})
     assert "cloze form" in f.text and "Not a validated restoration" in f.text and f.numbers["restored"] is False
     assert finding_steering({"steer": None, "cloze_steer": None}) is None
+
+
+def test_best_setting_falls_back_to_cs_when_a_sample_has_no_inconsistent_item():
+    table = pd.DataFrame([{"condition": c, "layer": l, "alpha": 1.0, "cs": cs, "cs_balanced": np.nan, "mass_ratio": 1.0}
+                          for c, l, cs in (("stance", 0, 0.7), ("stance", 1, 0.9), ("random", 0, 0.5), ("random", 1, 0.6))])
+    best = best_setting(table, key="cs_balanced")
+    assert best["layer"] == 1 and best["selected_by"] == "cs" and best["random"]["cs"] == 0.6

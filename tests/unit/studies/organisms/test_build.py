@@ -135,3 +135,21 @@ def test_letter_organism_learns_a_letter_habit_not_a_stance(organism_setup):
     assert held["target_mean"] == 1.0  # every held-out deed prompt, in both orders, answered with the first letter
     assert held["correct_mean"] == 0.5  # so the correct option is said exactly when it is listed first: no stance
     assert manifest["n_examples"] == 2 * manifest["n_train_items"]  # each trained deed prompt in both orders
+
+
+def test_the_organisms_experiment_builds_studies_and_scores_every_organism(organism_setup, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    d, model_dir, data = organism_setup
+    path = Path(__file__).resolve().parents[4] / "experiments" / "organisms.py"
+    spec = importlib.util.spec_from_file_location("organisms_experiment", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--model", str(model_dir), "--data", str(data), "--out-root", str(tmp_path / "org"),
+                        "--report", str(tmp_path / "card"), "--kinds", "sincere", "hypocrite", "--epochs", "1",
+                        "--quiet"]) == 0
+    card = (tmp_path / "card" / "card.md").read_text()
+    assert "rules pass" in card and "| sincere |" in card and "| hypocrite |" in card
+    for kind in ("sincere", "hypocrite"):
+        assert (tmp_path / "org" / kind / "run" / "probes" / "cloze-summary.json").is_file()

@@ -1,0 +1,77 @@
+"""Model organisms and the instrument card: build sincere, hypocrite, hypocrite-early and letter from one model, run
+the letter-free study on each, and score every instrument against the truth each organism plants.
+
+    python experiments/organisms.py --data WDCT.csv                      # everything (hours on 2 CPU cores)
+    python experiments/organisms.py --data WDCT.csv --limit 60 --sample 60 --epochs 1 --out-root runs/org-quick
+    python experiments/organisms.py --card-only                          # rescore finished studies
+
+Time: building costs about one second per training example per CPU core (722 examples an epoch on the full split:
+sincere's 2 epochs about 25 min on 2 cores, each hypocrite a little less), and each organism's cloze study on the
+601 EthV/Theory items about 20 minutes; a GPU runs the same script unchanged in minutes. Every step resumes: rerun
+after an interruption. The rules the card applies are fixed in ``wdprobe/studies/organisms/card.py`` and stated in
+``reports/organisms/README.md`` before any run; this script writes ``card.md`` and ``index.html`` beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from wdprobe.pipeline.config import StudyConfig
+from wdprobe.pipeline.study import run_study
+from wdprobe.studies.align.finetune import TrainSettings
+from wdprobe.studies.organisms.build import DEFAULT_TRAINING, build_organism, organism_manifest
+from wdprobe.studies.organisms.card import write_instrument_card
+from wdprobe.studies.organisms.recipes import KINDS
+
+DOMAINS = ["EthV", "Theory"]  # the items with a correct option: where a planted truth exists
+
+
+def study_config(organism: Path, out: Path, *, kind: str, data: str | None, sample: int | None) -> StudyConfig:
+    """The letter-free study of one organism: cloze form (letter and cloze, in both orders, for the letter habit),
+    EthV and Theory items; positional patching left out (it reads letters and costs minutes per item)."""
+    cfg = StudyConfig(model=str(organism), data=data, out=str(out / "run"), report=str(out / "report"),
+                      format="both" if KINDS[kind].answer_format == "letter" else "cloze", orders="cyclic",
+                      domains=list(DOMAINS), sample=sample, png=False)
+    cfg.stages = [s for s in cfg.stages if s != "patch_positional"]
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="gemma-3-270m", help="the base model the organisms are built from")
+    ap.add_argument("--data", default=None, help="WDCT.csv (default: $WDPROBE_WDCT or the pinned download)")
+    ap.add_argument("--out-root", default="runs/organisms", help="organisms and their studies go under here")
+    ap.add_argument("--report", default="reports/organisms", help="where card.md and index.html are written")
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
+    ap.add_argument("--epochs", type=int, default=2, help="training epochs per organism")
+    ap.add_argument("--lr", type=float, default=DEFAULT_TRAINING.lr)
+    ap.add_argument("--limit", type=int, default=None, help="build on only this many items (seeded; quick look)")
+    ap.add_argument("--sample", type=int, default=None, help="study only this many items (seeded; quick look)")
+    ap.add_argument("--card-only", action="store_true", help="rescore the finished studies, build and run nothing")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    root = Path(args.out_root)
+    settings = TrainSettings(**{**DEFAULT_TRAINING.to_json(), "target_modules": DEFAULT_TRAINING.target_modules,
+                                "lr": args.lr})
+    order = [k for k in ("sincere", "hypocrite", "hypocrite-early", "letter") if k in args.kinds]
+    if not args.card_only:
+        for kind in order:
+            start = root / "sincere" / "model" if KINDS[kind].start == "sincere" else None
+            print(f"== build {kind} ==", flush=True)
+            build_organism(kind, root / kind / "model", model=args.model, start_from=start, data=args.data,
+                           epochs=args.epochs, settings=settings, limit=args.limit, progress=not args.quiet)
+            print(f"== study {kind} ==", flush=True)
+            run_study(study_config(root / kind / "model", root / kind, kind=kind, data=args.data, sample=args.sample),
+                      progress=not args.quiet)
+    organisms = {k: (root / k / "model", root / k / "run") for k in order if organism_manifest(root / k / "model")}
+    if not organisms:
+        print(f"no finished organisms under {root}", file=sys.stderr)
+        return 1
+    card = write_instrument_card(organisms, args.report)
+    print(card.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
