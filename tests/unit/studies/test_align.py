@@ -343,6 +343,12 @@ def test_cli_align_and_report(align_model, tmp_path, capsys):
     assert (tmp_path / "report" / "tables" / "run" / "change_rates.csv").is_file()
     # evaluated in both orders (the default): the rates are also read on content choices
     assert (run / "change_rates_content.csv").is_file() and "Read on content choices" in readme
+    # the following tests the findings quote are kept beside the tables, by letter and on content choices
+    import pandas as pd
+
+    tests = pd.read_csv(tmp_path / "report" / "tables" / "run" / "following_tests.csv")
+    assert set(tests.reading) <= {"letter", "content"} and (tests.low <= tests.following).all()
+    assert "On content choices" in readme or tests[tests.reading == "content"].empty
     # two runs of the same form keep their own tables (keyed by run directory, never by form)
     import shutil
 

@@ -285,6 +285,23 @@ def following_evidence(row: Any) -> dict[str, Any]:
                                  round(float(row["indirect_away"]) * n2) if n2 else 0, n2).to_json()
 
 
+def following_tests(run: AlignedRun) -> list[dict[str, Any]]:
+    """Every epoch's following test, by letter and on content choices, per item set: the numbers the findings
+    quote, kept beside the report's tables."""
+    out = []
+    for reading, table in (("letter", run.rates), ("content", run.content_rates)):
+        if table is None:
+            continue
+        for _, row in table.iterrows():
+            if row["set"] == "all" or int(row.get("n_indirect", 0)) + int(row.get("n_away", 0)) == 0:
+                continue
+            e = following_evidence(row)
+            out.append({"reading": reading, "epoch": int(row["epoch"]), "set": row["set"], "following": e["effect"],
+                        "low": e["low"], "high": e["high"], "p_value": e["p_value"], "n": e["n"],
+                        "significant": e["significant"]})
+    return out
+
+
 def following_text(row: Any, reading: str) -> str:
     """The other form's following in words, as its test supports."""
     e = following_evidence(row)
@@ -387,6 +404,7 @@ def write_alignment_report(run_dirs: Sequence[str | Path], out: str | Path, note
                      "split.csv", "manifest.json"):
             if (run.path / name).is_file():
                 shutil.copyfile(run.path / name, dest / name)
+        atomic_write_text(dest / "following_tests.csv", pd.DataFrame(following_tests(run)).to_csv(index=False))
     notes_path = out / "reading.md"
     if notes is None and notes_path.is_file():
         notes = notes_path.read_text()
