@@ -419,6 +419,7 @@ def pct_compass(run: RunDir, weights_path: str | Path, *, n_perm: int = 10000, s
         summary["exact_chance"] = round(float(ca @ ob), 4)
         side_c, side_o = np.mean([a["closed"] >= 2 for a in agree]), np.mean([a["open"] >= 2 for a in agree])
         summary["same_side_chance"] = round(float(side_c * side_o + (1 - side_c) * (1 - side_o)), 4)
+    summary["personas_compared"] = sum(r["form"] == "closed" for r in shifts)
     summary["instruction_noise"] = instruction_noise(closed)
     summary["position_bias"] = position_bias(closed)
     run.write_table("positions.csv", pos, ["form"] + cols_pos)
