@@ -72,7 +72,8 @@ def test_registry_order_names_and_errors():
 def test_every_study_is_declared_once_with_what_the_tools_need():
     assert REGISTRY.names("wdct") == ("score", "capture", "probes", "lens", "patch_cross", "patch_positional", "steer",
                                       "report")
-    assert REGISTRY.names("pct") == ("closed", "open", "judge", "compass", "capture", "probes", "tropes", "report")
+    assert REGISTRY.names("pct") == ("closed", "open", "judge", "compass", "capture", "probes", "content_probes", "tropes",
+                                     "report")
     assert sorted(REGISTRY.mergeable("wdct")) == ["capture", "patch_cross", "patch_positional_deed",
                                                    "patch_positional_word", "score", "steer"]
     assert sorted(REGISTRY.mergeable("pct")) == ["capture", "closed", "judge", "open"]
