@@ -69,6 +69,15 @@ def lens_figures(traj, model: str) -> list[go.Figure]:
     return [fig, fig2]
 
 
+def _condition_curves(fig: go.Figure, summary, metric: str, col: int) -> None:
+    """One line per patching condition of ``metric`` by layer, in subplot ``col`` (legend on the first)."""
+    for cond, (label, colour, dash) in CONDITION_STYLE.items():
+        sub = summary[summary.condition == cond].sort_values("layer")
+        if len(sub):
+            fig.add_trace(go.Scatter(x=sub["layer"], y=sub[metric], mode="lines+markers", name=label, legendgroup=cond,
+                                     showlegend=(col == 1), line=dict(color=colour, dash=dash)), row=1, col=col)
+
+
 def cross_form_figures(summary, where: str) -> list[go.Figure]:
     """Flip rate, normalised effect and break rate by layer per condition; full-patch flips by letter match."""
     fig = make_subplots(rows=1, cols=4, subplot_titles=["inconsistent items flipped to the word answer",
@@ -76,12 +85,7 @@ def cross_form_figures(summary, where: str) -> list[go.Figure]:
                                                         "CS with the patch in place",
                                                         "mean normalised effect (inconsistent)"])
     for c, metric in enumerate(("flip_rate", "break_rate", "cs_after", "normalised_effect"), start=1):
-        for cond, (label, colour, dash) in CONDITION_STYLE.items():
-            sub = summary[summary.condition == cond].sort_values("layer")
-            if len(sub):
-                fig.add_trace(go.Scatter(x=sub["layer"], y=sub[metric], mode="lines+markers", name=label,
-                                         legendgroup=cond, showlegend=(c == 1), line=dict(color=colour, dash=dash)),
-                              row=1, col=c)
+        _condition_curves(fig, summary, metric, c)
         fig.update_xaxes(title_text="patched layer (resid_post, final position)", row=1, col=c)
     for c in (1, 2, 3):
         fig.update_yaxes(range=[-0.02, 1.02], row=1, col=c)
@@ -112,12 +116,7 @@ def cloze_patch_figure(summary, where: str) -> go.Figure:
     fig = make_subplots(rows=1, cols=3, subplot_titles=["inconsistent items flipped to the word's choice",
                                                         "consistent items broken", "decision-step CS, patched"])
     for c, metric in enumerate(("flip_rate", "break_rate", "cs_after"), start=1):
-        for cond, (label, colour, dash) in CONDITION_STYLE.items():
-            sub = summary[summary.condition == cond].sort_values("layer")
-            if len(sub):
-                fig.add_trace(go.Scatter(x=sub["layer"], y=sub[metric], mode="lines+markers", name=label,
-                                         legendgroup=cond, showlegend=(c == 1), line=dict(color=colour, dash=dash)),
-                              row=1, col=c)
+        _condition_curves(fig, summary, metric, c)
         fig.update_xaxes(title_text="patched layer (resid_post, decision point)", row=1, col=c)
         fig.update_yaxes(range=[-0.02, 1.02], title_text="share of items" if c < 3 else "CS", row=1, col=c)
     if "cs_clean" in summary.attrs:
