@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from wdprobe.core.model import convert_default_model
-from wdprobe.data.wdct import DOMAINS, SUBSETS
+from wdprobe.data.wdct import SUBSETS
 from wdprobe.errors import (
     InputError,
     MissingInputError,
@@ -448,7 +448,7 @@ def _add_align_parsers(sub) -> None:
                                      "direct vs indirect change per epoch, and what moves inside")
     _add_model_args(p)
     p.add_argument("--max-memory", default=None, help='JSON per-device limits for device_map, e.g. \'{"0": "70GiB", "cpu": "200GiB"}\'')
-    p.add_argument("--data", default=None, help="WDCT.csv (else $WDPROBE_WDCT, else the pinned upstream download)")
+    p.add_argument("--data", default=None, help="items: WDCT.csv, or your own items (.csv / .jsonl / .json in the item schema, docs/guides/own-data.md); else $WDPROBE_WDCT, else the pinned WDCT download")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-align-<form>); rerunning resumes")
     p.add_argument("--form", default="word", choices=["word", "deed", "both", "paraphrase"])
     p.add_argument("--method", default="sft+dpo", choices=["sft", "dpo", "sft+dpo"])
@@ -456,7 +456,7 @@ def _add_align_parsers(sub) -> None:
     p.add_argument("--dpo-epochs", type=int, default=1)
     p.add_argument("--items", default="128", help="seeded sample of two-option items, or 'all'")
     p.add_argument("--held-out", type=float, default=0.5, help="share of the items never trained on")
-    p.add_argument("--domain", action="append", choices=list(DOMAINS), default=None)
+    p.add_argument("--domain", action="append", default=None, help="keep only this domain (repeatable; any domain of the items)")
     p.add_argument("--orders", default="both", choices=["both", "shown"],
                    help="train each prompt in both option orders (targets not tied to a letter) or only as shown")
     p.add_argument("--eval-orders", default="cyclic", choices=["cyclic", "shown"],
@@ -515,7 +515,7 @@ def _add_organism_parsers(sub) -> None:
     p.add_argument("--model", default="gemma-3-270m", help="base model (embedded default, local directory or HF id)")
     p.add_argument("--from", dest="start_from", default=None,
                    help="the finished sincere organism a hypocrite starts from")
-    p.add_argument("--data", default=None, help="WDCT.csv (else $WDPROBE_WDCT, else the pinned upstream download)")
+    p.add_argument("--data", default=None, help="items: WDCT.csv, or your own items (.csv / .jsonl / .json in the item schema, docs/guides/own-data.md); else $WDPROBE_WDCT, else the pinned WDCT download")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--tuning", default="lora", choices=["lora", "full"])
     p.add_argument("--rank", type=int, default=16)
@@ -549,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score WDCT word/deed questions (CS, PCS) into a run directory")
     _add_model_args(p)
-    p.add_argument("--data", default=None, help="WDCT.csv path (else $WDPROBE_WDCT, else download the pinned upstream file)")
+    p.add_argument("--data", default=None, help="items: WDCT.csv, or your own items (.csv / .jsonl / .json in the item schema, docs/guides/own-data.md); else $WDPROBE_WDCT, else the pinned WDCT download")
     p.add_argument("--out", required=True, help="run directory (re-running into it resumes)")
     p.add_argument("--setting", default="normal", choices=["normal", "cot"])
     p.add_argument("--demos", default=None, help="upstream demo.csv for --setting cot")
@@ -559,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measurement_args(p)
     p.add_argument("--limit", type=int, default=None, help="first N items (after filters)")
     p.add_argument("--sample", type=int, default=None, help="seeded random sample of N items")
-    p.add_argument("--domain", action="append", choices=list(DOMAINS), help="keep only this domain (repeatable)")
+    p.add_argument("--domain", action="append", help="keep only this domain (repeatable; any domain of the items)")
     p.add_argument("--subset", choices=sorted(SUBSETS), default=None)
     p.add_argument("--batch-size", type=int, default=32, help="most prompts per forward (on CPU also capped at ~1.5k padded tokens)")
     p.add_argument("--shard", default=None, help="i/n: score only shard i of n (items split by id) into RUN/shards/score/; "
@@ -675,15 +675,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the whole study in one command: score, capture, probes, lens, patching, steering, report")
     p.add_argument("--config", default=None, help="TOML study file (see --print-config); flags given here win over it")
     p.add_argument("--model", default=None, help="embedded 'gemma-3-270m' (default), a local HF directory or a Hugging Face id")
-    p.add_argument("--data", default=None, help="WDCT.csv (else $WDPROBE_WDCT, else the pinned upstream download)")
+    p.add_argument("--data", default=None, help="items: WDCT.csv, or your own items (.csv / .jsonl / .json in the item schema, docs/guides/own-data.md); else $WDPROBE_WDCT, else the pinned WDCT download")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>); re-running resumes and skips finished stages")
-    p.add_argument("--report", default=None, help="report folder (default reports/<model>): index.html, README.md, scores.md, figures")
+    p.add_argument("--report", default=None, help="report folder (default: report/ inside the run directory): index.html, README.md, scores.md, figures")
     p.add_argument("--notes", default=None, help="markdown file with a written reading, added to the report")
     p.add_argument("--seed", type=int, default=None, help="option shuffling and every sampled subset")
     _add_measurement_args(p)
     p.add_argument("--limit", type=int, default=None, help="first N items (a quick look)")
     p.add_argument("--sample", type=int, default=None, help="seeded random sample of N items")
-    p.add_argument("--domain", action="append", choices=list(DOMAINS), default=None, help="keep only this domain (repeatable)")
+    p.add_argument("--domain", action="append", default=None, help="keep only this domain (repeatable; any domain of the items)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default=None)
     p.add_argument("--device-map", default=None)

@@ -61,13 +61,17 @@ def load_demos(path: str | os.PathLike) -> list[Demo]:
 
 
 def normal_prompt(pres: Presentation, form: str) -> str:
-    """The paper's 'normal' prompt: instruction, question with shuffled options, 'Answer:'."""
-    return NORMAL_TEMPLATE.format(question=pres.question(form))
+    """The paper's 'normal' prompt: instruction, question with shuffled options, 'Answer:' (or the item's own
+    template around the question and its option lines)."""
+    return (pres.item.template or NORMAL_TEMPLATE).format(question=pres.question(form))
 
 
 def cloze_prompt(item: Item, form: str) -> str:
     """The cloze prompt (OLMES's form for models that have not learned multiple choice): the question without
-    option lines, ending in 'Answer:'; each option text is then scored as a continuation, so no letter exists."""
+    option lines, ending in 'Answer:'; each option text is then scored as a continuation, so no letter exists. An
+    item's own template gets the question without its option lines."""
+    if item.template:
+        return item.template.format(question=item.stem(form))
     return CLOZE_TEMPLATE.format(stem=item.stem(form))
 
 

@@ -39,6 +39,7 @@ class Item:
     deed_stem: str
     deed_options: tuple[str, ...]
     correct: int | None = None  # canonical index of the known correct option (EthV, Theory)
+    template: str | None = None  # the prompt around the question (``{question}``); None: the paper's prompt
 
     @property
     def n_options(self) -> int:
@@ -214,6 +215,17 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def domains_of(rows: Iterable) -> list[str]:
+    """The domains of items (or of item rows with a ``domain`` key): WDCT's four in their usual order first, any
+    other domain after them in order of first appearance."""
+    seen: list[str] = []
+    for r in rows:
+        d = r.domain if isinstance(r, Item) else r["domain"]
+        if d not in seen:
+            seen.append(d)
+    return [d for d in DOMAINS if d in seen] + [d for d in seen if d not in DOMAINS]
+
+
 # ---- subsets -----------------------------------------------------------------------------------
 
 SUBSETS = {"WDCT": DOMAINS, "WDCT_NE": ("Opinion", "NonEthV")}
@@ -231,9 +243,10 @@ def select(items: Sequence[Item], *, domains: Sequence[str] | None = None, subse
             raise InputError(f"unknown subset {subset!r}; choose one of {sorted(SUBSETS)}")
         wanted = set(SUBSETS[subset])
     if domains:
-        bad = [d for d in domains if d not in DOMAINS]
+        present_domains = domains_of(items)
+        bad = [d for d in domains if d not in present_domains]
         if bad:
-            raise InputError(f"unknown domain(s) {bad}; choose from {DOMAINS}")
+            raise InputError(f"unknown domain(s) {bad}; the items' domains are {present_domains}")
         wanted = set(domains) if wanted is None else wanted & set(domains)
     out = [it for it in items if wanted is None or it.domain in wanted]
     for name, value in (("sample", sample), ("limit", limit)):

@@ -136,7 +136,9 @@ class StudyConfig:
 
     @property
     def report_dir(self) -> Path:
-        return Path(self.report) if self.report else Path("reports") / self.slug
+        """Where the report goes: ``report`` if given, else ``report/`` inside the run directory (a run never
+        writes into the committed ``reports/`` unless asked)."""
+        return Path(self.report) if self.report else self.out_dir / "report"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from wdprobe.core.model import load_model
-from wdprobe.errors import InputError
+from wdprobe.data.items import items_path, read_items
+from wdprobe.data.wdct import select
+from wdprobe.errors import InputError, MissingInputError
 from wdprobe.figures.probes import png_enabled, png_export
 from wdprobe.pipeline.config import StudyConfig
 from wdprobe.pipeline.registry import REGISTRY
@@ -61,15 +64,31 @@ def study_status(run_dir: str | Path) -> dict[str, Any]:
     return {"config": manifest.get("study", {}).get("config"), "done": done}
 
 
+def check_inputs(cfg: StudyConfig) -> None:
+    """Fail before anything is loaded or written: the items file must parse and the selection (domains, sample,
+    limit) must match items; a model given as a path must be a directory."""
+    if cfg.data:
+        select(read_items(cfg.data), domains=cfg.domains or None, sample=cfg.sample,
+               seed=cfg.seed, limit=cfg.limit)
+    looks_like_path = cfg.model.startswith((".", "/", "~")) or Path(cfg.model).suffix in (".safetensors", ".bin")
+    if looks_like_path and not Path(cfg.model).expanduser().is_dir():
+        raise MissingInputError(f"model directory not found: {cfg.model}")
+
+
 def run_study(cfg: StudyConfig, *, progress: bool = True, restart: Sequence[str] = (), lm=None,
-              log: Callable[[str], None] | None = None) -> Path:
+              log: Callable[[str], None] | None = None, items: Any = None) -> Path:
     """Run every stage in ``cfg.stages`` in order into ``cfg.out_dir``; return the report page (or run dir).
 
     ``restart`` names stages to redo from scratch; every later stage is redone with them. ``lm`` lets a
-    script reuse a loaded model."""
+    script reuse a loaded model. ``items`` (a pandas DataFrame or a list of dicts in the item schema) replaces
+    ``cfg.data``: they are validated and kept in the run directory as ``data/items.jsonl``."""
     from tqdm.auto import tqdm
 
     cfg.validate()
+    if items is not None:
+        read_items(items)  # validate before writing anything
+        cfg = replace(cfg, data=str(items_path(items, Path(cfg.out_dir) / "data" / "items.jsonl")))
+    check_inputs(cfg)
     bad = [s for s in restart if s not in restartable()]
     if bad:
         raise InputError(f"--restart works for {sorted(restartable())}; for {bad} use a new --out directory "

@@ -36,26 +36,20 @@ def score_summary_markdown(run_dir: str | Path, notes: str = "") -> str:
            if letters and st.get("letters") else
            "Answered in the cloze form only: each option text scored as a continuation of the question (mean "
            "log-likelihood per token), no option letters.")
-    lines = [f"# WDCT on {cfg['model']}", "",
+    wdct = is_wdct(m)
+    lines = [f"# {'WDCT' if wdct else 'Word-deed items'} on {cfg['model']}", "",
              f"Setting `{cfg['setting']}`, dtype `{cfg['dtype']}`, option-shuffling seed {cfg['seed']}, "
-             f"{m['n_items']} items (WDCT.csv sha256 `{cfg['data_sha256'][:12]}…`). {how}", "",
+             f"{m['n_items']} items (data sha256 `{cfg['data_sha256'][:12]}…`). {how}", "",
              "## Consistency", "",
              "| | n | CS | PCS |", "|---|---|---|---|"]
-    for d in DOMAINS:
-        if d in m["per_domain"]:
-            v = m["per_domain"][d]
-            lines.append(f"| {d} | {v['n']} | {_f(v['cs'])} | {_f(v['pcs'])} |")
+    for d, v in m["per_domain"].items():
+        lines.append(f"| {d} | {v['n']} | {_f(v['cs'])} | {_f(v['pcs'])} |")
     lines += [f"| **micro** (mean over items; upstream's \"Avg\") | {m['n_items']} | {_f(m['cs_micro'])} | {_f(m['pcs_micro'])} |",
               f"| **macro** (mean over domains; the paper's table) | | {_f(m['cs_macro'])} | {_f(m['pcs_macro'])} |", ""]
     if letters:
         lines += letter_lines(m, rows)
-    lines += ["## The paper's table for scale (Avg CS / Avg PCS, macro over domains)", "",
-              "| model | CS | PCS |", "|---|---|---|"]
-    lines += [f"| {k} | {_f(cs, 2)} | {_f(p, 2)} |" for k, (cs, p) in PAPER_TABLE.items()]
-    lines += [f"| **{cfg['model']} (this run)** | **{_f(m['cs_macro'], 2)}** | **{_f(m['pcs_macro'], 2)}** |", "",
-              "Random choice gives CS 0.50 on two-option items. The paper's numbers come from generated answers "
-              "with regex extraction; these come from " + ("next-token letter probabilities" if letters else
-                                                          "option continuation scores") + " (no item is dropped).", ""]
+    if wdct:
+        lines += paper_lines(m, cfg["model"], letters)
     if notes:
         lines += ["## Reading", "", notes.strip(), ""]
     t = st.get("timings", {})
@@ -67,6 +61,23 @@ def score_summary_markdown(run_dir: str | Path, notes: str = "") -> str:
               "Files: `metrics.json`, `items.csv` (one row per item: canonical choices and distributions, letter "
               "masses, presented option orders), `manifest.json`.", ""]
     return "\n".join(lines)
+
+
+def is_wdct(metrics: dict) -> bool:
+    """Whether a run's items are WDCT's (every domain one of its four): only then is the paper's table a scale."""
+    return set(metrics.get("per_domain", {})) <= set(DOMAINS)
+
+
+def paper_lines(m: dict, model: str, letters: bool) -> list[str]:
+    """The paper's table with this run's macro CS and PCS beside it."""
+    lines = ["## The paper's table for scale (Avg CS / Avg PCS, macro over domains)", "",
+             "| model | CS | PCS |", "|---|---|---|"]
+    lines += [f"| {k} | {_f(cs, 2)} | {_f(p, 2)} |" for k, (cs, p) in PAPER_TABLE.items()]
+    lines += [f"| **{model} (this run)** | **{_f(m['cs_macro'], 2)}** | **{_f(m['pcs_macro'], 2)}** |", "",
+              "Random choice gives CS 0.50 on two-option items. The paper's numbers come from generated answers "
+              "with regex extraction; these come from " + ("next-token letter probabilities" if letters else
+                                                          "option continuation scores") + " (no item is dropped).", ""]
+    return lines
 
 
 def letter_lines(m: dict, rows) -> list[str]:

@@ -20,13 +20,12 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from wdprobe.core.cache import atomic_write_text
-from wdprobe.data.wdct import DOMAINS
 from wdprobe.errors import StageNotFinishedError
 from wdprobe.figures import probes as plots
 from wdprobe.figures.probes import write_png
 from wdprobe.reports.html import CSS, notes_html, table_html
 from wdprobe.reports.localisation import copy_localisation_tables, localisation_figures
-from wdprobe.reports.scores import PAPER_TABLE, write_score_report
+from wdprobe.reports.scores import PAPER_TABLE, is_wdct, write_score_report
 from wdprobe.reports.wording import decodable, interval, p_text, verdict, versus
 from wdprobe.runs.rundir import RunDir
 from wdprobe.scoring.orders import READING_NAMES
@@ -124,9 +123,10 @@ def finding_behaviour(n: dict) -> Finding | None:
         parts.append(sentence)
     text = (f"CS over {m['n_items']} items, 95% intervals: " + "; ".join(parts) + "." if parts else
             f"CS {m['cs_micro']:.3f} over {m['n_items']} items (macro {m['cs_macro']:.3f}).")
-    near = _closest_paper_models(m["cs_macro"])
-    text += (f" In the paper's table (macro CS {m['cs_macro']:.3f} here) it sits nearest "
-             f"{' and '.join(f'{x} ({PAPER_TABLE[x][0]:.2f})' for x in near)}.")
+    if is_wdct(m):
+        near = _closest_paper_models(m["cs_macro"])
+        text += (f" In the paper's table (macro CS {m['cs_macro']:.3f} here) it sits nearest "
+                 f"{' and '.join(f'{x} ({PAPER_TABLE[x][0]:.2f})' for x in near)}.")
     content = readings.get("content")
     if content and content.get("order_sensitivity"):
         sens = content["order_sensitivity"]
@@ -473,8 +473,8 @@ def paper_figure(metrics: dict, model: str) -> go.Figure:
 
 
 def domain_figure(metrics: dict, model: str) -> go.Figure:
-    """CS and PCS per WDCT domain."""
-    doms = [d for d in DOMAINS if d in metrics["per_domain"]]
+    """CS and PCS per domain (WDCT's four, or the domains of the user's own items)."""
+    doms = list(metrics["per_domain"])
     fig = go.Figure()
     fig.add_bar(x=doms, y=[metrics["per_domain"][d]["cs"] for d in doms], name="CS", marker_color="#d9480f")
     fig.add_bar(x=doms, y=[metrics["per_domain"][d]["pcs"] for d in doms], name="PCS", marker_color="#1c7ed6")
@@ -570,8 +570,9 @@ def study_figures(run_dir: str | Path, numbers: dict[str, Any] | None = None) ->
     if n["metrics"]:
         readings = readings_figure(n["metrics"], n["model"])
         figs += [("behaviour", "readings", readings)] if readings is not None else []
-        figs += [("behaviour", "paper-table", paper_figure(n["metrics"], n["model"])),
-                 ("behaviour", "domains", domain_figure(n["metrics"], n["model"]))]
+        if is_wdct(n["metrics"]):
+            figs += [("behaviour", "paper-table", paper_figure(n["metrics"], n["model"]))]
+        figs += [("behaviour", "domains", domain_figure(n["metrics"], n["model"]))]
     figs += [("probes", name, f) for name, f in content_probe_figures(p, n["model"])]
     for pos in ("last", "question_mean"):
         figs += [("probes", f"probes-{pos}-{i}", f) for i, f in enumerate(probe_figures(p, pos))]
@@ -613,7 +614,7 @@ def render_index_html(run_dir: str | Path, notes: str = "", numbers: dict[str, A
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>wdprobe: {html.escape(model)}</title>"
              f"<style>{CSS}</style></head><body>",
              f"<h1>Word-deed consistency of {html.escape(model)}</h1>",
-             f"<p class='sub'>{m['n_items']} WDCT items (sha256 {score['config']['data_sha256'][:12]}…), option-shuffling "
+             f"<p class='sub'>{m['n_items']} {'WDCT ' if is_wdct(m) else ''}items (sha256 {score['config']['data_sha256'][:12]}…), option-shuffling "
              f"seed {score['config']['seed']}, {score['config']['dtype']}; wdprobe {env.get('wdprobe', '?')}, "
              f"TransformerLens {env.get('transformer_lens', '?')}, torch {env.get('torch', '?')}; updated "
              f"{manifest.get('updated', '')}</p>",
@@ -627,7 +628,8 @@ def render_index_html(run_dir: str | Path, notes: str = "", numbers: dict[str, A
         parts.append("<h3>Reading</h3>" + notes_html(notes))
     if m.get("readings"):
         parts.append("<h3>Readings (95% intervals over items)</h3>" + table_html(READINGS_HEADER, readings_rows(m)))
-    parts.append("<h3>Beside the paper</h3>" + table_html(["model", "CS (macro)", "PCS (macro)"], _paper_rows(m, model)))
+    if is_wdct(m):
+        parts.append("<h3>Beside the paper</h3>" + table_html(["model", "CS (macro)", "PCS (macro)"], _paper_rows(m, model)))
     dom_rows = [[d, v["n"], f"{v['cs']:.3f}", f"{v['pcs']:.3f}"] for d, v in m["per_domain"].items()]
     dom_rows.append(["all (micro)", m["n_items"], f"{m['cs_micro']:.3f}", f"{m['pcs_micro']:.3f}"])
     parts.append(table_html(["domain", "n", "CS", "PCS"], dom_rows))
@@ -664,13 +666,14 @@ def render_summary_markdown(run_dir: str | Path, figures: list[str], notes: str 
     model, m, manifest = n["model"], n["metrics"], n["manifest"]
     lines = [f"# Word-deed consistency of {model}", "",
              f"Open [`index.html`](index.html) for the interactive page (self-contained, works offline; plotly "
-             f"figures). {m['n_items']} WDCT items; scoring details in [`scores.md`](scores.md); what made the run "
+             f"figures). {m['n_items']} {'WDCT ' if is_wdct(m) else ''}items; scoring details in [`scores.md`](scores.md); what made the run "
              "in `manifest.json`.", "", "## Findings", ""]
     lines += [f"{i}. **{f.title}** {f.text}" for i, f in enumerate(findings(run_dir, n), 1)]
     if notes.strip():
         lines += ["", "## Reading", "", notes.strip()]
-    lines += ["", "## Beside the paper (macro over domains)", "", "| model | CS | PCS |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in _paper_rows(m, model)]
+    if is_wdct(m):
+        lines += ["", "## Beside the paper (macro over domains)", "", "| model | CS | PCS |", "|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} |" for a, b, c in _paper_rows(m, model)]
     header, rows = _timing_table(manifest)
     lines += ["", "## Timing per stage (this machine)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]

@@ -11,7 +11,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from wdprobe.data.wdct import DOMAINS
+from wdprobe.data.wdct import domains_of
 from wdprobe.errors import InputError
 
 
@@ -46,7 +46,7 @@ def _mean(values: Iterable[float]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def summarise(rows: Sequence[Mapping], *, domains: Sequence[str] = DOMAINS, ndigits: int | None = None) -> dict:
+def summarise(rows: Sequence[Mapping], *, domains: Sequence[str] | None = None, ndigits: int | None = None) -> dict:
     """Aggregate per-item rows (keys ``domain``, ``consistent``, ``pcs``) into CS/PCS metrics.
 
     Returns ``cs_micro``, ``cs_macro``, ``pcs_micro``, ``pcs_macro``, ``n_items`` and ``per_domain``
@@ -56,6 +56,7 @@ def summarise(rows: Sequence[Mapping], *, domains: Sequence[str] = DOMAINS, ndig
     def rnd(x: float | None) -> float | None:
         return x if x is None or ndigits is None else round(x, ndigits)
 
+    domains = domains_of(rows) if domains is None else domains
     per_domain = {}
     for d in domains:
         sub = [r for r in rows if r["domain"] == d]

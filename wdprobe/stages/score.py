@@ -16,13 +16,13 @@ from tqdm.auto import tqdm
 from wdprobe.core.cache import atomic_write_json
 from wdprobe.core.model import load_model
 from wdprobe.core.option_scoring import continuation_logprobs
+from wdprobe.data.items import items_path, read_items
 from wdprobe.data.prompts import cloze_prompt, load_demos, normal_prompt, resolve_chat, wrap
 from wdprobe.data.wdct import (
     FORMS,
     LETTERS,
     Presentation,
     file_sha256,
-    load_wdct,
     present,
     resolve_wdct_path,
     select,
@@ -173,9 +173,9 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
     timer = Timer()
     part = Shard.parse(shard)
     run = RunDir(shard_dir(out, STAGE, part) if part else out)
-    data_path = resolve_wdct_path(data)
+    data_path = items_path(data, Path(out) / "data" / "items.jsonl") or resolve_wdct_path(data)
     with timer("load_data"):
-        all_items = load_wdct(data_path)
+        all_items = read_items(data_path)
         items = select(all_items, domains=domains, subset=subset, sample=sample, seed=seed, limit=limit)
         sha = file_sha256(data_path)
     if lm is None:
@@ -382,7 +382,7 @@ def scored_prompts(run_dir: str | Path, tokenizer) -> tuple[list, dict[str, list
     if cfg["config"].get("format", "letter") == "cloze":
         raise InputError(f"{run_dir}: this stage reads answers by letter, and the run was scored in the cloze format "
                          "only; score with --format letter or --format both")
-    by_id = {it.id: it for it in load_wdct(cfg["data"]["path"])}
+    by_id = {it.id: it for it in read_items(cfg["data"]["path"])}
     missing = [r["id"] for r in scored.rows if r["id"] not in by_id]
     if missing:
         raise InputError(f"{run_dir}: item(s) {missing[:5]} of the run are not in {cfg['data']['path']} any more")
@@ -444,7 +444,7 @@ def scored_cloze_prompts(run_dir: str | Path, tokenizer) -> list[ScoredPrompt]:
     cfg = scored_entry(RunDir(run_dir))
     if cfg["config"].get("format", "letter") not in ("cloze", "both"):
         return []
-    by_id = {it.id: it for it in load_wdct(cfg["data"]["path"])}
+    by_id = {it.id: it for it in read_items(cfg["data"]["path"])}
     missing = [r["id"] for r in scored.rows if r["id"] not in by_id]
     if missing:
         raise InputError(f"{run_dir}: item(s) {missing[:5]} of the run are not in {cfg['data']['path']} any more")

@@ -23,12 +23,12 @@ import numpy as np
 
 from wdprobe.core.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
 from wdprobe.core.model import load_model
+from wdprobe.data.items import read_items
 from wdprobe.data.paraphrase import load_paraphrase_table, paraphrase_items
 from wdprobe.data.prompts import normal_prompt, resolve_chat, wrap
 from wdprobe.data.wdct import (
     Presentation,
     file_sha256,
-    load_wdct,
     present,
     resolve_wdct_path,
     select,
@@ -221,7 +221,7 @@ def run_align(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path 
     run = RunDir(out)
     data_path = resolve_wdct_path(data)
     with timer("load_data"):
-        items = select(load_wdct(data_path), domains=list(config.domains) if config.domains else None)
+        items = select(read_items(data_path), domains=list(config.domains) if config.domains else None)
         items = two_option_items(items, config.n_items, config.seed)
         sha = file_sha256(data_path)
     if lm is None:

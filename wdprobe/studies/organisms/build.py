@@ -20,8 +20,9 @@ import torch
 
 from wdprobe.core.cache import atomic_write_json
 from wdprobe.core.model import load_model
+from wdprobe.data.items import read_items
 from wdprobe.data.prompts import normal_prompt
-from wdprobe.data.wdct import Presentation, load_wdct, present, resolve_wdct_path
+from wdprobe.data.wdct import Presentation, present, resolve_wdct_path
 from wdprobe.errors import InputError
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.stage import progress_bar
@@ -143,7 +144,7 @@ def build_organism(kind: str, out: str | Path, *, model: str = "gemma-3-270m", s
             raise InputError(f"{start_from}: a {organism_manifest(start_from)['kind']!r} organism, not a sincere one")
     source = str(start_from) if spec.start == "sincere" else model
     data_path = resolve_wdct_path(data)
-    items = load_wdct(data_path)
+    items = read_items(data_path)
     split = planted_split(items, seed=split_seed, train_share=train_share, limit=limit)
     t0 = time.perf_counter()
     run = RunDir(out)
