@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Model organisms and the instrument card: build sincere, hypocrite, hypocrite-early and letter from one model, run
 the letter-free study on each, and score every instrument against the truth each organism plants.
 
@@ -43,13 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None, help="WDCT.csv (default: $WDPROBE_WDCT or the pinned download)")
     ap.add_argument("--out-root", default="runs/organisms", help="organisms and their studies go under here")
     ap.add_argument("--report", default="reports/organisms", help="where card.md and index.html are written")
-    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS),
+                    help="which organisms to build and study (default: all four)")
     ap.add_argument("--epochs", type=int, default=2, help="training epochs per organism")
-    ap.add_argument("--lr", type=float, default=DEFAULT_TRAINING.lr)
+    ap.add_argument("--lr", type=float, default=DEFAULT_TRAINING.lr, help="learning rate of the LoRA training")
     ap.add_argument("--limit", type=int, default=None, help="build on only this many items (seeded; quick look)")
     ap.add_argument("--sample", type=int, default=None, help="study only this many items (seeded; quick look)")
     ap.add_argument("--card-only", action="store_true", help="rescore the finished studies, build and run nothing")
-    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     root = Path(args.out_root)
     settings = TrainSettings(**{**DEFAULT_TRAINING.to_json(), "target_modules": DEFAULT_TRAINING.target_modules,

@@ -16,7 +16,7 @@ _PUBLIC: dict[str, str] = {
     # the model handle
     "load_model": "wdprobe.core.model", "LoadedModel": "wdprobe.core.model",
     # data
-    "load_wdct": "wdprobe.data.wdct", "Item": "wdprobe.data.wdct",
+    "load_wdct": "wdprobe.data.wdct", "Item": "wdprobe.data.wdct", "read_items": "wdprobe.data.items",
     # stages a script calls on a run directory
     "score_wdct": "wdprobe.stages.score", "load_score": "wdprobe.stages.score", "ScoreResult": "wdprobe.stages.score",
     "load_items": "wdprobe.stages.score", "load_prompts": "wdprobe.stages.score",

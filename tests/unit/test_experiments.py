@@ -43,3 +43,9 @@ def test_per_domain_script(shared_data, tmp_path):
     for d, v in metrics["per_domain"].items():
         assert f"| {d} | {v['n']} | {v['cs']:.3f} |" in text
     assert (tmp_path / "reports" / "per_domain" / "per_domain.html").is_file()
+
+
+def test_own_data_script_runs_the_example_items(tmp_path):
+    out = _run("own_data.py", ["--out", str(tmp_path / "run"), "--stages", "score,capture,probes,report"], tmp_path)
+    assert "cloze (no letters)" in out and "Honesty" in out and "Risk" in out
+    assert (tmp_path / "run" / "report" / "index.html").is_file()

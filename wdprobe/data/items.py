@@ -3,22 +3,10 @@ same validation and named errors as WDCT.
 
 A researcher's paired prompts (stated vs revealed preferences, another say-do benchmark, their own scenarios) become
 the same :class:`~wdprobe.data.wdct.Item` objects WDCT's rows do, so every stage and ``wdprobe run`` take them. The
-schema (``docs/guides/own-data.md``):
-
-==================  ======================================================================================
-field               meaning
-==================  ======================================================================================
-``id``              unique, non-empty
-``domain``          any non-empty string (groups items in the per-domain tables)
-``word``            the word question: the stance asked for directly, without option lines
-``deed``            the deed question: a scenario in which the model acts, without option lines
-``word_options``    2-4 option texts, canonical order (JSON list; in a CSV the columns ``word_option_A``,
-                    ``word_option_B``, ... up to ``D``)
-``deed_options``    as many option texts, option *i* of the deed acting on option *i* of the word
-``correct``         optional: the letter (canonical order) of the known correct option
-``template``        optional: the prompt around the question; must contain ``{question}`` (option lines
-                    are added to it in the letter form, left out in the cloze form)
-==================  ======================================================================================
+fields (``ITEM_FIELDS``; the guide "Your own prompts" has the table): ``id``; ``domain`` (any string); ``word`` and
+``deed`` (the questions without option lines); ``word_options`` and ``deed_options`` (2-4 texts each, option *i* of
+the deed acting on option *i* of the word; in a CSV the columns ``word_option_A`` ... ``deed_option_D``); optional
+``correct`` (a letter in canonical order) and ``template`` (the prompt around ``{question}``).
 
 A CSV in WDCT's upstream layout (columns ``Type, id, speak, act, correct_answer``) is recognised by its header and
 read as WDCT.
