@@ -18,6 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from wdprobe.data.items import read_items
+from wdprobe.data.wdct import domains_of, resolve_wdct_path
 from wdprobe.pipeline.config import StudyConfig
 from wdprobe.pipeline.study import run_study
 from wdprobe.studies.align.finetune import TrainSettings
@@ -25,15 +27,19 @@ from wdprobe.studies.organisms.build import DEFAULT_TRAINING, build_organism, or
 from wdprobe.studies.organisms.card import write_instrument_card
 from wdprobe.studies.organisms.recipes import KINDS
 
-DOMAINS = ["EthV", "Theory"]  # the items with a correct option: where a planted truth exists
+
+def planted_domains(data: str | None) -> list[str]:
+    """The domains whose items name a correct option (WDCT: EthV and Theory): where a planted truth exists."""
+    items = read_items(resolve_wdct_path(data))
+    return domains_of([i for i in items if i.correct is not None])
 
 
 def study_config(organism: Path, out: Path, *, kind: str, data: str | None, sample: int | None) -> StudyConfig:
     """The letter-free study of one organism: cloze form (letter and cloze, in both orders, for the letter habit),
-    EthV and Theory items; positional patching left out (it reads letters and costs minutes per item)."""
+    the items with a correct option; positional patching left out (it reads letters and costs minutes per item)."""
     cfg = StudyConfig(model=str(organism), data=data, out=str(out / "run"), report=str(out / "report"),
                       format="both" if KINDS[kind].answer_format == "letter" else "cloze", orders="cyclic",
-                      domains=list(DOMAINS), sample=sample, png=False)
+                      domains=planted_domains(data), sample=sample, png=False)
     cfg.stages = [s for s in cfg.stages if s != "patch_positional"]
     return cfg
 

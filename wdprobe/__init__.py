@@ -44,6 +44,7 @@ _PUBLIC: dict[str, str] = {
     "AlignConfig": "wdprobe.studies.align.stages", "run_align": "wdprobe.studies.align.stages",
     "build_organism": "wdprobe.studies.organisms.build", "organism_manifest": "wdprobe.studies.organisms.build",
     "instrument_card": "wdprobe.studies.organisms.card", "organism_results": "wdprobe.studies.organisms.card",
+    "Run": "wdprobe.pipeline.results", "StageResults": "wdprobe.pipeline.results",
     "merge_run": "wdprobe.pipeline.merge", "run_sweep": "wdprobe.pipeline.sweep",
     "write_study_report": "wdprobe.reports.study", "compare_runs": "wdprobe.reports.compare",
     # the stage protocol and run directories

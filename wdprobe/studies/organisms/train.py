@@ -70,27 +70,39 @@ def cloze_examples(items: Sequence[Item], aims: dict[str, str | None], tokenizer
     return out
 
 
+def _decoder_and_head(model):
+    """The decoder stack and the output projection of a Hugging Face causal LM (peft-wrapped or plain), and its final
+    logit soft-capping (Gemma 2's; None elsewhere)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings(), getattr(base.config, "final_logit_softcapping", None)
+
+
 def option_scores(model, examples: Sequence[ClozeExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mean, sum)`` log-likelihood of each example's two options, each ``[n, 2]`` (with grad when enabled): one
-    left-padded batch of 2n sequences, the vocabulary projection only on the positions predicting option tokens."""
+    left-padded batch of 2n sequences through the decoder, then the vocabulary projection only on the hidden states
+    that predict an option token (the sum of the options' lengths, not batch x longest option: the projection onto a
+    262k vocabulary is most of the cost)."""
     seqs = [s for e in examples for s in e.sequences()]
     n_opt = torch.tensor([len(o) for e in examples for o in e.option_ids])
     width = max(len(s) for s in seqs)
-    device = next(model.parameters()).device
+    decoder, head, softcap = _decoder_and_head(model)
+    device = head.weight.device
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for r, s in enumerate(seqs):
         ids[r, width - len(s):] = torch.tensor(s)
         mask[r, width - len(s):] = 1
-    m = int(n_opt.max()) + 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                   logits_to_keep=m).logits.float()
-    lp = torch.log_softmax(logits[:, :-1], dim=-1)  # window positions predicting the last m-1 tokens
-    targets = ids[:, width - m + 1:].to(device)
-    tok_lp = lp.gather(-1, targets[..., None])[..., 0]
-    keep = (torch.arange(m - 1)[None] >= (m - 1 - n_opt)[:, None]).to(device)
-    total = (tok_lp * keep).sum(-1)
+    hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device)).last_hidden_state
+    # the option's k-th token (of n) sits at width - n + k and is predicted by the hidden state one position earlier
+    rows = torch.repeat_interleave(torch.arange(len(seqs)), n_opt)
+    offsets = torch.cat([torch.arange(int(n)) for n in n_opt])
+    at = width - torch.repeat_interleave(n_opt, n_opt) + offsets
+    logits = head(hidden[rows.to(device), (at - 1).to(device)]).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    tok_lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[rows, at].to(device)[:, None])[:, 0]
+    total = torch.zeros(len(seqs), dtype=tok_lp.dtype, device=device).index_add(0, rows.to(device), tok_lp)
     mean = total / n_opt.to(device)
     return mean.view(-1, 2), total.view(-1, 2)
 
@@ -136,10 +148,12 @@ def evaluate(model, examples: Sequence[ClozeExample], pad_id: int, *, batch_size
     """Per example: ``[chose target by mean, chose target by sum, chose correct by mean, chose correct by sum]``."""
     out = np.zeros((len(examples), 4), dtype=bool)
     model.eval()
-    for s in range(0, len(examples), batch_size):
-        batch = examples[s: s + batch_size]
-        mean, total = option_scores(model, batch, pad_id)
-        for k, e in enumerate(batch):
+    by_length = sorted(range(len(examples)), key=lambda i: max(map(len, examples[i].sequences())))  # less padding
+    for s in range(0, len(by_length), batch_size):
+        idx = by_length[s: s + batch_size]
+        mean, total = option_scores(model, [examples[i] for i in idx], pad_id)
+        for k, i in enumerate(idx):
+            e = examples[i]
             by_mean, by_sum = int(mean[k].argmax()), int(total[k].argmax())
-            out[s + k] = [by_mean == e.target, by_sum == e.target, by_mean == e.correct, by_sum == e.correct]
+            out[i] = [by_mean == e.target, by_sum == e.target, by_mean == e.correct, by_sum == e.correct]
     return out

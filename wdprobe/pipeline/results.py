@@ -1,0 +1,136 @@
+"""Every finished stage of a run directory as labelled objects, in one call: ``Run("runs/x").probes``.
+
+Stages save long-form tables (one row per item, layer, position, condition, ...), so a stage's results load as
+pandas DataFrames whose columns carry the labels (``pivot_table`` turns any of them into a layer x position array),
+and its JSON summaries as dicts. Captured activations load as :class:`~wdprobe.stages.capture.Activations` (an
+``[prompt, layer, d_model]`` array with one metadata row per prompt). A stage that has not finished is refused by
+name, never read half-written.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from wdprobe.errors import InputError, MissingInputError, StageNotFinishedError
+from wdprobe.pipeline.registry import REGISTRY
+from wdprobe.runs.rundir import RunDir
+from wdprobe.stages.capture import Activations, load_activations
+
+__all__ = ["Run", "StageResults", "RESULT_FILES"]
+
+# What each WDCT stage's results are, as globs relative to the run directory (a stage's outputs also hold parts
+# and HTML figures, which are not results).
+RESULT_FILES: dict[str, tuple[str, ...]] = {
+    "score": ("items.csv", "prompts.csv", "metrics.json"),
+    "capture": (),
+    "probes": ("probes/*.csv", "probes/*.json"),
+    "lens": ("lens/*.csv", "lens/*.json"),
+    "patch_cross": ("patching/cross_form*.csv", "patching/cross_form*.json", "patching/cloze_cross_form*.csv",
+                    "patching/cloze_cross_form*.json"),
+    "patch_positional": ("patching/positional*.csv", "patching/positional*.json"),
+    "steer": ("steering/*.csv", "steering/*.json"),
+    "report": (),
+}
+
+
+class StageResults(Mapping[str, Any]):
+    """One finished stage's tables (DataFrames) and summaries (dicts), keyed by file name without extension
+    (``results["resid_post-last"]``); loaded when first asked for."""
+
+    def __init__(self, stage: str, files: dict[str, Path], entry: dict[str, Any]):
+        self.stage, self._files, self.entry = stage, files, entry
+        self._loaded: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._files:
+            raise KeyError(f"stage {self.stage!r} has no result {key!r}; it has {sorted(self._files)}")
+        if key not in self._loaded:
+            path = self._files[key]
+            self._loaded[key] = pd.read_csv(path) if path.suffix == ".csv" else json.loads(path.read_text())
+        return self._loaded[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    @property
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """Every table of the stage."""
+        return {k: self[k] for k in self._files if self._files[k].suffix == ".csv"}
+
+    @property
+    def result(self) -> Any:
+        """The one-line result the manifest recorded for the stage."""
+        return self.entry.get("result")
+
+    def __repr__(self) -> str:
+        return f"StageResults({self.stage!r}: {', '.join(sorted(self._files))})"
+
+
+class Run:
+    """A run directory read back: ``Run(path).score``, ``.probes``, ``.lens``, ``.patch_cross``,
+    ``.patch_positional``, ``.steer`` (one :class:`StageResults` each, for WDCT runs; ``.stage(name)`` for any
+    registered stage, PCT's included), ``.activations(...)``, ``.items`` and ``.metrics``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "manifest.json").is_file():
+            raise MissingInputError(f"{self.path}: not a run directory (no manifest.json)")
+        self._run = RunDir(self.path)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self._run.read_manifest()
+
+    @property
+    def finished(self) -> list[str]:
+        """The stages that finished, in the order they are recorded."""
+        return [name for name, entry in self.manifest.get("stages", {}).items()
+                if isinstance(entry, dict) and entry.get("complete")]
+
+    def stage(self, name: str) -> StageResults:
+        """A finished stage's results; an unknown or unfinished stage is refused by name."""
+        known = {s.name for study in ("wdct", "pct") for s in REGISTRY.stages(study)}
+        if name not in known:
+            raise InputError(f"unknown stage {name!r}; stages are {sorted(known)}")
+        if not self._run.is_done(name):
+            raise StageNotFinishedError(f"{self.path}: stage {name!r} has not finished (finished: {self.finished})")
+        globs = RESULT_FILES.get(name)
+        if globs is None:  # another study's stage: its declared outputs that are tables or summaries
+            spec = next(s for study in ("wdct", "pct") for s in REGISTRY.stages(study) if s.name == name)
+            globs = tuple(g for g in spec.outputs if g.endswith((".csv", ".json")))
+        files: dict[str, Path] = {}
+        for pattern in globs:
+            for path in sorted(self.path.glob(pattern)):
+                files[path.stem] = path
+        return StageResults(name, files, self._run.stage_entry(name))
+
+    def __getattr__(self, name: str) -> StageResults:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in RESULT_FILES:
+            return self.stage(name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}; stages: {sorted(RESULT_FILES)}")
+
+    @property
+    def items(self) -> pd.DataFrame:
+        """One row per item: choices and distributions per form, consistency in every reading."""
+        return self.stage("score")["items"]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.stage("score")["metrics"]
+
+    def activations(self, hook: str = "resid_post", position: str = "last", *, orders: str = "shown",
+                    answer_format: str = "letter") -> Activations:
+        """Captured activations, ``array[prompt, layer, d_model]`` with ``meta`` (one row per prompt)."""
+        return load_activations(self.path, hook, position, orders=orders, answer_format=answer_format)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}: finished {', '.join(self.finished) or 'nothing'})"
