@@ -276,8 +276,8 @@ def print_status(run_dir: str | Path, study: str) -> None:
         if run.is_done(stage.name) or stage.name in legacy:
             seconds = entry.get("seconds") or entry.get("seconds_total") or sum(entry.get("timings", {}).values())
             state = f"{seconds:8.0f} s  {entry.get('finished', '')}  {entry.get('result', '')}"
-        elif holder and recorded:
-            state = f"       -  running ({holder})"
+        elif holder and (f"; stage {stage.name}" in holder or (recorded and "; stage " not in holder)):
+            state = f"       -  running ({holder.split('; stage')[0]})"
         elif recorded or run.parts_dir(stage.name).is_dir():
             state = "       -  partial (the same command resumes it)"
         else:

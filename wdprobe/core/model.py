@@ -187,6 +187,23 @@ def _is_local(name: str) -> bool:
     return os.path.isdir(os.path.expanduser(name))
 
 
+def quiet_library_progress() -> None:
+    """Silence the libraries' own progress bars and deprecation chatter (transformers' "Loading weights", the hub's
+    downloads): wdprobe draws one display (stages, items, time left), and a second bar would overwrite it."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:  # pragma: no cover - the hub ships with transformers
+        pass
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | None = None, dtype: str | torch.dtype | None = "float32",
                device_map: str | dict | None = None, local_only: bool | None = None, n_devices: int | None = None,
                max_memory: dict | None = None, offload_folder: str | None = None, **hf_kwargs) -> LoadedModel:
@@ -203,6 +220,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, device: str | None = None, 
     from transformer_lens.utilities.multi_gpu import resolve_device_map
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_library_progress()
     t0 = time.perf_counter()
     torch_dtype = parse_dtype(dtype)
     name = name_or_path or DEFAULT_MODEL

@@ -16,6 +16,7 @@ from wdprobe.runs.stage import Stage, StageContext, StageResult
 def run_timed(stage: Stage, ctx: StageContext, settings: Mapping[str, Any]) -> tuple[StageResult, float, float]:
     """Run ``stage`` under the run directory's lock; record it done; return (result, wall s, CPU s)."""
     ctx.run.lock()
+    ctx.run.announce(stage.name)
     t0, c0 = time.perf_counter(), time.process_time()
     result = stage.run(ctx)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -143,6 +143,17 @@ class RunDir:
         fh.flush()
         _HELD_LOCKS[key] = fh
 
+    def announce(self, stage: str) -> None:
+        """Say in the held lock which stage this process is running, so ``wdprobe status`` can show it even
+        before the stage has recorded anything (while the model loads, say)."""
+        fh = _HELD_LOCKS.get(str(self.path.resolve()))
+        if fh is None:
+            return
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {now()}; stage {stage}")
+        fh.flush()
+
     def unlock(self) -> None:
         """Let other processes write here again (called when a stage is done)."""
         fh = _HELD_LOCKS.pop(str(self.path.resolve()), None)

@@ -122,6 +122,30 @@ def test_status_shows_a_stage_another_process_is_running(tiny_lm, wdct_csv, tmp_
     assert "partial" in capsys.readouterr().out.splitlines()[0]
 
 
+def test_status_shows_a_stage_that_has_recorded_nothing_yet_as_running(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from wdprobe.cli import main
+    from wdprobe.runs.rundir import RunDir
+
+    run = tmp_path / "run"
+    RunDir(run).check_or_start("score", {"seed": 0})  # a manifest, and score partial
+    RunDir(run).unlock()
+    holder = subprocess.Popen([sys.executable, "-c", f"from wdprobe.runs.rundir import RunDir; import time; "
+                               f"r = RunDir({str(run)!r}); r.lock(); r.announce('capture'); print('held', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["status", str(run)]) == 0
+        lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+        assert "running (pid" in lines["capture"] and "stage" not in lines["capture"]  # the model may still be loading
+        assert "partial" in lines["score"] and "not run" in lines["probes"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_the_resume_skeleton_loses_at_most_the_chunk_in_flight(tmp_path):
     from wdprobe.runs.rundir import RunDir
     from wdprobe.runs.shards import Shard
