@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from wdprobe.core.cache import atomic_write_text
+from wdprobe.figures.page import figure_html
 
 STANCE_METRICS = {  # metric -> (label, colour, dash)
     "word->word": ("word → word", "#1f77b4", "solid"),
@@ -115,11 +116,10 @@ def domain_figure(summaries: dict, title: str, probe: str = "diffmean") -> go.Fi
     return fig
 
 
-def write_html(figures: Sequence[go.Figure], path: str | Path, heading: str = "", intro: str = "") -> Path:
-    """One self-contained HTML page (plotly.js inlined once; works offline)."""
-    parts = []
-    for i, fig in enumerate(figures):
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
+def write_html(figures: Sequence[go.Figure], path: str | Path, heading: str = "", intro: str = "",
+               root: str | Path | None = None) -> Path:
+    """One HTML page of figures; plotly.js is shared, one copy in ``root`` (default: the page's folder)."""
+    parts = [figure_html(figures, path, root=root, wrap="{}")]
     html = ("<!doctype html><html><head><meta charset='utf-8'><title>" + heading + "</title>"
             "<style>body{font-family:sans-serif;max-width:1300px;margin:2em auto;padding:0 1em}</style></head><body>"
             f"<h1>{heading}</h1>{intro}" + "\n".join(parts) + "</body></html>")
@@ -155,5 +155,25 @@ def write_png(fig: go.Figure, path: str | Path) -> Path | None:
     try:
         fig.write_image(str(path), scale=1.5)
         return Path(path)
-    except Exception:  # no kaleido / no browser on this machine: HTML stays the primary output
+    except Exception as exc:  # no kaleido / no browser on this machine: HTML stays the primary output
+        _png_unavailable(exc)
         return None
+
+
+PNG_MISSING = ("static PNG figures were not written: no PNG exporter here (install wdprobe[png], which brings kaleido "
+               "and its Chromium); the HTML pages have every figure")
+_PNG_WARNED: dict[str, str] = {}
+
+
+def _png_unavailable(exc: Exception) -> None:
+    """Say once per process, on the console, why PNGs are missing; reports read :func:`png_problem` to say it too."""
+    if not _PNG_WARNED:
+        import sys
+
+        _PNG_WARNED["reason"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        print(f"wdprobe: {PNG_MISSING} ({_PNG_WARNED['reason']})", file=sys.stderr)
+
+
+def png_problem() -> str | None:
+    """Why PNG export failed in this process (None if it never did): reports say it where the figures would be."""
+    return f"{PNG_MISSING} ({_PNG_WARNED['reason']})." if _PNG_WARNED else None

@@ -18,6 +18,7 @@ from plotly.subplots import make_subplots
 
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.errors import InputError, MissingInputError
+from wdprobe.figures.page import figure_html
 from wdprobe.figures.probes import rgba
 from wdprobe.reports.html import CSS, table_html
 from wdprobe.reports.study import study_numbers
@@ -167,6 +168,10 @@ def _labels(run_dirs: Sequence[str | Path], labels: Sequence[str] | None, models
     return [f"{n} ({Path(r).name})" if list(models).count(n) > 1 else n for n, r in zip(models, run_dirs)]
 
 
+Y_LABELS = ("CS through the lens", "balanced accuracy", "balanced accuracy", "share of items read alike",
+            "share of inconsistent items", "CS")
+
+
 def curves_figure(curves: Sequence[RunCurves]) -> go.Figure:
     """Overlaid layer curves with their 95% bands: lens CS, probe accuracies, transfer, IC, cross-form flip rate,
     steering CS."""
@@ -210,6 +215,8 @@ def curves_figure(curves: Sequence[RunCurves]) -> go.Figure:
     for r, cl in ((1, 1), (1, 2), (1, 3), (2, 1), (2, 3)):
         fig.add_hline(y=0.5, line=dict(color="grey", dash="dot", width=1), row=r, col=cl)
     fig.update_xaxes(title_text="relative depth" if relative else "layer")
+    for (r, cl), label in zip(((1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)), Y_LABELS):
+        fig.update_yaxes(title_text=label, row=r, col=cl)
     fig.update_layout(template="plotly_white", height=720, width=1180, legend=dict(orientation="h", y=-0.12),
                       title="Layer curves, overlaid, with 95% bands"
                             + (" (different depths: x is layer / (n_layers - 1))" if relative else ""))
@@ -254,7 +261,6 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, labels: Sequen
                       for n, r in zip(names, run_dirs))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>wdprobe compare</title><style>{CSS}</style>"
             f"</head><body><h1>wdprobe: {' vs '.join(html.escape(n) for n in names)}</h1><ul>{sources}</ul>"
-            f"<h2>Numbers</h2>{body}<h2>Layer curves</h2><div class='fig'>"
-            + fig.to_html(full_html=False, include_plotlyjs=True) + "</div></body></html>")
+            f"<h2>Numbers</h2>{body}<h2>Layer curves</h2>" + figure_html([fig], out) + "</body></html>")
     atomic_write_text(out, page)
     return out

@@ -10,7 +10,14 @@ CSS = ("body{font-family:system-ui,sans-serif;max-width:1360px;margin:2em auto;p
        "h1{margin-bottom:0}.sub{color:#666;margin-top:.3em}ol.findings li{margin:.6em 0}"
        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
        "th:first-child,td:first-child{text-align:left}pre{background:#f6f8fa;padding:1em;overflow:auto;font-size:12px}"
-       "nav a{margin-right:1em}.num{font-variant-numeric:tabular-nums}.fig{overflow-x:auto;margin:1em 0}")
+       "nav a{margin-right:1em}.num{font-variant-numeric:tabular-nums}.fig{overflow-x:auto;margin:1em 0}"
+       "details.table{margin:.4em 0}details.table>summary{cursor:pointer;font-weight:600}"
+       ".banner{background:#fff4e6;border-left:4px solid #d9480f;padding:.6em 1em}")
+
+
+def folded(title: str, body: str) -> str:
+    """A table (or any block) folded under its title: pages open with findings and figures, tables on demand."""
+    return f"<details class='table'><summary>{html.escape(title)}</summary>{body}</details>"
 
 
 def table_html(header: list[str], rows: list[list[Any]]) -> str:

@@ -22,8 +22,9 @@ import plotly.graph_objects as go
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.errors import StageNotFinishedError
 from wdprobe.figures import probes as plots
-from wdprobe.figures.probes import write_png
-from wdprobe.reports.html import CSS, notes_html, table_html
+from wdprobe.figures.page import plotly_script
+from wdprobe.figures.probes import png_problem, write_png
+from wdprobe.reports.html import CSS, folded, notes_html, table_html
 from wdprobe.reports.localisation import copy_localisation_tables, localisation_figures
 from wdprobe.reports.scores import PAPER_TABLE, is_wdct, write_score_report
 from wdprobe.reports.wording import decodable, interval, p_text, verdict, versus
@@ -604,8 +605,9 @@ def _timing_table(manifest: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def render_index_html(run_dir: str | Path, notes: str = "", numbers: dict[str, Any] | None = None,
-                      figures: list[tuple[str, str, go.Figure]] | None = None) -> str:
-    """The whole self-contained page as a string (plotly.js inlined once)."""
+                      figures: list[tuple[str, str, go.Figure]] | None = None, page: str | Path = "index.html") -> str:
+    """The whole page as a string: findings, figures, then the tables folded; plotly.js loaded from the copy shared
+    by the page's folder (written there if missing)."""
     n = numbers or study_numbers(run_dir)
     model, m, manifest = n["model"], n["metrics"], n["manifest"]
     score = manifest["stages"]["score"]
@@ -618,7 +620,8 @@ def render_index_html(run_dir: str | Path, notes: str = "", numbers: dict[str, A
              f"seed {score['config']['seed']}, {score['config']['dtype']}; wdprobe {env.get('wdprobe', '?')}, "
              f"TransformerLens {env.get('transformer_lens', '?')}, torch {env.get('torch', '?')}; updated "
              f"{manifest.get('updated', '')}</p>",
-             "<nav><a href='#findings'>Findings</a><a href='#figures'>Figures</a><a href='#timing'>Timing</a>"
+             "<nav><a href='#findings'>Findings</a><a href='#figures'>Figures</a><a href='#tables'>Tables</a>"
+             "<a href='#timing'>Timing</a>"
              "<a href='#manifest'>Manifest</a></nav>",
              "<h2 id='findings'>Findings</h2><ol class='findings'>"]
     for f in findings(run_dir, n):
@@ -626,20 +629,22 @@ def render_index_html(run_dir: str | Path, notes: str = "", numbers: dict[str, A
     parts.append("</ol>")
     if notes.strip():
         parts.append("<h3>Reading</h3>" + notes_html(notes))
-    if m.get("readings"):
-        parts.append("<h3>Readings (95% intervals over items)</h3>" + table_html(READINGS_HEADER, readings_rows(m)))
-    if is_wdct(m):
-        parts.append("<h3>Beside the paper</h3>" + table_html(["model", "CS (macro)", "PCS (macro)"], _paper_rows(m, model)))
-    dom_rows = [[d, v["n"], f"{v['cs']:.3f}", f"{v['pcs']:.3f}"] for d, v in m["per_domain"].items()]
-    dom_rows.append(["all (micro)", m["n_items"], f"{m['cs_micro']:.3f}", f"{m['pcs_micro']:.3f}"])
-    parts.append(table_html(["domain", "n", "CS", "PCS"], dom_rows))
     parts.append("<h2 id='figures'>Figures</h2>")
+    parts.append(plotly_script(page) if figs else "")
     section = None
-    for i, (sec, _, fig) in enumerate(figs):
+    for sec, _, fig in figs:
         if sec != section:
             parts.append(f"<h3>{html.escape(SECTION_TITLES.get(sec, sec))}</h3>")
             section = sec
-        parts.append("<div class='fig'>" + fig.to_html(full_html=False, include_plotlyjs=(i == 0)) + "</div>")
+        parts.append("<div class='fig'>" + fig.to_html(full_html=False, include_plotlyjs=False) + "</div>")
+    parts.append("<h2 id='tables'>Tables</h2>")
+    if m.get("readings"):
+        parts.append(folded("Readings (95% intervals over items)", table_html(READINGS_HEADER, readings_rows(m))))
+    if is_wdct(m):
+        parts.append(folded("Beside the paper", table_html(["model", "CS (macro)", "PCS (macro)"], _paper_rows(m, model))))
+    dom_rows = [[d, v["n"], f"{v['cs']:.3f}", f"{v['pcs']:.3f}"] for d, v in m["per_domain"].items()]
+    dom_rows.append(["all (micro)", m["n_items"], f"{m['cs_micro']:.3f}", f"{m['pcs_micro']:.3f}"])
+    parts.append(folded("CS and PCS by domain", table_html(["domain", "n", "CS", "PCS"], dom_rows)))
     parts.append("<h2 id='timing'>Timing per stage</h2>" + table_html(*_timing_table(manifest)))
     parts.append(f"<p>Machine: {html.escape(env.get('machine', '?'))}, {html.escape(str(env.get('threads', '?')))} "
                  "torch threads.</p>")
@@ -682,6 +687,8 @@ def render_summary_markdown(run_dir: str | Path, figures: list[str], notes: str 
               f"{env.get('wdprobe', '?')}, torch {env.get('torch', '?')}.", ""]
     if figures:
         lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
+    elif png_problem():
+        lines += ["## Figures", "", f"Open `index.html` for the figures: {png_problem()}", ""]
     return "\n".join(lines)
 
 
@@ -710,7 +717,7 @@ def write_study_report(run_dir: str | Path, out_dir: str | Path, *, notes: str =
                                  indent=2) + "\n")
     figs = study_figures(run, numbers)
     page = out / "index.html"
-    atomic_write_text(page, render_index_html(run, notes, numbers, figs))
+    atomic_write_text(page, render_index_html(run, notes, numbers, figs, page=page))
     pngs: list[str] = []
     if png:
         (out / "figures").mkdir(exist_ok=True)

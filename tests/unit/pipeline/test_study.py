@@ -158,7 +158,12 @@ def test_run_study_runs_every_stage_and_reports(study):
     cs = m["readings"]["shown"]["cs"]["micro"]
     assert f"CS over {m['n_items']} items" in html and f"{cs['value']:.3f} [{cs['low']:.3f}, {cs['high']:.3f}]" in html
     assert "CPU s" in html and ">total<" in html  # the timing table, with CPU time where it was recorded
-    assert html.count("<script") >= 8 and "<script src" not in html  # plotly inlined: works offline
+    # plotly.js is shared: one copy beside the page, loaded by a relative script tag (works offline), not inlined
+    from wdprobe.figures.page import PLOTLY_FILE
+    assert html.count(f"<script src='{PLOTLY_FILE}'") == 1 and (cfg.report_dir / PLOTLY_FILE).stat().st_size > 1e6
+    assert len(html.encode()) < 1_000_000 and "Plotly.newPlot" in html
+    order = [html.index(f"id='{a}'") for a in ("findings", "figures", "tables")]  # figures before the folded tables
+    assert order == sorted(order) and "<details class='table'>" in html
     for f in findings(cfg.out_dir):
         assert f.title in (cfg.report_dir / "README.md").read_text()
     assert (cfg.report_dir / "scores.md").is_file() and (cfg.report_dir / "tables" / "cross_form_headline.json").is_file()

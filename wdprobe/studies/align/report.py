@@ -18,8 +18,9 @@ from plotly.subplots import make_subplots
 
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.errors import InputError, StageNotFinishedError
-from wdprobe.figures.probes import write_png
-from wdprobe.reports.html import inline_markdown, notes_html
+from wdprobe.figures.page import figure_html
+from wdprobe.figures.probes import png_problem, write_png
+from wdprobe.reports.html import CSS, folded, inline_markdown, notes_html
 from wdprobe.reports.wording import interval, versus
 from wdprobe.runs.rundir import safe_name
 from wdprobe.scoring.stats import proportion_difference
@@ -420,23 +421,23 @@ def write_alignment_report(run_dirs: Sequence[str | Path], out: str | Path, note
     figs.insert(1, ("consistency", cs_figure(runs)))
     found = findings(runs)
     page = ["<!doctype html><html><head><meta charset='utf-8'><title>Alignment: " + html.escape(model) + "</title>",
-            "<style>body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}"
-            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-            "td:first-child,th:first-child{text-align:left}</style></head><body>",
+            f"<style>{CSS}</style></head><body>",
             f"<h1>Do deeds follow words under alignment? {html.escape(model)}</h1>",
-            "<p>Each run trains one form towards the option <i>opposite</i> to the model's own pre-training answer "
-            "(so every trained answer is a change), SFT then DPO, and evaluates both forms of trained and held-out "
-            "items after every epoch. Rates are in canonical option space.</p>",
-            "<h2>Settings</h2>" + _html_table(SETTINGS_HEADER, settings_rows(runs)),
-            "<h2>Change rates after the last epoch</h2>" + _html_table(RATE_HEADER, rate_rows(runs)),
-            *(["<h3>Read on content choices (each question in both orders: a new letter habit moves nothing)</h3>"
-               + _html_table(CONTENT_RATE_HEADER, content_rate_rows(runs))] if content_rate_rows(runs) else []),
-            "<h2>Findings</h2><ul>" + "".join(f"<li>{inline_markdown(f)}</li>" for f in found) + "</ul>"]
+            "<p class='sub'>Each run trains one form towards the option <i>opposite</i> to the model's own pre-training "
+            "answer (so every trained answer is a change), SFT then DPO, and evaluates both forms of trained and "
+            "held-out items after every epoch. Rates are in canonical option space.</p>",
+            "<nav><a href='#findings'>Findings</a><a href='#figures'>Figures</a><a href='#tables'>Tables</a></nav>",
+            "<h2 id='findings'>Findings</h2><ol class='findings'>" + "".join(f"<li>{inline_markdown(f)}</li>" for f in found)
+            + "</ol>"]
     if notes and notes.strip():
-        page.append("<h2>Reading</h2>" + notes_html(notes))
-    for i, (_, fig) in enumerate(figs):
-        page.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
-    page.append("</body></html>")
+        page.append("<h3>Reading</h3>" + notes_html(notes))
+    page.append("<h2 id='figures'>Figures</h2>" + figure_html([fig for _, fig in figs], out / "index.html"))
+    page += ["<h2 id='tables'>Tables</h2>",
+             folded("Change rates after the last epoch", _html_table(RATE_HEADER, rate_rows(runs))),
+             *([folded("Change rates read on content choices (each question in both orders: a new letter habit moves "
+                       "nothing)", _html_table(CONTENT_RATE_HEADER, content_rate_rows(runs)))]
+               if content_rate_rows(runs) else []),
+             folded("Settings of each run", _html_table(SETTINGS_HEADER, settings_rows(runs))), "</body></html>"]
     atomic_write_text(out / "index.html", "\n".join(page))
     pngs = []
     (out / "figures").mkdir(exist_ok=True)
@@ -461,5 +462,7 @@ def write_alignment_report(run_dirs: Sequence[str | Path], out: str | Path, note
         md += ["", "## Reading", "", notes.strip()]
     if pngs:
         md += ["", "## Figures", ""] + [f"![{Path(p).stem}]({p})" for p in pngs]
+    elif png_problem():
+        md += ["", "## Figures", "", f"Open `index.html` for the figures: {png_problem()}"]
     atomic_write_text(out / "README.md", "\n".join(md) + "\n")
     return out / "index.html"

@@ -15,8 +15,9 @@ from plotly.subplots import make_subplots
 
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.data.pct import ANSWERS
-from wdprobe.figures.probes import PROBE_TITLES, add_band, write_png
-from wdprobe.reports.html import CSS, notes_html, table_html
+from wdprobe.figures.page import figure_html
+from wdprobe.figures.probes import PROBE_TITLES, add_band, png_problem, write_png
+from wdprobe.reports.html import CSS, folded, notes_html, table_html
 from wdprobe.reports.wording import decodable
 from wdprobe.runs.rundir import RunDir
 
@@ -467,7 +468,7 @@ def trope_rows(tr: pd.DataFrame, limit: int = 40) -> list[list[str]]:
 TROPE_HEADER = ["trope", "representative sentence", "prompts", "sentences", "SD", "D", "A", "SA", "top personas"]
 
 
-def render_tropes_html(n: dict[str, Any], run: RunDir) -> str:
+def render_tropes_html(n: dict[str, Any], run: RunDir, page: Path) -> str:
     """``tropes.html``: the bubble chart and every trope with example sentences by stance."""
     tr = n["tropes"]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Tropes: {html.escape(n['model'])}</title>"
@@ -480,7 +481,7 @@ def render_tropes_html(n: dict[str, Any], run: RunDir) -> str:
                  "stance of the text: SD strongly disagree, D disagree, A agree, SA strongly agree.</p>")
     if tr is None or not len(tr):
         return "\n".join(parts + ["<p>No trope recurs often enough.</p></body></html>"])
-    parts.append(trope_bubble_figure(tr).to_html(full_html=False, include_plotlyjs=True))
+    parts.append(figure_html([trope_bubble_figure(tr)], page))
     members = _load(run, "trope_sentences.csv")
     parts.append(table_html(TROPE_HEADER, trope_rows(tr, limit=len(tr))))
     parts.append("<h2>Examples</h2>")
@@ -512,19 +513,20 @@ def write_pct_report(run_dir: str | Path, out_dir: str | Path, *, notes: str | N
             f"<style>{CSS}</style></head><body><h1>Political Compass under personas: {html.escape(n['model'])}</h1>",
             f"<p class='sub'>{html.escape(sel)}. Tropes: <a href='tropes.html'>tropes.html</a>. Made by "
             f"<code>{html.escape(remake_command(manifest, run.path))}</code>.</p>",
-            "<h2>Findings</h2><ol class='findings'>"]
+            "<nav><a href='#findings'>Findings</a><a href='#figures'>Figures</a><a href='#tables'>Tables</a></nav>",
+            "<h2 id='findings'>Findings</h2><ol class='findings'>"]
     page += [f"<li><b>{html.escape(t)}</b> {html.escape(x)}</li>" for t, x in found] + ["</ol>"]
     if notes and notes.strip():
         page.append("<h3>Reading</h3>" + notes_html(notes))
+    page.append("<h2 id='figures'>Figures</h2>" + figure_html([fig for _, fig in figs], out / "index.html"))
+    page.append("<h2 id='tables'>Tables</h2>")
     if n["shifts"] is not None:
-        page.append("<h3>Persona shifts</h3>" + table_html(SHIFT_HEADER, shift_rows(n["shifts"])))
-    for i, (_, fig) in enumerate(figs):
-        page.append("<div class='fig'>" + fig.to_html(full_html=False, include_plotlyjs=(i == 0)) + "</div>")
-    page.append("<h2>Timing per stage</h2>" + table_html(["stage", "wall s", "wall min"], _timings(manifest)))
+        page.append(folded("Persona shifts (one row per persona)", table_html(SHIFT_HEADER, shift_rows(n["shifts"]))))
+    page.append(folded("Timing per stage", table_html(["stage", "wall s", "wall min"], _timings(manifest))))
     page.append("<h2>Manifest</h2><details><summary>manifest.json</summary><pre>" +
                 html.escape(json.dumps(manifest, indent=2, default=str)) + "</pre></details></body></html>")
     atomic_write_text(out / "index.html", "\n".join(page))
-    atomic_write_text(out / "tropes.html", render_tropes_html(n, run))
+    atomic_write_text(out / "tropes.html", render_tropes_html(n, run, out / "tropes.html"))
     pngs = []
     if png:
         (out / "figures").mkdir(exist_ok=True)
@@ -549,5 +551,7 @@ def write_pct_report(run_dir: str | Path, out_dir: str | Path, *, notes: str | N
     md += ["| " + " | ".join(r) + " |" for r in _timings(manifest)]
     if pngs:
         md += ["", "## Figures", ""] + [f"![{Path(p).stem}]({p})" for p in pngs]
+    elif png_problem():
+        md += ["", "## Figures", "", f"Open `index.html` for the figures: {png_problem()}"]
     atomic_write_text(out / "README.md", "\n".join(md) + "\n")
     return out / "index.html"
