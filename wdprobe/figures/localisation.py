@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -208,8 +209,14 @@ def positional_figures(frame, seg_table, layers: Sequence[int], segment_order: S
     at = frame[frame.method == "attribution"].set_index(["id", "layer", "position"])["normalised"].reindex(ex.index)
     if len(ex):
         rho = rank_correlation(at.to_numpy(), ex.to_numpy())
-        fig = go.Figure(go.Scattergl(x=ex.to_numpy(), y=at.to_numpy(), mode="markers", marker=dict(size=4, opacity=0.5),
-                                     text=[f"{i} L{l} p{p}" for i, l, p in ex.index], name="cells"))
+        # thousands of cells: single precision is plenty on screen and halves what the page carries
+        ids = pd.Index(ex.index.get_level_values("id")).unique()
+        cells = np.stack([ids.get_indexer(ex.index.get_level_values("id")), ex.index.get_level_values("layer"),
+                          ex.index.get_level_values("position")], axis=1).astype(np.int16)
+        fig = go.Figure(go.Scattergl(x=ex.to_numpy(np.float32), y=at.to_numpy(np.float32), mode="markers",
+                                     marker=dict(size=4, opacity=0.5), customdata=cells, name="cells",
+                                     hovertemplate="item %{customdata[0]} of the exact set, layer %{customdata[1]}, "
+                                                   "position %{customdata[2]}<br>exact %{x:.3f}, attribution %{y:.3f}"))
         lo, hi = float(np.nanmin([ex.min(), at.min()])), float(np.nanmax([ex.max(), at.max()]))
         fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(color="black", dash="dot"), name="y = x"))
         fig.update_layout(title=f"Attribution vs exact patching<br><sup>every (item, layer, position) cell; "

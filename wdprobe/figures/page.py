@@ -18,11 +18,19 @@ __all__ = ["PLOTLY_FILE", "plotly_script", "figure_html"]
 PLOTLY_FILE = f"plotly-{plotly.__version__}.min.js"  # versioned: pages never load a library they were not made with
 
 
+SEARCH_UP = 3  # a page uses a copy this many folders above it (a report's sub-reports share the report's copy)
+
+
 def plotly_script(page: str | Path, root: str | Path | None = None) -> str:
-    """The ``<script src>`` tag a page at ``page`` loads plotly.js with; the library is written once into ``root``
-    (default: the page's folder) if it is not there yet."""
+    """The ``<script src>`` tag a page at ``page`` loads plotly.js with. The library is the copy in ``root`` if given,
+    else the nearest copy in the page's folder or up to ``SEARCH_UP`` folders above it, else a new copy written into
+    the page's folder."""
     page = Path(page)
-    folder = Path(root) if root is not None else page.parent
+    if root is not None:
+        folder = Path(root)
+    else:
+        above = [page.parent, *list(page.parent.parents)[:SEARCH_UP]]
+        folder = next((f for f in above if (f / PLOTLY_FILE).is_file()), page.parent)
     target = folder / PLOTLY_FILE
     if not target.is_file():
         from plotly.offline import get_plotlyjs

@@ -25,6 +25,8 @@ def test_pages_load_one_shared_copy_of_plotly(tmp_path):
     nested = figure_html([_fig()], tmp_path / "sub" / "page.html", root=tmp_path)  # a page below the shared copy
     assert f"src='../{PLOTLY_FILE}'" in nested and not (tmp_path / "sub").exists()
     assert figure_html([], tmp_path / "empty.html") == ""
+    below = figure_html([_fig()], tmp_path / "x" / "y" / "page.html")  # no root: the nearest copy above is used
+    assert f"src='../../{PLOTLY_FILE}'" in below and not (tmp_path / "x" / "y" / PLOTLY_FILE).exists()
 
 
 def test_missing_png_export_is_said_once(monkeypatch, tmp_path, capsys):
