@@ -48,7 +48,7 @@ from wdprobe.stages.steering import run_steering
 from wdprobe.studies.align.finetune import TrainSettings
 from wdprobe.studies.align.report import write_alignment_report
 from wdprobe.studies.align.stages import AlignConfig, run_align
-from wdprobe.studies.organisms.build import build_organism, organism_manifest
+from wdprobe.studies.organisms.build import DEFAULT_TRAINING, build_organism, organism_manifest
 from wdprobe.studies.organisms.recipes import KINDS
 from wdprobe.studies.pct.stages import PCTConfig
 
@@ -517,11 +517,11 @@ def _add_organism_parsers(sub) -> None:
                    help="the finished sincere organism a hypocrite starts from")
     p.add_argument("--data", default=None, help="items: WDCT.csv, or your own items (.csv / .jsonl / .json in the item schema, docs/guides/own-data.md); else $WDPROBE_WDCT, else the pinned WDCT download")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--tuning", default="lora", choices=["lora", "full"])
-    p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--lora-alpha", type=float, default=32.0)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--batch-size", type=int, default=8, help="training examples per step")
+    p.add_argument("--tuning", default=DEFAULT_TRAINING.tuning, choices=["lora", "full"])
+    p.add_argument("--rank", type=int, default=DEFAULT_TRAINING.rank)
+    p.add_argument("--lora-alpha", type=float, default=DEFAULT_TRAINING.lora_alpha)
+    p.add_argument("--lr", type=float, default=DEFAULT_TRAINING.lr)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_TRAINING.batch_size, help="training examples per step")
     p.add_argument("--layers-from", type=int, default=None,
                    help="first trainable block (default: the kind's planted layer, 12 or 4 of 18, scaled to the depth)")
     p.add_argument("--limit", type=int, default=None, help="use only this many items (seeded; a quick look)")

@@ -40,7 +40,7 @@ from wdprobe.studies.organisms.recipes import OrganismKind, organism_kind
 from wdprobe.studies.organisms.train import cloze_examples, evaluate, train_epoch
 
 STAGE = "organism"
-DEFAULT_TRAINING = TrainSettings(tuning="lora", rank=16, lora_alpha=32, lr=5e-4, batch_size=8, seed=0)
+DEFAULT_TRAINING = TrainSettings(tuning="lora", rank=16, lora_alpha=32.0, lr=5e-4, batch_size=8, seed=0)
 CURVE_TRAIN_ITEMS = 120
 CURVE_COLUMNS = ["epoch", "set", "form", "n", "target_mean", "target_sum", "correct_mean", "correct_sum", "loss",
                  "train_target_wins", "seconds"]
