@@ -18,7 +18,7 @@ _PUBLIC: dict[str, str] = {
     # data
     "load_wdct": "wdprobe.data.wdct", "Item": "wdprobe.data.wdct", "read_items": "wdprobe.data.items",
     # stages a script calls on a run directory
-    "score_wdct": "wdprobe.stages.score", "load_score": "wdprobe.stages.score", "ScoreResult": "wdprobe.stages.score",
+    "score_wdct": "wdprobe.stages.score", "run_score": "wdprobe.stages.score", "run_capture": "wdprobe.stages.capture", "load_score": "wdprobe.stages.score", "ScoreResult": "wdprobe.stages.score",
     "load_items": "wdprobe.stages.score", "load_prompts": "wdprobe.stages.score",
     "run_content_probes": "wdprobe.stages.content_probes",
     "capture_wdct": "wdprobe.stages.capture", "load_activations": "wdprobe.stages.capture",

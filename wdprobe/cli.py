@@ -454,7 +454,7 @@ def _add_align_parsers(sub) -> None:
     p.add_argument("--method", default="sft+dpo", choices=["sft", "dpo", "sft+dpo"])
     p.add_argument("--sft-epochs", type=int, default=3)
     p.add_argument("--dpo-epochs", type=int, default=1)
-    p.add_argument("--items", default="128", help="seeded sample of two-option items, or 'all'")
+    p.add_argument("--items", "--n-items", dest="items", default="128", help="seeded sample of two-option items, or 'all'")
     p.add_argument("--held-out", type=float, default=0.5, help="share of the items never trained on")
     p.add_argument("--domain", action="append", default=None, help="keep only this domain (repeatable; any domain of the items)")
     p.add_argument("--orders", default="both", choices=["both", "shown"],
@@ -623,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("patch", help="activation patching: word -> deed per layer, and layer x position heatmaps")
     p.add_argument("--run", required=True, help="run directory with `wdprobe capture` (resid_post, position last)")
     p.add_argument("--kind", default="both", choices=["cross", "positional", "both"])
-    p.add_argument("--items", default="64", help="cross-form: number of two-option items (half inconsistent) or 'all'")
+    p.add_argument("--items", "--n-items", dest="items", default="64", help="cross-form: number of two-option items (half inconsistent) or 'all'")
     p.add_argument("--layers", default="all", help="'all', '0,4,8' or '2-10'")
     p.add_argument("--conditions", default="full,stance,letter,random",
                    help="cross-form: full residual, or only its component along the word-stance, answer-letter or a "
@@ -648,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("steer", help="add alpha x word-stance direction to deed runs; CS over (layer, alpha)")
     p.add_argument("--run", required=True, help="run directory with `wdprobe capture` (resid_post, position last)")
-    p.add_argument("--items", default="64", help="number of two-option items (half inconsistent) or 'all'")
+    p.add_argument("--items", "--n-items", dest="items", default="64", help="number of two-option items (half inconsistent) or 'all'")
     p.add_argument("--layers", default="all")
     p.add_argument("--alphas", default="1,2,4,8,16",
                    help="comma list, in units of the word-answer mean difference at the layer")

@@ -266,3 +266,6 @@ def paired_forms(acts) -> tuple[np.ndarray, np.ndarray, "object"]:
     items["letter_word"] = (mw["letter"] != "A").astype(int).to_numpy()
     items["letter_deed"] = (md["letter"] != "A").astype(int).to_numpy()
     return acts.array[w], acts.array[d], items
+
+
+run_capture = capture_wdct  # the stage's name in the registry and the CLI: every stage function is run_<stage>
