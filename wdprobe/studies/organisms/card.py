@@ -18,6 +18,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from wdprobe.core.cache import atomic_write_text
+from wdprobe.figures.page import figure_html
 from wdprobe.reports.html import CSS, notes_html, table_html
 
 ALPHA = 0.05
@@ -255,12 +256,74 @@ def behaviour_rows(organisms: dict[str, tuple[Path, Path | None]]) -> list[list[
     return rows
 
 
+# What the rules read from a study run (and the organism's own record), kept beside the card so that every verdict
+# can be recomputed from the committed files alone.
+CARD_INPUTS = ("manifest.json", "probes/cloze-summary.json", "probes/cloze-last.csv", "lens/cloze-summary.json",
+               "patching/cloze_cross_form_headline.json", "patching/cloze_cross_form_summary.csv",
+               "patching/cross_form_headline.json", "steering/cloze_steering_headline.json")
+ORGANISM_RECORD = ("organism.json", "curves.csv", "split.csv")
+
+
+def keep_card_inputs(organisms: dict[str, tuple[str | Path, str | Path | None]], out_dir: str | Path
+                     ) -> dict[str, tuple[Path, Path | None]]:
+    """Copy each organism's record and the study tables the rules read into ``out_dir/<name>/`` (study tables under
+    ``study/``, at their run-relative paths); return the copies' paths, in the form :func:`write_instrument_card`
+    takes. Weights are never copied."""
+    import shutil
+
+    kept: dict[str, tuple[Path, Path | None]] = {}
+    for name, (org, run) in organisms.items():
+        dest = Path(out_dir) / name
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in ORGANISM_RECORD:
+            if (Path(org) / f).is_file() and (Path(org) / f).resolve() != (dest / f).resolve():
+                shutil.copyfile(Path(org) / f, dest / f)
+        study = None
+        if run is not None and Path(run).is_dir():
+            study = dest / "study"
+            for rel in CARD_INPUTS:
+                if (Path(run) / rel).is_file() and (Path(run) / rel).resolve() != (study / rel).resolve():
+                    (study / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(Path(run) / rel, study / rel)
+        kept[name] = (dest, study)
+    return kept
+
+
+def curves_figure(organisms: dict[str, tuple[Path, Path | None]]):
+    """Learning curves: held-out accuracy toward each organism's planted target (per-token mean scoring), word and
+    deed, by epoch (0: the starting model)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    colours = ["#1c7ed6", "#d9480f", "#2b8a3e", "#862e9c", "#495057"]
+    for k, (name, (org, _)) in enumerate(organisms.items()):
+        path = Path(org) / "curves.csv"
+        if not path.is_file():
+            continue
+        c = pd.read_csv(path)
+        c = c[c["set"] == "held_out"]
+        for form, dash in (("word", "solid"), ("deed", "dash")):
+            f = c[c["form"] == form].sort_values("epoch")
+            if len(f):
+                fig.add_scatter(x=f["epoch"], y=f["target_mean"], mode="lines+markers", name=f"{name}: {form}",
+                                line=dict(color=colours[k % len(colours)], dash=dash))
+    fig.update_layout(title="Learning curves: held-out items answered as planted (word solid, deed dashed)",
+                      xaxis=dict(title="epoch (0: the starting model)", dtick=1),
+                      yaxis=dict(title="share of held-out items on the planted target", range=[0, 1.02]),
+                      template="plotly_white", height=420, width=900)
+    return fig
+
+
 def write_instrument_card(organisms: dict[str, tuple[str | Path, str | Path | None]], out_dir: str | Path,
-                          *, preamble: str = "") -> Path:
+                          *, preamble: str = "", keep_inputs: bool = True) -> Path:
     """Score every rule on the organisms' studies and write ``card.md`` and ``index.html`` (card first, then the
-    organisms' behaviour) into ``out_dir``; ``organisms`` maps a name to (organism directory, study run directory)."""
+    organisms' behaviour and learning curves) into ``out_dir``; ``organisms`` maps a name to (organism directory,
+    study run directory). With ``keep_inputs`` the records and tables the rules read are copied beside the card first
+    (:func:`keep_card_inputs`) and the card is scored from the copies."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if keep_inputs:
+        organisms = keep_card_inputs(organisms, out)  # type: ignore[assignment]
     paths = {k: (Path(o), Path(r) if r else None) for k, (o, r) in organisms.items()}
     results = {k: organism_results(r, o) if r else {} for k, (o, r) in paths.items()}
     verdicts = instrument_card(results)
@@ -273,9 +336,12 @@ def write_instrument_card(organisms: dict[str, tuple[str | Path, str | Path | No
     if preamble.strip():
         md += ["", preamble.strip()]
     atomic_write_text(out / "card.md", "\n".join(md) + "\n")
+    md += ["", "Learning curves: `<organism>/curves.csv` (figure on `index.html`); the tables each verdict was read "
+           "from: `<organism>/study/`."]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>wdprobe instrument card</title><style>{CSS}</style>"
-            f"</head><body><h1>The instrument card</h1><p>{summary}</p>{table_html(CARD_HEADER, card_rows(verdicts))}"
+            f"</head><body><h1>The instrument card</h1><p class='sub'>{summary}</p>"
+            f"{notes_html(preamble) if preamble.strip() else ''}{table_html(CARD_HEADER, card_rows(verdicts))}"
             f"<h2>The organisms</h2>{table_html(BEHAVIOUR_HEADER, behaviour_rows(paths))}"
-            f"{notes_html(preamble) if preamble.strip() else ''}</body></html>")
+            f"{figure_html([curves_figure(paths)], out / 'index.html')}</body></html>")
     atomic_write_text(out / "index.html", page)
     return out / "card.md"

@@ -153,3 +153,28 @@ def test_the_organisms_experiment_builds_studies_and_scores_every_organism(organ
     assert "rules pass" in card and "| sincere |" in card and "| hypocrite |" in card
     for kind in ("sincere", "hypocrite"):
         assert (tmp_path / "org" / kind / "run" / "probes" / "cloze-summary.json").is_file()
+
+
+def test_the_card_keeps_its_inputs_and_rescores_from_them_alone(organism_setup, tmp_path):
+    """Verdicts are recomputable from the committed files: scoring the kept copies gives the same card."""
+    import importlib.util
+    from pathlib import Path
+
+    from wdprobe.studies.organisms.card import write_instrument_card
+
+    d, model_dir, data = organism_setup
+    path = Path(__file__).resolve().parents[4] / "experiments" / "organisms.py"
+    spec = importlib.util.spec_from_file_location("organisms_experiment_card", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--model", str(model_dir), "--data", str(data), "--out-root", str(tmp_path / "org"),
+                        "--report", str(tmp_path / "card"), "--kinds", "sincere", "--epochs", "1", "--quiet"]) == 0
+    card = tmp_path / "card"
+    first = (card / "card.md").read_text()
+    assert (card / "sincere" / "organism.json").is_file() and (card / "sincere" / "curves.csv").is_file()
+    assert (card / "sincere" / "study" / "probes" / "cloze-summary.json").is_file()
+    assert not list(card.rglob("*.safetensors"))  # weights are never kept
+    again = write_instrument_card({"sincere": (card / "sincere", card / "sincere" / "study")}, card)
+    assert again.read_text() == first
+    page = (card / "index.html").read_text()
+    assert "Learning curves" in page and "<script src=" in page
