@@ -35,6 +35,8 @@ def test_cs_micro_and_macro_hand_computed():
     assert set(s["per_domain"]) == {"Opinion", "Theory"}
 
 
-def test_unknown_domain_rejected():
-    with pytest.raises(ValueError, match="Other"):
-        summarise([{"domain": "Other", "consistent": 1, "pcs": 1.0}])
+def test_domains_are_the_rows_own_unless_named():
+    rows = [{"domain": "Other", "consistent": 1, "pcs": 1.0}, {"domain": "EthV", "consistent": 0, "pcs": 0.5}]
+    assert list(summarise(rows)["per_domain"]) == ["EthV", "Other"]  # WDCT's domains first, then the rest
+    with pytest.raises(ValueError, match=r"rows have domains \['Other'\] outside \['EthV'\]"):
+        summarise(rows, domains=["EthV"])
