@@ -190,7 +190,9 @@ def stance_directions(run_dir: str | Path, pairs: PairSet, layers: Sequence[int]
     slots = [captured.index(l) for l in layers]
     y, letter = items["y_word"].to_numpy(), items["letter_word"].to_numpy()
     dirs, fold_of, gaps = crossfit_directions(word[:, slots], y, folds=folds, balance=letter)
-    letter_dirs, _, _ = crossfit_directions(word[:, slots], letter, folds=folds, balance=y)
+    # a model that says one letter on every word prompt (a planted letter habit) has no letter direction to estimate
+    letter_dirs = (crossfit_directions(word[:, slots], letter, folds=folds, balance=y)[0]
+                   if len(set(letter.tolist())) > 1 else None)
     pos = {iid: k for k, iid in enumerate(items["id"])}
     missing_ids = [i for i in pairs.items["id"] if i not in pos]
     if missing_ids:
@@ -201,8 +203,8 @@ def stance_directions(run_dir: str | Path, pairs: PairSet, layers: Sequence[int]
     rand = rng.standard_normal((len(layers), word.shape[-1]))
     rand /= np.linalg.norm(rand, axis=-1, keepdims=True)
     norm = np.linalg.norm(deed[:, slots], axis=-1).mean(0)
-    return Directions(tuple(layers), stance, letter_dirs[fold_of[idx]], gaps[fold_of[idx]], rand, norm,
-                      word[idx][:, slots])
+    return Directions(tuple(layers), stance, None if letter_dirs is None else letter_dirs[fold_of[idx]],
+                      gaps[fold_of[idx]], rand, norm, word[idx][:, slots])
 
 
 def order_averaged(values: np.ndarray, meta, form: str) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -102,6 +102,10 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
                                 **({"shard": str(part)} if part else {})})
     pairs = load_pairs(run.path, lm.tokenizer, n_items=n_items, seed=seed)
     dirs = stance_directions(run.path, pairs, layers, folds=folds, seed=seed)
+    if dirs.letter is None and "letter" in conditions:  # every word answer said one letter: no letter direction
+        conditions = [c for c in conditions if c != "letter"]
+        work.update_stage(stage, skipped_conditions={"letter": "every word answer says the same letter, so no letter "
+                                                               "direction can be estimated"})
     ids = pairs.items["id"]
     done = saved_ids(work, stage)
     todo = work_left(range(len(pairs)), done, key=lambda i: ids[i], shard=part)
@@ -121,7 +125,8 @@ def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: st
         rep = idx * copies
         f = cross_form_patching(lm, prompts, dirs.word_sources[rep], toward, away, pairs.token_ids, layers,
                                 conditions=conditions, stance_dirs=dirs.stance[rep], random_dirs=dirs.random,
-                                letter_dirs=dirs.letter[rep], batch_size=batch_size, progress=bar.update)
+                                letter_dirs=None if dirs.letter is None else dirs.letter[rep], batch_size=batch_size,
+                                progress=bar.update)
         f["id"] = [ids[rep[k]] for k in f["item"]]
         f["deed_order"] = np.where(f["item"] < len(idx), "shown", "swapped")
         return f[PATCH_COLUMNS].to_dict("records")

@@ -439,3 +439,30 @@ def test_best_setting_falls_back_to_cs_when_a_sample_has_no_inconsistent_item():
                           for c, l, cs in (("stance", 0, 0.7), ("stance", 1, 0.9), ("random", 0, 0.5), ("random", 1, 0.6))])
     best = best_setting(table, key="cs_balanced")
     assert best["layer"] == 1 and best["selected_by"] == "cs" and best["random"]["cs"] == 0.6
+
+
+def test_a_model_that_says_one_letter_everywhere_is_patched_without_a_letter_direction(tiny_run, tmp_path, monkeypatch):
+    """A planted letter habit (every word answer the same letter) leaves no letter direction to estimate: the letter
+    condition is left out and recorded as skipped, instead of the stage failing."""
+    import shutil
+
+    import wdprobe.stages.pairs as pairs_module
+    from wdprobe.runs.rundir import RunDir
+    from wdprobe.stages.patching import run_cross_patch
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("patching", "steering", "*.lock"))
+    real = pairs_module.paired_forms
+
+    def one_letter(acts):
+        word, deed, items = real(acts)
+        items = items.copy()
+        items["letter_word"] = 0
+        return word, deed, items
+
+    monkeypatch.setattr(pairs_module, "paired_forms", one_letter)
+    run_cross_patch(run, n_items=8, progress=False)
+    frame = pd.read_csv(run / "patching" / "cross_form.csv")
+    assert set(frame.condition) == {"clean", "full", "stance", "random"}
+    skipped = RunDir(run).stage_entry("patch_cross")["skipped_conditions"]
+    assert "same letter" in skipped["letter"]
