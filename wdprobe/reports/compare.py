@@ -65,6 +65,8 @@ def _share_band(share: pd.Series, n: Any) -> pd.DataFrame:
 
 def _probe_curves(p: Path) -> tuple[dict[str, pd.DataFrame | None], bool]:
     content = p / "probes" / "content-last.csv"
+    if not content.is_file():  # a cloze-only run: its probes decode the cloze choice (same table layout)
+        content = p / "probes" / "cloze-last.csv"
     if content.is_file():
         c = pd.read_csv(content)
         out = {}
@@ -94,12 +96,16 @@ def run_curves(run_dir: str | Path, label: str) -> RunCurves:
 
     p = Path(run_dir)
     lens = p / "lens" / "summary.json"
+    if not lens.is_file():  # a cloze-only run: the lens read at the decision point
+        lens = p / "lens" / "cloze-summary.json"
     lens_cs = None
     if lens.is_file():
         every = json.loads(lens.read_text())["all"]
         lens_cs = _share_band(pd.Series(every["lens_cs"]), every["n"])
     probes, content = _probe_curves(p)
     cross_csv = p / "patching" / "cross_form_summary.csv"
+    if not cross_csv.is_file():
+        cross_csv = p / "patching" / "cloze_cross_form_summary.csv"
     cross = None
     if cross_csv.is_file():
         c = pd.read_csv(cross_csv)

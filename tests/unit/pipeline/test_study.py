@@ -185,6 +185,10 @@ def test_a_cloze_only_study_runs_to_its_report(tiny_model_dir, tiny_lm, tmp_path
         assert (cfg.out_dir / rel).exists(), rel
     for rel in ("patching/cross_form.csv", "steering/steering_headline.json"):  # no letters: nothing read by letter
         assert not (cfg.out_dir / rel).exists(), rel
+    from wdprobe.reports.compare import run_curves  # a comparison draws a cloze-only run's own curves
+    curves = run_curves(cfg.out_dir, "cloze")
+    assert curves.lens_cs is not None and curves.probe_word is not None and curves.cross_flip is not None
+    assert len(curves.lens_cs) == len(curves.probe_word) == 2
     assert any("positional patching reads answers by letter" in m for m in messages)
     text = (cfg.report_dir / "README.md").read_text()
     assert "In the cloze form (no options shown, no letters)" in text and "In the cloze form (" in text
