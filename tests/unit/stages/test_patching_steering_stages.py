@@ -461,7 +461,7 @@ def test_a_model_that_says_one_letter_everywhere_is_patched_without_a_letter_dir
         return word, deed, items
 
     monkeypatch.setattr(pairs_module, "paired_forms", one_letter)
-    run_cross_patch(run, n_items=8, progress=False)
+    run_cross_patch(run, n_items=8, progress=False, restart=True)  # the copied run may hold another test's patch
     frame = pd.read_csv(run / "patching" / "cross_form.csv")
     assert set(frame.condition) == {"clean", "full", "stance", "random"}
     skipped = RunDir(run).stage_entry("patch_cross")["skipped_conditions"]
