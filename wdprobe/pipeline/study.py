@@ -85,8 +85,7 @@ def run_study(cfg: StudyConfig, *, progress: bool = True, restart: Sequence[str]
     from tqdm.auto import tqdm
 
     cfg.validate()
-    if items is not None:
-        read_items(items)  # validate before writing anything
+    if items is not None:  # items_path validates them before it writes anything
         cfg = replace(cfg, data=str(items_path(items, Path(cfg.out_dir) / "data" / "items.jsonl")))
     check_inputs(cfg)
     bad = [s for s in restart if s not in restartable()]
