@@ -25,6 +25,7 @@ from wdprobe.core.forward import (
     encode_prompts,
     length_batches,
 )
+from wdprobe.core.packing import Tree, pack_trees, packed_forward, tree_batches
 from wdprobe.errors import CaptureSpecError, InterventionError
 from wdprobe.methods.capture import CaptureSpec
 
@@ -99,6 +100,26 @@ def _apply(x: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, kind: torch.T
 _KIND_CODE = {"set": 0, "add": 1, "project": 2}
 
 
+def _setter_hooks(per_hook: Mapping[str, Sequence[tuple[int, int, int, torch.Tensor, torch.Tensor]]],
+                  device) -> list[tuple[str, Callable]]:
+    """One vectorised hook per hook point from its setters ``(row, column, kind code, value, direction)``."""
+    hooks = []
+    for name, ivs in per_hook.items():
+        rows = torch.tensor([i[0] for i in ivs], device=device)
+        pos = torch.tensor([i[1] for i in ivs], device=device)
+        kind = torch.tensor([i[2] for i in ivs], device=device)
+        value = torch.stack([i[3] for i in ivs]).float().to(device)
+        direction = torch.stack([i[4] for i in ivs]).float().to(device)
+
+        def hook(x, hook=None, rows=rows, pos=pos, kind=kind, value=value, direction=direction, name=name):
+            if x.shape[-1] != value.shape[-1]:
+                raise InterventionError(f"{name}: activation width {x.shape[-1]}, intervention vectors {value.shape[-1]}")
+            return _apply(x, rows, pos, kind, value, direction)
+
+        hooks.append((name, hook))
+    return hooks
+
+
 def _hooks_for_batch(batch_rows: Sequence[Row], lengths: Sequence[int], T: int, device, n_layers: int,
                      hook_dict: Mapping[str, object]) -> list[tuple[str, Callable]]:
     per_hook: dict[str, list[tuple[int, int, int, torch.Tensor, torch.Tensor]]] = {}
@@ -114,22 +135,7 @@ def _hooks_for_batch(batch_rows: Sequence[Row], lengths: Sequence[int], T: int, 
             p = T + iv.position if iv.position < 0 else T - n + iv.position
             d = iv.direction if iv.direction is not None else torch.zeros_like(iv.value)
             per_hook.setdefault(iv.hook, []).append((r, p, _KIND_CODE[iv.kind], iv.value, d))
-    hooks = []
-    for name, ivs in per_hook.items():
-        rows = torch.tensor([i[0] for i in ivs], device=device)
-        pos = torch.tensor([i[1] for i in ivs], device=device)
-        kind = torch.tensor([i[2] for i in ivs], device=device)
-        value = torch.stack([i[3] for i in ivs]).float().to(device)
-        direction = torch.stack([i[4] for i in ivs]).float().to(device)
-
-        def hook(x, hook=None, rows=rows, pos=pos, kind=kind, value=value, direction=direction):
-            if x.shape[-1] != value.shape[-1]:
-                raise InterventionError(f"{hook.name if hook else name}: activation width {x.shape[-1]}, "
-                                        f"intervention vectors {value.shape[-1]}")
-            return _apply(x, rows, pos, kind, value, direction)
-
-        hooks.append((name, hook))
-    return hooks
+    return _setter_hooks(per_hook, device)
 
 
 @torch.no_grad()
@@ -258,16 +264,7 @@ def _packed_forward(lm, seqs, seq_rows: Sequence[Sequence[Row]], n_layers: int):
                                             f"(residual hooks are blocks.0..{n_layers - 1}.hook_resid_pre/mid/post)")
                 d = iv.direction if iv.direction is not None else torch.zeros_like(iv.value)
                 per_hook.setdefault(iv.hook, []).append((b, first + c, _KIND_CODE[iv.kind], iv.value, d))
-    hooks = []
-    for name, ivs in per_hook.items():
-        t = [torch.tensor([i[k] for i in ivs], device=lm.device) for k in range(3)]
-        value = torch.stack([i[3] for i in ivs]).float().to(lm.device)
-        direction = torch.stack([i[4] for i in ivs]).float().to(lm.device)
-
-        def hook(x, hook=None, t=t, value=value, direction=direction):
-            return _apply(x, t[0], t[1], t[2], value, direction)
-
-        hooks.append((name, hook))
+    hooks = _setter_hooks(per_hook, lm.device)
 
     def keep_copies(x, hook=None):
         return x[:, L - rmax:, :]
@@ -317,3 +314,57 @@ def packing_works(lm, prompt: str, tol: float = 1e-3) -> bool:
         except Exception:  # a model whose forward rejects 4D masks or position ids: use separate rows
             _PACKING_VERIFIED[key] = False
     return _PACKING_VERIFIED[key]
+
+
+# ---- shared-prefix trees: interventions on branches after a common prefix ----------------------------
+
+@torch.no_grad()
+def run_tree_interventions(lm, trees: Sequence[Tree], interventions: Sequence[Sequence[Sequence[Intervention]]],
+                           token_ids: Sequence[int], *, max_batch_tokens: int | None | str = "auto",
+                           progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+    """Next-token log-probabilities of ``token_ids`` at the end of every branch of every tree, with
+    ``interventions[t][k]`` applied to branch k of tree t: one ``[n_branches, len(token_ids)]`` array per tree.
+
+    Intervention positions index the branch's logical sequence (prefix + branch) and must lie in the branch: the
+    prefix is shared by every branch, so an intervention there is refused. Each branch computes what the
+    sequence ``prefix + branch`` under its own interventions computes alone (:mod:`wdprobe.core.packing`).
+    ``progress(n)`` is called with the number of branches finished."""
+    if len(interventions) != len(trees) or any(len(iv) != len(t.branches) for iv, t in zip(interventions, trees)):
+        raise InterventionError("interventions must give one list per branch of every tree")
+    hook_dict = lm.bridge.hook_dict
+    ids = torch.tensor(list(token_ids), device=lm.device)
+    budget = default_batch_tokens(lm.device) if max_batch_tokens == "auto" else max_batch_tokens
+    dtype = next(lm.hf_model.parameters()).dtype
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    out: list[np.ndarray] = [np.zeros((len(t.branches), len(ids))) for t in trees]
+    for chosen in tree_batches(trees, budget if budget is not None else 8192):
+        packed = pack_trees([trees[t] for t in chosen], pad_id=pad, dtype=dtype, device=lm.device)
+        per_hook: dict[str, list[tuple[int, int, int, torch.Tensor, torch.Tensor]]] = {}
+        reads = []
+        for r, t in enumerate(chosen):
+            tree = trees[t]
+            P = len(tree.prefix)
+            for k, branch in enumerate(tree.branches):
+                n = P + len(branch)
+                for iv in interventions[t][k]:
+                    if iv.hook not in hook_dict:
+                        raise InterventionError(f"hook {iv.hook!r} does not exist in this model "
+                                                f"(residual hooks are blocks.0..{lm.n_layers - 1}.hook_resid_pre/mid/post)")
+                    pos = iv.position if iv.position >= 0 else n + iv.position
+                    if not P <= pos < n:
+                        raise InterventionError(f"tree {t}, branch {k}: position {iv.position} at {iv.hook} is not in "
+                                                f"the branch (tokens {P}..{n - 1}); the shared prefix cannot be patched")
+                    d = iv.direction if iv.direction is not None else torch.zeros_like(iv.value)
+                    per_hook.setdefault(iv.hook, []).append((r, packed.columns[r][k][pos], _KIND_CODE[iv.kind],
+                                                             iv.value, d))
+                reads.append((r, packed.columns[r][k][n - 1]))
+        logits = packed_forward(lm, packed, reads, _setter_hooks(per_hook, lm.device))
+        lp = torch.log_softmax(logits.float(), -1)[:, ids].cpu().numpy()
+        i = 0
+        for t in chosen:
+            k = len(trees[t].branches)
+            out[t] = lp[i: i + k]
+            i += k
+            if progress:
+                progress(k)
+    return out

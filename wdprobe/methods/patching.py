@@ -21,17 +21,21 @@ import numpy as np
 import torch
 
 from wdprobe.core.forward import encode_prompts
+from wdprobe.core.packing import Tree, common_prefix_length, fits_window
 from wdprobe.errors import InterventionError, TokenAlignmentError
 from wdprobe.methods.capture import presentation_spans
 from wdprobe.methods.interventions import (
     Intervention,
     Row,
+    packing_works,
     residuals_at,
     run_interventions,
+    run_tree_interventions,
 )
 from wdprobe.scoring.stats import bootstrap_interval, sign_flip_max_test
 
 CROSS_CONDITIONS = ("full", "stance", "letter", "random")
+ROW_TOKENS = 512  # packed row length exact patching aims for: longer rows pay the dense mask's quadratic attention
 
 
 
@@ -294,30 +298,68 @@ def _letter_logodds(lp: np.ndarray) -> np.ndarray:
 
 def exact_patching(lm, clean: Sequence[str], counterfactual: Sequence[str], hooks: Sequence[str],
                    token_ids: Sequence[int], *, batch_size: int = 64, max_batch_tokens: int | None | str = "auto",
-                   progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+                   progress: Callable[[int], None] | None = None, shared_prefix: bool | str = "auto",
+                   row_tokens: int = ROW_TOKENS) -> list[dict[str, Any]]:
     """Exact denoising patching: each clean activation (hook, position) into the counterfactual run.
 
-    Every patch is one row; rows of all items share batched forward passes. Returns per item
-    ``{"clean", "counterfactual", "patched": [n_hooks, T]}`` as log-odds of ``token_ids[0]`` over ``token_ids[1]``.
+    A patch at position p leaves every earlier position of the counterfactual run untouched, so the patches at p
+    share that prefix: it runs once, followed by one copy of positions p..T-1 per patched hook (a shared-prefix
+    tree, :mod:`wdprobe.core.packing`; copies split so a packed row stays near ``row_tokens``). Positions before the
+    first token where clean and counterfactual differ hold the same activations in both runs, so patching them
+    changes nothing: their entries are the counterfactual's log-odds without a forward. Each patch computes
+    what its own full forward computes. ``shared_prefix=False`` (or a model that does not honour packed masks, or
+    a prompt longer than its sliding window) runs every patch as its own row of batched forwards instead.
+    Returns per item ``{"clean", "counterfactual", "patched": [n_hooks, T]}`` as log-odds of ``token_ids[0]``
+    over ``token_ids[1]``.
     """
     _check_pairs(lm, clean, counterfactual)
     acts = residuals_at(lm, list(clean), list(hooks))
     prompts = list(clean) + list(counterfactual)
     n = len(clean)
-    rows: list[Row] = [Row(i) for i in range(2 * n)]
-    index = []
+    base = _letter_logodds(run_interventions(lm, prompts, [Row(i) for i in range(2 * n)], token_ids[:2],
+                                             batch_size=batch_size, max_batch_tokens=max_batch_tokens))
+    out = [{"clean": float(base[i]), "counterfactual": float(base[n + i]),
+            "patched": np.zeros((len(hooks), acts[hooks[0]][i].shape[0]))} for i in range(n)]
+    cf_tokens = [encode_prompts(lm.tokenizer, [c], "cpu")["input_ids"][0].tolist() for c in counterfactual]
+    longest = max((len(t) for t in cf_tokens), default=0)
+    use_trees = shared_prefix is True or (
+        shared_prefix == "auto" and n > 0 and fits_window(lm, longest) and packing_works(lm, counterfactual[0]))
+    if shared_prefix is True and not fits_window(lm, longest):
+        raise InterventionError(f"a counterfactual of {longest} tokens is longer than the model's sliding window: "
+                                "use shared_prefix='auto' or False")
+    if use_trees:
+        trees, interventions, index = [], [], []
+        for i in range(n):
+            T = len(cf_tokens[i])
+            clean_tokens = encode_prompts(lm.tokenizer, [clean[i]], "cpu")["input_ids"][0].tolist()
+            first = common_prefix_length([clean_tokens, cf_tokens[i]])
+            # before the first differing token both runs hold the same activations (causal attention): a patch
+            # there writes the value already present, and the patched run is the counterfactual run itself
+            out[i]["patched"][:, :first] = out[i]["counterfactual"]
+            for p in range(first, T):
+                copies = max(1, min(len(hooks), (row_tokens - p) // (T - p)))
+                for s0 in range(0, len(hooks), copies):
+                    hs = range(s0, min(len(hooks), s0 + copies))
+                    trees.append(Tree(tuple(cf_tokens[i][:p]), tuple(tuple(cf_tokens[i][p:]) for _ in hs)))
+                    interventions.append([[Intervention(hooks[h], p, "set", acts[hooks[h]][i][p])] for h in hs])
+                    index.append([(i, h, p) for h in hs])
+        lps = run_tree_interventions(lm, trees, interventions, token_ids[:2], max_batch_tokens=max_batch_tokens,
+                                     progress=progress)
+        for keys, lp in zip(index, lps):
+            for (i, h, p), v in zip(keys, _letter_logodds(lp)):
+                out[i]["patched"][h, p] = v
+        return out
+    rows: list[Row] = []
+    index_rows = []
     for i in range(n):
         T = acts[hooks[0]][i].shape[0]
         for h, hook in enumerate(hooks):
             for p in range(T):
                 rows.append(Row(n + i, [Intervention(hook, p, "set", acts[hook][i][p])]))
-                index.append((i, h, p))
+                index_rows.append((i, h, p))
     lp = run_interventions(lm, prompts, rows, token_ids[:2], batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                            progress=progress)
-    lo = _letter_logodds(lp)
-    out = [{"clean": float(lo[i]), "counterfactual": float(lo[n + i]),
-            "patched": np.zeros((len(hooks), acts[hooks[0]][i].shape[0]))} for i in range(n)]
-    for (i, h, p), v in zip(index, lo[2 * n:]):
+    for (i, h, p), v in zip(index_rows, _letter_logodds(lp)):
         out[i]["patched"][h, p] = v
     return out
 

@@ -110,13 +110,17 @@ def test_prefix_shared_copies_equal_separate_rows(tiny_lm):
     np.testing.assert_allclose(shared, separate, atol=1e-5)
 
 
-def test_batched_exact_patching_equals_one_patch_per_forward(tiny_lm):
+@pytest.mark.parametrize("shared_prefix", [False, True])
+def test_batched_exact_patching_equals_one_patch_per_forward(tiny_lm, shared_prefix):
     hooks = [resid_hook(l, k, 2) for l in (0, 1) for k in ("resid_pre", "resid_post")]
     ids = [tiny_lm.tokenizer.convert_tokens_to_ids(t) for t in ("A", "B")]
-    batched = exact_patching(tiny_lm, CLEAN, CF, hooks, ids, batch_size=7)
+    # row_tokens=20 splits each position's copies over several packed rows
+    batched = exact_patching(tiny_lm, CLEAN, CF, hooks, ids, batch_size=7, shared_prefix=shared_prefix, row_tokens=20)
     for i in range(2):
         one = exact_patching_one_by_one(tiny_lm, CLEAN[i], CF[i], hooks, ids)
         np.testing.assert_allclose(batched[i]["patched"], one, atol=1e-5)
+        # before the option words the prompts agree: those patches leave the counterfactual run as it was
+        assert np.allclose(one[:, :5], batched[i]["counterfactual"], atol=1e-5)
     # patching resid_pre of layer 0 at every position turns the counterfactual into the clean run
     assert batched[0]["patched"].shape == (4, len(tiny_lm.tokenizer(CLEAN[0])["input_ids"]))
 

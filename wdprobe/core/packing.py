@@ -1,0 +1,167 @@
+"""Shared-prefix packing: sequences that begin alike run their common prefix once.
+
+A *tree* is a prefix and several branches (continuations). Packed into one row, the prefix comes first and the
+branches follow one after another; a 4D attention mask lets each branch token see the prefix and the earlier
+tokens of its own branch only, and position ids restart at the prefix length in every branch. Each branch then
+computes exactly what the sequence ``prefix + branch`` computes alone (up to float rounding), while the prefix
+costs one pass instead of one per branch. Users: the letter prompts of one item in several option orders (they
+share everything up to the option lines), the cloze continuations of one prompt, and exact positional patching
+(a patch at position p leaves positions < p untouched: the unpatched prefix is shared by every layer's patch).
+
+One custom mask serves every layer, so a model with sliding-window attention can only be packed while every
+branch's logical length fits the window (:func:`fits_window`); callers fall back to separate rows otherwise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+from jaxtyping import Float, Int
+
+from wdprobe.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from wdprobe.core.model import LoadedModel
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A shared prefix and the branches that continue it (each branch non-empty)."""
+
+    prefix: tuple[int, ...]
+    branches: tuple[tuple[int, ...], ...]
+
+    @property
+    def n_tokens(self) -> int:
+        """Packed length: the prefix once plus every branch."""
+        return len(self.prefix) + sum(len(b) for b in self.branches)
+
+    @property
+    def longest(self) -> int:
+        """The longest logical sequence (prefix + branch) the tree holds."""
+        return len(self.prefix) + max(len(b) for b in self.branches)
+
+    def sequence(self, k: int) -> tuple[int, ...]:
+        return self.prefix + self.branches[k]
+
+
+def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix all sequences share."""
+    if not seqs:
+        return 0
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for t in range(n):
+        if any(s[t] != first[t] for s in seqs[1:]):
+            return t
+    return n
+
+
+def tree_of(seqs: Sequence[Sequence[int]]) -> Tree:
+    """The tree of token sequences: their common prefix, kept one token short of the shortest sequence so that
+    every branch holds at least its last token (where its next-token distribution is read)."""
+    if not seqs or any(len(s) == 0 for s in seqs):
+        raise InputError("packing needs non-empty token sequences")
+    k = min(common_prefix_length(seqs), min(len(s) for s in seqs) - 1)
+    return Tree(tuple(seqs[0][:k]), tuple(tuple(s[k:]) for s in seqs))
+
+
+def fits_window(lm: "LoadedModel", longest: int) -> bool:
+    """Whether a tree whose longest logical sequence has ``longest`` tokens can be packed for this model (a
+    sliding-window model needs every sequence inside its window: one mask serves every layer)."""
+    window = getattr(lm.hf_model.config, "sliding_window", None)
+    return window is None or longest <= window
+
+
+@dataclass
+class PackedBatch:
+    """Trees packed one per row, left-padded: ids, 4D additive mask, position ids, and where each tree's
+    sequences lie (``columns[t][k][j]``: the packed column of token j of tree t's sequence k)."""
+
+    input_ids: Int[torch.Tensor, "row packed"]
+    attention_mask: Float[torch.Tensor, "row 1 packed packed"]
+    position_ids: Int[torch.Tensor, "row packed"]
+    columns: list[list[list[int]]]
+
+    @property
+    def width(self) -> int:
+        return int(self.input_ids.shape[1])
+
+
+def pack_trees(trees: Sequence[Tree], *, pad_id: int, dtype: torch.dtype = torch.float32,
+               device: torch.device | str = "cpu") -> PackedBatch:
+    """Pack ``trees`` one per row (left padding; a pad column attends to itself only, so no mask row is empty)."""
+    if not trees:
+        raise InputError("nothing to pack")
+    width = max(t.n_tokens for t in trees)
+    ids = torch.full((len(trees), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(trees), width), dtype=torch.long)
+    allowed = torch.zeros((len(trees), width, width), dtype=torch.bool)
+    columns: list[list[list[int]]] = []
+    for r, tree in enumerate(trees):
+        off = width - tree.n_tokens
+        P = len(tree.prefix)
+        allowed[r, :off, :off] = torch.eye(off, dtype=torch.bool)
+        if P:
+            ids[r, off: off + P] = torch.tensor(tree.prefix)
+            pos[r, off: off + P] = torch.arange(P)
+            allowed[r, off: off + P, off: off + P] = torch.tril(torch.ones(P, P, dtype=torch.bool))
+        start = off + P
+        cols = []
+        for branch in tree.branches:
+            n = len(branch)
+            ids[r, start: start + n] = torch.tensor(branch)
+            pos[r, start: start + n] = torch.arange(P, P + n)
+            allowed[r, start: start + n, off: off + P] = True
+            allowed[r, start: start + n, start: start + n] = torch.tril(torch.ones(n, n, dtype=torch.bool))
+            cols.append(list(range(off, off + P)) + list(range(start, start + n)))
+            start += n
+        columns.append(cols)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+    return PackedBatch(ids.to(device), mask.to(device), pos.to(device), columns)
+
+
+def tree_batches(trees: Sequence[Tree], max_tokens: int, max_rows: int = 64) -> list[list[int]]:
+    """Indices of trees in batches (longest first) of at most ``max_rows`` rows and ``max_tokens`` padded tokens."""
+    order = sorted(range(len(trees)), key=lambda i: -trees[i].n_tokens)
+    out: list[list[int]] = []
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) == max_rows or (len(batch) + 1) * trees[batch[0]].n_tokens > max_tokens):
+            out.append(batch)
+            batch = []
+        batch.append(i)
+    if batch:
+        out.append(batch)
+    return out
+
+
+def packed_forward(lm: "LoadedModel", batch: PackedBatch, reads: Sequence[tuple[int, int]],
+                   hooks: Sequence[tuple[str, object]] = ()) -> Float[torch.Tensor, "n_reads vocab"]:
+    """Logits at the packed ``(row, column)`` positions in ``reads``, in that order, under ``hooks``; the
+    unembedding runs on those positions only."""
+    from wdprobe.core.forward import LAST_POSITION_HOOK
+
+    n_rows = batch.input_ids.shape[0]
+    per_row: list[list[int]] = [[] for _ in range(n_rows)]
+    slot = []
+    for r, c in reads:
+        slot.append((r, len(per_row[r])))
+        per_row[r].append(c)
+    k = max(1, max(len(c) for c in per_row))
+    index = torch.zeros((n_rows, k), dtype=torch.long)
+    for r, cols in enumerate(per_row):
+        if cols:
+            index[r, : len(cols)] = torch.tensor(cols)
+    index = index.to(batch.input_ids.device)
+
+    def keep(x: torch.Tensor, hook: object = None) -> torch.Tensor:
+        return torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[-1]))
+
+    logits = lm.bridge.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask,
+                                      position_ids=batch.position_ids,
+                                      fwd_hooks=list(hooks) + [(LAST_POSITION_HOOK, keep)])
+    rows = torch.tensor([r for r, _ in slot], device=logits.device)
+    cols = torch.tensor([j for _, j in slot], device=logits.device)
+    return logits[rows, cols]
