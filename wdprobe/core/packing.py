@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from jaxtyping import Float, Int
 
+from wdprobe.core.forward import LAST_POSITION_HOOK
 from wdprobe.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -141,8 +142,6 @@ def packed_forward(lm: "LoadedModel", batch: PackedBatch, reads: Sequence[tuple[
                    hooks: Sequence[tuple[str, object]] = ()) -> Float[torch.Tensor, "n_reads vocab"]:
     """Logits at the packed ``(row, column)`` positions in ``reads``, in that order, under ``hooks``; the
     unembedding runs on those positions only."""
-    from wdprobe.core.forward import LAST_POSITION_HOOK
-
     n_rows = batch.input_ids.shape[0]
     per_row: list[list[int]] = [[] for _ in range(n_rows)]
     slot = []
