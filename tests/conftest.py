@@ -34,6 +34,14 @@ def tiny_lm(tiny_model_dir):
     return load_model(str(tiny_model_dir))
 
 
+@pytest.fixture(scope="session")
+def tiny_lm_wide(tmp_path_factory):
+    """The tiny model with a sliding window wide enough for whole WDCT prompts (so they can be packed)."""
+    from wdprobe.core.model import load_model
+
+    return load_model(str(build_tiny_model_dir(tmp_path_factory.mktemp("tiny-wide"), sliding_window=512)))
+
+
 @pytest.fixture()
 def wdct_csv(tmp_path) -> Path:
     return write_wdct_csv(tmp_path / "wdct.csv", trailing="  \n")

@@ -32,6 +32,13 @@ def encode_prompts(tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[str],
     return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
 
 
+def prompt_token_ids(tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[str]) -> list[list[int]]:
+    """Each prompt's token ids as :func:`encode_prompts` gives them unpadded (BOS added unless the text has it)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and all(p.startswith(bos) for p in prompts))
+    return [tokenizer.encode(p, add_special_tokens=add_special) for p in prompts]
+
+
 def keep_last_position(resid: Float[torch.Tensor, "batch pos d_model"], hook: object) -> Float[torch.Tensor, "batch 1 d_model"]:
     """Forward hook on the unembedding input: keep only the final position."""
     return resid[:, -1:, :]

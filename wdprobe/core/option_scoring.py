@@ -19,6 +19,7 @@ from wdprobe.core.forward import (
     default_batch_tokens,
     length_batches,
 )
+from wdprobe.core.packing import TokenRead, Tree, packable, tree_of, tree_readout
 from wdprobe.errors import InputError
 
 
@@ -114,35 +115,91 @@ def softmax_rows(lp: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+@dataclass(frozen=True)
+class ContinuationTrees:
+    """Continuation rows grouped by their prompt: one shared-prefix tree per distinct prompt (its continuations are
+    the branches), the token reads that score every continuation token, and which reads belong to which row."""
+
+    trees: list[Tree]
+    reads: list[TokenRead]
+    row_reads: list[list[int]]  # per row, its reads (one per continuation token)
+    row_branch: list[tuple[int, int]]  # per row, (tree, branch)
+    prompt_lengths: list[int]  # per row, the prompt's token count
+    n_tokens: np.ndarray  # per row, the continuation's token count
+
+
+def continuation_trees(tokenizer, prompts: Sequence[str], continuations: Sequence[str], *,
+                       prefix: str = " ") -> ContinuationTrees:
+    """Group (prompt, continuation) rows by prompt into trees: the prompt runs once, each continuation is a branch."""
+    if len(prompts) != len(continuations):
+        raise InputError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+    bos = getattr(tokenizer, "bos_token", None)
+    by_prompt: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_prompt.setdefault(p, []).append(i)
+    trees, reads = [], []
+    row_reads: list[list[int]] = [[] for _ in prompts]
+    row_branch: list[tuple[int, int]] = [(0, 0)] * len(prompts)
+    lengths, n_cont = [0] * len(prompts), np.zeros(len(prompts), dtype=np.int64)
+    for p, rows in by_prompt.items():
+        head = tokenizer.encode(p, add_special_tokens=not (bos and p.startswith(bos)))
+        seqs = []
+        for i in rows:
+            cont = tokenizer.encode(prefix + continuations[i], add_special_tokens=False)
+            if not cont:
+                raise InputError(f"continuation {continuations[i]!r} encodes to no tokens")
+            seqs.append(head + cont)
+            lengths[i], n_cont[i] = len(head), len(cont)
+        t = len(trees)
+        trees.append(tree_of(seqs))
+        for k, i in enumerate(rows):
+            row_branch[i] = (t, k)
+            for j in range(n_cont[i]):  # the token after position len(head) - 1 + j is continuation token j
+                row_reads[i].append(len(reads))
+                reads.append(TokenRead(t, k, len(head) - 1 + j, (seqs[k][len(head) + j],)))
+    return ContinuationTrees(trees, reads, row_reads, row_branch, lengths, n_cont)
+
+
 @torch.no_grad()
 def continuation_logprobs(lm, prompts: Sequence[str], continuations: Sequence[str], *, prefix: str = " ",
                           batch_size: int = 32, max_batch_tokens: int | None | str = "auto",
-                          on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                          on_batch: Callable[[int], None] | None = None,
+                          share_prefix: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Log-likelihood of each ``continuation`` after its own ``prompt`` (pairs, one per row), as the cloze form
     scores options: returns ``(sum of token log-probabilities, number of tokens)``, each ``[len(prompts)]``.
 
-    Rows are batched by length with left padding; the vocabulary projection runs only on the last positions
-    that predict continuation tokens."""
-    if len(prompts) != len(continuations):
-        raise InputError(f"{len(prompts)} prompts but {len(continuations)} continuations")
-    tok = lm.tokenizer
-    bos = getattr(tok, "bos_token", None)
-    seqs, n_cont = [], []
-    for p, c in zip(prompts, continuations):
-        cont = tok.encode(prefix + c, add_special_tokens=False)
-        if not cont:
-            raise InputError(f"continuation {c!r} encodes to no tokens")
-        add_special = not (bos and p.startswith(bos))
-        seqs.append(tok.encode(p, add_special_tokens=add_special) + cont)
-        n_cont.append(len(cont))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    total = np.zeros(len(prompts), dtype=np.float64)
+    Rows with the same prompt share it: the prompt runs once and each continuation is a branch after it
+    (:mod:`wdprobe.core.packing`); on a model that cannot be packed (or ``share_prefix=False``) every row is its
+    own left-padded sequence. Either way the vocabulary projection runs only where continuation tokens are
+    predicted."""
     budget = default_batch_tokens(lm.device) if max_batch_tokens == "auto" else max_batch_tokens
-    for idx in length_batches([len(s) for s in seqs], batch_size, budget):
-        m = max(n_cont[i] for i in idx) + 1
+    ct = continuation_trees(lm.tokenizer, prompts, continuations, prefix=prefix)
+    total = np.zeros(len(prompts), dtype=np.float64)
+    packed = packable(lm, ct.trees) if share_prefix else []
+    if packed:
+        slot = {t: j for j, t in enumerate(packed)}
+        mine = [r for r in range(len(prompts)) if ct.row_branch[r][0] in slot]
+        reads = [ct.reads[k] for r in mine for k in ct.row_reads[r]]
+        reads = [TokenRead(slot[rd.tree], rd.branch, rd.position, rd.tokens) for rd in reads]
+        lps, _ = tree_readout(lm, [ct.trees[t] for t in packed], reads, max_batch_tokens=budget, max_rows=batch_size,
+                              on_batch=on_batch)
+        k = 0
+        for r in mine:
+            n = len(ct.row_reads[r])
+            total[r] = sum(float(lp[0]) for lp in lps[k: k + n])
+            k += n
+    done = {t for t in packed}
+    rest = [r for r in range(len(prompts)) if ct.row_branch[r][0] not in done]
+    tok = lm.tokenizer
+    seqs = {r: list(ct.trees[ct.row_branch[r][0]].sequence(ct.row_branch[r][1])) for r in rest}
+    n_cont = ct.n_tokens
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    for batch in length_batches([len(seqs[r]) for r in rest], batch_size, budget):
+        idx = [rest[j] for j in batch]
+        m = int(max(n_cont[i] for i in idx)) + 1
         lp = _last_logprobs(lm, [seqs[i] for i in idx], pad, m)
         for r, i in enumerate(idx):
-            n = n_cont[i]
+            n = int(n_cont[i])
             targets = torch.tensor(seqs[i][-n:])
             # position m-1-n .. m-2 of the kept window predict the n continuation tokens
             total[i] = float(lp[r, m - 1 - n: m - 1].gather(1, targets[:, None]).sum())

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 
@@ -164,3 +165,128 @@ def packed_forward(lm: "LoadedModel", batch: PackedBatch, reads: Sequence[tuple[
     rows = torch.tensor([r for r, _ in slot], device=logits.device)
     cols = torch.tensor([j for _, j in slot], device=logits.device)
     return logits[rows, cols]
+
+
+@dataclass(frozen=True)
+class TokenRead:
+    """Log-probabilities of ``tokens`` as the token after logical position ``position`` of sequence
+    ``branch`` of tree ``tree`` (negative positions count from the sequence's end)."""
+
+    tree: int
+    branch: int
+    position: int
+    tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ResidualRead:
+    """A weighted sum of residuals over logical positions of one sequence (one token, or a mean over a span);
+    no positions reads zeros (an option the item does not have)."""
+
+    tree: int
+    branch: int
+    weights: tuple[tuple[int, float], ...]
+
+
+def _column(batch: PackedBatch, row: int, branch: int, position: int) -> int:
+    cols = batch.columns[row][branch]
+    if not -len(cols) <= position < len(cols):
+        raise InputError(f"position {position} is outside a sequence of {len(cols)} tokens")
+    return cols[position]
+
+
+@torch.no_grad()
+def tree_readout(lm: "LoadedModel", trees: Sequence[Tree], token_reads: Sequence[TokenRead],
+                 residual_reads: Sequence[ResidualRead] = (), hooks: Sequence[str] = (), *,
+                 max_batch_tokens: int | None = 1536, max_rows: int = 64,
+                 on_batch=None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Everything one pass over packed trees gives: next-token log-probabilities (one float64 array per token
+    read) and residuals at ``hooks`` (``[len(residual_reads), len(hooks), d_model]`` float32). The unembedding
+    runs only where a token read needs it. ``on_batch(n)`` gets the number of sequences finished."""
+    by_tree_t: dict[int, list[int]] = {}
+    for k, r in enumerate(token_reads):
+        by_tree_t.setdefault(r.tree, []).append(k)
+    by_tree_r: dict[int, list[int]] = {}
+    for k, r in enumerate(residual_reads):
+        by_tree_r.setdefault(r.tree, []).append(k)
+    logprobs: list[np.ndarray] = [np.zeros(0)] * len(token_reads)
+    resid = np.zeros((len(residual_reads), len(hooks), lm.d_model), dtype=np.float32)
+    dtype = next(lm.hf_model.parameters()).dtype
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    for chosen in tree_batches(trees, max_batch_tokens if max_batch_tokens is not None else 8192, max_rows):
+        batch = pack_trees([trees[t] for t in chosen], pad_id=pad, dtype=dtype, device=lm.device)
+        reads, read_ids = [], []
+        weights: list[tuple[int, int, float]] = []  # (read slot, flat column, weight)
+        resid_ids = []
+        for r, t in enumerate(chosen):
+            for k in by_tree_t.get(t, []):
+                tr = token_reads[k]
+                reads.append((r, _column(batch, r, tr.branch, tr.position)))
+                read_ids.append(k)
+            for k in by_tree_r.get(t, []):
+                rr = residual_reads[k]
+                slot = len(resid_ids)
+                resid_ids.append(k)
+                weights += [(slot, r * batch.width + _column(batch, r, rr.branch, p), w) for p, w in rr.weights]
+        if not reads:  # residuals only: read one position so the forward has something to unembed
+            reads.append((0, batch.width - 1))
+        got: dict[int, torch.Tensor] = {}
+        fwd = []
+        if resid_ids:
+            W = torch.zeros((len(resid_ids), len(chosen) * batch.width), device=lm.device)
+            for slot, col, w in weights:
+                W[slot, col] += w
+
+            def keeper(h: int):
+                def keep(x: torch.Tensor, hook: object = None) -> torch.Tensor:
+                    got[h] = W @ x.reshape(-1, x.shape[-1]).float()
+                    return x
+                return keep
+
+            fwd = [(name, keeper(h)) for h, name in enumerate(hooks)]
+        logits = packed_forward(lm, batch, reads, fwd)
+        if read_ids:
+            lp = torch.log_softmax(logits.float(), dim=-1)
+            for j, k in enumerate(read_ids):
+                logprobs[k] = lp[j, list(token_reads[k].tokens)].double().cpu().numpy()
+        if resid_ids:
+            missing = [name for h, name in enumerate(hooks) if h not in got]
+            if missing:
+                raise InputError(f"hook(s) {missing} did not fire in {lm.name}")
+            for h in range(len(hooks)):
+                resid[resid_ids, h] = got[h].cpu().numpy()
+        if on_batch:
+            on_batch(sum(len(trees[t].branches) for t in chosen))
+    return logprobs, resid
+
+
+
+_SUPPORTED: dict[int, bool] = {}
+
+
+def packing_supported(lm: "LoadedModel", tol: float = 1e-3) -> bool:
+    """Whether this model honours packed trees (checked once per loaded model): two branches after a shared
+    prefix must give the logits their sequences give alone. A model whose forward rejects 4D masks or position
+    ids gets False, and its callers run sequences separately."""
+    key = id(lm.bridge)
+    if key not in _SUPPORTED:
+        ids = lm.tokenizer.encode("Answer the following question. Is it right to help a friend? Answer:")
+        seqs = [ids, ids[:-2] + ids[-1:]]
+        try:
+            with torch.no_grad():
+                tree = tree_of(seqs)
+                batch = pack_trees([tree], pad_id=0, dtype=next(lm.hf_model.parameters()).dtype, device=lm.device)
+                logits = packed_forward(lm, batch, [(0, batch.width - 1)])  # the last branch ends the row
+                alone = lm.bridge.run_with_hooks(torch.tensor([seqs[1]], device=lm.device))[0, -1]
+            _SUPPORTED[key] = bool((logits[0].float() - alone.float()).abs().max() < tol * max(1.0, float(alone.abs().max())))
+        except Exception:  # noqa: BLE001 - any failure means: do not pack this model
+            _SUPPORTED[key] = False
+    return _SUPPORTED[key]
+
+
+def packable(lm: "LoadedModel", trees: Sequence[Tree]) -> list[int]:
+    """Indices of the trees that can run packed on this model (it honours packed masks, and the tree fits its
+    sliding window); the others must run as separate sequences."""
+    if not trees or not packing_supported(lm):
+        return []
+    return [t for t, tree in enumerate(trees) if fits_window(lm, tree.longest)]

@@ -235,3 +235,26 @@ def last_token_residuals(lm, prompts: Sequence[str], *, layers: Sequence[int] | 
     """``blocks.{l}.hook_{hook}`` at each prompt's last token, ``(n_prompts, n_layers, d_model)`` float32,
     batched by length; the unembedding runs on the last position only."""
     return last_token_readout(lm, prompts, (), layers=layers, hook=hook, batch_size=batch_size, on_batch=on_batch)[1]
+
+
+def position_weights(tokenizer, prompt: str, spans: PromptSpans, n_options: int,
+                     positions: Sequence[str]) -> list[tuple[tuple[int, float], ...]]:
+    """Per position kind, the (token position, weight) pairs :func:`capture_batch` reads in this prompt alone:
+    the last token, a uniform mean over the question's tokens, or an option's last token (none when the item
+    has fewer options: the capture stores zeros there)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    enc = tokenizer(prompt, add_special_tokens=not (bos and prompt.startswith(bos)), return_offsets_mapping=True)
+    pos = token_positions(enc["offset_mapping"], spans)
+    if not pos["question"]:
+        raise InputError(f"no token inside the question span of the prompt beginning {prompt[:60]!r}")
+    out: list[tuple[tuple[int, float], ...]] = []
+    for p in positions:
+        if p == "last":
+            out.append(((pos["last"], 1.0),))
+        elif p == "question_mean":
+            q = pos["question"]
+            out.append(tuple((t, 1.0 / len(q)) for t in q))
+        else:
+            c = int(p[len("option")])
+            out.append(((pos["options"][c], 1.0),) if c < n_options else ())
+    return out

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from wdprobe.errors import InputError
+from wdprobe.methods.capture import CaptureSpec
 from wdprobe.reports.study import write_study_report
 from wdprobe.runs.rundir import read_csv
 from wdprobe.runs.stage import Stage, StageContext, StageRegistry, StageResult
@@ -80,9 +81,14 @@ def _wdct_score(ctx: StageContext) -> StageResult:
     if cfg is None:
         res = score_wdct(ctx.run.path, lm=ctx.model(), progress=ctx.progress, **_task_kwargs(ctx))
         return StageResult("score", f"{len(res.rows)} items", {"n_items": len(res.rows)})
+    lm = ctx.model()
+    c = cfg.capture
+    # the capture stage comes next: let this pass read its activations too (one forward for both stages)
+    fused = CaptureSpec.parse(c.layers, lm.n_layers, positions=c.positions, storage_dtype=c.storage_dtype) \
+        if "capture" in cfg.stages else None
     res = score_wdct(ctx.run.path, model=cfg.model, data=cfg.data, seed=cfg.seed, limit=cfg.limit, sample=cfg.sample,
-                     domains=cfg.domains, batch_size=cfg.score.batch_size, chat=cfg.score.chat, lm=ctx.model(),
-                     progress=ctx.progress, orders=cfg.orders, answer_format=cfg.format)
+                     domains=cfg.domains, batch_size=cfg.score.batch_size, chat=cfg.score.chat, lm=lm,
+                     progress=ctx.progress, orders=cfg.orders, answer_format=cfg.format, capture=fused)
     m = res.metrics
     return StageResult("score", f"{m['n_items']} items, CS {m['cs_micro']:.3f}, PCS {m['pcs_micro']:.3f}", m)
 

@@ -15,8 +15,10 @@ import torch
 from wdprobe.core.forward import (
     default_batch_tokens,
     last_token_logits,
+    prompt_token_ids,
 )
 from wdprobe.core.generation import plain_twin
+from wdprobe.core.packing import TokenRead, Tree, packable, tree_of, tree_readout
 from wdprobe.data.prompts import Demo, cot_prompt, normal_prompt, wrap
 from wdprobe.data.wdct import LETTERS, Presentation
 from wdprobe.errors import InputError
@@ -56,18 +58,44 @@ def letter_candidates(tokenizer, n_letters: int) -> dict[str, tuple[int, ...]]:
 
 def next_token_logprobs(lm, prompts: Sequence[str], token_ids: Sequence[int], *, batch_size: int = 32,
                         max_batch_tokens: int | None | str = "auto",
-                        on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-    """Full-vocabulary log-probabilities of ``token_ids`` as the next token, ``[len(prompts), len(token_ids)]``."""
+                        on_batch: Callable[[int], None] | None = None,
+                        groups: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """Full-vocabulary log-probabilities of ``token_ids`` as the next token, ``[len(prompts), len(token_ids)]``.
+
+    ``groups`` (a partition of the prompt indices, e.g. one item's prompts in every option order) lets prompts
+    that begin alike run their common prefix once (:mod:`wdprobe.core.packing`); each prompt still gets what its
+    own forward gives. Without groups, or on a model that cannot be packed, prompts run as left-padded rows."""
     out = np.zeros((len(prompts), len(token_ids)), dtype=np.float64)
-    ids = torch.tensor(list(token_ids), device=lm.device)
     budget = default_batch_tokens(lm.device) if max_batch_tokens == "auto" else max_batch_tokens
-    for idx in lm.batches(prompts, batch_size, budget):
-        logits = last_token_logits(lm, [prompts[i] for i in idx]).float()
+    rest = list(range(len(prompts)))
+    if groups is not None:
+        trees = prompt_trees(lm.tokenizer, prompts, groups)
+        packed = packable(lm, trees)
+        if packed:
+            reads = [TokenRead(j, k, -1, tuple(token_ids)) for j, t in enumerate(packed) for k in range(len(groups[t]))]
+            lps, _ = tree_readout(lm, [trees[t] for t in packed], reads, max_batch_tokens=budget, max_rows=batch_size,
+                                  on_batch=on_batch)
+            out[[i for t in packed for i in groups[t]]] = np.stack(lps)
+            done = set(packed)
+            rest = [i for t, g in enumerate(groups) if t not in done for i in g]
+    ids = torch.tensor(list(token_ids), device=lm.device)
+    for idx in lm.batches([prompts[i] for i in rest], batch_size, budget):
+        rows = [rest[j] for j in idx]
+        logits = last_token_logits(lm, [prompts[i] for i in rows]).float()
         lp = torch.log_softmax(logits, dim=-1)[:, ids]
-        out[idx] = lp.cpu().numpy()
+        out[rows] = lp.cpu().numpy()
         if on_batch:
-            on_batch(len(idx))
+            on_batch(len(rows))
     return out
+
+
+def prompt_trees(tokenizer, prompts: Sequence[str], groups: Sequence[Sequence[int]]) -> list[Tree]:
+    """One shared-prefix tree per group of prompts; the groups must cover every prompt exactly once."""
+    flat = sorted(i for g in groups for i in g)
+    if flat != list(range(len(prompts))):
+        raise InputError(f"prompt groups must cover the {len(prompts)} prompts exactly once")
+    toks = prompt_token_ids(tokenizer, prompts)
+    return [tree_of([toks[i] for i in g]) for g in groups]
 
 
 def resolve_letter_tokens(lm, prompts: Sequence[str], n_letters: int = 4, *, batch_size: int = 32) -> LetterTokens:

@@ -39,6 +39,7 @@ from wdprobe.runs.rundir import RunDir, read_checked, read_csv, write_checked
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import scored_entry
 from wdprobe.stages.score import scored_cloze_prompts, scored_letter_prompts
+from wdprobe.stages.stash import drop_stash, read_stash
 
 # ---- the capture stage: a scored run directory -> activation shards + metadata ---------------------
 
@@ -103,12 +104,20 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
     todo = [k for k in range(len(all_prompts)) if k not in done and (part is None or part.holds(meta[k]["id"]))]
     bar = tqdm(total=len(done) + len(todo), initial=len(done), unit="prompt", desc="capture", disable=not progress)
     store = STORAGE_DTYPES[spec.storage_dtype]
+    # prompts the scoring pass already read for this spec (``wdprobe run``: one forward for both stages)
+    stashed = read_stash(scored_run, spec, lm.revision) if todo else {}
     for s in range(0, len(todo), chunk_prompts):
         chunk = todo[s: s + chunk_prompts]
         acts: dict[str, torch.Tensor] = {}
-        order_in_chunk: list[int] = []
-        for idx in lm.batches([all_prompts[k] for k in chunk], batch_size):
-            ks = [chunk[j] for j in idx]
+        have = [k for k in chunk if _key(meta[k]) in stashed]
+        for name in (f"{h}/{p}" for h in spec.hooks for p in spec.positions):
+            if have:
+                acts[name] = torch.from_numpy(np.stack([stashed[_key(meta[k])][name] for k in have]))
+        order_in_chunk: list[int] = list(have)
+        bar.update(len(have))
+        need = [k for k in chunk if _key(meta[k]) not in stashed]
+        for idx in lm.batches([all_prompts[k] for k in need], batch_size):
+            ks = [need[j] for j in idx]
             got = capture_batch(lm, [all_prompts[k] for k in ks], [spans[k] for k in ks], [n_opts[k] for k in ks], spec)
             for name, t in got.items():
                 acts[name] = torch.cat([acts[name], t.cpu()]) if name in acts else t.cpu()
@@ -121,7 +130,14 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
         run.write_part(STAGE, [dict(meta[k], shard=n_part, row=r) for r, k in enumerate(order_in_chunk)], META_COLUMNS)
     bar.close()
     run.mark_done(STAGE, n_prompts=len(done) + len(todo), layers=list(spec.layers))
+    if part is None:
+        drop_stash(scored_run.path)
     return run.path
+
+
+def _key(meta_row: dict[str, Any]) -> tuple[str, str, str, str]:
+    """A prompt's key in the scoring stash: item id, form, format, order."""
+    return (meta_row["id"], meta_row["form"], meta_row["format"], meta_row["order"])
 
 
 def merge_capture(run_dir: str | Path) -> dict[str, Any]:

@@ -14,8 +14,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from wdprobe.core.cache import atomic_write_json
+from wdprobe.core.forward import default_batch_tokens
 from wdprobe.core.model import load_model
-from wdprobe.core.option_scoring import continuation_logprobs
+from wdprobe.core.option_scoring import continuation_logprobs, continuation_trees
+from wdprobe.core.packing import ResidualRead, TokenRead, packable, tree_readout
 from wdprobe.data.items import items_path, read_items
 from wdprobe.data.prompts import cloze_prompt, load_demos, normal_prompt, resolve_chat, wrap
 from wdprobe.data.wdct import (
@@ -28,6 +30,7 @@ from wdprobe.data.wdct import (
     select,
 )
 from wdprobe.errors import InputError, MergeError, StageNotFinishedError
+from wdprobe.methods.capture import CaptureSpec, position_weights, presentation_spans, prompt_spans
 from wdprobe.runs.rundir import RunDir, Timer, read_csv
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import save_in_parts, scored_entry, work_left
@@ -37,6 +40,7 @@ from wdprobe.scoring.letters import (
     complete_cot,
     item_row,
     next_token_logprobs,
+    prompt_trees,
     resolve_letter_tokens,
 )
 from wdprobe.scoring.metrics import summarise
@@ -53,6 +57,7 @@ from wdprobe.scoring.orders import (
     reading_metrics,
     typed_prompt_row,
 )
+from wdprobe.stages.stash import CaptureStash
 
 STAGE = "score"
 CLASSIC_COLUMNS = ["id", "domain", "n_options", "word_order", "deed_order",
@@ -154,7 +159,8 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
                subset: str | None = None, batch_size: int = 32, dtype: str = "float32", device: str | None = None,
                device_map: str | None = None, chat: str = "auto", demos: str | Path | None = None,
                chunk_items: int = 64, progress: bool = True, lm=None, shard: "str | None" = None,
-               orders: str | None = None, answer_format: str | None = None) -> ScoreResult:
+               orders: str | None = None, answer_format: str | None = None,
+               capture: CaptureSpec | None = None) -> ScoreResult:
     """Score WDCT items with a model into run directory ``out`` (resumable).
 
     ``orders`` (``shown``, ``cyclic``, ``all``) says in which option orders each question is asked: ``shown`` is the
@@ -163,6 +169,10 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
     ``answer_format`` (``letter``, ``cloze``, ``both``) says whether options are answered by letter, scored as
     continuations of a prompt without option lines, or both. Every prompt is a row of ``prompts.csv``; ``items.csv``
     holds the classic (shown-order) columns and the content and cloze readings (:mod:`wdprobe.scoring.orders`).
+
+    ``capture`` (a :class:`~wdprobe.methods.capture.CaptureSpec`) reads those activations in the scoring forward
+    and keeps them for the capture stage of this run (:mod:`wdprobe.stages.stash`): ``wdprobe run`` uses it so
+    that scoring and capture cost one pass.
 
     ``lm`` lets a script reuse an already loaded :class:`~wdprobe.core.model.LoadedModel`. ``shard`` (``"i/n"``)
     scores only the items of that shard (by item id) into ``out/shards/score/i-of-n/``; answer letters are
@@ -212,13 +222,15 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
     bar = tqdm(total=per_item * len(pres), initial=per_item * (len(pres) - len(todo)), unit="prompt",
                desc=f"score {lm.name}", disable=not progress)
 
+    stash = CaptureStash(run, capture, lm.revision) if capture is not None and setting == "normal" else None
+
     def score(chunk: Sequence[Presentation]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         if with_letters:
             rows += _letter_rows(lm, chunk, letters, setting=setting, orders=orders, use_chat=use_chat,
-                                 demos=demo_list, seed=seed, batch_size=batch_size, on_batch=bar.update)
+                                 demos=demo_list, seed=seed, batch_size=batch_size, on_batch=bar.update, stash=stash)
         if answer_format in ("cloze", "both"):
-            rows += _cloze_rows(lm, chunk, use_chat=use_chat, batch_size=batch_size, on_batch=bar.update)
+            rows += _cloze_rows(lm, chunk, use_chat=use_chat, batch_size=batch_size, on_batch=bar.update, stash=stash)
         return rows
 
     with timer("score"):
@@ -251,9 +263,11 @@ def prompts_per_item(pres: Presentation, orders: str, answer_format: str, tokeni
 
 
 def _letter_rows(lm, chunk: Sequence[Presentation], letters: LetterTokens, *, setting: str, orders: str,
-                 use_chat: bool, demos, seed: int, batch_size: int, on_batch) -> list[dict[str, Any]]:
+                 use_chat: bool, demos, seed: int, batch_size: int, on_batch,
+                 stash: CaptureStash | None = None) -> list[dict[str, Any]]:
     specs: list[tuple[Presentation, str, tuple[int, ...], bool, bool]] = []
     texts: list[str] = []
+    groups: list[list[int]] = []
     if setting == "cot":  # one prompt per form, as the paper: normal word question, CoT deed question
         prompts = build_prompts(chunk, setting=setting, tokenizer=lm.tokenizer, use_chat=use_chat, demos=demos, seed=seed)
         prompts["deed"] = complete_cot(lm, prompts["deed"], batch_size=max(1, batch_size // 2))
@@ -264,16 +278,63 @@ def _letter_rows(lm, chunk: Sequence[Presentation], letters: LetterTokens, *, se
     else:
         for p in chunk:
             for f in FORMS:
+                group = []
                 for order, shown, in_content in orders_of(p, f, orders):
                     view = Presentation(p.item, order, order)
+                    group.append(len(texts))
                     specs.append((p, f, order, shown, in_content))
                     texts.append(wrap(normal_prompt(view, f), lm.tokenizer, use_chat))
-    lp = next_token_logprobs(lm, texts, letters.ids, batch_size=batch_size, on_batch=on_batch)
+                groups.append(group)
+    lp = np.zeros((len(texts), len(letters.ids)))
+    rest_groups: list[list[int]] | None = groups if groups else None
+    if stash is not None and groups:
+        trees = prompt_trees(lm.tokenizer, texts, groups)
+        packed = packable(lm, trees)
+        if packed:  # one pass reads the letters and the residuals the capture stage wants
+            where = [(j, k) for j, t in enumerate(packed) for k in range(len(groups[t]))]
+            order_of = [i for t in packed for i in groups[t]]
+            reads = [TokenRead(j, k, -1, letters.ids) for j, k in where]
+            spans, n_opts = [], []
+            for i in order_of:
+                p, f, order, _, _ = specs[i]
+                spans.append(presentation_spans(Presentation(p.item, order, order), f, texts[i]))
+                n_opts.append(p.item.n_options)
+            lps = _stashed_readout(lm, stash, [trees[t] for t in packed], reads, where, [texts[i] for i in order_of],
+                                   spans, n_opts, [(specs[i][0].item.id, specs[i][1], "letter",
+                                                    "".join(map(str, specs[i][2]))) for i in order_of],
+                                   batch_size, on_batch)
+            lp[order_of] = np.stack(lps)
+            done = set(packed)
+            rest_groups = [g for t, g in enumerate(groups) if t not in done]
+    rest = [i for g in rest_groups for i in g] if rest_groups is not None else list(range(len(texts)))
+    if rest:
+        # one item's orders share everything before the option lines: that prefix runs once per item and form
+        at = {i: j for j, i in enumerate(rest)}
+        lp[rest] = next_token_logprobs(lm, [texts[i] for i in rest], letters.ids, batch_size=batch_size,
+                                       on_batch=on_batch,
+                                       groups=[[at[i] for i in g] for g in rest_groups] if rest_groups else None)
     return [letter_prompt_row(p.item, f, order, shown, in_content, lp[i])
             for i, (p, f, order, shown, in_content) in enumerate(specs)]
 
 
-def _cloze_rows(lm, chunk: Sequence[Presentation], *, use_chat: bool, batch_size: int, on_batch) -> list[dict[str, Any]]:
+def _stashed_readout(lm, stash: CaptureStash, trees, reads, where, texts, spans, n_opts, keys, batch_size: int,
+                     on_batch) -> list[np.ndarray]:
+    """Token reads plus the capture spec's residuals at each prompt's positions (``where[j]``: prompt j's tree and
+    branch), in one pass; the residuals go to the stash, the log-probabilities are returned."""
+    spec = stash.spec
+    rreads = [ResidualRead(t, k, w) for (t, k), text, sp, n in zip(where, texts, spans, n_opts)
+              for w in position_weights(lm.tokenizer, text, sp, n, spec.positions)]
+    budget = default_batch_tokens(lm.device)
+    lps, resid = tree_readout(lm, trees, reads, rreads, spec.hook_names(), max_batch_tokens=budget,
+                              max_rows=batch_size, on_batch=on_batch)
+    n_pos, n_layers = len(spec.positions), len(spec.layers)
+    resid = resid.reshape(len(texts), n_pos, len(spec.hooks), n_layers, lm.d_model)
+    stash.add(keys, {f"{h}/{p}": resid[:, j, a] for a, h in enumerate(spec.hooks) for j, p in enumerate(spec.positions)})
+    return lps
+
+
+def _cloze_rows(lm, chunk: Sequence[Presentation], *, use_chat: bool, batch_size: int, on_batch,
+                stash: CaptureStash | None = None) -> list[dict[str, Any]]:
     prompts, conts, owner = [], [], []
     for p in chunk:
         for f in FORMS:
@@ -282,7 +343,32 @@ def _cloze_rows(lm, chunk: Sequence[Presentation], *, use_chat: bool, batch_size
                 prompts.append(text)
                 conts.append(option)
                 owner.append((p, f, c))
-    total, n_tokens = continuation_logprobs(lm, prompts, conts, batch_size=batch_size, on_batch=on_batch)
+    total, n_tokens = np.zeros(len(prompts)), np.zeros(len(prompts), dtype=np.int64)
+    rest = list(range(len(prompts)))
+    if stash is not None:
+        ct = continuation_trees(lm.tokenizer, prompts, conts)
+        packed = packable(lm, ct.trees)
+        if packed:  # the capture's cloze prompt is read in each item's first option branch (causal: unchanged)
+            slot = {t: j for j, t in enumerate(packed)}
+            mine = [r for r in range(len(prompts)) if ct.row_branch[r][0] in slot]
+            reads = [TokenRead(slot[rd.tree], rd.branch, rd.position, rd.tokens)
+                     for rd in (ct.reads[k] for r in mine for k in ct.row_reads[r])]
+            firsts = [r for r in mine if owner[r][2] == 0]
+            lps = _stashed_readout(lm, stash, [ct.trees[t] for t in packed], reads,
+                                   [(slot[ct.row_branch[r][0]], ct.row_branch[r][1]) for r in firsts],
+                                   [prompts[r] for r in firsts],
+                                   [prompt_spans(prompts[r], owner[r][0].item.stem(owner[r][1]), [], ()) for r in firsts],
+                                   [0] * len(firsts), [(owner[r][0].item.id, owner[r][1], "cloze", "") for r in firsts],
+                                   batch_size, on_batch)
+            k = 0
+            for r in mine:
+                n = len(ct.row_reads[r])
+                total[r], n_tokens[r] = sum(float(lp[0]) for lp in lps[k: k + n]), ct.n_tokens[r]
+                k += n
+            rest = [r for r in range(len(prompts)) if ct.row_branch[r][0] not in slot]
+    if rest:
+        total[rest], n_tokens[rest] = continuation_logprobs(lm, [prompts[r] for r in rest], [conts[r] for r in rest],
+                                                            batch_size=batch_size, on_batch=on_batch)
     rows = []
     i = 0
     for p in chunk:

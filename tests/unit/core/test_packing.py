@@ -81,3 +81,32 @@ def test_branch_interventions_equal_separate_rows_and_the_prefix_is_refused(tiny
         run_tree_interventions(tiny_lm, [tree], [[[Intervention(hook, 0, "add", u)], []]], [4, 5])
     with pytest.raises(InterventionError, match="one list per branch"):
         run_tree_interventions(tiny_lm, [tree], [[[]]], [4, 5])
+
+
+def test_grouped_letter_scoring_and_shared_cloze_prompts_equal_separate_rows(tiny_lm_wide, wdct_csv):
+    from wdprobe.core.option_scoring import continuation_logprobs
+    from wdprobe.data.prompts import cloze_prompt, normal_prompt
+    from wdprobe.data.wdct import Presentation, load_wdct, present
+    from wdprobe.scoring.letters import next_token_logprobs
+    from wdprobe.scoring.orders import orders_of
+
+    lm = tiny_lm_wide
+    texts, groups, prompts, conts = [], [], [], []
+    for p in present(load_wdct(wdct_csv), seed=0):
+        for f in ("word", "deed"):
+            groups.append([])
+            for order, _, _ in orders_of(p, f, "cyclic"):
+                groups[-1].append(len(texts))
+                texts.append(normal_prompt(Presentation(p.item, order, order), f))
+            prompts += [cloze_prompt(p.item, f)] * p.item.n_options
+            conts += list(p.item.options(f))
+    assert max(len(g) for g in groups) >= 3  # items with more options bring more orders
+    ids = list(range(4, 10))
+    np.testing.assert_allclose(next_token_logprobs(lm, texts, ids, groups=groups), next_token_logprobs(lm, texts, ids),
+                               atol=1e-5)
+    shared, n1 = continuation_logprobs(lm, prompts, conts)
+    apart, n2 = continuation_logprobs(lm, prompts, conts, share_prefix=False)
+    np.testing.assert_allclose(shared, apart, atol=1e-4)
+    assert (n1 == n2).all()
+    with pytest.raises(InputError, match="exactly once"):
+        next_token_logprobs(lm, texts, ids, groups=groups[1:])

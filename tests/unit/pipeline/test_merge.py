@@ -73,8 +73,8 @@ def test_sharded_scoring_merges_to_the_unsharded_run(tiny_lm, tmp_path):
     a, b = read_csv(tmp_path / "whole" / "items.csv"), read_csv(sharded / "items.csv")
     assert [r["id"] for r in a] == [r["id"] for r in b]
     for ra, rb in zip(a, b):
-        for k in ra:
-            if k.startswith("p_") or k in ("pcs", "word_letter_mass", "deed_letter_mass"):
+        for k in ra:  # probabilities and log-likelihoods may differ in the last float bits (other batches)
+            if "." in ra[k] or "e-" in ra[k]:
                 assert ra[k] == rb[k] or abs(float(ra[k]) - float(rb[k])) < 1e-6, (ra["id"], k)
             else:
                 assert ra[k] == rb[k], (ra["id"], k)

@@ -171,3 +171,42 @@ def test_capturing_again_adds_the_cloze_prompts_to_a_letter_capture(tiny_lm, wdc
     again = load_activations(run, orders="all")
     np.testing.assert_array_equal(again.array, letter.array)
     assert len(load_activations(run, answer_format="cloze").meta) == 2 * len(load_score(run).rows)
+
+
+def test_scoring_with_a_capture_spec_gives_the_capture_a_separate_pass_gives(tiny_lm_wide, wdct_csv, tmp_path,
+                                                                                       monkeypatch):
+    tiny_lm = tiny_lm_wide
+    import wdprobe.stages.capture as capture_stage
+    from wdprobe.stages.stash import STASH
+
+    spec = CaptureSpec.parse("all", tiny_lm.n_layers, positions=POSITIONS)
+    apart, fused = tmp_path / "apart", tmp_path / "fused"
+    score_wdct(apart, data=wdct_csv, lm=tiny_lm, progress=False)
+    capture_wdct(apart, lm=tiny_lm, positions=POSITIONS, chunk_prompts=4, progress=False)
+    score_wdct(fused, data=wdct_csv, lm=tiny_lm, progress=False, capture=spec)
+    assert (fused / STASH).is_dir()
+    # the fused capture runs no forward of its own: every prompt comes from the scoring pass
+    with monkeypatch.context() as m:
+        m.setattr(capture_stage, "capture_batch", lambda *a, **k: pytest.fail("the capture ran a forward"))
+        capture_wdct(fused, lm=tiny_lm, positions=POSITIONS, chunk_prompts=4, progress=False)
+    assert not (fused / STASH).exists()
+    a_rows, b_rows = load_score(apart).rows, load_score(fused).rows
+    assert [(r["id"], r["word_choice"], r["deed_choice"], r["word_cloze_choice"]) for r in a_rows] == \
+        [(r["id"], r["word_choice"], r["deed_choice"], r["word_cloze_choice"]) for r in b_rows]
+    np.testing.assert_allclose([r["pcs"] for r in b_rows], [r["pcs"] for r in a_rows], atol=1e-5)
+    for fmt, orders in (("letter", "all"), ("cloze", "shown")):
+        for position in POSITIONS if fmt == "letter" else ("last", "question_mean"):
+            a = load_activations(apart, position=position, orders=orders, answer_format=fmt)
+            b = load_activations(fused, position=position, orders=orders, answer_format=fmt)
+            assert a.meta.drop(columns=["shard", "row"]).equals(b.meta.drop(columns=["shard", "row"]))
+            np.testing.assert_allclose(b.array, a.array, rtol=1e-4, atol=1e-4, err_msg=f"{fmt} {position}")
+
+
+def test_a_stash_for_another_spec_is_not_used(tiny_lm, wdct_csv, tmp_path):
+    run = tmp_path / "run"
+    score_wdct(run, data=wdct_csv, lm=tiny_lm, progress=False,
+               capture=CaptureSpec.parse("0", tiny_lm.n_layers, positions=("last",)))
+    capture_wdct(run, lm=tiny_lm, layers="all", positions=("last",), progress=False)  # computes its own
+    acts = load_activations(run, position="last", orders="all")
+    assert acts.array.shape[1] == tiny_lm.n_layers and np.abs(acts.array[:, 1]).sum() > 0
+    assert not (run / "capture.pending").exists()
