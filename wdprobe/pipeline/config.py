@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -51,6 +51,9 @@ class ProbesSection:
     kinds: list[str] = field(default_factory=lambda: ["logreg", "diffmean"])
     folds: int = 5
     permutations: int = 200  # label permutations behind every max-over-layers test
+    # the logistic probe tunes its regularisation by an inner 3-fold CV on every fit (most of the stage's time):
+    # a study of fewer items reads the difference-of-means probe alone (closed form, nothing tuned)
+    logreg_min_items: int = 400
 
 
 @dataclass
@@ -58,7 +61,7 @@ class PatchCrossSection:
     """Settings of cross-form patching: items, layers, conditions, and which deed orders (``auto``: both when the
     run is letter-free, so stance and letter transport separate)."""
 
-    items: int | str = 64
+    items: int | str = "auto"
     layers: str = "all"
     conditions: list[str] = field(default_factory=lambda: ["full", "stance", "letter", "random"])
     batch_size: int = 64
@@ -70,8 +73,8 @@ class PatchPositionalSection:
     """Settings of positional patching: forms, attribution items, exact items."""
 
     forms: list[str] = field(default_factory=lambda: ["deed", "word"])
-    items: int = 16
-    exact_items: int = 4
+    items: int | str = "auto"
+    exact_items: int | str = "auto"
     screen: int = 256
     min_effect: float = 0.0
     layers: str = "all"
@@ -83,7 +86,7 @@ class SteerSection:
     """Settings of steering: grid items, layers, alphas, validation, and the space (``auto``: content space, the
     word content direction read in both deed orders, for letter-free runs)."""
 
-    items: int | str = 64
+    items: int | str = "auto"
     layers: str = "all"
     alphas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0])
     min_mass_ratio: float = 0.5
@@ -117,7 +120,7 @@ class StudyConfig:
     device: str | None = None
     device_map: str | None = None
     stages: list[str] = field(default_factory=lambda: list(wdct_stages()))
-    png: bool = True  # static PNGs beside the HTML figures (about 4 s each on CPU)
+    png: bool | str = "auto"  # static PNGs beside the HTML figures (about 4 s each on CPU); auto: full runs only
     score: ScoreSection = field(default_factory=ScoreSection)
     capture: CaptureSection = field(default_factory=CaptureSection)
     probes: ProbesSection = field(default_factory=ProbesSection)
@@ -143,13 +146,50 @@ class StudyConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def n_items_hint(self) -> int | None:
+        """How many items the study selects when ``sample`` or ``limit`` says so (None: the whole item set)."""
+        given = [v for v in (self.sample, self.limit) if v is not None]
+        return min(given) if given else None
+
+    def sized(self) -> "StudyConfig":
+        """The configuration with every ``"auto"`` resolved for the study's size, so every stage scales with the
+        sample. On the whole item set (no ``sample``/``limit``): 64 items for cross-form patching and the steering
+        grid, 16 attribution and 4 exact positional items per form, both probe kinds, PNGs. On a sample of n items:
+        n // 8 items (at least 8, at most 64) for patching and steering, n // 16 (4..16) attribution and n // 100
+        (1..4) exact positional items, the logistic probe only from ``probes.logreg_min_items`` items, no PNGs
+        (each costs ~4 s of CPU whatever the sample). Explicit values are kept."""
+        n = self.n_items_hint
+
+        def scaled(value: int | str, full: int, divisor: int, low: int) -> int | str:
+            if value != "auto":
+                return value
+            return full if n is None else max(low, min(full, n // divisor))
+
+        kinds = list(self.probes.kinds)
+        if n is not None and n < self.probes.logreg_min_items and "diffmean" in kinds and "logreg" in kinds:
+            kinds.remove("logreg")
+        return replace(
+            self, png=(n is None) if self.png == "auto" else self.png,
+            patch_cross=replace(self.patch_cross, items=scaled(self.patch_cross.items, 64, 8, 8)),
+            steer=replace(self.steer, items=scaled(self.steer.items, 64, 8, 8)),
+            patch_positional=replace(self.patch_positional, items=scaled(self.patch_positional.items, 16, 16, 4),
+                                     exact_items=scaled(self.patch_positional.exact_items, 4, 100, 1)),
+            probes=replace(self.probes, kinds=kinds))
+
     def validate(self) -> "StudyConfig":
         bad = [s for s in self.stages if s not in wdct_stages()]
         if bad:
             raise ConfigError(f"unknown stage(s) {bad}: choose from {list(wdct_stages())}")
         for name, value in (("patch_cross.items", self.patch_cross.items), ("steer.items", self.steer.items)):
-            if not (value == "all" or (isinstance(value, int) and value > 0)):
-                raise ConfigError(f"{name} must be a positive number or 'all', not {value!r}")
+            if not (value in ("all", "auto") or (isinstance(value, int) and value > 0)):
+                raise ConfigError(f"{name} must be a positive number, 'all' or 'auto', not {value!r}")
+        for name, value in (("patch_positional.items", self.patch_positional.items),
+                            ("patch_positional.exact_items", self.patch_positional.exact_items)):
+            if not (value == "auto" or (isinstance(value, int) and value >= 0)):
+                raise ConfigError(f"{name} must be a number or 'auto', not {value!r}")
+        if self.png not in (True, False, "auto"):
+            raise ConfigError(f"png must be true, false or 'auto', not {self.png!r}")
         for name in ("limit", "sample"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v <= 0):
@@ -174,7 +214,7 @@ def _check_keys(given: Mapping[str, Any], known: list[str], where: str) -> None:
 
 def _typed(value: Any, default: Any, where: str) -> Any:
     """Light type check against the default: catches a string where a list or number belongs."""
-    if default is None or value is None:
+    if default is None or value is None or default == "auto":
         return value
     if isinstance(default, bool) != isinstance(value, bool):
         raise ConfigError(f"{where}: expected true/false, got {value!r}")

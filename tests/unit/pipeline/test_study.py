@@ -32,6 +32,23 @@ def test_config_round_trips_through_toml(tmp_path):
     assert load_config(path) == cfg
 
 
+def test_auto_sizes_scale_with_the_sample_and_explicit_values_stay():
+    full = StudyConfig().sized()
+    assert (full.patch_cross.items, full.steer.items, full.patch_positional.items, full.patch_positional.exact_items,
+            full.probes.kinds, full.png) == (64, 64, 16, 4, ["logreg", "diffmean"], True)
+    quick = StudyConfig(sample=100).sized()
+    assert (quick.patch_cross.items, quick.steer.items, quick.patch_positional.items, quick.patch_positional.exact_items,
+            quick.probes.kinds, quick.png) == (12, 12, 6, 1, ["diffmean"], False)
+    tiny = StudyConfig(limit=20, sample=50).sized()  # the smaller of the two decides; floors hold
+    assert (tiny.patch_cross.items, tiny.patch_positional.items, tiny.patch_positional.exact_items) == (8, 4, 1)
+    big = StudyConfig(sample=900).sized()
+    assert (big.patch_cross.items, big.patch_positional.exact_items, big.probes.kinds) == (64, 4, ["logreg", "diffmean"])
+    mine = with_overrides(StudyConfig(sample=100), {"patch_cross.items": 40, "png": True,
+                                                    "probes.kinds": ["logreg"]}).sized()
+    assert (mine.patch_cross.items, mine.png, mine.probes.kinds, mine.steer.items) == (40, True, ["logreg"], 12)
+    assert mine.sized() == mine  # resolving twice changes nothing
+
+
 def test_config_errors_name_the_file_and_key(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('model = "m"\n[steer]\nalpha = [1, 2]\n')
@@ -43,7 +60,7 @@ def test_config_errors_name_the_file_and_key(tmp_path):
         config_from_mapping({"capture": {"positions": "last"}})
     with pytest.raises(ConfigError, match="unknown stage"):
         config_from_mapping({"stages": ["score", "probe"]})
-    with pytest.raises(ConfigError, match="patch_cross.items must be a positive number or 'all'"):
+    with pytest.raises(ConfigError, match="patch_cross.items must be a positive number, 'all' or 'auto'"):
         config_from_mapping({"patch_cross": {"items": "most"}})
     path.write_text("model = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
