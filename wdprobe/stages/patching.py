@@ -38,7 +38,7 @@ from wdprobe.methods.patching import (
     swap_alignment,
     swap_counterfactual,
 )
-from wdprobe.runs.rundir import RunDir, safe_name
+from wdprobe.runs.rundir import RunDir, read_csv, safe_name
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import (
     model_for_run,
@@ -292,6 +292,27 @@ def token_segments(tokenizer, prompt: str, pres, form: str) -> list[str]:
 SEGMENT_ORDER = ["special", "instruction", "scenario", "label A", "option A", "label B", "option B", "Answer:", "final"]
 
 
+def _scored_swap_effect(run_dir: Path, form: str, pres: Sequence[Any]) -> np.ndarray | None:
+    """How much each two-option item's letter log-odds (A over B) move when its options are swapped, read from the
+    run's scored prompts: a letter-free run asked both orders already (the swapped prompt is the other cyclic
+    order, built the same way). None when some item lacks either order (then the screen runs its own forwards)."""
+    path = Path(run_dir) / "prompts.csv"
+    if not path.is_file():
+        return None
+    lo: dict[tuple[str, str], float] = {}
+    for r in read_csv(path):
+        if r["form"] == form and r["format"] == "letter" and r["lp_A"] not in ("", None) and r["lp_B"] not in ("", None):
+            lo[(r["id"], r["order"])] = float(r["lp_A"]) - float(r["lp_B"])
+    out = []
+    for p in pres:
+        shown = "".join(map(str, p.order(form)))
+        pair = (lo.get((p.item.id, shown)), lo.get((p.item.id, shown[::-1])))
+        if None in pair:
+            return None
+        out.append(abs(pair[0] - pair[1]))
+    return np.asarray(out)
+
+
 def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: int = 16, n_exact: int = 4,
                          layers: str | Sequence[int] | None = None, min_effect: float = 0.0, screen: int = 256,
                          seed: int = 0,
@@ -341,10 +362,12 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     # screen a seeded sample for items whose answer depends on the options' content; keep the strongest
     token_ids = pairs.token_ids[:2]
     block = [int(k) for k in order]
-    lp = run_interventions(lm, [clean_all[k] for k in block] + [cf_all[k] for k in block],
-                           [Row(j) for j in range(2 * len(block))], token_ids, batch_size=batch_size)
-    lo = lp[:, 0] - lp[:, 1]
-    effect = np.abs(lo[: len(block)] - lo[len(block):])
+    effect = _scored_swap_effect(run.path, form, [pres_all[k] for k in block])
+    if effect is None:  # the run did not score both orders of these items: run them
+        lp = run_interventions(lm, [clean_all[k] for k in block] + [cf_all[k] for k in block],
+                               [Row(j) for j in range(2 * len(block))], token_ids, batch_size=batch_size)
+        lo = lp[:, 0] - lp[:, 1]
+        effect = np.abs(lo[: len(block)] - lo[len(block):])
     ranked = [block[j] for j in np.argsort(-effect) if effect[j] >= min_effect][:n_items]
     screened = len(block)
     if not ranked:

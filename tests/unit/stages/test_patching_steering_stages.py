@@ -466,3 +466,21 @@ def test_a_model_that_says_one_letter_everywhere_is_patched_without_a_letter_dir
     assert set(frame.condition) == {"clean", "full", "stance", "random"}
     skipped = RunDir(run).stage_entry("patch_cross")["skipped_conditions"]
     assert "same letter" in skipped["letter"]
+
+
+def test_positional_screen_reads_the_scored_swapped_order(tiny_run, tiny_lm):
+    from wdprobe.data.prompts import normal_prompt, wrap
+    from wdprobe.methods.interventions import Row, run_interventions
+    from wdprobe.methods.patching import swap_counterfactual
+    from wdprobe.stages.pairs import load_pairs
+    from wdprobe.stages.patching import _scored_swap_effect
+
+    pairs = load_pairs(tiny_run, tiny_lm.tokenizer)
+    pres = pairs.presentations
+    clean = [wrap(normal_prompt(p, "deed"), tiny_lm.tokenizer, False) for p in pres]
+    cf = [wrap(normal_prompt(swap_counterfactual(p, "deed"), "deed"), tiny_lm.tokenizer, False) for p in pres]
+    lp = run_interventions(tiny_lm, clean + cf, [Row(i) for i in range(2 * len(pres))], pairs.token_ids[:2])
+    lo = lp[:, 0] - lp[:, 1]
+    forward = np.abs(lo[: len(pres)] - lo[len(pres):])
+    np.testing.assert_allclose(_scored_swap_effect(tiny_run, "deed", pres), forward, atol=1e-5)
+    assert _scored_swap_effect(tiny_run / "nowhere", "deed", pres) is None
