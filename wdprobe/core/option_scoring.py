@@ -181,8 +181,9 @@ def continuation_logprobs(lm, prompts: Sequence[str], continuations: Sequence[st
         mine = [r for r in range(len(prompts)) if ct.row_branch[r][0] in slot]
         reads = [ct.reads[k] for r in mine for k in ct.row_reads[r]]
         reads = [TokenRead(slot[rd.tree], rd.branch, rd.position, rd.tokens) for rd in reads]
-        lps, _ = tree_readout(lm, [ct.trees[t] for t in packed], reads, max_batch_tokens=budget, max_rows=batch_size,
-                              on_batch=on_batch)
+        # half the token budget: every continuation token is a vocabulary-wide read (measured ~15% faster on CPU)
+        lps, _ = tree_readout(lm, [ct.trees[t] for t in packed], reads, max_batch_tokens=budget // 2 if budget else None,
+                              max_rows=batch_size, on_batch=on_batch)
         k = 0
         for r in mine:
             n = len(ct.row_reads[r])

@@ -245,10 +245,15 @@ def tree_readout(lm: "LoadedModel", trees: Sequence[Tree], token_reads: Sequence
 
             fwd = [(name, keeper(h)) for h, name in enumerate(hooks)]
         logits = packed_forward(lm, batch, reads, fwd)
-        if read_ids:
-            lp = torch.log_softmax(logits.float(), dim=-1)
+        if read_ids:  # log-softmax at the read tokens only: one logsumexp pass, no second vocabulary-wide tensor
+            logits = logits.float()
+            lse = torch.logsumexp(logits, dim=-1)
+            width = max(len(token_reads[k].tokens) for k in read_ids)
+            index = torch.tensor([list(token_reads[k].tokens) + [0] * (width - len(token_reads[k].tokens))
+                                  for k in read_ids], device=logits.device)
+            picked = (torch.gather(logits, 1, index) - lse[:, None]).double().cpu().numpy()
             for j, k in enumerate(read_ids):
-                logprobs[k] = lp[j, list(token_reads[k].tokens)].double().cpu().numpy()
+                logprobs[k] = picked[j, : len(token_reads[k].tokens)]
         if resid_ids:
             missing = [name for h, name in enumerate(hooks) if h not in got]
             if missing:

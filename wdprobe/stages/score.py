@@ -318,13 +318,14 @@ def _letter_rows(lm, chunk: Sequence[Presentation], letters: LetterTokens, *, se
 
 
 def _stashed_readout(lm, stash: CaptureStash, trees, reads, where, texts, spans, n_opts, keys, batch_size: int,
-                     on_batch) -> list[np.ndarray]:
+                     on_batch, budget_share: float = 1.0) -> list[np.ndarray]:
     """Token reads plus the capture spec's residuals at each prompt's positions (``where[j]``: prompt j's tree and
     branch), in one pass; the residuals go to the stash, the log-probabilities are returned."""
     spec = stash.spec
     rreads = [ResidualRead(t, k, w) for (t, k), text, sp, n in zip(where, texts, spans, n_opts)
               for w in position_weights(lm.tokenizer, text, sp, n, spec.positions)]
     budget = default_batch_tokens(lm.device)
+    budget = int(budget * budget_share) if budget else None
     lps, resid = tree_readout(lm, trees, reads, rreads, spec.hook_names(), max_batch_tokens=budget,
                               max_rows=batch_size, on_batch=on_batch)
     n_pos, n_layers = len(spec.positions), len(spec.layers)
@@ -359,7 +360,7 @@ def _cloze_rows(lm, chunk: Sequence[Presentation], *, use_chat: bool, batch_size
                                    [prompts[r] for r in firsts],
                                    [prompt_spans(prompts[r], owner[r][0].item.stem(owner[r][1]), [], ()) for r in firsts],
                                    [0] * len(firsts), [(owner[r][0].item.id, owner[r][1], "cloze", "") for r in firsts],
-                                   batch_size, on_batch)
+                                   batch_size, on_batch, budget_share=0.5)
             k = 0
             for r in mine:
                 n = len(ct.row_reads[r])
