@@ -42,8 +42,8 @@ def study(pythonpath: Path | None, out: Path, data: str, sample: int, orders: st
                     str(sample), "--out", str(out), "--report", str(out / "report"), "--quiet"], check=True,
                    capture_output=True, text=True, env=env, cwd=out.parent)
     seconds = time.perf_counter() - t0
-    done = json.loads((out / "manifest.json").read_text()).get("study", {}).get("done", {})
-    return seconds, {k: v.get("seconds") for k, v in done.items()}
+    stages = json.loads((out / "manifest.json").read_text()).get("stages", {})
+    return seconds, {k: v.get("seconds") for k, v in stages.items() if isinstance(v, dict) and "seconds" in v}
 
 
 def main() -> None:

@@ -292,7 +292,7 @@ def token_segments(tokenizer, prompt: str, pres, form: str) -> list[str]:
 SEGMENT_ORDER = ["special", "instruction", "scenario", "label A", "option A", "label B", "option B", "Answer:", "final"]
 
 
-def _scored_swap_effect(run_dir: Path, form: str, pres: Sequence[Any]) -> np.ndarray | None:
+def scored_swap_effect(run_dir: Path, form: str, pres: Sequence[Any]) -> np.ndarray | None:
     """How much each two-option item's letter log-odds (A over B) move when its options are swapped, read from the
     run's scored prompts: a letter-free run asked both orders already (the swapped prompt is the other cyclic
     order, built the same way). None when some item lacks either order (then the screen runs its own forwards)."""
@@ -362,7 +362,7 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     # screen a seeded sample for items whose answer depends on the options' content; keep the strongest
     token_ids = pairs.token_ids[:2]
     block = [int(k) for k in order]
-    effect = _scored_swap_effect(run.path, form, [pres_all[k] for k in block])
+    effect = scored_swap_effect(run.path, form, [pres_all[k] for k in block])
     if effect is None:  # the run did not score both orders of these items: run them
         lp = run_interventions(lm, [clean_all[k] for k in block] + [cf_all[k] for k in block],
                                [Row(j) for j in range(2 * len(block))], token_ids, batch_size=batch_size)

@@ -473,7 +473,7 @@ def test_positional_screen_reads_the_scored_swapped_order(tiny_run, tiny_lm):
     from wdprobe.methods.interventions import Row, run_interventions
     from wdprobe.methods.patching import swap_counterfactual
     from wdprobe.stages.pairs import load_pairs
-    from wdprobe.stages.patching import _scored_swap_effect
+    from wdprobe.stages.patching import scored_swap_effect
 
     pairs = load_pairs(tiny_run, tiny_lm.tokenizer)
     pres = pairs.presentations
@@ -482,5 +482,5 @@ def test_positional_screen_reads_the_scored_swapped_order(tiny_run, tiny_lm):
     lp = run_interventions(tiny_lm, clean + cf, [Row(i) for i in range(2 * len(pres))], pairs.token_ids[:2])
     lo = lp[:, 0] - lp[:, 1]
     forward = np.abs(lo[: len(pres)] - lo[len(pres):])
-    np.testing.assert_allclose(_scored_swap_effect(tiny_run, "deed", pres), forward, atol=1e-5)
-    assert _scored_swap_effect(tiny_run / "nowhere", "deed", pres) is None
+    np.testing.assert_allclose(scored_swap_effect(tiny_run, "deed", pres), forward, atol=1e-5)
+    assert scored_swap_effect(tiny_run / "nowhere", "deed", pres) is None
