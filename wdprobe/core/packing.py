@@ -239,7 +239,8 @@ def tree_readout(lm: "LoadedModel", trees: Sequence[Tree], token_reads: Sequence
 
             def keeper(h: int):
                 def keep(x: torch.Tensor, hook: object = None) -> torch.Tensor:
-                    got[h] = W @ x.reshape(-1, x.shape[-1]).float()
+                    # x may sit on another device than the input (a model split over GPUs with device_map)
+                    got[h] = W.to(x.device) @ x.reshape(-1, x.shape[-1]).float()
                     return x
                 return keep
 
