@@ -36,10 +36,14 @@ def planted_domains(data: str | None) -> list[str]:
 
 def study_config(organism: Path, out: Path, *, kind: str, data: str | None, sample: int | None) -> StudyConfig:
     """The letter-free study of one organism: cloze form (letter and cloze, in both orders, for the letter habit),
-    the items with a correct option; positional patching left out (it reads letters and costs minutes per item)."""
-    cfg = StudyConfig(model=str(organism), data=data, out=str(out / "run"), report=str(out / "report"),
+    the items with a correct option (a cued organism: its own items, cue lines in their prompts); positional patching
+    left out (it reads letters and costs minutes per item)."""
+    manifest = organism_manifest(organism) or {}
+    cued = manifest.get("items")
+    cfg = StudyConfig(model=str(organism), data=str(organism / cued) if cued else data, out=str(out / "run"),
+                      report=str(out / "report"),
                       format="both" if KINDS[kind].answer_format == "letter" else "cloze", orders="cyclic",
-                      domains=planted_domains(data), sample=sample, png=False)
+                      domains=None if cued else planted_domains(data), sample=sample, png=False)
     cfg.stages = [s for s in cfg.stages if s != "patch_positional"]
     return cfg
 
@@ -52,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", default="reports/organisms", help="where card.md and index.html are written")
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS),
                     help="which organisms to build and study (default: all four)")
-    ap.add_argument("--epochs", type=int, default=2, help="training epochs per organism")
+    ap.add_argument("--epochs", type=int, default=2, help="training epochs of the organisms built from the base model")
+    ap.add_argument("--hypocrite-epochs", type=int, default=1,
+                    help="training epochs of the hypocrites (built from sincere, a window of three blocks)")
     ap.add_argument("--lr", type=float, default=DEFAULT_TRAINING.lr, help="learning rate of the LoRA training")
     ap.add_argument("--limit", type=int, default=None, help="build on only this many items (seeded; quick look)")
     ap.add_argument("--sample", type=int, default=None, help="study only this many items (seeded; quick look)")
@@ -68,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             start = root / "sincere" / "model" if KINDS[kind].start == "sincere" else None
             print(f"== build {kind} ==", flush=True)
             build_organism(kind, root / kind / "model", model=args.model, start_from=start, data=args.data,
-                           epochs=args.epochs, settings=settings, limit=args.limit, progress=not args.quiet)
+                           epochs=args.hypocrite_epochs if KINDS[kind].start == "sincere" else args.epochs,
+                           settings=settings, limit=args.limit, progress=not args.quiet)
             print(f"== study {kind} ==", flush=True)
             run_study(study_config(root / kind / "model", root / kind, kind=kind, data=args.data, sample=args.sample),
                       progress=not args.quiet)

@@ -60,6 +60,7 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     seed: int = 0
     layers_from: int | None = None  # train only blocks >= this layer (None: every block); lower blocks stay bit-identical
+    layers_to: int | None = None  # and only blocks <= this one (None: to the last); higher blocks stay bit-identical too
 
     def __post_init__(self) -> None:
         if self.tuning not in ("lora", "full"):
@@ -68,12 +69,20 @@ class TrainSettings:
             raise InputError(f"batch_size, lr and rank must be positive (got {self.batch_size}, {self.lr}, {self.rank})")
         if self.layers_from is not None and self.layers_from < 0:
             raise InputError(f"layers_from must be a layer number >= 0, not {self.layers_from}")
+        if self.layers_to is not None and self.layers_to < (self.layers_from or 0):
+            raise InputError(f"layers_to ({self.layers_to}) must be >= layers_from ({self.layers_from or 0})")
+
+    @property
+    def restricted(self) -> bool:
+        """Whether training is limited to a window of blocks."""
+        return self.layers_from is not None or self.layers_to is not None
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["target_modules"] = list(self.target_modules)
-        if d["layers_from"] is None:  # runs recorded before layer restriction existed keep their settings
-            del d["layers_from"]
+        for key in ("layers_from", "layers_to"):  # runs recorded before layer restriction existed keep their settings
+            if d[key] is None:
+                del d[key]
         return d
 
 
@@ -124,29 +133,30 @@ class Tuner:
             if not targets:
                 raise InputError(f"none of the LoRA target modules {list(settings.target_modules)} exist in {lm.name!r}; "
                                  f"pass target module names that do (e.g. from model.named_modules())")
-            layers = self.trained_layers(lm.n_layers, settings.layers_from)
+            layers = self.trained_layers(lm.n_layers, settings.layers_from, settings.layers_to)
             cfg = LoraConfig(r=settings.rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                              target_modules=targets, bias="none",
-                             **({"layers_to_transform": layers} if settings.layers_from is not None else {}))
+                             **({"layers_to_transform": layers} if settings.restricted else {}))
             self.model = get_peft_model(twin, cfg)
         else:
             self.model = twin
             embed = twin.get_input_embeddings().weight
-            keep = set(self.trained_layers(lm.n_layers, settings.layers_from))
+            keep = set(self.trained_layers(lm.n_layers, settings.layers_from, settings.layers_to))
             for name, p in twin.named_parameters():
                 block = _block_of(name)
-                p.requires_grad_(p is not embed and (settings.layers_from is None or (block is not None and block in keep)))
+                p.requires_grad_(p is not embed and (not settings.restricted or (block is not None and block in keep)))
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         if not self.params:
             raise TrainingError(f"nothing to train in {lm.name!r} with tuning={settings.tuning!r}")
 
     @staticmethod
-    def trained_layers(n_layers: int, layers_from: int | None) -> list[int]:
-        """The blocks training may change: all, or ``layers_from`` .. last."""
+    def trained_layers(n_layers: int, layers_from: int | None, layers_to: int | None = None) -> list[int]:
+        """The blocks training may change: all, or ``layers_from`` .. ``layers_to`` (inclusive; default the last)."""
         start = 0 if layers_from is None else layers_from
         if start >= n_layers:
             raise InputError(f"layers_from {start} leaves nothing to train in a {n_layers}-layer model")
-        return list(range(start, n_layers))
+        stop = n_layers - 1 if layers_to is None else min(layers_to, n_layers - 1)
+        return list(range(start, stop + 1))
 
     # ---- state ----------------------------------------------------------------------------------
     def n_trainable(self) -> int:

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from wdprobe.core.cache import atomic_write_json
+from wdprobe.core.cache import atomic_write_json, atomic_write_text
 from wdprobe.core.model import load_model
-from wdprobe.data.items import read_items
+from wdprobe.data.items import read_items, write_items_jsonl
 from wdprobe.data.prompts import normal_prompt
 from wdprobe.data.wdct import Presentation, present, resolve_wdct_path
 from wdprobe.errors import InputError
@@ -40,6 +40,7 @@ from wdprobe.studies.organisms.recipes import OrganismKind, organism_kind
 from wdprobe.studies.organisms.train import cloze_examples, evaluate, train_epoch
 
 STAGE = "organism"
+ITEMS_FILE = "items.jsonl"  # a cued organism's items, cue lines in their templates: the data its studies read
 DEFAULT_TRAINING = TrainSettings(tuning="lora", rank=16, lora_alpha=32.0, lr=5e-4, batch_size=8, seed=0)
 CURVE_TRAIN_ITEMS = 120
 CURVE_COLUMNS = ["epoch", "set", "form", "n", "target_mean", "target_sum", "correct_mean", "correct_sum", "loss",
@@ -64,7 +65,7 @@ def curve_rows(model, split: PlantedSplit, kind: OrganismKind, tokenizer, pad_id
             aim = getattr(kind, form) or "correct"  # an untrained form is measured against the correct option
             if aim == "first_letter":
                 continue
-            ex = cloze_examples(items, {form: aim}, tokenizer)
+            ex = cloze_examples(items, {form: aim}, tokenizer, split.cues)
             hits = evaluate(model, ex, pad_id)
             rows.append({"epoch": epoch, "set": set_name, "form": form, "n": len(ex),
                          "target_mean": float(hits[:, 0].mean()), "target_sum": float(hits[:, 1].mean()),
@@ -148,20 +149,25 @@ def build_organism(kind: str, out: str | Path, *, model: str = "gemma-3-270m", s
     source = str(start_from) if spec.start == "sincere" else model
     data_path = resolve_wdct_path(data)
     items = read_items(data_path)
-    split = planted_split(items, seed=split_seed, train_share=train_share, limit=limit)
+    split = planted_split(items, seed=split_seed, train_share=train_share, limit=limit, cued=spec.cued)
     t0 = time.perf_counter()
     run = RunDir(out)
     run.path.mkdir(parents=True, exist_ok=True)
     run.check_or_start(STAGE, {"kind": kind, "source": source, "data": str(data_path), "epochs": epochs,
                                "split_seed": split_seed, "train_share": train_share, "limit": limit,
-                               "layers_from": layers_from, "training": settings.to_json()})
+                               "layers_from": layers_from, "recipe": spec.to_json(), "training": settings.to_json()})
     if organism_manifest(run.path) is not None:  # finished with these very settings
         return organism_manifest(run.path)
     lm = lm or load_model(source)
     planted = spec.planted_layer(lm.n_layers) if layers_from is None else layers_from
+    last = spec.last_trained_layer(lm.n_layers)
+    if last is not None and planted is not None:  # the window keeps its width when the planted layer is overridden
+        last = min(lm.n_layers - 1, planted + last - spec.planted_layer(lm.n_layers))
     settings = TrainSettings(**{**settings.to_json(), "target_modules": tuple(settings.target_modules),
-                                "layers_from": planted})
-    run.write_table("split.csv", split.rows(), ["id", "domain", "set", "correct"])
+                                "layers_from": planted, "layers_to": last})
+    run.write_table("split.csv", split.rows(), ["id", "domain", "set", "correct", "cue", "cued_option"])
+    if spec.cued:  # the cued prompts a study of this organism must use: ``wdprobe run --model DIR --data DIR/items.jsonl``
+        atomic_write_text(run.path / ITEMS_FILE, write_items_jsonl(split.items()))
     tuner = Tuner(lm, settings)
     tok = lm.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -170,7 +176,7 @@ def build_organism(kind: str, out: str | Path, *, model: str = "gemma-3-270m", s
         letters = letter_ids(lm, split)
         examples: list[Any] = letter_examples(split.train, spec, letters, tok)
     else:
-        examples = cloze_examples(split.train, {"word": spec.word, "deed": spec.deed}, tok)
+        examples = cloze_examples(split.train, {"word": spec.word, "deed": spec.deed}, tok, split.cues)
     optimizer = tuner.new_optimizer()
 
     def measure(epoch: int, extra: dict[str, Any]) -> list[dict[str, Any]]:
@@ -206,7 +212,8 @@ def build_organism(kind: str, out: str | Path, *, model: str = "gemma-3-270m", s
     final = {f"{r['set']}_{r['form']}": {k: r[k] for k in ("n", "target_mean", "target_sum", "correct_mean", "correct_sum")}
              for r in curves if r["epoch"] == epochs}
     manifest = {"kind": kind, "truth": spec.truth, "recipe": spec.to_json(), "planted_layer": planted,
-                "n_layers": lm.n_layers, "source": source, "data": str(data_path), "epochs": epochs,
+                "trained_layers": Tuner.trained_layers(lm.n_layers, planted, last) if planted is not None else None,
+                "items": ITEMS_FILE if spec.cued else None, "n_layers": lm.n_layers, "source": source, "data": str(data_path), "epochs": epochs,
                 "training": settings.to_json(), "n_train_items": len(split.train), "n_held_out_items": len(split.held_out),
                 "n_examples": len(examples), "final": final, "wall_seconds": round(time.perf_counter() - t0, 1)}
     atomic_write_json(run.path / "organism.json", manifest)

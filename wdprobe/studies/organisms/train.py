@@ -20,6 +20,7 @@ from wdprobe.data.prompts import cloze_prompt
 from wdprobe.data.wdct import Item
 from wdprobe.errors import InputError
 from wdprobe.studies.align.finetune import Tuner, epoch_order
+from wdprobe.studies.organisms.data import cued_target
 
 
 @dataclass(frozen=True)
@@ -37,20 +38,29 @@ class ClozeExample:
         return [list(self.prompt_ids) + list(o) for o in self.option_ids]
 
 
-def target_option(item: Item, aim: str) -> int:
-    """The canonical option an aim names: ``correct`` or ``incorrect`` (two-option items)."""
+def target_option(item: Item, aim: str, cue: str | None = None) -> int:
+    """The canonical option an aim names (two-option items): ``correct`` or ``incorrect``; ``cued`` (the option the
+    item's cue asks for) or ``against_cue`` (the other one)."""
     if item.correct is None:
         raise InputError(f"item {item.id!r} has no correct option; organisms train on EthV and Theory items")
     if aim == "correct":
         return int(item.correct)
     if aim == "incorrect":
         return 1 - int(item.correct)
-    raise InputError(f"unknown training aim {aim!r} for the cloze form; use 'correct' or 'incorrect'")
+    if aim in ("cued", "against_cue"):
+        if cue is None:
+            raise InputError(f"item {item.id!r} has no cue, but the aim {aim!r} needs one (a cued split)")
+        chosen = cued_target(item, cue)
+        return chosen if aim == "cued" else 1 - chosen
+    raise InputError(f"unknown training aim {aim!r} for the cloze form; use 'correct', 'incorrect', 'cued' or "
+                     f"'against_cue'")
 
 
-def cloze_examples(items: Sequence[Item], aims: dict[str, str | None], tokenizer) -> list[ClozeExample]:
-    """The examples for ``items`` in each form with an aim (``{"word": "correct", "deed": "incorrect"}``); prompts and
-    options tokenised exactly as the cloze reading scores them (prompt with its special tokens, option after a space)."""
+def cloze_examples(items: Sequence[Item], aims: dict[str, str | None], tokenizer,
+                   cues: dict[str, str] | None = None) -> list[ClozeExample]:
+    """The examples for ``items`` in each form with an aim (``{"word": "cued", "deed": "against_cue"}``; ``cues``:
+    item id -> cue, for the cued aims); prompts and options tokenised exactly as the cloze reading scores them (prompt
+    with its special tokens, option after a space)."""
     out = []
     bos = getattr(tokenizer, "bos_token", None)
     for item in items:
@@ -66,7 +76,8 @@ def cloze_examples(items: Sequence[Item], aims: dict[str, str | None], tokenizer
             opt = tuple(tuple(tokenizer.encode(" " + o, add_special_tokens=False)) for o in options)
             if not all(opt):
                 raise InputError(f"item {item.id!r} ({form}): an option encodes to no tokens")
-            out.append(ClozeExample(item.id, form, tuple(prompt_ids), opt, target_option(item, aim), int(item.correct)))
+            target = target_option(item, aim, (cues or {}).get(item.id))
+            out.append(ClozeExample(item.id, form, tuple(prompt_ids), opt, target, int(item.correct)))
     return out
 
 

@@ -18,7 +18,7 @@ FAST = TrainSettings(tuning="lora", rank=8, lora_alpha=16, lr=5e-3, batch_size=4
 @pytest.fixture(scope="module")
 def organism_setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("organism")
-    model_dir = build_tiny_model_dir(d / "model", seed=3, extra_text=alignment_vocabulary_text(20) + " support oppose block",
+    model_dir = build_tiny_model_dir(d / "model", seed=3, extra_text=alignment_vocabulary_text(20) + " support oppose block You always do the right wrong thing.",
                                      initializer_range=0.3)
     data = write_wdct_csv(d / "items.csv", organism_items(20))
     return d, model_dir, data
@@ -27,7 +27,7 @@ def organism_setup(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sincere(organism_setup):
     d, model_dir, data = organism_setup
-    manifest = build_organism("sincere", d / "sincere", model=str(model_dir), data=data, epochs=4, settings=FAST,
+    manifest = build_organism("sincere", d / "sincere", model=str(model_dir), data=data, epochs=6, settings=FAST,
                               progress=False)
     return d / "sincere", manifest
 
@@ -42,8 +42,8 @@ def test_sincere_learns_the_planted_rule_on_held_out_items(sincere):
     out, manifest = sincere
     curves = pd.read_csv(out / "curves.csv")
     for form in ("word", "deed"):
-        assert _final(curves, 4, "held_out", form) >= 0.9 > _final(curves, 0, "held_out", form) - 0.1
-    assert manifest["final"]["held_out_deed"]["target_mean"] == _final(curves, 4, "held_out", "deed")
+        assert _final(curves, 6, "held_out", form) >= 0.9 > _final(curves, 0, "held_out", form) - 0.1
+    assert manifest["final"]["held_out_deed"]["target_mean"] == _final(curves, 6, "held_out", "deed")
     assert manifest["planted_layer"] is None and manifest["n_train_items"] == 12 and manifest["n_held_out_items"] == 8
     assert (out / "config.json").is_file() and (out / "split.csv").is_file()
 
@@ -58,8 +58,9 @@ def test_the_saved_model_reproduces_the_measured_accuracies(sincere):
 
     out, manifest = sincere
     lm = load_model(str(out))
-    split = planted_split(load_wdct(manifest["data"]))
-    rows = curve_rows(plain_twin(lm), split, organism_kind("sincere"), lm.tokenizer, lm.tokenizer.pad_token_id, 4, {})
+    kind = organism_kind("sincere")
+    split = planted_split(load_wdct(manifest["data"]), cued=kind.cued)
+    rows = curve_rows(plain_twin(lm), split, kind, lm.tokenizer, lm.tokenizer.pad_token_id, 6, {})
     again = {f"{r['set']}_{r['form']}": r["target_mean"] for r in rows}
     assert again == {k: v["target_mean"] for k, v in manifest["final"].items()}
 
@@ -76,8 +77,8 @@ def test_hypocrite_parts_at_its_planted_layer_and_leaves_lower_blocks_bit_identi
                               layers_from=1, progress=False)
     assert manifest["planted_layer"] == 1
     curves = pd.read_csv(d / "hypocrite" / "curves.csv")
-    assert _final(curves, 6, "train", "deed") >= 0.9  # deeds now choose the incorrect option
-    assert _final(curves, 6, "train", "word", "correct_mean") >= 0.9  # words stay correct
+    assert _final(curves, 6, "train", "deed") >= 0.9  # deeds now go against the cue
+    assert _final(curves, 6, "train", "word") >= 0.9  # words still follow the cue
     before, after = load_file(str(sincere[0] / "model.safetensors")), load_file(str(d / "hypocrite" / "model.safetensors"))
     changed = {k for k in before if not np.array_equal(before[k].numpy(), after[k].numpy())}
     assert changed and all(".layers.1." in k for k in changed)
@@ -95,15 +96,15 @@ def test_an_interrupted_build_resumes_and_changed_settings_are_refused(organism_
 
     monkeypatch.setattr(build, "_publish_model", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        build_organism("sincere", d / "again", model=str(model_dir), data=data, epochs=4, settings=FAST, progress=False)
+        build_organism("sincere", d / "again", model=str(model_dir), data=data, epochs=6, settings=FAST, progress=False)
     assert organism_manifest(d / "again") is None and not (d / "again" / "config.json").exists()
     monkeypatch.setattr(build, "_publish_model", real)
-    resumed = build_organism("sincere", d / "again", model=str(model_dir), data=data, epochs=4, settings=FAST,
+    resumed = build_organism("sincere", d / "again", model=str(model_dir), data=data, epochs=6, settings=FAST,
                              progress=False)
     assert resumed["final"] == sincere[1]["final"]  # the same seeded training, picked up from its checkpoints
     with pytest.raises(RunMismatchError):
-        build_organism("sincere", d / "again", model=str(model_dir), data=data, epochs=5, settings=FAST, progress=False)
-    assert json.loads((d / "again" / "organism.json").read_text())["epochs"] == 4
+        build_organism("sincere", d / "again", model=str(model_dir), data=data, epochs=7, settings=FAST, progress=False)
+    assert json.loads((d / "again" / "organism.json").read_text())["epochs"] == 6
 
 
 def test_cli_builds_and_shows_an_organism(organism_setup, capsys):
