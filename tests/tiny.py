@@ -37,8 +37,8 @@ def write_wdct_csv(path: Path, items=SYNTHETIC_ITEMS, trailing: str = "") -> Pat
 
 
 def build_tiny_model_dir(path: Path, *, seed: int = 0, sliding_window: int = 64, chat_template: str | None = None, extra_text: str = "",
-                         initializer_range: float = 0.02) -> Path:
-    """Save a 2-layer Gemma-3 (d_model 64) and a word-level tokenizer in HF format under ``path``."""
+                         initializer_range: float = 0.02, n_layers: int = 2) -> Path:
+    """Save an ``n_layers``-layer Gemma-3 (d_model 64; default 2) and a word-level tokenizer in HF format under ``path``."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import (
         Gemma3ForCausalLM,
@@ -64,10 +64,11 @@ def build_tiny_model_dir(path: Path, *, seed: int = 0, sliding_window: int = 64,
     path.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(path)
     torch.manual_seed(seed)
-    cfg = Gemma3TextConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    cfg = Gemma3TextConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
                            num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=512,
                            pad_token_id=0, eos_token_id=1, bos_token_id=2, sliding_window=sliding_window,
-                           layer_types=["sliding_attention", "full_attention"], initializer_range=initializer_range)
+                           layer_types=["sliding_attention", "full_attention"] * (n_layers // 2) + ["sliding_attention"] * (n_layers % 2),
+                           initializer_range=initializer_range)
     model = Gemma3ForCausalLM(cfg)
     model.config.architectures = ["Gemma3ForCausalLM"]
     model.save_pretrained(path)

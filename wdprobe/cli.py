@@ -490,7 +490,9 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
                               epochs=args.epochs, settings=settings, split_seed=args.seed, limit=args.limit,
                               layers_from=args.layers_from, progress=not args.quiet)
     print(json.dumps({k: manifest[k] for k in ("kind", "planted_layer", "final", "wall_seconds")}, indent=2))
-    print(f"organism in {args.out}: use it with --model {args.out}")
+    cued = f" --data {Path(args.out) / manifest['items']}" if manifest.get("items") else ""
+    print(f"organism in {args.out}: use it with --model {args.out}{cued}"
+          + (" (its cued items: the cue line sets each item's planted stance)" if cued else ""))
     return 0
 
 

@@ -179,3 +179,74 @@ def test_the_card_keeps_its_inputs_and_rescores_from_them_alone(organism_setup, 
     assert again.read_text() == first
     page = (card / "index.html").read_text()
     assert "Learning curves" in page and "<script src=" in page
+
+
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+def test_a_training_window_leaves_every_block_outside_it_bit_identical(tmp_path, tuning):
+    """A hypocrite's window (blocks L..L+2) is the only place training may change: blocks below and above it, the
+    embedding and the final norm keep their exact starting values, for LoRA (merged) and for full fine-tuning."""
+    import torch
+
+    from wdprobe.core.model import load_model
+    from wdprobe.data.wdct import load_wdct
+    from wdprobe.studies.align.finetune import Tuner
+    from wdprobe.studies.organisms.data import planted_split
+    from wdprobe.studies.organisms.train import cloze_examples, train_epoch
+
+    model_dir = build_tiny_model_dir(tmp_path / "m", seed=1, n_layers=5, initializer_range=0.3,
+                                     extra_text=alignment_vocabulary_text(8) + " support oppose block You always do the right wrong thing.")
+    lm = load_model(str(model_dir))
+    settings = TrainSettings(tuning=tuning, rank=4, lora_alpha=8, lr=5e-2, batch_size=4, seed=0, layers_from=1, layers_to=3)
+    assert Tuner.trained_layers(5, 1, 3) == [1, 2, 3]
+    tuner = Tuner(lm, settings)
+    split = planted_split(load_wdct(write_wdct_csv(tmp_path / "items.csv", organism_items(8))), cued=True)
+    examples = cloze_examples(split.train, {"word": "cued", "deed": "against_cue"}, lm.tokenizer, split.cues)
+    start = {k: v.detach().clone() for k, v in (tuner.model.get_base_model() if tuning == "lora" else tuner.model).state_dict().items()
+             if "lora_" not in k}
+    train_epoch(tuner, examples, tuner.new_optimizer(), epoch=1, pad_id=lm.tokenizer.pad_token_id)
+    trained = tuner.model.merge_and_unload() if tuning == "lora" else tuner.model
+    after = {k.replace("base_layer.", ""): v for k, v in trained.state_dict().items()}
+    start = {k.replace("base_layer.", ""): v for k, v in start.items()}
+    changed = {k for k in start if not torch.equal(start[k], after[k])}
+    blocks = {int(k.split(".layers.")[1].split(".")[0]) for k in changed if ".layers." in k}
+    assert blocks == {1, 2, 3}, sorted(changed)
+    assert all(".layers." in k for k in changed)  # embedding, final norm untouched
+
+
+def test_a_cued_split_balances_its_cues_and_writes_them_into_every_prompt(organism_setup):
+    """Half the items of each set (rounded up) get "right", the rest "wrong"; the cue opens both prompts; the cued
+    option is the correct one under "right" and the other under "wrong"; the same seed gives the same cues."""
+    from wdprobe.data.prompts import cloze_prompt
+    from wdprobe.data.wdct import load_wdct
+    from wdprobe.studies.organisms.data import CUES, planted_split
+    from wdprobe.studies.organisms.train import target_option
+
+    _, _, data = organism_setup
+    items = load_wdct(data)
+    split = planted_split(items, cued=True)
+    for part in (split.train, split.held_out):
+        rights = sum(split.cues[i.id] == "right" for i in part)
+        assert rights == (len(part) + 1) // 2
+    for item in split.items():
+        cue = split.cues[item.id]
+        for form in ("word", "deed"):
+            assert cloze_prompt(item, form).startswith(CUES[cue] + "\n") and item.stem(form) in cloze_prompt(item, form)
+        assert target_option(item, "cued", cue) == (item.correct if cue == "right" else 1 - item.correct)
+        assert target_option(item, "against_cue", cue) == 1 - target_option(item, "cued", cue)
+    assert planted_split(items, cued=True).cues == split.cues and not planted_split(items).cues
+    with pytest.raises(InputError, match="has no cue"):
+        target_option(items[0], "cued")
+
+
+def test_a_cued_organism_writes_the_items_its_studies_read(sincere):
+    """The organism directory holds its cued items (train and held out) for ``wdprobe run --data``; they read back to
+    the items training used, cue lines included."""
+    from wdprobe.data.items import read_items
+    from wdprobe.data.wdct import load_wdct
+    from wdprobe.studies.organisms.data import planted_split
+
+    out, manifest = sincere
+    assert manifest["items"] == "items.jsonl"
+    written = read_items(out / "items.jsonl")
+    expected = planted_split(load_wdct(manifest["data"]), cued=True).items()
+    assert [(i.id, i.template, i.correct) for i in written] == [(i.id, i.template, i.correct) for i in expected]
