@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="build on only this many items (seeded; quick look)")
     ap.add_argument("--sample", type=int, default=None, help="study only this many items (seeded; quick look)")
     ap.add_argument("--card-only", action="store_true", help="rescore the finished studies, build and run nothing")
+    ap.add_argument("--keep-committed", nargs="*", default=[], choices=list(KINDS), metavar="KIND",
+                    help="kinds not rebuilt whose record and study tables already in --report are scored as they are")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     root = Path(args.out_root)
@@ -80,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
             run_study(study_config(root / kind / "model", root / kind, kind=kind, data=args.data, sample=args.sample),
                       progress=not args.quiet)
     organisms = {k: (root / k / "model", root / k / "run") for k in order if organism_manifest(root / k / "model")}
+    for k in args.keep_committed:
+        kept = Path(args.report) / k
+        if k in organisms or organism_manifest(kept) is None:
+            print(f"--keep-committed {k}: {'it is being rebuilt' if k in organisms else f'no record in {kept}'}",
+                  file=sys.stderr)
+            return 2
+        organisms[k] = (kept, kept / "study")
+    organisms = {k: organisms[k] for k in KINDS if k in organisms}  # the card's order
     if not organisms:
         print(f"no finished organisms under {root}", file=sys.stderr)
         return 1

@@ -179,6 +179,12 @@ def test_the_card_keeps_its_inputs_and_rescores_from_them_alone(organism_setup, 
     assert again.read_text() == first
     page = (card / "index.html").read_text()
     assert "Learning curves" in page and "<script src=" in page
+    # a kind that is not rebuilt is scored from its committed record, and the card says so by scoring it
+    assert script.main(["--out-root", str(tmp_path / "none"), "--report", str(card), "--card-only",
+                        "--keep-committed", "sincere", "--quiet"]) == 0
+    assert (card / "card.md").read_text() == first
+    assert script.main(["--out-root", str(tmp_path / "none"), "--report", str(card), "--card-only",
+                        "--keep-committed", "letter", "--quiet"]) == 2  # no committed letter record there
 
 
 @pytest.mark.parametrize("tuning", ["lora", "full"])
