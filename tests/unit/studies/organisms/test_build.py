@@ -256,3 +256,31 @@ def test_a_cued_organism_writes_the_items_its_studies_read(sincere):
     written = read_items(out / "items.jsonl")
     expected = planted_split(load_wdct(manifest["data"]), cued=True).items()
     assert [(i.id, i.template, i.correct) for i in written] == [(i.id, i.template, i.correct) for i in expected]
+
+
+def test_the_saved_model_gives_the_trained_models_logits(organism_setup, sincere):
+    """Save/load round trip: the published directory (LoRA merged into the weights) gives the logits of the model as
+    trained (base + adapters from the last checkpoint), on cued prompts of both forms."""
+    import torch
+
+    from wdprobe.core.generation import plain_twin
+    from wdprobe.core.model import load_model
+    from wdprobe.data.prompts import cloze_prompt
+    from wdprobe.data.wdct import load_wdct
+    from wdprobe.studies.align.finetune import Tuner, load_checkpoint
+    from wdprobe.studies.organisms.data import planted_split
+
+    _, model_dir, _ = organism_setup
+    out, manifest = sincere
+    settings = TrainSettings(**{**manifest["training"], "target_modules": tuple(manifest["training"]["target_modules"])})
+    tuner = Tuner(load_model(str(model_dir)), settings)
+    load_checkpoint(out / "training", manifest["epochs"], tuner)
+    saved = load_model(str(out))
+    tok = saved.tokenizer
+    items = planted_split(load_wdct(manifest["data"]), cued=True).items()[:6]
+    texts = [cloze_prompt(i, f) for i in items for f in ("word", "deed")]
+    batch = tok(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        trained = tuner.model(**batch).logits
+        reloaded = plain_twin(saved)(**batch).logits
+    assert torch.allclose(trained, reloaded, atol=1e-4, rtol=1e-4), float((trained - reloaded).abs().max())
