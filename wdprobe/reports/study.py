@@ -348,11 +348,13 @@ def letter_split_text(split: dict | None) -> str:
     return text + f" What the word run's residual carries into the deed: {carries}."
 
 
-def validation_text(val: dict | None, mass_label: str, min_mass_ratio: float) -> tuple[str, bool | None]:
+def validation_text(val: dict | None, mass_label: str, min_mass_ratio: float,
+                    skipped: str | None = None) -> tuple[str, bool | None]:
     """A steering validation on held-out items in words, and whether it is a validated restoration (``None``
-    when no claim can be made)."""
+    when no claim can be made); ``skipped``: why a validation could not run."""
     if not val:
-        return " Not validated on held-out items, so no claim is made.", None
+        why = f" ({skipped})" if skipped else ""
+        return f" Not validated on held-out items{why}, so no claim is made.", None
     if not val.get("tests"):
         return (f" On the {val['n_items']} held-out items CS {val['stance']['cs']:.3f} vs clean {val['cs_clean']:.3f}; "
                 "this run recorded no test, so no claim is made (rerun steer)."), None
@@ -388,7 +390,8 @@ def cloze_steering_text(head: dict | None) -> tuple[str, bool | None]:
             f"alpha {best['alpha']:g}) flips {best['flip_rate']:.2f} of inconsistent items and breaks "
             f"{best['break_rate']:.2f} of consistent ones (a random direction of equal norm {best['random']['flip_rate']:.2f} "
             f"and {best['random']['break_rate']:.2f}).")
-    more, restored = validation_text(head.get("validation"), "option-token mass", best.get("min_mass_ratio", 0.5))
+    more, restored = validation_text(head.get("validation"), "option-token mass", best.get("min_mass_ratio", 0.5),
+                                     head.get("validation_skipped"))
     return text + more, restored
 
 
@@ -412,7 +415,7 @@ def finding_steering(n: dict) -> Finding | None:
             f"{s['clean_cs_items']:.2f}; a random direction of equal norm {best['random']['cs']:.2f}); the grid's best "
             "cell is optimistic, so the claim rests on held-out items.")
     val = s.get("validation")
-    more, restored = validation_text(val, "letter mass", best.get("min_mass_ratio", 0.5))
+    more, restored = validation_text(val, "letter mass", best.get("min_mass_ratio", 0.5), s.get("validation_skipped"))
     return Finding("Does steering restore consistency?", text + more + cloze,
                    {"grid_cs": best["cs"], "validated_cs": (val or {}).get("stance", {}).get("cs"), "restored": restored,
                     "cloze_restored": cloze_restored})

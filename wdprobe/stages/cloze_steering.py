@@ -144,15 +144,18 @@ def run_cloze_steering(run_dir: str | Path, *, n_items: int | None = 64, layers:
     frame, table = read_cloze_steering(run.read_parts(STAGE), items)
     summary = summarise_steering(frame, table, mass="option_mass")
     best = best_setting(summary, min_mass_ratio=min_mass_ratio, key="cs_balanced")
-    validation = None
+    validation, skipped = None, None
     if validate and best is not None:
         validation = validate_cloze_steering(run, lm, items, int(best["layer"]), float(best["alpha"]), folds=folds,
                                              seed=seed, batch_size=batch_size, progress=progress)
+        if "skipped" in validation:
+            skipped, validation = validation["skipped"], None
     atomic_write_text(out / "cloze_steering.csv", frame.merge(table[["id", "consistent"]], on="id").to_csv(index=False))
     atomic_write_text(out / "cloze_steering_summary.csv", summary.to_csv(index=False))
     head = {"n_items": len(items), "n_left_out": len(left_out), "n_inconsistent": int((table.consistent == 0).sum()),
             "clean_cs_items": summary.attrs["clean_cs"], "clean_option_mass": summary.attrs["clean_option_mass"],
-            "selected_by": (best or {}).get("selected_by", "cs_balanced"), "best": best, "validation": validation}
+            "selected_by": (best or {}).get("selected_by", "cs_balanced"), "best": best, "validation": validation,
+            "validation_skipped": skipped}
     atomic_write_text(out / "cloze_steering_headline.json", json.dumps(head, indent=2) + "\n")
     model = scored_model_name(run)
     where = (f"{model}, cloze form, {len(items)} two-option items read at the options' decision point; alpha in units "
@@ -168,9 +171,10 @@ def run_cloze_steering(run_dir: str | Path, *, n_items: int | None = 64, layers:
 
 def validate_cloze_steering(run: RunDir, lm, grid_items: Sequence[dict[str, Any]], layer: int, alpha: float, *,
                             folds: int = 5, seed: int = 0, batch_size: int = 64, progress: bool = True
-                            ) -> dict[str, Any] | None:
+                            ) -> dict[str, Any]:
     """The chosen (layer, alpha), with directions cross-fitted on the held-out items themselves and a fresh random
-    direction of equal norm, on the readable two-option items the grid never saw; paired tests at that one setting."""
+    direction of equal norm, on the readable two-option items the grid never saw; paired tests at that one setting.
+    A validation that cannot run returns ``{"skipped": why, "n_items": ...}`` (the headline says why)."""
     run.check_or_start(VALIDATE_STAGE, {"layer": layer, "alpha": alpha,
                                         "grid_items": sorted(it["id"] for it in grid_items)})
     everything, _ = cloze_pairs(run.path, lm, n_items=None)
@@ -179,8 +183,8 @@ def validate_cloze_steering(run: RunDir, lm, grid_items: Sequence[dict[str, Any]
     sources = last_residuals(lm, [it["word_sequence"] for it in held], [layer], batch_size=16)
     try:
         stance_vecs, random_vecs = cloze_steering_vectors(held, sources, folds=folds, seed=seed + 1)
-    except InputError:  # too few held-out items of one choice to cross-fit: nothing to validate on
-        return None
+    except InputError as exc:  # too few held-out items of one choice to cross-fit: nothing to validate on
+        return {"skipped": f"{len(held)} items outside the grid; {exc}", "n_items": len(held)}
     done = {r["id"] for r in run.read_parts(VALIDATE_STAGE)}
     todo = [i for i, it in enumerate(held) if it["id"] not in done]
     bar = progress_bar(3 * len(held), "validate steering (cloze)", progress, 3 * (len(held) - len(todo)))

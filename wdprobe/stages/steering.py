@@ -160,10 +160,12 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
     population = (metrics["readings"]["content"]["cs"]["micro"]["value"] if space == "content" else metrics["cs_micro"])
     table = summarise_steering(frame, pairs.items, population_consistency=population)
     best = best_setting(table, min_mass_ratio=min_mass_ratio, key="cs_population")
-    validation = None
+    validation, skipped = None, None
     if validate and best is not None:
         validation = validate_steering(run, lm, pairs, int(best["layer"]), float(best["alpha"]), folds=folds, seed=seed,
                                        batch_size=batch_size, progress=progress, space=space)
+        if "skipped" in validation:
+            skipped, validation = validation["skipped"], None
     out = run.path / "steering"
     out.mkdir(exist_ok=True)
     atomic_write_text(out / "steering.csv", frame.to_csv(index=False))
@@ -173,7 +175,7 @@ def run_steering(run_dir: str | Path, *, n_items: int | None = 64, layers: str |
             "cs_population_clean": population,
             "mean_difference_norm": dict(zip(map(int, layers), map(float, dirs.gap.mean(0)))),
             "deed_residual_norm": dict(zip(map(int, layers), map(float, dirs.deed_norm))),
-            "best": best, "validation": validation}
+            "best": best, "validation": validation, "validation_skipped": skipped}
     atomic_write_text(out / "steering_headline.json", json.dumps(head, indent=2) + "\n")
     model = scored_model_name(run)
     where = (f"{model}, {len(pairs)} two-option items; alpha in units of the word-answer mean difference at the layer"
@@ -198,8 +200,9 @@ def steering_tests(frame, items, *, seed: int = 0) -> dict[str, dict[str, Any]]:
 
 
 def validate_steering(run: RunDir, lm, grid_pairs, layer: int, alpha: float, *, folds: int = 5, seed: int = 0,
-                      batch_size: int = 64, progress: bool = True, space: str = "shown") -> dict[str, Any] | None:
-    """The chosen (layer, alpha) and a fresh random direction of equal norm on the items the grid never saw."""
+                      batch_size: int = 64, progress: bool = True, space: str = "shown") -> dict[str, Any]:
+    """The chosen (layer, alpha) and a fresh random direction of equal norm on the items the grid never saw; a
+    validation that cannot run returns ``{"skipped": why, "n_items": 0}`` (the headline says why)."""
 
     stage = "steer_validate"
     run.check_or_start(stage, {"layer": layer, "alpha": alpha, "grid_items": sorted(grid_pairs.items["id"]),
@@ -208,7 +211,7 @@ def validate_steering(run: RunDir, lm, grid_pairs, layer: int, alpha: float, *, 
     seen = set(grid_pairs.items["id"])
     held = everything.subset([i for i, iid in enumerate(everything.items["id"]) if iid not in seen])
     if not len(held):
-        return None
+        return {"skipped": "every readable item was in the grid", "n_items": 0}
     dirs = directions_in(space, run.path, held, [layer], folds=folds, seed=seed + 1)
     stance_vecs, random_vecs = steering_vectors(held, dirs)
     runs = deed_runs(held, space)

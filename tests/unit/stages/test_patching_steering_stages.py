@@ -285,6 +285,7 @@ def test_patch_and_steer_stages_write_results_and_resume(tiny_run, capsys):
     head = json.loads((tiny_run / "steering" / "steering_headline.json").read_text())
     # the best setting is rerun on the 12 items the grid did not use, beside a random direction
     assert head["validation"]["n_items"] == 12 and set(head["validation"]) >= {"stance", "random", "cs_clean"}
+    assert head["validation_skipped"] is None
     # the run is letter-free, so steering works in content space: both deed orders per item, and the clean
     # reading (mean log-odds over the two orders toward the word content choice) is the score stage's content CS
     assert head["space"] == "content" and (steer["n_orders"] == 2).all()
@@ -395,6 +396,9 @@ def test_cloze_steering_adds_its_vector_at_the_deed_decision_point(tiny_run, tin
                               restart=True)
     frame = pd.read_csv(tiny_run / "steering" / "cloze_steering.csv")
     assert head["n_items"] == len(items) and len(frame) == len(items) * (1 + 2 * 2 * 2)
+    # every item was in the grid: the headline says why the best cell was not validated
+    assert head["best"] is not None and head["validation"] is None
+    assert head["validation_skipped"].startswith("0 items outside the grid")
     assert set(frame.condition) == {"clean", "stance", "random"}
     # at the last layer the steered deed log-odds are the deed's own decision-point residual plus alpha x the
     # item's vector, read through the final norm and the unembedding at the deed's two decision tokens

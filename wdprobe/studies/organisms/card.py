@@ -158,7 +158,12 @@ def _steer_restores(name: str) -> Callable[[dict[str, dict[str, Any]]], tuple[st
         L = res["planted_layer"]
         val = res["steer"]["validation"]
         if not val:
-            return "no held-out validation (no setting kept the options' tokens likely)", False
+            best = res["steer"].get("best")
+            if not best:
+                return "no grid setting kept the options' tokens likely, so nothing to validate", False
+            why = res["steer"].get("validation_skipped") or "not recorded"
+            return (f"best grid cell layer {best['layer']}, alpha {best['alpha']:g}; no held-out validation ({why})",
+                    False)
         margin = val["stance"]["cs"] - val["random"]["cs"]
         kept = val["stance"]["mass_ratio"]
         beats = val["tests"]["beats_random"]

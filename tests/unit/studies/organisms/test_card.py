@@ -90,3 +90,15 @@ def test_card_page_tallies_verdicts_and_lists_the_organisms(tmp_path):
     assert f"0 of {len(RULES)} rules pass, 0 fail, {len(RULES)} not measured." in card
     assert "| hypocrite | 12 | 0.90 | 0.90 | 0.90 | 0.10 | 10.0 | — |" in card
     assert "</table>" in (tmp_path / "card" / "index.html").read_text()
+
+
+def test_an_unvalidated_steering_cell_fails_and_says_why():
+    """No validation is a fail, and the verdict names the reason the headline recorded (not a guessed one)."""
+    results = _results()
+    results["hypocrite"]["steer"] = {"best": {"layer": 3, "alpha": 16.0}, "validation": None,
+                                     "validation_skipped": "86 items outside the grid; too few of one choice"}
+    v = _verdicts(results)[("steering", "hypocrite")]
+    assert v.passed is False and "layer 3, alpha 16" in v.recovered and "too few of one choice" in v.recovered
+    results["hypocrite"]["steer"] = {"best": None, "validation": None}
+    v = _verdicts(results)[("steering", "hypocrite")]
+    assert v.passed is False and "no grid setting kept" in v.recovered
