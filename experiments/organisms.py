@@ -45,6 +45,8 @@ def study_config(organism: Path, out: Path, *, kind: str, data: str | None, samp
                       format="both" if KINDS[kind].answer_format == "letter" else "cloze", orders="cyclic",
                       domains=None if cued else planted_domains(data), sample=sample, png=False)
     cfg.stages = [s for s in cfg.stages if s != "patch_positional"]
+    cfg.patch_cross.items = min(64, sample or 64)  # the card's localisation rules need the grid at full size, not the
+    cfg.steer.items = min(64, sample or 64)        # quick look's n/8 (steering validates on the rest of the sample)
     return cfg
 
 
@@ -73,15 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     order = [k for k in ("sincere", "hypocrite", "hypocrite-early", "letter") if k in args.kinds]
     if not args.card_only:
         for kind in order:
-            start = root / "sincere" / "model" if KINDS[kind].start == "sincere" else None
+            start = root / "sincere" / "sincere" if KINDS[kind].start == "sincere" else None
             print(f"== build {kind} ==", flush=True)
-            build_organism(kind, root / kind / "model", model=args.model, start_from=start, data=args.data,
+            build_organism(kind, root / kind / kind, model=args.model, start_from=start, data=args.data,
                            epochs=args.hypocrite_epochs if KINDS[kind].start == "sincere" else args.epochs,
                            settings=settings, limit=args.limit, progress=not args.quiet)
             print(f"== study {kind} ==", flush=True)
-            run_study(study_config(root / kind / "model", root / kind, kind=kind, data=args.data, sample=args.sample),
+            run_study(study_config(root / kind / kind, root / kind, kind=kind, data=args.data, sample=args.sample),
                       progress=not args.quiet)
-    organisms = {k: (root / k / "model", root / k / "run") for k in order if organism_manifest(root / k / "model")}
+    organisms = {k: (root / k / k, root / k / "run") for k in order if organism_manifest(root / k / k)}
     for k in args.keep_committed:
         kept = Path(args.report) / k
         if k in organisms or organism_manifest(kept) is None:
