@@ -168,7 +168,7 @@ def _steer_restores(name: str) -> Callable[[dict[str, dict[str, Any]]], tuple[st
         kept = val["stance"]["mass_ratio"]
         beats = val["tests"]["beats_random"]
         text = (f"layer {val['layer']}: held-out CS {val['stance']['cs']:.2f} vs random {val['random']['cs']:.2f} "
-                f"(+{margin:.2f}, p = {beats['p_value']:.3f}); option mass {kept:.2f} of clean")
+                f"({margin:+.2f}, p = {beats['p_value']:.3f}); option mass {kept:.2f} of clean")
         return text, bool(val["layer"] >= L and margin >= STEER_MARGIN and beats["significant"] and kept >= MASS_KEPT)
     return check
 
