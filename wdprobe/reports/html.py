@@ -9,7 +9,7 @@ from typing import Any
 CSS = ("body{font-family:system-ui,sans-serif;max-width:1360px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}"
        "h1{margin-bottom:0}.sub{color:#666;margin-top:.3em}ol.findings li{margin:.6em 0}"
        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
-       "th:first-child,td:first-child{text-align:left}pre{background:#f6f8fa;padding:1em;overflow:auto;font-size:12px}"
+       "th:first-child,td:first-child{text-align:left}table.text td,table.text th{text-align:left;vertical-align:top}pre{background:#f6f8fa;padding:1em;overflow:auto;font-size:12px}"
        "nav a{margin-right:1em}.num{font-variant-numeric:tabular-nums}.fig{overflow-x:auto;margin:1em 0}"
        "details.table{margin:.4em 0}details.table>summary{cursor:pointer;font-weight:600}"
        ".banner{background:#fff4e6;border-left:4px solid #d9480f;padding:.6em 1em}")
@@ -20,11 +20,12 @@ def folded(title: str, body: str) -> str:
     return f"<details class='table'><summary>{html.escape(title)}</summary>{body}</details>"
 
 
-def table_html(header: list[str], rows: list[list[Any]]) -> str:
-    """An HTML table from a header and rows (values escaped)."""
+def table_html(header: list[str], rows: list[list[Any]], *, text: bool = False) -> str:
+    """An HTML table from a header and rows (values escaped); numbers align right, ``text`` tables (sentences in
+    their cells) left and top."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table class='num'><tr>{head}</tr>{body}</table>"
+    return f"<table class='{'text' if text else 'num'}'><tr>{head}</tr>{body}</table>"
 
 
 def inline_markdown(text: str) -> str:

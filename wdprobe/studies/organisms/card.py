@@ -345,7 +345,7 @@ def write_instrument_card(organisms: dict[str, tuple[str | Path, str | Path | No
            "from: `<organism>/study/`."]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>wdprobe instrument card</title><style>{CSS}</style>"
             f"</head><body><h1>The instrument card</h1><p class='sub'>{summary}</p>"
-            f"{notes_html(preamble) if preamble.strip() else ''}{table_html(CARD_HEADER, card_rows(verdicts))}"
+            f"{notes_html(preamble) if preamble.strip() else ''}{table_html(CARD_HEADER, card_rows(verdicts), text=True)}"
             f"<h2>The organisms</h2>{table_html(BEHAVIOUR_HEADER, behaviour_rows(paths))}"
             f"{figure_html([curves_figure(paths)], out / 'index.html')}</body></html>")
     atomic_write_text(out / "index.html", page)
