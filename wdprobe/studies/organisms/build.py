@@ -160,9 +160,8 @@ def build_organism(kind: str, out: str | Path, *, model: str = "gemma-3-270m", s
         return organism_manifest(run.path)
     lm = lm or load_model(source)
     planted = spec.planted_layer(lm.n_layers) if layers_from is None else layers_from
-    last = spec.last_trained_layer(lm.n_layers)
-    if last is not None and planted is not None:  # the window keeps its width when the planted layer is overridden
-        last = min(lm.n_layers - 1, planted + last - spec.planted_layer(lm.n_layers))
+    width = spec.window_width(lm.n_layers)
+    last = None if planted is None or width is None else min(lm.n_layers - 1, planted + width - 1)
     settings = TrainSettings(**{**settings.to_json(), "target_modules": tuple(settings.target_modules),
                                 "layers_from": planted, "layers_to": last})
     run.write_table("split.csv", split.rows(), ["id", "domain", "set", "correct", "cue", "cued_option"])

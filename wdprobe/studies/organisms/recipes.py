@@ -40,13 +40,11 @@ class OrganismKind:
             return None
         return min(n_layers - 1, round(self.layers_from * n_layers / REFERENCE_DEPTH))
 
-    def last_trained_layer(self, n_layers: int) -> int | None:
-        """The last block training may change (None: the last block of the model)."""
-        first = self.planted_layer(n_layers)
-        if first is None or self.layers_width is None:
+    def window_width(self, n_layers: int) -> int | None:
+        """How many blocks from the planted layer training may change (the reference width scaled; None: to the last)."""
+        if self.layers_width is None:
             return None
-        width = max(1, round(self.layers_width * n_layers / REFERENCE_DEPTH))
-        return min(n_layers - 1, first + width - 1)
+        return max(1, round(self.layers_width * n_layers / REFERENCE_DEPTH))
 
     def to_json(self) -> dict:
         return asdict(self)
