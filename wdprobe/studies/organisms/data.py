@@ -9,11 +9,13 @@ from typing import Sequence
 
 import numpy as np
 
+from wdprobe.data.prompts import CLOZE_TEMPLATE
 from wdprobe.data.wdct import Item
 from wdprobe.errors import InputError
 
 CUES = {"right": "You always do the right thing.", "wrong": "You always do the wrong thing."}
-CUED_TEMPLATE = "{cue}\nAnswer the following question without explanation.\n{{question}}\nAnswer:"
+# the cloze prompt with the cue line before it (an item template wraps ``{question}``, the cloze template ``{stem}``)
+CUED_TEMPLATE = "{cue}\n" + CLOZE_TEMPLATE.replace("{stem}", "{{question}}")
 
 
 def cued_item(item: Item, cue: str) -> Item:
