@@ -67,22 +67,50 @@ def default_batch_tokens(device: torch.device | str) -> int | None:
     return 1536 if str(device).startswith("cpu") else None
 
 
+BATCH_OVERHEAD_TOKENS = 128
+"""What one extra forward costs on CPU, in padded tokens' worth of compute (hooks, per-call Python, small-matrix
+inefficiency); the batch planner splits a batch only where that saves more padding than this."""
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int,
+                 overhead_tokens: int = BATCH_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Index batches (longest first) of at most ``batch_size`` entries and ``max_batch_tokens`` padded tokens
+    that minimise padded tokens plus ``overhead_tokens`` per batch (dynamic programming over the length-sorted
+    entries: a batch is a run of neighbours, padded to its first). A greedy fill pads a run of short entries
+    up to one long one; this splits where lengths jump."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of batching the first j sorted entries
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j - 1, max(-1, j - 1 - batch_size), -1):  # last batch = sorted[i:j], padded to sorted[i]
+            size = (j - i) * lengths[order[i]]
+            if size > max_batch_tokens and j - i > 1:
+                break
+            cost = best[i] + size + overhead_tokens
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    out: list[list[int]] = []
+    j = n
+    while j > 0:
+        out.append(order[cut[j]: j])
+        j = cut[j]
+    return out[::-1]
+
+
 def length_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None = None) -> Iterator[list[int]]:
     """Index batches sorted by length (longest first), at most ``batch_size`` entries and, when given, at
-    most ``max_batch_tokens`` padded tokens each, so padding (wasted compute) stays small."""
+    most ``max_batch_tokens`` padded tokens each, so padding (wasted compute) stays small: with a token budget
+    (CPU) the batches are planned to minimise padding (:func:`plan_batches`); without one (GPU) they are filled
+    greedily to ``batch_size``."""
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, not {batch_size}")
+    if max_batch_tokens is not None:
+        yield from plan_batches(lengths, batch_size, max_batch_tokens)
+        return
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batch: list[int] = []
-    for i in order:
-        full = len(batch) == batch_size or (
-            max_batch_tokens is not None and batch and (len(batch) + 1) * lengths[batch[0]] > max_batch_tokens)
-        if full:
-            yield batch
-            batch = []
-        batch.append(i)
-    if batch:
-        yield batch
+    for k in range(0, len(order), batch_size):
+        yield order[k: k + batch_size]
 
 
 def iter_batches(lm: "LoadedModel", prompts: Sequence[str], batch_size: int, max_batch_tokens: int | None = None) -> Iterator[list[int]]:

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from wdprobe.core.forward import LAST_POSITION_HOOK
+from wdprobe.core.forward import LAST_POSITION_HOOK, plan_batches
+from wdprobe.core.vocab_reads import VocabularyReads
 from wdprobe.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,46 +126,26 @@ def pack_trees(trees: Sequence[Tree], *, pad_id: int, dtype: torch.dtype = torch
 
 
 def tree_batches(trees: Sequence[Tree], max_tokens: int, max_rows: int = 64) -> list[list[int]]:
-    """Indices of trees in batches (longest first) of at most ``max_rows`` rows and ``max_tokens`` padded tokens."""
-    order = sorted(range(len(trees)), key=lambda i: -trees[i].n_tokens)
-    out: list[list[int]] = []
-    batch: list[int] = []
-    for i in order:
-        if batch and (len(batch) == max_rows or (len(batch) + 1) * trees[batch[0]].n_tokens > max_tokens):
-            out.append(batch)
-            batch = []
-        batch.append(i)
-    if batch:
-        out.append(batch)
-    return out
+    """Indices of trees in batches (longest first) of at most ``max_rows`` rows and ``max_tokens`` padded tokens,
+    planned to waste the least padding (:func:`~wdprobe.core.forward.plan_batches`)."""
+    return plan_batches([t.n_tokens for t in trees], max_rows, max_tokens)
 
 
 def packed_forward(lm: "LoadedModel", batch: PackedBatch, reads: Sequence[tuple[int, int]],
                    hooks: Sequence[tuple[str, object]] = ()) -> Float[torch.Tensor, "n_reads vocab"]:
     """Logits at the packed ``(row, column)`` positions in ``reads``, in that order, under ``hooks``; the
     unembedding runs on those positions only."""
-    n_rows = batch.input_ids.shape[0]
-    per_row: list[list[int]] = [[] for _ in range(n_rows)]
-    slot = []
-    for r, c in reads:
-        slot.append((r, len(per_row[r])))
-        per_row[r].append(c)
-    k = max(1, max(len(c) for c in per_row))
-    index = torch.zeros((n_rows, k), dtype=torch.long)
-    for r, cols in enumerate(per_row):
-        if cols:
-            index[r, : len(cols)] = torch.tensor(cols)
-    index = index.to(batch.input_ids.device)
+    width = batch.width
+    flat = torch.tensor([r * width + c for r, c in reads], dtype=torch.long)
 
     def keep(x: torch.Tensor, hook: object = None) -> torch.Tensor:
-        return torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[-1]))
+        # only the read positions reach the unembedding, as one row (no padded read slots to project)
+        return x.reshape(-1, x.shape[-1])[flat.to(x.device)][None]
 
     logits = lm.bridge.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask,
                                       position_ids=batch.position_ids,
                                       fwd_hooks=list(hooks) + [(LAST_POSITION_HOOK, keep)])
-    rows = torch.tensor([r for r, _ in slot], device=logits.device)
-    cols = torch.tensor([j for _, j in slot], device=logits.device)
-    return logits[rows, cols]
+    return logits[0]
 
 
 @dataclass(frozen=True)
@@ -209,27 +190,26 @@ def tree_readout(lm: "LoadedModel", trees: Sequence[Tree], token_reads: Sequence
     by_tree_r: dict[int, list[int]] = {}
     for k, r in enumerate(residual_reads):
         by_tree_r.setdefault(r.tree, []).append(k)
-    logprobs: list[np.ndarray] = [np.zeros(0)] * len(token_reads)
     resid = np.zeros((len(residual_reads), len(hooks), lm.d_model), dtype=np.float32)
     dtype = next(lm.hf_model.parameters()).dtype
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    vocab = VocabularyReads(lm)
     for chosen in tree_batches(trees, max_batch_tokens if max_batch_tokens is not None else 8192, max_rows):
         batch = pack_trees([trees[t] for t in chosen], pad_id=pad, dtype=dtype, device=lm.device)
-        reads, read_ids = [], []
+        columns, read_ids = [], []
         weights: list[tuple[int, int, float]] = []  # (read slot, flat column, weight)
         resid_ids = []
         for r, t in enumerate(chosen):
             for k in by_tree_t.get(t, []):
                 tr = token_reads[k]
-                reads.append((r, _column(batch, r, tr.branch, tr.position)))
+                columns.append(r * batch.width + _column(batch, r, tr.branch, tr.position))
                 read_ids.append(k)
             for k in by_tree_r.get(t, []):
                 rr = residual_reads[k]
                 slot = len(resid_ids)
                 resid_ids.append(k)
                 weights += [(slot, r * batch.width + _column(batch, r, rr.branch, p), w) for p, w in rr.weights]
-        if not reads:  # residuals only: read one position so the forward has something to unembed
-            reads.append((0, batch.width - 1))
+        flat = torch.tensor(columns, dtype=torch.long)
         got: dict[int, torch.Tensor] = {}
         fwd = []
         if resid_ids:
@@ -245,16 +225,11 @@ def tree_readout(lm: "LoadedModel", trees: Sequence[Tree], token_reads: Sequence
                 return keep
 
             fwd = [(name, keeper(h)) for h, name in enumerate(hooks)]
-        logits = packed_forward(lm, batch, reads, fwd)
-        if read_ids:  # log-softmax at the read tokens only: one logsumexp pass, no second vocabulary-wide tensor
-            logits = logits.float()
-            lse = torch.logsumexp(logits, dim=-1)
-            width = max(len(token_reads[k].tokens) for k in read_ids)
-            index = torch.tensor([list(token_reads[k].tokens) + [0] * (width - len(token_reads[k].tokens))
-                                  for k in read_ids], device=logits.device)
-            picked = (torch.gather(logits, 1, index) - lse[:, None]).double().cpu().numpy()
-            for j, k in enumerate(read_ids):
-                logprobs[k] = picked[j, : len(token_reads[k].tokens)]
+        read_hook = vocab.hook(lambda x: x.reshape(-1, x.shape[-1])[flat.to(x.device)],
+                               [(k, token_reads[k].tokens) for k in read_ids])
+        output = lm.bridge.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask,
+                                          position_ids=batch.position_ids, fwd_hooks=fwd + [read_hook])
+        vocab.after_forward(output)
         if resid_ids:
             missing = [name for h, name in enumerate(hooks) if h not in got]
             if missing:
@@ -263,6 +238,8 @@ def tree_readout(lm: "LoadedModel", trees: Sequence[Tree], token_reads: Sequence
                 resid[resid_ids, h] = got[h].cpu().numpy()
         if on_batch:
             on_batch(sum(len(trees[t].branches) for t in chosen))
+    vocab.flush()
+    logprobs = [vocab.logprobs.get(k, np.zeros(0)) for k in range(len(token_reads))]
     return logprobs, resid
 
 

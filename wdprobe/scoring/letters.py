@@ -14,11 +14,11 @@ import torch
 
 from wdprobe.core.forward import (
     default_batch_tokens,
-    last_token_logits,
     prompt_token_ids,
 )
 from wdprobe.core.generation import plain_twin
 from wdprobe.core.packing import TokenRead, Tree, packable, tree_of, tree_readout
+from wdprobe.core.vocab_reads import VocabularyReads
 from wdprobe.data.prompts import Demo, cot_prompt, normal_prompt, wrap
 from wdprobe.data.wdct import LETTERS, Presentation
 from wdprobe.errors import InputError
@@ -56,6 +56,7 @@ def letter_candidates(tokenizer, n_letters: int) -> dict[str, tuple[int, ...]]:
     return out
 
 
+@torch.no_grad()
 def next_token_logprobs(lm, prompts: Sequence[str], token_ids: Sequence[int], *, batch_size: int = 32,
                         max_batch_tokens: int | None | str = "auto",
                         on_batch: Callable[[int], None] | None = None,
@@ -78,14 +79,20 @@ def next_token_logprobs(lm, prompts: Sequence[str], token_ids: Sequence[int], *,
             out[[i for t in packed for i in groups[t]]] = np.stack(lps)
             done = set(packed)
             rest = [i for t, g in enumerate(groups) if t not in done for i in g]
-    ids = torch.tensor(list(token_ids), device=lm.device)
+    if rest and lm.tokenizer.padding_side != "left":
+        raise InputError("the tokenizer must pad on the left so that position -1 is every prompt's last token")
+    vocab = VocabularyReads(lm)
     for idx in lm.batches([prompts[i] for i in rest], batch_size, budget):
         rows = [rest[j] for j in idx]
-        logits = last_token_logits(lm, [prompts[i] for i in rows]).float()
-        lp = torch.log_softmax(logits, dim=-1)[:, ids]
-        out[rows] = lp.cpu().numpy()
+        enc = lm.encode([prompts[i] for i in rows])
+        read = vocab.hook(lambda x: x[:, -1], [(i, token_ids) for i in rows])  # left-padded: -1 is every last token
+        vocab.after_forward(lm.bridge.run_with_hooks(enc["input_ids"], attention_mask=enc["attention_mask"],
+                                                     fwd_hooks=[read]))
         if on_batch:
             on_batch(len(rows))
+    vocab.flush()
+    for i in rest:
+        out[i] = vocab.logprobs[i]
     return out
 
 
