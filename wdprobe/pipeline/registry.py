@@ -103,6 +103,11 @@ def _wdct_capture(ctx: StageContext) -> StageResult:
     return StageResult("capture", f"positions {', '.join(c.positions)}")
 
 
+def _decodable_from(layer: int | None) -> str:
+    """The status line's wording of a first significant layer (none: no layer passed the corrected test)."""
+    return f"decodable from layer {layer}" if layer is not None else "not decodable at any layer (corrected test)"
+
+
 def _wdct_probes(ctx: StageContext) -> StageResult:
     cfg = ctx.config
     p = cfg.probes
@@ -123,15 +128,15 @@ def _wdct_probes(ctx: StageContext) -> StageResult:
         heads["content"] = content
         for position, tests in content.items():
             layers = {k: tests[k]["first_significant_layer"] for k in ("decide_word", "bind_word") if k in tests}
-            out.append(f"{position}: word content decodable from layer {layers.get('decide_word')}, "
-                       f"letter from layer {layers.get('bind_word')}")
+            out.append(f"{position}: word content {_decodable_from(layers.get('decide_word'))}, "
+                       f"letter {_decodable_from(layers.get('bind_word'))}")
     if cfg.format in ("cloze", "both"):
         cloze = run_content_probes(ctx.run.path, positions=p.positions, folds=p.folds, n_perm=p.permutations,
                                    seed=cfg.seed, answer_format="cloze")
         heads["cloze"] = cloze
         for position, tests in cloze.items():
             first = tests["decide_word"]["first_significant_layer"] if "decide_word" in tests else None
-            out.append(f"{position}: cloze word choice decodable from layer {first}")
+            out.append(f"{position}: cloze word choice {_decodable_from(first)}")
     return StageResult("probes", "; ".join(out), heads)
 
 
