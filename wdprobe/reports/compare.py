@@ -111,14 +111,15 @@ def run_curves(run_dir: str | Path, label: str) -> RunCurves:
         c = pd.read_csv(cross_csv)
         c = c[c.condition == "full"].set_index("layer")
         cross = _share_band(c["flip_rate"], c["n_inconsistent"])
-    steer_csv = p / "steering" / "steering_summary.csv"
     steer = None
-    if steer_csv.is_file():
-        s = pd.read_csv(steer_csv)
-        s = s[s.condition == "stance"]
-        best = s.loc[s.groupby("layer")["cs"].idxmax()].set_index("layer")["cs"]  # best alpha per layer
-        n = json.loads((p / "steering" / "steering_headline.json").read_text())["n_items"]
-        steer = _share_band(best, n)
+    for prefix in ("", "cloze_"):  # a cloze-only run steers in the cloze form only (CS read at the decision step)
+        steer_csv = p / "steering" / f"{prefix}steering_summary.csv"
+        if steer is None and steer_csv.is_file():
+            s = pd.read_csv(steer_csv)
+            s = s[s.condition == "stance"]
+            best = s.loc[s.groupby("layer")["cs"].idxmax()].set_index("layer")["cs"]  # best alpha per layer
+            n = json.loads((p / "steering" / f"{prefix}steering_headline.json").read_text())["n_items"]
+            steer = _share_band(best, n)
     return RunCurves(label, _layer_count(p), lens_cs, probes["word"], probes["deed"], probes["transfer"], probes["ic"],
                      cross, steer, content)
 
@@ -158,11 +159,12 @@ def headline_row(run_dir: str | Path, numbers: dict[str, Any] | None = None) -> 
     if n["cross"] and "full" in n["cross"]:
         row["patch: best flip rate"] = n["cross"]["full"]["flip_rate"]
         row["patch: break rate there"] = n["cross"]["full"]["break_rate"]
-    st = n["steer"] or {}
-    if st.get("validation"):
-        row["steer: held-out CS"] = st["validation"]["stance"]["cs"]
-        row["steer: held-out clean CS"] = st["validation"]["cs_clean"]
-        row["steer: held-out random CS"] = st["validation"]["random"]["cs"]
+    for key, label in (("steer", "steer"), ("cloze_steer", "cloze steer")):
+        st = n.get(key) or {}
+        if st.get("validation"):
+            row[f"{label}: held-out CS"] = st["validation"]["stance"]["cs"]
+            row[f"{label}: held-out clean CS"] = st["validation"]["cs_clean"]
+            row[f"{label}: held-out random CS"] = st["validation"]["random"]["cs"]
     return row
 
 
