@@ -54,7 +54,8 @@ def defers_unembedding(lm: "LoadedModel", tol: float = 1e-4) -> bool:
         with torch.no_grad():
             direct = lm.bridge.run_with_hooks(ids, fwd_hooks=[(LAST_POSITION_HOOK, keep)])[0, -1].float()
             try:
-                deferred = unembed(lm, kept[0].to(lm.device))[0].float().to(direct.device)
+                # the kept residual stays where the head is (a model split over GPUs unembeds on its last device)
+                deferred = unembed(lm, kept[0])[0].float().to(direct.device)
                 ok = bool((deferred - direct).abs().max() <= tol * max(1.0, float(direct.abs().max())))
             except Exception:  # noqa: BLE001 - any failure means: unembed inside the forward
                 ok = False
