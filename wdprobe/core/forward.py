@@ -61,6 +61,13 @@ def last_token_logits(lm: "LoadedModel", prompts: Sequence[str]) -> Float[torch.
     return forward_last(lm, enc["input_ids"], enc["attention_mask"])
 
 
+def token_logprobs(logits: Float[torch.Tensor, "... vocab"], ids: torch.Tensor) -> Float[torch.Tensor, "... n_ids"]:
+    """Log-probabilities of the tokens ``ids`` under ``logits`` (float32), without a second vocabulary-wide tensor:
+    one logsumexp pass instead of a full log-softmax (on a 262k vocabulary, 1 MB a position saved)."""
+    logits = logits.float()
+    return logits[..., ids] - torch.logsumexp(logits, dim=-1, keepdim=True)
+
+
 def default_batch_tokens(device: torch.device | str) -> int | None:
     """Padded-token budget per batch. On CPU, batches of ~1.5k tokens run ~15% faster than 32 prompts of
     ~100 tokens (less padding, better cache use; see docs/benchmarks.md); on GPUs the cap is the batch size."""

@@ -24,6 +24,7 @@ from wdprobe.core.forward import (
     default_batch_tokens,
     encode_prompts,
     length_batches,
+    token_logprobs,
 )
 from wdprobe.core.packing import Tree, pack_trees, packed_forward, tree_batches
 from wdprobe.errors import CaptureSpecError, InterventionError
@@ -182,7 +183,7 @@ def run_interventions(lm, prompts: Sequence[str], rows: Sequence[Row], token_ids
         T = enc["input_ids"].shape[1]
         hooks = _hooks_for_batch([rows[i] for i in batch], [lengths[i] for i in batch], T, lm.device, n_layers, hook_dict)
         logits = lm.forward_last(enc["input_ids"], enc["attention_mask"], hooks).float()
-        out[batch] = torch.log_softmax(logits, -1)[:, ids].cpu().numpy()
+        out[batch] = token_logprobs(logits, ids).cpu().numpy()
         if progress:
             progress(len(batch))
     return out
@@ -291,7 +292,7 @@ def _run_packed(lm, prompts, rows, prompt_len, ids, budget, progress) -> np.ndar
         chosen = [seqs[i] for i in batch]
         logits, rmax = _packed_forward(lm, [(tokens[p], len(ks)) for p, ks in chosen],
                                        [[rows[k] for k in ks] for _, ks in chosen], n_layers)
-        lp = torch.log_softmax(logits.float(), -1)[..., ids].cpu().numpy()
+        lp = token_logprobs(logits, ids.to(logits.device)).cpu().numpy()
         for b, (_, ks) in enumerate(chosen):
             out[ks] = lp[b, rmax - len(ks):]
             if progress:
@@ -359,7 +360,7 @@ def run_tree_interventions(lm, trees: Sequence[Tree], interventions: Sequence[Se
                                                              iv.value, d))
                 reads.append((r, packed.columns[r][k][n - 1]))
         logits = packed_forward(lm, packed, reads, _setter_hooks(per_hook, lm.device))
-        lp = torch.log_softmax(logits.float(), -1)[:, ids].cpu().numpy()
+        lp = token_logprobs(logits, ids.to(logits.device)).cpu().numpy()
         i = 0
         for t in chosen:
             k = len(trees[t].branches)

@@ -91,3 +91,13 @@ def test_planned_batches_split_where_lengths_jump_and_keep_every_limit():
     padded = lambda bs: sum(len(b) * max(lengths[i] for i in b) for b in bs)  # noqa: E731
     assert padded(batches) <= padded(greedy)
     assert plan_batches([400], 4, 100) == [[0]]  # one entry over the budget still runs, alone
+
+
+def test_token_log_probabilities_equal_the_full_log_softmax_at_those_tokens():
+    from wdprobe.core.forward import token_logprobs
+
+    logits = torch.randn(3, 4, 50, generator=torch.Generator().manual_seed(0)) * 5
+    ids = torch.tensor([7, 0, 49])
+    torch.testing.assert_close(token_logprobs(logits, ids), torch.log_softmax(logits, -1)[..., ids])
+    # probabilities over the whole vocabulary still sum to one: the read tokens are not renormalised among themselves
+    assert float(token_logprobs(logits, torch.arange(50)).exp().sum(-1).sub(1).abs().max()) < 1e-5
