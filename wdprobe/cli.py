@@ -674,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "then wdprobe merge RUN (best setting and validation there)")
     p.set_defaults(func=cmd_steer)
 
-    p = sub.add_parser("run", help="the whole study in one command: score, capture, probes, lens, patching, steering, report (full WDCT: at most 2.5 hours on 2 CPU cores; --sample 100: about 5 minutes)")
+    p = sub.add_parser("run", help="the whole study in one command: score, capture, probes, lens, patching, steering, report (full WDCT: about an hour on 2 CPU cores; --sample 100: about 4 minutes)")
     p.add_argument("--config", default=None, help="TOML study file (see --print-config); flags given here win over it")
     p.add_argument("--model", default=None, help="embedded 'gemma-3-270m' (default), a local HF directory or a Hugging Face id")
     p.add_argument("--data", default=None, help="items: WDCT.csv, or your own items (.csv / .jsonl / .json in the item schema, docs/guides/own-data.md); else $WDPROBE_WDCT, else the pinned WDCT download")
