@@ -25,8 +25,10 @@ _PUBLIC: dict[str, str] = {
     "Activations": "wdprobe.stages.capture", "paired_forms": "wdprobe.stages.capture",
     "run_probes": "wdprobe.stages.probes", "run_lens": "wdprobe.stages.lens",
     "run_cross_patch": "wdprobe.stages.patching", "run_positional_patch": "wdprobe.stages.patching",
-    "run_steering": "wdprobe.stages.steering", "run_cloze_patch": "wdprobe.stages.cloze_patching",
-    "run_cloze_steering": "wdprobe.stages.cloze_steering",
+    "run_steering": "wdprobe.stages.steering",
+    # what an instrument reads: one read-out per answer format
+    "Readout": "wdprobe.stages.readouts", "Reading": "wdprobe.stages.readouts", "READOUTS": "wdprobe.stages.readouts",
+    "readouts_for": "wdprobe.stages.readouts",
     # method kernels: arrays and models in, arrays out
     "DiffMeanProbe": "wdprobe.methods.probes", "logistic_probe": "wdprobe.methods.probes",
     "probe_layers": "wdprobe.methods.probes", "ProbeResults": "wdprobe.methods.probes",

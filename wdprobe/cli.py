@@ -35,7 +35,6 @@ from wdprobe.runs.rundir import RunDir
 from wdprobe.scoring.orders import FORMATS, ORDERS, readings_lines
 from wdprobe.scoring.upstream import upstream_metrics
 from wdprobe.stages.capture import capture_wdct
-from wdprobe.stages.cloze_steering import run_cloze_steering
 from wdprobe.stages.lens import run_lens
 from wdprobe.stages.patching import (
     LOW_RANK_CORRELATION,
@@ -44,6 +43,7 @@ from wdprobe.stages.patching import (
 )
 from wdprobe.stages.probes import run_probes
 from wdprobe.stages.score import score_wdct
+from wdprobe.stages.readouts import readouts_for, scored_format
 from wdprobe.stages.steering import run_steering
 from wdprobe.studies.align.finetune import TrainSettings
 from wdprobe.studies.align.report import write_alignment_report
@@ -177,20 +177,29 @@ def _floats(text: str) -> list[float]:
         raise InputError(f"cannot read {text!r} as a comma list of numbers") from None
 
 
+def _readouts(run: str, answer_format: str) -> list:
+    """The read-outs an instrument command reads: ``auto`` takes every format the run was scored in."""
+    return readouts_for(scored_format(run) if answer_format == "auto" else answer_format)
+
+
 def cmd_patch(args: argparse.Namespace) -> int:
-    """`wdprobe patch --run RUN`: cross-form and/or positional activation patching."""
+    """`wdprobe patch --run RUN`: cross-form patching (in every answer format asked) and/or positional patching."""
     if args.shard and args.kind == "both":
         raise InputError("--shard with --kind both: shard the cross and the positional stage one at a time")
 
     if args.kind in ("cross", "both"):
-        head = run_cross_patch(args.run, n_items=item_count(args.items), layers=args.layers,
-                               conditions=args.conditions.split(","), seed=args.seed, batch_size=args.batch_size,
-                               progress=not args.quiet, restart=args.restart, shard=args.shard,
-                               deed_orders=args.deed_orders)
-        if args.shard:
-            print(f"shard {args.shard} done: {head}; when every shard is done: wdprobe merge {args.run}")
-            return 0
-        print(json.dumps({k: v for k, v in head.items()}, indent=2, default=float))
+        for ro in _readouts(args.run, args.format):
+            conditions = args.conditions.split(",") if args.conditions else None
+            if conditions is not None and args.format == "auto":
+                conditions = [c for c in conditions if c in ro.conditions]
+            head = run_cross_patch(args.run, format=ro, n_items=item_count(args.items), layers=args.layers,
+                                   conditions=conditions, seed=args.seed, batch_size=args.batch_size,
+                                   progress=not args.quiet, restart=args.restart, shard=args.shard,
+                                   deed_orders=args.deed_orders)
+            if args.shard:
+                print(f"shard {args.shard} done: {head}; when every shard is done: wdprobe merge {args.run}")
+                return 0
+            print(json.dumps({ro.name: head}, indent=2, default=float))
     if args.kind in ("positional", "both"):
         head = run_positional_patch(args.run, form=args.form, n_items=args.positional_items, n_exact=args.exact_items,
                                     layers=args.layers, min_effect=args.min_effect, screen=args.screen, seed=args.seed,
@@ -209,29 +218,16 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    """`wdprobe steer --run RUN`: steering deeds along the word-stance direction (by letter, or in the cloze form)."""
-    answer_format = args.format
-    if answer_format == "auto":
-        scored = RunDir(args.run).stage_entry("score") or {}
-        answer_format = "cloze" if scored.get("config", {}).get("format") == "cloze" else "letter"
-    if answer_format == "cloze":
+    """`wdprobe steer --run RUN`: steering deeds along the word-stance direction, in every answer format asked."""
+    for ro in _readouts(args.run, args.format):
+        head = run_steering(args.run, format=ro, n_items=item_count(args.items), layers=args.layers,
+                            alphas=_floats(args.alphas), seed=args.seed, min_mass_ratio=args.min_mass_ratio,
+                            batch_size=args.batch_size, progress=not args.quiet, restart=args.restart,
+                            validate=not args.no_validate, shard=args.shard, space=args.space)
+        print(json.dumps({ro.name: head}, indent=2))
         if args.shard:
-            raise InputError("--shard: steering in the cloze form is not sharded; run it whole")
-        head = run_cloze_steering(args.run, n_items=item_count(args.items), layers=args.layers,
-                                  alphas=_floats(args.alphas), seed=args.seed, min_mass_ratio=args.min_mass_ratio,
-                                  batch_size=args.batch_size, progress=not args.quiet, restart=args.restart,
-                                  validate=not args.no_validate)
-        print(json.dumps(head, indent=2))
-        print(f"results and plots in {args.run}/steering/ (cloze_*)")
-        return 0
-    head = run_steering(args.run, n_items=item_count(args.items), layers=args.layers, alphas=_floats(args.alphas),
-                        seed=args.seed, min_mass_ratio=args.min_mass_ratio, batch_size=args.batch_size,
-                        progress=not args.quiet, restart=args.restart, validate=not args.no_validate, shard=args.shard,
-                        space=args.space)
-    print(json.dumps(head, indent=2))
-    if args.shard:
-        print(f"when every shard is done: wdprobe merge {args.run}")
-        return 0
+            print(f"when every shard is done: wdprobe merge {args.run}")
+            return 0
     print(f"results and plots in {args.run}/steering/")
     return 0
 
@@ -627,9 +623,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default="both", choices=["cross", "positional", "both"])
     p.add_argument("--items", "--n-items", dest="items", default="64", help="cross-form: number of two-option items (half inconsistent) or 'all'")
     p.add_argument("--layers", default="all", help="'all', '0,4,8' or '2-10'")
-    p.add_argument("--conditions", default="full,stance,letter,random",
-                   help="cross-form: full residual, or only its component along the word-stance, answer-letter or a "
-                        "random direction")
+    p.add_argument("--conditions", default=None,
+                   help="cross-form: comma list of full (the whole residual), stance, letter, random (only its component "
+                        "along that direction; letter: letters only); default every condition of each format")
+    p.add_argument("--format", default="auto", choices=["auto", *FORMATS],
+                   help="cross-form: letter (the answer letters), cloze (each form read at its options' decision "
+                        "point: patching/cloze_cross_form*) or both; auto: every format the run was scored in")
     p.add_argument("--deed-orders", default="auto", choices=["auto", "shown", "both"],
                    help="cross-form: patch into the shown deed order only, or into both orders so the patch's effect "
                         "splits into stance and letter transport (auto: both for runs scored letter-free)")
@@ -666,10 +665,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shown: the letter-balanced word-stance direction, read in the shown deed order; content: the "
                         "word content direction (residuals averaged over option orders), every deed order, content CS "
                         "(auto: content for runs scored letter-free)")
-    p.add_argument("--format", default="auto", choices=["auto", "letter", "cloze"],
+    p.add_argument("--format", default="auto", choices=["auto", *FORMATS],
                    help="letter: steer the answer letter's log-odds; cloze: add the word's cloze stance direction at "
                         "the deed's decision point and read the decision-step log-odds of the word's choice "
-                        "(steering/cloze_*); auto: cloze for a cloze-only run, else letter")
+                        "(steering/cloze_*); both; auto: every format the run was scored in")
     p.add_argument("--shard", default=None, help="i/n: the grid on shard i of n of the items, into RUN/shards/steer/; "
                                                  "then wdprobe merge RUN (best setting and validation there)")
     p.set_defaults(func=cmd_steer)

@@ -129,6 +129,38 @@ def summarise_cross_form(frame, items) -> Any:
     return pd.DataFrame(out).sort_values(["condition", "layer"]).reset_index(drop=True)
 
 
+def cross_form_headline(summary, items) -> dict[str, Any]:
+    """Per condition, the layer with the most inconsistent items flipped, and that layer's numbers."""
+    out: dict[str, Any] = {"n_items": int(len(items)), "n_inconsistent": int((items.consistent == 0).sum()),
+                           "cs_clean": float(items["consistent"].mean()),
+                           "same_letter_rate_inconsistent": float(items[items.consistent == 0]["same_letter"].mean())}
+    for cond, g in summary.groupby("condition"):
+        best = g.loc[g["flip_rate"].idxmax()]
+        out[cond] = {k: (float(best[k]) if k != "layer" else int(best[k])) for k in
+                     ("layer", "flip_rate", "normalised_effect", "break_rate", "flip_rate_same_letter",
+                      "flip_rate_other_letter", "cs_after", "letter_mass")}
+        top = g.loc[g["cs_after"].idxmax()]
+        out[cond]["best_cs_after"] = {"layer": int(top["layer"]), "cs_after": float(top["cs_after"])}
+        out[cond]["flip_rate_by_layer"] = {int(r.layer): round(float(r.flip_rate), 4) for r in g.itertuples()}
+    return out
+
+
+def summarise_cloze_patch(frame, items) -> Any:
+    """Per condition x layer: the share of decision-step-inconsistent items the patch flips to the word's choice, the
+    share of consistent ones it breaks, and the decision-step CS with the patch in place."""
+    import pandas as pd
+
+    f = frame.merge(items[["consistent"]], left_on="item", right_index=True)
+    out = []
+    for (cond, layer), g in f[f.condition != "clean"].groupby(["condition", "layer"]):
+        inc, con = g[g.consistent == 0], g[g.consistent == 1]
+        out.append({"condition": cond, "layer": int(layer),
+                    "flip_rate": float((inc["toward_word"] > 0).mean()) if len(inc) else np.nan,
+                    "break_rate": float((con["toward_word"] < 0).mean()) if len(con) else np.nan,
+                    "cs_after": float((g["toward_word"] > 0).mean()), "n_inconsistent": int(len(inc))})
+    return pd.DataFrame(out).sort_values(["condition", "layer"]).reset_index(drop=True)
+
+
 def cross_form_tests(frame, items, *, n_perm: int = 2000, seed: int = 0) -> dict[str, dict[str, Any]]:
     """The claims the patching finding words, each a sign-flip test over items with the max over layers:
     ``restores_<condition>`` — CS with the patch beats clean CS at the best layer (paired per item: consistent

@@ -20,12 +20,11 @@ from wdprobe.reports.study import write_study_report
 from wdprobe.runs.rundir import read_csv
 from wdprobe.runs.stage import Stage, StageContext, StageRegistry, StageResult
 from wdprobe.stages.capture import capture_wdct, merge_capture
-from wdprobe.stages.cloze_patching import run_cloze_patch
-from wdprobe.stages.cloze_steering import run_cloze_steering
 from wdprobe.stages.content_probes import run_content_probes
 from wdprobe.stages.lens import run_lens
 from wdprobe.stages.patching import merge_cross_patch, merge_positional, run_cross_patch, run_positional_patch
 from wdprobe.stages.probes import run_probes
+from wdprobe.stages.readouts import readouts_for
 from wdprobe.stages.score import merge_score, score_wdct
 from wdprobe.stages.steering import merge_steering, run_steering
 from wdprobe.studies.align.stages import run_align
@@ -157,23 +156,15 @@ def _wdct_patch_cross(ctx: StageContext) -> StageResult:
         head = run_cross_patch(ctx.run.path, lm=ctx.model(), progress=ctx.progress, **_task_kwargs(ctx))
         return StageResult("patch_cross", f"shard {ctx.shard}", {"n_items": head["n_items"]})
     c = cfg.patch_cross
-    head: dict[str, Any] = {}
-    texts = []
-    if cfg.format != "cloze":
-        head = run_cross_patch(ctx.run.path, n_items=item_count(c.items), layers=c.layers, conditions=c.conditions,
-                               seed=cfg.seed, batch_size=c.batch_size, lm=ctx.model(), progress=ctx.progress,
-                               restart=ctx.restart, deed_orders=c.deed_orders)
-        if "full" in head:
-            texts.append(f"full patch flips up to {head['full']['flip_rate']:.2f} of inconsistent items "
-                         f"(layer {head['full']['layer']})")
-    if cfg.format in ("cloze", "both"):
-        cloze = run_cloze_patch(ctx.run.path, n_items=item_count(c.items), layers=c.layers, seed=cfg.seed,
-                                batch_size=c.batch_size, lm=ctx.model(), progress=ctx.progress, restart=ctx.restart)
-        head = dict(head, cloze=cloze)
-        if "full" in cloze:
-            texts.append(f"cloze: full patch reaches decision-step CS {cloze['full']['cs_after']:.2f} "
-                         f"(clean {cloze['cs_clean_decision_step']:.2f})")
-    return StageResult("patch_cross", "; ".join(texts) or "done", head)
+    heads, texts = {}, []
+    for ro in readouts_for(cfg.format):  # one instrument, read in each answer format the run was scored in
+        conditions = [k for k in c.conditions if k in ro.conditions]
+        heads[ro.name] = head = run_cross_patch(
+            ctx.run.path, format=ro, n_items=item_count(c.items), layers=c.layers, conditions=conditions,
+            seed=cfg.seed, batch_size=c.batch_size, lm=ctx.model(), progress=ctx.progress, restart=ctx.restart,
+            deed_orders=c.deed_orders)
+        texts.append(ro.patch_status(head))
+    return StageResult("patch_cross", "; ".join(t for t in texts if t) or "done", heads)
 
 
 LETTER_ONLY = "reads answers by letter; a cloze-only run (format = 'cloze') has none, so it is not run"
@@ -202,30 +193,14 @@ def _wdct_steer(ctx: StageContext) -> StageResult:
         head = run_steering(ctx.run.path, lm=ctx.model(), progress=ctx.progress, **_task_kwargs(ctx))
         return StageResult("steer", f"shard {ctx.shard}", {"n_items": head["n_items"]})
     s = cfg.steer
-    texts, head = [], {}
-    if cfg.format != "cloze":
-        head = run_steering(ctx.run.path, n_items=item_count(s.items), layers=s.layers, alphas=s.alphas, seed=cfg.seed,
-                            min_mass_ratio=s.min_mass_ratio, batch_size=s.batch_size, validate=s.validate,
-                            lm=ctx.model(), progress=ctx.progress, restart=ctx.restart, space=s.space)
-        texts.append(_steering_text(head, "no setting kept the answer format"))
-    if cfg.format in ("cloze", "both"):
-        cloze = run_cloze_steering(ctx.run.path, n_items=item_count(s.items), layers=s.layers, alphas=s.alphas,
-                                   seed=cfg.seed, min_mass_ratio=s.min_mass_ratio, batch_size=s.batch_size,
-                                   validate=s.validate, lm=ctx.model(), progress=ctx.progress, restart=ctx.restart)
-        head = dict(head, cloze=cloze)
-        texts.append("cloze: " + _steering_text(cloze, "no setting kept the options' tokens likely"))
-    return StageResult("steer", "; ".join(texts), head)
-
-
-def _steering_text(head: dict[str, Any], none: str) -> str:
-    best = head.get("best")
-    if not best:
-        return none
-    text = f"best layer {best['layer']}, alpha {best['alpha']:g}: CS {best['cs']:.2f} on the grid"
-    val = head.get("validation")
-    if val:
-        text += f"; held out {val['stance']['cs']:.2f} vs clean {val['cs_clean']:.2f}"
-    return text
+    heads, texts = {}, []
+    for ro in readouts_for(cfg.format):
+        heads[ro.name] = head = run_steering(
+            ctx.run.path, format=ro, n_items=item_count(s.items), layers=s.layers, alphas=s.alphas, seed=cfg.seed,
+            min_mass_ratio=s.min_mass_ratio, batch_size=s.batch_size, validate=s.validate, lm=ctx.model(),
+            progress=ctx.progress, restart=ctx.restart, space=s.space)
+        texts.append(ro.steer_status(head))
+    return StageResult("steer", "; ".join(texts), heads)
 
 
 def _wdct_report(ctx: StageContext) -> StageResult:
@@ -268,7 +243,7 @@ REGISTRY.register(Stage("wdct", "probes", _wdct_probes, _section("probes"), unit
 REGISTRY.register(Stage("wdct", "lens", _wdct_lens, _common, unit="items", requires=("capture",), outputs=("lens",),
                         doc="logit lens: canonical log-odds per layer, where deeds leave words"))
 REGISTRY.register(Stage("wdct", "patch_cross", _wdct_patch_cross, _section("patch_cross"), requires=("capture",),
-                        outputs=("patching/cross_form*",), merge=merge_cross_patch, restartable=True,
+                        outputs=("patching/cross_form*", "patching/cloze_cross_form*"), merge=merge_cross_patch, restartable=True,
                         doc="word activations patched into deed runs, layer by layer, with controls"))
 REGISTRY.register(Stage("wdct", "patch_positional", _wdct_patch_positional, _section("patch_positional"),
                         requires=("score",), outputs=("patching/positional*",), merge=_merge_positional_forms,

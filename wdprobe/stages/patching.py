@@ -1,5 +1,7 @@
-"""The localisation stages on a run directory: cross-form patching, positional patching, steering.
+"""The patching stages on a run directory: cross-form patching (for every read-out) and positional patching.
 
+Cross-form patching is one instrument for every answer format: the read-out (:mod:`wdprobe.stages.readouts`)
+says which deed runs are patched, where, with which word sources and directions, and how the answer is read.
 Each stage reads the scored run (prompts, letters) and its capture (stance directions, word residuals),
 writes finished chunks of items atomically into ``{stage}.parts`` (so an interrupted run resumes), then
 tidy CSVs, a headline JSON and plotly figures under ``patching/`` or ``steering/``.
@@ -9,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import unquote
 
 import numpy as np
@@ -17,24 +19,18 @@ import numpy as np
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.core.forward import encode_prompts
 from wdprobe.data.prompts import normal_prompt, wrap
-from wdprobe.errors import InputError, InterventionError, TokenAlignmentError
+from wdprobe.errors import InputError, TokenAlignmentError
 from wdprobe.figures import localisation as localise_plots
 from wdprobe.figures import probes as plots
 from wdprobe.methods.capture import presentation_spans
 from wdprobe.methods.interventions import Row, resid_hook, resolve_layers, run_interventions
 from wdprobe.methods.patching import (
-    CROSS_CONDITIONS,
     aligned_tokens,
     attribution_patching,
-    cross_form_patching,
-    cross_form_tests,
+    cross_form_rows,
     exact_patching,
-    letter_split,
-    letter_split_tests,
     normalised,
     rank_correlation,
-    summarise_cross_form,
-    summarise_letter_split,
     swap_alignment,
     swap_counterfactual,
 )
@@ -50,143 +46,122 @@ from wdprobe.runs.stage import (
     stage_seconds,
     work_left,
 )
-from wdprobe.stages.pairs import load_pairs, stance_directions
+from wdprobe.stages.pairs import load_pairs
+from wdprobe.stages.readouts import Reading, Readout, read_runs, readout
 
 LOW_RANK_CORRELATION = 0.5  # below this, attribution heatmaps are not to be trusted without exact checks
 
 
 # ---- cross-form patching ----------------------------------------------------------------------------
 
-PATCH_COLUMNS = ["id", "deed_order", "condition", "layer", "toward_word", "letter_mass"]
-DEED_ORDERS = ("auto", "shown", "both")
+PATCH_COLUMNS = list(readout("letter").part_columns["patch"])
 
 
-def deed_orders_for(run: RunDir, deed_orders: str) -> str:
-    """``auto``: both deed orders when the run was scored letter-free (orders other than ``shown``), else the shown
-    one only, as the paper's protocol and older runs have it."""
-    if deed_orders not in DEED_ORDERS:
-        raise InterventionError(f"unknown deed_orders {deed_orders!r}: choose from {list(DEED_ORDERS)}")
-    if deed_orders != "auto":
-        return deed_orders
-    return "shown" if scored_entry(run)["config"].get("orders", "shown") == "shown" else "both"
+def patch_rows(lm, reading: Reading, idx: Sequence[int], layers: Sequence[int], conditions: Sequence[str],
+               columns: Sequence[str], *, batch_size: int = 64,
+               progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """Patch the word sources into every deed run of the reading's items ``idx``: one record per run x (clean |
+    condition, layer) with the log-odds of the word's choice over the other option and the answer-format mass."""
+    wanted = set(idx)
+    runs = reading.runs
+    rows_of = [k for k in range(len(runs)) if runs.item[k] in wanted]
+    item = runs.item[rows_of]
+    rows, keys = cross_form_rows(len(rows_of), layers, reading.sources[item], conditions=conditions,
+                                 stance_dirs=None if reading.stance is None else reading.stance[item],
+                                 random_dirs=reading.random,
+                                 letter_dirs=None if reading.letter is None else reading.letter[item])
+    lp = run_interventions(lm, [runs.prompts[k] for k in rows_of], rows, reading.token_ids, batch_size=batch_size,
+                           progress=progress)
+    run_of_row = np.array([rows_of[key["item"]] for key in keys], dtype=int)
+    toward, mass = read_runs(lp, runs, run_of_row)
+    ids = reading.ids
+    out = []
+    for r, key in enumerate(keys):
+        k = run_of_row[r]
+        rec = {"id": ids[runs.item[k]], "deed_order": runs.order[k], "condition": key["condition"],
+               "layer": key["layer"], "toward_word": float(toward[r]), "letter_mass": float(mass[r]),
+               "option_mass": float(mass[r])}
+        out.append({c: rec[c] for c in columns})
+    return out
 
 
-def run_cross_patch(run_dir: str | Path, *, n_items: int | None = 64, layers: str | Sequence[int] | None = None,
-                    conditions: Sequence[str] = ("full", "stance", "letter", "random"), seed: int = 0, folds: int = 5,
-                    chunk_items: int = 8, batch_size: int = 64, progress: bool = True, restart: bool = False,
-                    lm=None, shard: str | None = None, deed_orders: str = "auto") -> dict[str, Any]:
-    """Word -> deed patching at the final position, layer by layer; writes ``patching/cross_form*``.
-    ``deed_orders="both"`` patches each word run into the deed prompt in both option orders, so that what the patch
-    carries splits into stance (moves the word answer's content in both orders) and letter (moves the word run's
-    letter): ``patching/cross_form_letter_split*``; ``auto`` does so for runs scored letter-free.
+def run_cross_patch(run_dir: str | Path, *, format: str | Readout = "letter", n_items: int | None = 64,
+                    layers: str | Sequence[int] | None = None, conditions: Sequence[str] | None = None, seed: int = 0,
+                    folds: int = 5, chunk_items: int = 8, batch_size: int = 64, progress: bool = True,
+                    restart: bool = False, lm=None, shard: str | None = None, deed_orders: str = "auto") -> dict[str, Any]:
+    """Word -> deed patching layer by layer at the read-out's position, read through ``format`` (a read-out name or
+    object); writes ``patching/<prefix>cross_form*``. Conditions (default: every one the read-out has): ``full``
+    (the whole residual), ``stance``/``letter``/``random`` (only its component along that direction).
+
+    Letters: at the final position; ``deed_orders="both"`` patches each word run into the deed prompt in both option
+    orders, so that what the patch carries splits into stance (moves the word answer's content in both orders) and
+    letter (moves the word run's letter): ``patching/cross_form_letter_split*``; ``auto`` does so for runs scored
+    letter-free. Cloze: the word's decision-point residual into the deed's decision point.
     ``restart`` discards an earlier run of this stage (otherwise it resumes, or refuses other settings).
-    ``shard`` (``"i/n"``): patch only that shard's items, into ``RUN/shards/patch_cross/i-of-n/``; the
+    ``shard`` (``"i/n"``, letters): patch only that shard's items, into ``RUN/shards/patch_cross/i-of-n/``; the
     items, directions and folds are chosen over the whole run as unsharded, so ``wdprobe merge RUN``
     gives the unsharded results."""
 
     t_start = time.perf_counter()
+    ro = readout(format)
     run = RunDir(run_dir)
     lm = model_for_run(run, lm)
     layers = resolve_layers(layers, lm)
-    bad = [c for c in conditions if c not in CROSS_CONDITIONS]
-    if bad:
-        raise InterventionError(f"unknown patching condition(s) {bad}: choose from {list(CROSS_CONDITIONS)}")
-    stage = "patch_cross"
-    if restart:
-        run.reset_stage(stage, ["patching/cross_form*"])
+    conditions = ro.check_conditions(ro.conditions if conditions is None else conditions)
+    stage = ro.stage("patch")
     part = Shard.parse(shard)
+    if part and not ro.shardable:
+        raise InputError(f"--shard: cross-form patching in the {ro.name} form is not sharded; run it whole")
+    if restart:
+        run.reset_stage(stage, [ro.outputs("patching", "cross_form")])
     work = RunDir(shard_dir(run.path, stage, part)) if part else run
-    deed_orders = deed_orders_for(run, deed_orders)
+    extra = ro.settings(run, orders=deed_orders)
     work.check_or_start(stage, {"n_items": n_items, "layers": layers, "conditions": list(conditions), "seed": seed,
-                                "folds": folds, "hook": "resid_post", "position": "last", "deed_orders": deed_orders,
+                                "folds": folds, "hook": "resid_post", **extra,
                                 **({"shard": str(part)} if part else {})})
-    pairs = load_pairs(run.path, lm.tokenizer, n_items=n_items, seed=seed)
-    dirs = stance_directions(run.path, pairs, layers, folds=folds, seed=seed)
-    if dirs.letter is None and "letter" in conditions:  # every word answer said one letter: no letter direction
+    reading = ro.reading(run, lm, n_items=n_items, seed=seed, layers=layers, folds=folds, settings=extra)
+    if len(reading) < 2:
+        raise InputError(f"{run.path}: {len(reading)} items readable in the {ro.name} form; cross-form patching "
+                         "needs two")
+    if "stance" in conditions:
+        try:
+            ro.fit_stance(reading, folds=folds)
+        except InputError as exc:  # a small sample: no cross-fitted direction to patch along
+            conditions = [c for c in conditions if c != "stance"]
+            reading.notes.append(f"stance left out: no cross-fitted direction from {len(reading)} items in {folds} "
+                                 f"folds ({exc})")
+    if reading.letter is None and "letter" in conditions:  # every word answer said one letter: no letter direction
         conditions = [c for c in conditions if c != "letter"]
         work.update_stage(stage, skipped_conditions={"letter": "every word answer says the same letter, so no letter "
                                                                "direction can be estimated"})
-    ids = pairs.items["id"]
+    ids = reading.ids
     done = saved_ids(work, stage)
-    todo = work_left(range(len(pairs)), done, key=lambda i: ids[i], shard=part)
+    todo = work_left(range(len(reading)), done, key=lambda i: ids[i], shard=part)
     if part:
         done = {i for i in done if part.holds(i)}
-    copies = 2 if deed_orders == "both" else 1
-    per_item = copies * (1 + len(conditions) * len(layers))
-    bar = progress_bar((len(done) + len(todo)) * per_item, "patch word->deed", progress, len(done) * per_item)
+    per_item = (len(reading.runs) // len(reading)) * (1 + len(conditions) * len(layers))
+    bar = progress_bar((len(done) + len(todo)) * per_item, f"patch word->deed ({ro.name})", progress,
+                       len(done) * per_item)
+    columns = ro.part_columns["patch"]
 
     def patch(idx: Sequence[int]) -> list[dict[str, Any]]:
-        idx = list(idx)
-        prompts = [pairs.deed_prompts[i] for i in idx]
-        toward, away = pairs.toward[idx], pairs.away[idx]
-        if copies == 2:  # the other order exchanges the two options' letters, so toward and away exchange too
-            prompts += [pairs.swapped_deed_prompts[i] for i in idx]
-            toward, away = np.concatenate([toward, away]), np.concatenate([away, toward])
-        rep = idx * copies
-        f = cross_form_patching(lm, prompts, dirs.word_sources[rep], toward, away, pairs.token_ids, layers,
-                                conditions=conditions, stance_dirs=dirs.stance[rep], random_dirs=dirs.random,
-                                letter_dirs=None if dirs.letter is None else dirs.letter[rep], batch_size=batch_size,
-                                progress=bar.update)
-        f["id"] = [ids[rep[k]] for k in f["item"]]
-        f["deed_order"] = np.where(f["item"] < len(idx), "shown", "swapped")
-        return f[PATCH_COLUMNS].to_dict("records")
+        return patch_rows(lm, reading, idx, layers, conditions, columns, batch_size=batch_size, progress=bar.update)
 
-    save_in_parts(work, stage, todo, chunk_size=chunk_items, columns=PATCH_COLUMNS, compute=patch)
+    save_in_parts(work, stage, todo, chunk_size=chunk_items, columns=list(columns), compute=patch)
     bar.close()
     if part:
         work.mark_done(stage, n_items=len(done) + len(todo), **stage_seconds(work, stage, t_start))
         return {"shard": str(part), "n_items": len(done) + len(todo)}
-    import pandas as pd
-
-    every = pd.DataFrame(run.read_parts(stage))
-    every["layer"] = every["layer"].astype(int)
-    for c in ("toward_word", "letter_mass"):
-        every[c] = every[c].astype(float)
-    pos = {iid: k for k, iid in enumerate(pairs.items["id"])}
-    every["item"] = every["id"].map(pos)
-    frame = every[every["deed_order"] == "shown"].drop(columns="deed_order").reset_index(drop=True)
-    summary = summarise_cross_form(frame, pairs.items)
-    summary.attrs["cs_clean"] = float(pairs.items["consistent"].mean())
     out = run.path / "patching"
     out.mkdir(exist_ok=True)
-    atomic_write_text(out / "cross_form.csv", frame.merge(pairs.items[["id", "domain", "consistent", "same_letter"]],
-                                                          on="id").to_csv(index=False))
-    atomic_write_text(out / "cross_form_summary.csv", summary.to_csv(index=False))
-    head = cross_form_headline(summary, pairs.items)
-    head["tests"] = cross_form_tests(frame, pairs.items, seed=seed)
-    model = scored_model_name(run)
-    where = f"{model}, {len(pairs)} two-option items ({int((pairs.items.consistent == 0).sum())} inconsistent)"
-    figs = localise_plots.cross_form_figures(summary, where)
-    if deed_orders == "both":
-        head["letter_split"] = write_letter_split(out, every, pairs.items, seed=seed)
-        figs.append(localise_plots.letter_split_figure(pd.read_csv(out / "cross_form_letter_split_summary.csv"),
-                                                       f"{model}, {len(pairs)} two-option items, both deed orders"))
-    atomic_write_text(out / "cross_form_headline.json", json.dumps(head, indent=2) + "\n")
-    plots.write_html(figs, out / "cross_form.html", heading=f"wdprobe cross-form patching: {model}")
-    pngs = [plots.write_png(f, out / f"cross_form-{i}.png") for i, f in enumerate(figs)]
-    run.mark_done(stage, headline=head, png=[str(p) for p in pngs if p], **stage_seconds(run, stage, t_start))
-    return head
-
-
-def write_letter_split(out: Path, every, items, *, seed: int = 0) -> dict[str, Any]:
-    """``cross_form_letter_split.csv`` (per item x condition x layer), its summary by layer, and the headline part:
-    per condition, the numbers at the layer of the largest mean letter shift (where the patch moves the letter most,
-    the layer its letter test picks), and the tests (which pick their own best layer and correct for it)."""
-    split = letter_split(every, items)
-    split = split.merge(items[["id"]], left_on="item", right_index=True)
-    summary = summarise_letter_split(split, seed=seed)
-    atomic_write_text(out / "cross_form_letter_split.csv", split.to_csv(index=False))
-    atomic_write_text(out / "cross_form_letter_split_summary.csv", summary.to_csv(index=False))
-    clean = split.drop_duplicates("item")
-    head: dict[str, Any] = {"n_items": int(len(clean)), "content_cs_clean": float((clean["clean_content"] > 0).mean()),
-                            "tests": letter_split_tests(split, seed=seed)}
-    for cond, g in summary.groupby("condition"):
-        best = g.loc[g["letter_shift"].idxmax()]
-        head[cond] = {"layer": int(best["layer"]),
-                      **{k: float(best[k]) for k in ("stance_shift", "stance_shift_low", "stance_shift_high",
-                                                     "letter_shift", "letter_shift_low", "letter_shift_high",
-                                                     "flip_rate_content", "flip_rate_same", "flip_rate_opposite",
-                                                     "content_cs_after")}}
+    head, figs = ro.patch_results(out, run.read_parts(stage), reading, seed=seed, model=scored_model_name(run))
+    stem = f"{ro.prefix}cross_form"
+    atomic_write_text(out / f"{stem}_headline.json", json.dumps(head, indent=2) + "\n")
+    pngs = []
+    if figs:
+        plots.write_html(figs, out / f"{stem}.html", heading=f"wdprobe cross-form patching: {scored_model_name(run)}")
+        pngs = [str(p) for p in (plots.write_png(f, out / f"{stem}-{i}.png") for i, f in enumerate(figs)) if p]
+    run.mark_done(stage, headline=head, **({"png": pngs} if figs else {}), **stage_seconds(run, stage, t_start))
     return head
 
 
@@ -228,7 +203,7 @@ def merge_cross_patch(run_dir: str | Path, lm=None) -> dict[str, Any]:
     stage = "patch_cross"
     entries = checked_shards(run.path, stage)
     cfg = {k: v for k, v in entries[0][1]["config"].items() if k != "shard"}
-    run.reset_stage(stage, ["patching/cross_form*"])
+    run.reset_stage(stage, [readout("letter").outputs("patching", "cross_form")])
     for d, _ in entries:
         rows = RunDir(d).read_parts(stage)
         if rows:
@@ -236,22 +211,6 @@ def merge_cross_patch(run_dir: str | Path, lm=None) -> dict[str, Any]:
     return run_cross_patch(run.path, n_items=cfg["n_items"], layers=cfg["layers"], conditions=cfg["conditions"],
                            seed=cfg["seed"], folds=cfg["folds"], progress=False, lm=lm,
                            deed_orders=cfg.get("deed_orders", "shown"))
-
-
-def cross_form_headline(summary, items) -> dict[str, Any]:
-    """Per condition, the layer with the most inconsistent items flipped, and that layer's numbers."""
-    out: dict[str, Any] = {"n_items": int(len(items)), "n_inconsistent": int((items.consistent == 0).sum()),
-                           "cs_clean": float(items["consistent"].mean()),
-                           "same_letter_rate_inconsistent": float(items[items.consistent == 0]["same_letter"].mean())}
-    for cond, g in summary.groupby("condition"):
-        best = g.loc[g["flip_rate"].idxmax()]
-        out[cond] = {k: (float(best[k]) if k != "layer" else int(best[k])) for k in
-                     ("layer", "flip_rate", "normalised_effect", "break_rate", "flip_rate_same_letter",
-                      "flip_rate_other_letter", "cs_after", "letter_mass")}
-        top = g.loc[g["cs_after"].idxmax()]
-        out[cond]["best_cs_after"] = {"layer": int(top["layer"]), "cs_after": float(top["cs_after"])}
-        out[cond]["flip_rate_by_layer"] = {int(r.layer): round(float(r.flip_rate), 4) for r in g.itertuples()}
-    return out
 
 
 # ---- positional patching ----------------------------------------------------------------------------

@@ -332,15 +332,17 @@ def test_localisation_report_page_redraws_every_stage(tiny_lm, tmp_path):
 def test_cloze_patching_at_the_decision_points(tiny_run, tiny_lm):
     from wdprobe.core.option_scoring import last_residuals
     from wdprobe.methods.lens import lens_logits_per_row
-    from wdprobe.stages.cloze_patching import cloze_pairs, run_cloze_patch
+    from wdprobe.stages.patching import run_cross_patch
+    from wdprobe.stages.readouts import cloze_items
 
-    head = run_cloze_patch(tiny_run, n_items=12, lm=tiny_lm, progress=False, restart=True)  # tiny_run is shared
+    head = run_cross_patch(tiny_run, format="cloze", n_items=12, lm=tiny_lm, progress=False,
+                           restart=True)  # tiny_run is shared
     frame = pd.read_csv(tiny_run / "patching" / "cloze_cross_form.csv")
     assert head["n_items"] == 12 and set(frame.condition) == {"clean", "full", "stance", "random"}
     assert len(frame) == 12 * (1 + 3 * 2) and set(head["tests"]) >= {"restores_full", "full_beats_random"}
     # at the last layer the full patch hands the deed its word run's residual: the deed's log-odds at its decision
     # step are then the word residual read through the final norm and unembedding at the deed's decision tokens
-    items = {it["id"]: it for it in cloze_pairs(tiny_run, tiny_lm, n_items=12)[0]}
+    items = {it["id"]: it for it in cloze_items(tiny_run, tiny_lm, n_items=12)[0]}
     last = frame[(frame.condition == "full") & (frame.layer == 1)].set_index("id")
     for iid, it in items.items():
         resid = last_residuals(tiny_lm, [it["word_sequence"]], [1])
@@ -354,15 +356,26 @@ def test_cloze_patching_at_the_decision_points(tiny_run, tiny_lm):
 
 
 def test_cloze_patching_of_a_small_sample_leaves_the_stance_condition_out(tiny_run, tiny_lm):
-    from wdprobe.stages.cloze_patching import run_cloze_patch
+    from wdprobe.stages.patching import run_cross_patch
 
-    head = run_cloze_patch(tiny_run, n_items=6, folds=5, lm=tiny_lm, progress=False, restart=True)
+    head = run_cross_patch(tiny_run, format="cloze", n_items=6, folds=5, lm=tiny_lm, progress=False, restart=True)
     assert head["n_items"] == 6 and "stance" not in head and "full" in head and "stance left out" in head["notes"][0]
 
 
-def test_cloze_steering_vectors_point_toward_each_word_choice():
-    from wdprobe.stages.cloze_steering import cloze_steering_vectors
+def cloze_steering_vectors(items, sources, *, folds, seed=0):
+    """The cloze read-out's cross-fitted stance and its steering vectors, as the steering stage makes them."""
+    from wdprobe.stages.readouts import DeedRuns, Reading, random_directions, readout
+    from wdprobe.stages.steering import steering_vectors
 
+    n = len(items)
+    frame = pd.DataFrame({"id": [str(i) for i in range(n)], "y_word": [it["y_word"] for it in items]})
+    reading = Reading(frame, DeedRuns([""] * n, np.arange(n), np.array(["shown"] * n), np.zeros(n), np.ones(n)), (),
+                      sources, random=random_directions(sources.shape[1], sources.shape[2], seed))
+    readout("cloze").fit_stance(reading, folds=folds, stratify=True)
+    return steering_vectors(reading)
+
+
+def test_cloze_steering_vectors_point_toward_each_word_choice():
     rng = np.random.default_rng(0)
     y = np.array([0, 1] * 10)
     sources = rng.normal(scale=1e-3, size=(20, 2, 6))
@@ -382,17 +395,17 @@ def test_cloze_steering_adds_its_vector_at_the_deed_decision_point(tiny_run, tin
     from wdprobe.core.forward import encode_prompts
     from wdprobe.core.option_scoring import last_residuals
     from wdprobe.methods.lens import lens_logits_per_row
-    from wdprobe.stages.cloze_patching import cloze_pairs
-    from wdprobe.stages.cloze_steering import cloze_steering_vectors, run_cloze_steering
+    from wdprobe.stages.readouts import cloze_items
+    from wdprobe.stages.steering import run_steering
 
-    items = cloze_pairs(tiny_run, tiny_lm, n_items=None)[0]
+    items = cloze_items(tiny_run, tiny_lm, n_items=None)[0]
     counts = np.bincount([it["y_word"] for it in items], minlength=2)
     with pytest.raises(InputError, match=f"first option in {counts[0]} and the second in {counts[1]}"):
         cloze_steering_vectors(items, np.zeros((len(items), 2, 4)), folds=counts.min() + 1)
-    lopsided = run_cloze_steering(tiny_run, n_items=None, folds=counts.min() + 1, lm=tiny_lm, progress=False,
+    lopsided = run_steering(tiny_run, format="cloze", n_items=None, folds=counts.min() + 1, lm=tiny_lm, progress=False,
                                   restart=True)  # a lopsided sample: the stage says why it steered nothing
     assert lopsided["best"] is None and f"first option in {counts[0]}" in lopsided["skipped"]
-    head = run_cloze_steering(tiny_run, n_items=None, folds=2, alphas=[1.0, 4.0], lm=tiny_lm, progress=False,
+    head = run_steering(tiny_run, format="cloze", n_items=None, folds=2, alphas=[1.0, 4.0], lm=tiny_lm, progress=False,
                               restart=True)
     frame = pd.read_csv(tiny_run / "steering" / "cloze_steering.csv")
     assert head["n_items"] == len(items) and len(frame) == len(items) * (1 + 2 * 2 * 2)

@@ -1,0 +1,508 @@
+"""Read-outs: what an intervention instrument reads, in one answer format, declared once.
+
+An instrument (cross-form patching, steering, and the next ones) is an *intervention* read through a
+*read-out*. The intervention says what is changed (the full residual, its component along a direction, an
+added vector); the read-out says everything about reading the answer: which two-option items of the run are
+read and which deed prompts run (one per item, or both option orders), the decision position, the target
+tokens (the letters, or the options' first differing tokens at the decision point), the word's choice each
+deed is moved toward, the word residuals a patch takes and the stance directions it projects on, how an
+item's consistency is defined, which answer-format mass says the model still answers, and how the
+instrument's rows are summarised and named on disk.
+
+Every instrument module is written once against :class:`Readout`; a new answer format is one subclass here and
+one line in :data:`READOUTS` (see ``docs/guides/new-variant.md``). No stage branches on the format: the
+pipeline asks :func:`readouts_for` which read-outs a run's ``format`` setting covers.
+
+* :class:`LetterReadout` — the option letters after ``Answer:``; the deed prompt in the shown order or in both
+  orders (``orders="both"``: the stance splits from the letter, and content space averages the orders); the
+  target is the letter of the word's answer; consistency is the scored one (paper or content reading).
+* :class:`ClozeReadout` — no letters: each form is read where its two options part (the prompt plus the tokens
+  both options share, :func:`wdprobe.core.option_scoring.decision_point`); the target is the word's choice's
+  first differing token; an item is consistent at that step when its clean deed log-odds point to the word's
+  choice.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from wdprobe.core.forward import encode_prompts
+from wdprobe.core.option_scoring import decision_point, last_residuals
+from wdprobe.errors import InputError, InterventionError
+from wdprobe.core.cache import atomic_write_text
+from wdprobe.figures import localisation as localise_plots
+from wdprobe.methods.patching import (
+    CROSS_CONDITIONS,
+    cross_form_headline,
+    cross_form_tests,
+    letter_split,
+    letter_split_tests,
+    summarise_cloze_patch,
+    summarise_cross_form,
+    summarise_letter_split,
+)
+from wdprobe.methods.probes import crossfit_directions
+from wdprobe.runs.rundir import RunDir
+from wdprobe.runs.stage import scored_entry
+from wdprobe.stages.pairs import (
+    DeedRuns,
+    choose_items,
+    content_directions,
+    deed_runs,
+    load_pairs,
+    stance_directions,
+    target_space,
+)
+from wdprobe.stages.score import load_score, scored_cloze_prompts
+
+DEED_ORDERS = ("auto", "shown", "both")  # which deed option orders a letter read-out runs
+RANDOM_SEED_OFFSET = 7919  # the random control direction's seed, offset from the run's (kept from the first release)
+
+
+@dataclass
+class Reading:
+    """A sample of two-option items as one read-out reads it: ``items`` (a frame indexed 0..n-1 with at least id,
+    domain, consistent, y_word), the deed ``runs`` an instrument intervenes on (each with the token columns of the
+    word's choice and of the other option in ``token_ids``), the word ``sources`` (``[n_items, n_layers, d]``, the
+    residuals a patch takes), unit ``stance`` and ``letter`` directions per item and layer (cross-fitted; None where
+    they cannot be estimated), their mean-difference lengths ``gap``, a ``random`` unit direction per layer, the
+    ids ``left_out`` (unreadable), and ``notes`` for the headline."""
+
+    items: Any
+    runs: DeedRuns
+    token_ids: tuple[int, ...]
+    sources: np.ndarray | None = None
+    stance: np.ndarray | None = None
+    letter: np.ndarray | None = None
+    gap: np.ndarray | None = None
+    random: np.ndarray | None = None
+    left_out: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.items["id"])
+
+
+def random_directions(n_layers: int, width: int, seed: int) -> np.ndarray:
+    """The seeded random unit direction per layer that every instrument's random control uses."""
+    rng = np.random.default_rng(seed + RANDOM_SEED_OFFSET)
+    rand = rng.standard_normal((n_layers, width))
+    return rand / np.linalg.norm(rand, axis=-1, keepdims=True)
+
+
+def read_runs(lp: np.ndarray, runs: DeedRuns, run_of_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per intervention row (on deed run ``run_of_row[r]``): the log-odds of the word's choice over the other option,
+    and the probability of the two (the answer-format mass: the letters, or the options' decision tokens)."""
+    r = np.arange(len(run_of_row))
+    toward, away = lp[r, runs.toward[run_of_row]], lp[r, runs.away[run_of_row]]
+    return toward - away, np.exp(toward) + np.exp(away)
+
+
+class Readout(ABC):
+    """One answer format's way of reading an instrument (see the module docstring). Subclasses declare their names
+    and implement :meth:`reading`, :meth:`consistency` and the per-instrument summaries."""
+
+    name: ClassVar[str]
+    prefix: ClassVar[str]  # output file prefix under patching/ and steering/
+    mass: ClassVar[str]  # the answer-format mass column
+    position: ClassVar[str]  # where interventions sit, in words (settings and headlines)
+    conditions: ClassVar[tuple[str, ...]]  # cross-form patching conditions it supports
+    stages: ClassVar[Mapping[str, str]]  # instrument -> the manifest stage name its parts are saved under
+    part_columns: ClassVar[Mapping[str, tuple[str, ...]]]  # instrument -> the columns of its saved parts
+    shardable: ClassVar[bool] = False
+    selects_by: ClassVar[str]  # the steering cell ranking when the run gives no population CS
+
+    def stage(self, instrument: str) -> str:
+        """The manifest stage an instrument saves under with this read-out."""
+        return self.stages[instrument]
+
+    def outputs(self, folder: str, stem: str) -> str:
+        """The glob of an instrument's outputs (``folder/prefix+stem*``): what a restart deletes."""
+        return f"{folder}/{self.prefix}{stem}*"
+
+    def check_conditions(self, conditions: Sequence[str]) -> list[str]:
+        """The patching conditions, refused by name when this read-out has no such condition."""
+        bad = [c for c in conditions if c not in self.conditions]
+        if bad:
+            raise InterventionError(f"unknown {self.name} patching condition(s) {bad}: choose from {list(self.conditions)}")
+        return list(conditions)
+
+    @abstractmethod
+    def settings(self, run: RunDir, *, orders: str | None = None, space: str | None = None) -> dict[str, Any]:
+        """What an instrument's result depends on beyond its own parameters (recorded and checked on resume):
+        the position, and where this read-out has them, the deed ``orders`` patching runs or the ``space`` steering
+        reads (each resolved from ``auto`` against the run; left out when not given)."""
+
+    @abstractmethod
+    def reading(self, run: RunDir, lm, *, n_items: int | None, seed: int, layers: Sequence[int], folds: int,
+                settings: Mapping[str, Any], exclude: Sequence[str] = ()) -> Reading:
+        """The sample (a seeded, half-inconsistent one of ``n_items``; every readable item but ``exclude`` when
+        ``n_items`` is None), its deed runs, word sources and directions at ``layers``."""
+
+    @abstractmethod
+    def consistency(self, frame, reading: Reading):
+        """The item table the summaries join on (index = item position; ``consistent`` per item)."""
+
+    @abstractmethod
+    def population_cs(self, run: RunDir, settings: Mapping[str, Any]) -> float | None:
+        """The whole run's CS in this reading (steering's population CS), or None where none is defined."""
+
+    def fit_stance(self, reading: Reading, *, folds: int, stratify: bool = False) -> None:
+        """Fill the reading's cross-fitted stance directions where :meth:`reading` left them out; an InputError when
+        the sample cannot be cross-fitted (the instrument then says why). Nothing to do by default."""
+
+    # ---- cross-form patching
+    @abstractmethod
+    def patch_results(self, out: Path, rows: Sequence[Mapping[str, Any]], reading: Reading, *, seed: int,
+                      model: str) -> tuple[dict[str, Any], list]:
+        """Summarise the saved patching rows: write the per-item and summary tables under ``out``; return the
+        headline (numbers and tests) and the figures (none: no page)."""
+
+    @abstractmethod
+    def patch_status(self, head: Mapping[str, Any]) -> str:
+        """The patching stage's one-line status from its headline."""
+
+    # ---- steering
+    steer_settings: ClassVar[tuple[str, ...]] = ()  # steering parameters this read-out records among its settings
+
+    def steering_table(self, frame, items):
+        """The per-item steering table written to disk."""
+        return frame
+
+    @abstractmethod
+    def steering_headline(self, reading: Reading, items, table, settings: Mapping[str, Any], *, layers: Sequence[int],
+                          population: float | None, best: Mapping[str, Any] | None,
+                          validation: Mapping[str, Any] | None, skipped: str | None) -> dict[str, Any]:
+        """The steering headline: the sample (``items``: its consistency table), the clean reading (``table``: the
+        summary), the best cell and its validation."""
+
+    @abstractmethod
+    def steering_where(self, model: str, reading: Reading, settings: Mapping[str, Any], head: Mapping[str, Any]) -> str:
+        """The figures' subtitle: the model, the sample and the units."""
+
+    def steering_figure_options(self, head: Mapping[str, Any]) -> dict[str, Any]:
+        """Keyword arguments of :func:`wdprobe.figures.localisation.steering_figures` for this read-out."""
+        return {}
+
+    def steering_heading(self, model: str) -> str:
+        """The steering page's heading."""
+        return f"wdprobe steering: {model}"
+
+    def steer_status(self, head: Mapping[str, Any]) -> str:
+        """The steering stage's one-line status from its headline."""
+        best = head.get("best")
+        if not best:
+            return self.status_prefix + self.no_setting
+        text = f"best layer {best['layer']}, alpha {best['alpha']:g}: CS {best['cs']:.2f} on the grid"
+        val = head.get("validation")
+        if val:
+            text += f"; held out {val['stance']['cs']:.2f} vs clean {val['cs_clean']:.2f}"
+        return self.status_prefix + text
+
+    status_prefix: ClassVar[str] = ""
+    no_setting: ClassVar[str] = "no setting kept the answer format"
+
+
+# ---- letters -----------------------------------------------------------------------------------------
+
+class LetterReadout(Readout):
+    """The option letters (see the module docstring)."""
+
+    name = "letter"
+    prefix = ""
+    mass = "letter_mass"
+    position = "last"
+    conditions = CROSS_CONDITIONS
+    stages = {"patch": "patch_cross", "steer": "steer", "steer_validate": "steer_validate"}
+    part_columns = {"patch": ("id", "deed_order", "condition", "layer", "toward_word", "letter_mass"),
+                    "steer": ("id", "deed_order", "condition", "layer", "alpha", "toward_word", "letter_mass")}
+    shardable = True
+    selects_by = "cs_balanced"
+
+    def settings(self, run: RunDir, *, orders: str | None = None, space: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"position": "last"}
+        if orders is not None:
+            if orders not in DEED_ORDERS:
+                raise InterventionError(f"unknown deed_orders {orders!r}: choose from {list(DEED_ORDERS)}")
+            letter_free = scored_entry(run)["config"].get("orders", "shown") != "shown"
+            out["deed_orders"] = orders if orders != "auto" else ("both" if letter_free else "shown")
+        if space is not None:
+            out["space"] = target_space(run.path, space)
+        return out
+
+    def reading(self, run: RunDir, lm, *, n_items: int | None, seed: int, layers: Sequence[int], folds: int,
+                settings: Mapping[str, Any], exclude: Sequence[str] = ()) -> Reading:
+        space = settings.get("space", "shown")
+        pairs = load_pairs(run.path, lm.tokenizer, n_items=n_items, seed=seed, space=space)
+        if exclude:
+            seen = set(exclude)
+            pairs = pairs.subset([i for i, iid in enumerate(pairs.items["id"]) if iid not in seen])
+            if not len(pairs):
+                raise InputError("every readable item was in the grid")
+        find = content_directions if space == "content" else stance_directions
+        dirs = find(run.path, pairs, layers, folds=folds, seed=seed)
+        runs = deed_runs(pairs, "content" if space == "content" or settings.get("deed_orders") == "both" else "shown")
+        return Reading(pairs.items, runs, pairs.token_ids, dirs.word_sources, dirs.stance, dirs.letter, dirs.gap,
+                       dirs.random, extra={"pairs": pairs, "deed_norm": dirs.deed_norm})
+
+    def consistency(self, frame, reading: Reading):
+        return reading.items
+
+    def population_cs(self, run: RunDir, settings: Mapping[str, Any]) -> float | None:
+        import json
+
+        metrics = json.loads((run.path / "metrics.json").read_text())
+        if settings.get("space") == "content":
+            return metrics["readings"]["content"]["cs"]["micro"]["value"]
+        return metrics["cs_micro"]
+
+    def patch_results(self, out: Path, rows: Sequence[Mapping[str, Any]], reading: Reading, *, seed: int,
+                      model: str) -> tuple[dict[str, Any], list]:
+        import pandas as pd
+
+        items = reading.items
+        every = pd.DataFrame(rows)
+        every["layer"] = every["layer"].astype(int)
+        for c in ("toward_word", "letter_mass"):
+            every[c] = every[c].astype(float)
+        every["item"] = every["id"].map({iid: k for k, iid in enumerate(items["id"])})
+        frame = every[every["deed_order"] == "shown"].drop(columns="deed_order").reset_index(drop=True)
+        summary = summarise_cross_form(frame, items)
+        summary.attrs["cs_clean"] = float(items["consistent"].mean())
+        atomic_write_text(out / "cross_form.csv", frame.merge(items[["id", "domain", "consistent", "same_letter"]],
+                                                              on="id").to_csv(index=False))
+        atomic_write_text(out / "cross_form_summary.csv", summary.to_csv(index=False))
+        head = cross_form_headline(summary, items)
+        head["tests"] = cross_form_tests(frame, items, seed=seed)
+        where = f"{model}, {len(items)} two-option items ({int((items.consistent == 0).sum())} inconsistent)"
+        figs = localise_plots.cross_form_figures(summary, where)
+        if (every["deed_order"] == "swapped").any():
+            head["letter_split"] = write_letter_split(out, every, items, seed=seed)
+            figs.append(localise_plots.letter_split_figure(pd.read_csv(out / "cross_form_letter_split_summary.csv"),
+                                                           f"{model}, {len(items)} two-option items, both deed orders"))
+        return head, figs
+
+    def steering_headline(self, reading: Reading, items, table, settings: Mapping[str, Any], *, layers: Sequence[int],
+                          population: float | None, best: Mapping[str, Any] | None,
+                          validation: Mapping[str, Any] | None, skipped: str | None) -> dict[str, Any]:
+        return {"space": settings["space"], "n_items": len(reading), "n_inconsistent": int((items.consistent == 0).sum()),
+                "clean_cs_items": table.attrs["clean_cs"], "clean_letter_mass": table.attrs["clean_letter_mass"],
+                "cs_population_clean": population,
+                "mean_difference_norm": dict(zip(map(int, layers), map(float, reading.gap.mean(0)))),
+                "deed_residual_norm": dict(zip(map(int, layers), map(float, reading.extra["deed_norm"]))),
+                "best": best, "validation": validation, "validation_skipped": skipped}
+
+    def patch_status(self, head: Mapping[str, Any]) -> str:
+        if "full" not in head:
+            return ""
+        return f"full patch flips up to {head['full']['flip_rate']:.2f} of inconsistent items (layer {head['full']['layer']})"
+
+    def steering_where(self, model: str, reading: Reading, settings: Mapping[str, Any], head: Mapping[str, Any]) -> str:
+        return (f"{model}, {len(reading)} two-option items; alpha in units of the word-answer mean difference at the "
+                "layer" + ("; content space: word content direction, both deed orders, content CS"
+                           if settings["space"] == "content" else ""))
+
+
+def write_letter_split(out: Path, every, items, *, seed: int = 0) -> dict[str, Any]:
+    """``cross_form_letter_split.csv`` (per item x condition x layer), its summary by layer, and the headline part:
+    per condition, the numbers at the layer of the largest mean letter shift (where the patch moves the letter most,
+    the layer its letter test picks), and the tests (which pick their own best layer and correct for it)."""
+    split = letter_split(every, items)
+    split = split.merge(items[["id"]], left_on="item", right_index=True)
+    summary = summarise_letter_split(split, seed=seed)
+    atomic_write_text(out / "cross_form_letter_split.csv", split.to_csv(index=False))
+    atomic_write_text(out / "cross_form_letter_split_summary.csv", summary.to_csv(index=False))
+    clean = split.drop_duplicates("item")
+    head: dict[str, Any] = {"n_items": int(len(clean)), "content_cs_clean": float((clean["clean_content"] > 0).mean()),
+                            "tests": letter_split_tests(split, seed=seed)}
+    for cond, g in summary.groupby("condition"):
+        best = g.loc[g["letter_shift"].idxmax()]
+        head[cond] = {"layer": int(best["layer"]),
+                      **{k: float(best[k]) for k in ("stance_shift", "stance_shift_low", "stance_shift_high",
+                                                     "letter_shift", "letter_shift_low", "letter_shift_high",
+                                                     "flip_rate_content", "flip_rate_same", "flip_rate_opposite",
+                                                     "content_cs_after")}}
+    return head
+
+
+# ---- cloze -------------------------------------------------------------------------------------------
+
+def cloze_items(run_dir: str | Path, lm, *, n_items: int | None = 64, seed: int = 0
+                ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Two-option items readable at a decision point in both forms, whose deed decision text re-encodes to its
+    tokens: per item the word's decision sequence, the deed's decision text, the deed's decision tokens and the
+    word's cloze choice. A seeded sample of ``n_items``, half cloze-inconsistent. Also the ids left out."""
+    scored = load_score(run_dir)
+    prompts = {(p.view.item.id, p.form): p for p in scored_cloze_prompts(run_dir, lm.tokenizer)}
+    if not prompts:
+        raise InputError(f"{run_dir}: the run has no cloze prompts; score it with --format cloze or both")
+    tok = lm.tokenizer
+    rows, kept, left_out = [], [], []
+    for r in scored.rows:
+        if r["n_options"] != 2:
+            continue
+        w, d = prompts[(r["id"], "word")], prompts[(r["id"], "deed")]
+        pw = decision_point(tok, w.text, w.view.item.options("word"))
+        pd_ = decision_point(tok, d.text, d.view.item.options("deed"))
+        if pw is None or pd_ is None:
+            left_out.append(r["id"])
+            continue
+        shared = tok.decode(pd_.sequence[len(pd_.sequence) - pd_.shared:]) if pd_.shared else ""
+        text = d.text + shared
+        if encode_prompts(tok, [text], "cpu")["input_ids"][0].tolist() != pd_.sequence:
+            left_out.append(r["id"])  # the decision text would not re-tokenise to the decision tokens
+            continue
+        rows.append(dict(r, consistent=r["cloze_consistent"]))
+        kept.append({"id": r["id"], "domain": r["domain"], "y_word": w.choice, "y_deed": d.choice,
+                     "word_sequence": pw.sequence, "deed_text": text, "deed_tokens": pd_.tokens})
+    pick = choose_items(rows, n_items, seed, consistency="cloze_consistent")
+    return [kept[i] for i in pick], left_out
+
+
+class ClozeReadout(Readout):
+    """The options' texts as continuations, read at their decision point (see the module docstring)."""
+
+    name = "cloze"
+    prefix = "cloze_"
+    mass = "option_mass"
+    position = "decision point"
+    conditions = ("full", "stance", "random")
+    stages = {"patch": "patch_cloze", "steer": "steer_cloze", "steer_validate": "steer_cloze_validate"}
+    part_columns = {"patch": ("id", "condition", "layer", "toward_word"),
+                    "steer": ("id", "condition", "layer", "alpha", "toward_word", "option_mass")}
+    selects_by = "cs_balanced"
+
+    def settings(self, run: RunDir, *, orders: str | None = None, space: str | None = None) -> dict[str, Any]:
+        return {"position": "decision point"}
+
+    def reading(self, run: RunDir, lm, *, n_items: int | None, seed: int, layers: Sequence[int], folds: int,
+                settings: Mapping[str, Any], exclude: Sequence[str] = ()) -> Reading:
+        import pandas as pd
+
+        items, left_out = cloze_items(run.path, lm, n_items=n_items, seed=seed)
+        if exclude:
+            seen = set(exclude)
+            items = [it for it in items if it["id"] not in seen]
+        sources = last_residuals(lm, [it["word_sequence"] for it in items], layers, batch_size=16)
+        union = tuple(sorted({t for it in items for t in it["deed_tokens"]}))
+        column = {t: k for k, t in enumerate(union)}
+        n = len(items)
+        toward = np.array([column[it["deed_tokens"][it["y_word"]]] for it in items], dtype=int)
+        away = np.array([column[it["deed_tokens"][1 - it["y_word"]]] for it in items], dtype=int)
+        runs = DeedRuns([it["deed_text"] for it in items], np.arange(n), np.array(["shown"] * n), toward, away)
+        frame = pd.DataFrame({"id": [it["id"] for it in items], "domain": [it["domain"] for it in items],
+                              "y_word": [int(it["y_word"]) for it in items]})
+        return Reading(frame, runs, union, sources, random=random_directions(len(layers), sources.shape[-1], seed),
+                       left_out=left_out, extra={"items": items})
+
+    def fit_stance(self, reading: Reading, *, folds: int, stratify: bool = False) -> None:
+        """Fill the reading's cross-fitted cloze stance directions and their lengths (difference of means of the word
+        decision-point residuals by the word's cloze choice); an InputError when the sample cannot be cross-fitted."""
+        y = reading.items["y_word"].to_numpy().astype(int)
+        if stratify:
+            counts = np.bincount(y, minlength=2)
+            if counts.min() < folds:
+                raise InputError(f"the word's cloze choice is the first option in {counts[0]} and the second in "
+                                 f"{counts[1]} of {len(y)} items: too few of one choice for {folds} cross-fitted folds "
+                                 "(sample more items or use fewer folds)")
+        elif len(y) < 2 * folds:
+            raise InputError(f"{len(y)} items")
+        dirs, fold_of, gaps = crossfit_directions(reading.sources, y, folds=folds, stratify=stratify)
+        reading.stance, reading.gap = dirs[fold_of], gaps[fold_of]
+
+    def consistency(self, frame, reading: Reading):
+        import pandas as pd
+
+        clean = frame[frame.condition == "clean"].set_index("item")["toward_word"]
+        return pd.DataFrame({"id": reading.items["id"], "domain": reading.items["domain"],
+                             "consistent": (clean.reindex(range(len(reading))) > 0).astype(int).to_numpy()})
+
+    def population_cs(self, run: RunDir, settings: Mapping[str, Any]) -> float | None:
+        return None
+
+    steer_settings = ("min_mass_ratio",)
+    status_prefix = "cloze: "
+    no_setting = "no setting kept the options' tokens likely"
+
+    def patch_status(self, head: Mapping[str, Any]) -> str:
+        if "full" not in head:
+            return ""
+        return (f"cloze: full patch reaches decision-step CS {head['full']['cs_after']:.2f} "
+                f"(clean {head['cs_clean_decision_step']:.2f})")
+
+    def patch_results(self, out: Path, rows: Sequence[Mapping[str, Any]], reading: Reading, *, seed: int,
+                      model: str) -> tuple[dict[str, Any], list]:
+        import pandas as pd
+
+        frame = pd.DataFrame(rows)
+        frame["layer"] = frame["layer"].astype(int)
+        frame["toward_word"] = frame["toward_word"].astype(float)
+        frame["item"] = frame["id"].map({iid: k for k, iid in enumerate(reading.ids)})
+        table = self.consistency(frame, reading)
+        summary = summarise_cloze_patch(frame, table)
+        atomic_write_text(out / "cloze_cross_form.csv", frame.merge(table[["id", "consistent"]], on="id").to_csv(index=False))
+        atomic_write_text(out / "cloze_cross_form_summary.csv", summary.to_csv(index=False))
+        head: dict[str, Any] = {"n_items": len(reading), "n_left_out": len(reading.left_out), "notes": reading.notes,
+                                "cs_clean_decision_step": float(table["consistent"].mean()),
+                                "tests": cross_form_tests(frame, table, seed=seed)}
+        for cond, g in summary.groupby("condition"):
+            best = g.loc[g["cs_after"].idxmax()]
+            head[cond] = {"layer": int(best["layer"]), **{k: float(best[k]) for k in ("flip_rate", "break_rate", "cs_after")}}
+        return head, []
+
+    def steering_table(self, frame, items):
+        return frame.merge(items[["id", "consistent"]], on="id")
+
+    def steering_headline(self, reading: Reading, items, table, settings: Mapping[str, Any], *, layers: Sequence[int],
+                          population: float | None, best: Mapping[str, Any] | None,
+                          validation: Mapping[str, Any] | None, skipped: str | None) -> dict[str, Any]:
+        return {"n_items": len(reading), "n_left_out": len(reading.left_out),
+                "n_inconsistent": int((items.consistent == 0).sum()),
+                "clean_cs_items": table.attrs["clean_cs"], "clean_option_mass": table.attrs["clean_option_mass"],
+                "selected_by": (best or {}).get("selected_by", "cs_balanced"), "best": best, "validation": validation,
+                "validation_skipped": skipped}
+
+    def steering_where(self, model: str, reading: Reading, settings: Mapping[str, Any], head: Mapping[str, Any]) -> str:
+        return (f"{model}, cloze form, {len(reading)} two-option items read at the options' decision point; alpha in "
+                "units of the word-choice mean difference at the layer; cells ranked by "
+                + ("balanced CS (flip + keep) / 2" if head["selected_by"] == "cs_balanced" else "CS"))
+
+    def steering_figure_options(self, head: Mapping[str, Any]) -> dict[str, Any]:
+        return {"mass_label": "option-token mass", "position": "decision point", "metric": head["selected_by"]}
+
+    def steering_heading(self, model: str) -> str:
+        return f"wdprobe steering in the cloze form: {model}"
+
+
+
+READOUTS: dict[str, Readout] = {"letter": LetterReadout(), "cloze": ClozeReadout()}
+
+
+def readout(name: str | Readout) -> Readout:
+    """The registered read-out of that name (a :class:`Readout` passes through)."""
+    if isinstance(name, Readout):
+        return name
+    if name not in READOUTS:
+        raise InputError(f"unknown answer format {name!r}: choose from {list(READOUTS)}")
+    return READOUTS[name]
+
+
+def readouts_for(answer_format: str) -> list[Readout]:
+    """The read-outs a run's ``format`` setting covers: one format, or ``both`` (every registered read-out)."""
+    if answer_format == "both":
+        return list(READOUTS.values())
+    return [readout(answer_format)]
+
+
+def scored_format(run_dir: str | Path) -> str:
+    """The answer format a run was scored in (``letter``, ``cloze`` or ``both``)."""
+    return scored_entry(RunDir(run_dir))["config"].get("format", "letter")
