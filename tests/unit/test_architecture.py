@@ -134,3 +134,71 @@ def test_the_architecture_test_sees_a_planted_upward_import(tmp_path, monkeypatc
         test_imports_flow_down_the_layers_and_sit_at_the_top()
     with pytest.raises(AssertionError):
         test_no_import_circles()
+
+
+# ---- instruments x read-outs: no twin module, no answer-format branch outside the read-outs --------------------
+
+FORMAT_NAMES = {"letter", "cloze"}
+# modules that still branch on the answer format (scoring, capture, the probe and lens stages and their registry
+# adapters, the reports): the debt the next rounds pay off. The list may only shrink: a module branching on the
+# format that is not listed here fails the test below, and so does a listed module that no longer branches.
+FORMAT_BRANCH_DEBT = {
+    "wdprobe.stages.score", "wdprobe.stages.capture", "wdprobe.stages.lens", "wdprobe.stages.content_probes",
+    "wdprobe.pipeline.registry", "wdprobe.scoring.orders", "wdprobe.studies.organisms.build",
+}
+READOUT_MODULE = "wdprobe.stages.readouts"
+
+
+def _mentions_format(node: ast.AST) -> bool:
+    return any((isinstance(n, ast.Name) and "format" in n.id) or (isinstance(n, ast.Attribute) and "format" in n.attr)
+               or (isinstance(n, ast.Constant) and n.value == "format") for n in ast.walk(node))
+
+
+def _format_constants(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Constant) and n.value in FORMAT_NAMES for n in ast.walk(node))
+
+
+def format_branches(path: Path) -> list[int]:
+    """Lines comparing something named like an answer format with a format's name (``format == "cloze"``,
+    ``cfg["format"] in ("cloze", "both")``, ``r["format"] == "letter"``)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(_format_constants(s) for s in sides) and any(_mentions_format(s) for s in sides):
+                out.append(node.lineno)
+    return out
+
+
+def test_no_twin_instrument_module():
+    """A read-out is a class in the read-out module, never a module named after a format beside its instrument."""
+    twins = [name for name in modules() if name.split(".")[-1].split("_")[0] in FORMAT_NAMES
+             and name.split(".")[-1] != "readouts"]
+    assert not twins, f"modules named after an answer format (make it a Readout): {twins}"
+    functions = [f"{name}.{node.name}" for name, path in modules().items() for node in ast.parse(path.read_text()).body
+                 if isinstance(node, ast.FunctionDef) and any(f"_{fmt}_" in node.name or node.name.startswith(f"{fmt}_")
+                                                              for fmt in FORMAT_NAMES - {"letter"})
+                 and node.name.startswith("run_")]
+    assert not functions, f"instrument entry points named after a format (take format= instead): {functions}"
+
+
+def test_answer_format_branches_live_in_the_readouts():
+    branching = {name for name, path in modules().items() if name != READOUT_MODULE and format_branches(path)}
+    new = sorted(branching - FORMAT_BRANCH_DEBT)
+    paid = sorted(FORMAT_BRANCH_DEBT - branching)
+    assert not new, f"answer-format branches outside the read-outs: {[(n, format_branches(modules()[n])) for n in new]}"
+    assert not paid, f"no longer branching on the format: take {paid} off FORMAT_BRANCH_DEBT"
+
+
+def test_the_format_checks_see_a_planted_twin_and_branch(tmp_path, monkeypatch):
+    fake = tmp_path / "wdprobe"
+    (fake / "stages").mkdir(parents=True)
+    (fake / "__init__.py").write_text('"""x"""\n')
+    (fake / "stages" / "__init__.py").write_text('"""x"""\n')
+    (fake / "stages" / "cloze_lens.py").write_text('"""x"""\n')
+    (fake / "stages" / "steering.py").write_text('"""x"""\ndef run(cfg):\n    if cfg.format == "cloze":\n        pass\n')
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
+    with pytest.raises(AssertionError, match="cloze_lens"):
+        test_no_twin_instrument_module()
+    with pytest.raises(AssertionError, match="wdprobe.stages.steering"):
+        test_answer_format_branches_live_in_the_readouts()

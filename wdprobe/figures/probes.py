@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Mapping, Sequence
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.figures.page import figure_html
+from wdprobe.methods.probes import PROBE_KINDS
 
 STANCE_METRICS = {  # metric -> (label, colour, dash)
     "word->word": ("word → word", "#1f77b4", "solid"),
@@ -24,7 +25,20 @@ STANCE_METRICS = {  # metric -> (label, colour, dash)
     "letter": ("control: chosen letter", "#7f7f7f", "dot"),
     "random": ("control: random labels", "#bcbd22", "dot"),
 }
-PROBE_TITLES = {"logreg": "logistic regression (standardised, L2, C by inner CV)", "diffmean": "difference of means"}
+class ProbeTitles(Mapping):
+    """Figure titles of the registered probe kinds, read live (a kind registered later has its title too)."""
+
+    def __getitem__(self, name: str) -> str:
+        return PROBE_KINDS[name].title
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(PROBE_KINDS)
+
+    def __len__(self) -> int:
+        return len(PROBE_KINDS)
+
+
+PROBE_TITLES = ProbeTitles()
 
 
 def rgba(hex_colour: str, alpha: float) -> str:
@@ -90,7 +104,7 @@ def ic_figure(summary, title: str) -> go.Figure:
 def cosine_figure(summary, title: str) -> go.Figure:
     """Cosine between the word-stance and deed-stance directions, per layer and probe kind."""
     fig = go.Figure()
-    colours = {"logreg": "#1f77b4", "diffmean": "#d62728"}
+    colours = {name: kind.colour for name, kind in PROBE_KINDS.items()}
     for kind in [k for k in PROBE_TITLES if k in set(summary["probe"])]:
         sub = summary[(summary.probe == kind) & (summary.metric == "cosine")].sort_values("layer")
         fig.add_trace(go.Scatter(x=sub["layer"], y=sub["mean"], mode="lines+markers", name=PROBE_TITLES[kind],

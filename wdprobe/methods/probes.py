@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -84,32 +84,74 @@ def logistic_probe(seed: int = 0, inner_folds: int = 3) -> Any:
                                                                 **kwargs))
 
 
+@dataclass(frozen=True)
+class ProbeKind:
+    """A probe kind, declared once: its name, what figures call it and draw it in, how to make a fresh seeded one,
+    its direction in activation space once fitted, and (``grouped``) how to keep each item's rows on one side of its
+    own inner cross-validation. A new kind is one :class:`ProbeKind` and one :func:`register_probe_kind` call."""
+
+    name: str
+    title: str
+    colour: str
+    estimator: type
+    make: Callable[[int], Any]
+    direction: Callable[[Any], np.ndarray]
+    grouped: Callable[[Any, np.ndarray, np.ndarray, np.ndarray], Any] | None = None
+
+
+PROBE_KINDS: dict[str, ProbeKind] = {}
+
+
+def register_probe_kind(kind: ProbeKind) -> ProbeKind:
+    """Add a probe kind to :data:`PROBE_KINDS` (refused when the name is taken)."""
+    if kind.name in PROBE_KINDS:
+        raise InputError(f"probe kind {kind.name!r} is registered already")
+    PROBE_KINDS[kind.name] = kind
+    return kind
+
+
+def probe_kind(name: str) -> ProbeKind:
+    """The registered probe kind of that name, or an error listing the kinds."""
+    if name not in PROBE_KINDS:
+        raise InputError(f"unknown probe kind {name!r}: choose from {', '.join(map(repr, PROBE_KINDS))}")
+    return PROBE_KINDS[name]
+
+
+def _group_inner_cv(est: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> Any:
+    """The logistic probe's inner CV (its choice of C) split by group."""
+    inner = est[-1].cv
+    splitter = StratifiedGroupKFold(n_splits=min(inner, len(np.unique(groups))))
+    est[-1].set_params(cv=list(splitter.split(X, y, groups)))
+    return est
+
+
+register_probe_kind(ProbeKind("logreg", "logistic regression (standardised, L2, C by inner CV)", "#1f77b4", Pipeline,
+                              logistic_probe, lambda est: est[-1].coef_[0] / est[0].scale_, _group_inner_cv))
+register_probe_kind(ProbeKind("diffmean", "difference of means", "#d62728", DiffMeanProbe, lambda seed: DiffMeanProbe(),
+                              lambda est: est.direction_))
+
+
 def probe_direction(est: Any) -> np.ndarray:
-    """The probe's direction in activation space (for the logistic pipeline: coef / scale)."""
-    if isinstance(est, DiffMeanProbe):
-        return est.direction_
-    scaler, lr = est[0], est[-1]
-    return lr.coef_[0] / scaler.scale_
+    """The fitted probe's direction in activation space (for the logistic pipeline: coef / scale)."""
+    for kind in PROBE_KINDS.values():
+        if isinstance(est, kind.estimator):
+            return kind.direction(est)
+    raise InputError(f"no registered probe kind makes a {type(est).__name__}")
 
 
 def fit_probe(kind: str, seed: int, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> Any:
-    """Fit a probe; the logistic probe's inner cross-validation (its choice of C) keeps each group (an
-    item, whose word and deed rows are both in ``X``) on one side of every inner split."""
-    est = make_probe(kind, seed)
-    if kind == "logreg" and groups is not None:
-        inner = est[-1].cv
-        splitter = StratifiedGroupKFold(n_splits=min(inner, len(np.unique(groups))))
-        est[-1].set_params(cv=list(splitter.split(X, y, groups)))
+    """Fit a probe; a kind with its own inner cross-validation (the logistic probe's choice of C) keeps each group
+    (an item, whose word and deed rows are both in ``X``) on one side of every inner split."""
+    spec = probe_kind(kind)
+    est = spec.make(seed)
+    if spec.grouped is not None and groups is not None:
+        est = spec.grouped(est, X, y, groups)
     return est.fit(X, y)
 
 
 def make_probe(kind: str, seed: int):
-    """A fresh probe of ``kind`` (``logreg`` or ``diffmean``), seeded."""
-    if kind == "logreg":
-        return logistic_probe(seed)
-    if kind == "diffmean":
-        return DiffMeanProbe()
-    raise InputError(f"unknown probe kind {kind!r}: choose 'logreg' or 'diffmean'")
+    """A fresh, seeded probe of a registered kind."""
+    return probe_kind(kind).make(seed)
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -259,8 +259,8 @@ def scored_swap_effect(run_dir: Path, form: str, pres: Sequence[Any]) -> np.ndar
     if not path.is_file():
         return None
     lo: dict[tuple[str, str], float] = {}
-    for r in read_csv(path):
-        if r["form"] == form and r["format"] == "letter" and r["lp_A"] not in ("", None) and r["lp_B"] not in ("", None):
+    for r in readout("letter").scored_rows(read_csv(path)):
+        if r["form"] == form and r["lp_A"] not in ("", None) and r["lp_B"] not in ("", None):
             lo[(r["id"], r["order"])] = float(r["lp_A"]) - float(r["lp_B"])
     out = []
     for p in pres:

@@ -129,6 +129,10 @@ class Readout(ABC):
         """The glob of an instrument's outputs (``folder/prefix+stem*``): what a restart deletes."""
         return f"{folder}/{self.prefix}{stem}*"
 
+    def scored_rows(self, rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """The rows of a run's ``prompts.csv`` scored in this answer format."""
+        return [r for r in rows if r["format"] == self.name]
+
     def check_conditions(self, conditions: Sequence[str]) -> list[str]:
         """The patching conditions, refused by name when this read-out has no such condition."""
         bad = [c for c in conditions if c not in self.conditions]
