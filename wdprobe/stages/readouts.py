@@ -282,16 +282,16 @@ class LetterReadout(Readout):
         frame = every[every["deed_order"] == "shown"].drop(columns="deed_order").reset_index(drop=True)
         summary = summarise_cross_form(frame, items)
         summary.attrs["cs_clean"] = float(items["consistent"].mean())
-        atomic_write_text(out / "cross_form.csv", frame.merge(items[["id", "domain", "consistent", "same_letter"]],
+        atomic_write_text(out / f"{self.prefix}cross_form.csv", frame.merge(items[["id", "domain", "consistent", "same_letter"]],
                                                               on="id").to_csv(index=False))
-        atomic_write_text(out / "cross_form_summary.csv", summary.to_csv(index=False))
+        atomic_write_text(out / f"{self.prefix}cross_form_summary.csv", summary.to_csv(index=False))
         head = cross_form_headline(summary, items)
         head["tests"] = cross_form_tests(frame, items, seed=seed)
         where = f"{model}, {len(items)} two-option items ({int((items.consistent == 0).sum())} inconsistent)"
         figs = localise_plots.cross_form_figures(summary, where)
         if (every["deed_order"] == "swapped").any():
-            head["letter_split"] = write_letter_split(out, every, items, seed=seed)
-            figs.append(localise_plots.letter_split_figure(pd.read_csv(out / "cross_form_letter_split_summary.csv"),
+            head["letter_split"] = write_letter_split(out, every, items, seed=seed, stem=f"{self.prefix}cross_form")
+            figs.append(localise_plots.letter_split_figure(pd.read_csv(out / f"{self.prefix}cross_form_letter_split_summary.csv"),
                                                            f"{model}, {len(items)} two-option items, both deed orders"))
         return head, figs
 
@@ -316,15 +316,15 @@ class LetterReadout(Readout):
                            if settings["space"] == "content" else ""))
 
 
-def write_letter_split(out: Path, every, items, *, seed: int = 0) -> dict[str, Any]:
-    """``cross_form_letter_split.csv`` (per item x condition x layer), its summary by layer, and the headline part:
+def write_letter_split(out: Path, every, items, *, seed: int = 0, stem: str = "cross_form") -> dict[str, Any]:
+    """``<stem>_letter_split.csv`` (per item x condition x layer), its summary by layer, and the headline part:
     per condition, the numbers at the layer of the largest mean letter shift (where the patch moves the letter most,
     the layer its letter test picks), and the tests (which pick their own best layer and correct for it)."""
     split = letter_split(every, items)
     split = split.merge(items[["id"]], left_on="item", right_index=True)
     summary = summarise_letter_split(split, seed=seed)
-    atomic_write_text(out / "cross_form_letter_split.csv", split.to_csv(index=False))
-    atomic_write_text(out / "cross_form_letter_split_summary.csv", summary.to_csv(index=False))
+    atomic_write_text(out / f"{stem}_letter_split.csv", split.to_csv(index=False))
+    atomic_write_text(out / f"{stem}_letter_split_summary.csv", summary.to_csv(index=False))
     clean = split.drop_duplicates("item")
     head: dict[str, Any] = {"n_items": int(len(clean)), "content_cs_clean": float((clean["clean_content"] > 0).mean()),
                             "tests": letter_split_tests(split, seed=seed)}

@@ -501,3 +501,58 @@ def test_positional_screen_reads_the_scored_swapped_order(tiny_run, tiny_lm):
     forward = np.abs(lo[: len(pres)] - lo[len(pres):])
     np.testing.assert_allclose(scored_swap_effect(tiny_run, "deed", pres), forward, atol=1e-5)
     assert scored_swap_effect(tiny_run / "nowhere", "deed", pres) is None
+
+
+# ---- the worked example of docs/guides/new-variant.md: a new read-out is one class and one registry line ----------
+
+def swapped_order_readout():
+    """Letters read in the deed prompt's *other* option order only: one class over the letter read-out."""
+    from wdprobe.stages.readouts import DeedRuns, LetterReadout
+
+    class SwappedOrderReadout(LetterReadout):
+        """The option letters of the deed prompt with its two options exchanged."""
+
+        name = "swapped"
+        prefix = "swapped_"
+        stages = {"patch": "patch_swapped", "steer": "steer_swapped", "steer_validate": "steer_swapped_validate"}
+        shardable = False
+
+        def reading(self, run, lm, **kwargs):
+            reading = super().reading(run, lm, **kwargs)
+            pairs = reading.extra["pairs"]
+            n = len(pairs)
+            # the other order exchanges the two options' letters: the word's choice sits under the other letter
+            reading.runs = DeedRuns(list(pairs.swapped_deed_prompts), np.arange(n), np.array(["shown"] * n),
+                                    pairs.away, pairs.toward)
+            return reading
+
+    return SwappedOrderReadout()
+
+
+def test_a_new_readout_is_one_class_and_one_registry_line(tiny_run, tiny_lm, monkeypatch):
+    from wdprobe.runs.rundir import RunDir
+    from wdprobe.stages import readouts
+    from wdprobe.stages.patching import run_cross_patch
+
+    monkeypatch.setitem(readouts.READOUTS, "swapped", swapped_order_readout())  # the one registry line
+    assert [ro.name for ro in readouts.readouts_for("swapped")] == ["swapped"]
+    conditions = ["full", "stance", "random"]
+    head = run_cross_patch(tiny_run, format="swapped", n_items=12, layers=[0, 1], conditions=conditions,
+                           deed_orders="shown", lm=tiny_lm, progress=False, restart=True)
+    assert head["n_items"] == 12 and (tiny_run / "patching" / "swapped_cross_form_summary.csv").is_file()
+    # the same patches as the letter read-out makes on the swapped order when it runs both deed orders
+    run_cross_patch(tiny_run, n_items=12, layers=[0, 1], conditions=conditions, deed_orders="both", lm=tiny_lm,
+                    progress=False, restart=True)
+    run = RunDir(tiny_run)
+    letters = pd.DataFrame(run.read_parts("patch_cross"))
+    letters = letters[letters.deed_order == "swapped"].drop(columns="deed_order")
+    mine = pd.DataFrame(run.read_parts("patch_swapped")).drop(columns="deed_order")
+    key = ["id", "condition", "layer"]
+    both = mine.merge(letters, on=key, suffixes=("", "_letter"))
+    assert len(both) == len(mine) == 12 * (1 + len(conditions) * 2)
+    np.testing.assert_allclose(both["toward_word"].astype(float), both["toward_word_letter"].astype(float), atol=1e-4)
+    np.testing.assert_allclose(both["letter_mass"].astype(float), both["letter_mass_letter"].astype(float), atol=1e-6)
+    # swapping the letters flips which letter the word's choice has: clean log-odds are not those of the shown order
+    shown = pd.read_csv(tiny_run / "patching" / "cross_form.csv")
+    clean = both[both.condition == "clean"].set_index("id")["toward_word"].astype(float)
+    assert not np.allclose(clean.sort_index(), shown[shown.condition == "clean"].set_index("id")["toward_word"].sort_index())
