@@ -302,27 +302,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def pct_config(args: argparse.Namespace):
     """The run's saved PCT settings (when ``--out`` holds one) overridden by the flags given."""
-    from dataclasses import fields
-
-    out = args.out or PCTConfig.out
+    out = args.out or PCTConfig().out
     saved = {}
     manifest = Path(out) / "manifest.json"
     if manifest.is_file():
         saved = dict(RunDir(out).stage_entry("pct").get("config", {}))
-    names = {f.name for f in fields(PCTConfig)}
+    names = {f.name for f in PCTConfig.option_fields()}
     values = {k: v for k, v in saved.items() if k in names}
     if saved and "orders" not in saved:  # made before cyclic orders existed: one shuffled order
         values["orders"] = "shown"
+    values.update(PCTConfig.flag_values(args))
     values["out"] = out
-    for name in names:
-        flag = getattr(args, name, None)
-        if flag is not None:
-            values[name] = flag
-    if getattr(args, "no_calibrate", False):
-        values["calibrate"] = False
-    if "probe_kinds" in values:
-        values["probe_kinds"] = tuple(values["probe_kinds"])
-    return PCTConfig(**values)
+    return PCTConfig.from_mapping(values, f"{out}: PCT settings")
 
 
 def cmd_pct(args: argparse.Namespace) -> int:
@@ -331,8 +322,9 @@ def cmd_pct(args: argparse.Namespace) -> int:
         return cmd_pct_status(args)
     cfg = pct_config(args)
     stages = (args.stages.split(",") if args.stages else None) if args.pct_command == "run" else [args.pct_command]
-    redo = args.redo.split(",") if args.redo else ([args.pct_command] if args.pct_command != "run" and args.redo_stage else [])
-    run = run_pct(cfg, stages=stages, progress=not args.quiet, report_dir=args.report, redo=redo,
+    restart = (args.restart.split(",") if args.restart else []) if args.pct_command == "run" else \
+        ([args.pct_command] if args.restart else [])
+    run = run_pct(cfg, stages=stages, progress=not args.quiet, report_dir=args.report, restart=restart,
                   log=(lambda m: print(m, file=sys.stderr)), shard=getattr(args, "shard", None))
     print(f"run directory {run.path}")
     return 0
@@ -356,65 +348,39 @@ def _add_pct_parser(sub) -> None:
              "content_probes": "closed prompts in every order: the answer's content vs its listing, inside",
              "tropes": "cluster sentences of the open texts into recurring tropes", "report": "index.html, README.md, tropes.html",
              "status": "which stages of a PCT run are done"}
+    settings = argparse.ArgumentParser(add_help=False)  # the PCT settings: declared once (PCTConfig), shared
+    PCTConfig.add_flags(settings.add_argument_group("PCT settings (saved in the run; flags given override them)"),
+                        skip=("out",))
+    settings.add_argument("--report", default=None, help="report folder (default RUN/report)")
+    settings.add_argument("--quiet", action="store_true")
     for name in ("run",) + pct_stage_names() + ("status",):
-        p = psub.add_parser(name, help=helps[name])
+        p = psub.add_parser(name, help=helps[name], parents=[] if name == "status" else [settings])
         p.add_argument("--out", default=None, help="run directory (default runs/gemma-3-270m-pct); settings are read from it")
         if name == "status":
             continue
-        p.add_argument("--model", default=None, help="embedded 'gemma-3-270m' (default), a local HF directory or a Hugging Face id")
-        p.add_argument("--data", default=None, help="PCT directory (else $WDPROBE_PCT, else the pinned upstream download)")
-        p.add_argument("--propositions", default=None, help="'all' (default) or indices like 0-9,20")
-        p.add_argument("--personas", default=None, help="'all' (base + 21), or keys like base,age=18, or attribute names like age")
-        p.add_argument("--closed-instructions", default=None, help="closed-form instruction indices (default 0,5; 'all' = 10)")
-        p.add_argument("--open-instructions", default=None, help="open-domain instruction indices (default 0; 'all' = 10)")
-        p.add_argument("--seed", type=int, default=None, help="closed-form option-order shuffling")
-        p.add_argument("--orders", default=None, choices=["shown", "cyclic"],
-                       help="closed form: the one shuffled order only, or also every cyclic order of the four answers "
-                            "(order-free positions; the default for new runs)")
-        p.add_argument("--order-by", default=None, choices=["item", "prompt"],
-                       help="option order shared by all personas of a proposition and instruction (item, default) "
-                            "or drawn per prompt (prompt, as LLM Tropes)")
-        p.add_argument("--chat", default=None, choices=["auto", "plain", "chat"])
-        p.add_argument("--max-new-tokens", type=int, default=None, help="token budget per open answer (default 40)")
-        p.add_argument("--batch-size", type=int, default=None)
-        p.add_argument("--judge", default=None, help="judge model for open stances (default: the studied model)")
-        p.add_argument("--no-calibrate", action="store_true", help="do not subtract the judge's content-free answer bias")
-        p.add_argument("--embedder", default=None, help="sentence-transformers directory (default: bundled all-MiniLM-L6-v2)")
-        p.add_argument("--trope-threshold", type=float, default=None, help="cosine similarity that joins a trope (default 0.7)")
-        p.add_argument("--min-prompts", type=int, default=None, help="distinct prompts a trope must recur in (default 10)")
-        p.add_argument("--folds", type=int, default=None)
-        p.add_argument("--notes", default=None, help="markdown file with a written reading for the report")
-        p.add_argument("--report", default=None, help="report folder (default RUN/report)")
         if name in ("closed", "open", "judge", "capture"):
             p.add_argument("--shard", default=None, help="i/n: only shard i of n of the prompts (split by prompt id), "
                                                          "into RUN/shards/%s/; then wdprobe merge RUN" % name)
-        p.add_argument("--quiet", action="store_true")
         if name == "run":
             p.add_argument("--stages", default=None, help=f"comma list from {', '.join(pct_stage_names())}")
-            p.add_argument("--redo", default=None, help="comma list of finished stages to delete and run again")
+            p.add_argument("--restart", "--redo", dest="restart", default=None,
+                           help="comma list of finished stages to delete and run again (and the stages after them)")
         else:
-            p.add_argument("--redo", dest="redo_stage", action="store_true",
+            p.add_argument("--restart", "--redo", dest="restart", action="store_true",
                            help="delete this stage's outputs and run it again even if finished")
-            p.set_defaults(redo=None)
         p.set_defaults(func=cmd_pct)
     psub.choices["status"].set_defaults(func=cmd_pct)
 
 
-def _item_limit(text: str) -> int | None:
-    return None if str(text).lower() == "all" else int(text)
-
-
 def cmd_align(args: argparse.Namespace) -> int:
     """`wdprobe align`: train one form towards flipped answers and watch both forms."""
-    cfg = AlignConfig(form=args.form, method=args.method, sft_epochs=args.sft_epochs, dpo_epochs=args.dpo_epochs,
-                      n_items=_item_limit(args.items), held_out=args.held_out, seed=args.seed, orders=args.orders,
-                      paraphrases=args.paraphrases, paraphrase_table=args.paraphrase_table,
-                      domains=tuple(args.domain) if args.domain else None, batch_size=args.eval_batch_size,
-                      eval_orders=args.eval_orders)
-    train = TrainSettings(tuning=args.tuning, rank=args.rank, lora_alpha=args.lora_alpha, lr=args.lr,
-                          batch_size=args.batch_size, beta=args.beta, seed=args.seed)
+    given = AlignConfig.flag_values(args)
+    if args.domain:
+        given["domains"] = tuple(args.domain)
+    cfg = AlignConfig.from_mapping(given, "command line")
+    train = TrainSettings.from_mapping({**TrainSettings.flag_values(args), "seed": cfg.seed}, "command line")
     max_memory = json.loads(args.max_memory) if args.max_memory else None
-    out = args.out or f"runs/{Path(args.model).name}-align-{args.form}"
+    out = args.out or f"runs/{Path(args.model).name}-align-{cfg.form}"
     res = run_align(out, model=args.model, data=args.data, config=cfg, train=train, dtype=args.dtype, device=args.device,
                     device_map=args.device_map, max_memory=max_memory, progress=not args.quiet,
                     stop_after_epoch=args.stop_after_epoch)
@@ -446,28 +412,9 @@ def _add_align_parsers(sub) -> None:
     p.add_argument("--max-memory", default=None, help='JSON per-device limits for device_map, e.g. \'{"0": "70GiB", "cpu": "200GiB"}\'')
     p.add_argument("--data", default=None, help="items: WDCT.csv, or your own items (.csv / .jsonl / .json in the item schema, docs/guides/own-data.md); else $WDPROBE_WDCT, else the pinned WDCT download")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-align-<form>); rerunning resumes")
-    p.add_argument("--form", default="word", choices=["word", "deed", "both", "paraphrase"])
-    p.add_argument("--method", default="sft+dpo", choices=["sft", "dpo", "sft+dpo"])
-    p.add_argument("--sft-epochs", type=int, default=3)
-    p.add_argument("--dpo-epochs", type=int, default=1)
-    p.add_argument("--items", "--n-items", dest="items", default="128", help="seeded sample of two-option items, or 'all'")
-    p.add_argument("--held-out", type=float, default=0.5, help="share of the items never trained on")
+    AlignConfig.add_flags(p.add_argument_group("what is trained and evaluated"))
     p.add_argument("--domain", action="append", default=None, help="keep only this domain (repeatable; any domain of the items)")
-    p.add_argument("--orders", default="both", choices=["both", "shown"],
-                   help="train each prompt in both option orders (targets not tied to a letter) or only as shown")
-    p.add_argument("--eval-orders", default="cyclic", choices=["cyclic", "shown"],
-                   help="evaluate every epoch in both option orders too, so change rates are also read on content "
-                        "choices (change_rates_content.csv), or in the shown order only")
-    p.add_argument("--paraphrases", type=int, default=1, help="rule-based rewordings per trained word item (--form paraphrase)")
-    p.add_argument("--paraphrase-table", default=None, help="CSV id,word_stem of your own paraphrases instead of the rules")
-    p.add_argument("--tuning", default="lora", choices=["lora", "full"])
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--lora-alpha", type=float, default=16.0)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=8, help="training batch (examples)")
-    p.add_argument("--eval-batch-size", type=int, default=16)
-    p.add_argument("--beta", type=float, default=0.1, help="DPO beta")
-    p.add_argument("--seed", type=int, default=0, help="option shuffling, item sample, split and example order")
+    TrainSettings.add_flags(p.add_argument_group("training"), skip=("seed",))
     p.add_argument("--stop-after-epoch", type=int, default=None, help="end after this epoch (resume later)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_align)

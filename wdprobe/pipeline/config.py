@@ -1,4 +1,5 @@
-"""Study configuration: one TOML file equivalent to the flags of ``wdprobe run``.
+"""Study configuration: one TOML file equivalent to the flags of ``wdprobe run`` (declared with
+:mod:`wdprobe.core.options`: each option's values, default and help are said once, for files and flags).
 
 Every stage has its own section; a key a section does not know is an error that names the file, the
 section and the nearest known key (typos in configs should not silently fall back to defaults).
@@ -6,16 +7,20 @@ The resolved configuration is saved in the run's manifest, so a run records exac
 """
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
+from wdprobe.core.options import Options, count_or, option, positive_int, with_values
 from wdprobe.errors import ConfigError, MissingInputError
+from wdprobe.methods.patching import CROSS_CONDITIONS
+from wdprobe.methods.probes import PROBE_KINDS
 from wdprobe.pipeline.registry import REGISTRY, item_count
 from wdprobe.scoring.orders import FORMATS, ORDERS
+from wdprobe.stages.pairs import SPACES
+from wdprobe.stages.readouts import DEED_ORDERS
 
 __all__ = ["StudyConfig", "wdct_stages", "item_count", "load_config", "config_to_toml", "with_overrides"]
 
@@ -25,74 +30,109 @@ def wdct_stages() -> tuple[str, ...]:
     return REGISTRY.names("wdct")
 
 
+def known_stages(names: list[str]) -> bool:
+    """Every name a registered WDCT stage (checked when asked, so stages registered later count)."""
+    bad = [s for s in names if s not in wdct_stages()]
+    if bad:
+        raise ConfigError(f"unknown stage(s) {bad}: choose from {list(wdct_stages())}")
+    return True
+
+
 @dataclass
-class ScoreSection:
+class ScoreSection(Options):
     """Settings of the ``score`` stage (``[score]`` in a study file)."""
 
-    batch_size: int = 32
-    chat: str = "auto"
+    section_name: ClassVar[str] = "score"
+    batch_size: int = option(32, check=positive_int, expect="a positive number", help="most prompts per forward")
+    chat: str = option("auto", choices=("auto", "plain", "chat"),
+                       help="wrap prompts in the chat template (auto: instruction-tuned model names only)")
 
 
 @dataclass
-class CaptureSection:
+class CaptureSection(Options):
     """Settings of the ``capture`` stage: layers, positions, storage dtype."""
 
-    layers: str = "all"
-    positions: list[str] = field(default_factory=lambda: ["last", "question_mean"])
-    storage_dtype: str = "float32"
-    batch_size: int = 16
+    section_name: ClassVar[str] = "capture"
+    layers: str = option("all", help="'all', '0,4,8' or '2-10'")
+    positions: list[str] = option(["last", "question_mean"],
+                                  help="comma list of last, question_mean, option0_last..option3_last")
+    storage_dtype: str = option("float32", choices=("float32", "float16", "bfloat16"))
+    batch_size: int = option(16, check=positive_int, expect="a positive number")
 
 
 @dataclass
-class ProbesSection:
+class ProbesSection(Options):
     """Settings of the ``probes`` stage: positions, probe kinds, folds."""
 
-    positions: list[str] = field(default_factory=lambda: ["last", "question_mean"])
-    kinds: list[str] = field(default_factory=lambda: ["logreg", "diffmean"])
-    folds: int = 5
-    permutations: int = 200  # label permutations behind every max-over-layers test
+    section_name: ClassVar[str] = "probes"
+    positions: list[str] = option(["last", "question_mean"], help="captured positions to probe")
+    kinds: list[str] = option(["logreg", "diffmean"], check=lambda v: all(k in PROBE_KINDS for k in v),
+                              expect=f"a list of registered probe kinds ({', '.join(PROBE_KINDS)})")
+    folds: int = option(5, check=lambda v: isinstance(v, int) and v >= 2, expect="a number of folds >= 2")
+    permutations: int = option(200, check=positive_int, expect="a positive number",
+                               help="label permutations behind every max-over-layers test")
     # the logistic probe tunes its regularisation by an inner 3-fold CV on every fit (most of the stage's time):
     # a study of fewer items reads the difference-of-means probe alone (closed form, nothing tuned)
-    logreg_min_items: int = 400
+    logreg_min_items: int = option(400, check=lambda v: isinstance(v, int) and v >= 0, expect="a number >= 0")
+
+
+ITEMS = count_or("all", "auto")
+ITEMS_HELP = "number of two-option items (half inconsistent), 'all' or 'auto' (scaled to the sample)"
 
 
 @dataclass
-class PatchCrossSection:
+class PatchCrossSection(Options):
     """Settings of cross-form patching: items, layers, conditions, and which deed orders (``auto``: both when the
     run is letter-free, so stance and letter transport separate)."""
 
-    items: int | str = "auto"
-    layers: str = "all"
-    conditions: list[str] = field(default_factory=lambda: ["full", "stance", "letter", "random"])
-    batch_size: int = 64
-    deed_orders: str = "auto"
+    section_name: ClassVar[str] = "patch_cross"
+    items: int | str = option("auto", check=ITEMS, expect="a positive number, 'all' or 'auto'", help=ITEMS_HELP)
+    layers: str = option("all", help="'all', '0,4,8' or '2-10'")
+    conditions: list[str] = option(list(CROSS_CONDITIONS), choices=CROSS_CONDITIONS,
+                                   help="full (the whole residual), or only its component along the word-stance, "
+                                        "answer-letter (letters only) or a random direction")
+    batch_size: int = option(64, check=positive_int, expect="a positive number",
+                             help="most rows per forward (on CPU also capped at ~1.5k tokens)")
+    deed_orders: str = option("auto", choices=DEED_ORDERS,
+                              help="patch into the shown deed order only, or into both orders so the patch's effect "
+                                   "splits into stance and letter transport (auto: both for runs scored letter-free)")
 
 
 @dataclass
-class PatchPositionalSection:
+class PatchPositionalSection(Options):
     """Settings of positional patching: forms, attribution items, exact items."""
 
-    forms: list[str] = field(default_factory=lambda: ["deed", "word"])
-    items: int | str = "auto"
-    exact_items: int | str = "auto"
-    screen: int = 256
-    min_effect: float = 0.0
-    layers: str = "all"
-    batch_size: int = 64
+    section_name: ClassVar[str] = "patch_positional"
+    forms: list[str] = option(["deed", "word"], choices=("deed", "word"), help="which forms' prompts")
+    items: int | str = option("auto", check=count_or("auto", zero=True), expect="a number or 'auto'",
+                              help="items for attribution patching")
+    exact_items: int | str = option("auto", check=count_or("auto", zero=True), expect="a number or 'auto'",
+                                    help="of those, items also patched exactly")
+    screen: int = option(256, check=positive_int, expect="a positive number",
+                         help="aligned items screened (seeded sample); the strongest content effects are kept")
+    min_effect: float = option(0.0, help="keep items whose log-odds move at least this much when options are swapped")
+    layers: str = option("all", help="'all', '0,4,8' or '2-10'")
+    batch_size: int = option(64, check=positive_int, expect="a positive number")
 
 
 @dataclass
-class SteerSection:
+class SteerSection(Options):
     """Settings of steering: grid items, layers, alphas, validation, and the space (``auto``: content space, the
     word content direction read in both deed orders, for letter-free runs)."""
 
-    items: int | str = "auto"
-    layers: str = "all"
-    alphas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0])
-    min_mass_ratio: float = 0.5
-    validate: bool = True
-    batch_size: int = 64
-    space: str = "auto"
+    section_name: ClassVar[str] = "steer"
+    items: int | str = option("auto", check=ITEMS, expect="a positive number, 'all' or 'auto'", help=ITEMS_HELP)
+    layers: str = option("all", help="'all', '0,4,8' or '2-10'")
+    alphas: list[float] = option([1.0, 2.0, 4.0, 8.0, 16.0],
+                                 help="in units of the word-answer mean difference at the layer")
+    min_mass_ratio: float = option(0.5, help="a setting keeps the answer format if its mass (letters, or the options' "
+                                             "decision tokens) stays above this share of clean")
+    validate: bool = option(True, help="rerun the best setting on the items the grid did not use")
+    batch_size: int = option(64, check=positive_int, expect="a positive number")
+    space: str = option("auto", choices=SPACES,
+                        help="letters: shown (the letter-balanced word-stance direction, shown deed order) or content "
+                             "(the word content direction, every deed order, content CS); auto: content for runs "
+                             "scored letter-free")
 
 
 SECTIONS: dict[str, type] = {"score": ScoreSection, "capture": CaptureSection, "probes": ProbesSection,
@@ -101,32 +141,44 @@ SECTIONS: dict[str, type] = {"score": ScoreSection, "capture": CaptureSection, "
 
 
 @dataclass
-class StudyConfig:
+class StudyConfig(Options):
     """Everything ``wdprobe run`` needs; defaults give the embedded model on the full WDCT."""
 
-    model: str = "gemma-3-270m"
-    data: str | None = None
-    out: str | None = None
-    report: str | None = None
-    notes: str | None = None  # markdown file: the study's written reading (index.html, README.md)
-    score_notes: str | None = None  # markdown file: the reading of the scores (scores.md)
-    seed: int = 0
-    orders: str = "cyclic"  # option orders every question is asked in: shown (paper), cyclic, all
-    format: str = "both"  # answer format: letter, cloze, or both
-    limit: int | None = None
-    sample: int | None = None
-    domains: list[str] | None = None
-    dtype: str = "float32"
-    device: str | None = None
-    device_map: str | None = None
-    stages: list[str] = field(default_factory=lambda: list(wdct_stages()))
-    png: bool | str = "auto"  # static PNGs beside the HTML figures (about 4 s each on CPU); auto: full runs only
-    score: ScoreSection = field(default_factory=ScoreSection)
-    capture: CaptureSection = field(default_factory=CaptureSection)
-    probes: ProbesSection = field(default_factory=ProbesSection)
-    patch_cross: PatchCrossSection = field(default_factory=PatchCrossSection)
-    patch_positional: PatchPositionalSection = field(default_factory=PatchPositionalSection)
-    steer: SteerSection = field(default_factory=SteerSection)
+    model: str = option("gemma-3-270m", help="embedded 'gemma-3-270m' (default), a local HF directory or a Hugging Face id")
+    data: str | None = option(None, help="items: WDCT.csv, or your own items (.csv / .jsonl / .json in the item schema, "
+                                         "docs/guides/own-data.md); else $WDPROBE_WDCT, else the pinned WDCT download")
+    out: str | None = option(None, help="run directory (default runs/<model>); re-running resumes and skips finished "
+                                        "stages")
+    report: str | None = option(None, help="report folder (default: report/ inside the run directory): index.html, "
+                                           "README.md, scores.md, figures")
+    notes: str | None = option(None, help="markdown file with a written reading, added to the report")
+    score_notes: str | None = option(None, cli=False, help="markdown file: the reading of the scores (scores.md)")
+    seed: int = option(0, help="option shuffling and every sampled subset")
+    orders: str = option("cyclic", choices=ORDERS,
+                         help="option orders each question is asked in: shown (the paper's one seeded order), cyclic "
+                              "(every option under every letter: k prompts) or all (k! prompts)")
+    format: str = option("both", choices=FORMATS,
+                         help="answer by letter, score option texts as continuations of a prompt without option lines "
+                              "(cloze: no letter at all), or both")
+    limit: int | None = option(None, check=positive_int, expect="a positive number", help="first N items (a quick look)")
+    sample: int | None = option(None, check=positive_int, expect="a positive number",
+                                help="seeded random sample of N items")
+    domains: list[str] | None = option(None, flag="--domain", cli=False,
+                                       help="keep only these domains (any domain of the items)")
+    dtype: str = option("float32", choices=("float32", "bfloat16", "float16"),
+                        help="weights' dtype (float32 for committed numbers: bf16 flips near-tied choices at 270M)")
+    device: str | None = option(None, help="torch device (default: where the model loads, CPU here)")
+    device_map: str | None = option(None, help="for models larger than one device: auto, balanced, or a JSON "
+                                               "module->device map")
+    stages: list[str] = option(factory=lambda: list(wdct_stages()), cli=False, check=lambda v: known_stages(v))
+    png: bool | str = option("auto", choices=(True, False, "auto"), cli=False,
+                             help="static PNGs beside the HTML figures (about 4 s each on CPU); auto: full runs only")
+    score: ScoreSection = option(factory=ScoreSection)
+    capture: CaptureSection = option(factory=CaptureSection)
+    probes: ProbesSection = option(factory=ProbesSection)
+    patch_cross: PatchCrossSection = option(factory=PatchCrossSection)
+    patch_positional: PatchPositionalSection = option(factory=PatchPositionalSection)
+    steer: SteerSection = option(factory=SteerSection)
 
     @property
     def slug(self) -> str:
@@ -142,9 +194,6 @@ class StudyConfig:
         """Where the report goes: ``report`` if given, else ``report/`` inside the run directory (a run never
         writes into the committed ``reports/`` unless asked)."""
         return Path(self.report) if self.report else self.out_dir / "report"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @property
     def n_items_hint(self) -> int | None:
@@ -177,74 +226,10 @@ class StudyConfig:
                                      exact_items=scaled(self.patch_positional.exact_items, 4, 100, 1)),
             probes=replace(self.probes, kinds=kinds))
 
-    def validate(self) -> "StudyConfig":
-        bad = [s for s in self.stages if s not in wdct_stages()]
-        if bad:
-            raise ConfigError(f"unknown stage(s) {bad}: choose from {list(wdct_stages())}")
-        for name, value in (("patch_cross.items", self.patch_cross.items), ("steer.items", self.steer.items)):
-            if not (value in ("all", "auto") or (isinstance(value, int) and value > 0)):
-                raise ConfigError(f"{name} must be a positive number, 'all' or 'auto', not {value!r}")
-        for name, value in (("patch_positional.items", self.patch_positional.items),
-                            ("patch_positional.exact_items", self.patch_positional.exact_items)):
-            if not (value == "auto" or (isinstance(value, int) and value >= 0)):
-                raise ConfigError(f"{name} must be a number or 'auto', not {value!r}")
-        if self.png not in (True, False, "auto"):
-            raise ConfigError(f"png must be true, false or 'auto', not {self.png!r}")
-        for name in ("limit", "sample"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v <= 0):
-                raise ConfigError(f"{name} must be a positive number, not {v!r}")
-        for name, allowed in (("orders", ORDERS), ("format", FORMATS)):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {list(allowed)}, not {getattr(self, name)!r}")
-        if self.steer.space not in ("auto", "shown", "content"):
-            raise ConfigError(f"steer.space must be 'auto', 'shown' or 'content', not {self.steer.space!r}")
-        if self.patch_cross.deed_orders not in ("auto", "shown", "both"):
-            raise ConfigError(f"patch_cross.deed_orders must be 'auto', 'shown' or 'both', not {self.patch_cross.deed_orders!r}")
-        return self
-
-
-def _check_keys(given: Mapping[str, Any], known: list[str], where: str) -> None:
-    for key in given:
-        if key not in known:
-            near = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else f"; known keys: {', '.join(known)}"
-            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
-
-
-def _typed(value: Any, default: Any, where: str) -> Any:
-    """Light type check against the default: catches a string where a list or number belongs."""
-    if default is None or value is None or default == "auto":
-        return value
-    if isinstance(default, bool) != isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if isinstance(default, list) and not isinstance(value, list):
-        raise ConfigError(f"{where}: expected a list, got {value!r}")
-    if isinstance(default, float) and isinstance(value, int):
-        return float(value)
-    if isinstance(default, list) and default and isinstance(default[0], float):
-        return [float(v) for v in value]
-    return value
-
 
 def config_from_mapping(data: Mapping[str, Any], source: str = "<config>") -> StudyConfig:
     """A :class:`StudyConfig` from parsed TOML (or any nested mapping), with named errors."""
-    top = [f.name for f in fields(StudyConfig)]
-    _check_keys(data, top, source)
-    base = StudyConfig()
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key in SECTIONS:
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{source}: [{key}] must be a table")
-            cls = SECTIONS[key]
-            names = [f.name for f in fields(cls)]
-            _check_keys(value, names, f"{source} [{key}]")
-            default = cls()
-            kwargs[key] = cls(**{k: _typed(v, getattr(default, k), f"{source} [{key}] {k}") for k, v in value.items()})
-        else:
-            kwargs[key] = _typed(value, getattr(base, key), f"{source}: {key}")
-    return StudyConfig(**kwargs).validate()
+    return StudyConfig.from_mapping(data, source)
 
 
 def load_config(path: str | Path) -> StudyConfig:
@@ -261,13 +246,7 @@ def load_config(path: str | Path) -> StudyConfig:
 
 def with_overrides(cfg: StudyConfig, overrides: Mapping[str, Any]) -> StudyConfig:
     """Flags given on the command line win over the file; keys are 'name' or 'section.name'."""
-    data = cfg.to_dict()
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        section, _, name = key.rpartition(".")
-        (data[section] if section else data)[name] = value
-    return config_from_mapping(data, "command line")
+    return with_values(cfg, overrides)
 
 
 def _toml_value(v: Any) -> str:

@@ -2,7 +2,7 @@
 
 Stages (``wdprobe.pipeline.registry``, study ``pct``): ``closed`` -> ``open`` -> ``judge`` -> ``compass``
 -> ``capture`` -> ``probes`` -> ``tropes`` -> ``report``. The run's selection and model are fixed when it
-starts (a resume with other settings is refused); a finished stage is skipped unless named in ``redo``.
+starts (a resume with other settings is refused); a finished stage is skipped unless named in ``restart``.
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ def pct_stage_names() -> tuple[str, ...]:
 
 def run_pct(cfg: PCTConfig, *, stages: Sequence[str] | None = None, progress: bool = True, lm: LoadedModel | None = None,
             judge: Any = None, embedder: Any = None, report_dir: str | Path | None = None,
-            log: Callable[[str], None] = print, redo: Sequence[str] = (), shard: str | None = None) -> RunDir:
-    """Run (or resume) the PCT study; finished stages are skipped, except those in ``redo`` (their outputs
+            log: Callable[[str], None] = print, restart: Sequence[str] = (), shard: str | None = None) -> RunDir:
+    """Run (or resume) the PCT study; finished stages are skipped, except those in ``restart`` (their outputs
     are deleted first: use after changing a judge, embedder or code)."""
     names = pct_stage_names()
     shardable = [s.name for s in REGISTRY.stages("pct") if s.shardable]
@@ -41,12 +41,12 @@ def run_pct(cfg: PCTConfig, *, stages: Sequence[str] | None = None, progress: bo
     unknown = [s for s in wanted if s not in names]
     if unknown:
         raise InputError(f"unknown PCT stage(s) {unknown}; stages are {', '.join(names)}")
-    bad_redo = [s for s in redo if s not in names]
-    if bad_redo:
-        raise InputError(f"cannot redo unknown stage {bad_redo[0]!r}; stages are {', '.join(names)}")
+    unknown_restart = [s for s in restart if s not in names]
+    if unknown_restart:
+        raise InputError(f"cannot restart unknown stage {unknown_restart[0]!r}; stages are {', '.join(names)}")
     run = RunDir(cfg.out)
     run.check_or_start("pct", {k: v for k, v in cfg.to_json().items() if k not in ("out", "notes", "batch_size")})
-    for stage in redo:
+    for stage in restart:
         run.reset_stage(stage, REGISTRY.get("pct", stage).outputs)
     holder: dict[str, LoadedModel | None] = {"lm": lm}
 

@@ -329,7 +329,7 @@ def _pct_content_probes(ctx: StageContext) -> StageResult:
         return StageResult("content_probes", "a run asked in the shown order only has no content reading to probe",
                            {"skipped": "orders = shown"})
     if "closed_orders" not in load_pct_activations(ctx.run)[1]:
-        return StageResult("content_probes", "captured before every order was: rerun with --redo capture",
+        return StageResult("content_probes", "captured before every order was: rerun with --restart capture",
                            {"skipped": "no closed prompts captured in every order"})
     pct_content_probes(ctx.run, folds=cfg.folds, seed=cfg.seed)
     summary = json.loads((ctx.run.path / "probes_content.json").read_text())

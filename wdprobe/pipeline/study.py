@@ -84,7 +84,7 @@ def run_study(cfg: StudyConfig, *, progress: bool = True, restart: Sequence[str]
     ``cfg.data``: they are validated and kept in the run directory as ``data/items.jsonl``."""
     from tqdm.auto import tqdm
 
-    cfg = cfg.validate().sized()  # every "auto" resolved for the study's size, so stages scale with the sample
+    cfg = cfg.validate_options().sized()  # every "auto" resolved for the study's size, so stages scale with the sample
     if items is not None:  # items_path validates them before it writes anything
         cfg = replace(cfg, data=str(items_path(items, Path(cfg.out_dir) / "data" / "items.jsonl")))
     check_inputs(cfg)

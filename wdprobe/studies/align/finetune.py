@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from wdprobe.core.generation import plain_twin
+from wdprobe.core.options import Options, option, positive_int
 from wdprobe.errors import InputError, TrainingError
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -45,30 +46,26 @@ class Example:
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class TrainSettings(Options):
     """Every hyperparameter of the optimisation (recorded in the run directory)."""
 
-    tuning: str = "lora"  # lora | full
-    rank: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    target_modules: tuple[str, ...] = LORA_TARGETS
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    batch_size: int = 8
-    beta: float = 0.1
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    layers_from: int | None = None  # train only blocks >= this layer (None: every block); lower blocks stay bit-identical
-    layers_to: int | None = None  # and only blocks <= this one (None: to the last); higher blocks stay bit-identical too
+    tuning: str = option("lora", choices=("lora", "full"), help="LoRA adapters, or every weight")
+    rank: int = option(8, check=positive_int, expect="a positive number", help="LoRA rank")
+    lora_alpha: float = option(16.0, help="LoRA alpha")
+    lora_dropout: float = option(0.0, cli=False)
+    target_modules: tuple[str, ...] = option(LORA_TARGETS, cli=False)
+    lr: float = option(1e-3, check=lambda v: v > 0, expect="a positive learning rate", help="learning rate")
+    weight_decay: float = option(0.0, cli=False)
+    batch_size: int = option(8, check=positive_int, expect="a positive number", help="training batch (examples)")
+    beta: float = option(0.1, help="DPO beta")
+    max_grad_norm: float = option(1.0, cli=False)
+    seed: int = option(0, help="example order and adapter initialisation")
+    # train only blocks >= layers_from (None: every block) and <= layers_to: blocks outside stay bit-identical
+    layers_from: int | None = option(None, cli=False, check=lambda v: v >= 0, expect="a layer number >= 0")
+    layers_to: int | None = option(None, cli=False)
 
     def __post_init__(self) -> None:
-        if self.tuning not in ("lora", "full"):
-            raise InputError(f"tuning must be 'lora' or 'full', not {self.tuning!r}")
-        if self.batch_size < 1 or self.lr <= 0 or self.rank < 1:
-            raise InputError(f"batch_size, lr and rank must be positive (got {self.batch_size}, {self.lr}, {self.rank})")
-        if self.layers_from is not None and self.layers_from < 0:
-            raise InputError(f"layers_from must be a layer number >= 0, not {self.layers_from}")
+        super().__post_init__()
         if self.layers_to is not None and self.layers_to < (self.layers_from or 0):
             raise InputError(f"layers_to ({self.layers_to}) must be >= layers_from ({self.layers_from or 0})")
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from wdprobe.core.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
 from wdprobe.core.model import load_model
+from wdprobe.core.options import Options, count_or_all, option, positive_int
 from wdprobe.data.items import read_items
 from wdprobe.data.paraphrase import load_paraphrase_table, paraphrase_items
 from wdprobe.data.prompts import normal_prompt, resolve_chat, wrap
@@ -33,7 +34,7 @@ from wdprobe.data.wdct import (
     resolve_wdct_path,
     select,
 )
-from wdprobe.errors import AlignmentDataError, InputError
+from wdprobe.errors import AlignmentDataError
 from wdprobe.methods.capture import last_token_readout
 from wdprobe.runs.rundir import RunDir, Timer, read_csv, rows_to_csv
 from wdprobe.scoring.letters import build_prompts, item_row, next_token_logprobs, resolve_letter_tokens
@@ -61,39 +62,41 @@ STAGE = "align"
 
 
 @dataclass(frozen=True)
-class AlignConfig:
+class AlignConfig(Options):
     """What is trained and evaluated (the optimisation itself is :class:`~wdprobe.studies.align.finetune.TrainSettings`)."""
 
-    form: str = "word"  # word | deed | both | paraphrase
-    method: str = "sft+dpo"  # sft | dpo | sft+dpo
-    sft_epochs: int = 2
-    dpo_epochs: int = 2
-    n_items: int | None = 128  # seeded sample of two-option items; None = all of them
-    held_out: float = 0.5  # share of the sample never trained on
-    seed: int = 0  # option shuffling, sample, split, example order
-    orders: str = "both"  # both: each trained prompt in both option orders; shown: only the seeded order (paper)
-    eval_orders: str = "cyclic"  # evaluate in both orders too, so change rates can be read on content choices
-    paraphrases: int = 2  # reworded word stems per trained item (form=paraphrase)
-    paraphrase_table: str | None = None  # CSV id,word_stem of user paraphrases instead of the rules
-    domains: tuple[str, ...] | None = None
-    batch_size: int = 16  # evaluation batch
+    form: str = option("word", choices=("word", "deed", "both", "paraphrase"), help="the form trained")
+    method: str = option("sft+dpo", choices=("sft", "dpo", "sft+dpo"))
+    sft_epochs: int = option(3, check=lambda v: v >= 0, expect="a number of epochs >= 0")
+    dpo_epochs: int = option(1, check=lambda v: v >= 0, expect="a number of epochs >= 0")
+    n_items: int | None = option(128, flag=("--items", "--n-items"), parse=count_or_all, check=positive_int,
+                                 expect="a positive number", help="seeded sample of two-option items, or 'all'")
+    held_out: float = option(0.5, check=lambda v: 0.0 < v < 1.0, expect="a fraction strictly between 0 and 1",
+                             help="share of the items never trained on")
+    seed: int = option(0, help="option shuffling, item sample, split and example order")
+    orders: str = option("both", choices=("both", "shown"),
+                         help="train each prompt in both option orders (targets not tied to a letter) or only as shown")
+    eval_orders: str = option("cyclic", choices=("cyclic", "shown"),
+                              help="evaluate every epoch in both option orders too, so change rates are also read on "
+                                   "content choices (change_rates_content.csv), or in the shown order only")
+    paraphrases: int = option(1, check=positive_int, expect="a positive number",
+                              help="rule-based rewordings per trained word item (--form paraphrase)")
+    paraphrase_table: str | None = option(None, help="CSV id,word_stem of your own paraphrases instead of the rules")
+    domains: tuple[str, ...] | None = option(None, cli=False)
+    batch_size: int = option(16, flag="--eval-batch-size", check=positive_int, expect="a positive number",
+                             help="evaluation batch")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         trained_forms(self.form)
         phases(self.method, self.sft_epochs, self.dpo_epochs)
-        if self.orders not in ("both", "shown"):
-            raise InputError(f"orders must be 'both' or 'shown', not {self.orders!r}")
-        if self.eval_orders not in ("cyclic", "shown"):
-            raise InputError(f"eval_orders must be 'cyclic' or 'shown', not {self.eval_orders!r}")
-        if not 0.0 < self.held_out < 1.0:
-            raise InputError(f"held_out must be a fraction strictly between 0 and 1, not {self.held_out!r}")
 
     @property
     def schedule(self) -> list[str]:
         return phases(self.method, self.sft_epochs, self.dpo_epochs)
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = self.to_dict()
         d["domains"] = list(self.domains) if self.domains else None
         return d
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from wdprobe.core.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
 from wdprobe.core.generation import generate_texts
+from wdprobe.core.options import Options, option, positive_int
 from wdprobe.core.option_scoring import n_sequences, option_logprobs
 from wdprobe.data.pct import (
     ANSWERS,
@@ -32,7 +33,7 @@ from wdprobe.data.pct import (
 from wdprobe.errors import InputError, StageNotFinishedError
 from wdprobe.methods.capture import last_token_residuals
 from wdprobe.methods.decoding import decode_layers
-from wdprobe.methods.probes import accuracy, fit_probe, item_folds, probe_layers
+from wdprobe.methods.probes import PROBE_KINDS, accuracy, fit_probe, item_folds, probe_layers
 from wdprobe.runs.rundir import RunDir, read_csv
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import require_done, save_in_parts, saved_ids, work_left
@@ -56,39 +57,44 @@ STOP_MARKERS = ("\nResponse", "\nAnswer:", "\nQuestion", "\nProposition", "\n\n\
 
 
 @dataclass
-class PCTConfig:
-    """Everything that defines a PCT run; saved in the manifest, compared on resume."""
+class PCTConfig(Options):
+    """Everything that defines a PCT run; saved in the manifest, compared on resume (declared once: the flags of
+    every ``wdprobe pct`` command and the saved settings read the same declaration)."""
 
-    model: str = "gemma-3-270m"
-    data: str | None = None  # PCT directory (None: $WDPROBE_PCT or the pinned download)
-    out: str = "runs/gemma-3-270m-pct"
-    propositions: str = "all"
-    personas: str = "all"
-    closed_instructions: str = "0,5"
-    open_instructions: str = "0"
-    seed: int = 0
-    order_by: str = "item"  # closed-form option order shared by personas ("item") or drawn per prompt ("prompt")
-    orders: str = "cyclic"  # closed form asked in the shown order only, or in every cyclic order of the answers too
-    chat: str = "auto"
-    max_new_tokens: int = 40
-    batch_size: int = 16
-    judge: str | None = None  # judge model (None: the studied model judges its own texts)
-    calibrate: bool = True
-    probe_kinds: tuple[str, ...] = ("diffmean", "logreg")
-    folds: int = 5
-    embedder: str | None = None  # sentence-transformers directory (None: bundled all-MiniLM-L6-v2)
-    trope_threshold: float = 0.7
-    min_prompts: int = 10
-    notes: str | None = None  # markdown file whose text the report includes as its reading
+    model: str = option("gemma-3-270m", help="embedded 'gemma-3-270m', a local HF directory or a Hugging Face id")
+    data: str | None = option(None, help="PCT directory (else $WDPROBE_PCT, else the pinned upstream download)")
+    out: str = option("runs/gemma-3-270m-pct", help="run directory; settings are read from it")
+    propositions: str = option("all", help="'all' or indices like 0-9,20")
+    personas: str = option("all", help="'all' (base + 21), or keys like base,age=18, or attribute names like age")
+    closed_instructions: str = option("0,5", help="closed-form instruction indices ('all' = 10)")
+    open_instructions: str = option("0", help="open-domain instruction indices ('all' = 10)")
+    seed: int = option(0, help="closed-form option-order shuffling")
+    order_by: str = option("item", choices=("item", "prompt"),
+                           help="option order shared by all personas of a proposition and instruction (item) or drawn "
+                                "per prompt (prompt, as LLM Tropes)")
+    orders: str = option("cyclic", choices=("shown", "cyclic"),
+                         help="closed form: the one shuffled order only, or also every cyclic order of the four answers "
+                              "(order-free positions)")
+    chat: str = option("auto", choices=("auto", "plain", "chat"))
+    max_new_tokens: int = option(40, check=positive_int, expect="a positive number", help="token budget per open answer")
+    batch_size: int = option(16, check=positive_int, expect="a positive number")
+    judge: str | None = option(None, help="judge model for open stances (default: the studied model)")
+    calibrate: bool = option(True, help="subtract the judge's content-free answer bias")
+    probe_kinds: tuple[str, ...] = option(("diffmean", "logreg"), check=lambda v: all(k in PROBE_KINDS for k in v),
+                                          expect="a list of registered probe kinds")
+    folds: int = option(5, check=lambda v: isinstance(v, int) and v >= 2, expect="a number of folds >= 2")
+    embedder: str | None = option(None, help="sentence-transformers directory (default: bundled all-MiniLM-L6-v2)")
+    trope_threshold: float = option(0.7, help="cosine similarity that joins a trope")
+    min_prompts: int = option(10, check=positive_int, expect="a positive number",
+                              help="distinct prompts a trope must recur in")
+    notes: str | None = option(None, help="markdown file with a written reading for the report")
 
     def selection(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("propositions", "personas", "closed_instructions", "open_instructions", "seed",
                                               "order_by", "orders")}
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["probe_kinds"] = list(self.probe_kinds)
-        return d
+        return self.to_dict()
 
 
 def trim_generation(text: str) -> str:
