@@ -14,7 +14,7 @@ token where the answer letter is predicted). Left padding is handled here, once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,6 @@ from wdprobe.methods.capture import CaptureSpec
 if TYPE_CHECKING:  # pragma: no cover
     from wdprobe.core.model import LoadedModel
 
-Kind = Literal["set", "add", "project"]
 RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
 
 
@@ -62,21 +61,81 @@ def resolve_layers(layers: str | Sequence[int] | None, lm: "LoadedModel") -> lis
     return parse_layers(layers, lm.n_layers)
 
 
+class InterventionKind:
+    """What an intervention does to the activation it sits on, for many rows at once: ``apply(current, value,
+    direction)`` on ``[n, d]`` tensors returns the new ``[n, d]`` activations. A new kind is one subclass with a
+    ``name`` and one :func:`register_intervention_kind` line (see ``docs/guides/new-variant.md``)."""
+
+    name: ClassVar[str]
+    needs_direction: ClassVar[bool] = False
+
+    @staticmethod
+    def apply(current: torch.Tensor, value: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+INTERVENTION_KINDS: dict[str, type[InterventionKind]] = {}
+
+
+def register_intervention_kind(kind: type[InterventionKind]) -> type[InterventionKind]:
+    """Add an intervention kind to :data:`INTERVENTION_KINDS` (refused when the name is taken)."""
+    if kind.name in INTERVENTION_KINDS:
+        raise InterventionError(f"intervention kind {kind.name!r} is registered already")
+    INTERVENTION_KINDS[kind.name] = kind
+    return kind
+
+
+@register_intervention_kind
+class SetActivation(InterventionKind):
+    """Activation patching: the activation becomes ``value``."""
+
+    name = "set"
+
+    @staticmethod
+    def apply(current: torch.Tensor, value: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+        return value
+
+
+@register_intervention_kind
+class AddVector(InterventionKind):
+    """Steering: ``value`` is added to the activation."""
+
+    name = "add"
+
+    @staticmethod
+    def apply(current: torch.Tensor, value: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+        return current + value
+
+
+@register_intervention_kind
+class ProjectOnDirection(InterventionKind):
+    """Projection patching: the activation's component along the unit ``direction`` becomes ``value``'s; the rest of
+    the activation is kept."""
+
+    name = "project"
+    needs_direction = True
+
+    @staticmethod
+    def apply(current: torch.Tensor, value: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+        return current + ((value - current) * direction).sum(-1, keepdim=True) * direction
+
+
 @dataclass(frozen=True)
 class Intervention:
-    """One setter: at ``hook``, on token ``position`` of its row, ``set``/``add``/``project`` ``value``."""
+    """One setter: at ``hook``, on token ``position`` of its row, apply the registered ``kind`` with ``value`` (and
+    ``direction`` where the kind needs one)."""
 
     hook: str
     position: int
-    kind: Kind
+    kind: str
     value: torch.Tensor  # [d_model]
-    direction: torch.Tensor | None = None  # unit vector, for ``project``
+    direction: torch.Tensor | None = None  # unit vector, for kinds that need one (``project``)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("set", "add", "project"):
-            raise InterventionError(f"unknown intervention kind {self.kind!r}: choose set, add or project")
-        if self.kind == "project" and self.direction is None:
-            raise InterventionError(f"a 'project' intervention at {self.hook} needs a direction")
+        if self.kind not in INTERVENTION_KINDS:
+            raise InterventionError(f"unknown intervention kind {self.kind!r}: choose from {', '.join(INTERVENTION_KINDS)}")
+        if INTERVENTION_KINDS[self.kind].needs_direction and self.direction is None:
+            raise InterventionError(f"a {self.kind!r} intervention at {self.hook} needs a direction")
 
 
 @dataclass
@@ -87,35 +146,37 @@ class Row:
     interventions: list[Intervention] = field(default_factory=list)
 
 
-def _apply(x: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, kind: torch.Tensor, value: torch.Tensor,
-           direction: torch.Tensor) -> torch.Tensor:
-    """Vectorised setters for one hook point; ``kind`` 0 set, 1 add, 2 project."""
+Setter = tuple[int, int, str, torch.Tensor, torch.Tensor]  # (row, column, kind, value, direction)
+
+
+def _apply(x: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, kinds: Sequence[tuple[str, torch.Tensor]],
+           value: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """Every setter of one hook point: each kind applied at once to the rows that ask for it."""
     x = x.clone()
     cur = x[rows, pos].float()
-    proj = ((value - cur) * direction).sum(-1, keepdim=True) * direction
-    new = torch.where((kind == 0)[:, None], value, torch.where((kind == 1)[:, None], cur + value, cur + proj))
+    new = cur.clone()
+    for name, which in kinds:
+        new[which] = INTERVENTION_KINDS[name].apply(cur[which], value[which], direction[which])
     x[rows, pos] = new.to(x.dtype)
     return x
 
 
-_KIND_CODE = {"set": 0, "add": 1, "project": 2}
-
-
-def _setter_hooks(per_hook: Mapping[str, Sequence[tuple[int, int, int, torch.Tensor, torch.Tensor]]],
-                  device) -> list[tuple[str, Callable]]:
-    """One vectorised hook per hook point from its setters ``(row, column, kind code, value, direction)``."""
+def _setter_hooks(per_hook: Mapping[str, Sequence[Setter]], device) -> list[tuple[str, Callable]]:
+    """One vectorised hook per hook point from its setters ``(row, column, kind, value, direction)``."""
     hooks = []
     for name, ivs in per_hook.items():
         rows = torch.tensor([i[0] for i in ivs], device=device)
         pos = torch.tensor([i[1] for i in ivs], device=device)
-        kind = torch.tensor([i[2] for i in ivs], device=device)
+        names = [i[2] for i in ivs]
+        kinds = [(k, torch.tensor([j for j, n in enumerate(names) if n == k], device=device))
+                 for k in dict.fromkeys(names)]
         value = torch.stack([i[3] for i in ivs]).float().to(device)
         direction = torch.stack([i[4] for i in ivs]).float().to(device)
 
-        def hook(x, hook=None, rows=rows, pos=pos, kind=kind, value=value, direction=direction, name=name):
+        def hook(x, hook=None, rows=rows, pos=pos, kinds=kinds, value=value, direction=direction, name=name):
             if x.shape[-1] != value.shape[-1]:
                 raise InterventionError(f"{name}: activation width {x.shape[-1]}, intervention vectors {value.shape[-1]}")
-            return _apply(x, rows, pos, kind, value, direction)
+            return _apply(x, rows, pos, kinds, value, direction)
 
         hooks.append((name, hook))
     return hooks
@@ -123,7 +184,7 @@ def _setter_hooks(per_hook: Mapping[str, Sequence[tuple[int, int, int, torch.Ten
 
 def _hooks_for_batch(batch_rows: Sequence[Row], lengths: Sequence[int], T: int, device, n_layers: int,
                      hook_dict: Mapping[str, object]) -> list[tuple[str, Callable]]:
-    per_hook: dict[str, list[tuple[int, int, int, torch.Tensor, torch.Tensor]]] = {}
+    per_hook: dict[str, list[Setter]] = {}
     for r, row in enumerate(batch_rows):
         n = lengths[r]
         for iv in row.interventions:
@@ -135,7 +196,7 @@ def _hooks_for_batch(batch_rows: Sequence[Row], lengths: Sequence[int], T: int, 
                                         f"({n} tokens) at {iv.hook}")
             p = T + iv.position if iv.position < 0 else T - n + iv.position
             d = iv.direction if iv.direction is not None else torch.zeros_like(iv.value)
-            per_hook.setdefault(iv.hook, []).append((r, p, _KIND_CODE[iv.kind], iv.value, d))
+            per_hook.setdefault(iv.hook, []).append((r, p, iv.kind, iv.value, d))
     return _setter_hooks(per_hook, device)
 
 
@@ -264,7 +325,7 @@ def _packed_forward(lm, seqs, seq_rows: Sequence[Sequence[Row]], n_layers: int):
                     raise InterventionError(f"hook {iv.hook!r} does not exist in this model "
                                             f"(residual hooks are blocks.0..{n_layers - 1}.hook_resid_pre/mid/post)")
                 d = iv.direction if iv.direction is not None else torch.zeros_like(iv.value)
-                per_hook.setdefault(iv.hook, []).append((b, first + c, _KIND_CODE[iv.kind], iv.value, d))
+                per_hook.setdefault(iv.hook, []).append((b, first + c, iv.kind, iv.value, d))
     hooks = _setter_hooks(per_hook, lm.device)
 
     def keep_copies(x, hook=None):
@@ -340,7 +401,7 @@ def run_tree_interventions(lm, trees: Sequence[Tree], interventions: Sequence[Se
     out: list[np.ndarray] = [np.zeros((len(t.branches), len(ids))) for t in trees]
     for chosen in tree_batches(trees, budget if budget is not None else 8192):
         packed = pack_trees([trees[t] for t in chosen], pad_id=pad, dtype=dtype, device=lm.device)
-        per_hook: dict[str, list[tuple[int, int, int, torch.Tensor, torch.Tensor]]] = {}
+        per_hook: dict[str, list[Setter]] = {}
         reads = []
         for r, t in enumerate(chosen):
             tree = trees[t]
@@ -356,7 +417,7 @@ def run_tree_interventions(lm, trees: Sequence[Tree], interventions: Sequence[Se
                         raise InterventionError(f"tree {t}, branch {k}: position {iv.position} at {iv.hook} is not in "
                                                 f"the branch (tokens {P}..{n - 1}); the shared prefix cannot be patched")
                     d = iv.direction if iv.direction is not None else torch.zeros_like(iv.value)
-                    per_hook.setdefault(iv.hook, []).append((r, packed.columns[r][k][pos], _KIND_CODE[iv.kind],
+                    per_hook.setdefault(iv.hook, []).append((r, packed.columns[r][k][pos], iv.kind,
                                                              iv.value, d))
                 reads.append((r, packed.columns[r][k][n - 1]))
         logits = packed_forward(lm, packed, reads, _setter_hooks(per_hook, lm.device))

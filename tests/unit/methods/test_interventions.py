@@ -199,3 +199,49 @@ def test_option_swap_alignment_is_checked_slot_by_slot(tiny_lm, wdct_csv):
         swap_alignment(tiny_lm.tokenizer, bad, "word", clean, cf)
     with pytest.raises(TokenAlignmentError, match="three|two options"):
         swap_counterfactual(pres["ev2"], "word")
+
+
+def test_a_new_intervention_kind_is_one_class_and_one_registry_line(tiny_lm):
+    """Directional ablation (the component along a unit direction set to zero), registered as a new kind, equals a
+    'project' patch whose source has no component along that direction; mixed kinds on one hook each act alone."""
+    from wdprobe.methods import interventions as iv_module
+    from wdprobe.methods.interventions import InterventionKind, register_intervention_kind
+
+    class AblateDirection(InterventionKind):
+        """The activation's component along the unit ``direction`` removed."""
+
+        name = "ablate"
+        needs_direction = True
+
+        @staticmethod
+        def apply(current, value, direction):
+            return current - (current * direction).sum(-1, keepdim=True) * direction
+
+    register_intervention_kind(AblateDirection)
+    try:
+        with pytest.raises(InterventionError, match="registered already"):
+            register_intervention_kind(AblateDirection)
+        hook = resid_hook(0, "resid_post", tiny_lm.n_layers)
+        d = torch.randn(tiny_lm.d_model)
+        d /= d.norm()
+        zero = torch.zeros(tiny_lm.d_model)
+        ablated = run_interventions(tiny_lm, PROMPTS, [Row(i, [Intervention(hook, -1, "ablate", zero, d)])
+                                                       for i in range(3)], _ids(tiny_lm), pack=False)
+        projected = run_interventions(tiny_lm, PROMPTS, [Row(i, [Intervention(hook, -1, "project", zero, d)])
+                                                         for i in range(3)], _ids(tiny_lm), pack=False)
+        np.testing.assert_allclose(ablated, projected, atol=1e-5)
+        # one row ablated and one steered at the same hook in one batch: each as it would be alone
+        add = torch.randn(tiny_lm.d_model)
+        both = run_interventions(tiny_lm, PROMPTS[:2], [Row(0, [Intervention(hook, -1, "ablate", zero, d)]),
+                                                        Row(1, [Intervention(hook, -1, "add", add)])], _ids(tiny_lm),
+                                 pack=False)
+        alone = run_interventions(tiny_lm, PROMPTS[1:2], [Row(0, [Intervention(hook, -1, "add", add)])], _ids(tiny_lm),
+                                  pack=False)
+        np.testing.assert_allclose(both[0], ablated[0], atol=1e-5)
+        np.testing.assert_allclose(both[1], alone[0], atol=1e-5)
+    finally:
+        iv_module.INTERVENTION_KINDS.pop("ablate", None)
+    with pytest.raises(InterventionError, match="unknown intervention kind 'ablate'"):
+        Intervention(hook, -1, "ablate", zero, d)
+    with pytest.raises(InterventionError, match="'project' intervention at .* needs a direction"):
+        Intervention(hook, -1, "project", zero)
