@@ -24,7 +24,7 @@ from wdprobe.stages.content_probes import run_content_probes
 from wdprobe.stages.lens import run_lens
 from wdprobe.stages.patching import merge_cross_patch, merge_positional, run_cross_patch, run_positional_patch
 from wdprobe.stages.probes import run_probes
-from wdprobe.stages.readouts import readouts_for
+from wdprobe.stages.readouts import READOUTS, readouts_for
 from wdprobe.stages.score import merge_score, score_wdct
 from wdprobe.stages.steering import merge_steering, run_steering
 from wdprobe.studies.align.stages import run_align
@@ -232,7 +232,7 @@ _merge_positional_forms.shard_names = ("patch_positional_deed", "patch_positiona
 
 
 REGISTRY.register(Stage("wdct", "score", _wdct_score, _score_settings, unit="items",
-                        outputs=("items.csv", "metrics.json", "score.parts"), merge=merge_score,
+                        outputs=("items.csv", "prompts.csv", "metrics.json", "score.parts"), merge=merge_score,
                         doc="answer distributions over the option letters, word and deed; CS and PCS"))
 REGISTRY.register(Stage("wdct", "capture", _wdct_capture, _section("capture"), unit="prompts", requires=("score",),
                         outputs=("capture",), merge=merge_capture,
@@ -243,12 +243,13 @@ REGISTRY.register(Stage("wdct", "probes", _wdct_probes, _section("probes"), unit
 REGISTRY.register(Stage("wdct", "lens", _wdct_lens, _common, unit="items", requires=("capture",), outputs=("lens",),
                         doc="logit lens: canonical log-odds per layer, where deeds leave words"))
 REGISTRY.register(Stage("wdct", "patch_cross", _wdct_patch_cross, _section("patch_cross"), requires=("capture",),
-                        outputs=("patching/cross_form*", "patching/cloze_cross_form*"), merge=merge_cross_patch, restartable=True,
+                        outputs=tuple(ro.outputs("patching", "cross_form") for ro in READOUTS.values()), merge=merge_cross_patch, restartable=True,
                         doc="word activations patched into deed runs, layer by layer, with controls"))
 REGISTRY.register(Stage("wdct", "patch_positional", _wdct_patch_positional, _section("patch_positional"),
                         requires=("score",), outputs=("patching/positional*",), merge=_merge_positional_forms,
                         restartable=True, doc="layer x position heatmaps: attribution, validated by exact patching"))
-REGISTRY.register(Stage("wdct", "steer", _wdct_steer, _section("steer"), requires=("capture",), outputs=("steering",),
+REGISTRY.register(Stage("wdct", "steer", _wdct_steer, _section("steer"), requires=("capture",),
+                        outputs=tuple(ro.outputs("steering", "steering") for ro in READOUTS.values()),
                         merge=merge_steering, restartable=True,
                         doc="deeds steered along the word-stance direction (letter and cloze forms), validated on "
                             "held-out items"))

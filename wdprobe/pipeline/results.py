@@ -22,19 +22,9 @@ from wdprobe.stages.capture import Activations, load_activations
 
 __all__ = ["Run", "StageResults", "RESULT_FILES"]
 
-# What each WDCT stage's results are, as globs relative to the run directory (a stage's outputs also hold parts
-# and HTML figures, which are not results).
-RESULT_FILES: dict[str, tuple[str, ...]] = {
-    "score": ("items.csv", "prompts.csv", "metrics.json"),
-    "capture": (),
-    "probes": ("probes/*.csv", "probes/*.json"),
-    "lens": ("lens/*.csv", "lens/*.json"),
-    "patch_cross": ("patching/cross_form*.csv", "patching/cross_form*.json", "patching/cloze_cross_form*.csv",
-                    "patching/cloze_cross_form*.json"),
-    "patch_positional": ("patching/positional*.csv", "patching/positional*.json"),
-    "steer": ("steering/*.csv", "steering/*.json"),
-    "report": (),
-}
+# What each WDCT stage's results are, as globs relative to the run directory: derived from the outputs each stage
+# declares in the registry (a stage's outputs also hold parts and HTML figures, which are not results).
+RESULT_FILES: dict[str, tuple[str, ...]] = {s.name: s.result_globs for s in REGISTRY.stages("wdct")}
 
 
 class StageResults(Mapping[str, Any]):
@@ -102,9 +92,8 @@ class Run:
         if not self._run.is_done(name):
             raise StageNotFinishedError(f"{self.path}: stage {name!r} has not finished (finished: {self.finished})")
         globs = RESULT_FILES.get(name)
-        if globs is None:  # another study's stage: its declared outputs that are tables or summaries
-            spec = next(s for study in ("wdct", "pct") for s in REGISTRY.stages(study) if s.name == name)
-            globs = tuple(g for g in spec.outputs if g.endswith((".csv", ".json")))
+        if globs is None:  # another study's stage
+            globs = next(s for study in ("wdct", "pct") for s in REGISTRY.stages(study) if s.name == name).result_globs
         files: dict[str, Path] = {}
         for pattern in globs:
             for path in sorted(self.path.glob(pattern)):

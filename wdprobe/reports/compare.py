@@ -24,6 +24,7 @@ from wdprobe.reports.html import CSS, table_html
 from wdprobe.reports.study import study_numbers
 from wdprobe.runs.rundir import RunDir
 from wdprobe.scoring.stats import wilson_interval
+from wdprobe.stages.readouts import READOUTS
 
 PALETTE = ["#d9480f", "#1c7ed6", "#2b8a3e", "#862e9c", "#e67700", "#495057", "#c2255c", "#0b7285"]
 
@@ -103,22 +104,22 @@ def run_curves(run_dir: str | Path, label: str) -> RunCurves:
         every = json.loads(lens.read_text())["all"]
         lens_cs = _share_band(pd.Series(every["lens_cs"]), every["n"])
     probes, content = _probe_curves(p)
-    cross_csv = p / "patching" / "cross_form_summary.csv"
-    if not cross_csv.is_file():
-        cross_csv = p / "patching" / "cloze_cross_form_summary.csv"
+    # the first read-out the run has (a cloze-only run: the cloze form, CS read at the decision step)
+    cross_csv = next((p / ro.result_file("patch", "summary") for ro in READOUTS.values()
+                      if (p / ro.result_file("patch", "summary")).is_file()), None)
     cross = None
-    if cross_csv.is_file():
+    if cross_csv is not None:
         c = pd.read_csv(cross_csv)
         c = c[c.condition == "full"].set_index("layer")
         cross = _share_band(c["flip_rate"], c["n_inconsistent"])
     steer = None
-    for prefix in ("", "cloze_"):  # a cloze-only run steers in the cloze form only (CS read at the decision step)
-        steer_csv = p / "steering" / f"{prefix}steering_summary.csv"
+    for ro in READOUTS.values():  # a cloze-only run steers in the cloze form only (CS read at the decision step)
+        steer_csv = p / ro.result_file("steer", "summary")
         if steer is None and steer_csv.is_file():
             s = pd.read_csv(steer_csv)
             s = s[s.condition == "stance"]
             best = s.loc[s.groupby("layer")["cs"].idxmax()].set_index("layer")["cs"]  # best alpha per layer
-            n = json.loads((p / "steering" / f"{prefix}steering_headline.json").read_text())["n_items"]
+            n = json.loads((p / ro.result_file("steer")).read_text())["n_items"]
             steer = _share_band(best, n)
     return RunCurves(label, _layer_count(p), lens_cs, probes["word"], probes["deed"], probes["transfer"], probes["ic"],
                      cross, steer, content)

@@ -14,6 +14,7 @@ from wdprobe.methods.lens import trajectory_from_frame
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.stage import scored_model_name
 from wdprobe.stages.patching import SEGMENT_ORDER
+from wdprobe.stages.readouts import READOUTS
 
 # ---- one page for a reader -------------------------------------------------------------------------
 
@@ -37,24 +38,11 @@ def localisation_figures(run_dir: str | Path) -> list[tuple[str, str, Any]]:
             figs += [("lens", n, f) for n, f in zip([f"lens-{name}-curves", f"lens-{name}-divergence"],
                                                      localise_plots.lens_figures(traj, f"{model}, {what}"))]
     pdir = run.path / "patching"
-    if (pdir / "cross_form_summary.csv").is_file():
-        summary = pd.read_csv(pdir / "cross_form_summary.csv")
-        head = json.loads((pdir / "cross_form_headline.json").read_text())
-        if "cs_clean" in head:
-            summary.attrs["cs_clean"] = head["cs_clean"]
-        cf = localise_plots.cross_form_figures(summary, f"{model}, {head['n_items']} two-option items "
-                                                        f"({head['n_inconsistent']} inconsistent)")
-        figs += [("patching", n, f) for n, f in zip(["cross-form", "cross-form-by-letter"], cf)]
-        if (pdir / "cross_form_letter_split_summary.csv").is_file():
-            split = pd.read_csv(pdir / "cross_form_letter_split_summary.csv")
-            figs.append(("patching", "cross-form-letter-split", localise_plots.letter_split_figure(
-                split, f"{model}, {head['letter_split']['n_items']} two-option items, both deed orders")))
-    if (pdir / "cloze_cross_form_summary.csv").is_file():
-        summary = pd.read_csv(pdir / "cloze_cross_form_summary.csv")
-        head = json.loads((pdir / "cloze_cross_form_headline.json").read_text())
-        summary.attrs["cs_clean"] = head["cs_clean_decision_step"]
-        figs.append(("patching", "cross-form-cloze", localise_plots.cloze_patch_figure(
-            summary, f"{model}, {head['n_items']} two-option items read where their options part")))
+    for ro in READOUTS.values():  # each read-out redraws its own cross-form patching figures from its tables
+        if (run.path / ro.result_file("patch", "summary")).is_file():
+            summary = pd.read_csv(run.path / ro.result_file("patch", "summary"))
+            head = json.loads((run.path / ro.result_file("patch")).read_text())
+            figs += [("patching", n, f) for n, f in ro.redraw_patch(run.path, summary, head, model)]
     for form in ("deed", "word"):
         if (pdir / f"positional-{form}.csv").is_file():
             frame = pd.read_csv(pdir / f"positional-{form}.csv")
@@ -64,38 +52,20 @@ def localisation_figures(run_dir: str | Path) -> list[tuple[str, str, Any]]:
             pf = localise_plots.positional_figures(frame, seg, layers, SEGMENT_ORDER,
                                                    f"{model}, {form} prompts, options swapped (A<->B)", n_show=min(n_ex, 2))
             figs += [("positional", f"positional-{form}-{i}", f) for i, f in enumerate(pf)]
-    sdir = run.path / "steering"
-    if (sdir / "steering_summary.csv").is_file():
-        table = pd.read_csv(sdir / "steering_summary.csv")
-        head = json.loads((sdir / "steering_headline.json").read_text())
-        table.attrs["clean_cs"] = head["clean_cs_items"]
-        ratio = (head.get("best") or {}).get("min_mass_ratio", 0.5)
-        space = ("; content space: word content direction, both deed orders, content CS"
-                 if head.get("space") == "content" else "")
-        sf = localise_plots.steering_figures(table, f"{model}, {head['n_items']} two-option items; alpha in units "
-                                                    f"of the word-answer mean difference at the layer{space}", ratio)
-        figs += [("steering", n, f) for n, f in zip(["steering-surface", "steering-curves"], sf)]
-    if (sdir / "cloze_steering_summary.csv").is_file():
-        table = pd.read_csv(sdir / "cloze_steering_summary.csv")
-        head = json.loads((sdir / "cloze_steering_headline.json").read_text())
-        table.attrs["clean_cs"] = head["clean_cs_items"]
-        ratio = (head.get("best") or {}).get("min_mass_ratio", 0.5)
-        sf = localise_plots.steering_figures(table, f"{model}, cloze form, {head['n_items']} two-option items at the "
-                                                    "options' decision point; alpha in units of the word-choice mean "
-                                                    "difference at the layer", ratio, mass_label="option-token mass",
-                                             position="decision point",
-                                             metric=head.get("selected_by", "cs_balanced"))
-        figs += [("steering", n, f) for n, f in zip(["steering-cloze-surface", "steering-cloze-curves"], sf)]
+    for ro in READOUTS.values():
+        if (run.path / ro.result_file("steer", "summary")).is_file():
+            table = pd.read_csv(run.path / ro.result_file("steer", "summary"))
+            head = json.loads((run.path / ro.result_file("steer")).read_text())
+            figs += [("steering", n, f) for n, f in ro.redraw_steer(table, head, model)]
     return figs
 
 
-LOCALISATION_TABLES = ["lens/summary.json", "lens/cloze-summary.json", "patching/cross_form_summary.csv", "patching/cross_form_headline.json",
+LOCALISATION_TABLES = ["lens/summary.json", "lens/cloze-summary.json",
+                       *(ro.result_file("patch", k) for ro in READOUTS.values() for k in ("summary", "headline")),
                        "patching/cross_form_letter_split_summary.csv",
                        "patching/positional-deed-segments.csv", "patching/positional-deed-headline.json",
                        "patching/positional-word-segments.csv", "patching/positional-word-headline.json",
-                       "patching/cloze_cross_form_summary.csv", "patching/cloze_cross_form_headline.json",
-                       "steering/steering_summary.csv", "steering/steering_headline.json",
-                       "steering/cloze_steering_summary.csv", "steering/cloze_steering_headline.json"]
+                       *(ro.result_file("steer", k) for ro in READOUTS.values() for k in ("summary", "headline"))]
 
 
 def copy_localisation_tables(run_dir: str | Path, dest: str | Path) -> None:

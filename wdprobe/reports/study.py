@@ -31,7 +31,10 @@ from wdprobe.reports.wording import decodable, interval, p_text, verdict, versus
 from wdprobe.runs.rundir import RunDir
 from wdprobe.scoring.orders import READING_NAMES
 from wdprobe.stages.content_probes import content_figure, content_title
+from wdprobe.stages.readouts import READOUTS
 from wdprobe.stages.score import load_score, wdct_metrics
+
+LETTER, CLOZE = READOUTS["letter"], READOUTS["cloze"]  # the study report reads both formats' instruments
 
 
 @dataclass
@@ -75,12 +78,10 @@ def study_numbers(run_dir: str | Path) -> dict[str, Any]:
             "cloze_probes": _json(p / "probes" / "cloze-summary.json"), "cloze_ic": _json(p / "probes" / "cloze-ic.json"),
             "n_layers": len(capture.get("layers") or []) or None, "lens": _json(p / "lens" / "summary.json"),
             "cloze_lens": _json(p / "lens" / "cloze-summary.json"),
-            "cross": _json(p / "patching" / "cross_form_headline.json"),
-            "cloze_cross": _json(p / "patching" / "cloze_cross_form_headline.json"),
+            "cross": _json(p / LETTER.result_file("patch")), "cloze_cross": _json(p / CLOZE.result_file("patch")),
             "positional": {f: _json(p / "patching" / f"positional-{f}-headline.json") for f in ("deed", "word")},
             "positional_arrival": {f: arrival_layer(p / "patching" / f"positional-{f}-segments.csv") for f in ("deed", "word")},
-            "steer": _json(p / "steering" / "steering_headline.json"),
-            "cloze_steer": _json(p / "steering" / "cloze_steering_headline.json")}
+            "steer": _json(p / LETTER.result_file("steer")), "cloze_steer": _json(p / CLOZE.result_file("steer"))}
 
 
 def arrival_layer(segments_csv: Path, segment: str = "final", share: float = 0.5) -> int | None:

@@ -85,6 +85,22 @@ class Stage:
     def shardable(self) -> bool:
         return self.merge is not None
 
+    @property
+    def result_globs(self) -> tuple[str, ...]:
+        """The stage's results (tables and summaries), derived from its declared ``outputs``: a ``.csv``/``.json``
+        output itself; a folder or a ``stem*`` glob, its CSV and JSON files; parts and other files (figures, tensors)
+        are not results."""
+        out: list[str] = []
+        for pattern in self.outputs:
+            if pattern.endswith((".csv", ".json")):
+                out.append(pattern)
+            elif pattern.endswith(".parts") or Path(pattern).suffix:
+                continue
+            else:
+                stem = pattern if pattern.endswith("*") else f"{pattern}/*"
+                out += [f"{stem}.csv", f"{stem}.json"]
+        return tuple(out)
+
 
 class StageRegistry:
     """Stages by study, in pipeline order (later stages read earlier ones). New stages join with

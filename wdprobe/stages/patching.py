@@ -156,7 +156,7 @@ def run_cross_patch(run_dir: str | Path, *, format: str | Readout = "letter", n_
     out.mkdir(exist_ok=True)
     head, figs = ro.patch_results(out, run.read_parts(stage), reading, seed=seed, model=scored_model_name(run))
     stem = f"{ro.prefix}cross_form"
-    atomic_write_text(out / f"{stem}_headline.json", json.dumps(head, indent=2) + "\n")
+    atomic_write_text(run.path / ro.result_file("patch", "headline"), json.dumps(head, indent=2) + "\n")
     pngs = []
     if figs:
         plots.write_html(figs, out / f"{stem}.html", heading=f"wdprobe cross-form patching: {scored_model_name(run)}")

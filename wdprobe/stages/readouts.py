@@ -107,6 +107,9 @@ def read_runs(lp: np.ndarray, runs: DeedRuns, run_of_row: np.ndarray) -> tuple[n
     return toward - away, np.exp(toward) + np.exp(away)
 
 
+INSTRUMENT_FILES = {"patch": ("patching", "cross_form"), "steer": ("steering", "steering")}  # folder, file stem
+
+
 class Readout(ABC):
     """One answer format's way of reading an instrument (see the module docstring). Subclasses declare their names
     and implement :meth:`reading`, :meth:`consistency` and the per-instrument summaries."""
@@ -128,6 +131,14 @@ class Readout(ABC):
     def outputs(self, folder: str, stem: str) -> str:
         """The glob of an instrument's outputs (``folder/prefix+stem*``): what a restart deletes."""
         return f"{folder}/{self.prefix}{stem}*"
+
+    def result_file(self, instrument: str, kind: str = "headline") -> str:
+        """Where an instrument's result of ``kind`` lies in the run directory, for this read-out: ``table`` (one
+        row per item and setting), ``summary`` (by layer and setting) or ``headline`` (the JSON every report reads).
+        The one place these names are made: the instruments write there and the reports read there."""
+        folder, stem = INSTRUMENT_FILES[instrument]
+        suffix = {"table": ".csv", "summary": "_summary.csv", "headline": "_headline.json"}[kind]
+        return f"{folder}/{self.prefix}{stem}{suffix}"
 
     def scored_rows(self, rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         """The rows of a run's ``prompts.csv`` scored in this answer format."""
@@ -200,6 +211,14 @@ class Readout(ABC):
     def steering_heading(self, model: str) -> str:
         """The steering page's heading."""
         return f"wdprobe steering: {model}"
+
+    @abstractmethod
+    def redraw_patch(self, run_dir: Path, summary, head: Mapping[str, Any], model: str) -> list[tuple[str, Any]]:
+        """The cross-form patching figures redrawn from the saved tables, as ``(name, figure)``."""
+
+    @abstractmethod
+    def redraw_steer(self, table, head: Mapping[str, Any], model: str) -> list[tuple[str, Any]]:
+        """The steering figures redrawn from the saved summary, as ``(name, figure)``."""
 
     def steer_status(self, head: Mapping[str, Any]) -> str:
         """The steering stage's one-line status from its headline."""
@@ -282,9 +301,9 @@ class LetterReadout(Readout):
         frame = every[every["deed_order"] == "shown"].drop(columns="deed_order").reset_index(drop=True)
         summary = summarise_cross_form(frame, items)
         summary.attrs["cs_clean"] = float(items["consistent"].mean())
-        atomic_write_text(out / f"{self.prefix}cross_form.csv", frame.merge(items[["id", "domain", "consistent", "same_letter"]],
-                                                              on="id").to_csv(index=False))
-        atomic_write_text(out / f"{self.prefix}cross_form_summary.csv", summary.to_csv(index=False))
+        atomic_write_text(out.parent / self.result_file("patch", "table"),
+                          frame.merge(items[["id", "domain", "consistent", "same_letter"]], on="id").to_csv(index=False))
+        atomic_write_text(out.parent / self.result_file("patch", "summary"), summary.to_csv(index=False))
         head = cross_form_headline(summary, items)
         head["tests"] = cross_form_tests(frame, items, seed=seed)
         where = f"{model}, {len(items)} two-option items ({int((items.consistent == 0).sum())} inconsistent)"
@@ -314,6 +333,29 @@ class LetterReadout(Readout):
         return (f"{model}, {len(reading)} two-option items; alpha in units of the word-answer mean difference at the "
                 "layer" + ("; content space: word content direction, both deed orders, content CS"
                            if settings["space"] == "content" else ""))
+
+    def redraw_patch(self, run_dir: Path, summary, head: Mapping[str, Any], model: str) -> list[tuple[str, Any]]:
+        import pandas as pd
+
+        if "cs_clean" in head:
+            summary.attrs["cs_clean"] = head["cs_clean"]
+        cf = localise_plots.cross_form_figures(summary, f"{model}, {head['n_items']} two-option items "
+                                                        f"({head['n_inconsistent']} inconsistent)")
+        out = list(zip(["cross-form", "cross-form-by-letter"], cf))
+        split = Path(run_dir) / f"patching/{self.prefix}cross_form_letter_split_summary.csv"
+        if split.is_file():
+            out.append(("cross-form-letter-split", localise_plots.letter_split_figure(
+                pd.read_csv(split), f"{model}, {head['letter_split']['n_items']} two-option items, both deed orders")))
+        return out
+
+    def redraw_steer(self, table, head: Mapping[str, Any], model: str) -> list[tuple[str, Any]]:
+        table.attrs["clean_cs"] = head["clean_cs_items"]
+        ratio = (head.get("best") or {}).get("min_mass_ratio", 0.5)
+        space = ("; content space: word content direction, both deed orders, content CS"
+                 if head.get("space") == "content" else "")
+        sf = localise_plots.steering_figures(table, f"{model}, {head['n_items']} two-option items; alpha in units "
+                                                    f"of the word-answer mean difference at the layer{space}", ratio)
+        return list(zip(["steering-surface", "steering-curves"], sf))
 
 
 def write_letter_split(out: Path, every, items, *, seed: int = 0, stem: str = "cross_form") -> dict[str, Any]:
@@ -453,8 +495,9 @@ class ClozeReadout(Readout):
         frame["item"] = frame["id"].map({iid: k for k, iid in enumerate(reading.ids)})
         table = self.consistency(frame, reading)
         summary = summarise_cloze_patch(frame, table)
-        atomic_write_text(out / "cloze_cross_form.csv", frame.merge(table[["id", "consistent"]], on="id").to_csv(index=False))
-        atomic_write_text(out / "cloze_cross_form_summary.csv", summary.to_csv(index=False))
+        atomic_write_text(out.parent / self.result_file("patch", "table"),
+                          frame.merge(table[["id", "consistent"]], on="id").to_csv(index=False))
+        atomic_write_text(out.parent / self.result_file("patch", "summary"), summary.to_csv(index=False))
         head: dict[str, Any] = {"n_items": len(reading), "n_left_out": len(reading.left_out), "notes": reading.notes,
                                 "cs_clean_decision_step": float(table["consistent"].mean()),
                                 "tests": cross_form_tests(frame, table, seed=seed)}
@@ -485,6 +528,20 @@ class ClozeReadout(Readout):
 
     def steering_heading(self, model: str) -> str:
         return f"wdprobe steering in the cloze form: {model}"
+
+    def redraw_patch(self, run_dir: Path, summary, head: Mapping[str, Any], model: str) -> list[tuple[str, Any]]:
+        summary.attrs["cs_clean"] = head["cs_clean_decision_step"]
+        return [("cross-form-cloze", localise_plots.cloze_patch_figure(
+            summary, f"{model}, {head['n_items']} two-option items read where their options part"))]
+
+    def redraw_steer(self, table, head: Mapping[str, Any], model: str) -> list[tuple[str, Any]]:
+        table.attrs["clean_cs"] = head["clean_cs_items"]
+        ratio = (head.get("best") or {}).get("min_mass_ratio", 0.5)
+        sf = localise_plots.steering_figures(table, f"{model}, cloze form, {head['n_items']} two-option items at the "
+                                                    "options' decision point; alpha in units of the word-choice mean "
+                                                    "difference at the layer", ratio, mass_label="option-token mass",
+                                             position="decision point", metric=head.get("selected_by", "cs_balanced"))
+        return list(zip(["steering-cloze-surface", "steering-cloze-curves"], sf))
 
 
 

@@ -151,7 +151,7 @@ def run_steering(run_dir: str | Path, *, format: str | Readout = "letter", n_ite
     except InputError as exc:  # a small or lopsided sample: no cross-fitted direction to steer along; say so
         head: dict[str, Any] = {"n_items": len(reading), "n_left_out": len(reading.left_out), "best": None,
                                 "validation": None, "skipped": f"no cross-fitted {ro.name} stance direction: {exc}"}
-        atomic_write_text(out / f"{stem}_headline.json", json.dumps(head, indent=2) + "\n")
+        atomic_write_text(run.path / ro.result_file("steer", "headline"), json.dumps(head, indent=2) + "\n")
         run.mark_done(stage, headline=head, **stage_seconds(run, stage, t_start))
         return head
     stance_vecs, random_vecs = steering_vectors(reading)
@@ -183,11 +183,11 @@ def run_steering(run_dir: str | Path, *, format: str | Readout = "letter", n_ite
                                        folds=folds, seed=seed, batch_size=batch_size, progress=progress)
         if "skipped" in validation:
             skipped, validation = validation["skipped"], None
-    atomic_write_text(out / f"{stem}.csv", ro.steering_table(frame, items).to_csv(index=False))
-    atomic_write_text(out / f"{stem}_summary.csv", table.to_csv(index=False))
+    atomic_write_text(run.path / ro.result_file("steer", "table"), ro.steering_table(frame, items).to_csv(index=False))
+    atomic_write_text(run.path / ro.result_file("steer", "summary"), table.to_csv(index=False))
     head = ro.steering_headline(reading, items, table, extra, layers=layers, population=population, best=best,
                                 validation=validation, skipped=skipped)
-    atomic_write_text(out / f"{stem}_headline.json", json.dumps(head, indent=2) + "\n")
+    atomic_write_text(run.path / ro.result_file("steer", "headline"), json.dumps(head, indent=2) + "\n")
     model = scored_model_name(run)
     figs = localise_plots.steering_figures(table, ro.steering_where(model, reading, extra, head), min_mass_ratio,
                                            **ro.steering_figure_options(head))

@@ -20,11 +20,14 @@ import pandas as pd
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.figures.page import figure_html
 from wdprobe.reports.html import CSS, notes_html, table_html
+from wdprobe.stages.readouts import READOUTS
 
 ALPHA = 0.05
 NEAR_ZERO = 0.05  # restoration "near zero": the patched CS at most this far above clean
 STEER_MARGIN = 0.10  # held-out CS the stance direction must add beyond a random direction of equal norm
 MASS_KEPT = 0.9  # "without lowering the options' total probability": at least this share of clean
+
+LETTER, CLOZE = READOUTS["letter"], READOUTS["cloze"]  # the organisms are measured in the cloze form
 
 
 @dataclass(frozen=True)
@@ -75,11 +78,10 @@ def organism_results(run_dir: str | Path, organism_dir: str | Path | None = None
     if manifest:
         out["planted_layer"] = manifest["planted_layer"]
     loaded = {"probes": _json(p / "probes" / "cloze-summary.json"), "lens": _json(p / "lens" / "cloze-summary.json"),
-              "patch": _json(p / "patching" / "cloze_cross_form_headline.json"),
-              "steer": _json(p / "steering" / "cloze_steering_headline.json"),
-              "letter_split": (_json(p / "patching" / "cross_form_headline.json") or {}).get("letter_split")}
+              "patch": _json(p / CLOZE.result_file("patch")), "steer": _json(p / CLOZE.result_file("steer")),
+              "letter_split": (_json(p / LETTER.result_file("patch")) or {}).get("letter_split")}
     out.update({k: v for k, v in loaded.items() if v})
-    for name, rel in (("probe_curves", "probes/cloze-last.csv"), ("patch_curves", "patching/cloze_cross_form_summary.csv")):
+    for name, rel in (("probe_curves", "probes/cloze-last.csv"), ("patch_curves", CLOZE.result_file("patch", "summary"))):
         if (p / rel).is_file():
             out[name] = pd.read_csv(p / rel)
     return out
@@ -264,8 +266,8 @@ def behaviour_rows(organisms: dict[str, tuple[Path, Path | None]]) -> list[list[
 # What the rules read from a study run (and the organism's own record), kept beside the card so that every verdict
 # can be recomputed from the committed files alone.
 CARD_INPUTS = ("manifest.json", "probes/cloze-summary.json", "probes/cloze-last.csv", "lens/cloze-summary.json",
-               "patching/cloze_cross_form_headline.json", "patching/cloze_cross_form_summary.csv",
-               "patching/cross_form_headline.json", "steering/cloze_steering_headline.json")
+               CLOZE.result_file("patch"), CLOZE.result_file("patch", "summary"), LETTER.result_file("patch"),
+               CLOZE.result_file("steer"))
 ORGANISM_RECORD = ("organism.json", "curves.csv", "split.csv")
 
 
