@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from wdprobe.core.model import convert_default_model
 from wdprobe.data.wdct import SUBSETS
@@ -26,12 +27,15 @@ from wdprobe.pipeline.config import (
 from wdprobe.pipeline.merge import main_summary, merge_run, study_of
 from wdprobe.pipeline.pct import pct_stage_names, run_pct
 from wdprobe.pipeline.registry import REGISTRY
+from wdprobe.pipeline.runner import run_timed
 from wdprobe.pipeline.study import run_study
 from wdprobe.pipeline.sweep import run_sweep
 from wdprobe.reports.compare import compare_runs
 from wdprobe.reports.localisation import write_localisation_report
 from wdprobe.reports.scores import write_score_report
 from wdprobe.runs.rundir import RunDir
+from wdprobe.runs.shards import Shard
+from wdprobe.runs.stage import StageContext, StageResult, model_for_run
 from wdprobe.scoring.orders import FORMATS, ORDERS, readings_lines
 from wdprobe.scoring.upstream import upstream_metrics
 from wdprobe.stages.capture import capture_wdct
@@ -42,8 +46,8 @@ from wdprobe.stages.patching import (
     run_positional_patch,
 )
 from wdprobe.stages.probes import run_probes
-from wdprobe.stages.score import score_wdct
 from wdprobe.stages.readouts import readouts_for, scored_format
+from wdprobe.stages.score import score_wdct
 from wdprobe.stages.steering import run_steering
 from wdprobe.studies.align.finetune import TrainSettings
 from wdprobe.studies.align.report import write_alignment_report
@@ -87,12 +91,36 @@ def _print_metrics(m: dict) -> None:
         print("\n".join(readings_lines(m["readings"])))
 
 
+COMMAND_ONLY = ("func", "command", "quiet", "run")  # flags that say how to run a command, not what its result is
+
+
+def through_runner(args: argparse.Namespace, run_dir: str | Path, stage: str, call: Callable[[], Any],
+                   summary: Callable[[Any], str], *, shard: str | None = None) -> Any:
+    """Run a single-stage command's work as the registered WDCT stage, through the same runner as ``wdprobe run``: the
+    run's lock, timing, and one record of the stage done with the flags it was given (its settings)."""
+    run = RunDir(run_dir)
+    box: dict[str, Any] = {}
+
+    def body(ctx: StageContext) -> StageResult:
+        box["value"] = call()
+        return StageResult(stage, summary(box["value"]))
+
+    settings = {k: v for k, v in vars(args).items() if k not in COMMAND_ONLY}
+    ctx = StageContext(run, None, model=lambda: model_for_run(run, None), progress=not args.quiet,
+                       shard=Shard.parse(shard))
+    run_timed(replace(REGISTRY.get("wdct", stage), run=body), ctx, settings)
+    return box["value"]
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     """`wdprobe score`: score WDCT items into a run directory (or one shard of them)."""
-    res = score_wdct(args.out, model=args.model, data=args.data, setting=args.setting, seed=args.seed, limit=args.limit,
-                     sample=args.sample, domains=args.domain, subset=args.subset, batch_size=args.batch_size,
-                     dtype=args.dtype, device=args.device, device_map=args.device_map, chat=args.chat, demos=args.demos,
-                     progress=not args.quiet, shard=args.shard, orders=args.orders, answer_format=args.format)
+    res = through_runner(args, args.out, "score", lambda: score_wdct(
+        args.out, model=args.model, data=args.data, setting=args.setting, seed=args.seed, limit=args.limit,
+        sample=args.sample, domains=args.domain, subset=args.subset, batch_size=args.batch_size, dtype=args.dtype,
+        device=args.device, device_map=args.device_map, chat=args.chat, demos=args.demos, progress=not args.quiet,
+        shard=args.shard, orders=args.orders, answer_format=args.format),
+        lambda r: f"{r.metrics['n_items']} items, CS {r.metrics['cs_micro']:.3f}, PCS {r.metrics['pcs_micro']:.3f}",
+        shard=args.shard)
     _print_metrics(res.metrics)
     if args.shard:
         print(f"shard {args.shard} in {res.run_dir}; when every shard is done: wdprobe merge {args.out}")
@@ -137,9 +165,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_capture(args: argparse.Namespace) -> int:
     """`wdprobe capture --run RUN`: residual-stream activations of every scored prompt."""
-    path = capture_wdct(args.run, layers=args.layers, hooks=args.hooks.split(","), positions=args.positions.split(","),
-                        storage_dtype=args.storage_dtype, batch_size=args.batch_size, progress=not args.quiet,
-                        shard=args.shard)
+    path = through_runner(args, args.run, "capture", lambda: capture_wdct(
+        args.run, layers=args.layers, hooks=args.hooks.split(","), positions=args.positions.split(","),
+        storage_dtype=args.storage_dtype, batch_size=args.batch_size, progress=not args.quiet, shard=args.shard),
+        lambda _: f"positions {args.positions}", shard=args.shard)
     if args.shard:
         print(f"shard {args.shard} in {path}; when every shard is done: wdprobe merge {args.run}")
         return 0
@@ -149,8 +178,9 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     """`wdprobe probe --run RUN`: stance probes per layer from the captured activations."""
-    head = run_probes(args.run, hook=args.hook, position=args.position, kinds=args.kinds.split(","), folds=args.folds,
-                      seed=args.seed, progress=not args.quiet)
+    head = through_runner(args, args.run, "probes", lambda: run_probes(
+        args.run, hook=args.hook, position=args.position, kinds=args.kinds.split(","), folds=args.folds, seed=args.seed,
+        progress=not args.quiet), lambda _: f"{args.position}: probes {args.kinds}")
     print(json.dumps(head, indent=2))
     print(f"results and plots in {args.run}/probes/")
     return 0
@@ -158,7 +188,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_lens(args: argparse.Namespace) -> int:
     """`wdprobe lens --run RUN`: the logit lens, word vs deed, per layer."""
-    s = run_lens(args.run, progress=not args.quiet)
+    s = through_runner(args, args.run, "lens", lambda: run_lens(args.run, progress=not args.quiet), lambda _: "done")
     for g in ("consistent", "inconsistent"):
         if s[g]["n"]:
             print(f"{g:12s} n={s[g]['n']:5d}  lens CS by layer: " + " ".join(f"{v:.2f}" for v in s[g]["lens_cs"]))
@@ -192,19 +222,20 @@ def cmd_patch(args: argparse.Namespace) -> int:
             conditions = args.conditions.split(",") if args.conditions else None
             if conditions is not None and args.format == "auto":
                 conditions = [c for c in conditions if c in ro.conditions]
-            head = run_cross_patch(args.run, format=ro, n_items=item_count(args.items), layers=args.layers,
-                                   conditions=conditions, seed=args.seed, batch_size=args.batch_size,
-                                   progress=not args.quiet, restart=args.restart, shard=args.shard,
-                                   deed_orders=args.deed_orders)
+            head = through_runner(args, args.run, "patch_cross", lambda: run_cross_patch(
+                args.run, format=ro, n_items=item_count(args.items), layers=args.layers, conditions=conditions,
+                seed=args.seed, batch_size=args.batch_size, progress=not args.quiet, restart=args.restart,
+                shard=args.shard, deed_orders=args.deed_orders), ro.patch_status, shard=args.shard)
             if args.shard:
                 print(f"shard {args.shard} done: {head}; when every shard is done: wdprobe merge {args.run}")
                 return 0
             print(json.dumps({ro.name: head}, indent=2, default=float))
     if args.kind in ("positional", "both"):
-        head = run_positional_patch(args.run, form=args.form, n_items=args.positional_items, n_exact=args.exact_items,
-                                    layers=args.layers, min_effect=args.min_effect, screen=args.screen, seed=args.seed,
-                                    batch_size=args.batch_size, progress=not args.quiet, restart=args.restart,
-                                    shard=args.shard)
+        head = through_runner(args, args.run, "patch_positional", lambda: run_positional_patch(
+            args.run, form=args.form, n_items=args.positional_items, n_exact=args.exact_items, layers=args.layers,
+            min_effect=args.min_effect, screen=args.screen, seed=args.seed, batch_size=args.batch_size,
+            progress=not args.quiet, restart=args.restart, shard=args.shard),
+            lambda h: f"{args.form}: {h.get('n_items', h.get('n_exact'))} items", shard=args.shard)
         print(json.dumps(head, indent=2))
         if args.shard:
             print(f"when every shard is done: wdprobe merge {args.run}")
@@ -220,10 +251,11 @@ def cmd_patch(args: argparse.Namespace) -> int:
 def cmd_steer(args: argparse.Namespace) -> int:
     """`wdprobe steer --run RUN`: steering deeds along the word-stance direction, in every answer format asked."""
     for ro in _readouts(args.run, args.format):
-        head = run_steering(args.run, format=ro, n_items=item_count(args.items), layers=args.layers,
-                            alphas=_floats(args.alphas), seed=args.seed, min_mass_ratio=args.min_mass_ratio,
-                            batch_size=args.batch_size, progress=not args.quiet, restart=args.restart,
-                            validate=not args.no_validate, shard=args.shard, space=args.space)
+        head = through_runner(args, args.run, "steer", lambda: run_steering(
+            args.run, format=ro, n_items=item_count(args.items), layers=args.layers, alphas=_floats(args.alphas),
+            seed=args.seed, min_mass_ratio=args.min_mass_ratio, batch_size=args.batch_size, progress=not args.quiet,
+            restart=args.restart, validate=not args.no_validate, shard=args.shard, space=args.space),
+            ro.steer_status, shard=args.shard)
         print(json.dumps({ro.name: head}, indent=2))
         if args.shard:
             print(f"when every shard is done: wdprobe merge {args.run}")

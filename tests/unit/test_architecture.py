@@ -202,3 +202,25 @@ def test_the_format_checks_see_a_planted_twin_and_branch(tmp_path, monkeypatch):
         test_no_twin_instrument_module()
     with pytest.raises(AssertionError, match="wdprobe.stages.steering"):
         test_answer_format_branches_live_in_the_readouts()
+
+
+MARKERS = {"wdprobe.runs.rundir", "wdprobe.runs.stage", "wdprobe.pipeline.runner"}  # the lifecycle's own modules
+
+
+def test_only_the_runner_marks_a_stage_done():
+    """Stage functions report with finish_stage; only the runner (and finish_stage outside any runner) marks done."""
+    calls = [f"{name}:{node.lineno}" for name, path in modules().items() if name not in MARKERS
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "mark_done"]
+    assert not calls, f"stages marked done outside the runner (use wdprobe.runs.stage.finish_stage): {calls}"
+
+
+def test_the_lifecycle_check_sees_a_stage_marking_itself(tmp_path, monkeypatch):
+    fake = tmp_path / "wdprobe"
+    (fake / "stages").mkdir(parents=True)
+    (fake / "__init__.py").write_text('"""x"""\n')
+    (fake / "stages" / "__init__.py").write_text('"""x"""\n')
+    (fake / "stages" / "lens.py").write_text('"""x"""\ndef run(run):\n    run.mark_done("lens")\n')
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
+    with pytest.raises(AssertionError, match="wdprobe.stages.lens:3"):
+        test_only_the_runner_marks_a_stage_done()

@@ -1,4 +1,4 @@
-"""Running one registered stage: take the run's lock, time it, and mark it done with what it depended on.
+"""Running one registered stage: take the run's lock, time it, and mark it done, once, with what it depended on.
 
 Every study's sequencer (``run_study``, ``run_pct``) and every single-stage command go through
 :func:`run_timed`, so every stage is recorded the same way in the manifest: ``complete``, ``finished``,
@@ -10,7 +10,7 @@ import time
 from typing import Any, Mapping
 
 from wdprobe.runs.rundir import RunDir, now
-from wdprobe.runs.stage import Stage, StageContext, StageResult
+from wdprobe.runs.stage import Stage, StageContext, StageResult, running
 
 
 def run_timed(stage: Stage, ctx: StageContext, settings: Mapping[str, Any]) -> tuple[StageResult, float, float]:
@@ -18,12 +18,13 @@ def run_timed(stage: Stage, ctx: StageContext, settings: Mapping[str, Any]) -> t
     ctx.run.lock()
     ctx.run.announce(stage.name)
     t0, c0 = time.perf_counter(), time.process_time()
-    result = stage.run(ctx)
+    with running(ctx.run, stage.name) as reported:
+        result = stage.run(ctx)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     if ctx.shard is None:
-        ctx.run.lock()  # the stage function may have released it when it marked its own part done
-        ctx.run.mark_done(stage.name, settings=dict(settings), seconds=round(seconds, 1), cpu_seconds=round(cpu, 1),
-                          result=result.summary)
+        ctx.run.lock()  # a stage function may have released it (a sub-stage it finished, a chunk it saved)
+        ctx.run.mark_done(stage.name, **{**reported, "settings": dict(settings), "seconds": round(seconds, 1),
+                                         "cpu_seconds": round(cpu, 1), "result": result.summary})
     else:
         ctx.run.unlock()
     return result, seconds, cpu

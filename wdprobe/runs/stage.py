@@ -8,11 +8,13 @@ declarations from one :class:`StageRegistry` (``wdprobe.pipeline.registry.REGIST
 lists stages.
 
 Every stage runs with one signature, ``run(ctx: StageContext) -> StageResult``, and says it is done one
-way: :meth:`RunDir.mark_done` (``complete: true`` and a time stamp in the manifest entry).
+way: the runner marks it done (``complete: true``, a time stamp, its settings, timing and result in the manifest entry);
+stage functions only report what they finished with :func:`finish_stage`.
 """
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
@@ -153,6 +155,35 @@ class StageRegistry:
                 for shard_name in getattr(s.merge, "shard_names", (s.name,)):
                     out[shard_name] = s.merge
         return out
+
+
+# ---- the stage lifecycle: one way a stage is marked done ------------------------------------------------
+
+_RUNNING: dict[tuple[str, str], dict[str, Any]] = {}  # (run directory, stage) -> the fields its functions reported
+
+
+@contextmanager
+def running(run: RunDir, stage: str) -> Iterator[dict[str, Any]]:
+    """The runner's scope for one stage (:func:`wdprobe.pipeline.runner.run_timed`): the stage functions called inside
+    report their fields (headline, figures, counts) into the yielded dict with :func:`finish_stage`, and the runner
+    marks the stage done once, with those fields and its own (settings, wall and CPU seconds, result)."""
+    key = (str(run.path.resolve()), stage)
+    _RUNNING[key] = fields = {}
+    try:
+        yield fields
+    finally:
+        _RUNNING.pop(key, None)
+
+
+def finish_stage(run: RunDir, stage: str, **fields: Any) -> None:
+    """A stage function's work is done: hand its fields to the runner around it, or, called from a script with no
+    runner around it, record the stage done now. Every stage is marked done through here or the runner, never by a
+    stage function itself (``tests/unit/test_architecture.py`` checks)."""
+    key = (str(run.path.resolve()), stage)
+    if key in _RUNNING:
+        _RUNNING[key].update(fields)
+        return
+    run.mark_done(stage, **fields)
 
 
 # ---- helpers every stage shares ------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from wdprobe.methods.capture import (
 )
 from wdprobe.runs.rundir import RunDir, read_checked, read_csv, write_checked
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
-from wdprobe.runs.stage import scored_entry
+from wdprobe.runs.stage import finish_stage, scored_entry
 from wdprobe.stages.score import scored_cloze_prompts, scored_letter_prompts
 from wdprobe.stages.stash import drop_stash, read_stash
 
@@ -129,7 +129,7 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
         write_checked(_shard_path(run.path, n_part), save(tensors, metadata={"layers": ",".join(map(str, spec.layers))}))
         run.write_part(STAGE, [dict(meta[k], shard=n_part, row=r) for r, k in enumerate(order_in_chunk)], META_COLUMNS)
     bar.close()
-    run.mark_done(STAGE, n_prompts=len(done) + len(todo), layers=list(spec.layers))
+    finish_stage(run, STAGE, n_prompts=len(done) + len(todo), layers=list(spec.layers))
     if part is None:
         drop_stash(scored_run.path)
     return run.path

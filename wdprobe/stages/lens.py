@@ -17,7 +17,7 @@ from wdprobe.figures import localisation as localise_plots
 from wdprobe.figures import probes as plots
 from wdprobe.methods.lens import LensTrajectory, canonical_logodds, lens_logits, lens_logits_per_row, order_averaged
 from wdprobe.runs.rundir import RunDir
-from wdprobe.runs.stage import scored_entry
+from wdprobe.runs.stage import finish_stage, scored_entry
 from wdprobe.stages.capture import load_activations, paired_forms
 from wdprobe.stages.score import scored_cloze_prompts
 
@@ -129,7 +129,7 @@ def run_lens(run_dir: str | Path, *, lm=None, progress: bool = True) -> dict[str
             f"wdprobe logit lens, cloze form: {model}, {len(traj.items)} two-option items", unreadable_items=unreadable)
         pngs += made
     if entry["config"].get("format", "letter") == "cloze":
-        run.mark_done("lens", headline=head, png=[str(p) for p in pngs if p])
+        finish_stage(run, "lens", headline=head, png=[str(p) for p in pngs if p])
         return summary
     acts = load_activations(run.path, hook="resid_post", position="last")
     ids = entry["letters"]["ids"]
@@ -149,5 +149,5 @@ def run_lens(run_dir: str | Path, *, lm=None, progress: bool = True) -> dict[str
             out, "content", content, f"{model}, content space (log-odds averaged over option orders)",
             f"wdprobe logit lens in content space: {model}, {len(content.items)} two-option items")
         pngs += made
-    run.mark_done("lens", headline=head, png=[str(p) for p in pngs if p])
+    finish_stage(run, "lens", headline=head, png=[str(p) for p in pngs if p])
     return summary

@@ -37,6 +37,7 @@ from wdprobe.methods.patching import (
 from wdprobe.runs.rundir import RunDir, read_csv, safe_name
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import (
+    finish_stage,
     model_for_run,
     progress_bar,
     save_in_parts,
@@ -150,7 +151,7 @@ def run_cross_patch(run_dir: str | Path, *, format: str | Readout = "letter", n_
     save_in_parts(work, stage, todo, chunk_size=chunk_items, columns=list(columns), compute=patch)
     bar.close()
     if part:
-        work.mark_done(stage, n_items=len(done) + len(todo), **stage_seconds(work, stage, t_start))
+        finish_stage(work, stage, n_items=len(done) + len(todo), **stage_seconds(work, stage, t_start))
         return {"shard": str(part), "n_items": len(done) + len(todo)}
     out = run.path / "patching"
     out.mkdir(exist_ok=True)
@@ -161,7 +162,7 @@ def run_cross_patch(run_dir: str | Path, *, format: str | Readout = "letter", n_
     if figs:
         plots.write_html(figs, out / f"{stem}.html", heading=f"wdprobe cross-form patching: {scored_model_name(run)}")
         pngs = [str(p) for p in (plots.write_png(f, out / f"{stem}-{i}.png") for i, f in enumerate(figs)) if p]
-    run.mark_done(stage, headline=head, **({"png": pngs} if figs else {}), **stage_seconds(run, stage, t_start))
+    finish_stage(run, stage, headline=head, **({"png": pngs} if figs else {}), **stage_seconds(run, stage, t_start))
     return head
 
 
@@ -353,7 +354,7 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     t_exact = time.perf_counter() - t0
     bar.close()
     if part:
-        work.mark_done(stage, exact_items=[ids[i] for i in range(n_ex) if part.holds(ids[i])],
+        finish_stage(work, stage, exact_items=[ids[i] for i in range(n_ex) if part.holds(ids[i])],
                           **stage_seconds(work, stage, t_start))
         return {"shard": str(part), "n_exact": sum(part.holds(ids[i]) for i in range(n_ex))}
     exact = [saved[ids[i]] for i in range(n_ex)]
@@ -393,5 +394,5 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
                                     f"{model}, {form} prompts, options swapped (A<->B)", n_show=min(n_ex, 2))
     plots.write_html(figs, out / f"{stem}.html", heading=f"wdprobe positional patching: {model}, {form} form")
     pngs = [plots.write_png(f, out / f"{stem}-{i}.png") for i, f in enumerate(figs)]
-    run.mark_done(stage, headline=head, png=[str(p) for p in pngs if p], **stage_seconds(run, stage, t_start))
+    finish_stage(run, stage, headline=head, png=[str(p) for p in pngs if p], **stage_seconds(run, stage, t_start))
     return head

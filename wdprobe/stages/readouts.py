@@ -30,10 +30,10 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from wdprobe.core.cache import atomic_write_text
 from wdprobe.core.forward import encode_prompts
 from wdprobe.core.option_scoring import decision_point, last_residuals
 from wdprobe.errors import InputError, InterventionError
-from wdprobe.core.cache import atomic_write_text
 from wdprobe.figures import localisation as localise_plots
 from wdprobe.methods.patching import (
     CROSS_CONDITIONS,

@@ -33,7 +33,7 @@ from wdprobe.errors import InputError, MergeError, StageNotFinishedError
 from wdprobe.methods.capture import CaptureSpec, position_weights, presentation_spans, prompt_spans
 from wdprobe.runs.rundir import RunDir, Timer, read_csv
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
-from wdprobe.runs.stage import save_in_parts, scored_entry, work_left
+from wdprobe.runs.stage import finish_stage, save_in_parts, scored_entry, work_left
 from wdprobe.scoring.letters import (
     LetterTokens,
     build_prompts,
@@ -246,7 +246,7 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
     atomic_write_json(run.path / "metrics.json", metrics)
     previous = run.read_manifest()["stages"][STAGE].get("timings", {})
     timings = {k: round(previous.get(k, 0.0) + v, 3) for k, v in timer.seconds.items()}
-    run.mark_done(STAGE, model=lm.manifest(), data={"path": str(data_path), "sha256": sha, "n_items": len(pres)},
+    finish_stage(run, STAGE, model=lm.manifest(), data={"path": str(data_path), "sha256": sha, "n_items": len(pres)},
                   letters=letters.to_json(), timings=timings, batch_size=batch_size,
                   n_prompts=len(prompt_rows))
     return ScoreResult(run.path, rows, metrics, prompt_rows)

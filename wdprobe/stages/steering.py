@@ -28,7 +28,14 @@ from wdprobe.methods.interventions import resolve_layers, run_interventions
 from wdprobe.methods.steering import best_setting, steering_rows, summarise_steering
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
-from wdprobe.runs.stage import model_for_run, progress_bar, save_in_parts, scored_model_name, stage_seconds
+from wdprobe.runs.stage import (
+    finish_stage,
+    model_for_run,
+    progress_bar,
+    save_in_parts,
+    scored_model_name,
+    stage_seconds,
+)
 from wdprobe.scoring.stats import paired_difference_test
 from wdprobe.stages.readouts import Reading, Readout, read_runs, readout
 
@@ -152,7 +159,7 @@ def run_steering(run_dir: str | Path, *, format: str | Readout = "letter", n_ite
         head: dict[str, Any] = {"n_items": len(reading), "n_left_out": len(reading.left_out), "best": None,
                                 "validation": None, "skipped": f"no cross-fitted {ro.name} stance direction: {exc}"}
         atomic_write_text(run.path / ro.result_file("steer", "headline"), json.dumps(head, indent=2) + "\n")
-        run.mark_done(stage, headline=head, **stage_seconds(run, stage, t_start))
+        finish_stage(run, stage, headline=head, **stage_seconds(run, stage, t_start))
         return head
     stance_vecs, random_vecs = steering_vectors(reading)
     columns = ro.part_columns["steer"]
@@ -168,7 +175,7 @@ def run_steering(run_dir: str | Path, *, format: str | Readout = "letter", n_ite
     save_in_parts(work, stage, todo, chunk_size=chunk_items, columns=list(columns), compute=grid)
     bar.close()
     if part:
-        work.mark_done(stage, n_items=len(done) + len(todo), min_mass_ratio=min_mass_ratio,
+        finish_stage(work, stage, n_items=len(done) + len(todo), min_mass_ratio=min_mass_ratio,
                        validate=validate, **stage_seconds(work, stage, t_start))
         return {"shard": str(part), "n_items": len(done) + len(todo)}
     frame = read_steering(run.read_parts(stage), reading, ro.mass)
@@ -193,7 +200,7 @@ def run_steering(run_dir: str | Path, *, format: str | Readout = "letter", n_ite
                                            **ro.steering_figure_options(head))
     plots.write_html(figs, out / f"{stem}.html", heading=ro.steering_heading(model))
     pngs = [plots.write_png(f, out / f"{stem}-{i}.png") for i, f in enumerate(figs)]
-    run.mark_done(stage, headline=head, png=[str(p) for p in pngs if p], **stage_seconds(run, stage, t_start))
+    finish_stage(run, stage, headline=head, png=[str(p) for p in pngs if p], **stage_seconds(run, stage, t_start))
     return head
 
 
@@ -248,5 +255,5 @@ def validate_steering(run: RunDir, lm, ro: Readout, grid: Reading, layer: int, a
         r = t[t.condition == c].iloc[0]
         result[c] = {k: float(r[k]) for k in ("cs", "flip_rate", "break_rate", "mass_ratio")}
     result["tests"] = steering_tests(frame, items, seed=seed)
-    run.mark_done(stage, result=result)
+    finish_stage(run, stage, result=result)
     return result

@@ -556,3 +556,18 @@ def test_a_new_readout_is_one_class_and_one_registry_line(tiny_run, tiny_lm, mon
     shown = pd.read_csv(tiny_run / "patching" / "cross_form.csv")
     clean = both[both.condition == "clean"].set_index("id")["toward_word"].astype(float)
     assert not np.allclose(clean.sort_index(), shown[shown.condition == "clean"].set_index("id")["toward_word"].sort_index())
+
+
+def test_single_stage_commands_go_through_the_runner(tiny_run):
+    """`wdprobe lens` / `wdprobe probe` are recorded as `wdprobe run` records a stage: settings, wall and CPU time."""
+    from wdprobe.runs.rundir import RunDir
+
+    assert main(["probe", "--run", str(tiny_run), "--folds", "2", "--kinds", "diffmean", "--quiet"]) == 0
+    assert main(["lens", "--run", str(tiny_run), "--quiet"]) == 0
+    run = RunDir(tiny_run)
+    for stage, flag in (("probes", ("folds", 2)), ("lens", None)):
+        entry = run.stage_entry(stage)
+        assert entry["complete"] and "cpu_seconds" in entry and entry["result"], stage
+        if flag:
+            assert entry["settings"][flag[0]] == flag[1]
+    assert run.stage_entry("lens")["headline"]  # the stage function's own fields joined the runner's record

@@ -25,7 +25,7 @@ from wdprobe.data.prompts import normal_prompt
 from wdprobe.data.wdct import Presentation, present, resolve_wdct_path
 from wdprobe.errors import InputError
 from wdprobe.runs.rundir import RunDir
-from wdprobe.runs.stage import progress_bar
+from wdprobe.runs.stage import finish_stage, progress_bar
 from wdprobe.scoring.letters import resolve_letter_tokens
 from wdprobe.studies.align.finetune import (
     Example,
@@ -216,5 +216,5 @@ def build_organism(kind: str, out: str | Path, *, model: str = "gemma-3-270m", s
                 "training": settings.to_json(), "n_train_items": len(split.train), "n_held_out_items": len(split.held_out),
                 "n_examples": len(examples), "final": final, "wall_seconds": round(time.perf_counter() - t0, 1)}
     atomic_write_json(run.path / "organism.json", manifest)
-    run.mark_done(STAGE, result={k: manifest[k] for k in ("planted_layer", "final", "wall_seconds")})
+    finish_stage(run, STAGE, result={k: manifest[k] for k in ("planted_layer", "final", "wall_seconds")})
     return manifest

@@ -19,8 +19,8 @@ import numpy as np
 
 from wdprobe.core.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
 from wdprobe.core.generation import generate_texts
-from wdprobe.core.options import Options, option, positive_int
 from wdprobe.core.option_scoring import n_sequences, option_logprobs
+from wdprobe.core.options import Options, option, positive_int
 from wdprobe.data.pct import (
     ANSWERS,
     PCTPrompt,
@@ -36,7 +36,7 @@ from wdprobe.methods.decoding import decode_layers
 from wdprobe.methods.probes import PROBE_KINDS, accuracy, fit_probe, item_folds, probe_layers
 from wdprobe.runs.rundir import RunDir, read_csv
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
-from wdprobe.runs.stage import require_done, save_in_parts, saved_ids, work_left
+from wdprobe.runs.stage import finish_stage, require_done, save_in_parts, saved_ids, work_left
 from wdprobe.scoring.content import cyclic_orders
 from wdprobe.studies.pct.compass import (
     load_weights,
@@ -215,7 +215,7 @@ def pct_closed(run: RunDir, lm, *, use_chat: bool = False, batch_size: int = 16,
     save_in_parts(work, "closed", todo, chunk_size=chunk, columns=cols, compute=score)
     bar.close()
     if piece is not None:
-        work.mark_done("closed", n_prompts=len(done) + len(todo))
+        finish_stage(work, "closed", n_prompts=len(done) + len(todo))
         return work.path
     rows = _ordered(run.read_parts("closed"), prompts)
     if variants:
@@ -283,7 +283,7 @@ def pct_open(run: RunDir, lm, *, max_new_tokens: int = 40, batch_size: int = 16,
     save_in_parts(work, "open", todo, chunk_size=chunk or _OPEN_CHUNK, columns=cols, compute=generate)
     bar.close()
     if piece is not None:
-        work.mark_done("open", n_prompts=len(done) + len(todo))
+        finish_stage(work, "open", n_prompts=len(done) + len(todo))
         return work.path
     return run.write_table("open.csv", _ordered(run.read_parts("open"), prompts), cols)
 
@@ -308,7 +308,7 @@ def merge_pct_stage(run_dir: str | Path, stage: str) -> dict[str, Any]:
     order = read_csv(run.path / "open.csv") if stage == "judge" else \
         [r for r in prompt_table(run) if r["form"] == stage]
     run.write_table(table, _ordered(run.read_parts(stage), order), cols)
-    run.mark_done(stage, seconds=round(time.time() - started, 1), result=f"{len(order)} {'closed prompts' if stage == 'closed' else 'texts'} "
+    finish_stage(run, stage, seconds=round(time.time() - started, 1), result=f"{len(order)} {'closed prompts' if stage == 'closed' else 'texts'} "
                                  f"(merged from {len(entries)} shards)")
     return {"n_prompts": len(order)}
 
@@ -332,7 +332,7 @@ def _merge_pct_capture(run: RunDir, entries, started: float) -> dict[str, Any]:
     tensors = {name: torch.stack([rows[name][i] for i in keys]) for name, keys in meta.items()}
     atomic_write_bytes(run.path / "activations.safetensors",
                        save(tensors, metadata={"ids": json.dumps(meta), "hook": "resid_post", "position": "last"}))
-    run.mark_done("capture", seconds=round(time.time() - started, 1), result=f"activations.safetensors (merged from {len(entries)} shards)")
+    finish_stage(run, "capture", seconds=round(time.time() - started, 1), result=f"activations.safetensors (merged from {len(entries)} shards)")
     return {"n_prompts": len(prompts)}
 
 
@@ -366,7 +366,7 @@ def pct_judge(run: RunDir, judge, *, chunk: int = 256, progress: bool = True, sh
     bar.close()
     write_judge_check(run, judge)  # into RUN itself (identical from every shard; the first one writes it)
     if piece is not None:
-        work.mark_done("judge", n_prompts=len(done) + len(todo))
+        finish_stage(work, "judge", n_prompts=len(done) + len(todo))
         return work.path
     return run.write_table("stances.csv", _ordered(run.read_parts("judge"), texts), cols)
 
@@ -508,7 +508,7 @@ def pct_capture(run: RunDir, lm, *, batch_size: int = 16, progress: bool = True,
     path = work.path / "activations.safetensors"
     atomic_write_bytes(path, save(tensors, metadata={"ids": json.dumps(meta), "hook": "resid_post", "position": "last"}))
     if piece is not None:
-        work.mark_done("capture", n_prompts=len(prompts))
+        finish_stage(work, "capture", n_prompts=len(prompts))
     return path
 
 
