@@ -17,6 +17,7 @@ from wdprobe.errors import (
     WdprobeError,
 )
 from wdprobe.pipeline.config import (
+    SECTIONS,
     StudyConfig,
     config_to_toml,
     item_count,
@@ -274,11 +275,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if unknown:
             raise InputError(f"--skip: unknown stage(s) {unknown}: choose from {list(wdct_stages())}")
         stages = [s for s in (stages or cfg.stages) if s not in skip]
-    cfg = with_overrides(cfg, {"model": args.model, "data": args.data, "out": args.out, "report": args.report,
-                               "notes": args.notes, "seed": args.seed, "limit": args.limit, "sample": args.sample,
-                               "domains": args.domain, "dtype": args.dtype, "device": args.device,
-                               "device_map": args.device_map, "stages": stages, "orders": args.orders,
-                               "format": args.format})
+    given = {**StudyConfig.flag_values(args), "domains": args.domain, "stages": stages}
+    for name, section in SECTIONS.items():
+        given.update({f"{name}.{k}": v for k, v in section.flag_values(args, prefix=name.replace("_", "-")).items()})
+    cfg = with_overrides(cfg, given)
     if args.print_config:
         print(config_to_toml(cfg), end="")
         return 0
@@ -654,19 +654,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the whole study in one command: score, capture, probes, lens, patching, steering, report (full WDCT: about an hour on 2 CPU cores; --sample 100: about 4 minutes)")
     p.add_argument("--config", default=None, help="TOML study file (see --print-config); flags given here win over it")
-    p.add_argument("--model", default=None, help="embedded 'gemma-3-270m' (default), a local HF directory or a Hugging Face id")
-    p.add_argument("--data", default=None, help="items: WDCT.csv, or your own items (.csv / .jsonl / .json in the item schema, docs/guides/own-data.md); else $WDPROBE_WDCT, else the pinned WDCT download")
-    p.add_argument("--out", default=None, help="run directory (default runs/<model>); re-running resumes and skips finished stages")
-    p.add_argument("--report", default=None, help="report folder (default: report/ inside the run directory): index.html, README.md, scores.md, figures")
-    p.add_argument("--notes", default=None, help="markdown file with a written reading, added to the report")
-    p.add_argument("--seed", type=int, default=None, help="option shuffling and every sampled subset")
-    _add_measurement_args(p)
-    p.add_argument("--limit", type=int, default=None, help="first N items (a quick look)")
-    p.add_argument("--sample", type=int, default=None, help="seeded random sample of N items")
+    StudyConfig.add_flags(p.add_argument_group("the study (flags given win over --config)"))
     p.add_argument("--domain", action="append", default=None, help="keep only this domain (repeatable; any domain of the items)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default=None)
-    p.add_argument("--device-map", default=None)
+    for name, section in SECTIONS.items():  # every key of every [section] of a study file, as --section-key
+        section.add_flags(p.add_argument_group(f"[{name}] of the study file"), prefix=name.replace("_", "-"))
     p.add_argument("--stages", default=None, help="comma list of stages to run (default all, in pipeline order)")
     p.add_argument("--skip", default=None, help="comma list of stages to leave out")
     p.add_argument("--restart", default=None, help="comma list of patch_cross, patch_positional, steer to redo (and all after)")

@@ -217,6 +217,8 @@ class Options:
             choices = f.metadata.get("choices")
             if choices is not None and origin not in (list, tuple):
                 kwargs["choices"] = list(choices)
+            else:
+                kwargs["metavar"] = f.name.upper()
             parser.add_argument(*names, **kwargs)
 
     @classmethod
