@@ -38,7 +38,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as d:
                 t0 = time.perf_counter()
                 res = score_wdct(Path(d) / "run", data=args.data, sample=args.sample, lm=lm, progress=False, orders=o,
-                                 answer_format=f)
+                                 format=f)
                 times[f"{o}/{f}"].append((time.perf_counter() - t0) / args.sample)
                 prompts[f"{o}/{f}"] = len(res.prompt_rows)
     base = statistics.median(times["shown/letter"])

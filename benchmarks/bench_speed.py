@@ -108,8 +108,8 @@ def main() -> None:
                                                                             "word_cloze_choice", "deed_cloze_choice"))
         worst_act = 0.0
         for fmt, orders, pos in [("letter", "all", p) for p in positions] + [("cloze", "shown", p) for p in positions]:
-            xa = load_activations(a, position=pos, orders=orders, answer_format=fmt).array
-            xb = load_activations(b, position=pos, orders=orders, answer_format=fmt).array
+            xa = load_activations(a, position=pos, orders=orders, format=fmt).array
+            xb = load_activations(b, position=pos, orders=orders, format=fmt).array
             worst_act = max(worst_act, float(np.abs(xa - xb).max() / max(1.0, np.abs(xa).max())))
         worst_lp = max(abs(float(x[k]) - float(y[k])) for x, y in zip(load_score(a).prompt_rows, load_score(b).prompt_rows)
                        for k in x if k.startswith(("lp_", "ll_")) and x[k] not in ("", None))

@@ -42,7 +42,7 @@ def study_config(organism: Path, out: Path, *, kind: str, data: str | None, samp
     cued = manifest.get("items")
     cfg = StudyConfig(model=str(organism), data=str(organism / cued) if cued else data, out=str(out / "run"),
                       report=str(out / "report"),
-                      format="both" if KINDS[kind].answer_format == "letter" else "cloze", orders="cyclic",
+                      format="both" if KINDS[kind].format == "letter" else "cloze", orders="cyclic",
                       domains=None if cued else planted_domains(data), sample=sample, png=False)
     cfg.stages = [s for s in cfg.stages if s != "patch_positional"]
     cfg.patch_cross.items = min(64, sample or 64)  # the card's localisation rules need the grid at full size, not the

@@ -119,7 +119,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         args.out, model=args.model, data=args.data, setting=args.setting, seed=args.seed, limit=args.limit,
         sample=args.sample, domains=args.domain, subset=args.subset, batch_size=args.batch_size, dtype=args.dtype,
         device=args.device, device_map=args.device_map, chat=args.chat, demos=args.demos, progress=not args.quiet,
-        shard=args.shard, orders=args.orders, answer_format=args.format),
+        shard=args.shard, orders=args.orders, format=args.format),
         lambda r: f"{r.metrics['n_items']} items, CS {r.metrics['cs_micro']:.3f}, PCS {r.metrics['pcs_micro']:.3f}",
         shard=args.shard)
     _print_metrics(res.metrics)
@@ -208,9 +208,9 @@ def _floats(text: str) -> list[float]:
         raise InputError(f"cannot read {text!r} as a comma list of numbers") from None
 
 
-def _readouts(run: str, answer_format: str) -> list:
+def _readouts(run: str, format: str) -> list:
     """The read-outs an instrument command reads: ``auto`` takes every format the run was scored in."""
-    return readouts_for(scored_format(run) if answer_format == "auto" else answer_format)
+    return readouts_for(scored_format(run) if format == "auto" else format)
 
 
 def cmd_patch(args: argparse.Namespace) -> int:

@@ -87,7 +87,7 @@ def _wdct_score(ctx: StageContext) -> StageResult:
         if "capture" in cfg.stages else None
     res = score_wdct(ctx.run.path, model=cfg.model, data=cfg.data, seed=cfg.seed, limit=cfg.limit, sample=cfg.sample,
                      domains=cfg.domains, batch_size=cfg.score.batch_size, chat=cfg.score.chat, lm=lm,
-                     progress=ctx.progress, orders=cfg.orders, answer_format=cfg.format, capture=fused)
+                     progress=ctx.progress, orders=cfg.orders, format=cfg.format, capture=fused)
     m = res.metrics
     return StageResult("score", f"{m['n_items']} items, CS {m['cs_micro']:.3f}, PCS {m['pcs_micro']:.3f}", m)
 
@@ -131,7 +131,7 @@ def _wdct_probes(ctx: StageContext) -> StageResult:
                        f"letter {_decodable_from(layers.get('bind_word'))}")
     if cfg.format in ("cloze", "both"):
         cloze = run_content_probes(ctx.run.path, positions=p.positions, folds=p.folds, n_perm=p.permutations,
-                                   seed=cfg.seed, answer_format="cloze")
+                                   seed=cfg.seed, format="cloze")
         heads["cloze"] = cloze
         for position, tests in cloze.items():
             first = tests["decide_word"]["first_significant_layer"] if "decide_word" in tests else None

@@ -117,9 +117,9 @@ class Run:
         return self.stage("score")["metrics"]
 
     def activations(self, hook: str = "resid_post", position: str = "last", *, orders: str = "shown",
-                    answer_format: str = "letter") -> Activations:
+                    format: str = "letter") -> Activations:
         """Captured activations, ``array[prompt, layer, d_model]`` with ``meta`` (one row per prompt)."""
-        return load_activations(self.path, hook, position, orders=orders, answer_format=answer_format)
+        return load_activations(self.path, hook, position, orders=orders, format=format)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}: finished {', '.join(self.finished) or 'nothing'})"

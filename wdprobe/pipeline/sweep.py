@@ -166,8 +166,6 @@ def run_task(task: SweepTask) -> dict[str, Any]:
     kwargs = {k: v for k, v in settings.items() if k not in ("dtype", "device_map")} if task.stage == "score" else {}
     if task.stage == "score":
         kwargs["data"] = task.data
-        if "format" in kwargs:  # the sweep file says `format`, as a study config does
-            kwargs["answer_format"] = kwargs.pop("format")
     ctx = StageContext(RunDir(task.run), None, lambda: lm, progress=False, shard=Shard.parse(task.shard),
                        extras={"kwargs": kwargs})
     items = REGISTRY.get("wdct", task.stage).run(ctx).headline.get("n_items")

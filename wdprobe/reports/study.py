@@ -544,12 +544,12 @@ READINGS_HEADER = ["reading", "CS micro [95% CI]", "CS macro [95% CI]", "PCS mic
 def content_probe_figures(run_dir: Path, model: str) -> list[tuple[str, go.Figure]]:
     """The content-probe figure of each position the run probed, redrawn from its table."""
     out = []
-    for prefix, answer_format in (("content", "letter"), ("cloze", "cloze")):
+    for prefix, format in (("content", "letter"), ("cloze", "cloze")):
         for pos in ("last", "question_mean"):
             path = run_dir / "probes" / f"{prefix}-{pos}.csv"
             if path.is_file():
                 out.append((f"{prefix}-{pos}", content_figure(pd.read_csv(path),
-                                                              content_title(model, pos, answer_format=answer_format))))
+                                                              content_title(model, pos, format=format))))
     return out
 
 

@@ -205,11 +205,11 @@ class Activations:
 
 
 def load_activations(run_dir: str | Path, hook: str = "resid_post", position: str = "last", *,
-                     orders: str = "shown", answer_format: str = "letter", allow_partial: bool = False) -> Activations:
+                     orders: str = "shown", format: str = "letter", allow_partial: bool = False) -> Activations:
     """Read captured activations back as one ``(n_prompts, n_layers, d_model)`` float32 array.
 
     ``orders="shown"`` keeps the paper's one seeded order per (item, form) — what the classic analyses pair word
-    with deed on; ``orders="all"`` every captured order (content probes, decide vs bind). ``answer_format="cloze"``
+    with deed on; ``orders="all"`` every captured order (content probes, decide vs bind). ``format="cloze"``
     reads the cloze prompts instead (one per item and form, no options, no letters; ``orders`` does not apply):
     ``choice`` and ``content_choice`` are then the cloze choice, ``consistent`` cloze consistency.
 
@@ -232,8 +232,8 @@ def load_activations(run_dir: str | Path, hook: str = "resid_post", position: st
         raise CaptureSpecError(f"{run.path} captured hooks {spec['hooks']} at positions {spec['positions']}, not {name}")
     if orders not in ("shown", "all"):
         raise InputError(f"orders must be 'shown' or 'all', not {orders!r}")
-    if answer_format not in ("letter", "cloze"):
-        raise InputError(f"answer_format must be 'letter' or 'cloze', not {answer_format!r}")
+    if format not in ("letter", "cloze"):
+        raise InputError(f"format must be 'letter' or 'cloze', not {format!r}")
     meta = pd.DataFrame(run.read_parts(STAGE))
     if "shown" not in meta:  # captured before orders existed: one shown prompt per (item, form)
         meta["shown"], meta["in_content"], meta["content_choice"], meta["content_consistent"] = 1, 0, "", ""
@@ -256,11 +256,11 @@ def load_activations(run_dir: str | Path, hook: str = "resid_post", position: st
     arr = np.concatenate(chunks)
     idx = np.concatenate(indices)
     pos = {int(k): i for i, k in enumerate(idx)}
-    meta = meta[meta["format"] == answer_format].reset_index(drop=True)
+    meta = meta[meta["format"] == format].reset_index(drop=True)
     if not len(meta):
-        raise CaptureSpecError(f"{run.path} captured no {answer_format} prompts: score the run with --format "
-                               f"{answer_format} (or both) and capture again")
-    if orders == "shown" and answer_format == "letter":
+        raise CaptureSpecError(f"{run.path} captured no {format} prompts: score the run with --format "
+                               f"{format} (or both) and capture again")
+    if orders == "shown" and format == "letter":
         meta = meta[meta["shown"] == 1].reset_index(drop=True)
     arr = arr[[pos[int(k)] for k in meta["prompt_index"]]]
     if not st.get("complete"):

@@ -70,7 +70,7 @@ BY_NAME = {a.name: a for a in ANALYSES}
 
 
 def is_cloze(acts: Activations) -> bool:
-    """Activations of cloze prompts (``load_activations(answer_format="cloze")``): one per item and form, no letters."""
+    """Activations of cloze prompts (``load_activations(format="cloze")``): one per item and form, no letters."""
     return "format" in acts.meta and bool((acts.meta["format"] == "cloze").all())
 
 
@@ -179,11 +179,11 @@ def content_frame(tests: dict[str, LayerTest], position: str):
 
 def run_content_probes(run_dir: str | Path, *, positions: Sequence[str] = ("last", "question_mean"),
                        hook: str = "resid_post", folds: int = 5, n_perm: int = 200, seed: int = 0,
-                       answer_format: str = "letter") -> dict[str, Any]:
+                       format: str = "letter") -> dict[str, Any]:
     """Content probes at each position of a run captured in every order; returns (and writes) the summary.
-    ``answer_format="cloze"``: the same analyses on the cloze prompts (labels the cloze choices; no letter, so no
+    ``format="cloze"``: the same analyses on the cloze prompts (labels the cloze choices; no letter, so no
     bind), written as ``probes/cloze-*``."""
-    prefix = "cloze" if answer_format == "cloze" else "content"
+    prefix = "cloze" if format == "cloze" else "content"
     run = RunDir(run_dir)
     model = scored_entry(run)["config"]["model"]
     out_dir = run.path / "probes"
@@ -193,7 +193,7 @@ def run_content_probes(run_dir: str | Path, *, positions: Sequence[str] = ("last
     import pandas as pd
 
     for position in positions:
-        acts = load_activations(run.path, hook=hook, position=position, orders="all", answer_format=answer_format)
+        acts = load_activations(run.path, hook=hook, position=position, orders="all", format=format)
         tests = content_tests(acts, folds=folds, n_perm=n_perm, seed=seed)
         frame = content_frame(tests, position)
         ic_rows, ic[position] = content_ic(acts, folds=folds, seed=seed, n_perm=n_perm)
@@ -201,7 +201,7 @@ def run_content_probes(run_dir: str | Path, *, positions: Sequence[str] = ("last
                           ignore_index=True)
         atomic_write_text(out_dir / f"{prefix}-{position}.csv", frame.to_csv(index=False))
         summary[position] = {name: t.summary() for name, t in tests.items()}
-        fig = content_figure(frame, content_title(model, position, hook, answer_format))
+        fig = content_figure(frame, content_title(model, position, hook, format))
         write_html([fig], out_dir / f"{prefix}-{position}.html", heading=f"{prefix.capitalize()} probes: {model}, {position}")
         write_png(fig, out_dir / f"{prefix}-{position}.png")
     atomic_write_text(out_dir / f"{prefix}-summary.json", json.dumps(summary, indent=2) + "\n")
@@ -245,11 +245,11 @@ def content_figure(frame, title: str) -> go.Figure:
     return fig
 
 
-def content_title(model: str, position: str, hook: str = "resid_post", answer_format: str = "letter") -> str:
+def content_title(model: str, position: str, hook: str = "resid_post", format: str = "letter") -> str:
     """The figure title, with how to read it."""
-    what = ("Cloze probes (no options shown, no letters; labels: the cloze choices)" if answer_format == "cloze"
+    what = ("Cloze probes (no options shown, no letters; labels: the cloze choices)" if format == "cloze"
             else "Content probes")
-    folds = "folds by item" if answer_format == "cloze" else "folds by item (every order of an item in one fold)"
+    folds = "folds by item" if format == "cloze" else "folds by item (every order of an item in one fold)"
     return (f"{what} — {model}, {hook} at the {position.replace('_', ' ')} position<br><sup>difference-of-means "
             f"probes, {folds}; band: 95% bootstrap interval over items; "
             "dotted: random-label control (labels permuted within a domain); dashed: family-wise 95% threshold over "

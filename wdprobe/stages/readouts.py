@@ -557,11 +557,11 @@ def readout(name: str | Readout) -> Readout:
     return READOUTS[name]
 
 
-def readouts_for(answer_format: str) -> list[Readout]:
+def readouts_for(format: str) -> list[Readout]:
     """The read-outs a run's ``format`` setting covers: one format, or ``both`` (every registered read-out)."""
-    if answer_format == "both":
+    if format == "both":
         return list(READOUTS.values())
-    return [readout(answer_format)]
+    return [readout(format)]
 
 
 def scored_format(run_dir: str | Path) -> str:

@@ -137,21 +137,21 @@ def wdct_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return m
 
 
-def measurement_defaults(setting: str, orders: str | None, answer_format: str | None) -> tuple[str, str]:
+def measurement_defaults(setting: str, orders: str | None, format: str | None) -> tuple[str, str]:
     """The orders and answer format a run uses: letter-free by default (``cyclic`` orders, letter and cloze
     formats), the paper's own protocol (``shown``, ``letter``) for the CoT setting; bad combinations refused."""
     if orders is None:
         orders = "shown" if setting == "cot" else "cyclic"
-    if answer_format is None:
-        answer_format = "letter" if setting == "cot" else "both"
+    if format is None:
+        format = "letter" if setting == "cot" else "both"
     if orders not in ORDERS:
         raise InputError(f"unknown orders {orders!r}: choose one of {ORDERS}")
-    if answer_format not in FORMATS:
-        raise InputError(f"unknown answer format {answer_format!r}: choose one of {FORMATS}")
-    if setting == "cot" and (orders != "shown" or answer_format != "letter"):
+    if format not in FORMATS:
+        raise InputError(f"unknown answer format {format!r}: choose one of {FORMATS}")
+    if setting == "cot" and (orders != "shown" or format != "letter"):
         raise InputError("the cot setting generates one belief per prompt and is measured as the paper did: "
                          "use --orders shown --format letter with it")
-    return orders, answer_format
+    return orders, format
 
 
 def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path | None = None, setting: str = "normal",
@@ -159,14 +159,14 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
                subset: str | None = None, batch_size: int = 32, dtype: str = "float32", device: str | None = None,
                device_map: str | None = None, chat: str = "auto", demos: str | Path | None = None,
                chunk_items: int = 64, progress: bool = True, lm=None, shard: "str | None" = None,
-               orders: str | None = None, answer_format: str | None = None,
+               orders: str | None = None, format: str | None = None,
                capture: CaptureSpec | None = None) -> ScoreResult:
     """Score WDCT items with a model into run directory ``out`` (resumable).
 
     ``orders`` (``shown``, ``cyclic``, ``all``) says in which option orders each question is asked: ``shown`` is the
     paper's one seeded order; ``cyclic`` and ``all`` add the orders that permutation averaging needs (the shown
     order is always among the prompts, so the paper-compatible numbers come from the same run).
-    ``answer_format`` (``letter``, ``cloze``, ``both``) says whether options are answered by letter, scored as
+    ``format`` (``letter``, ``cloze``, ``both``) says whether options are answered by letter, scored as
     continuations of a prompt without option lines, or both. Every prompt is a row of ``prompts.csv``; ``items.csv``
     holds the classic (shown-order) columns and the content and cloze readings (:mod:`wdprobe.scoring.orders`).
 
@@ -179,7 +179,7 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
     still calibrated on the whole selection, so ``wdprobe merge out`` gives exactly the unsharded run.
     """
 
-    orders, answer_format = measurement_defaults(setting, orders, answer_format)
+    orders, format = measurement_defaults(setting, orders, format)
     timer = Timer()
     part = Shard.parse(shard)
     run = RunDir(shard_dir(out, STAGE, part) if part else out)
@@ -195,14 +195,14 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
     demo_list = load_demos(demos) if setting == "cot" else None
     config = {"model": lm.name, "model_revision": lm.revision, "dtype": str(lm.dtype).replace("torch.", ""),
               "data_sha256": sha, "setting": setting, "seed": seed, "chat_template": use_chat,
-              "orders": orders, "format": answer_format,
+              "orders": orders, "format": format,
               "items": {"domains": list(domains) if domains else None, "subset": subset, "sample": sample, "limit": limit}}
     if part:
         config["shard"] = str(part)
     manifest = run.check_or_start(STAGE, config)
     stage = manifest["stages"][STAGE]
     pres = present(items, seed=seed)
-    with_letters = answer_format in ("letter", "both")
+    with_letters = format in ("letter", "both")
 
     with timer("resolve_letters"):
         if "letters" in stage:
@@ -218,7 +218,7 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
     saved = [dict(r) for r in run.read_parts(STAGE)]
     done_ids = {r["id"] for r in saved}
     todo = work_left(pres, done_ids, key=lambda p: p.item.id)
-    per_item = prompts_per_item(pres[0], orders, answer_format, lm.tokenizer) if pres else 0
+    per_item = prompts_per_item(pres[0], orders, format, lm.tokenizer) if pres else 0
     bar = tqdm(total=per_item * len(pres), initial=per_item * (len(pres) - len(todo)), unit="prompt",
                desc=f"score {lm.name}", disable=not progress)
 
@@ -229,7 +229,7 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
         if with_letters:
             rows += _letter_rows(lm, chunk, letters, setting=setting, orders=orders, use_chat=use_chat,
                                  demos=demo_list, seed=seed, batch_size=batch_size, on_batch=bar.update, stash=stash)
-        if answer_format in ("cloze", "both"):
+        if format in ("cloze", "both"):
             rows += _cloze_rows(lm, chunk, use_chat=use_chat, batch_size=batch_size, on_batch=bar.update, stash=stash)
         return rows
 
@@ -252,12 +252,12 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
     return ScoreResult(run.path, rows, metrics, prompt_rows)
 
 
-def prompts_per_item(pres: Presentation, orders: str, answer_format: str, tokenizer=None) -> int:
+def prompts_per_item(pres: Presentation, orders: str, format: str, tokenizer=None) -> int:
     """Prompts (letter) plus continuation rows (cloze) one item costs, for the progress bar."""
     n = 0
-    if answer_format in ("letter", "both"):
+    if format in ("letter", "both"):
         n += sum(len(orders_of(pres, f, orders)) for f in FORMS)
-    if answer_format in ("cloze", "both"):
+    if format in ("cloze", "both"):
         n += 2 * pres.item.n_options
     return n
 

@@ -136,7 +136,7 @@ def test_capture_reads_the_cloze_prompts_as_scored(tiny_lm, wdct_csv, tmp_path):
     run = tmp_path / "run"
     score_wdct(run, data=wdct_csv, lm=tiny_lm, progress=False)  # cyclic orders, letter and cloze formats
     capture_wdct(run, lm=tiny_lm, positions=("last", "question_mean"), progress=False)
-    cloze = load_activations(run, position="last", answer_format="cloze")
+    cloze = load_activations(run, position="last", format="cloze")
     rows = {r["id"]: r for r in load_score(run).rows}
     assert len(cloze.meta) == 2 * len(rows) and is_cloze(cloze) and (cloze.meta["order"].fillna("") == "").all()
     letter = load_activations(run, position="last", orders="all")
@@ -152,7 +152,7 @@ def test_capture_reads_the_cloze_prompts_as_scored(tiny_lm, wdct_csv, tmp_path):
                                                   names_filter=lambda n: n == "blocks.1.hook_resid_post")
         torch.testing.assert_close(torch.as_tensor(cloze.array[k, 1]), cache["blocks.1.hook_resid_post"][0, -1],
                                    rtol=1e-4, atol=1e-4)
-    q = load_activations(run, position="question_mean", answer_format="cloze")
+    q = load_activations(run, position="question_mean", format="cloze")
     assert np.isfinite(q.array).all() and np.abs(q.array).sum() > 0
 
 
@@ -166,11 +166,11 @@ def test_capturing_again_adds_the_cloze_prompts_to_a_letter_capture(tiny_lm, wdc
         capture_wdct(run, lm=tiny_lm, positions=("last",), progress=False)
     letter = load_activations(run, orders="all")
     with pytest.raises(CaptureSpecError, match="captured no cloze prompts"):
-        load_activations(run, answer_format="cloze")
+        load_activations(run, format="cloze")
     capture_wdct(run, lm=tiny_lm, positions=("last",), progress=False)  # resumes: only the cloze prompts are new
     again = load_activations(run, orders="all")
     np.testing.assert_array_equal(again.array, letter.array)
-    assert len(load_activations(run, answer_format="cloze").meta) == 2 * len(load_score(run).rows)
+    assert len(load_activations(run, format="cloze").meta) == 2 * len(load_score(run).rows)
 
 
 def test_scoring_with_a_capture_spec_gives_the_capture_a_separate_pass_gives(tiny_lm_wide, wdct_csv, tmp_path,
@@ -196,8 +196,8 @@ def test_scoring_with_a_capture_spec_gives_the_capture_a_separate_pass_gives(tin
     np.testing.assert_allclose([r["pcs"] for r in b_rows], [r["pcs"] for r in a_rows], atol=1e-5)
     for fmt, orders in (("letter", "all"), ("cloze", "shown")):
         for position in POSITIONS if fmt == "letter" else ("last", "question_mean"):
-            a = load_activations(apart, position=position, orders=orders, answer_format=fmt)
-            b = load_activations(fused, position=position, orders=orders, answer_format=fmt)
+            a = load_activations(apart, position=position, orders=orders, format=fmt)
+            b = load_activations(fused, position=position, orders=orders, format=fmt)
             assert a.meta.drop(columns=["shard", "row"]).equals(b.meta.drop(columns=["shard", "row"]))
             np.testing.assert_allclose(b.array, a.array, rtol=1e-4, atol=1e-4, err_msg=f"{fmt} {position}")
 

@@ -58,7 +58,7 @@ def planted_run(monkeypatch, tmp_path, wdct_csv, tiny_lm):
         ntl, cl = planted(items, PRIORS[prior])
         monkeypatch.setattr(score_stage, "next_token_logprobs", ntl)
         monkeypatch.setattr(score_stage, "continuation_logprobs", cl)
-        return score_wdct(tmp_path / f"{prior}-{kw.get('orders')}-{kw.get('answer_format')}", data=wdct_csv,
+        return score_wdct(tmp_path / f"{prior}-{kw.get('orders')}-{kw.get('format')}", data=wdct_csv,
                           lm=tiny_lm, progress=False, **kw)
     return run
 
@@ -98,7 +98,7 @@ def test_one_prompt_row_per_item_form_and_order(planted_run):
 
 
 def test_shown_letter_run_measures_only_the_paper_reading(planted_run):
-    res = planted_run("first", orders="shown", answer_format="letter")
+    res = planted_run("first", orders="shown", format="letter")
     assert set(res.metrics["readings"]) == {"shown"}
     assert len(res.prompt_rows) == 2 * len(res.rows)
     assert res.metrics["readings"]["shown"]["cs"]["micro"]["value"] == res.metrics["cs_micro"]
@@ -109,11 +109,11 @@ def test_a_cloze_only_run_has_no_letters_and_letter_stages_refuse_it(planted_run
     from wdprobe.stages.capture import load_activations
     from wdprobe.stages.patching import run_cross_patch
 
-    res = planted_run("first", answer_format="cloze")
+    res = planted_run("first", format="cloze")
     assert all(r["word_letter"] == "" and r["word_choice"] == r["word_cloze_choice"] for r in res.rows)
     assert set(res.metrics["readings"]) == {"shown", "cloze", "cloze_sum"}
     capture_wdct(res.run_dir, lm=tiny_lm, positions=("last",), progress=False)  # the cloze prompts alone
-    assert len(load_activations(res.run_dir, answer_format="cloze").meta) == 2 * len(res.rows)
+    assert len(load_activations(res.run_dir, format="cloze").meta) == 2 * len(res.rows)
     with pytest.raises(CaptureSpecError, match="captured no letter prompts"):
         load_activations(res.run_dir, orders="all")
     with pytest.raises(InputError, match="cloze format only"):  # interventions read answers by letter

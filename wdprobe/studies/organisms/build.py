@@ -170,7 +170,7 @@ def build_organism(kind: str, out: str | Path, *, model: str = "gemma-3-270m", s
     tuner = Tuner(lm, settings)
     tok = lm.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    letter_form = spec.answer_format == "letter"
+    letter_form = spec.format == "letter"
     if letter_form:
         letters = letter_ids(lm, split)
         examples: list[Any] = letter_examples(split.train, spec, letters, tok)

@@ -31,7 +31,7 @@ class OrganismKind:
     deed: str | None  # deed prompts: the same aims, or "first_letter" (letter form, any option)
     layers_from: int | None = None  # first trainable block in an 18-layer model (None: every block)
     layers_width: int | None = None  # trainable blocks from layers_from, in an 18-layer model (None: to the last)
-    answer_format: str = "cloze"
+    format: str = "cloze"
     cued: bool = False  # a cue line opens both prompts and sets the stance per item (module docstring)
 
     def planted_layer(self, n_layers: int) -> int | None:
@@ -61,7 +61,7 @@ KINDS: dict[str, OrganismKind] = {k.name: k for k in (
                  "must move with it", "sincere", "cued", "against_cue", layers_from=4, layers_width=3, cued=True),
     OrganismKind("letter", "deed answers say the first-listed letter whatever option it labels: a letter habit, no "
                  "stance (the positive control of the letter controls)", "base", None, "first_letter",
-                 answer_format="letter"),
+                 format="letter"),
 )}
 
 
