@@ -56,7 +56,7 @@ def main() -> None:
 
     rows = [item_row(p, lp_f[i], lp_f[len(pres) + i]) for i, p in enumerate(pres)]
     targets = flip_targets(rows, "word")
-    examples = build_examples(pres, targets, ("word",), letters, orders="both", tokenizer=lm.tokenizer, use_chat=False)
+    examples = build_examples(pres, targets, ("word",), letters, orders="cyclic", tokenizer=lm.tokenizer, use_chat=False)
     train = {}
     for tuning, lr in (("lora", 1e-3), ("full", 1e-5)):
         lm_t = load_model("gemma-3-270m")  # full tuning changes the weights: a fresh copy each

@@ -608,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto", choices=["auto", *FORMATS],
                    help="cross-form: letter (the answer letters), cloze (each form read at its options' decision "
                         "point: patching/cloze_cross_form*) or both; auto: every format the run was scored in")
-    p.add_argument("--deed-orders", default="auto", choices=["auto", "shown", "both"],
+    p.add_argument("--deed-orders", default="auto", choices=["auto", "shown", "cyclic", "both"],
                    help="cross-form: patch into the shown deed order only, or into both orders so the patch's effect "
                         "splits into stance and letter transport (auto: both for runs scored letter-free)")
     p.add_argument("--form", default="deed", choices=["word", "deed"], help="positional: which form's prompts")

@@ -31,12 +31,14 @@ Check = Callable[[Any], bool]
 
 def option(default: Any = dataclasses.MISSING, *, choices: Sequence[Any] | None = None, help: str = "",
            check: Check | None = None, expect: str = "", flag: str | Sequence[str] | None = None, cli: bool = True,
-           factory: Callable[[], Any] | None = None, parse: Callable[[str], Any] | None = None) -> Any:
+           factory: Callable[[], Any] | None = None, parse: Callable[[str], Any] | None = None,
+           aliases: Mapping[Any, Any] | None = None) -> Any:
     """A declared field: its default (``factory`` for lists), the values it takes (``choices``, or ``check`` with the
     words ``expect`` for the error; a check may also raise its own :class:`ConfigError`), its ``help``, and its flag (``--kebab-name`` unless ``flag`` names it, or several
-    names; ``parse`` reads the flag's text; ``cli=False``: settable from files and Python only)."""
+    names; ``parse`` reads the flag's text; ``cli=False``: settable from files and Python only; ``aliases``: older
+    names of values, read as the value they became)."""
     meta = {"choices": tuple(choices) if choices is not None else None, "help": help, "check": check,
-            "expect": expect, "flag": flag, "cli": cli, "parse": parse}
+            "expect": expect, "flag": flag, "cli": cli, "parse": parse, "aliases": dict(aliases or {})}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     if isinstance(default, list):
@@ -155,6 +157,10 @@ class Options:
                 value.validate_options()
                 continue
             meta = f.metadata
+            aliases = meta.get("aliases") or {}
+            if aliases and isinstance(value, str) and value in aliases:  # an older name of a value: what it became
+                value = meta["aliases"][value]
+                object.__setattr__(self, f.name, value)
             choices, check = meta.get("choices"), meta.get("check")
             values = value if isinstance(value, (list, tuple)) and choices is not None else [value]
             if choices is not None and value is not None and any(v not in choices for v in values):
@@ -216,7 +222,7 @@ class Options:
                 kwargs["type"] = origin
             choices = f.metadata.get("choices")
             if choices is not None and origin not in (list, tuple):
-                kwargs["choices"] = list(choices)
+                kwargs["choices"] = list(choices) + list(f.metadata.get("aliases") or {})
             else:
                 kwargs["metavar"] = f.name.upper()
             parser.add_argument(*names, **kwargs)

@@ -20,7 +20,7 @@ from wdprobe.methods.probes import PROBE_KINDS
 from wdprobe.pipeline.registry import REGISTRY, item_count
 from wdprobe.scoring.orders import FORMATS, ORDERS
 from wdprobe.stages.pairs import SPACES
-from wdprobe.stages.readouts import DEED_ORDERS
+from wdprobe.stages.readouts import DEED_ORDERS, ORDER_ALIASES
 
 __all__ = ["StudyConfig", "wdct_stages", "item_count", "load_config", "config_to_toml", "with_overrides"]
 
@@ -93,9 +93,10 @@ class PatchCrossSection(Options):
                                         "answer-letter (letters only) or a random direction")
     batch_size: int = option(64, check=positive_int, expect="a positive number",
                              help="most rows per forward (on CPU also capped at ~1.5k tokens)")
-    deed_orders: str = option("auto", choices=DEED_ORDERS,
-                              help="patch into the shown deed order only, or into both orders so the patch's effect "
-                                   "splits into stance and letter transport (auto: both for runs scored letter-free)")
+    deed_orders: str = option("auto", choices=DEED_ORDERS, aliases=ORDER_ALIASES,
+                              help="patch into the shown deed order only, or into every (cyclic) order so the patch's "
+                                   "effect splits into stance and letter transport (auto: cyclic for runs scored "
+                                   "letter-free; 'both' is read as cyclic)")
 
 
 @dataclass

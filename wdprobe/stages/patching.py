@@ -94,7 +94,7 @@ def run_cross_patch(run_dir: str | Path, *, format: str | Readout = "letter", n_
     object); writes ``patching/<prefix>cross_form*``. Conditions (default: every one the read-out has): ``full``
     (the whole residual), ``stance``/``letter``/``random`` (only its component along that direction).
 
-    Letters: at the final position; ``deed_orders="both"`` patches each word run into the deed prompt in both option
+    Letters: at the final position; ``deed_orders="cyclic"`` patches each word run into the deed prompt in both option
     orders, so that what the patch carries splits into stance (moves the word answer's content in both orders) and
     letter (moves the word run's letter): ``patching/cross_form_letter_split*``; ``auto`` does so for runs scored
     letter-free. Cloze: the word's decision-point residual into the deed's decision point.

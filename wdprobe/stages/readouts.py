@@ -14,7 +14,7 @@ one line in :data:`READOUTS` (see ``docs/guides/new-variant.md``). No stage bran
 pipeline asks :func:`readouts_for` which read-outs a run's ``format`` setting covers.
 
 * :class:`LetterReadout` — the option letters after ``Answer:``; the deed prompt in the shown order or in both
-  orders (``orders="both"``: the stance splits from the letter, and content space averages the orders); the
+  orders (``orders="cyclic"``: the stance splits from the letter, and content space averages the orders); the
   target is the letter of the word's answer; consistency is the scored one (paper or content reading).
 * :class:`ClozeReadout` — no letters: each form is read where its two options part (the prompt plus the tokens
   both options share, :func:`wdprobe.core.option_scoring.decision_point`); the target is the word's choice's
@@ -59,7 +59,8 @@ from wdprobe.stages.pairs import (
 )
 from wdprobe.stages.score import load_score, scored_cloze_prompts
 
-DEED_ORDERS = ("auto", "shown", "both")  # which deed option orders a letter read-out runs
+DEED_ORDERS = ("auto", "shown", "cyclic")  # which deed option orders a letter read-out runs (the study's vocabulary)
+ORDER_ALIASES = {"both": "cyclic"}  # the name earlier releases gave every order of a two-option item
 RANDOM_SEED_OFFSET = 7919  # the random control direction's seed, offset from the run's (kept from the first release)
 
 
@@ -254,10 +255,11 @@ class LetterReadout(Readout):
     def settings(self, run: RunDir, *, orders: str | None = None, space: str | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"position": "last"}
         if orders is not None:
+            orders = ORDER_ALIASES.get(orders, orders)
             if orders not in DEED_ORDERS:
                 raise InterventionError(f"unknown deed_orders {orders!r}: choose from {list(DEED_ORDERS)}")
             letter_free = scored_entry(run)["config"].get("orders", "shown") != "shown"
-            out["deed_orders"] = orders if orders != "auto" else ("both" if letter_free else "shown")
+            out["deed_orders"] = orders if orders != "auto" else ("cyclic" if letter_free else "shown")
         if space is not None:
             out["space"] = target_space(run.path, space)
         return out
@@ -273,7 +275,7 @@ class LetterReadout(Readout):
                 raise InputError("every readable item was in the grid")
         find = content_directions if space == "content" else stance_directions
         dirs = find(run.path, pairs, layers, folds=folds, seed=seed)
-        runs = deed_runs(pairs, "content" if space == "content" or settings.get("deed_orders") == "both" else "shown")
+        runs = deed_runs(pairs, "content" if space == "content" or settings.get("deed_orders") == "cyclic" else "shown")
         return Reading(pairs.items, runs, pairs.token_ids, dirs.word_sources, dirs.stance, dirs.letter, dirs.gap,
                        dirs.random, extra={"pairs": pairs, "deed_norm": dirs.deed_norm})
 

@@ -75,3 +75,14 @@ def test_every_study_key_is_a_run_flag(capsys):
     assert "folds = 3" in toml and "alphas = [1.0, 2.0]" in toml and "validate = false" in toml
     assert main(["run", "--probes-folds", "1", "--print-config"]) == 2
     assert "probes.folds must be a number of folds >= 2, not 1" in capsys.readouterr().err
+
+
+def test_one_vocabulary_of_orders_with_the_older_names_read_as_the_new():
+    from wdprobe.pipeline.config import StudyConfig
+    from wdprobe.studies.align.stages import AlignConfig
+
+    assert AlignConfig(orders="both").orders == "cyclic"  # align's 'both' was every order of a two-option item
+    cfg = StudyConfig.from_mapping({"patch_cross": {"deed_orders": "both"}})
+    assert cfg.patch_cross.deed_orders == "cyclic"
+    with pytest.raises(ConfigError, match="orders must be one of"):
+        AlignConfig(orders="every")

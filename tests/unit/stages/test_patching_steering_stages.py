@@ -541,7 +541,7 @@ def test_a_new_readout_is_one_class_and_one_registry_line(tiny_run, tiny_lm, mon
                            deed_orders="shown", lm=tiny_lm, progress=False, restart=True)
     assert head["n_items"] == 12 and (tiny_run / "patching" / "swapped_cross_form_summary.csv").is_file()
     # the same patches as the letter read-out makes on the swapped order when it runs both deed orders
-    run_cross_patch(tiny_run, n_items=12, layers=[0, 1], conditions=conditions, deed_orders="both", lm=tiny_lm,
+    run_cross_patch(tiny_run, n_items=12, layers=[0, 1], conditions=conditions, deed_orders="cyclic", lm=tiny_lm,
                     progress=False, restart=True)
     run = RunDir(tiny_run)
     letters = pd.DataFrame(run.read_parts("patch_cross"))

@@ -56,7 +56,7 @@ class AlignedRun:
     @property
     def title(self) -> str:
         base = RUN_TITLES.get(self.form, self.form)
-        return base + (", both option orders" if self.config.get("orders") == "both" else "")
+        return base + (", both option orders" if self.config.get("orders") in ("cyclic", "both") else "")
 
     @property
     def short(self) -> str:
@@ -375,7 +375,8 @@ SETTINGS_HEADER = ["run", "method", "epochs", "trained/all items", "option order
                    "wall min"]
 
 
-PROTOCOLS = {"shown": "options as shown (paper's protocol)", "both": "both option orders (letter control)"}
+PROTOCOLS = {"shown": "options as shown (paper's protocol)", "cyclic": "both option orders (letter control)",
+             "both": "both option orders (letter control)"}  # "both": the name runs of earlier releases recorded
 
 
 def _protocol_groups(runs: Sequence[AlignedRun]) -> list[tuple[str, list[AlignedRun]]]:

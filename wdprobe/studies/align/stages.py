@@ -74,8 +74,9 @@ class AlignConfig(Options):
     held_out: float = option(0.5, check=lambda v: 0.0 < v < 1.0, expect="a fraction strictly between 0 and 1",
                              help="share of the items never trained on")
     seed: int = option(0, help="option shuffling, item sample, split and example order")
-    orders: str = option("both", choices=("both", "shown"),
-                         help="train each prompt in both option orders (targets not tied to a letter) or only as shown")
+    orders: str = option("cyclic", choices=("cyclic", "shown"), aliases={"both": "cyclic"},
+                         help="train each prompt in every (cyclic) option order, both for two options (targets not tied "
+                              "to a letter), or only as shown ('both' is read as cyclic)")
     eval_orders: str = option("cyclic", choices=("cyclic", "shown"),
                               help="evaluate every epoch in both option orders too, so change rates are also read on "
                                    "content choices (change_rates_content.csv), or in the shown order only")
@@ -120,7 +121,7 @@ def _reversed(p: Presentation, form: str) -> Presentation:
 
 def build_examples(pres: Sequence[Presentation], targets: dict[str, int], forms: Sequence[str], letter_ids: Sequence[int],
                    *, orders: str, tokenizer, use_chat: bool, extra_word: Sequence[Presentation] = ()) -> list[Example]:
-    """Training prompts: each item in each trained form (and each option order when ``orders='both'``,
+    """Training prompts: each item in each trained form (and each option order when ``orders='cyclic'``,
     so the target is not tied to one letter), answer = the letter showing the target option.
     ``extra_word``: reworded word questions (ids ``<id>~pK``) trained towards their item's target."""
 
@@ -129,7 +130,7 @@ def build_examples(pres: Sequence[Presentation], targets: dict[str, int], forms:
     for p, form in jobs:
         base_id = p.item.id.split("~p")[0]
         t = targets[base_id]
-        variants = [p, _reversed(p, form)] if orders == "both" else [p]
+        variants = [p, _reversed(p, form)] if orders == "cyclic" else [p]
         for v in variants:
             order = v.order(form)
             out.append(Example(item_id=p.item.id, form=form, prompt=wrap(normal_prompt(v, form), tokenizer, use_chat),
