@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from wdprobe.core.cache import atomic_write_json
 from wdprobe.core.forward import default_batch_tokens
 from wdprobe.core.model import load_model
+from wdprobe.core.options import Options, option, positive_int, with_values
 from wdprobe.core.option_scoring import continuation_logprobs, continuation_trees
 from wdprobe.core.packing import ResidualRead, TokenRead, packable, tree_readout
 from wdprobe.data.items import items_path, read_items
@@ -23,6 +24,7 @@ from wdprobe.data.prompts import cloze_prompt, load_demos, normal_prompt, resolv
 from wdprobe.data.wdct import (
     FORMS,
     LETTERS,
+    SUBSETS,
     Presentation,
     file_sha256,
     present,
@@ -154,14 +156,36 @@ def measurement_defaults(setting: str, orders: str | None, format: str | None) -
     return orders, format
 
 
-def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path | None = None, setting: str = "normal",
-               seed: int = 0, limit: int | None = None, sample: int | None = None, domains: Sequence[str] | None = None,
-               subset: str | None = None, batch_size: int = 32, dtype: str = "float32", device: str | None = None,
-               device_map: str | None = None, chat: str = "auto", demos: str | Path | None = None,
-               chunk_items: int = 64, progress: bool = True, lm=None, shard: "str | None" = None,
-               orders: str | None = None, format: str | None = None,
-               capture: CaptureSpec | None = None) -> ScoreResult:
-    """Score WDCT items with a model into run directory ``out`` (resumable).
+@dataclass(frozen=True)
+class ScoreSettings(Options):
+    """What a scoring run's result depends on (recorded in the manifest and checked on resume), declared once."""
+
+    model: str = option("gemma-3-270m", help="embedded default 'gemma-3-270m', a local HF model directory, or a "
+                                             "Hugging Face id")
+    data: str | None = option(None, help="items: WDCT.csv or your own items; else $WDPROBE_WDCT, else the pinned "
+                                         "WDCT download")
+    setting: str = option("normal", choices=("normal", "cot"))
+    seed: int = option(0, help="option-shuffling seed")
+    limit: int | None = option(None, check=positive_int, expect="a positive number", help="first N items")
+    sample: int | None = option(None, check=positive_int, expect="a positive number", help="seeded sample of N items")
+    domains: list[str] | None = option(None, cli=False)
+    subset: str | None = option(None, choices=tuple(SUBSETS), help="a named subset of WDCT")
+    batch_size: int = option(32, check=positive_int, expect="a positive number")
+    dtype: str = option("float32", choices=("float32", "bfloat16", "float16"))
+    device: str | None = option(None, help="torch device (default: where the model loads, CPU here)")
+    device_map: Any = option(None, cli=False)
+    chat: str = option("auto", choices=("auto", "plain", "chat"))
+    demos: str | None = option(None, help="upstream demo.csv for setting cot")
+    chunk_items: int = option(64, cli=False, check=positive_int, expect="a positive number")
+    orders: str | None = option(None, choices=ORDERS, help="option orders each question is asked in (default: cyclic; "
+                                                           "shown for the cot setting)")
+    format: str | None = option(None, choices=FORMATS, help="letter, cloze or both (default: both; letter for cot)")
+
+
+def score_wdct(out: str | Path, settings: ScoreSettings | None = None, *, progress: bool = True, lm=None,
+               shard: "str | None" = None, capture: CaptureSpec | None = None, **given: Any) -> ScoreResult:
+    """Score WDCT items with a model into run directory ``out`` (resumable), with ``settings`` (a
+    :class:`ScoreSettings`; keyword arguments name its fields, given alone or over ``settings``).
 
     ``orders`` (``shown``, ``cyclic``, ``all``) says in which option orders each question is asked: ``shown`` is the
     paper's one seeded order; ``cyclic`` and ``all`` add the orders that permutation averaging needs (the shown
@@ -178,8 +202,11 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
     scores only the items of that shard (by item id) into ``out/shards/score/i-of-n/``; answer letters are
     still calibrated on the whole selection, so ``wdprobe merge out`` gives exactly the unsharded run.
     """
-
-    orders, format = measurement_defaults(setting, orders, format)
+    s = with_values(settings or ScoreSettings(), {k: v for k, v in given.items() if v is not None}, "score_wdct") \
+        if given else (settings or ScoreSettings())
+    model, data, setting, seed, limit, sample = s.model, s.data, s.setting, s.seed, s.limit, s.sample
+    domains, subset, batch_size, chat, demos = s.domains, s.subset, s.batch_size, s.chat, s.demos
+    orders, format = measurement_defaults(setting, s.orders, s.format)
     timer = Timer()
     part = Shard.parse(shard)
     run = RunDir(shard_dir(out, STAGE, part) if part else out)
@@ -190,7 +217,7 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
         sha = file_sha256(data_path)
     if lm is None:
         with timer("load_model"):
-            lm = load_model(model, device=device, dtype=dtype, device_map=device_map)
+            lm = load_model(model, device=s.device, dtype=s.dtype, device_map=s.device_map)
     use_chat = resolve_chat(chat, lm.name, lm.tokenizer)
     demo_list = load_demos(demos) if setting == "cot" else None
     config = {"model": lm.name, "model_revision": lm.revision, "dtype": str(lm.dtype).replace("torch.", ""),
@@ -234,7 +261,7 @@ def score_wdct(out: str | Path, *, model: str = "gemma-3-270m", data: str | Path
         return rows
 
     with timer("score"):
-        saved += save_in_parts(run, STAGE, todo, chunk_size=chunk_items, columns=PROMPT_COLUMNS, compute=score)
+        saved += save_in_parts(run, STAGE, todo, chunk_size=s.chunk_items, columns=PROMPT_COLUMNS, compute=score)
     bar.close()
 
     prompt_rows = [typed_prompt_row(r) for r in _in_item_order(saved, [p.item.id for p in pres])]
@@ -340,9 +367,9 @@ def _cloze_rows(lm, chunk: Sequence[Presentation], *, use_chat: bool, batch_size
     for p in chunk:
         for f in FORMS:
             text = wrap(cloze_prompt(p.item, f), lm.tokenizer, use_chat)
-            for c, option in enumerate(p.item.options(f)):
+            for c, option_text in enumerate(p.item.options(f)):
                 prompts.append(text)
-                conts.append(option)
+                conts.append(option_text)
                 owner.append((p, f, c))
     total, n_tokens = np.zeros(len(prompts)), np.zeros(len(prompts), dtype=np.int64)
     rest = list(range(len(prompts)))
