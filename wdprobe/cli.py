@@ -215,10 +215,10 @@ def _readouts(run: str, format: str) -> list:
 
 def cmd_patch(args: argparse.Namespace) -> int:
     """`wdprobe patch --run RUN`: cross-form patching (in every answer format asked) and/or positional patching."""
-    if args.shard and args.kind == "both":
-        raise InputError("--shard with --kind both: shard the cross and the positional stage one at a time")
+    if args.shard and args.instrument == "both":
+        raise InputError("--shard with --instrument both: shard the cross and the positional stage one at a time")
 
-    if args.kind in ("cross", "both"):
+    if args.instrument in ("cross", "both"):
         for ro in _readouts(args.run, args.format):
             conditions = args.conditions.split(",") if args.conditions else None
             if conditions is not None and args.format == "auto":
@@ -231,7 +231,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
                 print(f"shard {args.shard} done: {head}; when every shard is done: wdprobe merge {args.run}")
                 return 0
             print(json.dumps({ro.name: head}, indent=2, default=float))
-    if args.kind in ("positional", "both"):
+    if args.instrument in ("positional", "both"):
         head = through_runner(args, args.run, "patch_positional", lambda: run_positional_patch(
             args.run, form=args.form, n_items=args.positional_items, n_exact=args.exact_items, layers=args.layers,
             min_effect=args.min_effect, screen=args.screen, seed=args.seed, batch_size=args.batch_size,
@@ -599,7 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("patch", help="activation patching: word -> deed per layer, and layer x position heatmaps")
     p.add_argument("--run", required=True, help="run directory with `wdprobe capture` (resid_post, position last)")
-    p.add_argument("--kind", default="both", choices=["cross", "positional", "both"])
+    p.add_argument("--instrument", "--kind", dest="instrument", default="both", choices=["cross", "positional", "both"],
+                   help="cross-form patching, positional patching, or both ('kind' elsewhere means a probe, an "
+                        "intervention or an organism kind; --kind is kept as an older name)")
     p.add_argument("--items", "--n-items", dest="items", default="64", help="cross-form: number of two-option items (half inconsistent) or 'all'")
     p.add_argument("--layers", default="all", help="'all', '0,4,8' or '2-10'")
     p.add_argument("--conditions", default=None,

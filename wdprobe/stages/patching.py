@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 from urllib.parse import unquote
@@ -273,6 +274,80 @@ def scored_swap_effect(run_dir: Path, form: str, pres: Sequence[Any]) -> np.ndar
     return np.asarray(out)
 
 
+@dataclass
+class PositionalItems:
+    """The items positional patching reads: aligned clean and option-swapped prompts of the chosen items (shortest
+    first), their ids, tokens and token roles, and what the screen saw."""
+
+    clean: list[str]
+    counterfactual: list[str]
+    ids: list[str]
+    tokens: list[list[str]]
+    segments: list[list[str]]
+    screened: int
+    aligned: int
+    effect: np.ndarray
+    token_ids: tuple[int, ...]  # the letters A and B, whose log-odds every reading is
+
+
+def screen_positional_items(run: RunDir, lm, form: str, *, n_items: int, screen: int, min_effect: float, seed: int,
+                            batch_size: int) -> PositionalItems:
+    """Of a seeded sample of ``screen`` items whose option swap aligns token by token, the ``n_items`` whose answer
+    log-odds move most when the options are swapped (at least ``min_effect`` nats), shortest first."""
+    pairs = load_pairs(run.path, lm.tokenizer, n_items=None)
+    use_chat = scored_entry(run)["config"]["chat_template"]
+    clean_all, cf_all, pres_all = [], [], []
+    for p, prompts in zip(pairs.presentations, pairs.word_prompts if form == "word" else pairs.deed_prompts):
+        cf = wrap(normal_prompt(swap_counterfactual(p, form), form), lm.tokenizer, use_chat)
+        try:
+            swap_alignment(lm.tokenizer, p, form, prompts, cf)
+        except TokenAlignmentError:
+            continue
+        clean_all.append(prompts)
+        cf_all.append(cf)
+        pres_all.append(p)
+    if not clean_all:
+        raise InputError(f"{run.path}: no {form} item has two options whose swap aligns token by token")
+    block = [int(k) for k in np.random.default_rng(seed).permutation(len(clean_all))[:screen]]
+    effect = scored_swap_effect(run.path, form, [pres_all[k] for k in block])
+    if effect is None:  # the run did not score both orders of these items: run them
+        lp = run_interventions(lm, [clean_all[k] for k in block] + [cf_all[k] for k in block],
+                               [Row(j) for j in range(2 * len(block))], pairs.token_ids[:2], batch_size=batch_size)
+        lo = lp[:, 0] - lp[:, 1]
+        effect = np.abs(lo[: len(block)] - lo[len(block):])
+    ranked = [block[j] for j in np.argsort(-effect) if effect[j] >= min_effect][:n_items]
+    if not ranked:
+        raise InputError(f"{run.path}: no aligned {form} item changes its answer log-odds by >= {min_effect} when its "
+                         f"options are swapped ({len(block)} screened; largest change {effect.max():.2f}); "
+                         "lower --min-effect")
+    # exact patching costs (layers x tokens) forwards per item: do it on the shortest chosen items
+    chosen = sorted(ranked, key=lambda k: len(lm.tokenizer(clean_all[k])["input_ids"]))
+    clean = [clean_all[k] for k in chosen]
+    cf = [cf_all[k] for k in chosen]
+    return PositionalItems(clean, cf, [pres_all[k].item.id for k in chosen],
+                           [aligned_tokens(lm.tokenizer, a, b) for a, b in zip(clean, cf)],
+                           [token_segments(lm.tokenizer, a, pres_all[k], form) for a, k in zip(clean, chosen)],
+                           len(block), len(clean_all), effect, tuple(pairs.token_ids[:2]))
+
+
+def positional_frame(items: PositionalItems, results: dict[str, list[dict[str, Any]]], hooks: Sequence[str],
+                     layers: Sequence[int]):
+    """One row per method x item x layer x position: the patched metric and its normalised effect, with the token
+    and its role."""
+    import pandas as pd
+
+    recs = []
+    for method, per_item in results.items():
+        for i, res in enumerate(per_item):
+            norm = normalised(res)
+            for h, hook in enumerate(hooks):
+                for p, tok in enumerate(items.tokens[i]):
+                    recs.append({"id": items.ids[i], "method": method, "hook": hook, "layer": layers[h], "position": p,
+                                 "token": tok, "segment": items.segments[i][p], "patched": float(res["patched"][h, p]),
+                                 "normalised": float(norm[h, p])})
+    return pd.DataFrame(recs)
+
+
 def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: int = 16, n_exact: int = 4,
                          layers: str | Sequence[int] | None = None, min_effect: float = 0.0, screen: int = 256,
                          seed: int = 0,
@@ -286,9 +361,6 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     Writes ``patching/positional-{form}*``. ``shard`` (``"i/n"``): exact patching (the costly part) of that
     shard's items only, saved under ``RUN/shards/patch_positional_<form>/``; the unsharded call (``wdprobe
     merge RUN``) reuses every saved item and computes only what is missing."""
-    import pandas as pd
-
-
     if form not in ("word", "deed"):
         raise InputError(f"form must be 'word' or 'deed', not {form!r}")
     t_start = time.perf_counter()
@@ -304,73 +376,31 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     work.check_or_start(stage, {"form": form, "n_items": n_items, "n_exact": n_exact, "layers": layers,
                                 "min_effect": min_effect, "screen": screen, "seed": seed, "hook": "resid_pre",
                                 **({"shard": str(part)} if part else {})})
-    pairs = load_pairs(run.path, lm.tokenizer, n_items=None)
-    use_chat = scored_entry(run)["config"]["chat_template"]
-    clean_all, cf_all, pres_all = [], [], []
-    for p, prompts in zip(pairs.presentations, pairs.word_prompts if form == "word" else pairs.deed_prompts):
-        cf = wrap(normal_prompt(swap_counterfactual(p, form), form), lm.tokenizer, use_chat)
-        try:
-            swap_alignment(lm.tokenizer, p, form, prompts, cf)
-        except TokenAlignmentError:
-            continue
-        clean_all.append(prompts)
-        cf_all.append(cf)
-        pres_all.append(p)
-    if not clean_all:
-        raise InputError(f"{run.path}: no {form} item has two options whose swap aligns token by token")
-    order = np.random.default_rng(seed).permutation(len(clean_all))[:screen]
-    # screen a seeded sample for items whose answer depends on the options' content; keep the strongest
-    token_ids = pairs.token_ids[:2]
-    block = [int(k) for k in order]
-    effect = scored_swap_effect(run.path, form, [pres_all[k] for k in block])
-    if effect is None:  # the run did not score both orders of these items: run them
-        lp = run_interventions(lm, [clean_all[k] for k in block] + [cf_all[k] for k in block],
-                               [Row(j) for j in range(2 * len(block))], token_ids, batch_size=batch_size)
-        lo = lp[:, 0] - lp[:, 1]
-        effect = np.abs(lo[: len(block)] - lo[len(block):])
-    ranked = [block[j] for j in np.argsort(-effect) if effect[j] >= min_effect][:n_items]
-    screened = len(block)
-    if not ranked:
-        raise InputError(f"{run.path}: no aligned {form} item changes its answer log-odds by >= {min_effect} when its "
-                         f"options are swapped ({screened} screened; largest change {effect.max():.2f}); "
-                         "lower --min-effect")
-    # exact patching costs (layers x tokens) forwards per item: do it on the shortest chosen items
-    chosen = sorted(ranked, key=lambda k: len(lm.tokenizer(clean_all[k])["input_ids"]))
-    clean = [clean_all[k] for k in chosen]
-    cf = [cf_all[k] for k in chosen]
-    ids = [pres_all[k].item.id for k in chosen]
-    tokens = [aligned_tokens(lm.tokenizer, a, b) for a, b in zip(clean, cf)]
-    segs = [token_segments(lm.tokenizer, a, pres_all[k], form) for a, k in zip(clean, chosen)]
-    n_ex = min(n_exact, len(chosen))
+    items = screen_positional_items(run, lm, form, n_items=n_items, screen=screen, min_effect=min_effect, seed=seed,
+                                    batch_size=batch_size)
+    token_ids = items.token_ids
+    ids = items.ids
+    n_ex = min(n_exact, len(ids))
     saved = _saved_exact(run.path, stage, form)
     todo = [i for i in range(n_ex) if ids[i] not in saved and (part is None or part.holds(ids[i]))]
-    total = sum(len(tokens[i]) * len(hooks) for i in todo)
-    bar = progress_bar(total, "exact positional patching", progress)
+    bar = progress_bar(sum(len(items.tokens[i]) * len(hooks) for i in todo), "exact positional patching", progress)
     t0 = time.perf_counter()
     for i in todo:  # one item at a time, saved as it finishes: an interrupted run keeps what is done
-        res = exact_patching(lm, [clean[i]], [cf[i]], hooks, token_ids, batch_size=batch_size, progress=bar.update)[0]
+        res = exact_patching(lm, [items.clean[i]], [items.counterfactual[i]], hooks, token_ids, batch_size=batch_size,
+                             progress=bar.update)[0]
         saved[ids[i]] = res
         _save_exact(work, f"patching/positional-{form}-exact", ids[i], res)
     t_exact = time.perf_counter() - t0
     bar.close()
     if part:
         finish_stage(work, stage, exact_items=[ids[i] for i in range(n_ex) if part.holds(ids[i])],
-                          **stage_seconds(work, stage, t_start))
+                     **stage_seconds(work, stage, t_start))
         return {"shard": str(part), "n_exact": sum(part.holds(ids[i]) for i in range(n_ex))}
     exact = [saved[ids[i]] for i in range(n_ex)]
     t0 = time.perf_counter()
-    attr = attribution_patching(lm, clean, cf, hooks, token_ids)
+    attr = attribution_patching(lm, items.clean, items.counterfactual, hooks, token_ids)
     t_attr = time.perf_counter() - t0
-    recs = []
-    for method, results in (("attribution", attr), ("exact", exact)):
-        for i, res in enumerate(results):
-            norm = normalised(res)
-            for h, hook in enumerate(hooks):
-                for p, tok in enumerate(tokens[i]):
-                    recs.append({"id": ids[i], "method": method, "hook": hook, "layer": layers[h], "position": p,
-                                 "token": tok, "segment": segs[i][p], "patched": float(res["patched"][h, p]),
-                                 "normalised": float(norm[h, p])})
-    frame = pd.DataFrame(recs)
+    frame = positional_frame(items, {"attribution": attr, "exact": exact}, hooks, layers)
     rho = [rank_correlation(attr[i]["patched"], exact[i]["patched"]) for i in range(n_ex)]
     pooled = rank_correlation(np.concatenate([normalised(attr[i]).ravel() for i in range(n_ex)]),
                               np.concatenate([normalised(exact[i]).ravel() for i in range(n_ex)])) if n_ex else float("nan")
@@ -380,9 +410,9 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     atomic_write_text(out / f"{stem}.csv", frame.to_csv(index=False))
     seg_table = (frame.groupby(["method", "layer", "segment"])["normalised"].mean().reset_index())
     atomic_write_text(out / f"{stem}-segments.csv", seg_table.to_csv(index=False))
-    head = {"form": form, "n_items": len(chosen), "n_exact": n_ex, "screened": screened,
-            "aligned_candidates": len(clean_all), "screen_effect_quantiles": {q: round(float(np.quantile(effect, q)), 3)
-                                                                              for q in (0.5, 0.9, 0.99, 1.0)},
+    head = {"form": form, "n_items": len(ids), "n_exact": n_ex, "screened": items.screened,
+            "aligned_candidates": items.aligned,
+            "screen_effect_quantiles": {q: round(float(np.quantile(items.effect, q)), 3) for q in (0.5, 0.9, 0.99, 1.0)},
             "rank_correlation_per_item": [round(r, 4) for r in rho],
             "rank_correlation_pooled": pooled, "seconds_attribution": round(t_attr, 2),
             "seconds_exact": round(t_exact, 2), "clean_minus_counterfactual": [round(r["clean"] - r["counterfactual"], 3)
@@ -391,7 +421,7 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     atomic_write_text(out / f"{stem}-headline.json", json.dumps(head, indent=2) + "\n")
     model = scored_model_name(run)
     figs = localise_plots.positional_figures(frame, seg_table, layers, SEGMENT_ORDER,
-                                    f"{model}, {form} prompts, options swapped (A<->B)", n_show=min(n_ex, 2))
+                                             f"{model}, {form} prompts, options swapped (A<->B)", n_show=min(n_ex, 2))
     plots.write_html(figs, out / f"{stem}.html", heading=f"wdprobe positional patching: {model}, {form} form")
     pngs = [plots.write_png(f, out / f"{stem}-{i}.png") for i, f in enumerate(figs)]
     finish_stage(run, stage, headline=head, png=[str(p) for p in pngs if p], **stage_seconds(run, stage, t_start))
