@@ -144,7 +144,7 @@ FORMAT_NAMES = {"letter", "cloze"}
 # format that is not listed here fails the test below, and so does a listed module that no longer branches.
 FORMAT_BRANCH_DEBT = {
     "wdprobe.stages.score", "wdprobe.stages.capture", "wdprobe.stages.lens", "wdprobe.stages.content_probes",
-    "wdprobe.pipeline.registry", "wdprobe.scoring.orders", "wdprobe.studies.organisms.build",
+    "wdprobe.scoring.orders", "wdprobe.studies.organisms.build",
 }
 READOUT_MODULE = "wdprobe.stages.readouts"
 

@@ -20,10 +20,8 @@ from wdprobe.reports.study import write_study_report
 from wdprobe.runs.rundir import read_csv
 from wdprobe.runs.stage import Stage, StageContext, StageRegistry, StageResult
 from wdprobe.stages.capture import capture_wdct, merge_capture
-from wdprobe.stages.content_probes import run_content_probes
 from wdprobe.stages.lens import run_lens
 from wdprobe.stages.patching import merge_cross_patch, merge_positional, run_cross_patch, run_positional_patch
-from wdprobe.stages.probes import run_probes
 from wdprobe.stages.readouts import READOUTS, readouts_for
 from wdprobe.stages.score import merge_score, score_wdct
 from wdprobe.stages.steering import merge_steering, run_steering
@@ -102,11 +100,6 @@ def _wdct_capture(ctx: StageContext) -> StageResult:
     return StageResult("capture", f"positions {', '.join(c.positions)}")
 
 
-def _decodable_from(layer: int | None) -> str:
-    """The status line's wording of a first significant layer (none: no layer passed the corrected test)."""
-    return f"decodable from layer {layer}" if layer is not None else "not decodable at any layer (corrected test)"
-
-
 def _wdct_probes(ctx: StageContext) -> StageResult:
     cfg = ctx.config
     p = cfg.probes
@@ -114,28 +107,11 @@ def _wdct_probes(ctx: StageContext) -> StageResult:
     if missing:
         raise InputError(f"probes.positions {missing} were not captured (capture.positions = {cfg.capture.positions})")
     out, heads = [], {}
-    letters = cfg.format != "cloze"
-    for position in (p.positions if letters else ()):
-        head = run_probes(ctx.run.path, position=position, kinds=p.kinds, folds=p.folds, seed=cfg.seed, progress=ctx.progress,
-                          n_perm=p.permutations)
-        kind = "diffmean" if "diffmean" in head else p.kinds[0]
-        heads[position] = head
-        out.append(f"{position}: word probe {head[kind]['word->word']:.2f}, transfer {head[kind]['word->deed_best']:.2f}")
-    if cfg.orders != "shown" and letters:
-        content = run_content_probes(ctx.run.path, positions=p.positions, folds=p.folds, n_perm=p.permutations,
-                                     seed=cfg.seed)
-        heads["content"] = content
-        for position, tests in content.items():
-            layers = {k: tests[k]["first_significant_layer"] for k in ("decide_word", "bind_word") if k in tests}
-            out.append(f"{position}: word content {_decodable_from(layers.get('decide_word'))}, "
-                       f"letter {_decodable_from(layers.get('bind_word'))}")
-    if cfg.format in ("cloze", "both"):
-        cloze = run_content_probes(ctx.run.path, positions=p.positions, folds=p.folds, n_perm=p.permutations,
-                                   seed=cfg.seed, format="cloze")
-        heads["cloze"] = cloze
-        for position, tests in cloze.items():
-            first = tests["decide_word"]["first_significant_layer"] if "decide_word" in tests else None
-            out.append(f"{position}: cloze word choice {_decodable_from(first)}")
+    for ro in readouts_for(cfg.format):  # each answer format's probes: letters (shown and content), cloze choices
+        head, lines = ro.probe(ctx.run.path, positions=p.positions, kinds=p.kinds, folds=p.folds, n_perm=p.permutations,
+                               seed=cfg.seed, orders=cfg.orders, progress=ctx.progress)
+        heads.update(head)
+        out += lines
     return StageResult("probes", "; ".join(out), heads)
 
 
@@ -172,7 +148,7 @@ LETTER_ONLY = "reads answers by letter; a cloze-only run (format = 'cloze') has 
 
 def _wdct_patch_positional(ctx: StageContext) -> StageResult:
     cfg = ctx.config
-    if cfg.format == "cloze":
+    if not any(ro.letters for ro in readouts_for(cfg.format)):  # positional patching reads the answer letters
         return StageResult("patch_positional", f"positional patching {LETTER_ONLY}", {"skipped": LETTER_ONLY})
     c = cfg.patch_positional
     out, heads = [], {}

@@ -48,6 +48,7 @@ from wdprobe.methods.patching import (
 from wdprobe.methods.probes import crossfit_directions
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.stage import scored_entry
+from wdprobe.stages.content_probes import run_content_probes
 from wdprobe.stages.pairs import (
     DeedRuns,
     choose_items,
@@ -57,6 +58,7 @@ from wdprobe.stages.pairs import (
     stance_directions,
     target_space,
 )
+from wdprobe.stages.probes import run_probes
 from wdprobe.stages.score import load_score, scored_cloze_prompts
 
 DEED_ORDERS = ("auto", "shown", "cyclic")  # which deed option orders a letter read-out runs (the study's vocabulary)
@@ -93,6 +95,11 @@ class Reading:
         return list(self.items["id"])
 
 
+def decodable_from(layer: int | None) -> str:
+    """The status line's wording of a first significant layer (none: no layer passed the corrected test)."""
+    return f"decodable from layer {layer}" if layer is not None else "not decodable at any layer (corrected test)"
+
+
 def random_directions(n_layers: int, width: int, seed: int) -> np.ndarray:
     """The seeded random unit direction per layer that every instrument's random control uses."""
     rng = np.random.default_rng(seed + RANDOM_SEED_OFFSET)
@@ -123,6 +130,7 @@ class Readout(ABC):
     stages: ClassVar[Mapping[str, str]]  # instrument -> the manifest stage name its parts are saved under
     part_columns: ClassVar[Mapping[str, tuple[str, ...]]]  # instrument -> the columns of its saved parts
     shardable: ClassVar[bool] = False
+    letters: ClassVar[bool] = False  # whether answers are read by letter (positional patching needs them)
     selects_by: ClassVar[str]  # the steering cell ranking when the run gives no population CS
 
     def stage(self, instrument: str) -> str:
@@ -175,6 +183,12 @@ class Readout(ABC):
     def fit_stance(self, reading: Reading, *, folds: int, stratify: bool = False) -> None:
         """Fill the reading's cross-fitted stance directions where :meth:`reading` left them out; an InputError when
         the sample cannot be cross-fitted (the instrument then says why). Nothing to do by default."""
+
+    # ---- probes
+    @abstractmethod
+    def probe(self, run_dir: Path, *, positions: Sequence[str], kinds: Sequence[str], folds: int, n_perm: int, seed: int,
+              orders: str, progress: bool = True) -> tuple[dict[str, Any], list[str]]:
+        """The probes stage in this format: headlines by name and the status lines."""
 
     # ---- cross-form patching
     @abstractmethod
@@ -250,6 +264,7 @@ class LetterReadout(Readout):
     part_columns = {"patch": ("id", "deed_order", "condition", "layer", "toward_word", "letter_mass"),
                     "steer": ("id", "deed_order", "condition", "layer", "alpha", "toward_word", "letter_mass")}
     shardable = True
+    letters = True
     selects_by = "cs_balanced"
 
     def settings(self, run: RunDir, *, orders: str | None = None, space: str | None = None) -> dict[str, Any]:
@@ -325,6 +340,26 @@ class LetterReadout(Readout):
                 "mean_difference_norm": dict(zip(map(int, layers), map(float, reading.gap.mean(0)))),
                 "deed_residual_norm": dict(zip(map(int, layers), map(float, reading.extra["deed_norm"]))),
                 "best": best, "validation": validation, "validation_skipped": skipped}
+
+    def probe(self, run_dir: Path, *, positions: Sequence[str], kinds: Sequence[str], folds: int, n_perm: int, seed: int,
+              orders: str, progress: bool = True) -> tuple[dict[str, Any], list[str]]:
+        heads: dict[str, Any] = {}
+        lines = []
+        for position in positions:
+            head = run_probes(run_dir, position=position, kinds=kinds, folds=folds, seed=seed, progress=progress,
+                              n_perm=n_perm)
+            kind = "diffmean" if "diffmean" in head else kinds[0]
+            heads[position] = head
+            lines.append(f"{position}: word probe {head[kind]['word->word']:.2f}, transfer "
+                         f"{head[kind]['word->deed_best']:.2f}")
+        if orders != "shown":  # every order asked: the content choice (decide) apart from the letter (bind)
+            content = run_content_probes(run_dir, positions=positions, folds=folds, n_perm=n_perm, seed=seed)
+            heads["content"] = content
+            for position, tests in content.items():
+                layers = {k: tests[k]["first_significant_layer"] for k in ("decide_word", "bind_word") if k in tests}
+                lines.append(f"{position}: word content {decodable_from(layers.get('decide_word'))}, "
+                             f"letter {decodable_from(layers.get('bind_word'))}")
+        return heads, lines
 
     def patch_status(self, head: Mapping[str, Any]) -> str:
         if "full" not in head:
@@ -480,6 +515,15 @@ class ClozeReadout(Readout):
     steer_settings = ("min_mass_ratio",)
     status_prefix = "cloze: "
     no_setting = "no setting kept the options' tokens likely"
+
+    def probe(self, run_dir: Path, *, positions: Sequence[str], kinds: Sequence[str], folds: int, n_perm: int, seed: int,
+              orders: str, progress: bool = True) -> tuple[dict[str, Any], list[str]]:
+        cloze = run_content_probes(run_dir, positions=positions, folds=folds, n_perm=n_perm, seed=seed, format=self.name)
+        lines = []
+        for position, tests in cloze.items():
+            first = tests["decide_word"]["first_significant_layer"] if "decide_word" in tests else None
+            lines.append(f"{position}: cloze word choice {decodable_from(first)}")
+        return {"cloze": cloze}, lines
 
     def patch_status(self, head: Mapping[str, Any]) -> str:
         if "full" not in head:

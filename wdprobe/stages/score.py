@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 from wdprobe.core.cache import atomic_write_json
 from wdprobe.core.forward import default_batch_tokens
 from wdprobe.core.model import load_model
-from wdprobe.core.options import Options, option, positive_int, with_values
 from wdprobe.core.option_scoring import continuation_logprobs, continuation_trees
+from wdprobe.core.options import Options, option, positive_int, with_values
 from wdprobe.core.packing import ResidualRead, TokenRead, packable, tree_readout
 from wdprobe.data.items import items_path, read_items
 from wdprobe.data.prompts import cloze_prompt, load_demos, normal_prompt, resolve_chat, wrap
