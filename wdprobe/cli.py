@@ -213,32 +213,45 @@ def _readouts(run: str, format: str) -> list:
     return readouts_for(scored_format(run) if format == "auto" else format)
 
 
+def given(args: argparse.Namespace, **names: str | tuple[str, Callable[[Any], Any]]) -> dict[str, Any]:
+    """The keyword arguments of the flags given (a flag not given leaves the function's own default, the one place it
+    is written): ``parameter="flag"`` or ``parameter=("flag", convert)``."""
+    out = {}
+    for param, spec in names.items():
+        flag, convert = (spec, None) if isinstance(spec, str) else spec
+        if hasattr(args, flag):
+            out[param] = convert(getattr(args, flag)) if convert else getattr(args, flag)
+    return out
+
+
 def cmd_patch(args: argparse.Namespace) -> int:
     """`wdprobe patch --run RUN`: cross-form patching (in every answer format asked) and/or positional patching."""
-    if args.shard and args.instrument == "both":
+    instrument, shard, quiet = getattr(args, "instrument", "both"), getattr(args, "shard", None), hasattr(args, "quiet")
+    if shard and instrument == "both":
         raise InputError("--shard with --instrument both: shard the cross and the positional stage one at a time")
-
-    if args.instrument in ("cross", "both"):
-        for ro in _readouts(args.run, args.format):
-            conditions = args.conditions.split(",") if args.conditions else None
-            if conditions is not None and args.format == "auto":
-                conditions = [c for c in conditions if c in ro.conditions]
-            head = through_runner(args, args.run, "patch_cross", lambda: run_cross_patch(
-                args.run, format=ro, n_items=item_count(args.items), layers=args.layers, conditions=conditions,
-                seed=args.seed, batch_size=args.batch_size, progress=not args.quiet, restart=args.restart,
-                shard=args.shard, deed_orders=args.deed_orders), ro.patch_status, shard=args.shard)
-            if args.shard:
-                print(f"shard {args.shard} done: {head}; when every shard is done: wdprobe merge {args.run}")
+    common = {**given(args, layers="layers", seed="seed", batch_size="batch_size", restart="restart"),
+              "progress": not quiet, "shard": shard}
+    if instrument in ("cross", "both"):
+        answer_format = getattr(args, "format", "auto")
+        for ro in _readouts(args.run, answer_format):
+            kwargs = {**common, **given(args, n_items=("items", item_count), deed_orders="deed_orders",
+                                        conditions=("conditions", lambda t: t.split(",")))}
+            if "conditions" in kwargs and answer_format == "auto":  # each format takes the conditions it has
+                kwargs["conditions"] = [c for c in kwargs["conditions"] if c in ro.conditions]
+            head = through_runner(args, args.run, "patch_cross", lambda: run_cross_patch(args.run, format=ro, **kwargs),
+                                  ro.patch_status, shard=shard)
+            if shard:
+                print(f"shard {shard} done: {head}; when every shard is done: wdprobe merge {args.run}")
                 return 0
             print(json.dumps({ro.name: head}, indent=2, default=float))
-    if args.instrument in ("positional", "both"):
-        head = through_runner(args, args.run, "patch_positional", lambda: run_positional_patch(
-            args.run, form=args.form, n_items=args.positional_items, n_exact=args.exact_items, layers=args.layers,
-            min_effect=args.min_effect, screen=args.screen, seed=args.seed, batch_size=args.batch_size,
-            progress=not args.quiet, restart=args.restart, shard=args.shard),
-            lambda h: f"{args.form}: {h.get('n_items', h.get('n_exact'))} items", shard=args.shard)
+    if instrument in ("positional", "both"):
+        kwargs = {**common, **given(args, form="form", n_items="positional_items", n_exact="exact_items",
+                                    min_effect="min_effect", screen="screen")}
+        head = through_runner(args, args.run, "patch_positional", lambda: run_positional_patch(args.run, **kwargs),
+                              lambda h: f"{kwargs.get('form', 'deed')}: {h.get('n_items', h.get('n_exact'))} items",
+                              shard=shard)
         print(json.dumps(head, indent=2))
-        if args.shard:
+        if shard:
             print(f"when every shard is done: wdprobe merge {args.run}")
             return 0
         if head["low_rank_correlation"]:
@@ -251,14 +264,16 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 def cmd_steer(args: argparse.Namespace) -> int:
     """`wdprobe steer --run RUN`: steering deeds along the word-stance direction, in every answer format asked."""
-    for ro in _readouts(args.run, args.format):
-        head = through_runner(args, args.run, "steer", lambda: run_steering(
-            args.run, format=ro, n_items=item_count(args.items), layers=args.layers, alphas=_floats(args.alphas),
-            seed=args.seed, min_mass_ratio=args.min_mass_ratio, batch_size=args.batch_size, progress=not args.quiet,
-            restart=args.restart, validate=not args.no_validate, shard=args.shard, space=args.space),
-            ro.steer_status, shard=args.shard)
+    shard = getattr(args, "shard", None)
+    kwargs = {**given(args, n_items=("items", item_count), layers="layers", alphas=("alphas", _floats), seed="seed",
+                      min_mass_ratio="min_mass_ratio", batch_size="batch_size", restart="restart",
+                      validate=("no_validate", lambda no: not no), space="space"),
+              "progress": not hasattr(args, "quiet"), "shard": shard}
+    for ro in _readouts(args.run, getattr(args, "format", "auto")):
+        head = through_runner(args, args.run, "steer", lambda: run_steering(args.run, format=ro, **kwargs),
+                              ro.steer_status, shard=shard)
         print(json.dumps({ro.name: head}, indent=2))
-        if args.shard:
+        if shard:
             print(f"when every shard is done: wdprobe merge {args.run}")
             return 0
     print(f"results and plots in {args.run}/steering/")
@@ -597,60 +612,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_lens)
 
-    p = sub.add_parser("patch", help="activation patching: word -> deed per layer, and layer x position heatmaps")
+    p = sub.add_parser("patch", help="activation patching: word -> deed per layer, and layer x position heatmaps",
+                       argument_default=argparse.SUPPRESS)  # a flag not given: the function's own default
     p.add_argument("--run", required=True, help="run directory with `wdprobe capture` (resid_post, position last)")
-    p.add_argument("--instrument", "--kind", dest="instrument", default="both", choices=["cross", "positional", "both"],
+    p.add_argument("--instrument", "--kind", dest="instrument", choices=["cross", "positional", "both"],
                    help="cross-form patching, positional patching, or both ('kind' elsewhere means a probe, an "
                         "intervention or an organism kind; --kind is kept as an older name)")
-    p.add_argument("--items", "--n-items", dest="items", default="64", help="cross-form: number of two-option items (half inconsistent) or 'all'")
-    p.add_argument("--layers", default="all", help="'all', '0,4,8' or '2-10'")
-    p.add_argument("--conditions", default=None,
+    p.add_argument("--items", "--n-items", dest="items", help="cross-form: number of two-option items (half inconsistent) or 'all'")
+    p.add_argument("--layers", help="'all', '0,4,8' or '2-10'")
+    p.add_argument("--conditions",
                    help="cross-form: comma list of full (the whole residual), stance, letter, random (only its component "
                         "along that direction; letter: letters only); default every condition of each format")
-    p.add_argument("--format", default="auto", choices=["auto", *FORMATS],
+    p.add_argument("--format", choices=["auto", *FORMATS],
                    help="cross-form: letter (the answer letters), cloze (each form read at its options' decision "
                         "point: patching/cloze_cross_form*) or both; auto: every format the run was scored in")
-    p.add_argument("--deed-orders", default="auto", choices=["auto", "shown", "cyclic", "both"],
+    p.add_argument("--deed-orders", choices=["auto", "shown", "cyclic", "both"],
                    help="cross-form: patch into the shown deed order only, or into both orders so the patch's effect "
                         "splits into stance and letter transport (auto: both for runs scored letter-free)")
-    p.add_argument("--form", default="deed", choices=["word", "deed"], help="positional: which form's prompts")
-    p.add_argument("--positional-items", type=int, default=16, help="positional: items for attribution patching")
-    p.add_argument("--exact-items", type=int, default=4, help="positional: of those, items also patched exactly")
-    p.add_argument("--min-effect", type=float, default=0.0,
+    p.add_argument("--form", choices=["word", "deed"], help="positional: which form's prompts")
+    p.add_argument("--positional-items", type=int, help="positional: items for attribution patching")
+    p.add_argument("--exact-items", type=int, help="positional: of those, items also patched exactly")
+    p.add_argument("--min-effect", type=float,
                    help="positional: keep items whose log-odds move at least this much when options are swapped")
-    p.add_argument("--screen", type=int, default=256,
+    p.add_argument("--screen", type=int,
                    help="positional: aligned items screened (seeded sample); the strongest content effects are kept")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64, help="most rows per forward (on CPU also capped at ~1.5k tokens)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=int, help="most rows per forward (on CPU also capped at ~1.5k tokens)")
     p.add_argument("--restart", action="store_true", help="discard this stage's earlier results in the run directory")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--shard", default=None, help="i/n: cross-form patching (or the exact positional patching) of shard i "
+    p.add_argument("--shard", help="i/n: cross-form patching (or the exact positional patching) of shard i "
                                                  "of n of the items, into RUN/shards/; then wdprobe merge RUN")
     p.set_defaults(func=cmd_patch)
 
-    p = sub.add_parser("steer", help="add alpha x word-stance direction to deed runs; CS over (layer, alpha)")
+    p = sub.add_parser("steer", help="add alpha x word-stance direction to deed runs; CS over (layer, alpha)",
+                       argument_default=argparse.SUPPRESS)
     p.add_argument("--run", required=True, help="run directory with `wdprobe capture` (resid_post, position last)")
-    p.add_argument("--items", "--n-items", dest="items", default="64", help="number of two-option items (half inconsistent) or 'all'")
-    p.add_argument("--layers", default="all")
-    p.add_argument("--alphas", default="1,2,4,8,16",
+    p.add_argument("--items", "--n-items", dest="items", help="number of two-option items (half inconsistent) or 'all'")
+    p.add_argument("--layers")
+    p.add_argument("--alphas",
                    help="comma list, in units of the word-answer mean difference at the layer")
-    p.add_argument("--min-mass-ratio", type=float, default=0.5,
+    p.add_argument("--min-mass-ratio", type=float,
                    help="a setting keeps the answer format if letter mass stays above this share of clean")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=int)
     p.add_argument("--no-validate", action="store_true",
                    help="skip rerunning the best setting on the items the grid did not use")
     p.add_argument("--restart", action="store_true", help="discard this stage's earlier results in the run directory")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--space", default="auto", choices=["auto", "shown", "content"],
+    p.add_argument("--space", choices=["auto", "shown", "content"],
                    help="shown: the letter-balanced word-stance direction, read in the shown deed order; content: the "
                         "word content direction (residuals averaged over option orders), every deed order, content CS "
                         "(auto: content for runs scored letter-free)")
-    p.add_argument("--format", default="auto", choices=["auto", *FORMATS],
+    p.add_argument("--format", choices=["auto", *FORMATS],
                    help="letter: steer the answer letter's log-odds; cloze: add the word's cloze stance direction at "
                         "the deed's decision point and read the decision-step log-odds of the word's choice "
                         "(steering/cloze_*); both; auto: every format the run was scored in")
-    p.add_argument("--shard", default=None, help="i/n: the grid on shard i of n of the items, into RUN/shards/steer/; "
+    p.add_argument("--shard", help="i/n: the grid on shard i of n of the items, into RUN/shards/steer/; "
                                                  "then wdprobe merge RUN (best setting and validation there)")
     p.set_defaults(func=cmd_steer)
 

@@ -18,6 +18,8 @@ import torch
 from wdprobe.errors import InterventionError
 from wdprobe.methods.interventions import Intervention, Row, run_interventions
 
+MIN_MASS_RATIO = 0.5  # a setting keeps the answer format while its answer-format mass stays >= this share of clean
+
 
 def steering_rows(n_items: int, layers: Sequence[int], alphas: Sequence[float], stance_vecs: np.ndarray,
                   random_vecs: np.ndarray, *, hook_kind: str = "resid_post") -> tuple[list[Row], list[dict[str, Any]]]:
@@ -85,7 +87,7 @@ def summarise_steering(frame, items, *, population_consistency: float | None = N
     return table
 
 
-def best_setting(table, *, min_mass_ratio: float = 0.5, key: str = "cs") -> dict[str, Any] | None:
+def best_setting(table, *, min_mass_ratio: float = MIN_MASS_RATIO, key: str = "cs") -> dict[str, Any] | None:
     """The stance setting with the highest ``key`` whose letter mass stays >= ``min_mass_ratio`` of clean,
     with the random control at the same (layer, alpha). Where ``key`` is undefined everywhere (balanced CS on a sample
     with no inconsistent or no consistent item) the plain CS ranks the cells, and ``selected_by`` says so."""

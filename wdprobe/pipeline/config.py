@@ -17,10 +17,12 @@ from wdprobe.core.options import Options, count_or, option, positive_int, with_v
 from wdprobe.errors import ConfigError, MissingInputError
 from wdprobe.methods.patching import CROSS_CONDITIONS
 from wdprobe.methods.probes import PROBE_KINDS
+from wdprobe.methods.steering import MIN_MASS_RATIO
 from wdprobe.pipeline.registry import REGISTRY, item_count
 from wdprobe.scoring.orders import FORMATS, ORDERS
 from wdprobe.stages.pairs import SPACES
 from wdprobe.stages.readouts import DEED_ORDERS, ORDER_ALIASES
+from wdprobe.stages.steering import DEFAULT_ALPHAS
 
 __all__ = ["StudyConfig", "wdct_stages", "item_count", "load_config", "config_to_toml", "with_overrides"]
 
@@ -124,9 +126,9 @@ class SteerSection(Options):
     section_name: ClassVar[str] = "steer"
     items: int | str = option("auto", check=ITEMS, expect="a positive number, 'all' or 'auto'", help=ITEMS_HELP)
     layers: str = option("all", help="'all', '0,4,8' or '2-10'")
-    alphas: list[float] = option([1.0, 2.0, 4.0, 8.0, 16.0],
+    alphas: list[float] = option(list(DEFAULT_ALPHAS),
                                  help="in units of the word-answer mean difference at the layer")
-    min_mass_ratio: float = option(0.5, help="a setting keeps the answer format if its mass (letters, or the options' "
+    min_mass_ratio: float = option(MIN_MASS_RATIO, help="a setting keeps the answer format if its mass (letters, or the options' "
                                              "decision tokens) stays above this share of clean")
     validate: bool = option(True, help="rerun the best setting on the items the grid did not use")
     batch_size: int = option(64, check=positive_int, expect="a positive number")

@@ -24,6 +24,7 @@ from wdprobe.errors import StageNotFinishedError
 from wdprobe.figures import probes as plots
 from wdprobe.figures.page import plotly_script
 from wdprobe.figures.probes import png_problem, write_png
+from wdprobe.methods.steering import MIN_MASS_RATIO
 from wdprobe.reports.html import CSS, folded, notes_html, table_html
 from wdprobe.reports.localisation import copy_localisation_tables, localisation_figures
 from wdprobe.reports.scores import PAPER_TABLE, is_wdct, write_score_report
@@ -391,7 +392,7 @@ def cloze_steering_text(head: dict | None) -> tuple[str, bool | None]:
             f"alpha {best['alpha']:g}) flips {best['flip_rate']:.2f} of inconsistent items and breaks "
             f"{best['break_rate']:.2f} of consistent ones (a random direction of equal norm {best['random']['flip_rate']:.2f} "
             f"and {best['random']['break_rate']:.2f}).")
-    more, restored = validation_text(head.get("validation"), "option-token mass", best.get("min_mass_ratio", 0.5),
+    more, restored = validation_text(head.get("validation"), "option-token mass", best.get("min_mass_ratio", MIN_MASS_RATIO),
                                      head.get("validation_skipped"))
     return text + more, restored
 
@@ -416,7 +417,7 @@ def finding_steering(n: dict) -> Finding | None:
             f"{s['clean_cs_items']:.2f}; a random direction of equal norm {best['random']['cs']:.2f}); the grid's best "
             "cell is optimistic, so the claim rests on held-out items.")
     val = s.get("validation")
-    more, restored = validation_text(val, "letter mass", best.get("min_mass_ratio", 0.5), s.get("validation_skipped"))
+    more, restored = validation_text(val, "letter mass", best.get("min_mass_ratio", MIN_MASS_RATIO), s.get("validation_skipped"))
     return Finding("Does steering restore consistency?", text + more + cloze,
                    {"grid_cs": best["cs"], "validated_cs": (val or {}).get("stance", {}).get("cs"), "restored": restored,
                     "cloze_restored": cloze_restored})

@@ -46,6 +46,7 @@ from wdprobe.methods.patching import (
     summarise_letter_split,
 )
 from wdprobe.methods.probes import crossfit_directions
+from wdprobe.methods.steering import MIN_MASS_RATIO
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.stage import scored_entry
 from wdprobe.stages.content_probes import run_content_probes
@@ -387,7 +388,7 @@ class LetterReadout(Readout):
 
     def redraw_steer(self, table, head: Mapping[str, Any], model: str) -> list[tuple[str, Any]]:
         table.attrs["clean_cs"] = head["clean_cs_items"]
-        ratio = (head.get("best") or {}).get("min_mass_ratio", 0.5)
+        ratio = (head.get("best") or {}).get("min_mass_ratio", MIN_MASS_RATIO)
         space = ("; content space: word content direction, both deed orders, content CS"
                  if head.get("space") == "content" else "")
         sf = localise_plots.steering_figures(table, f"{model}, {head['n_items']} two-option items; alpha in units "
@@ -582,7 +583,7 @@ class ClozeReadout(Readout):
 
     def redraw_steer(self, table, head: Mapping[str, Any], model: str) -> list[tuple[str, Any]]:
         table.attrs["clean_cs"] = head["clean_cs_items"]
-        ratio = (head.get("best") or {}).get("min_mass_ratio", 0.5)
+        ratio = (head.get("best") or {}).get("min_mass_ratio", MIN_MASS_RATIO)
         sf = localise_plots.steering_figures(table, f"{model}, cloze form, {head['n_items']} two-option items at the "
                                                     "options' decision point; alpha in units of the word-choice mean "
                                                     "difference at the layer", ratio, mass_label="option-token mass",

@@ -25,7 +25,7 @@ from wdprobe.errors import InputError
 from wdprobe.figures import localisation as localise_plots
 from wdprobe.figures import probes as plots
 from wdprobe.methods.interventions import resolve_layers, run_interventions
-from wdprobe.methods.steering import best_setting, steering_rows, summarise_steering
+from wdprobe.methods.steering import MIN_MASS_RATIO, best_setting, steering_rows, summarise_steering
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import (
@@ -110,13 +110,13 @@ def merge_steering(run_dir: str | Path, lm=None) -> dict[str, Any]:
         if rows:
             run.write_part("steer", rows, STEER_COLUMNS, settings=cfg)
     return run_steering(run.path, n_items=cfg["n_items"], layers=cfg["layers"], alphas=cfg["alphas"], seed=cfg["seed"],
-                        folds=cfg["folds"], min_mass_ratio=first.get("min_mass_ratio", 0.5),
+                        folds=cfg["folds"], min_mass_ratio=first.get("min_mass_ratio", MIN_MASS_RATIO),
                         validate=first.get("validate", True), progress=False, lm=lm, space=cfg.get("space", "shown"))
 
 
 def run_steering(run_dir: str | Path, *, format: str | Readout = "letter", n_items: int | None = 64,
                  layers: str | Sequence[int] | None = None, alphas: Sequence[float] = DEFAULT_ALPHAS, seed: int = 0,
-                 folds: int = 5, min_mass_ratio: float = 0.5, chunk_items: int = 8, batch_size: int = 64,
+                 folds: int = 5, min_mass_ratio: float = MIN_MASS_RATIO, chunk_items: int = 8, batch_size: int = 64,
                  progress: bool = True, restart: bool = False, validate: bool = True, lm=None, shard: str | None = None,
                  space: str = "auto") -> dict[str, Any]:
     """Steer deed runs toward the word's choice at each (layer, alpha), read through ``format`` (a read-out name or
