@@ -248,9 +248,14 @@ def _comma_list(kind: type) -> Callable[[str], list]:
     return parse
 
 
-def count_or_all(text: str) -> int | None:
-    """A flag's number of items, or ``all`` (None: every item)."""
-    return None if text.strip().lower() == "all" else int(text)
+def count_or_all(value: int | str) -> int | None:
+    """A number of items as files and flags say it: a number, or ``all`` (None: every item)."""
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"a number of items must be a number or 'all', not {value!r}") from None
 
 
 def _int_or_word(text: str) -> int | str:

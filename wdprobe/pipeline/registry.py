@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from wdprobe.core.options import count_or_all
 from wdprobe.errors import InputError
 from wdprobe.methods.capture import CaptureSpec
 from wdprobe.reports.study import write_study_report
@@ -46,9 +47,7 @@ from wdprobe.studies.pct.tropes import SentenceTransformerEmbedder
 REGISTRY = StageRegistry()
 
 
-def item_count(value: int | str) -> int | None:
-    """``"all"`` -> None (every item), else the number of items (flags and config files both say it so)."""
-    return None if value == "all" else int(value)
+item_count = count_or_all  # ``"all"`` -> None (every item), else the number of items (the one parser of both)
 
 
 # ---- WDCT: ctx.config is a StudyConfig ----------------------------------------------------------------
