@@ -39,6 +39,11 @@ _PUBLIC: dict[str, str] = {
     "sign_flip_max_test": "wdprobe.scoring.stats",
     "CaptureSpec": "wdprobe.methods.capture", "capture_batch": "wdprobe.methods.capture",
     "Intervention": "wdprobe.methods.interventions", "run_interventions": "wdprobe.methods.interventions",
+    "InterventionKind": "wdprobe.methods.interventions",
+    "register_intervention_kind": "wdprobe.methods.interventions",
+    "ProbeKind": "wdprobe.methods.probes", "register_probe_kind": "wdprobe.methods.probes",
+    # declared configuration and the stage lifecycle
+    "Options": "wdprobe.core.options", "option": "wdprobe.core.options", "finish_stage": "wdprobe.runs.stage",
     # studies and the pipeline
     "StudyConfig": "wdprobe.pipeline.config", "load_config": "wdprobe.pipeline.config",
     "run_study": "wdprobe.pipeline.study", "study_status": "wdprobe.pipeline.study",

@@ -224,3 +224,11 @@ def test_the_lifecycle_check_sees_a_stage_marking_itself(tmp_path, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
     with pytest.raises(AssertionError, match="wdprobe.stages.lens:3"):
         test_only_the_runner_marks_a_stage_done()
+
+
+def test_every_module_has_an_api_page():
+    """Each module of the package is documented in docs/api (mkdocstrings renders it from its docstrings)."""
+    pages = "".join(p.read_text() for p in (PACKAGE.parent / "docs" / "api").glob("*.md"))
+    documented = {line[4:].strip() for line in pages.splitlines() if line.startswith("::: ")}
+    missing = sorted(name for name, path in modules().items() if path.name != "__init__.py" and name not in documented)
+    assert not missing, f"modules without an API page entry: {missing}"
