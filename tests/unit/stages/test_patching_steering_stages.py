@@ -242,7 +242,9 @@ def test_cloze_lens_last_layer_is_the_models_log_odds_at_the_decision_point(tiny
 
 
 def test_patch_and_steer_stages_write_results_and_resume(tiny_run, capsys):
-    assert main(["patch", "--run", str(tiny_run), "--kind", "cross", "--items", "12", "--quiet"]) == 0
+    # the letter read-out (the cloze form has its own tests; both share this run, each with its own settings)
+    assert main(["patch", "--run", str(tiny_run), "--instrument", "cross", "--format", "letter", "--items", "12",
+                 "--quiet"]) == 0
     out = tiny_run / "patching"
     frame = pd.read_csv(out / "cross_form.csv")
     assert set(frame.condition) == {"clean", "full", "stance", "letter", "random"} and frame.id.nunique() == 12
@@ -270,12 +272,14 @@ def test_patch_and_steer_stages_write_results_and_resume(tiny_run, capsys):
     stage = json.loads((tiny_run / "manifest.json").read_text())["stages"]["patch_cross"]
     assert stage["complete"] and stage["seconds_total"] > 0 and stage["config"]["n_items"] == 12
     # a rerun with the same settings resumes (nothing to do); different settings are refused
-    assert main(["patch", "--run", str(tiny_run), "--kind", "cross", "--items", "12", "--quiet"]) == 0
+    assert main(["patch", "--run", str(tiny_run), "--kind", "cross", "--format", "letter", "--items", "12",
+                 "--quiet"]) == 0  # --kind: the older name of --instrument
     with pytest.raises(RunMismatchError):
         from wdprobe.stages.patching import run_cross_patch
 
         run_cross_patch(tiny_run, n_items=10, progress=False)
-    assert main(["steer", "--run", str(tiny_run), "--items", "12", "--alphas", "0,1,4", "--quiet"]) == 0
+    assert main(["steer", "--run", str(tiny_run), "--format", "letter", "--items", "12", "--alphas", "0,1,4",
+                 "--quiet"]) == 0
     steer = pd.read_csv(tiny_run / "steering" / "steering.csv")
     clean = steer[steer.condition == "clean"].set_index("id")["toward_word"]
     zero = steer[(steer.condition == "stance") & (steer.alpha == 0)]
@@ -529,11 +533,14 @@ def swapped_order_readout():
     return SwappedOrderReadout()
 
 
-def test_a_new_readout_is_one_class_and_one_registry_line(tiny_run, tiny_lm, monkeypatch):
+def test_a_new_readout_is_one_class_and_one_registry_line(tiny_run, tiny_lm, monkeypatch, tmp_path):
+    import shutil
+
     from wdprobe.runs.rundir import RunDir
     from wdprobe.stages import readouts
     from wdprobe.stages.patching import run_cross_patch
 
+    tiny_run = shutil.copytree(tiny_run, tmp_path / "run")  # its own copy: the shared run keeps its settings
     monkeypatch.setitem(readouts.READOUTS, "swapped", swapped_order_readout())  # the one registry line
     assert [ro.name for ro in readouts.readouts_for("swapped")] == ["swapped"]
     conditions = ["full", "stance", "random"]
@@ -558,10 +565,13 @@ def test_a_new_readout_is_one_class_and_one_registry_line(tiny_run, tiny_lm, mon
     assert not np.allclose(clean.sort_index(), shown[shown.condition == "clean"].set_index("id")["toward_word"].sort_index())
 
 
-def test_single_stage_commands_go_through_the_runner(tiny_run):
+def test_single_stage_commands_go_through_the_runner(tiny_run, tmp_path):
     """`wdprobe lens` / `wdprobe probe` are recorded as `wdprobe run` records a stage: settings, wall and CPU time."""
+    import shutil
+
     from wdprobe.runs.rundir import RunDir
 
+    tiny_run = shutil.copytree(tiny_run, tmp_path / "run")  # its own copy: the shared run keeps its settings
     assert main(["probe", "--run", str(tiny_run), "--folds", "2", "--kinds", "diffmean", "--quiet"]) == 0
     assert main(["lens", "--run", str(tiny_run), "--quiet"]) == 0
     run = RunDir(tiny_run)
