@@ -143,8 +143,7 @@ FORMAT_NAMES = {"letter", "cloze"}
 # adapters, the reports): the debt the next rounds pay off. The list may only shrink: a module branching on the
 # format that is not listed here fails the test below, and so does a listed module that no longer branches.
 FORMAT_BRANCH_DEBT = {
-    "wdprobe.stages.score", "wdprobe.stages.capture", "wdprobe.stages.lens", "wdprobe.stages.content_probes",
-    "wdprobe.scoring.orders", "wdprobe.studies.organisms.build",
+    "wdprobe.stages.score", "wdprobe.stages.capture", "wdprobe.scoring.orders", "wdprobe.studies.organisms.build",
 }
 READOUT_MODULE = "wdprobe.stages.readouts"
 

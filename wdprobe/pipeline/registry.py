@@ -23,7 +23,7 @@ from wdprobe.runs.stage import Stage, StageContext, StageRegistry, StageResult
 from wdprobe.stages.capture import capture_wdct, merge_capture
 from wdprobe.stages.lens import run_lens
 from wdprobe.stages.patching import merge_cross_patch, merge_positional, run_cross_patch, run_positional_patch
-from wdprobe.stages.readouts import READOUTS, readouts_for
+from wdprobe.stages.readouts import READOUTS, readouts_for, scored_format
 from wdprobe.stages.score import merge_score, score_wdct
 from wdprobe.stages.steering import merge_steering, run_steering
 from wdprobe.studies.align.stages import run_align
@@ -116,13 +116,9 @@ def _wdct_probes(ctx: StageContext) -> StageResult:
 
 def _wdct_lens(ctx: StageContext) -> StageResult:
     s = run_lens(ctx.run.path, lm=ctx.model(), progress=ctx.progress)
-    texts = []
-    for name, part in (("", s), ("cloze: ", s.get("cloze") or {})):
-        if "inconsistent" in part:
-            med = part["inconsistent"].get("item_divergence_layer_median")
-            texts.append(f"{name}inconsistent items part at layer {med:.0f} (median)" if med is not None
-                         else f"{name}no inconsistent items")
-    return StageResult("lens", "; ".join(texts) or "done", s)
+    fmt = ctx.config.format if ctx.config is not None else scored_format(ctx.run.path)
+    texts = [ro.lens_status(s) for ro in readouts_for(fmt)]
+    return StageResult("lens", "; ".join(t for t in texts if t) or "done", s)
 
 
 def _wdct_patch_cross(ctx: StageContext) -> StageResult:

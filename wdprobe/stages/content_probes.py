@@ -69,15 +69,44 @@ ANALYSES = (
 BY_NAME = {a.name: a for a in ANALYSES}
 
 
-def is_cloze(acts: Activations) -> bool:
-    """Activations of cloze prompts (``load_activations(format="cloze")``): one per item and form, no letters."""
-    return "format" in acts.meta and bool((acts.meta["format"] == "cloze").all())
+@dataclass(frozen=True)
+class ContentReading:
+    """How content probes read one answer format's prompts: the file prefix, the figure's words, and whether its
+    prompts come in option orders (letters: keep the orders the content reading averages over)."""
+
+    prefix: str
+    what: str
+    folds: str
+    ordered: bool
+
+
+CONTENT_READINGS = {  # by answer format (the format column of the captured prompts)
+    "letter": ContentReading("content", "Content probes", "folds by item (every order of an item in one fold)", True),
+    "cloze": ContentReading("cloze", "Cloze probes (no options shown, no letters; labels: the cloze choices)",
+                            "folds by item", False),
+}
+
+
+def acts_format(acts: Activations) -> str:
+    """The answer format of captured prompts (``load_activations(format=...)`` never mixes them; captures made before
+    formats existed are letter prompts)."""
+    formats = set(acts.meta["format"]) if "format" in acts.meta else {"letter"}
+    if len(formats) != 1:
+        raise InputError(f"activations of several answer formats {sorted(formats)}: load one with format=...")
+    return formats.pop()
+
+
+def content_reading(name: str) -> ContentReading:
+    """The registered content reading of an answer format, or an error listing them."""
+    if name not in CONTENT_READINGS:
+        raise InputError(f"unknown answer format {name!r} for content probes: choose from {list(CONTENT_READINGS)}")
+    return CONTENT_READINGS[name]
 
 
 def _two_option_rows(acts: Activations, form: str) -> tuple[np.ndarray, Any]:
     meta = acts.meta
     keep = (meta["form"] == form) & (meta["n_options"] == 2)
-    if not is_cloze(acts):  # letter prompts: the orders the content reading averages over
+    if content_reading(acts_format(acts)).ordered:  # letter prompts: the orders the content reading averages over
         keep &= meta["in_content"] == 1
     keep = keep.to_numpy()
     return acts.array[keep], meta[keep].reset_index(drop=True)
@@ -90,7 +119,8 @@ def _has_both(y: np.ndarray, groups: np.ndarray, folds: int) -> bool:
 def content_tests(acts: Activations, *, folds: int = 5, n_perm: int = 200, seed: int = 0) -> dict[str, LayerTest]:
     """Every analysis this capture supports, by name (an analysis whose labels have one class, or too few items,
     is left out)."""
-    if not is_cloze(acts) and not (acts.meta["in_content"] == 1).any():
+    reading = content_reading(acts_format(acts))
+    if reading.ordered and not (acts.meta["in_content"] == 1).any():
         raise InputError("content probes need the activations of every order: score with --orders cyclic (or all) "
                          "and capture again")
     X, meta = {}, {}
@@ -114,7 +144,7 @@ def content_tests(acts: Activations, *, folds: int = 5, n_perm: int = 200, seed:
     domain = {f: meta[f]["domain"].astype(str).to_numpy() for f in meta}
     for f in ("word", "deed"):
         add(f"decide_{f}", X[f], content[f], groups[f], domain[f])
-        if not is_cloze(acts):  # a cloze prompt says no letter
+        if reading.ordered:  # a prompt with option orders says a letter (a cloze prompt says none)
             add(f"bind_{f}", X[f], (meta[f]["letter"] != "A").to_numpy(), groups[f], domain[f], permute="rows")
         graded = (meta[f]["correct"].astype(str) != "").to_numpy()
         if graded.any():
@@ -183,7 +213,7 @@ def run_content_probes(run_dir: str | Path, *, positions: Sequence[str] = ("last
     """Content probes at each position of a run captured in every order; returns (and writes) the summary.
     ``format="cloze"``: the same analyses on the cloze prompts (labels the cloze choices; no letter, so no
     bind), written as ``probes/cloze-*``."""
-    prefix = "cloze" if format == "cloze" else "content"
+    prefix = content_reading(format).prefix
     run = RunDir(run_dir)
     model = scored_entry(run)["config"]["model"]
     out_dir = run.path / "probes"
@@ -247,9 +277,8 @@ def content_figure(frame, title: str) -> go.Figure:
 
 def content_title(model: str, position: str, hook: str = "resid_post", format: str = "letter") -> str:
     """The figure title, with how to read it."""
-    what = ("Cloze probes (no options shown, no letters; labels: the cloze choices)" if format == "cloze"
-            else "Content probes")
-    folds = "folds by item" if format == "cloze" else "folds by item (every order of an item in one fold)"
+    reading = content_reading(format)
+    what, folds = reading.what, reading.folds
     return (f"{what} — {model}, {hook} at the {position.replace('_', ' ')} position<br><sup>difference-of-means "
             f"probes, {folds}; band: 95% bootstrap interval over items; "
             "dotted: random-label control (labels permuted within a domain); dashed: family-wise 95% threshold over "

@@ -23,6 +23,7 @@ pipeline asks :func:`readouts_for` which read-outs a run's ``format`` setting co
 """
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from wdprobe.core.forward import encode_prompts
 from wdprobe.core.option_scoring import decision_point, last_residuals
 from wdprobe.errors import InputError, InterventionError
 from wdprobe.figures import localisation as localise_plots
+from wdprobe.figures import probes as plots
 from wdprobe.methods.patching import (
     CROSS_CONDITIONS,
     cross_form_headline,
@@ -49,7 +51,14 @@ from wdprobe.methods.probes import crossfit_directions
 from wdprobe.methods.steering import MIN_MASS_RATIO
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.stage import scored_entry
+from wdprobe.stages.capture import load_activations
 from wdprobe.stages.content_probes import run_content_probes
+from wdprobe.stages.lens_readings import (
+    cloze_trajectory,
+    content_trajectory,
+    trajectory_from_activations,
+    write_trajectory,
+)
 from wdprobe.stages.pairs import (
     DeedRuns,
     choose_items,
@@ -94,6 +103,15 @@ class Reading:
     @property
     def ids(self) -> list[str]:
         return list(self.items["id"])
+
+
+def _divergence_words(summary: Mapping[str, Any], prefix: str) -> str:
+    """Where a lens reading's inconsistent items part (its median), for the stage's status line."""
+    if "inconsistent" not in summary:
+        return ""
+    med = summary["inconsistent"].get("item_divergence_layer_median")
+    return (f"{prefix}inconsistent items part at layer {med:.0f} (median)" if med is not None
+            else f"{prefix}no inconsistent items")
 
 
 def decodable_from(layer: int | None) -> str:
@@ -184,6 +202,15 @@ class Readout(ABC):
     def fit_stance(self, reading: Reading, *, folds: int, stratify: bool = False) -> None:
         """Fill the reading's cross-fitted stance directions where :meth:`reading` left them out; an InputError when
         the sample cannot be cross-fitted (the instrument then says why). Nothing to do by default."""
+
+    # ---- logit lens
+    @abstractmethod
+    def lens(self, run: RunDir, lm, out: Path, model: str) -> tuple[dict[str, Any], dict[str, Any], list]:
+        """Write this format's lens readings under ``out`` (``lens/``); return their summary, headline part and PNGs."""
+
+    @abstractmethod
+    def lens_status(self, summary: Mapping[str, Any]) -> str:
+        """The lens stage's status words for this format, from the stage's summary."""
 
     # ---- probes
     @abstractmethod
@@ -362,6 +389,31 @@ class LetterReadout(Readout):
                              f"letter {decodable_from(layers.get('bind_word'))}")
         return heads, lines
 
+    def lens(self, run: RunDir, lm, out: Path, model: str) -> tuple[dict[str, Any], dict[str, Any], list]:
+        acts = load_activations(run.path, hook="resid_post", position="last")
+        ids = scored_entry(run)["letters"]["ids"]
+        traj = trajectory_from_activations(lm, acts, ids)
+        atomic_write_text(out / "trajectory.csv", traj.to_frame().to_csv(index=False))
+        summary: dict[str, Any] = dict(traj.summary())
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        figs = localise_plots.lens_figures(traj, model)
+        plots.write_html(figs, out / "lens.html", heading=f"wdprobe logit lens: {model}, {len(traj.items)} two-option items")
+        pngs = [plots.write_png(f, out / f"lens-{i}.png") for i, f in enumerate(figs)]
+        head: dict[str, Any] = {g: {k: summary[g].get(k) for k in ("n", "curve_divergence_layer",
+                                                                 "item_divergence_layer_median")}
+                                for g in ("all", "consistent", "inconsistent")}
+        all_orders = load_activations(run.path, hook="resid_post", position="last", orders="all")
+        if (all_orders.meta["in_content"] == 1).any():  # every order captured: the content-space lens too
+            content = content_trajectory(lm, all_orders, ids)
+            summary["content"], head["content"], made = write_trajectory(
+                out, "content", content, f"{model}, content space (log-odds averaged over option orders)",
+                f"wdprobe logit lens in content space: {model}, {len(content.items)} two-option items")
+            pngs += made
+        return summary, head, pngs
+
+    def lens_status(self, summary: Mapping[str, Any]) -> str:
+        return _divergence_words(summary, "")
+
     def patch_status(self, head: Mapping[str, Any]) -> str:
         if "full" not in head:
             return ""
@@ -525,6 +577,17 @@ class ClozeReadout(Readout):
             first = tests["decide_word"]["first_significant_layer"] if "decide_word" in tests else None
             lines.append(f"{position}: cloze word choice {decodable_from(first)}")
         return {"cloze": cloze}, lines
+
+    def lens(self, run: RunDir, lm, out: Path, model: str) -> tuple[dict[str, Any], dict[str, Any], list]:
+        traj, unreadable = cloze_trajectory(lm, scored_cloze_prompts(run.path, lm.tokenizer))
+        summary, head, pngs = write_trajectory(
+            out, "cloze", traj, f"{model}, cloze prompts at the options' decision point ({len(unreadable)} items whose "
+                                "options never part left out)",
+            f"wdprobe logit lens, cloze form: {model}, {len(traj.items)} two-option items", unreadable_items=unreadable)
+        return {"cloze": summary}, {"cloze": head}, pngs
+
+    def lens_status(self, summary: Mapping[str, Any]) -> str:
+        return _divergence_words(summary.get("cloze") or {}, "cloze: ")
 
     def patch_status(self, head: Mapping[str, Any]) -> str:
         if "full" not in head:

@@ -131,16 +131,16 @@ def test_capture_stage_resume_gives_identical_arrays(tiny_lm, wdct_csv, tmp_path
 
 def test_capture_reads_the_cloze_prompts_as_scored(tiny_lm, wdct_csv, tmp_path):
     from wdprobe.data.prompts import cloze_prompt
-    from wdprobe.stages.content_probes import is_cloze
+    from wdprobe.stages.content_probes import acts_format
 
     run = tmp_path / "run"
     score_wdct(run, data=wdct_csv, lm=tiny_lm, progress=False)  # cyclic orders, letter and cloze formats
     capture_wdct(run, lm=tiny_lm, positions=("last", "question_mean"), progress=False)
     cloze = load_activations(run, position="last", format="cloze")
     rows = {r["id"]: r for r in load_score(run).rows}
-    assert len(cloze.meta) == 2 * len(rows) and is_cloze(cloze) and (cloze.meta["order"].fillna("") == "").all()
+    assert len(cloze.meta) == 2 * len(rows) and acts_format(cloze) == "cloze" and (cloze.meta["order"].fillna("") == "").all()
     letter = load_activations(run, position="last", orders="all")
-    assert not is_cloze(letter) and (letter.meta["format"] == "letter").all()  # formats never mix
+    assert acts_format(letter) == "letter" and (letter.meta["format"] == "letter").all()  # formats never mix
     items = {it.id: it for it in load_wdct(wdct_csv)}
     tok = tiny_lm.tokenizer
     for k, m in cloze.meta.iterrows():
