@@ -49,7 +49,7 @@ from wdprobe.runs.stage import (
     work_left,
 )
 from wdprobe.stages.pairs import load_pairs
-from wdprobe.stages.readouts import Reading, Readout, read_runs, readout
+from wdprobe.stages.readouts import Reading, Readout, read_interventions, readout
 
 LOW_RANK_CORRELATION = 0.5  # below this, attribution heatmaps are not to be trusted without exact checks
 
@@ -64,27 +64,13 @@ def patch_rows(lm, reading: Reading, idx: Sequence[int], layers: Sequence[int], 
                progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Patch the word sources into every deed run of the reading's items ``idx``: one record per run x (clean |
     condition, layer) with the log-odds of the word's choice over the other option and the answer-format mass."""
-    wanted = set(idx)
-    runs = reading.runs
-    rows_of = [k for k in range(len(runs)) if runs.item[k] in wanted]
-    item = runs.item[rows_of]
-    rows, keys = cross_form_rows(len(rows_of), layers, reading.sources[item], conditions=conditions,
-                                 stance_dirs=None if reading.stance is None else reading.stance[item],
-                                 random_dirs=reading.random,
-                                 letter_dirs=None if reading.letter is None else reading.letter[item])
-    lp = run_interventions(lm, [runs.prompts[k] for k in rows_of], rows, reading.token_ids, batch_size=batch_size,
-                           progress=progress)
-    run_of_row = np.array([rows_of[key["item"]] for key in keys], dtype=int)
-    toward, mass = read_runs(lp, runs, run_of_row)
-    ids = reading.ids
-    out = []
-    for r, key in enumerate(keys):
-        k = run_of_row[r]
-        rec = {"id": ids[runs.item[k]], "deed_order": runs.order[k], "condition": key["condition"],
-               "layer": key["layer"], "toward_word": float(toward[r]), "letter_mass": float(mass[r]),
-               "option_mass": float(mass[r])}
-        out.append({c: rec[c] for c in columns})
-    return out
+    def rows_for(item: np.ndarray):
+        return cross_form_rows(len(item), layers, reading.sources[item], conditions=conditions,
+                               stance_dirs=None if reading.stance is None else reading.stance[item],
+                               random_dirs=reading.random,
+                               letter_dirs=None if reading.letter is None else reading.letter[item])
+
+    return read_interventions(lm, reading, idx, rows_for, columns, batch_size=batch_size, progress=progress)
 
 
 def run_cross_patch(run_dir: str | Path, *, format: str | Readout = "letter", n_items: int | None = 64,

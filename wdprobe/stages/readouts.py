@@ -27,7 +27,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from wdprobe.core.option_scoring import decision_point, last_residuals
 from wdprobe.errors import InputError, InterventionError
 from wdprobe.figures import localisation as localise_plots
 from wdprobe.figures import probes as plots
+from wdprobe.methods.interventions import Row, run_interventions
 from wdprobe.methods.patching import (
     CROSS_CONDITIONS,
     cross_form_headline,
@@ -124,6 +125,33 @@ def random_directions(n_layers: int, width: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed + RANDOM_SEED_OFFSET)
     rand = rng.standard_normal((n_layers, width))
     return rand / np.linalg.norm(rand, axis=-1, keepdims=True)
+
+
+def read_interventions(lm, reading: Reading, idx: Sequence[int],
+                       rows_for: Callable[[np.ndarray], tuple[list[Row], list[dict[str, Any]]]],
+                       columns: Sequence[str], *, batch_size: int = 64,
+                       progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """An instrument's interventions on every deed run of the reading's items ``idx``, read through the reading: the
+    instrument says what is changed (``rows_for(items)``: its rows and their keys, one block per deed run, for the
+    runs' item indices ``items``); the reading says which prompts run and how the answer is read. One record per row:
+    the row's keys (condition, layer, ...), the item id and deed order, the log-odds of the word's choice over the
+    other option and the answer-format mass, in ``columns``."""
+    wanted = set(idx)
+    runs = reading.runs
+    rows_of = [k for k in range(len(runs)) if runs.item[k] in wanted]
+    rows, keys = rows_for(runs.item[rows_of])
+    lp = run_interventions(lm, [runs.prompts[k] for k in rows_of], rows, reading.token_ids, batch_size=batch_size,
+                           progress=progress)
+    run_of_row = np.array([rows_of[key["item"]] for key in keys], dtype=int)
+    toward, mass = read_runs(lp, runs, run_of_row)
+    ids = reading.ids
+    out = []
+    for r, key in enumerate(keys):
+        k = run_of_row[r]
+        rec = {**key, "id": ids[runs.item[k]], "deed_order": runs.order[k], "toward_word": float(toward[r]),
+               "letter_mass": float(mass[r]), "option_mass": float(mass[r])}
+        out.append({c: rec[c] for c in columns})
+    return out
 
 
 def read_runs(lp: np.ndarray, runs: DeedRuns, run_of_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

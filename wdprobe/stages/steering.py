@@ -24,7 +24,7 @@ from wdprobe.core.cache import atomic_write_text
 from wdprobe.errors import InputError
 from wdprobe.figures import localisation as localise_plots
 from wdprobe.figures import probes as plots
-from wdprobe.methods.interventions import resolve_layers, run_interventions
+from wdprobe.methods.interventions import resolve_layers
 from wdprobe.methods.steering import MIN_MASS_RATIO, best_setting, steering_rows, summarise_steering
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
@@ -37,7 +37,7 @@ from wdprobe.runs.stage import (
     stage_seconds,
 )
 from wdprobe.scoring.stats import paired_difference_test
-from wdprobe.stages.readouts import Reading, Readout, read_runs, readout
+from wdprobe.stages.readouts import Reading, Readout, read_interventions, readout
 
 DEFAULT_ALPHAS = (1.0, 2.0, 4.0, 8.0, 16.0)
 STEER_COLUMNS = list(readout("letter").part_columns["steer"])
@@ -57,24 +57,10 @@ def steer_rows(lm, reading: Reading, stance_vecs: np.ndarray, random_vecs: np.nd
                progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Steer every deed run of the reading's items ``idx``: one record per run x (clean | condition, layer, alpha) with
     the log-odds of the word's choice over the other option and the answer-format mass, in ``columns``."""
-    wanted = set(idx)
-    runs = reading.runs
-    rows_of = [k for k in range(len(runs)) if runs.item[k] in wanted]
-    item = runs.item[rows_of]
-    rows, keys = steering_rows(len(rows_of), layers, alphas, stance_vecs[item], random_vecs[item])
-    lp = run_interventions(lm, [runs.prompts[k] for k in rows_of], rows, reading.token_ids, batch_size=batch_size,
-                           progress=progress)
-    run_of_row = np.array([rows_of[key["item"]] for key in keys], dtype=int)
-    toward, mass = read_runs(lp, runs, run_of_row)
-    ids = reading.ids
-    out = []
-    for r, key in enumerate(keys):
-        k = run_of_row[r]
-        rec = {"id": ids[runs.item[k]], "deed_order": runs.order[k], "condition": key["condition"], "layer": key["layer"],
-               "alpha": key["alpha"], "toward_word": float(toward[r]), "letter_mass": float(mass[r]),
-               "option_mass": float(mass[r])}
-        out.append({c: rec[c] for c in columns})
-    return out
+    def rows_for(item: np.ndarray):
+        return steering_rows(len(item), layers, alphas, stance_vecs[item], random_vecs[item])
+
+    return read_interventions(lm, reading, idx, rows_for, columns, batch_size=batch_size, progress=progress)
 
 
 def read_steering(rows: Sequence[Mapping[str, Any]], reading: Reading, mass: str = "letter_mass"):
