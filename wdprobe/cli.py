@@ -36,7 +36,7 @@ from wdprobe.reports.localisation import write_localisation_report
 from wdprobe.reports.scores import write_score_report
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.shards import Shard
-from wdprobe.runs.stage import StageContext, StageResult, model_for_run
+from wdprobe.runs.stage import StageContext, StageResult, model_for_run, scored_entry
 from wdprobe.scoring.orders import FORMATS, ORDERS, readings_lines
 from wdprobe.scoring.upstream import upstream_metrics
 from wdprobe.stages.capture import capture_wdct
@@ -46,8 +46,7 @@ from wdprobe.stages.patching import (
     run_cross_patch,
     run_positional_patch,
 )
-from wdprobe.stages.probes import run_probes
-from wdprobe.stages.readouts import readouts_for, scored_format
+from wdprobe.stages.readouts import scored_readouts
 from wdprobe.stages.score import score_wdct
 from wdprobe.stages.steering import run_steering
 from wdprobe.studies.align.finetune import TrainSettings
@@ -178,25 +177,31 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    """`wdprobe probe --run RUN`: stance probes per layer from the captured activations."""
-    head = through_runner(args, args.run, "probes", lambda: run_probes(
-        args.run, hook=args.hook, position=args.position, kinds=args.kinds.split(","), folds=args.folds, seed=args.seed,
-        progress=not args.quiet), lambda _: f"{args.position}: probes {args.kinds}")
-    print(json.dumps(head, indent=2))
+    """`wdprobe probe --run RUN`: stance probes per layer from the captured activations, in every answer format asked
+    (letters: the chosen letter's stance, and the content choice when every order was scored; cloze: its choices)."""
+    orders = scored_entry(RunDir(args.run))["config"].get("orders", "shown")
+    perms = StudyConfig().probes.permutations
+    for ro in scored_readouts(args.run, args.format):
+        head, lines = through_runner(args, args.run, "probes", lambda: ro.probe(
+            Path(args.run), positions=[args.position], kinds=args.kinds.split(","), folds=args.folds, n_perm=perms,
+            seed=args.seed, orders=orders, hook=args.hook, progress=not args.quiet), lambda r: "; ".join(r[1]))
+        print(json.dumps({ro.name: head}, indent=2, default=float))
+        print("\n".join(lines))
     print(f"results and plots in {args.run}/probes/")
     return 0
 
 
 def cmd_lens(args: argparse.Namespace) -> int:
-    """`wdprobe lens --run RUN`: the logit lens, word vs deed, per layer."""
-    s = through_runner(args, args.run, "lens", lambda: run_lens(args.run, progress=not args.quiet), lambda _: "done")
+    """`wdprobe lens --run RUN`: the logit lens, word vs deed, per layer, in every answer format asked."""
+    s = through_runner(args, args.run, "lens", lambda: run_lens(args.run, progress=not args.quiet, format=args.format),
+                       lambda s: "; ".join(t for t in (ro.lens_status(s) for ro in scored_readouts(args.run,
+                                                                                                 args.format)) if t))
     for g in ("consistent", "inconsistent"):
-        if s[g]["n"]:
+        if s.get(g, {}).get("n"):
             print(f"{g:12s} n={s[g]['n']:5d}  lens CS by layer: " + " ".join(f"{v:.2f}" for v in s[g]["lens_cs"]))
-    inc = s["inconsistent"]
-    if inc["n"]:
-        print(f"inconsistent items: readings part for good at layer {inc['item_divergence_layer_median']:.0f} (median); "
-              f"mean curves part at layer {inc['curve_divergence_layer']}")
+    for ro in scored_readouts(args.run, args.format):
+        if ro.lens_status(s):
+            print(ro.lens_status(s))
     print(f"results and plots in {args.run}/lens/")
     return 0
 
@@ -210,7 +215,7 @@ def _floats(text: str) -> list[float]:
 
 def _readouts(run: str, format: str) -> list:
     """The read-outs an instrument command reads: ``auto`` takes every format the run was scored in."""
-    return readouts_for(scored_format(run) if format == "auto" else format)
+    return scored_readouts(run, format)
 
 
 def given(args: argparse.Namespace, **names: str | tuple[str, Callable[[Any], Any]]) -> dict[str, Any]:
@@ -601,14 +606,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--hook", default="resid_post")
     p.add_argument("--position", default="last")
-    p.add_argument("--kinds", default="logreg,diffmean")
+    p.add_argument("--kinds", default="logreg,diffmean", help="comma list of registered probe kinds")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", default="auto", choices=["auto", *FORMATS],
+                   help="letter (and content, when every order was scored), cloze, or both; auto: every format the run "
+                        "was scored in")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("lens", help="logit lens on captured final-position residuals: where deed readings leave word readings")
     p.add_argument("--run", required=True, help="run directory with `wdprobe capture` (resid_post, position last)")
+    p.add_argument("--format", default="auto", choices=["auto", *FORMATS],
+                   help="letter (shown order and content space), cloze (at the options' decision point), or both; "
+                        "auto: every format the run was scored in")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_lens)
 

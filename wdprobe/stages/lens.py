@@ -12,27 +12,27 @@ from typing import Any
 
 from wdprobe.core.model import load_for_run
 from wdprobe.runs.rundir import RunDir
-from wdprobe.runs.stage import finish_stage, scored_entry
-from wdprobe.stages.readouts import readouts_for
+from wdprobe.runs.stage import finish_stage
+from wdprobe.stages.readouts import scored_readouts
 
 
-def run_lens(run_dir: str | Path, *, lm=None, progress: bool = True) -> dict[str, Any]:
+def run_lens(run_dir: str | Path, *, lm=None, progress: bool = True, format: str = "auto") -> dict[str, Any]:
     """The lens stage: captured ``resid_post`` at the final position -> ``lens/`` (CSV, JSON, HTML, PNG): by letter
-    in the shown order, in content space (every order), and in the cloze form (``lens/cloze-*``) where the run has
-    those prompts."""
+    in the shown order, in content space (every order), and in the cloze form (``lens/cloze-*``), for every format the
+    run was scored in (``auto``) or the one asked."""
 
     run = RunDir(run_dir)
     manifest = run.read_manifest()
     if lm is None:
         lm = load_for_run(manifest)
-    entry = scored_entry(RunDir(run_dir))
+    readouts = scored_readouts(run.path, format)
     out = run.path / "lens"
     out.mkdir(exist_ok=True)
     model = manifest["stages"]["score"]["config"]["model"]
     summary: dict[str, Any] = {}
     head: dict[str, Any] = {}
     pngs: list = []
-    for ro in readouts_for(entry["config"].get("format", "letter")):
+    for ro in readouts:
         part, part_head, made = ro.lens(run, lm, out, model)
         summary.update(part)
         head.update(part_head)

@@ -243,7 +243,7 @@ class Readout(ABC):
     # ---- probes
     @abstractmethod
     def probe(self, run_dir: Path, *, positions: Sequence[str], kinds: Sequence[str], folds: int, n_perm: int, seed: int,
-              orders: str, progress: bool = True) -> tuple[dict[str, Any], list[str]]:
+              orders: str, hook: str = "resid_post", progress: bool = True) -> tuple[dict[str, Any], list[str]]:
         """The probes stage in this format: headlines by name and the status lines."""
 
     # ---- cross-form patching
@@ -398,18 +398,18 @@ class LetterReadout(Readout):
                 "best": best, "validation": validation, "validation_skipped": skipped}
 
     def probe(self, run_dir: Path, *, positions: Sequence[str], kinds: Sequence[str], folds: int, n_perm: int, seed: int,
-              orders: str, progress: bool = True) -> tuple[dict[str, Any], list[str]]:
+              orders: str, hook: str = "resid_post", progress: bool = True) -> tuple[dict[str, Any], list[str]]:
         heads: dict[str, Any] = {}
         lines = []
         for position in positions:
-            head = run_probes(run_dir, position=position, kinds=kinds, folds=folds, seed=seed, progress=progress,
-                              n_perm=n_perm)
+            head = run_probes(run_dir, hook=hook, position=position, kinds=kinds, folds=folds, seed=seed,
+                              progress=progress, n_perm=n_perm)
             kind = "diffmean" if "diffmean" in head else kinds[0]
             heads[position] = head
             lines.append(f"{position}: word probe {head[kind]['word->word']:.2f}, transfer "
                          f"{head[kind]['word->deed_best']:.2f}")
         if orders != "shown":  # every order asked: the content choice (decide) apart from the letter (bind)
-            content = run_content_probes(run_dir, positions=positions, folds=folds, n_perm=n_perm, seed=seed)
+            content = run_content_probes(run_dir, positions=positions, hook=hook, folds=folds, n_perm=n_perm, seed=seed)
             heads["content"] = content
             for position, tests in content.items():
                 layers = {k: tests[k]["first_significant_layer"] for k in ("decide_word", "bind_word") if k in tests}
@@ -598,8 +598,9 @@ class ClozeReadout(Readout):
     no_setting = "no setting kept the options' tokens likely"
 
     def probe(self, run_dir: Path, *, positions: Sequence[str], kinds: Sequence[str], folds: int, n_perm: int, seed: int,
-              orders: str, progress: bool = True) -> tuple[dict[str, Any], list[str]]:
-        cloze = run_content_probes(run_dir, positions=positions, folds=folds, n_perm=n_perm, seed=seed, format=self.name)
+              orders: str, hook: str = "resid_post", progress: bool = True) -> tuple[dict[str, Any], list[str]]:
+        cloze = run_content_probes(run_dir, positions=positions, hook=hook, folds=folds, n_perm=n_perm, seed=seed,
+                                   format=self.name)
         lines = []
         for position, tests in cloze.items():
             first = tests["decide_word"]["first_significant_layer"] if "decide_word" in tests else None
@@ -693,6 +694,20 @@ def readout(name: str | Readout) -> Readout:
     if name not in READOUTS:
         raise InputError(f"unknown answer format {name!r}: choose from {list(READOUTS)}")
     return READOUTS[name]
+
+
+def scored_readouts(run_dir: str | Path, format: str = "auto") -> list[Readout]:
+    """The read-outs an instrument reads on a run: ``auto``, every format it was scored in; otherwise the format(s)
+    asked, refused by name when the run was not scored in them."""
+    scored = readouts_for(scored_format(run_dir))
+    if format == "auto":
+        return scored
+    asked = readouts_for(format)
+    missing = [ro.name for ro in asked if ro not in scored]
+    if missing:
+        raise InputError(f"{run_dir}: the run was scored in the {scored_format(run_dir)} format, not {missing}; score "
+                         f"it with --format {' or '.join(missing)} (or both)")
+    return asked
 
 
 def readouts_for(format: str) -> list[Readout]:

@@ -581,3 +581,20 @@ def test_single_stage_commands_go_through_the_runner(tiny_run, tmp_path):
         if flag:
             assert entry["settings"][flag[0]] == flag[1]
     assert run.stage_entry("lens")["headline"]  # the stage function's own fields joined the runner's record
+
+
+def test_lens_and_probe_commands_take_the_format(tiny_run, tmp_path, capsys):
+    """`--format` on every instrument command: the lens reads the asked format only, and a format the run was not
+    scored in is refused by name."""
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    shutil.rmtree(run / "lens", ignore_errors=True)
+    assert main(["lens", "--run", str(run), "--format", "cloze", "--quiet"]) == 0
+    assert (run / "lens" / "cloze-summary.json").is_file() and not (run / "lens" / "summary.json").exists()
+    assert "cloze: " in capsys.readouterr().out
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["stages"]["score"]["config"]["format"] = "letter"  # as if scored by letter only
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["probe", "--run", str(run), "--format", "cloze", "--quiet"]) == 2
+    assert "scored in the letter format, not ['cloze']" in capsys.readouterr().err
