@@ -324,7 +324,7 @@ class LetterReadout(Readout):
     selects_by = "cs_balanced"
 
     def settings(self, run: RunDir, *, orders: str | None = None, space: str | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"position": "last"}
+        out: dict[str, Any] = {"position": self.position}
         if orders is not None:
             orders = ORDER_ALIASES.get(orders, orders)
             if orders not in DEED_ORDERS:
@@ -546,7 +546,7 @@ class ClozeReadout(Readout):
     selects_by = "cs_balanced"
 
     def settings(self, run: RunDir, *, orders: str | None = None, space: str | None = None) -> dict[str, Any]:
-        return {"position": "decision point"}
+        return {"position": self.position}
 
     def reading(self, run: RunDir, lm, *, n_items: int | None, seed: int, layers: Sequence[int], folds: int,
                 settings: Mapping[str, Any], exclude: Sequence[str] = ()) -> Reading:
