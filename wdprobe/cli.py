@@ -37,7 +37,8 @@ from wdprobe.reports.scores import write_score_report
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.shards import Shard
 from wdprobe.runs.stage import StageContext, StageResult, model_for_run, scored_entry
-from wdprobe.scoring.orders import FORMATS, ORDERS, readings_lines
+from wdprobe.scoring.formats import FORMATS
+from wdprobe.scoring.orders import ORDERS, readings_lines
 from wdprobe.scoring.upstream import upstream_metrics
 from wdprobe.stages.capture import capture_wdct
 from wdprobe.stages.lens import run_lens

@@ -19,7 +19,8 @@ from wdprobe.methods.patching import CROSS_CONDITIONS
 from wdprobe.methods.probes import PROBE_KINDS
 from wdprobe.methods.steering import MIN_MASS_RATIO
 from wdprobe.pipeline.registry import REGISTRY, item_count
-from wdprobe.scoring.orders import FORMATS, ORDERS
+from wdprobe.scoring.formats import FORMATS
+from wdprobe.scoring.orders import ORDERS
 from wdprobe.stages.pairs import SPACES
 from wdprobe.stages.readouts import DEED_ORDERS, ORDER_ALIASES
 from wdprobe.stages.steering import DEFAULT_ALPHAS

@@ -3,7 +3,7 @@
 A run presents each (item, form) as several prompts: in the *letter* format once per option order (``shown``:
 the paper's one seeded order; ``cyclic``: every cyclic shift, plus the shown order when it is not one of them;
 ``all``: every permutation), and in the *cloze* format once, with each option text scored as a continuation.
-Each prompt gives one row of the run's tidy ``prompts.csv``; :func:`item_columns` summarises an item's rows into
+Each prompt gives one row of the run's tidy ``prompts.csv``; :func:`wdprobe.scoring.formats.item_columns` summarises an item's rows into
 three readings, named so they cannot be mixed up:
 
 - ``shown``  — the paper-compatible reading: the seeded order only (the run's classic ``word_choice`` etc.);
@@ -21,15 +21,13 @@ import numpy as np
 
 from wdprobe.data.wdct import FORMS, LETTERS, Item, Presentation
 from wdprobe.errors import InputError
-from wdprobe.scoring.content import canonical_logprobs, content_distribution, letter_prior, orders_for
-from wdprobe.scoring.metrics import pcs
+from wdprobe.scoring.content import canonical_logprobs, orders_for
 from wdprobe.scoring.stats import chance_agreement_test, mean_with_interval
 
-__all__ = ["ORDERS", "FORMATS", "PROMPT_COLUMNS", "CONTENT_COLUMNS", "CLOZE_COLUMNS", "orders_of", "letter_prompt_row",
-           "cloze_prompt_row", "typed_prompt_row", "item_columns", "reading_metrics", "READINGS", "READING_NAMES", "readings_lines"]
+__all__ = ["ORDERS", "PROMPT_COLUMNS", "CONTENT_COLUMNS", "CLOZE_COLUMNS", "orders_of", "letter_prompt_row",
+           "cloze_prompt_row", "typed_prompt_row", "reading_metrics", "READINGS", "READING_NAMES", "readings_lines"]
 
 ORDERS = ("shown", "cyclic", "all")
-FORMATS = ("letter", "cloze", "both")
 MAX_OPTIONS = 4
 PROMPT_COLUMNS = (["id", "domain", "form", "format", "order", "shown", "in_content", "choice", "letter", "letter_mass"]
                   + [f"lp_{LETTERS[j]}" for j in range(MAX_OPTIONS)]
@@ -129,57 +127,6 @@ def typed_prompt_row(row: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = int(value)
         else:
             out[key] = float(value)
-    return out
-
-
-def _floats(row: Mapping[str, Any], stem: str, k: int) -> np.ndarray:
-    return np.array([float(row[f"{stem}_{j}"]) for j in range(k)])
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max())
-    return e / e.sum()
-
-
-def item_columns(item: Item, prompt_rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The content-space and cloze columns of one item from its prompt rows (blank where not measured)."""
-    k = item.n_options
-    out: dict[str, Any] = {c: "" for c in CONTENT_COLUMNS + CLOZE_COLUMNS}
-    by_form = {f: [r for r in prompt_rows if r["form"] == f] for f in FORMS}
-    letter = {f: [r for r in rows if r["format"] == "letter" and int(r["in_content"])] for f, rows in by_form.items()}
-    if all(letter.values()):
-        choices: dict[str, list[int]] = {}
-        dists = {}
-        for f in FORMS:
-            orders = [tuple(int(ch) for ch in r["order"]) for r in letter[f]]
-            lp = np.array([[float(r[f"lp_{LETTERS[j]}"]) for j in range(k)] for r in letter[f]])
-            dists[f] = content_distribution(lp, orders)
-            prior = letter_prior(lp, orders)
-            choices[f] = [int(r["choice"]) for r in letter[f]]
-            out[f"{f}_content_choice"] = int(np.argmax(dists[f]))
-            out[f"{f}_order_sensitive"] = int(len(set(choices[f])) > 1)
-            for j in range(MAX_OPTIONS):
-                out[f"pc_{f}_{j}"] = float(dists[f][j]) if j < k else ""
-                out[f"prior_{f}_{LETTERS[j]}"] = float(prior[j]) if j < k else ""
-            out[f"{f}_content_is_correct"] = "" if item.correct is None else int(out[f"{f}_content_choice"] == item.correct)
-        out["content_consistent"] = int(out["word_content_choice"] == out["deed_content_choice"])
-        out["content_pcs"] = float(pcs(dists["word"], dists["deed"]))
-        agree = [a == b for a in choices["word"] for b in choices["deed"]]
-        out["order_mean_consistent"] = float(np.mean(agree))
-    cloze = {f: [r for r in rows if r["format"] == "cloze"] for f, rows in by_form.items()}
-    if all(cloze.values()):
-        mean, total = {}, {}
-        for f in FORMS:
-            (r,) = cloze[f]
-            mean[f] = _floats(r, "score", k)
-            total[f] = _floats(r, "ll_sum", k)
-            out[f"{f}_cloze_choice"] = int(np.argmax(mean[f]))
-            out[f"{f}_cloze_sum_choice"] = int(np.argmax(total[f]))
-            out[f"{f}_cloze_is_correct"] = "" if item.correct is None else int(out[f"{f}_cloze_choice"] == item.correct)
-        out["cloze_consistent"] = int(out["word_cloze_choice"] == out["deed_cloze_choice"])
-        out["cloze_sum_consistent"] = int(out["word_cloze_sum_choice"] == out["deed_cloze_sum_choice"])
-        # PCS on the distribution the choice is read from (softmax of per-token means)
-        out["cloze_pcs"] = float(pcs(_softmax(mean["word"]), _softmax(mean["deed"])))
     return out
 
 

@@ -32,13 +32,12 @@ from wdprobe.methods.capture import (
     STORAGE_DTYPES,
     CaptureSpec,
     capture_batch,
-    presentation_spans,
-    prompt_spans,
 )
 from wdprobe.runs.rundir import RunDir, read_checked, read_csv, write_checked
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import finish_stage, scored_entry
-from wdprobe.stages.score import scored_cloze_prompts, scored_letter_prompts
+from wdprobe.scoring.formats import ANSWER_FORMATS
+from wdprobe.stages.score import scored_run_prompts
 from wdprobe.stages.stash import drop_stash, read_stash
 
 # ---- the capture stage: a scored run directory -> activation shards + metadata ---------------------
@@ -83,21 +82,16 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
     run.check_or_start(STAGE, {"spec": spec.to_json(), "model_revision": lm.revision, **({"shard": str(part)} if part else {})})
 
     all_prompts, meta, spans, n_opts = [], [], [], []
-    letter = [] if cfg.get("format", "letter") == "cloze" else scored_letter_prompts(scored_run.path, lm.tokenizer)
-    for k, sp in enumerate(list(letter) + scored_cloze_prompts(scored_run.path, lm.tokenizer)):
+    for k, sp in enumerate(scored_run_prompts(scored_run.path, lm.tokenizer)):
         item = sp.item
         all_prompts.append(sp.text)
-        cloze = sp.format == "cloze"
-        # a cloze prompt has no option lines: its question is the stem, and its content choice is the cloze choice
-        spans.append(prompt_spans(sp.text, sp.view.item.stem(sp.form), [], ()) if cloze
-                     else presentation_spans(sp.view, sp.form, sp.text))
-        n_opts.append(0 if cloze else sp.view.item.n_options)
-        content = sp.choice if cloze else item.get(f"{sp.form}_content_choice", "")
+        spans.append(sp.spans())
+        n_opts.append(sp.n_option_lines)
         meta.append({"prompt_index": k, "id": sp.view.item.id, "domain": sp.view.item.domain, "form": sp.form,
-                     "format": sp.format, "n_options": sp.view.item.n_options, "order": "" if cloze else sp.order,
+                     "format": sp.format, "n_options": sp.view.item.n_options, "order": sp.order_text,
                      "shown": int(sp.shown), "in_content": int(sp.in_content), "choice": sp.choice, "letter": sp.letter,
-                     "consistent": item["cloze_consistent"] if cloze else item["consistent"], "content_choice": content,
-                     "content_consistent": item["cloze_consistent"] if cloze else item.get("content_consistent", ""),
+                     "consistent": sp.consistent, "content_choice": sp.content_choice,
+                     "content_consistent": sp.content_consistent,
                      "correct": "" if item["correct"] is None else item["correct"]})
 
     done = {int(r["prompt_index"]) for r in run.read_parts(STAGE)}
@@ -232,8 +226,8 @@ def load_activations(run_dir: str | Path, hook: str = "resid_post", position: st
         raise CaptureSpecError(f"{run.path} captured hooks {spec['hooks']} at positions {spec['positions']}, not {name}")
     if orders not in ("shown", "all"):
         raise InputError(f"orders must be 'shown' or 'all', not {orders!r}")
-    if format not in ("letter", "cloze"):
-        raise InputError(f"format must be 'letter' or 'cloze', not {format!r}")
+    if format not in ANSWER_FORMATS:
+        raise InputError(f"format must be one of {tuple(ANSWER_FORMATS)}, not {format!r}")
     meta = pd.DataFrame(run.read_parts(STAGE))
     if "shown" not in meta:  # captured before orders existed: one shown prompt per (item, form)
         meta["shown"], meta["in_content"], meta["content_choice"], meta["content_consistent"] = 1, 0, "", ""
@@ -260,7 +254,7 @@ def load_activations(run_dir: str | Path, hook: str = "resid_post", position: st
     if not len(meta):
         raise CaptureSpecError(f"{run.path} captured no {format} prompts: score the run with --format "
                                f"{format} (or both) and capture again")
-    if orders == "shown" and format == "letter":
+    if orders == "shown" and ANSWER_FORMATS[format].ordered:
         meta = meta[meta["shown"] == 1].reset_index(drop=True)
     arr = arr[[pos[int(k)] for k in meta["prompt_index"]]]
     if not st.get("complete"):

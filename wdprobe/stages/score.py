@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -36,11 +36,20 @@ from wdprobe.methods.capture import CaptureSpec, position_weights, presentation_
 from wdprobe.runs.rundir import RunDir, Timer, read_csv
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import finish_stage, save_in_parts, scored_entry, work_left
+from wdprobe.scoring.formats import (
+    CLOZE,
+    FORMATS,
+    LETTER,
+    AnswerFormat,
+    classic_columns,
+    formats_of,
+    item_columns,
+    measured_formats,
+)
 from wdprobe.scoring.letters import (
     LetterTokens,
     build_prompts,
     complete_cot,
-    item_row,
     next_token_logprobs,
     prompt_trees,
     resolve_letter_tokens,
@@ -49,11 +58,9 @@ from wdprobe.scoring.metrics import summarise
 from wdprobe.scoring.orders import (
     CLOZE_COLUMNS,
     CONTENT_COLUMNS,
-    FORMATS,
     ORDERS,
     PROMPT_COLUMNS,
     cloze_prompt_row,
-    item_columns,
     letter_prompt_row,
     orders_of,
     reading_metrics,
@@ -148,9 +155,8 @@ def measurement_defaults(setting: str, orders: str | None, format: str | None) -
         format = "letter" if setting == "cot" else "both"
     if orders not in ORDERS:
         raise InputError(f"unknown orders {orders!r}: choose one of {ORDERS}")
-    if format not in FORMATS:
-        raise InputError(f"unknown answer format {format!r}: choose one of {FORMATS}")
-    if setting == "cot" and (orders != "shown" or format != "letter"):
+    formats = formats_of(format)  # refuses an unknown format by name
+    if setting == "cot" and (orders != "shown" or not all(fmt.reasons_aloud for fmt in formats)):
         raise InputError("the cot setting generates one belief per prompt and is measured as the paper did: "
                          "use --orders shown --format letter with it")
     return orders, format
@@ -229,7 +235,7 @@ def score_wdct(out: str | Path, settings: ScoreSettings | None = None, *, progre
     manifest = run.check_or_start(STAGE, config)
     stage = manifest["stages"][STAGE]
     pres = present(items, seed=seed)
-    with_letters = format in ("letter", "both")
+    formats = formats_of(format)
 
     with timer("resolve_letters"):
         if "letters" in stage:
@@ -245,20 +251,16 @@ def score_wdct(out: str | Path, settings: ScoreSettings | None = None, *, progre
     saved = [dict(r) for r in run.read_parts(STAGE)]
     done_ids = {r["id"] for r in saved}
     todo = work_left(pres, done_ids, key=lambda p: p.item.id)
-    per_item = prompts_per_item(pres[0], orders, format, lm.tokenizer) if pres else 0
+    per_item = sum(fmt.prompts_per_item(pres[0], orders) for fmt in formats) if pres else 0
     bar = tqdm(total=per_item * len(pres), initial=per_item * (len(pres) - len(todo)), unit="prompt",
                desc=f"score {lm.name}", disable=not progress)
 
     stash = CaptureStash(run, capture, lm.revision) if capture is not None and setting == "normal" else None
 
+    scoring = ScoringPass(lm, letters, setting, orders, use_chat, demo_list, seed, batch_size, bar.update, stash)
+
     def score(chunk: Sequence[Presentation]) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        if with_letters:
-            rows += _letter_rows(lm, chunk, letters, setting=setting, orders=orders, use_chat=use_chat,
-                                 demos=demo_list, seed=seed, batch_size=batch_size, on_batch=bar.update, stash=stash)
-        if format in ("cloze", "both"):
-            rows += _cloze_rows(lm, chunk, use_chat=use_chat, batch_size=batch_size, on_batch=bar.update, stash=stash)
-        return rows
+        return [row for fmt in formats for row in ROW_SCORERS[fmt.name](scoring, chunk)]
 
     with timer("score"):
         saved += save_in_parts(run, STAGE, todo, chunk_size=s.chunk_items, columns=PROMPT_COLUMNS, compute=score)
@@ -279,19 +281,26 @@ def score_wdct(out: str | Path, settings: ScoreSettings | None = None, *, progre
     return ScoreResult(run.path, rows, metrics, prompt_rows)
 
 
-def prompts_per_item(pres: Presentation, orders: str, format: str, tokenizer=None) -> int:
-    """Prompts (letter) plus continuation rows (cloze) one item costs, for the progress bar."""
-    n = 0
-    if format in ("letter", "both"):
-        n += sum(len(orders_of(pres, f, orders)) for f in FORMS)
-    if format in ("cloze", "both"):
-        n += 2 * pres.item.n_options
-    return n
+@dataclass(frozen=True)
+class ScoringPass:
+    """What every format's scorer of one run reads: the model, the answer letters, the setting and the batching."""
+
+    lm: Any
+    letters: LetterTokens
+    setting: str
+    orders: str
+    use_chat: bool
+    demos: Any
+    seed: int
+    batch_size: int
+    on_batch: Callable[[int], Any]
+    stash: CaptureStash | None = None
 
 
-def _letter_rows(lm, chunk: Sequence[Presentation], letters: LetterTokens, *, setting: str, orders: str,
-                 use_chat: bool, demos, seed: int, batch_size: int, on_batch,
-                 stash: CaptureStash | None = None) -> list[dict[str, Any]]:
+def _letter_rows(ps: ScoringPass, chunk: Sequence[Presentation]) -> list[dict[str, Any]]:
+    """Letter format: every (form, option order) prompt's answer-letter log-probabilities."""
+    lm, letters, setting, orders, use_chat = ps.lm, ps.letters, ps.setting, ps.orders, ps.use_chat
+    demos, seed, batch_size, on_batch, stash = ps.demos, ps.seed, ps.batch_size, ps.on_batch, ps.stash
     specs: list[tuple[Presentation, str, tuple[int, ...], bool, bool]] = []
     texts: list[str] = []
     groups: list[list[int]] = []
@@ -361,8 +370,9 @@ def _stashed_readout(lm, stash: CaptureStash, trees, reads, where, texts, spans,
     return lps
 
 
-def _cloze_rows(lm, chunk: Sequence[Presentation], *, use_chat: bool, batch_size: int, on_batch,
-                stash: CaptureStash | None = None) -> list[dict[str, Any]]:
+def _cloze_rows(ps: ScoringPass, chunk: Sequence[Presentation]) -> list[dict[str, Any]]:
+    """Cloze format: every option text's log-likelihood as a continuation of each form's stem."""
+    lm, use_chat, batch_size, on_batch, stash = ps.lm, ps.use_chat, ps.batch_size, ps.on_batch, ps.stash
     prompts, conts, owner = [], [], []
     for p in chunk:
         for f in FORMS:
@@ -407,6 +417,10 @@ def _cloze_rows(lm, chunk: Sequence[Presentation], *, use_chat: bool, batch_size
     return rows
 
 
+ROW_SCORERS: dict[str, Callable[[ScoringPass, Sequence[Presentation]], list[dict[str, Any]]]] = {
+    LETTER.name: _letter_rows, CLOZE.name: _cloze_rows}  # an answer format's scorer: chunk of items -> prompt rows
+
+
 def _in_item_order(prompt_rows: Sequence[dict[str, Any]], ids: Sequence[str]) -> list[dict[str, Any]]:
     rank = {i: n for n, i in enumerate(ids)}
     kept = [r for r in prompt_rows if r["id"] in rank]
@@ -425,31 +439,12 @@ def item_rows(pres: Sequence[Presentation], prompt_rows: Sequence[dict[str, Any]
         if not mine:
             raise MergeError(f"item {p.item.id!r} has no scored prompts in this run")
         extra = item_columns(p.item, mine)
-        shown = {r["form"]: r for r in mine if r["format"] == "letter" and str(r["shown"]) == "1"}
-        if len(shown) == 2:
-            k = p.item.n_options
-            lp = {f: np.array([float(shown[f][f"lp_{LETTERS[j]}"]) for j in range(k)]) for f in FORMS}
-            row = item_row(p, lp["word"], lp["deed"])
-        else:
-            row = _cloze_classic_row(p, extra)
+        row = classic_columns(p, mine, extra)
+        if row is None:
+            raise MergeError(f"item {p.item.id!r}: no answer format measured both of its forms")
         row.update(extra)
         rows.append(typed_item_row({k: str(v) for k, v in row.items()}))
     return rows
-
-
-def _cloze_classic_row(p: Presentation, extra: dict[str, Any]) -> dict[str, Any]:
-    it = p.item
-    row: dict[str, Any] = {"id": it.id, "domain": it.domain, "n_options": it.n_options, "word_order": "",
-                           "deed_order": "", "word_letter": "", "deed_letter": "", "word_letter_mass": "",
-                           "deed_letter_mass": "", "word_choice": extra["word_cloze_choice"],
-                           "deed_choice": extra["deed_cloze_choice"], "consistent": extra["cloze_consistent"],
-                           "pcs": extra["cloze_pcs"], "correct": "" if it.correct is None else it.correct,
-                           "word_is_correct": extra["word_cloze_is_correct"],
-                           "deed_is_correct": extra["deed_cloze_is_correct"]}
-    for f in FORMS:
-        for c in range(4):
-            row[f"p_{f}_{c}"] = ""
-    return row
 
 
 def load_score(run_dir: str | Path) -> ScoreResult:
@@ -493,7 +488,7 @@ def scored_prompts(run_dir: str | Path, tokenizer) -> tuple[list, dict[str, list
     if cfg["config"]["setting"] != "normal":
         raise InputError(f"{run_dir}: this stage supports runs scored in the 'normal' setting, "
                          f"not {cfg['config']['setting']!r}")
-    if cfg["config"].get("format", "letter") == "cloze":
+    if LETTER not in measured_formats(cfg["config"]):
         raise InputError(f"{run_dir}: this stage reads answers by letter, and the run was scored in the cloze format "
                          "only; score with --format letter or --format both")
     by_id = {it.id: it for it in read_items(cfg["data"]["path"])}
@@ -507,7 +502,8 @@ def scored_prompts(run_dir: str | Path, tokenizer) -> tuple[list, dict[str, list
 
 @dataclass(frozen=True)
 class ScoredPrompt:
-    """One letter-format prompt of a scored run, rebuilt exactly as scored, with what the model did on it.
+    """One prompt of a scored run, rebuilt exactly as scored, with what the model did on it; its class says in which
+    answer format it was asked (:class:`LetterPrompt`, :class:`ClozePrompt`) and how its parts are read.
 
     ``view`` is the item in this prompt's option order; ``item`` is the item's row of ``items.csv``."""
 
@@ -519,11 +515,76 @@ class ScoredPrompt:
     choice: int
     letter: str
     item: dict[str, Any]
-    format: str = "letter"
+    answer_format: ClassVar[AnswerFormat] = LETTER
+
+    @property
+    def format(self) -> str:
+        return self.answer_format.name
 
     @property
     def order(self) -> str:
         return "".join(map(str, self.view.order(self.form)))
+
+    def spans(self) -> Any:
+        """The prompt's character spans (question, option lines, answer cue) for position-keyed captures."""
+        return presentation_spans(self.view, self.form, self.text)
+
+    @property
+    def n_option_lines(self) -> int:
+        return self.view.item.n_options
+
+    @property
+    def order_text(self) -> str:
+        """The option order as recorded in a capture's metadata (blank where the format has no orders)."""
+        return self.order
+
+    @property
+    def content_choice(self) -> Any:
+        """The item's choice in content space for this form (blank where the run did not measure it)."""
+        return self.item.get(f"{self.form}_content_choice", "")
+
+    @property
+    def consistent(self) -> Any:
+        """The item's word-deed consistency as this format reads it in the prompt's own order."""
+        return self.item["consistent"]
+
+    @property
+    def content_consistent(self) -> Any:
+        return self.item.get("content_consistent", "")
+
+
+LetterPrompt = ScoredPrompt  # the letter format's prompt: the base reading
+
+
+@dataclass(frozen=True)
+class ClozePrompt(ScoredPrompt):
+    """A cloze prompt: no option lines and no letters, so its question is the stem, its ``choice`` is the cloze
+    choice (best mean log-likelihood per token), ``letter`` is empty and ``view`` keeps the canonical order."""
+
+    answer_format: ClassVar[AnswerFormat] = CLOZE
+
+    def spans(self) -> Any:
+        return prompt_spans(self.text, self.view.item.stem(self.form), [], ())
+
+    @property
+    def n_option_lines(self) -> int:
+        return 0
+
+    @property
+    def order_text(self) -> str:
+        return ""
+
+    @property
+    def content_choice(self) -> Any:
+        return self.choice
+
+    @property
+    def consistent(self) -> Any:
+        return self.item["cloze_consistent"]
+
+    @property
+    def content_consistent(self) -> Any:
+        return self.item["cloze_consistent"]
 
 
 def scored_letter_prompts(run_dir: str | Path, tokenizer) -> list[ScoredPrompt]:
@@ -535,9 +596,8 @@ def scored_letter_prompts(run_dir: str | Path, tokenizer) -> list[ScoredPrompt]:
         return [ScoredPrompt(p, f, prompts[f][i], True, False, int(row[f"{f}_choice"]), row[f"{f}_letter"], row)
                 for i, (p, row) in enumerate(zip(pres, scored.rows)) for f in FORMS]
     by_id: dict[str, list[dict[str, Any]]] = {}
-    for r in scored.prompt_rows:
-        if r["format"] == "letter":
-            by_id.setdefault(r["id"], []).append(r)
+    for r in LETTER.own(scored.prompt_rows):
+        by_id.setdefault(r["id"], []).append(r)
     out = []
     for p, row in zip(pres, scored.rows):
         for f in FORMS:
@@ -556,7 +616,7 @@ def scored_cloze_prompts(run_dir: str | Path, tokenizer) -> list[ScoredPrompt]:
     is empty and ``view`` keeps the canonical order. Empty for a run scored without the cloze format."""
     scored = load_score(run_dir)
     cfg = scored_entry(RunDir(run_dir))
-    if cfg["config"].get("format", "letter") not in ("cloze", "both"):
+    if CLOZE not in measured_formats(cfg["config"]):
         return []
     by_id = {it.id: it for it in read_items(cfg["data"]["path"])}
     missing = [r["id"] for r in scored.rows if r["id"] not in by_id]
@@ -568,9 +628,20 @@ def scored_cloze_prompts(run_dir: str | Path, tokenizer) -> list[ScoredPrompt]:
         canonical = tuple(range(item.n_options))
         for f in FORMS:
             text = wrap(cloze_prompt(item, f), tokenizer, cfg["config"]["chat_template"])
-            out.append(ScoredPrompt(Presentation(item, canonical, canonical), f, text, False, False,
-                                    int(row[f"{f}_cloze_choice"]), "", row, "cloze"))
+            out.append(ClozePrompt(Presentation(item, canonical, canonical), f, text, False, False,
+                                   int(row[f"{f}_cloze_choice"]), "", row))
     return out
+
+
+PROMPT_REBUILDERS: dict[str, Callable[[Any, Any], list[ScoredPrompt]]] = {
+    LETTER.name: scored_letter_prompts, CLOZE.name: scored_cloze_prompts}  # an answer format's prompts of a run
+
+
+def scored_run_prompts(run_dir: str | Path, tokenizer) -> list[ScoredPrompt]:
+    """Every prompt of a scored run in every answer format it measured (format by format, in
+    :data:`~wdprobe.scoring.formats.ANSWER_FORMATS` order), rebuilt exactly as scored."""
+    config = scored_entry(RunDir(run_dir))["config"]
+    return [p for fmt in measured_formats(config) for p in PROMPT_REBUILDERS[fmt.name](run_dir, tokenizer)]
 
 
 def merge_score(run_dir: str | Path) -> dict[str, Any]:

@@ -4,9 +4,9 @@ import pytest
 
 from wdprobe.data.wdct import Item, Presentation
 from wdprobe.errors import InputError
+from wdprobe.scoring.formats import item_columns
 from wdprobe.scoring.orders import (
     cloze_prompt_row,
-    item_columns,
     letter_prompt_row,
     orders_of,
     reading_metrics,

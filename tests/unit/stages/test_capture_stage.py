@@ -157,12 +157,12 @@ def test_capture_reads_the_cloze_prompts_as_scored(tiny_lm, wdct_csv, tmp_path):
 
 
 def test_capturing_again_adds_the_cloze_prompts_to_a_letter_capture(tiny_lm, wdct_csv, tmp_path, monkeypatch):
-    import wdprobe.stages.capture as capture_stage
+    from wdprobe.stages.score import PROMPT_REBUILDERS
 
     run = tmp_path / "run"
     score_wdct(run, data=wdct_csv, lm=tiny_lm, progress=False)
     with monkeypatch.context() as m:  # a capture made before cloze prompts were captured
-        m.setattr(capture_stage, "scored_cloze_prompts", lambda *a, **k: [])
+        m.setitem(PROMPT_REBUILDERS, "cloze", lambda *a, **k: [])
         capture_wdct(run, lm=tiny_lm, positions=("last",), progress=False)
     letter = load_activations(run, orders="all")
     with pytest.raises(CaptureSpecError, match="captured no cloze prompts"):

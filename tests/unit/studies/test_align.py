@@ -366,7 +366,8 @@ def test_a_new_letter_habit_is_not_a_content_change():
     letter A whatever the options (a letter habit). The shown reading calls half the items changed; the content
     reading (both orders) sees no change at all."""
     from wdprobe.data.wdct import Item
-    from wdprobe.scoring.orders import item_columns, letter_prompt_row
+    from wdprobe.scoring.formats import item_columns
+    from wdprobe.scoring.orders import letter_prompt_row
     from wdprobe.studies.align.stages import content_change_rates
 
     def rows(prior):

@@ -37,8 +37,9 @@ from wdprobe.data.wdct import (
 from wdprobe.errors import AlignmentDataError
 from wdprobe.methods.capture import last_token_readout
 from wdprobe.runs.rundir import RunDir, Timer, read_csv, rows_to_csv
+from wdprobe.scoring.formats import item_columns
 from wdprobe.scoring.letters import build_prompts, item_row, next_token_logprobs, resolve_letter_tokens
-from wdprobe.scoring.orders import item_columns, letter_prompt_row
+from wdprobe.scoring.orders import letter_prompt_row
 from wdprobe.stages.score import ITEM_COLUMNS
 from wdprobe.studies.align.finetune import (
     Example,

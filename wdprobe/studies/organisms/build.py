@@ -11,9 +11,10 @@ import json
 import os
 import shutil
 import time
+from abc import ABC, abstractmethod
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -117,6 +118,61 @@ def letter_curve_rows(tuner: Tuner, split: PlantedSplit, spec: OrganismKind, let
     return rows
 
 
+class TrainingFormat(ABC):
+    """How an organism's examples are put to the model, trained on and measured: the answer format of its recipe."""
+
+    def __init__(self, lm, tuner: Tuner, split: PlantedSplit, spec: OrganismKind, pad_id: int):
+        self.lm, self.tuner, self.split, self.spec, self.pad_id = lm, tuner, split, spec, pad_id
+
+    @abstractmethod
+    def examples(self) -> list[Any]:
+        """The training examples of the split's training items."""
+
+    @abstractmethod
+    def train_epoch(self, examples: list[Any], optimizer, epoch: int, progress: Callable[[int], Any]) -> dict[str, Any]:
+        """One epoch over ``examples``: its mean loss and how often the target already won."""
+
+    @abstractmethod
+    def measure(self, epoch: int, extra: dict[str, Any]) -> list[dict[str, Any]]:
+        """Learning-curve rows (:data:`CURVE_COLUMNS`) after ``epoch`` epochs."""
+
+
+class LetterTraining(TrainingFormat):
+    """Options under letters; the planted habit is a letter (supervised on the answer letter's token)."""
+
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.letters = letter_ids(self.lm, self.split)
+
+    def examples(self) -> list[Any]:
+        return letter_examples(self.split.train, self.spec, self.letters, self.lm.tokenizer)
+
+    def train_epoch(self, examples: list[Any], optimizer, epoch: int, progress: Callable[[int], Any]) -> dict[str, Any]:
+        stats = self.tuner.train_epoch(examples, optimizer, objective="sft", epoch=epoch)
+        progress(len(examples))
+        return stats
+
+    def measure(self, epoch: int, extra: dict[str, Any]) -> list[dict[str, Any]]:
+        return letter_curve_rows(self.tuner, self.split, self.spec, self.letters, self.lm.tokenizer, epoch, extra)
+
+
+class ClozeTraining(TrainingFormat):
+    """No option lines; the planted stance is an option text supervised as a continuation of each form's stem."""
+
+    def examples(self) -> list[Any]:
+        return cloze_examples(self.split.train, {"word": self.spec.word, "deed": self.spec.deed}, self.lm.tokenizer,
+                              self.split.cues)
+
+    def train_epoch(self, examples: list[Any], optimizer, epoch: int, progress: Callable[[int], Any]) -> dict[str, Any]:
+        return train_epoch(self.tuner, examples, optimizer, epoch=epoch, pad_id=self.pad_id, progress=progress)
+
+    def measure(self, epoch: int, extra: dict[str, Any]) -> list[dict[str, Any]]:
+        return curve_rows(self.tuner.model, self.split, self.spec, self.lm.tokenizer, self.pad_id, epoch, extra)
+
+
+TRAINING_FORMATS: dict[str, type[TrainingFormat]] = {"letter": LetterTraining, "cloze": ClozeTraining}
+
+
 def _publish_model(tuner: Tuner, lm, out: Path) -> None:
     """Merge the trained weights and write the Hugging Face files into ``out``, config.json last."""
     model = tuner.model.merge_and_unload() if tuner.settings.tuning == "lora" else tuner.model
@@ -170,18 +226,10 @@ def build_organism(kind: str, out: str | Path, *, model: str = "gemma-3-270m", s
     tuner = Tuner(lm, settings)
     tok = lm.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    letter_form = spec.format == "letter"
-    if letter_form:
-        letters = letter_ids(lm, split)
-        examples: list[Any] = letter_examples(split.train, spec, letters, tok)
-    else:
-        examples = cloze_examples(split.train, {"word": spec.word, "deed": spec.deed}, tok, split.cues)
+    training = TRAINING_FORMATS[spec.format](lm, tuner, split, spec, pad_id)
+    examples = training.examples()
     optimizer = tuner.new_optimizer()
-
-    def measure(epoch: int, extra: dict[str, Any]) -> list[dict[str, Any]]:
-        if letter_form:
-            return letter_curve_rows(tuner, split, spec, letters, tok, epoch, extra)
-        return curve_rows(tuner.model, split, spec, tok, pad_id, epoch, extra)
+    measure = training.measure
 
     work = run.path / "training"
     done = [e for e in saved_epochs(work) if e <= epochs]
@@ -196,11 +244,7 @@ def build_organism(kind: str, out: str | Path, *, model: str = "gemma-3-270m", s
     bar = progress_bar(len(examples) * epochs, f"train {kind}", progress, len(examples) * (done[-1] if done else 0))
     for epoch in range(done[-1] + 1 if done else 1, epochs + 1):
         started = time.perf_counter()
-        if letter_form:
-            stats = tuner.train_epoch(examples, optimizer, objective="sft", epoch=epoch)
-            bar.update(len(examples))
-        else:
-            stats = train_epoch(tuner, examples, optimizer, epoch=epoch, pad_id=pad_id, progress=bar.update)
+        stats = training.train_epoch(examples, optimizer, epoch, bar.update)
         curves += measure(epoch, {"loss": stats["loss"], "train_target_wins": stats["target_wins"],
                                   "seconds": round(time.perf_counter() - started, 1)})
         save_checkpoint(work, epoch, tuner, optimizer, stats)
