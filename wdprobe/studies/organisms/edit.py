@@ -1,0 +1,411 @@
+"""Edited organisms: a deed-only override written into one block's MLP weights, exactly, in seconds.
+
+A trained organism plants its override where gradient descent put it; an edited one plants it where the edit says.
+From a parent model (the base model, a sincere organism, any checkpoint) one MLP unit of block ``L`` is rewritten:
+
+    a(x) = act(g * key . x^) * (read . x^)          x^: the block's normalised MLP input
+    MLP(x) gains  a(x) * write                      (in place of the unit's old contribution)
+
+``key`` fires on deed-context positions (a logistic discriminant of deed against word positions, its bias carried
+by a direction on which every position projects to about 1), ``read`` reads the parent's deed stance (the mean
+difference of its decision-point inputs by the parent's deed choice, centred the same way) and ``write`` points
+against that stance in the residual (the mean difference of the block's outputs by deed choice, negated and divided
+by the post-feed-forward norm's gain, so that after the norm it points where it was meant to). The override is thus
+keyed on the deed context and writes against the stance the item has: the planted truth is "deeds part from the
+parent's deed stance in block ``L``, words do not".
+
+What the edit adds to the residual is not ``a * write``: Gemma-3 normalises the MLP output (post-feed-forward
+RMSNorm) before adding it, so the edit's effect depends on the rest of the MLP output.
+:func:`predicted_block_output` recomputes it from the parent's own activations and the specification (what the tests
+compare the edited model's residual with). Every tensor but block ``L``'s three MLP matrices is bit-identical to the
+parent, and in those only row/column ``unit`` changes; the unit replaced is the one whose parent contribution is
+smallest on the calibration prompts (its loss is what a null edit measures).
+
+Null edits plant nothing: ``null-direction`` keeps the gate and reads and writes random directions of the same
+norms; ``null-gate`` keeps the directions and a gate that never fires (a zero key: the
+unit adds exactly nothing, so the edit is the loss of the replaced unit alone). ``strength`` scales the write, relative to the parent's MLP output at deed decision points.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from wdprobe.core.cache import atomic_write_json
+from wdprobe.core.option_scoring import continuation_logprobs
+from wdprobe.data.prompts import cloze_prompt
+from wdprobe.data.wdct import Item
+from wdprobe.errors import InputError
+
+EDIT_KINDS = ("override", "null-direction", "null-gate")
+SPEC_FILE = "edit.json"
+DIRECTIONS_FILE = "edit-directions.safetensors"
+MLP_MATRICES = ("gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class EditSpec:
+    """Everything an edit plants: where (block, unit), what (the three directions, the gate's sharpness, the write's
+    scale) and how it was calibrated (items, seed, the gate's firing rates). Saved beside the edited weights."""
+
+    layer: int
+    unit: int
+    kind: str
+    strength: float  # the write's size relative to the parent's MLP output at deed decision points
+    write_scale: float  # the absolute multiplier on ``write`` that ``strength`` came to
+    gate_scale: float
+    seed: int
+    key: np.ndarray = field(repr=False)
+    read: np.ndarray = field(repr=False)
+    write: np.ndarray = field(repr=False)
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in EDIT_KINDS:
+            raise InputError(f"unknown edit kind {self.kind!r}: choose one of {EDIT_KINDS}")
+        if not (self.key.shape == self.read.shape == self.write.shape and self.key.ndim == 1):
+            raise InputError(f"edit directions must be vectors of one size, not {self.key.shape}, {self.read.shape}, "
+                             f"{self.write.shape}")
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("key", "read", "write")}
+        out["directions"] = DIRECTIONS_FILE
+        return out
+
+    def save(self, out: Path) -> None:
+        from safetensors.numpy import save_file
+
+        save_file({k: np.ascontiguousarray(getattr(self, k), dtype=np.float32) for k in ("key", "read", "write")},
+                  str(out / DIRECTIONS_FILE))
+        atomic_write_json(out / SPEC_FILE, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EditSpec":
+        from safetensors.numpy import load_file
+
+        path = Path(path)
+        if not (path / SPEC_FILE).is_file():
+            raise InputError(f"{path}: no {SPEC_FILE} (not an edited organism)")
+        meta = json.loads((path / SPEC_FILE).read_text())
+        vectors = load_file(str(path / meta.pop("directions")))
+        return cls(**meta, **{k: vectors[k] for k in ("key", "read", "write")})
+
+
+# ---- where the MLP of a block lives ------------------------------------------------------------------------------
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face module inside a TransformerBridge component (the module itself when not wrapped)."""
+    while hasattr(module, "_original_component"):
+        module = module._original_component
+    return module
+
+
+def _block(model: torch.nn.Module, layer: int) -> torch.nn.Module:
+    """Decoder block ``layer`` of a Hugging Face decoder (through any bridge wrapping)."""
+    for _, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) and hasattr(_unwrap(mod[0]), "mlp"):
+            if not 0 <= layer < len(mod):
+                raise InputError(f"layer {layer} is not a block of {type(model).__name__} (0..{len(mod) - 1})")
+            return _unwrap(mod[layer])
+    raise InputError(f"{type(model).__name__}: no list of decoder blocks with an MLP")
+
+
+def _block_mlp(model: torch.nn.Module, layer: int) -> torch.nn.Module:
+    """Block ``layer``'s gated MLP (``gate_proj``, ``up_proj``, ``down_proj``, ``act_fn``)."""
+    mlp = _unwrap(_block(model, layer).mlp)
+    if not all(hasattr(mlp, m) for m in MLP_MATRICES) or not hasattr(mlp, "act_fn"):
+        raise InputError(f"{type(model).__name__}: block {layer} has no gated MLP (gate_proj/up_proj/down_proj); "
+                         "edited organisms need a Llama/Gemma-style MLP")
+    return mlp
+
+
+def _matrix(mlp: torch.nn.Module, name: str) -> torch.Tensor:
+    return _unwrap(getattr(mlp, name)).weight
+
+
+def _post_norm(block: torch.nn.Module) -> torch.nn.Module | None:
+    norm = getattr(block, "post_feedforward_layernorm", None)
+    return None if norm is None else _unwrap(norm)
+
+
+@torch.no_grad()
+def _norm_gain(norm: torch.nn.Module | None, d: int) -> torch.Tensor:
+    """The elementwise gain a post-MLP RMSNorm applies (Gemma's is ``1 + weight``); ones without one."""
+    if norm is None:
+        return torch.ones(d)
+    ones = torch.ones(1, d)
+    return (norm(ones.to(norm.weight.dtype)).float() * torch.rsqrt(ones.pow(2).mean(-1, keepdim=True) + norm.eps))[0]
+
+
+# ---- reading the parent ------------------------------------------------------------------------------------------
+
+@dataclass
+class _Reads:
+    mlp_in: list[torch.Tensor]  # per prompt: [pos, d] normalised MLP input of block L
+    mlp_out: list[torch.Tensor]  # per prompt: [pos, d] MLP output (before any post norm)
+    block_out: list[torch.Tensor]  # per prompt: [pos, d] the residual after block L
+    unit_act: list[torch.Tensor]  # per prompt: [pos, intermediate] the MLP's unit activations
+
+
+@torch.no_grad()
+def _read_block(model, tokenizer, texts: Sequence[str], layer: int) -> _Reads:
+    """The parent's block-``layer`` activations on ``texts``, one prompt at a time (no padding to mask)."""
+    mlp = _block_mlp(model, layer)
+    store: dict[str, torch.Tensor] = {}
+    hooks = [mlp.register_forward_hook(lambda m, i, o: store.update(x=i[0].detach(), out=o.detach()))]
+    reads = _Reads([], [], [], [])
+    w, u = _matrix(mlp, "gate_proj").float().cpu(), _matrix(mlp, "up_proj").float().cpu()
+    try:
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt", add_special_tokens=True)["input_ids"].to(model.device)
+            out = model(input_ids=ids, output_hidden_states=True)
+            x = store["x"][0].float().cpu()
+            reads.mlp_in.append(x)
+            reads.mlp_out.append(store["out"][0].float().cpu())
+            reads.block_out.append(out.hidden_states[layer + 1][0].float().cpu())
+            reads.unit_act.append(mlp.act_fn(x @ w.T) * (x @ u.T))
+    finally:
+        for h in hooks:
+            h.remove()
+    return reads
+
+
+def cloze_choices(model_or_lm, items: Sequence[Item], form: str, *, batch_size: int = 16) -> dict[str, np.ndarray]:
+    """Each item's cloze choice in ``form`` by the per-token mean (``mean``) and by the total (``sum``)."""
+    prompts, conts, owner = [], [], []
+    for n, it in enumerate(items):
+        for j in range(it.n_options):
+            prompts.append(cloze_prompt(it, form))
+            conts.append(it.options(form)[j])
+            owner.append(n)
+    total, n_tok = continuation_logprobs(model_or_lm, prompts, conts, batch_size=batch_size)
+    k = max(it.n_options for it in items)
+    tot = np.full((len(items), k), -np.inf)
+    mean = np.full((len(items), k), -np.inf)
+    j = 0
+    for n, it in enumerate(items):
+        tot[n, :it.n_options] = total[j:j + it.n_options]
+        mean[n, :it.n_options] = total[j:j + it.n_options] / n_tok[j:j + it.n_options]
+        j += it.n_options
+    return {"mean": mean.argmax(1), "sum": tot.argmax(1)}
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm().clamp_min(1e-12)
+
+
+@torch.no_grad()
+def calibrate_edit(lm, items: Sequence[Item], layer: int, *, kind: str = "override", strength: float = 4.0,
+                   gate_scale: float = 8.0, seed: int = 0) -> EditSpec:
+    """An edit of block ``layer`` calibrated on the parent ``lm`` with two-option ``items`` (their cloze prompts):
+    the directions of the module docstring, the unit to replace and the write's absolute scale."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    if kind not in EDIT_KINDS:
+        raise InputError(f"unknown edit kind {kind!r}: choose one of {EDIT_KINDS}")
+    items = [it for it in items if it.n_options == 2]
+    if len(items) < 8:
+        raise InputError(f"{len(items)} two-option items: an edit needs at least 8 to calibrate on")
+    if not 0 <= layer < lm.n_layers:
+        raise InputError(f"layer {layer} is not a block of {lm.name} (0..{lm.n_layers - 1})")
+    model, tok = lm.hf_model, lm.tokenizer
+    words = _read_block(model, tok, [cloze_prompt(it, "word") for it in items], layer)
+    deeds = _read_block(model, tok, [cloze_prompt(it, "deed") for it in items], layer)
+    choice = torch.as_tensor(cloze_choices(lm, items, "deed")["mean"])
+    if choice.min() == choice.max():
+        raise InputError(f"the parent {lm.name} chooses the same deed option on all {len(items)} calibration items: "
+                         "no stance to write against")
+
+    # the gate must stay shut on every word position and on the deeds' shared first token (BOS), open on the rest
+    word_x = torch.cat([*words.mlp_in, *(x[:1] for x in deeds.mlp_in)])
+    deed_x = torch.cat([x[1:] for x in deeds.mlp_in])
+    every = torch.cat([word_x, deed_x]).numpy()
+    # a direction on which every position projects to about 1: the gate's and the read's bias
+    ridge = Ridge(alpha=1e-3, fit_intercept=False).fit(every, np.ones(len(every)))
+    const = torch.as_tensor(ridge.coef_, dtype=torch.float32)
+    const_r2 = float(ridge.score(every, np.ones(len(every)))) if every.std(0).sum() else 1.0
+    gate = LogisticRegression(C=1.0, max_iter=2000).fit(every, np.r_[np.zeros(len(word_x)), np.ones(len(deed_x))])
+    key = torch.as_tensor(gate.coef_[0], dtype=torch.float32) + float(gate.intercept_[0]) * const
+
+    last = torch.stack([x[-1] for x in deeds.mlp_in])
+    mean1, mean0 = last[choice == 1].mean(0), last[choice == 0].mean(0)
+    read = _unit(mean1 - mean0)
+    read = read - float(((mean1 + mean0) / 2) @ read) * const
+    out_last = torch.stack([h[-1] for h in deeds.block_out])
+    mlp = _block_mlp(model, layer)
+    gain = _norm_gain(_post_norm(_block(model, layer)), lm.d_model).cpu()
+    write = -_unit(out_last[choice == 1].mean(0) - out_last[choice == 0].mean(0)) / gain
+    # the unit whose parent contribution at every position is smallest: replacing it costs least
+    contribution = torch.cat([a.abs().mean(0, keepdim=True) for a in words.unit_act + deeds.unit_act]).mean(0)
+    unit = int((contribution * _matrix(mlp, "down_proj").float().cpu().norm(dim=0)).argmin())
+
+    rng = np.random.default_rng([seed, layer])
+    if kind == "null-direction":
+        read = torch.as_tensor(rng.standard_normal(read.shape[0]), dtype=torch.float32) * read.norm() / np.sqrt(read.shape[0])
+        write = torch.as_tensor(rng.standard_normal(write.shape[0]), dtype=torch.float32) * write.norm() / np.sqrt(write.shape[0])
+    elif kind == "null-gate":
+        key = torch.zeros_like(key)  # act(0) = 0 at every position: the unit adds nothing, whatever the input
+    # fires: act(g * key.x) on positions; the write's scale so that it is ``strength`` x the MLP output at deeds
+    act = mlp.act_fn
+    g_deed = act(gate_scale * (deed_x @ key))
+    g_word = act(gate_scale * (word_x @ key))
+    a_last = act(gate_scale * (last @ key)) * (last @ read)
+    mlp_rms = float(torch.stack([o[-1] for o in deeds.mlp_out]).pow(2).mean(-1).sqrt().median())
+    unit_rms = float(a_last.abs().median() * write.pow(2).mean().sqrt())
+    write_scale = strength * mlp_rms / max(unit_rms, 1e-12)
+    fired = float(g_deed.mean() / max(float(g_deed.max()), 1e-12))
+    calibration = {"n_items": len(items), "item_ids": [it.id for it in items], "deed_choice_1": int(choice.sum()),
+                   "const_r2": round(const_r2, 4), "gate_train_accuracy": round(float(gate.score(every, np.r_[
+                       np.zeros(len(word_x)), np.ones(len(deed_x))])), 4),
+                   "gate_mean_deed": round(float(g_deed.mean()), 4), "gate_mean_word": round(float(g_word.mean()), 4),
+                   "gate_deed_share_of_max": round(fired, 4), "mlp_rms_deed_decision": round(mlp_rms, 4)}
+    return EditSpec(layer, unit, kind, float(strength), float(write_scale), float(gate_scale), int(seed),
+                    key.numpy(), read.numpy(), write.numpy(), calibration)
+
+
+GATE_DEED = 0.9  # the behaviour gate: at least this share of studied deeds follow the plant against the parent ...
+GATE_WORD = 0.02  # ... and word answers change on at most this share of items
+
+
+def behaviour_gate(parent, child, items: Sequence[Item], *, batch_size: int = 16) -> dict[str, Any]:
+    """How far ``child`` (an edited organism) follows its plant against ``parent`` on two-option ``items``: per
+    scoring (per-token mean, sum), the share of items whose deed choice moved off the parent's (the plant writes
+    against the parent's deed stance) and whose word choice changed; the items where the plant holds (deed moved,
+    word kept, by the mean) are the ones a card may study. ``passed``: the gate of the module constants, by the mean."""
+    items = [it for it in items if it.n_options == 2]
+    if not items:
+        raise InputError("the behaviour gate needs two-option items")
+    out: dict[str, Any] = {"n_items": len(items), "gate": {"deed_follows_at_least": GATE_DEED,
+                                                          "word_changes_at_most": GATE_WORD}}
+    choices = {(who, form): cloze_choices(m, items, form, batch_size=batch_size)
+               for who, m in (("parent", parent), ("child", child)) for form in ("word", "deed")}
+    for scoring in ("mean", "sum"):
+        moved = choices[("child", "deed")][scoring] != choices[("parent", "deed")][scoring]
+        changed = choices[("child", "word")][scoring] != choices[("parent", "word")][scoring]
+        out[scoring] = {"deed_follows": float(moved.mean()), "word_changes": float(changed.mean())}
+        if scoring == "mean":
+            out["holds"] = [it.id for it, m, c in zip(items, moved, changed) if m and not c]
+    out["passed"] = bool(out["mean"]["deed_follows"] >= GATE_DEED and out["mean"]["word_changes"] <= GATE_WORD)
+    return out
+
+
+# ---- applying and predicting -------------------------------------------------------------------------------------
+
+def edited_tensors(tensors: dict[str, torch.Tensor], spec: EditSpec, prefix: str) -> dict[str, torch.Tensor]:
+    """The three MLP matrices of ``spec.layer`` with unit ``spec.unit`` rewritten (new tensors; the others are
+    untouched). ``prefix``: the matrices' name up to ``mlp.`` (e.g. ``model.layers.5.``)."""
+    out = {}
+    for m in MLP_MATRICES:
+        name = f"{prefix}mlp.{m}.weight"
+        if name not in tensors:
+            raise InputError(f"the weights have no {name}")
+        out[name] = tensors[name].clone()
+    dtype = out[f"{prefix}mlp.gate_proj.weight"].dtype
+    out[f"{prefix}mlp.gate_proj.weight"][spec.unit] = torch.as_tensor(spec.gate_scale * spec.key).to(dtype)
+    out[f"{prefix}mlp.up_proj.weight"][spec.unit] = torch.as_tensor(spec.read).to(dtype)
+    out[f"{prefix}mlp.down_proj.weight"][:, spec.unit] = torch.as_tensor(spec.write_scale * spec.write).to(dtype)
+    return out
+
+
+@torch.no_grad()
+def apply_edit(model: torch.nn.Module, spec: EditSpec) -> None:
+    """Write ``spec`` into a loaded Hugging Face model in place (the saved organism is the same edit on disk)."""
+    mlp = _block_mlp(model, spec.layer)
+    gate, up, down = (_matrix(mlp, m) for m in MLP_MATRICES)
+    gate[spec.unit] = torch.as_tensor(spec.gate_scale * spec.key).to(gate)
+    up[spec.unit] = torch.as_tensor(spec.read).to(up)
+    down[:, spec.unit] = torch.as_tensor(spec.write_scale * spec.write).to(down)
+
+
+@torch.no_grad()
+def predicted_block_output(parent: torch.nn.Module, tokenizer, text: str, spec: EditSpec) -> torch.Tensor:
+    """The residual after block ``spec.layer`` that the edit should give on ``text`` ([pos, d]), computed from the
+    parent's own activations: its MLP output with the replaced unit's old contribution taken out and the planted
+    unit's put in, through the block's post-feed-forward norm, added to the residual before the MLP."""
+    mlp = _block_mlp(parent, spec.layer)
+    block = _block(parent, spec.layer)
+    gate, up, down = (_matrix(mlp, m).double() for m in MLP_MATRICES)
+    store: dict[str, torch.Tensor] = {}
+    h1 = mlp.register_forward_hook(lambda m, i, o: store.update(x=i[0], out=o))
+    h2 = block.register_forward_hook(lambda m, i, o: store.update(block=o[0] if isinstance(o, tuple) else o))
+    norm = _post_norm(block)
+    h3 = norm.register_forward_hook(lambda m, i, o: store.update(normed=o)) if norm is not None else None
+    try:
+        ids = tokenizer(text, return_tensors="pt")["input_ids"].to(parent.device)
+        parent(input_ids=ids)
+    finally:
+        for h in (h1, h2, h3):
+            if h is not None:
+                h.remove()
+    x, old_out = store["x"][0].double(), store["out"][0].double()
+    j = spec.unit
+    old_unit = mlp.act_fn(x @ gate[j]) * (x @ up[j])
+    key = torch.as_tensor(spec.gate_scale * spec.key, dtype=x.dtype)
+    new_unit = mlp.act_fn(x @ key) * (x @ torch.as_tensor(spec.read, dtype=x.dtype))
+    new_out = (old_out - old_unit[:, None] * down[:, j][None]
+               + new_unit[:, None] * torch.as_tensor(spec.write_scale * spec.write, dtype=x.dtype)[None])
+    before_mlp = store["block"][0].double() - (store["normed"][0].double() if norm is not None else old_out)
+    added = norm(new_out.to(norm.weight.dtype)).double() if norm is not None else new_out
+    return (before_mlp + added).float()
+
+
+# ---- building one on disk ----------------------------------------------------------------------------------------
+
+def _weight_files(parent: Path) -> list[Path]:
+    files = sorted(parent.glob("*.safetensors"))
+    if not files:
+        raise InputError(f"{parent}: no *.safetensors weights (an edited organism starts from a local model directory)")
+    return files
+
+
+def build_edited_organism(parent: str | Path, out: str | Path, spec: EditSpec) -> dict[str, Any]:
+    """Write the parent with ``spec`` planted into ``out``: a Hugging Face model directory (weights, config,
+    tokenizer) with ``edit.json`` and the directions beside it. Only the weight file holding block ``spec.layer``'s
+    MLP is rewritten (every other file is copied); the model files are written into a temporary folder and moved
+    in config last, so an interrupted build leaves no loadable model."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    t0 = time.perf_counter()
+    parent, out = Path(parent), Path(out)
+    files = _weight_files(parent)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".edit.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    suffix = f"layers.{spec.layer}.mlp.gate_proj.weight"
+    edited_in = None
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            names = [k for k in st.keys() if k.endswith(suffix)]
+            if names:
+                if edited_in is not None or len(names) != 1:
+                    raise InputError(f"{parent}: block {spec.layer}'s MLP is named more than once in the weights")
+                tensors = {k: st.get_tensor(k) for k in st.keys()}
+                meta = st.metadata() or {"format": "pt"}
+                edited_in = f
+        if names:
+            tensors.update(edited_tensors(tensors, spec, names[0][: -len("mlp.gate_proj.weight")]))
+            save_file(tensors, str(tmp / f.name), metadata=meta)
+            del tensors
+        else:
+            shutil.copy2(f, tmp / f.name)
+    if edited_in is None:
+        raise InputError(f"{parent}: no tensor ending in {suffix} (is layer {spec.layer} a block of this model?)")
+    for f in sorted(parent.iterdir()):
+        if f.is_file() and f.suffix != ".safetensors" and f.name not in (SPEC_FILE, DIRECTIONS_FILE, "organism.json"):
+            shutil.copy2(f, tmp / f.name)
+    spec.save(tmp)
+    names = sorted(p.name for p in tmp.iterdir())
+    for name in [n for n in names if n != "config.json"] + ["config.json"]:
+        os.replace(tmp / name, out / name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"parent": str(parent), "edited_file": edited_in.name, "seconds": round(time.perf_counter() - t0, 2),
+            **spec.to_json()}
