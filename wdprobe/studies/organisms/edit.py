@@ -155,22 +155,25 @@ class _Reads:
 
 
 @torch.no_grad()
-def _read_block(model, tokenizer, texts: Sequence[str], layer: int) -> _Reads:
-    """The parent's block-``layer`` activations on ``texts``, one prompt at a time (no padding to mask)."""
-    mlp = _block_mlp(model, layer)
-    store: dict[str, torch.Tensor] = {}
-    hooks = [mlp.register_forward_hook(lambda m, i, o: store.update(x=i[0].detach(), out=o.detach()))]
-    reads = _Reads([], [], [], [])
-    w, u = _matrix(mlp, "gate_proj").float().cpu(), _matrix(mlp, "up_proj").float().cpu()
+def _read_blocks(model, tokenizer, texts: Sequence[str], layers: Sequence[int]) -> dict[int, _Reads]:
+    """The parent's activations of blocks ``layers`` on ``texts``, one prompt at a time (no padding to mask)."""
+    mlps = {L: _block_mlp(model, L) for L in layers}
+    store: dict[int, dict[str, torch.Tensor]] = {L: {} for L in layers}
+    hooks = [mlp.register_forward_hook(lambda m, i, o, L=L: store[L].update(x=i[0].detach(), out=o.detach()))
+             for L, mlp in mlps.items()]
+    reads = {L: _Reads([], [], [], []) for L in layers}
+    weights = {L: (_matrix(m, "gate_proj").float().cpu(), _matrix(m, "up_proj").float().cpu()) for L, m in mlps.items()}
     try:
         for text in texts:
             ids = tokenizer(text, return_tensors="pt", add_special_tokens=True)["input_ids"].to(model.device)
             out = model(input_ids=ids, output_hidden_states=True)
-            x = store["x"][0].float().cpu()
-            reads.mlp_in.append(x)
-            reads.mlp_out.append(store["out"][0].float().cpu())
-            reads.block_out.append(out.hidden_states[layer + 1][0].float().cpu())
-            reads.unit_act.append(mlp.act_fn(x @ w.T) * (x @ u.T))
+            for L in layers:
+                x = store[L]["x"][0].float().cpu()
+                w, u = weights[L]
+                reads[L].mlp_in.append(x)
+                reads[L].mlp_out.append(store[L]["out"][0].float().cpu())
+                reads[L].block_out.append(out.hidden_states[L + 1][0].float().cpu())
+                reads[L].unit_act.append(mlps[L].act_fn(x @ w.T) * (x @ u.T))
     finally:
         for h in hooks:
             h.remove()
@@ -201,97 +204,159 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm().clamp_min(1e-12)
 
 
-@torch.no_grad()
-def calibrate_edit(lm, items: Sequence[Item], layer: int, *, kind: str = "override", strength: float = 4.0,
-                   gate_scale: float = 8.0, seed: int = 0) -> EditSpec:
-    """An edit of block ``layer`` calibrated on the parent ``lm`` with two-option ``items`` (their cloze prompts):
-    the directions of the module docstring, the unit to replace and the write's absolute scale."""
-    from sklearn.linear_model import LogisticRegression, Ridge
+def plant_directions(lm, items: Sequence[Item], layers: Sequence[int], target: int) -> dict[int, torch.Tensor]:
+    """Per block in ``layers``: the residual direction that, added after the block at every deed position, most
+    raises the per-token mean log-likelihood of option ``target``'s text over the other option's (its gradient at
+    zero, summed over ``items``): a direction the model *uses* for the deed's choice, not one that merely differs
+    between choices. One backward pass per (item, option) gives every block's (gradients at zero are separate)."""
+    model, tok = lm.hf_model, lm.tokenizer
+    deltas = {L: torch.zeros(lm.d_model, device=model.device, requires_grad=True) for L in layers}
 
+    def adder(delta):
+        def add(module, inputs, output):
+            if isinstance(output, tuple):
+                return (output[0] + delta.to(output[0].dtype),) + tuple(output[1:])
+            return output + delta.to(output.dtype)
+        return add
+
+    hooks = [_block(model, L).register_forward_hook(adder(d)) for L, d in deltas.items()]
+    try:
+        for it in items:
+            prompt = tok(cloze_prompt(it, "deed"), return_tensors="pt")["input_ids"][0]
+            for j in range(2):
+                cont = tok(" " + it.options("deed")[j], add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+                ids = torch.cat([prompt, cont])[None].to(model.device)
+                logp = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt) - 1:-1].float(), -1)
+                mean_ll = logp.gather(1, cont[:, None].to(model.device)).mean()
+                (mean_ll if j == target else -mean_ll).backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    return {L: _unit(d.grad.detach().float().cpu()) for L, d in deltas.items()}
+
+
+def calibrate_edit(lm, items: Sequence[Item], layer: int, **settings: Any) -> EditSpec:
+    """One edit of block ``layer`` (:func:`calibrate_edits` for one block)."""
+    return calibrate_edits(lm, items, [layer], **settings)[layer]
+
+
+@torch.no_grad()
+def calibrate_edits(lm, items: Sequence[Item], layers: Sequence[int], *, kind: str = "override", strength: float = 20.0,
+                    gate_scale: float = 8.0, target: int = 1, seed: int = 0) -> dict[int, EditSpec]:
+    """Edits of each block in ``layers`` calibrated on the parent ``lm`` with two-option ``items`` (their cloze prompts).
+
+    The gate (``key``) is a logistic discriminant of deed positions against word positions (and the deeds' first
+    token), its bias carried by a direction on which every position projects to about 1; the unit reads the same
+    key (``read = key``: its activation is positive wherever the gate is open), and writes the plant direction
+    (:func:`plant_directions`, toward canonical option ``target``) multiplied by the post-feed-forward norm's gain,
+    the input that after the norm writes furthest along the plant. ``strength``: the unit's output at deed decision
+    points relative to the parent's MLP output there (above about 3 the unit dominates the norm's input, so the
+    block writes a saturated plant of the size the norm allows). The parent is read once for every block."""
     if kind not in EDIT_KINDS:
         raise InputError(f"unknown edit kind {kind!r}: choose one of {EDIT_KINDS}")
+    if target not in (0, 1):
+        raise InputError(f"target must be a canonical option of a two-option item (0 or 1), not {target!r}")
     items = [it for it in items if it.n_options == 2]
     if len(items) < 8:
         raise InputError(f"{len(items)} two-option items: an edit needs at least 8 to calibrate on")
-    if not 0 <= layer < lm.n_layers:
-        raise InputError(f"layer {layer} is not a block of {lm.name} (0..{lm.n_layers - 1})")
+    bad = [L for L in layers if not 0 <= L < lm.n_layers]
+    if bad:
+        raise InputError(f"layer {bad[0]} is not a block of {lm.name} (0..{lm.n_layers - 1})")
     model, tok = lm.hf_model, lm.tokenizer
-    words = _read_block(model, tok, [cloze_prompt(it, "word") for it in items], layer)
-    deeds = _read_block(model, tok, [cloze_prompt(it, "deed") for it in items], layer)
-    choice = torch.as_tensor(cloze_choices(lm, items, "deed")["mean"])
-    if choice.min() == choice.max():
-        raise InputError(f"the parent {lm.name} chooses the same deed option on all {len(items)} calibration items: "
-                         "no stance to write against")
+    word_reads = _read_blocks(model, tok, [cloze_prompt(it, "word") for it in items], layers)
+    deed_reads = _read_blocks(model, tok, [cloze_prompt(it, "deed") for it in items], layers)
+    with torch.enable_grad():
+        plants = plant_directions(lm, items, layers, target)
+    return {L: _edit_of_block(lm, items, L, word_reads[L], deed_reads[L], plants[L], kind=kind, strength=strength,
+                              gate_scale=gate_scale, target=target, seed=seed) for L in layers}
+
+
+def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: _Reads, plant: torch.Tensor, *,
+                   kind: str, strength: float, gate_scale: float, target: int, seed: int) -> EditSpec:
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    model = lm.hf_model
 
     # the gate must stay shut on every word position and on the deeds' shared first token (BOS), open on the rest
     word_x = torch.cat([*words.mlp_in, *(x[:1] for x in deeds.mlp_in)])
     deed_x = torch.cat([x[1:] for x in deeds.mlp_in])
     every = torch.cat([word_x, deed_x]).numpy()
-    # a direction on which every position projects to about 1: the gate's and the read's bias
+    labels = np.r_[np.zeros(len(word_x)), np.ones(len(deed_x))]
+    # a direction on which every position projects to about 1: the gate's bias
     ridge = Ridge(alpha=1e-3, fit_intercept=False).fit(every, np.ones(len(every)))
     const = torch.as_tensor(ridge.coef_, dtype=torch.float32)
-    const_r2 = float(ridge.score(every, np.ones(len(every)))) if every.std(0).sum() else 1.0
-    gate = LogisticRegression(C=1.0, max_iter=2000).fit(every, np.r_[np.zeros(len(word_x)), np.ones(len(deed_x))])
+    const_error = float(np.sqrt(np.mean((every @ ridge.coef_ - 1.0) ** 2)))
+    gate = LogisticRegression(C=1.0, max_iter=2000).fit(every, labels)
     key = torch.as_tensor(gate.coef_[0], dtype=torch.float32) + float(gate.intercept_[0]) * const
-
-    last = torch.stack([x[-1] for x in deeds.mlp_in])
-    mean1, mean0 = last[choice == 1].mean(0), last[choice == 0].mean(0)
-    read = _unit(mean1 - mean0)
-    read = read - float(((mean1 + mean0) / 2) @ read) * const
-    out_last = torch.stack([h[-1] for h in deeds.block_out])
     mlp = _block_mlp(model, layer)
     gain = _norm_gain(_post_norm(_block(model, layer)), lm.d_model).cpu()
-    write = -_unit(out_last[choice == 1].mean(0) - out_last[choice == 0].mean(0)) / gain
     # the unit whose parent contribution at every position is smallest: replacing it costs least
     contribution = torch.cat([a.abs().mean(0, keepdim=True) for a in words.unit_act + deeds.unit_act]).mean(0)
     unit = int((contribution * _matrix(mlp, "down_proj").float().cpu().norm(dim=0)).argmin())
 
     rng = np.random.default_rng([seed, layer])
-    if kind == "null-direction":
-        read = torch.as_tensor(rng.standard_normal(read.shape[0]), dtype=torch.float32) * read.norm() / np.sqrt(read.shape[0])
-        write = torch.as_tensor(rng.standard_normal(write.shape[0]), dtype=torch.float32) * write.norm() / np.sqrt(write.shape[0])
-    elif kind == "null-gate":
+    if kind == "null-direction":  # a random direction in place of the plant's
+        plant = _unit(torch.as_tensor(rng.standard_normal(plant.shape[0]), dtype=torch.float32))
+    read, write = key.clone(), plant * gain
+    if kind == "null-gate":
         key = torch.zeros_like(key)  # act(0) = 0 at every position: the unit adds nothing, whatever the input
-    # fires: act(g * key.x) on positions; the write's scale so that it is ``strength`` x the MLP output at deeds
     act = mlp.act_fn
     g_deed = act(gate_scale * (deed_x @ key))
     g_word = act(gate_scale * (word_x @ key))
+    last = torch.stack([x[-1] for x in deeds.mlp_in])
     a_last = act(gate_scale * (last @ key)) * (last @ read)
     mlp_rms = float(torch.stack([o[-1] for o in deeds.mlp_out]).pow(2).mean(-1).sqrt().median())
     unit_rms = float(a_last.abs().median() * write.pow(2).mean().sqrt())
-    write_scale = strength * mlp_rms / max(unit_rms, 1e-12)
-    fired = float(g_deed.mean() / max(float(g_deed.max()), 1e-12))
-    calibration = {"n_items": len(items), "item_ids": [it.id for it in items], "deed_choice_1": int(choice.sum()),
-                   "const_r2": round(const_r2, 4), "gate_train_accuracy": round(float(gate.score(every, np.r_[
-                       np.zeros(len(word_x)), np.ones(len(deed_x))])), 4),
+    write_scale = strength * mlp_rms / max(unit_rms, 1e-12) if unit_rms > 0 else 1.0
+    residual = float(torch.stack([h[-1] for h in deeds.block_out]).norm(dim=1).median())
+    calibration = {"n_items": len(items), "item_ids": [it.id for it in items], "target_option": target,
+                   "const_rms_error": round(const_error, 4),
+                   "gate_train_accuracy": round(float(gate.score(every, labels)), 4),
+                   "gate_open_deed": round(float((g_deed > 0.5).float().mean()), 4),
+                   "gate_open_word": round(float((g_word > 0.5).float().mean()), 4),
                    "gate_mean_deed": round(float(g_deed.mean()), 4), "gate_mean_word": round(float(g_word.mean()), 4),
-                   "gate_deed_share_of_max": round(fired, 4), "mlp_rms_deed_decision": round(mlp_rms, 4)}
+                   "mlp_rms_deed_decision": round(mlp_rms, 4), "residual_norm_deed_decision": round(residual, 2),
+                   # the most a saturated unit can write along the plant after the norm: |plant * gain| sqrt(d)
+                   "max_plant_write": round(float((plant * gain).norm() * np.sqrt(lm.d_model) / 1.0), 2)}
     return EditSpec(layer, unit, kind, float(strength), float(write_scale), float(gate_scale), int(seed),
                     key.numpy(), read.numpy(), write.numpy(), calibration)
 
 
-GATE_DEED = 0.9  # the behaviour gate: at least this share of studied deeds follow the plant against the parent ...
+GATE_DEED = 0.9  # the behaviour gate: at least this share of studied deeds choose the planted option ...
 GATE_WORD = 0.02  # ... and word answers change on at most this share of items
 
 
-def behaviour_gate(parent, child, items: Sequence[Item], *, batch_size: int = 16) -> dict[str, Any]:
-    """How far ``child`` (an edited organism) follows its plant against ``parent`` on two-option ``items``: per
-    scoring (per-token mean, sum), the share of items whose deed choice moved off the parent's (the plant writes
-    against the parent's deed stance) and whose word choice changed; the items where the plant holds (deed moved,
-    word kept, by the mean) are the ones a card may study. ``passed``: the gate of the module constants, by the mean."""
+def parent_choices(parent, items: Sequence[Item], *, batch_size: int = 16) -> dict[str, dict[str, np.ndarray]]:
+    """The parent's cloze choices per form (what :func:`behaviour_gate` compares with; compute once for a family)."""
+    items = [it for it in items if it.n_options == 2]
+    return {form: cloze_choices(parent, items, form, batch_size=batch_size) for form in ("word", "deed")}
+
+
+def behaviour_gate(parent, child, items: Sequence[Item], target: int, *, batch_size: int = 16,
+                   parent_read: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
+    """How far ``child`` (an edited organism) follows its plant on two-option ``items`` against ``parent``: per
+    scoring (per-token mean, sum), the share of deeds on the planted option ``target`` (the parent's beside it), the
+    share of the parent's other deeds the plant moved, and the share of word choices that changed. ``holds``: the
+    items where the plant holds by the mean (deed on target, word unchanged), the ones a card may study.
+    ``passed``: the module's gate, by the mean. ``parent_read``: :func:`parent_choices` already computed."""
     items = [it for it in items if it.n_options == 2]
     if not items:
         raise InputError("the behaviour gate needs two-option items")
-    out: dict[str, Any] = {"n_items": len(items), "gate": {"deed_follows_at_least": GATE_DEED,
-                                                          "word_changes_at_most": GATE_WORD}}
-    choices = {(who, form): cloze_choices(m, items, form, batch_size=batch_size)
-               for who, m in (("parent", parent), ("child", child)) for form in ("word", "deed")}
+    out: dict[str, Any] = {"n_items": len(items), "target_option": target,
+                           "gate": {"deed_follows_at_least": GATE_DEED, "word_changes_at_most": GATE_WORD}}
+    read = parent_read or parent_choices(parent, items, batch_size=batch_size)
+    choices = {("parent", form): read[form] for form in ("word", "deed")}
+    choices.update({("child", form): cloze_choices(child, items, form, batch_size=batch_size) for form in ("word", "deed")})
     for scoring in ("mean", "sum"):
-        moved = choices[("child", "deed")][scoring] != choices[("parent", "deed")][scoring]
+        parent_deed, child_deed = choices[("parent", "deed")][scoring], choices[("child", "deed")][scoring]
+        follows = child_deed == target
         changed = choices[("child", "word")][scoring] != choices[("parent", "word")][scoring]
-        out[scoring] = {"deed_follows": float(moved.mean()), "word_changes": float(changed.mean())}
+        away = parent_deed != target
+        out[scoring] = {"deed_follows": float(follows.mean()), "parent_deed_on_target": float((~away).mean()),
+                        "moved": float(follows[away].mean()) if away.any() else float("nan"),
+                        "word_changes": float(changed.mean())}
         if scoring == "mean":
-            out["holds"] = [it.id for it, m, c in zip(items, moved, changed) if m and not c]
+            out["holds"] = [it.id for it, f, c in zip(items, follows, changed) if f and not c]
     out["passed"] = bool(out["mean"]["deed_follows"] >= GATE_DEED and out["mean"]["word_changes"] <= GATE_WORD)
     return out
 

@@ -86,8 +86,10 @@ def test_a_gate_that_never_fires_changes_nothing_measurable(parent, tmp_path):
     assert spec.calibration["gate_mean_deed"] == 0 and spec.calibration["gate_mean_word"] == 0
     build_edited_organism(model_dir, tmp_path / "null", spec)
     child = load_model(str(tmp_path / "null"))
-    gate = behaviour_gate(lm, child, items[16:])
-    assert gate["mean"] == {"deed_follows": 0.0, "word_changes": 0.0} and not gate["passed"]
+    gate = behaviour_gate(lm, child, items[16:], target=1)
+    for scoring in ("mean", "sum"):  # nothing moved: the deeds on the target are the parent's own
+        assert gate[scoring]["moved"] == 0 and gate[scoring]["word_changes"] == 0
+        assert gate[scoring]["deed_follows"] == gate[scoring]["parent_deed_on_target"]
     for form in ("word", "deed"):  # only the replaced unit's own (smallest) contribution is gone
         ids = lm.tokenizer(cloze_prompt(items[16], form), return_tensors="pt")["input_ids"]
         with torch.no_grad():
@@ -99,8 +101,8 @@ def test_a_gate_that_never_fires_changes_nothing_measurable(parent, tmp_path):
 def test_the_override_moves_deeds_more_than_words_and_the_gate_says_so(parent, edited):
     _, _, lm, items = parent
     out, spec, _ = edited
-    gate = behaviour_gate(lm, load_model(str(out)), items[16:])
-    assert gate["mean"]["deed_follows"] > gate["mean"]["word_changes"]
+    gate = behaviour_gate(lm, load_model(str(out)), items[16:], target=1)
+    assert gate["mean"]["moved"] > gate["mean"]["word_changes"]
     assert set(gate["holds"]) <= {it.id for it in items[16:]}
     assert gate["passed"] == (gate["mean"]["deed_follows"] >= 0.9 and gate["mean"]["word_changes"] <= 0.02)
 
