@@ -33,8 +33,9 @@ from wdprobe.studies.organisms.edit import (
     GATE_WORD,
     behaviour_gate,
     build_edited_organism,
-    calibrate_edits,
+    edit_from_reading,
     parent_choices,
+    read_parent,
 )
 
 TARGET = 1
@@ -93,17 +94,19 @@ def main(argv: list[str] | None = None) -> int:
               f"[{time.perf_counter() - started:.0f} s]", flush=True)
         write_table(out, rows)
 
+    needed = sorted(set(layers) | set(args.null_layers) | {args.strength_layer})
     for seed in args.seeds:
         calib = [pool[k] for k in np.random.default_rng([seed, 7]).permutation(len(pool))[:args.calibrate]]
-        for spec in calibrate_edits(lm, calib, layers, target=TARGET, seed=seed).values():
-            measure("override", spec, seed)
+        reading = read_parent(lm, calib, needed, target=TARGET)
+        for layer in layers:
+            measure("override", edit_from_reading(reading, layer, seed=seed), seed)
         if seed == args.seeds[0]:
             for kind in ("null-direction", "null-gate"):
-                for spec in calibrate_edits(lm, calib, args.null_layers, kind=kind, target=TARGET, seed=seed).values():
-                    measure(kind, spec, seed)
+                for layer in args.null_layers:
+                    measure(kind, edit_from_reading(reading, layer, kind=kind, seed=seed), seed)
             for strength in args.strengths:
-                spec = calibrate_edits(lm, calib, [args.strength_layer], strength=strength, target=TARGET, seed=seed)
-                measure(f"strength-{strength:g}", spec[args.strength_layer], seed)
+                measure(f"strength-{strength:g}", edit_from_reading(reading, args.strength_layer, strength=strength,
+                                                                    seed=seed), seed)
     atomic_write_json(out / "run.json", {"parent": str(parent_dir), "data": str(resolve_wdct_path(args.data)),
                                          "layers": layers, "seeds": args.seeds, "target_option": TARGET,
                                          "gate": {"deed_follows_at_least": GATE_DEED, "word_changes_at_most": GATE_WORD},

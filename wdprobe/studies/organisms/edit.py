@@ -254,21 +254,54 @@ def calibrate_edits(lm, items: Sequence[Item], layers: Sequence[int], *, kind: s
     block writes a saturated plant of the size the norm allows). The parent is read once for every block."""
     if kind not in EDIT_KINDS:
         raise InputError(f"unknown edit kind {kind!r}: choose one of {EDIT_KINDS}")
-    if target not in (0, 1):
-        raise InputError(f"target must be a canonical option of a two-option item (0 or 1), not {target!r}")
+    reading = read_parent(lm, items, layers, target)
+    return {L: edit_from_reading(reading, L, kind=kind, strength=strength, gate_scale=gate_scale, seed=seed)
+            for L in layers}
+
+
+@dataclass
+class ParentReading:
+    """What calibrating edits reads from the parent, once for a family: per block the word and deed activations and
+    the plant direction toward ``target`` (every kind and strength of edit is then cheap)."""
+
+    lm: Any
+    items: list[Item]
+    target: int
+    words: dict[int, _Reads]
+    deeds: dict[int, _Reads]
+    plants: dict[int, torch.Tensor]
+
+
+@torch.no_grad()
+def read_parent(lm, items: Sequence[Item], layers: Sequence[int], target: int = 1) -> ParentReading:
+    """Read the parent on ``items`` at blocks ``layers`` (see :func:`calibrate_edits`)."""
     items = [it for it in items if it.n_options == 2]
     if len(items) < 8:
         raise InputError(f"{len(items)} two-option items: an edit needs at least 8 to calibrate on")
+    if target not in (0, 1):
+        raise InputError(f"target must be a canonical option of a two-option item (0 or 1), not {target!r}")
     bad = [L for L in layers if not 0 <= L < lm.n_layers]
     if bad:
         raise InputError(f"layer {bad[0]} is not a block of {lm.name} (0..{lm.n_layers - 1})")
     model, tok = lm.hf_model, lm.tokenizer
-    word_reads = _read_blocks(model, tok, [cloze_prompt(it, "word") for it in items], layers)
-    deed_reads = _read_blocks(model, tok, [cloze_prompt(it, "deed") for it in items], layers)
+    words = _read_blocks(model, tok, [cloze_prompt(it, "word") for it in items], layers)
+    deeds = _read_blocks(model, tok, [cloze_prompt(it, "deed") for it in items], layers)
     with torch.enable_grad():
         plants = plant_directions(lm, items, layers, target)
-    return {L: _edit_of_block(lm, items, L, word_reads[L], deed_reads[L], plants[L], kind=kind, strength=strength,
-                              gate_scale=gate_scale, target=target, seed=seed) for L in layers}
+    return ParentReading(lm, items, target, words, deeds, plants)
+
+
+@torch.no_grad()
+def edit_from_reading(reading: ParentReading, layer: int, *, kind: str = "override", strength: float = 20.0,
+                      gate_scale: float = 8.0, seed: int = 0) -> EditSpec:
+    """One edit of block ``layer`` from a :class:`ParentReading` (see :func:`calibrate_edits`)."""
+    if kind not in EDIT_KINDS:
+        raise InputError(f"unknown edit kind {kind!r}: choose one of {EDIT_KINDS}")
+    if layer not in reading.plants:
+        raise InputError(f"the parent was not read at block {layer} (read: {sorted(reading.plants)})")
+    return _edit_of_block(reading.lm, reading.items, layer, reading.words[layer], reading.deeds[layer],
+                          reading.plants[layer], kind=kind, strength=strength, gate_scale=gate_scale,
+                          target=reading.target, seed=seed)
 
 
 def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: _Reads, plant: torch.Tensor, *,
