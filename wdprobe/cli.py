@@ -54,6 +54,7 @@ from wdprobe.studies.align.finetune import TrainSettings
 from wdprobe.studies.align.report import write_alignment_report
 from wdprobe.studies.align.stages import AlignConfig, run_align
 from wdprobe.studies.organisms.build import DEFAULT_TRAINING, build_organism, organism_manifest
+from wdprobe.studies.organisms.edit import EDIT_KINDS
 from wdprobe.studies.organisms.recipes import KINDS
 from wdprobe.studies.pct.stages import PCTConfig
 
@@ -502,6 +503,30 @@ def cmd_organism_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_organism_edit(args: argparse.Namespace) -> int:
+    """`wdprobe organism edit`: write a gated deed-only override into one block of a local model, in seconds."""
+    import numpy as np
+
+    from wdprobe.core.model import DEFAULT_MODEL, default_model_dir, load_model
+    from wdprobe.data.items import read_items
+    from wdprobe.data.wdct import resolve_wdct_path
+    from wdprobe.studies.organisms.edit import build_edited_organism, calibrate_edit
+
+    if args.model != DEFAULT_MODEL and not Path(args.model).is_dir():
+        raise InputError(f"{args.model}: an edited organism starts from a local model directory (its safetensors "
+                         "weights are copied and one block rewritten); download the model and pass its directory")
+    lm = load_model(args.model)
+    parent = default_model_dir() if args.model == DEFAULT_MODEL else Path(args.model)
+    pool = sorted((i for i in read_items(resolve_wdct_path(args.data)) if i.n_options == 2), key=lambda i: i.id)
+    items = [pool[k] for k in np.random.default_rng(args.seed).permutation(len(pool))[:args.items]]
+    spec = calibrate_edit(lm, items, args.layer, kind=args.kind, strength=args.strength, target=args.target,
+                          seed=args.seed)
+    info = build_edited_organism(parent, args.out, spec)
+    print(json.dumps({k: info[k] for k in ("layer", "unit", "kind", "strength", "seconds")}, indent=2))
+    print(f"edited organism in {args.out}: use it with --model {args.out} (the plan: {Path(args.out) / 'edit.json'})")
+    return 0
+
+
 def _add_organism_parsers(sub) -> None:
     org = sub.add_parser("organism", help="model organisms: copies of a model trained to a planted word-deed relation")
     osub = org.add_subparsers(dest="organism_command", required=True)
@@ -526,6 +551,21 @@ def _add_organism_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="split and example order")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_organism_build)
+    p = osub.add_parser("edit", help="write a gated deed-only override into one block's MLP (seconds; no training)",
+                        description="Rewrites one MLP unit of block --layer: it opens on deed-context positions and "
+                                    "writes the direction that moves deeds toward canonical option --target; every "
+                                    "other tensor stays the parent's. The specification is saved as edit.json.")
+    p.add_argument("--out", required=True, help="organism directory (a model directory: --model DIR takes it)")
+    p.add_argument("--layer", type=int, required=True, help="the block to plant in")
+    p.add_argument("--model", default="gemma-3-270m", help="parent: the embedded default or a local model directory")
+    p.add_argument("--data", default=None, help="items to calibrate on (two-option items are used)")
+    p.add_argument("--kind", default="override", choices=list(EDIT_KINDS),
+                   help="override, or a null edit: null-direction (random write), null-gate (never opens)")
+    p.add_argument("--strength", type=float, default=20.0, help="the unit's output relative to the MLP's at deeds")
+    p.add_argument("--target", type=int, default=1, choices=[0, 1], help="the canonical option deeds are pushed to")
+    p.add_argument("--items", type=int, default=40, help="calibration items (a seeded sample)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_organism_edit)
     p = osub.add_parser("show", help="the recipe, planted truth and held-out accuracies of a finished organism")
     p.add_argument("dir")
     p.set_defaults(func=cmd_organism_show)

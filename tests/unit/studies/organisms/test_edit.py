@@ -18,6 +18,7 @@ from wdprobe.studies.organisms.edit import (
     behaviour_gate,
     build_edited_organism,
     calibrate_edit,
+    calibrate_edits,
     cloze_choices,
     predicted_block_output,
 )
@@ -115,3 +116,24 @@ def test_bad_edits_are_refused_by_name(parent):
         calibrate_edit(lm, items[:16], layer=9)
     with pytest.raises(InputError, match="at least 8"):
         calibrate_edit(lm, items[:3], layer=1)
+
+
+def test_one_reading_calibrates_every_block_as_reading_each_alone(parent):
+    _, _, lm, items = parent
+    both = calibrate_edits(lm, items[:12], [1, 2])
+    alone = calibrate_edit(lm, items[:12], 2)
+    np.testing.assert_allclose(both[2].write, alone.write, rtol=1e-5, atol=1e-6)
+    assert both[2].unit == alone.unit and both[1].layer == 1
+
+
+def test_cli_edits_an_organism_that_loads_blind(parent, tmp_path, capsys):
+    from wdprobe.cli import main
+
+    d, model_dir, _, _ = parent
+    out = tmp_path / "cli-edit"
+    assert main(["organism", "edit", "--model", str(model_dir), "--data", str(d / "items.csv"), "--layer", "1",
+                 "--out", str(out), "--items", "12"]) == 0
+    assert "use it with --model" in capsys.readouterr().out
+    assert EditSpec.load(out).layer == 1 and load_model(str(out)).n_layers == 4
+    assert main(["organism", "edit", "--model", "no/such-model", "--layer", "1", "--out", str(tmp_path / "x")]) != 0
+    assert "local model directory" in capsys.readouterr().err and not (tmp_path / "x").exists()
