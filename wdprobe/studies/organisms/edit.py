@@ -45,6 +45,7 @@ from wdprobe.data.wdct import Item
 from wdprobe.errors import InputError
 
 EDIT_KINDS = ("override", "null-direction", "null-gate")
+SHUT_MARGIN = 5.0  # the gate's pre-activation on the most open calibration word position: -SHUT_MARGIN
 SPEC_FILE = "edit.json"
 DIRECTIONS_FILE = "edit-directions.safetensors"
 MLP_MATRICES = ("gate_proj", "up_proj", "down_proj")
@@ -152,11 +153,13 @@ class _Reads:
     mlp_out: list[torch.Tensor]  # per prompt: [pos, d] MLP output (before any post norm)
     block_out: list[torch.Tensor]  # per prompt: [pos, d] the residual after block L
     unit_act: list[torch.Tensor]  # per prompt: [pos, intermediate] the MLP's unit activations
+    decision: list[int] = field(default_factory=list)  # per prompt: the last prompt token (the continuation follows)
 
 
 @torch.no_grad()
-def _read_blocks(model, tokenizer, texts: Sequence[str], layers: Sequence[int]) -> dict[int, _Reads]:
-    """The parent's activations of blocks ``layers`` on ``texts``, one prompt at a time (no padding to mask)."""
+def _read_blocks(model, tokenizer, texts: Sequence[tuple[str, str]], layers: Sequence[int]) -> dict[int, _Reads]:
+    """The parent's activations of blocks ``layers`` on ``texts`` (prompt, continuation): every position the answer
+    is read at, one sequence at a time (no padding to mask)."""
     mlps = {L: _block_mlp(model, L) for L in layers}
     store: dict[int, dict[str, torch.Tensor]] = {L: {} for L in layers}
     hooks = [mlp.register_forward_hook(lambda m, i, o, L=L: store[L].update(x=i[0].detach(), out=o.detach()))
@@ -164,8 +167,9 @@ def _read_blocks(model, tokenizer, texts: Sequence[str], layers: Sequence[int]) 
     reads = {L: _Reads([], [], [], []) for L in layers}
     weights = {L: (_matrix(m, "gate_proj").float().cpu(), _matrix(m, "up_proj").float().cpu()) for L, m in mlps.items()}
     try:
-        for text in texts:
-            ids = tokenizer(text, return_tensors="pt", add_special_tokens=True)["input_ids"].to(model.device)
+        for prompt, continuation in texts:
+            ids = _with_continuation(tokenizer, prompt, continuation).to(model.device)
+            n_prompt = len(tokenizer(prompt)["input_ids"])
             out = model(input_ids=ids, output_hidden_states=True)
             for L in layers:
                 x = store[L]["x"][0].float().cpu()
@@ -174,10 +178,22 @@ def _read_blocks(model, tokenizer, texts: Sequence[str], layers: Sequence[int]) 
                 reads[L].mlp_out.append(store[L]["out"][0].float().cpu())
                 reads[L].block_out.append(out.hidden_states[L + 1][0].float().cpu())
                 reads[L].unit_act.append(mlps[L].act_fn(x @ w.T) * (x @ u.T))
+                reads[L].decision.append(n_prompt - 1)
     finally:
         for h in hooks:
             h.remove()
     return reads
+
+
+def _with_continuation(tokenizer, prompt: str, continuation: str) -> torch.Tensor:
+    """Token ids of ``prompt`` followed by `` continuation`` tokenised on its own (as the cloze form scores it)."""
+    head = tokenizer(prompt, return_tensors="pt")["input_ids"][0]
+    tail = tokenizer(" " + continuation, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    return torch.cat([head, tail])[None]
+
+
+def _cloze_texts(items: Sequence[Item], form: str) -> list[tuple[str, str]]:
+    return [(cloze_prompt(it, form), option) for it in items for option in it.options(form)]
 
 
 def cloze_choices(model_or_lm, items: Sequence[Item], form: str, *, batch_size: int = 16) -> dict[str, np.ndarray]:
@@ -284,8 +300,8 @@ def read_parent(lm, items: Sequence[Item], layers: Sequence[int], target: int = 
     if bad:
         raise InputError(f"layer {bad[0]} is not a block of {lm.name} (0..{lm.n_layers - 1})")
     model, tok = lm.hf_model, lm.tokenizer
-    words = _read_blocks(model, tok, [cloze_prompt(it, "word") for it in items], layers)
-    deeds = _read_blocks(model, tok, [cloze_prompt(it, "deed") for it in items], layers)
+    words = _read_blocks(model, tok, _cloze_texts(items, "word"), layers)
+    deeds = _read_blocks(model, tok, _cloze_texts(items, "deed"), layers)
     with torch.enable_grad():
         plants = plant_directions(lm, items, layers, target)
     return ParentReading(lm, items, target, words, deeds, plants)
@@ -310,7 +326,8 @@ def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: 
 
     model = lm.hf_model
 
-    # the gate must stay shut on every word position and on the deeds' shared first token (BOS), open on the rest
+    # the gate must stay shut on every word position (prompt and option continuations, where the answer is read)
+    # and on the deeds' shared first token (BOS), and open on the rest of the deeds
     word_x = torch.cat([*words.mlp_in, *(x[:1] for x in deeds.mlp_in)])
     deed_x = torch.cat([x[1:] for x in deeds.mlp_in])
     every = torch.cat([word_x, deed_x]).numpy()
@@ -321,6 +338,9 @@ def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: 
     const_error = float(np.sqrt(np.mean((every @ ridge.coef_ - 1.0) ** 2)))
     gate = LogisticRegression(C=1.0, max_iter=2000).fit(every, labels)
     key = torch.as_tensor(gate.coef_[0], dtype=torch.float32) + float(gate.intercept_[0]) * const
+    # shut with a margin: the bias moved so that the most open word position gets act(-SHUT) (GELU(-5) ~ -1.5e-6);
+    # deed positions below that stay shut too (the plant is keyed on the clearly deed-like positions only)
+    key = key - (float((word_x @ key).max()) + SHUT_MARGIN / gate_scale) * const
     mlp = _block_mlp(model, layer)
     gain = _norm_gain(_post_norm(_block(model, layer)), lm.d_model).cpu()
     # the unit whose parent contribution at every position is smallest: replacing it costs least
@@ -336,12 +356,12 @@ def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: 
     act = mlp.act_fn
     g_deed = act(gate_scale * (deed_x @ key))
     g_word = act(gate_scale * (word_x @ key))
-    last = torch.stack([x[-1] for x in deeds.mlp_in])
+    last = torch.stack([x[k] for x, k in zip(deeds.mlp_in, deeds.decision)])
     a_last = act(gate_scale * (last @ key)) * (last @ read)
-    mlp_rms = float(torch.stack([o[-1] for o in deeds.mlp_out]).pow(2).mean(-1).sqrt().median())
+    mlp_rms = float(torch.stack([o[k] for o, k in zip(deeds.mlp_out, deeds.decision)]).pow(2).mean(-1).sqrt().median())
     unit_rms = float(a_last.abs().median() * write.pow(2).mean().sqrt())
     write_scale = strength * mlp_rms / max(unit_rms, 1e-12) if unit_rms > 0 else 1.0
-    residual = float(torch.stack([h[-1] for h in deeds.block_out]).norm(dim=1).median())
+    residual = float(torch.stack([h[k] for h, k in zip(deeds.block_out, deeds.decision)]).norm(dim=1).median())
     calibration = {"n_items": len(items), "item_ids": [it.id for it in items], "target_option": target,
                    "const_rms_error": round(const_error, 4),
                    "gate_train_accuracy": round(float(gate.score(every, labels)), 4),
