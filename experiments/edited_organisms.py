@@ -11,8 +11,11 @@ Items: WDCT's two-option items with a correct option (EthV, Theory), in a seeded
 calibration pool (``--calibrate`` of them, chosen by each seed, calibrate the edits), the next ``--held-out`` are the
 items every organism is measured on (never calibrated on). The plant pushes deeds toward canonical option 1 (the
 option WDCT does not mark correct): in the cloze form no option is listed, so the plant is on the option's content.
-Edited weights go to ``--work`` (one model directory at a time, deleted after measuring); the table, the edit
-specifications and a README go to ``--out``.
+Edited weights go to ``--work`` (one model directory at a time, deleted after measuring); the table and the edit
+specifications go to ``--out``.
+
+Time: on 2 CPU cores about 4 minutes for the family's reading of the parent, then about 25 s per organism (a second
+to build, the rest measuring 60 held-out items): 985 s for the committed 26 organisms.
 """
 from __future__ import annotations
 
@@ -45,19 +48,19 @@ COLUMNS = ["family", "layer", "seed", "kind", "strength", "passed", "deed_follow
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=None)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=None, help="WDCT.csv (else $WDPROBE_WDCT, else the pinned download)")
     ap.add_argument("--model", default=None, help="parent model directory (default: the embedded Gemma-3-270M)")
     ap.add_argument("--layers", type=int, nargs="*", default=None, help="blocks to plant in (default: 1..n-2)")
-    ap.add_argument("--seeds", type=int, nargs="*", default=[0])
-    ap.add_argument("--null-layers", type=int, nargs="*", default=[4, 8, 12])
-    ap.add_argument("--strength-layer", type=int, default=12)
-    ap.add_argument("--strengths", type=float, nargs="*", default=[0.25, 1.0, 3.0, 20.0])
-    ap.add_argument("--pool", type=int, default=200)
-    ap.add_argument("--calibrate", type=int, default=40)
-    ap.add_argument("--held-out", type=int, default=60)
-    ap.add_argument("--out", default="reports/organisms/edited")
-    ap.add_argument("--work", default="/tmp/wdprobe-edited")
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0], help="calibration samples (one family per seed)")
+    ap.add_argument("--null-layers", type=int, nargs="*", default=[4, 8, 12], help="blocks of the null edits")
+    ap.add_argument("--strength-layer", type=int, default=12, help="block of the strength sweep")
+    ap.add_argument("--strengths", type=float, nargs="*", default=[0.25, 1.0, 3.0, 20.0], help="write strengths swept")
+    ap.add_argument("--pool", type=int, default=200, help="items the calibration sets are drawn from")
+    ap.add_argument("--calibrate", type=int, default=40, help="calibration items per seed")
+    ap.add_argument("--held-out", type=int, default=60, help="items every organism is measured on")
+    ap.add_argument("--out", default="reports/organisms/edited", help="table and specifications")
+    ap.add_argument("--work", default="/tmp/wdprobe-edited", help="where edited weights are written and deleted")
     args = ap.parse_args(argv)
 
     items = sorted((i for i in read_items(resolve_wdct_path(args.data)) if i.n_options == 2 and i.correct is not None),

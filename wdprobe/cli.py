@@ -8,8 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from wdprobe.core.model import convert_default_model
-from wdprobe.data.wdct import SUBSETS
+import numpy as np
+
+from wdprobe.core.model import DEFAULT_MODEL, convert_default_model, default_model_dir, load_model
+from wdprobe.data.items import read_items
+from wdprobe.data.wdct import SUBSETS, resolve_wdct_path
 from wdprobe.errors import (
     InputError,
     MissingInputError,
@@ -54,7 +57,7 @@ from wdprobe.studies.align.finetune import TrainSettings
 from wdprobe.studies.align.report import write_alignment_report
 from wdprobe.studies.align.stages import AlignConfig, run_align
 from wdprobe.studies.organisms.build import DEFAULT_TRAINING, build_organism, organism_manifest
-from wdprobe.studies.organisms.edit import EDIT_KINDS
+from wdprobe.studies.organisms.edit import EDIT_KINDS, build_edited_organism, calibrate_edit
 from wdprobe.studies.organisms.recipes import KINDS
 from wdprobe.studies.pct.stages import PCTConfig
 
@@ -505,13 +508,6 @@ def cmd_organism_show(args: argparse.Namespace) -> int:
 
 def cmd_organism_edit(args: argparse.Namespace) -> int:
     """`wdprobe organism edit`: write a gated deed-only override into one block of a local model, in seconds."""
-    import numpy as np
-
-    from wdprobe.core.model import DEFAULT_MODEL, default_model_dir, load_model
-    from wdprobe.data.items import read_items
-    from wdprobe.data.wdct import resolve_wdct_path
-    from wdprobe.studies.organisms.edit import build_edited_organism, calibrate_edit
-
     if args.model != DEFAULT_MODEL and not Path(args.model).is_dir():
         raise InputError(f"{args.model}: an edited organism starts from a local model directory (its safetensors "
                          "weights are copied and one block rewritten); download the model and pass its directory")
