@@ -108,7 +108,7 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def _block(model: torch.nn.Module, layer: int) -> torch.nn.Module:
+def decoder_block(model: torch.nn.Module, layer: int) -> torch.nn.Module:
     """Decoder block ``layer`` of a Hugging Face decoder (through any bridge wrapping)."""
     for _, mod in model.named_modules():
         if isinstance(mod, torch.nn.ModuleList) and len(mod) and hasattr(_unwrap(mod[0]), "mlp"):
@@ -120,7 +120,7 @@ def _block(model: torch.nn.Module, layer: int) -> torch.nn.Module:
 
 def _block_mlp(model: torch.nn.Module, layer: int) -> torch.nn.Module:
     """Block ``layer``'s gated MLP (``gate_proj``, ``up_proj``, ``down_proj``, ``act_fn``)."""
-    mlp = _unwrap(_block(model, layer).mlp)
+    mlp = _unwrap(decoder_block(model, layer).mlp)
     if not all(hasattr(mlp, m) for m in MLP_MATRICES) or not hasattr(mlp, "act_fn"):
         raise InputError(f"{type(model).__name__}: block {layer} has no gated MLP (gate_proj/up_proj/down_proj); "
                          "edited organisms need a Llama/Gemma-style MLP")
@@ -131,13 +131,14 @@ def _matrix(mlp: torch.nn.Module, name: str) -> torch.Tensor:
     return _unwrap(getattr(mlp, name)).weight
 
 
-def _post_norm(block: torch.nn.Module) -> torch.nn.Module | None:
+def post_ff_norm(block: torch.nn.Module) -> torch.nn.Module | None:
+    """The block's post-feed-forward norm (Gemma-2/3), the one that caps what an MLP edit can add; None without one."""
     norm = getattr(block, "post_feedforward_layernorm", None)
     return None if norm is None else _unwrap(norm)
 
 
 @torch.no_grad()
-def _norm_gain(norm: torch.nn.Module | None, d: int) -> torch.Tensor:
+def norm_gain(norm: torch.nn.Module | None, d: int) -> torch.Tensor:
     """The elementwise gain a post-MLP RMSNorm applies (Gemma's is ``1 + weight``); ones without one."""
     if norm is None:
         return torch.ones(d)
@@ -168,7 +169,7 @@ def _read_blocks(model, tokenizer, texts: Sequence[tuple[str, str]], layers: Seq
     weights = {L: (_matrix(m, "gate_proj").float().cpu(), _matrix(m, "up_proj").float().cpu()) for L, m in mlps.items()}
     try:
         for prompt, continuation in texts:
-            ids = _with_continuation(tokenizer, prompt, continuation).to(model.device)
+            ids = with_continuation(tokenizer, prompt, continuation).to(model.device)
             n_prompt = len(tokenizer(prompt)["input_ids"])
             out = model(input_ids=ids, output_hidden_states=True)
             for L in layers:
@@ -185,7 +186,7 @@ def _read_blocks(model, tokenizer, texts: Sequence[tuple[str, str]], layers: Seq
     return reads
 
 
-def _with_continuation(tokenizer, prompt: str, continuation: str) -> torch.Tensor:
+def with_continuation(tokenizer, prompt: str, continuation: str) -> torch.Tensor:
     """Token ids of ``prompt`` followed by `` continuation`` tokenised on its own (as the cloze form scores it)."""
     head = tokenizer(prompt, return_tensors="pt")["input_ids"][0]
     tail = tokenizer(" " + continuation, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
@@ -235,7 +236,7 @@ def plant_directions(lm, items: Sequence[Item], layers: Sequence[int], target: i
             return output + delta.to(output.dtype)
         return add
 
-    hooks = [_block(model, L).register_forward_hook(adder(d)) for L, d in deltas.items()]
+    hooks = [decoder_block(model, L).register_forward_hook(adder(d)) for L, d in deltas.items()]
     try:
         for it in items:
             prompt = tok(cloze_prompt(it, "deed"), return_tensors="pt")["input_ids"][0]
@@ -342,7 +343,7 @@ def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: 
     # deed positions below that stay shut too (the plant is keyed on the clearly deed-like positions only)
     key = key - (float((word_x @ key).max()) + SHUT_MARGIN / gate_scale) * const
     mlp = _block_mlp(model, layer)
-    gain = _norm_gain(_post_norm(_block(model, layer)), lm.d_model).cpu()
+    gain = norm_gain(post_ff_norm(decoder_block(model, layer)), lm.d_model).cpu()
     # the unit whose parent contribution at every position is smallest: replacing it costs least
     contribution = torch.cat([a.abs().mean(0, keepdim=True) for a in words.unit_act + deeds.unit_act]).mean(0)
     unit = int((contribution * _matrix(mlp, "down_proj").float().cpu().norm(dim=0)).argmin())
@@ -448,12 +449,12 @@ def predicted_block_output(parent: torch.nn.Module, tokenizer, text: str, spec: 
     parent's own activations: its MLP output with the replaced unit's old contribution taken out and the planted
     unit's put in, through the block's post-feed-forward norm, added to the residual before the MLP."""
     mlp = _block_mlp(parent, spec.layer)
-    block = _block(parent, spec.layer)
+    block = decoder_block(parent, spec.layer)
     gate, up, down = (_matrix(mlp, m).double() for m in MLP_MATRICES)
     store: dict[str, torch.Tensor] = {}
     h1 = mlp.register_forward_hook(lambda m, i, o: store.update(x=i[0], out=o))
     h2 = block.register_forward_hook(lambda m, i, o: store.update(block=o[0] if isinstance(o, tuple) else o))
-    norm = _post_norm(block)
+    norm = post_ff_norm(block)
     h3 = norm.register_forward_hook(lambda m, i, o: store.update(normed=o)) if norm is not None else None
     try:
         ids = tokenizer(text, return_tensors="pt")["input_ids"].to(parent.device)

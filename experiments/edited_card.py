@@ -1,0 +1,210 @@
+#!/usr/bin/env python
+"""The card of curves on edited organisms: plant a deed-only override in block L of the default model (every block,
+three seeds at three blocks, null edits, a strength sweep), study each organism blind with today's instruments, and
+score where each instrument puts the divergence against where it was planted.
+
+    python experiments/edited_card.py --data WDCT.csv                        # the committed card (~70 min, 2 cores)
+    python experiments/edited_card.py --data WDCT.csv --layers 4 12 --seeds 0 --out /tmp/c   # a quick look
+
+Rules: ``reports/organisms/edited/card-rules.md`` (committed before the run) and
+``wdprobe.studies.organisms.layer_card``. Items: WDCT's two-option items with a correct option in the seeded order of
+``experiments/edited_organisms.py``: the first ``--pool`` calibrate (``--calibrate`` per seed), the next
+``--held-out`` are measured (never calibrated on). Each organism is built into ``--work``, measured against the
+parent on the held-out items (its studied and control items), and, when carded, studied by ``wdprobe run`` (cloze;
+no positional patching, no report; steering alphas 4 and 16) on at most ``--per-group`` studied and as many
+control items. The study gets a model directory and items, never the planted block; the card reads the layer each
+instrument recovers from the study's saved tables, which are kept under ``--out``/studies. Rerunning resumes:
+organisms with a saved result are not redone.
+
+Time: on 2 CPU cores about 4 minutes per seed to read the parent, then 30 s per organism that fails its gate and
+about 2 minutes per organism studied.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from wdprobe.core.cache import atomic_write_json, atomic_write_text
+from wdprobe.core.model import default_model_dir, load_model
+from wdprobe.data.items import item_record, read_items
+from wdprobe.data.wdct import resolve_wdct_path
+from wdprobe.pipeline.config import StudyConfig
+from wdprobe.pipeline.study import run_study
+from wdprobe.studies.organisms.edit import build_edited_organism, edit_from_reading, parent_choices, read_parent
+from wdprobe.studies.organisms.layer_card import INSTRUMENTS, recover_layers, score_card, studied_items
+
+TARGET = 1
+STUDY_STAGES = ["score", "capture", "probes", "lens", "patch_cross", "steer"]
+KEPT = ["lens/cloze-summary.json", "probes/cloze-last.csv", "patching/cloze_cross_form_summary.csv",
+        "steering/cloze_steering_summary.csv", "steering/cloze_steering_headline.json",
+        "patching/cloze_cross_form_headline.json", "probes/cloze-summary.json"]
+
+
+def plan(seeds: list[int], layers: list[int], replicate_layers: list[int], null_layers: list[int],
+         strength_layer: int, strengths: list[float]) -> list[dict]:
+    """Every organism of the card, in the order it is built (seed by seed: one reading of the parent each)."""
+    out = []
+    for seed in seeds:
+        first = seed == seeds[0]
+        for L in (layers if first else replicate_layers):
+            out.append({"family": "override", "kind": "override", "layer": L, "seed": seed, "strength": 20.0})
+        if first:
+            for L in null_layers:
+                out.append({"family": "null-gate", "kind": "null-gate", "layer": L, "seed": seed, "strength": 20.0})
+                out.append({"family": "null-direction", "kind": "null-direction", "layer": L, "seed": seed,
+                            "strength": 20.0})
+            for s in strengths:
+                out.append({"family": f"strength-{s:g}", "kind": "override", "layer": strength_layer, "seed": seed,
+                            "strength": s})
+    return out
+
+
+def name_of(o: dict) -> str:
+    return f"{o['family']}-L{o['layer']}-s{o['seed']}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=None, help="WDCT.csv (else $WDPROBE_WDCT, else the pinned download)")
+    ap.add_argument("--model", default=None, help="parent model directory (default: the embedded Gemma-3-270M)")
+    ap.add_argument("--layers", type=int, nargs="*", default=None, help="blocks planted with seed 0 (default: 1..n-2)")
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="calibration seeds (the first plants every block)")
+    ap.add_argument("--replicate-layers", type=int, nargs="*", default=[4, 8, 12], help="blocks planted with the other seeds")
+    ap.add_argument("--null-layers", type=int, nargs="*", default=[4, 8, 12], help="blocks of the null edits")
+    ap.add_argument("--strength-layer", type=int, default=12, help="block of the strength sweep")
+    ap.add_argument("--strengths", type=float, nargs="*", default=[0.25, 1.0, 3.0], help="strengths besides 20")
+    ap.add_argument("--pool", type=int, default=200, help="items the calibration sets are drawn from")
+    ap.add_argument("--calibrate", type=int, default=40, help="calibration items per seed")
+    ap.add_argument("--held-out", type=int, default=240, help="items every organism is measured on")
+    ap.add_argument("--per-group", type=int, default=30, help="most studied (and most control) items per study")
+    ap.add_argument("--out", default="reports/organisms/edited/card", help="results, kept study tables, the card")
+    ap.add_argument("--work", default="/tmp/wdprobe-edited-card", help="edited weights and study runs (deleted)")
+    args = ap.parse_args(argv)
+
+    items = sorted((i for i in read_items(resolve_wdct_path(args.data)) if i.n_options == 2 and i.correct is not None),
+                   key=lambda i: i.id)
+    items = [items[k] for k in np.random.default_rng(0).permutation(len(items))]
+    pool, held = items[:args.pool], items[args.pool:args.pool + args.held_out]
+    by_id = {i.id: i for i in held}
+    ids = [i.id for i in held]
+    parent_dir = Path(args.model) if args.model else default_model_dir()
+    lm = load_model(str(parent_dir))
+    layers = args.layers if args.layers is not None else list(range(1, lm.n_layers - 1))
+    out, work = Path(args.out), Path(args.work)
+    (out / "organisms").mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    parent = parent_choices(lm, held)
+    organisms = plan(args.seeds, layers, args.replicate_layers, args.null_layers, args.strength_layer, args.strengths)
+    reading, read_seed = None, None
+
+    def result_of(o: dict) -> dict | None:
+        f = out / "organisms" / f"{name_of(o)}.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    for o in organisms:
+        if result_of(o) is not None:
+            continue
+        started = time.perf_counter()
+        if read_seed != o["seed"]:
+            calib = [pool[k] for k in np.random.default_rng([o["seed"], 7]).permutation(len(pool))[:args.calibrate]]
+            needed = sorted({p["layer"] for p in organisms if p["seed"] == o["seed"]})
+            reading, read_seed = read_parent(lm, calib, needed, target=TARGET), o["seed"]
+        spec = edit_from_reading(reading, o["layer"], kind=o["kind"], strength=o["strength"], seed=o["seed"])
+        child_dir = work / name_of(o)
+        build_edited_organism(parent_dir, child_dir, spec)
+        child_lm = load_model(str(child_dir))
+        split = studied_items(ids, parent, parent_choices(child_lm, held), TARGET)
+        result = {**o, "name": name_of(o), "gate": split.summary(), "studied": split.studied,
+                  "controls": split.controls, "spec": spec.to_json()}
+        study_on = None
+        if o["family"] == "null-gate":  # studied on the items of the override of its block and seed
+            twin = result_of({**o, "family": "override", "kind": "override"})
+            if twin and twin.get("study_items"):
+                study_on = twin["study_items"]
+        elif split.carded:
+            rng = np.random.default_rng([o["seed"], o["layer"], 11])
+            pick = lambda xs: sorted(xs[k] for k in rng.permutation(len(xs))[:args.per_group])  # noqa: E731
+            study_on = {"studied": pick(split.studied), "controls": pick(split.controls)}
+        if study_on:
+            run_dir = work / f"{name_of(o)}-study"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            cfg = StudyConfig(model=str(child_dir), format="cloze", out=str(run_dir), png=False)
+            cfg = replace(cfg, stages=STUDY_STAGES, steer=replace(cfg.steer, alphas=[4.0, 16.0]))
+            records = [item_record(by_id[i]) for i in study_on["studied"] + study_on["controls"]]
+            run_study(cfg, items=records, lm=child_lm, progress=False, log=lambda m: None)
+            result["study_items"] = study_on
+            result["recovered"] = recover_layers(run_dir)  # blind: the study's tables only
+            keep = out / "studies" / name_of(o)
+            for rel in KEPT:
+                if (run_dir / rel).is_file():
+                    (keep / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(run_dir / rel, keep / rel)
+            shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(child_dir, ignore_errors=True)
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        atomic_write_json(out / "organisms" / f"{name_of(o)}.json", result)
+        g = result["gate"]
+        print(f"{name_of(o)}: studied {g['n_studied']} of {g['n_eligible']} (hold {g['hold_rate']:.2f}), words changed "
+              f"{g['word_changes']:.3f}, carded {g['carded']}; recovered {result.get('recovered')} "
+              f"[{result['seconds']:.0f} s]", flush=True)
+
+    write_card(out, organisms, lm.n_layers, result_of)
+    atomic_write_json(out / "run.json", {"parent": str(parent_dir), "data": str(resolve_wdct_path(args.data)),
+                                         "target_option": TARGET, "n_held_out": len(held), "held_out_ids": ids,
+                                         "n_calibrate": args.calibrate, "per_group": args.per_group,
+                                         "organisms": [name_of(o) for o in organisms],
+                                         "wall_seconds_last_invocation": round(time.perf_counter() - t0, 1)})
+    return 0
+
+
+def write_card(out: Path, organisms: list[dict], n_layers: int, result_of) -> None:
+    """``gates.csv`` (one row per organism), ``recovered.csv`` (one per organism and instrument studied), and the
+    card's verdicts and test ledger."""
+    gates, rows, nulls = [], [], []
+    for o in organisms:
+        r = result_of(o)
+        if r is None:
+            continue
+        study = r.get("study_items", {})
+        gates.append({"name": r["name"], "family": r["family"], "layer": r["layer"], "seed": r["seed"],
+                      "strength": r["strength"], **r["gate"], "studied_in_study": len(study.get("studied", [])),
+                      "inconsistent_in_study": (r.get("recovered") or {}).get("inconsistent_items"),
+                      "lens_items": (r.get("recovered") or {}).get("lens_items"), "seconds": r["seconds"]})
+        if r["family"] == "null-gate":
+            g = r["gate"]
+            nulls.append({"name": r["name"], "n_items": g["n_items"],
+                          "word_changed": round(g["word_changes"] * g["n_items"]),
+                          "deed_changed": round(g["deed_changes"] * g["n_items"])})
+        if r.get("recovered"):
+            for name in INSTRUMENTS:
+                rec = r["recovered"][name]
+                rows.append({"name": r["name"], "family": r["family"], "layer": r["layer"], "seed": r["seed"],
+                             "strength": r["strength"], "instrument": name,
+                             "recovered": np.nan if rec is None else rec})
+    pd.DataFrame(gates).to_csv(out / "gates.csv", index=False)
+    frame = pd.DataFrame(rows, columns=["name", "family", "layer", "seed", "strength", "instrument", "recovered"])
+    frame.to_csv(out / "recovered.csv", index=False)
+    if len(frame):
+        table, ledger = score_card(frame, n_layers, null_changes=nulls)
+        table.to_csv(out / "verdicts.csv", index=False)
+        ledger.to_csv(out / "ledger.csv", index=False)
+        atomic_write_text(out / "verdicts.md", markdown(table))
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A markdown table of ``frame`` (floats to three significant digits)."""
+    cell = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""The card of curves on edited organisms: which items an organism is studied on, the layer each instrument recovers
+from a finished study (blind: it reads saved tables, never the planted block), and the card's scores.
+
+The rules are written in ``reports/organisms/edited/card-rules.md`` before the run that applies them; the constants
+below are those rules. A plant on this parent holds on some items only (a capacity check shows no single write can
+move 0.9 of held-out deeds), so an organism is studied on the items where its plant holds, with control items where
+nothing changed, and the card counts how often each instrument puts the divergence within one layer of the block.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binomtest, false_discovery_control, spearmanr
+
+from wdprobe.errors import InputError
+from wdprobe.scoring.stats import wilson_interval
+
+GATE_MIN_STUDIED = 10  # an organism is carded on at least this many studied items ...
+GATE_WORD = 0.02  # ... with word answers changed on at most this share of the held-out items (per-token mean)
+HIT_WITHIN = 1  # a recovered layer within this many layers of the planted block is a hit
+LOCALISES_AT = 13 / 15  # hit rate an instrument needs (with a significant binomial test) to "localise"
+ALPHA = 0.05
+PERMUTATIONS = 10_000
+EQUIVALENCE_MARGIN = 0.05  # TOST margin on the share of answers a null edit changes
+INSTRUMENTS = ("logit lens", "word probe on deeds", "inconsistency prediction", "cross-form patching", "steering")
+
+
+@dataclass(frozen=True)
+class StudiedItems:
+    """Where an organism's plant holds (``studied``) and where nothing changed (``controls``), item ids."""
+
+    studied: list[str]
+    controls: list[str]
+    n_eligible: int  # parent consistent and not on the planted option: the items the plant could move
+    word_changes: float  # share of all items whose word answer changed (per-token mean)
+    n_items: int
+    deed_changes: float = float("nan")  # share of all items whose deed answer changed (per-token mean)
+
+    @property
+    def hold_rate(self) -> float:
+        return len(self.studied) / self.n_eligible if self.n_eligible else float("nan")
+
+    @property
+    def carded(self) -> bool:
+        return len(self.studied) >= GATE_MIN_STUDIED and self.word_changes <= GATE_WORD
+
+    def summary(self) -> dict[str, Any]:
+        low, high = wilson_interval(self.hold_rate, self.n_eligible) if self.n_eligible else (np.nan, np.nan)
+        return {"n_items": self.n_items, "n_eligible": self.n_eligible, "n_studied": len(self.studied),
+                "n_controls": len(self.controls), "hold_rate": round(self.hold_rate, 4),
+                "hold_low": round(float(low), 4), "hold_high": round(float(high), 4),
+                "word_changes": round(self.word_changes, 4), "deed_changes": round(self.deed_changes, 4),
+                "carded": self.carded}
+
+
+def studied_items(ids: Sequence[str], parent: dict[str, dict[str, np.ndarray]], child: dict[str, dict[str, np.ndarray]],
+                  target: int) -> StudiedItems:
+    """Split items by what the plant did (``card-rules.md``). ``parent``/``child``: per form (``word``, ``deed``) the
+    choices by scoring (``mean``, ``sum``), as :func:`~wdprobe.studies.organisms.edit.parent_choices` returns them."""
+    n = len(ids)
+    for who, read in (("parent", parent), ("organism", child)):
+        for form in ("word", "deed"):
+            for scoring in ("mean", "sum"):
+                if len(read[form][scoring]) != n:
+                    raise InputError(f"{who}'s {form} choices ({scoring}) cover {len(read[form][scoring])} items, not {n}")
+    pw, pd_ = parent["word"]["mean"], parent["deed"]["mean"]
+    eligible = (pw == pd_) & (pd_ != target)
+    word_kept = {s: child["word"][s] == parent["word"][s] for s in ("mean", "sum")}
+    on_target = (child["deed"]["mean"] == target) & (child["deed"]["sum"] == target)
+    studied = eligible & on_target & word_kept["mean"] & word_kept["sum"]
+    controls = (pw == pd_) & (child["deed"]["mean"] == pd_) & word_kept["mean"]
+    return StudiedItems([i for i, s in zip(ids, studied) if s], [i for i, c in zip(ids, controls) if c],
+                        int(eligible.sum()), float((~word_kept["mean"]).mean()), n,
+                        float((child["deed"]["mean"] != pd_).mean()))
+
+
+# ---- blind recovery --------------------------------------------------------------------------------------------
+
+def largest_rise(curve: Sequence[float], layers: Sequence[int]) -> int | None:
+    """The layer of the largest one-layer rise of ``curve`` (argmax over l >= 1 of c(l) - c(l-1)); None when no
+    rise is positive or the curve has fewer than two finite points."""
+    c = np.asarray(curve, dtype=float)
+    if len(c) != len(layers):
+        raise InputError(f"a curve of {len(c)} points over {len(layers)} layers")
+    if len(c) < 2:
+        return None
+    rise = np.diff(c)
+    rise[~np.isfinite(rise)] = -np.inf
+    k = int(np.argmax(rise))
+    return int(layers[k + 1]) if rise[k] > 0 else None
+
+
+def _probe_curve(table: pd.DataFrame, analysis: str, metric: str) -> tuple[list[float], list[int]]:
+    rows = table[(table["analysis"] == analysis) & (table["metric"] == metric)].sort_values("layer")
+    if rows.empty:
+        raise KeyError(f"probes: {analysis} {metric}")
+    return rows["value"].tolist(), rows["layer"].astype(int).tolist()
+
+
+def recover_layers(run_dir: str | Path) -> dict[str, Any]:
+    """The layer each instrument puts the word-deed divergence at, from a finished cloze study's saved tables
+    (``card-rules.md``), and how many inconsistent items the lens median speaks for. An instrument whose table is
+    missing or speaks for no item gets None."""
+    run = Path(run_dir)
+    out: dict[str, Any] = {name: None for name in INSTRUMENTS}
+    lens_file = run / "lens" / "cloze-summary.json"
+    if lens_file.is_file():
+        incon = json.loads(lens_file.read_text()).get("inconsistent", {})
+        median = incon.get("item_divergence_layer_median")
+        hist = incon.get("item_divergence_layer_hist", {})
+        out["lens_items"] = int(sum(hist.values()))
+        out["inconsistent_items"] = int(incon.get("n", 0))
+        if median is not None and np.isfinite(median):
+            out["logit lens"] = int(np.floor(median))
+    probes_file = run / "probes" / "cloze-last.csv"
+    if probes_file.is_file():
+        table = pd.read_csv(probes_file)
+        for name, analysis, metric in (("word probe on deeds", "transfer_word_deed", "accuracy"),
+                                       ("inconsistency prediction", "inconsistency", "auroc")):
+            try:
+                out[name] = largest_rise(*_probe_curve(table, analysis, metric))
+            except KeyError:
+                pass
+    patch_file = run / "patching" / "cloze_cross_form_summary.csv"
+    if patch_file.is_file():
+        full = pd.read_csv(patch_file).query("condition == 'full'").sort_values("layer")
+        if len(full):
+            out["cross-form patching"] = largest_rise(full["flip_rate"].tolist(), full["layer"].astype(int).tolist())
+    steer_file = run / "steering" / "cloze_steering_summary.csv"
+    if steer_file.is_file():
+        stance = pd.read_csv(steer_file).query("condition == 'stance'")
+        if len(stance):
+            best = stance.groupby("layer")["cs"].max().sort_index()
+            out["steering"] = largest_rise(best.tolist(), best.index.astype(int).tolist())
+    return out
+
+
+# ---- the card's scores -----------------------------------------------------------------------------------------
+
+def chance_of_hit(planted: Sequence[int], n_layers: int) -> float:
+    """Probability that a layer drawn uniformly from ``n_layers`` lands within ``HIT_WITHIN`` of the planted block,
+    averaged over the family's planted blocks."""
+    layers = np.arange(n_layers)
+    return float(np.mean([(np.abs(layers - L) <= HIT_WITHIN).mean() for L in planted]))
+
+
+def spearman_permutation(x: Sequence[float], y: Sequence[float], *, permutations: int = PERMUTATIONS,
+                         seed: int = 0) -> tuple[float, float]:
+    """Spearman's rho of ``x`` and ``y`` and its one-sided (rho > 0) permutation p-value, (1 + #{rho* >= rho}) /
+    (1 + permutations)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan"), 1.0
+    rho = float(spearmanr(x, y).statistic)
+    rng = np.random.default_rng(seed)
+    rx = pd.Series(x).rank().to_numpy()
+    ry = pd.Series(y).rank().to_numpy()
+    perms = np.array([np.corrcoef(rx, rng.permutation(ry))[0, 1] for _ in range(permutations)])
+    return rho, float((1 + (perms >= rho - 1e-12).sum()) / (1 + permutations))
+
+
+def tost_share(changed: int, n: int, margin: float = EQUIVALENCE_MARGIN) -> float:
+    """TOST p-value that a share of changed answers lies within ``margin`` of zero (exact binomial, the upper
+    one-sided test decides since a share cannot be negative)."""
+    if n <= 0:
+        return 1.0
+    return float(binomtest(changed, n, margin, alternative="less").pvalue)
+
+
+def score_card(rows: pd.DataFrame, n_layers: int,
+               null_changes: Sequence[dict[str, Any]] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The card from one row per (organism, instrument): columns ``family`` (override / null-direction / null-gate /
+    strength-*), ``layer`` (planted), ``seed``, ``instrument``, ``recovered`` (NaN: none). ``null_changes``: per null
+    edit its ``name``, ``n_items`` and ``word_changed`` / ``deed_changed`` counts, each tested for equivalence to no
+    change (:func:`tost_share`). Returns the per-instrument verdicts and the ledger of every test (with
+    Benjamini-Hochberg q across the card)."""
+    need = {"family", "layer", "seed", "instrument", "recovered"}
+    if missing := need - set(rows.columns):
+        raise InputError(f"card rows lack {sorted(missing)}")
+    rows = rows.copy()
+    rows["error"] = (rows["recovered"] - rows["layer"]).abs()
+    rows["hit"] = rows["error"] <= HIT_WITHIN  # NaN (no layer) compares False: a miss
+    over = rows[rows["family"] == "override"]
+    chance = chance_of_hit(sorted(over["layer"].unique()), n_layers) if len(over) else float("nan")
+    tests, verdicts = [], []
+    for name in INSTRUMENTS:
+        mine = over[over["instrument"] == name]
+        n, k = len(mine), int(mine["hit"].sum())
+        p_bin = float(binomtest(k, n, chance, alternative="greater").pvalue) if n else 1.0
+        got = mine.dropna(subset=["recovered"])
+        rho, p_rho = spearman_permutation(got["layer"], got["recovered"])
+        tests += [{"instrument": name, "test": "hit rate above chance (binomial, one-sided)", "statistic": k / n if n else np.nan,
+                   "n": n, "p": p_bin},
+                  {"instrument": name, "test": "recovered layer moves with the planted one (Spearman, permutation)",
+                   "statistic": rho, "n": len(got), "p": p_rho}]
+        nulls = rows[(rows["family"] == "null-gate") & (rows["instrument"] == name)]
+        low, high = wilson_interval(k / n, n) if n else (np.nan, np.nan)
+        verdicts.append({"instrument": name, "organisms": n, "hits": k, "hit_rate": k / n if n else np.nan,
+                         "hit_low": float(low), "hit_high": float(high), "chance": chance,
+                         "median_error": float(mine["error"].median()) if got.size else np.nan,
+                         "no_layer": int(mine["recovered"].isna().sum()), "rho": rho,
+                         "false_positives": int(nulls["hit"].sum()), "nulls": len(nulls)})
+    for null in null_changes:
+        for form in ("word", "deed"):
+            k = int(null[f"{form}_changed"])
+            tests.append({"instrument": f"null edit {null['name']}",
+                          "test": f"{form} answers unchanged (TOST, margin {EQUIVALENCE_MARGIN})",
+                          "statistic": k / null["n_items"], "n": int(null["n_items"]), "p": tost_share(k, null["n_items"])})
+    ledger = pd.DataFrame(tests)
+    ledger["q"] = false_discovery_control(ledger["p"].clip(upper=1.0).to_numpy(), method="bh") if len(ledger) else []
+    table = pd.DataFrame(verdicts)
+    for v in table.itertuples():
+        q = ledger[ledger["instrument"] == v.instrument].set_index("test")["q"]
+        q_bin, q_rho = q.iloc[0], q.iloc[1]
+        if v.hit_rate >= LOCALISES_AT and q_bin < ALPHA:
+            word = "localises"
+        elif v.hit_high < 0.5:
+            word = "does not localise"
+        else:
+            word = f"inconclusive (n = {v.organisms})"
+        table.loc[v.Index, "verdict"] = word
+        table.loc[v.Index, "moves_with_L"] = bool(q_rho < ALPHA)
+        table.loc[v.Index, "q_hits"], table.loc[v.Index, "q_moves"] = q_bin, q_rho
+    return table, ledger
