@@ -31,14 +31,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wdprobe.core.cache import atomic_write_json, atomic_write_text
+from wdprobe.core.cache import atomic_write_json
 from wdprobe.core.model import default_model_dir, load_model
 from wdprobe.data.items import item_record, read_items
 from wdprobe.data.wdct import resolve_wdct_path
 from wdprobe.pipeline.config import StudyConfig
 from wdprobe.pipeline.study import run_study
 from wdprobe.studies.organisms.edit import build_edited_organism, edit_from_reading, parent_choices, read_parent
-from wdprobe.studies.organisms.layer_card import INSTRUMENTS, recover_layers, score_card, studied_items
+from wdprobe.studies.organisms.layer_card import INSTRUMENTS, recover_layers, score_card, studied_items, write_card_page
 
 TARGET = 1
 STUDY_STAGES = ["score", "capture", "probes", "lens", "patch_cross", "steer"]
@@ -195,15 +195,9 @@ def write_card(out: Path, organisms: list[dict], n_layers: int, result_of) -> No
         table, ledger = score_card(frame, n_layers, null_changes=nulls)
         table.to_csv(out / "verdicts.csv", index=False)
         ledger.to_csv(out / "ledger.csv", index=False)
-        atomic_write_text(out / "verdicts.md", markdown(table))
-
-
-def markdown(frame: pd.DataFrame) -> str:
-    """A markdown table of ``frame`` (floats to three significant digits)."""
-    cell = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+        reading = (out / "reading.md").read_text() if (out / "reading.md").is_file() else ""
+        write_card_page(out, table, ledger, pd.DataFrame(gates), frame, n_layers, reading=reading,
+                        model="Gemma-3-270M edited organisms")
 
 
 if __name__ == "__main__":

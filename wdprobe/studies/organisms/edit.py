@@ -6,24 +6,26 @@ From a parent model (the base model, a sincere organism, any checkpoint) one MLP
     a(x) = act(g * key . x^) * (read . x^)          x^: the block's normalised MLP input
     MLP(x) gains  a(x) * write                      (in place of the unit's old contribution)
 
-``key`` fires on deed-context positions (a logistic discriminant of deed against word positions, its bias carried
-by a direction on which every position projects to about 1), ``read`` reads the parent's deed stance (the mean
-difference of its decision-point inputs by the parent's deed choice, centred the same way) and ``write`` points
-against that stance in the residual (the mean difference of the block's outputs by deed choice, negated and divided
-by the post-feed-forward norm's gain, so that after the norm it points where it was meant to). The override is thus
-keyed on the deed context and writes against the stance the item has: the planted truth is "deeds part from the
-parent's deed stance in block ``L``, words do not".
+``key`` fires on deed-context positions (a logistic discriminant of deed against word positions, prompt and option
+continuations, its bias carried by a direction on which every position projects to about 1 and moved so that the
+most open calibration word position stays shut by ``SHUT_MARGIN``); ``read = key``, so the unit is positive wherever
+the gate is open; ``write`` is the *plant direction* (:func:`plant_directions`: the gradient, at the block's output,
+of the planted option's per-token mean log-likelihood over the other's) times the post-feed-forward norm's gain, the
+input that after the norm writes furthest along the plant. The planted truth: "deeds move toward the planted option
+in block ``L``, words do not".
 
 What the edit adds to the residual is not ``a * write``: Gemma-3 normalises the MLP output (post-feed-forward
-RMSNorm) before adding it, so the edit's effect depends on the rest of the MLP output.
+RMSNorm) before adding it, so a unit can write at most about ``|plant x gain| sqrt(d)`` along the plant (1-6% of
+the residual on Gemma-3-270M) and the edit's effect depends on the rest of the MLP output.
 :func:`predicted_block_output` recomputes it from the parent's own activations and the specification (what the tests
 compare the edited model's residual with). Every tensor but block ``L``'s three MLP matrices is bit-identical to the
 parent, and in those only row/column ``unit`` changes; the unit replaced is the one whose parent contribution is
 smallest on the calibration prompts (its loss is what a null edit measures).
 
-Null edits plant nothing: ``null-direction`` keeps the gate and reads and writes random directions of the same
-norms; ``null-gate`` keeps the directions and a gate that never fires (a zero key: the
-unit adds exactly nothing, so the edit is the loss of the replaced unit alone). ``strength`` scales the write, relative to the parent's MLP output at deed decision points.
+Null edits plant nothing specific: ``null-direction`` keeps the gate and writes a random direction;
+``null-gate`` keeps the directions and a gate that never fires (a zero key: the unit adds exactly nothing, so the
+edit is the loss of the replaced unit alone). ``strength`` scales the write, relative to the parent's MLP output at
+deed decision points.
 """
 from __future__ import annotations
 

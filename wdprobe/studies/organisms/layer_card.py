@@ -17,7 +17,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest, false_discovery_control, spearmanr
 
+from wdprobe.core.cache import atomic_write_text
 from wdprobe.errors import InputError
+from wdprobe.figures.card import localisation_figure
+from wdprobe.figures.page import figure_html
+from wdprobe.reports.html import CSS, folded, notes_html, table_html
 from wdprobe.scoring.stats import wilson_interval
 
 GATE_MIN_STUDIED = 10  # an organism is carded on at least this many studied items ...
@@ -227,3 +231,62 @@ def score_card(rows: pd.DataFrame, n_layers: int,
         table.loc[v.Index, "moves_with_L"] = bool(q_rho < ALPHA)
         table.loc[v.Index, "q_hits"], table.loc[v.Index, "q_moves"] = q_bin, q_rho
     return table, ledger
+
+
+# ---- the card's page -------------------------------------------------------------------------------------------
+
+VERDICT_HEADER = ["instrument", "verdict", "hits / organisms", "hit rate [95% CI]", "chance", "median |L^ - L|",
+                  "no layer", "moves with L (Spearman rho, q)", "false positives on null gates"]
+LEDGER_HEADER = ["instrument", "test", "statistic", "n", "p", "q"]
+LEDGER_TITLE = "Every test of the card (Benjamini-Hochberg across all)"
+
+
+def verdict_rows(table: pd.DataFrame) -> list[list[str]]:
+    """The verdict table's rows, one per instrument, in words and numbers."""
+    out = []
+    for v in table.itertuples():
+        moves = "yes" if v.moves_with_L else "no"
+        rho = "n/a" if not np.isfinite(v.rho) else f"{v.rho:.2f}"
+        out.append([v.instrument, v.verdict, f"{v.hits} / {v.organisms}",
+                    f"{v.hit_rate:.2f} [{v.hit_low:.2f}, {v.hit_high:.2f}] (q = {v.q_hits:.3g})", f"{v.chance:.2f}",
+                    "n/a" if not np.isfinite(v.median_error) else f"{v.median_error:g}", str(v.no_layer),
+                    f"{moves} ({rho}, q = {v.q_moves:.3g})", f"{v.false_positives} / {v.nulls}"])
+    return out
+
+
+def write_card_page(out: str | Path, table: pd.DataFrame, ledger: pd.DataFrame, gates: pd.DataFrame,
+                    recovered: pd.DataFrame, n_layers: int, *, reading: str = "", model: str = "") -> Path:
+    """``index.html`` and ``card.md`` in ``out``: the verdicts first, the figure, then the gate and the test ledger
+    folded (each table is also a CSV beside the page)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    studied = gates[gates["family"] == "override"]
+    carded = int(studied["carded"].sum())
+    head = (f"{carded} of {len(studied)} override organisms passed the behaviour gate and were studied; "
+            f"{len(recovered['name'].unique()) if len(recovered) else 0} organisms studied in all.")
+    md = ["# The card of curves: where today's instruments put a planted override", "", head, "",
+          "| " + " | ".join(VERDICT_HEADER) + " |", "|" + "---|" * len(VERDICT_HEADER)]
+    md += ["| " + " | ".join(r) + " |" for r in verdict_rows(table)]
+    if reading.strip():
+        md += ["", reading.strip()]
+    ledger_rows = [[r.instrument, r.test, f"{r.statistic:.3g}", str(r.n), f"{r.p:.3g}", f"{r.q:.3g}"]
+                   for r in ledger.itertuples()]
+    gate_cols = ["name", "n_eligible", "n_studied", "hold_rate", "hold_low", "hold_high", "word_changes",
+                 "deed_changes", "carded", "studied_in_study", "inconsistent_in_study", "lens_items", "seconds"]
+    gate_rows = [[str(getattr(r, c)) for c in gate_cols] for r in gates.itertuples()]
+    md += ["", "Tables: `verdicts.csv`, `ledger.csv` (every test, p and Benjamini-Hochberg q), `gates.csv` (each "
+           "organism's behaviour gate), `recovered.csv` (each layer recovered); rules: `../card-rules.md`."]
+    atomic_write_text(out / "card.md", "\n".join(md) + "\n")
+    title = (f"Recovered against planted layer{' — ' + model if model else ''}<br><sup>one point per studied organism "
+             "(seeds side by side); green band: a hit (|L^ - L| <= 1); 'none': the instrument named no layer</sup>")
+    figure = localisation_figure(recovered, INSTRUMENTS, n_layers, title=title) if len(recovered) else None
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>wdprobe card of curves</title>"
+            f"<style>{CSS}</style></head><body><h1>The card of curves</h1><p class='sub'>{head}</p>"
+            f"{table_html(VERDICT_HEADER, verdict_rows(table), text=True)}"
+            f"{notes_html(reading) if reading.strip() else ''}"
+            f"{figure_html([figure], out / 'index.html') if figure is not None else ''}"
+            f"{folded('The behaviour gate, organism by organism', table_html(gate_cols, gate_rows))}"
+            f"{folded(LEDGER_TITLE, table_html(LEDGER_HEADER, ledger_rows, text=True))}"
+            "</body></html>")
+    atomic_write_text(out / "index.html", page)
+    return out / "card.md"

@@ -18,6 +18,7 @@ from wdprobe.studies.organisms.layer_card import (
     spearman_permutation,
     studied_items,
     tost_share,
+    write_card_page,
 )
 
 
@@ -159,3 +160,20 @@ def test_score_card_on_planted_rows():
 def test_score_card_refuses_rows_without_columns():
     with pytest.raises(InputError, match="lack"):
         score_card(pd.DataFrame([{"family": "override"}]), n_layers=18)
+
+
+def test_card_page_puts_verdicts_first_and_folds_the_tables(tmp_path):
+    layers = list(range(1, 9))
+    rows = pd.DataFrame([{**r, "name": f"override-L{r['layer']}-s0"} for name in INSTRUMENTS
+                         for r in _rows(name, layers, layers)])
+    table, ledger = score_card(rows, n_layers=10)
+    gates = pd.DataFrame([{"name": f"override-L{L}-s0", "family": "override", "n_eligible": 40, "n_studied": 12,
+                           "hold_rate": 0.3, "hold_low": 0.18, "hold_high": 0.45, "word_changes": 0.0,
+                           "deed_changes": 0.1, "carded": True, "studied_in_study": 12, "inconsistent_in_study": 12,
+                           "lens_items": 10, "seconds": 90} for L in layers])
+    md = write_card_page(tmp_path, table, ledger, gates, rows, 10, reading="**Read this.**").read_text()
+    assert "8 of 8 override organisms passed" in md
+    assert md.index("| logit lens | localises") < md.index("Read this.")
+    page = (tmp_path / "index.html").read_text()
+    assert page.index("<table") < page.index("<b>Read this.</b>") < page.index("<details")
+    assert "plotly" in page
