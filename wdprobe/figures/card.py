@@ -18,12 +18,14 @@ FAMILY_STYLE = {"override": ("override", "#1f77b4", "circle"),
 
 
 def localisation_figure(recovered: pd.DataFrame, instruments: Sequence[str], n_layers: int, *,
-                        title: str) -> go.Figure:
+                        title: str, gates: pd.DataFrame | None = None) -> go.Figure:
     """Recovered against planted layer per instrument (``recovered``: columns family, layer, seed, instrument,
-    recovered; NaN recovered = the instrument named no layer)."""
+    recovered; NaN recovered = the instrument named no layer). ``gates`` (family, layer, seed, hold_rate, hold_low,
+    hold_high): a last panel with how often each override's plant held, by block."""
     cols = 3
-    rows = int(np.ceil(len(instruments) / cols))
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(instruments), horizontal_spacing=0.07,
+    panels = list(instruments) + (["the plant's hold rate by block (overrides)"] if gates is not None else [])
+    rows = int(np.ceil(len(panels) / cols))
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=panels, horizontal_spacing=0.07,
                         vertical_spacing=0.16)
     none_row = -2  # where "no layer" is drawn
     for k, name in enumerate(instruments):
@@ -49,6 +51,19 @@ def localisation_figure(recovered: pd.DataFrame, instruments: Sequence[str], n_l
         fig.update_yaxes(range=[none_row - 1, n_layers], tickvals=[none_row] + list(range(0, n_layers, 3)),
                          ticktext=["none"] + [str(v) for v in range(0, n_layers, 3)],
                          title_text="recovered layer" if c == 1 else None, row=r, col=c)
+    if gates is not None:
+        r, c = len(instruments) // cols + 1, len(instruments) % cols + 1
+        over = gates[gates["family"] == "override"]
+        for seed, part in over.groupby("seed"):
+            fig.add_trace(go.Scatter(x=part["layer"] + (seed - 1) * 0.15, y=part["hold_rate"], mode="markers",
+                                     showlegend=False, marker=dict(color="#1f77b4", size=6),
+                                     error_y=dict(type="data", symmetric=False, color="#9ecae1",
+                                                  array=part["hold_high"] - part["hold_rate"],
+                                                  arrayminus=part["hold_rate"] - part["hold_low"]),
+                                     hovertemplate=f"block %{{x:.0f}}, seed {seed}: %{{y:.2f}}<extra></extra>"),
+                          row=r, col=c)
+        fig.update_xaxes(range=[-0.5, n_layers - 0.5], title_text="planted block L", row=r, col=c)
+        fig.update_yaxes(range=[0, 1], title_text="share of eligible deeds moved", row=r, col=c)
     fig.update_layout(title=dict(text=title, x=0, xanchor="left"), template="plotly_white", height=300 * rows + 140,
                       width=1200, legend=dict(orientation="h", y=-0.12, x=0), margin=dict(l=60, r=20, t=90, b=60))
     return fig

@@ -238,6 +238,7 @@ def score_card(rows: pd.DataFrame, n_layers: int,
 VERDICT_HEADER = ["instrument", "verdict", "hits / organisms", "hit rate [95% CI]", "chance", "median |L^ - L|",
                   "no layer", "moves with L (Spearman rho, q)", "false positives on null gates"]
 LEDGER_HEADER = ["instrument", "test", "statistic", "n", "p", "q"]
+STRENGTH_HEADER = ["organism", "strength", "studied / eligible (hold rate)", "carded"] + list(INSTRUMENTS)
 LEDGER_TITLE = "Every test of the card (Benjamini-Hochberg across all)"
 
 
@@ -251,6 +252,24 @@ def verdict_rows(table: pd.DataFrame) -> list[list[str]]:
                     f"{v.hit_rate:.2f} [{v.hit_low:.2f}, {v.hit_high:.2f}] (q = {v.q_hits:.3g})", f"{v.chance:.2f}",
                     "n/a" if not np.isfinite(v.median_error) else f"{v.median_error:g}", str(v.no_layer),
                     f"{moves} ({rho}, q = {v.q_moves:.3g})", f"{v.false_positives} / {v.nulls}"])
+    return out
+
+
+def strength_rows(gates: pd.DataFrame, recovered: pd.DataFrame) -> list[list[str]]:
+    """One row per organism of the strength sweep (and the override at the sweep's block and seed, strength 20):
+    how often the plant held and the layer each instrument recovered ("-": not studied)."""
+    sweep = gates[gates["family"].astype(str).str.startswith("strength-")]
+    if sweep.empty:
+        return []
+    block, seed = int(sweep["layer"].iloc[0]), int(sweep["seed"].iloc[0])
+    rows = pd.concat([sweep, gates[(gates["family"] == "override") & (gates["layer"] == block) & (gates["seed"] == seed)]])
+    out = []
+    for g in rows.sort_values("strength").itertuples():
+        rec = recovered[recovered["name"] == g.name].set_index("instrument")["recovered"] if len(recovered) else {}
+        cells = ["-" if name not in rec else ("none" if not np.isfinite(rec[name]) else f"{int(rec[name])}")
+                 for name in INSTRUMENTS]
+        out.append([g.name, f"{g.strength:g}", f"{g.n_studied} / {g.n_eligible} ({g.hold_rate:.2f})",
+                    "yes" if g.carded else "no", *cells])
     return out
 
 
@@ -274,17 +293,23 @@ def write_card_page(out: str | Path, table: pd.DataFrame, ledger: pd.DataFrame, 
     gate_cols = ["name", "n_eligible", "n_studied", "hold_rate", "hold_low", "hold_high", "word_changes",
                  "deed_changes", "carded", "studied_in_study", "inconsistent_in_study", "lens_items", "seconds"]
     gate_rows = [[str(getattr(r, c)) for c in gate_cols] for r in gates.itertuples()]
+    strength = strength_rows(gates, recovered)
+    if strength:
+        md += ["", "## Detection against strength", "", "| " + " | ".join(STRENGTH_HEADER) + " |",
+               "|" + "---|" * len(STRENGTH_HEADER)] + ["| " + " | ".join(r) + " |" for r in strength]
     md += ["", "Tables: `verdicts.csv`, `ledger.csv` (every test, p and Benjamini-Hochberg q), `gates.csv` (each "
            "organism's behaviour gate), `recovered.csv` (each layer recovered); rules: `../card-rules.md`."]
     atomic_write_text(out / "card.md", "\n".join(md) + "\n")
     title = (f"Recovered against planted layer{' — ' + model if model else ''}<br><sup>one point per studied organism "
              "(seeds side by side); green band: a hit (|L^ - L| <= 1); 'none': the instrument named no layer</sup>")
-    figure = localisation_figure(recovered, INSTRUMENTS, n_layers, title=title) if len(recovered) else None
+    figure = localisation_figure(recovered, INSTRUMENTS, n_layers, title=title, gates=gates) if len(recovered) else None
+    strength = strength_rows(gates, recovered)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>wdprobe card of curves</title>"
             f"<style>{CSS}</style></head><body><h1>The card of curves</h1><p class='sub'>{head}</p>"
             f"{table_html(VERDICT_HEADER, verdict_rows(table), text=True)}"
             f"{notes_html(reading) if reading.strip() else ''}"
             f"{figure_html([figure], out / 'index.html') if figure is not None else ''}"
+            f"{'<h2>Detection against strength</h2>' + table_html(STRENGTH_HEADER, strength) if strength else ''}"
             f"{folded('The behaviour gate, organism by organism', table_html(gate_cols, gate_rows))}"
             f"{folded(LEDGER_TITLE, table_html(LEDGER_HEADER, ledger_rows, text=True))}"
             "</body></html>")

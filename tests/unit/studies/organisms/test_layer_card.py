@@ -167,11 +167,16 @@ def test_card_page_puts_verdicts_first_and_folds_the_tables(tmp_path):
     rows = pd.DataFrame([{**r, "name": f"override-L{r['layer']}-s0"} for name in INSTRUMENTS
                          for r in _rows(name, layers, layers)])
     table, ledger = score_card(rows, n_layers=10)
-    gates = pd.DataFrame([{"name": f"override-L{L}-s0", "family": "override", "n_eligible": 40, "n_studied": 12,
-                           "hold_rate": 0.3, "hold_low": 0.18, "hold_high": 0.45, "word_changes": 0.0,
-                           "deed_changes": 0.1, "carded": True, "studied_in_study": 12, "inconsistent_in_study": 12,
-                           "lens_items": 10, "seconds": 90} for L in layers])
+    gate = {"n_eligible": 40, "n_studied": 12, "hold_rate": 0.3, "hold_low": 0.18, "hold_high": 0.45,
+            "word_changes": 0.0, "deed_changes": 0.1, "carded": True, "studied_in_study": 12,
+            "inconsistent_in_study": 12, "lens_items": 10, "seconds": 90, "seed": 0}
+    gates = pd.DataFrame([{"name": f"override-L{L}-s0", "family": "override", "layer": L, "strength": 20.0, **gate}
+                          for L in layers]
+                         + [{"name": "strength-1-L8-s0", "family": "strength-1", "layer": 8, "strength": 1.0, **gate,
+                             "n_studied": 3, "carded": False}])
     md = write_card_page(tmp_path, table, ledger, gates, rows, 10, reading="**Read this.**").read_text()
+    assert "| strength-1-L8-s0 | 1 | 3 / 40 (0.30) | no | - | - | - | - | - |" in md
+    assert "| override-L8-s0 | 20 | 12 / 40 (0.30) | yes | 8 | 8 | 8 | 8 | 8 |" in md
     assert "8 of 8 override organisms passed" in md
     assert md.index("| logit lens | localises") < md.index("Read this.")
     page = (tmp_path / "index.html").read_text()
