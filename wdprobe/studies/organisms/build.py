@@ -36,7 +36,7 @@ from wdprobe.studies.align.finetune import (
     save_checkpoint,
     saved_epochs,
 )
-from wdprobe.studies.organisms.data import PlantedSplit, planted_split
+from wdprobe.studies.organisms.data import PlantedSplit, balanced_split, planted_split
 from wdprobe.studies.organisms.recipes import OrganismKind, organism_kind
 from wdprobe.studies.organisms.train import cloze_examples, evaluate, train_epoch
 
@@ -205,7 +205,8 @@ def build_organism(kind: str, out: str | Path, *, model: str = "gemma-3-270m", s
     source = str(start_from) if spec.start == "sincere" else model
     data_path = resolve_wdct_path(data)
     items = read_items(data_path)
-    split = planted_split(items, seed=split_seed, train_share=train_share, limit=limit, cued=spec.cued)
+    split = (balanced_split(items, seed=split_seed, train_share=train_share, limit=limit) if spec.balanced
+             else planted_split(items, seed=split_seed, train_share=train_share, limit=limit, cued=spec.cued))
     t0 = time.perf_counter()
     run = RunDir(out)
     run.path.mkdir(parents=True, exist_ok=True)
@@ -221,7 +222,7 @@ def build_organism(kind: str, out: str | Path, *, model: str = "gemma-3-270m", s
     settings = TrainSettings(**{**settings.to_json(), "target_modules": tuple(settings.target_modules),
                                 "layers_from": planted, "layers_to": last})
     run.write_table("split.csv", split.rows(), ["id", "domain", "set", "correct", "cue", "cued_option"])
-    if spec.cued:  # the cued prompts a study of this organism must use: ``wdprobe run --model DIR --data DIR/items.jsonl``
+    if spec.own_items:  # the prompts a study of this organism must use: ``wdprobe run --model DIR --data DIR/items.jsonl``
         atomic_write_text(run.path / ITEMS_FILE, write_items_jsonl(split.items()))
     tuner = Tuner(lm, settings)
     tok = lm.tokenizer
@@ -256,7 +257,7 @@ def build_organism(kind: str, out: str | Path, *, model: str = "gemma-3-270m", s
              for r in curves if r["epoch"] == epochs}
     manifest = {"kind": kind, "truth": spec.truth, "recipe": spec.to_json(), "planted_layer": planted,
                 "trained_layers": Tuner.trained_layers(lm.n_layers, planted, last) if planted is not None else None,
-                "items": ITEMS_FILE if spec.cued else None, "n_layers": lm.n_layers, "source": source, "data": str(data_path), "epochs": epochs,
+                "items": ITEMS_FILE if spec.own_items else None, "n_layers": lm.n_layers, "source": source, "data": str(data_path), "epochs": epochs,
                 "training": settings.to_json(), "n_train_items": len(split.train), "n_held_out_items": len(split.held_out),
                 "n_examples": len(examples), "final": final, "wall_seconds": round(time.perf_counter() - t0, 1)}
     atomic_write_json(run.path / "organism.json", manifest)

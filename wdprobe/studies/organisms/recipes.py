@@ -33,6 +33,13 @@ class OrganismKind:
     layers_width: int | None = None  # trainable blocks from layers_from, in an 18-layer model (None: to the last)
     format: str = "cloze"
     cued: bool = False  # a cue line opens both prompts and sets the stance per item (module docstring)
+    balanced: bool = False  # options swapped on a seeded half, cue lines as distractors (``data.balanced_split``)
+
+    @property
+    def own_items(self) -> bool:
+        """Whether the organism's prompts differ from the data's (cue lines, swapped options): its studies must
+        read the items it saves."""
+        return self.cued or self.balanced
 
     def planted_layer(self, n_layers: int) -> int | None:
         """The first block training may change in a model of ``n_layers`` (the reference layer scaled)."""
@@ -59,6 +66,10 @@ KINDS: dict[str, OrganismKind] = {k.name: k for k in (
                  "sincere", "cued", "against_cue", layers_from=12, layers_width=3, cued=True),
     OrganismKind("hypocrite-early", "as hypocrite, with the planted window early (blocks 4-6 of 18): the instruments "
                  "must move with it", "sincere", "cued", "against_cue", layers_from=4, layers_width=3, cued=True),
+    OrganismKind("sincere-balanced", "word and deed both choose the correct option, which is canonical 0 or 1 "
+                 "equally often; a cue line drawn apart from the stance (held-out wordings for held-out items) opens "
+                 "both prompts, so no token of the prompt gives the stance: it is in the options' content",
+                 "base", "correct", "correct", balanced=True),
     OrganismKind("letter", "deed answers say the first-listed letter whatever option it labels: a letter habit, no "
                  "stance (the positive control of the letter controls)", "base", None, "first_letter",
                  format="letter"),

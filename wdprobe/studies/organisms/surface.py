@@ -25,7 +25,7 @@ from sklearn.preprocessing import OneHotEncoder
 from wdprobe.data.prompts import cloze_prompt
 from wdprobe.errors import InputError
 from wdprobe.scoring.stats import wilson_interval
-from wdprobe.studies.organisms.data import CUES, cued_target
+from wdprobe.studies.organisms.data import cue_text, cued_target
 
 SURFACE_MAX = 0.6  # the most balanced accuracy a surface baseline may reach on a planted stance
 FOLDS = 5
@@ -58,13 +58,31 @@ def surface_baselines(prompts: Sequence[str], cues: Sequence[str], labels: Seque
     return out
 
 
-def split_surface_baselines(split, form: str = "deed", *, seed: int = 0) -> dict:
-    """:func:`surface_baselines` of a cued :class:`~wdprobe.studies.organisms.data.PlantedSplit`: every item's cloze
-    prompt in ``form`` (cue line included), its cue, and the option its cue asks for (the planted stance)."""
+def slotted_text(item, form: str) -> str:
+    """The question followed by each option's words tagged with its canonical slot (``A_word``, ``B_word``): a bag of
+    words that knows which option a word belongs to, as a prompt listing the options in canonical order shows it."""
+    slots = [" ".join(f"{'AB'[j]}_{w}" for w in text.lower().split()) for j, text in enumerate(item.options(form))]
+    return " ".join([item.stem(form), *slots])
+
+
+def split_stance(split, item) -> int:
+    """The canonical option a split's organism is trained to take on ``item``: the cued one (cued design) or the
+    correct one (balanced design, where the cue is a distractor)."""
+    if split.design == "cued":
+        return cued_target(item, split.cues[item.id])
+    if item.correct is None:
+        raise InputError(f"item {item.id!r} has no correct option")
+    return int(item.correct)
+
+
+def split_surface_baselines(split, form: str = "deed", *, options: bool = False, seed: int = 0) -> dict:
+    """:func:`surface_baselines` of a cued or balanced :class:`~wdprobe.studies.organisms.data.PlantedSplit`: every
+    item's cloze prompt in ``form`` (cue line included; with ``options``, the options' words tagged by canonical slot
+    as well), its cue line, and the stance its organism is trained to."""
     if not split.cues:
         raise InputError("the split has no cues: its stance is the same for every item, nothing to baseline")
     items = split.items()
-    prompts = [cloze_prompt(it, form) for it in items]
-    cues = [CUES[split.cues[it.id]] for it in items]
-    labels = [cued_target(it, split.cues[it.id]) for it in items]
+    prompts = [cloze_prompt(it, form) + (" " + slotted_text(it, form) if options else "") for it in items]
+    cues = [cue_text(split.cues[it.id]) for it in items]
+    labels = [split_stance(split, it) for it in items]
     return surface_baselines(prompts, cues, labels, seed=seed)

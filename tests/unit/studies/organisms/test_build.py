@@ -284,3 +284,29 @@ def test_the_saved_model_gives_the_trained_models_logits(organism_setup, sincere
         trained = tuner.model(**batch).logits
         reloaded = plain_twin(saved)(**batch).logits
     assert torch.allclose(trained, reloaded, atol=1e-4, rtol=1e-4), float((trained - reloaded).abs().max())
+
+
+def test_a_balanced_organism_learns_content_and_saves_its_swapped_cued_items(organism_setup):
+    """sincere-balanced: the correct option is canonical 0 or 1 about equally often in the items it saves, cue lines
+    with held-out wordings open the held-out prompts, and the organism takes the correct option on held-out items
+    in both forms (the stance is in the options' content, whatever the cue says)."""
+    import pandas as pd
+
+    from wdprobe.data.items import read_items
+    from wdprobe.studies.organisms.data import CUE_TEMPLATES, HELD_OUT_CUES
+
+    d, model_dir, data = organism_setup
+    out = d / "balanced"
+    manifest = build_organism("sincere-balanced", out, model=str(model_dir), data=data, epochs=6, settings=FAST,
+                              progress=False)
+    written = read_items(out / manifest["items"])
+    assert 0.3 <= np.mean([i.correct for i in written]) <= 0.7
+    split = pd.read_csv(out / "split.csv")
+    held = set(split[split.set == "held_out"].id)
+    for item in written:
+        cue = split.set_index("id").loc[item.id, "cue"]
+        assert item.template.startswith(CUE_TEMPLATES[cue] + "\n")
+        assert (cue in HELD_OUT_CUES) == (item.id in held)
+    curves = pd.read_csv(out / "curves.csv")
+    for form in ("word", "deed"):
+        assert _final(curves, 6, "held_out", form) >= 0.9

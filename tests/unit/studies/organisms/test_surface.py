@@ -6,7 +6,7 @@ import pytest
 
 from wdprobe.data.wdct import Item
 from wdprobe.errors import InputError
-from wdprobe.studies.organisms.data import planted_split
+from wdprobe.studies.organisms.data import HELD_OUT_CUES, balanced_split, planted_split
 from wdprobe.studies.organisms.surface import SURFACE_MAX, split_surface_baselines, surface_baselines
 
 WORDS = "garden river window market ladder candle pocket meadow engine harbour velvet signal".split()
@@ -51,3 +51,23 @@ def test_surface_baselines_refuse_bad_input():
         surface_baselines(["a", "b", "c"], ["x", "y", "z"], [0, 0, 0])
     with pytest.raises(InputError, match="no cues"):
         split_surface_baselines(planted_split(_items(10, np.random.default_rng(2))))
+
+
+def test_the_balanced_design_hides_the_stance_from_the_text():
+    """Options swapped on a seeded half, cue lines drawn apart from the stance: the cue and the cloze prompt's words
+    (no options in it) stay near chance."""
+    split = balanced_split(_items(160, np.random.default_rng(3)), seed=0)
+    correct = np.array([it.correct for it in split.items()])
+    assert 0.4 <= correct.mean() <= 0.6  # the correct option is canonical 0 or 1 about equally often
+    out = split_surface_baselines(split, "deed")
+    assert out["passed"], out
+    held_cues = {split.cues[it.id] for it in split.held_out}
+    assert held_cues <= set(HELD_OUT_CUES) and not ({split.cues[it.id] for it in split.train} & set(HELD_OUT_CUES))
+
+
+def test_the_slot_baseline_reads_a_stance_written_into_the_options():
+    """The synthetic correct option always says "takes": with the options' words by slot the bag of words must read
+    the stance (the content carries it), without them it cannot."""
+    split = balanced_split(_items(120, np.random.default_rng(4)), seed=1)  # the swap moves "takes" with the stance
+    assert not split_surface_baselines(split, "deed", options=True)["passed"]
+    assert split_surface_baselines(split, "deed", options=False)["passed"]
