@@ -223,12 +223,17 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm().clamp_min(1e-12)
 
 
-def plant_directions(lm, items: Sequence[Item], layers: Sequence[int], target: int) -> dict[int, torch.Tensor]:
-    """Per block in ``layers``: the residual direction that, added after the block at every deed position, most
-    raises the per-token mean log-likelihood of option ``target``'s text over the other option's (its gradient at
-    zero, summed over ``items``): a direction the model *uses* for the deed's choice, not one that merely differs
-    between choices. One backward pass per (item, option) gives every block's (gradients at zero are separate)."""
+def plant_directions(lm, items: Sequence[Item], layers: Sequence[int], target: int | Sequence[int],
+                     forms: Sequence[str] = ("deed",)) -> dict[int, torch.Tensor]:
+    """Per block in ``layers``: the residual direction that, added after the block at every position of ``forms``'
+    cloze prompts and options, most raises the per-token mean log-likelihood of option ``target``'s text over the
+    other option's (its gradient at zero, summed over ``items`` and forms; ``target``: one canonical option for
+    every item, or one per item): a direction the model *uses* for the choice, not one that merely differs between
+    choices. One backward pass per (item, form, option) gives every block's (gradients at zero are separate)."""
     model, tok = lm.hf_model, lm.tokenizer
+    targets = [target] * len(items) if isinstance(target, int) else list(target)
+    if len(targets) != len(items):
+        raise InputError(f"{len(targets)} targets for {len(items)} items")
     deltas = {L: torch.zeros(lm.d_model, device=model.device, requires_grad=True) for L in layers}
 
     def adder(delta):
@@ -240,14 +245,15 @@ def plant_directions(lm, items: Sequence[Item], layers: Sequence[int], target: i
 
     hooks = [decoder_block(model, L).register_forward_hook(adder(d)) for L, d in deltas.items()]
     try:
-        for it in items:
-            prompt = tok(cloze_prompt(it, "deed"), return_tensors="pt")["input_ids"][0]
-            for j in range(2):
-                cont = tok(" " + it.options("deed")[j], add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-                ids = torch.cat([prompt, cont])[None].to(model.device)
-                logp = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt) - 1:-1].float(), -1)
-                mean_ll = logp.gather(1, cont[:, None].to(model.device)).mean()
-                (mean_ll if j == target else -mean_ll).backward()
+        for it, aim in zip(items, targets):
+            for form in forms:
+                prompt = tok(cloze_prompt(it, form), return_tensors="pt")["input_ids"][0]
+                for j in range(2):
+                    cont = tok(" " + it.options(form)[j], add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+                    ids = torch.cat([prompt, cont])[None].to(model.device)
+                    logp = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt) - 1:-1].float(), -1)
+                    mean_ll = logp.gather(1, cont[:, None].to(model.device)).mean()
+                    (mean_ll if j == aim else -mean_ll).backward()
     finally:
         for h in hooks:
             h.remove()
