@@ -14,7 +14,8 @@ from plotly.subplots import make_subplots
 
 FAMILY_STYLE = {"override": ("override", "#1f77b4", "circle"),
                 "null-direction": ("random direction (null-direction)", "#ff7f0e", "diamond"),
-                "null-gate": ("gate never opens (null-gate)", "#7f7f7f", "x")}
+                "null-gate": ("gate never opens (null-gate)", "#7f7f7f", "x"),
+                "strength": ("strength sweep (below 20)", "#9467bd", "triangle-up")}
 
 
 def localisation_figure(recovered: pd.DataFrame, instruments: Sequence[str], n_layers: int, *,
@@ -36,7 +37,8 @@ def localisation_figure(recovered: pd.DataFrame, instruments: Sequence[str], n_l
                                  name="hit zone |L^ - L| <= 1", showlegend=k == 0, legendgroup="zone"), row=r, col=c)
         mine = recovered[recovered["instrument"] == name]
         for family, (label, colour, symbol) in FAMILY_STYLE.items():
-            part = mine[mine["family"] == family]
+            part = mine[mine["family"].astype(str).str.startswith("strength-")] if family == "strength" \
+                else mine[mine["family"] == family]
             if part.empty:
                 continue
             y = part["recovered"].fillna(none_row)
