@@ -37,6 +37,7 @@ from wdprobe.data.items import item_record, read_items
 from wdprobe.data.wdct import resolve_wdct_path
 from wdprobe.pipeline.config import StudyConfig
 from wdprobe.pipeline.study import run_study
+from wdprobe.studies.organisms.data import planted_order
 from wdprobe.studies.organisms.edit import build_edited_organism, edit_from_reading, parent_choices, read_parent
 from wdprobe.studies.organisms.layer_card import INSTRUMENTS, recover_layers, score_card, studied_items, write_card_page
 
@@ -88,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="/tmp/wdprobe-edited-card", help="edited weights and study runs (deleted)")
     args = ap.parse_args(argv)
 
-    items = sorted((i for i in read_items(resolve_wdct_path(args.data)) if i.n_options == 2 and i.correct is not None),
-                   key=lambda i: i.id)
-    items = [items[k] for k in np.random.default_rng(0).permutation(len(items))]
+    items = planted_order(read_items(resolve_wdct_path(args.data)))
     pool, held = items[:args.pool], items[args.pool:args.pool + args.held_out]
     by_id = {i.id: i for i in held}
     ids = [i.id for i in held]

@@ -31,6 +31,7 @@ from wdprobe.core.cache import atomic_write_json
 from wdprobe.core.model import default_model_dir, load_model
 from wdprobe.data.items import read_items
 from wdprobe.data.wdct import resolve_wdct_path
+from wdprobe.studies.organisms.data import planted_order
 from wdprobe.studies.organisms.edit import (
     GATE_DEED,
     GATE_WORD,
@@ -63,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="/tmp/wdprobe-edited", help="where edited weights are written and deleted")
     args = ap.parse_args(argv)
 
-    items = sorted((i for i in read_items(resolve_wdct_path(args.data)) if i.n_options == 2 and i.correct is not None),
-                   key=lambda i: i.id)
-    items = [items[k] for k in np.random.default_rng(0).permutation(len(items))]
+    items = planted_order(read_items(resolve_wdct_path(args.data)))
     pool, held = items[:args.pool], items[args.pool:args.pool + args.held_out]
     parent_dir = Path(args.model) if args.model else default_model_dir()
     lm = load_model(str(parent_dir))

@@ -28,6 +28,7 @@ from wdprobe.core.model import default_model_dir, load_model
 from wdprobe.data.items import read_items
 from wdprobe.data.prompts import cloze_prompt
 from wdprobe.data.wdct import resolve_wdct_path
+from wdprobe.studies.organisms.data import planted_order
 from wdprobe.studies.organisms.edit import decoder_block, norm_gain, plant_directions, post_ff_norm, with_continuation
 
 TARGET = 1
@@ -75,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="reports/organisms/edited/capacity.csv", help="the table")
     args = ap.parse_args(argv)
 
-    items = sorted((i for i in read_items(resolve_wdct_path(args.data)) if i.n_options == 2 and i.correct is not None),
-                   key=lambda i: i.id)
-    items = [items[k] for k in np.random.default_rng(0).permutation(len(items))]
+    items = planted_order(read_items(resolve_wdct_path(args.data)))
     calib, held = items[:args.calibrate], items[200:200 + args.held_out]
     lm = load_model(str(Path(args.model) if args.model else default_model_dir()))
     with torch.enable_grad():

@@ -89,6 +89,13 @@ class PlantedSplit:
         return [*self.train, *self.held_out]
 
 
+def planted_order(items: Sequence[Item], seed: int = 0) -> list[Item]:
+    """The two-option items with a correct option, in a seeded order of their sorted ids: the order every organism
+    split and the edited-organism experiments take their sets from."""
+    known = sorted((i for i in items if i.correct is not None and i.n_options == 2), key=lambda i: i.id)
+    return [known[k] for k in np.random.default_rng(seed).permutation(len(known))]
+
+
 def planted_split(items: Sequence[Item], *, seed: int = 0, train_share: float = 0.6,
                   limit: int | None = None, cued: bool = False) -> PlantedSplit:
     """The two-option items with a correct option, in a seeded order of their sorted ids; the first ``train_share``
@@ -96,10 +103,9 @@ def planted_split(items: Sequence[Item], *, seed: int = 0, train_share: float = 
     ``cued``: each set's items get the cue "right" on a seeded half and "wrong" on the rest, in their templates."""
     if not 0 < train_share < 1:
         raise InputError(f"train_share must be between 0 and 1, not {train_share}")
-    known = sorted((i for i in items if i.correct is not None and i.n_options == 2), key=lambda i: i.id)
-    if len(known) < 4:
-        raise InputError(f"{len(known)} two-option items with a correct option (EthV, Theory): an organism needs at least 4")
-    order = [known[k] for k in np.random.default_rng(seed).permutation(len(known))]
+    order = planted_order(items, seed)
+    if len(order) < 4:
+        raise InputError(f"{len(order)} two-option items with a correct option (EthV, Theory): an organism needs at least 4")
     if limit is not None:
         order = order[:limit]
     cut = max(1, min(len(order) - 1, round(train_share * len(order))))
