@@ -5,6 +5,12 @@ score where each instrument puts the divergence against where it was planted.
 
     python experiments/edited_card.py --data WDCT.csv                        # the committed card (~70 min, 2 cores)
     python experiments/edited_card.py --data WDCT.csv --layers 4 12 --seeds 0 --out /tmp/c   # a quick look
+    python experiments/edited_card.py --model SINCERE_DIR --against-stance --out reports/organisms/edited/balanced
+
+``--against-stance`` plants into a sincere organism (``wdprobe organism build --kind sincere-balanced``): each item's
+planted option is its *incorrect* one (the organism's stance is the correct option, at either position), the items are
+the organism's own (``items.jsonl``, with their cue lines), calibration draws from its training items and every
+organism is measured on its held-out items, so the plant writes against a stance no token of the prompt gives away.
 
 Rules: ``reports/organisms/edited/card-rules.md`` (committed before the run) and
 ``wdprobe.studies.organisms.layer_card``. Items: WDCT's two-option items with a correct option in the seeded order of
@@ -35,6 +41,7 @@ from wdprobe.core.cache import atomic_write_json
 from wdprobe.core.model import default_model_dir, load_model
 from wdprobe.data.items import item_record, read_items
 from wdprobe.data.wdct import resolve_wdct_path
+from wdprobe.errors import InputError
 from wdprobe.pipeline.config import StudyConfig
 from wdprobe.pipeline.study import run_study
 from wdprobe.studies.organisms.data import planted_order
@@ -87,10 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-group", type=int, default=30, help="most studied (and most control) items per study")
     ap.add_argument("--out", default="reports/organisms/edited/card", help="results, kept study tables, the card")
     ap.add_argument("--work", default="/tmp/wdprobe-edited-card", help="edited weights and study runs (deleted)")
+    ap.add_argument("--against-stance", action="store_true",
+                    help="--model is a sincere organism: plant each item's incorrect option on its own held-out items")
     args = ap.parse_args(argv)
 
-    items = planted_order(read_items(resolve_wdct_path(args.data)))
-    pool, held = items[:args.pool], items[args.pool:args.pool + args.held_out]
+    if args.against_stance:
+        pool, held = organism_items(args.model, args.pool, args.held_out)
+        target_of = lambda it: 1 - it.correct  # noqa: E731  (against the stance: the incorrect option)
+    else:
+        items = planted_order(read_items(resolve_wdct_path(args.data)))
+        pool, held = items[:args.pool], items[args.pool:args.pool + args.held_out]
+        target_of = lambda it: TARGET  # noqa: E731
+    targets = [target_of(it) for it in held]
     by_id = {i.id: i for i in held}
     ids = [i.id for i in held]
     parent_dir = Path(args.model) if args.model else default_model_dir()
@@ -114,12 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         if read_seed != o["seed"]:
             calib = [pool[k] for k in np.random.default_rng([o["seed"], 7]).permutation(len(pool))[:args.calibrate]]
             needed = sorted({p["layer"] for p in organisms if p["seed"] == o["seed"]})
-            reading, read_seed = read_parent(lm, calib, needed, target=TARGET), o["seed"]
+            reading, read_seed = read_parent(lm, calib, needed, target=[target_of(it) for it in calib]), o["seed"]
         spec = edit_from_reading(reading, o["layer"], kind=o["kind"], strength=o["strength"], seed=o["seed"])
         child_dir = work / name_of(o)
         build_edited_organism(parent_dir, child_dir, spec)
         child_lm = load_model(str(child_dir))
-        split = studied_items(ids, parent, parent_choices(child_lm, held), TARGET)
+        split = studied_items(ids, parent, parent_choices(child_lm, held), targets)
         result = {**o, "name": name_of(o), "gate": split.summary(), "studied": split.studied,
                   "controls": split.controls, "spec": spec.to_json()}
         study_on = None
@@ -154,16 +169,34 @@ def main(argv: list[str] | None = None) -> int:
               f"{g['word_changes']:.3f}, carded {g['carded']}; recovered {result.get('recovered')} "
               f"[{result['seconds']:.0f} s]", flush=True)
 
-    write_card(out, organisms, lm.n_layers, result_of)
-    atomic_write_json(out / "run.json", {"parent": str(parent_dir), "data": str(resolve_wdct_path(args.data)),
-                                         "target_option": TARGET, "n_held_out": len(held), "held_out_ids": ids,
+    label = (f"edited organisms of the sincere organism {parent_dir.name} (against its stance)" if args.against_stance
+             else "Gemma-3-270M edited organisms")
+    write_card(out, organisms, lm.n_layers, result_of, label)
+    data = str(Path(args.model) / "items.jsonl") if args.against_stance else str(resolve_wdct_path(args.data))
+    atomic_write_json(out / "run.json", {"parent": str(parent_dir), "data": data,
+                                         "target": "each item's incorrect option" if args.against_stance else TARGET,
+                                         "n_held_out": len(held), "held_out_ids": ids,
                                          "n_calibrate": args.calibrate, "per_group": args.per_group,
                                          "organisms": [name_of(o) for o in organisms],
                                          "wall_seconds_last_invocation": round(time.perf_counter() - t0, 1)})
     return 0
 
 
-def write_card(out: Path, organisms: list[dict], n_layers: int, result_of) -> None:
+def organism_items(organism: str | None, n_pool: int, n_held: int) -> tuple[list, list]:
+    """A sincere organism's two-option items with a correct option, in the seeded order: its training items (the
+    calibration pool) and its held-out items (measured), from its ``items.jsonl`` and ``split.csv``."""
+    if organism is None:
+        raise InputError("--against-stance needs --model, a sincere organism directory")
+    root = Path(organism)
+    if not (root / "split.csv").is_file() or not (root / "items.jsonl").is_file():
+        raise InputError(f"{root}: no split.csv / items.jsonl (not a finished organism directory)")
+    sets = dict(pd.read_csv(root / "split.csv")[["id", "set"]].itertuples(index=False))
+    items = [it for it in planted_order(read_items(root / "items.jsonl")) if it.n_options == 2 and it.correct is not None]
+    return ([it for it in items if sets.get(it.id) == "train"][:n_pool],
+            [it for it in items if sets.get(it.id) == "held_out"][:n_held])
+
+
+def write_card(out: Path, organisms: list[dict], n_layers: int, result_of, label: str) -> None:
     """``gates.csv`` (one row per organism), ``recovered.csv`` (one per organism and instrument studied), and the
     card's verdicts and test ledger."""
     gates, rows, nulls = [], [], []
@@ -196,7 +229,7 @@ def write_card(out: Path, organisms: list[dict], n_layers: int, result_of) -> No
         ledger.to_csv(out / "ledger.csv", index=False)
         reading = (out / "reading.md").read_text() if (out / "reading.md").is_file() else ""
         write_card_page(out, table, ledger, pd.DataFrame(gates), frame, n_layers, reading=reading,
-                        model="Gemma-3-270M edited organisms")
+                        model=label)
 
 
 if __name__ == "__main__":

@@ -26,43 +26,18 @@ import torch
 
 from wdprobe.core.model import default_model_dir, load_model
 from wdprobe.data.items import read_items
-from wdprobe.data.prompts import cloze_prompt
 from wdprobe.data.wdct import resolve_wdct_path
+from wdprobe.studies.organisms.causal import added_after_block, option_logprobs
 from wdprobe.studies.organisms.data import planted_order
-from wdprobe.studies.organisms.edit import decoder_block, norm_gain, plant_directions, post_ff_norm, with_continuation
+from wdprobe.studies.organisms.edit import decoder_block, norm_gain, plant_directions, post_ff_norm
 
 TARGET = 1
 
 
-class AddAfterBlock:
-    """A forward hook adding ``vector`` to a block's output at every position but the first (none while unset)."""
-
-    def __init__(self) -> None:
-        self.vector: torch.Tensor | None = None
-
-    def __call__(self, module, inputs, output):
-        if self.vector is None:
-            return output
-        h = (output[0] if isinstance(output, tuple) else output).clone()
-        h[:, 1:] += self.vector.to(h.dtype)
-        return (h, *output[1:]) if isinstance(output, tuple) else h
-
-
-@torch.no_grad()
 def deed_choices(lm, items) -> np.ndarray:
     """Each item's cloze deed choice by the per-token mean, one sequence at a time."""
-    model, tok = lm.hf_model, lm.tokenizer
-    out = []
-    for it in items:
-        prompt = cloze_prompt(it, "deed")
-        n = len(tok(prompt)["input_ids"])
-        means = []
-        for option in it.options("deed"):
-            ids = with_continuation(tok, prompt, option).to(model.device)
-            logp = torch.log_softmax(model(input_ids=ids).logits[0, n - 1:-1].float(), -1)
-            means.append(float(logp.gather(1, ids[0, n:, None]).mean()))
-        out.append(int(np.argmax(means)))
-    return np.array(out)
+    total, n_tok = option_logprobs(lm, items, "deed")
+    return (total / n_tok).argmax(1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,19 +61,14 @@ def main(argv: list[str] | None = None) -> int:
              "n_held_out": len(held)}]
     print(f"parent: {rows[0]['deed_on_target']:.2f} of deeds on the planted option", flush=True)
     for L in args.layers:
-        hook = AddAfterBlock()
-        handle = decoder_block(lm.hf_model, L).register_forward_hook(hook)
-        try:
-            gain = norm_gain(post_ff_norm(decoder_block(lm.hf_model, L)), lm.d_model)
-            cap = float((plants[L] * gain).norm() * np.sqrt(lm.d_model))
-            for m in args.multiples:
-                hook.vector = plants[L] * cap * m
+        gain = norm_gain(post_ff_norm(decoder_block(lm.hf_model, L)), lm.d_model)
+        cap = float((plants[L] * gain).norm() * np.sqrt(lm.d_model))
+        for m in args.multiples:
+            with added_after_block(lm.hf_model, L, plants[L] * cap * m):
                 share = float((deed_choices(lm, held) == TARGET).mean())
-                rows.append({"layer": L, "multiple": m, "cap": round(cap, 1), "added_norm": round(cap * m, 1),
-                             "deed_on_target": round(share, 4), "n_held_out": len(held)})
-                print(f"block {L}: {m:g} x cap ({cap:.0f}): {share:.2f} of deeds on the planted option", flush=True)
-        finally:
-            handle.remove()
+            rows.append({"layer": L, "multiple": m, "cap": round(cap, 1), "added_norm": round(cap * m, 1),
+                         "deed_on_target": round(share, 4), "n_held_out": len(held)})
+            print(f"block {L}: {m:g} x cap ({cap:.0f}): {share:.2f} of deeds on the planted option", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as fh:

@@ -291,20 +291,29 @@ class ParentReading:
 
     lm: Any
     items: list[Item]
-    target: int
+    target: int | list[int]
     words: dict[int, _Reads]
     deeds: dict[int, _Reads]
     plants: dict[int, torch.Tensor]
 
 
 @torch.no_grad()
-def read_parent(lm, items: Sequence[Item], layers: Sequence[int], target: int = 1) -> ParentReading:
-    """Read the parent on ``items`` at blocks ``layers`` (see :func:`calibrate_edits`)."""
-    items = [it for it in items if it.n_options == 2]
+def read_parent(lm, items: Sequence[Item], layers: Sequence[int], target: int | Sequence[int] = 1) -> ParentReading:
+    """Read the parent on ``items`` at blocks ``layers`` (see :func:`calibrate_edits`). ``target``: the planted
+    option, one canonical option for every item or one per item (e.g. against a sincere organism's stance, whose
+    correct option sits at either position)."""
+    if not isinstance(target, (int, np.integer)):
+        target = [int(t) for t in target]
+        if len(target) != len(items):
+            raise InputError(f"{len(target)} targets for {len(items)} items")
+        kept = [(it, t) for it, t in zip(items, target) if it.n_options == 2]
+        items, target = [it for it, _ in kept], [t for _, t in kept]
+    else:
+        items = [it for it in items if it.n_options == 2]
     if len(items) < 8:
         raise InputError(f"{len(items)} two-option items: an edit needs at least 8 to calibrate on")
-    if target not in (0, 1):
-        raise InputError(f"target must be a canonical option of a two-option item (0 or 1), not {target!r}")
+    if not set([target] if isinstance(target, (int, np.integer)) else target) <= {0, 1}:
+        raise InputError(f"target must be canonical options of two-option items (0 or 1), not {target!r}")
     bad = [L for L in layers if not 0 <= L < lm.n_layers]
     if bad:
         raise InputError(f"layer {bad[0]} is not a block of {lm.name} (0..{lm.n_layers - 1})")
@@ -330,7 +339,7 @@ def edit_from_reading(reading: ParentReading, layer: int, *, kind: str = "overri
 
 
 def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: _Reads, plant: torch.Tensor, *,
-                   kind: str, strength: float, gate_scale: float, target: int, seed: int) -> EditSpec:
+                   kind: str, strength: float, gate_scale: float, target: int | list[int], seed: int) -> EditSpec:
     from sklearn.linear_model import LogisticRegression, Ridge
 
     model = lm.hf_model

@@ -63,10 +63,14 @@ class StudiedItems:
 
 
 def studied_items(ids: Sequence[str], parent: dict[str, dict[str, np.ndarray]], child: dict[str, dict[str, np.ndarray]],
-                  target: int) -> StudiedItems:
+                  target: int | Sequence[int]) -> StudiedItems:
     """Split items by what the plant did (``card-rules.md``). ``parent``/``child``: per form (``word``, ``deed``) the
-    choices by scoring (``mean``, ``sum``), as :func:`~wdprobe.studies.organisms.edit.parent_choices` returns them."""
+    choices by scoring (``mean``, ``sum``), as :func:`~wdprobe.studies.organisms.edit.parent_choices` returns them.
+    ``target``: the planted option, one for every item or one per item."""
     n = len(ids)
+    target = target if isinstance(target, (int, np.integer)) else np.asarray(target)
+    if not isinstance(target, (int, np.integer)) and len(target) != n:
+        raise InputError(f"{len(target)} targets for {n} items")
     for who, read in (("parent", parent), ("organism", child)):
         for form in ("word", "deed"):
             for scoring in ("mean", "sum"):

@@ -19,7 +19,6 @@ from wdprobe.studies.organisms.edit import (
     build_edited_organism,
     calibrate_edit,
     calibrate_edits,
-    cloze_choices,
     predicted_block_output,
 )
 
