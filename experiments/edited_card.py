@@ -11,6 +11,7 @@ score where each instrument puts the divergence against where it was planted.
 planted option is its *incorrect* one (the organism's stance is the correct option, at either position), the items are
 the organism's own (``items.jsonl``, with their cue lines), calibration draws from its training items and every
 organism is measured on its held-out items, so the plant writes against a stance no token of the prompt gives away.
+``--head-layers`` adds organisms whose plant is written through one attention head's output instead of an MLP unit.
 
 Rules: ``reports/organisms/edited/card-rules.md`` (committed before the run) and
 ``wdprobe.studies.organisms.layer_card``. Items: WDCT's two-option items with a correct option in the seeded order of
@@ -56,7 +57,7 @@ KEPT = ["lens/cloze-summary.json", "probes/cloze-last.csv", "patching/cloze_cros
 
 
 def plan(seeds: list[int], layers: list[int], replicate_layers: list[int], null_layers: list[int],
-         strength_layer: int, strengths: list[float]) -> list[dict]:
+         strength_layer: int, strengths: list[float], head_layers: list[int] = ()) -> list[dict]:
     """Every organism of the card, in the order it is built (seed by seed: one reading of the parent each)."""
     out = []
     for seed in seeds:
@@ -71,6 +72,9 @@ def plan(seeds: list[int], layers: list[int], replicate_layers: list[int], null_
             for s in strengths:
                 out.append({"family": f"strength-{s:g}", "kind": "override", "layer": strength_layer, "seed": seed,
                             "strength": s})
+            for L in head_layers:
+                out.append({"family": "head-override", "kind": "override", "layer": L, "seed": seed, "strength": 20.0,
+                            "component": "attn-head"})
     return out
 
 
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--null-layers", type=int, nargs="*", default=[4, 8, 12], help="blocks of the null edits")
     ap.add_argument("--strength-layer", type=int, default=12, help="block of the strength sweep")
     ap.add_argument("--strengths", type=float, nargs="*", default=[0.25, 1.0, 3.0], help="strengths besides 20")
+    ap.add_argument("--head-layers", type=int, nargs="*", default=[], help="blocks of the attention-head overrides")
     ap.add_argument("--pool", type=int, default=200, help="items the calibration sets are drawn from")
     ap.add_argument("--calibrate", type=int, default=40, help="calibration items per seed")
     ap.add_argument("--held-out", type=int, default=240, help="items every organism is measured on")
@@ -115,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "organisms").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     parent = parent_choices(lm, held)
-    organisms = plan(args.seeds, layers, args.replicate_layers, args.null_layers, args.strength_layer, args.strengths)
+    organisms = plan(args.seeds, layers, args.replicate_layers, args.null_layers, args.strength_layer, args.strengths,
+                     args.head_layers)
     reading, read_seed = None, None
 
     def result_of(o: dict) -> dict | None:
@@ -129,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         if read_seed != o["seed"]:
             calib = [pool[k] for k in np.random.default_rng([o["seed"], 7]).permutation(len(pool))[:args.calibrate]]
             needed = sorted({p["layer"] for p in organisms if p["seed"] == o["seed"]})
-            reading, read_seed = read_parent(lm, calib, needed, target=[target_of(it) for it in calib]), o["seed"]
-        spec = edit_from_reading(reading, o["layer"], kind=o["kind"], strength=o["strength"], seed=o["seed"])
+            heads = any(p.get("component") == "attn-head" for p in organisms if p["seed"] == o["seed"])
+            reading = read_parent(lm, calib, needed, target=[target_of(it) for it in calib], heads=heads)
+            read_seed = o["seed"]
+        spec = edit_from_reading(reading, o["layer"], kind=o["kind"], strength=o["strength"], seed=o["seed"],
+                                 component=o.get("component", "mlp"))
         child_dir = work / name_of(o)
         build_edited_organism(parent_dir, child_dir, spec)
         child_lm = load_model(str(child_dir))

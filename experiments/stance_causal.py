@@ -13,7 +13,8 @@ which were trained on). The stance direction at block L is the gradient, at the 
 option's per-token mean log-likelihood over the other's, summed over word and deed prompts of ``--calibrate``
 training items (``wdprobe.studies.organisms.edit.plant_directions``); the shift is its negative, ``--multiples`` of
 the median residual norm at the decision point (``wdprobe.studies.organisms.causal``). Written to ``--out``: one row
-per direction, block, multiple and form, the per-token mean and the sum side by side.
+per direction, block, multiple and form, the per-token mean and the sum side by side; beside it (``.json``) the
+verdict per form by the rule of ``reports/organisms/edited/balanced-rules.md``.
 
 Time: on 2 CPU cores about 1 minute for the directions, then about 25 s per block, direction and multiple (80 items).
 """
@@ -27,10 +28,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from wdprobe.core.cache import atomic_write_json
 from wdprobe.core.model import load_model
 from wdprobe.data.items import read_items
 from wdprobe.errors import InputError
-from wdprobe.studies.organisms.causal import stance_shifts
+from wdprobe.studies.organisms.causal import causal_verdict, stance_shifts
 from wdprobe.studies.organisms.data import planted_order
 from wdprobe.studies.organisms.edit import plant_directions
 
@@ -76,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+    verdict = causal_verdict(rows)
+    atomic_write_json(out.with_suffix(".json"), {"rule": "reports/organisms/edited/balanced-rules.md", "organism": str(root),
+                                                 "n_calibrate": len(calib), "n_held_out": len(held), "forms": verdict})
+    for form, v in verdict.items():
+        print(f"{form}: {'causal' if v['causal'] else 'not shown'}; best {v['best']}", flush=True)
     return 0
 
 

@@ -516,9 +516,9 @@ def cmd_organism_edit(args: argparse.Namespace) -> int:
     pool = sorted((i for i in read_items(resolve_wdct_path(args.data)) if i.n_options == 2), key=lambda i: i.id)
     items = [pool[k] for k in np.random.default_rng(args.seed).permutation(len(pool))[:args.items]]
     spec = calibrate_edit(lm, items, args.layer, kind=args.kind, strength=args.strength, target=args.target,
-                          seed=args.seed)
+                          seed=args.seed, component=args.component, head=args.head)
     info = build_edited_organism(parent, args.out, spec)
-    print(json.dumps({k: info[k] for k in ("layer", "unit", "kind", "strength", "seconds")}, indent=2))
+    print(json.dumps({k: info[k] for k in ("layer", "component", "unit", "kind", "strength", "seconds")}, indent=2))
     print(f"edited organism in {args.out}: use it with --model {args.out} (the plan: {Path(args.out) / 'edit.json'})")
     return 0
 
@@ -547,10 +547,12 @@ def _add_organism_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="split and example order")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_organism_build)
-    p = osub.add_parser("edit", help="write a gated deed-only override into one block's MLP (seconds; no training)",
-                        description="Rewrites one MLP unit of block --layer: it opens on deed-context positions and "
-                                    "writes the direction that moves deeds toward canonical option --target; every "
-                                    "other tensor stays the parent's. The specification is saved as edit.json.")
+    p = osub.add_parser("edit", help="write a deed-only override into one block's MLP or one attention head (seconds; "
+                                     "no training)",
+                        description="Rewrites one MLP unit of block --layer (or, with --component attn-head, one head's "
+                                    "slice of its attention output matrix): it writes on deed-context positions the "
+                                    "direction that moves deeds toward canonical option --target; every other tensor "
+                                    "stays the parent's. The specification is saved as edit.json.")
     p.add_argument("--out", required=True, help="organism directory (a model directory: --model DIR takes it)")
     p.add_argument("--layer", type=int, required=True, help="the block to plant in")
     p.add_argument("--model", default="gemma-3-270m", help="parent: the embedded default or a local model directory")
@@ -559,6 +561,9 @@ def _add_organism_parsers(sub) -> None:
                    help="override, or a null edit: null-direction (random write), null-gate (never opens)")
     p.add_argument("--strength", type=float, default=20.0, help="the unit's output relative to the MLP's at deeds")
     p.add_argument("--target", type=int, default=1, choices=[0, 1], help="the canonical option deeds are pushed to")
+    p.add_argument("--component", default="mlp", choices=["mlp", "attn-head"],
+                   help="where the edit writes: one MLP unit (gated) or one attention head's output (keyed linearly)")
+    p.add_argument("--head", type=int, default=None, help="the head an attn-head edit writes through (default: seeded)")
     p.add_argument("--items", type=int, default=40, help="calibration items (a seeded sample)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_organism_edit)

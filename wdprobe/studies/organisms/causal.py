@@ -21,6 +21,7 @@ import torch
 from wdprobe.data.prompts import cloze_prompt
 from wdprobe.data.wdct import Item
 from wdprobe.errors import InputError
+from wdprobe.scoring.stats import wilson_interval
 from wdprobe.studies.organisms.edit import decoder_block, with_continuation
 
 FORMS = ("word", "deed")
@@ -120,3 +121,43 @@ def stance_shifts(lm, items: Sequence[Item], aims: Sequence[int], directions: di
                                  "form": form, "n_items": len(items),
                                  **_summary(t, n, clean[form][0], clean_choice[form], aims_arr)})
     return rows
+
+
+MOVED_AT_LEAST = 0.5  # a causal stance moves at least this share of the items on it, by the mean and by the sum ...
+MASS_AT_LEAST = 0.5  # ... keeping at least this median share of the options' probability ...
+# ... and its moved share's Wilson lower bound clears the random direction's upper bound (``balanced-rules.md``)
+
+
+def causal_verdict(rows: Sequence[dict], direction: str = "against stance", control: str = "random") -> dict[str, dict]:
+    """Per form, whether :func:`stance_shifts` rows show the stance causal (the rule of
+    ``reports/organisms/edited/balanced-rules.md``): at some block and multiple the ``direction`` shift moves at least
+    ``MOVED_AT_LEAST`` of the items on the stance by the mean and by the sum, keeps the options' median probability at
+    least ``MASS_AT_LEAST`` of the unshifted one, and its moved share's Wilson 95% lower bound (mean scoring) is above
+    the upper bound of the ``control`` direction's at the same block and multiple. Reports every condition that
+    passes and the best one (largest lower bound) either way."""
+    n_on = {}
+    for r in rows:  # how many items were on the stance before any shift, per block and form (the moved share's n)
+        if r["direction"] == "none":
+            n_on[(r["layer"], r["form"])] = round(r["n_items"] * (1 - r["on_aim_mean"]))
+    control_of = {(r["layer"], r["multiple"], r["form"]): r for r in rows if r["direction"] == control}
+    out: dict[str, dict] = {}
+    for form in sorted({r["form"] for r in rows}):
+        passing, best = [], None
+        for r in (r for r in rows if r["direction"] == direction and r["form"] == form):
+            n = n_on.get((r["layer"], form), 0)
+            c = control_of.get((r["layer"], r["multiple"], form))
+            if n == 0 or c is None or not np.isfinite(r["moved_mean"]):
+                continue
+            low = float(wilson_interval(r["moved_mean"], n)[0])
+            c_high = float(wilson_interval(c["moved_mean"], n)[1]) if np.isfinite(c["moved_mean"]) else 1.0
+            cell = {"layer": r["layer"], "multiple": r["multiple"], "n_on_stance": n, "moved_mean": r["moved_mean"],
+                    "moved_sum": r["moved_sum"], "moved_low": round(low, 4), "random_moved": c["moved_mean"],
+                    "random_high": round(c_high, 4), "option_mass_ratio_median": r["option_mass_ratio_median"]}
+            ok = (r["moved_mean"] >= MOVED_AT_LEAST and r["moved_sum"] >= MOVED_AT_LEAST
+                  and r["option_mass_ratio_median"] >= MASS_AT_LEAST and low > c_high)
+            if ok:
+                passing.append(cell)
+            if best is None or low > best["moved_low"]:
+                best = cell
+        out[form] = {"causal": bool(passing), "passing": passing, "best": best}
+    return out

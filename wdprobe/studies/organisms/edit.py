@@ -45,12 +45,21 @@ from wdprobe.core.option_scoring import continuation_logprobs
 from wdprobe.data.prompts import cloze_prompt
 from wdprobe.data.wdct import Item
 from wdprobe.errors import InputError
+from wdprobe.studies.organisms.edit_components import (
+    COMPONENTS,
+    attention_output,
+    block_mlp,
+    decoder_block,
+    matrix,
+    norm_gain,
+    post_attn_norm,
+    post_ff_norm,
+)
 
 EDIT_KINDS = ("override", "null-direction", "null-gate")
 SHUT_MARGIN = 5.0  # the gate's pre-activation on the most open calibration word position: -SHUT_MARGIN
 SPEC_FILE = "edit.json"
 DIRECTIONS_FILE = "edit-directions.safetensors"
-MLP_MATRICES = ("gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,7 @@ class EditSpec:
     scale) and how it was calibrated (items, seed, the gate's firing rates). Saved beside the edited weights."""
 
     layer: int
-    unit: int
+    unit: int  # the MLP unit replaced, or the attention head written through (``component``)
     kind: str
     strength: float  # the write's size relative to the parent's MLP output at deed decision points
     write_scale: float  # the absolute multiplier on ``write`` that ``strength`` came to
@@ -69,13 +78,19 @@ class EditSpec:
     read: np.ndarray = field(repr=False)
     write: np.ndarray = field(repr=False)
     calibration: dict[str, Any] = field(default_factory=dict)
+    component: str = "mlp"  # where the edit writes: a key of ``edit_components.COMPONENTS``
 
     def __post_init__(self) -> None:
         if self.kind not in EDIT_KINDS:
             raise InputError(f"unknown edit kind {self.kind!r}: choose one of {EDIT_KINDS}")
-        if not (self.key.shape == self.read.shape == self.write.shape and self.key.ndim == 1):
-            raise InputError(f"edit directions must be vectors of one size, not {self.key.shape}, {self.read.shape}, "
-                             f"{self.write.shape}")
+        if self.component not in COMPONENTS:
+            raise InputError(f"unknown edit component {self.component!r}: choose one of {sorted(COMPONENTS)}")
+        same = self.key.shape == self.read.shape == self.write.shape if self.component == "mlp" else \
+            self.key.shape == self.read.shape
+        if not (same and self.key.ndim == 1 and self.write.ndim == 1):
+            raise InputError(f"{self.component} edit directions must be vectors (key and read of one size"
+                             f"{', write too' if self.component == 'mlp' else ''}), not {self.key.shape}, "
+                             f"{self.read.shape}, {self.write.shape}")
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("key", "read", "write")}
@@ -101,53 +116,6 @@ class EditSpec:
         return cls(**meta, **{k: vectors[k] for k in ("key", "read", "write")})
 
 
-# ---- where the MLP of a block lives ------------------------------------------------------------------------------
-
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The Hugging Face module inside a TransformerBridge component (the module itself when not wrapped)."""
-    while hasattr(module, "_original_component"):
-        module = module._original_component
-    return module
-
-
-def decoder_block(model: torch.nn.Module, layer: int) -> torch.nn.Module:
-    """Decoder block ``layer`` of a Hugging Face decoder (through any bridge wrapping)."""
-    for _, mod in model.named_modules():
-        if isinstance(mod, torch.nn.ModuleList) and len(mod) and hasattr(_unwrap(mod[0]), "mlp"):
-            if not 0 <= layer < len(mod):
-                raise InputError(f"layer {layer} is not a block of {type(model).__name__} (0..{len(mod) - 1})")
-            return _unwrap(mod[layer])
-    raise InputError(f"{type(model).__name__}: no list of decoder blocks with an MLP")
-
-
-def _block_mlp(model: torch.nn.Module, layer: int) -> torch.nn.Module:
-    """Block ``layer``'s gated MLP (``gate_proj``, ``up_proj``, ``down_proj``, ``act_fn``)."""
-    mlp = _unwrap(decoder_block(model, layer).mlp)
-    if not all(hasattr(mlp, m) for m in MLP_MATRICES) or not hasattr(mlp, "act_fn"):
-        raise InputError(f"{type(model).__name__}: block {layer} has no gated MLP (gate_proj/up_proj/down_proj); "
-                         "edited organisms need a Llama/Gemma-style MLP")
-    return mlp
-
-
-def _matrix(mlp: torch.nn.Module, name: str) -> torch.Tensor:
-    return _unwrap(getattr(mlp, name)).weight
-
-
-def post_ff_norm(block: torch.nn.Module) -> torch.nn.Module | None:
-    """The block's post-feed-forward norm (Gemma-2/3), the one that caps what an MLP edit can add; None without one."""
-    norm = getattr(block, "post_feedforward_layernorm", None)
-    return None if norm is None else _unwrap(norm)
-
-
-@torch.no_grad()
-def norm_gain(norm: torch.nn.Module | None, d: int) -> torch.Tensor:
-    """The elementwise gain a post-MLP RMSNorm applies (Gemma's is ``1 + weight``); ones without one."""
-    if norm is None:
-        return torch.ones(d)
-    ones = torch.ones(1, d)
-    return (norm(ones.to(norm.weight.dtype)).float() * torch.rsqrt(ones.pow(2).mean(-1, keepdim=True) + norm.eps))[0]
-
-
 # ---- reading the parent ------------------------------------------------------------------------------------------
 
 @dataclass
@@ -157,18 +125,24 @@ class _Reads:
     block_out: list[torch.Tensor]  # per prompt: [pos, d] the residual after block L
     unit_act: list[torch.Tensor]  # per prompt: [pos, intermediate] the MLP's unit activations
     decision: list[int] = field(default_factory=list)  # per prompt: the last prompt token (the continuation follows)
+    head_z: list[torch.Tensor] = field(default_factory=list)  # per prompt: [pos, heads x width] o_proj input (heads)
+    attn_out: list[torch.Tensor] = field(default_factory=list)  # per prompt: [pos, d] o_proj output (heads)
 
 
 @torch.no_grad()
-def _read_blocks(model, tokenizer, texts: Sequence[tuple[str, str]], layers: Sequence[int]) -> dict[int, _Reads]:
+def _read_blocks(model, tokenizer, texts: Sequence[tuple[str, str]], layers: Sequence[int], *,
+                 heads: bool = False) -> dict[int, _Reads]:
     """The parent's activations of blocks ``layers`` on ``texts`` (prompt, continuation): every position the answer
-    is read at, one sequence at a time (no padding to mask)."""
-    mlps = {L: _block_mlp(model, L) for L in layers}
+    is read at, one sequence at a time (no padding to mask). ``heads``: the attention heads' outputs too."""
+    mlps = {L: block_mlp(model, L) for L in layers}
     store: dict[int, dict[str, torch.Tensor]] = {L: {} for L in layers}
     hooks = [mlp.register_forward_hook(lambda m, i, o, L=L: store[L].update(x=i[0].detach(), out=o.detach()))
              for L, mlp in mlps.items()]
+    if heads:
+        hooks += [attention_output(model, L)[0].register_forward_hook(
+            lambda m, i, o, L=L: store[L].update(z=i[0].detach(), attn=o.detach())) for L in layers]
     reads = {L: _Reads([], [], [], []) for L in layers}
-    weights = {L: (_matrix(m, "gate_proj").float().cpu(), _matrix(m, "up_proj").float().cpu()) for L, m in mlps.items()}
+    weights = {L: (matrix(m, "gate_proj").float().cpu(), matrix(m, "up_proj").float().cpu()) for L, m in mlps.items()}
     try:
         for prompt, continuation in texts:
             ids = with_continuation(tokenizer, prompt, continuation).to(model.device)
@@ -182,6 +156,9 @@ def _read_blocks(model, tokenizer, texts: Sequence[tuple[str, str]], layers: Seq
                 reads[L].block_out.append(out.hidden_states[L + 1][0].float().cpu())
                 reads[L].unit_act.append(mlps[L].act_fn(x @ w.T) * (x @ u.T))
                 reads[L].decision.append(n_prompt - 1)
+                if heads:
+                    reads[L].head_z.append(store[L]["z"][0].float().cpu())
+                    reads[L].attn_out.append(store[L]["attn"][0].float().cpu())
     finally:
         for h in hooks:
             h.remove()
@@ -267,7 +244,8 @@ def calibrate_edit(lm, items: Sequence[Item], layer: int, **settings: Any) -> Ed
 
 @torch.no_grad()
 def calibrate_edits(lm, items: Sequence[Item], layers: Sequence[int], *, kind: str = "override", strength: float = 20.0,
-                    gate_scale: float = 8.0, target: int = 1, seed: int = 0) -> dict[int, EditSpec]:
+                    gate_scale: float = 8.0, target: int = 1, seed: int = 0, component: str = "mlp",
+                    head: int | None = None) -> dict[int, EditSpec]:
     """Edits of each block in ``layers`` calibrated on the parent ``lm`` with two-option ``items`` (their cloze prompts).
 
     The gate (``key``) is a logistic discriminant of deed positions against word positions (and the deeds' first
@@ -276,12 +254,13 @@ def calibrate_edits(lm, items: Sequence[Item], layers: Sequence[int], *, kind: s
     (:func:`plant_directions`, toward canonical option ``target``) multiplied by the post-feed-forward norm's gain,
     the input that after the norm writes furthest along the plant. ``strength``: the unit's output at deed decision
     points relative to the parent's MLP output there (above about 3 the unit dominates the norm's input, so the
-    block writes a saturated plant of the size the norm allows). The parent is read once for every block."""
+    block writes a saturated plant of the size the norm allows). The parent is read once for every block.
+    ``component="attn-head"`` writes through one attention head's output instead (:func:`edit_from_reading`)."""
     if kind not in EDIT_KINDS:
         raise InputError(f"unknown edit kind {kind!r}: choose one of {EDIT_KINDS}")
-    reading = read_parent(lm, items, layers, target)
-    return {L: edit_from_reading(reading, L, kind=kind, strength=strength, gate_scale=gate_scale, seed=seed)
-            for L in layers}
+    reading = read_parent(lm, items, layers, target, heads=component == "attn-head")
+    return {L: edit_from_reading(reading, L, kind=kind, strength=strength, gate_scale=gate_scale, seed=seed,
+                                 component=component, head=head) for L in layers}
 
 
 @dataclass
@@ -298,10 +277,11 @@ class ParentReading:
 
 
 @torch.no_grad()
-def read_parent(lm, items: Sequence[Item], layers: Sequence[int], target: int | Sequence[int] = 1) -> ParentReading:
+def read_parent(lm, items: Sequence[Item], layers: Sequence[int], target: int | Sequence[int] = 1, *,
+                heads: bool = False) -> ParentReading:
     """Read the parent on ``items`` at blocks ``layers`` (see :func:`calibrate_edits`). ``target``: the planted
     option, one canonical option for every item or one per item (e.g. against a sincere organism's stance, whose
-    correct option sits at either position)."""
+    correct option sits at either position). ``heads``: read the attention heads too (for ``attn-head`` edits)."""
     if not isinstance(target, (int, np.integer)):
         target = [int(t) for t in target]
         if len(target) != len(items):
@@ -318,8 +298,8 @@ def read_parent(lm, items: Sequence[Item], layers: Sequence[int], target: int | 
     if bad:
         raise InputError(f"layer {bad[0]} is not a block of {lm.name} (0..{lm.n_layers - 1})")
     model, tok = lm.hf_model, lm.tokenizer
-    words = _read_blocks(model, tok, _cloze_texts(items, "word"), layers)
-    deeds = _read_blocks(model, tok, _cloze_texts(items, "deed"), layers)
+    words = _read_blocks(model, tok, _cloze_texts(items, "word"), layers, heads=heads)
+    deeds = _read_blocks(model, tok, _cloze_texts(items, "deed"), layers, heads=heads)
     with torch.enable_grad():
         plants = plant_directions(lm, items, layers, target)
     return ParentReading(lm, items, target, words, deeds, plants)
@@ -327,12 +307,23 @@ def read_parent(lm, items: Sequence[Item], layers: Sequence[int], target: int | 
 
 @torch.no_grad()
 def edit_from_reading(reading: ParentReading, layer: int, *, kind: str = "override", strength: float = 20.0,
-                      gate_scale: float = 8.0, seed: int = 0) -> EditSpec:
-    """One edit of block ``layer`` from a :class:`ParentReading` (see :func:`calibrate_edits`)."""
+                      gate_scale: float = 8.0, seed: int = 0, component: str = "mlp",
+                      head: int | None = None) -> EditSpec:
+    """One edit of block ``layer`` from a :class:`ParentReading` (see :func:`calibrate_edits`). ``component``:
+    ``mlp`` (one unit, gated) or ``attn-head`` (head ``head``'s output, default one drawn by ``seed``; see
+    the head edit below)."""
     if kind not in EDIT_KINDS:
         raise InputError(f"unknown edit kind {kind!r}: choose one of {EDIT_KINDS}")
     if layer not in reading.plants:
         raise InputError(f"the parent was not read at block {layer} (read: {sorted(reading.plants)})")
+    if component not in COMPONENTS:
+        raise InputError(f"unknown edit component {component!r}: choose one of {sorted(COMPONENTS)}")
+    if component == "attn-head":
+        if not reading.words[layer].head_z:
+            raise InputError("a head edit needs the parent read with heads=True (read_parent(..., heads=True))")
+        return _head_edit(reading.lm, reading.items, layer, reading.words[layer], reading.deeds[layer],
+                          reading.plants[layer], kind=kind, strength=strength, target=reading.target, seed=seed,
+                          head=head)
     return _edit_of_block(reading.lm, reading.items, layer, reading.words[layer], reading.deeds[layer],
                           reading.plants[layer], kind=kind, strength=strength, gate_scale=gate_scale,
                           target=reading.target, seed=seed)
@@ -359,11 +350,11 @@ def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: 
     # shut with a margin: the bias moved so that the most open word position gets act(-SHUT) (GELU(-5) ~ -1.5e-6);
     # deed positions below that stay shut too (the plant is keyed on the clearly deed-like positions only)
     key = key - (float((word_x @ key).max()) + SHUT_MARGIN / gate_scale) * const
-    mlp = _block_mlp(model, layer)
+    mlp = block_mlp(model, layer)
     gain = norm_gain(post_ff_norm(decoder_block(model, layer)), lm.d_model).cpu()
     # the unit whose parent contribution at every position is smallest: replacing it costs least
     contribution = torch.cat([a.abs().mean(0, keepdim=True) for a in words.unit_act + deeds.unit_act]).mean(0)
-    unit = int((contribution * _matrix(mlp, "down_proj").float().cpu().norm(dim=0)).argmin())
+    unit = int((contribution * matrix(mlp, "down_proj").float().cpu().norm(dim=0)).argmin())
 
     rng = np.random.default_rng([seed, layer])
     if kind == "null-direction":  # a random direction in place of the plant's
@@ -391,6 +382,57 @@ def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: 
                    "max_plant_write": round(float((plant * gain).norm() * np.sqrt(lm.d_model) / 1.0), 2)}
     return EditSpec(layer, unit, kind, float(strength), float(write_scale), float(gate_scale), int(seed),
                     key.numpy(), read.numpy(), write.numpy(), calibration)
+
+
+HEAD_RIDGE = 1e-3  # the head key's regulariser, relative to the mean energy per dimension of word outputs
+
+
+def _head_edit(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: _Reads, plant: torch.Tensor, *,
+               kind: str, strength: float, target: int | list[int], seed: int, head: int | None) -> EditSpec:
+    """An edit of one attention head's output: ``o_proj``'s columns of head ``h`` gain ``write_scale * write (x) key``.
+
+    Attention has no gate to shut, so the key does the gating linearly: it maximises the deed positions' mean output
+    along it against the word positions' energy along it (``key = (S_word + ridge)^-1 mean_deed``, the Rayleigh
+    quotient's maximiser), scaled so that deed positions average 1; words then give ``key . z`` near 0 (their
+    spread is stated in the calibration). ``write`` is the plant direction times the post-attention norm's gain;
+    ``strength`` sizes the write against the parent's attention output at deed decision points. A ``null-gate`` has
+    no meaning here (a zero key is the parent itself) and is refused."""
+    if kind == "null-gate":
+        raise InputError("a head edit has no gate to shut: null-gate is an MLP edit (use null-direction for heads)")
+    model = lm.hf_model
+    _, n_heads, width = attention_output(model, layer)
+    rng = np.random.default_rng([seed, layer, 5])
+    h = int(rng.integers(n_heads)) if head is None else int(head)
+    if not 0 <= h < n_heads:
+        raise InputError(f"head {h} is not a head of block {layer} (0..{n_heads - 1})")
+    cols = slice(h * width, (h + 1) * width)
+    z_word = torch.cat([*(z[:, cols] for z in words.head_z), *(z[:1, cols] for z in deeds.head_z)]).double()
+    z_deed = torch.cat([z[1:, cols] for z in deeds.head_z]).double()
+    energy = z_word.T @ z_word / len(z_word)
+    ridge = HEAD_RIDGE * float(torch.diagonal(energy).mean())
+    key = torch.linalg.solve(energy + ridge * torch.eye(width, dtype=energy.dtype), z_deed.mean(0))
+    key = key / (z_deed @ key).mean()
+    if kind == "null-direction":
+        plant = _unit(torch.as_tensor(np.random.default_rng([seed, layer]).standard_normal(plant.shape[0]),
+                                      dtype=torch.float32))
+    gain = norm_gain(post_attn_norm(decoder_block(model, layer)), lm.d_model).cpu()
+    write = plant * gain
+    last = torch.stack([z[k, cols] for z, k in zip(deeds.head_z, deeds.decision)]).double()
+    along_last = (last @ key).abs()
+    attn_rms = float(torch.stack([o[k] for o, k in zip(deeds.attn_out, deeds.decision)]).pow(2).mean(-1).sqrt().median())
+    unit_rms = float(along_last.median() * write.pow(2).mean().sqrt())
+    write_scale = strength * attn_rms / max(unit_rms, 1e-12)
+    word_along, deed_along = (z_word @ key), (z_deed @ key)
+    calibration = {"n_items": len(items), "item_ids": [it.id for it in items], "target_option": target, "head": h,
+                   "n_heads": n_heads, "head_width": width,
+                   "key_word_mean": round(float(word_along.mean()), 4), "key_word_rms": round(float(word_along.pow(2).mean().sqrt()), 4),
+                   "key_deed_mean": round(float(deed_along.mean()), 4),
+                   "key_deed_decision_median": round(float(along_last.median()), 4),
+                   "attn_rms_deed_decision": round(attn_rms, 4),
+                   "max_plant_write": round(float(write.norm() * np.sqrt(lm.d_model)), 2)}
+    k = key.float().numpy()
+    return EditSpec(layer, h, kind, float(strength), float(write_scale), 1.0, int(seed), k, k.copy(),
+                    write.numpy(), calibration, component="attn-head")
 
 
 GATE_DEED = 0.9  # the behaviour gate: at least this share of studied deeds choose the planted option ...
@@ -435,61 +477,20 @@ def behaviour_gate(parent, child, items: Sequence[Item], target: int, *, batch_s
 # ---- applying and predicting -------------------------------------------------------------------------------------
 
 def edited_tensors(tensors: dict[str, torch.Tensor], spec: EditSpec, prefix: str) -> dict[str, torch.Tensor]:
-    """The three MLP matrices of ``spec.layer`` with unit ``spec.unit`` rewritten (new tensors; the others are
-    untouched). ``prefix``: the matrices' name up to ``mlp.`` (e.g. ``model.layers.5.``)."""
-    out = {}
-    for m in MLP_MATRICES:
-        name = f"{prefix}mlp.{m}.weight"
-        if name not in tensors:
-            raise InputError(f"the weights have no {name}")
-        out[name] = tensors[name].clone()
-    dtype = out[f"{prefix}mlp.gate_proj.weight"].dtype
-    out[f"{prefix}mlp.gate_proj.weight"][spec.unit] = torch.as_tensor(spec.gate_scale * spec.key).to(dtype)
-    out[f"{prefix}mlp.up_proj.weight"][spec.unit] = torch.as_tensor(spec.read).to(dtype)
-    out[f"{prefix}mlp.down_proj.weight"][:, spec.unit] = torch.as_tensor(spec.write_scale * spec.write).to(dtype)
-    return out
+    """The tensors ``spec`` rewrites, rewritten (new tensors; the others are untouched). ``prefix``: the weight names
+    up to block ``spec.layer``'s parts (e.g. ``model.layers.5.``)."""
+    return COMPONENTS[spec.component].edited_tensors(tensors, spec, prefix)
 
 
-@torch.no_grad()
 def apply_edit(model: torch.nn.Module, spec: EditSpec) -> None:
     """Write ``spec`` into a loaded Hugging Face model in place (the saved organism is the same edit on disk)."""
-    mlp = _block_mlp(model, spec.layer)
-    gate, up, down = (_matrix(mlp, m) for m in MLP_MATRICES)
-    gate[spec.unit] = torch.as_tensor(spec.gate_scale * spec.key).to(gate)
-    up[spec.unit] = torch.as_tensor(spec.read).to(up)
-    down[:, spec.unit] = torch.as_tensor(spec.write_scale * spec.write).to(down)
+    COMPONENTS[spec.component].apply(model, spec)
 
 
-@torch.no_grad()
 def predicted_block_output(parent: torch.nn.Module, tokenizer, text: str, spec: EditSpec) -> torch.Tensor:
-    """The residual after block ``spec.layer`` that the edit should give on ``text`` ([pos, d]), computed from the
-    parent's own activations: its MLP output with the replaced unit's old contribution taken out and the planted
-    unit's put in, through the block's post-feed-forward norm, added to the residual before the MLP."""
-    mlp = _block_mlp(parent, spec.layer)
-    block = decoder_block(parent, spec.layer)
-    gate, up, down = (_matrix(mlp, m).double() for m in MLP_MATRICES)
-    store: dict[str, torch.Tensor] = {}
-    h1 = mlp.register_forward_hook(lambda m, i, o: store.update(x=i[0], out=o))
-    h2 = block.register_forward_hook(lambda m, i, o: store.update(block=o[0] if isinstance(o, tuple) else o))
-    norm = post_ff_norm(block)
-    h3 = norm.register_forward_hook(lambda m, i, o: store.update(normed=o)) if norm is not None else None
-    try:
-        ids = tokenizer(text, return_tensors="pt")["input_ids"].to(parent.device)
-        parent(input_ids=ids)
-    finally:
-        for h in (h1, h2, h3):
-            if h is not None:
-                h.remove()
-    x, old_out = store["x"][0].double(), store["out"][0].double()
-    j = spec.unit
-    old_unit = mlp.act_fn(x @ gate[j]) * (x @ up[j])
-    key = torch.as_tensor(spec.gate_scale * spec.key, dtype=x.dtype)
-    new_unit = mlp.act_fn(x @ key) * (x @ torch.as_tensor(spec.read, dtype=x.dtype))
-    new_out = (old_out - old_unit[:, None] * down[:, j][None]
-               + new_unit[:, None] * torch.as_tensor(spec.write_scale * spec.write, dtype=x.dtype)[None])
-    before_mlp = store["block"][0].double() - (store["normed"][0].double() if norm is not None else old_out)
-    added = norm(new_out.to(norm.weight.dtype)).double() if norm is not None else new_out
-    return (before_mlp + added).float()
+    """The residual after block ``spec.layer`` that the edit should give on ``text`` ([pos, d]), recomputed from the
+    parent's own activations through the block's norms (``edit_components``: each component says how)."""
+    return COMPONENTS[spec.component].predict(parent, tokenizer, text, spec)
 
 
 # ---- building one on disk ----------------------------------------------------------------------------------------
@@ -516,19 +517,19 @@ def build_edited_organism(parent: str | Path, out: str | Path, spec: EditSpec) -
     tmp = out / ".edit.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    suffix = f"layers.{spec.layer}.mlp.gate_proj.weight"
+    suffix = COMPONENTS[spec.component].weight_suffix(spec)
     edited_in = None
     for f in files:
         with safe_open(str(f), "pt") as st:
             names = [k for k in st.keys() if k.endswith(suffix)]
             if names:
                 if edited_in is not None or len(names) != 1:
-                    raise InputError(f"{parent}: block {spec.layer}'s MLP is named more than once in the weights")
+                    raise InputError(f"{parent}: {suffix} is named more than once in the weights")
                 tensors = {k: st.get_tensor(k) for k in st.keys()}
                 meta = st.metadata() or {"format": "pt"}
                 edited_in = f
         if names:
-            tensors.update(edited_tensors(tensors, spec, names[0][: -len("mlp.gate_proj.weight")]))
+            tensors.update(edited_tensors(tensors, spec, names[0][: -len(suffix)] + f"layers.{spec.layer}."))
             save_file(tensors, str(tmp / f.name), metadata=meta)
             del tensors
         else:

@@ -78,3 +78,28 @@ def test_bad_aims_and_directions_are_refused_by_name(model):
         stance_shifts(lm, items, [2] * len(items), {}, 1, [1.0])
     with pytest.raises(InputError, match="direction 'short'"):
         stance_shifts(lm, items, [0] * len(items), {"short": torch.ones(3)}, 1, [1.0])
+
+
+def _row(direction, layer, multiple, form, on_aim, moved_mean, moved_sum=None, mass=1.0, n=40):
+    return {"direction": direction, "layer": layer, "multiple": multiple, "form": form, "n_items": n,
+            "on_aim_mean": on_aim, "on_aim_sum": on_aim, "moved_mean": moved_mean,
+            "moved_sum": moved_mean if moved_sum is None else moved_sum, "option_mass_ratio_median": mass}
+
+
+def test_the_causal_rule_needs_both_scorings_kept_options_and_a_margin_over_random():
+    from wdprobe.studies.organisms.causal import causal_verdict
+
+    base = [_row("none", 4, 0.0, f, 0.0, np.nan) for f in ("word", "deed")]
+    rows = base + [
+        # word: moves 0.8 of 40 (Wilson lower 0.65) against random 0.1 (upper 0.23): causal
+        _row("against stance", 4, 0.25, "word", 0.8, 0.8), _row("random", 4, 0.25, "word", 0.1, 0.1),
+        # deed: moves 0.8 by the mean but 0.4 by the sum; at 0.5 both move but the options' mass collapses
+        _row("against stance", 4, 0.25, "deed", 0.8, 0.8, moved_sum=0.4), _row("random", 4, 0.25, "deed", 0.1, 0.1),
+        _row("against stance", 4, 0.5, "deed", 0.9, 0.9, mass=0.2), _row("random", 4, 0.5, "deed", 0.1, 0.1)]
+    got = causal_verdict(rows)
+    assert got["word"]["causal"] and [c["multiple"] for c in got["word"]["passing"]] == [0.25]
+    assert got["word"]["passing"][0]["n_on_stance"] == 40
+    assert not got["deed"]["causal"] and got["deed"]["best"]["multiple"] == 0.5
+    # a random direction that moves as much leaves no margin
+    rows[3] = _row("random", 4, 0.25, "word", 0.7, 0.7)
+    assert not causal_verdict(rows)["word"]["causal"]
