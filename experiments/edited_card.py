@@ -23,8 +23,12 @@ control items. The study gets a model directory and items, never the planted blo
 instrument recovers from the study's saved tables, which are kept under ``--out``/studies. Rerunning resumes:
 organisms with a saved result are not redone.
 
-Time: on 2 CPU cores about 4 minutes per seed to read the parent, then 30 s per organism that fails its gate and
-about 2 minutes per organism studied.
+Each organism is scored with the parent's blocks below its edit replayed from one recorded reading of the parent
+(``wdprobe.studies.organisms.replay``: bit-identical scores, checked against the full forward on the first organism
+of each invocation, ``run.json``'s ``replay_check``).
+
+Time: on 2 CPU cores about 4 minutes per seed to read the parent, then 30-70 s per organism that fails its gate
+(less the higher its block) and about 2 minutes per organism studied.
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ from wdprobe.pipeline.study import run_study
 from wdprobe.studies.organisms.data import planted_order
 from wdprobe.studies.organisms.edit import build_edited_organism, edit_from_reading, parent_choices, read_parent
 from wdprobe.studies.organisms.layer_card import INSTRUMENTS, recover_layers, score_card, studied_items, write_card_page
+from wdprobe.studies.organisms.replay import recorded_prefixes, replayed_prefix
 
 TARGET = 1
 STUDY_STAGES = ["score", "capture", "probes", "lens", "patch_cross", "steer"]
@@ -119,9 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     out, work = Path(args.out), Path(args.work)
     (out / "organisms").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    parent = parent_choices(lm, held)
     organisms = plan(args.seeds, layers, args.replicate_layers, args.null_layers, args.strength_layer, args.strengths,
                      args.head_layers)
+    # every organism shares blocks 0..L-1 with the parent: read the parent once, recording what enters each planted
+    # block, and score each organism from there (bit-identical scores; checked on the first organism built)
+    prefix_dir = work / "prefix"
+    shutil.rmtree(prefix_dir, ignore_errors=True)
+    with recorded_prefixes(lm.hf_model, sorted({o["layer"] for o in organisms}), spill_to=prefix_dir) as record:
+        parent = parent_choices(lm, held)
+    replay_check: dict | None = None
     reading, read_seed = None, None
 
     def result_of(o: dict) -> dict | None:
@@ -143,7 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         child_dir = work / name_of(o)
         build_edited_organism(parent_dir, child_dir, spec)
         child_lm = load_model(str(child_dir))
-        split = studied_items(ids, parent, parent_choices(child_lm, held), targets)
+        with replayed_prefix(child_lm.hf_model, o["layer"], record[o["layer"]]):
+            child = parent_choices(child_lm, held)
+        if replay_check is None:  # once per invocation: the replayed reading is the full forward's
+            full = parent_choices(child_lm, held)
+            same = all(np.array_equal(full[f][s], child[f][s]) for f in full for s in full[f])
+            replay_check = {"organism": name_of(o), "equal_to_full_forward": same}
+            if not same:
+                raise RuntimeError(f"{name_of(o)}: choices read with the parent's blocks replayed differ from the full "
+                                   "forward's; nothing was written")
+        split = studied_items(ids, parent, child, targets)
         result = {**o, "name": name_of(o), "gate": split.summary(), "studied": split.studied,
                   "controls": split.controls, "spec": spec.to_json()}
         study_on = None
@@ -186,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "target": "each item's incorrect option" if args.against_stance else TARGET,
                                          "n_held_out": len(held), "held_out_ids": ids,
                                          "n_calibrate": args.calibrate, "per_group": args.per_group,
-                                         "organisms": [name_of(o) for o in organisms],
+                                         "organisms": [name_of(o) for o in organisms], "replay_check": replay_check,
                                          "wall_seconds_last_invocation": round(time.perf_counter() - t0, 1)})
     return 0
 
