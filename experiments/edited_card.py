@@ -154,12 +154,17 @@ def main(argv: list[str] | None = None) -> int:
         child_dir = work / name_of(o)
         build_edited_organism(parent_dir, child_dir, spec)
         child_lm = load_model(str(child_dir))
+        t_read = time.perf_counter()
         with replayed_prefix(child_lm.hf_model, o["layer"], record[o["layer"]]):
             child = parent_choices(child_lm, held)
+        t_read = time.perf_counter() - t_read
         if replay_check is None:  # once per invocation: the replayed reading is the full forward's
+            t_full = time.perf_counter()
             full = parent_choices(child_lm, held)
+            t_full = time.perf_counter() - t_full
             same = all(np.array_equal(full[f][s], child[f][s]) for f in full for s in full[f])
-            replay_check = {"organism": name_of(o), "equal_to_full_forward": same}
+            replay_check = {"organism": name_of(o), "layer": o["layer"], "equal_to_full_forward": same,
+                            "seconds_replayed": round(t_read, 1), "seconds_full": round(t_full, 1)}
             if not same:
                 raise RuntimeError(f"{name_of(o)}: choices read with the parent's blocks replayed differ from the full "
                                    "forward's; nothing was written")
