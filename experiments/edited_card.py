@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{g['word_changes']:.3f}, carded {g['carded']}; recovered {result.get('recovered')} "
               f"[{result['seconds']:.0f} s]", flush=True)
 
+    shutil.rmtree(prefix_dir, ignore_errors=True)
     label = (f"edited organisms of the sincere organism {parent_dir.name} (against its stance)" if args.against_stance
              else "Gemma-3-270M edited organisms")
     write_card(out, organisms, lm.n_layers, result_of, label)

@@ -1,0 +1,53 @@
+"""experiments/edited_card.py on a tiny random Gemma-3 posing as a sincere organism (its own items and split beside
+its weights): planting against each item's stance, with a head organism and nulls, every organism is gated, its
+choices read with the parent's blocks replayed (checked against the full forward), and the gate table written."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+from tiny import alignment_vocabulary_text, build_tiny_model_dir, organism_items, write_wdct_csv
+
+from wdprobe.data.items import read_items, write_items_jsonl
+
+
+def _script():
+    path = Path(__file__).resolve().parents[4] / "experiments" / "edited_card.py"
+    spec = importlib.util.spec_from_file_location("edited_card_experiment", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_the_card_plants_against_a_sincere_organisms_stance_and_gates_every_organism(tmp_path):
+    model_dir = build_tiny_model_dir(tmp_path / "sincere", seed=3, n_layers=4, initializer_range=0.3,
+                                     extra_text=alignment_vocabulary_text(24) + " support oppose block")
+    items = read_items(write_wdct_csv(tmp_path / "items.csv", organism_items(24)))
+    (model_dir / "items.jsonl").write_text(write_items_jsonl(items))
+    pd.DataFrame({"id": [it.id for it in items], "set": ["train"] * 12 + ["held_out"] * 12}).to_csv(
+        model_dir / "split.csv", index=False)
+    out = tmp_path / "card"
+    assert _script().main(["--model", str(model_dir), "--against-stance", "--layers", "1", "2", "--seeds", "0",
+                           "--null-layers", "2", "--strengths", "--head-layers", "2", "--pool", "12",
+                           "--calibrate", "10", "--held-out", "12", "--out", str(out),
+                           "--work", str(tmp_path / "work")]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["target"] == "each item's incorrect option" and run["n_held_out"] == 12
+    assert run["replay_check"]["equal_to_full_forward"] is True
+    assert run["organisms"] == ["override-L1-s0", "override-L2-s0", "null-gate-L2-s0", "null-direction-L2-s0",
+                                "head-override-L2-s0"]
+    gates = pd.read_csv(out / "gates.csv")
+    assert list(gates["name"]) == run["organisms"]
+    head = json.loads((out / "organisms" / "head-override-L2-s0.json").read_text())
+    assert head["spec"]["component"] == "attn-head" and head["spec"]["layer"] == 2
+    # planted against the stance: the calibration's targets are each item's incorrect option
+    by_id = {it.id: it for it in items}
+    spec = json.loads((out / "organisms" / "override-L1-s0.json").read_text())["spec"]["calibration"]
+    assert spec["target_option"] == [1 - by_id[i].correct for i in spec["item_ids"]]
+    # the null gate changed nothing on the held-out items
+    null = gates.set_index("name").loc["null-gate-L2-s0"]
+    assert null["word_changes"] == 0 and null["deed_changes"] == 0
+    assert not (tmp_path / "work" / "override-L1-s0").exists()  # edited weights are deleted once measured
+    assert not (tmp_path / "work" / "prefix").exists()  # and the parent's recorded prefixes at the end
