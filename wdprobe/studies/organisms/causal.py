@@ -59,9 +59,11 @@ def option_logprobs(lm, items: Sequence[Item], form: str) -> tuple[np.ndarray, n
         start = len(tok(prompt)["input_ids"])
         for j, option in enumerate(it.options(form)):
             ids = with_continuation(tok, prompt, option).to(model.device)
-            logp = torch.log_softmax(model(input_ids=ids).logits[0, start - 1:-1].float(), -1)
+            k = ids.shape[1] - start  # the vocabulary projection only where option tokens are predicted
+            logits = model(input_ids=ids, logits_to_keep=k + 1).logits[0, -(k + 1):-1]
+            logp = torch.log_softmax(logits.float(), -1)
             total[n, j] = float(logp.gather(1, ids[0, start:, None]).sum())
-            n_tok[n, j] = ids.shape[1] - start
+            n_tok[n, j] = k
     return total, n_tok
 
 

@@ -228,7 +228,8 @@ def plant_directions(lm, items: Sequence[Item], layers: Sequence[int], target: i
                 for j in range(2):
                     cont = tok(" " + it.options(form)[j], add_special_tokens=False, return_tensors="pt")["input_ids"][0]
                     ids = torch.cat([prompt, cont])[None].to(model.device)
-                    logp = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt) - 1:-1].float(), -1)
+                    k = len(cont)  # the vocabulary projection only where option tokens are predicted
+                    logp = torch.log_softmax(model(input_ids=ids, logits_to_keep=k + 1).logits[0, -(k + 1):-1].float(), -1)
                     mean_ll = logp.gather(1, cont[:, None].to(model.device)).mean()
                     (mean_ll if j == aim else -mean_ll).backward()
     finally:
