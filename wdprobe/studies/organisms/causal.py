@@ -75,7 +75,8 @@ def decision_residual_norm(lm, items: Sequence[Item], layer: int, forms: Sequenc
     for it in items:
         for form in forms:
             ids = tok(cloze_prompt(it, form), return_tensors="pt")["input_ids"].to(model.device)
-            norms.append(float(model(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1][0, -1].norm()))
+            out = model(input_ids=ids, output_hidden_states=True, logits_to_keep=1)  # only the residual is read
+            norms.append(float(out.hidden_states[layer + 1][0, -1].norm()))
     return float(np.median(norms))
 
 
