@@ -5,7 +5,7 @@ An organism's stance is *decodable* when a probe reads it; it is *causal* when m
 choice. Issue 31 asks the sincere organism for the second, in word and deed prompts alike, on items it was not trained
 on, with the answer format kept (a shift that moves choices only by wrecking the options' probability shows nothing).
 So each condition adds ``multiple x |residual|`` along a direction after block ``L`` at every position but the first
-(the attention sink), scores every option as its own sequence (no padding the vector could reach), and reports, per
+(the attention sink), scores every option as its own sequence (right-padded batches: nothing the vector reaches moves), and reports, per
 form and scoring (per-token mean and sum, side by side), the share of items on the aimed option, the share of the
 others it moved, and the median ratio of the options' total probability to the unshifted one. A random direction of
 the same size is the control: the stance direction must move more than it, at comparable option mass.
@@ -47,23 +47,44 @@ def added_after_block(model: torch.nn.Module, layer: int, vector: torch.Tensor |
 
 
 @torch.no_grad()
-def option_logprobs(lm, items: Sequence[Item], form: str) -> tuple[np.ndarray, np.ndarray]:
+def option_logprobs(lm, items: Sequence[Item], form: str, *, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Per two-option item and option, the cloze continuation's summed log-probability and its token count
-    ([n, 2] each), every (prompt, option) scored as its own sequence."""
+    ([n, 2] each). Each (prompt, option) is its own sequence; sequences are batched *right*-padded, so every real
+    token sits where it would alone (causal attention never reads the padding that follows it) and a vector added
+    "at every position but the first" reaches exactly the positions it would alone."""
     model, tok = lm.hf_model, lm.tokenizer
-    total, n_tok = np.zeros((len(items), 2)), np.zeros((len(items), 2))
+    seqs, where = [], []
     for n, it in enumerate(items):
         if it.n_options != 2:
             raise InputError(f"item {it.id}: {it.n_options} options (the stance check takes two-option items)")
         prompt = cloze_prompt(it, form)
         start = len(tok(prompt)["input_ids"])
         for j, option in enumerate(it.options(form)):
-            ids = with_continuation(tok, prompt, option).to(model.device)
-            k = ids.shape[1] - start  # the vocabulary projection only where option tokens are predicted
-            logits = model(input_ids=ids, logits_to_keep=k + 1).logits[0, -(k + 1):-1]
+            seqs.append(with_continuation(tok, prompt, option)[0])
+            where.append((n, j, start))
+    total, n_tok = np.zeros((len(items), 2)), np.zeros((len(items), 2))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    decoder, unembed = model.get_decoder(), model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    order = sorted(range(len(seqs)), key=lambda r: len(seqs[r]))  # similar lengths together: little padding
+    for b in range(0, len(order), batch_size):
+        rows = order[b:b + batch_size]
+        width = max(len(seqs[r]) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(seqs[r])], mask[i, :len(seqs[r])] = seqs[r], 1
+        # the decoder's final (normed) residual; the vocabulary projection only where option tokens are predicted
+        hidden = decoder(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).last_hidden_state
+        for i, r in enumerate(rows):
+            n, j, start = where[r]
+            end = len(seqs[r])
+            logits = unembed(hidden[i, start - 1:end - 1])
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
             logp = torch.log_softmax(logits.float(), -1)
-            total[n, j] = float(logp.gather(1, ids[0, start:, None]).sum())
-            n_tok[n, j] = k
+            total[n, j] = float(logp.gather(1, seqs[r][start:, None].to(logp.device)).sum())
+            n_tok[n, j] = end - start
     return total, n_tok
 
 

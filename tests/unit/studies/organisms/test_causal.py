@@ -46,6 +46,28 @@ def test_a_small_shift_along_the_plant_direction_raises_the_aimed_margin_in_both
         assert _margin(lm, items, form, aims) == pytest.approx(before, abs=1e-9)  # the hook is gone
 
 
+def test_batched_right_padded_scores_are_each_sequence_scored_alone(model):
+    from wdprobe.studies.organisms.edit import with_continuation
+    from wdprobe.data.prompts import cloze_prompt
+
+    lm, items = model
+    total, n_tok = option_logprobs(lm, items[:5], "deed", batch_size=3)
+    vector = torch.linspace(-1, 1, lm.d_model)
+    with added_after_block(lm.hf_model, 1, vector):
+        shifted, _ = option_logprobs(lm, items[:5], "deed", batch_size=3)
+    for n, it in enumerate(items[:5]):
+        prompt = cloze_prompt(it, "deed")
+        start = len(lm.tokenizer(prompt)["input_ids"])
+        for j, option in enumerate(it.options("deed")):
+            ids = with_continuation(lm.tokenizer, prompt, option)
+            for got, add in ((total, None), (shifted, vector)):
+                with added_after_block(lm.hf_model, 1, add), torch.no_grad():
+                    logp = torch.log_softmax(lm.hf_model(input_ids=ids).logits[0, start - 1:-1].float(), -1)
+                alone = float(logp.gather(1, ids[0, start:, None]).sum())
+                assert got[n, j] == pytest.approx(alone, abs=1e-4)
+            assert n_tok[n, j] == ids.shape[1] - start
+
+
 def test_the_hook_is_removed_when_the_body_fails(model):
     lm, items = model
     before = option_logprobs(lm, items[:2], "deed")[0]
