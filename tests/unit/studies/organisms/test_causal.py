@@ -47,8 +47,8 @@ def test_a_small_shift_along_the_plant_direction_raises_the_aimed_margin_in_both
 
 
 def test_batched_right_padded_scores_are_each_sequence_scored_alone(model):
-    from wdprobe.studies.organisms.edit import with_continuation
     from wdprobe.data.prompts import cloze_prompt
+    from wdprobe.studies.organisms.edit import with_continuation
 
     lm, items = model
     total, n_tok = option_logprobs(lm, items[:5], "deed", batch_size=3)
