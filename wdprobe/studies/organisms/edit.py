@@ -221,6 +221,11 @@ def plant_directions(lm, items: Sequence[Item], layers: Sequence[int], target: i
         return add
 
     hooks = [decoder_block(model, L).register_forward_hook(adder(d)) for L, d in deltas.items()]
+    # only the added vectors need gradients: the weights' would cost a full backward into every matrix (the 262k-row
+    # embedding included) and accumulate in their .grad
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
     try:
         for it, aim in zip(items, targets):
             for form in forms:
@@ -235,6 +240,8 @@ def plant_directions(lm, items: Sequence[Item], layers: Sequence[int], target: i
     finally:
         for h in hooks:
             h.remove()
+        for p in frozen:
+            p.requires_grad_(True)
     return {L: _unit(d.grad.detach().float().cpu()) for L, d in deltas.items()}
 
 

@@ -125,3 +125,12 @@ def test_the_causal_rule_needs_both_scorings_kept_options_and_a_margin_over_rand
     # a random direction that moves as much leaves no margin
     rows[3] = _row("random", 4, 0.25, "word", 0.7, 0.7)
     assert not causal_verdict(rows)["word"]["causal"]
+
+
+def test_plant_directions_leave_the_weights_without_gradients_and_trainable(model):
+    lm, items = model
+    with torch.enable_grad():
+        plant_directions(lm, items[:2], [1], 1)
+    params = list(lm.hf_model.parameters())
+    assert all(p.grad is None for p in params)  # no backward into the weights
+    assert all(p.requires_grad for p in params)  # as they were
