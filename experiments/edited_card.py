@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-group", type=int, default=30, help="most studied (and most control) items per study")
     ap.add_argument("--out", default="reports/organisms/edited/card", help="results, kept study tables, the card")
     ap.add_argument("--work", default="/tmp/wdprobe-edited-card", help="edited weights and study runs (deleted)")
+    ap.add_argument("--card-only", action="store_true",
+                    help="build nothing: write the card from the organisms already measured (the rest listed as not run)")
     ap.add_argument("--against-stance", action="store_true",
                     help="--model is a sincere organism: plant each item's incorrect option on its own held-out items")
     args = ap.parse_args(argv)
@@ -130,8 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     # block, and score each organism from there (bit-identical scores; checked on the first organism built)
     prefix_dir = work / "prefix"
     shutil.rmtree(prefix_dir, ignore_errors=True)
-    with recorded_prefixes(lm.hf_model, sorted({o["layer"] for o in organisms}), spill_to=prefix_dir) as record:
-        parent = parent_choices(lm, held)
     replay_check: dict | None = None
     reading, read_seed = None, None
 
@@ -139,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         f = out / "organisms" / f"{name_of(o)}.json"
         return json.loads(f.read_text()) if f.is_file() else None
 
+    if not args.card_only:
+        with recorded_prefixes(lm.hf_model, sorted({o["layer"] for o in organisms}), spill_to=prefix_dir) as record:
+            parent = parent_choices(lm, held)
     for o in organisms:
+        if args.card_only:
+            break
         if result_of(o) is not None:
             continue
         started = time.perf_counter()
@@ -206,13 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(prefix_dir, ignore_errors=True)
     label = (f"edited organisms of the sincere organism {parent_dir.name} (against its stance)" if args.against_stance
              else "Gemma-3-270M edited organisms")
-    write_card(out, organisms, lm.n_layers, result_of, label)
+    not_run = [name_of(o) for o in organisms if result_of(o) is None]
+    write_card(out, organisms, lm.n_layers, result_of, label, not_run)
     data = str(Path(args.model) / "items.jsonl") if args.against_stance else str(resolve_wdct_path(args.data))
     atomic_write_json(out / "run.json", {"parent": str(parent_dir), "data": data,
                                          "target": "each item's incorrect option" if args.against_stance else TARGET,
                                          "n_held_out": len(held), "held_out_ids": ids,
                                          "n_calibrate": args.calibrate, "per_group": args.per_group,
-                                         "organisms": [name_of(o) for o in organisms], "replay_check": replay_check,
+                                         "organisms": [name_of(o) for o in organisms], "not_run": not_run,
+                                         "replay_check": replay_check,
                                          "wall_seconds_last_invocation": round(time.perf_counter() - t0, 1)})
     return 0
 
@@ -231,9 +238,9 @@ def organism_items(organism: str | None, n_pool: int, n_held: int) -> tuple[list
             [it for it in items if sets.get(it.id) == "held_out"][:n_held])
 
 
-def write_card(out: Path, organisms: list[dict], n_layers: int, result_of, label: str) -> None:
+def write_card(out: Path, organisms: list[dict], n_layers: int, result_of, label: str, not_run: list[str]) -> None:
     """``gates.csv`` (one row per organism), ``recovered.csv`` (one per organism and instrument studied), and the
-    card's verdicts and test ledger."""
+    card's verdicts and test ledger; an incomplete card (``not_run``) says so first."""
     gates, rows, nulls = [], [], []
     for o in organisms:
         r = result_of(o)
@@ -263,6 +270,9 @@ def write_card(out: Path, organisms: list[dict], n_layers: int, result_of, label
         table.to_csv(out / "verdicts.csv", index=False)
         ledger.to_csv(out / "ledger.csv", index=False)
         reading = (out / "reading.md").read_text() if (out / "reading.md").is_file() else ""
+        if not_run:
+            reading = (f"**Incomplete card: {len(organisms) - len(not_run)} of {len(organisms)} planned organisms "
+                       f"measured; not run: {', '.join(not_run)}.** Rerunning the same command resumes.\n\n" + reading)
         write_card_page(out, table, ledger, pd.DataFrame(gates), frame, n_layers, reading=reading,
                         model=label)
 

@@ -51,3 +51,11 @@ def test_the_card_plants_against_a_sincere_organisms_stance_and_gates_every_orga
     assert null["word_changes"] == 0 and null["deed_changes"] == 0
     assert not (tmp_path / "work" / "override-L1-s0").exists()  # edited weights are deleted once measured
     assert not (tmp_path / "work" / "prefix").exists()  # and the parent's recorded prefixes at the end
+    # a card written from what was measured names what was planned and not run, and builds nothing
+    assert _script().main(["--model", str(model_dir), "--against-stance", "--layers", "1", "2", "3", "--seeds", "0",
+                           "--null-layers", "2", "--strengths", "--head-layers", "2", "--pool", "12",
+                           "--calibrate", "10", "--held-out", "12", "--out", str(out), "--card-only",
+                           "--work", str(tmp_path / "work")]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["not_run"] == ["override-L3-s0"] and not (out / "organisms" / "override-L3-s0.json").exists()
+    assert len(pd.read_csv(out / "gates.csv")) == 5
