@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     # block, and score each organism from there (bit-identical scores; checked on the first organism built)
     prefix_dir = work / "prefix"
     shutil.rmtree(prefix_dir, ignore_errors=True)
-    replay_check: dict | None = None
+    replay_check: dict | None = None  # this invocation's; run.json keeps the latest one made
     reading, read_seed = None, None
 
     def result_of(o: dict) -> dict | None:
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             same = all(np.array_equal(full[f][s], child[f][s]) for f in full for s in full[f])
             replay_check = {"organism": name_of(o), "layer": o["layer"], "equal_to_full_forward": same,
                             "seconds_replayed": round(t_read, 1), "seconds_full": round(t_full, 1)}
+            atomic_write_json(out / "replay-check.json", replay_check)  # kept if the run is stopped early
             if not same:
                 raise RuntimeError(f"{name_of(o)}: choices read with the parent's blocks replayed differ from the full "
                                    "forward's; nothing was written")
@@ -219,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "n_held_out": len(held), "held_out_ids": ids,
                                          "n_calibrate": args.calibrate, "per_group": args.per_group,
                                          "organisms": [name_of(o) for o in organisms], "not_run": not_run,
-                                         "replay_check": replay_check,
+                                         "replay_check": replay_check or (json.loads((out / "replay-check.json").read_text())
+                                                                          if (out / "replay-check.json").is_file() else None),
                                          "wall_seconds_last_invocation": round(time.perf_counter() - t0, 1)})
     return 0
 
