@@ -302,7 +302,7 @@ def write_card_page(out: str | Path, table: pd.DataFrame, ledger: pd.DataFrame, 
         md += ["", "## Detection against strength", "", "| " + " | ".join(STRENGTH_HEADER) + " |",
                "|" + "---|" * len(STRENGTH_HEADER)] + ["| " + " | ".join(r) + " |" for r in strength]
     md += ["", "Tables: `verdicts.csv`, `ledger.csv` (every test, p and Benjamini-Hochberg q), `gates.csv` (each "
-           "organism's behaviour gate), `recovered.csv` (each layer recovered); rules: `../card-rules.md`."]
+           "organism's behaviour gate), `recovered.csv` (each layer recovered); rules: `../card-rules.md` (and, for a card against a sincere organism, `../balanced-rules.md`)."]
     atomic_write_text(out / "card.md", "\n".join(md) + "\n")
     title = (f"Recovered against planted layer{' — ' + model if model else ''}<br><sup>one point per studied organism "
              "(seeds side by side); green band: a hit (|L^ - L| <= 1); 'none': the instrument named no layer</sup>")
