@@ -46,10 +46,9 @@ from wdprobe.core.cache import atomic_write_json
 from wdprobe.core.model import default_model_dir, load_model
 from wdprobe.data.items import item_record, read_items
 from wdprobe.data.wdct import resolve_wdct_path
-from wdprobe.errors import InputError
 from wdprobe.pipeline.config import StudyConfig
 from wdprobe.pipeline.study import run_study
-from wdprobe.studies.organisms.data import planted_order
+from wdprobe.studies.organisms.data import planted_order, sincere_organism_items
 from wdprobe.studies.organisms.edit import build_edited_organism, edit_from_reading, parent_choices, read_parent
 from wdprobe.studies.organisms.layer_card import INSTRUMENTS, recover_layers, score_card, studied_items, write_card_page
 from wdprobe.studies.organisms.replay import recorded_prefixes, replayed_prefix
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.against_stance:
-        pool, held = organism_items(args.model, args.pool, args.held_out)
+        pool, held = sincere_organism_items(args.model, args.pool, args.held_out)
         target_of = lambda it: 1 - it.correct  # noqa: E731  (against the stance: the incorrect option)
     else:
         items = planted_order(read_items(resolve_wdct_path(args.data)))
@@ -224,20 +223,6 @@ def main(argv: list[str] | None = None) -> int:
                                                                           if (out / "replay-check.json").is_file() else None),
                                          "wall_seconds_last_invocation": round(time.perf_counter() - t0, 1)})
     return 0
-
-
-def organism_items(organism: str | None, n_pool: int, n_held: int) -> tuple[list, list]:
-    """A sincere organism's two-option items with a correct option, in the seeded order: its training items (the
-    calibration pool) and its held-out items (measured), from its ``items.jsonl`` and ``split.csv``."""
-    if organism is None:
-        raise InputError("--against-stance needs --model, a sincere organism directory")
-    root = Path(organism)
-    if not (root / "split.csv").is_file() or not (root / "items.jsonl").is_file():
-        raise InputError(f"{root}: no split.csv / items.jsonl (not a finished organism directory)")
-    sets = dict(pd.read_csv(root / "split.csv")[["id", "set"]].itertuples(index=False))
-    items = [it for it in planted_order(read_items(root / "items.jsonl")) if it.n_options == 2 and it.correct is not None]
-    return ([it for it in items if sets.get(it.id) == "train"][:n_pool],
-            [it for it in items if sets.get(it.id) == "held_out"][:n_held])
 
 
 def write_card(out: Path, organisms: list[dict], n_layers: int, result_of, label: str, not_run: list[str]) -> None:

@@ -1,8 +1,10 @@
 """A tiny randomly initialised Gemma-3 and word-level tokenizer, built offline for unit tests."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -153,3 +155,12 @@ def organism_items(n: int = 20):
         out.append(("Theory", f"or{k}", f"What's your opinion on {w}?", word, f"You meet {w} today. Which action will you take?",
                     deed, "B" if k % 2 else "A"))
     return out
+
+
+def experiment_script(name: str) -> ModuleType:
+    """``experiments/<name>.py`` loaded as a module (the experiments are scripts, not part of the package)."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"experiment_{name}", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script

@@ -11,10 +11,13 @@ cue on about half the items, and no token of the prompt gives it (``wdprobe.stud
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
+from wdprobe.data.items import read_items
 from wdprobe.data.prompts import CLOZE_TEMPLATE
 from wdprobe.data.wdct import Item
 from wdprobe.errors import InputError
@@ -142,3 +145,17 @@ def balanced_split(items: Sequence[Item], *, seed: int = 0, train_share: float =
             out.append(cued_item(swapped(it) if f else it, cues[it.id]))
         sets.append(tuple(out))
     return PlantedSplit(sets[0], sets[1], seed, train_share, cues, "balanced")
+
+
+def sincere_organism_items(organism: str | Path | None, n_pool: int, n_held: int) -> tuple[list, list]:
+    """A sincere organism's two-option items with a correct option, in the seeded order: its training items (the
+    calibration pool) and its held-out items (measured), from its ``items.jsonl`` and ``split.csv``."""
+    if organism is None:
+        raise InputError("a sincere organism directory is needed (--model)")
+    root = Path(organism)
+    if not (root / "split.csv").is_file() or not (root / "items.jsonl").is_file():
+        raise InputError(f"{root}: no split.csv / items.jsonl (not a finished organism directory)")
+    sets = dict(pd.read_csv(root / "split.csv")[["id", "set"]].itertuples(index=False))
+    items = [it for it in planted_order(read_items(root / "items.jsonl")) if it.n_options == 2 and it.correct is not None]
+    return ([it for it in items if sets.get(it.id) == "train"][:n_pool],
+            [it for it in items if sets.get(it.id) == "held_out"][:n_held])

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from tiny import alignment_vocabulary_text, build_tiny_model_dir, organism_items, write_wdct_csv
+from tiny import alignment_vocabulary_text, build_tiny_model_dir, experiment_script, organism_items, write_wdct_csv
 
 from wdprobe.errors import InputError, RunMismatchError
 from wdprobe.studies.align.finetune import TrainSettings
@@ -138,21 +138,9 @@ def test_letter_organism_learns_a_letter_habit_not_a_stance(organism_setup):
     assert manifest["n_examples"] == 2 * manifest["n_train_items"]  # each trained deed prompt in both orders
 
 
-def _organisms_experiment():
-    """experiments/organisms.py loaded as a module (it is a script, not part of the package)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[4] / "experiments" / "organisms.py"
-    spec = importlib.util.spec_from_file_location("organisms_experiment", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
 def test_the_organisms_experiment_builds_studies_and_scores_every_organism(organism_setup, tmp_path):
     d, model_dir, data = organism_setup
-    script = _organisms_experiment()
+    script = experiment_script("organisms")
     assert script.main(["--model", str(model_dir), "--data", str(data), "--out-root", str(tmp_path / "org"),
                         "--report", str(tmp_path / "card"), "--kinds", "sincere", "hypocrite", "--epochs", "1",
                         "--quiet"]) == 0
@@ -167,7 +155,7 @@ def test_the_card_keeps_its_inputs_and_rescores_from_them_alone(organism_setup, 
     from wdprobe.studies.organisms.card import write_instrument_card
 
     d, model_dir, data = organism_setup
-    script = _organisms_experiment()
+    script = experiment_script("organisms")
     assert script.main(["--model", str(model_dir), "--data", str(data), "--out-root", str(tmp_path / "org"),
                         "--report", str(tmp_path / "card"), "--kinds", "sincere", "--epochs", "1", "--quiet"]) == 0
     card = tmp_path / "card"

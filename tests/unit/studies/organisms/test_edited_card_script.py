@@ -3,25 +3,20 @@ its weights): planting against each item's stance, with a head organism and null
 choices read with the parent's blocks replayed (checked against the full forward), and the gate table written."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
+import shutil
 
 import pandas as pd
-from tiny import alignment_vocabulary_text, build_tiny_model_dir, organism_items, write_wdct_csv
+import pytest
+from tiny import alignment_vocabulary_text, build_tiny_model_dir, experiment_script, organism_items, write_wdct_csv
 
 from wdprobe.data.items import read_items, write_items_jsonl
 
 
-def _script():
-    path = Path(__file__).resolve().parents[4] / "experiments" / "edited_card.py"
-    spec = importlib.util.spec_from_file_location("edited_card_experiment", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
-def test_the_card_plants_against_a_sincere_organisms_stance_and_gates_every_organism(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_card(tmp_path_factory):
+    """A tiny random Gemma-3 posing as a sincere organism, and the card planted against its stance."""
+    tmp_path = tmp_path_factory.mktemp("edited-card")
     model_dir = build_tiny_model_dir(tmp_path / "sincere", seed=3, n_layers=4, initializer_range=0.3,
                                      extra_text=alignment_vocabulary_text(24) + " support oppose block")
     items = read_items(write_wdct_csv(tmp_path / "items.csv", organism_items(24)))
@@ -29,10 +24,15 @@ def test_the_card_plants_against_a_sincere_organisms_stance_and_gates_every_orga
     pd.DataFrame({"id": [it.id for it in items], "set": ["train"] * 12 + ["held_out"] * 12}).to_csv(
         model_dir / "split.csv", index=False)
     out = tmp_path / "card"
-    assert _script().main(["--model", str(model_dir), "--against-stance", "--layers", "1", "2", "--seeds", "0",
-                           "--null-layers", "2", "--strengths", "--head-layers", "2", "--pool", "12",
-                           "--calibrate", "10", "--held-out", "12", "--out", str(out),
-                           "--work", str(tmp_path / "work")]) == 0
+    assert experiment_script("edited_card").main(["--model", str(model_dir), "--against-stance", "--layers", "1", "2",
+                                                  "--seeds", "0", "--null-layers", "2", "--strengths", "--head-layers",
+                                                  "2", "--pool", "12", "--calibrate", "10", "--held-out", "12", "--out",
+                                                  str(out), "--work", str(tmp_path / "work")]) == 0
+    return tmp_path, model_dir, items, out
+
+
+def test_the_card_plants_against_a_sincere_organisms_stance_and_gates_every_organism(tiny_card):
+    tmp_path, model_dir, items, out = tiny_card
     run = json.loads((out / "run.json").read_text())
     assert run["target"] == "each item's incorrect option" and run["n_held_out"] == 12
     assert run["replay_check"]["equal_to_full_forward"] is True
@@ -52,10 +52,45 @@ def test_the_card_plants_against_a_sincere_organisms_stance_and_gates_every_orga
     assert not (tmp_path / "work" / "override-L1-s0").exists()  # edited weights are deleted once measured
     assert not (tmp_path / "work" / "prefix").exists()  # and the parent's recorded prefixes at the end
     # a card written from what was measured names what was planned and not run, and builds nothing
-    assert _script().main(["--model", str(model_dir), "--against-stance", "--layers", "1", "2", "3", "--seeds", "0",
+    assert experiment_script("edited_card").main(["--model", str(model_dir), "--against-stance", "--layers", "1", "2", "3", "--seeds", "0",
                            "--null-layers", "2", "--strengths", "--head-layers", "2", "--pool", "12",
                            "--calibrate", "10", "--held-out", "12", "--out", str(out), "--card-only",
                            "--work", str(tmp_path / "work")]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["not_run"] == ["override-L3-s0"] and not (out / "organisms" / "override-L3-s0.json").exists()
     assert len(pd.read_csv(out / "gates.csv")) == 5
+
+
+def test_cross_model_patching_finds_every_tiny_plant_at_its_block_and_component(tiny_card, tmp_path):
+    """experiments/cross_model_card.py on that card: each organism rebuilt (its specification checked against the
+    stored one), patched into the parent, and localised blind; here every held-out item is treated as studied."""
+    _, model_dir, items, out = tiny_card
+    card = tmp_path / "card"
+    shutil.copytree(out, card)
+    held = json.loads((card / "run.json").read_text())["held_out_ids"]
+    for f in (card / "organisms").glob("*.json"):
+        r = json.loads(f.read_text())
+        r["studied"] = held
+        f.write_text(json.dumps(r))
+    script = experiment_script("cross_model_card")
+    assert script.main(["--card", str(card), "--min-items", "1", "--max-items", "6",
+                        "--work", str(tmp_path / "work")]) == 0
+    table = pd.read_csv(card / "cross-model" / "cross-model.csv").set_index("name")
+    assert sorted(table.index) == sorted(f.stem for f in (card / "organisms").glob("*.json"))
+    for name in ("override-L1-s0", "override-L2-s0", "head-override-L2-s0"):
+        row = table.loc[name]
+        assert row["recovered_block"] == row["layer"] and row["component_hit"], name
+    assert table.loc["head-override-L2-s0", "recovered_component"] in ("attn", "head")
+    assert table.loc["override-L1-s0", "recovered_component"] == "mlp"
+    null = table.loc["null-gate-L2-s0"]
+    assert null["identical_everywhere"] and pd.isna(null["recovered_block"])
+    assert "recovered at the planted block" in (card / "cross-model" / "card.md").read_text()
+    # a stored specification the rebuild does not reproduce is refused, and nothing is written for it
+    f = card / "organisms" / "override-L1-s0.json"
+    r = json.loads(f.read_text())
+    r["spec"]["write_scale"] *= 2
+    f.write_text(json.dumps(r))
+    (card / "cross-model" / "organisms" / "override-L1-s0.json").unlink()
+    with pytest.raises(RuntimeError, match="override-L1-s0: the rebuilt edit"):
+        script.main(["--card", str(card), "--min-items", "1", "--only", "override-L1-s0", "--work", str(tmp_path / "w2")])
+    assert not (card / "cross-model" / "organisms" / "override-L1-s0.json").exists()

@@ -1,0 +1,199 @@
+#!/usr/bin/env python
+"""Cross-model patching scored on the edited organisms: patch each organism into its parent, block by block and then
+component by component, and compare where it localises the organism's deed shift with where the edit was planted.
+
+    python experiments/cross_model_card.py --card reports/organisms/edited/card       # base-model parent
+    python experiments/cross_model_card.py --card reports/organisms/edited/balanced   # sincere-balanced parent
+    python experiments/cross_model_card.py --card reports/organisms/edited/card --only override-L4-s0 --out /tmp/x
+
+The card directory is an ``experiments/edited_card.py`` output: its ``run.json`` names the parent and the items, and
+each ``organisms/NAME.json`` the organism's specification and studied items. Each organism is rebuilt from the same
+calibration items and seed (the rebuilt specification must match the stored one), then read by
+``wdprobe.studies.organisms.cross_model_localisation`` on at most ``--max-items`` of its studied items; it never
+receives the planted block. Rules: ``reports/organisms/edited/cross-model-rules.md`` (committed before the run).
+Results: ``--out``/organisms/NAME.json, ``cross-model.csv``, ``card.md``. Rerunning resumes.
+
+Time: on 2 CPU cores about 4 minutes per seed to read the parent, then 20-90 s per organism (less the higher its block).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import false_discovery_control
+
+from wdprobe.core.cache import atomic_write_json, atomic_write_text
+from wdprobe.core.model import load_model
+from wdprobe.data.items import read_items
+from wdprobe.data.wdct import resolve_wdct_path
+from wdprobe.errors import InputError
+from wdprobe.studies.organisms.cross_model_localisation import component_hit, localise_by_patching
+from wdprobe.studies.organisms.data import planted_order
+from wdprobe.studies.organisms.edit import build_edited_organism, edit_from_reading, read_parent
+
+
+def card_items(run: dict, data: str | None) -> tuple[dict, bool]:
+    """Every item the card may have used, by id, and whether the card plants against a stance."""
+    against = run.get("target") == "each item's incorrect option"
+    path = Path(data) if data else (Path(run["data"]) if against else resolve_wdct_path(run.get("data")))
+    if not path.is_file():
+        raise InputError(f"{path}: the card's items are not there (give --data)")
+    return {it.id: it for it in planted_order(read_items(path))}, against
+
+
+def targets_of(items: list, against: bool) -> list[int]:
+    """The planted option per item: the incorrect one against a stance, else canonical option 1."""
+    return [1 - it.correct if against else 1 for it in items]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--card", required=True, help="an edited_card.py output directory (run.json, organisms/)")
+    ap.add_argument("--data", default=None, help="the card's items file, when run.json's path is not valid here")
+    ap.add_argument("--model", default=None, help="the parent model directory, when run.json's path is not valid here")
+    ap.add_argument("--out", default=None, help="results (default: CARD/cross-model)")
+    ap.add_argument("--work", default="/tmp/wdprobe-cross-model", help="rebuilt organisms' weights (deleted)")
+    ap.add_argument("--only", nargs="*", default=None, help="organism names to score (default: every one)")
+    ap.add_argument("--max-items", type=int, default=10, help="most studied items read per organism")
+    ap.add_argument("--min-items", type=int, default=5, help="fewest studied items for an organism to be scored")
+    args = ap.parse_args(argv)
+
+    card = Path(args.card)
+    run = json.loads((card / "run.json").read_text())
+    out = Path(args.out) if args.out else card / "cross-model"
+    (out / "organisms").mkdir(parents=True, exist_ok=True)
+    work = Path(args.work)
+    by_id, against = card_items(run, args.data)
+    records = {f.stem: json.loads(f.read_text()) for f in sorted((card / "organisms").glob("*.json"))}
+    names = [n for n in records if args.only is None or n in args.only]
+    if args.only:
+        missing = sorted(set(args.only) - set(records))
+        if missing:
+            raise InputError(f"{card}: no organisms {missing}")
+    parent_dir = Path(args.model or run["parent"])
+    lm = load_model(str(parent_dir))
+    t0 = time.perf_counter()
+
+    def items_of(name: str) -> list[str]:
+        r = records[name]
+        if r["family"] == "null-gate":
+            twin = records.get(name.replace("null-gate", "override"), {})
+            return list(twin.get("studied", []))
+        return list(r.get("studied", []))
+
+    todo = [n for n in names if not (out / "organisms" / f"{n}.json").is_file()]
+    reading, read_seed = None, None
+    for name in sorted(todo, key=lambda n: records[n]["seed"]):
+        r = records[name]
+        spec_stored = r["spec"]
+        studied = items_of(name)
+        result = {"name": name, "family": r["family"], "layer": r["layer"], "seed": r["seed"],
+                  "strength": r["strength"], "component": r.get("component", "mlp"), "unit": spec_stored["unit"],
+                  "n_studied": len(studied)}
+        if len(studied) < args.min_items:
+            result["scored"] = False
+            atomic_write_json(out / "organisms" / f"{name}.json", result)
+            print(f"{name}: {len(studied)} studied items, not scored", flush=True)
+            continue
+        started = time.perf_counter()
+        if read_seed != r["seed"]:
+            cal = spec_stored["calibration"]
+            calib = [by_id[i] for i in cal["item_ids"]]
+            target = cal["target_option"]
+            layers = sorted({records[n]["layer"] for n in todo if records[n]["seed"] == r["seed"]})
+            heads = any(records[n].get("component") == "attn-head" for n in todo if records[n]["seed"] == r["seed"])
+            reading = read_parent(lm, calib, layers, target=target, heads=heads)
+            read_seed = r["seed"]
+        spec = edit_from_reading(reading, r["layer"], kind=r["kind"], strength=r["strength"], seed=r["seed"],
+                                 component=r.get("component", "mlp"),
+                                 head=spec_stored["unit"] if r.get("component") == "attn-head" else None)
+        if spec.unit != spec_stored["unit"] or not np.isclose(spec.write_scale, spec_stored["write_scale"], rtol=1e-6):
+            raise RuntimeError(f"{name}: the rebuilt edit (unit {spec.unit}, write scale {spec.write_scale}) is not the "
+                               f"stored one (unit {spec_stored['unit']}, {spec_stored['write_scale']}); nothing written")
+        child_dir = work / name
+        build_edited_organism(parent_dir, child_dir, spec)
+        child = load_model(str(child_dir))
+        rng = np.random.default_rng([r["seed"], r["layer"], 23])
+        chosen = sorted(studied[k] for k in rng.permutation(len(studied))[:args.max_items])
+        items = [by_id[i] for i in chosen]
+        found = localise_by_patching(lm, child, items, targets_of(items, against))
+        shutil.rmtree(child_dir, ignore_errors=True)
+        planted_head = spec_stored["unit"] if result["component"] == "attn-head" else None
+        result.update({"scored": True, "items": chosen, **found,
+                       "component_hit": component_hit(found, "mlp" if result["component"] == "mlp" else "attn-head",
+                                                      planted_head),
+                       "seconds_total": round(time.perf_counter() - started, 1)})
+        atomic_write_json(out / "organisms" / f"{name}.json", result)
+        print(f"{name}: recovered block {found['recovered_block']} (planted {r['layer']}), component "
+              f"{found.get('recovered_component')}{'' if found.get('recovered_head') is None else found['recovered_head']}"
+              f" [{result['seconds_total']:.0f} s]", flush=True)
+
+    write_card(out, names, run, against)
+    atomic_write_json(out / "run.json", {"card": str(card), "parent": str(parent_dir), "max_items": args.max_items,
+                                         "min_items": args.min_items, "organisms": names,
+                                         "wall_seconds_last_invocation": round(time.perf_counter() - t0, 1)})
+    return 0
+
+
+def write_card(out: Path, names: list[str], run: dict, against: bool) -> None:
+    """The table of every organism (scored or not), the shift tests corrected across them, and the card's summary."""
+    rows = []
+    for name in names:
+        f = out / "organisms" / f"{name}.json"
+        if not f.is_file():
+            continue
+        r = json.loads(f.read_text())
+        rec = r.get("recovered_block")
+        rows.append({"name": name, "family": r["family"], "layer": r["layer"], "seed": r["seed"],
+                     "strength": r["strength"], "n_studied": r["n_studied"], "scored": r["scored"],
+                     "n_items": r.get("n_items"), "shift_mean": r.get("shift_mean"), "shift_low": r.get("shift_low"),
+                     "shift_high": r.get("shift_high"), "shift_p": r.get("shift_p"), "shift_sum": r.get("shift_sum"),
+                     "identical_everywhere": r.get("identical_everywhere"), "recovered_block": rec,
+                     "error": None if rec is None else abs(rec - r["layer"]),
+                     "recovered_component": r.get("recovered_component"), "recovered_head": r.get("recovered_head"),
+                     "component_hit": r.get("component_hit"), "seconds": r.get("seconds")})
+    frame = pd.DataFrame(rows)
+    scored = frame[frame["scored"] & frame["shift_p"].notna()] if len(frame) else frame
+    frame["shift_q"] = np.nan
+    if len(scored):
+        frame.loc[scored.index, "shift_q"] = false_discovery_control(scored["shift_p"].to_numpy(float), method="bh")
+    frame.to_csv(out / "cross-model.csv", index=False)
+    parent = "the sincere-balanced organism (against its stance)" if against else "the base model (canonical option 1)"
+    lines = [f"# Cross-model patching on the edited organisms of {parent}", "",
+             "Rules: `../../cross-model-rules.md` (committed before the run). Each organism patched into its parent; "
+             "the recovered block is the first whose residual restores at least half of the organism's deed shift "
+             "(per-token mean), the recovered component the site restoring most at that block.", "",
+             "| organism | planted | items | shift (mean) [95% CI], q | recovered block | error | component | hit |",
+             "|---|---|---|---|---|---|---|---|"]
+    for _, r in frame.iterrows():
+        if not r["scored"]:
+            lines.append(f"| {r['name']} | L{r['layer']} | {r['n_studied']} studied | not scored (< min items) | | | | |")
+            continue
+        comp = "" if r["recovered_component"] is None or pd.isna(r["recovered_component"]) else str(r["recovered_component"])
+        if comp and not pd.isna(r["recovered_head"]) and comp != "mlp":
+            comp += f" (head {int(r['recovered_head'])} first)"
+        rec = "none" if pd.isna(r["recovered_block"]) else f"L{int(r['recovered_block'])}"
+        err = "" if pd.isna(r["error"]) else str(int(r["error"]))
+        hit = "" if r["component_hit"] is None or pd.isna(r["component_hit"]) else ("yes" if r["component_hit"] else "no")
+        ident = " (identical to parent)" if r["identical_everywhere"] else ""
+        lines.append(f"| {r['name']} | L{r['layer']} | {int(r['n_items'])} | {r['shift_mean']:.3f} "
+                     f"[{r['shift_low']:.3f}, {r['shift_high']:.3f}], q = {r['shift_q']:.3g}{ident} | {rec} | {err} | "
+                     f"{comp} | {hit} |")
+    plants = frame[frame["scored"] & frame["family"].isin(["override", "head-override", "strength"])]
+    nulls = frame[frame["scored"] & (frame["family"] == "null-gate")]
+    exact = int((plants["error"] == 0).sum()) if len(plants) else 0
+    hits = int((plants["component_hit"] == True).sum()) if len(plants) else 0  # noqa: E712
+    lines += ["", f"**Plants scored: {len(plants)}; recovered at the planted block: {exact}; planted component first: "
+              f"{hits}. Null-gate organisms scored: {len(nulls)}, identical to the parent at every site: "
+              f"{int(nulls['identical_everywhere'].sum()) if len(nulls) else 0}.** "
+              f"Not scored (fewer studied items than the minimum): {int((~frame['scored']).sum()) if len(frame) else 0}."]
+    atomic_write_text(out / "card.md", "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

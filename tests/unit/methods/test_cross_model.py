@@ -1,0 +1,159 @@
+"""Cross-model patching: exact on planted differences (a variant that differs from its reference in one block's MLP,
+or in one attention head), skipped where nothing differs, the position classes, and bad input."""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from wdprobe.core.model import load_model
+from wdprobe.errors import InterventionError
+from wdprobe.methods.cross_model import (
+    Site,
+    choice_margins,
+    cross_model_patch,
+    option_sequences,
+    restored_share,
+    sites_for,
+)
+
+PROMPTS = ["Should schools teach music ? Answer:", "Is it right to lie to a friend ? Answer:",
+           "What is your view on city parks ? Answer:"]
+OPTIONS = [["No , honesty matters .", "A B"], ["music", "parks and roads"], ["Yes", "No , honesty"]]
+
+
+def _variant(src, dst, tensor: str, rows: slice | tuple | None = None, seed: int = 1):
+    """A copy of the model at ``src`` with ``tensor`` (or the part ``rows`` indexes) redrawn: a planted difference."""
+    shutil.copytree(src, dst)
+    weights = load_file(str(dst / "model.safetensors"))
+    g = torch.Generator().manual_seed(seed)
+    w = weights[tensor]
+    part = w if rows is None else w[rows]
+    part.copy_(torch.randn(part.shape, generator=g) * 0.5)
+    save_file(weights, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return load_model(str(dst))
+
+
+@pytest.fixture(scope="module")
+def three_blocks(tmp_path_factory):
+    from tiny import build_tiny_model_dir
+
+    root = tmp_path_factory.mktemp("xmodel")
+    ref_dir = build_tiny_model_dir(root / "ref", n_layers=3, initializer_range=0.3)
+    ref = load_model(str(ref_dir))
+    mlp1 = _variant(ref_dir, root / "mlp1", "model.layers.1.mlp.down_proj.weight")
+    head0 = _variant(ref_dir, root / "head0", "model.layers.2.self_attn.q_proj.weight", rows=slice(0, 32))
+    return ref, mlp1, head0
+
+
+@pytest.fixture(scope="module")
+def head_write(three_blocks, tmp_path_factory):
+    """The reference with head 1's columns of block 2's output projection redrawn: the head *writes* differently."""
+    ref = three_blocks[0]
+    return _variant(type(tmp_path_factory.getbasetemp())(ref.path), tmp_path_factory.mktemp("hw") / "m",
+                    "model.layers.2.self_attn.o_proj.weight", rows=(slice(None), slice(32, 64)))
+
+
+def _sequences(lm):
+    return option_sequences(lm, PROMPTS, OPTIONS)
+
+
+def test_continuation_logprob_equals_a_plain_forward_of_each_sequence_alone(three_blocks):
+    ref, mlp1, _ = three_blocks
+    seqs, starts = _sequences(ref)
+    res = cross_model_patch(ref, mlp1, seqs, starts, [Site("resid", 0)], batch_size=4)
+    for i, (s, st) in enumerate(zip(seqs, starts)):
+        for lm, got in ((ref, res.target_clean[i]), (mlp1, res.source_clean[i])):
+            with torch.no_grad():
+                logits = lm.hf_model(torch.tensor([s])).logits[0].float()
+            lp = torch.log_softmax(logits, -1)
+            want = sum(float(lp[p - 1, s[p]]) for p in range(st, len(s)))
+            assert got == pytest.approx(want, abs=1e-4)
+    assert res.n_tokens.tolist() == [len(s) - st for s, st in zip(seqs, starts)]
+
+
+def test_an_mlp_plant_is_found_exactly_where_it_was_written(three_blocks):
+    ref, mlp1, _ = three_blocks
+    seqs, starts = _sequences(ref)
+    sites = sites_for(ref, ("resid", "attn", "mlp", "head"))
+    res = cross_model_patch(ref, mlp1, seqs, starts, sites, batch_size=3)
+    by = {s.label: k for k, s in enumerate(res.sites)}
+    assert not np.allclose(res.source_clean, res.target_clean)
+    # nothing upstream of the plant, nor block 1's attention, differs: skipped and equal to the clean reading
+    for label in ("L0.resid", "L0.attn", "L0.mlp", "L0.head0", "L0.head1", "L1.attn", "L1.head0", "L1.head1"):
+        assert res.identical[by[label]], label
+        np.testing.assert_array_equal(res.patched[by[label]], res.target_clean)
+    # the residual after the planted block, and the planted MLP alone, carry all of it
+    for label in ("L1.resid", "L1.mlp", "L2.resid"):
+        assert not res.identical[by[label]]
+        np.testing.assert_allclose(res.patched[by[label]], res.source_clean, atol=1e-4)
+    share, moved, shift = restored_share(res, "mean")
+    assert share[by["L1.mlp"]] == pytest.approx(1.0, abs=1e-3) and share[by["L0.resid"]] == 0.0
+    assert moved.shape == (len(sites), len(PROMPTS)) and shift.shape == (len(PROMPTS),)
+
+
+def test_a_head_plant_is_found_in_its_head_and_positions_split_as_documented(three_blocks):
+    ref, _, head0 = three_blocks
+    seqs, starts = _sequences(ref)
+    sites = [Site("head", 2, 0), Site("head", 2, 1), Site("attn", 2), Site("mlp", 1)]
+    full = cross_model_patch(ref, head0, seqs, starts, sites)
+    assert full.identical.tolist() == [False, True, False, True]
+    np.testing.assert_allclose(full.patched[0], full.source_clean, atol=1e-4)
+    np.testing.assert_allclose(full.patched[2], full.source_clean, atol=1e-4)
+    # at the last block, only the decision point and the continuation feed the continuation's reading
+    cont = cross_model_patch(ref, head0, seqs, starts, sites[:1], positions="continuation")
+    np.testing.assert_allclose(cont.patched[0], cont.source_clean, atol=1e-4)
+    prompt = cross_model_patch(ref, head0, seqs, starts, sites[:1], positions="prompt")
+    np.testing.assert_allclose(prompt.patched[0], prompt.target_clean, atol=1e-5)
+
+
+def test_a_change_of_one_heads_output_weights_is_found_in_that_head(three_blocks, head_write):
+    ref = three_blocks[0]
+    seqs, starts = _sequences(ref)
+    res = cross_model_patch(ref, head_write, seqs, starts, [Site("head", 2, 0), Site("head", 2, 1)])
+    assert res.identical.tolist() == [True, False]
+    np.testing.assert_allclose(res.patched[1], res.source_clean, atol=1e-4)
+    assert not ref.bridge.cfg.use_attn_result  # per-head results were computed for the call only
+
+
+def test_back_and_forth_patching_mirror_each_other_at_the_planted_site(three_blocks):
+    ref, mlp1, _ = three_blocks
+    seqs, starts = _sequences(ref)
+    into_ref = cross_model_patch(ref, mlp1, seqs, starts, [Site("mlp", 1)])
+    into_var = cross_model_patch(mlp1, ref, seqs, starts, [Site("mlp", 1)])
+    np.testing.assert_allclose(into_var.patched[0], into_ref.target_clean, atol=1e-4)
+    np.testing.assert_allclose(into_ref.target_clean, into_var.source_clean)
+
+
+def test_choice_margins_by_hand():
+    lp = np.array([-2.0, -6.0, -3.0, -1.0])
+    n = np.array([1, 3, 2, 1])
+    np.testing.assert_allclose(choice_margins(lp, n, "sum"), [4.0, -2.0])
+    np.testing.assert_allclose(choice_margins(lp, n, "mean"), [0.0, -0.5])
+    with pytest.raises(InterventionError, match="two options"):
+        choice_margins(lp[:3], n[:3], "sum")
+
+
+def test_bad_input_is_refused_with_the_culprit(three_blocks, tiny_lm):
+    ref, mlp1, _ = three_blocks
+    seqs, starts = _sequences(ref)
+    with pytest.raises(InterventionError, match="unknown site kind 'neuron'"):
+        Site("neuron", 1)
+    with pytest.raises(InterventionError, match="name the unit"):
+        Site("head", 1)
+    with pytest.raises(InterventionError, match="out of range"):
+        sites_for(ref, ("resid",), layers=[3])
+    with pytest.raises(InterventionError, match="positions 'middle'"):
+        cross_model_patch(ref, mlp1, seqs, starts, [Site("resid", 1)], positions="middle")
+    with pytest.raises(InterventionError, match="sequence 0: continuation start"):
+        cross_model_patch(ref, mlp1, seqs, [len(seqs[0])] + starts[1:], [Site("resid", 1)])
+    with pytest.raises(InterventionError, match="not the same architecture"):
+        cross_model_patch(ref, tiny_lm, seqs, starts, [Site("resid", 1)])
+
+
+def test_models_with_different_tokenizers_are_refused(three_blocks, pct_lm):
+    ref, _, _ = three_blocks
+    seqs, starts = _sequences(ref)
+    with pytest.raises(InterventionError, match="needs one tokenizer"):
+        cross_model_patch(ref, pct_lm, seqs, starts, [Site("resid", 1)])

@@ -1,0 +1,96 @@
+"""Where is an organism's behaviour written? Cross-model patching of the organism into its parent, under a rule fixed
+before any organism was read (``reports/organisms/edited/cross-model-rules.md``).
+
+The organism (variant) and its parent (reference) read the same cloze prompts and options; the variant's residual
+after block k, at every position, replaces the parent's, and the share of the variant's shift of the choice margin
+(toward the planted option) that the patch reproduces is read per block, by the per-token mean and by the sum. The
+recovered block is the first whose residual restores at least :data:`RESTORES_AT_LEAST` by the mean. At that block the
+attention contribution, the MLP contribution and each head's output are patched alone; the one restoring most is the
+recovered component. The analysis receives the two models and the items, never the planted block.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from wdprobe.data.prompts import cloze_prompt
+from wdprobe.data.wdct import Item
+from wdprobe.errors import InputError
+from wdprobe.methods.cross_model import cross_model_patch, option_sequences, restored_share, sites_for
+from wdprobe.scoring.stats import bootstrap_indices, paired_difference_test
+
+RESTORES_AT_LEAST = 0.5
+SCORINGS = ("mean", "sum")
+
+
+def _share_interval(moved: np.ndarray, shift: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile-bootstrap interval over items of each site's restored share (a ratio of sums)."""
+    idx = bootstrap_indices(shift.size, seed=seed)
+    den = shift[idx].sum(1)
+    num = moved[:, idx].sum(2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boots = num / den[None]
+    return np.nanpercentile(boots, 2.5, axis=1), np.nanpercentile(boots, 97.5, axis=1)
+
+
+def localise_by_patching(reference, variant, items: Sequence[Item], toward: Sequence[int], *, form: str = "deed",
+                         components: bool = True, batch_size: int = 16,
+                         progress: Callable[[str], None] | None = None) -> dict:
+    """The rule above on ``items`` (two options each; ``toward[i]``: the option the variant is expected to favour,
+    0 or 1). Returns the per-block table, the recovered block and component, the variant's shift with its test, and
+    the time taken."""
+    if not items:
+        raise InputError("no items to localise on")
+    if len(toward) != len(items) or any(t not in (0, 1) for t in toward):
+        raise InputError("toward needs one option (0 or 1) per item")
+    bad = [it.id for it in items if it.n_options != 2]
+    if bad:
+        raise InputError(f"items {bad[:3]}: cross-model localisation reads two-option items")
+    started = time.perf_counter()
+    seqs, starts = option_sequences(reference, [cloze_prompt(it, form) for it in items], [it.options(form) for it in items])
+    sign = np.where(np.asarray(toward) == 0, 1.0, -1.0)  # margins are option 0 minus option 1
+    resid = cross_model_patch(reference, variant, seqs, starts, sites_for(reference, ("resid",)), batch_size=batch_size)
+    blocks, shares = [], {}
+    for scoring in SCORINGS:
+        share, moved, shift = restored_share(resid, scoring, toward=sign)
+        low, high = _share_interval(moved, shift)
+        shares[scoring] = (share, low, high, shift)
+    for k, site in enumerate(resid.sites):
+        blocks.append({"block": site.layer, "identical": bool(resid.identical[k]),
+                       **{f"restored_{s}": float(shares[s][0][k]) for s in SCORINGS},
+                       **{f"low_{s}": float(shares[s][1][k]) for s in SCORINGS},
+                       **{f"high_{s}": float(shares[s][2][k]) for s in SCORINGS}})
+    if progress:
+        progress(f"residual sweep done ({time.perf_counter() - started:.0f} s)")
+    recovered = next((b["block"] for b in blocks if b["restored_mean"] >= RESTORES_AT_LEAST), None)
+    shift_mean = shares["mean"][3]
+    test = paired_difference_test(shift_mean)
+    out = {"n_items": len(items), "form": form, "blocks": blocks, "recovered_block": recovered,
+           "shift_mean": float(shift_mean.mean()), "shift_low": test.low, "shift_high": test.high, "shift_p": test.p_value,
+           "shift_sum": float(shares["sum"][3].mean()), "identical_everywhere": bool(resid.identical.all())}
+    if components and recovered is not None:
+        sites = sites_for(reference, ("attn", "mlp", "head"), [recovered])
+        comp = cross_model_patch(reference, variant, seqs, starts, sites, batch_size=batch_size)
+        share_mean = restored_share(comp, "mean", toward=sign)[0]
+        share_sum = restored_share(comp, "sum", toward=sign)[0]
+        out["components"] = [{"site": s.label, "kind": s.kind, "unit": s.unit, "identical": bool(comp.identical[k]),
+                              "restored_mean": float(share_mean[k]), "restored_sum": float(share_sum[k])}
+                             for k, s in enumerate(comp.sites)]
+        best = max(out["components"], key=lambda c: c["restored_mean"])
+        heads = [c for c in out["components"] if c["kind"] == "head"]
+        out["recovered_component"] = best["kind"]
+        out["recovered_head"] = max(heads, key=lambda c: c["restored_mean"])["unit"] if heads else None
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    return out
+
+
+def component_hit(result: dict, planted_component: str, planted_head: int | None) -> bool | None:
+    """Did the recovered component name the planted one? An MLP plant needs ``mlp``; a head plant needs the attention
+    contribution (or one head) first and the planted head first among the heads. None when nothing was recovered."""
+    if result.get("recovered_component") is None:
+        return None
+    if planted_component == "mlp":
+        return result["recovered_component"] == "mlp"
+    return result["recovered_component"] in ("attn", "head") and result.get("recovered_head") == planted_head
