@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                                                       planted_head),
                        "seconds_total": round(time.perf_counter() - started, 1)})
         atomic_write_json(out / "organisms" / f"{name}.json", result)
-        print(f"{name}: recovered block {found['recovered_block']} (planted {r['layer']}), component "
+        print(f"{name}: shift p {found['shift_p']:.3g}, recovered block {found['recovered_block']} (planted {r['layer']}), component "
               f"{found.get('recovered_component')}{'' if found.get('recovered_head') is None else found['recovered_head']}"
               f" [{result['seconds_total']:.0f} s]", flush=True)
 
@@ -162,17 +162,18 @@ def write_card(out: Path, names: list[str], run: dict, against: bool) -> None:
     frame["shift_q"] = np.nan
     if len(scored):
         frame.loc[scored.index, "shift_q"] = false_discovery_control(scored["shift_p"].to_numpy(float), method="bh")
+    frame["detected"] = frame["scored"] & (frame["shift_q"] < 0.05) & frame["recovered_block"].notna()
     frame.to_csv(out / "cross-model.csv", index=False)
     parent = "the sincere-balanced organism (against its stance)" if against else "the base model (canonical option 1)"
     lines = [f"# Cross-model patching on the edited organisms of {parent}", "",
              "Rules: `../../cross-model-rules.md` (committed before the run). Each organism patched into its parent; "
              "the recovered block is the first whose residual restores at least half of the organism's deed shift "
              "(per-token mean), the recovered component the site restoring most at that block.", "",
-             "| organism | planted | items | shift (mean) [95% CI], q | recovered block | error | component | hit |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| organism | planted | items | shift (mean) [95% CI], q | detected | recovered block | error | component | hit |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for _, r in frame.iterrows():
         if not r["scored"]:
-            lines.append(f"| {r['name']} | L{r['layer']} | {r['n_studied']} studied | not scored (< min items) | | | | |")
+            lines.append(f"| {r['name']} | L{r['layer']} | {r['n_studied']} studied | not scored (< min items) | | | | | |")
             continue
         comp = "" if r["recovered_component"] is None or pd.isna(r["recovered_component"]) else str(r["recovered_component"])
         if comp and not pd.isna(r["recovered_head"]) and comp != "mlp":
@@ -182,16 +183,19 @@ def write_card(out: Path, names: list[str], run: dict, against: bool) -> None:
         hit = "" if r["component_hit"] is None or pd.isna(r["component_hit"]) else ("yes" if r["component_hit"] else "no")
         ident = " (identical to parent)" if r["identical_everywhere"] else ""
         lines.append(f"| {r['name']} | L{r['layer']} | {int(r['n_items'])} | {r['shift_mean']:.3f} "
-                     f"[{r['shift_low']:.3f}, {r['shift_high']:.3f}], q = {r['shift_q']:.3g}{ident} | {rec} | {err} | "
+                     f"[{r['shift_low']:.3f}, {r['shift_high']:.3f}], q = {r['shift_q']:.3g}{ident} | "
+                     f"{'yes' if r['detected'] else 'no'} | {rec} | {err} | "
                      f"{comp} | {hit} |")
     plants = frame[frame["scored"] & frame["family"].isin(["override", "head-override", "strength"])]
+    found = plants[plants["detected"]]
     nulls = frame[frame["scored"] & (frame["family"] == "null-gate")]
-    exact = int((plants["error"] == 0).sum()) if len(plants) else 0
-    hits = int((plants["component_hit"] == True).sum()) if len(plants) else 0  # noqa: E712
-    lines += ["", f"**Plants scored: {len(plants)}; recovered at the planted block: {exact}; planted component first: "
-              f"{hits}. Null-gate organisms scored: {len(nulls)}, identical to the parent at every site: "
-              f"{int(nulls['identical_everywhere'].sum()) if len(nulls) else 0}.** "
-              f"Not scored (fewer studied items than the minimum): {int((~frame['scored']).sum()) if len(frame) else 0}."]
+    exact = int((found["error"] == 0).sum())
+    hits = int((found["component_hit"] == True).sum())  # noqa: E712
+    lines += ["", f"**Plants scored: {len(plants)}; detected: {len(found)}; of those recovered at the planted block: "
+              f"{exact}, planted component first: {hits}. Null-gate organisms scored: {len(nulls)}, detected: "
+              f"{int(nulls['detected'].sum())}.** Not scored (fewer studied items than the minimum): "
+              f"{int((~frame['scored']).sum())}. Detected: the organism's deed shift differs from zero (sign-flip "
+              "test, q < 0.05 by Benjamini-Hochberg across the scored organisms) and some block restores at least half."]
     atomic_write_text(out / "card.md", "\n".join(lines) + "\n")
 
 

@@ -4,7 +4,8 @@ before any organism was read (``reports/organisms/edited/cross-model-rules.md``)
 The organism (variant) and its parent (reference) read the same cloze prompts and options; the variant's residual
 after block k, at every position, replaces the parent's, and the share of the variant's shift of the choice margin
 (toward the planted option) that the patch reproduces is read per block, by the per-token mean and by the sum. The
-recovered block is the first whose residual restores at least :data:`RESTORES_AT_LEAST` by the mean. At that block the
+recovered block is the first whose residual restores at least :data:`RESTORES_AT_LEAST` by the mean (blocks are read in
+ascending groups and the sweep stops after the group that holds it). At that block the
 attention contribution, the MLP contribution and each head's output are patched alone; the one restoring most is the
 recovered component. The analysis receives the two models and the items, never the planted block.
 """
@@ -22,6 +23,7 @@ from wdprobe.methods.cross_model import cross_model_patch, option_sequences, res
 from wdprobe.scoring.stats import bootstrap_indices, paired_difference_test
 
 RESTORES_AT_LEAST = 0.5
+SWEEP_GROUP = 4  # residual sites per patching call while looking for the first block that restores enough
 SCORINGS = ("mean", "sum")
 
 
@@ -51,25 +53,35 @@ def localise_by_patching(reference, variant, items: Sequence[Item], toward: Sequ
     started = time.perf_counter()
     seqs, starts = option_sequences(reference, [cloze_prompt(it, form) for it in items], [it.options(form) for it in items])
     sign = np.where(np.asarray(toward) == 0, 1.0, -1.0)  # margins are option 0 minus option 1
-    resid = cross_model_patch(reference, variant, seqs, starts, sites_for(reference, ("resid",)), batch_size=batch_size)
-    blocks, shares = [], {}
-    for scoring in SCORINGS:
-        share, moved, shift = restored_share(resid, scoring, toward=sign)
-        low, high = _share_interval(moved, shift)
-        shares[scoring] = (share, low, high, shift)
-    for k, site in enumerate(resid.sites):
-        blocks.append({"block": site.layer, "identical": bool(resid.identical[k]),
-                       **{f"restored_{s}": float(shares[s][0][k]) for s in SCORINGS},
-                       **{f"low_{s}": float(shares[s][1][k]) for s in SCORINGS},
-                       **{f"high_{s}": float(shares[s][2][k]) for s in SCORINGS}})
+    blocks: list[dict] = []
+    shift_of: dict[str, np.ndarray] = {}
+    identical = []
+    for lo in range(0, reference.n_layers, SWEEP_GROUP):  # ascending groups; stop once a block restores enough
+        group = sites_for(reference, ("resid",), range(lo, min(lo + SWEEP_GROUP, reference.n_layers)))
+        resid = cross_model_patch(reference, variant, seqs, starts, group, batch_size=batch_size)
+        identical.extend(resid.identical.tolist())
+        shares = {}
+        for scoring in SCORINGS:
+            share, moved, shift = restored_share(resid, scoring, toward=sign)
+            low, high = _share_interval(moved, shift)
+            shares[scoring] = (share, low, high)
+            shift_of[scoring] = shift
+        for k, site in enumerate(resid.sites):
+            blocks.append({"block": site.layer, "identical": bool(resid.identical[k]),
+                           **{f"restored_{s}": float(shares[s][0][k]) for s in SCORINGS},
+                           **{f"low_{s}": float(shares[s][1][k]) for s in SCORINGS},
+                           **{f"high_{s}": float(shares[s][2][k]) for s in SCORINGS}})
+        if any(b["restored_mean"] >= RESTORES_AT_LEAST for b in blocks):
+            break
     if progress:
         progress(f"residual sweep done ({time.perf_counter() - started:.0f} s)")
     recovered = next((b["block"] for b in blocks if b["restored_mean"] >= RESTORES_AT_LEAST), None)
-    shift_mean = shares["mean"][3]
+    shift_mean = shift_of["mean"]
     test = paired_difference_test(shift_mean)
     out = {"n_items": len(items), "form": form, "blocks": blocks, "recovered_block": recovered,
            "shift_mean": float(shift_mean.mean()), "shift_low": test.low, "shift_high": test.high, "shift_p": test.p_value,
-           "shift_sum": float(shares["sum"][3].mean()), "identical_everywhere": bool(resid.identical.all())}
+           "shift_sum": float(shift_of["sum"].mean()),
+           "identical_everywhere": bool(all(identical)) and len(blocks) == reference.n_layers}
     if components and recovered is not None:
         sites = sites_for(reference, ("attn", "mlp", "head"), [recovered])
         comp = cross_model_patch(reference, variant, seqs, starts, sites, batch_size=batch_size)

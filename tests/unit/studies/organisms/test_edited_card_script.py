@@ -82,8 +82,9 @@ def test_cross_model_patching_finds_every_tiny_plant_at_its_block_and_component(
         assert row["recovered_block"] == row["layer"] and row["component_hit"], name
     assert table.loc["head-override-L2-s0", "recovered_component"] in ("attn", "head")
     assert table.loc["override-L1-s0", "recovered_component"] == "mlp"
+    # a null gate still replaces one unit (its own contribution is gone): a weight change, found where it was made
     null = table.loc["null-gate-L2-s0"]
-    assert null["identical_everywhere"] and pd.isna(null["recovered_block"])
+    assert not null["identical_everywhere"] and (pd.isna(null["recovered_block"]) or null["recovered_block"] == 2)
     assert "recovered at the planted block" in (card / "cross-model" / "card.md").read_text()
     # a stored specification the rebuild does not reproduce is refused, and nothing is written for it
     f = card / "organisms" / "override-L1-s0.json"
