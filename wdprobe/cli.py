@@ -56,7 +56,9 @@ from wdprobe.stages.steering import run_steering
 from wdprobe.studies.align.finetune import TrainSettings
 from wdprobe.studies.align.report import write_alignment_report
 from wdprobe.studies.align.stages import AlignConfig, run_align
+from wdprobe.studies.crossmodel.study import cross_model_study
 from wdprobe.studies.organisms.build import DEFAULT_TRAINING, build_organism, organism_manifest
+from wdprobe.studies.organisms.data import sincere_organism_items
 from wdprobe.studies.organisms.edit import EDIT_KINDS, build_edited_organism, calibrate_edit
 from wdprobe.studies.organisms.recipes import KINDS
 from wdprobe.studies.pct.stages import PCTConfig
@@ -523,6 +525,60 @@ def cmd_organism_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cross_patch(args: argparse.Namespace) -> int:
+    """`wdprobe cross-patch`: patch a variant into its reference at every site; where its choices were changed."""
+    if args.organism_items:
+        items = sincere_organism_items(args.organism_items, 0, 10 ** 9)[1]
+    else:
+        items = [i for i in read_items(resolve_wdct_path(args.data)) if i.n_options == 2]
+        items = [items[k] for k in np.random.default_rng(args.seed).permutation(len(items))]
+    if args.toward != "own":
+        items = [i for i in items if i.correct is not None]
+    items = items[:args.sample] if args.sample else items
+    if not items:
+        raise InputError("no two-option items to read" + (" with a correct option (--toward)" if args.toward != "own" else ""))
+    toward = None if args.toward == "own" else [i.correct if args.toward == "correct" else 1 - i.correct for i in items]
+    variant_name = Path(args.variant).name
+    out = args.out or f"runs/cross-{variant_name}"
+    readme = cross_model_study(out, args.reference, args.variant, items, forms=args.forms, kinds=args.sites,
+                               positions=args.positions, toward=toward, batch_size=args.batch_size, dtype=args.dtype,
+                               device=args.device, png=not args.no_png, log=(lambda m: None) if args.quiet else print)
+    print(readme.read_text())
+    print(f"results in {out} (README.md, sites.csv, summary.json, index.html)")
+    return 0
+
+
+def _add_cross_patch_parser(sub) -> None:
+    p = sub.add_parser("cross-patch", help="cross-model patching: a variant (organism, aligned or fine-tuned checkpoint) "
+                                           "patched into its reference at every block, attention, MLP and head; where "
+                                           "its choices were changed")
+    p.add_argument("--reference", default=DEFAULT_MODEL, help="the reference model (default: the embedded Gemma-3-270M)")
+    p.add_argument("--variant", required=True, help="the variant: a local model directory or Hugging Face id with the "
+                                                     "reference's tokenizer and architecture")
+    p.add_argument("--data", default=None, help="items (WDCT.csv or your own, two options each); else $WDPROBE_WDCT, "
+                                                "else the pinned WDCT download")
+    p.add_argument("--organism-items", default=None, help="read a trained organism's held-out items (its items.jsonl "
+                                                          "and split.csv) instead of --data")
+    p.add_argument("--sample", type=int, default=24, help="items read (0: all), in a seeded order")
+    p.add_argument("--seed", type=int, default=0, help="the seed of that order")
+    p.add_argument("--forms", nargs="+", default=["word", "deed"], choices=["word", "deed"], help="prompt forms read")
+    p.add_argument("--sites", nargs="+", default=["resid", "attn", "mlp", "head"], help="site kinds patched: "
+                   "resid (after each block), attn, mlp (each block's contribution), head (each head's write)")
+    p.add_argument("--positions", default="all", choices=["all", "prompt", "continuation"],
+                   help="where the variant's activation goes: every token, the prompt before the decision point, or "
+                        "the decision point and the option's tokens")
+    p.add_argument("--toward", default="own", choices=["own", "correct", "incorrect"],
+                   help="the direction a change is counted in: each item's own change (default), or toward its correct "
+                        "or incorrect option (items without one are left out)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (at least 1)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights' dtype")
+    p.add_argument("--device", default=None, help="torch device (default: where the model loads, CPU here)")
+    p.add_argument("--out", default=None, help="results folder (default runs/cross-<variant>); rerunning resumes")
+    p.add_argument("--no-png", action="store_true", help="write no static PNG beside the HTML page")
+    p.add_argument("--quiet", action="store_true", help="print only the README at the end")
+    p.set_defaults(func=cmd_cross_patch)
+
+
 def _add_organism_parsers(sub) -> None:
     org = sub.add_parser("organism", help="model organisms: copies of a model trained to a planted word-deed relation")
     osub = org.add_subparsers(dest="organism_command", required=True)
@@ -750,6 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pct_parser(sub)
     _add_align_parsers(sub)
     _add_organism_parsers(sub)
+    _add_cross_patch_parser(sub)
 
     p = sub.add_parser("convert-model", help="convert the embedded Gemma-3-270M GGUF into the cache (done on first use anyway)")
     p.set_defaults(func=cmd_convert)

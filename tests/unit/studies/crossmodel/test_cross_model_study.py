@@ -1,0 +1,67 @@
+"""`wdprobe cross-patch` on a tiny model and a variant whose block-1 MLP was redrawn: the per-site table finds the
+plant exactly, q-values span every site and form, the page and README are written, reruns resume and other settings
+are refused."""
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from tiny import build_tiny_model_dir, write_wdct_csv
+
+from wdprobe.cli import main
+from wdprobe.errors import InputError
+from wdprobe.studies.crossmodel.study import first_block_restoring
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("xstudy")
+    ref = build_tiny_model_dir(root / "ref", n_layers=3, initializer_range=0.3)
+    var = root / "variant"
+    shutil.copytree(ref, var)
+    weights = load_file(str(var / "model.safetensors"))
+    w = weights["model.layers.1.mlp.down_proj.weight"]
+    w.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(4)) * 0.5)
+    save_file(weights, str(var / "model.safetensors"), metadata={"format": "pt"})
+    return root, ref, var, write_wdct_csv(root / "items.csv")
+
+
+def test_cross_patch_finds_a_redrawn_mlp_and_writes_its_reading(pair, capsys):
+    root, ref, var, data = pair
+    out = root / "out"
+    args = ["cross-patch", "--reference", str(ref), "--variant", str(var), "--data", str(data), "--sample", "0",
+            "--sites", "resid", "attn", "mlp", "head", "--out", str(out), "--no-png", "--quiet"]
+    assert main(args) == 0
+    table = pd.read_csv(out / "sites.csv")
+    assert set(table["form"]) == {"word", "deed"} and len(table) == 2 * 3 * (3 + 2)
+    for form in ("word", "deed"):
+        part = table[table["form"] == form].set_index("site")
+        assert part.loc[["L0.resid", "L0.attn", "L0.mlp", "L1.attn", "L1.head0", "L1.head1"], "identical"].all()
+        assert (part.loc[["L0.resid", "L1.attn"], "restored_mean"] == 0).all()
+        assert part.loc["L1.mlp", "restored_mean"] == pytest.approx(1.0, abs=1e-3)
+        assert part.loc["L1.mlp", "restored_sum"] == pytest.approx(1.0, abs=1e-3)
+        assert first_block_restoring(table, form) == 1
+    assert table["q_mean"].between(0, 1).all() and (table["q_mean"] >= table["p_mean"] - 1e-12).all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_items"] == 4 and summary["n_tests"] == 2 * len(table)
+    readme = (out / "README.md").read_text()
+    assert "## Findings" in readme and "**deed**" in readme and (out / "index.html").is_file()
+    # a rerun with the same settings resumes; other settings are refused, naming what differs
+    capsys.readouterr()
+    assert main(args[:-1]) == 0
+    assert "measured already" in capsys.readouterr().out
+    assert main(args[:-4] + ["--positions", "prompt", "--out", str(out), "--no-png", "--quiet"]) == 2
+    assert "positions differ" in capsys.readouterr().err
+
+
+def test_bad_settings_are_refused_before_any_model_loads(pair):
+    from wdprobe.studies.crossmodel.study import CrossModelSettings
+
+    with pytest.raises(InputError, match="site kinds"):
+        CrossModelSettings("a", "b", kinds=("neuron",))
+    with pytest.raises(InputError, match="batch size 0"):
+        CrossModelSettings("a", "b", batch_size=0)
+    with pytest.raises(InputError, match="2 target options for 1 items"):
+        CrossModelSettings("a", "b", item_ids=("x",), toward=(0, 1))

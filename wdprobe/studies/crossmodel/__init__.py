@@ -1,0 +1,1 @@
+"""Cross-model patching study: where a variant's behaviour differs from its reference's."""
