@@ -15,7 +15,7 @@ Everything goes through :mod:`wdprobe.interventions` (one hook mechanism).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -423,7 +423,7 @@ def exact_patching_one_by_one(lm, clean: str, counterfactual: str, hooks: Sequen
 
 
 @contextlib.contextmanager
-def _frozen(model):
+def frozen_parameters(model: torch.nn.Module) -> Iterator[None]:
     """Parameters stop requiring gradients for the duration (attribution needs activation gradients only)."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in flags:
@@ -464,7 +464,7 @@ def attribution_patching(lm, clean: Sequence[str], counterfactual: Sequence[str]
                 return x + delta.to(x.dtype)
             return hook
 
-        with _frozen(lm.hf_model), torch.enable_grad():
+        with frozen_parameters(lm.hf_model), torch.enable_grad():
             logits = lm.forward_last(enc["input_ids"], enc["attention_mask"], [(h, make(h)) for h in hooks]).float()
             lp = torch.log_softmax(logits, -1)[:, tok]
             lo = lp[:, 0] - lp[:, 1]

@@ -11,6 +11,8 @@ from wdprobe.core.model import load_model
 from wdprobe.errors import InterventionError
 from wdprobe.methods.cross_model import (
     Site,
+    attribute_cross_model,
+    attribution_agreement,
     choice_margins,
     cross_model_patch,
     option_sequences,
@@ -157,3 +159,47 @@ def test_models_with_different_tokenizers_are_refused(three_blocks, pct_lm):
     seqs, starts = _sequences(ref)
     with pytest.raises(InterventionError, match="needs one tokenizer"):
         cross_model_patch(ref, pct_lm, seqs, starts, [Site("resid", 1)])
+
+
+def _nudged(src, dst, tensor: str, eps: float):
+    """A copy of the model at ``src`` with ``tensor`` moved by ``eps`` times a random direction: a small change."""
+    shutil.copytree(src, dst)
+    weights = load_file(str(dst / "model.safetensors"))
+    w = weights[tensor]
+    w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(2)) * eps * w.abs().mean())
+    save_file(weights, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return load_model(str(dst))
+
+
+def test_attribution_is_exact_to_first_order_and_zero_where_nothing_differs(three_blocks, tmp_path):
+    ref = three_blocks[0]
+    small = _nudged(type(tmp_path)(ref.path), tmp_path / "small", "model.layers.1.mlp.down_proj.weight", 1e-2)
+    seqs, starts = _sequences(ref)
+    sites = sites_for(ref, ("resid", "attn", "mlp", "head"))
+    exact = cross_model_patch(ref, small, seqs, starts, sites)
+    approx = attribute_cross_model(ref, small, seqs, starts, sites, batch_size=2)
+    np.testing.assert_allclose(approx.target_clean, exact.target_clean, atol=1e-4)
+    np.testing.assert_allclose(approx.source_clean, exact.source_clean, atol=1e-4)
+    assert approx.identical.tolist() == exact.identical.tolist()
+    d_exact = exact.patched - exact.target_clean
+    d_est = approx.patched - approx.target_clean
+    assert np.abs(d_exact).max() > 1e-5  # the nudge is visible
+    # first order: the error is a small share of each site's largest effect (second-order terms, and float32 noise)
+    scale = np.abs(d_exact).max(axis=1, keepdims=True)
+    assert (np.abs(d_est - d_exact) <= 0.05 * scale + 1e-6).all()
+    np.testing.assert_array_equal(d_est[approx.identical], 0.0)
+
+
+def test_attribution_ranks_a_large_plant_first_and_agreement_is_measured(three_blocks):
+    ref, mlp1, _ = three_blocks
+    seqs, starts = _sequences(ref)
+    sites = sites_for(ref, ("attn", "mlp", "head"))
+    exact = restored_share(cross_model_patch(ref, mlp1, seqs, starts, sites), "sum")[0]
+    approx = restored_share(attribute_cross_model(ref, mlp1, seqs, starts, sites), "sum")[0]
+    agree = attribution_agreement(exact, approx, top=1)
+    assert np.argmax(np.abs(exact)) == [s.label for s in sites].index("L1.mlp")
+    assert set(agree) == {"spearman", "top_k", "top_k_agreement"} and -1 <= agree["spearman"] <= 1
+    assert attribution_agreement(np.array([3.0, 1, 0]), np.array([2.0, 1.5, 0]), top=1) == \
+        {"spearman": 1.0, "top_k": 1, "top_k_agreement": 1.0}
+    with pytest.raises(InterventionError, match="one shape"):
+        attribution_agreement(np.zeros(3), np.zeros(2))
