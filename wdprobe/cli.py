@@ -541,7 +541,8 @@ def cmd_cross_patch(args: argparse.Namespace) -> int:
     variant_name = Path(args.variant).name
     out = args.out or f"runs/cross-{variant_name}"
     readme = cross_model_study(out, args.reference, args.variant, items, forms=args.forms, kinds=args.sites,
-                               positions=args.positions, toward=toward, batch_size=args.batch_size, dtype=args.dtype,
+                               positions=args.positions, toward=toward, batch_size=args.batch_size,
+                               method=args.method, check_items=args.check_items, dtype=args.dtype,
                                device=args.device, png=not args.no_png, log=(lambda m: None) if args.quiet else print)
     print(readme.read_text())
     print(f"results in {out} (README.md, sites.csv, summary.json, index.html)")
@@ -570,6 +571,11 @@ def _add_cross_patch_parser(sub) -> None:
     p.add_argument("--toward", default="own", choices=["own", "correct", "incorrect"],
                    help="the direction a change is counted in: each item's own change (default), or toward its correct "
                         "or incorrect option (items without one are left out)")
+    p.add_argument("--method", default="exact", choices=["exact", "attribution"],
+                   help="exact patching (one forward per site), or attribution patching (every site from one forward "
+                        "and backward per batch; first order)")
+    p.add_argument("--check-items", type=int, default=0, help="with --method attribution: also patch exactly on this "
+                                                                 "many items and report how well the two agree")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (at least 1)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights' dtype")
     p.add_argument("--device", default=None, help="torch device (default: where the model loads, CPU here)")

@@ -34,6 +34,9 @@ from wdprobe.reports.html import CSS, notes_html
 from wdprobe.methods.cross_model import (
     POSITION_CLASSES,
     SITE_KINDS,
+    attribute_cross_model,
+    attribution_agreement,
+    choice_margins,
     cross_model_patch,
     option_sequences,
     restored_share,
@@ -42,6 +45,7 @@ from wdprobe.methods.cross_model import (
 from wdprobe.scoring.stats import bootstrap_indices, paired_difference_test
 
 FORMS = ("word", "deed")
+PATCHERS = {"exact": cross_model_patch, "attribution": attribute_cross_model}
 SETTINGS_FILE = "settings.json"
 
 
@@ -57,6 +61,8 @@ class CrossModelSettings:
     item_ids: tuple[str, ...] = field(default_factory=tuple)
     toward: tuple[int, ...] | None = None  # one option per item, or None: each item's own change
     batch_size: int = 16
+    method: str = "exact"  # or "attribution": every site estimated from one forward and backward per batch
+    check_items: int = 0  # attribution only: also patch exactly on this many items and report the agreement
 
     def __post_init__(self) -> None:
         bad = [f for f in self.forms if f not in FORMS]
@@ -71,6 +77,10 @@ class CrossModelSettings:
             raise InputError(f"{len(self.toward)} target options for {len(self.item_ids)} items")
         if self.batch_size < 1:
             raise InputError(f"batch size {self.batch_size}: must be at least 1")
+        if self.method not in PATCHERS:
+            raise InputError(f"method {self.method!r}: choose from {list(PATCHERS)}")
+        if self.check_items < 0 or (self.check_items and self.method == "exact"):
+            raise InputError("check_items: a number of items (>= 0) to check attribution against exact patching on")
 
 
 def _interval(moved: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,8 +95,12 @@ def measure_form(reference, variant, items: Sequence[Item], form: str, settings:
     """One form: the per-site table and the variant's change on these items."""
     seqs, starts = option_sequences(reference, [cloze_prompt(it, form) for it in items], [it.options(form) for it in items])
     sites = sites_for(reference, settings.kinds)
-    res = cross_model_patch(reference, variant, seqs, starts, sites, positions=settings.positions,
-                            batch_size=settings.batch_size, progress=progress)
+    if settings.method == "exact":
+        res = cross_model_patch(reference, variant, seqs, starts, sites, positions=settings.positions,
+                                batch_size=settings.batch_size, progress=progress)
+    else:
+        res = attribute_cross_model(reference, variant, seqs, starts, sites, positions=settings.positions,
+                                    batch_size=settings.batch_size)
     rows: dict[str, dict] = {s.label: {"form": form, "site": s.label, "kind": s.kind, "block": s.layer,
                                        "unit": s.unit, "identical": bool(res.identical[k])}
                              for k, s in enumerate(res.sites)}
@@ -107,6 +121,15 @@ def measure_form(reference, variant, items: Sequence[Item], form: str, settings:
         total = paired_difference_test(shift)
         change[scoring] = {"mean": float(shift.mean()), "low": total.low, "high": total.high, "p": total.p_value,
                            "n_items": int(shift.size)}
+    if settings.check_items:  # attribution against exact patching on the first items, per site, summed margins
+        n = 2 * min(settings.check_items, len(items))
+        exact = cross_model_patch(reference, variant, seqs[:n], starts[:n], sites, positions=settings.positions,
+                                  batch_size=settings.batch_size)
+        approx = attribute_cross_model(reference, variant, seqs[:n], starts[:n], sites, positions=settings.positions,
+                                       batch_size=settings.batch_size)
+        effect = lambda r: (choice_margins(r.patched, r.n_tokens, "mean")  # noqa: E731
+                            - choice_margins(r.target_clean, r.n_tokens, "mean")[None]).sum(1)
+        change["check"] = {"n_items": n // 2, **attribution_agreement(effect(exact), effect(approx), top=5)}
     return pd.DataFrame(list(rows.values())), change
 
 
@@ -154,6 +177,7 @@ def run_cross_model(out: str | Path, reference, variant, items: Sequence[Item], 
     atomic_write_json(out / "summary.json", {"reference": settings.reference, "variant": settings.variant,
                                              "n_items": len(items), "positions": settings.positions,
                                              "toward": None if settings.toward is None else "given",
+                                             "method": settings.method,
                                              "change": changes, "n_tests": int(len(table) * 2)})
     return table
 
@@ -177,6 +201,11 @@ def reading(table: pd.DataFrame, summary: dict, *, top: int = 5, alpha: float = 
         lines.append(f"- **{form}**: the variant {changed} the choice margin toward "
                      f"{'its own choices' if summary.get('toward') is None else 'the target option'}: "
                      f"{m:.3f} nats per token [{ch['low']:.3f}, {ch['high']:.3f}], p = {p:.3g}, n = {ch['n_items']}.")
+        check = by_scoring.get("check")
+        if check:
+            lines.append(f"  - attribution against exact patching on {check['n_items']} items: Spearman "
+                         f"{check['spearman']:.2f} over sites, {check['top_k_agreement']:.0%} of exact patching's top "
+                         f"{check['top_k']} sites also in attribution's")
         if p >= alpha:
             continue
         block = first_block_restoring(table, form)
@@ -197,7 +226,8 @@ def reading(table: pd.DataFrame, summary: dict, *, top: int = 5, alpha: float = 
 def write_readme(out: str | Path, table: pd.DataFrame, summary: dict, figure_names: Sequence[str]) -> Path:
     """The run's README: what was compared, the findings, the files."""
     out = Path(out)
-    text = [f"# Cross-model patching: {summary['variant']} into {summary['reference']}", "",
+    method = "attribution (first-order estimates)" if summary.get("method") == "attribution" else "exact patching"
+    text = [f"# Cross-model patching: {summary['variant']} into {summary['reference']}", "", f"Method: {method}.", "",
             f"{summary['n_items']} items; the variant's activation at each site replaces the reference's at "
             f"{summary['positions']} positions; restored share = the share of the variant's change of the choice margin "
             "(per-token mean; the sum in `sites.csv`) that the site alone reproduces, with a 95% bootstrap interval over "
@@ -214,13 +244,14 @@ def write_readme(out: str | Path, table: pd.DataFrame, summary: dict, figure_nam
 def cross_model_study(out: str | Path, reference: str, variant: str, items: Sequence[Item], *,
                       forms: Sequence[str] = FORMS, kinds: Sequence[str] = ("resid", "attn", "mlp", "head"),
                       positions: str = "all", toward: Sequence[int] | None = None, batch_size: int = 16,
+                      method: str = "exact", check_items: int = 0,
                       dtype: str = "float32", device: str | None = None, png: bool = True,
                       log: Callable[[str], None] = print) -> Path:
     """Load both models, measure (resuming), draw and write the README; returns the README's path."""
     settings = CrossModelSettings(reference=reference, variant=variant, forms=tuple(forms), kinds=tuple(kinds),
                                   positions=positions, item_ids=tuple(it.id for it in items),
                                   toward=None if toward is None else tuple(int(t) for t in toward),
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, method=method, check_items=check_items)
     ref = load_model(reference, dtype=dtype, device=device)
     var = load_model(variant, dtype=dtype, device=device)
     table = run_cross_model(out, ref, var, items, settings, log=log)

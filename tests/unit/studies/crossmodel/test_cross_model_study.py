@@ -65,3 +65,24 @@ def test_bad_settings_are_refused_before_any_model_loads(pair):
         CrossModelSettings("a", "b", batch_size=0)
     with pytest.raises(InputError, match="2 target options for 1 items"):
         CrossModelSettings("a", "b", item_ids=("x",), toward=(0, 1))
+
+
+def test_attribution_runs_checked_against_exact_patching(pair):
+    root, ref, var, data = pair
+    out = root / "attribution"
+    assert main(["cross-patch", "--reference", str(ref), "--variant", str(var), "--data", str(data), "--sample", "0",
+                 "--forms", "deed", "--sites", "attn", "mlp", "--method", "attribution", "--check-items", "3",
+                 "--out", str(out), "--no-png", "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    check = summary["change"]["deed"]["check"]
+    assert summary["method"] == "attribution" and check["n_items"] == 3 and check["top_k"] == 5
+    assert -1 <= check["spearman"] <= 1 and 0 <= check["top_k_agreement"] <= 1
+    table = pd.read_csv(out / "sites.csv").set_index("site")
+    assert table.loc[["L0.attn", "L0.mlp", "L1.attn"], "identical"].all()
+    assert table.loc["L1.mlp", "restored_mean"] > 0  # first order, not exact: the planted MLP still carries it
+    readme = (out / "README.md").read_text()
+    assert "Method: attribution" in readme and "attribution against exact patching on 3 items" in readme
+    with pytest.raises(InputError, match="check_items"):
+        from wdprobe.studies.crossmodel.study import CrossModelSettings
+
+        CrossModelSettings("a", "b", check_items=3)
