@@ -283,13 +283,15 @@ def _check_pair(target: "LoadedModel", source: "LoadedModel", sites: Sequence[Si
 
 def cross_model_patch(target: "LoadedModel", source: "LoadedModel", sequences: Sequence[Sequence[int]],
                       starts: Sequence[int], sites: Sequence[Site], *, positions: str = "all", batch_size: int = 16,
-                      record_bytes: int = 1 << 30, progress: Callable[[int], None] | None = None) -> CrossModelPatch:
+                      record_bytes: int = 1 << 30, skip_identical: bool = True,
+                      progress: Callable[[int], None] | None = None) -> CrossModelPatch:
     """Patch ``source``'s activation at each site into ``target`` and read the continuation log-likelihood.
 
     ``sequences`` are token ids (prompt then continuation), ``starts[i]`` the index of sequence i's first
     continuation token. ``positions`` chooses where the source's activation goes: ``all`` real tokens, the
     ``prompt`` before the decision point, or the ``continuation`` (the decision point and the continuation's tokens).
     Activations are recorded a group of blocks at a time, at most ``record_bytes`` per model and batch.
+    ``skip_identical=False`` runs every site, even where source and target agree (for benchmarks and checks).
     ``progress(n)`` is called with the number of (site, sequence) readings finished."""
     if positions not in POSITION_CLASSES:
         raise InterventionError(f"positions {positions!r}: choose from {', '.join(POSITION_CLASSES)}")
@@ -302,10 +304,12 @@ def cross_model_patch(target: "LoadedModel", source: "LoadedModel", sequences: S
         raise InterventionError("no sites to patch")
     _check_pair(target, source, sites)
     with _attn_results([target, source], any(SITE_KINDS[s.kind].needs_attn_result for s in sites)):
-        return _patch_all(target, source, sequences, starts, sites, positions, batch_size, record_bytes, progress)
+        return _patch_all(target, source, sequences, starts, sites, positions, batch_size, record_bytes, skip_identical,
+                          progress)
 
 
-def _patch_all(target, source, sequences, starts, sites, positions, batch_size, record_bytes, progress) -> CrossModelPatch:
+def _patch_all(target, source, sequences, starts, sites, positions, batch_size, record_bytes, skip_identical,
+               progress) -> CrossModelPatch:
     pad = target.tokenizer.pad_token_id if target.tokenizer.pad_token_id is not None else 0
     n = len(sequences)
     patched = np.zeros((len(sites), n))
@@ -331,10 +335,10 @@ def _patch_all(target, source, sequences, starts, sites, positions, batch_size, 
                 k = sites.index(site)
                 sel = (slice(None), slice(None)) if site.unit is None else (slice(None), slice(None), site.unit)
                 same = bool(torch.equal(src[site.hook][sel][where], tgt[site.hook][sel][where]))
-                if same:
+                if same and skip_identical:
                     patched[k, rows] = target_clean[rows]
                 else:
-                    identical[k] = False
+                    identical[k] = identical[k] and same
                     spliced = SITE_KINDS[site.kind].splice
 
                     def setter(x, hook=None, value=src[site.hook], unit=site.unit, splice=spliced):

@@ -90,6 +90,10 @@ def test_an_mlp_plant_is_found_exactly_where_it_was_written(three_blocks):
     for label in ("L1.resid", "L1.mlp", "L2.resid"):
         assert not res.identical[by[label]]
         np.testing.assert_allclose(res.patched[by[label]], res.source_clean, atol=1e-4)
+    # the shortcut is exact: running the identical sites too gives the same table
+    full = cross_model_patch(ref, mlp1, seqs, starts, sites, batch_size=3, skip_identical=False)
+    np.testing.assert_allclose(full.patched, res.patched, atol=1e-5)
+    assert full.identical.tolist() == res.identical.tolist()
     share, moved, shift = restored_share(res, "mean")
     assert share[by["L1.mlp"]] == pytest.approx(1.0, abs=1e-3) and share[by["L0.resid"]] == 0.0
     assert moved.shape == (len(sites), len(PROMPTS)) and shift.shape == (len(PROMPTS),)
