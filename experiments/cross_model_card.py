@@ -18,6 +18,7 @@ Time: on 2 CPU cores about 4 minutes per seed to read the parent, then 20-90 s p
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import shutil
 import time
@@ -32,6 +33,10 @@ from wdprobe.core.model import load_model
 from wdprobe.data.items import read_items
 from wdprobe.data.wdct import resolve_wdct_path
 from wdprobe.errors import InputError
+from wdprobe.figures.crossmodel import recovered_block_figure
+from wdprobe.figures.page import figure_html
+from wdprobe.figures.probes import write_png
+from wdprobe.reports.html import CSS, inline_markdown
 from wdprobe.studies.organisms.cross_model_localisation import component_hit, localise_by_patching
 from wdprobe.studies.organisms.data import planted_order
 from wdprobe.studies.organisms.edit import build_edited_organism, edit_from_reading, read_parent
@@ -133,14 +138,22 @@ def main(argv: list[str] | None = None) -> int:
               f"{found.get('recovered_component')}{'' if found.get('recovered_head') is None else found['recovered_head']}"
               f" [{result['seconds_total']:.0f} s]", flush=True)
 
-    write_card(out, names, run, against)
+    write_card(out, names, run, against, lm.n_layers)
     atomic_write_json(out / "run.json", {"card": str(card), "parent": str(parent_dir), "max_items": args.max_items,
                                          "min_items": args.min_items, "organisms": names,
                                          "wall_seconds_last_invocation": round(time.perf_counter() - t0, 1)})
     return 0
 
 
-def write_card(out: Path, names: list[str], run: dict, against: bool) -> None:
+def markdown_table_html(rows: list[str]) -> str:
+    """A markdown table's lines (header, rule, rows) as an HTML table, cells' inline markdown kept."""
+    cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows if not set(r) <= set("|-")]
+    head, body = cells[0], cells[1:]
+    return ("<table><tr>" + "".join(f"<th>{inline_markdown(c)}</th>" for c in head) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{inline_markdown(c)}</td>" for c in r) + "</tr>" for r in body) + "</table>")
+
+
+def write_card(out: Path, names: list[str], run: dict, against: bool, n_layers: int) -> None:
     """The table of every organism (scored or not), the shift tests corrected across them, and the card's summary."""
     rows = []
     for name in names:
@@ -158,6 +171,8 @@ def write_card(out: Path, names: list[str], run: dict, against: bool) -> None:
                      "recovered_component": r.get("recovered_component"), "recovered_head": r.get("recovered_head"),
                      "component_hit": r.get("component_hit"), "seconds": r.get("seconds")})
     frame = pd.DataFrame(rows)
+    if frame.empty:
+        raise InputError(f"{out}: no organism scored or listed yet")
     scored = frame[frame["scored"] & frame["shift_p"].notna()] if len(frame) else frame
     frame["shift_q"] = np.nan
     if len(scored):
@@ -197,6 +212,16 @@ def write_card(out: Path, names: list[str], run: dict, against: bool) -> None:
               f"{int((~frame['scored']).sum())}. Detected: the organism's deed shift differs from zero (sign-flip "
               "test, q < 0.05 by Benjamini-Hochberg across the scored organisms) and some block restores at least half."]
     atomic_write_text(out / "card.md", "\n".join(lines) + "\n")
+    fig = recovered_block_figure(frame, n_layers, title=f"Cross-model patching on the edited organisms of {parent}<br>"
+                                 "<sup>the first block whose residual carries half of the organism's deed shift, "
+                                 "against the planted block; hollow on the none row: shift not detected (q >= 0.05)</sup>")
+    write_png(fig, out / "card.png")
+    verdict = f"<p>{inline_markdown(lines[-1])}</p>"
+    table = "".join(f"<p>{inline_markdown(line)}</p>" for line in lines[2:4]) + \
+        markdown_table_html([line for line in lines if line.startswith("|")])
+    atomic_write_text(out / "index.html", f"<!doctype html><html><head><meta charset='utf-8'><title>cross-model card"
+                                          f"</title><style>{CSS}</style></head><body><h1>{html.escape(lines[0][2:])}</h1>"
+                                          f"{verdict}{figure_html([fig], out / 'index.html')}{table}</body></html>")
 
 
 if __name__ == "__main__":

@@ -43,3 +43,46 @@ def restored_share_figure(table: pd.DataFrame, *, title: str, scoring: str = "me
     fig.update_layout(title=dict(text=title, x=0.01), width=1000, height=260 + 330 * len(forms),
                       margin=dict(l=70, r=40, t=90, b=50), legend=dict(orientation="h", y=-0.08))
     return fig
+
+
+FAMILIES = {"override": ("MLP override", "#1f77b4", "circle"), "head-override": ("head override", "#2ca02c", "square"),
+            "strength": ("strength sweep", "#9467bd", "triangle-up"),
+            "null-direction": ("random write (null-direction)", "#ff7f0e", "diamond"),
+            "null-gate": ("gate never opens (null-gate)", "#7f7f7f", "x")}
+
+
+def recovered_block_figure(frame: pd.DataFrame, n_layers: int, *, title: str) -> go.Figure:
+    """Recovered against planted block, one point per scored organism (``cross-model.csv``: family, layer, seed,
+    recovered_block, detected); filled: detected (shift q < 0.05), hollow on the 'none' row: not detected, since a
+    block that "restores half" of a shift indistinguishable from zero localises nothing. Organisms planted at one block
+    are spread side by side so that none hides another."""
+    fig = go.Figure()
+    none_row = -2
+    fig.add_trace(go.Scatter(x=[-0.5, n_layers - 0.5], y=[-0.5, n_layers - 0.5], mode="lines", hoverinfo="skip",
+                             line=dict(color="rgba(44,160,44,0.5)", dash="dot"), name="recovered = planted"))
+    scored = frame[frame["scored"]].copy()
+    rank = scored.groupby("layer").cumcount()
+    width = scored.groupby("layer")["name"].transform("size")
+    scored["x"] = scored["layer"] + (rank - (width - 1) / 2) * (0.7 / np.maximum(width - 1, 1)).clip(upper=0.18)
+    for family, (label, colour, symbol) in FAMILIES.items():
+        families = scored["family"].astype(str)
+        part = scored[(families == family) | families.str.startswith(f"{family}-") & (family == "strength")]
+        if part.empty:
+            continue
+        for detected, part2 in part.groupby(part["detected"].astype(bool)):
+            y = part2["recovered_block"].fillna(none_row) if detected else np.full(len(part2), none_row)
+            fig.add_trace(go.Scatter(
+                x=part2["x"], y=y, mode="markers",
+                name=f"{label}{'' if detected else ' (not detected)'}",
+                marker=dict(color=colour if detected else "white", symbol=symbol, size=9,
+                            line=dict(width=1.5, color=colour)),
+                customdata=np.c_[part2["name"], part2["shift_q"].round(4),
+                                 part2["recovered_block"].map(lambda b: "none" if pd.isna(b) else f"L{int(b)}")],
+                hovertemplate="%{customdata[0]}: first block restoring half %{customdata[2]} (shift q = %{customdata[1]})"
+                              "<extra></extra>"))
+    fig.update_xaxes(range=[-0.5, n_layers - 0.5], title_text="planted block L", dtick=2)
+    fig.update_yaxes(range=[none_row - 1, n_layers], tickvals=[none_row] + list(range(0, n_layers, 2)),
+                     ticktext=["none"] + [str(v) for v in range(0, n_layers, 2)], title_text="recovered block")
+    fig.update_layout(title=dict(text=title, x=0, xanchor="left"), template="plotly_white", width=900, height=620,
+                      legend=dict(orientation="v", x=1.02, y=1), margin=dict(l=60, r=20, t=90, b=60))
+    return fig

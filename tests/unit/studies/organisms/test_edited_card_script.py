@@ -86,6 +86,8 @@ def test_cross_model_patching_finds_every_tiny_plant_at_its_block_and_component(
     null = table.loc["null-gate-L2-s0"]
     assert not null["identical_everywhere"] and (pd.isna(null["recovered_block"]) or null["recovered_block"] == 2)
     assert "recovered at the planted block" in (card / "cross-model" / "card.md").read_text()
+    page = (card / "cross-model" / "index.html").read_text()
+    assert "<table>" in page and "override-L1-s0" in page and "plotly" in page
     # a stored specification the rebuild does not reproduce is refused, and nothing is written for it
     f = card / "organisms" / "override-L1-s0.json"
     r = json.loads(f.read_text())
