@@ -279,7 +279,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
     shard = getattr(args, "shard", None)
     kwargs = {**given(args, n_items=("items", item_count), layers="layers", alphas=("alphas", _floats), seed="seed",
                       min_mass_ratio="min_mass_ratio", batch_size="batch_size", restart="restart",
-                      validate=("no_validate", lambda no: not no), space="space"),
+                      validate=("no_validate", lambda no: not no), space="space",
+                      controls=("controls", lambda v: [c.strip() for c in v.split(",") if c.strip()])),
               "progress": not hasattr(args, "quiet"), "shard": shard}
     for ro in _readouts(args.run, getattr(args, "format", "auto")):
         head = through_runner(args, args.run, "steer", lambda: run_steering(args.run, format=ro, **kwargs),
@@ -772,6 +773,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--no-validate", action="store_true",
                    help="skip rerunning the best setting on the items the grid did not use")
+    p.add_argument("--controls", help="comma list of control directions of equal norm, run beside the stance at every "
+                                      "cell: random (isotropic; may break the answer format), pair-random (the "
+                                      "difference of two other same-answer items' residuals; keeps the format); "
+                                      "default both")
     p.add_argument("--restart", action="store_true", help="discard this stage's earlier results in the run directory")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--space", choices=["auto", "shown", "content"],

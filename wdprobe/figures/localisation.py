@@ -227,18 +227,24 @@ def positional_figures(frame, seg_table, layers: Sequence[int], segment_order: S
     return figs
 
 
+CONTROL_LABELS = {"random": "isotropic random direction", "pair-random": "format-keeping control (pair-random)"}
+
+
 def steering_figures(table, where: str, min_mass_ratio: float, *, mass_label: str = "letter mass",
                       position: str = "final position", metric: str | None = None) -> list[go.Figure]:
-    """CS over (layer, alpha) for the stance direction and the random control, and the answer format's mass
-    (``mass_label``: letter mass, or the option tokens' in the cloze form); ``metric`` the CS column shown
-    (default: benchmark-level CS when the table has it)."""
+    """CS over (layer, alpha) for the stance direction and a control (the format-keeping ``pair-random`` where the
+    run has it, else the isotropic ``random``), and the answer format's mass (``mass_label``: letter mass, or the
+    option tokens' in the cloze form); ``metric`` the CS column shown (default: benchmark-level CS when the table has
+    it). The curves draw every control the run has."""
     metric = metric or ("cs_population" if "cs_population" in table else "cs")
     metric_name = {"cs_population": "benchmark-level CS", "cs_balanced": "balanced CS"}.get(metric, "CS")
+    present = set(table.condition)
+    control = "pair-random" if "pair-random" in present else "random"
     fig = make_subplots(rows=1, cols=3, subplot_titles=[f"word-stance direction: {metric_name}",
-                                                        f"random direction: {metric_name}",
+                                                        f"{CONTROL_LABELS[control]}: {metric_name}",
                                                         f"word-stance direction: {mass_label} / clean"],
                         horizontal_spacing=0.08)
-    for c, (cond, col) in enumerate((("stance", metric), ("random", metric), ("stance", "mass_ratio")), start=1):
+    for c, (cond, col) in enumerate((("stance", metric), (control, metric), ("stance", "mass_ratio")), start=1):
         m = table[table.condition == cond]
         grid = m.pivot(index="layer", columns="alpha", values=col)
         z = grid.to_numpy()
@@ -263,9 +269,11 @@ def steering_figures(table, where: str, min_mass_ratio: float, *, mass_label: st
     palette = ["#440154", "#3b528b", "#21918c", "#5ec962", "#e45756", "#f58518"]
     for k, layer in enumerate(shown):
         colour = palette[k % len(palette)]
-        for cond, dash in (("stance", "solid"), ("random", "dot")):
+        for cond, dash in (("stance", "solid"), ("random", "dot"), ("pair-random", "dash")):
+            if cond not in present:
+                continue
             s_ = table[(table.condition == cond) & (table.layer == layer)].sort_values("alpha")
-            name = f"layer {layer}{' (best)' if layer == best_layer else ''}: {'word-stance' if cond == 'stance' else 'random'}"
+            name = f"layer {layer}{' (best)' if layer == best_layer else ''}: {'word-stance' if cond == 'stance' else cond}"
             for c, col in enumerate(("flip_rate", "break_rate", "mass_ratio"), start=1):
                 fig2.add_trace(go.Scatter(x=s_["alpha"], y=s_[col], mode="lines+markers", name=name, showlegend=(c == 1),
                                           legendgroup=name, line=dict(color=colour, dash=dash)), row=1, col=c)
@@ -274,7 +282,8 @@ def steering_figures(table, where: str, min_mass_ratio: float, *, mass_label: st
     fig2.update_yaxes(range=[-0.02, 1.02], row=1, col=1)
     fig2.update_yaxes(range=[-0.02, 1.02], row=1, col=2)
     sub = f"; clean CS on these items {clean:.2f}" if clean is not None else ""
-    fig2.update_layout(title=f"Steering curves at selected layers (solid: word-stance direction, dotted: random)"
+    dashes = "dotted: isotropic random" + (", dashed: format-keeping pair-random" if "pair-random" in present else "")
+    fig2.update_layout(title=f"Steering curves at selected layers (solid: word-stance direction, {dashes})"
                              f"<br><sup>{where}{sub}</sup>", template="plotly_white", height=500, width=1280,
                        legend=dict(orientation="h", y=-0.25))
     figs.append(fig2)

@@ -17,7 +17,7 @@ from wdprobe.core.options import Options, count_or, option, positive_int, with_v
 from wdprobe.errors import ConfigError, MissingInputError
 from wdprobe.methods.patching import CROSS_CONDITIONS
 from wdprobe.methods.probes import PROBE_KINDS
-from wdprobe.methods.steering import MIN_MASS_RATIO
+from wdprobe.methods.steering import DEFAULT_CONTROLS, MIN_MASS_RATIO, STEERING_CONTROLS
 from wdprobe.pipeline.registry import REGISTRY, item_count
 from wdprobe.scoring.formats import FORMATS
 from wdprobe.scoring.orders import ORDERS
@@ -132,6 +132,10 @@ class SteerSection(Options):
     min_mass_ratio: float = option(MIN_MASS_RATIO, help="a setting keeps the answer format if its mass (letters, or the options' "
                                              "decision tokens) stays above this share of clean")
     validate: bool = option(True, help="rerun the best setting on the items the grid did not use")
+    controls: list[str] = option(list(DEFAULT_CONTROLS), choices=tuple(STEERING_CONTROLS),
+                                 help="control directions of equal norm run beside the stance at every cell: random "
+                                      "(isotropic; may break the answer format), pair-random (the difference of two "
+                                      "other same-answer items' residuals; keeps the format)")
     batch_size: int = option(64, check=positive_int, expect="a positive number")
     space: str = option("auto", choices=SPACES,
                         help="letters: shown (the letter-balanced word-stance direction, shown deed order) or content "

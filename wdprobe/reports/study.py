@@ -3,7 +3,7 @@ code host shows for the folder).
 
 The page opens with the findings in words and numbers, each sentence built from a run's saved
 tables with wording that follows the numbers (a CS within 0.05 of its chance baseline is called
-chance, a steering gain is called a restoration only if it beats both clean and a random direction on
+chance, a steering gain is called a restoration only if it beats clean and every control direction run on
 held-out items); then the figures, redrawn from those tables; then timings and the manifest.
 Stages that were not run are left out, so the same code reports a scoring-only run or the full study.
 """
@@ -360,20 +360,41 @@ def validation_text(val: dict | None, mass_label: str, min_mass_ratio: float,
     if not val.get("tests"):
         return (f" On the {val['n_items']} held-out items CS {val['stance']['cs']:.3f} vs clean {val['cs_clean']:.3f}; "
                 "this run recorded no test, so no claim is made (rerun steer)."), None
-    t, r = val["tests"]["beats_clean"], val["tests"]["beats_random"]
-    restored = verdict(t) > 0 and verdict(r) > 0
+    t = val["tests"]["beats_clean"]
+    controls = [c for c in val.get("controls", ["random"]) if CONTROL_NAMES.get(c) and c in val]
+    beats = {c: val["tests"].get("beats_" + c.replace("-", "_")) for c in controls}
+    restored = verdict(t) > 0 and all(b is not None and verdict(b) > 0 for b in beats.values())
     text = (f" On the {val['n_items']} items the grid never saw, CS {val['stance']['cs']:.3f} vs clean "
-            f"{val['cs_clean']:.3f} and random {val['random']['cs']:.3f}: "
+            f"{val['cs_clean']:.3f}" + "".join(f", {CONTROL_NAMES[c]} {val[c]['cs']:.3f}" for c in controls) + ": "
             + versus(t, above=f"steering beats clean by {interval(t['effect'], t['low'], t['high'])}",
                      below=f"steering lowers CS by {interval(-t['effect'], -t['high'], -t['low'])}",
-                     neither="steering vs clean")
-            + "; " + versus(r, above="and beats the random direction", below="and the random direction does better",
-                            neither="vs the random direction") + ".")
-    if val["random"].get("mass_ratio", 1.0) < min_mass_ratio:
-        text += (f" The random direction of equal norm keeps {val['random']['mass_ratio']:.2g} of the clean {mass_label} "
-                 f"(the steered direction {val['stance']['mass_ratio']:.2f}): at this norm it breaks the answer format, "
-                 "so only the comparison with clean is informative.")
+                     neither="steering vs clean"))
+    for c, b in beats.items():
+        if b is not None:
+            text += "; " + versus(b, above=f"it beats the {CONTROL_NAMES[c]}", below=f"the {CONTROL_NAMES[c]} does better",
+                                  neither=f"vs the {CONTROL_NAMES[c]}")
+    text += "."
+    masses = [f"{'steered' if c == 'stance' else CONTROL_NAMES[c]} {median_mass(val[c])}" for c in ("stance", *controls)]
+    if any(not m.endswith("not recorded") for m in masses):
+        text += f" The {mass_label} each item keeps of its clean run (median over items): " + ", ".join(masses) + "."
+    broken = [c for c in controls if val[c].get("mass_ratio", 1.0) < min_mass_ratio]
+    for c in broken:
+        text += (f" The {CONTROL_NAMES[c]} keeps {val[c]['mass_ratio']:.2g} of the clean {mass_label} at this norm: it "
+                 "breaks the answer format, so beating it says little.")
     return text + (" A validated restoration." if restored else " Not a validated restoration."), restored
+
+
+CONTROL_NAMES = {"random": "isotropic random direction of equal norm",
+                 "pair-random": "format-keeping control (two other same-answer items' residual difference, equal norm)"}
+
+
+def median_mass(cell: dict) -> str:
+    """A cell's per-item answer-format mass ratio (median over items), or its ratio of means where the run predates it."""
+    if cell.get("mass_ratio_median") is not None:
+        return f"{cell['mass_ratio_median']:.2g}"
+    if cell.get("mass_ratio") is not None:
+        return f"{cell['mass_ratio']:.2g} (ratio of means)"
+    return "not recorded"
 
 
 def cloze_steering_text(head: dict | None) -> tuple[str, bool | None]:
@@ -391,7 +412,9 @@ def cloze_steering_text(head: dict | None) -> tuple[str, bool | None]:
             f"{'balanced CS' if best.get('selected_by', 'cs_balanced') == 'cs_balanced' else 'CS'} (layer {best['layer']}, "
             f"alpha {best['alpha']:g}) flips {best['flip_rate']:.2f} of inconsistent items and breaks "
             f"{best['break_rate']:.2f} of consistent ones (a random direction of equal norm {best['random']['flip_rate']:.2f} "
-            f"and {best['random']['break_rate']:.2f}).")
+            f"and {best['random']['break_rate']:.2f}"
+            + (f"; the format-keeping control {best['pair-random']['flip_rate']:.2f} and "
+               f"{best['pair-random']['break_rate']:.2f}" if best.get("pair-random") else "") + ").")
     more, restored = validation_text(head.get("validation"), "option-token mass", best.get("min_mass_ratio", MIN_MASS_RATIO),
                                      head.get("validation_skipped"))
     return text + more, restored
@@ -414,7 +437,9 @@ def finding_steering(n: dict) -> Finding | None:
             "orders, read as content CS (order-averaged)" if content else "the word-stance direction to the deed run")
     text = (f"Adding {what}, the best grid setting (layer {best['layer']}, alpha "
             f"{best['alpha']:g}) gives CS {best['cs']:.2f} on the {s['n_items']} grid items (clean "
-            f"{s['clean_cs_items']:.2f}; a random direction of equal norm {best['random']['cs']:.2f}); the grid's best "
+            f"{s['clean_cs_items']:.2f}; a random direction of equal norm {best['random']['cs']:.2f}"
+            + (f", the format-keeping control {best['pair-random']['cs']:.2f}" if best.get("pair-random") else "")
+            + "); the grid's best "
             "cell is optimistic, so the claim rests on held-out items.")
     val = s.get("validation")
     more, restored = validation_text(val, "letter mass", best.get("min_mass_ratio", MIN_MASS_RATIO), s.get("validation_skipped"))

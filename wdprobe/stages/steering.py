@@ -3,8 +3,9 @@ runs over a (layer, alpha) grid, pick the best setting, validate it on held-out 
 
 One module for every answer format: what is read (letters in the shown order or in content space, or the options'
 decision point in the cloze form) comes from a :class:`~wdprobe.stages.readouts.Readout`. The vector added to item
-i at layer l is ``alpha * gap_l * s_i * u_l`` (:func:`steering_vectors`); the control is a random unit direction
-with the same norm and sign. A setting that drives the answer-format mass (letters, or the options' decision
+i at layer l is ``alpha * gap_l * s_i * u_l`` (:func:`steering_vectors`); each control
+(:data:`~wdprobe.methods.steering.STEERING_CONTROLS`: an isotropic random direction, and one that keeps the answer
+format, the difference of two other same-answer items' residuals) adds a direction of the same norm and sign. A setting that drives the answer-format mass (letters, or the options' decision
 tokens) below ``min_mass_ratio`` of clean breaks the answer format and is not picked.
 
 Finished chunks of items are saved in the read-out's parts (``steer.parts`` / ``steer_cloze.parts``; an interrupted
@@ -25,7 +26,15 @@ from wdprobe.errors import InputError
 from wdprobe.figures import localisation as localise_plots
 from wdprobe.figures import probes as plots
 from wdprobe.methods.interventions import resolve_layers
-from wdprobe.methods.steering import MIN_MASS_RATIO, best_setting, steering_rows, summarise_steering
+from wdprobe.methods.steering import (
+    DEFAULT_CONTROLS,
+    MIN_MASS_RATIO,
+    STEERING_CONTROLS,
+    best_setting,
+    control_directions,
+    steering_rows,
+    summarise_steering,
+)
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import (
@@ -43,22 +52,25 @@ DEFAULT_ALPHAS = (1.0, 2.0, 4.0, 8.0, 16.0)
 STEER_COLUMNS = list(readout("letter").part_columns["steer"])
 
 
-def steering_vectors(reading: Reading) -> tuple[np.ndarray, np.ndarray]:
+def steering_vectors(reading: Reading, controls: Sequence[str] = DEFAULT_CONTROLS,
+                     seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Unit-alpha steering vectors ``[n_items, n_layers, d]``: each item's cross-fitted stance direction scaled by its
-    fold's mean-difference length and signed toward the item's word choice, and the random direction with the same
-    norm and sign."""
-    sign = np.where(reading.items["y_word"].to_numpy() == 1, 1.0, -1.0)[:, None, None]
+    fold's mean-difference length and signed toward the item's word choice, and each control's direction with the
+    same norm and sign, by control name."""
+    y = reading.items["y_word"].to_numpy()
+    sign = np.where(y == 1, 1.0, -1.0)[:, None, None]
     scale = reading.gap[:, :, None]
-    return reading.stance * scale * sign, np.broadcast_to(reading.random[None], reading.stance.shape) * scale * sign
+    units = control_directions(controls, reading.sources, y, reading.random, seed)
+    return reading.stance * scale * sign, {name: u * scale * sign for name, u in units.items()}
 
 
-def steer_rows(lm, reading: Reading, stance_vecs: np.ndarray, random_vecs: np.ndarray, idx: Sequence[int],
+def steer_rows(lm, reading: Reading, stance_vecs: np.ndarray, controls: Mapping[str, np.ndarray], idx: Sequence[int],
                layers: Sequence[int], alphas: Sequence[float], columns: Sequence[str], *, batch_size: int = 64,
                progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Steer every deed run of the reading's items ``idx``: one record per run x (clean | condition, layer, alpha) with
     the log-odds of the word's choice over the other option and the answer-format mass, in ``columns``."""
     def rows_for(item: np.ndarray):
-        return steering_rows(len(item), layers, alphas, stance_vecs[item], random_vecs[item])
+        return steering_rows(len(item), layers, alphas, stance_vecs[item], {c: v[item] for c, v in controls.items()})
 
     return read_interventions(lm, reading, idx, rows_for, columns, batch_size=batch_size, progress=progress)
 
@@ -97,14 +109,15 @@ def merge_steering(run_dir: str | Path, lm=None) -> dict[str, Any]:
             run.write_part("steer", rows, STEER_COLUMNS, settings=cfg)
     return run_steering(run.path, n_items=cfg["n_items"], layers=cfg["layers"], alphas=cfg["alphas"], seed=cfg["seed"],
                         folds=cfg["folds"], min_mass_ratio=first.get("min_mass_ratio", MIN_MASS_RATIO),
-                        validate=first.get("validate", True), progress=False, lm=lm, space=cfg.get("space", "shown"))
+                        validate=first.get("validate", True), progress=False, lm=lm, space=cfg.get("space", "shown"),
+                        controls=cfg.get("controls", ("random",)))
 
 
 def run_steering(run_dir: str | Path, *, format: str | Readout = "letter", n_items: int | None = 64,
                  layers: str | Sequence[int] | None = None, alphas: Sequence[float] = DEFAULT_ALPHAS, seed: int = 0,
                  folds: int = 5, min_mass_ratio: float = MIN_MASS_RATIO, chunk_items: int = 8, batch_size: int = 64,
                  progress: bool = True, restart: bool = False, validate: bool = True, lm=None, shard: str | None = None,
-                 space: str = "auto") -> dict[str, Any]:
+                 space: str = "auto", controls: Sequence[str] = DEFAULT_CONTROLS) -> dict[str, Any]:
     """Steer deed runs toward the word's choice at each (layer, alpha), read through ``format`` (a read-out name or
     object); writes ``steering/<prefix>steering*``.
 
@@ -114,7 +127,9 @@ def run_steering(run_dir: str | Path, *, format: str | Readout = "letter", n_ite
     residuals averaged over every option order), runs both deed orders and reads content CS; cells are ranked by the
     CS the whole run would have. Cloze: the direction is the word's cloze stance direction at its decision point;
     cells are ranked by balanced CS. ``shard`` (``"i/n"``, letters): the grid on that shard's items only, into
-    ``RUN/shards/steer/i-of-n/``; ``wdprobe merge RUN`` joins the shards, picks the best setting and validates it."""
+    ``RUN/shards/steer/i-of-n/``; ``wdprobe merge RUN`` joins the shards, picks the best setting and validates it.
+    ``controls``: the control directions run beside the stance at every cell (names in
+    :data:`~wdprobe.methods.steering.STEERING_CONTROLS`); the validation tests the stance against each."""
 
     t_start = time.perf_counter()
     ro = readout(format)
@@ -131,8 +146,12 @@ def run_steering(run_dir: str | Path, *, format: str | Readout = "letter", n_ite
         run.reset_stage(ro.stage("steer_validate"))
     work = RunDir(shard_dir(run.path, stage, part)) if part else run
     extra = ro.settings(run, space=space if ro.name == "letter" else None)
+    controls = list(dict.fromkeys(controls))
+    unknown = [c for c in controls if c not in STEERING_CONTROLS]
+    if unknown or not controls:
+        raise InputError(f"steering controls {unknown or controls}: choose one or more of {sorted(STEERING_CONTROLS)}")
     settings = {"n_items": n_items, "layers": layers, "alphas": alphas, "seed": seed, "folds": folds,
-                "hook": "resid_post", **extra}
+                "hook": "resid_post", **extra, **({} if controls == ["random"] else {"controls": controls})}
     settings.update({k: {"min_mass_ratio": min_mass_ratio}[k] for k in ro.steer_settings})
     work.check_or_start(stage, {**settings, **({"shard": str(part)} if part else {})})
     reading = ro.reading(run, lm, n_items=n_items, seed=seed, layers=layers, folds=folds, settings=extra)
@@ -147,15 +166,15 @@ def run_steering(run_dir: str | Path, *, format: str | Readout = "letter", n_ite
         atomic_write_text(run.path / ro.result_file("steer", "headline"), json.dumps(head, indent=2) + "\n")
         finish_stage(run, stage, headline=head, **stage_seconds(run, stage, t_start))
         return head
-    stance_vecs, random_vecs = steering_vectors(reading)
+    stance_vecs, control_vecs = steering_vectors(reading, controls, seed)
     columns = ro.part_columns["steer"]
     done = {r["id"] for r in work.read_parts(stage)}
     todo = [i for i, iid in enumerate(reading.ids) if iid not in done and (part is None or part.holds(iid))]
-    per_item = (len(reading.runs) // max(len(reading), 1)) * (1 + 2 * len(layers) * len(alphas))
+    per_item = (len(reading.runs) // max(len(reading), 1)) * (1 + (1 + len(controls)) * len(layers) * len(alphas))
     bar = progress_bar((len(done) + len(todo)) * per_item, f"steer deeds ({ro.name})", progress, len(done) * per_item)
 
     def grid(idx: Sequence[int]) -> list[dict[str, Any]]:
-        return steer_rows(lm, reading, stance_vecs, random_vecs, list(idx), layers, alphas, columns,
+        return steer_rows(lm, reading, stance_vecs, control_vecs, list(idx), layers, alphas, columns,
                           batch_size=batch_size, progress=bar.update)
 
     save_in_parts(work, stage, todo, chunk_size=chunk_items, columns=list(columns), compute=grid)
@@ -173,7 +192,8 @@ def run_steering(run_dir: str | Path, *, format: str | Readout = "letter", n_ite
     validation, skipped = None, None
     if validate and best is not None:
         validation = validate_steering(run, lm, ro, reading, int(best["layer"]), float(best["alpha"]), extra,
-                                       folds=folds, seed=seed, batch_size=batch_size, progress=progress)
+                                       folds=folds, seed=seed, batch_size=batch_size, progress=progress,
+                                       controls=controls)
         if "skipped" in validation:
             skipped, validation = validation["skipped"], None
     atomic_write_text(run.path / ro.result_file("steer", "table"), ro.steering_table(frame, items).to_csv(index=False))
@@ -190,28 +210,38 @@ def run_steering(run_dir: str | Path, *, format: str | Readout = "letter", n_ite
     return head
 
 
+def control_key(name: str) -> str:
+    """A control's name as a key of the tests (``beats_random``, ``beats_pair_random``)."""
+    return "beats_" + name.replace("-", "_")
+
+
 def steering_tests(frame, items, *, seed: int = 0) -> dict[str, dict[str, Any]]:
     """On held-out items at the one chosen setting (no selection left to correct for): paired sign-flip tests of
-    steered consistency against clean (``beats_clean``) and against the random direction (``beats_random``)."""
-    f = frame[frame.condition.isin(["stance", "random"])]
+    steered consistency against clean (``beats_clean``) and against each control direction (``beats_random``,
+    ``beats_pair_random``)."""
+    f = frame[frame.condition != "clean"]
     after = {c: g.set_index("item")["toward_word"].gt(0).astype(float) for c, g in f.groupby("condition")}
     clean = items["consistent"].astype(float)
-    stance = after["stance"]
-    return {"beats_clean": paired_difference_test(stance - clean.reindex(stance.index).to_numpy(), seed=seed).to_json(),
-            "beats_random": paired_difference_test((stance - after["random"].reindex(stance.index)).to_numpy(),
-                                                   seed=seed).to_json()}
+    stance = after.pop("stance")
+    out = {"beats_clean": paired_difference_test(stance - clean.reindex(stance.index).to_numpy(), seed=seed).to_json()}
+    for name, ctrl in after.items():
+        out[control_key(name)] = paired_difference_test((stance - ctrl.reindex(stance.index)).to_numpy(),
+                                                        seed=seed).to_json()
+    return out
 
 
 def validate_steering(run: RunDir, lm, ro: Readout, grid: Reading, layer: int, alpha: float,
                       settings: Mapping[str, Any], *, folds: int = 5, seed: int = 0, batch_size: int = 64,
-                      progress: bool = True) -> dict[str, Any]:
+                      progress: bool = True, controls: Sequence[str] = ("random",)) -> dict[str, Any]:
     """The chosen (layer, alpha), with directions cross-fitted on the held-out items themselves and a fresh random
     direction of equal norm, on the readable two-option items the grid never saw; paired tests at that one setting.
     A validation that cannot run returns ``{"skipped": why, "n_items": ...}`` (the headline says why)."""
 
     stage = ro.stage("steer_validate")
     space = {k: settings[k] for k in ("space",) if k in settings}
-    run.check_or_start(stage, {"layer": layer, "alpha": alpha, "grid_items": sorted(grid.ids), **space})
+    controls = list(controls)
+    run.check_or_start(stage, {"layer": layer, "alpha": alpha, "grid_items": sorted(grid.ids), **space,
+                               **({} if controls == ["random"] else {"controls": controls})})
     try:
         held = ro.reading(run, lm, n_items=None, seed=seed + 1, layers=[layer], folds=folds, settings=settings,
                           exclude=grid.ids)
@@ -219,15 +249,15 @@ def validate_steering(run: RunDir, lm, ro: Readout, grid: Reading, layer: int, a
     except InputError as exc:  # no held-out item, or too few of one choice to cross-fit: nothing to validate on
         n = len(held) if "held" in locals() else 0
         return {"skipped": f"{n} items outside the grid; {exc}", "n_items": n}
-    stance_vecs, random_vecs = steering_vectors(held)
+    stance_vecs, control_vecs = steering_vectors(held, controls, seed + 1)
     columns = ro.part_columns["steer"]
     done = {r["id"] for r in run.read_parts(stage)}
     todo = [i for i, iid in enumerate(held.ids) if iid not in done]
-    per_item = 3 * len(held.runs) // len(held)
+    per_item = (2 + len(controls)) * len(held.runs) // len(held)
     bar = progress_bar(per_item * len(held), f"validate steering ({ro.name})", progress, per_item * (len(held) - len(todo)))
 
     def held_out(idx: Sequence[int]) -> list[dict[str, Any]]:
-        return steer_rows(lm, held, stance_vecs, random_vecs, list(idx), [layer], [alpha], columns,
+        return steer_rows(lm, held, stance_vecs, control_vecs, list(idx), [layer], [alpha], columns,
                           batch_size=batch_size, progress=bar.update)
 
     save_in_parts(run, stage, todo, chunk_size=64, columns=list(columns), compute=held_out)
@@ -237,9 +267,10 @@ def validate_steering(run: RunDir, lm, ro: Readout, grid: Reading, layer: int, a
     t = summarise_steering(frame, items, mass=ro.mass)
     result: dict[str, Any] = {**space, "n_items": len(held), "layer": layer, "alpha": alpha,
                               "cs_clean": t.attrs["clean_cs"]}
-    for c in ("stance", "random"):
+    for c in ("stance", *controls):
         r = t[t.condition == c].iloc[0]
-        result[c] = {k: float(r[k]) for k in ("cs", "flip_rate", "break_rate", "mass_ratio")}
+        result[c] = {k: float(r[k]) for k in ("cs", "flip_rate", "break_rate", "mass_ratio", "mass_ratio_median")}
+    result["controls"] = controls
     result["tests"] = steering_tests(frame, items, seed=seed)
     finish_stage(run, stage, result=result)
     return result

@@ -127,7 +127,43 @@ def test_steering_is_called_a_restoration_only_if_its_held_out_tests_say_so():
     broken = numbers(2, 2)
     broken["steer"]["validation"]["random"]["mass_ratio"] = 1e-9  # the control lost the letters altogether
     broken["steer"]["validation"]["stance"]["mass_ratio"] = 0.7
-    assert "breaks the answer format, so only the comparison with clean is informative" in finding_steering(broken).text
+    text = finding_steering(broken).text
+    assert "isotropic random direction of equal norm keeps 1e-09 of the clean letter mass" in text
+    assert "breaks the answer format, so beating it says little" in text
+    assert "steered 0.7 (ratio of means)" in text  # a run without per-item ratios says which ratio it shows
+
+
+def test_steering_restoration_must_beat_every_control_it_ran():
+    import numpy as np
+
+    from wdprobe.scoring.stats import paired_difference_test
+
+    def numbers(beat_pair_items, n=90):
+        moved = np.zeros(n)
+        moved[:20] = 1.0
+        beats_pair = np.zeros(n)
+        beats_pair[:beat_pair_items] = 1.0
+        tests = {"beats_clean": paired_difference_test(moved, n_perm=500).to_json(),
+                 "beats_random": paired_difference_test(moved, n_perm=500).to_json(),
+                 "beats_pair_random": paired_difference_test(beats_pair, n_perm=500).to_json()}
+        cell = {"cs_clean": 0.5, "mass_ratio": 0.9, "mass_ratio_median": 0.8}
+        return {"steer": {"n_items": 50, "clean_cs_items": 0.5,
+                          "best": {"layer": 3, "alpha": 4.0, "cs": 0.8, "random": {"cs": 0.5},
+                                   "pair-random": {"cs": 0.55}},
+                          "validation": {"n_items": n, "cs_clean": 0.5, "controls": ["random", "pair-random"],
+                                         "stance": {**cell, "cs": 0.72}, "random": {**cell, "cs": 0.5, "mass_ratio": 0.01,
+                                                                                    "mass_ratio_median": 0.004},
+                                         "pair-random": {**cell, "cs": 0.7}, "tests": tests}}}
+
+    kept = finding_steering(numbers(20))
+    assert kept.numbers["restored"] is True
+    assert "the format-keeping control 0.55" in kept.text  # the grid's control cells, both named
+    assert "isotropic random direction of equal norm 0.004, format-keeping control" in kept.text
+    assert "(median over items): steered 0.8," in kept.text
+    assert "isotropic random direction of equal norm keeps 0.01 of the clean letter mass" in kept.text
+    # beating the isotropic direction (which broke the format) is not enough when the format-keeping control does as well
+    assert finding_steering(numbers(0)).numbers["restored"] is False
+    assert "Not a validated restoration" in finding_steering(numbers(0)).text
 
 
 # ---- the pipeline on the tiny model --------------------------------------------------------------------

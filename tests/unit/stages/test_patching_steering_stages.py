@@ -386,8 +386,10 @@ def test_cloze_steering_vectors_point_toward_each_word_choice():
     sources[:, 0, 0] += 3.0 * y  # layer 0: the choices 3 apart along e0; layer 1: 1 apart along e1
     sources[:, 1, 1] += 1.0 * y
     items = [{"y_word": int(v)} for v in y]
-    stance, random = cloze_steering_vectors(items, sources, folds=5)
+    stance, controls = cloze_steering_vectors(items, sources, folds=5)
+    random, pair = controls["random"], controls["pair-random"]
     sign = np.where(y == 1, 1.0, -1.0)
+    np.testing.assert_allclose(np.linalg.norm(pair, axis=-1), np.linalg.norm(stance, axis=-1))
     np.testing.assert_allclose(stance[:, 0, 0], 3.0 * sign, atol=1e-2)  # alpha = 1 moves a residual by the whole gap
     np.testing.assert_allclose(stance[:, 1, 1], 1.0 * sign, atol=1e-2)
     np.testing.assert_allclose(np.linalg.norm(random, axis=-1), np.linalg.norm(stance, axis=-1))
@@ -412,11 +414,11 @@ def test_cloze_steering_adds_its_vector_at_the_deed_decision_point(tiny_run, tin
     head = run_steering(tiny_run, format="cloze", n_items=None, folds=2, alphas=[1.0, 4.0], lm=tiny_lm, progress=False,
                               restart=True)
     frame = pd.read_csv(tiny_run / "steering" / "cloze_steering.csv")
-    assert head["n_items"] == len(items) and len(frame) == len(items) * (1 + 2 * 2 * 2)
+    assert head["n_items"] == len(items) and len(frame) == len(items) * (1 + 3 * 2 * 2)
     # every item was in the grid: the headline says why the best cell was not validated
     assert head["best"] is not None and head["validation"] is None
     assert head["validation_skipped"].startswith("0 items outside the grid")
-    assert set(frame.condition) == {"clean", "stance", "random"}
+    assert set(frame.condition) == {"clean", "stance", "random", "pair-random"}
     # at the last layer the steered deed log-odds are the deed's own decision-point residual plus alpha x the
     # item's vector, read through the final norm and the unembedding at the deed's two decision tokens
     sources = last_residuals(tiny_lm, [it["word_sequence"] for it in items], [0, 1])
