@@ -2,7 +2,9 @@
 
 Two pairs, both on ``--items`` deed prompts (two options each, read as continuations):
 
-* a variant that differs everywhere (``--variant``, e.g. a trained organism against the base model): every site
+* a variant that differs everywhere (``--variant``, e.g. a trained organism against the base model): the residual
+  after every block patched in batched passes (all sequences of a batch in one forward per site) against one forward
+  per (site, sequence), and whether the two tables agree; then every site
   (the residual after each block, each block's attention and MLP, each head's write) patched exactly, against
   attribution patching of the same sites (one forward and backward per batch); the ratio, and how well attribution
   ranks the sites (Spearman over sites, top-5 agreement);
@@ -54,6 +56,15 @@ def main() -> None:
                  "tokens_per_sequence": float(np.mean([len(s) for s in seqs]))}
 
     var = load_model(args.variant)
+    resid = xm.sites_for(ref, ("resid",))
+    t = time.perf_counter()
+    batched = xm.cross_model_patch(ref, var, seqs, starts, resid, skip_identical=False)
+    out["resid_batched_s"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    single = xm.cross_model_patch(ref, var, seqs, starts, resid, skip_identical=False, batch_size=1)
+    out["resid_one_forward_per_patch_s"] = round(time.perf_counter() - t, 2)
+    out["resid_ratio_one_per_patch_over_batched"] = round(out["resid_one_forward_per_patch_s"] / out["resid_batched_s"], 1)
+    out["resid_tables_max_abs_difference"] = float(np.abs(batched.patched - single.patched).max())
     t = time.perf_counter()
     exact = xm.cross_model_patch(ref, var, seqs, starts, sites)
     out["trained_exact_s"] = round(time.perf_counter() - t, 1)

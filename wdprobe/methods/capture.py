@@ -179,7 +179,9 @@ def capture_batch(lm, prompts: Sequence[str], spans: Sequence[PromptSpans], n_op
                 if p == "last":
                     v = xf[:, -1]
                 elif p == "question_mean":
-                    v = torch.einsum("bt,btd->bd", weights, xf)
+                    # accumulated in float64: a float32 sum's rounding follows the batch's padded length, so a shard
+                    # (other batch mates) would differ from the unsharded capture in the last bit
+                    v = torch.einsum("bt,btd->bd", weights.double(), x.double()).float()
                 else:
                     c = int(p[len("option")])
                     v = xf[rows, opt_idx[:, c]] * opt_ok[:, c: c + 1]
