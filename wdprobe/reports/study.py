@@ -384,8 +384,7 @@ def validation_text(val: dict | None, mass_label: str, min_mass_ratio: float,
     return text + (" A validated restoration." if restored else " Not a validated restoration."), restored
 
 
-CONTROL_NAMES = {"random": "isotropic random direction of equal norm",
-                 "pair-random": "format-keeping control (two other same-answer items' residual difference, equal norm)"}
+CONTROL_NAMES = {"random": "isotropic random direction", "pair-random": "format-keeping control"}
 
 
 def median_mass(cell: dict) -> str:
@@ -438,7 +437,8 @@ def finding_steering(n: dict) -> Finding | None:
     text = (f"Adding {what}, the best grid setting (layer {best['layer']}, alpha "
             f"{best['alpha']:g}) gives CS {best['cs']:.2f} on the {s['n_items']} grid items (clean "
             f"{s['clean_cs_items']:.2f}; a random direction of equal norm {best['random']['cs']:.2f}"
-            + (f", the format-keeping control {best['pair-random']['cs']:.2f}" if best.get("pair-random") else "")
+            + (f", the format-keeping control — the residual difference of two other items with the same word "
+               f"answer, equal norm — {best['pair-random']['cs']:.2f}" if best.get("pair-random") else "")
             + "); the grid's best "
             "cell is optimistic, so the claim rests on held-out items.")
     val = s.get("validation")
