@@ -39,7 +39,8 @@ def restored_share_figure(table: pd.DataFrame, *, title: str, scoring: str = "me
         sig = part[part[f"q_{scoring}"] < alpha]
         fig.add_trace(go.Scatter(x=sig["block"], y=sig["row"], mode="markers", marker=dict(size=5, color="black"),
                                  name=f"q < {alpha}", showlegend=k == 1, hoverinfo="skip"), row=k, col=1)
-        fig.update_xaxes(title_text="block" if k == len(forms) else None, dtick=1, row=k, col=1)
+        fig.update_xaxes(title_text="block" if k == len(forms) else None, dtick=1, row=k, col=1,
+                         range=[min(blocks) - 0.5, max(blocks) + 0.5])
     fig.update_layout(title=dict(text=title, x=0.01), width=1000, height=260 + 330 * len(forms),
                       margin=dict(l=70, r=40, t=90, b=50), legend=dict(orientation="h", y=-0.08))
     return fig
