@@ -145,13 +145,16 @@ def run_cross_model(out: str | Path, reference, variant, items: Sequence[Item], 
     if bad:
         raise InputError(f"items {bad[:3]}{' ...' if len(bad) > 3 else ''}: cross-model patching reads two-option items")
     saved = out / SETTINGS_FILE
-    mine = json.loads(json.dumps(asdict(settings)))
+    # the weights' revisions too: a variant rebuilt at the same path (training is not bit-reproducible across machines)
+    # must not resume into parts measured on the earlier build
+    mine = {**json.loads(json.dumps(asdict(settings))), "reference_revision": getattr(reference, "revision", None),
+            "variant_revision": getattr(variant, "revision", None)}
     if saved.is_file():
         before = json.loads(saved.read_text())
         changed = sorted(k for k in set(before) | set(mine) if before.get(k) != mine.get(k))
         if changed:
-            raise InputError(f"{out} holds a cross-model run with other settings ({', '.join(changed)} differ): "
-                             "choose another --out, or delete it to start over")
+            raise InputError(f"{out} holds a cross-model run with other settings or models ({', '.join(changed)} "
+                             "differ): choose another --out, or delete it to start over")
     atomic_write_json(saved, mine)
     frames, changes = [], {}
     for form in settings.forms:

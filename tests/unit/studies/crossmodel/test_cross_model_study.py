@@ -54,6 +54,18 @@ def test_cross_patch_finds_a_redrawn_mlp_and_writes_its_reading(pair, capsys):
     assert "measured already" in capsys.readouterr().out
     assert main(args[:-4] + ["--positions", "prompt", "--out", str(out), "--no-png", "--quiet"]) == 2
     assert "positions differ" in capsys.readouterr().err
+    # a variant rebuilt at the same path with other weights is a different model: no resume into the earlier parts
+    saved = json.loads((out / "settings.json").read_text())
+    assert saved["variant_revision"].startswith("local-") and saved["variant_revision"] != saved["reference_revision"]
+    weights = load_file(str(var / "model.safetensors"))
+    weights["model.layers.1.mlp.down_proj.weight"].mul_(2.0)
+    save_file(weights, str(var / "model.safetensors"), metadata={"format": "pt"})
+    try:
+        assert main(args) == 2
+        assert "variant_revision differ" in capsys.readouterr().err
+    finally:
+        weights["model.layers.1.mlp.down_proj.weight"].div_(2.0)
+        save_file(weights, str(var / "model.safetensors"), metadata={"format": "pt"})
 
 
 def test_bad_settings_are_refused_before_any_model_loads(pair):
