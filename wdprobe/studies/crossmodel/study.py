@@ -30,7 +30,6 @@ from wdprobe.errors import InputError
 from wdprobe.figures.crossmodel import restored_share_figure
 from wdprobe.figures.page import figure_html
 from wdprobe.figures.probes import png_export, write_png
-from wdprobe.reports.html import CSS, notes_html
 from wdprobe.methods.cross_model import (
     POSITION_CLASSES,
     SITE_KINDS,
@@ -42,6 +41,7 @@ from wdprobe.methods.cross_model import (
     restored_share,
     sites_for,
 )
+from wdprobe.reports.html import CSS, notes_html
 from wdprobe.scoring.stats import bootstrap_indices, paired_difference_test
 
 FORMS = ("word", "deed")
