@@ -37,7 +37,12 @@ from wdprobe.figures.crossmodel import recovered_block_figure
 from wdprobe.figures.page import figure_html
 from wdprobe.figures.probes import write_png
 from wdprobe.reports.html import CSS, inline_markdown
-from wdprobe.studies.organisms.cross_model_localisation import component_hit, localise_by_patching
+from wdprobe.studies.organisms.cross_model_localisation import (
+    attribute_components,
+    attribution_hit,
+    component_hit,
+    localise_by_patching,
+)
 from wdprobe.studies.organisms.data import planted_order
 from wdprobe.studies.organisms.edit import build_edited_organism, edit_from_reading, read_parent
 
@@ -66,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", default=None, help="organism names to score (default: every one)")
     ap.add_argument("--max-items", type=int, default=10, help="most studied items read per organism")
     ap.add_argument("--min-items", type=int, default=5, help="fewest studied items for an organism to be scored")
+    ap.add_argument("--attribution", action="store_true",
+                    help="also rank every attention, MLP and head site by attribution patching on each scored organism")
     args = ap.parse_args(argv)
 
     card = Path(args.card)
@@ -92,7 +99,30 @@ def main(argv: list[str] | None = None) -> int:
         return list(r.get("studied", []))
 
     todo = [n for n in names if not (out / "organisms" / f"{n}.json").is_file()]
-    reading, read_seed = None, None
+    read: dict = {"seed": None, "reading": None}
+
+    def rebuilt(name: str, batch: list[str]):
+        """The organism rebuilt from its stored specification (the parent read once per seed, for the blocks of
+        ``batch``), checked against it, loaded, and its weights' directory."""
+        r, spec_stored = records[name], records[name]["spec"]
+        same_seed = [n for n in batch if records[n]["seed"] == r["seed"]]
+        key = (r["seed"], tuple(sorted({records[n]["layer"] for n in same_seed})),
+               any(records[n].get("component") == "attn-head" for n in same_seed))
+        if read["seed"] != key:  # a reading holds only the blocks it was read for
+            cal = spec_stored["calibration"]
+            calib = [by_id[i] for i in cal["item_ids"]]
+            read["reading"] = read_parent(lm, calib, list(key[1]), target=cal["target_option"], heads=key[2])
+            read["seed"] = key
+        spec = edit_from_reading(read["reading"], r["layer"], kind=r["kind"], strength=r["strength"], seed=r["seed"],
+                                 component=r.get("component", "mlp"),
+                                 head=spec_stored["unit"] if r.get("component") == "attn-head" else None)
+        if spec.unit != spec_stored["unit"] or not np.isclose(spec.write_scale, spec_stored["write_scale"], rtol=1e-4):
+            raise RuntimeError(f"{name}: the rebuilt edit (unit {spec.unit}, write scale {spec.write_scale}) is not the "
+                               f"stored one (unit {spec_stored['unit']}, {spec_stored['write_scale']}); nothing written")
+        child_dir = work / name
+        build_edited_organism(parent_dir, child_dir, spec)
+        return load_model(str(child_dir)), child_dir
+
     for name in sorted(todo, key=lambda n: records[n]["seed"]):
         r = records[name]
         spec_stored = r["spec"]
@@ -106,23 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {len(studied)} studied items, not scored", flush=True)
             continue
         started = time.perf_counter()
-        if read_seed != r["seed"]:
-            cal = spec_stored["calibration"]
-            calib = [by_id[i] for i in cal["item_ids"]]
-            target = cal["target_option"]
-            layers = sorted({records[n]["layer"] for n in todo if records[n]["seed"] == r["seed"]})
-            heads = any(records[n].get("component") == "attn-head" for n in todo if records[n]["seed"] == r["seed"])
-            reading = read_parent(lm, calib, layers, target=target, heads=heads)
-            read_seed = r["seed"]
-        spec = edit_from_reading(reading, r["layer"], kind=r["kind"], strength=r["strength"], seed=r["seed"],
-                                 component=r.get("component", "mlp"),
-                                 head=spec_stored["unit"] if r.get("component") == "attn-head" else None)
-        if spec.unit != spec_stored["unit"] or not np.isclose(spec.write_scale, spec_stored["write_scale"], rtol=1e-4):
-            raise RuntimeError(f"{name}: the rebuilt edit (unit {spec.unit}, write scale {spec.write_scale}) is not the "
-                               f"stored one (unit {spec_stored['unit']}, {spec_stored['write_scale']}); nothing written")
-        child_dir = work / name
-        build_edited_organism(parent_dir, child_dir, spec)
-        child = load_model(str(child_dir))
+        child, child_dir = rebuilt(name, todo)
         rng = np.random.default_rng([r["seed"], r["layer"], 23])
         chosen = sorted(studied[k] for k in rng.permutation(len(studied))[:args.max_items])
         items = [by_id[i] for i in chosen]
@@ -138,6 +152,23 @@ def main(argv: list[str] | None = None) -> int:
               f"{found.get('recovered_component')}{'' if found.get('recovered_head') is None else found['recovered_head']}"
               f" [{result['seconds_total']:.0f} s]", flush=True)
 
+    if args.attribution:  # attribution patching on the organisms already scored (rules: attribution section)
+        pending = [n for n in names if (f := out / "organisms" / f"{n}.json").is_file()
+                   and json.loads(f.read_text()).get("scored") and "attribution" not in json.loads(f.read_text())]
+        for name in sorted(pending, key=lambda n: records[n]["seed"]):
+            f = out / "organisms" / f"{name}.json"
+            result = json.loads(f.read_text())
+            child, child_dir = rebuilt(name, pending)
+            items = [by_id[i] for i in result["items"]]
+            found = attribute_components(lm, child, items, targets_of(items, against))
+            shutil.rmtree(child_dir, ignore_errors=True)
+            planted_head = result["unit"] if result["component"] == "attn-head" else None
+            result["attribution"] = found
+            result["attribution_hit"] = attribution_hit(found, result["layer"], result["component"], planted_head)
+            atomic_write_json(f, result)
+            print(f"{name}: attribution ranks {found['top_site']} first (planted L{result['layer']} "
+                  f"{result['component']}) [{found['seconds']:.0f} s]", flush=True)
+
     write_card(out, names, run, against, lm.n_layers)
     atomic_write_json(out / "run.json", {"card": str(card), "parent": str(parent_dir), "max_items": args.max_items,
                                          "min_items": args.min_items, "organisms": names,
@@ -151,6 +182,11 @@ def markdown_table_html(rows: list[str]) -> str:
     head, body = cells[0], cells[1:]
     return ("<table><tr>" + "".join(f"<th>{inline_markdown(c)}</th>" for c in head) + "</tr>"
             + "".join("<tr>" + "".join(f"<td>{inline_markdown(c)}</td>" for c in r) + "</tr>" for r in body) + "</table>")
+
+
+def yes_no(value) -> str:
+    """A table cell for a yes/no that may be missing."""
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else ("yes" if value else "no")
 
 
 def write_card(out: Path, names: list[str], run: dict, against: bool, n_layers: int) -> None:
@@ -169,7 +205,9 @@ def write_card(out: Path, names: list[str], run: dict, against: bool, n_layers: 
                      "identical_everywhere": r.get("identical_everywhere"), "recovered_block": rec,
                      "error": None if rec is None else abs(rec - r["layer"]),
                      "recovered_component": r.get("recovered_component"), "recovered_head": r.get("recovered_head"),
-                     "component_hit": r.get("component_hit"), "seconds": r.get("seconds")})
+                     "component_hit": r.get("component_hit"), "seconds": r.get("seconds"),
+                     "attribution_top": (r.get("attribution") or {}).get("top_site"),
+                     "attribution_hit": r.get("attribution_hit")})
     frame = pd.DataFrame(rows)
     if frame.empty:
         raise InputError(f"{out}: no organism scored or listed yet")
@@ -180,15 +218,18 @@ def write_card(out: Path, names: list[str], run: dict, against: bool, n_layers: 
     frame["detected"] = frame["scored"] & (frame["shift_q"] < 0.05) & frame["recovered_block"].notna()
     frame.to_csv(out / "cross-model.csv", index=False)
     parent = "the sincere-balanced organism (against its stance)" if against else "the base model (canonical option 1)"
+    with_atp = bool(frame["attribution_top"].notna().any())
     lines = [f"# Cross-model patching on the edited organisms of {parent}", "",
              "Rules: `../../cross-model-rules.md` (committed before the run). Each organism patched into its parent; "
              "the recovered block is the first whose residual restores at least half of the organism's deed shift "
              "(per-token mean), the recovered component the site restoring most at that block.", "",
-             "| organism | planted | items | shift (mean) [95% CI], q | detected | recovered block | error | component | hit |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| organism | planted | items | shift (mean) [95% CI], q | detected | recovered block | error | component | hit |"
+             + (" attribution first | hit |" if with_atp else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if with_atp else "")]
     for _, r in frame.iterrows():
         if not r["scored"]:
-            lines.append(f"| {r['name']} | L{r['layer']} | {r['n_studied']} studied | not scored (< min items) | | | | | |")
+            lines.append(f"| {r['name']} | L{r['layer']} | {r['n_studied']} studied | not scored (< min items) | | | | | |"
+                         + (" | |" if with_atp else ""))
             continue
         comp = "" if r["recovered_component"] is None or pd.isna(r["recovered_component"]) else str(r["recovered_component"])
         if comp and not pd.isna(r["recovered_head"]) and comp != "mlp":
@@ -200,8 +241,10 @@ def write_card(out: Path, names: list[str], run: dict, against: bool, n_layers: 
         lines.append(f"| {r['name']} | L{r['layer']} | {int(r['n_items'])} | {r['shift_mean']:.3f} "
                      f"[{r['shift_low']:.3f}, {r['shift_high']:.3f}], q = {r['shift_q']:.3g}{ident} | "
                      f"{'yes' if r['detected'] else 'no'} | {rec} | {err} | "
-                     f"{comp} | {hit} |")
-    plants = frame[frame["scored"] & frame["family"].isin(["override", "head-override", "strength"])]
+                     f"{comp} | {hit} |" + (f" {r['attribution_top'] or ''} | {yes_no(r['attribution_hit'])} |" if with_atp
+                                            else ""))
+    families = frame["family"].astype(str)
+    plants = frame[frame["scored"] & (families.isin(["override", "head-override"]) | families.str.startswith("strength"))]
     found = plants[plants["detected"]]
     nulls = frame[frame["scored"] & (frame["family"] == "null-gate")]
     exact = int((found["error"] == 0).sum())
@@ -211,12 +254,18 @@ def write_card(out: Path, names: list[str], run: dict, against: bool, n_layers: 
               f"{int(nulls['detected'].sum())}.** Not scored (fewer studied items than the minimum): "
               f"{int((~frame['scored']).sum())}. Detected: the organism's deed shift differs from zero (sign-flip "
               "test, q < 0.05 by Benjamini-Hochberg across the scored organisms) and some block restores at least half."]
+    if with_atp:
+        atp = found[found["attribution_top"].notna()]
+        lines += ["", f"**Attribution patching (one forward and backward, every attention, MLP and head site, no block "
+                  f"given; rules: attribution section): the planted component first on "
+                  f"{int((atp['attribution_hit'] == True).sum())} of {len(atp)} detected plants.**"]  # noqa: E712
     atomic_write_text(out / "card.md", "\n".join(lines) + "\n")
     fig = recovered_block_figure(frame, n_layers, title=f"Cross-model patching on the edited organisms of {parent}<br>"
                                  "<sup>the first block whose residual carries half of the organism's deed shift, "
                                  "against the planted block; hollow on the none row: shift not detected (q >= 0.05)</sup>")
     write_png(fig, out / "card.png")
-    verdict = f"<p>{inline_markdown(lines[-1])}</p>"
+    last_row = max(k for k, line in enumerate(lines) if line.startswith("|"))
+    verdict = "".join(f"<p>{inline_markdown(line)}</p>" for line in lines[last_row + 1:] if line)
     table = "".join(f"<p>{inline_markdown(line)}</p>" for line in lines[2:4]) + \
         markdown_table_html([line for line in lines if line.startswith("|")])
     atomic_write_text(out / "index.html", f"<!doctype html><html><head><meta charset='utf-8'><title>cross-model card"

@@ -19,7 +19,13 @@ import numpy as np
 from wdprobe.data.prompts import cloze_prompt
 from wdprobe.data.wdct import Item
 from wdprobe.errors import InputError
-from wdprobe.methods.cross_model import cross_model_patch, option_sequences, restored_share, sites_for
+from wdprobe.methods.cross_model import (
+    attribute_cross_model,
+    cross_model_patch,
+    option_sequences,
+    restored_share,
+    sites_for,
+)
 from wdprobe.scoring.stats import bootstrap_indices, paired_difference_test
 
 RESTORES_AT_LEAST = 0.5
@@ -106,3 +112,34 @@ def component_hit(result: dict, planted_component: str, planted_head: int | None
     if planted_component == "mlp":
         return result["recovered_component"] == "mlp"
     return result["recovered_component"] in ("attn", "head") and result.get("recovered_head") == planted_head
+
+
+def attribute_components(reference, variant, items: Sequence[Item], toward: Sequence[int], *, form: str = "deed",
+                         batch_size: int = 8) -> dict:
+    """Attribution patching's estimate of every attention, MLP and head site of every block at once (one forward and
+    backward per batch; no sweep, no planted block): each site's estimated restored share of the variant's shift
+    toward ``toward`` (per-token mean), the attention or MLP site ranked first and the head ranked first."""
+    if not items or len(toward) != len(items):
+        raise InputError("attribution needs items and one target option per item")
+    started = time.perf_counter()
+    seqs, starts = option_sequences(reference, [cloze_prompt(it, form) for it in items], [it.options(form) for it in items])
+    sign = np.where(np.asarray(toward) == 0, 1.0, -1.0)
+    sites = sites_for(reference, ("attn", "mlp", "head"))
+    est = attribute_cross_model(reference, variant, seqs, starts, sites, batch_size=batch_size)
+    share = restored_share(est, "mean", toward=sign)[0]
+    ranked = [{"site": s.label, "kind": s.kind, "block": s.layer, "unit": s.unit, "share": float(v)}
+              for v, s in sorted(zip(share, sites), key=lambda t: -t[0] if np.isfinite(t[0]) else np.inf)]
+    top = next((r for r in ranked if r["kind"] in ("attn", "mlp")), None)
+    top_head = next((r for r in ranked if r["kind"] == "head"), None)
+    return {"top_site": top and top["site"], "top_block": top and top["block"], "top_kind": top and top["kind"],
+            "top_head_block": top_head and top_head["block"], "top_head": top_head and top_head["unit"],
+            "ranking": ranked[:10], "seconds": round(time.perf_counter() - started, 1)}
+
+
+def attribution_hit(found: dict, planted_block: int, planted_component: str, planted_head: int | None) -> bool:
+    """The rule of ``cross-model-rules.md`` (attribution section): the planted block's MLP first among attention and
+    MLP sites; for a head plant, the planted block's attention first and the planted head first among all heads."""
+    if planted_component == "mlp":
+        return found["top_block"] == planted_block and found["top_kind"] == "mlp"
+    return (found["top_block"] == planted_block and found["top_kind"] == "attn"
+            and found["top_head_block"] == planted_block and found["top_head"] == planted_head)

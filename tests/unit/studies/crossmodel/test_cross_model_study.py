@@ -98,3 +98,16 @@ def test_attribution_runs_checked_against_exact_patching(pair):
         from wdprobe.studies.crossmodel.study import CrossModelSettings
 
         CrossModelSettings("a", "b", check_items=3)
+
+
+def test_attribution_ranks_the_redrawn_mlp_first_without_being_told_its_block(pair):
+    from wdprobe.core.model import load_model
+    from wdprobe.data.items import read_items
+    from wdprobe.studies.organisms.cross_model_localisation import attribute_components, attribution_hit
+
+    root, ref, var, data = pair
+    items = [it for it in read_items(data) if it.n_options == 2][:4]
+    found = attribute_components(load_model(str(ref)), load_model(str(var)), items, [0] * len(items))
+    assert found["top_site"] == "L1.mlp" and found["ranking"][0]["share"] >= found["ranking"][-1]["share"]
+    assert attribution_hit(found, 1, "mlp", None) and not attribution_hit(found, 2, "mlp", None)
+    assert not attribution_hit(found, 1, "attn-head", 0)  # a head plant needs the attention and the head first
