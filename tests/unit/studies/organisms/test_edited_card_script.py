@@ -88,6 +88,13 @@ def test_cross_model_patching_finds_every_tiny_plant_at_its_block_and_component(
     assert "recovered at the planted block" in (card / "cross-model" / "card.md").read_text()
     page = (card / "cross-model" / "index.html").read_text()
     assert "<table>" in page and "override-L1-s0" in page and "plotly" in page
+    # attribution patching on the scored organisms, resumed into the same results: every site ranked in one pass
+    assert script.main(["--card", str(card), "--min-items", "1", "--max-items", "6", "--attribution",
+                        "--work", str(tmp_path / "work")]) == 0
+    table = pd.read_csv(card / "cross-model" / "cross-model.csv").set_index("name")
+    assert table.loc["override-L1-s0", "attribution_top"] == "L1.mlp"
+    assert table.loc[["override-L1-s0", "override-L2-s0"], "attribution_hit"].all()
+    assert "Attribution patching" in (card / "cross-model" / "card.md").read_text()
     # a stored specification the rebuild does not reproduce is refused, and nothing is written for it
     f = card / "organisms" / "override-L1-s0.json"
     r = json.loads(f.read_text())
