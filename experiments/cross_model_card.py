@@ -154,11 +154,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.attribution:  # attribution patching on the organisms already scored (rules: attribution section)
         pending = [n for n in names if (f := out / "organisms" / f"{n}.json").is_file()
-                   and json.loads(f.read_text()).get("scored") and "attribution" not in json.loads(f.read_text())]
+                   and json.loads(f.read_text()).get("scored")
+                   and not {"attribution", "attribution_skipped"} & set(json.loads(f.read_text()))]
         for name in sorted(pending, key=lambda n: records[n]["seed"]):
             f = out / "organisms" / f"{name}.json"
             result = json.loads(f.read_text())
-            child, child_dir = rebuilt(name, pending)
+            try:
+                child, child_dir = rebuilt(name, pending)
+            except RuntimeError as exc:  # not the stored organism: nothing read for it, and the card says so
+                result["attribution_skipped"] = str(exc)
+                atomic_write_json(f, result)
+                print(f"{name}: attribution skipped: {exc}", flush=True)
+                continue
             items = [by_id[i] for i in result["items"]]
             found = attribute_components(lm, child, items, targets_of(items, against))
             shutil.rmtree(child_dir, ignore_errors=True)
@@ -207,7 +214,8 @@ def write_card(out: Path, names: list[str], run: dict, against: bool, n_layers: 
                      "recovered_component": r.get("recovered_component"), "recovered_head": r.get("recovered_head"),
                      "component_hit": r.get("component_hit"), "seconds": r.get("seconds"),
                      "attribution_top": (r.get("attribution") or {}).get("top_site"),
-                     "attribution_hit": r.get("attribution_hit")})
+                     "attribution_hit": r.get("attribution_hit"),
+                     "attribution_skipped": r.get("attribution_skipped")})
     frame = pd.DataFrame(rows)
     if frame.empty:
         raise InputError(f"{out}: no organism scored or listed yet")
@@ -259,6 +267,10 @@ def write_card(out: Path, names: list[str], run: dict, against: bool, n_layers: 
         lines += ["", f"**Attribution patching (one forward and backward, every attention, MLP and head site, no block "
                   f"given; rules: attribution section): the planted component first on "
                   f"{int((atp['attribution_hit'] == True).sum())} of {len(atp)} detected plants.**"]  # noqa: E712
+        skipped = frame[frame["attribution_skipped"].notna()]
+        if len(skipped):
+            lines += ["", "Not read by attribution (the rebuilt organism was not the stored one): "
+                      + ", ".join(skipped["name"]) + "."]
     atomic_write_text(out / "card.md", "\n".join(lines) + "\n")
     fig = recovered_block_figure(frame, n_layers, title=f"Cross-model patching on the edited organisms of {parent}<br>"
                                  "<sup>the first block whose residual carries half of the organism's deed shift, "

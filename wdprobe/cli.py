@@ -280,7 +280,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
     kwargs = {**given(args, n_items=("items", item_count), layers="layers", alphas=("alphas", _floats), seed="seed",
                       min_mass_ratio="min_mass_ratio", batch_size="batch_size", restart="restart",
                       validate=("no_validate", lambda no: not no), space="space",
-                      controls=("controls", lambda v: [c.strip() for c in v.split(",") if c.strip()])),
+                      controls=("controls", lambda v: [c.strip() for c in v.split(",") if c.strip()]),
+                      prompting=("no_prompting", lambda no: not no)),
               "progress": not hasattr(args, "quiet"), "shard": shard}
     for ro in _readouts(args.run, getattr(args, "format", "auto")):
         head = through_runner(args, args.run, "steer", lambda: run_steering(args.run, format=ro, **kwargs),
@@ -777,6 +778,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "cell: random (isotropic; may break the answer format), pair-random (the "
                                       "difference of two other same-answer items' residuals; keeps the format); "
                                       "default both")
+    p.add_argument("--no-prompting", action="store_true",
+                   help="skip the prompting baseline in the validation (each deed prompt preceded by the model's own "
+                        "word answer and an instruction to act on it)")
     p.add_argument("--restart", action="store_true", help="discard this stage's earlier results in the run directory")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--space", choices=["auto", "shown", "content"],

@@ -103,3 +103,12 @@ def resolve_chat(mode: ChatMode, model_name: str, tokenizer) -> bool:
     if mode not in ("plain", "chat"):
         raise InputError(f"chat mode must be auto, plain or chat, not {mode!r}")
     return mode == "chat"
+
+
+def word_reminder(item: Item, word_choice: int) -> str:
+    """The prompting baseline's preamble (telling the model to act as it says, as AxBench compares steering with
+    prompting): the item's word question, the model's own word answer to it, and an instruction to act on it."""
+    if not 0 <= word_choice < item.n_options:
+        raise InputError(f"item {item.id}: word choice {word_choice} is not one of its {item.n_options} options")
+    return (f"Earlier you were asked: {item.word_stem}\nYou answered: {item.word_options[word_choice]}\n"
+            "Act in the situation below as you answered.\n\n")

@@ -136,6 +136,8 @@ class SteerSection(Options):
                                  help="control directions of equal norm run beside the stance at every cell: random "
                                       "(isotropic; may break the answer format), pair-random (the difference of two "
                                       "other same-answer items' residuals; keeps the format)")
+    prompting: bool = option(True, help="validation also runs the prompting baseline: each deed prompt preceded by the "
+                                        "model's own word answer and an instruction to act on it")
     batch_size: int = option(64, check=positive_int, expect="a positive number")
     space: str = option("auto", choices=SPACES,
                         help="letters: shown (the letter-balanced word-stance direction, shown deed order) or content "

@@ -169,7 +169,7 @@ def _wdct_steer(ctx: StageContext) -> StageResult:
         heads[ro.name] = head = run_steering(
             ctx.run.path, format=ro, n_items=item_count(s.items), layers=s.layers, alphas=s.alphas, seed=cfg.seed,
             min_mass_ratio=s.min_mass_ratio, batch_size=s.batch_size, validate=s.validate, lm=ctx.model(),
-            progress=ctx.progress, restart=ctx.restart, space=s.space, controls=s.controls)
+            progress=ctx.progress, restart=ctx.restart, space=s.space, controls=s.controls, prompting=s.prompting)
         texts.append(ro.steer_status(head))
     return StageResult("steer", "; ".join(texts), heads)
 

@@ -374,6 +374,13 @@ def validation_text(val: dict | None, mass_label: str, min_mass_ratio: float,
             text += "; " + versus(b, above=f"it beats the {CONTROL_NAMES[c]}", below=f"the {CONTROL_NAMES[c]} does better",
                                   neither=f"vs the {CONTROL_NAMES[c]}")
     text += "."
+    told, told_clean, vs_told = val.get("prompted"), val["tests"].get("prompted_beats_clean"), val["tests"].get("beats_prompted")
+    if told and told_clean and vs_told:
+        text += (f" Telling the model its own word answer instead (the prompting baseline) gives CS {told['cs']:.3f}: "
+                 + versus(told_clean, above="prompting beats clean", below="prompting lowers CS",
+                          neither="prompting vs clean")
+                 + "; " + versus(vs_told, above="steering beats prompting", below="prompting does better than steering",
+                                 neither="steering vs prompting") + ".")
     masses = [f"{'steered' if c == 'stance' else CONTROL_NAMES[c]} {median_mass(val[c])}" for c in ("stance", *controls)]
     if any(not m.endswith("not recorded") for m in masses):
         text += f" The {mass_label} each item keeps of its clean run (median over items): " + ", ".join(masses) + "."

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -34,6 +34,7 @@ import numpy as np
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.core.forward import encode_prompts
 from wdprobe.core.option_scoring import decision_point, last_residuals
+from wdprobe.data.prompts import cloze_prompt, normal_prompt, word_reminder, wrap
 from wdprobe.errors import InputError, InterventionError
 from wdprobe.figures import localisation as localise_plots
 from wdprobe.figures import probes as plots
@@ -231,6 +232,12 @@ class Readout(ABC):
         """Fill the reading's cross-fitted stance directions where :meth:`reading` left them out; an InputError when
         the sample cannot be cross-fitted (the instrument then says why). Nothing to do by default."""
 
+    @abstractmethod
+    def prompted_prompts(self, run: RunDir, lm, reading: Reading) -> list[str]:
+        """Each deed run's prompt preceded by :func:`~wdprobe.data.prompts.word_reminder` (the item's word question,
+        the model's own word answer, an instruction to act on it), built as the run was scored (chat template
+        included), ending where the unprompted run ends so the same tokens are read: the prompting baseline."""
+
     # ---- logit lens
     @abstractmethod
     def lens(self, run: RunDir, lm, out: Path, model: str) -> tuple[dict[str, Any], dict[str, Any], list]:
@@ -349,6 +356,21 @@ class LetterReadout(Readout):
         runs = deed_runs(pairs, "content" if space == "content" or settings.get("deed_orders") == "cyclic" else "shown")
         return Reading(pairs.items, runs, pairs.token_ids, dirs.word_sources, dirs.stance, dirs.letter, dirs.gap,
                        dirs.random, extra={"pairs": pairs, "deed_norm": dirs.deed_norm})
+
+    def prompted_prompts(self, run: RunDir, lm, reading: Reading) -> list[str]:
+        pairs, chat = reading.extra["pairs"], scored_entry(run)["config"]["chat_template"]
+        out = []
+        for k in range(len(reading.runs)):
+            i = int(reading.runs.item[k])
+            pres = pairs.presentations[i]
+            if reading.runs.order[k] == "swapped":
+                pres = replace(pres, deed_order=tuple(reversed(pres.deed_order)))
+            if wrap(normal_prompt(pres, "deed"), lm.tokenizer, chat) != reading.runs.prompts[k]:
+                raise InterventionError(f"item {reading.ids[i]}: the deed prompt rebuilt for the prompting baseline is "
+                                        "not the prompt the run scored")
+            reminder = word_reminder(pres.item, int(reading.items["y_word"].iloc[i]))
+            out.append(wrap(reminder + normal_prompt(pres, "deed"), lm.tokenizer, chat))
+        return out
 
     def consistency(self, frame, reading: Reading):
         return reading.items
@@ -510,6 +532,7 @@ def cloze_items(run_dir: str | Path, lm, *, n_items: int | None = 64, seed: int 
     if not prompts:
         raise InputError(f"{run_dir}: the run has no cloze prompts; score it with --format cloze or both")
     tok = lm.tokenizer
+    chat = scored_entry(RunDir(run_dir))["config"]["chat_template"]
     rows, kept, left_out = [], [], []
     for r in scored.rows:
         if r["n_options"] != 2:
@@ -526,8 +549,13 @@ def cloze_items(run_dir: str | Path, lm, *, n_items: int | None = 64, seed: int 
             left_out.append(r["id"])  # the decision text would not re-tokenise to the decision tokens
             continue
         rows.append(dict(r, consistent=r["cloze_consistent"]))
+        item = d.view.item
+        if wrap(cloze_prompt(item, "deed"), tok, chat) != d.text:
+            raise InterventionError(f"item {r['id']}: the cloze deed prompt rebuilt is not the prompt the run scored")
+        prompted = wrap(word_reminder(item, w.choice) + cloze_prompt(item, "deed"), tok, chat) + shared
         kept.append({"id": r["id"], "domain": r["domain"], "y_word": w.choice, "y_deed": d.choice,
-                     "word_sequence": pw.sequence, "deed_text": text, "deed_tokens": pd_.tokens})
+                     "word_sequence": pw.sequence, "deed_text": text, "deed_tokens": pd_.tokens,
+                     "deed_text_prompted": prompted})
     pick = choose_items(rows, n_items, seed, consistency="cloze_consistent")
     return [kept[i] for i in pick], left_out
 
@@ -567,6 +595,10 @@ class ClozeReadout(Readout):
                               "y_word": [int(it["y_word"]) for it in items]})
         return Reading(frame, runs, union, sources, random=random_directions(len(layers), sources.shape[-1], seed),
                        left_out=left_out, extra={"items": items})
+
+    def prompted_prompts(self, run: RunDir, lm, reading: Reading) -> list[str]:
+        items = reading.extra["items"]
+        return [items[int(i)]["deed_text_prompted"] for i in reading.runs.item]
 
     def fit_stance(self, reading: Reading, *, folds: int, stratify: bool = False) -> None:
         """Fill the reading's cross-fitted cloze stance directions and their lengths (difference of means of the word

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -25,7 +26,7 @@ from wdprobe.core.cache import atomic_write_text
 from wdprobe.errors import InputError
 from wdprobe.figures import localisation as localise_plots
 from wdprobe.figures import probes as plots
-from wdprobe.methods.interventions import resolve_layers
+from wdprobe.methods.interventions import Row, resolve_layers
 from wdprobe.methods.steering import (
     DEFAULT_CONTROLS,
     MIN_MASS_RATIO,
@@ -117,7 +118,8 @@ def run_steering(run_dir: str | Path, *, format: str | Readout = "letter", n_ite
                  layers: str | Sequence[int] | None = None, alphas: Sequence[float] = DEFAULT_ALPHAS, seed: int = 0,
                  folds: int = 5, min_mass_ratio: float = MIN_MASS_RATIO, chunk_items: int = 8, batch_size: int = 64,
                  progress: bool = True, restart: bool = False, validate: bool = True, lm=None, shard: str | None = None,
-                 space: str = "auto", controls: Sequence[str] = DEFAULT_CONTROLS) -> dict[str, Any]:
+                 space: str = "auto", controls: Sequence[str] = DEFAULT_CONTROLS,
+                 prompting: bool = True) -> dict[str, Any]:
     """Steer deed runs toward the word's choice at each (layer, alpha), read through ``format`` (a read-out name or
     object); writes ``steering/<prefix>steering*``.
 
@@ -129,7 +131,9 @@ def run_steering(run_dir: str | Path, *, format: str | Readout = "letter", n_ite
     cells are ranked by balanced CS. ``shard`` (``"i/n"``, letters): the grid on that shard's items only, into
     ``RUN/shards/steer/i-of-n/``; ``wdprobe merge RUN`` joins the shards, picks the best setting and validates it.
     ``controls``: the control directions run beside the stance at every cell (names in
-    :data:`~wdprobe.methods.steering.STEERING_CONTROLS`); the validation tests the stance against each."""
+    :data:`~wdprobe.methods.steering.STEERING_CONTROLS`); the validation tests the stance against each. ``prompting``:
+    the validation also runs the prompting baseline (each deed prompt preceded by the model's own word answer and an
+    instruction to act on it; condition ``prompted``) and tests steering against it."""
 
     t_start = time.perf_counter()
     ro = readout(format)
@@ -193,7 +197,7 @@ def run_steering(run_dir: str | Path, *, format: str | Readout = "letter", n_ite
     if validate and best is not None:
         validation = validate_steering(run, lm, ro, reading, int(best["layer"]), float(best["alpha"]), extra,
                                        folds=folds, seed=seed, batch_size=batch_size, progress=progress,
-                                       controls=controls)
+                                       controls=controls, prompting=prompting)
         if "skipped" in validation:
             skipped, validation = validation["skipped"], None
     atomic_write_text(run.path / ro.result_file("steer", "table"), ro.steering_table(frame, items).to_csv(index=False))
@@ -215,10 +219,17 @@ def control_key(name: str) -> str:
     return "beats_" + name.replace("-", "_")
 
 
+def prompted_rows(item: np.ndarray) -> tuple[list[Row], list[dict[str, Any]]]:
+    """The prompting baseline's rows: each deed run once, as it is (its prompt carries the reminder)."""
+    return ([Row(j) for j in range(len(item))],
+            [{"item": j, "condition": "prompted", "layer": -1, "alpha": 0.0} for j in range(len(item))])
+
+
 def steering_tests(frame, items, *, seed: int = 0) -> dict[str, dict[str, Any]]:
     """On held-out items at the one chosen setting (no selection left to correct for): paired sign-flip tests of
-    steered consistency against clean (``beats_clean``) and against each control direction (``beats_random``,
-    ``beats_pair_random``)."""
+    steered consistency against clean (``beats_clean``), against each control direction (``beats_random``,
+    ``beats_pair_random``) and against the prompting baseline where it ran (``beats_prompted``), and the prompting
+    baseline against clean (``prompted_beats_clean``)."""
     f = frame[frame.condition != "clean"]
     after = {c: g.set_index("item")["toward_word"].gt(0).astype(float) for c, g in f.groupby("condition")}
     clean = items["consistent"].astype(float)
@@ -227,12 +238,17 @@ def steering_tests(frame, items, *, seed: int = 0) -> dict[str, dict[str, Any]]:
     for name, ctrl in after.items():
         out[control_key(name)] = paired_difference_test((stance - ctrl.reindex(stance.index)).to_numpy(),
                                                         seed=seed).to_json()
+    if "prompted" in after:
+        told = after["prompted"]
+        out["prompted_beats_clean"] = paired_difference_test((told - clean.reindex(told.index)).to_numpy(),
+                                                             seed=seed).to_json()
     return out
 
 
 def validate_steering(run: RunDir, lm, ro: Readout, grid: Reading, layer: int, alpha: float,
                       settings: Mapping[str, Any], *, folds: int = 5, seed: int = 0, batch_size: int = 64,
-                      progress: bool = True, controls: Sequence[str] = ("random",)) -> dict[str, Any]:
+                      progress: bool = True, controls: Sequence[str] = ("random",),
+                      prompting: bool = False) -> dict[str, Any]:
     """The chosen (layer, alpha), with directions cross-fitted on the held-out items themselves and a fresh random
     direction of equal norm, on the readable two-option items the grid never saw; paired tests at that one setting.
     A validation that cannot run returns ``{"skipped": why, "n_items": ...}`` (the headline says why)."""
@@ -241,7 +257,8 @@ def validate_steering(run: RunDir, lm, ro: Readout, grid: Reading, layer: int, a
     space = {k: settings[k] for k in ("space",) if k in settings}
     controls = list(controls)
     run.check_or_start(stage, {"layer": layer, "alpha": alpha, "grid_items": sorted(grid.ids), **space,
-                               **({} if controls == ["random"] else {"controls": controls})})
+                               **({} if controls == ["random"] else {"controls": controls}),
+                               **({"prompting": True} if prompting else {})})
     try:
         held = ro.reading(run, lm, n_items=None, seed=seed + 1, layers=[layer], folds=folds, settings=settings,
                           exclude=grid.ids)
@@ -253,12 +270,17 @@ def validate_steering(run: RunDir, lm, ro: Readout, grid: Reading, layer: int, a
     columns = ro.part_columns["steer"]
     done = {r["id"] for r in run.read_parts(stage)}
     todo = [i for i, iid in enumerate(held.ids) if iid not in done]
-    per_item = (2 + len(controls)) * len(held.runs) // len(held)
+    per_item = (2 + len(controls) + int(prompting)) * len(held.runs) // len(held)
+    prompted = replace(held, runs=replace(held.runs, prompts=ro.prompted_prompts(run, lm, held))) if prompting else None
     bar = progress_bar(per_item * len(held), f"validate steering ({ro.name})", progress, per_item * (len(held) - len(todo)))
 
     def held_out(idx: Sequence[int]) -> list[dict[str, Any]]:
-        return steer_rows(lm, held, stance_vecs, control_vecs, list(idx), [layer], [alpha], columns,
+        rows = steer_rows(lm, held, stance_vecs, control_vecs, list(idx), [layer], [alpha], columns,
                           batch_size=batch_size, progress=bar.update)
+        if prompted is not None:
+            rows += read_interventions(lm, prompted, list(idx), prompted_rows, columns, batch_size=batch_size,
+                                       progress=bar.update)
+        return rows
 
     save_in_parts(run, stage, todo, chunk_size=64, columns=list(columns), compute=held_out)
     bar.close()
@@ -267,7 +289,7 @@ def validate_steering(run: RunDir, lm, ro: Readout, grid: Reading, layer: int, a
     t = summarise_steering(frame, items, mass=ro.mass)
     result: dict[str, Any] = {**space, "n_items": len(held), "layer": layer, "alpha": alpha,
                               "cs_clean": t.attrs["clean_cs"]}
-    for c in ("stance", *controls):
+    for c in ("stance", *controls, *(["prompted"] if prompting else [])):
         r = t[t.condition == c].iloc[0]
         result[c] = {k: float(r[k]) for k in ("cs", "flip_rate", "break_rate", "mass_ratio", "mass_ratio_median")}
     result["controls"] = controls

@@ -290,6 +290,12 @@ def test_patch_and_steer_stages_write_results_and_resume(tiny_run, capsys):
     # the best setting is rerun on the 12 items the grid did not use, beside a random direction
     assert head["validation"]["n_items"] == 12 and set(head["validation"]) >= {"stance", "random", "cs_clean"}
     assert head["validation_skipped"] is None
+    # beside it the format-keeping control and the prompting baseline, each tested against
+    val = head["validation"]
+    assert val["controls"] == ["random", "pair-random"] and "prompted" in val and "pair-random" in val
+    assert set(val["tests"]) == {"beats_clean", "beats_random", "beats_pair_random", "prompted_beats_clean",
+                                 "beats_prompted"}
+    assert 0 < val["prompted"]["mass_ratio_median"] and 0 <= val["prompted"]["cs"] <= 1
     # the run is letter-free, so steering works in content space: both deed orders per item, and the clean
     # reading (mean log-odds over the two orders toward the word content choice) is the score stage's content CS
     assert head["space"] == "content" and (steer["n_orders"] == 2).all()
@@ -600,3 +606,28 @@ def test_lens_and_probe_commands_take_the_format(tiny_run, tmp_path, capsys):
     (run / "manifest.json").write_text(json.dumps(manifest))
     assert main(["probe", "--run", str(run), "--format", "cloze", "--quiet"]) == 2
     assert "scored in the letter format, not ['cloze']" in capsys.readouterr().err
+
+
+def test_prompting_baseline_prompts_say_the_word_answer_and_end_as_the_deed_prompt(tiny_run, tiny_lm):
+    """Both read-outs build the prompted deed prompt from the scored one: the item's word question and the model's own
+    word answer first, then the unchanged deed prompt (so the same tokens are read at its end)."""
+    from wdprobe.data.items import read_items
+    from wdprobe.data.prompts import word_reminder
+    from wdprobe.runs.rundir import RunDir
+    from wdprobe.runs.stage import scored_entry
+    from wdprobe.stages.readouts import readout
+
+    run = RunDir(tiny_run)
+    for name in ("letter", "cloze"):
+        ro = readout(name)
+        settings = ro.settings(run, space="auto") if name == "letter" else ro.settings(run)
+        reading = ro.reading(run, tiny_lm, n_items=6, seed=0, layers=[0], folds=2, settings=settings)
+        told = ro.prompted_prompts(run, tiny_lm, reading)
+        assert len(told) == len(reading.runs)
+        by_id = {it.id: it for it in read_items(scored_entry(run)["data"]["path"])}
+        for k, text in enumerate(told):
+            i = int(reading.runs.item[k])
+            item = by_id[reading.ids[i]]
+            reminder = word_reminder(item, int(reading.items["y_word"].iloc[i]))
+            assert text == reminder + reading.runs.prompts[k], (name, k)  # plain prompts: the reminder, then the prompt
+            assert item.word_options[int(reading.items["y_word"].iloc[i])] in reminder
