@@ -157,6 +157,16 @@ def test_steering_restoration_must_beat_every_control_it_ran():
 
     kept = finding_steering(numbers(20))
     assert kept.numbers["restored"] is True
+    assert "prompting baseline" not in kept.text  # a run without it says nothing of it
+    told = numbers(20)
+    told["steer"]["validation"]["prompted"] = {"cs": 0.9, "mass_ratio": 1.0}
+    told["steer"]["validation"]["tests"]["prompted_beats_clean"] = told["steer"]["validation"]["tests"]["beats_clean"]
+    told["steer"]["validation"]["tests"]["beats_prompted"] = paired_difference_test(-np.r_[np.ones(30), np.zeros(60)],
+                                                                                    n_perm=500).to_json()
+    text = finding_steering(told).text
+    assert "the prompting baseline) gives CS 0.900: prompting beats clean" in text
+    assert "prompting does better than steering" in text
+    assert finding_steering(told).numbers["restored"] is True  # prompting is a comparison, not a control
     assert "equal norm — 0.55" in kept.text  # the grid's control cells, both named
     assert "isotropic random direction 0.004, format-keeping control 0.8" in kept.text
     assert "(median over items): steered 0.8," in kept.text
