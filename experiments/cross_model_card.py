@@ -18,6 +18,7 @@ Time: on 2 CPU cores about 4 minutes per seed to read the parent, then 20-90 s p
 from __future__ import annotations
 
 import argparse
+import hashlib
 import html
 import json
 import shutil
@@ -44,7 +45,13 @@ from wdprobe.studies.organisms.cross_model_localisation import (
     localise_by_patching,
 )
 from wdprobe.studies.organisms.data import planted_order
-from wdprobe.studies.organisms.edit import build_edited_organism, edit_from_reading, read_parent
+from wdprobe.studies.organisms.edit import (
+    DIRECTIONS_FILE,
+    EditSpec,
+    build_edited_organism,
+    edit_from_reading,
+    read_parent,
+)
 
 
 def card_items(run: dict, data: str | None) -> tuple[dict, bool]:
@@ -54,6 +61,14 @@ def card_items(run: dict, data: str | None) -> tuple[dict, bool]:
     if not path.is_file():
         raise InputError(f"{path}: the card's items are not there (give --data)")
     return {it.id: it for it in planted_order(read_items(path))}, against
+
+
+def spec_from_record(spec: dict, directions: Path) -> EditSpec:
+    """An organism's edit as its card stored it: the record's specification and the directions file beside it."""
+    from safetensors.numpy import load_file
+
+    vectors = load_file(str(directions))
+    return EditSpec(**{k: v for k, v in spec.items() if k != "directions"}, **{k: vectors[k] for k in ("key", "read", "write")})
 
 
 def targets_of(items: list, against: bool) -> list[int]:
@@ -105,6 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         """The organism rebuilt from its stored specification (the parent read once per seed, for the blocks of
         ``batch``), checked against it, loaded, and its weights' directory."""
         r, spec_stored = records[name], records[name]["spec"]
+        stored = card / "organisms" / f"{name}.{DIRECTIONS_FILE}"
+        if stored.is_file():  # the card kept the edit's directions: rebuilt exactly, no reading of the parent
+            if hashlib.sha256(stored.read_bytes()).hexdigest() != r.get("directions_sha256"):
+                raise RuntimeError(f"{name}: {stored.name} is not the directions its record names (sha256 differs); "
+                                   "nothing written")
+            child_dir = work / name
+            build_edited_organism(parent_dir, child_dir, spec_from_record(spec_stored, stored))
+            return load_model(str(child_dir)), child_dir
         same_seed = [n for n in batch if records[n]["seed"] == r["seed"]]
         key = (r["seed"], tuple(sorted({records[n]["layer"] for n in same_seed})),
                any(records[n].get("component") == "attn-head" for n in same_seed))

@@ -33,6 +33,7 @@ Time: on 2 CPU cores about 4 minutes per seed to read the parent, then 30-70 s p
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import time
@@ -49,7 +50,13 @@ from wdprobe.data.wdct import resolve_wdct_path
 from wdprobe.pipeline.config import StudyConfig
 from wdprobe.pipeline.study import run_study
 from wdprobe.studies.organisms.data import planted_order, sincere_organism_items
-from wdprobe.studies.organisms.edit import build_edited_organism, edit_from_reading, parent_choices, read_parent
+from wdprobe.studies.organisms.edit import (
+    DIRECTIONS_FILE,
+    build_edited_organism,
+    edit_from_reading,
+    parent_choices,
+    read_parent,
+)
 from wdprobe.studies.organisms.layer_card import INSTRUMENTS, recover_layers, score_card, studied_items, write_card_page
 from wdprobe.studies.organisms.replay import recorded_prefixes, replayed_prefix
 
@@ -200,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
                     (keep / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(run_dir / rel, keep / rel)
             shutil.rmtree(run_dir, ignore_errors=True)
+        # the edit's directions kept beside its record: the organism then rebuilds exactly on any machine, where a
+        # re-derivation from the calibration does not (its ridge solve is ill-conditioned)
+        kept = out / "organisms" / f"{name_of(o)}.{DIRECTIONS_FILE}"
+        shutil.copy2(child_dir / DIRECTIONS_FILE, kept)
+        result["directions_sha256"] = hashlib.sha256(kept.read_bytes()).hexdigest()
         shutil.rmtree(child_dir, ignore_errors=True)
         result["seconds"] = round(time.perf_counter() - started, 1)
         atomic_write_json(out / "organisms" / f"{name_of(o)}.json", result)

@@ -95,12 +95,22 @@ def test_cross_model_patching_finds_every_tiny_plant_at_its_block_and_component(
     assert table.loc["override-L1-s0", "attribution_top"] == "L1.mlp"
     assert table.loc[["override-L1-s0", "override-L2-s0"], "attribution_hit"].all()
     assert "Attribution patching" in (card / "cross-model" / "card.md").read_text()
-    # a stored specification the rebuild does not reproduce is refused, and nothing is written for it
+    # the card keeps each edit's directions, so organisms rebuild exactly with no reading of the parent; a directions
+    # file that is not the one its record names is refused, and nothing is written for it
+    directions = card / "organisms" / "override-L1-s0.edit-directions.safetensors"
+    assert directions.is_file() and json.loads((card / "organisms" / "override-L1-s0.json").read_text())["directions_sha256"]
+    kept = directions.read_bytes()
+    directions.write_bytes(kept[:-4] + bytes(4))
+    (card / "cross-model" / "organisms" / "override-L1-s0.json").unlink()
+    with pytest.raises(RuntimeError, match="override-L1-s0: .* is not the directions its record names"):
+        script.main(["--card", str(card), "--min-items", "1", "--only", "override-L1-s0", "--work", str(tmp_path / "w2")])
+    assert not (card / "cross-model" / "organisms" / "override-L1-s0.json").exists()
+    # without it the organism is re-derived from its calibration, and a record the rebuild does not reproduce is refused
+    directions.unlink()
     f = card / "organisms" / "override-L1-s0.json"
     r = json.loads(f.read_text())
     r["spec"]["write_scale"] *= 2
     f.write_text(json.dumps(r))
-    (card / "cross-model" / "organisms" / "override-L1-s0.json").unlink()
     with pytest.raises(RuntimeError, match="override-L1-s0: the rebuilt edit"):
-        script.main(["--card", str(card), "--min-items", "1", "--only", "override-L1-s0", "--work", str(tmp_path / "w2")])
+        script.main(["--card", str(card), "--min-items", "1", "--only", "override-L1-s0", "--work", str(tmp_path / "w3")])
     assert not (card / "cross-model" / "organisms" / "override-L1-s0.json").exists()
