@@ -80,7 +80,8 @@ def _device_map_arg(text: str):
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="gemma-3-270m",
                    help="embedded default 'gemma-3-270m', a local HF model directory, or a Hugging Face id")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="weights' precision (float16 can overflow to NaN on Gemma; bfloat16 halves memory on GPUs)")
     p.add_argument("--device", default=None, help="torch device (default: where the model loads, CPU here)")
     p.add_argument("--device-map", default=None, type=_device_map_arg,
                    help="for models larger than one device: auto, balanced, or a JSON module->device map "
@@ -413,7 +414,7 @@ def _add_pct_parser(sub) -> None:
     PCTConfig.add_flags(settings.add_argument_group("PCT settings (saved in the run; flags given override them)"),
                         skip=("out",))
     settings.add_argument("--report", default=None, help="report folder (default RUN/report)")
-    settings.add_argument("--quiet", action="store_true")
+    settings.add_argument("--quiet", action="store_true", help="no progress bars")
     for name in ("run",) + pct_stage_names() + ("status",):
         p = psub.add_parser(name, help=helps[name], parents=[] if name == "status" else [settings])
         p.add_argument("--out", default=None, help="run directory (default runs/gemma-3-270m-pct); settings are read from it")
@@ -477,7 +478,7 @@ def _add_align_parsers(sub) -> None:
     p.add_argument("--domain", action="append", default=None, help="keep only this domain (repeatable; any domain of the items)")
     TrainSettings.add_flags(p.add_argument_group("training"), skip=("seed",))
     p.add_argument("--stop-after-epoch", type=int, default=None, help="end after this epoch (resume later)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("align-report", help="figures and README for one or more finished `wdprobe align` runs")
@@ -609,7 +610,7 @@ def _add_organism_parsers(sub) -> None:
                    help="first trainable block (default: the kind's planted layer, 12 or 4 of 18, scaled to the depth)")
     p.add_argument("--limit", type=int, default=None, help="use only this many items (seeded; a quick look)")
     p.add_argument("--seed", type=int, default=0, help="split and example order")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_organism_build)
     p = osub.add_parser("edit", help="write a deed-only override into one block's MLP or one attention head (seconds; "
                                      "no training)",
@@ -676,7 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="local", choices=["local", "ray"])
     p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto, or ray://head:10001); default: "
                                                    "start a local Ray instance")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("merge", help="combine the shards of sharded stages (RUN/shards/...) into RUN, as if run unsharded")
@@ -704,7 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of last, question_mean, option0_last..option3_last")
     p.add_argument("--storage-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--shard", default=None, help="i/n: only shard i of n of the items, into RUN/shards/capture/; then wdprobe merge RUN")
     p.set_defaults(func=cmd_capture)
 
@@ -718,7 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto", choices=["auto", *FORMATS],
                    help="letter (and content, when every order was scored), cloze, or both; auto: every format the run "
                         "was scored in")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("lens", help="logit lens on captured final-position residuals: where deed readings leave word readings")
@@ -726,7 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto", choices=["auto", *FORMATS],
                    help="letter (shown order and content space), cloze (at the options' decision point), or both; "
                         "auto: every format the run was scored in")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_lens)
 
     p = sub.add_parser("patch", help="activation patching: word -> deed per layer, and layer x position heatmaps",
@@ -756,7 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--batch-size", type=int, help="most rows per forward (on CPU also capped at ~1.5k tokens)")
     p.add_argument("--restart", action="store_true", help="discard this stage's earlier results in the run directory")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--shard", help="i/n: cross-form patching (or the exact positional patching) of shard i "
                                                  "of n of the items, into RUN/shards/; then wdprobe merge RUN")
     p.set_defaults(func=cmd_patch)
@@ -782,7 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the prompting baseline in the validation (each deed prompt preceded by the model's own "
                         "word answer and an instruction to act on it)")
     p.add_argument("--restart", action="store_true", help="discard this stage's earlier results in the run directory")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--space", choices=["auto", "shown", "content"],
                    help="shown: the letter-balanced word-stance direction, read in the shown deed order; content: the "
                         "word content direction (residuals averaged over option orders), every deed order, content CS "
@@ -805,7 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", default=None, help="comma list of stages to leave out")
     p.add_argument("--restart", default=None, help="comma list of patch_cross, patch_positional, steer to redo (and all after)")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration as TOML and stop")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="which stages of a run are done, with their wall time and result")
