@@ -91,6 +91,8 @@ def run_cross_patch(run_dir: str | Path, *, format: str | Readout = "letter", n_
     gives the unsharded results."""
 
     t_start = time.perf_counter()
+    if batch_size < 1:  # refused before any model loads or result is touched
+        raise InputError(f"--batch-size {batch_size}: must be at least 1")
     ro = readout(format)
     run = RunDir(run_dir)
     lm = model_for_run(run, lm)
@@ -350,6 +352,8 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     if form not in ("word", "deed"):
         raise InputError(f"form must be 'word' or 'deed', not {form!r}")
     t_start = time.perf_counter()
+    if batch_size < 1:  # refused before any model loads or result is touched
+        raise InputError(f"--batch-size {batch_size}: must be at least 1")
     run = RunDir(run_dir)
     lm = model_for_run(run, lm)
     layers = resolve_layers(layers, lm)

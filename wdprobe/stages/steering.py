@@ -136,6 +136,8 @@ def run_steering(run_dir: str | Path, *, format: str | Readout = "letter", n_ite
     instruction to act on it; condition ``prompted``) and tests steering against it."""
 
     t_start = time.perf_counter()
+    if batch_size < 1:  # refused before any model loads or result is touched
+        raise InputError(f"--batch-size {batch_size}: must be at least 1")
     ro = readout(format)
     run = RunDir(run_dir)
     lm = model_for_run(run, lm)

@@ -631,3 +631,14 @@ def test_prompting_baseline_prompts_say_the_word_answer_and_end_as_the_deed_prom
             reminder = word_reminder(item, int(reading.items["y_word"].iloc[i]))
             assert text == reminder + reading.runs.prompts[k], (name, k)  # plain prompts: the reminder, then the prompt
             assert item.word_options[int(reading.items["y_word"].iloc[i])] in reminder
+
+
+def test_batch_size_below_one_is_refused_before_anything_runs(tiny_run, capsys):
+    before = json.loads((tiny_run / "manifest.json").read_text())["stages"]
+    for argv in (["steer", "--run", str(tiny_run), "--batch-size", "0", "--restart", "--quiet"],
+                 ["patch", "--run", str(tiny_run), "--instrument", "cross", "--batch-size", "0", "--restart", "--quiet"],
+                 ["patch", "--run", str(tiny_run), "--instrument", "positional", "--batch-size", "-1", "--quiet"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "--batch-size" in err and "must be at least 1" in err, err
+    assert json.loads((tiny_run / "manifest.json").read_text())["stages"] == before  # --restart deleted nothing
