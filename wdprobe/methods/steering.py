@@ -99,13 +99,24 @@ STEERING_CONTROLS: dict[str, SteeringControl] = {c.name: c for c in (IsotropicCo
 DEFAULT_CONTROLS = ("random", "pair-random")
 
 
+def checked_controls(names: Sequence[str]) -> list[str]:
+    """Control names, each once and in order; an unknown name (or none at all) is refused with the known ones."""
+    names = list(dict.fromkeys(names))
+    unknown = [n for n in names if n not in STEERING_CONTROLS]
+    if unknown or not names:
+        raise InterventionError(f"unknown steering control(s) {unknown or names}: choose from {sorted(STEERING_CONTROLS)}")
+    return names
+
+
+def control_key(name: str) -> str:
+    """A control's name as a key of the held-out tests (``beats_random``, ``beats_pair_random``)."""
+    return "beats_" + name.replace("-", "_")
+
+
 def control_directions(names: Sequence[str], sources: np.ndarray, y: np.ndarray, random_unit: np.ndarray,
                        seed: int) -> dict[str, np.ndarray]:
     """Unit directions of each named control (an unknown name is refused with the known ones)."""
-    unknown = [n for n in names if n not in STEERING_CONTROLS]
-    if unknown:
-        raise InterventionError(f"unknown steering control(s) {unknown}: choose from {sorted(STEERING_CONTROLS)}")
-    return {n: STEERING_CONTROLS[n].directions(sources, y, random_unit, seed) for n in names}
+    return {n: STEERING_CONTROLS[n].directions(sources, y, random_unit, seed) for n in checked_controls(names)}
 
 
 def steering_rows(n_items: int, layers: Sequence[int], alphas: Sequence[float], stance_vecs: np.ndarray,

@@ -24,7 +24,7 @@ from wdprobe.errors import StageNotFinishedError
 from wdprobe.figures import probes as plots
 from wdprobe.figures.page import plotly_script
 from wdprobe.figures.probes import png_problem, write_png
-from wdprobe.methods.steering import MIN_MASS_RATIO
+from wdprobe.methods.steering import MIN_MASS_RATIO, control_key
 from wdprobe.reports.html import CSS, folded, notes_html, table_html
 from wdprobe.reports.localisation import copy_localisation_tables, localisation_figures
 from wdprobe.reports.scores import PAPER_TABLE, is_wdct, write_score_report
@@ -362,7 +362,7 @@ def validation_text(val: dict | None, mass_label: str, min_mass_ratio: float,
                 "this run recorded no test, so no claim is made (rerun steer)."), None
     t = val["tests"]["beats_clean"]
     controls = [c for c in val.get("controls", ["random"]) if CONTROL_NAMES.get(c) and c in val]
-    beats = {c: val["tests"].get("beats_" + c.replace("-", "_")) for c in controls}
+    beats = {c: val["tests"].get(control_key(c)) for c in controls}
     restored = verdict(t) > 0 and all(b is not None and verdict(b) > 0 for b in beats.values())
     text = (f" On the {val['n_items']} items the grid never saw, CS {val['stance']['cs']:.3f} vs clean "
             f"{val['cs_clean']:.3f}" + "".join(f", {CONTROL_NAMES[c]} {val[c]['cs']:.3f}" for c in controls) + ": "

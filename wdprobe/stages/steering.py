@@ -30,9 +30,10 @@ from wdprobe.methods.interventions import Row, resolve_layers
 from wdprobe.methods.steering import (
     DEFAULT_CONTROLS,
     MIN_MASS_RATIO,
-    STEERING_CONTROLS,
     best_setting,
+    checked_controls,
     control_directions,
+    control_key,
     steering_rows,
     summarise_steering,
 )
@@ -152,10 +153,7 @@ def run_steering(run_dir: str | Path, *, format: str | Readout = "letter", n_ite
         run.reset_stage(ro.stage("steer_validate"))
     work = RunDir(shard_dir(run.path, stage, part)) if part else run
     extra = ro.settings(run, space=space if ro.name == "letter" else None)
-    controls = list(dict.fromkeys(controls))
-    unknown = [c for c in controls if c not in STEERING_CONTROLS]
-    if unknown or not controls:
-        raise InputError(f"steering controls {unknown or controls}: choose one or more of {sorted(STEERING_CONTROLS)}")
+    controls = checked_controls(controls)
     settings = {"n_items": n_items, "layers": layers, "alphas": alphas, "seed": seed, "folds": folds,
                 "hook": "resid_post", **extra, **({} if controls == ["random"] else {"controls": controls})}
     settings.update({k: {"min_mass_ratio": min_mass_ratio}[k] for k in ro.steer_settings})
@@ -214,11 +212,6 @@ def run_steering(run_dir: str | Path, *, format: str | Readout = "letter", n_ite
     pngs = [plots.write_png(f, out / f"{stem}-{i}.png") for i, f in enumerate(figs)]
     finish_stage(run, stage, headline=head, png=[str(p) for p in pngs if p], **stage_seconds(run, stage, t_start))
     return head
-
-
-def control_key(name: str) -> str:
-    """A control's name as a key of the tests (``beats_random``, ``beats_pair_random``)."""
-    return "beats_" + name.replace("-", "_")
 
 
 def prompted_rows(item: np.ndarray) -> tuple[list[Row], list[dict[str, Any]]]:
