@@ -63,14 +63,6 @@ def card_items(run: dict, data: str | None) -> tuple[dict, bool]:
     return {it.id: it for it in planted_order(read_items(path))}, against
 
 
-def spec_from_record(spec: dict, directions: Path) -> EditSpec:
-    """An organism's edit as its card stored it: the record's specification and the directions file beside it."""
-    from safetensors.numpy import load_file
-
-    vectors = load_file(str(directions))
-    return EditSpec(**{k: v for k, v in spec.items() if k != "directions"}, **{k: vectors[k] for k in ("key", "read", "write")})
-
-
 def targets_of(items: list, against: bool) -> list[int]:
     """The planted option per item: the incorrect one against a stance, else canonical option 1."""
     return [1 - it.correct if against else 1 for it in items]
@@ -126,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"{name}: {stored.name} is not the directions its record names (sha256 differs); "
                                    "nothing written")
             child_dir = work / name
-            build_edited_organism(parent_dir, child_dir, spec_from_record(spec_stored, stored))
+            build_edited_organism(parent_dir, child_dir, EditSpec.from_record(spec_stored, stored))
             return load_model(str(child_dir)), child_dir
         same_seed = [n for n in batch if records[n]["seed"] == r["seed"]]
         key = (r["seed"], tuple(sorted({records[n]["layer"] for n in same_seed})),

@@ -106,14 +106,20 @@ class EditSpec:
 
     @classmethod
     def load(cls, path: str | Path) -> "EditSpec":
-        from safetensors.numpy import load_file
-
         path = Path(path)
         if not (path / SPEC_FILE).is_file():
             raise InputError(f"{path}: no {SPEC_FILE} (not an edited organism)")
         meta = json.loads((path / SPEC_FILE).read_text())
-        vectors = load_file(str(path / meta.pop("directions")))
-        return cls(**meta, **{k: vectors[k] for k in ("key", "read", "write")})
+        return cls.from_record(meta, path / meta["directions"])
+
+    @classmethod
+    def from_record(cls, meta: dict[str, Any], directions: str | Path) -> "EditSpec":
+        """The edit from its JSON record (:meth:`to_json`) and a directions file (kept beside an organism, or beside
+        its record in a card)."""
+        from safetensors.numpy import load_file
+
+        vectors = load_file(str(directions))
+        return cls(**{k: v for k, v in meta.items() if k != "directions"}, **{k: vectors[k] for k in ("key", "read", "write")})
 
 
 # ---- reading the parent ------------------------------------------------------------------------------------------
