@@ -549,9 +549,7 @@ def cloze_items(run_dir: str | Path, lm, *, n_items: int | None = 64, seed: int 
             left_out.append(r["id"])  # the decision text would not re-tokenise to the decision tokens
             continue
         rows.append(dict(r, consistent=r["cloze_consistent"]))
-        item = d.view.item
-        if wrap(cloze_prompt(item, "deed"), tok, chat) != d.text:
-            raise InterventionError(f"item {r['id']}: the cloze deed prompt rebuilt is not the prompt the run scored")
+        item = d.view.item  # d.text is wrap(cloze_prompt(item, "deed")) (scored_cloze_prompts): the reminder goes inside
         prompted = wrap(word_reminder(item, w.choice) + cloze_prompt(item, "deed"), tok, chat) + shared
         kept.append({"id": r["id"], "domain": r["domain"], "y_word": w.choice, "y_deed": d.choice,
                      "word_sequence": pw.sequence, "deed_text": text, "deed_tokens": pd_.tokens,
