@@ -188,7 +188,7 @@ class CrossModelPatch:
     positions: str
 
 
-def _right_padded(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def right_padded(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -197,7 +197,7 @@ def _right_padded(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor
     return ids, mask
 
 
-def _patch_mask(lengths: Sequence[int], starts: Sequence[int], width: int, positions: str) -> torch.Tensor:
+def patch_mask(lengths: Sequence[int], starts: Sequence[int], width: int, positions: str) -> torch.Tensor:
     """Which (row, position) take the source activation: every real token, the prompt before the decision point, or
     the decision point and the continuation (the positions that predict a continuation token, and its tokens)."""
     where = torch.zeros((len(lengths), width), dtype=torch.bool)
@@ -212,10 +212,10 @@ def _continuation_logprob(lm: "LoadedModel", ids: torch.Tensor, mask: torch.Tens
                           starts: Sequence[int], hooks: Sequence[tuple[str, Callable]] = ()) -> np.ndarray:
     """Summed log-probability of each row's tokens ``starts[i]..lengths[i]-1`` under forward ``hooks``; the
     vocabulary projection only at the positions that predict them."""
-    return _continuation_logprob_tensor(lm, ids, mask, lengths, starts, hooks).double().numpy()
+    return continuation_logprob_tensor(lm, ids, mask, lengths, starts, hooks).double().numpy()
 
 
-def _continuation_logprob_tensor(lm: "LoadedModel", ids: torch.Tensor, mask: torch.Tensor, lengths: Sequence[int],
+def continuation_logprob_tensor(lm: "LoadedModel", ids: torch.Tensor, mask: torch.Tensor, lengths: Sequence[int],
                                  starts: Sequence[int], hooks: Sequence[tuple[str, Callable]] = ()) -> torch.Tensor:
     """:func:`_continuation_logprob` as a CPU tensor, differentiable when gradients are on."""
     k = max(n - s for n, s in zip(lengths, starts))
@@ -237,7 +237,7 @@ def _continuation_logprob_tensor(lm: "LoadedModel", ids: torch.Tensor, mask: tor
 
 
 @torch.no_grad()
-def _record(lm: "LoadedModel", ids: torch.Tensor, mask: torch.Tensor, hooks: Sequence[str]) -> dict[str, torch.Tensor]:
+def record_activations(lm: "LoadedModel", ids: torch.Tensor, mask: torch.Tensor, hooks: Sequence[str]) -> dict[str, torch.Tensor]:
     """Activations at ``hooks`` for one batch (the vocabulary projection skipped: only the last position kept)."""
     got: dict[str, torch.Tensor] = {}
     canonical = {getattr(lm.bridge.hook_dict[h], "name", h): h for h in hooks}
@@ -269,7 +269,7 @@ def _attn_results(models: Sequence["LoadedModel"], on: bool) -> Iterator[None]:
                 lm.bridge.set_use_attn_result(b)
 
 
-def _check_pair(target: "LoadedModel", source: "LoadedModel", sites: Sequence[Site]) -> None:
+def check_same_architecture(target: "LoadedModel", source: "LoadedModel", sites: Sequence[Site]) -> None:
     if target.tokenizer.get_vocab() != source.tokenizer.get_vocab():
         raise InterventionError(f"cross-model patching needs one tokenizer: {target.name} and {source.name} differ")
     for s in sites:
@@ -302,7 +302,7 @@ def cross_model_patch(target: "LoadedModel", source: "LoadedModel", sequences: S
             raise InterventionError(f"sequence {i}: continuation start {s} outside 1..{len(seq) - 1}")
     if not sites:
         raise InterventionError("no sites to patch")
-    _check_pair(target, source, sites)
+    check_same_architecture(target, source, sites)
     with _attn_results([target, source], any(SITE_KINDS[s.kind].needs_attn_result for s in sites)):
         return _patch_all(target, source, sequences, starts, sites, positions, batch_size, record_bytes, skip_identical,
                           progress)
@@ -321,8 +321,8 @@ def _patch_all(target, source, sequences, starts, sites, positions, batch_size, 
         rows = order[b:b + batch_size]
         lengths = [len(sequences[i]) for i in rows]
         row_starts = [int(starts[i]) for i in rows]
-        ids, mask = _right_padded([sequences[i] for i in rows], pad)
-        where = _patch_mask(lengths, row_starts, ids.shape[1], positions).to(target.device)
+        ids, mask = right_padded([sequences[i] for i in rows], pad)
+        where = patch_mask(lengths, row_starts, ids.shape[1], positions).to(target.device)
         target_clean[rows] = _continuation_logprob(target, ids, mask, lengths, row_starts)
         source_clean[rows] = _continuation_logprob(source, ids, mask, lengths, row_starts)
         per_block = ids.numel() * 4 * max(target.d_model, 1) * 4 * 2  # four site kinds, two models, float32
@@ -330,7 +330,7 @@ def _patch_all(target, source, sequences, starts, sites, positions, batch_size, 
         for g in range(0, len(layers), group):
             chosen = [s for s in sites if s.layer in layers[g:g + group]]
             hooks = sorted({s.hook for s in chosen})
-            src, tgt = _record(source, ids, mask, hooks), _record(target, ids, mask, hooks)
+            src, tgt = record_activations(source, ids, mask, hooks), record_activations(target, ids, mask, hooks)
             for site in chosen:
                 k = sites.index(site)
                 sel = (slice(None), slice(None)) if site.unit is None else (slice(None), slice(None), site.unit)
@@ -410,7 +410,7 @@ def attribute_cross_model(target: "LoadedModel", source: "LoadedModel", sequence
         raise InterventionError(f"positions {positions!r}: choose from {', '.join(POSITION_CLASSES)}")
     if not sites:
         raise InterventionError("no sites to patch")
-    _check_pair(target, source, sites)
+    check_same_architecture(target, source, sites)
     pad = target.tokenizer.pad_token_id if target.tokenizer.pad_token_id is not None else 0
     n = len(sequences)
     est = np.zeros((len(sites), n))
@@ -423,10 +423,10 @@ def attribute_cross_model(target: "LoadedModel", source: "LoadedModel", sequence
             rows = order[b:b + batch_size]
             lengths = [len(sequences[i]) for i in rows]
             row_starts = [int(starts[i]) for i in rows]
-            ids, mask = _right_padded([sequences[i] for i in rows], pad)
-            where = _patch_mask(lengths, row_starts, ids.shape[1], positions).to(target.device)
+            ids, mask = right_padded([sequences[i] for i in rows], pad)
+            where = patch_mask(lengths, row_starts, ids.shape[1], positions).to(target.device)
             source_clean[rows] = _continuation_logprob(source, ids, mask, lengths, row_starts)
-            src = _record(source, ids, mask, hooks)
+            src = record_activations(source, ids, mask, hooks)
             deltas: dict[str, torch.Tensor] = {}
             seen: dict[str, torch.Tensor] = {}
 
@@ -438,7 +438,7 @@ def attribute_cross_model(target: "LoadedModel", source: "LoadedModel", sequence
                 return hook
 
             with frozen_parameters(target.hf_model), torch.enable_grad():
-                lp = _continuation_logprob_tensor(target, ids, mask, lengths, row_starts, [(h, make(h)) for h in hooks])
+                lp = continuation_logprob_tensor(target, ids, mask, lengths, row_starts, [(h, make(h)) for h in hooks])
                 lp.sum().backward()  # rows are independent: each row's gradient is its own read-out's
             target_clean[rows] = lp.detach().double().numpy()
             for k, site in enumerate(sites):
