@@ -19,7 +19,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from wdprobe.core.cache import atomic_write_text
@@ -55,6 +54,10 @@ def _fmt(x: float) -> str:
     return f"{x:.2f}"
 
 
+def _blocks(blocks: list) -> str:
+    return f"blocks {', '.join(str(b) for b in blocks)}" if blocks else "no block"
+
+
 def verdicts(table: pd.DataFrame, best: dict) -> list[str]:
     """The findings, worded from the tests as the rules say (q < ALPHA after Benjamini-Hochberg over the table)."""
     lines = []
@@ -68,16 +71,16 @@ def verdicts(table: pd.DataFrame, best: dict) -> list[str]:
         top = part.loc[part["iia_within"].idxmax()]
         lines.append(
             f"**{form.capitalize()} pairs.** A subspace learned on {form} pairs flips held-out {form} answers to the "
-            f"source's stance more often than a random direction at blocks {within or 'none'} (q < {ALPHA}); best IIA "
+            f"source's stance more often than a random direction at {_blocks(within)} (q < {ALPHA}); best IIA "
             f"{_fmt(top.iia_within)} [{_fmt(top.iia_within_low)}, {_fmt(top.iia_within_high)}] at block {int(top.layer)}.")
         lines.append(
-            f"The subspace learned on **{other}** pairs does so at blocks {cross or 'none'}; it is equivalent to the "
-            f"{form}-learned one (gap inside +-{EQUIVALENCE_MARGIN} by a 90% interval) at blocks {shared or 'none'}, "
-            f"and falls short of it at blocks {parts or 'none'}.")
+            f"The subspace learned on **{other}** pairs does so at {_blocks(cross)}; it does so as well as the "
+            f"{form}-learned one (gap inside +-{EQUIVALENCE_MARGIN} by a 90% interval) at {_blocks(shared)}, "
+            f"and falls short of it at {_blocks(parts)}.")
         b = best.get(form)
         if b:
             lines.append(f"Best block for {other}-learned over random on {form} pairs: {b['block']} "
-                         f"(+{_fmt(b['cross_minus_random'])} [{_fmt(b['low'])}, {_fmt(b['high'])}], p = {b['p']:.3g} "
+                         f"({b['cross_minus_random']:+.2f} [{_fmt(b['low'])}, {_fmt(b['high'])}], p = {b['p']:.3g} "
                          f"with the choice of block paid for, {b['n_bases']} base items).")
     return lines
 
@@ -109,7 +112,7 @@ def write_report(out: Path, outcomes: pd.DataFrame, model: str, items: list, sta
               "The power of this instrument to find a planted shared or parted stance has not been measured on "
               "organisms yet, so a block without a finding is not evidence of absence.", "",
               "## Per block", "",
-              "| form | block | within IIA | cross IIA | random IIA | q within | q cross | gap [90%] | shared |",
+              "| form | block | within IIA | cross IIA | random IIA | q within | q cross | within - cross [90%] | gap inside +-0.1 |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in table.sort_values(["form", "layer"]).itertuples():
         lines.append(f"| {r.form} | {r.layer} | {_fmt(r.iia_within)} [{_fmt(r.iia_within_low)}, {_fmt(r.iia_within_high)}] "

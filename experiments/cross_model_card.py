@@ -18,7 +18,6 @@ Time: on 2 CPU cores about 4 minutes per seed to read the parent, then 20-90 s p
 from __future__ import annotations
 
 import argparse
-import hashlib
 import html
 import json
 import shutil
@@ -31,41 +30,18 @@ from scipy.stats import false_discovery_control
 
 from wdprobe.core.cache import atomic_write_json, atomic_write_text
 from wdprobe.core.model import load_model
-from wdprobe.data.items import read_items
-from wdprobe.data.wdct import resolve_wdct_path
 from wdprobe.errors import InputError
 from wdprobe.figures.crossmodel import recovered_block_figure
 from wdprobe.figures.page import figure_html
 from wdprobe.figures.probes import write_png
 from wdprobe.reports.html import CSS, inline_markdown
+from wdprobe.studies.organisms.card_rebuild import CardOrganisms, NotTheStoredOrganism, targets_of
 from wdprobe.studies.organisms.cross_model_localisation import (
     attribute_components,
     attribution_hit,
     component_hit,
     localise_by_patching,
 )
-from wdprobe.studies.organisms.data import planted_order
-from wdprobe.studies.organisms.edit import (
-    DIRECTIONS_FILE,
-    EditSpec,
-    build_edited_organism,
-    edit_from_reading,
-    read_parent,
-)
-
-
-def card_items(run: dict, data: str | None) -> tuple[dict, bool]:
-    """Every item the card may have used, by id, and whether the card plants against a stance."""
-    against = run.get("target") == "each item's incorrect option"
-    path = Path(data) if data else (Path(run["data"]) if against else resolve_wdct_path(run.get("data")))
-    if not path.is_file():
-        raise InputError(f"{path}: the card's items are not there (give --data)")
-    return {it.id: it for it in planted_order(read_items(path))}, against
-
-
-def targets_of(items: list, against: bool) -> list[int]:
-    """The planted option per item: the incorrect one against a stance, else canonical option 1."""
-    return [1 - it.correct if against else 1 for it in items]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,60 +59,27 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     card = Path(args.card)
-    run = json.loads((card / "run.json").read_text())
     out = Path(args.out) if args.out else card / "cross-model"
     (out / "organisms").mkdir(parents=True, exist_ok=True)
-    work = Path(args.work)
-    by_id, against = card_items(run, args.data)
-    records = {f.stem: json.loads(f.read_text()) for f in sorted((card / "organisms").glob("*.json"))}
+    run = json.loads((card / "run.json").read_text())
+    parent_dir = Path(args.model or run["parent"])
+    lm = load_model(str(parent_dir))
+    organisms = CardOrganisms(card, lm, parent_dir, args.work, args.data)
+    by_id, against, records = organisms.by_id, organisms.against, organisms.records
     names = [n for n in records if args.only is None or n in args.only]
     if args.only:
         missing = sorted(set(args.only) - set(records))
         if missing:
             raise InputError(f"{card}: no organisms {missing}")
-    parent_dir = Path(args.model or run["parent"])
-    lm = load_model(str(parent_dir))
     t0 = time.perf_counter()
-
-    def items_of(name: str) -> list[str]:
-        r = records[name]
-        if r["family"] == "null-gate":
-            twin = records.get(name.replace("null-gate", "override"), {})
-            return list(twin.get("studied", []))
-        return list(r.get("studied", []))
-
-    todo = [n for n in names if not (out / "organisms" / f"{n}.json").is_file()]
-    read: dict = {"seed": None, "reading": None}
+    items_of = organisms.studied
 
     def rebuilt(name: str, batch: list[str]):
-        """The organism rebuilt from its stored specification (the parent read once per seed, for the blocks of
-        ``batch``), checked against it, loaded, and its weights' directory."""
-        r, spec_stored = records[name], records[name]["spec"]
-        stored = card / "organisms" / f"{name}.{DIRECTIONS_FILE}"
-        if stored.is_file():  # the card kept the edit's directions: rebuilt exactly, no reading of the parent
-            if hashlib.sha256(stored.read_bytes()).hexdigest() != r.get("directions_sha256"):
-                raise RuntimeError(f"{name}: {stored.name} is not the directions its record names (sha256 differs); "
-                                   "nothing written")
-            child_dir = work / name
-            build_edited_organism(parent_dir, child_dir, EditSpec.from_record(spec_stored, stored))
-            return load_model(str(child_dir)), child_dir
-        same_seed = [n for n in batch if records[n]["seed"] == r["seed"]]
-        key = (r["seed"], tuple(sorted({records[n]["layer"] for n in same_seed})),
-               any(records[n].get("component") == "attn-head" for n in same_seed))
-        if read["seed"] != key:  # a reading holds only the blocks it was read for
-            cal = spec_stored["calibration"]
-            calib = [by_id[i] for i in cal["item_ids"]]
-            read["reading"] = read_parent(lm, calib, list(key[1]), target=cal["target_option"], heads=key[2])
-            read["seed"] = key
-        spec = edit_from_reading(read["reading"], r["layer"], kind=r["kind"], strength=r["strength"], seed=r["seed"],
-                                 component=r.get("component", "mlp"),
-                                 head=spec_stored["unit"] if r.get("component") == "attn-head" else None)
-        if spec.unit != spec_stored["unit"] or not np.isclose(spec.write_scale, spec_stored["write_scale"], rtol=1e-4):
-            raise RuntimeError(f"{name}: the rebuilt edit (unit {spec.unit}, write scale {spec.write_scale}) is not the "
-                               f"stored one (unit {spec_stored['unit']}, {spec_stored['write_scale']}); nothing written")
-        child_dir = work / name
-        build_edited_organism(parent_dir, child_dir, spec)
+        """The organism rebuilt and loaded, and its weights' directory."""
+        _, child_dir = organisms.rebuild(name, batch)
         return load_model(str(child_dir)), child_dir
+
+    todo = [n for n in names if not (out / "organisms" / f"{n}.json").is_file()]
 
     for name in sorted(todo, key=lambda n: records[n]["seed"]):
         r = records[name]
@@ -176,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             result = json.loads(f.read_text())
             try:
                 child, child_dir = rebuilt(name, pending)
-            except RuntimeError as exc:  # not the stored organism: nothing read for it, and the card says so
+            except NotTheStoredOrganism as exc:  # not the stored organism: nothing read for it, and the card says so
                 result["attribution_skipped"] = str(exc)
                 atomic_write_json(f, result)
                 print(f"{name}: attribution skipped: {exc}", flush=True)

@@ -12,7 +12,7 @@ the readings, and every number and figure is derived from it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -133,8 +133,17 @@ class LensTrajectory:
                 g["curve_divergence_layer"] = self.curve_divergence_layer(m)
             if name == "inconsistent" and m.any():
                 d = div[m]
-                g["item_divergence_layer_median"] = float(np.nanmedian(d))
-                g["item_divergence_layer_hist"] = {int(l): int((d == l).sum()) for l in self.layers}
+                parting = np.isfinite(d)
+                g["item_divergence_layer_median"] = float(np.nanmedian(d)) if parting.any() else None
+                g["item_divergence_layer_hist"] = {int(k): int((d == k).sum()) for k in self.layers}
+                # the median above speaks only for items whose final readings part; over every item, one whose
+                # final readings agree counts as "never parts" (after the last layer)
+                g["item_divergence_n_parting"] = int(parting.sum())
+                g["item_divergence_never"] = int((~parting).sum())
+                every = np.sort(np.where(parting, d, np.inf))
+                mid = every[(len(every) - 1) // 2], every[len(every) // 2]
+                g["item_divergence_layer_median_every_item"] = (float(np.mean(mid)) if np.isfinite(mid).all()
+                                                                else None)
             out[name] = g
         return out
 
@@ -185,3 +194,116 @@ def order_averaged(logodds: np.ndarray, keys: Sequence[Any]) -> tuple[list[Any],
     sums = np.zeros((len(unique), logodds.shape[1]))
     np.add.at(sums, index, logodds)
     return unique, sums / np.bincount(index, minlength=len(unique))[:, None]
+
+
+class LensKind:
+    """How a layer's residual is carried to the output space before the final norm and unembedding read it.
+    ``fit(resid, final)`` learns from residuals ``[n, layers, d]`` and the final residual ``[n, d]`` of the same
+    prompts; ``translate(resid)`` returns residuals ``[n, layers, d]`` to read. A new kind is one subclass with a
+    ``name`` and one :func:`register_lens_kind` line."""
+
+    name: ClassVar[str]
+
+    def fit(self, resid: np.ndarray, final: np.ndarray) -> "LensKind":
+        return self
+
+    def translate(self, resid: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+LENS_KINDS: dict[str, type[LensKind]] = {}
+
+
+def register_lens_kind(kind: type[LensKind]) -> type[LensKind]:
+    """Add a lens kind to :data:`LENS_KINDS` (refused when the name is taken)."""
+    if kind.name in LENS_KINDS:
+        raise InputError(f"lens kind {kind.name!r} is registered already")
+    LENS_KINDS[kind.name] = kind
+    return kind
+
+
+@register_lens_kind
+class LogitLens(LensKind):
+    """Each layer read as if it were the last: no translation."""
+
+    name = "logit"
+
+    def translate(self, resid: np.ndarray) -> np.ndarray:
+        return np.asarray(resid, dtype=np.float32)
+
+
+@register_lens_kind
+class TunedLens(LensKind):
+    """Per-layer affine translators in residual form, ``h -> h + h W_l + b_l`` (the tuned lens's translators,
+    Belrose et al. 2023), fitted in closed form: ridge regression of the final residual's difference from layer l's
+    on layer l's residual. Least squares to the final *residual* rather than KL to the final logits: seconds on a CPU,
+    no vocabulary projection, and exactly the logit lens as the penalty grows (``W = 0``, ``b = 0``: the bias is
+    penalised with the weights). The penalty is ``ridge`` times the mean eigenvalue of the layer's Gram matrix (bias
+    column included), so it means the same at any width and scale."""
+
+    name = "tuned"
+
+    def __init__(self, ridge: float = 1.0) -> None:
+        if not ridge > 0:
+            raise InputError(f"the tuned lens's ridge penalty must be positive, not {ridge}")
+        self.ridge = float(ridge)
+        self.weights: np.ndarray | None = None  # [layers, d, d]
+        self.bias: np.ndarray | None = None  # [layers, d]
+
+    def fit(self, resid: np.ndarray, final: np.ndarray) -> "TunedLens":
+        x = np.asarray(resid, dtype=np.float64)
+        y = np.asarray(final, dtype=np.float64)
+        if x.ndim != 3 or y.shape != (x.shape[0], x.shape[2]):
+            raise InputError(f"the tuned lens fits residuals [n, layers, d] to final residuals [n, d]; got {x.shape} "
+                             f"and {y.shape}")
+        if x.shape[0] < 2:
+            raise InputError("the tuned lens needs at least two prompts to fit")
+        n, n_layers, d = x.shape
+        self.weights, self.bias = np.zeros((n_layers, d, d)), np.zeros((n_layers, d))
+        ones = np.ones((n, 1))
+        for k in range(n_layers):
+            xk = np.concatenate([x[:, k], ones], 1)  # the bias is one more weight, penalised like the others
+            gram = xk.T @ xk
+            alpha = self.ridge * max(np.trace(gram) / (d + 1), 1e-12)
+            w = np.linalg.solve(gram + alpha * np.eye(d + 1), xk.T @ (y - x[:, k]))
+            self.weights[k], self.bias[k] = w[:d], w[d]
+        return self
+
+    def translate(self, resid: np.ndarray) -> np.ndarray:
+        if self.weights is None:
+            raise InputError("the tuned lens is not fitted: call fit first")
+        x = np.asarray(resid, dtype=np.float64)
+        if x.ndim != 3 or x.shape[1:] != self.bias.shape:
+            raise InputError(f"residuals {x.shape} do not match the fitted lens ({self.bias.shape[0]} layers, width "
+                             f"{self.bias.shape[1]})")
+        return (x + np.einsum("nld,lde->nle", x, self.weights) + self.bias[None]).astype(np.float32)
+
+
+def make_lens(kind: str, **settings: Any) -> LensKind:
+    """A lens of the registered ``kind`` (``settings``: its constructor's, e.g. ``ridge`` for ``tuned``)."""
+    if kind not in LENS_KINDS:
+        raise InputError(f"unknown lens kind {kind!r}: choose from {', '.join(LENS_KINDS)}")
+    return LENS_KINDS[kind](**settings)
+
+
+def cross_fitted(kind: str, resid: np.ndarray, final: np.ndarray, groups: Sequence[Any], *, folds: int = 5,
+                 seed: int = 0, **settings: Any) -> np.ndarray:
+    """``resid`` translated so that no prompt is read through translators fitted on its own group (an item's word
+    and deed prompts in every order are one group): ``folds`` seeded folds of groups, each translated by a lens
+    fitted on the others. Returns ``[n, layers, d]``."""
+    resid = np.asarray(resid, dtype=np.float32)
+    g = np.asarray(list(groups))
+    if len(g) != resid.shape[0]:
+        raise InputError(f"{len(g)} group labels for {resid.shape[0]} prompts")
+    unique = np.array(sorted(set(g.tolist()), key=str))
+    if len(unique) < folds:
+        raise InputError(f"{len(unique)} groups cannot make {folds} folds")
+    fold_of = dict(zip(unique[np.random.default_rng(seed).permutation(len(unique))].tolist(),
+                       np.arange(len(unique)) % folds))
+    fold = np.array([fold_of[x] for x in g.tolist()])
+    out = np.empty_like(resid)
+    for f in range(folds):
+        test = fold == f
+        lens = make_lens(kind, **settings).fit(resid[~test], final[~test])
+        out[test] = lens.translate(resid[test])
+    return out

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -79,6 +80,7 @@ def study_numbers(run_dir: str | Path) -> dict[str, Any]:
             "cloze_probes": _json(p / "probes" / "cloze-summary.json"), "cloze_ic": _json(p / "probes" / "cloze-ic.json"),
             "n_layers": len(capture.get("layers") or []) or None, "lens": _json(p / "lens" / "summary.json"),
             "cloze_lens": _json(p / "lens" / "cloze-summary.json"),
+            "cloze_tuned_lens": _json(p / "lens" / "cloze-tuned-summary.json"),
             "cross": _json(p / LETTER.result_file("patch")), "cloze_cross": _json(p / CLOZE.result_file("patch")),
             "positional": {f: _json(p / "patching" / f"positional-{f}-headline.json") for f in ("deed", "word")},
             "positional_arrival": {f: arrival_layer(p / "patching" / f"positional-{f}-segments.csv") for f in ("deed", "word")},
@@ -232,12 +234,14 @@ def finding_lens(n: dict) -> Finding | None:
     last3 = sum(v for k, v in hist.items() if k >= n_layers - 3)
     share = last3 / max(1, sum(hist.values()))
     cs_curve = lens["all"]["lens_cs"]
-    text = (f"Read through the logit lens, the deed answer of the {inc['n']} inconsistent items parts from the word "
-            f"answer for good at layer {inc['item_divergence_layer_median']:.0f} (median; {share:.0%} of them in the "
+    text = (f"Read through the logit lens, {parting_words(inc)} ({share:.0%} of those that part do so in the "
             f"last three of {n_layers} layers). Lens CS over all items ranges from {min(cs_curve[:-1]):.2f} to "
             f"{max(cs_curve[:-1]):.2f} before the last layer (final {cs_curve[-1]:.2f}; a description, not a test).")
     if cloze and cloze["inconsistent"]["n"]:
         text += cloze_lens_text(cloze)
+    tuned = n.get("cloze_tuned_lens")
+    if tuned and tuned["inconsistent"]["n"]:
+        text += tuned_lens_text(tuned)
     return Finding("Where does the deed answer leave the word stance?", text,
                    {"divergence_layer_median": inc["item_divergence_layer_median"], "share_last_three": share,
                     "n_layers": n_layers})
@@ -249,9 +253,32 @@ def cloze_lens_text(cloze: dict) -> str:
     curve = cloze["all"]["lens_cs"]
     left = len(cloze.get("unreadable_items") or [])
     return (f" In the cloze form (read where the two options part, after their shared tokens; {left} items whose "
-            f"options never part left out), the "
-            f"{inc['n']} inconsistent items part for good at layer {inc['item_divergence_layer_median']:.0f} (median); "
-            f"lens CS ranges from {min(curve):.2f} to {max(curve):.2f} over the layers.")
+            f"options never part left out), {parting_words(inc)}; lens CS ranges from {min(curve):.2f} to {max(curve):.2f} over the layers.")
+
+
+def tuned_lens_text(tuned: dict) -> str:
+    """The cloze-form tuned lens in words (translators fitted per layer, cross-fitted over items; a description)."""
+    curve = tuned["all"]["lens_cs"]
+    return (f" Through a tuned lens (an affine translator per layer fitted to the last block's residual, no item read "
+            f"through translators fitted on it), {parting_words(tuned['inconsistent'])}; its lens CS ranges from "
+            f"{min(curve):.2f} to {max(curve):.2f} over the layers.")
+
+
+def parting_words(inc: dict) -> str:
+    """Where the inconsistent items' deed readings part from their word readings, saying how many items the median
+    speaks for: an item whose final readings agree never parts, and is counted as such."""
+    n, median = inc["n"], inc.get("item_divergence_layer_median")
+    parting = inc.get("item_divergence_n_parting", n)
+    never = inc.get("item_divergence_never", 0)
+    if median is None or parting == 0 or (isinstance(median, float) and np.isnan(median)):
+        return f"none of the {n} inconsistent items' deed readings parts from the word reading for good"
+    text = (f"the deed reading parts from the word reading for good at layer {median:.0f} (median of the {parting} of "
+            f"{n} inconsistent items whose final readings part")
+    if never:
+        every = inc.get("item_divergence_layer_median_every_item")
+        text += (f"; {never} never part, so over all {n} the median item "
+                 + ("never parts" if every is None else f"parts at layer {every:.0f}"))
+    return text + ")"
 
 
 def finding_patching(n: dict) -> Finding | None:

@@ -16,7 +16,14 @@ from wdprobe.core.option_scoring import decision_point, last_residuals
 from wdprobe.errors import InputError
 from wdprobe.figures import localisation as localise_plots
 from wdprobe.figures import probes as plots
-from wdprobe.methods.lens import LensTrajectory, canonical_logodds, lens_logits, lens_logits_per_row, order_averaged
+from wdprobe.methods.lens import (
+    LensTrajectory,
+    canonical_logodds,
+    cross_fitted,
+    lens_logits,
+    lens_logits_per_row,
+    order_averaged,
+)
 from wdprobe.stages.capture import paired_forms
 
 
@@ -57,13 +64,25 @@ def content_trajectory(lm, acts, token_ids: Sequence[int]) -> LensTrajectory:
                           tuple(acts.layers))
 
 
+TUNED_MIN_ITEMS = 10  # fewer items than this cannot cross-fit a trained lens in 5 folds with anything to fit on
+
+
 def cloze_trajectory(lm, prompts: Sequence[Any], layers: Sequence[int] | None = None,
                      batch_size: int = 16) -> tuple[LensTrajectory, list[str]]:
+    """The logit lens of :func:`cloze_trajectories` alone."""
+    trajs, unreadable = cloze_trajectories(lm, prompts, layers, batch_size, lenses=("logit",))
+    return trajs["logit"], unreadable
+
+
+def cloze_trajectories(lm, prompts: Sequence[Any], layers: Sequence[int] | None = None, batch_size: int = 16,
+                       lenses: Sequence[str] = ("logit", "tuned")) -> tuple[dict[str, LensTrajectory], list[str]]:
     """Lens readings of a run's cloze prompts (:func:`wdprobe.stages.score.scored_cloze_prompts`): per layer, the
     log-odds of option 1 over option 0 at their decision point — the prompt plus the tokens both options share
     ("You decide to ..."), where the first distinguishing token is predicted (:func:`decision_point`). The last
     layer's reading is that step of the cloze choice (which scores whole continuations). Items whose options never
-    part at one position are returned by id and left out."""
+    part at one position are returned by id and left out. One residual pass serves every lens kind in ``lenses``
+    (:data:`~wdprobe.methods.lens.LENS_KINDS`); a trained kind is cross-fitted over items (5 folds: no item read
+    through translators fitted on it) to the last block's residual, and is skipped below :data:`TUNED_MIN_ITEMS`."""
     import pandas as pd
 
     layers = list(range(lm.n_layers)) if layers is None else list(layers)
@@ -73,9 +92,7 @@ def cloze_trajectory(lm, prompts: Sequence[Any], layers: Sequence[int] | None = 
     kept = [p for p in two if p.view.item.id not in set(unreadable)]
     seqs = [points[(p.view.item.id, p.form)].sequence for p in kept]
     tokens = np.array([points[(p.view.item.id, p.form)].tokens for p in kept]).reshape(-1, 2)
-    logits = lens_logits_per_row(lm, last_residuals(lm, seqs, layers, batch_size=batch_size), tokens) if kept else \
-        np.zeros((0, len(layers), 2))
-    logodds = logits[..., 1] - logits[..., 0]
+    resid = last_residuals(lm, seqs, layers, batch_size=batch_size) if kept else np.zeros((0, len(layers), lm.d_model))
     row = {(p.view.item.id, p.form): k for k, p in enumerate(kept)}
     by_id = {p.view.item.id: p for p in kept if p.form == "word"}
     ids = [i for i in by_id if (i, "deed") in row]
@@ -83,9 +100,23 @@ def cloze_trajectory(lm, prompts: Sequence[Any], layers: Sequence[int] | None = 
     items = pd.DataFrame({"id": ids, "domain": [by_id[i].view.item.domain for i in ids],
                           "y_word": [by_id[i].choice for i in ids], "y_deed": [deed_choice[i] for i in ids],
                           "consistent": [int(by_id[i].choice == deed_choice[i]) for i in ids]})
-    traj = LensTrajectory(logodds[[row[(i, "word")] for i in ids]].reshape(len(ids), len(layers)),
-                          logodds[[row[(i, "deed")] for i in ids]].reshape(len(ids), len(layers)), items, tuple(layers))
-    return traj, unreadable
+    out: dict[str, LensTrajectory] = {}
+    for kind in lenses:
+        if kind == "logit":
+            read = resid
+        else:
+            if layers[-1] != lm.n_layers - 1:
+                raise InputError(f"a {kind} lens is fitted to the last block's residual: read layers up to "
+                                 f"{lm.n_layers - 1}, not {layers[-1]}")
+            if len(ids) < TUNED_MIN_ITEMS:
+                continue
+            read = cross_fitted(kind, resid, resid[:, -1], [p.view.item.id for p in kept])
+        logits = lens_logits_per_row(lm, read, tokens) if kept else np.zeros((0, len(layers), 2))
+        logodds = logits[..., 1] - logits[..., 0]
+        out[kind] = LensTrajectory(logodds[[row[(i, "word")] for i in ids]].reshape(len(ids), len(layers)),
+                                   logodds[[row[(i, "deed")] for i in ids]].reshape(len(ids), len(layers)), items,
+                                   tuple(layers))
+    return out, unreadable
 
 
 def write_trajectory(out: Path, name: str, traj: LensTrajectory, title: str, heading: str,

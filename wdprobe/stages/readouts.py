@@ -56,7 +56,8 @@ from wdprobe.runs.stage import scored_entry
 from wdprobe.stages.capture import load_activations
 from wdprobe.stages.content_probes import run_content_probes
 from wdprobe.stages.lens_readings import (
-    cloze_trajectory,
+    TUNED_MIN_ITEMS,
+    cloze_trajectories,
     content_trajectory,
     trajectory_from_activations,
     write_trajectory,
@@ -111,9 +112,14 @@ def _divergence_words(summary: Mapping[str, Any], prefix: str) -> str:
     """Where a lens reading's inconsistent items part (its median), for the stage's status line."""
     if "inconsistent" not in summary:
         return ""
-    med = summary["inconsistent"].get("item_divergence_layer_median")
-    return (f"{prefix}inconsistent items part at layer {med:.0f} (median)" if med is not None
-            else f"{prefix}no inconsistent items")
+    inc = summary["inconsistent"]
+    med = inc.get("item_divergence_layer_median")
+    if not inc.get("n"):
+        return f"{prefix}no inconsistent items"
+    if med is None:
+        return f"{prefix}no inconsistent item's readings part"
+    return (f"{prefix}inconsistent items part at layer {med:.0f} (median of {inc.get('item_divergence_n_parting', inc['n'])} "
+            f"of {inc['n']}; the rest never part)")
 
 
 def decodable_from(layer: int | None) -> str:
@@ -638,11 +644,20 @@ class ClozeReadout(Readout):
         return {"cloze": cloze}, lines
 
     def lens(self, run: RunDir, lm, out: Path, model: str) -> tuple[dict[str, Any], dict[str, Any], list]:
-        traj, unreadable = cloze_trajectory(lm, scored_cloze_prompts(run.path, lm.tokenizer))
+        trajs, unreadable = cloze_trajectories(lm, scored_cloze_prompts(run.path, lm.tokenizer))
+        traj = trajs["logit"]
         summary, head, pngs = write_trajectory(
             out, "cloze", traj, f"{model}, cloze prompts at the options' decision point ({len(unreadable)} items whose "
                                 "options never part left out)",
             f"wdprobe logit lens, cloze form: {model}, {len(traj.items)} two-option items", unreadable_items=unreadable)
+        if "tuned" in trajs:  # the trained lens beside it, cross-fitted over items
+            summary["tuned"], head["tuned"], made = write_trajectory(
+                out, "cloze-tuned", trajs["tuned"], f"{model}, cloze prompts, tuned lens (affine translators fitted "
+                                                    "to the last block's residual, cross-fitted over items)",
+                f"wdprobe tuned lens, cloze form: {model}, {len(trajs['tuned'].items)} two-option items")
+            pngs += made
+        else:
+            summary["tuned"] = {"skipped": f"fewer than {TUNED_MIN_ITEMS} readable items to fit a trained lens"}
         return {"cloze": summary}, {"cloze": head}, pngs
 
     def lens_status(self, summary: Mapping[str, Any]) -> str:

@@ -155,3 +155,39 @@ def test_bad_input_is_refused():
     with pytest.raises(InterventionError, match="differ in shape"):
         first_order_basis([np.zeros((2, D))], [np.zeros((1, D))])
     assert set(SUBSPACE_KINDS) >= {"direction", "rotation", "boundless"}
+
+
+def test_a_new_subspace_kind_is_one_class_and_one_registry_line():
+    """The worked example of docs/guides/new-variant.md: a direction held to the span of given candidates."""
+    p = _planted(3)
+    rng = np.random.default_rng(0)
+    candidates = torch.tensor(np.stack([p + 0.3 * rng.standard_normal(D), rng.standard_normal(D)], 1), dtype=torch.float32)
+
+    class InSpan(Subspace):
+        name = "in-span-test"
+
+        def __init__(self, d, k=1, *, seed=0):
+            super().__init__(d, 1)
+            self.span = torch.linalg.qr(candidates)[0]
+            self.weights = torch.nn.Parameter(torch.ones(self.span.shape[1]))
+
+        def basis(self):
+            v = self.span @ self.weights
+            return (v / v.norm())[:, None]
+
+        def start_from(self, basis):
+            with torch.no_grad():
+                self.weights.copy_(self.span.T @ torch.as_tensor(basis[:, 0], dtype=torch.float32))
+
+    register_subspace_kind(InSpan)
+    try:
+        run, labels, _, _ = _toy(200, 0, np.stack([p, -p]))
+        sub = make_subspace("in-span-test", D)
+        fit_subspace(sub, run, labels, list(range(150)), epochs=30, batch_size=25, lr=0.05)
+        learned = sub.directions()[:, 0]
+        span = np.linalg.qr(candidates.numpy())[0]
+        assert np.allclose(span @ (span.T @ learned), learned, atol=1e-5)  # it stayed in the span
+        best = span @ (span.T @ p)
+        assert subspace_cosine(sub.directions(), best / np.linalg.norm(best)) > 0.95  # the span's best direction
+    finally:
+        SUBSPACE_KINDS.pop("in-span-test")

@@ -241,6 +241,24 @@ def test_cloze_lens_last_layer_is_the_models_log_odds_at_the_decision_point(tiny
     assert (tiny_run / "lens" / "lens-cloze.html").is_file()
 
 
+def test_cloze_tuned_lens_is_written_beside_the_logit_lens_and_reads_the_last_layer_as_it_is(tiny_run):
+    assert main(["lens", "--run", str(tiny_run), "--quiet"]) == 0
+    logit = pd.read_csv(tiny_run / "lens" / "cloze-trajectory.csv")
+    tuned = pd.read_csv(tiny_run / "lens" / "cloze-tuned-trajectory.csv")
+    assert len(tuned) == len(logit) and tuned.id.nunique() >= 10
+    key = ["id", "form", "layer"]
+    both = logit.merge(tuned, on=key, suffixes=("_logit", "_tuned"))
+    last = both[both.layer == both.layer.max()]
+    # the last block's translator maps its residual to itself: the two lenses agree there exactly
+    assert np.allclose(last.logodds_logit, last.logodds_tuned, atol=1e-4)
+    assert not np.allclose(both.logodds_logit, both.logodds_tuned, atol=1e-3)  # and are fitted elsewhere
+    summary = json.loads((tiny_run / "lens" / "cloze-tuned-summary.json").read_text())
+    inc = summary["inconsistent"]
+    if inc["n"]:
+        assert inc["item_divergence_n_parting"] + inc["item_divergence_never"] == inc["n"]
+    assert (tiny_run / "lens" / "lens-cloze-tuned.html").is_file()
+
+
 def test_patch_and_steer_stages_write_results_and_resume(tiny_run, capsys):
     # the letter read-out (the cloze form has its own tests; both share this run, each with its own settings)
     assert main(["patch", "--run", str(tiny_run), "--instrument", "cross", "--format", "letter", "--items", "12",

@@ -26,6 +26,14 @@ from wdprobe.methods.cross_model import (
     restored_share,
     sites_for,
 )
+from wdprobe.methods.interchange import CrossModelInterchange
+from wdprobe.methods.subspace import (
+    first_order_basis,
+    fit_subspace,
+    interchange_accuracy,
+    interchange_scores,
+    make_subspace,
+)
 from wdprobe.scoring.stats import bootstrap_indices, paired_difference_test
 
 RESTORES_AT_LEAST = 0.5
@@ -143,3 +151,47 @@ def attribution_hit(found: dict, planted_block: int, planted_component: str, pla
         return found["top_block"] == planted_block and found["top_kind"] == "mlp"
     return (found["top_block"] == planted_block and found["top_kind"] == "attn"
             and found["top_head_block"] == planted_block and found["top_head"] == planted_head)
+
+
+def interchange_at_block(reference, variant, items: Sequence[Item], toward: Sequence[int], block: int, *,
+                         form: str = "deed", kind: str = "direction", train_share: float = 0.6, epochs: int = 2,
+                         lr: float = 0.01, batch_size: int = 16, seed: int = 0) -> dict:
+    """How much of the variant's change one learned subspace of block ``block``'s residual carries (cross-model
+    distributed alignment search; the block comes from the caller's blind sweep, never from the plant).
+
+    Items are split once (seeded) into training and held-out ones; on the training items a ``kind`` subspace is
+    learned, from the first-order start, so that the reference with the variant's component interchanged at every
+    position gives the variant's own choice distribution (soft labels: only the subspace that carries all of the
+    change meets them). Held out: the share of the variant's shift toward ``toward`` it restores (per-token mean,
+    ratio of sums), and its IIA, the share of items whose interchanged choice is the variant's (all items, and the
+    items whose choice the variant changed). Returns those and the learned directions (``[d, k]``)."""
+    if len(toward) != len(items) or len(items) < 4:
+        raise InputError("interchange localisation needs at least 4 items and one target option per item")
+    started = time.perf_counter()
+    run = CrossModelInterchange(reference, variant, f"blocks.{int(block)}.hook_resid_post",
+                                [cloze_prompt(it, form) for it in items], [it.options(form) for it in items])
+    clean_ref, clean_var = run.clean()
+    order = np.random.default_rng([seed, int(block), 29]).permutation(len(items))
+    n_train = int(round(train_share * len(items)))
+    train, held = sorted(order[:n_train].tolist()), sorted(order[n_train:].tolist())
+    soft = np.exp(clean_var - clean_var.max(1, keepdims=True))
+    soft /= soft.sum(1, keepdims=True)
+    sign = np.where(np.asarray(toward) == 0, 1.0, -1.0)
+    grads, deltas = run.first_order(train, batch_size=batch_size)
+    start, _ = first_order_basis(grads, deltas, sign[train])
+    sub = make_subspace(kind, reference.d_model, seed=seed)
+    sub.start_from(start)
+    fit = fit_subspace(sub, run, soft, train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    patched = interchange_scores(sub, run, held, batch_size=batch_size)
+    margin = lambda s: s[:, 0] - s[:, 1]  # noqa: E731
+    ref_m, var_m, pat_m = margin(clean_ref[held]), margin(clean_var[held]), margin(patched)
+    shift = ((var_m - ref_m) * sign[held]).sum()
+    restored = float(((pat_m - ref_m) * sign[held]).sum() / shift) if shift != 0 else float("nan")
+    var_choice, ref_choice = clean_var[held].argmax(1), clean_ref[held].argmax(1)
+    flipped = var_choice != ref_choice
+    return {"block": int(block), "kind": kind, "n_train": len(train), "n_held": len(held),
+            "restored_mean": restored, "iia": interchange_accuracy(patched, var_choice),
+            "n_flipped": int(flipped.sum()),
+            "iia_flipped": interchange_accuracy(patched[flipped], var_choice[flipped]) if flipped.any() else None,
+            "loss_first": fit.losses[0], "loss_last": fit.losses[-1], "directions": sub.directions(),
+            "seconds": round(time.perf_counter() - started, 1)}
