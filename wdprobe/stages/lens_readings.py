@@ -67,13 +67,6 @@ def content_trajectory(lm, acts, token_ids: Sequence[int]) -> LensTrajectory:
 TUNED_MIN_ITEMS = 10  # fewer items than this cannot cross-fit a trained lens in 5 folds with anything to fit on
 
 
-def cloze_trajectory(lm, prompts: Sequence[Any], layers: Sequence[int] | None = None,
-                     batch_size: int = 16) -> tuple[LensTrajectory, list[str]]:
-    """The logit lens of :func:`cloze_trajectories` alone."""
-    trajs, unreadable = cloze_trajectories(lm, prompts, layers, batch_size, lenses=("logit",))
-    return trajs["logit"], unreadable
-
-
 def cloze_trajectories(lm, prompts: Sequence[Any], layers: Sequence[int] | None = None, batch_size: int = 16,
                        lenses: Sequence[str] = ("logit", "tuned")) -> tuple[dict[str, LensTrajectory], list[str]]:
     """Lens readings of a run's cloze prompts (:func:`wdprobe.stages.score.scored_cloze_prompts`): per layer, the
