@@ -56,7 +56,7 @@ class Subspace(torch.nn.Module):
 
     def mask(self) -> Float[torch.Tensor, "k"]:
         """Weight of each basis direction in the interchange (1 everywhere unless the kind learns a boundary)."""
-        return torch.ones(self.basis().shape[1], device=self.basis().device)
+        return torch.ones(self.k)
 
     def penalty(self) -> torch.Tensor:
         """Added to the training loss (the boundless kind's size penalty)."""
@@ -65,8 +65,8 @@ class Subspace(torch.nn.Module):
     def interchange(self, base: Float[torch.Tensor, "... d"], source: Float[torch.Tensor, "... d"]
                     ) -> Float[torch.Tensor, "... d"]:
         """``base`` with its component in the subspace replaced by ``source``'s (in ``base``'s dtype)."""
-        b = self.basis().to(torch.float32)
-        diff = (source.to(torch.float32) - base.to(torch.float32)) @ b
+        b = self.basis().to(device=base.device, dtype=torch.float32)  # the subspace may live on another device
+        diff = (source.to(device=base.device, dtype=torch.float32) - base.to(torch.float32)) @ b
         return (base.to(torch.float32) + (diff * self.mask().to(diff.device)) @ b.T).to(base.dtype)
 
     def start_from(self, basis: Float[np.ndarray, "d j"]) -> None:
