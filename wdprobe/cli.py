@@ -19,6 +19,7 @@ from wdprobe.errors import (
     StageNotFinishedError,
     WdprobeError,
 )
+from wdprobe.methods.subspace import SUBSPACE_KINDS
 from wdprobe.pipeline.config import (
     SECTIONS,
     StudyConfig,
@@ -56,6 +57,8 @@ from wdprobe.stages.steering import run_steering
 from wdprobe.studies.align.finetune import TrainSettings
 from wdprobe.studies.align.report import write_alignment_report
 from wdprobe.studies.align.stages import AlignConfig, run_align
+from wdprobe.studies.crossform.interchange import InterchangeSettings, study_items
+from wdprobe.studies.crossform.report import cross_form_study
 from wdprobe.studies.crossmodel.study import cross_model_study
 from wdprobe.studies.organisms.build import DEFAULT_TRAINING, build_organism, organism_manifest
 from wdprobe.studies.organisms.data import sincere_organism_items
@@ -552,6 +555,43 @@ def cmd_cross_patch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_interchange(args: argparse.Namespace) -> int:
+    """`wdprobe interchange`: does the deed use the word's stance? A stance subspace learned per form, interchanged
+    within and across forms at each block's decision point."""
+    try:
+        layers = tuple(int(x) for x in args.layers.split(","))
+    except ValueError:
+        raise InputError(f"--layers {args.layers!r}: give block numbers separated by commas") from None
+    settings = InterchangeSettings(layers=layers, kind=args.kind, k=args.k, epochs=args.epochs,
+                                   sources_per_item=args.sources_per_item, seed=args.seed)
+    lm = load_model(args.model, dtype=args.dtype, device=args.device)
+    items = study_items(resolve_wdct_path(args.data), args.items)
+    readme = cross_form_study(lm, items, settings, args.out, progress=None if args.quiet else print)
+    print(readme.read_text())
+    print(f"results in {args.out} (README.md, summary.csv, layers/, index.html)")
+    return 0
+
+
+def _add_interchange_parser(sub) -> None:
+    p = sub.add_parser("interchange", help="interchange interventions on a learned stance subspace: does the deed use "
+                                           "the stance the word states? (within and across forms, each in its own "
+                                           "token space)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model id or directory (default: the embedded Gemma-3-270M)")
+    p.add_argument("--data", default=None, help="WDCT.csv; else $WDPROBE_WDCT, else the pinned WDCT download")
+    p.add_argument("--out", default="runs/interchange", help="results folder; rerunning resumes finished blocks")
+    p.add_argument("--items", type=int, default=120, help="two-option EthV/Theory items read, in a seeded order")
+    p.add_argument("--layers", default="1,4,7,10,13,16", help="blocks whose residual is intervened on, comma-separated")
+    p.add_argument("--kind", default="direction", choices=list(SUBSPACE_KINDS), help="subspace kind")
+    p.add_argument("--k", type=int, default=1, help="subspace dimension (rotation) or starting boundary (boundless)")
+    p.add_argument("--epochs", type=int, default=2, help="training epochs per subspace")
+    p.add_argument("--sources-per-item", type=int, default=1, help="source items per base item")
+    p.add_argument("--seed", type=int, default=0, help="split, pairs and training seed")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights' dtype")
+    p.add_argument("--device", default=None, help="torch device (default: where the model loads, CPU here)")
+    p.add_argument("--quiet", action="store_true", help="print only the README at the end")
+    p.set_defaults(func=cmd_interchange)
+
+
 def _add_cross_patch_parser(sub) -> None:
     p = sub.add_parser("cross-patch", help="cross-model patching: a variant (organism, aligned or fine-tuned checkpoint) "
                                            "patched into its reference at every block, attention, MLP and head; where "
@@ -823,6 +863,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_align_parsers(sub)
     _add_organism_parsers(sub)
     _add_cross_patch_parser(sub)
+    _add_interchange_parser(sub)
 
     p = sub.add_parser("convert-model", help="convert the embedded Gemma-3-270M GGUF into the cache (done on first use anyway)")
     p.set_defaults(func=cmd_convert)

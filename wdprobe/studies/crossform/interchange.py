@@ -31,6 +31,7 @@ import pandas as pd
 from scipy.stats import false_discovery_control
 
 from wdprobe.core.cache import atomic_write_json, atomic_write_text
+from wdprobe.data.items import read_items
 from wdprobe.data.prompts import cloze_prompt
 from wdprobe.data.wdct import Item
 from wdprobe.errors import InputError
@@ -43,6 +44,7 @@ from wdprobe.methods.subspace import (
     make_subspace,
 )
 from wdprobe.scoring.stats import bootstrap_interval, paired_difference_test, sign_flip_max_test
+from wdprobe.studies.organisms.data import planted_order
 from wdprobe.studies.organisms.edit import cloze_choices
 
 FORMS = ("word", "deed")
@@ -83,6 +85,15 @@ class StancePairs:
     source: np.ndarray
     label: np.ndarray
     held: np.ndarray = field(repr=False)
+
+
+def study_items(path: str | Path, n: int) -> list[Item]:
+    """The first ``n`` two-option EthV/Theory items (a correct option known) in the seeded planted order."""
+    items = [it for it in planted_order(read_items(path))
+             if it.domain in ("EthV", "Theory") and it.n_options == 2 and it.correct in (0, 1)]
+    if len(items) < n:
+        raise InputError(f"{path}: {len(items)} two-option EthV/Theory items, {n} asked for")
+    return items[:n]
 
 
 def item_stances(lm, items: Sequence[Item], form: str, *, batch_size: int = 16) -> np.ndarray:

@@ -96,3 +96,29 @@ def test_the_summary_by_hand():
     assert not row["shared"]  # a gap of 0.375 is no equivalence
     assert best["deed"]["block"] == 3 and best["deed"]["cross_minus_random"] == pytest.approx(0.625)
     assert 0 < row["q_cross_vs_random"] <= 1 and row["q_cross_vs_random"] >= row["p_cross_vs_random"]
+
+
+def test_the_command_runs_the_study_and_words_its_report(tiny_model_dir, tmp_path, capsys):
+    from tiny import write_wdct_csv
+
+    from wdprobe.cli import main
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(24):
+        w = lambda k: " ".join(rng.choice(WORDS, k))  # noqa: E731
+        rows.append(("EthV" if i % 2 else "Theory", f"x{i}", w(5) + "?", ["Yes, " + w(1), "No, " + w(2)], w(6) + "?",
+                     [w(2), w(3)], "AB"[int(rng.integers(0, 2))]))
+    data = write_wdct_csv(tmp_path / "items.csv", rows)
+    out = tmp_path / "ic"
+    code = main(["interchange", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out), "--items", "24",
+                 "--layers", "0,1", "--epochs", "1", "--quiet"])
+    assert code == 0
+    text = (out / "README.md").read_text()
+    assert text.startswith("# Cross-form interchange") and "**Deed pairs.**" in text and "| deed | 1 |" in text
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["layer"]) == {0, 1} and {"q_cross_vs_random", "gap_low90", "shared"} <= set(summary.columns)
+    assert (out / "index.html").is_file() and "results in" in capsys.readouterr().out
+    assert main(["interchange", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
+                 "--layers", "1;2"]) != 0
+    assert "--layers '1;2'" in capsys.readouterr().err
