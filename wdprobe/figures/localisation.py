@@ -33,9 +33,15 @@ def _mean_band(fig, x, arr, colour, name, dash, legend=True):
                              hovertemplate=f"{name}<br>layer %{{x}}: %{{y:.2f}}<extra></extra>"))
 
 
-def lens_figures(traj, model: str) -> list[go.Figure]:
+LENS_NAMES = {"logit": ("Logit lens", "final norm + unembedding applied to each layer's final-position residual"),
+              "tuned": ("Tuned lens", "each layer's residual through its fitted affine translator, then final norm + "
+                                      "unembedding")}
+
+
+def lens_figures(traj, model: str, lens: str = "logit") -> list[go.Figure]:
     """(1) mean log-odds toward the word answer by layer, word vs deed, consistent vs inconsistent items;
-    (2) lens CS by layer and where inconsistent items' readings part for good."""
+    (2) lens CS by layer and where inconsistent items' readings part for good (with how many never part)."""
+    name, how = LENS_NAMES.get(lens, (f"{lens} lens", "each layer's residual read through the final norm + unembedding"))
     groups = traj.groups()
     layers = list(traj.layers)
     fig = go.Figure()
@@ -46,26 +52,29 @@ def lens_figures(traj, model: str) -> list[go.Figure]:
         _mean_band(fig, layers, traj.toward_word("word")[m], GROUP_COLOURS[g], f"{g} items: word prompt", "solid")
         _mean_band(fig, layers, traj.toward_word("deed")[m], GROUP_COLOURS[g], f"{g} items: deed prompt", "dash")
     fig.add_hline(y=0, line=dict(color="black", width=1, dash="dot"))
-    fig.update_layout(title=f"Logit lens: log-odds toward the word answer, by layer<br><sup>{model}, {len(traj.items)} "
-                            "two-option items; final norm + unembedding applied to each layer's final-position residual "
-                            "(± s.e.)</sup>", template="plotly_white", height=500, width=900, xaxis_title="layer",
-                      yaxis_title="log p(word answer's letter) − log p(other letter)", legend=dict(orientation="h", y=-0.2))
+    fig.update_layout(title=f"{name}: log-odds toward the word answer, by layer<br><sup>{model}, {len(traj.items)} "
+                            f"two-option items; {how} (± s.e.)</sup>", template="plotly_white", height=500, width=900,
+                      xaxis_title="layer", yaxis_title="log p(word answer) − log p(other answer)",
+                      legend=dict(orientation="h", y=-0.2))
+    div = traj.divergence_layers()[groups["inconsistent"]]
+    parting, never = int(np.isfinite(div).sum()), int(np.isnan(div).sum())
     fig2 = make_subplots(rows=1, cols=2, subplot_titles=["lens CS(l): word and deed readings pick the same option",
-                                                         "inconsistent items: layer from which readings disagree"])
+                                                         f"inconsistent items: layer from which readings disagree "
+                                                         f"({parting} part; {never} never do)"])
     for g in ("all", "consistent", "inconsistent"):
         m = groups[g]
         if m.any():
             fig2.add_trace(go.Scatter(x=layers, y=traj.agreement(m), mode="lines+markers", name=f"{g} ({int(m.sum())})",
                                       line=dict(color=GROUP_COLOURS[g])), row=1, col=1)
-    d = traj.divergence_layers()
-    d = d[~np.isnan(d)]
+    d = div[np.isfinite(div)]  # the inconsistent items the title names (before, every item whose readings part)
     fig2.add_trace(go.Histogram(x=d, xbins=dict(start=min(layers) - 0.5, end=max(layers) + 0.5, size=1),
                                 marker_color="#d62728", name="divergence layer", showlegend=False), row=1, col=2)
     fig2.update_xaxes(title_text="layer", row=1, col=1)
     fig2.update_xaxes(title_text="first layer of the final disagreeing run", row=1, col=2)
     fig2.update_yaxes(title_text="share of items", range=[0, 1.02], row=1, col=1)
     fig2.update_yaxes(title_text="items", row=1, col=2)
-    fig2.update_layout(title=f"Where word and deed readings part — {model}", template="plotly_white", height=460,
+    fig2.update_layout(title=f"Where word and deed readings part ({name.lower()}) — {model}", template="plotly_white",
+                       height=460,
                        width=1150, legend=dict(orientation="h", y=-0.25))
     return [fig, fig2]
 

@@ -112,14 +112,14 @@ def cloze_trajectories(lm, prompts: Sequence[Any], layers: Sequence[int] | None 
     return out, unreadable
 
 
-def write_trajectory(out: Path, name: str, traj: LensTrajectory, title: str, heading: str,
+def write_trajectory(out: Path, name: str, traj: LensTrajectory, title: str, heading: str, *, lens: str = "logit",
                      **extra: Any) -> tuple[dict[str, Any], dict[str, Any], list]:
     """One named lens reading (``content``, ``cloze``) as ``{name}-trajectory.csv``, ``{name}-summary.json`` (with
     ``extra``), ``lens-{name}.html`` and its PNGs; returns its summary, its headline part and the PNG paths."""
     atomic_write_text(out / f"{name}-trajectory.csv", traj.to_frame().to_csv(index=False))
     summary = dict(traj.summary(), **extra)
     atomic_write_text(out / f"{name}-summary.json", json.dumps(summary, indent=2) + "\n")
-    figs = localise_plots.lens_figures(traj, title)
+    figs = localise_plots.lens_figures(traj, title, lens)
     plots.write_html(figs, out / f"lens-{name}.html", heading=heading)
     pngs = [plots.write_png(f, out / f"lens-{name}-{i}.png") for i, f in enumerate(figs)]
     head = {g: {k: summary[g].get(k) for k in ("n", "curve_divergence_layer", "item_divergence_layer_median")}

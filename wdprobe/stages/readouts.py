@@ -654,7 +654,7 @@ class ClozeReadout(Readout):
             summary["tuned"], head["tuned"], made = write_trajectory(
                 out, "cloze-tuned", trajs["tuned"], f"{model}, cloze prompts, tuned lens (affine translators fitted "
                                                     "to the last block's residual, cross-fitted over items)",
-                f"wdprobe tuned lens, cloze form: {model}, {len(trajs['tuned'].items)} two-option items")
+                f"wdprobe tuned lens, cloze form: {model}, {len(trajs['tuned'].items)} two-option items", lens="tuned")
             pngs += made
         else:
             summary["tuned"] = {"skipped": f"fewer than {TUNED_MIN_ITEMS} readable items to fit a trained lens"}
