@@ -129,18 +129,24 @@ def write_card(out: Path, names: list[str]) -> None:
              "Rules: `../cross-model-rules.md`, section \"Interchange interventions\" (written before the run). Each "
              "organism's block is found blind by the cross-model residual sweep; a 1-d subspace of that block's "
              "residual is learned on 19 items and read on 13 held out.", "",
-             "| organism | planted | recovered | shift (mean), p | restored by 1-d | IIA held out | flipped: IIA (n) | "
-             "cosine with plant | cosine with write |", "|---|---|---|---|---|---|---|---|---|"]
+             "| organism | planted | recovered | shift (mean), p | restored by 1-d | IIA held out (no interchange) | "
+             "flipped: IIA (n) | cosine with plant | cosine with write |", "|---|---|---|---|---|---|---|---|---|"]
     for r in frame.itertuples():
         lines.append(f"| {r.name} | L{r.planted} | {'none' if pd.isna(r.recovered) else 'L' + str(int(r.recovered))} | "
-                     f"{r.shift_mean:.3f}, p = {r.shift_p:.3g} | {cell(r.restored)} | {cell(r.iia)} | "
+                     f"{r.shift_mean:.3f}, p = {r.shift_p:.3g} | {cell(r.restored)} | {cell(r.iia)} "
+                     f"({cell(1 - r.n_flipped / r.n_held if r.n_held else None)}) | "
                      f"{cell(r.iia_flipped)} ({cell(r.n_flipped, '{:.0f}')}) | {cell(r.cosine_plant)} | "
                      f"{cell(r.cosine_written)} |")
     plants = frame[frame["kind"] == "override"]
     at = plants[plants["recovered"] == plants["planted"]]
-    lines += ["", f"**Overrides: {len(plants)}; block recovered exactly: {len(at)}; of those IIA >= {IIA_TARGET}: "
-              f"{int((at['iia'] >= IIA_TARGET).sum())}, cosine with the plant >= {COSINE_TARGET}: "
-              f"{int((at['cosine_plant'] >= COSINE_TARGET).sum())}.**"]
+    lines += ["", f"**Read {len(frame)} of {len(names)} planned organisms. Overrides read: {len(plants)}; block "
+              f"recovered exactly: {len(at)}; of those IIA >= {IIA_TARGET}: {int((at['iia'] >= IIA_TARGET).sum())}, "
+              f"cosine with the plant >= {COSINE_TARGET}: {int((at['cosine_plant'] >= COSINE_TARGET).sum())}.**", "",
+              "IIA held out counts every held-out item; in brackets, the share the parent already answers as the "
+              "organism does without any interchange (items the edit did not flip), the level an interchange that "
+              "carries nothing reaches. The flipped items' IIA is the informative one. The block is recovered by "
+              "cross-model patching's exact shortcut (below the edit the two models are identical), so a hit there "
+              "says nothing about the subspace."]
     atomic_write_text(out / "card.md", "\n".join(lines) + "\n")
 
 
