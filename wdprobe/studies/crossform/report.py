@@ -24,7 +24,9 @@ def _fmt(x: float) -> str:
 
 
 def _blocks(blocks: list) -> str:
-    return f"blocks {', '.join(str(b) for b in blocks)}" if blocks else "no block"
+    if not blocks:
+        return "no block"
+    return f"block {blocks[0]}" if len(blocks) == 1 else f"blocks {', '.join(str(b) for b in blocks)}"
 
 
 def verdicts(table: pd.DataFrame, best: dict) -> list[str]:
@@ -33,9 +35,13 @@ def verdicts(table: pd.DataFrame, best: dict) -> list[str]:
     for form in ("deed", "word"):
         part = table[table["form"] == form].sort_values("layer")
         other = "word" if form == "deed" else "deed"
-        within = part[part["q_within_vs_random"] < ALPHA]["layer"].tolist()
-        cross = part[part["q_cross_vs_random"] < ALPHA]["layer"].tolist()
-        shared = part[part["shared"] & (part["q_cross_vs_random"] < ALPHA)]["layer"].tolist()
+        # "more often than a random direction": the two-sided test significant *and* the difference positive
+        beats = {c: (part[f"q_{c}_vs_random"] < ALPHA) & (part[f"iia_{c}"] > part["iia_random"])
+                 for c in ("within", "cross")}
+        within = part[beats["within"]]["layer"].tolist()
+        cross = part[beats["cross"]]["layer"].tolist()
+        below = part[(part["q_cross_vs_random"] < ALPHA) & (part["iia_cross"] < part["iia_random"])]["layer"].tolist()
+        shared = part[part["shared"] & beats["cross"]]["layer"].tolist()
         parts = part[(part["q_gap"] < ALPHA) & (part["gap"] > 0)]["layer"].tolist()
         top = part.loc[part["iia_within"].idxmax()]
         lines.append(
@@ -45,7 +51,12 @@ def verdicts(table: pd.DataFrame, best: dict) -> list[str]:
         lines.append(
             f"The subspace learned on **{other}** pairs does so at {_blocks(cross)}; it does so as well as the "
             f"{form}-learned one (gap inside +-{EQUIVALENCE_MARGIN} by a 90% interval) at {_blocks(shared)}, "
-            f"and falls short of it at {_blocks(parts)}.")
+            f"and falls short of it at {_blocks(parts)}."
+            + (f" It does *worse* than the random direction at {_blocks(below)}." if below else ""))
+        if not within:
+            lines.append(f"No 1-d subspace at the decision point moves {form} answers at any block, not even one "
+                         f"learned on {form} pairs: on {form} pairs this instrument has no effect to compare the "
+                         f"other form's subspace with, so it cannot say whether the {form} uses the {other}'s stance.")
         b = best.get(form)
         if b:
             lines.append(f"Best block for {other}-learned over random on {form} pairs: {b['block']} "
@@ -108,7 +119,10 @@ def cross_form_study(lm, items: list, settings: InterchangeSettings, out: str | 
                      progress=None) -> Path:
     """Run the protocol into ``out`` (resuming finished blocks) and write its report; returns the README's path."""
     started = time.perf_counter()
+    resumed = all((Path(out) / "layers" / f"block-{b:02d}.csv").is_file() for b in settings.layers)
     outcomes = run_cross_form(lm, items, settings, out, progress=progress)
     stances = pd.read_csv(Path(out) / "stances.csv")
-    write_report(Path(out), outcomes, lm.name, items, stances, settings, time.perf_counter() - started)
+    # a report rewritten from finished blocks states no run time (this invocation computed nothing)
+    write_report(Path(out), outcomes, lm.name, items, stances, settings,
+                 None if resumed else time.perf_counter() - started)
     return Path(out) / "README.md"
