@@ -189,6 +189,7 @@ class CrossModelPatch:
 
 
 def right_padded(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids right-padded to the longest sequence, and the attention mask (every real token where it is alone)."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -270,6 +271,8 @@ def _attn_results(models: Sequence["LoadedModel"], on: bool) -> Iterator[None]:
 
 
 def check_same_architecture(target: "LoadedModel", source: "LoadedModel", sites: Sequence[Site]) -> None:
+    """Refuse two models that cannot be patched into each other: another tokenizer, width or depth, or a site's hook
+    missing in either."""
     if target.tokenizer.get_vocab() != source.tokenizer.get_vocab():
         raise InterventionError(f"cross-model patching needs one tokenizer: {target.name} and {source.name} differ")
     for s in sites:

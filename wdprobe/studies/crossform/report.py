@@ -67,6 +67,7 @@ def verdicts(table: pd.DataFrame, best: dict) -> list[str]:
 
 def write_report(out: Path, outcomes: pd.DataFrame, model: str, items: list, stances: pd.DataFrame,
                  settings: InterchangeSettings, seconds: float | None) -> None:
+    """The summary tables, the README (verdicts first), the figure and the page of a finished run into ``out``."""
     table, best = summarise(outcomes)
     atomic_write_text(out / "summary.csv", table.to_csv(index=False, float_format="%.6g"))
     atomic_write_text(out / "best.json", json.dumps(best, indent=2) + "\n")

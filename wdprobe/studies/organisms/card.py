@@ -117,19 +117,24 @@ def _transfer_flip(name: str) -> Callable[[dict[str, dict[str, Any]]], tuple[str
     return check
 
 
+def _median(res: dict[str, Any]) -> float:
+    """A study's median divergence layer of inconsistent items; NaN (no rule passes on it) where none parts."""
+    median = res["lens"]["inconsistent"].get("item_divergence_layer_median")
+    return float("nan") if median is None else float(median)
+
+
 def _lens_window(name: str) -> Callable[[dict[str, dict[str, Any]]], tuple[str, bool | None]]:
     def check(r: dict[str, dict[str, Any]]) -> tuple[str, bool | None]:
         res = r[name]
         L = res["planted_layer"]
-        median = res["lens"]["inconsistent"]["item_divergence_layer_median"]
+        median = _median(res)
         return f"median divergence layer {median:g} (L = {L})", bool(L <= median <= L + 2)
     return check
 
 
 def _lens_moves(r: dict[str, dict[str, Any]]) -> tuple[str, bool | None]:
     late, early = r["hypocrite"], r["hypocrite-early"]
-    m_late = late["lens"]["inconsistent"]["item_divergence_layer_median"]
-    m_early = early["lens"]["inconsistent"]["item_divergence_layer_median"]
+    m_late, m_early = _median(late), _median(early)
     shift = m_late - m_early
     planted = late["planted_layer"] - early["planted_layer"]
     return f"medians {m_early:g} -> {m_late:g} (planted {early['planted_layer']} -> {late['planted_layer']})", bool(
