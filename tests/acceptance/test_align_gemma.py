@@ -17,6 +17,7 @@ def test_lora_applied_to_the_bridge_equals_peft_on_gemma(fresh_gemma):
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.01)
     prompts = ["Is the sky blue?\nA. Yes\nB. No\nAnswer:", "Answer:"]
+    weights = {k: v.detach().clone() for k, v in gemma.hf_model.state_dict().items()}
     before = last_token_logits(gemma, prompts).clone()
     with torch.no_grad():
         peft_logits = tuner.model(**tuner._encode(prompts), logits_to_keep=1).logits[:, -1]
@@ -24,7 +25,11 @@ def test_lora_applied_to_the_bridge_equals_peft_on_gemma(fresh_gemma):
         inside = last_token_logits(gemma, prompts)
     assert (inside - before).abs().max() > 0.1
     assert torch.allclose(inside, peft_logits, atol=2e-3)
-    assert torch.equal(last_token_logits(gemma, prompts), before)
+    # restored: every weight bit for bit (the claim); the logits then agree up to the CPU kernels' run-to-run rounding
+    # (a bit-exact logits check failed once in CI by 1e-4 although every weight was restored)
+    after = gemma.hf_model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in weights.items())
+    assert torch.allclose(last_token_logits(gemma, prompts), before, atol=1e-3)
 
 
 def test_one_epoch_of_word_training_on_gemma(fresh_gemma, shared_data, tmp_path):
