@@ -17,7 +17,6 @@ import argparse
 
 from wdprobe.core.model import load_model
 from wdprobe.data.wdct import resolve_wdct_path
-from wdprobe.errors import InputError
 from wdprobe.studies.crossform.interchange import InterchangeSettings, study_items
 from wdprobe.studies.crossform.report import cross_form_study
 
@@ -35,11 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sources-per-item", type=int, default=1, help="source items per base item")
     ap.add_argument("--seed", type=int, default=0, help="split, pairs and training seed")
     args = ap.parse_args(argv)
-    try:
-        layers = tuple(int(x) for x in args.layers.split(","))
-    except ValueError:
-        raise InputError(f"--layers {args.layers!r}: give block numbers separated by commas") from None
-    settings = InterchangeSettings(layers=layers, kind=args.kind, k=args.k, epochs=args.epochs,
+    settings = InterchangeSettings.from_flags(args.layers, kind=args.kind, k=args.k, epochs=args.epochs,
                                    sources_per_item=args.sources_per_item, seed=args.seed)
     lm = load_model(args.model)
     items = study_items(resolve_wdct_path(args.data), args.items)

@@ -558,11 +558,7 @@ def cmd_cross_patch(args: argparse.Namespace) -> int:
 def cmd_interchange(args: argparse.Namespace) -> int:
     """`wdprobe interchange`: does the deed use the word's stance? A stance subspace learned per form, interchanged
     within and across forms at each block's decision point."""
-    try:
-        layers = tuple(int(x) for x in args.layers.split(","))
-    except ValueError:
-        raise InputError(f"--layers {args.layers!r}: give block numbers separated by commas") from None
-    settings = InterchangeSettings(layers=layers, kind=args.kind, k=args.k, epochs=args.epochs,
+    settings = InterchangeSettings.from_flags(args.layers, kind=args.kind, k=args.k, epochs=args.epochs,
                                    sources_per_item=args.sources_per_item, seed=args.seed)
     lm = load_model(args.model, dtype=args.dtype, device=args.device)
     items = study_items(resolve_wdct_path(args.data), args.items)

@@ -147,7 +147,7 @@ class Rotation(Subspace):
 
 
 @register_subspace_kind
-class Boundless(Subspace):
+class Boundless(Rotation):
     """A full rotation whose first coordinates are interchanged up to a learned boundary ``b``:
     ``m_i = sigmoid((b - i) / T)``. The trainer anneals ``T`` and the loss penalises ``sum(m) / d``."""
 
@@ -155,16 +155,8 @@ class Boundless(Subspace):
     size_weight = 1.0  # the penalty on the mask's size (its share of the d dimensions), beside the interchange loss
 
     def __init__(self, d: int, k: int = 1, *, seed: int = 0) -> None:
-        super().__init__(d, d)
-        g = torch.Generator().manual_seed(seed)
-        self.linear = torch.nn.Linear(d, d, bias=False)
-        with torch.no_grad():
-            self.linear.weight.copy_(torch.randn(d, d, generator=g))
-        torch.nn.utils.parametrizations.orthogonal(self.linear)
+        super().__init__(d, d, seed=seed)
         self.boundary = torch.nn.Parameter(torch.tensor(float(max(k, 1))))
-
-    def basis(self) -> torch.Tensor:
-        return self.linear.weight.T
 
     def mask(self) -> torch.Tensor:
         i = torch.arange(self.d, dtype=torch.float32, device=self.boundary.device)
@@ -172,11 +164,6 @@ class Boundless(Subspace):
 
     def penalty(self) -> torch.Tensor:
         return self.size_weight * self.mask().sum() / self.d
-
-    def start_from(self, basis: np.ndarray) -> None:
-        q = _orthonormal_columns(basis, self.d, self.d)
-        with torch.no_grad():
-            self.linear.weight = q.T.contiguous()
 
 
 def make_subspace(kind: str, d: int, k: int = 1, *, seed: int = 0) -> Subspace:

@@ -74,6 +74,15 @@ class InterchangeSettings:
         if self.sources_per_item < 1 or self.epochs < 1 or self.batch_size < 1:
             raise InputError("sources per item, epochs and batch size must be at least 1")
 
+    @classmethod
+    def from_flags(cls, layers: str, **settings) -> "InterchangeSettings":
+        """Settings from command-line flags: ``layers`` as block numbers separated by commas."""
+        try:
+            blocks = tuple(int(x) for x in layers.split(","))
+        except ValueError:
+            raise InputError(f"--layers {layers!r}: give block numbers separated by commas") from None
+        return cls(layers=blocks, **settings)
+
 
 @dataclass(frozen=True)
 class StancePairs:
