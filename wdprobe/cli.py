@@ -67,6 +67,21 @@ from wdprobe.studies.organisms.recipes import KINDS
 from wdprobe.studies.pct.stages import PCTConfig
 
 
+def at_least(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``least``. A flag given less is refused by argparse itself, with
+    the flag's name, before any model loads or result is touched."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value}: at least {least} expected")
+        return value
+    parse.__name__ = f"a whole number >= {least}"
+    return parse
+
+
 def _device_map_arg(text: str):
     """``auto``/``balanced``/... as given; a JSON object as a module -> device dict."""
     if text.lstrip().startswith("{"):
@@ -480,7 +495,7 @@ def _add_align_parsers(sub) -> None:
     AlignConfig.add_flags(p.add_argument_group("what is trained and evaluated"))
     p.add_argument("--domain", action="append", default=None, help="keep only this domain (repeatable; any domain of the items)")
     TrainSettings.add_flags(p.add_argument_group("training"), skip=("seed",))
-    p.add_argument("--stop-after-epoch", type=int, default=None, help="end after this epoch (resume later)")
+    p.add_argument("--stop-after-epoch", type=at_least(1), default=None, help="end after this epoch (resume later)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_align)
 
@@ -575,12 +590,12 @@ def _add_interchange_parser(sub) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="model id or directory (default: the embedded Gemma-3-270M)")
     p.add_argument("--data", default=None, help="WDCT.csv; else $WDPROBE_WDCT, else the pinned WDCT download")
     p.add_argument("--out", default="runs/interchange", help="results folder; rerunning resumes finished blocks")
-    p.add_argument("--items", type=int, default=120, help="two-option EthV/Theory items read, in a seeded order")
+    p.add_argument("--items", type=at_least(4), default=120, help="two-option EthV/Theory items read, in a seeded order")
     p.add_argument("--layers", default="1,4,7,10,13,16", help="blocks whose residual is intervened on, comma-separated")
     p.add_argument("--kind", default="direction", choices=list(SUBSPACE_KINDS), help="subspace kind")
-    p.add_argument("--k", type=int, default=1, help="subspace dimension (rotation) or starting boundary (boundless)")
-    p.add_argument("--epochs", type=int, default=2, help="training epochs per subspace")
-    p.add_argument("--sources-per-item", type=int, default=1, help="source items per base item")
+    p.add_argument("--k", type=at_least(1), default=1, help="subspace dimension (rotation) or starting boundary (boundless)")
+    p.add_argument("--epochs", type=at_least(1), default=2, help="training epochs per subspace")
+    p.add_argument("--sources-per-item", type=at_least(1), default=1, help="source items per base item")
     p.add_argument("--seed", type=int, default=0, help="split, pairs and training seed")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights' dtype")
     p.add_argument("--device", default=None, help="torch device (default: where the model loads, CPU here)")
@@ -599,7 +614,7 @@ def _add_cross_patch_parser(sub) -> None:
                                                 "else the pinned WDCT download")
     p.add_argument("--organism-items", default=None, help="read a trained organism's held-out items (its items.jsonl "
                                                           "and split.csv) instead of --data")
-    p.add_argument("--sample", type=int, default=24, help="items read (0: all), in a seeded order")
+    p.add_argument("--sample", type=at_least(0), default=24, help="items read (0: all), in a seeded order")
     p.add_argument("--seed", type=int, default=0, help="the seed of that order")
     p.add_argument("--forms", nargs="+", default=["word", "deed"], choices=["word", "deed"], help="prompt forms read")
     p.add_argument("--sites", nargs="+", default=["resid", "attn", "mlp", "head"], help="site kinds patched: "
@@ -613,9 +628,9 @@ def _add_cross_patch_parser(sub) -> None:
     p.add_argument("--method", default="exact", choices=["exact", "attribution"],
                    help="exact patching (one forward per site), or attribution patching (every site from one forward "
                         "and backward per batch; first order)")
-    p.add_argument("--check-items", type=int, default=0, help="with --method attribution: also patch exactly on this "
+    p.add_argument("--check-items", type=at_least(0), default=0, help="with --method attribution: also patch exactly on this "
                                                                  "many items and report how well the two agree")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (at least 1)")
+    p.add_argument("--batch-size", type=at_least(1), default=16, help="sequences per forward pass (at least 1)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights' dtype")
     p.add_argument("--device", default=None, help="torch device (default: where the model loads, CPU here)")
     p.add_argument("--out", default=None, help="results folder (default runs/cross-<variant>); rerunning resumes")
@@ -636,15 +651,15 @@ def _add_organism_parsers(sub) -> None:
     p.add_argument("--from", dest="start_from", default=None,
                    help="the finished sincere organism a hypocrite starts from")
     p.add_argument("--data", default=None, help="items: WDCT.csv, or your own items (.csv / .jsonl / .json in the item schema, docs/guides/own-data.md); else $WDPROBE_WDCT, else the pinned WDCT download")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=at_least(1), default=2)
     p.add_argument("--tuning", default=DEFAULT_TRAINING.tuning, choices=["lora", "full"])
-    p.add_argument("--rank", type=int, default=DEFAULT_TRAINING.rank)
+    p.add_argument("--rank", type=at_least(1), default=DEFAULT_TRAINING.rank)
     p.add_argument("--lora-alpha", type=float, default=DEFAULT_TRAINING.lora_alpha)
     p.add_argument("--lr", type=float, default=DEFAULT_TRAINING.lr)
-    p.add_argument("--batch-size", type=int, default=DEFAULT_TRAINING.batch_size, help="training examples per step")
-    p.add_argument("--layers-from", type=int, default=None,
+    p.add_argument("--batch-size", type=at_least(1), default=DEFAULT_TRAINING.batch_size, help="training examples per step")
+    p.add_argument("--layers-from", type=at_least(0), default=None,
                    help="first trainable block (default: the kind's planted layer, 12 or 4 of 18, scaled to the depth)")
-    p.add_argument("--limit", type=int, default=None, help="use only this many items (seeded; a quick look)")
+    p.add_argument("--limit", type=at_least(1), default=None, help="use only this many items (seeded; a quick look)")
     p.add_argument("--seed", type=int, default=0, help="split and example order")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_organism_build)
@@ -655,7 +670,7 @@ def _add_organism_parsers(sub) -> None:
                                     "direction that moves deeds toward canonical option --target; every other tensor "
                                     "stays the parent's. The specification is saved as edit.json.")
     p.add_argument("--out", required=True, help="organism directory (a model directory: --model DIR takes it)")
-    p.add_argument("--layer", type=int, required=True, help="the block to plant in")
+    p.add_argument("--layer", type=at_least(0), required=True, help="the block to plant in")
     p.add_argument("--model", default="gemma-3-270m", help="parent: the embedded default or a local model directory")
     p.add_argument("--data", default=None, help="items to calibrate on (two-option items are used)")
     p.add_argument("--kind", default="override", choices=list(EDIT_KINDS),
@@ -664,8 +679,8 @@ def _add_organism_parsers(sub) -> None:
     p.add_argument("--target", type=int, default=1, choices=[0, 1], help="the canonical option deeds are pushed to")
     p.add_argument("--component", default="mlp", choices=["mlp", "attn-head"],
                    help="where the edit writes: one MLP unit (gated) or one attention head's output (keyed linearly)")
-    p.add_argument("--head", type=int, default=None, help="the head an attn-head edit writes through (default: seeded)")
-    p.add_argument("--items", type=int, default=40, help="calibration items (a seeded sample)")
+    p.add_argument("--head", type=at_least(0), default=None, help="the head an attn-head edit writes through (default: seeded)")
+    p.add_argument("--items", type=at_least(8), default=40, help="calibration items (a seeded sample)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_organism_edit)
     p = osub.add_parser("show", help="the recipe, planted truth and held-out accuracies of a finished organism")
@@ -697,11 +712,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wrap prompts in the chat template (auto: instruction-tuned model names only)")
     p.add_argument("--seed", type=int, default=0, help="option-shuffling seed")
     _add_measurement_args(p)
-    p.add_argument("--limit", type=int, default=None, help="first N items (after filters)")
-    p.add_argument("--sample", type=int, default=None, help="seeded random sample of N items")
+    p.add_argument("--limit", type=at_least(1), default=None, help="first N items (after filters)")
+    p.add_argument("--sample", type=at_least(1), default=None, help="seeded random sample of N items")
     p.add_argument("--domain", action="append", help="keep only this domain (repeatable; any domain of the items)")
     p.add_argument("--subset", choices=sorted(SUBSETS), default=None)
-    p.add_argument("--batch-size", type=int, default=32, help="most prompts per forward (on CPU also capped at ~1.5k padded tokens)")
+    p.add_argument("--batch-size", type=at_least(1), default=32, help="most prompts per forward (on CPU also capped at ~1.5k padded tokens)")
     p.add_argument("--shard", default=None, help="i/n: score only shard i of n (items split by id) into RUN/shards/score/; "
                                                  "then `wdprobe merge RUN`")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -740,7 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--positions", default="last,question_mean",
                    help="comma list of last, question_mean, option0_last..option3_last")
     p.add_argument("--storage-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=at_least(1), default=16)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--shard", default=None, help="i/n: only shard i of n of the items, into RUN/shards/capture/; then wdprobe merge RUN")
     p.set_defaults(func=cmd_capture)
@@ -750,7 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hook", default="resid_post")
     p.add_argument("--position", default="last")
     p.add_argument("--kinds", default="logreg,diffmean", help="comma list of registered probe kinds")
-    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--folds", type=at_least(2), default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", default="auto", choices=["auto", *FORMATS],
                    help="letter (and content, when every order was scored), cloze, or both; auto: every format the run "
@@ -784,14 +799,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cross-form: patch into the shown deed order only, or into both orders so the patch's effect "
                         "splits into stance and letter transport (auto: both for runs scored letter-free)")
     p.add_argument("--form", choices=["word", "deed"], help="positional: which form's prompts")
-    p.add_argument("--positional-items", type=int, help="positional: items for attribution patching")
-    p.add_argument("--exact-items", type=int, help="positional: of those, items also patched exactly")
+    p.add_argument("--positional-items", type=at_least(1), help="positional: items for attribution patching")
+    p.add_argument("--exact-items", type=at_least(0), help="positional: of those, items also patched exactly")
     p.add_argument("--min-effect", type=float,
                    help="positional: keep items whose log-odds move at least this much when options are swapped")
-    p.add_argument("--screen", type=int,
+    p.add_argument("--screen", type=at_least(1),
                    help="positional: aligned items screened (seeded sample); the strongest content effects are kept")
     p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=int, help="most rows per forward (on CPU also capped at ~1.5k tokens)")
+    p.add_argument("--batch-size", type=at_least(1), help="most rows per forward (on CPU also capped at ~1.5k tokens)")
     p.add_argument("--restart", action="store_true", help="discard this stage's earlier results in the run directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--shard", help="i/n: cross-form patching (or the exact positional patching) of shard i "
@@ -808,7 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-mass-ratio", type=float,
                    help="a setting keeps the answer format if letter mass stays above this share of clean")
     p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=at_least(1))
     p.add_argument("--no-validate", action="store_true",
                    help="skip rerunning the best setting on the items the grid did not use")
     p.add_argument("--controls", help="comma list of control directions of equal norm, run beside the stance at every "

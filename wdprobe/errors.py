@@ -84,6 +84,11 @@ class TrainingError(WdprobeError, RuntimeError):
     """A fine-tuning setting that leaves nothing to train, or a checkpoint that is missing."""
 
 
+class NonFiniteError(WdprobeError, ArithmeticError):
+    """A model output that is not a number (NaN or infinite log-probabilities, e.g. a float16 overflow): nothing
+    computed from it is reported; the message names the item and the prompt."""
+
+
 # ---- run directories ---------------------------------------------------------------------------------------
 
 class RunError(WdprobeError, RuntimeError):

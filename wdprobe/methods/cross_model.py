@@ -17,7 +17,7 @@ positions that predict a continuation token.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
@@ -186,6 +186,7 @@ class CrossModelPatch:
     identical: Bool[np.ndarray, "site"]
     n_tokens: Int[np.ndarray, "seq"]
     positions: str
+    dropped: Float[np.ndarray, "block site seq"] | None = None  # attribution's GradDrop estimates, block by block
 
 
 def right_padded(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -399,16 +400,49 @@ def restored_share(result: CrossModelPatch, scoring: str, toward: Int[np.ndarray
     return share, moved, shift
 
 
+def _gradients(target: "LoadedModel", ids: torch.Tensor, mask: torch.Tensor, lengths: Sequence[int],
+               starts: Sequence[int], hooks: Sequence[str], drop: int | None
+               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], np.ndarray]:
+    """One forward and backward of the target: per hook its activation and the gradient of the summed continuation
+    log-likelihood there, and the per-row log-likelihood. ``drop``: block whose attention and MLP contributions pass
+    no gradient back (GradDrop); a site inside that block then gets a zero gradient."""
+    stopped = set() if drop is None else {AttentionSite.hook(drop), MlpSite.hook(drop)}
+    deltas: dict[str, torch.Tensor] = {}
+    seen: dict[str, torch.Tensor] = {}
+
+    def make(name: str):
+        def hook(x, hook=None):
+            if name in hooks:
+                delta = torch.zeros_like(x, dtype=torch.float32, requires_grad=True)
+                deltas[name], seen[name] = delta, x.detach()
+                x = x + delta.to(x.dtype)
+            return x.detach() if name in stopped else x
+        return hook
+
+    with frozen_parameters(target.hf_model), torch.enable_grad():
+        lp = continuation_logprob_tensor(target, ids, mask, lengths, starts,
+                                         [(h, make(h)) for h in sorted(set(hooks) | stopped)])
+        if lp.requires_grad:  # rows are independent: each row's gradient is its own read-out's
+            lp.sum().backward()
+    grads = {h: d.grad if d.grad is not None else torch.zeros_like(d) for h, d in deltas.items()}
+    return seen, grads, lp.detach().double().numpy()
+
+
 def attribute_cross_model(target: "LoadedModel", source: "LoadedModel", sequences: Sequence[Sequence[int]],
                           starts: Sequence[int], sites: Sequence[Site], *, positions: str = "all",
-                          batch_size: int = 8) -> CrossModelPatch:
+                          batch_size: int = 8, grad_drop: bool = False) -> CrossModelPatch:
     """Attribution patching (AtP) of :func:`cross_model_patch`: every site's effect estimated at once from one
     forward and backward of the target per batch, as ``(source - target activation) . d(read-out)/d(activation)``
     summed over the patched positions. First order: exact where the read-out is linear in the site's activation,
     and the further off the larger the difference the site carries through later nonlinearities (check it against
-    exact patching on a sample: :func:`attribution_agreement`). Of AtP*'s two fixes, the attention-pattern one
-    concerns query and key sites, which are not patched here; GradDrop (one backward per layer) is not implemented.
-    Identical sites are exactly unchanged, as in exact patching."""
+    exact patching on a sample: :func:`attribution_agreement`). Identical sites are exactly unchanged, as in exact
+    patching.
+
+    ``grad_drop`` adds AtP*'s GradDrop (Kramar et al. 2024): for each block l one more backward with the gradient
+    through block l's attention and MLP contributions stopped, kept as ``dropped[l]``. Effects that cancel between
+    paths in the full gradient show in some dropped one; :func:`grad_drop_score` turns them into AtP*'s magnitude.
+    A block below a site carries none of its effect, so there the plain estimate is kept without a pass. AtP*'s other
+    fix (recomputing the attention softmax) concerns query and key sites, which are not patched here."""
     if positions not in POSITION_CLASSES:
         raise InterventionError(f"positions {positions!r}: choose from {', '.join(POSITION_CLASSES)}")
     if not sites:
@@ -417,6 +451,8 @@ def attribute_cross_model(target: "LoadedModel", source: "LoadedModel", sequence
     pad = target.tokenizer.pad_token_id if target.tokenizer.pad_token_id is not None else 0
     n = len(sequences)
     est = np.zeros((len(sites), n))
+    drops = list(range(target.n_layers)) if grad_drop else []
+    dropped = np.zeros((target.n_layers, len(sites), n)) if grad_drop else None
     identical = np.ones(len(sites), dtype=bool)
     target_clean, source_clean = np.zeros(n), np.zeros(n)
     hooks = sorted({s.hook for s in sites})
@@ -430,34 +466,48 @@ def attribute_cross_model(target: "LoadedModel", source: "LoadedModel", sequence
             where = patch_mask(lengths, row_starts, ids.shape[1], positions).to(target.device)
             source_clean[rows] = _continuation_logprob(source, ids, mask, lengths, row_starts)
             src = record_activations(source, ids, mask, hooks)
-            deltas: dict[str, torch.Tensor] = {}
-            seen: dict[str, torch.Tensor] = {}
-
-            def make(name: str):
-                def hook(x, hook=None):
-                    delta = torch.zeros_like(x, dtype=torch.float32, requires_grad=True)
-                    deltas[name], seen[name] = delta, x.detach()
-                    return x + delta.to(x.dtype)
-                return hook
-
-            with frozen_parameters(target.hf_model), torch.enable_grad():
-                lp = continuation_logprob_tensor(target, ids, mask, lengths, row_starts, [(h, make(h)) for h in hooks])
-                lp.sum().backward()  # rows are independent: each row's gradient is its own read-out's
-            target_clean[rows] = lp.detach().double().numpy()
+            seen, grads, target_clean[rows] = _gradients(target, ids, mask, lengths, row_starts, hooks, None)
+            diffs: dict[int, torch.Tensor] = {}
             for k, site in enumerate(sites):
                 sel = (slice(None), slice(None)) if site.unit is None else (slice(None), slice(None), site.unit)
-                diff = (src[site.hook][sel].float() - seen[site.hook][sel].float())
+                diff = src[site.hook][sel].float() - seen[site.hook][sel].float()
                 diff = diff * where.reshape(where.shape + (1,) * (diff.dim() - 2))
                 if bool(diff.abs().max() == 0):
-                    est[k, rows] = 0.0
                     continue
                 identical[k] = False
-                grad = deltas[site.hook].grad[sel].float()
-                est[k, rows] = (diff * grad).flatten(1).sum(1).double().cpu().numpy()
-            del src, deltas, seen
+                diffs[k] = diff
+            del src, seen
+            lowest = min((sites[k].layer for k in diffs), default=target.n_layers)
+            for drop in [None] + drops:
+                if drop is not None and drop >= lowest:
+                    grads = _gradients(target, ids, mask, lengths, row_starts, hooks, drop)[1]
+                for k, diff in diffs.items():
+                    site = sites[k]
+                    if drop is not None and drop < site.layer:  # block l is below the site: nothing to drop
+                        dropped[drop, k, rows] = est[k, rows]
+                        continue
+                    sel = (slice(None), slice(None)) if site.unit is None else (slice(None), slice(None), site.unit)
+                    value = (diff * grads[site.hook][sel].float()).flatten(1).sum(1).double().cpu().numpy()
+                    if drop is None:
+                        est[k, rows] = value
+                    else:
+                        dropped[drop, k, rows] = value
+            del diffs, grads
     n_tokens = np.array([len(sq) - int(s) for sq, s in zip(sequences, starts)])
     return CrossModelPatch(list(sites), target_clean, source_clean, target_clean[None] + est, identical, n_tokens,
-                           positions)
+                           positions, None if dropped is None else target_clean[None, None] + dropped)
+
+
+def grad_drop_score(result: CrossModelPatch, scoring: str,
+                    toward: Int[np.ndarray, "item"] | None = None) -> Float[np.ndarray, "site"]:
+    """AtP*'s GradDrop score per site from :func:`attribute_cross_model` ``(grad_drop=True)``: the mean over blocks of
+    the absolute restored share (:func:`restored_share`) estimated with that block's gradient dropped. A magnitude:
+    rank sites by it, compare it with the absolute exact share."""
+    if result.dropped is None:
+        raise InterventionError("no GradDrop estimates: attribute with grad_drop=True")
+    shares = [np.abs(restored_share(replace(result, patched=layer, dropped=None), scoring, toward)[0])
+              for layer in result.dropped]
+    return np.mean(shares, axis=0)
 
 
 def attribution_agreement(exact: Float[np.ndarray, "site"], estimate: Float[np.ndarray, "site"], *,

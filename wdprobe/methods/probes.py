@@ -173,9 +173,16 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (na * nb)) if na > 0 and nb > 0 else float("nan")
 
 
+def check_folds(folds: int) -> None:
+    """Refuse a number of cross-validation folds that cannot split (a clear error, not scikit-learn's traceback)."""
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise InputError(f"folds {folds!r}: cross-validation needs a whole number of at least 2 folds")
+
+
 def item_folds(n_items: int, folds: int = 5, groups: Sequence | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Train/test item indices; an item (both its word and its deed prompt) sits on one side only, and so
     does every item of a group when ``groups`` is given (e.g. all personas' prompts on one proposition)."""
+    check_folds(folds)
     groups = np.arange(n_items) if groups is None else np.asarray(groups)
     if len(groups) != n_items:
         raise InputError(f"{len(groups)} group labels for {n_items} items")
@@ -306,6 +313,7 @@ def crossfit_directions(X: np.ndarray, y: np.ndarray, *, folds: int = 5, balance
     ``stratify``: folds keep the label shares (deterministic, items in their given order), so a rare label still
     reaches every fold's training items.
     """
+    check_folds(folds)
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y).astype(int)
     if set(np.unique(y)) != {0, 1}:
         raise InputError(f"stance directions need both labels 0 and 1, got {sorted(set(y.tolist()))}")

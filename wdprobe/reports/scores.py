@@ -1,13 +1,13 @@
 """Markdown summaries of scoring runs, set beside the paper's table for scale."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.data.wdct import DOMAINS
+from wdprobe.runs.rundir import read_manifest_file
 from wdprobe.stages.score import load_score
 
 # Xu et al. (ICLR 2025), Avg CS / Avg PCS (macro over the four domains), normal setting.
@@ -26,7 +26,7 @@ def score_summary_markdown(run_dir: str | Path, notes: str = "") -> str:
     """A README for a scoring run: metrics per domain, answer-format diagnostics, the paper's table."""
     res = load_score(run_dir)
     m = res.metrics
-    manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
+    manifest = read_manifest_file(Path(run_dir) / "manifest.json")
     st = manifest["stages"]["score"]
     cfg = st["config"]
     rows = res.rows

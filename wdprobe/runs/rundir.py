@@ -31,7 +31,14 @@ from typing import IO, Any, Mapping, Sequence
 from urllib.parse import quote
 
 from wdprobe.core.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
-from wdprobe.errors import IntegrityError, RunLockedError, RunMismatchError, StageNotFinishedError, UnsafePathError
+from wdprobe.errors import (
+    IntegrityError,
+    RunError,
+    RunLockedError,
+    RunMismatchError,
+    StageNotFinishedError,
+    UnsafePathError,
+)
 from wdprobe.version import __version__
 
 MANIFEST = "manifest.json"
@@ -97,6 +104,27 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
     """Rows of a CSV file as dicts of strings."""
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
+
+
+def read_manifest_file(path: str | Path) -> dict[str, Any]:
+    """A run's ``manifest.json``, checked: a JSON object whose ``stages`` (when present) is an object of objects.
+    Anything else raises :class:`~wdprobe.errors.RunError` naming the file and what to do."""
+    path = Path(path)
+    hint = ("restore it from a copy, or start the run again in a new directory (its results cannot be trusted "
+            "without the manifest that says which settings made them)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise RunError(f"{path}: not UTF-8 text, so not a wdprobe manifest; {hint}") from None
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}; truncated?); "
+                       f"{hint}") from None
+    if not isinstance(manifest, dict):
+        raise RunError(f"{path}: a JSON {type(manifest).__name__}, not the object a wdprobe manifest is; {hint}")
+    stages = manifest.get("stages", {})
+    if not isinstance(stages, dict) or not all(isinstance(v, dict) for v in stages.values()):
+        raise RunError(f"{path}: its 'stages' is not an object of stage entries; {hint}")
+    return manifest
 
 
 class RunDir:
@@ -180,9 +208,11 @@ class RunDir:
         return self.path / MANIFEST
 
     def read_manifest(self) -> dict[str, Any]:
+        """The manifest ({} for a run not started); a manifest that is not a JSON object with a ``stages`` object
+        (truncated, edited, another program's file) is refused, naming the file, never read as an empty run."""
         if not self.manifest_path.is_file():
             return {}
-        return json.loads(self.manifest_path.read_text())
+        return read_manifest_file(self.manifest_path)
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

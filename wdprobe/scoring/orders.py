@@ -20,11 +20,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from wdprobe.data.wdct import FORMS, LETTERS, Item, Presentation
-from wdprobe.errors import InputError
+from wdprobe.errors import InputError, NonFiniteError
 from wdprobe.scoring.content import canonical_logprobs, orders_for
 from wdprobe.scoring.stats import chance_agreement_test, mean_with_interval
 
-__all__ = ["ORDERS", "PROMPT_COLUMNS", "CONTENT_COLUMNS", "CLOZE_COLUMNS", "orders_of", "letter_prompt_row",
+__all__ = ["ORDERS", "PROMPT_COLUMNS", "CONTENT_COLUMNS", "CLOZE_COLUMNS", "orders_of", "finite_or_refused", "letter_prompt_row",
            "cloze_prompt_row", "typed_prompt_row", "reading_metrics", "READINGS", "READING_NAMES", "readings_lines"]
 
 ORDERS = ("shown", "cyclic", "all")
@@ -77,12 +77,24 @@ def _blank(row: dict[str, Any], stems: Sequence[str]) -> None:
             row.setdefault(f"{stem}_{c}", "")
 
 
+def finite_or_refused(values: np.ndarray, what: str) -> None:
+    """Refuse model outputs that are not finite numbers: a NaN would otherwise become choice 0 (argmax) and a run of
+    a broken model (e.g. float16 overflow) would read as perfectly consistent."""
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise NonFiniteError(f"{what} are not finite ({', '.join(f'{v:g}' for v in values.ravel()[:4])}): nothing "
+                             "computed from them can be reported. A float16 model can overflow: load it with "
+                             "--dtype float32 or bfloat16")
+
+
 def letter_prompt_row(item: Item, form: str, order: Sequence[int], shown: bool, in_content: bool,
                       letter_logprobs: np.ndarray) -> dict[str, Any]:
     """One letter-format prompt: its raw letter log-probabilities (full vocabulary, letters A.. in presented
     order) and, in canonical space, the letter distribution and the option chosen."""
     k = item.n_options
     lp = np.asarray(letter_logprobs, dtype=np.float64)[:k]
+    finite_or_refused(lp, f"item {item.id!r} ({form} form, letter order {''.join(map(str, order))}): the answer "
+                          "letters' log-probabilities")
     canon = canonical_logprobs(lp[None, :], [tuple(order)])[0]
     choice = int(np.argmax(canon))
     row: dict[str, Any] = {"id": item.id, "domain": item.domain, "form": form, "format": "letter",
@@ -100,6 +112,8 @@ def cloze_prompt_row(item: Item, form: str, ll_sum: np.ndarray, n_tokens: np.nda
     """One cloze prompt: per canonical option its total and per-token log-likelihood; the choice is the best
     per-token mean (options of different lengths are compared fairly; the sum is kept beside it)."""
     k = item.n_options
+    finite_or_refused(np.asarray(ll_sum, dtype=np.float64)[:k], f"item {item.id!r} ({form} form, cloze): the "
+                                                                  "options' log-likelihoods")
     mean = np.asarray(ll_sum, dtype=np.float64) / np.asarray(n_tokens, dtype=np.float64)
     row: dict[str, Any] = {"id": item.id, "domain": item.domain, "form": form, "format": "cloze", "order": "",
                            "shown": "", "in_content": "", "choice": int(np.argmax(mean)), "letter": "",

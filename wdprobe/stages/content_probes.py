@@ -34,6 +34,7 @@ from wdprobe.core.cache import atomic_write_text
 from wdprobe.errors import InputError
 from wdprobe.figures.probes import rgba, write_html, write_png
 from wdprobe.methods.decoding import LayerTest, decode_layers, internal_consistency
+from wdprobe.methods.probes import check_folds
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.stage import scored_entry
 from wdprobe.scoring.stats import bootstrap_indices, sign_flip_max_test
@@ -213,6 +214,7 @@ def run_content_probes(run_dir: str | Path, *, positions: Sequence[str] = ("last
     """Content probes at each position of a run captured in every order; returns (and writes) the summary.
     ``format="cloze"``: the same analyses on the cloze prompts (labels the cloze choices; no letter, so no
     bind), written as ``probes/cloze-*``."""
+    check_folds(folds)  # before anything is read or written
     prefix = content_reading(format).prefix
     run = RunDir(run_dir)
     model = scored_entry(run)["config"]["model"]

@@ -354,6 +354,9 @@ def run_positional_patch(run_dir: str | Path, *, form: str = "deed", n_items: in
     t_start = time.perf_counter()
     if batch_size < 1:  # refused before any model loads or result is touched
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
+    for flag, value, least in (("--positional-items", n_items, 1), ("--exact-items", n_exact, 0), ("--screen", screen, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise InputError(f"{flag} {value!r}: a whole number of at least {least} expected")
     run = RunDir(run_dir)
     lm = model_for_run(run, lm)
     layers = resolve_layers(layers, lm)

@@ -10,7 +10,7 @@ import numpy as np
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.figures import probes as plots
 from wdprobe.methods.decoding import decode_layers
-from wdprobe.methods.probes import probe_layers
+from wdprobe.methods.probes import check_folds, probe_layers
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.stage import scored_entry
 from wdprobe.stages.capture import load_activations, paired_forms
@@ -22,7 +22,7 @@ def run_probes(run_dir: str | Path, *, hook: str = "resid_post", position: str =
                kinds: Sequence[str] = ("logreg", "diffmean"), folds: int = 5, seed: int = 0,
                domains: bool = True, progress: bool = True, n_perm: int = 200) -> dict:
     """Probe every captured layer; write ``probes/{hook}-{position}.{csv,html}`` and a summary JSON."""
-
+    check_folds(folds)  # before anything is read or written
     run = RunDir(run_dir)
     acts = load_activations(run.path, hook=hook, position=position)
     word, deed, items = paired_forms(acts)

@@ -1,6 +1,7 @@
 """Cross-model patching: exact on planted differences (a variant that differs from its reference in one block's MLP,
 or in one attention head), skipped where nothing differs, the position classes, and bad input."""
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from wdprobe.methods.cross_model import (
     attribution_agreement,
     choice_margins,
     cross_model_patch,
+    grad_drop_score,
     option_sequences,
     restored_share,
     sites_for,
@@ -207,3 +209,44 @@ def test_attribution_ranks_a_large_plant_first_and_agreement_is_measured(three_b
         {"spearman": 1.0, "top_k": 1, "top_k_agreement": 1.0}
     with pytest.raises(InterventionError, match="one shape"):
         attribution_agreement(np.zeros(3), np.zeros(2))
+
+
+def _with_silent_block(src, dst, layer: int):
+    """A copy of the model at ``src`` whose block ``layer`` writes nothing (attention and MLP output matrices zero):
+    no gradient passes back through its branches, so dropping it must change no attribution."""
+    shutil.copytree(src, dst)
+    weights = load_file(str(dst / "model.safetensors"))
+    for name in (f"model.layers.{layer}.self_attn.o_proj.weight", f"model.layers.{layer}.mlp.down_proj.weight"):
+        weights[name].zero_()
+    save_file(weights, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+def test_grad_drop_keeps_plain_attribution_and_drops_exactly_the_paths_through_the_dropped_block(three_blocks, tmp_path):
+    ref_dir = type(tmp_path)(three_blocks[0].path)
+    silent_dir = _with_silent_block(ref_dir, tmp_path / "silent", 1)
+    silent = load_model(str(silent_dir))
+    variant = _variant(silent_dir, tmp_path / "variant", "model.layers.0.mlp.down_proj.weight")
+    seqs, starts = _sequences(silent)
+    sites = sites_for(silent, ("attn", "mlp", "head"))
+    plain = attribute_cross_model(silent, variant, seqs, starts, sites, batch_size=2)
+    gd = attribute_cross_model(silent, variant, seqs, starts, sites, batch_size=2, grad_drop=True)
+    np.testing.assert_allclose(gd.patched, plain.patched, atol=1e-6)  # the plain estimate is unchanged
+    assert gd.dropped.shape == (silent.n_layers, len(sites), len(seqs)) and plain.dropped is None
+    est = gd.patched - gd.target_clean
+    drop = gd.dropped - gd.target_clean
+    k_mlp0 = [s.label for s in sites].index("L0.mlp")
+    assert np.abs(est[k_mlp0]).max() > 1e-4
+    np.testing.assert_array_equal(drop[0, k_mlp0], 0.0)  # its own block dropped: nothing passes back to it
+    np.testing.assert_allclose(drop[1, k_mlp0], est[k_mlp0], atol=1e-6)  # the silent block carries nothing
+    assert np.abs(drop[2, k_mlp0] - est[k_mlp0]).max() > 1e-5  # block 2 carries part of the plant's effect
+    above = [k for k, s in enumerate(sites) if s.layer == 2 and not gd.identical[k]]
+    assert above and all(np.array_equal(drop[0, k], est[k]) for k in above)  # blocks below a site: the plain one
+    np.testing.assert_array_equal(drop[:, gd.identical], 0.0)
+    score = grad_drop_score(gd, "sum")
+    hand = np.mean([np.abs(restored_share(replace(gd, patched=gd.dropped[b], dropped=None), "sum")[0])
+                    for b in range(silent.n_layers)], axis=0)
+    np.testing.assert_allclose(score, hand)
+    assert np.argmax(score) == k_mlp0
+    with pytest.raises(InterventionError, match="grad_drop=True"):
+        grad_drop_score(plain, "sum")

@@ -22,7 +22,7 @@ from wdprobe.figures.page import figure_html
 from wdprobe.figures.probes import png_problem, write_png
 from wdprobe.reports.html import CSS, folded, inline_markdown, notes_html
 from wdprobe.reports.wording import interval, versus
-from wdprobe.runs.rundir import safe_name
+from wdprobe.runs.rundir import read_manifest_file, safe_name
 from wdprobe.scoring.stats import proportion_difference
 
 RUN_TITLES = {"word": "trained on words", "deed": "trained on deeds", "both": "trained on both (dual augmentation)",
@@ -40,7 +40,7 @@ class AlignedRun:
         if not (self.path / "summary.json").is_file():
             raise StageNotFinishedError(f"{self.path}: no summary.json; finish the run (`wdprobe align ...`) first")
         self.summary = json.loads((self.path / "summary.json").read_text())
-        self.manifest = json.loads((self.path / "manifest.json").read_text())
+        self.manifest = read_manifest_file(self.path / "manifest.json")
         self.config = self.manifest["stages"]["align"]["config"]
         self.rates = pd.read_csv(self.path / "change_rates.csv")
         content = self.path / "change_rates_content.csv"

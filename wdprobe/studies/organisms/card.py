@@ -20,6 +20,7 @@ import pandas as pd
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.figures.page import figure_html
 from wdprobe.reports.html import CSS, notes_html, table_html
+from wdprobe.runs.rundir import read_manifest_file
 from wdprobe.stages.readouts import READOUTS
 
 ALPHA = 0.05
@@ -259,7 +260,7 @@ def behaviour_rows(organisms: dict[str, tuple[Path, Path | None]]) -> list[list[
         f = m["final"]
         study = None
         if run_dir is not None and (Path(run_dir) / "manifest.json").is_file():
-            stages = json.loads((Path(run_dir) / "manifest.json").read_text()).get("stages", {})
+            stages = read_manifest_file(Path(run_dir) / "manifest.json").get("stages", {})
             study = sum(float(v.get("seconds") or 0) for v in stages.values() if isinstance(v, dict))
         rows.append([name, str(m["planted_layer"] if m["planted_layer"] is not None else "—"),
                      *(f"{f[k]['target_mean']:.2f}" for k in ("held_out_word", "held_out_deed")),

@@ -8,6 +8,9 @@ recovered block is the first whose residual restores at least :data:`RESTORES_AT
 ascending groups and the sweep stops after the group that holds it). At that block the
 attention contribution, the MLP contribution and each head's output are patched alone; the one restoring most is the
 recovered component. The analysis receives the two models and the items, never the planted block.
+
+:func:`rank_components` reads every attention, MLP and head site of every block with exact patching, attribution
+patching (AtP) and AtP* (GradDrop) side by side, for the component-level record of the same rules file.
 """
 from __future__ import annotations
 
@@ -16,12 +19,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from wdprobe.core.option_scoring import continuation_logprobs
 from wdprobe.data.prompts import cloze_prompt
 from wdprobe.data.wdct import Item
 from wdprobe.errors import InputError
 from wdprobe.methods.cross_model import (
     attribute_cross_model,
+    attribution_agreement,
     cross_model_patch,
+    grad_drop_score,
     option_sequences,
     restored_share,
     sites_for,
@@ -195,3 +201,75 @@ def interchange_at_block(reference, variant, items: Sequence[Item], toward: Sequ
             "iia_flipped": interchange_accuracy(patched[flipped], var_choice[flipped]) if flipped.any() else None,
             "loss_first": fit.losses[0], "loss_last": fit.losses[-1], "directions": sub.directions(),
             "seconds": round(time.perf_counter() - started, 1)}
+
+
+COMPONENT_INSTRUMENTS = ("exact", "atp", "atp_star")
+
+
+def items_moved_most(reference, variant, items: Sequence[Item], toward: Sequence[int], k: int, *,
+                     form: str = "deed", batch_size: int = 16) -> tuple[list[int], np.ndarray]:
+    """The ``k`` items whose choice margin (per-token mean) the variant moves most toward ``toward`` over the
+    reference, read from the two models' clean outputs only, and every item's shift (largest first in the list)."""
+    if len(toward) != len(items) or any(it.n_options != 2 for it in items):
+        raise InputError("items_moved_most needs two-option items and one target option per item")
+    prompts = [cloze_prompt(it, form) for it in items for _ in range(2)]
+    conts = [o for it in items for o in it.options(form)]
+
+    def margins(lm) -> np.ndarray:
+        total, n_tok = continuation_logprobs(lm, prompts, conts, batch_size=batch_size)
+        mean = (total / n_tok).reshape(len(items), 2)
+        return mean[:, 0] - mean[:, 1]
+
+    sign = np.where(np.asarray(toward) == 0, 1.0, -1.0)
+    shift = (margins(variant) - margins(reference)) * sign
+    return sorted(np.argsort(-shift, kind="stable")[:k].tolist(), key=lambda i: -shift[i]), shift
+
+
+def _ranked(sites, score: np.ndarray) -> dict:
+    """The attention or MLP site first by ``score`` and the head first, as :func:`attribution_hit` reads them."""
+    order = [int(k) for k in np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable")]
+    top = next(k for k in order if sites[k].kind in ("attn", "mlp"))
+    heads = [k for k in order if sites[k].kind == "head"]
+    return {"top_site": sites[top].label, "top_block": sites[top].layer, "top_kind": sites[top].kind,
+            "top_head_block": sites[heads[0]].layer if heads else None,
+            "top_head": sites[heads[0]].unit if heads else None,
+            "ranking": [{"site": sites[k].label, "score": float(score[k])} for k in order[:10]]}
+
+
+def rank_components(reference, variant, items: Sequence[Item], toward: Sequence[int], *, form: str = "deed",
+                    batch_size: int = 8) -> dict:
+    """Every attention, MLP and head site of every block read three ways (``reports/organisms/edited/
+    cross-model-rules.md``, component section): exact cross-model patching and AtP by the signed share of the
+    variant's shift toward ``toward`` they restore (per-token mean), AtP* by its GradDrop magnitude. Per instrument
+    the site ranked first and its wall time; the agreement of AtP and AtP* with exact patching over the sites where
+    the two models differ. The planted site is never given."""
+    if not items or len(toward) != len(items):
+        raise InputError("component ranking needs items and one target option per item")
+    seqs, starts = option_sequences(reference, [cloze_prompt(it, form) for it in items], [it.options(form) for it in items])
+    sign = np.where(np.asarray(toward) == 0, 1.0, -1.0)
+    sites = sites_for(reference, ("attn", "mlp", "head"))
+    seconds, scores = {}, {}
+    t = time.perf_counter()
+    exact = cross_model_patch(reference, variant, seqs, starts, sites, batch_size=batch_size)
+    seconds["exact"] = time.perf_counter() - t
+    scores["exact"], _, shift = restored_share(exact, "mean", toward=sign)
+    t = time.perf_counter()
+    plain = attribute_cross_model(reference, variant, seqs, starts, sites, batch_size=batch_size)
+    seconds["atp"] = time.perf_counter() - t
+    scores["atp"] = restored_share(plain, "mean", toward=sign)[0]
+    t = time.perf_counter()
+    star = attribute_cross_model(reference, variant, seqs, starts, sites, batch_size=batch_size, grad_drop=True)
+    seconds["atp_star"] = time.perf_counter() - t
+    scores["atp_star"] = grad_drop_score(star, "mean", toward=sign)
+    differ = ~exact.identical
+    out = {"n_items": len(items), "n_sites": len(sites), "n_sites_differing": int(differ.sum()),
+           "shift_mean": float(shift.mean()), "shift_total": float(shift.sum()),
+           "sites": [s.label for s in sites], "identical": exact.identical.tolist()}
+    for name in COMPONENT_INSTRUMENTS:
+        out[name] = {**_ranked(sites, scores[name]), "scores": [float(v) for v in scores[name]],
+                     "seconds": round(seconds[name], 1)}
+    if differ.sum() >= 2:
+        out["atp"]["agreement"] = attribution_agreement(scores["exact"][differ], scores["atp"][differ], top=5)
+        out["atp_star"]["agreement"] = attribution_agreement(np.abs(scores["exact"][differ]),
+                                                             scores["atp_star"][differ], top=5)
+    return out

@@ -111,3 +111,36 @@ def test_attribution_ranks_the_redrawn_mlp_first_without_being_told_its_block(pa
     assert found["top_site"] == "L1.mlp" and found["ranking"][0]["share"] >= found["ranking"][-1]["share"]
     assert attribution_hit(found, 1, "mlp", None) and not attribution_hit(found, 2, "mlp", None)
     assert not attribution_hit(found, 1, "attn-head", 0)  # a head plant needs the attention and the head first
+
+
+def test_three_instruments_rank_the_redrawn_mlp_first_on_items_chosen_from_outputs_alone(pair):
+    from wdprobe.core.model import load_model
+    from wdprobe.data.items import read_items
+    from wdprobe.studies.organisms.cross_model_localisation import (
+        COMPONENT_INSTRUMENTS,
+        attribution_hit,
+        items_moved_most,
+        rank_components,
+    )
+
+    root, ref, var, data = pair
+    reference, variant = load_model(str(ref)), load_model(str(var))
+    pool = [it for it in read_items(data) if it.n_options == 2][:6]
+    toward = [0] * len(pool)
+    chosen, shift = items_moved_most(reference, variant, pool, toward, 3)
+    assert len(chosen) == 3 and [shift[i] for i in chosen] == sorted(shift, reverse=True)[:3]
+    items = [pool[i] for i in chosen]
+    found = rank_components(reference, variant, items, [toward[i] for i in chosen], batch_size=2)
+    # block 0 and block 1's attention (read before the redrawn MLP) are the same in both models: 1 + 4 sites differ
+    assert found["n_sites"] == 3 * 4 and found["n_sites_differing"] == 5
+    for name in COMPONENT_INSTRUMENTS:
+        assert found[name]["top_site"] == "L1.mlp", name
+        assert attribution_hit(found[name], 1, "mlp", None)
+        assert found[name]["seconds"] >= 0
+    # exact patching restores the redrawn MLP's share exactly: with it patched, block 1 and above are the variant's
+    assert found["exact"]["ranking"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    for name in ("atp", "atp_star"):
+        agree = found[name]["agreement"]
+        assert -1 <= agree["spearman"] <= 1 and agree["top_k"] == 5
+    with pytest.raises(InputError, match="one target option per item"):
+        items_moved_most(reference, variant, pool, toward[:2], 3)
