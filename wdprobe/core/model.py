@@ -292,9 +292,11 @@ def _local_revision(path: Path | str) -> str | None:
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, cached by (resolved path, size, mtime)."""
+    """sha256 of a file's bytes, cached by (resolved path, inode, size, modification and status-change times).
+    The status-change time cannot be set back by a user (``touch -d``/``os.utime`` restore only the modification
+    time, and move the change time on), so same-size weights written over the old ones are never taken as them."""
     stat = path.stat()
-    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    key = f"{path.resolve()}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
     store = cache_dir() / "digests.json"
     try:
         known = json.loads(store.read_text()) if store.is_file() else {}

@@ -8,6 +8,8 @@ reuses :mod:`wdprobe.metrics`, so upstream numbers and wdprobe numbers come from
 """
 from __future__ import annotations
 
+import csv
+import io
 import math
 import re
 from pathlib import Path
@@ -15,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from wdprobe.errors import WDCTFormatError
-from wdprobe.runs.rundir import read_csv
+from wdprobe.data.wdct import read_text_file
+from wdprobe.errors import MissingInputError, WDCTFormatError
 from wdprobe.scoring.metrics import pcs, summarise
 
 UPSTREAM_COLUMNS = ("Type", "id", "consistency", "speak_answer", "act_answer",
@@ -54,36 +56,65 @@ def _softmax(x: list[float]) -> np.ndarray:
     return e / e.sum()
 
 
+def _number(row: dict[str, str], column: str, where: str) -> float:
+    """A finite number from an upstream column, or an error naming the item, line and column."""
+    text = (row[column] or "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        raise WDCTFormatError(f"{where}: {column} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise WDCTFormatError(f"{where}: {column} {text!r} is not a finite number (no PCS can be computed from it)")
+    return value
+
+
 def canonical_rows(path: str | Path) -> tuple[list[dict[str, Any]], int]:
     """Rows of an upstream results CSV as canonical-space items; returns (valid rows, total rows).
 
     The word question defines canonical order; the deed's order is the word's when ``consistency``
-    is 1 and swapped when 0 (upstream shuffles two-option items by swapping A and B).
+    is 1 and swapped when 0 (upstream shuffles two-option items by swapping A and B). Read strictly: UTF-8 (the
+    line of an undecodable byte named), ``consistency`` exactly 0 or 1, probabilities finite numbers, every id once;
+    a fault names the file, line, item and column.
     """
-    raw = read_csv(path)
-    if not raw:
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"upstream results file not found: {path}")
+    reader = csv.DictReader(io.StringIO(read_text_file(path), newline=""), strict=True)
+    try:
+        missing = [c for c in UPSTREAM_COLUMNS if c not in (reader.fieldnames or [])]
+        if reader.fieldnames and missing:
+            raise WDCTFormatError(f"{path}: missing upstream column(s) {missing} (the header has {reader.fieldnames})")
+        rows, first_line, total = [], {}, 0
+        for r in reader:
+            total += 1
+            where = f"{path}: line {reader.line_num}: item {r.get('id')!r}"
+            if None in r:
+                raise WDCTFormatError(f"{where}: more fields than the header's {len(reader.fieldnames or [])}")
+            if r["id"] in first_line:
+                raise WDCTFormatError(f"{where}: the id is on line {first_line[r['id']]} too (a duplicated row would "
+                                      "count twice)")
+            first_line[r["id"]] = reader.line_num
+            flag_text = (r["consistency"] or "").strip()
+            if flag_text not in ("0", "1", "0.0", "1.0"):
+                raise WDCTFormatError(f"{where}: consistency {r['consistency']!r} is not 0/1")
+            flag = int(float(flag_text))
+            probs = {c: _number(r, c, where) for c in ("speak_a_prob", "speak_b_prob", "act_a_prob", "act_b_prob")}
+            w, d = extract_letter(r["speak_answer"] or None), extract_letter(r["act_answer"] or None)
+            if w is None or d is None:
+                continue
+            word_choice = "AB".index(w)
+            deed_letter_idx = "AB".index(d)
+            deed_choice = deed_letter_idx if flag else 1 - deed_letter_idx
+            p_word = _softmax([probs["speak_a_prob"], probs["speak_b_prob"]])
+            p_deed_letters = _softmax([probs["act_a_prob"], probs["act_b_prob"]])
+            p_deed = p_deed_letters if flag else p_deed_letters[::-1]
+            rows.append({"id": r["id"], "domain": r["Type"], "word_choice": word_choice, "deed_choice": deed_choice,
+                         "consistent": int(word_choice == deed_choice), "pcs": float(pcs(p_word, p_deed))})
+    except csv.Error as exc:
+        raise WDCTFormatError(f"{path}: line {reader.line_num}: {exc}") from None
+    if total == 0:
         raise WDCTFormatError(f"{path}: empty file")
-    missing = [c for c in UPSTREAM_COLUMNS if c not in raw[0]]
-    if missing:
-        raise WDCTFormatError(f"{path}: missing upstream column(s) {missing}")
-    rows = []
-    for r in raw:
-        w, d = extract_letter(r["speak_answer"] or None), extract_letter(r["act_answer"] or None)
-        if w is None or d is None:
-            continue
-        try:
-            flag = int(float(r["consistency"]))
-        except ValueError as exc:
-            raise WDCTFormatError(f"{path}: item {r['id']!r}: consistency {r['consistency']!r} is not 0/1") from exc
-        word_choice = "AB".index(w)
-        deed_letter_idx = "AB".index(d)
-        deed_choice = deed_letter_idx if flag else 1 - deed_letter_idx
-        p_word = _softmax([float(r["speak_a_prob"]), float(r["speak_b_prob"])])
-        p_deed_letters = _softmax([float(r["act_a_prob"]), float(r["act_b_prob"])])
-        p_deed = p_deed_letters if flag else p_deed_letters[::-1]
-        rows.append({"id": r["id"], "domain": r["Type"], "word_choice": word_choice, "deed_choice": deed_choice,
-                     "consistent": int(word_choice == deed_choice), "pcs": float(pcs(p_word, p_deed))})
-    return rows, len(raw)
+    return rows, total
 
 
 def upstream_metrics(path: str | Path) -> dict[str, Any]:

@@ -26,6 +26,25 @@ def test_same_size_different_weights_give_another_revision(tiny_model_dir, tmp_p
     assert _local_revision(copy) != before
 
 
+def test_same_size_weights_with_the_old_modification_time_restored_are_not_taken_as_the_old(tiny_model_dir, tmp_path,
+                                                                                           monkeypatch):
+    import os
+
+    monkeypatch.setenv("WDPROBE_CACHE", str(tmp_path / "cache"))
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    weights = next(copy.glob("*.safetensors"))
+    before_stat = weights.stat()
+    before = _local_revision(copy)  # cached now
+    _flip_one_byte(weights)
+    os.utime(weights, ns=(before_stat.st_atime_ns, before_stat.st_mtime_ns))  # size and mtime as they were
+    after_stat = weights.stat()
+    assert (after_stat.st_size, after_stat.st_mtime_ns) == (before_stat.st_size, before_stat.st_mtime_ns)
+    assert _local_revision(copy) != before
+    _flip_one_byte(weights)  # the original bytes again: the original revision
+    assert _local_revision(copy) == before
+
+
 def test_a_corrupted_converted_copy_is_refused(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WDPROBE_CACHE", str(tmp_path / "cache"))
     copy = tmp_path / "converted"
