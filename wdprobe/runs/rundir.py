@@ -73,15 +73,28 @@ def write_checked(path: Path, data: bytes) -> None:
 
 
 def read_checked(path: Path) -> bytes:
-    """A file's bytes, verified against the ``.sha256`` written beside it (when there is one)."""
+    """A file's bytes, verified against the ``.sha256`` written beside it; a missing checksum file is refused too
+    (a file that should have one and has not cannot be verified, so it is not read)."""
     if not path.is_file():
         raise IntegrityError(f"{path}: missing; delete the stage's parts folder and rerun the stage")
     data = path.read_bytes()
     side = path.with_name(path.name + ".sha256")
-    if side.is_file() and hashlib.sha256(data).hexdigest() != side.read_text().strip():
+    if not side.is_file():
+        raise IntegrityError(f"{path}: its checksum file {side.name} is missing, so its content cannot be verified; "
+                             "delete it with the stage's parts folder and rerun the stage")
+    if hashlib.sha256(data).hexdigest() != side.read_text().strip():
         raise IntegrityError(f"{path}: content changed since it was written (checksum mismatch); delete it with the "
                              "stage's parts folder and rerun the stage")
     return data
+
+
+def next_part_number(folder: Path, label: Mapping[str, Any]) -> int:
+    """The number of a stage's next part: past every part on disk, every part its label ever recorded and the
+    label's counter, so a part deleted (e.g. after a checksum failure) never has its number, or another part's
+    rows, taken by its replacement."""
+    seen = [int(p.stem.split("-")[1]) for p in folder.glob("part-*.csv") if p.stem.split("-")[1].isdigit()]
+    seen += [int(name[5:10]) for name in label.get("parts", {}) if name[5:10].isdigit()]
+    return max([int(label.get("next_part", 0))] + [k + 1 for k in seen])
 
 
 def settings_digest(settings: Mapping[str, Any]) -> str:
@@ -323,14 +336,22 @@ class RunDir:
         label = d / PARTS_SETTINGS
         sums = json.loads(label.read_text()).get("parts", {}) if label.is_file() else {}
         for p in sorted(d.glob("part-*.csv")):
-            if p.name in sums:
-                check_digest(p, sums[p.name])
+            if p.name not in sums:
+                raise IntegrityError(f"{p}: no checksum was recorded for this part when the stage wrote its parts, so "
+                                     "it was not written by this stage; delete it and rerun the same command")
+            check_digest(p, sums[p.name])
             try:
                 rows.extend(read_csv(p))
             except (UnicodeDecodeError, csv.Error) as exc:
                 raise IntegrityError(f"{p}: unreadable ({exc}); delete this part file and rerun the same command "
                                      "(it recomputes what the part held)") from None
         return rows
+
+    def next_part(self, stage: str) -> int:
+        """The number :meth:`write_part` gives the stage's next part (for files written beside it, e.g. shards)."""
+        d = self.parts_dir(stage)
+        label = d / PARTS_SETTINGS
+        return next_part_number(d, json.loads(label.read_text()) if label.is_file() else {}) if d.is_dir() else 0
 
     def write_part(self, stage: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
                    settings: Mapping[str, Any] | None = None) -> Path:
@@ -342,12 +363,13 @@ class RunDir:
         if not label.is_file():
             config = dict(settings) if settings is not None else self.stage_entry(stage).get("config", {})
             atomic_write_json(label, {"digest": settings_digest(config), "settings": config})
-        n = len(list(d.glob("part-*.csv")))
+        made = json.loads(label.read_text())
+        n = next_part_number(d, made)
         path = d / f"part-{n:05d}.csv"
         text = rows_to_csv(rows, columns).encode("utf-8")
         atomic_write_bytes(path, text)
-        made = json.loads(label.read_text())
         made.setdefault("parts", {})[path.name] = hashlib.sha256(text).hexdigest()
+        made["next_part"] = n + 1
         atomic_write_json(label, made)
         return path
 

@@ -33,7 +33,7 @@ from wdprobe.methods.capture import (
     CaptureSpec,
     capture_batch,
 )
-from wdprobe.runs.rundir import RunDir, read_checked, read_csv, write_checked
+from wdprobe.runs.rundir import RunDir, read_checked, write_checked
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import finish_stage, scored_entry
 from wdprobe.scoring.formats import ANSWER_FORMATS
@@ -117,7 +117,7 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
                 acts[name] = torch.cat([acts[name], t.cpu()]) if name in acts else t.cpu()
             order_in_chunk.extend(ks)
             bar.update(len(ks))
-        n_part = len(list(run.parts_dir(STAGE).glob("part-*.csv"))) if run.parts_dir(STAGE).is_dir() else 0
+        n_part = run.next_part(STAGE)  # the CSV part written below gets the same number: never one in use
         tensors = {name: _stored(name, t, store) for name, t in acts.items()}
         tensors["prompt_index"] = torch.tensor(order_in_chunk, dtype=torch.int64)
         write_checked(_shard_path(run.path, n_part), save(tensors, metadata={"layers": ",".join(map(str, spec.layers))}))
@@ -137,7 +137,6 @@ def _key(meta_row: dict[str, Any]) -> tuple[str, str, str, str]:
 def merge_capture(run_dir: str | Path) -> dict[str, Any]:
     """Assemble ``RUN/capture`` from ``RUN/shards/capture/*``: tensor files renumbered, metadata joined
     (``load_activations`` then returns what an unsharded capture gives)."""
-    import shutil
 
     run = RunDir(run_dir)
     entries = checked_shards(run.path, STAGE)
@@ -145,22 +144,18 @@ def merge_capture(run_dir: str | Path) -> dict[str, Any]:
     (run.path / "capture").mkdir(parents=True, exist_ok=True)
     rows, n_out, seen = [], 0, set()
     for d, _ in entries:
-        parts = sorted((d / f"{STAGE}.parts").glob("part-*.csv"))
         remap: dict[int, int] = {}
-        for p in parts:
-            for r in read_csv(p):
-                if r["prompt_index"] in seen:
-                    raise MergeError(f"prompt {r['prompt_index']} (item {r['id']}) captured by two shards")
-                seen.add(r["prompt_index"])
-                old = int(r["shard"])
-                if old not in remap:
-                    remap[old] = n_out
-                    shutil.copyfile(_shard_path(d, old), _shard_path(run.path, n_out))
-                    side = _shard_path(d, old).with_name(_shard_path(d, old).name + ".sha256")
-                    if side.is_file():
-                        shutil.copyfile(side, _shard_path(run.path, n_out).with_name(_shard_path(run.path, n_out).name + ".sha256"))
-                    n_out += 1
-                rows.append(dict(r, shard=remap[old]))
+        for r in RunDir(d).read_parts(STAGE):  # each part checked against its recorded checksum
+            if r["prompt_index"] in seen:
+                raise MergeError(f"prompt {r['prompt_index']} (item {r['id']}) captured by two shards")
+            seen.add(r["prompt_index"])
+            old = int(r["shard"])
+            if old not in remap:
+                remap[old] = n_out
+                # verified against its checksum file, written again with a fresh one
+                write_checked(_shard_path(run.path, n_out), read_checked(_shard_path(d, old)))
+                n_out += 1
+            rows.append(dict(r, shard=remap[old]))
     first = entries[0][1]
     config = {k: v for k, v in first["config"].items() if k != "shard"}
     run.write_part(STAGE, rows, META_COLUMNS, settings=config)

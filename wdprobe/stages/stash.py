@@ -47,7 +47,7 @@ class CaptureStash:
 
         if not keys:
             return
-        n = len(list(self.path.glob("part-*.safetensors")))
+        n = 1 + max((int(f.stem[5:]) for f in self.path.glob("part-*.safetensors") if f.stem[5:].isdigit()), default=-1)
         tensors = {name: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for name, a in acts.items()}
         write_checked(self.path / f"part-{n:05d}.safetensors",
                       save(tensors, metadata={"keys": json.dumps([list(k) for k in keys])}))

@@ -172,3 +172,34 @@ def test_a_damaged_capture_shard_is_refused_naming_the_file(tiny_lm, wdct_csv, t
         shard.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match=shard.name):
         load_activations(out)
+
+
+def test_a_deleted_parts_number_is_never_taken_by_its_replacement(tmp_path):
+    from wdprobe.errors import IntegrityError
+
+    run = RunDir(tmp_path / "run")
+    run.check_or_start("stage", {"seed": 0})
+    for k in range(3):
+        run.write_part("stage", [{"id": f"i{k}", "v": k}], ["id", "v"])
+    parts = run.parts_dir("stage")
+    (parts / "part-00001.csv").unlink()  # as a user does after a checksum failure
+    replacement = run.write_part("stage", [{"id": "i1", "v": 10}], ["id", "v"])
+    assert replacement.name == "part-00003.csv"
+    assert sorted((r["id"], r["v"]) for r in run.read_parts("stage")) == [("i0", "0"), ("i1", "10"), ("i2", "2")]
+    (parts / "part-00003.csv").unlink()  # the newest deleted too: its number is still not reused
+    assert run.next_part("stage") == 4 and run.write_part("stage", [{"id": "i1", "v": 11}], ["id", "v"]).name == "part-00004.csv"
+    (parts / "part-00009.csv").write_text("id,v\nx,1\n")  # a part the stage never wrote (no recorded checksum)
+    with pytest.raises(IntegrityError, match="part-00009.csv: no checksum was recorded"):
+        run.read_parts("stage")
+
+
+def test_a_checked_file_whose_checksum_file_is_gone_is_refused(tmp_path):
+    from wdprobe.errors import IntegrityError
+    from wdprobe.runs.rundir import read_checked, write_checked
+
+    path = tmp_path / "part-00000.safetensors"
+    write_checked(path, b"tensor bytes")
+    assert read_checked(path) == b"tensor bytes"
+    path.with_name(path.name + ".sha256").unlink()
+    with pytest.raises(IntegrityError, match="checksum file part-00000.safetensors.sha256 is missing"):
+        read_checked(path)
