@@ -6,8 +6,9 @@ Two pairs, both on ``--items`` deed prompts (two options each, read as continuat
   after every block patched in batched passes (all sequences of a batch in one forward per site) against one forward
   per (site, sequence), and whether the two tables agree; then every site
   (the residual after each block, each block's attention and MLP, each head's write) patched exactly, against
-  attribution patching of the same sites (one forward and backward per batch); the ratio, and how well attribution
-  ranks the sites (Spearman over sites, top-5 agreement);
+  attribution patching of the same sites (one forward and backward per batch) and AtP* (attribution with GradDrop: one
+  more backward per block); the ratios, and how well each ranks the sites (Spearman over sites, top-5 agreement; AtP*'s
+  magnitude against the absolute exact effect, plain AtP's absolute value beside it);
 * an edited organism (the base model with one block-``--edit-layer`` MLP unit rewritten): exact patching with the
   identical-site shortcut (every site below the edit skipped, exactly) against the same sweep with the shortcut
   off (every site run), and whether the two tables are equal.
@@ -23,6 +24,7 @@ import platform
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,14 @@ def main() -> None:
     effect = lambda r: (xm.choice_margins(r.patched, r.n_tokens, "mean")  # noqa: E731
                         - xm.choice_margins(r.target_clean, r.n_tokens, "mean")[None]).sum(1)
     out["trained_agreement"] = xm.attribution_agreement(effect(exact), effect(approx), top=5)
+    t = time.perf_counter()
+    star = xm.attribute_cross_model(ref, var, seqs, starts, sites, grad_drop=True)
+    out["trained_atp_star_s"] = round(time.perf_counter() - t, 1)
+    out["trained_ratio_exact_over_atp_star"] = round(out["trained_exact_s"] / out["trained_atp_star_s"], 1)
+    # AtP*'s GradDrop score is a magnitude: compared with the absolute exact effect
+    star_score = np.mean([np.abs(effect(replace(star, patched=layer, dropped=None))) for layer in star.dropped], axis=0)
+    out["trained_atp_star_agreement"] = xm.attribution_agreement(np.abs(effect(exact)), star_score, top=5)
+    out["trained_atp_abs_agreement"] = xm.attribution_agreement(np.abs(effect(exact)), np.abs(effect(approx)), top=5)
     del var
 
     work = Path(tempfile.mkdtemp())

@@ -232,6 +232,36 @@ def curves_figure(curves: Sequence[RunCurves]) -> go.Figure:
     return fig
 
 
+SCORE_SETTINGS = {"model": "model", "model_revision": "model revision (weights)", "dtype": "dtype",
+                  "data_sha256": "items file (sha256)", "items": "item selection", "setting": "setting",
+                  "seed": "option-shuffling seed", "orders": "option orders", "format": "answer format",
+                  "chat_template": "chat template"}
+
+
+def run_differences(run_dirs: Sequence[str | Path], names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """What the runs share and what differs between them: the scoring settings that decide what the numbers mean
+    (model and its weights, items file and selection, seed, orders, format) and the item ids actually scored, so a
+    page never puts runs of other items or models side by side without saying so. Returns (differs, same) lines."""
+    configs = [RunDir(r).stage_entry("score").get("config", {}) for r in run_dirs]
+    differs, same = [], []
+    for key, label in SCORE_SETTINGS.items():
+        values = [c.get(key) for c in configs]
+        shown = [str(v)[:16] if key in ("data_sha256", "model_revision") else str(v) for v in values]
+        if len({repr(v) for v in values}) > 1:
+            differs.append(f"{label}: " + "; ".join(f"{n} {v}" for n, v in zip(names, shown)))
+        else:
+            same.append(f"{label}: {shown[0]}")
+    ids = [set(pd.read_csv(Path(r) / "items.csv", usecols=["id"], dtype=str)["id"]) if (Path(r) / "items.csv").is_file()
+           else set() for r in run_dirs]
+    common = set.intersection(*ids)
+    if any(i != ids[0] for i in ids):
+        differs.append("items scored: " + "; ".join(f"{n} {len(i)}" for n, i in zip(names, ids))
+                       + f" — {len(common)} in common: numbers are not over the same items")
+    else:
+        same.append(f"items scored: the same {len(common)}")
+    return differs, same
+
+
 def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None) -> Path:
     """Write ``out`` (an HTML page) and ``out`` with ``.csv`` (the table) comparing the runs."""
     if len(run_dirs) < 2:
@@ -268,8 +298,13 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, labels: Sequen
     body = table_html(["metric"] + names, [merged(k) for k in keys])
     sources = "".join(f"<li>{html.escape(n)}: <code>{html.escape(str(Path(r).resolve()))}</code></li>"
                       for n, r in zip(names, run_dirs))
+    differs, same = run_differences(run_dirs, names)
+    what = ("<h2>What differs between the runs</h2><ul>"
+            + "".join(f"<li><b>{html.escape(d)}</b></li>" for d in differs)
+            + ("" if differs else "<li>nothing in the scoring settings or the items (the runs are repeats)</li>")
+            + f"</ul><p>The same in every run: {html.escape('; '.join(same)) or 'nothing'}.</p>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>wdprobe compare</title><style>{CSS}</style>"
             f"</head><body><h1>wdprobe: {' vs '.join(html.escape(n) for n in names)}</h1><ul>{sources}</ul>"
-            f"<h2>Numbers</h2>{body}<h2>Layer curves</h2>" + figure_html([fig], out) + "</body></html>")
+            f"{what}<h2>Numbers</h2>{body}<h2>Layer curves</h2>" + figure_html([fig], out) + "</body></html>")
     atomic_write_text(out, page)
     return out

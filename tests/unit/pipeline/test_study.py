@@ -331,6 +331,17 @@ def test_compare_puts_each_runs_numbers_side_by_side(study, tiny_lm, tmp_path, c
         assert lo <= v <= hi and v == pytest.approx(m["readings"][reading]["cs"]["micro"]["value"])
     html = page.read_text()
     assert "seed0" in html and "seed1" in html and "Layer curves" in html and "CS content [95%]" in html
+    # the page says what differs: the seed, and nothing about the model or the items (the same ones)
+    assert "What differs between the runs" in html and "<b>option-shuffling seed: seed0 0; seed1 1</b>" in html
+    assert "items scored: the same" in html and "<b>model:" not in html
+    from wdprobe.reports.compare import run_differences
+
+    fewer = copy.deepcopy(cfg)
+    fewer.out, fewer.sample, fewer.stages = str(tmp_path / "fewer"), 6, ["score"]
+    run_study(fewer, progress=False, lm=tiny_lm, log=lambda m: None)
+    differs, _ = run_differences([cfg.out_dir, fewer.out_dir], ["all", "six"])
+    assert any(d.startswith("items scored: all") and "not over the same items" in d for d in differs)
+    assert any(d.startswith("item selection") for d in differs)
     from wdprobe.reports.compare import run_curves
 
     curves = run_curves(cfg.out_dir, "seed0")
