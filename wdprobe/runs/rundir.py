@@ -88,6 +88,14 @@ def read_checked(path: Path) -> bytes:
     return data
 
 
+def same_format_version(made_by: str, running: str) -> bool:
+    """Whether a run written by wdprobe ``made_by`` may be continued by ``running``: the same major and minor
+    version (a patch release keeps results and file layout; 0.x minor releases may change them)."""
+    def head(v: str) -> tuple[str, ...]:
+        return tuple(str(v).split(".")[:2])
+    return head(made_by) == head(running)
+
+
 def next_part_number(folder: Path, label: Mapping[str, Any]) -> int:
     """The number of a stage's next part: past every part on disk, every part its label ever recorded and the
     label's counter, so a part deleted (e.g. after a checksum failure) never has its number, or another part's
@@ -169,8 +177,12 @@ class RunDir:
         key = str(self.path.resolve())
         if key in _HELD_LOCKS:
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path / LOCK, "a+", encoding="utf-8")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path / LOCK, "a+", encoding="utf-8")
+        except OSError as exc:  # read-only, full or missing mount: say where and why, not a traceback
+            raise RunError(f"{self.path}: cannot write into this run directory ({exc.strerror or exc}); give an --out "
+                           "directory this user can write to") from None
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -258,6 +270,11 @@ class RunDir:
         parts made with other settings, or when another process is writing here."""
         self.lock()
         manifest = self.read_manifest()
+        made_by = (manifest.get("environment") or {}).get("wdprobe")
+        if made_by and not same_format_version(made_by, __version__):
+            raise RunMismatchError(f"{self.path} was written by wdprobe {made_by}; this is wdprobe {__version__}, whose "
+                                   "results and file layout may differ, so the run is not continued by it. Use a new "
+                                   f"--out directory, or wdprobe {made_by} to finish this one")
         previous = manifest.get("stages", {}).get(stage, {}).get("config")
         if previous is not None:
             diff = {k: (previous.get(k), v) for k, v in config.items() if previous.get(k) != v}

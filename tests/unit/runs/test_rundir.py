@@ -203,3 +203,40 @@ def test_a_checked_file_whose_checksum_file_is_gone_is_refused(tmp_path):
     path.with_name(path.name + ".sha256").unlink()
     with pytest.raises(IntegrityError, match="checksum file part-00000.safetensors.sha256 is missing"):
         read_checked(path)
+
+
+def test_a_run_written_by_another_minor_version_is_not_continued(tmp_path):
+    import json
+
+    from wdprobe.runs.rundir import same_format_version
+    from wdprobe.version import __version__
+
+    run = RunDir(tmp_path / "run")
+    run.check_or_start("stage", {"seed": 0})
+    manifest = json.loads(run.manifest_path.read_text())
+    major, minor = __version__.split(".")[:2]
+    manifest["environment"]["wdprobe"] = f"{major}.{int(minor) + 1}.0"
+    run.manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(RunMismatchError, match=rf"written by wdprobe {major}.{int(minor) + 1}.0; this is wdprobe"):
+        RunDir(tmp_path / "run").check_or_start("stage", {"seed": 0})
+    manifest["environment"]["wdprobe"] = f"{major}.{minor}.99"  # a patch release continues it
+    run.manifest_path.write_text(json.dumps(manifest))
+    RunDir(tmp_path / "run").check_or_start("stage", {"seed": 0})
+    assert same_format_version("0.1.0", "0.1.7") and not same_format_version("0.1.0", "0.2.0")
+    assert not same_format_version("1.1.0", "2.1.0")
+
+
+def test_a_read_only_run_directory_is_refused_with_its_path(tmp_path):
+    import os
+
+    from wdprobe.errors import RunError
+
+    if os.geteuid() == 0:  # root writes anywhere: a file where the directory should be stands in for read-only
+        (tmp_path / "ro").write_text("not a directory")
+        target = tmp_path / "ro" / "run"
+    else:
+        (tmp_path / "ro").mkdir()
+        os.chmod(tmp_path / "ro", 0o500)
+        target = tmp_path / "ro" / "run"
+    with pytest.raises(RunError, match="cannot write into this run directory"):
+        RunDir(target).check_or_start("stage", {"seed": 0})
