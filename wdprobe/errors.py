@@ -58,6 +58,14 @@ class ShardSpecError(InputError):
     """A ``--shard`` value that is not ``i/n`` with 0 <= i < n."""
 
 
+class PromptTooLongError(InputError):
+    """A prompt longer than the model's context (``prompt`` holds it, so a caller can name the item it belongs to)."""
+
+    def __init__(self, message: str, prompt: str = "") -> None:
+        super().__init__(message)
+        self.prompt = prompt
+
+
 class CaptureSpecError(InputError):
     """Hooks, layers or positions to capture that the model or prompt does not have."""
 

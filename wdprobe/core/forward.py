@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import torch
 from jaxtyping import Float, Int
 
-from wdprobe.errors import InputError
+from wdprobe.errors import InputError, PromptTooLongError
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
@@ -127,6 +127,6 @@ def iter_batches(lm: "LoadedModel", prompts: Sequence[str], batch_size: int, max
     limit = lm.context_length
     if limit is not None and lengths and max(lengths) > limit:
         k = max(range(len(lengths)), key=lengths.__getitem__)
-        raise InputError(f"a prompt of {lengths[k]} tokens is longer than {lm.name}'s context of {limit} "
-                         f"(it begins {prompts[k][:80]!r}); shorten it or leave the item out")
+        raise PromptTooLongError(f"a prompt of {lengths[k]} tokens is longer than {lm.name}'s context of {limit} "
+                                 f"(it begins {prompts[k][:80]!r}); shorten it or leave the item out", prompts[k])
     return length_batches(lengths, batch_size, max_batch_tokens)

@@ -20,7 +20,7 @@ from wdprobe.core.forward import (
     length_batches,
 )
 from wdprobe.core.packing import TokenRead, Tree, packable, tree_of, tree_readout
-from wdprobe.errors import InputError
+from wdprobe.errors import InputError, PromptTooLongError
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,13 @@ def continuation_logprobs(lm, prompts: Sequence[str], continuations: Sequence[st
     predicted."""
     budget = default_batch_tokens(lm.device) if max_batch_tokens == "auto" else max_batch_tokens
     ct = continuation_trees(lm.tokenizer, prompts, continuations, prefix=prefix)
+    limit = getattr(lm, "context_length", None)
+    for r in range(len(prompts)) if limit else ():  # past the context the answer is read off extrapolated positions
+        n = len(ct.trees[ct.row_branch[r][0]].sequence(ct.row_branch[r][1]))
+        if n > limit:
+            raise PromptTooLongError(f"a prompt with its option is {n} tokens, longer than {lm.name}'s context of "
+                                     f"{limit} (it begins {prompts[r][:80]!r}); shorten it or leave the item out",
+                                     prompts[r])
     total = np.zeros(len(prompts), dtype=np.float64)
     packed = packable(lm, ct.trees) if share_prefix else []
     if packed:

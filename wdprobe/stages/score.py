@@ -31,7 +31,7 @@ from wdprobe.data.wdct import (
     resolve_wdct_path,
     select,
 )
-from wdprobe.errors import InputError, MergeError, StageNotFinishedError
+from wdprobe.errors import InputError, MergeError, PromptTooLongError, StageNotFinishedError
 from wdprobe.methods.capture import CaptureSpec, position_weights, presentation_spans, prompt_spans
 from wdprobe.runs.rundir import RunDir, Timer, read_csv
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
@@ -188,6 +188,12 @@ class ScoreSettings(Options):
     format: str | None = option(None, choices=FORMATS, help="letter, cloze or both (default: both; letter for cot)")
 
 
+def item_named(exc: PromptTooLongError, pres: Sequence[Presentation]) -> PromptTooLongError:
+    """The error again, led by the id of the item whose question the too-long prompt holds."""
+    owners = [p.item.id for p in pres if any(p.item.stem(f) in exc.prompt for f in FORMS)]
+    return PromptTooLongError(f"item {', '.join(map(repr, owners or ['?']))}: {exc}", exc.prompt)
+
+
 def score_wdct(out: str | Path, settings: ScoreSettings | None = None, *, progress: bool = True, lm=None,
                shard: "str | None" = None, capture: CaptureSpec | None = None, **given: Any) -> ScoreResult:
     """Score WDCT items with a model into run directory ``out`` (resumable), with ``settings`` (a
@@ -242,7 +248,10 @@ def score_wdct(out: str | Path, settings: ScoreSettings | None = None, *, progre
             letters = LetterTokens.from_json(stage["letters"])
         else:
             calib = build_prompts(pres[:16], setting="normal", tokenizer=lm.tokenizer, use_chat=use_chat)
-            letters = resolve_letter_tokens(lm, calib["word"] + calib["deed"], n_letters=4, batch_size=batch_size)
+            try:
+                letters = resolve_letter_tokens(lm, calib["word"] + calib["deed"], n_letters=4, batch_size=batch_size)
+            except PromptTooLongError as exc:
+                raise item_named(exc, pres[:16]) from None
             run.update_stage(STAGE, letters=letters.to_json())
     if part:  # letters were calibrated on the whole selection (as unsharded); score this shard's items only
         run.update_stage(STAGE, selection_ids=[p.item.id for p in pres])
@@ -260,7 +269,10 @@ def score_wdct(out: str | Path, settings: ScoreSettings | None = None, *, progre
     scoring = ScoringPass(lm, letters, setting, orders, use_chat, demo_list, seed, batch_size, bar.update, stash)
 
     def score(chunk: Sequence[Presentation]) -> list[dict[str, Any]]:
-        return [row for fmt in formats for row in ROW_SCORERS[fmt.name](scoring, chunk)]
+        try:
+            return [row for fmt in formats for row in ROW_SCORERS[fmt.name](scoring, chunk)]
+        except PromptTooLongError as exc:
+            raise item_named(exc, chunk) from None
 
     with timer("score"):
         saved += save_in_parts(run, STAGE, todo, chunk_size=s.chunk_items, columns=PROMPT_COLUMNS, compute=score)

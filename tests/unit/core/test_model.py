@@ -63,3 +63,31 @@ def test_the_handle_owns_encoding_and_last_position_forwards(tiny_lm):
     assert logits.shape == (2, tiny_lm.bridge.cfg.d_vocab)
     assert torch.allclose(logits, tiny_lm.last_token_logits(prompts))
     assert (tiny_lm.n_layers, tiny_lm.d_model) == (2, 64)
+
+
+def test_a_too_long_prompt_is_refused_naming_its_item_and_never_read_past_the_context(tiny_lm, tiny_model_dir, tmp_path,
+                                                                                     capsys):
+    import csv
+
+    import pytest
+    from tiny import write_wdct_csv
+
+    from wdprobe.cli import main
+    from wdprobe.core.option_scoring import continuation_logprobs
+    from wdprobe.errors import PromptTooLongError
+
+    long = " ".join(["Answer:"] * 600)
+    with pytest.raises(PromptTooLongError, match="longer than .* context of 512") as caught:
+        continuation_logprobs(tiny_lm, ["Answer: A", long], ["yes", "no"])
+    assert caught.value.prompt == long
+    data = write_wdct_csv(tmp_path / "items.csv")
+    rows = list(csv.DictReader(open(data, newline="")))
+    rows[-1]["act"] = rows[-1]["act"].replace("?", " " + long + "?", 1)
+    with open(tmp_path / "long.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert main(["score", "--model", str(tiny_model_dir), "--data", str(tmp_path / "long.csv"),
+                 "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"item {rows[-1]['id']!r}: a prompt of" in err and "Traceback" not in err
