@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from dataclasses import replace
@@ -65,6 +66,12 @@ from wdprobe.studies.organisms.data import sincere_organism_items
 from wdprobe.studies.organisms.edit import EDIT_KINDS, build_edited_organism, calibrate_edit
 from wdprobe.studies.organisms.recipes import KINDS
 from wdprobe.studies.pct.stages import PCTConfig
+
+ENVIRONMENT_ERRNOS = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "the disk quota is reached",
+                      errno.EROFS: "the file system is read-only; give a writable --out",
+                      errno.EACCES: "this user may not write or read there",
+                      errno.ENAMETOOLONG: "a file name is too long for this file system (shorten the item ids)",
+                      errno.EMFILE: "too many open files (raise ulimit -n)"}
 
 
 def at_least(least: int) -> Callable[[str], int]:
@@ -892,6 +899,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nwdprobe: interrupted; finished parts are saved, re-run the same command to resume", file=sys.stderr)
         return 130
+    except OSError as exc:  # the machine, not wdprobe: a full disk, a read-only or missing place, too many files
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"wdprobe: error: {exc.strerror or exc}{where}: {ENVIRONMENT_ERRNOS[exc.errno]}; finished parts are "
+              "saved (every file is written whole or not at all), re-run the same command once that is fixed",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

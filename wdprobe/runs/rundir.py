@@ -44,6 +44,7 @@ from wdprobe.version import __version__
 MANIFEST = "manifest.json"
 LOCK = ".wdprobe.lock"
 PARTS_SETTINGS = "settings.json"
+MAX_NAME_BYTES = 200  # an item id's encoded file name, before suffixes such as ".json.sha256"
 _HELD_LOCKS: dict[str, IO[str]] = {}  # run directories this process writes into, with their open lock files
 
 
@@ -54,6 +55,9 @@ def safe_name(text: str) -> str:
     name = quote(str(text), safe="-_.")
     if not name or name.startswith("."):
         name = "%2E" + name[1:] if name else "%00"
+    if len(name.encode()) > MAX_NAME_BYTES:  # most file systems stop at 255 bytes; leave room for suffixes
+        raise UnsafePathError(f"id {str(text)[:60]!r}...: its file name would be {len(name.encode())} bytes, over the "
+                              f"{MAX_NAME_BYTES} a file system allows with room for suffixes; shorten the item's id")
     return name
 
 
