@@ -14,11 +14,15 @@ read as WDCT.
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.data.wdct import LETTERS, REQUIRED_COLUMNS, Item, parse_csv_text, read_text_file
@@ -94,6 +98,10 @@ def _csv_items(text: str, source: str) -> list[Item]:
         raise WDCTFormatError(f"{source}: missing column(s) {missing}; an items CSV has id, domain, word, deed, "
                               f"word_option_A.., deed_option_A.. (and optionally correct, template), or WDCT's "
                               f"upstream columns {list(REQUIRED_COLUMNS)} (the header has {fields})")
+    unknown = [f for f in fields if f not in CSV_COLUMNS]
+    if unknown:  # a misspelt 'correct' would leave every item without an answer; a word_option_E would be dropped
+        raise WDCTFormatError(f"{source}: unknown column(s) {unknown}{nearest(unknown[0], CSV_COLUMNS)}; an items CSV "
+                              f"has {list(CSV_COLUMNS)}")
     records = []
     try:
         for row in reader:
@@ -116,10 +124,28 @@ def items_from_records(records: Iterable[Mapping[str, Any]], *, source: str = "<
     return _validated([(first_line + i, r) for i, r in enumerate(records)], source, unit=unit)
 
 
-def _text(value: Any) -> str:
-    if value is None or (isinstance(value, float) and value != value):  # None or NaN (an empty DataFrame cell)
+CSV_COLUMNS = ("id", "domain", "word", "deed", "correct", "template") + tuple(
+    f"{form}_option_{L}" for form in ("word", "deed") for L in LETTERS[:MAX_OPTIONS])
+OPTION_LINE = re.compile(r"^\s*[A-Z][.)]\s", re.MULTILINE)  # how a prompt shows an option: "B. text"
+
+
+def nearest(name: str, known: Sequence[str]) -> str:
+    """`` (did you mean 'correct'?)`` for a misspelt field or column name, else nothing."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _text(value: Any, at: str = "", field: str = "") -> str:
+    """A text field as written: None or NaN (an empty DataFrame cell) is empty; a list, number or boolean is refused
+    rather than turned into a string (an id may be a whole number)."""
+    if value is None or (isinstance(value, float) and value != value):
         return ""
-    return str(value).strip()
+    if field == "id" and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise WDCTFormatError(f"{at}: {field or 'a field'} is a {type(value).__name__} ({str(value)[:40]!r}), not "
+                              "text")
+    return value.strip()
 
 
 def _validated(records: Sequence[tuple[int, Mapping[str, Any]]], source: str, *, unit: str) -> list[Item]:
@@ -131,8 +157,9 @@ def _validated(records: Sequence[tuple[int, Mapping[str, Any]]], source: str, *,
             raise WDCTFormatError(f"{at}: a {type(rec).__name__}, not a mapping of fields")
         unknown = sorted(set(rec) - set(ITEM_FIELDS))
         if unknown:
-            raise WDCTFormatError(f"{at}: unknown field(s) {unknown}; the fields are {list(ITEM_FIELDS)}")
-        item_id = _text(rec.get("id"))
+            raise WDCTFormatError(f"{at}: unknown field(s) {unknown}{nearest(str(unknown[0]), ITEM_FIELDS)}; the fields "
+                                  f"are {list(ITEM_FIELDS)}")
+        item_id = _text(rec.get("id"), at, "id")
         if not item_id:
             raise WDCTFormatError(f"{at}: empty id")
         at = f"{at}: item {item_id!r}"
@@ -142,18 +169,30 @@ def _validated(records: Sequence[tuple[int, Mapping[str, Any]]], source: str, *,
         for field in REQUIRED_FIELDS:
             if field not in rec:
                 raise WDCTFormatError(f"{at}: no {field!r} field")
-        domain = _text(rec["domain"])
+        domain = _text(rec["domain"], at, "domain")
         if not domain:
             raise WDCTFormatError(f"{at}: empty domain")
         stems, options = {}, {}
         for form in ("word", "deed"):
-            stems[form] = _text(rec[form])
+            stems[form] = _text(rec[form], at, form)
             if not stems[form]:
                 raise WDCTFormatError(f"{at}: empty {form} question")
+            if OPTION_LINE.search(stems[form]):
+                raise WDCTFormatError(f"{at}: the {form} question has a line that reads as an option line "
+                                      f"({OPTION_LINE.search(stems[form]).group(0).strip()!r} ...); give options in "
+                                      f"{form}_options, not in the question")
             opts = rec[f"{form}_options"]
             if isinstance(opts, str):
                 raise WDCTFormatError(f"{at}: {form}_options is one string; give a list of 2-{MAX_OPTIONS} option texts")
-            texts = tuple(_text(o) for o in (opts or []))
+            if opts is not None and not isinstance(opts, (list, tuple)):
+                raise WDCTFormatError(f"{at}: {form}_options is a {type(opts).__name__}; give a list of "
+                                      f"2-{MAX_OPTIONS} option texts")
+            texts = tuple(_text(o, at, f"{form} option {LETTERS[j] if j < len(LETTERS) else j}")
+                          for j, o in enumerate(opts or []))
+            broken = [LETTERS[j] for j, t in enumerate(texts[:MAX_OPTIONS]) if "\n" in t]
+            if broken:
+                raise WDCTFormatError(f"{at}: {form} option(s) {broken} span more than one line; a prompt would show "
+                                      "them as more than one option line")
             if not 2 <= len(texts) <= MAX_OPTIONS:
                 raise WDCTFormatError(f"{at}: {len(texts)} {form} options; an item needs 2-{MAX_OPTIONS}")
             empty = [LETTERS[j] for j, t in enumerate(texts) if not t]
@@ -166,10 +205,10 @@ def _validated(records: Sequence[tuple[int, Mapping[str, Any]]], source: str, *,
         if len(options["deed"]) != k:
             raise WDCTFormatError(f"{at}: {k} word options but {len(options['deed'])} deed options; option i of the "
                                   "deed acts on option i of the word")
-        answer = _text(rec.get("correct")).upper()
+        answer = _text(rec.get("correct"), at, "correct").upper()
         if answer and answer not in LETTERS[:k]:
             raise WDCTFormatError(f"{at}: correct {answer!r} is not one of its option letters {list(LETTERS[:k])}")
-        template = _text(rec.get("template")) or None
+        template = _text(rec.get("template"), at, "template") or None
         if template is not None:
             try:
                 filled = template.format(question="Q")

@@ -48,6 +48,8 @@ def test_score_refuses_bad_selections_before_writing_anything(tiny_model_dir, wd
     from wdprobe.cli import main
 
     out = tmp_path / "run"
-    assert main(["score", "--model", str(tiny_model_dir), "--data", str(wdct_csv), "--out", str(out), "--quiet", *flags]) == 2
-    assert "positive number" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # argparse refuses the number, naming the flag, before anything runs
+        main(["score", "--model", str(tiny_model_dir), "--data", str(wdct_csv), "--out", str(out), "--quiet", *flags])
+    assert exited.value.code == 2
+    assert f"argument {flags[0]}: {flags[1]}: at least 1 expected" in capsys.readouterr().err
     assert not (out / "manifest.json").exists()

@@ -65,6 +65,15 @@ def test_domains_are_any_string_and_select_names_the_present_ones():
     ({"template": "no placeholder"}, r"template must contain \{question\}"),
     ({"template": "{question} {other}"}, r"template has a placeholder other than \{question\}"),
     ({"colour": "red"}, r"unknown field\(s\) \['colour'\]"),
+    ({"corect": "A"}, r"unknown field\(s\) \['corect'\] \(did you mean 'correct'\?\)"),
+    ({"id": ["x1"]}, r"record 0: id is a list"),
+    ({"domain": True}, r"item 'x1': domain is a bool"),
+    ({"word": 3.5}, r"item 'x1': word is a float"),
+    ({"word_options": ["Yes.", 2]}, r"item 'x1': word option B is a int"),
+    ({"deed_options": {"A": "x", "B": "y"}}, r"item 'x1': deed_options is a dict"),
+    ({"deed_options": ["You go.\nB. You stay.", "You lie."]}, r"deed option\(s\) \['A'\] span more than one line"),
+    ({"word": "Should you lie?\nB. Never"}, r"the word question has a line that reads as an option line \('B.'"),
+    ({"correct": 1}, r"item 'x1': correct is a int"),
 ])
 def test_bad_records_are_refused_with_the_item_named(over, message):
     with pytest.raises(WDCTFormatError, match=message):
@@ -115,3 +124,17 @@ def test_in_memory_items_are_kept_in_the_run_directory(tmp_path):
     with pytest.raises(WDCTFormatError):  # invalid items are refused before anything is written
         items_path([_record(id="")], tmp_path / "bad" / "items.jsonl")
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_whole_number_id_is_read_as_its_text_and_csv_columns_are_checked(tmp_path):
+    assert read_items([_record(id=7)])[0].id == "7"
+    csv_path = tmp_path / "mine.csv"
+    head = "id,domain,word,deed,word_option_A,word_option_B,deed_option_A,deed_option_B"
+    csv_path.write_text(head + ",corect\na,D,w?,d?,Yes.,No.,You do.,You don't.,A\n")
+    with pytest.raises(WDCTFormatError, match=r"mine.csv: unknown column\(s\) \['corect'\] \(did you mean 'correct'\?\)"):
+        read_items(csv_path)
+    csv_path.write_text(head + ",word_option_E\na,D,w?,d?,Yes.,No.,You do.,You don't.,Maybe.\n")
+    with pytest.raises(WDCTFormatError, match=r"unknown column\(s\) \['word_option_E'\]"):
+        read_items(csv_path)
+    csv_path.write_text(head + ",correct\na,D,w?,d?,Yes.,No.,You do.,You don't.,B\n")
+    assert read_items(csv_path)[0].correct == 1
