@@ -26,7 +26,7 @@ import numpy as np
 
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.data.wdct import LETTERS, REQUIRED_COLUMNS, Item, parse_csv_text, read_text_file
-from wdprobe.errors import MissingInputError, WDCTFormatError
+from wdprobe.errors import MissingInputError, RunMismatchError, WDCTFormatError
 
 __all__ = ["ITEM_FIELDS", "read_items", "items_from_records", "item_record", "write_items_jsonl", "is_wdct_header",
            "items_path"]
@@ -250,6 +250,9 @@ def items_path(data: Any, keep_at: str | os.PathLike) -> Path | None:
     dest = Path(keep_at)
     dest.parent.mkdir(parents=True, exist_ok=True)
     text = write_items_jsonl(items)
-    if not dest.is_file() or dest.read_text(encoding="utf-8") != text:
+    if dest.is_file() and dest.read_text(encoding="utf-8") != text:  # one run, one item set
+        raise RunMismatchError(f"{dest}: this run directory already holds other in-memory items (the ones it was "
+                              "started with); give those same items to resume it, or a new run directory for these")
+    if not dest.is_file():
         atomic_write_text(dest, text)
     return dest

@@ -31,7 +31,14 @@ from wdprobe.data.wdct import (
     resolve_wdct_path,
     select,
 )
-from wdprobe.errors import InputError, MergeError, PromptTooLongError, StageNotFinishedError
+from wdprobe.errors import (
+    InputError,
+    MergeError,
+    MissingInputError,
+    PromptTooLongError,
+    RunMismatchError,
+    StageNotFinishedError,
+)
 from wdprobe.methods.capture import CaptureSpec, position_weights, presentation_spans, prompt_spans
 from wdprobe.runs.rundir import RunDir, Timer, read_csv
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
@@ -492,6 +499,26 @@ def load_prompts(run_dir: str | Path):
     return pd.DataFrame(rows, columns=PROMPT_COLUMNS)
 
 
+def scored_items(run_dir: str | Path, entry: dict[str, Any], scored: ScoreResult) -> dict[str, Any]:
+    """The items a run scored, by id, re-read from the file scoring read, which must still be byte for byte the file
+    scored (its sha256 is in the manifest): an edited question would otherwise be captured, patched or steered under
+    answers the model gave to another text."""
+    path = Path(entry["data"]["path"])
+    if not path.is_file():
+        raise MissingInputError(f"{run_dir}: the items file it was scored from, {path}, is not there any more; put it "
+                                "back (the same bytes) or score again into a new run directory")
+    recorded = entry["data"].get("sha256")
+    if recorded and file_sha256(path) != recorded:
+        raise RunMismatchError(f"{run_dir}: the items file {path} changed since the run was scored (sha256 "
+                               f"{file_sha256(path)[:12]}... now, {recorded[:12]}... scored); its prompts cannot be "
+                               "rebuilt as scored. Restore the file, or score the new items into a new run directory")
+    by_id = {it.id: it for it in read_items(path)}
+    missing = [r["id"] for r in scored.rows if r["id"] not in by_id]
+    if missing:
+        raise InputError(f"{run_dir}: item(s) {missing[:5]} of the run are not in {path} any more")
+    return by_id
+
+
 def scored_prompts(run_dir: str | Path, tokenizer) -> tuple[list, dict[str, list[str]], ScoreResult]:
     """The presentations and word/deed prompts of a scored run, rebuilt exactly as they were scored
     (same items, shuffling seed and chat template), aligned with the run's item rows."""
@@ -503,10 +530,7 @@ def scored_prompts(run_dir: str | Path, tokenizer) -> tuple[list, dict[str, list
     if LETTER not in measured_formats(cfg["config"]):
         raise InputError(f"{run_dir}: this stage reads answers by letter, and the run was scored in the cloze format "
                          "only; score with --format letter or --format both")
-    by_id = {it.id: it for it in read_items(cfg["data"]["path"])}
-    missing = [r["id"] for r in scored.rows if r["id"] not in by_id]
-    if missing:
-        raise InputError(f"{run_dir}: item(s) {missing[:5]} of the run are not in {cfg['data']['path']} any more")
+    by_id = scored_items(run_dir, cfg, scored)
     pres = present([by_id[r["id"]] for r in scored.rows], seed=cfg["config"]["seed"])
     prompts = build_prompts(pres, setting="normal", tokenizer=tokenizer, use_chat=cfg["config"]["chat_template"])
     return pres, prompts, scored
@@ -630,10 +654,7 @@ def scored_cloze_prompts(run_dir: str | Path, tokenizer) -> list[ScoredPrompt]:
     cfg = scored_entry(RunDir(run_dir))
     if CLOZE not in measured_formats(cfg["config"]):
         return []
-    by_id = {it.id: it for it in read_items(cfg["data"]["path"])}
-    missing = [r["id"] for r in scored.rows if r["id"] not in by_id]
-    if missing:
-        raise InputError(f"{run_dir}: item(s) {missing[:5]} of the run are not in {cfg['data']['path']} any more")
+    by_id = scored_items(run_dir, cfg, scored)
     out = []
     for row in scored.rows:
         item = by_id[row["id"]]

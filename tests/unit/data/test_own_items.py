@@ -124,6 +124,31 @@ def test_in_memory_items_are_kept_in_the_run_directory(tmp_path):
     with pytest.raises(WDCTFormatError):  # invalid items are refused before anything is written
         items_path([_record(id="")], tmp_path / "bad" / "items.jsonl")
     assert not (tmp_path / "bad").exists()
+    assert items_path(frame, path) == path  # the same items again: the run resumes
+    from wdprobe.errors import RunMismatchError
+
+    with pytest.raises(RunMismatchError, match="already holds other in-memory items"):  # one run, one item set
+        items_path([_record(id="c")], path)
+    assert read_items(path) == read_items(frame)  # the run's items are untouched
+
+
+def test_an_items_file_edited_after_scoring_is_refused_by_every_later_stage(tiny_lm, tmp_path):
+    from tiny import write_two_option_copies
+
+    from wdprobe.errors import RunMismatchError
+    from wdprobe.stages.capture import capture_wdct
+    from wdprobe.stages.score import score_wdct
+
+    data = write_two_option_copies(tmp_path / "w.csv")
+    run = tmp_path / "run"
+    score_wdct(run, data=data, lm=tiny_lm, progress=False)
+    scored_bytes = data.read_bytes()
+    data.write_bytes(scored_bytes.replace(b"?", b"??", 1))  # one question edited between score and capture
+    with pytest.raises(RunMismatchError, match="changed since the run was scored"):
+        capture_wdct(run, layers="0", lm=tiny_lm, progress=False)
+    assert not (run / "capture").exists()
+    data.write_bytes(scored_bytes)  # the scored bytes back: capture runs
+    capture_wdct(run, layers="0", lm=tiny_lm, progress=False)
 
 
 def test_a_whole_number_id_is_read_as_its_text_and_csv_columns_are_checked(tmp_path):
