@@ -21,7 +21,7 @@ from wdprobe.errors import InputError, MissingInputError
 from wdprobe.figures.probes import png_enabled, png_export
 from wdprobe.pipeline.config import StudyConfig
 from wdprobe.pipeline.registry import REGISTRY
-from wdprobe.pipeline.runner import record_model_load, run_timed
+from wdprobe.pipeline.runner import check_chain, input_fingerprints, record_model_load, run_timed
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.stage import StageContext
 
@@ -118,6 +118,8 @@ def _run_stage(cfg: StudyConfig, run: RunDir, stage: str, k: int, first_restart:
     redo = k >= first_restart
     same = run.is_done(stage) and "settings" in entry and \
         json.dumps(entry["settings"], sort_keys=True) == json.dumps(settings, sort_keys=True)
+    if same and not redo:  # a finished stage is reused only while what it read is unchanged
+        check_chain(run, spec, input_fingerprints(run, spec))
     if stage != "report" and same and not redo:  # the report is always redrawn: cheap, and it reads every stage
         say(f"[{stage}] already done ({entry['seconds']:.0f} s on {entry['finished']}): {entry['result']}")
         bar.update(1)

@@ -1,0 +1,56 @@
+"""Chained results: every stage records what the stages it requires handed on (their fingerprints) and is refused,
+with what changed, when one of them was redone since; nothing downstream reads a mix of two scorings."""
+import json
+
+from tiny import write_two_option_copies
+
+from wdprobe.cli import main
+from wdprobe.pipeline.registry import REGISTRY
+from wdprobe.pipeline.runner import stage_fingerprint
+from wdprobe.runs.rundir import RunDir
+
+
+def _redo_score_by_hand(run, model, data, seed):
+    """What a user following 'delete the stage and rerun' does: the score stage's files and entry gone, rescored."""
+    for name in ("items.csv", "prompts.csv", "metrics.json"):
+        (run / name).unlink()
+    for f in (run / "score.parts").iterdir():
+        f.unlink()
+    (run / "score.parts").rmdir()
+    manifest = json.loads((run / "manifest.json").read_text())
+    del manifest["stages"]["score"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["score", "--model", str(model), "--data", str(data), "--out", str(run), "--seed", str(seed),
+                 "--quiet"]) == 0
+
+
+def test_a_stage_made_from_an_earlier_scoring_is_refused_downstream(tiny_model_dir, tmp_path, capsys):
+    data = write_two_option_copies(tmp_path / "w.csv")
+    run = tmp_path / "run"
+    assert main(["score", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(run), "--quiet"]) == 0
+    assert main(["capture", "--run", str(run), "--layers", "0-1", "--quiet"]) == 0
+    score = REGISTRY.get("wdct", "score")
+    first = stage_fingerprint(RunDir(run), score)
+    assert RunDir(run).stage_entry("capture")["inputs"] == {"score": first}
+    # the same command again reproduces the same scoring: the same fingerprint, capture still usable
+    assert main(["score", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(run), "--quiet"]) == 0
+    assert stage_fingerprint(RunDir(run), score) == first
+    assert main(["probe", "--run", str(run), "--folds", "2", "--kinds", "diffmean", "--quiet"]) == 0
+    capsys.readouterr()
+
+    _redo_score_by_hand(run, tiny_model_dir, data, seed=1)  # other option orders: another scoring
+    assert stage_fingerprint(RunDir(run), score) != first
+    for argv in (["probe", "--run", str(run), "--folds", "2", "--kinds", "diffmean", "--quiet"],
+                 ["capture", "--run", str(run), "--layers", "0-1", "--quiet"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "the saved work of 'capture' was made from 'score' as it was before it was redone" in err, err
+        assert "Traceback" not in err
+
+
+def test_a_stage_never_run_records_its_inputs_and_unfinished_inputs_are_none(tiny_model_dir, tmp_path):
+    data = write_two_option_copies(tmp_path / "w.csv")
+    run = tmp_path / "run"
+    assert stage_fingerprint(RunDir(run), REGISTRY.get("wdct", "score")) is None
+    assert main(["score", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(run), "--quiet"]) == 0
+    assert RunDir(run).stage_entry("score")["inputs"] == {}  # score requires nothing
