@@ -15,7 +15,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from wdprobe.errors import (
     InputError,
     IntegrityError,
     MergeError,
+    NonFiniteError,
     StageNotFinishedError,
 )
 from wdprobe.methods.capture import (
@@ -118,6 +119,8 @@ def capture_wdct(run_dir: str | Path, *, layers: str | Sequence[int] | None = No
             order_in_chunk.extend(ks)
             bar.update(len(ks))
         n_part = run.next_part(STAGE)  # the CSV part written below gets the same number: never one in use
+        for name, t in acts.items():  # a NaN or infinite activation is never saved as data
+            finite_or_refused(t, name, [meta[k] for k in order_in_chunk], spec.layers)
         tensors = {name: _stored(name, t, store) for name, t in acts.items()}
         tensors["prompt_index"] = torch.tensor(order_in_chunk, dtype=torch.int64)
         write_checked(_shard_path(run.path, n_part), save(tensors, metadata={"layers": ",".join(map(str, spec.layers))}))
@@ -165,6 +168,18 @@ def merge_capture(run_dir: str | Path) -> dict[str, Any]:
                                                "merged_from": [str(d.relative_to(run.path)) for d, _ in entries]}
     run.write_manifest(manifest)
     return {"n_prompts": len(rows), "tensor_files": n_out}
+
+
+def finite_or_refused(t: torch.Tensor, name: str, rows: Sequence[Mapping[str, Any]], layers: Sequence[int]) -> None:
+    """Refuse activations ``[prompt, layer, d_model]`` holding NaN or infinity, naming the first prompt's item, form
+    and the layer (a broken model, e.g. float16 overflow, would otherwise be probed as if it had read the prompt)."""
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        r, layer = (int(v) for v in bad.nonzero()[0][:2])
+        row = rows[r]
+        raise NonFiniteError(f"capture {name}: item {row['id']!r} ({row['form']} form) has a NaN or infinite activation "
+                             f"at layer {layers[layer]}; nothing of this chunk is saved. A float16 model can overflow: "
+                             "load it with --dtype float32 or bfloat16")
 
 
 def _stored(name: str, t: torch.Tensor, store: torch.dtype) -> torch.Tensor:

@@ -53,3 +53,28 @@ def test_rows_refuse_nan_and_infinity_and_keep_finite_numbers(tiny_model_dir, tm
     assert letter_prompt_row(item, "deed", (1, 0), True, True, np.array([-0.1, -2.3]))["choice"] == 1
     assert cloze_prompt_row(item, "word", np.array([-4.0, -3.0]), np.array([2, 1]))["choice"] == 0  # -2 > -3 per token
     finite_or_refused(np.array([-1e30, 0.0]), "big but finite")
+
+
+def test_capture_refuses_a_nan_activation_naming_item_and_layer(tiny_lm, tmp_path, monkeypatch):
+    """A run scored on the healthy model, captured with the broken one's activations: the NaN stops the capture."""
+    import torch
+
+    import wdprobe.stages.capture as capture_stage
+    from wdprobe.stages.capture import capture_wdct, finite_or_refused
+
+    data = write_two_option_copies(tmp_path / "w.csv")
+    run = tmp_path / "run"
+    score_wdct(run, data=data, lm=tiny_lm, progress=False)
+    real = capture_stage.capture_batch
+
+    def broken(*args, **kwargs):  # the healthy model's activations, one value of the first prompt made NaN
+        got = real(*args, **kwargs)
+        for t in got.values():
+            t[0, -1, 0] = float("nan")
+        return got
+
+    monkeypatch.setattr(capture_stage, "capture_batch", broken)
+    with pytest.raises(NonFiniteError, match=r"item '.*' \((word|deed) form\) has a NaN or infinite activation at layer 1"):
+        capture_wdct(run, layers="0-1", lm=tiny_lm, progress=False)
+    assert not list((run / "capture").glob("shard-*")) if (run / "capture").is_dir() else True
+    finite_or_refused(torch.ones(2, 2, 3), "x", [{"id": "a", "form": "word"}] * 2, [0, 1])  # finite: nothing said
