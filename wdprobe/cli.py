@@ -713,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--data", default=None, help="items: WDCT.csv, or your own items (.csv / .jsonl / .json in the item schema, docs/guides/own-data.md); else $WDPROBE_WDCT, else the pinned WDCT download")
     p.add_argument("--out", required=True, help="run directory (re-running into it resumes)")
-    p.add_argument("--setting", default="normal", choices=["normal", "cot"])
+    p.add_argument("--setting", default="normal", choices=["normal", "cot"], help="normal: word and deed asked directly; cot: the deed after a chain-of-thought belief (needs --demos)")
     p.add_argument("--demos", default=None, help="upstream demo.csv for --setting cot")
     p.add_argument("--chat", default="auto", choices=["auto", "plain", "chat"],
                    help="wrap prompts in the chat template (auto: instruction-tuned model names only)")
@@ -722,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=at_least(1), default=None, help="first N items (after filters)")
     p.add_argument("--sample", type=at_least(1), default=None, help="seeded random sample of N items")
     p.add_argument("--domain", action="append", help="keep only this domain (repeatable; any domain of the items)")
-    p.add_argument("--subset", choices=sorted(SUBSETS), default=None)
+    p.add_argument("--subset", choices=sorted(SUBSETS), default=None, help="a named WDCT subset (WDCT_NE: without the ethics domains)")
     p.add_argument("--batch-size", type=at_least(1), default=32, help="most prompts per forward (on CPU also capped at ~1.5k padded tokens)")
     p.add_argument("--shard", default=None, help="i/n: score only shard i of n (items split by id) into RUN/shards/score/; "
                                                  "then `wdprobe merge RUN`")
@@ -732,7 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="models x settings x shards as tasks, run here (--executor local) or on Ray; "
                                      "resumes a half-finished sweep, merges each run")
     p.add_argument("config", help="sweep TOML ([sweep] out, models, shards; [grid]; [fixed]); see wdprobe.sweep")
-    p.add_argument("--executor", default="local", choices=["local", "ray"])
+    p.add_argument("--executor", default="local", choices=["local", "ray"], help="run the tasks here one by one, or on Ray")
     p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto, or ray://head:10001); default: "
                                                    "start a local Ray instance")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -744,12 +744,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("upstream", help="CS/PCS of result CSVs in the upstream WDCT format")
     p.add_argument("files", nargs="+")
-    p.add_argument("--compact", action="store_true")
+    p.add_argument("--compact", action="store_true", help="one JSON line per file")
     p.set_defaults(func=cmd_upstream)
 
     p = sub.add_parser("report", help="copy a scoring run's artefacts to a folder with a README of its numbers")
     p.add_argument("run", help="run directory made by `wdprobe score`")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder to write the report into")
     p.add_argument("--notes", default=None, help="markdown file with a written reading, added under 'Reading'")
     p.add_argument("--localisation", action="store_true",
                    help="also redraw the run's lens, patching and steering figures into DIR/localisation.html")
@@ -761,19 +761,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hooks", default="resid_post", help="comma list of resid_pre, resid_mid, resid_post")
     p.add_argument("--positions", default="last,question_mean",
                    help="comma list of last, question_mean, option0_last..option3_last")
-    p.add_argument("--storage-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--batch-size", type=at_least(1), default=16)
+    p.add_argument("--storage-dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="how activations are saved (float16 refuses values it cannot hold)")
+    p.add_argument("--batch-size", type=at_least(1), default=16, help="most prompts per forward")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--shard", default=None, help="i/n: only shard i of n of the items, into RUN/shards/capture/; then wdprobe merge RUN")
     p.set_defaults(func=cmd_capture)
 
     p = sub.add_parser("probe", help="stance probes per layer on captured activations, with HTML plots")
-    p.add_argument("--run", required=True)
-    p.add_argument("--hook", default="resid_post")
-    p.add_argument("--position", default="last")
+    p.add_argument("--run", required=True, help="run directory with `wdprobe capture`")
+    p.add_argument("--hook", default="resid_post", help="captured hook to probe (resid_pre, resid_mid, resid_post)")
+    p.add_argument("--position", default="last", help="captured position to probe (last, question_mean, ...)")
     p.add_argument("--kinds", default="logreg,diffmean", help="comma list of registered probe kinds")
-    p.add_argument("--folds", type=at_least(2), default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds", type=at_least(2), default=5, help="cross-validation folds (items split by proposition; at least 2)")
+    p.add_argument("--seed", type=int, default=0, help="fold and permutation seed")
     p.add_argument("--format", default="auto", choices=["auto", *FORMATS],
                    help="letter (and content, when every order was scored), cloze, or both; auto: every format the run "
                         "was scored in")
@@ -812,7 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="positional: keep items whose log-odds move at least this much when options are swapped")
     p.add_argument("--screen", type=at_least(1),
                    help="positional: aligned items screened (seeded sample); the strongest content effects are kept")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="item sample and random-control seed")
     p.add_argument("--batch-size", type=at_least(1), help="most rows per forward (on CPU also capped at ~1.5k tokens)")
     p.add_argument("--restart", action="store_true", help="discard this stage's earlier results in the run directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -824,13 +824,13 @@ def build_parser() -> argparse.ArgumentParser:
                        argument_default=argparse.SUPPRESS)
     p.add_argument("--run", required=True, help="run directory with `wdprobe capture` (resid_post, position last)")
     p.add_argument("--items", "--n-items", dest="items", help="number of two-option items (half inconsistent) or 'all'")
-    p.add_argument("--layers")
+    p.add_argument("--layers", help="'all', '0,4,8' or '2-10'")
     p.add_argument("--alphas",
                    help="comma list, in units of the word-answer mean difference at the layer")
     p.add_argument("--min-mass-ratio", type=float,
                    help="a setting keeps the answer format if letter mass stays above this share of clean")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=at_least(1))
+    p.add_argument("--seed", type=int, help="item sample, folds and random-control seed")
+    p.add_argument("--batch-size", type=at_least(1), help="most rows per forward")
     p.add_argument("--no-validate", action="store_true",
                    help="skip rerunning the best setting on the items the grid did not use")
     p.add_argument("--controls", help="comma list of control directions of equal norm, run beside the stance at every "

@@ -59,3 +59,13 @@ def test_stages_refuse_bad_counts_before_reading_the_run(tmp_path):
     with pytest.raises(InputError, match="--positional-items 0"):
         run_positional_patch(missing, n_items=0)
     assert not missing.exists()
+
+
+def test_every_flag_of_every_command_says_what_it_does():
+    import argparse
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    silent = {name: [a.option_strings[0] for a in parser._actions
+                     if a.option_strings and not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
+              for name, parser in sub.choices.items()}
+    assert not {k: v for k, v in silent.items() if v}
