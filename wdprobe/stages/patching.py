@@ -35,7 +35,7 @@ from wdprobe.methods.patching import (
     swap_alignment,
     swap_counterfactual,
 )
-from wdprobe.runs.rundir import RunDir, read_csv, safe_name
+from wdprobe.runs.rundir import RunDir, read_checked, read_csv, safe_name, write_checked
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
 from wdprobe.runs.stage import (
     finish_stage,
@@ -157,8 +157,9 @@ def run_cross_patch(run_dir: str | Path, *, format: str | Readout = "letter", n_
 
 def _save_exact(run: RunDir, folder: str, item_id: str, res: dict[str, Any]) -> None:
     """One item's exact patching result, under a file name made safe from the item id (ids come from data)."""
-    atomic_write_text(run.child(folder, safe_name(item_id) + ".json"), json.dumps({"clean": res["clean"], "counterfactual": res["counterfactual"],
-                                                              "patched": np.asarray(res["patched"]).tolist()}))
+    body = json.dumps({"clean": res["clean"], "counterfactual": res["counterfactual"],
+                       "patched": np.asarray(res["patched"]).tolist()})
+    write_checked(run.child(folder, safe_name(item_id) + ".json"), body.encode("utf-8"))  # with its .sha256 beside it
 
 
 def _saved_exact(run_dir: Path, stage: str, form: str) -> dict[str, dict[str, Any]]:
@@ -169,7 +170,7 @@ def _saved_exact(run_dir: Path, stage: str, form: str) -> dict[str, dict[str, An
     folders = [run_dir / name] + sorted((run_dir / "shards" / stage).glob(f"*-of-*/{name}"))
     for folder in folders:
         for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-            d = json.loads(f.read_text())
+            d = json.loads(read_checked(f))  # an edited or truncated result is refused, never read as a number
             out[unquote(f.stem)] = {"clean": d["clean"], "counterfactual": d["counterfactual"], "patched": np.array(d["patched"])}
     return out
 

@@ -334,6 +334,18 @@ def test_positional_stage_and_errors(tiny_run, capsys):
     layer0 = frame[(frame.method == "exact") & (frame.layer == 0)]
     assert (layer0[~layer0.segment.isin(["option A", "option B"])]["normalised"].abs() < 1e-6).all()
     assert (layer0[layer0.segment.isin(["option A", "option B"])]["normalised"].abs() > 1e-6).any()
+    # every saved exact result has its checksum; an edited one is refused on the next read, never reported
+    saved = sorted((tiny_run / "patching" / "positional-deed-exact").glob("*.json"))
+    assert len(saved) == 2 and all(f.with_name(f.name + ".sha256").is_file() for f in saved)
+    original = saved[0].read_bytes()
+    saved[0].write_bytes(original.replace(b"[", b"[0.5, ", 1))
+    capsys.readouterr()
+    try:
+        assert main(["patch", "--run", str(tiny_run), "--kind", "positional", "--positional-items", "3",
+                     "--exact-items", "2", "--min-effect", "0", "--layers", "0-1", "--quiet"]) == 2
+        assert "checksum mismatch" in capsys.readouterr().err
+    finally:
+        saved[0].write_bytes(original)  # the shared run as it was, for the tests after this one
     # bad input through the CLI: exit 2 with a message naming the problem
     assert main(["steer", "--run", str(tiny_run), "--layers", "0,5", "--quiet"]) == 2
     assert "layer(s) [5] out of range" in capsys.readouterr().err
