@@ -23,6 +23,14 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def example_items() -> Path:
+    """The 20 word/deed items the project ships (data/examples): real-model tests run on them and never skip."""
+    path = ROOT / "data" / "examples" / "say-do-20.jsonl"
+    assert path.is_file(), f"{path}: the shipped example items are missing"
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-gemma"))
 

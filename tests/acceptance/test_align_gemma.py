@@ -32,12 +32,12 @@ def test_lora_applied_to_the_bridge_equals_peft_on_gemma(fresh_gemma):
     assert torch.allclose(last_token_logits(gemma, prompts), before, atol=1e-3)
 
 
-def test_one_epoch_of_word_training_on_gemma(fresh_gemma, shared_data, tmp_path):
+def test_one_epoch_of_word_training_on_gemma(fresh_gemma, example_items, tmp_path):
     gemma = fresh_gemma
     from wdprobe.studies.align.finetune import TrainSettings
     from wdprobe.studies.align.stages import AlignConfig, load_epoch, run_align
 
-    res = run_align(tmp_path / "run", data=shared_data / "wdct" / "WDCT.csv", lm=gemma, progress=False,
+    res = run_align(tmp_path / "run", data=example_items, lm=gemma, progress=False,
                     config=AlignConfig(n_items=8, held_out=0.5, method="sft", sft_epochs=1, orders="shown"),
                     train=TrainSettings(lr=1e-3, batch_size=4))
     rows0, resid0 = load_epoch(tmp_path / "run", 0)
@@ -46,12 +46,13 @@ def test_one_epoch_of_word_training_on_gemma(fresh_gemma, shared_data, tmp_path)
     # the evaluation before training is plain scoring: the same answers as wdprobe's scorer gives
     import json
 
-    from wdprobe.data.wdct import load_wdct, present
+    from wdprobe.data.items import read_items
+    from wdprobe.data.wdct import present
     from wdprobe.scoring.letters import build_prompts, item_row, next_token_logprobs
     from wdprobe.studies.align.stages import two_option_items
 
     letters = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["align"]["letters"]["ids"]
-    pres = present(two_option_items(load_wdct(shared_data / "wdct" / "WDCT.csv"), 8, 0), seed=0)
+    pres = present(two_option_items(read_items(example_items), 8, 0), seed=0)
     pr = build_prompts(pres, setting="normal", tokenizer=gemma.tokenizer, use_chat=False)
     lp = next_token_logprobs(gemma, pr["word"] + pr["deed"], letters)
     scored = [item_row(p, lp[i], lp[8 + i]) for i, p in enumerate(pres)]
