@@ -26,6 +26,7 @@ from wdprobe.figures import probes as plots
 from wdprobe.figures.page import plotly_script
 from wdprobe.figures.probes import png_problem, write_png
 from wdprobe.methods.steering import MIN_MASS_RATIO, control_key
+from wdprobe.reports.claims import Q_LEVEL, claims_ledger
 from wdprobe.reports.html import CSS, folded, notes_html, table_html
 from wdprobe.reports.localisation import copy_localisation_tables, localisation_figures
 from wdprobe.reports.scores import PAPER_TABLE, is_wdct, write_score_report
@@ -668,6 +669,25 @@ def _timing_table(manifest: dict) -> tuple[list[str], list[list[str]]]:
     return ["stage", "wall s", "wall min"] + (["CPU s"] if cpus else []), rows
 
 
+def ledger_sentence(ledger: pd.DataFrame) -> str:
+    """The report's tests in one sentence: how many, how many below 0.05, how many survive correction across the
+    report, and which below 0.05 do not (their wording above is then not a finding after correction)."""
+    if ledger.empty:
+        return "This run records no tests."
+    below = ledger[ledger["p_below_0.05"]]
+    lost = below[~below["survives"]]
+    text = (f"This report runs {len(ledger)} tests; {len(below)} have p < 0.05 and {int(ledger['survives'].sum())} "
+            f"survive Benjamini-Hochberg across all of them (q < {Q_LEVEL}).")
+    if len(lost):
+        text += (" Below 0.05 but not after correction, so not findings of this report: "
+                 + "; ".join(f"{r.test} in {r.source} (p = {r.p:.3g}, q = {r.q:.3g})" for r in lost.itertuples()) + ".")
+    fragile = ledger[ledger["fragile"]]
+    if len(fragile):
+        text += (f" {len(fragile)} permutation p-value(s) lie within two Monte-Carlo errors of 0.05 (more "
+                 "permutations could move them across).")
+    return text
+
+
 def render_index_html(run_dir: str | Path, notes: str = "", numbers: dict[str, Any] | None = None,
                       figures: list[tuple[str, str, go.Figure]] | None = None, page: str | Path = "index.html") -> str:
     """The whole page as a string: findings, figures, then the tables folded; plotly.js loaded from the copy shared
@@ -691,6 +711,15 @@ def render_index_html(run_dir: str | Path, notes: str = "", numbers: dict[str, A
     for f in findings(run_dir, n):
         parts.append(f"<li><b>{html.escape(f.title)}</b> {html.escape(f.text)}</li>")
     parts.append("</ol>")
+    ledger = claims_ledger(run_dir)
+    parts.append(f"<p id='claims'><b>Across the report.</b> {html.escape(ledger_sentence(ledger))}</p>")
+    if len(ledger):
+        rows = [[r.source, r.test, "" if pd.isna(r.effect) else f"{r.effect:.4g}", f"{r.p:.4g}", f"{r.q:.4g}",
+                 "" if pd.isna(r.mc_error) else f"{r.mc_error:.3f}", "yes" if r.survives else "no"]
+                for r in ledger.sort_values("p").itertuples()]
+        parts.append(folded(f"Every test in this report ({len(ledger)}; Benjamini-Hochberg across all of them)",
+                            table_html(["file", "test", "effect", "p", "q", "Monte-Carlo error of p", "q < 0.05"],
+                                       rows)))
     if notes.strip():
         parts.append("<h3>Reading</h3>" + notes_html(notes))
     parts.append("<h2 id='figures'>Figures</h2>")
@@ -738,6 +767,8 @@ def render_summary_markdown(run_dir: str | Path, figures: list[str], notes: str 
              f"figures). {m['n_items']} {'WDCT ' if is_wdct(m) else ''}items; scoring details in [`scores.md`](scores.md); what made the run "
              "in `manifest.json`.", "", "## Findings", ""]
     lines += [f"{i}. **{f.title}** {f.text}" for i, f in enumerate(findings(run_dir, n), 1)]
+    lines += ["", f"**Across the report.** {ledger_sentence(claims_ledger(run_dir))} Every test: "
+              "[`claims.csv`](claims.csv)."]
     if notes.strip():
         lines += ["", "## Reading", "", notes.strip()]
     if is_wdct(m):
@@ -776,6 +807,7 @@ def write_study_report(run_dir: str | Path, out_dir: str | Path, *, notes: str =
     if (run / "lens" / "content-summary.json").is_file():
         shutil.copy(run / "lens" / "content-summary.json", out / "tables" / "lens-content-summary.json")
     numbers = study_numbers(run)  # read once, drawn once: the page, the PNGs and the markdown share them
+    atomic_write_text(out / "claims.csv", claims_ledger(run).to_csv(index=False))
     atomic_write_text(out / "tables" / "study-numbers.json",
                       json.dumps({"n_layers": numbers.get("n_layers"), "n_items": numbers["metrics"]["n_items"]},
                                  indent=2) + "\n")

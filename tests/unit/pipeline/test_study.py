@@ -234,6 +234,19 @@ def test_run_study_runs_every_stage_and_reports(study):
     assert "IC(l)" in text and "What the word run's residual carries into the deed" in text
     assert "In the cloze form (no options shown, no letters), the word choice" in text
     assert "read where the options part), patching the word run's residual at its decision point" in text
+    # every test of the report in one ledger, corrected across the report, on the page, in the README and as a table
+    import pandas as pd
+
+    from wdprobe.reports.claims import claims_ledger
+
+    ledger = pd.read_csv(cfg.report_dir / "claims.csv")
+    assert len(ledger) >= 20 and (ledger["q"] >= ledger["p"] - 1e-12).all()
+    assert ledger[["source", "test"]].duplicated().sum() == 0
+    assert {"metrics.json", "probes/content-summary.json", "patching/cross_form_headline.json"} <= set(ledger["source"])
+    assert len(claims_ledger(cfg.out_dir)) == len(ledger)
+    sentence = f"This report runs {len(ledger)} tests; {int((ledger['p'] < 0.05).sum())} have p < 0.05"
+    assert sentence in text and sentence.replace("<", "&lt;") in html and "id='claims'" in html
+    assert "Every test in this report" in html
 
 
 def test_a_cloze_only_study_runs_to_its_report(tiny_model_dir, tiny_lm, tmp_path):
