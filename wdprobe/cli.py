@@ -350,6 +350,7 @@ def print_status(run_dir: str | Path, study: str) -> None:
         raise MissingInputError(f"{run_dir} is not a run directory (no manifest.json)")
     holder = run.holder()
     load = run.read_manifest().get("model_load")
+    print(f"{'stage':17s} {'wall time':>10s}  {'finished (UTC)':25s}  result")
     if load:
         print(f"{'load_model':17s} {load['seconds']:8.0f} s  {load['finished']}  {load['model']}")
     legacy = run.read_manifest().get("study", {}).get("done", {})  # runs made before the stage protocol

@@ -41,6 +41,20 @@ def input_fingerprints(run: RunDir, stage: Stage) -> dict[str, str | None]:
     return {name: stage_fingerprint(run, REGISTRY.get(stage.study, name)) for name in stage.requires}
 
 
+def recorded_inputs(run: RunDir, name: str) -> dict[str, str | None] | None:
+    """The fingerprints a stage recorded of its inputs (kept under the manifest's ``inputs``, apart from the stage's
+    own entry, so a stage refused before it began does not read as partial)."""
+    return (run.read_manifest().get("inputs") or {}).get(name)
+
+
+def record_inputs(run: RunDir, name: str, inputs: Mapping[str, str | None]) -> None:
+    """Record what ``name`` is being made from (under the run's lock)."""
+    with run.writing():
+        manifest = run.read_manifest()
+        manifest.setdefault("inputs", {})[name] = dict(inputs)
+        run.write_manifest(manifest)
+
+
 def check_chain(run: RunDir, stage: Stage, current: Mapping[str, str | None], *, own: bool = True) -> None:
     """Refuse to continue or reuse a stage whose saved work was made from another version of a stage it requires
     (redone since with other settings or items): its results would mix two inputs. Every stage upstream is checked
@@ -51,7 +65,7 @@ def check_chain(run: RunDir, stage: Stage, current: Mapping[str, str | None], *,
     for name in stage.requires:
         upstream = REGISTRY.get(stage.study, name)
         check_chain(run, upstream, input_fingerprints(run, upstream))
-    recorded = run.stage_entry(stage.name).get("inputs")
+    recorded = recorded_inputs(run, stage.name)
     if not own or stage.unit == "pages" or recorded is None:
         return
     changed = [name for name in current if recorded.get(name) != current[name]]
@@ -72,7 +86,7 @@ def run_timed(stage: Stage, ctx: StageContext, settings: Mapping[str, Any]) -> t
     inputs = input_fingerprints(ctx.run, stage) if ctx.shard is None else {}
     if ctx.shard is None:
         check_chain(ctx.run, stage, inputs, own=not ctx.restart)
-        ctx.run.update_stage(stage.name, inputs=inputs)
+        record_inputs(ctx.run, stage.name, inputs)
     ctx.run.announce(stage.name)
     t0, c0 = time.perf_counter(), time.process_time()
     with running(ctx.run, stage.name) as reported:

@@ -316,6 +316,7 @@ def test_cli_run_with_a_config_file_and_flags(tiny_model_dir, tmp_path, capsys):
     assert main(["status", str(out)]) == 0
     status = capsys.readouterr().out
     assert "lens" in status and "patch_cross" in status and "not run" in status
+    assert status.splitlines()[0].split() == ["stage", "wall", "time", "finished", "(UTC)", "result"]  # headers
     assert main(["status", str(tmp_path)]) == 2
     html = (tmp_path / "rep" / "index.html").read_text()
     assert "Where does the deed answer leave the word stance?" in html and "Do word and deed share" not in html
