@@ -19,11 +19,12 @@ from typing import Literal
 import numpy as np
 from jaxtyping import Float
 from scipy.stats import rankdata
+from sklearn.metrics import cohen_kappa_score
 
 from wdprobe.errors import InputError
 from wdprobe.scoring.stats import LEVEL, bootstrap_indices
 
-__all__ = ["LayerTest", "decode_layers", "group_folds", "auroc", "internal_consistency"]
+__all__ = ["LayerTest", "decode_layers", "group_folds", "auroc", "internal_consistency", "chance_corrected_agreement"]
 
 Metric = Literal["accuracy", "auroc"]
 
@@ -322,5 +323,17 @@ def internal_consistency(word_X: Float[np.ndarray, "n layer d"], deed_X: Float[n
     for form, (yy, gg) in (("word", (wy, wg)), ("deed", (dy, dg))):
         label[form] = np.zeros(len(items), dtype=int)
         label[form][[pos[v] for v in gg.tolist()]] = yy
-    return {"items": items, "agree": agree[:, 0], "word": readings["word"][:, 0], "deed": readings["deed"][:, 0],
-            "consistent": (label["word"] == label["deed"]).astype(float), "null_ic": agree[:, 1:].mean(axis=0)}
+    word, deed = readings["word"][:, 0], readings["deed"][:, 0]
+    return {"items": items, "agree": agree[:, 0], "word": word, "deed": deed,
+            "consistent": (label["word"] == label["deed"]).astype(float), "null_ic": agree[:, 1:].mean(axis=0),
+            "kappa": np.array([chance_corrected_agreement(word[:, k], deed[:, k]) for k in range(word.shape[1])])}
+
+
+def chance_corrected_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Cohen's kappa of two binary readings of the same items (scikit-learn's): raw agreement follows how often each
+    reading says 1 (two readings that both say 1 on 90% of items agree on at least 80% by chance alone); kappa is 0
+    at chance and 1 at full agreement. NaN where both readings are constant and equal (no variation to agree on)."""
+    a, b = np.asarray(a).astype(int), np.asarray(b).astype(int)
+    if len(np.unique(np.r_[a, b])) < 2:
+        return float("nan")
+    return float(cohen_kappa_score(a, b))

@@ -161,7 +161,11 @@ def ic_text(ic: dict, who: str) -> str:
     t, c = ic["above_cs"], ic["above_control"]
     text = (f"{who} reads the same stance from an item's word and deed prompts on "
             f"{interval(ic['best'], ic['best_low'], ic['best_high'])} of the {ic['n_items']} items at its best layer "
-            f"{ic['best_layer']} (IC(l)); a probe on labels permuted within domains agrees on {c['control_at_best']:.2f} "
+            f"{ic['best_layer']} (IC(l)"
+            + ("" if ic.get("kappa_at_best") is None else
+               f"; chance-corrected, Cohen's kappa {ic['kappa_at_best']:.2f}: raw agreement follows how often each "
+               "reading says one stance")
+            + f"); a probe on labels permuted within domains agrees on {c['control_at_best']:.2f} "
             f"there (what an item's two prompts share by topic and domain), and the answers agree on "
             f"{ic['content_cs']:.2f} (CS): ")
     if c["significant"] and verdict(t) > 0:

@@ -190,7 +190,10 @@ def content_ic(acts: Activations, *, folds: int = 5, seed: int = 0, n_perm: int 
     above_cs["setting"] = int(layers[above_cs["setting"]])
     p_control = float((1 + np.sum(null_max >= ic[best])) / (1 + len(null_max)))
     above = [int(layers[k]) for k in np.flatnonzero(ic > threshold)]
+    kappa = r["kappa"]
     return rows, {"ic_by_layer": {int(l): float(v) for l, v in zip(layers, ic)},
+                  "kappa_by_layer": {int(l): (None if np.isnan(v) else float(v)) for l, v in zip(layers, kappa)},
+                  "kappa_at_best": None if np.isnan(kappa[best]) else float(kappa[best]),
                   "control_by_layer": {int(l): float(v) for l, v in zip(layers, null.mean(0))},
                   "content_cs": float(cs.mean()), "best_layer": int(layers[best]), "best": float(ic[best]),
                   "best_low": float(low[best]), "best_high": float(high[best]), "n_items": int(len(cs)),

@@ -180,3 +180,21 @@ def test_internal_consistency_control_absorbs_what_the_domain_alone_shares():
             assert p < 0.05 and int(np.argmax(ic)) == 1 and ic[1] > 0.9
         else:  # readings agree because both prompts carry the domain, and the within-domain control agrees as much
             assert ic.max() > 0.7 and p > 0.05
+
+
+def test_kappa_corrects_agreement_for_how_often_each_reading_says_one_stance():
+    from wdprobe.methods.decoding import chance_corrected_agreement, internal_consistency
+
+    # by hand: 10 items, both readings say 1 on 9; they agree on 8 (po = 0.8); chance pe = 0.9*0.9 + 0.1*0.1 = 0.82
+    a = np.array([1] * 9 + [0])
+    b = np.array([1] * 8 + [0, 1])
+    assert chance_corrected_agreement(a, b) == pytest.approx((0.8 - 0.82) / (1 - 0.82))
+    assert chance_corrected_agreement(a, a) == pytest.approx(1.0)
+    assert np.isnan(chance_corrected_agreement(np.ones(5), np.ones(5)))  # nothing varies: no agreement to correct
+    rows, _, _ = _ic_data(200, True)
+    r = internal_consistency(rows["word"][0], rows["deed"][0], rows["word"][1], rows["deed"][1], rows["word"][2],
+                             rows["deed"][2])
+    assert r["kappa"].shape == (3,)
+    for k in range(3):  # the per-layer kappa is the readings' own
+        assert r["kappa"][k] == pytest.approx(chance_corrected_agreement(r["word"][:, k], r["deed"][:, k]), nan_ok=True)
+    assert np.nanmax(r["kappa"][1:]) > 0.8  # a shared stance: agreement far above chance
