@@ -8,6 +8,7 @@ name, never read half-written.
 """
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ import pandas as pd
 
 from wdprobe.errors import InputError, MissingInputError, StageNotFinishedError
 from wdprobe.pipeline.registry import REGISTRY
-from wdprobe.runs.rundir import RunDir
+from wdprobe.runs.rundir import RunDir, checked_result_text
 from wdprobe.stages.capture import Activations, load_activations
 
 __all__ = ["Run", "StageResults", "RESULT_FILES"]
@@ -31,8 +32,8 @@ class StageResults(Mapping[str, Any]):
     """One finished stage's tables (DataFrames) and summaries (dicts), keyed by file name without extension
     (``results["resid_post-last"]``); loaded when first asked for."""
 
-    def __init__(self, stage: str, files: dict[str, Path], entry: dict[str, Any]):
-        self.stage, self._files, self.entry = stage, files, entry
+    def __init__(self, stage: str, files: dict[str, Path], entry: dict[str, Any], run_dir: Path | None = None):
+        self.stage, self._files, self.entry, self.run_dir = stage, files, entry, run_dir
         self._loaded: dict[str, Any] = {}
 
     def __getitem__(self, key: str) -> Any:
@@ -40,7 +41,8 @@ class StageResults(Mapping[str, Any]):
             raise KeyError(f"stage {self.stage!r} has no result {key!r}; it has {sorted(self._files)}")
         if key not in self._loaded:
             path = self._files[key]
-            self._loaded[key] = pd.read_csv(path) if path.suffix == ".csv" else json.loads(path.read_text())
+            text = checked_result_text(self.run_dir, path) if self.run_dir else path.read_text()
+            self._loaded[key] = pd.read_csv(io.StringIO(text)) if path.suffix == ".csv" else json.loads(text)
         return self._loaded[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -98,7 +100,7 @@ class Run:
         for pattern in globs:
             for path in sorted(self.path.glob(pattern)):
                 files[path.stem] = path
-        return StageResults(name, files, self._run.stage_entry(name))
+        return StageResults(name, files, self._run.stage_entry(name), self.path)
 
     def __getattr__(self, name: str) -> StageResults:
         if name.startswith("_"):

@@ -34,6 +34,13 @@ def stage_fingerprint(run: RunDir, stage: Stage) -> str | None:
     return h.hexdigest()
 
 
+def output_digests(run: RunDir, stage: Stage) -> dict[str, str]:
+    """The sha256 of every result file of a finished stage (its declared result tables and summaries), recorded in
+    its manifest entry so readers can verify them (:func:`~wdprobe.runs.rundir.checked_result_text`)."""
+    return {str(f.relative_to(run.path)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for pattern in stage.result_globs for f in sorted(run.path.glob(pattern)) if f.is_file()}
+
+
 def input_fingerprints(run: RunDir, stage: Stage) -> dict[str, str | None]:
     """The fingerprints of the stages ``stage`` requires, as they are now."""
     from wdprobe.pipeline.registry import REGISTRY  # the registry imports the stages, which import this module's users
@@ -95,7 +102,8 @@ def run_timed(stage: Stage, ctx: StageContext, settings: Mapping[str, Any]) -> t
     if ctx.shard is None:
         ctx.run.lock()  # a stage function may have released it (a sub-stage it finished, a chunk it saved)
         ctx.run.mark_done(stage.name, **{**reported, "settings": dict(settings), "seconds": round(seconds, 1),
-                                         "cpu_seconds": round(cpu, 1), "result": result.summary, "inputs": inputs})
+                                         "cpu_seconds": round(cpu, 1), "result": result.summary, "inputs": inputs,
+                                         "outputs": output_digests(ctx.run, stage)})
     else:
         ctx.run.unlock()
     return result, seconds, cpu

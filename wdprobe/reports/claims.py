@@ -20,6 +20,7 @@ import pandas as pd
 from scipy.stats import false_discovery_control
 
 from wdprobe.errors import IntegrityError
+from wdprobe.runs.rundir import checked_result_text
 
 __all__ = ["Claim", "collect_claims", "claims_ledger", "RESULT_FILES", "Q_LEVEL"]
 
@@ -68,7 +69,7 @@ def collect_claims(run_dir: str | Path) -> list[Claim]:
                 continue
             seen.add(f)
             try:
-                data = json.loads(f.read_text(encoding="utf-8"))
+                data = json.loads(checked_result_text(run, f))  # verified against its stage's recorded sha256
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise IntegrityError(f"{f}: unreadable result file ({exc}); rerun the stage that wrote it") from None
             for path, rec in _tests(data, ""):

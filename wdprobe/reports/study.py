@@ -31,7 +31,7 @@ from wdprobe.reports.html import CSS, folded, notes_html, table_html
 from wdprobe.reports.localisation import copy_localisation_tables, localisation_figures
 from wdprobe.reports.scores import PAPER_TABLE, is_wdct, write_score_report
 from wdprobe.reports.wording import decodable, interval, p_text, verdict, versus
-from wdprobe.runs.rundir import RunDir
+from wdprobe.runs.rundir import RunDir, checked_result_text
 from wdprobe.scoring.orders import READING_NAMES
 from wdprobe.stages.content_probes import content_figure, content_title
 from wdprobe.stages.readouts import READOUTS
@@ -50,7 +50,12 @@ class Finding:
 
 
 def _json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A run's result summary, verified against the checksum its stage recorded (the run is the nearest folder up
+    with a manifest); None when the stage did not write it."""
+    if not path.is_file():
+        return None
+    run = next((d for d in path.parents if (d / "manifest.json").is_file()), path.parent)
+    return json.loads(checked_result_text(run, path))
 
 
 def require_scored_run(path: Path) -> None:

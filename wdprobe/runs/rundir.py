@@ -100,6 +100,25 @@ def same_format_version(made_by: str, running: str) -> bool:
     return head(made_by) == head(running)
 
 
+def checked_result_text(run_dir: str | Path, path: str | Path) -> str:
+    """A stage's result file read back, verified against the sha256 its stage recorded when it finished (the
+    manifest's ``outputs``): a table or summary edited or truncated since is refused by name instead of being
+    reported. Files no finished stage recorded (runs made before outputs were recorded) are read as they are."""
+    run, path = Path(run_dir), Path(path)
+    data = path.read_bytes()
+    try:
+        rel = str(path.resolve().relative_to(run.resolve()))
+    except ValueError:
+        return data.decode("utf-8")
+    manifest = RunDir(run).read_manifest() if (run / MANIFEST).is_file() else {}
+    for name, entry in (manifest.get("stages") or {}).items():
+        recorded = (entry.get("outputs") or {}).get(rel)
+        if recorded and hashlib.sha256(data).hexdigest() != recorded:
+            raise IntegrityError(f"{path}: changed since stage '{name}' wrote it (checksum mismatch); rerun that stage "
+                                 "(or restore the file) before reading its results")
+    return data.decode("utf-8")
+
+
 def next_part_number(folder: Path, label: Mapping[str, Any]) -> int:
     """The number of a stage's next part: past every part on disk, every part its label ever recorded and the
     label's counter, so a part deleted (e.g. after a checksum failure) never has its number, or another part's

@@ -54,3 +54,34 @@ def test_a_stage_never_run_records_its_inputs_and_unfinished_inputs_are_none(tin
     assert stage_fingerprint(RunDir(run), REGISTRY.get("wdct", "score")) is None
     assert main(["score", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(run), "--quiet"]) == 0
     assert RunDir(run).stage_entry("score")["inputs"] == {}  # score requires nothing
+
+
+def test_a_result_edited_after_its_stage_finished_is_refused_by_every_reader(tiny_model_dir, tmp_path):
+    import pytest
+
+    from wdprobe.errors import IntegrityError
+    from wdprobe.pipeline.results import Run
+    from wdprobe.reports.claims import collect_claims
+
+    data = write_two_option_copies(tmp_path / "w.csv")
+    run = tmp_path / "run"
+    assert main(["score", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(run), "--quiet"]) == 0
+    assert main(["capture", "--run", str(run), "--layers", "0-1", "--quiet"]) == 0
+    assert main(["probe", "--run", str(run), "--folds", "2", "--kinds", "diffmean", "--quiet"]) == 0
+    outputs = RunDir(run).stage_entry("probes")["outputs"]
+    headline = "probes/resid_post-last-headline.json"
+    assert headline in outputs and "items.csv" in RunDir(run).stage_entry("score")["outputs"]
+    before = Run(run).probes["resid_post-last-headline"]
+    assert len(collect_claims(run)) > 0
+    text = (run / headline).read_text()
+    (run / headline).write_text(text.replace('"p_value": 0', '"p_value": 1', 1) if '"p_value": 0' in text else text + " ")
+    with pytest.raises(IntegrityError, match="changed since stage 'probes' wrote it"):
+        Run(run).probes["resid_post-last-headline"]
+    with pytest.raises(IntegrityError, match="resid_post-last-headline.json: changed since"):
+        collect_claims(run)
+    from wdprobe.reports.study import study_numbers
+
+    with pytest.raises(IntegrityError, match="changed since stage 'probes'"):  # the report reads it checked too
+        study_numbers(run)
+    (run / headline).write_text(text)  # restored: read again, equal to what the stage wrote
+    assert Run(run).probes["resid_post-last-headline"] == before
