@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from wdprobe.core.model import load_model
 from wdprobe.data.items import items_path, read_items
-from wdprobe.data.wdct import select
+from wdprobe.data.wdct import resolve_wdct_path, select
 from wdprobe.errors import InputError, MissingInputError
 from wdprobe.figures.probes import png_enabled, png_export
 from wdprobe.pipeline.config import StudyConfig
@@ -70,6 +70,8 @@ def check_inputs(cfg: StudyConfig) -> None:
     if cfg.data:
         select(read_items(cfg.data), domains=cfg.domains or None, sample=cfg.sample,
                seed=cfg.seed, limit=cfg.limit)
+    elif "score" in cfg.stages and not RunDir(cfg.out_dir).is_done("score"):
+        resolve_wdct_path(None)  # the pinned download (or $WDPROBE_WDCT) now: without it, fail before the model converts
     looks_like_path = cfg.model.startswith((".", "/", "~")) or Path(cfg.model).suffix in (".safetensors", ".bin")
     if looks_like_path and not Path(cfg.model).expanduser().is_dir():
         raise MissingInputError(f"model directory not found: {cfg.model}")

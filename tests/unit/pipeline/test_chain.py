@@ -85,3 +85,24 @@ def test_a_result_edited_after_its_stage_finished_is_refused_by_every_reader(tin
         study_numbers(run)
     (run / headline).write_text(text)  # restored: read again, equal to what the stage wrote
     assert Run(run).probes["resid_post-last-headline"] == before
+
+
+def test_a_study_without_items_at_hand_stops_before_the_model_loads(monkeypatch, tmp_path):
+    import pytest
+
+    import wdprobe.data.wdct as wdct
+    import wdprobe.pipeline.study as study
+    from wdprobe.errors import DataUnavailableError
+    from wdprobe.pipeline.config import StudyConfig
+
+    def offline(pinned):
+        raise DataUnavailableError("Could not download WDCT.csv (no network)")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the items were found missing")
+
+    monkeypatch.delenv("WDPROBE_WDCT", raising=False)
+    monkeypatch.setattr(wdct, "fetch", offline)
+    monkeypatch.setattr(study, "_LazyModel", no_model)
+    with pytest.raises(DataUnavailableError, match="no network"):
+        study.run_study(StudyConfig(out=str(tmp_path / "run")), progress=False)
