@@ -28,6 +28,7 @@ def test_readme_snippets_run(example_items, tmp_path, monkeypatch):
     # the shipped items stand in for WDCT, so the snippet runs on any fresh clone
     first = first.replace('data="WDCT.csv", sample=200', f'data="{example_items}", sample=12')
     exec(compile(first, "README snippet 1", "exec"), {})
-    assert (tmp_path / "lens_curves.html").is_file() and (tmp_path / "runs" / "quick" / "lens" / "trajectory.csv").is_file()
+    assert (tmp_path / "lens.html").is_file() and (tmp_path / "runs" / "quick" / "lens" / "trajectory.csv").is_file()
+    assert (tmp_path / "lens.html").stat().st_size < 500_000  # plotly.js shared, not inlined (4.8 MB a page)
     exec(compile(second, "README snippet 2", "exec"), {})
     assert (tmp_path / "runs" / "say-do-api" / "report" / "index.html").is_file()
