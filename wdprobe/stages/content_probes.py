@@ -245,14 +245,21 @@ def run_content_probes(run_dir: str | Path, *, positions: Sequence[str] = ("last
     return summary
 
 
+PANELS_PER_ROW = 3
+
+
 def content_figure(frame, title: str) -> go.Figure:
     """One panel per question (decide vs bind, transfer, correctness, inconsistency), drawn from the tidy table
     (``probes/content-{position}.csv``): curve, 95% band, random-label control (dotted), family-wise threshold
     (dashed)."""
     names = [n for n in BY_NAME if n in set(frame["analysis"])]
     panels = [p for p in dict.fromkeys(a.panel for a in ANALYSES) if any(BY_NAME[n].panel == p for n in names)]
-    fig = make_subplots(rows=1, cols=max(1, len(panels)), subplot_titles=panels, shared_yaxes=False)
-    for col, panel in enumerate(panels, start=1):
+    n_cols = min(PANELS_PER_ROW, max(1, len(panels)))  # at most three across: the figure fits a report page
+    n_rows = -(-max(1, len(panels)) // n_cols)
+    fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=panels, shared_yaxes=False,
+                        vertical_spacing=0.22 if n_rows > 1 else 0.1)
+    for k, panel in enumerate(panels):
+        row, col = k // n_cols + 1, k % n_cols + 1
         for name in names:
             a = BY_NAME[name]
             if a.panel != panel:
@@ -261,22 +268,22 @@ def content_figure(frame, title: str) -> go.Figure:
             x = t["layer"].tolist()
             fig.add_trace(go.Scatter(x=x + x[::-1], y=t["high"].tolist() + t["low"].tolist()[::-1], fill="toself",
                                      fillcolor=rgba(a.colour, 0.15), line=dict(width=0), hoverinfo="skip",
-                                     showlegend=False, legendgroup=name), row=1, col=col)
+                                     showlegend=False, legendgroup=name), row=row, col=col)
             fig.add_trace(go.Scatter(x=x, y=t["value"], mode="lines+markers", name=a.title, legendgroup=name,
                                      line=dict(color=a.colour, width=2), marker=dict(size=5),
-                                     hovertemplate=f"{a.title}<br>layer %{{x}}: %{{y:.3f}}<extra></extra>"), row=1, col=col)
+                                     hovertemplate=f"{a.title}<br>layer %{{x}}: %{{y:.3f}}<extra></extra>"), row=row, col=col)
             fig.add_trace(go.Scatter(x=x, y=t["control"], mode="lines", showlegend=False, legendgroup=name,
-                                     line=dict(color=a.colour, width=1, dash="dot"), hoverinfo="skip"), row=1, col=col)
+                                     line=dict(color=a.colour, width=1, dash="dot"), hoverinfo="skip"), row=row, col=col)
             line = "family-wise threshold"
             fig.add_trace(go.Scatter(x=[x[0], x[-1]], y=[float(t["threshold"].iloc[0])] * 2, mode="lines",
                                      showlegend=False, legendgroup=name, line=dict(color=a.colour, width=1, dash="dash"),
                                      hovertemplate=f"{a.title}: {line} %{{y:.3f}}<extra></extra>"),
-                          row=1, col=col)
-        fig.update_xaxes(title_text="layer", row=1, col=col)
+                          row=row, col=col)
+        fig.update_xaxes(title_text="layer", row=row, col=col)
         fig.update_yaxes(title_text={"predicting inconsistency": "AUROC", "internal consistency": "share of items whose "
-                                     "word and deed readings agree"}.get(panel, "balanced accuracy"), row=1, col=col)
-    fig.update_layout(title=title, height=480, width=max(700, 330 * len(panels)), template="plotly_white",
-                      legend=dict(orientation="h", y=-0.22))
+                                     "word and deed readings agree"}.get(panel, "balanced accuracy"), row=row, col=col)
+    fig.update_layout(title=title, height=150 + 380 * n_rows, width=max(700, 400 * n_cols + 100),
+                      template="plotly_white", legend=dict(orientation="h", y=-0.22 / n_rows))
     return fig
 
 
