@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -678,6 +679,14 @@ def _timing_table(manifest: dict) -> tuple[list[str], list[list[str]]]:
     return ["stage", "wall s", "wall min"] + (["CPU s"] if cpus else []), rows
 
 
+def verdict_line(text: str, limit: int = 240) -> str:
+    """A finding's first sentence (its verdict): up to the first full stop that ends a sentence (not a decimal
+    point), shortened with an ellipsis past ``limit`` characters."""
+    m = re.search(r"(?<![0-9])[.](?=\s|$)", text)
+    first = text[: m.end()] if m else text
+    return first if len(first) <= limit else first[: limit - 1].rsplit(" ", 1)[0] + " …"
+
+
 def ledger_sentence(ledger: pd.DataFrame) -> str:
     """The report's tests in one sentence: how many, how many below 0.05, how many survive correction across the
     report, and which below 0.05 do not (their wording above is then not a finding after correction)."""
@@ -716,9 +725,13 @@ def render_index_html(run_dir: str | Path, notes: str = "", numbers: dict[str, A
              "<nav><a href='#findings'>Findings</a><a href='#figures'>Figures</a><a href='#tables'>Tables</a>"
              "<a href='#timing'>Timing</a>"
              "<a href='#manifest'>Manifest</a></nav>",
-             "<h2 id='findings'>Findings</h2><ol class='findings'>"]
-    for f in findings(run_dir, n):
-        parts.append(f"<li><b>{html.escape(f.title)}</b> {html.escape(f.text)}</li>")
+             "<h2 id='findings'>Findings</h2>"]
+    found = findings(run_dir, n)
+    # the verdicts first, one line each; the numbers behind each one click away (open a line)
+    parts.append("<ol class='findings'>")
+    for f in found:
+        parts.append(f"<li><details><summary><b>{html.escape(f.title)}</b> {html.escape(verdict_line(f.text))}"
+                     f"</summary>{html.escape(f.text)}</details></li>")
     parts.append("</ol>")
     ledger = claims_ledger(run_dir)
     parts.append(f"<p id='claims'><b>Across the report.</b> {html.escape(ledger_sentence(ledger))}</p>")
@@ -775,7 +788,11 @@ def render_summary_markdown(run_dir: str | Path, figures: list[str], notes: str 
              f"Open [`index.html`](index.html) for the interactive page (self-contained, works offline; plotly "
              f"figures). {m['n_items']} {'WDCT ' if is_wdct(m) else ''}items; scoring details in [`scores.md`](scores.md); what made the run "
              "in `manifest.json`.", "", "## Findings", ""]
-    lines += [f"{i}. **{f.title}** {f.text}" for i, f in enumerate(findings(run_dir, n), 1)]
+    found = findings(run_dir, n)
+    if found:  # the verdicts first, then each finding with its numbers
+        lines += ["| question | what this run says |", "|---|---|"]
+        lines += [f"| {f.title} | {verdict_line(f.text).replace('|', '/')} |" for f in found] + [""]
+    lines += [f"{i}. **{f.title}** {f.text}" for i, f in enumerate(found, 1)]
     lines += ["", f"**Across the report.** {ledger_sentence(claims_ledger(run_dir))} Every test: "
               "[`claims.csv`](claims.csv)."]
     if notes.strip():

@@ -247,6 +247,9 @@ def test_run_study_runs_every_stage_and_reports(study):
     sentence = f"This report runs {len(ledger)} tests; {int((ledger['p'] < 0.05).sum())} have p < 0.05"
     assert sentence in text and sentence.replace("<", "&lt;") in html and "id='claims'" in html
     assert "Every test in this report" in html
+    # the verdicts come first, one line per finding, each finding's numbers one click away
+    assert html.count("<li><details><summary><b>") == len(findings(cfg.out_dir))
+    assert "| question | what this run says |" in text
 
 
 def test_a_cloze_only_study_runs_to_its_report(tiny_model_dir, tiny_lm, tmp_path):

@@ -61,3 +61,13 @@ def test_a_broken_result_file_or_p_value_is_refused(tmp_path):
     with pytest.raises(IntegrityError, match="not a probability"):
         collect_claims(run)
     assert ledger_sentence(claims_ledger(tmp_path / "empty")) == "This run records no tests."
+
+
+def test_a_findings_verdict_is_its_first_sentence_not_cut_at_a_decimal_point():
+    from wdprobe.reports.study import verdict_line
+
+    assert verdict_line("Yes: CS 0.52 [0.49, 0.55] over 1225 items. The paper's models reach 0.6.") == \
+        "Yes: CS 0.52 [0.49, 0.55] over 1225 items."
+    assert verdict_line("No sentence end here") == "No sentence end here"
+    long = "word " * 100 + "end."
+    assert len(verdict_line(long)) <= 240 and verdict_line(long).endswith(" …")
