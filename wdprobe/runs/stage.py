@@ -13,6 +13,7 @@ stage functions only report what they finished with :func:`finish_stage`.
 """
 from __future__ import annotations
 
+import shlex
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -216,7 +217,25 @@ def progress_bar(total: int, desc: str, progress: bool, initial: int = 0, unit: 
 def scored_entry(run: RunDir) -> dict[str, Any]:
     """The manifest entry of the run's finished scoring stage (every later WDCT stage starts here), or an
     error naming the command that scores it."""
-    return run.require_done("score", f"wdprobe score --out {run.path}")
+    return run.require_done("score", score_command(run))
+
+
+def score_command(run: RunDir) -> str:
+    """The command that finishes (resumes) a run's scoring as it was started: its model, items and measurement
+    settings as recorded, so the hint works when pasted (without them it would score the default model on WDCT
+    and be refused as other settings)."""
+    entry = run.stage_entry("score")
+    flags = dict(entry.get("settings") or {})
+    config = entry.get("config") or {}
+    model = (entry.get("model") or {}).get("path") or flags.get("model")
+    data = (entry.get("data") or {}).get("path") or flags.get("data")
+    parts = ["wdprobe score", "--out", shlex.quote(str(run.path))]
+    for flag, value in (("--model", model), ("--data", data), ("--setting", config.get("setting")),
+                        ("--seed", config.get("seed")), ("--orders", config.get("orders")),
+                        ("--format", config.get("format")), ("--dtype", config.get("dtype"))):
+        if value is not None:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
 
 
 def scored_model_name(run: RunDir) -> str:

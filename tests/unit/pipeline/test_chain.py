@@ -106,3 +106,26 @@ def test_a_study_without_items_at_hand_stops_before_the_model_loads(monkeypatch,
     monkeypatch.setattr(study, "_LazyModel", no_model)
     with pytest.raises(DataUnavailableError, match="no network"):
         study.run_study(StudyConfig(out=str(tmp_path / "run")), progress=False)
+
+
+def test_the_hint_to_finish_scoring_names_the_runs_model_and_items(tiny_model_dir, tmp_path, capsys):
+    import shlex
+
+    from wdprobe.runs.stage import score_command
+
+    data = write_two_option_copies(tmp_path / "w.csv")
+    run = tmp_path / "run"
+    assert main(["score", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(run), "--seed", "3",
+                 "--quiet"]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["stages"]["score"]["complete"] = False  # as if killed before it finished
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["capture", "--run", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    hint = score_command(RunDir(run))
+    assert hint in err and f"--model {shlex.quote(str(tiny_model_dir))}" in hint and "--seed 3" in hint
+    assert f"--data {shlex.quote(str(data))}" in hint
+    # pasted as it is, the hint finishes the run (same settings, so no refusal)
+    assert main(shlex.split(hint)[1:] + ["--quiet"]) == 0
+    assert RunDir(run).is_done("score")
