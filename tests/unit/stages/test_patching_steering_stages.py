@@ -672,3 +672,19 @@ def test_batch_size_below_one_is_refused_before_anything_runs(tiny_run, capsys):
         err = capsys.readouterr().err
         assert "--batch-size" in err and "must be at least 1" in err, err
     assert json.loads((tiny_run / "manifest.json").read_text())["stages"] == before  # --restart deleted nothing
+
+
+def test_a_restart_of_one_forms_steering_leaves_the_other_forms_results_and_record_alone(tiny_lm, tmp_path):
+    run = _scored_and_captured(tiny_lm, tmp_path)
+    base = ["steer", "--run", str(run), "--items", "12", "--alphas", "0,1,4", "--no-validate", "--quiet"]
+    assert main(base) == 0
+    cloze = sorted(p.name for p in (run / "steering").glob("cloze_steering*"))
+    letter = sorted(p.name for p in (run / "steering").glob("steering*"))
+    assert cloze and letter
+    before = (run / "steering" / "cloze_steering_headline.json").read_bytes()
+    assert main(base + ["--restart", "--format", "letter"]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["steer_cloze"]["complete"] and manifest["stages"]["steer"]["complete"]
+    assert sorted(p.name for p in (run / "steering").glob("cloze_steering*")) == cloze  # untouched
+    assert (run / "steering" / "cloze_steering_headline.json").read_bytes() == before
+    assert sorted(p.name for p in (run / "steering").glob("steering*")) == letter  # redone in full
