@@ -12,6 +12,7 @@ import time
 from typing import Any, Mapping
 
 from wdprobe.errors import RunMismatchError
+from wdprobe.pipeline.registry import REGISTRY
 from wdprobe.runs.rundir import PARTS_SETTINGS, RunDir, now
 from wdprobe.runs.stage import Stage, StageContext, StageResult, running
 
@@ -43,8 +44,6 @@ def output_digests(run: RunDir, stage: Stage) -> dict[str, str]:
 
 def input_fingerprints(run: RunDir, stage: Stage) -> dict[str, str | None]:
     """The fingerprints of the stages ``stage`` requires, as they are now."""
-    from wdprobe.pipeline.registry import REGISTRY  # the registry imports the stages, which import this module's users
-
     return {name: stage_fingerprint(run, REGISTRY.get(stage.study, name)) for name in stage.requires}
 
 
@@ -67,8 +66,6 @@ def check_chain(run: RunDir, stage: Stage, current: Mapping[str, str | None], *,
     (redone since with other settings or items): its results would mix two inputs. Every stage upstream is checked
     the same way first (a stage reading a capture made from an earlier scoring is refused too); ``own=False`` checks
     only upstream (a restart redoes the stage itself). A report (redrawn whole every time) is exempt."""
-    from wdprobe.pipeline.registry import REGISTRY
-
     for name in stage.requires:
         upstream = REGISTRY.get(stage.study, name)
         check_chain(run, upstream, input_fingerprints(run, upstream))
