@@ -37,10 +37,10 @@ def test_exact_patching_files_from_hostile_ids_stay_inside(tmp_path):
 
     run = RunDir(tmp_path / "run")
     hostile = "../../../../escaped"
-    from wdprobe.core.cache import atomic_write_text
+    from wdprobe.runs.rundir import write_checked
 
-    atomic_write_text(run.child("patching/positional-deed-exact", safe_name(hostile) + ".json"),
-                      json.dumps({"clean": 0.0, "counterfactual": 1.0, "patched": [[0.5]]}))
+    write_checked(run.child("patching/positional-deed-exact", safe_name(hostile) + ".json"),
+                  json.dumps({"clean": 0.0, "counterfactual": 1.0, "patched": [[0.5]]}).encode())
     assert not (tmp_path / "escaped.json").exists()
     assert list(_saved_exact(run.path, "patch_positional_deed", "deed")) == [hostile]
 

@@ -113,13 +113,13 @@ def test_status_shows_a_stage_another_process_is_running(tiny_lm, wdct_csv, tmp_
         assert holder.stdout.readline().strip() == "held"
         assert main(["status", str(run)]) == 0
         out = capsys.readouterr().out
-        assert "running (pid" in out.splitlines()[0] and "not run" in out
+        assert "running (pid" in out.splitlines()[1] and "not run" in out  # line 0: the column headers
     finally:
         holder.kill()
         holder.wait()
     time.sleep(0.1)
     assert main(["status", str(run)]) == 0
-    assert "partial" in capsys.readouterr().out.splitlines()[0]
+    assert "partial" in capsys.readouterr().out.splitlines()[1]
 
 
 def test_status_shows_a_stage_that_has_recorded_nothing_yet_as_running(tmp_path, capsys):

@@ -668,10 +668,20 @@ def test_batch_size_below_one_is_refused_before_anything_runs(tiny_run, capsys):
     for argv in (["steer", "--run", str(tiny_run), "--batch-size", "0", "--restart", "--quiet"],
                  ["patch", "--run", str(tiny_run), "--instrument", "cross", "--batch-size", "0", "--restart", "--quiet"],
                  ["patch", "--run", str(tiny_run), "--instrument", "positional", "--batch-size", "-1", "--quiet"]):
-        assert main(argv) == 2, argv
+        with pytest.raises(SystemExit) as exited:  # argparse refuses the number, naming the flag
+            main(argv)
+        assert exited.value.code == 2, argv
         err = capsys.readouterr().err
-        assert "--batch-size" in err and "must be at least 1" in err, err
+        assert "argument --batch-size" in err and "at least 1 expected" in err, err
     assert json.loads((tiny_run / "manifest.json").read_text())["stages"] == before  # --restart deleted nothing
+    from wdprobe.stages.patching import run_positional_patch
+    from wdprobe.stages.steering import run_steering
+
+    for call in (lambda: run_steering(tiny_run, batch_size=0, restart=True),  # the library refuses the same
+                 lambda: run_positional_patch(tiny_run, batch_size=-1)):
+        with pytest.raises(InputError, match="must be at least 1"):
+            call()
+    assert json.loads((tiny_run / "manifest.json").read_text())["stages"] == before
 
 
 def test_a_restart_of_one_forms_steering_leaves_the_other_forms_results_and_record_alone(tiny_lm, tmp_path):
