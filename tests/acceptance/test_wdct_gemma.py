@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from wdprobe.core.forward import last_token_logits
-from wdprobe.data.prompts import normal_prompt
 from wdprobe.data.items import read_items
+from wdprobe.data.prompts import normal_prompt
 from wdprobe.data.wdct import present, select
 from wdprobe.stages.score import score_wdct
 

@@ -8,8 +8,8 @@ from planted import planted_capture
 from wdprobe.data.wdct import Item, Presentation
 from wdprobe.reports.study import finding_behaviour, finding_probes
 from wdprobe.reports.wording import decodable, interval, p_text, versus
-from wdprobe.scoring.letters import item_row
 from wdprobe.scoring.formats import item_columns
+from wdprobe.scoring.letters import item_row
 from wdprobe.scoring.orders import letter_prompt_row, orders_of
 from wdprobe.stages.content_probes import content_tests
 from wdprobe.stages.score import typed_item_row, wdct_metrics
