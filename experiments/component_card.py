@@ -34,7 +34,7 @@ from wdprobe.studies.organisms.cross_model_localisation import (
     items_moved_most,
     rank_components,
 )
-from wdprobe.studies.organisms.data import planted_order
+from wdprobe.studies.organisms.data import fresh_family_items
 from wdprobe.studies.organisms.edit import build_edited_organism, edit_from_reading, read_parent
 
 TARGET = 1
@@ -61,11 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     (out / "organisms").mkdir(parents=True, exist_ok=True)
     lm = load_model(args.model)
-    pool = [it for it in planted_order(read_items(resolve_wdct_path(args.data)))
-            if it.domain in ("EthV", "Theory") and it.n_options == 2]
-    if len(pool) < args.calibrate + args.candidates:
-        raise InputError(f"{len(pool)} two-option EthV/Theory items; {args.calibrate + args.candidates} needed")
-    calib, candidates = pool[:args.calibrate], pool[args.calibrate:args.calibrate + args.candidates]
+    calib, candidates = fresh_family_items(read_items(resolve_wdct_path(args.data)), args.calibrate, args.candidates)
     plan = [(f"{family}-L{b}-s0", family, b) for family in COMPONENTS for b in blocks]
     todo = [p for p in plan if not (out / "organisms" / f"{p[0]}.json").is_file()]
     if todo:

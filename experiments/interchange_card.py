@@ -28,7 +28,7 @@ from wdprobe.data.wdct import resolve_wdct_path
 from wdprobe.errors import InputError
 from wdprobe.methods.subspace import subspace_cosine
 from wdprobe.studies.organisms.cross_model_localisation import interchange_at_block, localise_by_patching
-from wdprobe.studies.organisms.data import planted_order
+from wdprobe.studies.organisms.data import fresh_family_items
 from wdprobe.studies.organisms.edit import build_edited_organism, edit_from_reading, read_parent
 from wdprobe.studies.organisms.edit_components import decoder_block, norm_gain, post_ff_norm
 
@@ -57,11 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     (out / "organisms").mkdir(parents=True, exist_ok=True)
     lm = load_model(args.model)
-    pool = [it for it in planted_order(read_items(resolve_wdct_path(args.data)))
-            if it.domain in ("EthV", "Theory") and it.n_options == 2]
-    if len(pool) < args.calibrate + args.study:
-        raise InputError(f"{len(pool)} two-option EthV/Theory items; {args.calibrate + args.study} needed")
-    calib, items = pool[:args.calibrate], pool[args.calibrate:args.calibrate + args.study]
+    calib, items = fresh_family_items(read_items(resolve_wdct_path(args.data)), args.calibrate, args.study)
     plan = [(f"override-L{b}-s0", "override", b) for b in overrides] + [(f"null-direction-L{b}-s0", "null-direction", b)
                                                                        for b in nulls]
     todo = [p for p in plan if not (out / "organisms" / f"{p[0]}.json").is_file()]

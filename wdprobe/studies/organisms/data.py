@@ -99,6 +99,15 @@ def planted_order(items: Sequence[Item], seed: int = 0) -> list[Item]:
     return [known[k] for k in np.random.default_rng(seed).permutation(len(known))]
 
 
+def fresh_family_items(items: Sequence[Item], n_calibrate: int, n_study: int) -> tuple[list[Item], list[Item]]:
+    """The items a freshly planted family is made and read on: the two-option EthV/Theory items in the planted order,
+    the first ``n_calibrate`` calibrating the edits and the next ``n_study`` read (never calibration items)."""
+    pool = [it for it in planted_order(items) if it.domain in ("EthV", "Theory")]
+    if len(pool) < n_calibrate + n_study:
+        raise InputError(f"{len(pool)} two-option EthV/Theory items; {n_calibrate + n_study} needed")
+    return pool[:n_calibrate], pool[n_calibrate:n_calibrate + n_study]
+
+
 def planted_split(items: Sequence[Item], *, seed: int = 0, train_share: float = 0.6,
                   limit: int | None = None, cued: bool = False) -> PlantedSplit:
     """The two-option items with a correct option, in a seeded order of their sorted ids; the first ``train_share``

@@ -45,3 +45,21 @@ def test_bad_input_is_refused(pair):
         interchange_at_block(parent, child, items[:3], [1, 1, 1], 2)
     with pytest.raises(InputError, match="one target option per item"):
         interchange_at_block(parent, child, items, [1], 2)
+
+
+def test_a_fresh_family_calibrates_and_reads_on_disjoint_ethics_items_in_the_planted_order(tmp_path):
+    import pytest
+    from tiny import write_two_option_copies
+
+    from wdprobe.data.items import read_items
+    from wdprobe.errors import InputError
+    from wdprobe.studies.organisms.data import fresh_family_items, planted_order
+
+    items = read_items(write_two_option_copies(tmp_path / "w.csv"))
+    pool = [it for it in planted_order(items) if it.domain in ("EthV", "Theory")]
+    calib, study = fresh_family_items(items, 4, 6)
+    assert [it.id for it in calib + study] == [it.id for it in pool[:10]]
+    assert not {it.id for it in calib} & {it.id for it in study}
+    assert all(it.n_options == 2 and it.correct is not None for it in calib + study)
+    with pytest.raises(InputError, match=f"{len(pool)} two-option EthV/Theory items; {len(pool) + 1} needed"):
+        fresh_family_items(items, len(pool), 1)
