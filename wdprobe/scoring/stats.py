@@ -11,9 +11,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from wdprobe.errors import InputError
+from wdprobe.errors import InputError, NonFiniteError
 
-__all__ = ["Interval", "Evidence", "bootstrap_interval", "bootstrap_indices", "mean_with_interval", "chance_agreement_test",
+__all__ = ["Interval", "Evidence", "finite_values", "bootstrap_interval", "bootstrap_indices", "mean_with_interval", "chance_agreement_test",
            "sign_flip_max_test", "paired_difference_test", "wilson_interval", "LEVEL", "N_BOOT"]
 
 LEVEL = 0.95
@@ -68,6 +68,19 @@ def _tails(stats: np.ndarray, level: float) -> tuple[float, float]:
     return float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail))
 
 
+def finite_values(x: np.ndarray, what: str) -> np.ndarray:
+    """``x`` when every value is a finite number; else an error naming the first bad entry (item row, and setting
+    column for a matrix). A NaN would otherwise make a mean NaN, and a permutation test compares nothing with it:
+    ``null >= NaN`` is always false, so the p-value would come out at its smallest, a finding from a missing number."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        where = np.argwhere(bad)[0]
+        at = f"item row {where[0]}" + (f", setting column {where[1]}" if x.ndim > 1 else "")
+        raise NonFiniteError(f"{what} hold a NaN or infinite value ({at}; {int(bad.sum())} in all): no statistic is "
+                             "computed from them")
+    return x
+
+
 def bootstrap_interval(values: Sequence[float], *, statistic: Callable[[np.ndarray], float] = np.mean,
                        n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic`` over items (one value per item)."""
@@ -83,6 +96,7 @@ def mean_with_interval(values: Sequence[float], groups: Sequence[str] | None = N
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 1:
         raise InputError(f"one value per item expected, got shape {x.shape}")
+    finite_values(x, "the values averaged")
     idx = bootstrap_indices(x.size, n_boot=n_boot, seed=seed)
     lo, hi = _tails(x[idx].mean(axis=1), level)
     out = {"micro": Interval(float(x.mean()), lo, hi, int(x.size))}
@@ -178,6 +192,7 @@ def sign_flip_max_test(diffs: np.ndarray, *, n_perm: int = 2000, seed: int = 0, 
         x = x[:, None]
     if x.ndim != 2 or x.shape[0] == 0:
         raise InputError(f"paired differences need shape (items, settings), got {np.asarray(diffs).shape}")
+    finite_values(x, "the paired differences")
     rng = np.random.default_rng(seed)
     means = x.mean(axis=0)
     best = int(np.argmax(means))
@@ -193,6 +208,7 @@ def paired_difference_test(diffs: Sequence[float], *, n_perm: int = 2000, seed: 
     x = np.asarray(diffs, dtype=np.float64)
     if x.ndim != 1 or x.size == 0:
         raise InputError(f"paired differences need one value per item, got shape {x.shape}")
+    finite_values(x, "the paired differences")
     rng = np.random.default_rng(seed)
     null = rng.choice([-1.0, 1.0], size=(n_perm, x.size)) @ x / x.size
     p = float(min(1.0, (1 + np.sum(np.abs(null) >= abs(x.mean()))) / (1 + n_perm)))
