@@ -23,7 +23,8 @@ def test_twin_generation_matches_uncached_greedy_on_gemma(gemma):
     assert got == want and "France" in got  # a sentence about France, not "\n\\\\\\\\..."
 
 
-def test_small_pct_run_on_gemma(gemma, shared_data, tmp_path):
+def test_small_pct_run_on_gemma(gemma, pct_dir, tmp_path):
+    """On the tests' own small PCT material (upstream layout, tests/tiny.py), so it runs on any fresh clone."""
     import pandas as pd
 
     from wdprobe.core.option_scoring import option_logprobs
@@ -38,7 +39,7 @@ def test_small_pct_run_on_gemma(gemma, shared_data, tmp_path):
             v = np.stack([np.random.default_rng(abs(hash(s)) % 2**32).normal(size=16) for s in sentences])
             return v / np.linalg.norm(v, axis=1, keepdims=True)
 
-    cfg = PCTConfig(data=str(shared_data / "pct"), out=str(tmp_path / "run"), propositions="0-5", personas="base,age=18",
+    cfg = PCTConfig(data=str(pct_dir), out=str(tmp_path / "run"), propositions="0-5", personas="base,age=18",
                     closed_instructions="0", open_instructions="0", max_new_tokens=12, folds=2, min_prompts=2)
     run = run_pct(cfg, lm=gemma, embedder=Embed(), progress=False, log=lambda m: None,
                   stages=["closed", "open", "judge", "compass", "tropes", "report"])
