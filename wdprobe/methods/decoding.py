@@ -24,9 +24,12 @@ from sklearn.metrics import cohen_kappa_score
 from wdprobe.errors import InputError
 from wdprobe.scoring.stats import LEVEL, bootstrap_indices
 
-__all__ = ["LayerTest", "decode_layers", "group_folds", "auroc", "internal_consistency", "chance_corrected_agreement"]
+__all__ = ["PERMUTATIONS", "LayerTest", "decode_layers", "group_folds", "auroc", "internal_consistency", "chance_corrected_agreement"]
 
 Metric = Literal["accuracy", "auroc"]
+# label permutations behind a max-over-layers test: at p = 0.05 the Monte-Carlo standard error is 0.005 (200 gave
+# 0.015, the size of the margins a report read); the closed-form probe keeps 2,000 affordable
+PERMUTATIONS = 2000
 
 
 def group_folds(groups: np.ndarray, folds: int, seed: int = 0) -> list[np.ndarray]:
@@ -76,6 +79,9 @@ class LayerTest:
     n_rows: int
     n_groups: int
     level: float = LEVEL
+    within: np.ndarray | None = None  # (L,) the metric inside each stratum (domain), averaged by rows
+    within_control: np.ndarray | None = None  # (L,) the same under permuted labels
+    n_strata: int = 0  # strata holding both classes, the ones ``within`` averages
 
     @property
     def threshold(self) -> float:
@@ -103,9 +109,13 @@ class LayerTest:
 
     def to_rows(self, **labels: object) -> list[dict[str, object]]:
         """Tidy rows, one per layer, with ``labels`` (e.g. position, probe name) on each."""
+        within = self.within if self.within is not None else np.full(len(self.layers), np.nan)
+        within_control = self.within_control if self.within_control is not None else np.full(len(self.layers), np.nan)
         return [dict(labels, layer=int(l), metric=self.metric, value=float(v), low=float(lo), high=float(hi),
-                     control=float(c), threshold=self.threshold, n_rows=self.n_rows, n_groups=self.n_groups)
-                for l, v, lo, hi, c in zip(self.layers, self.value, self.low, self.high, self.control)]
+                     control=float(c), threshold=self.threshold, n_rows=self.n_rows, n_groups=self.n_groups,
+                     within=float(w), within_control=float(wc))
+                for l, v, lo, hi, c, w, wc in zip(self.layers, self.value, self.low, self.high, self.control, within,
+                                                   within_control)]
 
     def summary(self) -> dict[str, object]:
         """The test in numbers, for headlines and wording."""
@@ -114,17 +124,23 @@ class LayerTest:
                 "best_low": float(self.low[b]), "best_high": float(self.high[b]), "control_at_best": float(self.control[b]),
                 "threshold": self.threshold, "p_value": self.p_value, "significant": self.significant,
                 "first_significant_layer": self.first_significant(), "n_rows": self.n_rows, "n_groups": self.n_groups,
-                "n_permutations": int(len(self.null_max))}
+                "n_permutations": int(len(self.null_max)),
+                "within_domain_at_best": None if self.within is None else float(self.within[b]),
+                "within_domain_control_at_best": None if self.within_control is None else float(self.within_control[b]),
+                "n_domains": self.n_strata}
 
 
 def _permuted_labels(y: np.ndarray, groups: np.ndarray, n_perm: int, permute: str, rng: np.random.Generator,
                      strata: np.ndarray | None = None, units: np.ndarray | None = None) -> np.ndarray:
     """(n, 1 + n_perm) label matrix: column 0 the real labels, then permutations (of whole groups' labels when
-    ``permute='groups'`` — labels must then be constant within a group — or of rows). With ``strata`` (one per
-    row, constant within a group) labels move only within a stratum: the null keeps whatever the strata alone
-    explain (e.g. the domain), so the test asks what is decodable beyond them."""
-    if permute not in ("groups", "rows"):
-        raise InputError(f"permute must be 'groups' or 'rows', not {permute!r}")
+    ``permute='groups'`` — labels must then be constant within a group — of whole groups' label *sequences* when
+    ``permute='clusters'``, or of rows). With ``strata`` (one per row, constant within a group) labels move only
+    within a stratum: the null keeps whatever the strata alone explain (e.g. the domain), so the test asks what is
+    decodable beyond them."""
+    if permute not in ("groups", "clusters", "rows"):
+        raise InputError(f"permute must be 'groups', 'clusters' or 'rows', not {permute!r}")
+    if permute == "clusters":
+        return _permuted_clusters(y, groups, n_perm, rng, strata)
     if permute == "groups":
         units = groups if units is None else np.asarray(units)
     else:
@@ -150,6 +166,34 @@ def _permuted_labels(y: np.ndarray, groups: np.ndarray, n_perm: int, permute: st
     return np.stack(cols, axis=1)
 
 
+def _permuted_clusters(y: np.ndarray, groups: np.ndarray, n_perm: int, rng: np.random.Generator,
+                       strata: np.ndarray | None) -> np.ndarray:
+    """Labels that vary inside a group but cluster by it (an item's option orders mostly say the same letter):
+    each group's labels move whole to another group of the same size and stratum, shuffled among that group's rows,
+    so the null keeps how labels cluster by item (and stays random where every item has the same pattern, e.g. a
+    letter that alternates with the order). Permuting rows instead breaks the clusters and gives a null narrower
+    than the real labels' structure allows: noise is called decodable."""
+    names, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(len(names))]
+    stratum = np.zeros(len(y), dtype=np.int64) if strata is None else np.unique(np.asarray(strata), return_inverse=True)[1]
+    key = []
+    for rows in members:
+        if len(np.unique(stratum[rows])) != 1:
+            raise InputError("strata must be constant within a group")
+        key.append((int(stratum[rows[0]]), len(rows)))
+    exchangeable: dict[tuple[int, int], list[int]] = {}
+    for k, kind in enumerate(key):
+        exchangeable.setdefault(kind, []).append(k)
+    cols = [y]
+    for _ in range(n_perm):
+        col = np.empty_like(y)
+        for same in exchangeable.values():
+            for target, source in zip(same, rng.permutation(same)):
+                col[members[target]] = y[rng.permutation(members[source])]
+        cols.append(col)
+    return np.stack(cols, axis=1)
+
+
 def _class_sums(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """``einsum("nld,np->pld")`` as one BLAS matrix product: per label column p, the sum of the rows labelled 1
     (numpy's einsum runs this contraction without BLAS, and it dominated the permutation tests)."""
@@ -165,7 +209,7 @@ def _project(X: np.ndarray, direction: np.ndarray) -> np.ndarray:
 def decode_layers(X: Float[np.ndarray, "n layer d"], y: np.ndarray, groups: np.ndarray, *,
                   layers: tuple[int, ...] | None = None, test_X: Float[np.ndarray, "m layer d"] | None = None,
                   test_y: np.ndarray | None = None, test_groups: np.ndarray | None = None, folds: int = 5,
-                  n_perm: int = 200, permute: str = "groups", metric: Metric = "accuracy", seed: int = 0,
+                  n_perm: int = PERMUTATIONS, permute: str = "groups", metric: Metric = "accuracy", seed: int = 0,
                   n_boot: int = 1000, strata: np.ndarray | None = None,
                   test_strata: np.ndarray | None = None, units: np.ndarray | None = None) -> LayerTest:
     """Decode binary ``y`` from ``X`` at every layer with grouped cross-validation and the max-over-layers test.
@@ -228,16 +272,44 @@ def decode_layers(X: Float[np.ndarray, "n layer d"], y: np.ndarray, groups: np.n
         direction = mu1 - mu0
         thresh = np.einsum("pld,pld->pl", direction, (mu0 + mu1) / 2)
         scores[test] = _project(test_X[test], direction) - thresh[None]
-    if metric == "accuracy":
-        values = _balanced_accuracy(scores, Y_test)
-    elif metric == "auroc":
-        values = auroc(scores, Y_test[:, :, None])
-    else:
+    if metric not in ("accuracy", "auroc"):
         raise InputError(f"metric must be 'accuracy' or 'auroc', not {metric!r}")
+    values = _metric(scores, Y_test, metric)
     real, null = values[0], values[1:]
     low, high = _group_interval(scores[:, 0], test_y, test_groups, metric, n_boot, seed)
+    within, within_control, n_strata = None, None, 0
+    test_strata = strata if not transfer else (test_strata if test_strata is not None else strata)
+    if test_strata is not None:
+        within_all, n_strata = _within_strata(scores, Y_test, np.asarray(test_strata), metric)
+        if within_all is not None:
+            within = within_all[0]
+            within_control = np.nanmean(within_all[1:], axis=0) if len(null) else np.full(len(layers), np.nan)
     return LayerTest(layers, metric, real, low, high, null.mean(axis=0) if len(null) else np.full(len(layers), np.nan),
-                     null.max(axis=1) if len(null) else np.array([]), int(test_X.shape[0]), int(len(np.unique(test_groups))))
+                     null.max(axis=1) if len(null) else np.array([]), int(test_X.shape[0]), int(len(np.unique(test_groups))),
+                     within=within, within_control=within_control, n_strata=n_strata)
+
+
+def _metric(scores: np.ndarray, Y: np.ndarray, metric: str) -> np.ndarray:
+    """``scores`` (n, P, L), ``Y`` (n, P) -> (P, L) balanced accuracy or AUROC of each label column."""
+    return _balanced_accuracy(scores, Y) if metric == "accuracy" else auroc(scores, Y[:, :, None])
+
+
+def _within_strata(scores: np.ndarray, Y: np.ndarray, strata: np.ndarray,
+                   metric: str) -> tuple[np.ndarray | None, int]:
+    """The metric inside each stratum whose real labels hold both classes, averaged weighted by its rows: (P, L)
+    and the number of strata averaged (None, 0 when no stratum holds both). Pooled accuracy can read the domain
+    when label rates differ by domain; this asks whether the probe orders items *within* a domain."""
+    total, weight, used = None, 0, 0
+    for s in np.unique(strata):
+        rows = np.flatnonzero(strata == s)
+        if len(np.unique(Y[rows, 0])) < 2:
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            part = _metric(scores[rows], Y[rows], metric) * len(rows)
+        total = part if total is None else total + part
+        weight += len(rows)
+        used += 1
+    return (None, 0) if total is None else (total / weight, used)
 
 
 def _group_interval(scores: np.ndarray, y: np.ndarray, groups: np.ndarray, metric: str, n_boot: int,

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Mapping
 
 from wdprobe.core.options import Options, count_or, option, positive_int, with_values
 from wdprobe.errors import ConfigError, MissingInputError
+from wdprobe.methods.decoding import PERMUTATIONS
 from wdprobe.methods.patching import CROSS_CONDITIONS
 from wdprobe.methods.probes import PROBE_KINDS
 from wdprobe.methods.steering import DEFAULT_CONTROLS, MIN_MASS_RATIO, STEERING_CONTROLS
@@ -72,7 +73,7 @@ class ProbesSection(Options):
     kinds: list[str] = option(["logreg", "diffmean"], check=lambda v: all(k in PROBE_KINDS for k in v),
                               expect=f"a list of registered probe kinds ({', '.join(PROBE_KINDS)})")
     folds: int = option(5, check=lambda v: isinstance(v, int) and v >= 2, expect="a number of folds >= 2")
-    permutations: int = option(200, check=positive_int, expect="a positive number",
+    permutations: int = option(PERMUTATIONS, check=positive_int, expect="a positive number",
                                help="label permutations behind every max-over-layers test")
     # the logistic probe tunes its regularisation by an inner 3-fold CV on every fit (most of the stage's time):
     # a study of fewer items reads the difference-of-means probe alone (closed form, nothing tuned)

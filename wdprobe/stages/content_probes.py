@@ -16,7 +16,9 @@ a probe on the *letter said* can. Per captured position and layer (difference-of
 Every curve has its random-label control and a bootstrap interval over items, and every "decodable" claim the
 max-over-layers permutation test (family-wise 95%). Labels are permuted *within a domain*, so what the item's
 domain alone predicts (on WDCT, every EthV word question gets the same content answer) sits in the control and
-the threshold, and "decodable" means decodable beyond the domain. Results: ``probes/content-{position}.csv`` (tidy, one row
+the threshold, and "decodable" means decodable beyond the domain; the letter said, which varies across an item's orders but
+clusters by item, is permuted as whole items' letter sequences. Each test also states its accuracy *within* domains beside the
+pooled one (pooled accuracy can read the domain where label rates differ by domain). Results: ``probes/content-{position}.csv`` (tidy, one row
 per analysis and layer), ``probes/content-summary.json`` and ``probes/content-{position}.html``.
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ from plotly.subplots import make_subplots
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.errors import InputError
 from wdprobe.figures.probes import rgba, write_html, write_png
-from wdprobe.methods.decoding import LayerTest, decode_layers, internal_consistency
+from wdprobe.methods.decoding import PERMUTATIONS, LayerTest, decode_layers, internal_consistency
 from wdprobe.methods.probes import check_folds
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.stage import scored_entry
@@ -41,7 +43,8 @@ from wdprobe.scoring.stats import bootstrap_indices, sign_flip_max_test
 from wdprobe.stages.capture import Activations, load_activations
 
 STAGE = "content_probes"
-COLUMNS = ["position", "analysis", "layer", "metric", "value", "low", "high", "control", "threshold", "n_rows", "n_groups"]
+COLUMNS = ["position", "analysis", "layer", "metric", "value", "low", "high", "control", "threshold", "n_rows", "n_groups",
+           "within", "within_control"]
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ def _has_both(y: np.ndarray, groups: np.ndarray, folds: int) -> bool:
     return len(np.unique(y)) == 2 and len(np.unique(groups)) >= 2 * folds and min(np.bincount(y)) >= folds
 
 
-def content_tests(acts: Activations, *, folds: int = 5, n_perm: int = 200, seed: int = 0) -> dict[str, LayerTest]:
+def content_tests(acts: Activations, *, folds: int = 5, n_perm: int = PERMUTATIONS, seed: int = 0) -> dict[str, LayerTest]:
     """Every analysis this capture supports, by name (an analysis whose labels have one class, or too few items,
     is left out)."""
     reading = content_reading(acts_format(acts))
@@ -146,7 +149,9 @@ def content_tests(acts: Activations, *, folds: int = 5, n_perm: int = 200, seed:
     for f in ("word", "deed"):
         add(f"decide_{f}", X[f], content[f], groups[f], domain[f])
         if reading.ordered:  # a prompt with option orders says a letter (a cloze prompt says none)
-            add(f"bind_{f}", X[f], (meta[f]["letter"] != "A").to_numpy(), groups[f], domain[f], permute="rows")
+            # the letter varies across an item's orders but clusters by item (most items say one letter in every
+            # order): the null moves each item's letter sequence whole
+            add(f"bind_{f}", X[f], (meta[f]["letter"] != "A").to_numpy(), groups[f], domain[f], permute="clusters")
         graded = (meta[f]["correct"].astype(str) != "").to_numpy()
         if graded.any():
             right = content[f][graded] == meta[f]["correct"][graded].astype(int).to_numpy()
@@ -160,7 +165,7 @@ def content_tests(acts: Activations, *, folds: int = 5, n_perm: int = 200, seed:
     return out
 
 
-def content_ic(acts: Activations, *, folds: int = 5, seed: int = 0, n_perm: int = 200) -> tuple[list[dict], dict]:
+def content_ic(acts: Activations, *, folds: int = 5, seed: int = 0, n_perm: int = PERMUTATIONS) -> tuple[list[dict], dict]:
     """IC(l) in content space (:func:`wdprobe.methods.decoding.internal_consistency` on every order of the two-option
     items, labels the content choices): tidy rows (``COLUMNS``; ``control`` is IC with labels permuted over items
     within a domain, what an item's two prompts share by topic and domain alone; ``threshold`` its family-wise 95%
@@ -212,7 +217,7 @@ def content_frame(tests: dict[str, LayerTest], position: str):
 
 
 def run_content_probes(run_dir: str | Path, *, positions: Sequence[str] = ("last", "question_mean"),
-                       hook: str = "resid_post", folds: int = 5, n_perm: int = 200, seed: int = 0,
+                       hook: str = "resid_post", folds: int = 5, n_perm: int = PERMUTATIONS, seed: int = 0,
                        format: str = "letter") -> dict[str, Any]:
     """Content probes at each position of a run captured in every order; returns (and writes) the summary.
     ``format="cloze"``: the same analyses on the cloze prompts (labels the cloze choices; no letter, so no

@@ -9,7 +9,7 @@ import numpy as np
 
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.figures import probes as plots
-from wdprobe.methods.decoding import decode_layers
+from wdprobe.methods.decoding import PERMUTATIONS, decode_layers
 from wdprobe.methods.probes import check_folds, probe_layers
 from wdprobe.runs.rundir import RunDir
 from wdprobe.runs.stage import scored_entry
@@ -20,7 +20,7 @@ STAGE = "probe"
 
 def run_probes(run_dir: str | Path, *, hook: str = "resid_post", position: str = "last",
                kinds: Sequence[str] = ("logreg", "diffmean"), folds: int = 5, seed: int = 0,
-               domains: bool = True, progress: bool = True, n_perm: int = 200) -> dict:
+               domains: bool = True, progress: bool = True, n_perm: int = PERMUTATIONS) -> dict:
     """Probe every captured layer; write ``probes/{hook}-{position}.{csv,html}`` and a summary JSON."""
     check_folds(folds)  # before anything is read or written
     run = RunDir(run_dir)
@@ -86,7 +86,7 @@ def run_probes(run_dir: str | Path, *, hook: str = "resid_post", position: str =
     return headline
 
 
-def stance_tests(word: np.ndarray, deed: np.ndarray, items, layers: Sequence[int], *, folds: int = 5, n_perm: int = 200,
+def stance_tests(word: np.ndarray, deed: np.ndarray, items, layers: Sequence[int], *, folds: int = 5, n_perm: int = PERMUTATIONS,
                  seed: int = 0) -> dict[str, dict]:
     """The claims the probe finding words, each with the max-over-layers permutation test (difference-of-means
     probes, one prompt per item and form, folds by item): the word answer, the deed answer, the word probe read

@@ -198,3 +198,53 @@ def test_kappa_corrects_agreement_for_how_often_each_reading_says_one_stance():
     for k in range(3):  # the per-layer kappa is the readings' own
         assert r["kappa"][k] == pytest.approx(chance_corrected_agreement(r["word"][:, k], r["deed"][:, k]), nan_ok=True)
     assert np.nanmax(r["kappa"][1:]) > 0.8  # a shared stance: agreement far above chance
+
+
+def _clustered_letters(seed: int, n_items: int = 60):
+    """No letter signal at all: each item says one letter in both orders (4% of prompts the other), and each item's
+    activations share a strong item-specific offset, so an item's two rows are alike in labels and in activations."""
+    rng = np.random.default_rng(seed)
+    items = np.repeat(np.arange(n_items), 2)
+    letter = rng.integers(0, 2, n_items)[items]
+    flip = rng.random(2 * n_items) < 0.04
+    letter[flip] = 1 - letter[flip]
+    X = 0.3 * rng.normal(size=(2 * n_items, 6, 8)) + 2.0 * rng.normal(size=(n_items, 6, 8))[items]
+    return X, letter, items
+
+
+def test_a_null_that_keeps_labels_clustered_by_item_holds_its_false_alarm_rate():
+    """Labels that cluster by item have the item count, not the row count, as their sample size: permuting rows
+    gives a null too narrow and calls noise decodable; moving whole items' label sequences does not."""
+    rows = [decode_layers(*_clustered_letters(s), n_perm=60, seed=s, permute="rows").significant for s in range(40)]
+    clusters = [decode_layers(*_clustered_letters(s), n_perm=60, seed=s, permute="clusters").significant
+                for s in range(40)]
+    assert np.mean(rows) > 0.15  # the row null's false alarms, measured: 0.275 at these seeds
+    assert np.mean(clusters) <= 0.1
+    X, _, letter, items = planted(n_items=100)  # every item alternates its letter with the order: still a null
+    assert decode_layers(X, letter, items, n_perm=60, permute="clusters").first_significant() == 5  # a real letter
+    with pytest.raises(InputError, match="constant within a group"):
+        decode_layers(X, letter, items, n_perm=5, permute="clusters", strata=np.tile(["a", "b"], 100))
+    with pytest.raises(InputError, match="permute must be"):
+        decode_layers(X, letter, items, n_perm=5, permute="items")
+
+
+def test_within_domain_accuracy_separates_a_domain_reader_from_a_stance_reader():
+    """Labels whose rate differs by domain (EthV mostly 1, Opinion mostly 0): activations that encode only the domain
+    reach a high pooled accuracy and chance within domains; activations that encode the label reach both."""
+    rng = np.random.default_rng(5)
+    n = 300
+    items = np.arange(n)
+    domain = np.where(items < n // 2, "EthV", "Opinion")
+    y = np.where(rng.random(n) < 0.85, (domain == "EthV").astype(int), 1 - (domain == "EthV").astype(int))
+    domain_only = rng.normal(size=(n, 2, 8))
+    domain_only[:, :, 0] += 3.0 * (domain == "EthV")[:, None]
+    reader = decode_layers(domain_only, y, items, n_perm=50, strata=domain)
+    assert reader.value.max() > 0.75 and np.all(np.abs(reader.within - 0.5) < 0.12)
+    assert reader.n_strata == 2 and np.all(np.abs(reader.within_control - 0.5) < 0.05)
+    stance = rng.normal(size=(n, 2, 8))
+    stance[:, 1, 0] += 3.0 * (2 * y - 1)
+    res = decode_layers(stance, y, items, n_perm=50, strata=domain)
+    assert res.within[1] > 0.85 and res.within[0] < 0.65
+    summary = res.summary()
+    assert summary["within_domain_at_best"] == pytest.approx(res.within[1]) and summary["n_domains"] == 2
+    assert decode_layers(stance, y, items, n_perm=5).within is None  # no domains given: nothing to state

@@ -32,7 +32,7 @@ from wdprobe.data.pct import (
 )
 from wdprobe.errors import InputError, StageNotFinishedError
 from wdprobe.methods.capture import last_token_residuals
-from wdprobe.methods.decoding import decode_layers
+from wdprobe.methods.decoding import PERMUTATIONS, decode_layers
 from wdprobe.methods.probes import PROBE_KINDS, accuracy, fit_probe, item_folds, probe_layers
 from wdprobe.runs.rundir import RunDir, read_csv
 from wdprobe.runs.shards import Shard, checked_shards, shard_dir
@@ -526,7 +526,7 @@ def load_pct_activations(run: RunDir) -> tuple[dict[str, np.ndarray], dict[str, 
     return arrays, ids
 
 
-def pct_content_probes(run: RunDir, *, folds: int = 5, seed: int = 0, n_perm: int = 200) -> Path:
+def pct_content_probes(run: RunDir, *, folds: int = 5, seed: int = 0, n_perm: int = PERMUTATIONS) -> Path:
     """The closed prompts in every order of a cyclic run: where the answer's *content* becomes decodable (decide: the
     side, agree or disagree, of the order-averaged choice — one label under every order of a prompt, so the list
     position cannot carry it), where the answer *said in this order* is (its side), and the position control
