@@ -22,12 +22,14 @@ from scipy.stats import false_discovery_control
 from wdprobe.errors import IntegrityError
 from wdprobe.runs.rundir import checked_result_text
 
-__all__ = ["Claim", "collect_claims", "claims_ledger", "RESULT_FILES", "Q_LEVEL"]
+__all__ = ["Claim", "collect_claims", "claims_ledger", "RESULT_FILES", "Q_LEVEL", "test_records", "ledger_key",
+           "with_q_values"]
 
 Q_LEVEL = 0.05
 # the run's result files that hold tests (relative globs); copies of them elsewhere (the manifest's headlines) are
 # not read twice
-RESULT_FILES = ("metrics.json", "probes/*headline.json", "probes/content-*.json", "patching/*headline.json",
+RESULT_FILES = ("metrics.json", "probes/*headline.json", "probes/content-*.json", "probes/cloze-*.json",
+                "patching/*headline.json",
                 "steering/*headline.json")
 EFFECT_KEYS = ("effect", "best", "value", "statistic", "observed", "mean")
 
@@ -45,17 +47,17 @@ class Claim:
     mc_error: float | None
 
 
-def _tests(obj: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every object holding a numeric ``p_value`` under ``obj``, with its path."""
+def test_records(obj: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every object holding a numeric ``p_value`` under ``obj`` (a test record), with its path."""
     if isinstance(obj, dict):
         if isinstance(obj.get("p_value"), (int, float)) and not isinstance(obj.get("p_value"), bool):
             yield path, obj
             return
         for key, value in obj.items():
-            yield from _tests(value, f"{path}/{key}" if path else str(key))
+            yield from test_records(value, f"{path}/{key}" if path else str(key))
     elif isinstance(obj, list):
         for k, value in enumerate(obj):
-            yield from _tests(value, f"{path}[{k}]")
+            yield from test_records(value, f"{path}[{k}]")
 
 
 def collect_claims(run_dir: str | Path) -> list[Claim]:
@@ -72,7 +74,7 @@ def collect_claims(run_dir: str | Path) -> list[Claim]:
                 data = json.loads(checked_result_text(run, f))  # verified against its stage's recorded sha256
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise IntegrityError(f"{f}: unreadable result file ({exc}); rerun the stage that wrote it") from None
-            for path, rec in _tests(data, ""):
+            for path, rec in test_records(data):
                 p = float(rec["p_value"])
                 if not math.isfinite(p) or not 0 <= p <= 1:
                     raise IntegrityError(f"{f}: test {path} has p = {rec['p_value']!r}, not a probability")
@@ -97,3 +99,20 @@ def claims_ledger(run_dir: str | Path) -> pd.DataFrame:
     frame["survives"] = frame["q"] < Q_LEVEL
     frame["fragile"] = frame["mc_error"].notna() & ((frame["p"] - 0.05).abs() < 2 * frame["mc_error"].fillna(np.inf))
     return frame
+
+
+def ledger_key(source: str, test: str) -> str:
+    """One test's name across the report: its result file and its path inside it."""
+    return f"{source}#{test}"
+
+
+def with_q_values(data: Any, source: str, ledger: pd.DataFrame) -> Any:
+    """``data`` (a result file's JSON, read from ``source``) with each test record given its report-wide
+    ``q_value`` and its ``ledger_key``, so the wording can follow the correction across the report. A record the
+    ledger does not hold gets neither (and no finding may assert it)."""
+    q = {ledger_key(r.source, r.test): float(r.q) for r in ledger.itertuples()}
+    for path, rec in test_records(data):
+        key = ledger_key(source, path)
+        if key in q:
+            rec["q_value"], rec["ledger_key"] = q[key], key
+    return data

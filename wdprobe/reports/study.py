@@ -22,16 +22,27 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from wdprobe.core.cache import atomic_write_text
-from wdprobe.errors import StageNotFinishedError
+from wdprobe.errors import IntegrityError, StageNotFinishedError
 from wdprobe.figures import probes as plots
 from wdprobe.figures.page import plotly_script
 from wdprobe.figures.probes import png_problem, write_png
 from wdprobe.methods.steering import MIN_MASS_RATIO, control_key
-from wdprobe.reports.claims import Q_LEVEL, claims_ledger
+from wdprobe.reports.claims import Q_LEVEL, claims_ledger, with_q_values
 from wdprobe.reports.html import CSS, folded, notes_html, table_html
 from wdprobe.reports.localisation import copy_localisation_tables, localisation_figures
 from wdprobe.reports.scores import PAPER_TABLE, is_wdct, write_score_report
-from wdprobe.reports.wording import decodable, interval, p_text, verdict, versus
+from wdprobe.reports.wording import (
+    UNLISTED,
+    asserted_claims,
+    corrected_away,
+    decodable,
+    interval,
+    p_text,
+    stats_text,
+    supported,
+    verdict,
+    versus,
+)
 from wdprobe.runs.rundir import RunDir, checked_result_text
 from wdprobe.scoring.orders import READING_NAMES
 from wdprobe.stages.content_probes import content_figure, content_title
@@ -48,15 +59,18 @@ class Finding:
     title: str
     text: str
     numbers: dict[str, Any] = field(default_factory=dict)
+    claims: list[str] = field(default_factory=list)  # ledger keys of the tests its wording asserts as effects
 
 
-def _json(path: Path) -> dict | None:
+def _json(path: Path, ledger: pd.DataFrame | None = None) -> dict | None:
     """A run's result summary, verified against the checksum its stage recorded (the run is the nearest folder up
-    with a manifest); None when the stage did not write it."""
+    with a manifest); None when the stage did not write it. With the run's claims ``ledger``, every test record
+    carries its q-value across the report, which the wording then follows."""
     if not path.is_file():
         return None
     run = next((d for d in path.parents if (d / "manifest.json").is_file()), path.parent)
-    return json.loads(checked_result_text(run, path))
+    data = json.loads(checked_result_text(run, path))
+    return data if ledger is None else with_q_values(data, path.relative_to(run).as_posix(), ledger)
 
 
 def require_scored_run(path: Path) -> None:
@@ -73,25 +87,30 @@ def study_numbers(run_dir: str | Path) -> dict[str, Any]:
     p = run.path
     manifest = run.read_manifest()
     require_scored_run(p)
+    ledger = claims_ledger(p)
+
+    def load(path: Path) -> dict | None:
+        return _json(path, ledger)
+
     probes = {}
     for f in sorted((p / "probes").glob("*-headline.json")) if (p / "probes").is_dir() else []:
-        probes[f.name.removesuffix("-headline.json")] = _json(f)
-    metrics = _json(p / "metrics.json")
+        probes[f.name.removesuffix("-headline.json")] = load(f)
+    metrics = load(p / "metrics.json")
     if metrics is not None and "vs_chance" not in (metrics.get("readings") or {}).get("shown", {}):
         # scored before readings (or their tests) existed: derive them from the items
         metrics = dict(metrics, readings=wdct_metrics(load_score(p).rows)["readings"])
     capture = manifest.get("stages", {}).get("capture", {})
-    return {"model": manifest["stages"]["score"]["config"]["model"], "manifest": manifest,
-            "metrics": metrics, "probes": probes, "content_probes": _json(p / "probes" / "content-summary.json"),
-            "content_ic": _json(p / "probes" / "content-ic.json"),
-            "cloze_probes": _json(p / "probes" / "cloze-summary.json"), "cloze_ic": _json(p / "probes" / "cloze-ic.json"),
-            "n_layers": len(capture.get("layers") or []) or None, "lens": _json(p / "lens" / "summary.json"),
-            "cloze_lens": _json(p / "lens" / "cloze-summary.json"),
-            "cloze_tuned_lens": _json(p / "lens" / "cloze-tuned-summary.json"),
-            "cross": _json(p / LETTER.result_file("patch")), "cloze_cross": _json(p / CLOZE.result_file("patch")),
-            "positional": {f: _json(p / "patching" / f"positional-{f}-headline.json") for f in ("deed", "word")},
+    return {"model": manifest["stages"]["score"]["config"]["model"], "manifest": manifest, "ledger": ledger,
+            "metrics": metrics, "probes": probes, "content_probes": load(p / "probes" / "content-summary.json"),
+            "content_ic": load(p / "probes" / "content-ic.json"),
+            "cloze_probes": load(p / "probes" / "cloze-summary.json"), "cloze_ic": load(p / "probes" / "cloze-ic.json"),
+            "n_layers": len(capture.get("layers") or []) or None, "lens": load(p / "lens" / "summary.json"),
+            "cloze_lens": load(p / "lens" / "cloze-summary.json"),
+            "cloze_tuned_lens": load(p / "lens" / "cloze-tuned-summary.json"),
+            "cross": load(p / LETTER.result_file("patch")), "cloze_cross": load(p / CLOZE.result_file("patch")),
+            "positional": {f: load(p / "patching" / f"positional-{f}-headline.json") for f in ("deed", "word")},
             "positional_arrival": {f: arrival_layer(p / "patching" / f"positional-{f}-segments.csv") for f in ("deed", "word")},
-            "steer": _json(p / LETTER.result_file("steer")), "cloze_steer": _json(p / CLOZE.result_file("steer"))}
+            "steer": load(p / LETTER.result_file("steer")), "cloze_steer": load(p / CLOZE.result_file("steer"))}
 
 
 def arrival_layer(segments_csv: Path, segment: str = "final", share: float = 0.5) -> int | None:
@@ -174,13 +193,18 @@ def ic_text(ic: dict, who: str) -> str:
             + f"); a probe on labels permuted within domains agrees on {c['control_at_best']:.2f} "
             f"there (what an item's two prompts share by topic and domain), and the answers agree on "
             f"{ic['content_cs']:.2f} (CS): ")
-    if c["significant"] and verdict(t) > 0:
-        return text + (f"IC beats its control ({p_text(c['p_value'])}, max over layers) and CS (by "
-                       f"{interval(t['effect'], t['low'], t['high'])}, {p_text(t['p_value'])}): a stance shared inside "
+    beats_control = supported(c)
+    if beats_control and verdict(t) > 0:
+        return text + (f"IC beats its control ({stats_text(c)}, max over layers) and CS (by "
+                       f"{interval(t['effect'], t['low'], t['high'])}, {stats_text(t)}): a stance shared inside "
                        "that the deed answer leaves")
-    if c["significant"]:
-        return text + f"IC beats its control ({p_text(c['p_value'])}) but not CS (p = {t['p_value']:.3f})"
-    return text + (f"IC does not beat its control (family-wise {p_text(c['p_value'])}), so the agreement is what shared "
+    if beats_control:
+        return text + f"IC beats its control ({stats_text(c)}) but not CS ({stats_text(t)})"
+    if corrected_away(c):
+        return text + (f"IC beats its control in its own test (family-wise {p_text(c['p_value'])}) but not once the "
+                       f"report's other tests are counted (q = {c['q_value']:.3f}): inconclusive at n = "
+                       f"{ic['n_items']} items")
+    return text + (f"IC does not beat its control (family-wise {stats_text(c)}), so the agreement is what shared "
                    f"topic and domain give, not a shared stance: inconclusive at n = {ic['n_items']} items")
 
 
@@ -224,10 +248,40 @@ def finding_probes(n: dict) -> Finding | None:
         sentences.append(f"A {kind} probe reads the word answer at {h['word->word']:.2f} (layer {h['best_word_layer']}) "
                          f"and words-to-deeds at best {h['word->deed_best']:.2f}; this run recorded no test, so no claim "
                          "is made (rerun the probes stage)")
-    text = ("At the answer position (difference-of-means probes, folds by item, max-over-layers permutation tests). "
+    text = (probe_verdict({"word content choice": (content or {}).get("decide_word"),
+                           "deed content choice": (content or {}).get("decide_deed"),
+                           "letter said in words": (content or {}).get("bind_word"),
+                           "content carried from word to deed": (content or {}).get("transfer_word_deed"),
+                           "coming inconsistency": (content or {}).get("inconsistency"),
+                           "cloze word choice": (cloze or {}).get("decide_word"),
+                           "cloze deed choice": (cloze or {}).get("decide_deed"),
+                           "cloze word-to-deed transfer": (cloze or {}).get("transfer_word_deed"),
+                           **({} if content else {"shown word answer": (tests or {}).get("word->word"),
+                                                  "word answer read on deeds": (tests or {}).get("word->deed"),
+                                                  "letter said": (tests or {}).get("letter")})})
+            + " At the answer position (difference-of-means probes, folds by item, max-over-layers permutation tests): "
             + ". ".join(sentences) + ".")
     return Finding("What is decodable inside: the option or the letter?", text,
                    {"content": content, "tests": tests})
+
+
+def probe_verdict(tests: dict[str, dict | None]) -> str:
+    """The probe finding's verdict in one sentence: what is decodable once its stage's best-layer test and the
+    report's correction both say so, and what is not shown."""
+    return shown_and_not("Decodable after correction across the report", tests)
+
+
+def shown_and_not(claim: str, tests: dict[str, dict | None]) -> str:
+    """A verdict sentence over several tests: the ones that support ``claim`` (their stage's test and the report's
+    correction), then the ones measured that do not; tests not run are not named."""
+    measured = {name: t for name, t in tests.items() if t}
+    if not measured:
+        return "No test was recorded."
+    # an effect with a sign must point the claimed way; a decoding test has no sign (above chance is the claim)
+    shown = [name for name, t in measured.items() if (verdict(t) > 0 if "effect" in t else supported(t))]
+    rest = [name for name in measured if name not in shown]
+    return (f"{claim}: {', '.join(shown) if shown else 'none of those tested'}"
+            + (f"; not shown: {', '.join(rest)}." if rest else "."))
 
 
 def finding_lens(n: dict) -> Finding | None:
@@ -303,7 +357,12 @@ def finding_patching(n: dict) -> Finding | None:
                            cloze, {"tests": n["cloze_cross"]["tests"]})
         return None
     f = c["full"]
-    text = (f"Patching the word run's residual into the deed run at the answer position flips up to "
+    cloze_tests = (n.get("cloze_cross") or {}).get("tests") or {}
+    text = shown_and_not("Patches that raise CS beyond picking the best layer", {
+        "the full residual": (c.get("tests") or {}).get("restores_full"),
+        "its stance component": (c.get("tests") or {}).get("restores_stance"),
+        "the cloze decision point's residual": cloze_tests.get("restores_full")}) + " "
+    text += (f"Patching the word run's residual into the deed run at the answer position flips up to "
             f"{f['flip_rate']:.2f} of inconsistent items (layer {f['layer']}) but breaks {f['break_rate']:.2f} of "
             f"consistent ones (CS {c['cs_clean']:.3f} clean, {f['cs_after']:.3f} patched). In the shown deed "
             f"order it flips {f['flip_rate_same_letter']:.2f} where the word run's letter also labels the word answer "
@@ -488,18 +547,55 @@ def finding_steering(n: dict) -> Finding | None:
             "cell is optimistic, so the claim rests on held-out items.")
     val = s.get("validation")
     more, restored = validation_text(val, "letter mass", best.get("min_mass_ratio", MIN_MASS_RATIO), s.get("validation_skipped"))
-    return Finding("Does steering restore consistency?", text + more + cloze,
+    first = steering_verdict({"letter form": restored, **({"cloze form": cloze_restored} if cloze else {})})
+    return Finding("Does steering restore consistency?", first + " " + text + more + cloze,
                    {"grid_cs": best["cs"], "validated_cs": (val or {}).get("stance", {}).get("cs"), "restored": restored,
                     "cloze_restored": cloze_restored})
+
+
+def steering_verdict(restored: dict[str, bool | None]) -> str:
+    """Steering's verdict in one sentence: in which answer formats it is a validated restoration on held-out items
+    (beats clean and every control, each by its test), where it is not, and where no claim could be made."""
+    parts = {True: [], False: [], None: []}
+    for name, value in restored.items():
+        parts[value].append(name)
+    text = f"A validated restoration on held-out items: {', '.join(parts[True]) if parts[True] else 'in no form tested'}"
+    if parts[False]:
+        text += f"; not in the {' and '.join(parts[False])}"
+    if parts[None]:
+        text += f"; no claim in the {' and '.join(parts[None])} (not validated)"
+    return text + "."
 
 
 FINDINGS = (finding_behaviour, finding_probes, finding_lens, finding_patching, finding_steering)
 
 
 def findings(run_dir: str | Path, numbers: dict[str, Any] | None = None) -> list[Finding]:
-    """The report's numbered findings for a run (only for the stages it has)."""
+    """The report's numbered findings for a run (only for the stages it has), each listing the tests its wording
+    asserts as effects."""
     n = numbers or study_numbers(run_dir)
-    return [f for f in (fn(n) for fn in FINDINGS) if f is not None]
+    out = []
+    for fn in FINDINGS:
+        with asserted_claims() as claims:
+            found = fn(n)
+        if found is not None:
+            found.claims = list(dict.fromkeys(claims))
+            out.append(found)
+    return out
+
+
+def unsupported_claims(found: list[Finding], ledger: pd.DataFrame) -> list[str]:
+    """Every claim a finding words as an effect that the report's ledger does not support: a test the ledger does
+    not hold, or one whose q-value is not below ``Q_LEVEL``. A sound report returns none."""
+    q = {f"{r.source}#{r.test}": float(r.q) for r in ledger.itertuples()}
+    problems = []
+    for f in found:
+        for key in f.claims:
+            if key == UNLISTED or key not in q:
+                problems.append(f"{f.title!r} asserts a test the claims ledger does not hold ({key})")
+            elif q[key] >= Q_LEVEL:
+                problems.append(f"{f.title!r} asserts {key}, whose q = {q[key]:.3f} is not below {Q_LEVEL}")
+    return problems
 
 
 def stage_timings(manifest: dict) -> list[tuple[str, float, float | None]]:
@@ -687,6 +783,15 @@ def verdict_line(text: str, limit: int = 240) -> str:
     return first if len(first) <= limit else first[: limit - 1].rsplit(" ", 1)[0] + " …"
 
 
+def claims_cell(finding: Finding, ledger: pd.DataFrame) -> str:
+    """How many tests a finding words as effects, and the largest of their q-values across the report."""
+    if not finding.claims:
+        return "no effect claimed"
+    q = {f"{r.source}#{r.test}": float(r.q) for r in ledger.itertuples()}
+    worst = max(q.get(k, float("nan")) for k in finding.claims)
+    return f"{len(finding.claims)} test{'s' if len(finding.claims) > 1 else ''}, each q ≤ {worst:.3g}"
+
+
 def ledger_sentence(ledger: pd.DataFrame) -> str:
     """The report's tests in one sentence: how many, how many below 0.05, how many survive correction across the
     report, and which below 0.05 do not (their wording above is then not a finding after correction)."""
@@ -730,7 +835,8 @@ def render_index_html(run_dir: str | Path, notes: str = "", numbers: dict[str, A
     # the verdicts first, one line each; the numbers behind each one click away (open a line)
     parts.append("<ol class='findings'>")
     for f in found:
-        parts.append(f"<li><details><summary><b>{html.escape(f.title)}</b> {html.escape(verdict_line(f.text))}"
+        parts.append(f"<li><details><summary><b>{html.escape(f.title)}</b> {html.escape(verdict_line(f.text))} "
+                     f"<span class='sub'>({html.escape(claims_cell(f, n['ledger']))})</span>"
                      f"</summary>{html.escape(f.text)}</details></li>")
     parts.append("</ol>")
     ledger = claims_ledger(run_dir)
@@ -790,8 +896,9 @@ def render_summary_markdown(run_dir: str | Path, figures: list[str], notes: str 
              "in `manifest.json`.", "", "## Findings", ""]
     found = findings(run_dir, n)
     if found:  # the verdicts first, then each finding with its numbers
-        lines += ["| question | what this run says |", "|---|---|"]
-        lines += [f"| {f.title} | {verdict_line(f.text).replace('|', '/')} |" for f in found] + [""]
+        lines += ["| question | what this run says | effects it claims |", "|---|---|---|"]
+        lines += [f"| {f.title} | {verdict_line(f.text).replace('|', '/')} | {claims_cell(f, n['ledger'])} |"
+                  for f in found] + [""]
     lines += [f"{i}. **{f.title}** {f.text}" for i, f in enumerate(found, 1)]
     lines += ["", f"**Across the report.** {ledger_sentence(claims_ledger(run_dir))} Every test: "
               "[`claims.csv`](claims.csv)."]
@@ -837,6 +944,12 @@ def write_study_report(run_dir: str | Path, out_dir: str | Path, *, notes: str =
     atomic_write_text(out / "tables" / "study-numbers.json",
                       json.dumps({"n_layers": numbers.get("n_layers"), "n_items": numbers["metrics"]["n_items"]},
                                  indent=2) + "\n")
+    found = findings(run, numbers)
+    problems = unsupported_claims(found, numbers["ledger"])
+    if problems:  # the wording gate failed: never publish a claim its correction does not support
+        raise IntegrityError(f"{run}: the findings word claims the report's tests do not support: " + "; ".join(problems))
+    atomic_write_text(out / "findings.json", json.dumps(
+        [{"title": f.title, "verdict": verdict_line(f.text), "claims": f.claims} for f in found], indent=2) + "\n")
     figs = study_figures(run, numbers)
     page = out / "index.html"
     atomic_write_text(page, render_index_html(run, notes, numbers, figs, page=page))

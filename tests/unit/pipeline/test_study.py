@@ -249,6 +249,16 @@ def test_run_study_runs_every_stage_and_reports(study):
     assert "Every test in this report" in html
     # the verdicts come first, one line per finding, each finding's numbers one click away
     assert html.count("<li><details><summary><b>") == len(findings(cfg.out_dir))
+    # every claim a finding words as an effect rests on a ledger entry whose q supports it, and is published with it
+    import json
+
+    from wdprobe.reports.study import unsupported_claims
+
+    found = findings(cfg.out_dir)
+    assert unsupported_claims(found, claims_ledger(cfg.out_dir)) == []
+    written = json.loads((cfg.report_dir / "findings.json").read_text())
+    assert [(f["title"], f["claims"]) for f in written] == [(f.title, f.claims) for f in found]
+    assert found[1].text.startswith("Decodable after correction across the report: ")  # the verdict comes first
     assert "| question | what this run says |" in text
 
 

@@ -86,3 +86,28 @@ def test_the_check_catches_a_number_no_table_holds(tmp_path):
     assert backed(0.483, 3, False, table_values(tmp_path)) and backed(1225, 0, False, table_values(tmp_path))
     assert not backed(0.77, 2, False, table_values(tmp_path))
     assert backed(48.3, 1, True, table_values(tmp_path))
+
+
+def unsupported(folder: Path) -> list[str]:
+    """The claims a committed report's findings word as effects (``findings.json``) that its ledger
+    (``claims.csv``) does not support: a test it does not hold, or one with q >= 0.05."""
+    q = {f"{r['source']}#{r['test']}": float(r["q"]) for r in csv.DictReader(open(folder / "claims.csv", newline=""))}
+    return [f"{f['title']}: {key}" for f in json.loads((folder / "findings.json").read_text()) for key in f["claims"]
+            if key not in q or q[key] >= 0.05]
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent for p in REPORTS.rglob("findings.json")),
+                         ids=lambda p: str(p.relative_to(REPORTS)))
+def test_every_worded_claim_rests_on_a_ledger_entry_whose_q_supports_it(folder):
+    assert not unsupported(folder), f"{folder}: findings worded from tests that do not survive correction"
+
+
+def test_the_claims_check_catches_an_unsupported_claim(tmp_path):
+    (tmp_path / "claims.csv").write_text("source,test,q\nmetrics.json,readings/shown/vs_chance,0.01\n"
+                                         "probes/content-summary.json,last/decide_deed,0.053\n")
+    findings_file = tmp_path / "findings.json"
+    findings_file.write_text(json.dumps([{"title": "a", "claims": ["metrics.json#readings/shown/vs_chance"]}]))
+    assert unsupported(tmp_path) == []
+    findings_file.write_text(json.dumps([{"title": "b", "claims": ["probes/content-summary.json#last/decide_deed",
+                                                                   "patching/x.json#t"]}]))
+    assert unsupported(tmp_path) == ["b: probes/content-summary.json#last/decide_deed", "b: patching/x.json#t"]

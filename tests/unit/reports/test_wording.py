@@ -106,3 +106,43 @@ def test_notes_render_paragraphs_and_bullet_lists():
     notes = "# Title\n\n**Lead** paragraph\nwith a wrapped line.\n\n- first *point*\n  continued\n- second `code`\n\nLast."
     assert notes_html(notes) == ("<p><b>Lead</b> paragraph\nwith a wrapped line.</p><ul><li>first <i>point</i> continued"
                                  "</li><li>second <code>code</code></li></ul><p>Last.</p>")
+
+
+def test_a_claim_is_worded_from_its_q_value_across_the_report_and_recorded():
+    """A test significant in its own stage (best layer accounted for) but not once the report's other tests are
+    counted is worded inconclusive and names its q; one that survives is claimed, and the claim is recorded with
+    its ledger key so a report can show every claim rests on a supporting entry."""
+    from wdprobe.reports.wording import asserted_claims
+
+    test = {"metric": "accuracy", "best": 0.5419, "best_low": 0.51, "best_high": 0.57, "best_layer": 7,
+            "control_at_best": 0.5, "threshold": 0.5409, "p_value": 10 / 201, "significant": True,
+            "first_significant_layer": 7, "n_groups": 600, "within_domain_at_best": 0.53,
+            "within_domain_control_at_best": 0.5, "ledger_key": "probes/content-summary.json#last/decide_deed"}
+    with asserted_claims() as claims:
+        lost = decodable(dict(test, q_value=0.21), "The deed choice")
+    assert claims == [] and "is not shown to be decodable once the report's other tests are counted" in lost
+    assert "q = 0.210 across the report" in lost and "within domains 0.53, random labels 0.50" in lost
+    with asserted_claims() as claims:
+        kept = decodable(dict(test, q_value=0.012), "The deed choice")
+    assert kept.startswith("The deed choice is decodable") and "p = 0.050, q = 0.012" in kept
+    assert claims == ["probes/content-summary.json#last/decide_deed"]
+    ev = {"effect": 0.2, "low": 0.1, "high": 0.3, "p_value": 0.01, "n": 50, "significant": True, "q_value": 0.08}
+    assert versus(ev, above="up", below="down", neither="flat") == (
+        "flat: inconclusive at n = 50 (p = 0.010 in its own test, but q = 0.080 once the report's other tests are "
+        "counted)")
+    with asserted_claims() as claims:  # a claim on a test the report never gave a q is recorded as unlisted
+        assert versus(dict(ev, q_value=None), above="up", below="down", neither="flat").startswith("up")
+    from wdprobe.reports.wording import UNLISTED
+    assert claims == [UNLISTED]
+
+
+def test_a_finding_asserting_an_unsupported_test_is_caught():
+    import pandas as pd
+
+    from wdprobe.reports.study import Finding, unsupported_claims
+    from wdprobe.reports.wording import UNLISTED
+
+    ledger = pd.DataFrame({"source": ["a.json", "a.json"], "test": ["x", "y"], "q": [0.01, 0.3]})
+    assert unsupported_claims([Finding("ok", "t", claims=["a.json#x"])], ledger) == []
+    problems = unsupported_claims([Finding("bad", "t", claims=["a.json#x", "a.json#y", UNLISTED, "b.json#z"])], ledger)
+    assert len(problems) == 3 and "q = 0.300" in problems[0] and "does not hold" in problems[1]
