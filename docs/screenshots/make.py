@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Screenshots of the committed report pages, as a reader first sees them (headless Chromium, the top of each page).
+"""Screenshots of the committed report pages, as a reader first sees them (headless Chromium, the top of each page),
+in a 1,280 px (laptop) and a 1,920 px (desktop) window: ``{page}-1280.png`` and ``{page}-1920.png``. Each page is also
+measured (``wdprobe.reports.fit``): a figure or title that runs past the window or its figure's edge is reported and
+the script exits 1.
 
     python docs/screenshots/make.py                      # every page below, into docs/screenshots/
     python docs/screenshots/make.py --chromium /usr/bin/chromium --height 2200
@@ -14,6 +17,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from wdprobe.reports.fit import WIDTHS, page_overflow
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = {
@@ -38,20 +43,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser") or "chromium",
                     help="the Chromium (or Chrome) binary")
     ap.add_argument("--out", default=str(ROOT / "docs" / "screenshots"), help="folder for the PNGs")
-    ap.add_argument("--width", type=int, default=1360, help="window width in pixels")
+    ap.add_argument("--widths", type=int, nargs="+", default=list(WIDTHS), help="window widths in pixels")
     ap.add_argument("--height", type=int, default=2400, help="how much of the page's top to capture, in pixels")
     ap.add_argument("--pages", nargs="+", default=list(PAGES), choices=list(PAGES), help="which pages")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    problems = 0
     for name in args.pages:
         page = ROOT / PAGES[name]
         if not page.is_file():
             print(f"skipped {name}: {page} does not exist", file=sys.stderr)
             continue
-        shoot(args.chromium, page, out / f"{name}.png", args.width, args.height)
-        print(out / f"{name}.png")
-    return 0
+        for width in args.widths:
+            shoot(args.chromium, page, out / f"{name}-{width}.png", width, args.height)
+            layout = page_overflow(page, width, chromium=args.chromium)
+            print(out / f"{name}-{width}.png", "fits" if layout.fits else f"OVERFLOWS: {layout.elements[:5]}")
+            problems += not layout.fits
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

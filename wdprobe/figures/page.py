@@ -5,6 +5,7 @@ beside them.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -13,7 +14,7 @@ import plotly.graph_objects as go
 
 from wdprobe.core.cache import atomic_write_text
 
-__all__ = ["PLOTLY_FILE", "plotly_script", "figure_html"]
+__all__ = ["PLOTLY_FILE", "plotly_script", "figure_html", "embed_figure", "wrap_title", "PAGE_WIDTH"]
 
 PLOTLY_FILE = f"plotly-{plotly.__version__}.min.js"  # versioned: pages never load a library they were not made with
 
@@ -45,5 +46,53 @@ def figure_html(figures: Sequence[go.Figure], page: str | Path, *, root: str | P
                 wrap: str = "<div class='fig'>{}</div>") -> str:
     """The figures as HTML fragments for the page at ``page``, plotly.js loaded once from the shared copy."""
     parts = [plotly_script(page, root)] if figures else []
-    parts += [wrap.format(fig.to_html(full_html=False, include_plotlyjs=False)) for fig in figures]
+    parts += [wrap.format(embed_figure(fig)) for fig in figures]
     return "\n".join(parts)
+
+
+PAGE_WIDTH = 1200  # pixels a figure gets on a report page in a 1,280 px window (the page's margins taken off)
+_CHAR_PX = {"title": 9.5, "sub": 7.0}  # a generous average glyph width of plotly's title and <sup> subtitle fonts
+
+
+def wrap_title(text: str, width: int) -> tuple[str, int]:
+    """A figure title whose lines (``<br>``-separated; a ``<sup>`` subtitle in the smaller font) fit ``width``
+    pixels, broken at spaces; and how many lines were added. Plotly never wraps a title: a long subtitle is cut at
+    the figure's edge."""
+    out, added = [], 0
+    for line in re.split(r"<br\s*/?>", text):
+        sub = "<sup>" in line
+        plain = re.sub(r"<[^>]+>", "", line)
+        limit = max(20, int(width / _CHAR_PX["sub" if sub else "title"]))
+        if len(plain) <= limit:
+            out.append(line)
+            continue
+        words, pieces, current = plain.split(" "), [], ""
+        for word in words:
+            if current and len(current) + 1 + len(word) > limit:
+                pieces.append(current)
+                current = word
+            else:
+                current = f"{current} {word}" if current else word
+        pieces.append(current)
+        added += len(pieces) - 1
+        out += [f"<sup>{p}</sup>" if sub else p for p in pieces]
+    return "<br>".join(out), added
+
+
+def embed_figure(fig: go.Figure, page_width: int = PAGE_WIDTH) -> str:
+    """A figure as an HTML fragment that fits its page: drawn at the container's width (plotly's responsive
+    autosize) up to the width it was designed at (kept in the layout for PNG export), its title wrapped for the
+    narrowest page it is drawn on, the top margin grown by the lines that adds."""
+    design = fig.layout.width
+    shown = go.Figure(fig)
+    title = shown.layout.title.text
+    if title:
+        text, added = wrap_title(title, min(design or page_width, page_width))
+        if added:
+            top = shown.layout.margin.t if shown.layout.margin.t is not None else 100
+            shown.update_layout(title_text=text, margin_t=top + 16 * added)
+            if shown.layout.height:
+                shown.update_layout(height=shown.layout.height + 16 * added)
+    shown.update_layout(width=None, autosize=True)
+    html = shown.to_html(full_html=False, include_plotlyjs=False, default_width="100%", config={"responsive": True})
+    return f"<div style='max-width:{int(design)}px'>{html}</div>" if design else html

@@ -57,3 +57,29 @@ def notes_html(notes: str) -> str:
         else:
             out.append(f"<p>{inline_markdown(block.strip())}</p>")
     return "".join(out)
+
+
+def verdict_line(text: str, limit: int = 240) -> str:
+    """A finding's first sentence (its verdict): up to the first full stop that ends a sentence (not a decimal
+    point), shortened with an ellipsis past ``limit`` characters."""
+    m = re.search(r"(?<![0-9])[.](?=\s|$)", text)
+    first = text[: m.end()] if m else text
+    return first if len(first) <= limit else first[: limit - 1].rsplit(" ", 1)[0] + " …"
+
+
+def verdict_table_markdown(found: list[tuple[str, str]]) -> list[str]:
+    """The findings' verdicts as a markdown table, one row per question (title, first sentence): what a reader
+    wants before the numbers."""
+    if not found:
+        return []
+    return (["| question | what this run says |", "|---|---|"]
+            + [f"| {title.rstrip('.')} | {verdict_line(text).replace('|', '/')} |" for title, text in found] + [""])
+
+
+def findings_html(found: list[tuple[str, str]], *, markdown: bool = False) -> str:
+    """The findings as a numbered list of verdicts, each finding's full text one click away (``<details>``);
+    ``markdown``: the texts hold inline markdown (bold, code) to render."""
+    render = inline_markdown if markdown else html.escape
+    items = [f"<li><details><summary><b>{html.escape(title)}</b> {render(verdict_line(text))}</summary>"
+             f"{render(text)}</details></li>" for title, text in found]
+    return "<ol class='findings'>" + "".join(items) + "</ol>"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +23,11 @@ import plotly.graph_objects as go
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.errors import IntegrityError, StageNotFinishedError
 from wdprobe.figures import probes as plots
-from wdprobe.figures.page import plotly_script
+from wdprobe.figures.page import embed_figure, plotly_script
 from wdprobe.figures.probes import png_problem, write_png
 from wdprobe.methods.steering import MIN_MASS_RATIO, control_key
 from wdprobe.reports.claims import Q_LEVEL, claims_ledger, with_q_values
-from wdprobe.reports.html import CSS, folded, notes_html, table_html
+from wdprobe.reports.html import CSS, folded, notes_html, table_html, verdict_line
 from wdprobe.reports.localisation import copy_localisation_tables, localisation_figures
 from wdprobe.reports.scores import PAPER_TABLE, is_wdct, write_score_report
 from wdprobe.reports.wording import (
@@ -775,14 +774,6 @@ def _timing_table(manifest: dict) -> tuple[list[str], list[list[str]]]:
     return ["stage", "wall s", "wall min"] + (["CPU s"] if cpus else []), rows
 
 
-def verdict_line(text: str, limit: int = 240) -> str:
-    """A finding's first sentence (its verdict): up to the first full stop that ends a sentence (not a decimal
-    point), shortened with an ellipsis past ``limit`` characters."""
-    m = re.search(r"(?<![0-9])[.](?=\s|$)", text)
-    first = text[: m.end()] if m else text
-    return first if len(first) <= limit else first[: limit - 1].rsplit(" ", 1)[0] + " …"
-
-
 def claims_cell(finding: Finding, ledger: pd.DataFrame) -> str:
     """How many tests a finding words as effects, and the largest of their q-values across the report."""
     if not finding.claims:
@@ -857,7 +848,7 @@ def render_index_html(run_dir: str | Path, notes: str = "", numbers: dict[str, A
         if sec != section:
             parts.append(f"<h3>{html.escape(SECTION_TITLES.get(sec, sec))}</h3>")
             section = sec
-        parts.append("<div class='fig'>" + fig.to_html(full_html=False, include_plotlyjs=False) + "</div>")
+        parts.append("<div class='fig'>" + embed_figure(fig) + "</div>")
     parts.append("<h2 id='tables'>Tables</h2>")
     if m.get("readings"):
         parts.append(folded("Readings (95% intervals over items)", table_html(READINGS_HEADER, readings_rows(m))))

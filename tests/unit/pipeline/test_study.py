@@ -17,6 +17,7 @@ from wdprobe.pipeline.config import (
     with_overrides,
 )
 from wdprobe.pipeline.study import run_study, study_status
+from wdprobe.reports.fit import WIDTHS, find_chromium, page_overflow
 from wdprobe.reports.study import finding_behaviour, finding_steering, findings
 from wdprobe.stages.score import load_score
 
@@ -398,3 +399,12 @@ def test_png_export_can_be_switched_on_and_off(tmp_path):
     if path is None:
         pytest.skip("kaleido is installed but found no browser to render with")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="needs a Chromium binary (apt-get install chromium)")
+def test_the_study_page_fits_a_laptop_and_a_desktop_window(study):
+    """Every figure of the page drawn inside a 1,280 and a 1,920 px window, no title or legend cut at its edge."""
+    _, page, _ = study
+    for width in WIDTHS:
+        layout = page_overflow(page, width)
+        assert layout.fits, (width, layout.scroll_width, layout.elements)

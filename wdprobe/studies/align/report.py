@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +21,7 @@ from wdprobe.core.cache import atomic_write_text
 from wdprobe.errors import InputError, StageNotFinishedError
 from wdprobe.figures.page import figure_html
 from wdprobe.figures.probes import png_problem, write_png
-from wdprobe.reports.html import CSS, folded, inline_markdown, notes_html
+from wdprobe.reports.html import CSS, findings_html, folded, notes_html, verdict_table_markdown
 from wdprobe.reports.wording import interval, versus
 from wdprobe.runs.rundir import read_manifest_file, safe_name
 from wdprobe.scoring.stats import proportion_difference
@@ -314,6 +315,16 @@ def following_text(row: Any, reading: str) -> str:
                   neither=f"{reading}: following {value}, no more than answers changing at random")
 
 
+def titled_findings(found: Sequence[str]) -> list[tuple[str, str]]:
+    """Each finding as (question, text): a finding opens with its run's title in bold (``**Trained on words** ...``),
+    which becomes the row's question; the rest is its text."""
+    out = []
+    for f in found:
+        m = re.match(r"\*\*(.+?)\*\*\s*(.*)", f, flags=re.S)
+        out.append((m.group(1), m.group(2)) if m else ("", f))
+    return out
+
+
 def findings(runs: Sequence[AlignedRun]) -> list[str]:
     """Sentences worded from the numbers and their tests (no interpretation beyond what they show)."""
     out = []
@@ -428,8 +439,7 @@ def write_alignment_report(run_dirs: Sequence[str | Path], out: str | Path, note
             "answer (so every trained answer is a change), SFT then DPO, and evaluates both forms of trained and "
             "held-out items after every epoch. Rates are in canonical option space.</p>",
             "<nav><a href='#findings'>Findings</a><a href='#figures'>Figures</a><a href='#tables'>Tables</a></nav>",
-            "<h2 id='findings'>Findings</h2><ol class='findings'>" + "".join(f"<li>{inline_markdown(f)}</li>" for f in found)
-            + "</ol>"]
+            "<h2 id='findings'>Findings</h2>" + findings_html(titled_findings(found), markdown=True)]
     if notes and notes.strip():
         page.append("<h3>Reading</h3>" + notes_html(notes))
     page.append("<h2 id='figures'>Figures</h2>" + figure_html([fig for _, fig in figs], out / "index.html"))
@@ -458,7 +468,7 @@ def write_alignment_report(run_dirs: Sequence[str | Path], out: str | Path, note
           "", "## Change rates after the last epoch", ""] + _md_table(RATE_HEADER, rate_rows(runs)) + (
           ["", "### Read on content choices (each question in both orders: a new letter habit moves nothing)", ""]
           + _md_table(CONTENT_RATE_HEADER, content_rate_rows(runs)) if content_rate_rows(runs) else []) + [
-          "", "## Findings", ""] + [f"- {f}" for f in found]
+          "", "## Findings", ""] + verdict_table_markdown(titled_findings(found)) + [f"- {f}" for f in found]
     if notes and notes.strip():
         md += ["", "## Reading", "", notes.strip()]
     if pngs:

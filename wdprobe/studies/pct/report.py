@@ -17,7 +17,7 @@ from wdprobe.core.cache import atomic_write_text
 from wdprobe.data.pct import ANSWERS
 from wdprobe.figures.page import figure_html
 from wdprobe.figures.probes import PROBE_TITLES, add_band, png_problem, write_png
-from wdprobe.reports.html import CSS, folded, notes_html, table_html
+from wdprobe.reports.html import CSS, findings_html, folded, notes_html, table_html, verdict_table_markdown
 from wdprobe.reports.wording import decodable
 from wdprobe.runs.rundir import RunDir
 
@@ -514,8 +514,7 @@ def write_pct_report(run_dir: str | Path, out_dir: str | Path, *, notes: str | N
             f"<p class='sub'>{html.escape(sel)}. Tropes: <a href='tropes.html'>tropes.html</a>. Made by "
             f"<code>{html.escape(remake_command(manifest, run.path))}</code>.</p>",
             "<nav><a href='#findings'>Findings</a><a href='#figures'>Figures</a><a href='#tables'>Tables</a></nav>",
-            "<h2 id='findings'>Findings</h2><ol class='findings'>"]
-    page += [f"<li><b>{html.escape(t)}</b> {html.escape(x)}</li>" for t, x in found] + ["</ol>"]
+            "<h2 id='findings'>Findings</h2>", findings_html(found)]
     if notes and notes.strip():
         page.append("<h3>Reading</h3>" + notes_html(notes))
     page.append("<h2 id='figures'>Figures</h2>" + figure_html([fig for _, fig in figs], out / "index.html"))
@@ -537,7 +536,7 @@ def write_pct_report(run_dir: str | Path, out_dir: str | Path, *, notes: str | N
           f"Interactive page: [`index.html`](index.html); tropes: [`tropes.html`](tropes.html); tables in "
           f"[`tables/`](tables/). Selection: {sel}.", "", f"Made by `{remake_command(manifest, run.path)}` "
           "(add `--report DIR --notes FILE` for this folder).", "", "## Findings", ""]
-    md += [f"{i}. **{t}** {x}" for i, (t, x) in enumerate(found, 1)]
+    md += verdict_table_markdown(found) + [f"{i}. **{t}** {x}" for i, (t, x) in enumerate(found, 1)]
     if notes and notes.strip():
         md += ["", "## Reading", "", notes.strip()]
     if n["shifts"] is not None and len(n["shifts"]):

@@ -102,6 +102,11 @@ def test_pipeline_end_to_end_with_plugged_judge(tmp_path, pct_dir, pct_lm):
         assert (run.path / name).is_file(), name
     page = (run.path / "report" / "index.html").read_text()
     assert "Political Compass under personas" in page and "Closed vs open." in page
+    # the verdicts first (one row per question), each finding's numbers one click away
+    readme = (run.path / "report" / "README.md").read_text()
+    assert "| question | what this run says |" in readme and "| Closed vs open |" in readme
+    assert readme.index("| question |") < readme.index("1. **")
+    assert page.count("<li><details><summary><b>") == page.count("</details></li>") >= 3
     # a finished run is not redone (no model needed)
     again = run_pct(cfg, lm=None, judge=KeywordJudge(), embedder=FixedEmbedder(), progress=False, log=lambda m: None,
                     stages=["closed", "open", "judge", "compass"])
