@@ -102,6 +102,12 @@ class LayerTest:
     def significant(self) -> bool:
         return self.p_value < 1 - self.level
 
+    def tied_best(self) -> list[int]:
+        """Every layer (a layer number) whose value equals the best one: a tie is reported as a tie, not as the
+        first of its layers."""
+        top = self.value[self.best]
+        return [int(self.layers[k]) for k in np.flatnonzero(np.isclose(self.value, top, rtol=0, atol=1e-12))]
+
     def first_significant(self) -> int | None:
         """The first layer (a layer number) above the family-wise threshold, or None."""
         above = np.flatnonzero(self.value > self.threshold)
@@ -124,7 +130,7 @@ class LayerTest:
                 "best_low": float(self.low[b]), "best_high": float(self.high[b]), "control_at_best": float(self.control[b]),
                 "threshold": self.threshold, "p_value": self.p_value, "significant": self.significant,
                 "first_significant_layer": self.first_significant(), "n_rows": self.n_rows, "n_groups": self.n_groups,
-                "n_permutations": int(len(self.null_max)),
+                "n_permutations": int(len(self.null_max)), "tied_best_layers": self.tied_best(),
                 "within_domain_at_best": None if self.within is None else float(self.within[b]),
                 "within_domain_control_at_best": None if self.within_control is None else float(self.within_control[b]),
                 "n_domains": self.n_strata}

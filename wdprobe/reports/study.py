@@ -36,6 +36,7 @@ from wdprobe.reports.wording import (
     corrected_away,
     decodable,
     interval,
+    layer_words,
     p_text,
     stats_text,
     supported,
@@ -184,8 +185,8 @@ def ic_text(ic: dict, who: str) -> str:
     agreement (CS), each by its test."""
     t, c = ic["above_cs"], ic["above_control"]
     text = (f"{who} reads the same stance from an item's word and deed prompts on "
-            f"{interval(ic['best'], ic['best_low'], ic['best_high'])} of the {ic['n_items']} items at its best layer "
-            f"{ic['best_layer']} (IC(l)"
+            f"{interval(ic['best'], ic['best_low'], ic['best_high'])} of the {ic['n_items']} items at its best "
+            f"{layer_words(ic)} (IC(l)"
             + ("" if ic.get("kappa_at_best") is None else
                f"; chance-corrected, Cohen's kappa {ic['kappa_at_best']:.2f}: raw agreement follows how often each "
                "reading says one stance")

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping
 
 from wdprobe.reports.claims import Q_LEVEL
 
-__all__ = ["interval", "p_text", "stats_text", "versus", "decodable", "verdict", "supported", "corrected_away",
+__all__ = ["layer_words", "interval", "p_text", "stats_text", "versus", "decodable", "verdict", "supported", "corrected_away",
            "asserted_claims", "UNLISTED"]
 
 UNLISTED = "(no ledger entry)"  # what a claim resting on a test the report's ledger does not hold is recorded as
@@ -49,6 +49,15 @@ def corrected_away(evidence: Mapping[str, Any]) -> bool:
     """Significant in its own stage, but not once the report's other tests are counted."""
     q = evidence.get("q_value")
     return bool(evidence.get("significant")) and q is not None and q >= Q_LEVEL
+
+
+def layer_words(summary: Mapping[str, Any]) -> str:
+    """``layer 9``, or ``layers 1 and 17 (tied)`` where several layers reach the best value."""
+    tied = summary.get("tied_best_layers") or [summary["best_layer"]]
+    if len(tied) == 1:
+        return f"layer {tied[0]}"
+    names = ", ".join(str(t) for t in tied[:-1]) + f" and {tied[-1]}"
+    return f"layers {names} (tied)"
 
 
 def interval(value: float, low: float, high: float, digits: int = 2) -> str:
@@ -103,14 +112,14 @@ def decodable(summary: Mapping[str, Any] | None, what: str, *, layers: int | Non
         within = (f"; within domains {s['within_domain_at_best']:.2f}, random labels "
                   f"{s['within_domain_control_at_best']:.2f}")
     if supported(s):
-        return (f"{what} is decodable ({metric} {value} at layer {s['best_layer']}, random labels "
+        return (f"{what} is decodable ({metric} {value} at {layer_words(s)}, random labels "
                 f"{s['control_at_best']:.2f}{within}; family-wise {stats_text(s)}; first layer above the corrected "
                 f"threshold {s['first_significant_layer']})")
     if corrected_away(s):
         return (f"{what} is not shown to be decodable once the report's other tests are counted: {metric} {value} at "
-                f"layer {s['best_layer']}{within} beats its random-label threshold ({s['threshold']:.2f}, family-wise "
+                f"{layer_words(s)}{within} beats its random-label threshold ({s['threshold']:.2f}, family-wise "
                 f"{p_text(s['p_value'])}), but q = {s['q_value']:.3f} across the report: inconclusive at n = "
                 f"{s['n_groups']} {unit}")
-    return (f"{what} is not shown to be decodable: {picked} reaches {metric} {value} (layer {s['best_layer']}), within "
+    return (f"{what} is not shown to be decodable: {picked} reaches {metric} {value} ({layer_words(s)}), within "
             f"what random labels reach when the best layer is picked (threshold {s['threshold']:.2f}, "
             f"{stats_text(s)}{within}): inconclusive at n = {s['n_groups']} {unit}")

@@ -201,6 +201,7 @@ def content_ic(acts: Activations, *, folds: int = 5, seed: int = 0, n_perm: int 
                   "kappa_at_best": None if np.isnan(kappa[best]) else float(kappa[best]),
                   "control_by_layer": {int(l): float(v) for l, v in zip(layers, null.mean(0))},
                   "content_cs": float(cs.mean()), "best_layer": int(layers[best]), "best": float(ic[best]),
+                  "tied_best_layers": [int(layers[k]) for k in np.flatnonzero(np.isclose(ic, ic[best], rtol=0, atol=1e-12))],
                   "best_low": float(low[best]), "best_high": float(high[best]), "n_items": int(len(cs)),
                   "above_control": {"p_value": p_control, "significant": p_control < 0.05, "threshold": threshold,
                                     "control_at_best": float(null[:, best].mean()), "first_layer": above[0] if above else None,

@@ -146,3 +146,15 @@ def test_a_finding_asserting_an_unsupported_test_is_caught():
     assert unsupported_claims([Finding("ok", "t", claims=["a.json#x"])], ledger) == []
     problems = unsupported_claims([Finding("bad", "t", claims=["a.json#x", "a.json#y", UNLISTED, "b.json#z"])], ledger)
     assert len(problems) == 3 and "q = 0.300" in problems[0] and "does not hold" in problems[1]
+
+
+def test_a_best_layer_tie_is_worded_as_a_tie():
+    from wdprobe.methods.decoding import LayerTest
+    from wdprobe.reports.wording import layer_words
+
+    value = np.array([0.5, 0.8654, 0.7, 0.8654])
+    t = LayerTest((0, 1, 2, 17), "accuracy", value, value - 0.1, value + 0.1, np.full(4, 0.5), np.full(50, 0.6), 80, 40)
+    s = t.summary()
+    assert s["best_layer"] == 1 and s["tied_best_layers"] == [1, 17]
+    assert layer_words(s) == "layers 1 and 17 (tied)" and layer_words({"best_layer": 9}) == "layer 9"
+    assert "at layers 1 and 17 (tied)" in decodable(dict(s, significant=True), "X")
