@@ -5,6 +5,7 @@ import argparse
 import errno
 import json
 import sys
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -705,8 +706,76 @@ def _add_measurement_args(p: argparse.ArgumentParser) -> None:
                         "(cloze: no letter at all), or both (the default)")
 
 
+EXAMPLES = {  # one working command line per command, shown under its --help (and parsed by a test)
+    "score": "wdprobe score --data WDCT.csv --out runs/g270 --sample 100",
+    "sweep": "wdprobe sweep sweep.toml --executor local",
+    "merge": "wdprobe merge runs/g270",
+    "upstream": "wdprobe upstream results/Llama-3-8B.csv",
+    "report": "wdprobe report runs/g270 --out reports/g270",
+    "capture": "wdprobe capture --run runs/g270 --layers all --positions last,question_mean",
+    "probe": "wdprobe probe --run runs/g270 --kinds logreg,diffmean --folds 5",
+    "lens": "wdprobe lens --run runs/g270",
+    "patch": "wdprobe patch --run runs/g270 --instrument both --items 200",
+    "steer": "wdprobe steer --run runs/g270 --items 200 --alphas 1,4,16",
+    "run": "wdprobe run --data WDCT.csv --out runs/g270 --report reports/g270 --sample 100",
+    "status": "wdprobe status runs/g270",
+    "compare": "wdprobe compare runs/base runs/organism --out compare.html",
+    "pct run": "wdprobe pct run --data pct/ --personas base,age=18 --out runs/pct",
+    "pct closed": "wdprobe pct closed --data pct/ --out runs/pct",
+    "pct open": "wdprobe pct open --data pct/ --out runs/pct",
+    "pct judge": "wdprobe pct judge --data pct/ --out runs/pct",
+    "pct compass": "wdprobe pct compass --data pct/ --out runs/pct",
+    "pct capture": "wdprobe pct capture --data pct/ --out runs/pct",
+    "pct probes": "wdprobe pct probes --data pct/ --out runs/pct --folds 5",
+    "pct content_probes": "wdprobe pct content_probes --data pct/ --out runs/pct",
+    "pct tropes": "wdprobe pct tropes --data pct/ --out runs/pct",
+    "pct report": "wdprobe pct report --data pct/ --out runs/pct",
+    "pct status": "wdprobe pct status --out runs/pct",
+    "align": "wdprobe align --data WDCT.csv --form word --method sft+dpo --items 96 --out runs/align-word",
+    "align-report": "wdprobe align-report runs/align-word runs/align-deed --out reports/alignment",
+    "organism build": "wdprobe organism build --kind sincere-balanced --data WDCT.csv --out organisms/sincere",
+    "organism edit": "wdprobe organism edit --model organisms/sincere --layer 8 --out organisms/edit-8 --data WDCT.csv",
+    "organism show": "wdprobe organism show organisms/edit-8",
+    "cross-patch": "wdprobe cross-patch --reference organisms/sincere --variant organisms/edit-8 --data WDCT.csv "
+                   "--sites resid mlp --method attribution",
+    "interchange": "wdprobe interchange --data WDCT.csv --kind rotation --k 2 --out runs/interchange",
+    "convert-model": "wdprobe convert-model",
+}
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in every flag's help, and the example under it kept on its own line."""
+
+
+def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict[str, argparse.ArgumentParser]:
+    """Every leaf command's parser by its name (``"pct run"``, ``"score"``)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return {" ".join(path): parser}
+    out: dict[str, argparse.ArgumentParser] = {}
+    for name, sub in subs[0].choices.items():
+        out.update(commands(sub, path + (name,)))
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every command (the CLI reference in the docs is generated from it)."""
+    """The argument parser of every command (the CLI reference in the docs is generated from it), each command's
+    help ending with an example."""
+    parser = _build_parser()
+    for name, command in commands(parser).items():
+        if name in EXAMPLES:
+            command.epilog = f"example:\n  {EXAMPLES[name]}"
+            if command.description:  # the raw layout keeps the example on its line: wrap the prose here instead
+                command.description = "\n\n".join(textwrap.fill(" ".join(para.split()), 78)
+                                                   for para in command.description.split("\n\n"))
+            if command.formatter_class is argparse.HelpFormatter:
+                command.formatter_class = argparse.RawDescriptionHelpFormatter
+            elif command.formatter_class is argparse.ArgumentDefaultsHelpFormatter:
+                command.formatter_class = _HelpFormatter
+    return parser
+
+
+def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wdprobe", description="Measure and explain word-deed inconsistency in LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
 

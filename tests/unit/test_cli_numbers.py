@@ -69,3 +69,19 @@ def test_every_flag_of_every_command_says_what_it_does():
                      if a.option_strings and not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
               for name, parser in sub.choices.items()}
     assert not {k: v for k, v in silent.items() if v}
+
+
+def test_every_command_shows_an_example_that_parses(capsys):
+    """Each command's --help ends with a working example: the example parses with the command's own parser."""
+    import shlex
+
+    from wdprobe.cli import EXAMPLES, commands
+
+    parser = build_parser()
+    assert set(commands(parser)) == set(EXAMPLES)
+    for name, example in EXAMPLES.items():
+        words = shlex.split(example)
+        assert words[0] == "wdprobe" and " ".join(words[1:1 + len(name.split())]) == name, example
+        args = parser.parse_args(words[1:])  # a bad flag would exit 2 here
+        assert callable(getattr(args, "func", None)), name
+        assert commands(parser)[name].format_help().rstrip().endswith(example)
