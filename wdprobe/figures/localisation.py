@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from wdprobe.figures.probes import rgba
+from wdprobe.figures.probes import reference_line, rgba
 from wdprobe.methods.patching import rank_correlation
 
 GROUP_COLOURS = {"consistent": "#2ca02c", "inconsistent": "#d62728", "all": "#1f77b4"}
@@ -100,8 +100,8 @@ def cross_form_figures(summary, where: str) -> list[go.Figure]:
     for c in (1, 2, 3):
         fig.update_yaxes(range=[-0.02, 1.02], row=1, col=c)
     if "cs_clean" in summary.attrs:
-        fig.add_hline(y=summary.attrs["cs_clean"], line=dict(color="#2ca02c", dash="longdash"), row=1, col=3,
-                      annotation_text=f"clean CS {summary.attrs['cs_clean']:.2f}", annotation_position="top left")
+        reference_line(fig, f"clean CS {summary.attrs['cs_clean']:.2f}", y=summary.attrs["cs_clean"],
+                       line=dict(color="#2ca02c", dash="longdash"), row=1, col=3)
     fig.update_layout(title=f"Cross-form patching: word-run residual into the deed run<br><sup>{where}</sup>",
                       template="plotly_white", height=470, width=1280, legend=dict(orientation="h", y=-0.22))
     fig2 = go.Figure()
@@ -130,8 +130,8 @@ def cloze_patch_figure(summary, where: str) -> go.Figure:
         fig.update_xaxes(title_text="patched layer (resid_post, decision point)", row=1, col=c)
         fig.update_yaxes(range=[-0.02, 1.02], title_text="share of items" if c < 3 else "CS", row=1, col=c)
     if "cs_clean" in summary.attrs:
-        fig.add_hline(y=summary.attrs["cs_clean"], line=dict(color="#2ca02c", dash="longdash"), row=1, col=3,
-                      annotation_text=f"clean {summary.attrs['cs_clean']:.2f}", annotation_position="top left")
+        reference_line(fig, f"clean decision-step CS {summary.attrs['cs_clean']:.2f}", y=summary.attrs["cs_clean"],
+                       line=dict(color="#2ca02c", dash="longdash"), row=1, col=3)
     fig.update_layout(title=f"Cross-form patching in the cloze form: word decision point into the deed's<br><sup>{where}</sup>",
                       template="plotly_white", height=470, width=1280, legend=dict(orientation="h", y=-0.22))
     return fig
@@ -287,7 +287,10 @@ def steering_figures(table, where: str, min_mass_ratio: float, *, mass_label: st
                 fig2.add_trace(go.Scatter(x=s_["alpha"], y=s_[col], mode="lines+markers", name=name, showlegend=(c == 1),
                                           legendgroup=name, line=dict(color=colour, dash=dash)), row=1, col=c)
     fig2.add_hline(y=min_mass_ratio, line=dict(color="black", dash="dot"), row=1, col=3)
-    fig2.update_xaxes(title_text="alpha (× word-answer mean difference)", type="log")
+    alphas = sorted(a for a in table["alpha"].unique() if a > 0)
+    # the grid's own alphas as the only ticks: plotly's log axis otherwise labels minor ticks between them
+    fig2.update_xaxes(title_text="alpha (× word-answer mean difference)", type="log", tickvals=alphas,
+                      ticktext=[f"{a:g}" for a in alphas])
     fig2.update_yaxes(range=[-0.02, 1.02], row=1, col=1)
     fig2.update_yaxes(range=[-0.02, 1.02], row=1, col=2)
     sub = f"; clean CS on these items {clean:.2f}" if clean is not None else ""

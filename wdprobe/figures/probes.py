@@ -48,6 +48,19 @@ def rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+def reference_line(fig: go.Figure, label: str, *, y: float | None = None, x: float | None = None,
+                   line: dict | None = None, row: int | str | None = None, col: int | str | None = None,
+                   legend: bool = True) -> None:
+    """A horizontal (``y``) or vertical (``x``) reference line named in the legend, not by a text annotation
+    that would sit on the data; ``legend=False`` for its repeats in other panels."""
+    line = line or dict(color="black", width=1, dash="dot")
+    where = {} if row is None else {"row": row, "col": col}
+    (fig.add_hline(y=y, line=line, **where) if y is not None else fig.add_vline(x=x, line=line, **where))
+    if legend:
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=line, name=label, hoverinfo="skip"),
+                      **({} if row is None else {"row": 1, "col": 1}))
+
+
 def add_band(fig, sub, x, colour, row, col, name, dash="solid", legend=True):
     """Add a mean line with a +-1 SEM band to one panel of a figure."""
     mean, sem = sub["mean"].to_numpy(), sub["sem"].to_numpy()
@@ -76,8 +89,8 @@ def accuracy_figure(summary, cs: float | None, title: str) -> go.Figure:
     for c, kind in enumerate(kinds, start=1):
         _draw_panel(fig, summary, kind, STANCE_METRICS, c)
         if cs is not None:
-            fig.add_hline(y=cs, line=dict(color="#2ca02c", width=1.5, dash="longdash"), row=1, col=c,
-                          annotation_text=f"behavioural CS {cs:.2f}", annotation_position="bottom right")
+            reference_line(fig, f"behavioural CS {cs:.2f}", y=cs, line=dict(color="#2ca02c", width=1.5, dash="longdash"),
+                           row=1, col=c, legend=c == 1)
     fig.update_yaxes(title_text="balanced accuracy, held out (± s.e.)", range=[0.3, 1.02], row=1, col=1)
     fig.update_layout(title=dict(text=title, x=0.08, xanchor="left"), template="plotly_white", height=500,
                       width=560 * len(kinds) + 160, margin=dict(l=110, t=110), legend=dict(orientation="h", y=-0.2))

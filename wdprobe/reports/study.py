@@ -24,7 +24,7 @@ from wdprobe.core.cache import atomic_write_text
 from wdprobe.errors import IntegrityError, StageNotFinishedError
 from wdprobe.figures import probes as plots
 from wdprobe.figures.page import embed_figure, plotly_script
-from wdprobe.figures.probes import png_problem, write_png
+from wdprobe.figures.probes import png_problem, reference_line, write_png
 from wdprobe.methods.steering import MIN_MASS_RATIO, control_key
 from wdprobe.reports.claims import Q_LEVEL, claims_ledger, with_q_values
 from wdprobe.reports.html import CSS, folded, notes_html, table_html, verdict_line
@@ -636,7 +636,7 @@ def paper_figure(metrics: dict, model: str) -> go.Figure:
     fig.add_bar(y=names, x=cs, orientation="h", marker_color=colour, name="CS", text=[f"{v:.2f}" for v in cs],
                 textposition="outside")
     fig.add_scatter(y=names, x=pcs, mode="markers", marker=dict(symbol="diamond", size=10, color="#1c7ed6"), name="PCS")
-    fig.add_vline(x=0.5, line_dash="dot", annotation_text="chance CS (two options)", annotation_position="top")
+    reference_line(fig, "chance CS (two options)", x=0.5)
     fig.update_layout(title="CS and PCS beside the paper's table (macro over domains)<br><sup>grey: Xu et al. (ICLR "
                             "2025), generated answers; orange: this run, next-token letter probabilities</sup>",
                       xaxis=dict(range=[0, 1.05], title="score"), height=420, margin=dict(l=200),
@@ -651,7 +651,8 @@ def domain_figure(metrics: dict, model: str) -> go.Figure:
     fig.add_bar(x=doms, y=[metrics["per_domain"][d]["cs"] for d in doms], name="CS", marker_color="#d9480f")
     fig.add_bar(x=doms, y=[metrics["per_domain"][d]["pcs"] for d in doms], name="PCS", marker_color="#1c7ed6")
     if "cs_letter_copy_baseline" in metrics:  # a cloze-only run has no letters to copy
-        fig.add_hline(y=metrics["cs_letter_copy_baseline"], line_dash="dot", annotation_text="letter-copy baseline CS")
+        reference_line(fig, f"letter-copy baseline CS {metrics['cs_letter_copy_baseline']:.2f}",
+                       y=metrics["cs_letter_copy_baseline"])
     fig.update_layout(barmode="group", title=f"CS and PCS by domain — {model}<br><sup>"
                       + ", ".join(f"{d} n={metrics['per_domain'][d]['n']}" for d in doms) + "</sup>",
                       yaxis=dict(range=[0, 1.05]), height=380)

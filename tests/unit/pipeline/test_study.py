@@ -408,3 +408,18 @@ def test_the_study_page_fits_a_laptop_and_a_desktop_window(study):
     for width in WIDTHS:
         layout = page_overflow(page, width)
         assert layout.fits, (width, layout.scroll_width, layout.elements)
+
+
+def test_no_figure_writes_a_label_on_its_data(study):
+    """Reference lines (chance, clean CS, baselines) are named in the legend: the only annotations left are the
+    panels' titles, placed in the figure's margins (paper coordinates), never at a data coordinate."""
+    from wdprobe.reports.study import study_figures
+
+    cfg, _, _ = study
+    figs = study_figures(cfg.out_dir)
+    assert len(figs) >= 5
+    for _, name, fig in figs:
+        on_data = [a.text for a in fig.layout.annotations if a.yref != "paper" or a.xref != "paper"]
+        assert not on_data, (name, on_data)
+    legends = {t.name for _, _, fig in figs for t in fig.data if t.name}
+    assert any(n.startswith("chance CS") for n in legends)
