@@ -90,9 +90,9 @@ def embed_figure(fig: go.Figure, page_width: int = PAGE_WIDTH) -> str:
         text, added = wrap_title(title, min(design or page_width, page_width))
         if added:
             top = shown.layout.margin.t if shown.layout.margin.t is not None else 100
-            shown.update_layout(title_text=text, margin_t=top + 16 * added)
+            shown.update_layout(title_text=text, margin_t=top + 24 * added)
             if shown.layout.height:
-                shown.update_layout(height=shown.layout.height + 16 * added)
+                shown.update_layout(height=shown.layout.height + 24 * added)
     shown.update_layout(width=None, autosize=True)
     html = shown.to_html(full_html=False, include_plotlyjs=False, default_width="100%", config={"responsive": True})
     return f"<div style='max-width:{int(design)}px'>{html}</div>" if design else html

@@ -34,7 +34,8 @@ def inline_markdown(text: str) -> str:
     out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
     out = re.sub(r"(?<![\w*])\*(?=\S)(.+?)(?<=\S)\*(?![\w*])", r"<i>\1</i>", out)
     out = re.sub(r"`(.+?)`", r"<code>\1</code>", out)
-    return re.sub(r"\[(.+?)\]\((.+?)\)", r"<a href='\2'>\1</a>", out)
+    # link text holds no bracket: "[0.72, 1.00]; [`x`](y)" links only "`x`", not the interval before it
+    return re.sub(r"\[([^\[\]]+?)\]\(([^()\s]+?)\)", r"<a href='\2'>\1</a>", out)
 
 
 def notes_html(notes: str) -> str:

@@ -152,7 +152,13 @@ def finding_behaviour(n: dict) -> Finding | None:
                                        neither=f"not distinguishable from {ref:.3f}, what the same answers reach "
                                                "paired with random items")
         parts.append(sentence)
-    text = (f"CS over {m['n_items']} items, 95% intervals: " + "; ".join(parts) + "." if parts else
+    verdict_first = shown_and_not("CS above what the same answers reach paired with random items", {
+        label.split(" (")[0]: (readings.get(name) or {}).get("vs_chance")
+        for name, label in (("shown", "paper-compatible reading"), ("content", "content reading"),
+                            ("cloze", "cloze form"))}) if any((readings.get(k) or {}).get("vs_chance")
+                                                               for k in ("shown", "content", "cloze")) else ""
+    text = (verdict_first + (" " if verdict_first else "")
+            + f"CS over {m['n_items']} items, 95% intervals: " + "; ".join(parts) + "." if parts else
             f"CS {m['cs_micro']:.3f} over {m['n_items']} items (macro {m['cs_macro']:.3f}).")
     if is_wdct(m):
         near = _closest_paper_models(m["cs_macro"])
@@ -237,6 +243,11 @@ def finding_probes(n: dict) -> Finding | None:
                                    layers=layers))
         if cloze_ic and "above_control" in cloze_ic:
             sentences.append(ic_text(cloze_ic, "In the cloze form, one probe trained on both forms"))
+    for name, where in (("content_ic", "letter prompts"), ("cloze_ic", "cloze form")):
+        over_question = (n.get(name) or {}).get("question_mean")  # the other captured position, read the same way
+        if over_question and "above_control" in over_question:
+            sentences.append(ic_text(over_question, f"Over the question tokens ({where}), one probe trained on both "
+                                                    "forms"))
     tests = (head or {}).get("tests")
     if tests and not content:  # a letter-free run words its content probes; the shown-order tests are the fallback
         sentences.append(decodable(tests.get("word->word"), "In the shown order alone, the word answer", layers=layers))
@@ -256,6 +267,10 @@ def finding_probes(n: dict) -> Finding | None:
                            "cloze word choice": (cloze or {}).get("decide_word"),
                            "cloze deed choice": (cloze or {}).get("decide_deed"),
                            "cloze word-to-deed transfer": (cloze or {}).get("transfer_word_deed"),
+                           "a content stance shared by word and deed (IC)": shared_stance_test(
+                               (n.get("content_ic") or {}).get("last")),
+                           "a cloze stance shared by word and deed over the question (IC)": shared_stance_test(
+                               (n.get("cloze_ic") or {}).get("question_mean")),
                            **({} if content else {"shown word answer": (tests or {}).get("word->word"),
                                                   "word answer read on deeds": (tests or {}).get("word->deed"),
                                                   "letter said": (tests or {}).get("letter")})})
@@ -263,6 +278,17 @@ def finding_probes(n: dict) -> Finding | None:
             + ". ".join(sentences) + ".")
     return Finding("What is decodable inside: the option or the letter?", text,
                    {"content": content, "tests": tests})
+
+
+def shared_stance_test(ic: dict | None) -> dict | None:
+    """IC's claim of a shared stance as one test record: its test against the within-domain control, counted as
+    supporting only when IC also beats CS by its own test (as :func:`ic_text` words it)."""
+    if not ic or "above_control" not in ic:
+        return None
+    above_cs = ic.get("above_cs") or {}
+    if verdict(above_cs, record=False) > 0:
+        return ic["above_control"]
+    return dict(ic["above_control"], significant=False)
 
 
 def probe_verdict(tests: dict[str, dict | None]) -> str:
@@ -280,6 +306,8 @@ def shown_and_not(claim: str, tests: dict[str, dict | None]) -> str:
     # an effect with a sign must point the claimed way; a decoding test has no sign (above chance is the claim)
     shown = [name for name, t in measured.items() if (verdict(t) > 0 if "effect" in t else supported(t))]
     rest = [name for name in measured if name not in shown]
+    if len(rest) > 3:  # a verdict stays one short sentence; the finding below names every test
+        rest = [f"{len(rest)} others ({', '.join(rest[:2])}, …)"]
     return (f"{claim}: {', '.join(shown) if shown else 'none of those tested'}"
             + (f"; not shown: {', '.join(rest)}." if rest else "."))
 
@@ -299,8 +327,8 @@ def finding_lens(n: dict) -> Finding | None:
     last3 = sum(v for k, v in hist.items() if k >= n_layers - 3)
     share = last3 / max(1, sum(hist.values()))
     cs_curve = lens["all"]["lens_cs"]
-    text = (f"Read through the logit lens, {parting_words(inc)} ({share:.0%} of those that part do so in the "
-            f"last three of {n_layers} layers). Lens CS over all items ranges from {min(cs_curve[:-1]):.2f} to "
+    text = (f"Read through the logit lens, {parting_words(inc)}; {share:.0%} of those that part do so in the "
+            f"last three of {n_layers} layers. Lens CS over all items ranges from {min(cs_curve[:-1]):.2f} to "
             f"{max(cs_curve[:-1]):.2f} before the last layer (final {cs_curve[-1]:.2f}; a description, not a test).")
     if cloze and cloze["inconsistent"]["n"]:
         text += cloze_lens_text(cloze)
@@ -547,23 +575,35 @@ def finding_steering(n: dict) -> Finding | None:
             "cell is optimistic, so the claim rests on held-out items.")
     val = s.get("validation")
     more, restored = validation_text(val, "letter mass", best.get("min_mass_ratio", MIN_MASS_RATIO), s.get("validation_skipped"))
-    first = steering_verdict({"letter form": restored, **({"cloze form": cloze_restored} if cloze else {})})
+    prompted = {"letter form": ((val or {}).get("tests") or {}).get("prompted_beats_clean"),
+                "cloze form": ((((n.get("cloze_steer") or {}).get("validation")) or {}).get("tests") or {}).get(
+                    "prompted_beats_clean")}
+    first = steering_verdict({"letter form": restored, **({"cloze form": cloze_restored} if cloze else {})}, prompted)
     return Finding("Does steering restore consistency?", first + " " + text + more + cloze,
                    {"grid_cs": best["cs"], "validated_cs": (val or {}).get("stance", {}).get("cs"), "restored": restored,
                     "cloze_restored": cloze_restored})
 
 
-def steering_verdict(restored: dict[str, bool | None]) -> str:
+def steering_verdict(restored: dict[str, bool | None], prompted: dict[str, dict | None] | None = None) -> str:
     """Steering's verdict in one sentence: in which answer formats it is a validated restoration on held-out items
-    (beats clean and every control, each by its test), where it is not, and where no claim could be made."""
-    parts = {True: [], False: [], None: []}
+    (beats clean and every control, each by its test), where it is not, where no claim could be made, and where
+    telling the model its own word answer (the prompting baseline) raises CS by its test."""
+    parts: dict[bool | None, list[str]] = {True: [], False: [], None: []}
     for name, value in restored.items():
         parts[value].append(name)
-    text = f"A validated restoration on held-out items: {', '.join(parts[True]) if parts[True] else 'in no form tested'}"
-    if parts[False]:
-        text += f"; not in the {' and '.join(parts[False])}"
+    if parts[True]:
+        text = f"A validated restoration on held-out items in the {' and '.join(parts[True])}"
+        if parts[False]:
+            text += f"; none in the {' or '.join(parts[False])}"
+    elif parts[False]:
+        text = f"No validated restoration on held-out items in the {' or '.join(parts[False])}"
+    else:
+        text = "No steering claim"
     if parts[None]:
-        text += f"; no claim in the {' and '.join(parts[None])} (not validated)"
+        text += f"; no claim in the {' or '.join(parts[None])} (not validated)"
+    told = [name for name, t in (prompted or {}).items() if t and verdict(t) > 0]
+    if told:
+        text += f"; telling the model its own word answer raises CS in the {' and '.join(told)}"
     return text + "."
 
 
@@ -782,7 +822,9 @@ def claims_cell(finding: Finding, ledger: pd.DataFrame) -> str:
         return "no effect claimed"
     q = {f"{r.source}#{r.test}": float(r.q) for r in ledger.itertuples()}
     worst = max(q.get(k, float("nan")) for k in finding.claims)
-    return f"{len(finding.claims)} test{'s' if len(finding.claims) > 1 else ''}, each q ≤ {worst:.3g}"
+    if len(finding.claims) == 1:
+        return f"1 test, q = {worst:.2g}"
+    return f"{len(finding.claims)} tests, largest q = {worst:.2g}"
 
 
 def ledger_sentence(ledger: pd.DataFrame) -> str:

@@ -34,13 +34,14 @@ def asserted_claims() -> Iterator[list[str]]:
         _ASSERTED.reset(token)
 
 
-def supported(evidence: Mapping[str, Any]) -> bool:
+def supported(evidence: Mapping[str, Any], *, record: bool = True) -> bool:
     """Whether a test supports wording its effect as shown: significant in its stage's own test (which accounts for
-    picking the best layer or setting) and, where the report gave it one, q < Q_LEVEL across the report."""
+    picking the best layer or setting) and, where the report gave it one, q < Q_LEVEL across the report.
+    ``record=False``: a look that words nothing (the claim is not recorded)."""
     q = evidence.get("q_value")
     ok = bool(evidence.get("significant")) and (q is None or q < Q_LEVEL)
     claims = _ASSERTED.get()
-    if ok and claims is not None:
+    if ok and record and claims is not None:
         claims.append(evidence.get("ledger_key") or UNLISTED)
     return ok
 
@@ -53,7 +54,11 @@ def corrected_away(evidence: Mapping[str, Any]) -> bool:
 
 def layer_words(summary: Mapping[str, Any]) -> str:
     """``layer 9``, or ``layers 1 and 17 (tied)`` where several layers reach the best value."""
-    tied = summary.get("tied_best_layers") or [summary["best_layer"]]
+    tied = summary.get("tied_best_layers")
+    if tied is None and summary.get("ic_by_layer"):  # an IC summary written before ties were recorded
+        curve = {int(k): float(v) for k, v in summary["ic_by_layer"].items()}
+        tied = [k for k, v in curve.items() if abs(v - summary["best"]) <= 1e-12]
+    tied = tied or [summary["best_layer"]]
     if len(tied) == 1:
         return f"layer {tied[0]}"
     names = ", ".join(str(t) for t in tied[:-1]) + f" and {tied[-1]}"
@@ -76,9 +81,9 @@ def stats_text(evidence: Mapping[str, Any]) -> str:
     return p_text(evidence["p_value"]) + ("" if q is None else f", q = {q:.3f}")
 
 
-def verdict(evidence: Mapping[str, Any]) -> int:
+def verdict(evidence: Mapping[str, Any], *, record: bool = True) -> int:
     """+1 / -1 for a supported effect in that direction (:func:`supported`), 0 for inconclusive."""
-    if not supported(evidence):
+    if not supported(evidence, record=record):
         return 0
     return 1 if evidence["effect"] > 0 else -1
 
@@ -116,8 +121,9 @@ def decodable(summary: Mapping[str, Any] | None, what: str, *, layers: int | Non
                 f"{s['control_at_best']:.2f}{within}; family-wise {stats_text(s)}; first layer above the corrected "
                 f"threshold {s['first_significant_layer']})")
     if corrected_away(s):
+        inside = f" ({within[2:]})" if within else ""
         return (f"{what} is not shown to be decodable once the report's other tests are counted: {metric} {value} at "
-                f"{layer_words(s)}{within} beats its random-label threshold ({s['threshold']:.2f}, family-wise "
+                f"{layer_words(s)}{inside} beats its random-label threshold ({s['threshold']:.2f}, family-wise "
                 f"{p_text(s['p_value'])}), but q = {s['q_value']:.3f} across the report: inconclusive at n = "
                 f"{s['n_groups']} {unit}")
     return (f"{what} is not shown to be decodable: {picked} reaches {metric} {value} ({layer_words(s)}), within "

@@ -56,3 +56,19 @@ def test_a_page_of_embedded_figures_fits_where_a_fixed_width_figure_does_not(tmp
     assert not overflow.fits and any(right > 1280 for _, right in overflow.elements)
     assert any(name.startswith("cut text: Content probes") for name, _ in overflow.elements)  # the 600 px one's title
     assert not list(tmp_path.glob(".fit-*"))  # the measuring copy is gone
+
+
+REPORTS = __import__("pathlib").Path(__file__).resolve().parents[3] / "reports"
+SHOWN_PAGES = ("gemma-3-270m/index.html",  # the docs' screenshots
+               pytest.param("gemma-3-270m/pct/order-free/index.html", marks=pytest.mark.xfail(
+                   strict=True, reason="a known defect: drawn before titles were wrapped, its compass subtitle is cut "
+                                       "at the figure's edge; fixed when `wdprobe pct run` redraws it (then this fails)")),
+               "gemma-3-270m/alignment/content/index.html", "organisms/compare.html")
+
+
+@chromium
+@pytest.mark.parametrize("page", SHOWN_PAGES)
+def test_the_committed_pages_the_docs_show_fit_both_windows(page):
+    for width in WIDTHS:
+        layout = page_overflow(REPORTS / page, width)
+        assert layout.fits, (page, width, layout.scroll_width, layout.elements[:5])

@@ -158,3 +158,11 @@ def test_a_best_layer_tie_is_worded_as_a_tie():
     assert s["best_layer"] == 1 and s["tied_best_layers"] == [1, 17]
     assert layer_words(s) == "layers 1 and 17 (tied)" and layer_words({"best_layer": 9}) == "layer 9"
     assert "at layers 1 and 17 (tied)" in decodable(dict(s, significant=True), "X")
+
+
+def test_a_bracketed_interval_before_a_link_stays_text():
+    from wdprobe.reports.html import inline_markdown
+
+    assert inline_markdown("Wilson [0.72, 1.00]; [`components/`](../c/card.md)") == (
+        "Wilson [0.72, 1.00]; <a href='../c/card.md'><code>components/</code></a>")
+    assert inline_markdown("[a](b.md) and [c](d.md)") == "<a href='b.md'>a</a> and <a href='d.md'>c</a>"
