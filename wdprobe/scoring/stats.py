@@ -41,16 +41,17 @@ class Interval:
 
 
 def wilson_interval(share: Any, n: Any, *, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval of a proportion (vectorised over layers): right at 0 and 1 and for small n, where
-    the normal approximation gives bounds outside [0, 1]. For curves saved with only a share and a count."""
-    from statistics import NormalDist
+    """Wilson score interval of a proportion (vectorised over layers; statsmodels' ``proportion_confint``): right at 0
+    and 1 and for small n, where the normal approximation gives bounds outside [0, 1]. For curves saved with only a
+    share and a count; a share of no items has no interval (NaN)."""
+    from statsmodels.stats.proportion import proportion_confint
 
-    p, n = np.asarray(share, dtype=np.float64), np.asarray(n, dtype=np.float64)
-    z = NormalDist().inv_cdf(0.5 + level / 2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return centre - half, centre + half
+    p, n = np.broadcast_arrays(np.asarray(share, dtype=np.float64), np.asarray(n, dtype=np.float64))
+    low, high = np.full(p.shape, np.nan), np.full(p.shape, np.nan)
+    ok = (n > 0) & np.isfinite(p)
+    if ok.any():
+        low[ok], high[ok] = proportion_confint(p[ok] * n[ok], n[ok], alpha=1 - level, method="wilson")
+    return low, high
 
 
 def bootstrap_indices(n: int, *, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
@@ -221,13 +222,11 @@ def proportion_difference(k1: int, n1: int, k2: int, n2: int, *, level: float = 
     two-sided p-value: e.g. alignment's *following*, the share of the other form's answers that moved onto the target
     minus the share that moved off it (with two options both are "changed", so only their difference is a stance)."""
     from scipy.stats import fisher_exact
+    from statsmodels.stats.proportion import confint_proportions_2indep
 
     if n1 <= 0 or n2 <= 0:
         return Evidence(float("nan"), float("nan"), float("nan"), 1.0, int(max(n1, 0) + max(n2, 0)), 0.0, level=level)
-    p1, p2 = k1 / n1, k2 / n2
-    (l1, l2), (u1, u2) = wilson_interval(np.array([p1, p2]), np.array([n1, n2]), level=level)
-    d = p1 - p2
-    low = d - float(np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2))
-    high = d + float(np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+    d = k1 / n1 - k2 / n2
+    low, high = confint_proportions_2indep(k1, n1, k2, n2, method="newcomb", compare="diff", alpha=1 - level)
     p = float(fisher_exact([[k1, n1 - k1], [k2, n2 - k2]])[1])
-    return Evidence(float(d), low, high, p, int(n1 + n2), 0.0, level=level)
+    return Evidence(float(d), float(low), float(high), p, int(n1 + n2), 0.0, level=level)

@@ -108,6 +108,15 @@ def test_wilson_interval_by_hand():
     assert lo[0] == pytest.approx(0.4038, abs=1e-4) and hi[0] == pytest.approx(0.5962, abs=1e-4)
     assert lo[1] == pytest.approx(0.0, abs=1e-12) and 0.25 < hi[1] < 0.3  # 0 of 10: [0, 0.278]
     assert hi[2] == pytest.approx(1.0, abs=1e-12) and lo[2] == pytest.approx(1 - hi[1])
+    # statsmodels gives what the closed form gave (the code it replaced) on a grid, and a share of no items no interval
+    share, n = np.linspace(0, 1, 11), np.array([1, 3, 7, 10, 20, 33, 50, 100, 250, 1000, 5000])
+    z = 1.959963984540054
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+    lo, hi = wilson_interval(share, n)
+    np.testing.assert_allclose(lo, centre - half, atol=1e-12)
+    np.testing.assert_allclose(hi, centre + half, atol=1e-12)
+    assert np.isnan(wilson_interval([0.5], [0])).all()
 
 
 def test_proportion_difference_matches_newcombes_worked_example():
