@@ -924,7 +924,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                                  "then wdprobe merge RUN (best setting and validation there)")
     p.set_defaults(func=cmd_steer)
 
-    p = sub.add_parser("run", help="the whole study in one command: score, capture, probes, lens, patching, steering, report (full WDCT: about an hour on 2 CPU cores; --sample 100: about 4 minutes)")
+    p = sub.add_parser("run", help="the whole study in one command: score, capture, probes, lens, patching, steering, report (full WDCT: about an hour on 2 CPU cores; --sample 100: about 7 minutes)")
     p.add_argument("--config", default=None, help="TOML study file (see --print-config); flags given here win over it")
     StudyConfig.add_flags(p.add_argument_group("the study (flags given win over --config)"))
     p.add_argument("--domain", action="append", default=None, help="keep only this domain (repeatable; any domain of the items)")
