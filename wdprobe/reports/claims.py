@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,19 +19,32 @@ import numpy as np
 import pandas as pd
 from scipy.stats import false_discovery_control
 
+from wdprobe.core.cache import atomic_write_text
 from wdprobe.errors import IntegrityError
+from wdprobe.reports.html import verdict_line
 from wdprobe.runs.rundir import checked_result_text
 
 __all__ = ["Claim", "collect_claims", "claims_ledger", "RESULT_FILES", "Q_LEVEL", "test_records", "ledger_key",
-           "with_q_values"]
+           "with_q_values", "q_by_key", "Finding", "UNLISTED", "unsupported_claims", "publish_findings"]
 
 Q_LEVEL = 0.05
+UNLISTED = "(no ledger entry)"  # what a claim resting on a test the report's ledger does not hold is recorded as
 # the run's result files that hold tests (relative globs); copies of them elsewhere (the manifest's headlines) are
 # not read twice
 RESULT_FILES = ("metrics.json", "probes/*headline.json", "probes/content-*.json", "probes/cloze-*.json",
                 "patching/*headline.json",
                 "steering/*headline.json")
 EFFECT_KEYS = ("effect", "best", "value", "statistic", "observed", "mean")
+
+
+@dataclass
+class Finding:
+    """One numbered finding: a short claim and the numbers behind it (plain text, no markup)."""
+
+    title: str
+    text: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+    claims: list[str] = field(default_factory=list)  # ledger keys of the tests its wording asserts as effects
 
 
 @dataclass(frozen=True)
@@ -106,13 +119,43 @@ def ledger_key(source: str, test: str) -> str:
     return f"{source}#{test}"
 
 
+def q_by_key(ledger: pd.DataFrame) -> dict[str, float]:
+    """Each ledger test's report-wide q-value, keyed by :func:`ledger_key`."""
+    return {ledger_key(r.source, r.test): float(r.q) for r in ledger.itertuples()}
+
+
 def with_q_values(data: Any, source: str, ledger: pd.DataFrame) -> Any:
     """``data`` (a result file's JSON, read from ``source``) with each test record given its report-wide
     ``q_value`` and its ``ledger_key``, so the wording can follow the correction across the report. A record the
     ledger does not hold gets neither (and no finding may assert it)."""
-    q = {ledger_key(r.source, r.test): float(r.q) for r in ledger.itertuples()}
+    q = q_by_key(ledger)
     for path, rec in test_records(data):
         key = ledger_key(source, path)
         if key in q:
             rec["q_value"], rec["ledger_key"] = q[key], key
     return data
+
+
+def unsupported_claims(found: list[Finding], ledger: pd.DataFrame) -> list[str]:
+    """Every claim a finding words as an effect that the report's ledger does not support: a test the ledger does
+    not hold, or one whose q-value is not below ``Q_LEVEL``. A sound report returns none."""
+    q = q_by_key(ledger)
+    problems = []
+    for f in found:
+        for key in f.claims:
+            if key == UNLISTED or key not in q:
+                problems.append(f"{f.title!r} asserts a test the claims ledger does not hold ({key})")
+            elif q[key] >= Q_LEVEL:
+                problems.append(f"{f.title!r} asserts {key}, whose q = {q[key]:.3f} is not below {Q_LEVEL}")
+    return problems
+
+
+def publish_findings(out: Path, found: list[Finding], ledger: pd.DataFrame, culprit: str) -> None:
+    """Write ``findings.json`` (each finding's title, verdict and the ledger keys it asserts), refusing with an
+    :class:`IntegrityError` naming ``culprit`` when a finding words an effect its correction does not support."""
+    problems = unsupported_claims(found, ledger)
+    if problems:  # the wording gate failed: never publish a claim its correction does not support
+        raise IntegrityError(f"{culprit}: the findings word claims the report's tests do not support: "
+                             + "; ".join(problems))
+    atomic_write_text(Path(out) / "findings.json", json.dumps(
+        [{"title": f.title, "verdict": verdict_line(f.text), "claims": f.claims} for f in found], indent=2) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 from typing import Any
 
 CSS = ("body{font-family:system-ui,sans-serif;max-width:1360px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}"
@@ -62,8 +63,8 @@ def notes_html(notes: str) -> str:
 
 def verdict_line(text: str, limit: int = 240) -> str:
     """A finding's first sentence (its verdict): up to the first full stop that ends a sentence (not a decimal
-    point), shortened with an ellipsis past ``limit`` characters."""
-    m = re.search(r"(?<![0-9])[.](?=\s|$)", text)
+    point, nor an abbreviation: s.d., e.g., i.e., vs., cf.), shortened with an ellipsis past ``limit`` characters."""
+    m = re.search(r"(?<![0-9])(?<!\bs\.d)(?<!\be\.g)(?<!\bi\.e)(?<!\bvs)(?<!\bcf)[.](?=\s|$)", text)
     first = text[: m.end()] if m else text
     return first if len(first) <= limit else first[: limit - 1].rsplit(" ", 1)[0] + " …"
 
@@ -84,3 +85,26 @@ def findings_html(found: list[tuple[str, str]], *, markdown: bool = False) -> st
     items = [f"<li><details><summary><b>{html.escape(title)}</b> {render(verdict_line(text))}</summary>"
              f"{render(text)}</details></li>" for title, text in found]
     return "<ol class='findings'>" + "".join(items) + "</ol>"
+
+
+LEAD_FILE = "lead.md"  # in a report folder: a note read before the findings, kept across regenerations
+
+
+def lead_note(folder: Path) -> str | None:
+    """A report folder's ``lead.md``, the note its authors want read first (e.g. that a later reading supersedes
+    this one); None when there is none. The report writers show it under the title and never overwrite it."""
+    path = Path(folder) / LEAD_FILE
+    text = path.read_text().strip() if path.is_file() else ""
+    return text or None
+
+
+def lead_markdown(note: str | None) -> list[str]:
+    """The lead note as a markdown block quote (with the blank line after it); nothing without a note."""
+    if not note:
+        return []
+    return ["> " + line if line.strip() else ">" for line in note.splitlines()] + [""]
+
+
+def lead_html(note: str | None) -> str:
+    """The lead note as a banner under the page's title; empty without a note."""
+    return f"<div class='banner'>{notes_html(note)}</div>" if note else ""

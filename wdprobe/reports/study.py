@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import json
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,16 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from wdprobe.core.cache import atomic_write_text
-from wdprobe.errors import IntegrityError, StageNotFinishedError
+from wdprobe.errors import StageNotFinishedError
 from wdprobe.figures import probes as plots
 from wdprobe.figures.page import embed_figure, plotly_script
 from wdprobe.figures.probes import png_problem, reference_line, write_png
 from wdprobe.methods.steering import MIN_MASS_RATIO, control_key
-from wdprobe.reports.claims import Q_LEVEL, claims_ledger, with_q_values
+from wdprobe.reports.claims import Q_LEVEL, Finding, claims_ledger, publish_findings, q_by_key, with_q_values
 from wdprobe.reports.html import CSS, folded, notes_html, table_html, verdict_line
 from wdprobe.reports.localisation import copy_localisation_tables, localisation_figures
 from wdprobe.reports.scores import PAPER_TABLE, is_wdct, write_score_report
 from wdprobe.reports.wording import (
-    UNLISTED,
     asserted_claims,
     corrected_away,
     decodable,
@@ -50,16 +48,6 @@ from wdprobe.stages.readouts import READOUTS
 from wdprobe.stages.score import load_score, wdct_metrics
 
 LETTER, CLOZE = READOUTS["letter"], READOUTS["cloze"]  # the study report reads both formats' instruments
-
-
-@dataclass
-class Finding:
-    """One numbered finding: a short claim and the numbers behind it (plain text, no markup)."""
-
-    title: str
-    text: str
-    numbers: dict[str, Any] = field(default_factory=dict)
-    claims: list[str] = field(default_factory=list)  # ledger keys of the tests its wording asserts as effects
 
 
 def _json(path: Path, ledger: pd.DataFrame | None = None) -> dict | None:
@@ -624,20 +612,6 @@ def findings(run_dir: str | Path, numbers: dict[str, Any] | None = None) -> list
     return out
 
 
-def unsupported_claims(found: list[Finding], ledger: pd.DataFrame) -> list[str]:
-    """Every claim a finding words as an effect that the report's ledger does not support: a test the ledger does
-    not hold, or one whose q-value is not below ``Q_LEVEL``. A sound report returns none."""
-    q = {f"{r.source}#{r.test}": float(r.q) for r in ledger.itertuples()}
-    problems = []
-    for f in found:
-        for key in f.claims:
-            if key == UNLISTED or key not in q:
-                problems.append(f"{f.title!r} asserts a test the claims ledger does not hold ({key})")
-            elif q[key] >= Q_LEVEL:
-                problems.append(f"{f.title!r} asserts {key}, whose q = {q[key]:.3f} is not below {Q_LEVEL}")
-    return problems
-
-
 def stage_timings(manifest: dict) -> list[tuple[str, float, float | None]]:
     """(stage, wall seconds, CPU seconds or None) in pipeline order from ``wdprobe run``'s record, else from
     each stage's own record. CPU time (all threads of this process) is what another workload on the same
@@ -820,7 +794,7 @@ def claims_cell(finding: Finding, ledger: pd.DataFrame) -> str:
     """How many tests a finding words as effects, and the largest of their q-values across the report."""
     if not finding.claims:
         return "no effect claimed"
-    q = {f"{r.source}#{r.test}": float(r.q) for r in ledger.itertuples()}
+    q = q_by_key(ledger)
     worst = max(q.get(k, float("nan")) for k in finding.claims)
     if len(finding.claims) == 1:
         return f"1 test, q = {worst:.2g}"
@@ -980,11 +954,7 @@ def write_study_report(run_dir: str | Path, out_dir: str | Path, *, notes: str =
                       json.dumps({"n_layers": numbers.get("n_layers"), "n_items": numbers["metrics"]["n_items"]},
                                  indent=2) + "\n")
     found = findings(run, numbers)
-    problems = unsupported_claims(found, numbers["ledger"])
-    if problems:  # the wording gate failed: never publish a claim its correction does not support
-        raise IntegrityError(f"{run}: the findings word claims the report's tests do not support: " + "; ".join(problems))
-    atomic_write_text(out / "findings.json", json.dumps(
-        [{"title": f.title, "verdict": verdict_line(f.text), "claims": f.claims} for f in found], indent=2) + "\n")
+    publish_findings(out, found, numbers["ledger"], str(run))
     figs = study_figures(run, numbers)
     page = out / "index.html"
     atomic_write_text(page, render_index_html(run, notes, numbers, figs, page=page))

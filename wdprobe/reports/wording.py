@@ -14,12 +14,11 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Iterator, Mapping
 
-from wdprobe.reports.claims import Q_LEVEL
+from wdprobe.reports.claims import Q_LEVEL, UNLISTED
 
 __all__ = ["layer_words", "interval", "p_text", "stats_text", "versus", "decodable", "verdict", "supported", "corrected_away",
            "asserted_claims", "UNLISTED"]
 
-UNLISTED = "(no ledger entry)"  # what a claim resting on a test the report's ledger does not hold is recorded as
 _ASSERTED: ContextVar[list[str] | None] = ContextVar("asserted_claims", default=None)
 
 

@@ -253,7 +253,7 @@ def test_run_study_runs_every_stage_and_reports(study):
     # every claim a finding words as an effect rests on a ledger entry whose q supports it, and is published with it
     import json
 
-    from wdprobe.reports.study import unsupported_claims
+    from wdprobe.reports.claims import unsupported_claims
 
     found = findings(cfg.out_dir)
     assert unsupported_claims(found, claims_ledger(cfg.out_dir)) == []

@@ -69,5 +69,8 @@ def test_a_findings_verdict_is_its_first_sentence_not_cut_at_a_decimal_point():
     assert verdict_line("Yes: CS 0.52 [0.49, 0.55] over 1225 items. The paper's models reach 0.6.") == \
         "Yes: CS 0.52 [0.49, 0.55] over 1225 items."
     assert verdict_line("No sentence end here") == "No sentence end here"
+    # an abbreviation is not a sentence's end (the PCT position's "s.d. over instructions" was cut there)
+    assert verdict_line("At -0.06 (s.d. over instructions 0.94), e.g. here vs. there. Next.") == \
+        "At -0.06 (s.d. over instructions 0.94), e.g. here vs. there."
     long = "word " * 100 + "end."
     assert len(verdict_line(long)) <= 240 and verdict_line(long).endswith(" …")

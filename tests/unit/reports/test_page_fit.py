@@ -59,16 +59,22 @@ def test_a_page_of_embedded_figures_fits_where_a_fixed_width_figure_does_not(tmp
 
 
 REPORTS = __import__("pathlib").Path(__file__).resolve().parents[3] / "reports"
-SHOWN_PAGES = ("gemma-3-270m/index.html",  # the docs' screenshots
-               pytest.param("gemma-3-270m/pct/order-free/index.html", marks=pytest.mark.xfail(
-                   strict=True, reason="a known defect: drawn before titles were wrapped, its compass subtitle is cut "
-                                       "at the figure's edge; fixed when `wdprobe pct run` redraws it (then this fails)")),
-               "gemma-3-270m/alignment/content/index.html", "organisms/compare.html")
+STAGE_PAGES_BEFORE_EMBEDDING = {"gemma-3-270m/probes/resid_post-last.html", "gemma-3-270m/probes/resid_post-question_mean.html"}
+
+
+def committed_pages() -> list:
+    """Every HTML page committed under reports/ (plotly.js left out); the two letter-probe pages the probes stage
+    drew before figures were embedded at the page's width are a known defect (strict: fixed when that stage is
+    rerun, then the mark must go)."""
+    pages = sorted(str(p.relative_to(REPORTS)) for p in REPORTS.rglob("*.html") if not p.name.startswith("plotly"))
+    return [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="drawn at a fixed 1,280 px by the probes "
+                                                                   "stage before figures were embedded responsively"))
+            if p in STAGE_PAGES_BEFORE_EMBEDDING else p for p in pages]
 
 
 @chromium
-@pytest.mark.parametrize("page", SHOWN_PAGES)
-def test_the_committed_pages_the_docs_show_fit_both_windows(page):
+@pytest.mark.parametrize("page", committed_pages())
+def test_every_committed_page_fits_both_windows(page):
     for width in WIDTHS:
         layout = page_overflow(REPORTS / page, width)
         assert layout.fits, (page, width, layout.scroll_width, layout.elements[:5])

@@ -139,7 +139,7 @@ def test_a_claim_is_worded_from_its_q_value_across_the_report_and_recorded():
 def test_a_finding_asserting_an_unsupported_test_is_caught():
     import pandas as pd
 
-    from wdprobe.reports.study import Finding, unsupported_claims
+    from wdprobe.reports.claims import Finding, unsupported_claims
     from wdprobe.reports.wording import UNLISTED
 
     ledger = pd.DataFrame({"source": ["a.json", "a.json"], "test": ["x", "y"], "q": [0.01, 0.3]})

@@ -341,7 +341,8 @@ def test_cli_align_and_report(align_model, tmp_path, capsys):
     readme = (tmp_path / "report" / "README.md").read_text()
     assert "trained on deeds" in readme and "| 6 |" in readme  # 6 trained and 6 held-out items
     # a verdict table first: one row per run, its first sentence, the whole finding below (and folded on the page)
-    assert "| question | what this run says |" in readme and "| Trained on deeds | (2 epochs): " in readme
+    assert "| question | what this run says |" in readme and "| Trained on deeds | Words " in readme
+    assert readme.index("## Findings") < readme.index("## Settings")  # verdicts before the settings
     page = (tmp_path / "report" / "index.html").read_text()
     assert "<li><details><summary><b>Trained on deeds</b>" in page
     assert (tmp_path / "report" / "tables" / "run" / "change_rates.csv").is_file()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,13 +15,24 @@ from typing import Any, Sequence
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+from scipy.stats import false_discovery_control
 
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.errors import InputError, StageNotFinishedError
 from wdprobe.figures.page import figure_html
 from wdprobe.figures.probes import png_problem, write_png
-from wdprobe.reports.html import CSS, findings_html, folded, notes_html, verdict_table_markdown
-from wdprobe.reports.wording import interval, versus
+from wdprobe.reports.claims import Q_LEVEL, Finding, ledger_key, publish_findings, q_by_key
+from wdprobe.reports.html import (
+    CSS,
+    findings_html,
+    folded,
+    lead_html,
+    lead_markdown,
+    lead_note,
+    notes_html,
+    verdict_table_markdown,
+)
+from wdprobe.reports.wording import asserted_claims, interval, versus
 from wdprobe.runs.rundir import read_manifest_file, safe_name
 from wdprobe.scoring.stats import proportion_difference
 
@@ -304,48 +314,104 @@ def following_tests(run: AlignedRun) -> list[dict[str, Any]]:
     return out
 
 
-def following_text(row: Any, reading: str) -> str:
-    """The other form's following in words, as its test supports."""
+def following_text(row: Any, reading: str, q_value: float | None = None) -> str:
+    """The other form's following in words, as its test supports (and, given ``q_value``, its correction across
+    the report)."""
     e = following_evidence(row)
     if e["n"] == 0 or e["effect"] != e["effect"]:
         return f"{reading}: following not measurable (no item on one side of the target)"
+    if q_value is not None:
+        e["q_value"] = q_value
     value = interval(e["effect"], e["low"], e["high"])
     return versus(e, above=f"{reading}: the other form follows the trained stance, following {value}",
                   below=f"{reading}: the other form moves against the trained stance, following {value}",
                   neither=f"{reading}: following {value}, no more than answers changing at random")
 
 
-def titled_findings(found: Sequence[str]) -> list[tuple[str, str]]:
-    """Each finding as (question, text): a finding opens with its run's title in bold (``**Trained on words** ...``),
-    which becomes the row's question; the rest is its text."""
-    out = []
-    for f in found:
-        m = re.match(r"\*\*(.+?)\*\*\s*(.*)", f, flags=re.S)
-        out.append((m.group(1), m.group(2)) if m else ("", f))
-    return out
+def _last_train(table: pd.DataFrame | None) -> Any | None:
+    """The rates row of the trained items after the last epoch (what the findings word)."""
+    if table is None or not len(table):
+        return None
+    rows = table[(table["epoch"] == table["epoch"].max()) & (table["set"] == "train")]
+    return rows.iloc[0] if len(rows) else None
 
 
-def findings(runs: Sequence[AlignedRun]) -> list[str]:
-    """Sentences worded from the numbers and their tests (no interpretation beyond what they show)."""
+def _readings(run: AlignedRun) -> list[tuple[str, str, Any]]:
+    """(reading, words, rates row) of each following the findings word for ``run``: by letter, and on content
+    choices where the run asked each question in both orders. A run that trains both forms has none."""
+    if run.form == "both":
+        return []
+    out = [("letter", "By letter (options as shown)", _last_train(run.rates)),
+           ("content", "On content choices (both orders, a letter habit cancels)", _last_train(run.content_rates))]
+    return [r for r in out if r[2] is not None]
+
+
+def _following_key(run: AlignedRun, reading: str, row: Any) -> str:
+    """The ledger key of one following test: the table it is kept in and its reading, epoch and item set."""
+    return ledger_key(f"tables/{safe_name(run.path.name)}/following_tests.csv", f"{reading}/epoch{int(row['epoch'])}/train")
+
+
+def alignment_ledger(runs: Sequence[AlignedRun]) -> pd.DataFrame:
+    """Every test the findings word (each run's following after the last epoch on trained items, by letter and on
+    content choices), with Benjamini-Hochberg q-values across the report: one ledger, as the study report keeps."""
+    rows = []
+    for run in runs:
+        for reading, _, row in _readings(run):
+            e = following_evidence(row)
+            if e["n"] == 0 or e["effect"] != e["effect"]:
+                continue
+            source, test = _following_key(run, reading, row).split("#", 1)
+            rows.append({"source": source, "test": test, "family": "following", "effect": e["effect"],
+                         "p": e["p_value"], "n": e["n"]})
+    frame = pd.DataFrame(rows, columns=["source", "test", "family", "effect", "p", "n"])
+    frame["q"] = false_discovery_control(frame["p"].to_numpy(float), method="bh") if len(frame) else []
+    frame["survives"] = frame["q"] < Q_LEVEL
+    return frame
+
+
+def _verdict_sentence(run: AlignedRun, q: dict[str, float]) -> str:
+    """The run's answer first: does the other form follow? Read on content choices where measured (a letter habit
+    cancels there), else by letter."""
+    tr = _last_train(run.rates)
+    if run.form == "both":
+        return (f"Both forms were trained, so no other form is left to follow: deed answers reached the target in "
+                f"{_f(tr['indirect'])} of trained items not already there")
+    reading, _, row = _readings(run)[-1]
+    other = run.other.capitalize() + "s"
+    e = following_evidence(row)
+    if e["n"] == 0 or e["effect"] != e["effect"]:
+        return f"{other}: following not measurable ({reading})"
+    key = _following_key(run, reading, row)
+    e["q_value"], e["ledger_key"] = q.get(key), key
+    value = interval(e["effect"], e["low"], e["high"])
+    where = "on content choices" if reading == "content" else "by letter"
+    return versus(e, above=f"{other} follow the trained stance {where}: following {value}",
+                  below=f"{other} move against the trained stance {where}: following {value}",
+                  neither=f"{other} follow {where} no more than answers changing at random (following {value})")
+
+
+def findings(runs: Sequence[AlignedRun], ledger: pd.DataFrame | None = None) -> list[Finding]:
+    """One finding per run, its verdict first (worded from its test and its q across the report), then the numbers
+    (no interpretation beyond what they show)."""
+    ledger = alignment_ledger(runs) if ledger is None else ledger
+    q = q_by_key(ledger)
     out = []
     for run in runs:
-        last = run.rates["epoch"].max()
-        end = {s: run.rates[(run.rates["epoch"] == last) & (run.rates["set"] == s)].iloc[0] for s in ("train", "held_out")}
+        end = {s: run.rates[(run.rates["epoch"] == run.rates["epoch"].max()) & (run.rates["set"] == s)].iloc[0]
+               for s in ("train", "held_out")}
         tr = end["train"]
         ins = run.summary.get("inside", {})
-        text = (f"**{run.title.capitalize()}** ({len(run.summary['schedule'])} epochs): {run.trained} answers on trained items "
-                f"moved to the target in {_f(tr['direct'])} of items (held out {_f(end['held_out']['direct'])}). ")
+        with asserted_claims() as claims:
+            text = _verdict_sentence(run, q) + ". "
+        text += (f"Over {len(run.summary['schedule'])} epochs, {run.trained} answers on trained items moved to the "
+                 f"target in {_f(tr['direct'])} of items (held out {_f(end['held_out']['direct'])}). ")
         if run.form != "both":
             text += (f"The {run.other} answers of the same trained items moved to the target in {_f(tr['indirect'])} "
-                     f"of those not already there, and moved off it in {_f(tr['indirect_away'])} of those that were. "
-                     + following_text(tr, "By letter (options as shown)") + ". ")
-            cr = run.content_rates
-            if cr is not None and len(cr):
-                c_end = cr[(cr["epoch"] == cr["epoch"].max()) & (cr["set"] == "train")].iloc[0]
-                text += (following_text(c_end, "On content choices (both orders, a letter habit cancels)")
-                         + f" (moved on {_f(c_end['indirect'])}, off {_f(c_end['indirect_away'])}). ")
-        else:
-            text += f"Deed answers (also trained) reached the target in {_f(tr['indirect'])} of items not already there. "
+                     f"of those not already there, and moved off it in {_f(tr['indirect_away'])} of those that were. ")
+            for reading, words, row in _readings(run):
+                text += following_text(row, words, q.get(_following_key(run, reading, row)))
+                text += (f" (moved on {_f(row['indirect'])}, off {_f(row['indirect_away'])}). " if reading == "content"
+                         else ". ")
         if "trained_read_change" in ins and "other_read_change_own_axis" in ins:
             lt, vt = _peak(ins["trained_read_change"])
             lo, vo = _peak(ins["other_read_change_own_axis"])
@@ -353,7 +419,7 @@ def findings(runs: Sequence[AlignedRun]) -> list[str]:
             text += (f"Inside (pre-training stance probes, trained items): the share of {run.trained} prompts read as the "
                      f"target rose by at most {vt:+.2f} (layer {lt}); of {run.other} prompts by at most {vo:+.2f} on the "
                      f"{run.other} axis (layer {lo}) and {vx:+.2f} on the {run.trained} axis (layer {lx}).")
-        out.append(text)
+        out.append(Finding(run.title.capitalize(), text.strip(), claims=list(dict.fromkeys(claims))))
     return out
 
 
@@ -431,15 +497,19 @@ def write_alignment_report(run_dirs: Sequence[str | Path], out: str | Path, note
                  (f"inside_ic{tag}", _titled(ic_figure(group), PROTOCOLS.get(orders, orders))),
                  (f"inside_direction_drift{tag}", _titled(drift_figure(group), PROTOCOLS.get(orders, orders)))]
     figs.insert(1, ("consistency", cs_figure(runs)))
-    found = findings(runs)
+    ledger = alignment_ledger(runs)
+    found = findings(runs, ledger)
+    atomic_write_text(out / "claims.csv", ledger.to_csv(index=False))
+    publish_findings(out, found, ledger, ", ".join(str(r.path) for r in runs))
+    titled = [(f.title, f.text) for f in found]
     page = ["<!doctype html><html><head><meta charset='utf-8'><title>Alignment: " + html.escape(model) + "</title>",
             f"<style>{CSS}</style></head><body>",
-            f"<h1>Do deeds follow words under alignment? {html.escape(model)}</h1>",
+            f"<h1>Do deeds follow words under alignment? {html.escape(model)}</h1>", lead_html(lead_note(out)),
             "<p class='sub'>Each run trains one form towards the option <i>opposite</i> to the model's own pre-training "
             "answer (so every trained answer is a change), SFT then DPO, and evaluates both forms of trained and "
             "held-out items after every epoch. Rates are in canonical option space.</p>",
             "<nav><a href='#findings'>Findings</a><a href='#figures'>Figures</a><a href='#tables'>Tables</a></nav>",
-            "<h2 id='findings'>Findings</h2>" + findings_html(titled_findings(found), markdown=True)]
+            "<h2 id='findings'>Findings</h2>" + findings_html(titled, markdown=True)]
     if notes and notes.strip():
         page.append("<h3>Reading</h3>" + notes_html(notes))
     page.append("<h2 id='figures'>Figures</h2>" + figure_html([fig for _, fig in figs], out / "index.html"))
@@ -455,7 +525,7 @@ def write_alignment_report(run_dirs: Sequence[str | Path], out: str | Path, note
     for name, fig in figs:
         if write_png(fig, out / "figures" / f"{name}.png"):
             pngs.append(f"figures/{name}.png")
-    md = [f"# Do deeds follow words under alignment? {model}", "",
+    md = [f"# Do deeds follow words under alignment? {model}", "", *lead_markdown(lead_note(out)),
           "Interactive figures: [`index.html`](index.html); per-run tables in [`tables/`](tables/), one folder per run directory.", "",
           "Each run trains one form towards the option opposite to the model's own pre-training answer (every trained "
           "answer is a change), SFT then DPO (β as listed), and evaluates the word and deed forms of trained and "
@@ -464,11 +534,11 @@ def write_alignment_report(run_dirs: Sequence[str | Path], out: str | Path, note
           "*Moved off target*: the other form left the target, among items already on it — with two options any "
           "change of a non-target answer is a move to the target, so answers that change for reasons unrelated to "
           "the trained stance raise both rates alike; *following* = indirect − moved off.", "",
-          "## Settings", ""] + _md_table(SETTINGS_HEADER, settings_rows(runs)) + [
+          "## Findings", ""] + verdict_table_markdown(titled) + [f"- **{t}.** {x}" for t, x in titled] + [
+          "", "## Settings", ""] + _md_table(SETTINGS_HEADER, settings_rows(runs)) + [
           "", "## Change rates after the last epoch", ""] + _md_table(RATE_HEADER, rate_rows(runs)) + (
           ["", "### Read on content choices (each question in both orders: a new letter habit moves nothing)", ""]
-          + _md_table(CONTENT_RATE_HEADER, content_rate_rows(runs)) if content_rate_rows(runs) else []) + [
-          "", "## Findings", ""] + verdict_table_markdown(titled_findings(found)) + [f"- {f}" for f in found]
+          + _md_table(CONTENT_RATE_HEADER, content_rate_rows(runs)) if content_rate_rows(runs) else [])
     if notes and notes.strip():
         md += ["", "## Reading", "", notes.strip()]
     if pngs:

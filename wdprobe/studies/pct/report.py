@@ -17,7 +17,17 @@ from wdprobe.core.cache import atomic_write_text
 from wdprobe.data.pct import ANSWERS
 from wdprobe.figures.page import figure_html
 from wdprobe.figures.probes import PROBE_TITLES, add_band, png_problem, write_png
-from wdprobe.reports.html import CSS, findings_html, folded, notes_html, table_html, verdict_table_markdown
+from wdprobe.reports.html import (
+    CSS,
+    findings_html,
+    folded,
+    lead_html,
+    lead_markdown,
+    lead_note,
+    notes_html,
+    table_html,
+    verdict_table_markdown,
+)
 from wdprobe.reports.wording import decodable
 from wdprobe.runs.rundir import RunDir
 
@@ -307,8 +317,11 @@ def pct_findings(n: dict[str, Any]) -> list[tuple[str, str]]:
             shown = pos[(pos.form == "closed_shown") & (pos.persona == "base")]
             one_order = (f" Read in the one shuffled order instead, it would sit at economic {shown.iloc[0].econ:+.2f}, "
                          f"social {shown.iloc[0].social:+.2f}." if len(shown) else "")
-            out.append(("Closed-form position.", f"Without a persona the model sits at {where} (95% bootstrap over "
-                        f"propositions; s.d. over instructions {b.econ_sd:.2f} / {b.social_sd:.2f})"
+            has_interval = not pd.isna(getattr(b, "econ_low", float("nan")))
+            spread = ("95% bootstrap over propositions" if has_interval
+                      else "no interval: this run's positions table predates them")
+            out.append(("Closed-form position.", f"Without a persona the model sits at {where} ({spread}; "
+                        f"s.d. over instructions {b.econ_sd:.2f} / {b.social_sd:.2f})"
                         + (f"; '{top}' is its most frequent closed answer ({rates[top]:.0%} of prompts)." if top else ".")
                         + one_order))
     pb = (cs or {}).get("position_bias")
@@ -459,6 +472,11 @@ def shift_rows(sh: pd.DataFrame) -> list[list[str]]:
 SHIFT_HEADER = ["form", "persona", "Δ economic [95%]", "q", "Δ social [95%]", "q", "answers changed", "pairs"]
 
 
+def shift_header(sh: pd.DataFrame) -> list[str]:
+    """The persona-shift table's header; ``[95%]`` only where the table has intervals (older runs do not)."""
+    return SHIFT_HEADER if "d_econ_low" in sh.columns else [h.replace(" [95%]", "") for h in SHIFT_HEADER]
+
+
 def trope_rows(tr: pd.DataFrame, limit: int = 40) -> list[list[str]]:
     """The trope table rows, widest first."""
     return [[f"T{r.trope}", r.label, r.prompts, r.sentences, r.n_strongly_disagree, r.n_disagree, r.n_agree,
@@ -484,9 +502,11 @@ def render_tropes_html(n: dict[str, Any], run: RunDir, page: Path) -> str:
     parts.append(figure_html([trope_bubble_figure(tr)], page))
     members = _load(run, "trope_sentences.csv")
     parts.append(table_html(TROPE_HEADER, trope_rows(tr, limit=len(tr))))
+    if members is None:  # the tropes' sentences were not kept (e.g. a report rebuilt from its tables)
+        return "\n".join(parts + ["<p>No example sentences: the run's trope_sentences.csv is missing.</p></body></html>"])
     parts.append("<h2>Examples</h2>")
     for r in tr.head(30).itertuples():
-        ex = members[members.trope == r.trope].drop_duplicates("sentence").head(5) if members is not None else []
+        ex = members[members.trope == r.trope].drop_duplicates("sentence").head(5)
         items = "".join(f"<li>{html.escape(str(e.sentence))} <span class='sub'>({html.escape(str(e.persona))}, "
                         f"p{int(e.proposition):02d}, {ANSWERS[int(e.stance)]})</span></li>" for e in ex.itertuples())
         parts.append(f"<h3>T{r.trope}: {html.escape(r.label)}</h3><ul>{items}</ul>")
@@ -510,7 +530,8 @@ def write_pct_report(run_dir: str | Path, out_dir: str | Path, *, notes: str | N
     manifest = n["manifest"]
     sel = _selection_text(manifest)
     page = [f"<!doctype html><html><head><meta charset='utf-8'><title>PCT: {html.escape(n['model'])}</title>"
-            f"<style>{CSS}</style></head><body><h1>Political Compass under personas: {html.escape(n['model'])}</h1>",
+            f"<style>{CSS}</style></head><body><h1>Political Compass under personas: {html.escape(n['model'])}</h1>"
+            + lead_html(lead_note(out)),
             f"<p class='sub'>{html.escape(sel)}. Tropes: <a href='tropes.html'>tropes.html</a>. Made by "
             f"<code>{html.escape(remake_command(manifest, run.path))}</code>.</p>",
             "<nav><a href='#findings'>Findings</a><a href='#figures'>Figures</a><a href='#tables'>Tables</a></nav>",
@@ -520,7 +541,7 @@ def write_pct_report(run_dir: str | Path, out_dir: str | Path, *, notes: str | N
     page.append("<h2 id='figures'>Figures</h2>" + figure_html([fig for _, fig in figs], out / "index.html"))
     page.append("<h2 id='tables'>Tables</h2>")
     if n["shifts"] is not None:
-        page.append(folded("Persona shifts (one row per persona)", table_html(SHIFT_HEADER, shift_rows(n["shifts"]))))
+        page.append(folded("Persona shifts (one row per persona)", table_html(shift_header(n["shifts"]), shift_rows(n["shifts"]))))
     page.append(folded("Timing per stage", table_html(["stage", "wall s", "wall min"], _timings(manifest))))
     page.append("<h2>Manifest</h2><details><summary>manifest.json</summary><pre>" +
                 html.escape(json.dumps(manifest, indent=2, default=str)) + "</pre></details></body></html>")
@@ -532,7 +553,7 @@ def write_pct_report(run_dir: str | Path, out_dir: str | Path, *, notes: str | N
         for name, fig in figs:
             if write_png(fig, out / "figures" / f"{name}.png"):
                 pngs.append(f"figures/{name}.png")
-    md = [f"# Political Compass under personas: {n['model']}", "",
+    md = [f"# Political Compass under personas: {n['model']}", "", *lead_markdown(lead_note(out)),
           f"Interactive page: [`index.html`](index.html); tropes: [`tropes.html`](tropes.html); tables in "
           f"[`tables/`](tables/). Selection: {sel}.", "", f"Made by `{remake_command(manifest, run.path)}` "
           "(add `--report DIR --notes FILE` for this folder).", "", "## Findings", ""]
@@ -540,7 +561,7 @@ def write_pct_report(run_dir: str | Path, out_dir: str | Path, *, notes: str | N
     if notes and notes.strip():
         md += ["", "## Reading", "", notes.strip()]
     if n["shifts"] is not None and len(n["shifts"]):
-        md += ["", "## Persona shifts (vs base case)", "", "| " + " | ".join(SHIFT_HEADER) + " |",
+        md += ["", "## Persona shifts (vs base case)", "", "| " + " | ".join(shift_header(n["shifts"])) + " |",
                "|" + "---|" * len(SHIFT_HEADER)]
         md += ["| " + " | ".join(map(str, r)) + " |" for r in shift_rows(n["shifts"])]
     if n["tropes"] is not None and len(n["tropes"]):
