@@ -7,8 +7,9 @@ the script exits 1.
     python docs/screenshots/make.py                      # every page below, into docs/screenshots/
     python docs/screenshots/make.py --chromium /usr/bin/chromium --height 2200
 
-Pages: the study (reports/gemma-3-270m/index.html), PCT order-free, alignment on content, and the compare page of
-the base model beside its organisms (reports/organisms/compare.html). Time: a few seconds a page.
+Pages: the study (reports/gemma-3-270m/index.html), PCT order-free, alignment on content, the compare page of the
+base model beside its organisms (reports/organisms/compare.html) and the edited organisms' card of curves
+(reports/organisms/edited/card/index.html). Time: a few seconds a page.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ PAGES = {
     "pct": "reports/gemma-3-270m/pct/order-free/index.html",
     "alignment": "reports/gemma-3-270m/alignment/content/index.html",
     "compare": "reports/organisms/compare.html",
+    "card": "reports/organisms/edited/card/index.html",
 }
 
 

@@ -61,7 +61,7 @@ def wrap_title(text: str, width: int) -> tuple[str, int]:
     out, added = [], 0
     for line in re.split(r"<br\s*/?>", text):
         sub = "<sup>" in line
-        plain = re.sub(r"<[^>]+>", "", line)
+        plain = re.sub(r"</?[A-Za-z][^<>]*>", "", line)  # tags only: a "q < 0.05" in the text is kept
         limit = max(20, int(width / _CHAR_PX["sub" if sub else "title"]))
         if len(plain) <= limit:
             out.append(line)

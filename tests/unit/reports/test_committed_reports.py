@@ -111,3 +111,25 @@ def test_the_claims_check_catches_an_unsupported_claim(tmp_path):
     findings_file.write_text(json.dumps([{"title": "b", "claims": ["probes/content-summary.json#last/decide_deed",
                                                                    "patching/x.json#t"]}]))
     assert unsupported(tmp_path) == ["b: probes/content-summary.json#last/decide_deed", "b: patching/x.json#t"]
+
+
+LOCAL_REF = re.compile(r"""<(?:script|img|link)\b[^>]*?\b(?:src|href)=['"]([^'"#?]+)['"]""")
+
+
+def local_references(page: Path) -> list[str]:
+    """The files a page loads from beside it (scripts, images, style sheets), not links to elsewhere."""
+    return [ref for ref in LOCAL_REF.findall(page.read_text()) if "://" not in ref and not ref.startswith("data:")]
+
+
+@pytest.mark.parametrize("page", sorted(REPORTS.rglob("*.html")), ids=lambda p: str(p.relative_to(REPORTS)))
+def test_every_file_a_committed_page_loads_is_committed_beside_it(page):
+    # a page re-rendered elsewhere and copied back once pointed at a plotly.js one folder off: every figure blank
+    missing = [ref for ref in local_references(page) if not (page.parent / ref).is_file()]
+    assert not missing, f"{page.relative_to(REPORTS)} loads files that are not there: {missing}"
+
+
+def test_the_reference_check_catches_a_missing_script(tmp_path):
+    page = tmp_path / "index.html"
+    page.write_text("<script src='../plotly-7.1.0.min.js' charset='utf-8'></script><a href='gone.html'>x</a>")
+    assert local_references(page) == ["../plotly-7.1.0.min.js"]
+    assert not (page.parent / local_references(page)[0]).is_file()

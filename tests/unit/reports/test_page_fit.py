@@ -29,6 +29,13 @@ def test_a_long_subtitle_is_wrapped_at_spaces_to_the_width_it_is_drawn_at():
     assert wrap_title("Fits", 600) == ("Fits", 0)
 
 
+def test_a_less_than_sign_in_a_subtitle_is_text_not_the_start_of_a_tag():
+    # it once swallowed everything from "q < 0.05" to the closing </sup>: the subtitle ended at "(BH q"
+    sub = "<sup>" + " ".join(["closed form filled; * shift significant (BH q < 0.05); bars: s.d. over instructions"] * 2) + "</sup>"
+    text, _ = wrap_title("Title<br>" + sub, 600)
+    assert text.count("< 0.05") == 2 and text.endswith("instructions</sup>")
+
+
 def test_an_embedded_figure_takes_its_containers_width_and_keeps_its_own_for_png():
     fig = wide_figure()
     html = embed_figure(fig)
