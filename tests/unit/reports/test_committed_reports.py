@@ -24,6 +24,7 @@ def quoted_numbers(text: str) -> list[tuple[str, float, int, bool]]:
     text = re.sub(r"\[[^\]]*\]\([^)]*\)", "", text)  # links
     text = re.sub(r"`[^`]*`", "", text)  # code
     text = re.sub(r"p < 0\.001", "", text)  # a bound on a p-value, not a quoted measurement
+    text = re.sub(r"(q < |below )0\.05\b", "", text)  # the significance level, not a measurement
     out = []
     for m in NUMBER.finditer(text):
         raw, pct = m.group(1).replace(",", ""), m.group(2) == "%"
@@ -55,8 +56,10 @@ def table_values(folder: Path) -> list[float]:
             walk(json.loads(path.read_text()))
         elif path.suffix == ".csv":
             with open(path, newline="") as fh:
-                for row in csv.reader(fh):
-                    walk(row)
+                rows = list(csv.reader(fh))
+            for row in rows:
+                walk(row)
+            values.append(float(len(rows) - 1))  # a count of a table's rows ("the report's 42 tests") is backed by it
     return values
 
 

@@ -12,11 +12,13 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+from scipy.stats import false_discovery_control
 
 from wdprobe.core.cache import atomic_write_text
 from wdprobe.data.pct import ANSWERS
 from wdprobe.figures.page import figure_html
 from wdprobe.figures.probes import PROBE_TITLES, add_band, png_problem, write_png
+from wdprobe.reports.claims import Finding, ledger_key, publish_findings, q_by_key, with_q_values
 from wdprobe.reports.html import (
     CSS,
     findings_html,
@@ -28,7 +30,7 @@ from wdprobe.reports.html import (
     table_html,
     verdict_table_markdown,
 )
-from wdprobe.reports.wording import decodable
+from wdprobe.reports.wording import asserted_claims, decodable
 from wdprobe.runs.rundir import RunDir
 
 ATTRIBUTE_COLOURS = {"base": "#000000", "age": "#1f77b4", "gender": "#d62728", "cls": "#2ca02c", "nation": "#9467bd",
@@ -291,6 +293,48 @@ CONTENT_LABELS = {"content": "the order-averaged answer's side (content)",
                   "first_listed_agrees": "whether the first-listed answer agrees (position control: prompt text, no stance)"}
 
 
+SHIFT_SOURCE, CONTENT_SOURCE = "shifts.csv", "probes_content.json"
+AXES = {"econ": "economic", "social": "social"}
+
+
+def pct_ledger(n: dict[str, Any]) -> pd.DataFrame:
+    """Every test the PCT report words (each persona's shift on each axis; each order-free probe's max-over-layers
+    test) with Benjamini-Hochberg q-values across all of them: the report's one claims ledger."""
+    rows = []
+    sh = n.get("shifts")
+    if sh is not None:
+        for r in sh.itertuples():
+            for axis in AXES:
+                p = getattr(r, f"p_{axis}", float("nan"))
+                if p == p:
+                    rows.append({"source": SHIFT_SOURCE, "test": f"{r.form}/{r.persona}/{axis}",
+                                 "family": "persona shift", "effect": getattr(r, f"d_{axis}"), "p": float(p),
+                                 "n": int(r.n_pairs)})
+    summary = n.get("probes_content_summary") or {}
+    for key in CONTENT_LABELS:
+        s = summary.get(key)
+        if isinstance(s, dict) and isinstance(s.get("p_value"), (int, float)):
+            rows.append({"source": CONTENT_SOURCE, "test": key, "family": "order-free probe", "effect": s.get("best"),
+                         "p": float(s["p_value"]), "n": s.get("n_groups")})
+    frame = pd.DataFrame(rows, columns=["source", "test", "family", "effect", "p", "n"])
+    frame["q"] = false_discovery_control(frame["p"].to_numpy(float), method="bh") if len(frame) else []
+    frame["survives"] = frame["q"] < ALPHA
+    return frame
+
+
+def with_report_q(shifts: pd.DataFrame | None, ledger: pd.DataFrame) -> pd.DataFrame | None:
+    """The shift table with each q replaced by its q across the whole report (the stage's own q corrects over the
+    shifts only), so the figure's stars, the table and the findings read one correction."""
+    if shifts is None or not len(ledger):
+        return shifts
+    q = q_by_key(ledger)
+    out = shifts.copy()
+    for axis in AXES:
+        out[f"q_{axis}"] = [q.get(ledger_key(SHIFT_SOURCE, f"{r.form}/{r.persona}/{axis}"), float("nan"))
+                            for r in out.itertuples()]
+    return out
+
+
 def content_probe_text(summary: dict[str, Any] | None) -> str:
     """The every-order probes in words, from their max-over-layers tests."""
     if not summary:
@@ -303,9 +347,15 @@ def content_probe_text(summary: dict[str, Any] | None) -> str:
             "prompt, so the listing cannot carry it.")
 
 
-def pct_findings(n: dict[str, Any]) -> list[tuple[str, str]]:
-    """Numbered findings worded from the numbers (no hand-written claims)."""
-    out = []
+def pct_findings(n: dict[str, Any], ledger: pd.DataFrame | None = None) -> list[Finding]:
+    """Numbered findings worded from the numbers (no hand-written claims); a claimed effect rests on its q across the
+    report's ledger (:func:`pct_ledger`), and each finding records the ledger keys it asserts."""
+    ledger = pct_ledger(n) if ledger is None else ledger
+    n = {**n, "shifts": with_report_q(n["shifts"], ledger),
+         "probes_content_summary": with_q_values(json.loads(json.dumps(n.get("probes_content_summary"))),
+                                                 CONTENT_SOURCE, ledger)}
+    found: list[Finding] = []
+    out: list[tuple[str, str]] = []
     pos, sh, cs = n["positions"], n["shifts"], n["compass_summary"]
     if pos is not None:
         base = pos[(pos.form == "closed") & (pos.persona == "base")]
@@ -347,11 +397,16 @@ def pct_findings(n: dict[str, Any]) -> list[tuple[str, str]]:
         noise = (cs or {}).get("instruction_noise") or {}
         floor = (f" For scale: the same persona answers {noise['answer_changes_between_instructions']:.0%} of "
                  "propositions differently under another closed instruction." if noise else "")
-        out.append(("Personas.", f"{len(sig)} of {len(c)} personas move the closed-form position significantly "
-                    f"(BH q < {ALPHA})" + (f": {', '.join(sig.persona)}" if 0 < len(sig) <= 8 else "") +
+        claims = [ledger_key(SHIFT_SOURCE, f"{r.form}/{r.persona}/{axis}") for r in sig.itertuples() for axis in AXES
+                  if getattr(r, f"q_{axis}") < ALPHA]
+        found += [Finding(t, x) for t, x in out]
+        out = []
+        found.append(Finding("Personas.", f"{len(sig)} of {len(c)} personas move the closed-form position significantly "
+                    f"(BH q < {ALPHA} across the report's {len(ledger)} tests)"
+                    + (f": {', '.join(sig.persona)}" if 0 < len(sig) <= 8 else "") +
                     ". Largest moves: " + "; ".join(f"{r.persona} ({_shift_text(r)})" for r in big.itertuples()) +
                     f". A persona changes the answer to a median {c.answers_changed.median():.0%} of propositions."
-                    + floor))
+                    + floor, claims=claims))
     jc = n.get("judge_check_summary")
     if jc:
         out.append(("Judge check.", f"On {jc['statements']} planted unambiguous statements (one per answer and "
@@ -381,9 +436,12 @@ def pct_findings(n: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("Inside.", f"A {kind} probe " + "; ".join(bits) + ". Folds hold out whole propositions, so no probe "
                     "can memorise a proposition's answer." + (f" Not computed (one stance only): {', '.join(missing)}."
                                                                if missing else "")))
-    content = content_probe_text(n.get("probes_content_summary"))
+    found += [Finding(t, x) for t, x in out]
+    out = []
+    with asserted_claims() as claims:
+        content = content_probe_text(n.get("probes_content_summary"))
     if content:
-        out.append(("Inside, order-free.", content))
+        found.append(Finding("Inside, order-free.", content, claims=list(claims)))
     eff = n["persona_effect"]
     if eff is not None and len(eff):
         last = eff[eff.layer == eff.layer.max()]
@@ -399,7 +457,7 @@ def pct_findings(n: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("Tropes.", f"{ts['tropes']} sentence clusters recur in at least {ts['min_prompts']} distinct prompts "
                     f"({ts['sentences']} sentences from {ts['texts']} open texts, cosine ≥ {ts['threshold']}; "
                     f"{ts.get('dropped_prompt_echoes', 0)} sentences copied from the prompt left out)." + lab))
-    return out
+    return found + [Finding(t, x) for t, x in out]
 
 
 def _order_words(manifest: dict) -> str:
@@ -525,8 +583,13 @@ def write_pct_report(run_dir: str | Path, out_dir: str | Path, *, notes: str | N
             shutil.copy(run.path / name, out / "tables" / name)
     n = pct_numbers(run.path)
     atomic_write_text(out / "tables" / "derived.json", json.dumps(derived_numbers(n["persona_effect"]), indent=2) + "\n")
+    ledger = pct_ledger(n)
+    findings = pct_findings(n, ledger)
+    n["shifts"] = with_report_q(n["shifts"], ledger)  # the figure and the table read the report-wide q too
     figs = pct_figures(n)
-    found = pct_findings(n)
+    ledger.to_csv(out / "claims.csv", index=False)
+    publish_findings(out, findings, ledger, culprit=f"PCT report of {run.path}")
+    found = [(f.title, f.text) for f in findings]
     manifest = n["manifest"]
     sel = _selection_text(manifest)
     page = [f"<!doctype html><html><head><meta charset='utf-8'><title>PCT: {html.escape(n['model'])}</title>"
@@ -535,7 +598,9 @@ def write_pct_report(run_dir: str | Path, out_dir: str | Path, *, notes: str | N
             f"<p class='sub'>{html.escape(sel)}. Tropes: <a href='tropes.html'>tropes.html</a>. Made by "
             f"<code>{html.escape(remake_command(manifest, run.path))}</code>.</p>",
             "<nav><a href='#findings'>Findings</a><a href='#figures'>Figures</a><a href='#tables'>Tables</a></nav>",
-            "<h2 id='findings'>Findings</h2>", findings_html(found)]
+            "<h2 id='findings'>Findings</h2>", findings_html(found),
+            f"<p class='sub'>Every test the findings word is in <a href='claims.csv'>claims.csv</a> ({len(ledger)} "
+            f"tests; q: Benjamini-Hochberg across all of them).</p>"]
     if notes and notes.strip():
         page.append("<h3>Reading</h3>" + notes_html(notes))
     page.append("<h2 id='figures'>Figures</h2>" + figure_html([fig for _, fig in figs], out / "index.html"))
@@ -556,7 +621,11 @@ def write_pct_report(run_dir: str | Path, out_dir: str | Path, *, notes: str | N
     md = [f"# Political Compass under personas: {n['model']}", "", *lead_markdown(lead_note(out)),
           f"Interactive page: [`index.html`](index.html); tropes: [`tropes.html`](tropes.html); tables in "
           f"[`tables/`](tables/). Selection: {sel}.", "", f"Made by `{remake_command(manifest, run.path)}` "
-          "(add `--report DIR --notes FILE` for this folder).", "", "## Findings", ""]
+          "(add `--report DIR --notes FILE` for this folder).", "", "## Findings", "",
+          f"Every test the findings word is in [`claims.csv`](claims.csv) ({len(ledger)} tests; q: Benjamini-Hochberg "
+          f"across all of them, {int(ledger['survives'].sum()) if len(ledger) else 0} below {ALPHA})"
+          + ("; the shift table's q is that report-wide q." if n["shifts"] is not None and len(n["shifts"]) else "."),
+          ""]
     md += verdict_table_markdown(found) + [f"{i}. **{t}** {x}" for i, (t, x) in enumerate(found, 1)]
     if notes and notes.strip():
         md += ["", "## Reading", "", notes.strip()]

@@ -107,6 +107,16 @@ def test_pipeline_end_to_end_with_plugged_judge(tmp_path, pct_dir, pct_lm):
     assert "| question | what this run says |" in readme and "| Closed vs open |" in readme
     assert readme.index("| question |") < readme.index("1. **")
     assert page.count("<li><details><summary><b>") == page.count("</details></li>") >= 3
+    # one claims ledger: every persona shift on both axes, Benjamini-Hochberg across the report; the shift table's q is
+    # that report-wide q (the stage's own corrects over the shifts only), and the findings rest on it
+    from scipy.stats import false_discovery_control
+
+    ledger = pd.read_csv(run.path / "report" / "claims.csv")
+    shifts = pd.read_csv(run.path / "shifts.csv")
+    assert len(ledger[ledger.family == "persona shift"]) == 2 * len(shifts)
+    assert np.allclose(ledger.q, false_discovery_control(ledger.p, method="bh"))
+    published = json.loads((run.path / "report" / "findings.json").read_text())
+    assert any(f["title"] == "Personas." for f in published)
     # a finished run is not redone (no model needed)
     again = run_pct(cfg, lm=None, judge=KeywordJudge(), embedder=FixedEmbedder(), progress=False, log=lambda m: None,
                     stages=["closed", "open", "judge", "compass"])
@@ -325,7 +335,10 @@ def test_content_probes_find_the_content_layer_and_not_the_listing(tmp_path, pct
         assert not summary["content"]["significant"]
     from wdprobe.studies.pct.report import pct_findings, pct_numbers
 
-    text = dict(pct_findings(pct_numbers(run.path)))["Inside, order-free."]
+    found = {f.title: f for f in pct_findings(pct_numbers(run.path))}
+    text = found["Inside, order-free."].text
+    claimed = found["Inside, order-free."].claims  # each side worded decodable is a claim on its ledger entry
+    assert ("probes_content.json#content" in claimed) == content_planted and "probes_content.json#said" in claimed
     content = text.split("): ", 1)[1].split(";")[0]  # the first reading is the content side
     assert ("is decodable" in content) == content_planted
     if not content_planted:
