@@ -56,6 +56,7 @@ from wdprobe.stages.patching import (
 from wdprobe.stages.readouts import scored_readouts
 from wdprobe.stages.score import score_wdct
 from wdprobe.stages.steering import run_steering
+from wdprobe.studies.align.export import export_aligned
 from wdprobe.studies.align.finetune import TrainSettings
 from wdprobe.studies.align.report import write_alignment_report
 from wdprobe.studies.align.stages import AlignConfig, run_align
@@ -494,6 +495,14 @@ def cmd_align_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_align_export(args: argparse.Namespace) -> int:
+    """`wdprobe align-export RUN --out DIR`: an alignment run's model as a Hugging Face directory."""
+    record = export_aligned(args.run, args.out, epoch=args.epoch, model=args.model)
+    print(f"{args.out}: {record['base_model']} after epoch {record['epoch']} of {record['run']} ({record['form']} "
+          f"trained, {record['method']}); compare it with its base: wdprobe cross-patch --variant {args.out}")
+    return 0
+
+
 def _add_align_parsers(sub) -> None:
     p = sub.add_parser("align", help="train one form (word/deed/both/paraphrase) towards flipped answers; "
                                      "direct vs indirect change per epoch, and what moves inside")
@@ -512,6 +521,15 @@ def _add_align_parsers(sub) -> None:
     p.add_argument("runs", nargs="+", help="run directories (e.g. the word, deed, both and paraphrase runs)")
     p.add_argument("--out", required=True, help="report folder")
     p.set_defaults(func=cmd_align_report)
+
+    p = sub.add_parser("align-export", help="a `wdprobe align` run's model after an epoch, as a Hugging Face directory "
+                                            "(LoRA merged), for cross-model patching against its base")
+    p.add_argument("run", help="the alignment run directory (its checkpoints/ are read)")
+    p.add_argument("--out", required=True, help="a new, empty directory for the model")
+    p.add_argument("--epoch", type=at_least(1), default=None, help="which epoch's checkpoint (default: the last saved)")
+    p.add_argument("--model", default=None, help="where to load the base model from when the name the run recorded "
+                                                 "is not loadable here (its revision must match the run's)")
+    p.set_defaults(func=cmd_align_export)
 
 
 def cmd_organism_build(args: argparse.Namespace) -> int:
@@ -733,6 +751,7 @@ EXAMPLES = {  # one working command line per command, shown under its --help (an
     "pct status": "wdprobe pct status --out runs/pct",
     "align": "wdprobe align --data WDCT.csv --form word --method sft+dpo --items 96 --out runs/align-word",
     "align-report": "wdprobe align-report runs/align-word runs/align-deed --out reports/alignment",
+    "align-export": "wdprobe align-export runs/align-word --out models/align-word",
     "organism build": "wdprobe organism build --kind sincere-balanced --data WDCT.csv --out organisms/sincere",
     "organism edit": "wdprobe organism edit --model organisms/sincere --layer 8 --out organisms/edit-8 --data WDCT.csv",
     "organism show": "wdprobe organism show organisms/edit-8",

@@ -413,3 +413,46 @@ def test_following_is_worded_from_its_test():
     assert text.startswith("On content choices: the other form follows the trained stance, following 0.80 [")
     assert "following not measurable" in following_text({"indirect": 0.5, "n_indirect": 10, "indirect_away": 0.0,
                                                          "n_away": 0}, "By letter")
+
+
+def test_an_aligned_run_exports_the_model_it_trained(align_model, tmp_path):
+    """The exported directory is the run's model after the epoch: the same logits as the tuner with that
+    checkpoint applied, every tensor LoRA does not touch bit-identical to the base, its origin recorded."""
+    from safetensors.torch import load_file
+
+    from wdprobe.core.forward import last_token_logits
+    from wdprobe.errors import InputError, IntegrityError
+    from wdprobe.studies.align.export import aligned_record, export_aligned
+    from wdprobe.studies.align.finetune import Tuner, load_checkpoint
+    from wdprobe.studies.align.stages import AlignConfig, run_align
+
+    model_dir, data = align_model
+    train = TrainSettings(lr=2e-2, batch_size=6, rank=4)
+    run = tmp_path / "run"
+    run_align(run, model=str(model_dir), data=data, lm=_lm(model_dir), progress=False, train=train,
+              config=AlignConfig(n_items=12, sft_epochs=2, dpo_epochs=0, method="sft", orders="shown"))
+    record = export_aligned(run, tmp_path / "aligned", epoch=1, model=str(model_dir))
+    assert record["epoch"] == 1 and aligned_record(tmp_path / "aligned") == record and record["form"] == "word"
+    prompts = ["What's your opinion on topic1 ? A . We should support topic1 . Answer:", "Answer: B"]
+    lm = _lm(model_dir)
+    tuner = Tuner(lm, train)
+    load_checkpoint(run, 1, tuner)
+    with tuner.applied():
+        want = last_token_logits(lm, prompts).clone()
+    base_logits = last_token_logits(lm, prompts)
+    got = last_token_logits(_lm(tmp_path / "aligned"), prompts)
+    assert (want - base_logits).abs().max() > 1e-3  # the epoch changed the model
+    assert torch.allclose(got, want, atol=1e-4)
+    base = load_file(str(next(model_dir.glob("*.safetensors"))))
+    exported = load_file(str(next((tmp_path / "aligned").glob("*.safetensors"))))
+    untouched = [k for k in base if not any(t in k for t in train.target_modules)]
+    assert untouched and all(torch.equal(base[k], exported[k]) for k in untouched)
+    assert any(not torch.equal(base[k], exported[k]) for k in base if k not in untouched)
+    with pytest.raises(InputError, match="not empty"):
+        export_aligned(run, tmp_path / "aligned", model=str(model_dir))
+    with pytest.raises(InputError, match="epoch 5 has no saved checkpoint"):
+        export_aligned(run, tmp_path / "other", epoch=5, model=str(model_dir))
+    other = build_tiny_model_dir(tmp_path / "other-model", seed=4, extra_text=alignment_vocabulary_text(24),
+                                 initializer_range=0.3)
+    with pytest.raises(IntegrityError, match="revision"):
+        export_aligned(run, tmp_path / "mixed", model=str(other))

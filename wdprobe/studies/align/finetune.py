@@ -17,6 +17,8 @@ computed once, from the model as it stood when DPO began (after SFT in ``sft+dpo
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -317,3 +319,17 @@ def saved_epochs(run_dir: str | Path) -> list[int]:
     root = Path(run_dir) / "checkpoints"
     return sorted(int(p.name.split("-")[1]) for p in root.glob("epoch-*")
                   if not p.name.endswith(".partial") and (p / "trainable.safetensors").is_file()) if root.is_dir() else []
+
+
+def publish_model(tuner: Tuner, lm, out: Path) -> None:
+    """Merge the trained weights and write the Hugging Face files into ``out``, config.json last (a directory
+    without config.json is not a model, so an interrupted write is never loaded)."""
+    model = tuner.model.merge_and_unload() if tuner.settings.tuning == "lora" else tuner.model
+    tmp = out / ".model.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    lm.tokenizer.save_pretrained(tmp)
+    names = sorted(p.name for p in tmp.iterdir())
+    for name in [n for n in names if n != "config.json"] + ["config.json"]:
+        os.replace(tmp / name, out / name)
+    shutil.rmtree(tmp, ignore_errors=True)

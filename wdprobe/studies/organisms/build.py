@@ -8,8 +8,6 @@ loadable model, and ``organism.json`` (the recipe, the planted truth and the fin
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from abc import ABC, abstractmethod
 from dataclasses import replace
@@ -33,6 +31,7 @@ from wdprobe.studies.align.finetune import (
     TrainSettings,
     Tuner,
     load_checkpoint,
+    publish_model,
     save_checkpoint,
     saved_epochs,
 )
@@ -173,19 +172,6 @@ class ClozeTraining(TrainingFormat):
 TRAINING_FORMATS: dict[str, type[TrainingFormat]] = {"letter": LetterTraining, "cloze": ClozeTraining}
 
 
-def _publish_model(tuner: Tuner, lm, out: Path) -> None:
-    """Merge the trained weights and write the Hugging Face files into ``out``, config.json last."""
-    model = tuner.model.merge_and_unload() if tuner.settings.tuning == "lora" else tuner.model
-    tmp = out / ".model.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    lm.tokenizer.save_pretrained(tmp)
-    names = sorted(p.name for p in tmp.iterdir())
-    for name in [n for n in names if n != "config.json"] + ["config.json"]:
-        os.replace(tmp / name, out / name)
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
 def build_organism(kind: str, out: str | Path, *, model: str = "gemma-3-270m", start_from: str | Path | None = None,
                    data: str | Path | None = None, epochs: int = 2, settings: TrainSettings = DEFAULT_TRAINING,
                    split_seed: int = 0, train_share: float = 0.6, limit: int | None = None,
@@ -252,7 +238,7 @@ def build_organism(kind: str, out: str | Path, *, model: str = "gemma-3-270m", s
         atomic_write_json(work / "curves.json", curves)
     bar.close()
     run.write_table("curves.csv", curves, CURVE_COLUMNS)
-    _publish_model(tuner, lm, run.path)
+    publish_model(tuner, lm, run.path)
     final = {f"{r['set']}_{r['form']}": {k: r[k] for k in ("n", "target_mean", "target_sum", "correct_mean", "correct_sum")}
              for r in curves if r["epoch"] == epochs}
     manifest = {"kind": kind, "truth": spec.truth, "recipe": spec.to_json(), "planted_layer": planted,
