@@ -14,7 +14,7 @@ import numpy as np
 
 from wdprobe.core.model import DEFAULT_MODEL, convert_default_model, default_model_dir, load_model
 from wdprobe.data.items import read_items
-from wdprobe.data.wdct import SUBSETS, resolve_wdct_path
+from wdprobe.data.wdct import SUBSETS, items_listed, resolve_wdct_path
 from wdprobe.errors import (
     InputError,
     MissingInputError,
@@ -579,7 +579,10 @@ def cmd_cross_patch(args: argparse.Namespace) -> int:
         items = sincere_organism_items(args.organism_items, 0, 10 ** 9)[1]
     else:
         items = [i for i in read_items(resolve_wdct_path(args.data)) if i.n_options == 2]
-        items = [items[k] for k in np.random.default_rng(args.seed).permutation(len(items))]
+        if args.ids_from:
+            items = items_listed(items, args.ids_from, set_name=args.set)
+        else:
+            items = [items[k] for k in np.random.default_rng(args.seed).permutation(len(items))]
     if args.toward != "own":
         items = [i for i in items if i.correct is not None]
     items = items[:args.sample] if args.sample else items
@@ -641,6 +644,9 @@ def _add_cross_patch_parser(sub) -> None:
                                                 "else the pinned WDCT download")
     p.add_argument("--organism-items", default=None, help="read a trained organism's held-out items (its items.jsonl "
                                                           "and split.csv) instead of --data")
+    p.add_argument("--ids-from", default=None, help="read the items a CSV's 'id' column lists, in its order (e.g. an "
+                                                   "alignment run's split.csv), instead of a seeded order")
+    p.add_argument("--set", default=None, help="with --ids-from: only its rows whose 'set' column says so (train, held_out)")
     p.add_argument("--sample", type=at_least(0), default=24, help="items read (0: all), in a seeded order")
     p.add_argument("--seed", type=int, default=0, help="the seed of that order")
     p.add_argument("--forms", nargs="+", default=["word", "deed"], choices=["word", "deed"], help="prompt forms read")

@@ -265,6 +265,34 @@ def select(items: Sequence[Item], *, domains: Sequence[str] | None = None, subse
     return out
 
 
+def items_listed(items: Sequence[Item], table: str | os.PathLike, *, set_name: str | None = None) -> list[Item]:
+    """The items whose ids a table lists (a CSV with an ``id`` column, e.g. an alignment run's ``split.csv``), in
+    the table's order; ``set_name`` keeps only its rows whose ``set`` column says so (``train``, ``held_out``). An id
+    the items do not hold is refused by name: a selection that silently lost items would read another set."""
+    path = Path(table)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the id table ({exc})") from None
+    if not rows or "id" not in rows[0]:
+        raise InputError(f"{path}: needs an 'id' column (one item id a row)")
+    if set_name is not None:
+        if "set" not in rows[0]:
+            raise InputError(f"{path}: has no 'set' column to keep {set_name!r} rows from")
+        sets = sorted({r["set"] for r in rows})
+        rows = [r for r in rows if r["set"] == set_name]
+        if not rows:
+            raise InputError(f"{path}: no row in set {set_name!r}; its sets are {sets}")
+    by_id = {it.id: it for it in items}
+    missing = [(k + 2, r["id"]) for k, r in enumerate(rows) if r["id"] not in by_id]
+    if missing:
+        line, first = missing[0]
+        raise InputError(f"{path}, line {line}: item {first!r} is not among the items read"
+                         + (f" ({len(missing)} ids missing in all)" if len(missing) > 1 else ""))
+    return [by_id[r["id"]] for r in rows]
+
+
 # ---- shuffling ---------------------------------------------------------------------------------
 
 def _permutation(seed: int, item_id: str, form: str, k: int) -> tuple[int, ...]:

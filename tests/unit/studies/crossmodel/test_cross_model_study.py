@@ -144,3 +144,23 @@ def test_three_instruments_rank_the_redrawn_mlp_first_on_items_chosen_from_outpu
         assert -1 <= agree["spearman"] <= 1 and agree["top_k"] == 5
     with pytest.raises(InputError, match="one target option per item"):
         items_moved_most(reference, variant, pool, toward[:2], 3)
+
+
+def test_items_listed_in_a_split_table_are_read_in_its_order(pair, capsys):
+    from wdprobe.data.items import read_items
+
+    root, ref, var, data = pair
+    ids = [i.id for i in read_items(data) if i.n_options == 2]
+    split = root / "split.csv"
+    split.write_text("id,set,target\n" + "".join(f"{i},{'train' if k % 2 else 'held_out'},0\n"
+                                                  for k, i in enumerate(reversed(ids))))
+    out = root / "listed"
+    args = ["cross-patch", "--reference", str(ref), "--variant", str(var), "--data", str(data), "--ids-from",
+            str(split), "--set", "train", "--sites", "resid", "--forms", "deed", "--out", str(out), "--no-png", "--quiet"]
+    assert main(args) == 0
+    want = [i for k, i in enumerate(reversed(ids)) if k % 2]
+    assert json.loads((out / "settings.json").read_text())["item_ids"] == want
+    split.write_text("id,set\n" + f"{ids[0]},train\nno-such-item,train\n")
+    capsys.readouterr()
+    assert main(args[:-4] + ["--out", str(root / "listed-bad"), "--no-png", "--quiet"]) == 2
+    assert "split.csv, line 3: item 'no-such-item' is not among the items read" in capsys.readouterr().err
