@@ -14,7 +14,7 @@ import numpy as np
 
 from wdprobe.core.model import DEFAULT_MODEL, convert_default_model, default_model_dir, load_model
 from wdprobe.data.items import read_items
-from wdprobe.data.wdct import SUBSETS, items_listed, resolve_wdct_path
+from wdprobe.data.wdct import SUBSETS, items_listed, listed_targets, resolve_wdct_path
 from wdprobe.errors import (
     InputError,
     MissingInputError,
@@ -575,20 +575,32 @@ def cmd_organism_edit(args: argparse.Namespace) -> int:
 
 def cmd_cross_patch(args: argparse.Namespace) -> int:
     """`wdprobe cross-patch`: patch a variant into its reference at every site; where its choices were changed."""
+    if args.toward == "listed" and not args.ids_from:
+        raise InputError("--toward listed reads each item's target from the --ids-from table's 'target' column; "
+                         "give --ids-from")
+    if args.ids_from and args.organism_items:
+        raise InputError("--ids-from selects among --data's items; --organism-items reads an organism's own items: "
+                         "give one of them")
+    targets: list[int] | None = None
     if args.organism_items:
         items = sincere_organism_items(args.organism_items, 0, 10 ** 9)[1]
     else:
         items = [i for i in read_items(resolve_wdct_path(args.data)) if i.n_options == 2]
-        if args.ids_from:
-            items = items_listed(items, args.ids_from, set_name=args.set)
+        if args.ids_from:  # the table's items, all of them unless --sample is given, in its order
+            listed = items_listed(items, args.ids_from, set_name=args.set)
+            targets = listed_targets(listed, args.ids_from, set_name=args.set) if args.toward == "listed" else None
+            items = listed
         else:
             items = [items[k] for k in np.random.default_rng(args.seed).permutation(len(items))]
-    if args.toward != "own":
+    sample = args.sample if args.sample is not None else (0 if args.ids_from else 24)
+    if args.toward in ("correct", "incorrect"):
         items = [i for i in items if i.correct is not None]
-    items = items[:args.sample] if args.sample else items
+    if sample:
+        items, targets = items[:sample], (targets[:sample] if targets is not None else None)
     if not items:
         raise InputError("no two-option items to read" + (" with a correct option (--toward)" if args.toward != "own" else ""))
-    toward = None if args.toward == "own" else [i.correct if args.toward == "correct" else 1 - i.correct for i in items]
+    toward = (None if args.toward == "own" else targets if args.toward == "listed"
+              else [i.correct if args.toward == "correct" else 1 - i.correct for i in items])
     variant_name = Path(args.variant).name
     out = args.out or f"runs/cross-{variant_name}"
     readme = cross_model_study(out, args.reference, args.variant, items, forms=args.forms, kinds=args.sites,
@@ -647,7 +659,8 @@ def _add_cross_patch_parser(sub) -> None:
     p.add_argument("--ids-from", default=None, help="read the items a CSV's 'id' column lists, in its order (e.g. an "
                                                    "alignment run's split.csv), instead of a seeded order")
     p.add_argument("--set", default=None, help="with --ids-from: only its rows whose 'set' column says so (train, held_out)")
-    p.add_argument("--sample", type=at_least(0), default=24, help="items read (0: all), in a seeded order")
+    p.add_argument("--sample", type=at_least(0), default=None, help="items read (0: all), in a seeded order "
+                                                                  "(default 24; with --ids-from every listed item)")
     p.add_argument("--seed", type=int, default=0, help="the seed of that order")
     p.add_argument("--forms", nargs="+", default=["word", "deed"], choices=["word", "deed"], help="prompt forms read")
     p.add_argument("--sites", nargs="+", default=["resid", "attn", "mlp", "head"], help="site kinds patched: "
@@ -655,9 +668,10 @@ def _add_cross_patch_parser(sub) -> None:
     p.add_argument("--positions", default="all", choices=["all", "prompt", "continuation"],
                    help="where the variant's activation goes: every token, the prompt before the decision point, or "
                         "the decision point and the option's tokens")
-    p.add_argument("--toward", default="own", choices=["own", "correct", "incorrect"],
-                   help="the direction a change is counted in: each item's own change (default), or toward its correct "
-                        "or incorrect option (items without one are left out)")
+    p.add_argument("--toward", default="own", choices=["own", "correct", "incorrect", "listed"],
+                   help="the direction a change is counted in: each item's own change (default), toward its correct "
+                        "or incorrect option (items without one are left out), or toward the option the --ids-from "
+                        "table's 'target' column names (an alignment run's flip target)")
     p.add_argument("--method", default="exact", choices=["exact", "attribution"],
                    help="exact patching (one forward per site), or attribution patching (every site from one forward "
                         "and backward per batch; first order)")

@@ -265,10 +265,9 @@ def select(items: Sequence[Item], *, domains: Sequence[str] | None = None, subse
     return out
 
 
-def items_listed(items: Sequence[Item], table: str | os.PathLike, *, set_name: str | None = None) -> list[Item]:
-    """The items whose ids a table lists (a CSV with an ``id`` column, e.g. an alignment run's ``split.csv``), in
-    the table's order; ``set_name`` keeps only its rows whose ``set`` column says so (``train``, ``held_out``). An id
-    the items do not hold is refused by name: a selection that silently lost items would read another set."""
+def listed_rows(table: str | os.PathLike, *, set_name: str | None = None) -> list[dict[str, str]]:
+    """The rows of an id table (a CSV with an ``id`` column, e.g. an alignment run's ``split.csv``), in order;
+    ``set_name`` keeps only the rows whose ``set`` column says so (``train``, ``held_out``)."""
     path = Path(table)
     try:
         with open(path, newline="", encoding="utf-8") as fh:
@@ -277,6 +276,8 @@ def items_listed(items: Sequence[Item], table: str | os.PathLike, *, set_name: s
         raise InputError(f"{path}: cannot read the id table ({exc})") from None
     if not rows or "id" not in rows[0]:
         raise InputError(f"{path}: needs an 'id' column (one item id a row)")
+    for k, row in enumerate(rows):
+        row["_line"] = str(k + 2)
     if set_name is not None:
         if "set" not in rows[0]:
             raise InputError(f"{path}: has no 'set' column to keep {set_name!r} rows from")
@@ -284,13 +285,39 @@ def items_listed(items: Sequence[Item], table: str | os.PathLike, *, set_name: s
         rows = [r for r in rows if r["set"] == set_name]
         if not rows:
             raise InputError(f"{path}: no row in set {set_name!r}; its sets are {sets}")
+    return rows
+
+
+def items_listed(items: Sequence[Item], table: str | os.PathLike, *, set_name: str | None = None) -> list[Item]:
+    """The items whose ids a table lists (:func:`listed_rows`), in the table's order. An id the items do not hold
+    is refused by name: a selection that silently lost items would read another set."""
+    rows = listed_rows(table, set_name=set_name)
     by_id = {it.id: it for it in items}
-    missing = [(k + 2, r["id"]) for k, r in enumerate(rows) if r["id"] not in by_id]
+    missing = [r for r in rows if r["id"] not in by_id]
     if missing:
-        line, first = missing[0]
-        raise InputError(f"{path}, line {line}: item {first!r} is not among the items read"
+        raise InputError(f"{table}, line {missing[0]['_line']}: item {missing[0]['id']!r} is not among the items read"
                          + (f" ({len(missing)} ids missing in all)" if len(missing) > 1 else ""))
     return [by_id[r["id"]] for r in rows]
+
+
+def listed_targets(items: Sequence[Item], table: str | os.PathLike, *, set_name: str | None = None) -> list[int]:
+    """Each listed item's ``target`` column (an option index, 0 or 1 in the item's own option order: an alignment
+    run's flip target), in the order of :func:`items_listed`."""
+    rows = listed_rows(table, set_name=set_name)
+    if "target" not in rows[0]:
+        raise InputError(f"{table}: has no 'target' column to read each item's target option from")
+    n_options = {it.id: it.n_options for it in items}
+    out = []
+    for r in rows:
+        try:
+            target = int(r["target"])
+        except ValueError:
+            target = -1
+        if not 0 <= target < n_options.get(r["id"], 2):
+            raise InputError(f"{table}, line {r['_line']}: item {r['id']!r} has target {r['target']!r}, not an option "
+                             "index of the item")
+        out.append(target)
+    return out
 
 
 # ---- shuffling ---------------------------------------------------------------------------------

@@ -152,14 +152,21 @@ def test_items_listed_in_a_split_table_are_read_in_its_order(pair, capsys):
     root, ref, var, data = pair
     ids = [i.id for i in read_items(data) if i.n_options == 2]
     split = root / "split.csv"
-    split.write_text("id,set,target\n" + "".join(f"{i},{'train' if k % 2 else 'held_out'},0\n"
+    split.write_text("id,set,target\n" + "".join(f"{i},{'train' if k % 2 else 'held_out'},{k // 2 % 2}\n"
                                                   for k, i in enumerate(reversed(ids))))
     out = root / "listed"
     args = ["cross-patch", "--reference", str(ref), "--variant", str(var), "--data", str(data), "--ids-from",
-            str(split), "--set", "train", "--sites", "resid", "--forms", "deed", "--out", str(out), "--no-png", "--quiet"]
+            str(split), "--set", "train", "--toward", "listed", "--sites", "resid", "--forms", "deed", "--out",
+            str(out), "--no-png", "--quiet"]
     assert main(args) == 0
-    want = [i for k, i in enumerate(reversed(ids)) if k % 2]
-    assert json.loads((out / "settings.json").read_text())["item_ids"] == want
+    want = [(i, k // 2 % 2) for k, i in enumerate(reversed(ids)) if k % 2]  # every listed item, not a sample of 24
+    saved = json.loads((out / "settings.json").read_text())
+    assert saved["item_ids"] == [i for i, _ in want] and saved["toward"] == [t for _, t in want]
+    assert json.loads((out / "summary.json").read_text())["toward"] == "given"
+    split.write_text("id,set,target\n" + f"{ids[0]},train,2\n")
+    capsys.readouterr()
+    assert main(args[:-4] + ["--out", str(root / "listed-bad"), "--no-png", "--quiet"]) == 2
+    assert f"split.csv, line 2: item '{ids[0]}' has target '2', not an option index" in capsys.readouterr().err
     split.write_text("id,set\n" + f"{ids[0]},train\nno-such-item,train\n")
     capsys.readouterr()
     assert main(args[:-4] + ["--out", str(root / "listed-bad"), "--no-png", "--quiet"]) == 2
