@@ -61,7 +61,7 @@ def notes_html(notes: str) -> str:
     return "".join(out)
 
 
-def verdict_line(text: str, limit: int = 240) -> str:
+def verdict_line(text: str, limit: int = 320) -> str:
     """A finding's first sentence (its verdict): up to the first full stop that ends a sentence (not a decimal
     point, nor an abbreviation: s.d., e.g., i.e., vs., cf.), shortened with an ellipsis past ``limit`` characters."""
     m = re.search(r"(?<![0-9])(?<!\bs\.d)(?<!\be\.g)(?<!\bi\.e)(?<!\bvs)(?<!\bcf)[.](?=\s|$)", text)

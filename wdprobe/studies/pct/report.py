@@ -341,9 +341,10 @@ def content_probe_text(summary: dict[str, Any] | None) -> str:
         return ""
     bits = [decodable(summary[k], what, unit="propositions") for k, what in CONTENT_LABELS.items()
             if isinstance(summary.get(k), dict) and "best" in summary[k]]
-    return (f"Every closed prompt in every order it was asked in ({summary['n_rows']} rows, {summary['n_prompts']} "
-            f"prompts, folds holding out whole propositions; difference-of-means probes against random labels, the best "
-            f"layer's test family-wise): " + "; ".join(bits) + ". The content label is the same under every order of a "
+    return (". ".join(b[:1].upper() + b[1:] for b in bits)  # one sentence per label: the first is the verdict
+            + f". Read from every closed prompt in every order it was asked in ({summary['n_rows']} rows, "
+            f"{summary['n_prompts']} prompts, folds holding out whole propositions; difference-of-means probes against "
+            "random labels, the best layer's test family-wise). The content label is the same under every order of a "
             "prompt, so the listing cannot carry it.")
 
 
@@ -380,7 +381,7 @@ def pct_findings(n: dict[str, Any], ledger: pd.DataFrame | None = None) -> list[
         if "shown_order" in pb:
             shown = pb["shown_order"]["chosen_listed_position_share"]
             out.append(("Position bias.", f"Read in the one shuffled order, the chosen answer is the first option listed "
-                        f"in {shown[0]:.0%} of closed prompts; averaged over the four cyclic orders of the answers "
+                        f"in {shown[0]:.0%} of closed prompts. Averaged over the four cyclic orders of the answers "
                         f"(every answer listed first once) it is the shuffled order's first option in {share[0]:.0%} "
                         f"(second {share[1]:.0%}, third {share[2]:.0%}, fourth {share[3]:.0%}), and the answer changes "
                         f"with the order in {pb['order_sensitive']:.0%} of prompts. Positions and shifts below are "

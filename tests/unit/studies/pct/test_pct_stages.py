@@ -333,13 +333,15 @@ def test_content_probes_find_the_content_layer_and_not_the_listing(tmp_path, pct
         assert summary["content"]["significant"] and summary["content"]["first_significant_layer"] == 2
     else:
         assert not summary["content"]["significant"]
+    from wdprobe.reports.html import verdict_line
     from wdprobe.studies.pct.report import pct_findings, pct_numbers
 
     found = {f.title: f for f in pct_findings(pct_numbers(run.path))}
     text = found["Inside, order-free."].text
     claimed = found["Inside, order-free."].claims  # each side worded decodable is a claim on its ledger entry
     assert ("probes_content.json#content" in claimed) == content_planted and "probes_content.json#said" in claimed
-    content = text.split("): ", 1)[1].split(";")[0]  # the first reading is the content side
+    content = verdict_line(text)  # the first sentence, the verdict, is the content side's
+    assert content.startswith("The order-averaged answer's side (content)")
     assert ("is decodable" in content) == content_planted
     if not content_planted:
         assert "inconclusive at n = 8 propositions" in content
