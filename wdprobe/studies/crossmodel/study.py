@@ -120,7 +120,7 @@ def measure_form(reference, variant, items: Sequence[Item], form: str, settings:
                                   f"p_{scoring}": 1.0 if test is None else float(test.p_value)})
         total = paired_difference_test(shift)
         change[scoring] = {"mean": float(shift.mean()), "low": total.low, "high": total.high, "p": total.p_value,
-                           "n_items": int(shift.size)}
+                           "n_items": int(shift.size), "per_item": [float(v) for v in shift]}  # for equivalence tests
     if settings.check_items:  # attribution against exact patching on the first items, per site, summed margins
         n = 2 * min(settings.check_items, len(items))
         exact = cross_model_patch(reference, variant, seqs[:n], starts[:n], sites, positions=settings.positions,

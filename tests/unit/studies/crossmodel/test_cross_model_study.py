@@ -162,7 +162,10 @@ def test_items_listed_in_a_split_table_are_read_in_its_order(pair, capsys):
     want = [(i, k // 2 % 2) for k, i in enumerate(reversed(ids)) if k % 2]  # every listed item, not a sample of 24
     saved = json.loads((out / "settings.json").read_text())
     assert saved["item_ids"] == [i for i, _ in want] and saved["toward"] == [t for _, t in want]
-    assert json.loads((out / "summary.json").read_text())["toward"] == "given"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["toward"] == "given"
+    change = summary["change"]["deed"]["mean"]  # each item's shift kept, so an equivalence test can be run on them
+    assert len(change["per_item"]) == len(want) and sum(change["per_item"]) / len(want) == pytest.approx(change["mean"])
     split.write_text("id,set,target\n" + f"{ids[0]},train,2\n")
     capsys.readouterr()
     assert main(args[:-4] + ["--out", str(root / "listed-bad"), "--no-png", "--quiet"]) == 2
