@@ -9,8 +9,9 @@ forms read in the cloze form, each item's change counted toward its flip target.
 
 Steps (each resumes): train the `word` run with the alignment study's settings (``experiments/alignment.py``) unless
 it is finished; check that its change rates reproduce the committed ones; export its last epoch's model
-(``wdprobe align-export``); patch (``wdprobe cross-patch``); add the rules' verdicts (``verdicts.json``) and a reading
-to the README. Time on 2 CPU cores: about 8 minutes of training and evaluation, then about 15 minutes of patching.
+(``wdprobe align-export``); patch (``wdprobe cross-patch``); add the rules' verdicts (``verdicts.json``) and the
+hand-written ``reading.md`` of ``--out`` to the README. Time on 2 CPU cores: about 8 minutes of training and
+evaluation, then about 21 minutes of patching (word 6, deed 14: the deed's options are longer).
 """
 from __future__ import annotations
 
@@ -135,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             f"Re-read of the `word` alignment run (its change rates {'reproduce' if same else 'do NOT reproduce'} the "
             f"committed run: {how}); variant: its model after epoch {record['epoch']}, on its {len(trained)} trained "
             "items.", "", *verdict_lines(result), ""]
-    atomic_write_text(out / "README.md", readme.replace("## Findings", "\n".join(head) + "\n## Findings", 1))
+    readme = readme.replace("## Findings", "\n".join(head) + "\n## Findings", 1)
+    if (out / "reading.md").is_file():  # the hand-written reading, kept across reruns
+        readme = readme.replace("## Files", "## Reading\n\n" + (out / "reading.md").read_text().strip() + "\n\n## Files", 1)
+    atomic_write_text(out / "README.md", readme)
     print("\n".join(head))
     return 0
 

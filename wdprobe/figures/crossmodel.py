@@ -3,6 +3,8 @@ coloured by the share of the variant's change each site alone restores; sites wh
 correction are marked."""
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -13,11 +15,17 @@ def _row_label(kind: str, unit) -> str:
     return kind if pd.isna(unit) else f"{kind} {int(unit)}"
 
 
-def restored_share_figure(table: pd.DataFrame, *, title: str, scoring: str = "mean", alpha: float = 0.05) -> go.Figure:
+def restored_share_figure(table: pd.DataFrame, *, title: str, scoring: str = "mean", alpha: float = 0.05,
+                          change_p: Mapping[str, float] | None = None) -> go.Figure:
     """One heatmap per form of ``table`` (``sites.csv``): restored share by site row and block, clipped to [-1, 1]
-    for colour (the hover gives the value, its interval and q); a dot marks q < ``alpha``."""
+    for colour (the hover gives the value, its interval and q); a dot marks q < ``alpha``. ``change_p``: each form's
+    p-value of the variant's change itself; a form whose change is not detected is drawn faded and titled so, since
+    shares of a change indistinguishable from zero localise nothing."""
     forms = list(dict.fromkeys(table["form"]))
-    fig = make_subplots(rows=len(forms), cols=1, subplot_titles=[f"{f} prompts" for f in forms], vertical_spacing=0.12)
+    undetected = {f for f in forms if change_p is not None and change_p.get(f, 0.0) >= alpha}
+    titles = [f"{f} prompts" + (f" — change not detected (p = {change_p[f]:.2g}): shares not interpretable"
+                                if f in undetected else "") for f in forms]
+    fig = make_subplots(rows=len(forms), cols=1, subplot_titles=titles, vertical_spacing=0.12)
     for k, form in enumerate(forms, start=1):
         part = table[table["form"] == form].copy()
         part["row"] = [_row_label(a, b) for a, b in zip(part["kind"], part["unit"])]
@@ -35,7 +43,7 @@ def restored_share_figure(table: pd.DataFrame, *, title: str, scoring: str = "me
         fig.add_trace(go.Heatmap(z=np.clip(z, -1, 1), x=blocks, y=rows, zmin=-1, zmax=1, colorscale="RdBu_r",
                                  zmid=0, customdata=hover, hovertemplate="%{customdata}<extra></extra>",
                                  colorbar=dict(title="restored", len=0.8 / len(forms), y=1 - (k - 0.5) / len(forms)),
-                                 showscale=k == 1), row=k, col=1)
+                                 showscale=k == 1, opacity=0.3 if form in undetected else 1.0), row=k, col=1)
         sig = part[part[f"q_{scoring}"] < alpha]
         fig.add_trace(go.Scatter(x=sig["block"], y=sig["row"], mode="markers", marker=dict(size=5, color="black"),
                                  name=f"q < {alpha}", showlegend=k == 1, hoverinfo="skip"), row=k, col=1)

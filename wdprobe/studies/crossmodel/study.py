@@ -261,7 +261,8 @@ def cross_model_study(out: str | Path, reference: str, variant: str, items: Sequ
     summary = json.loads((Path(out) / "summary.json").read_text())
     fig = restored_share_figure(table, title=f"Where {Path(variant).name} differs from {Path(reference).name}<br><sup>"
                                              "share of the variant's change of the choice margin each site alone "
-                                             "restores (per-token mean); dots: q < 0.05</sup>")
+                                             "restores (per-token mean); dots: q < 0.05</sup>",
+                                change_p={f: c["mean"]["p"] for f, c in summary["change"].items()})
     names = ["index.html"]
     with png_export(png):
         if write_png(fig, Path(out) / "sites.png"):

@@ -29,3 +29,20 @@ def test_undetected_organisms_sit_on_the_none_row_and_every_family_is_drawn():
     assert points["strength-3-L12-s0"][0] != points["null-gate-L12-s0"][0]
     names = {tr.name for tr in fig.data}
     assert "strength sweep" in names and "gate never opens (null-gate) (not detected)" in names
+
+
+def test_a_form_whose_change_is_not_detected_is_drawn_faded_and_said_so():
+    import pandas as pd
+
+    from wdprobe.figures.crossmodel import restored_share_figure
+
+    rows = [{"form": form, "site": f"L{b}.{kind}", "kind": kind, "block": b, "unit": None, "identical": False,
+             "restored_mean": 0.5, "low_mean": 0.1, "high_mean": 0.9, "q_mean": 0.01}
+            for form in ("word", "deed") for b in range(3) for kind in ("resid", "mlp")]
+    fig = restored_share_figure(pd.DataFrame(rows), title="t", change_p={"word": 0.001, "deed": 0.52})
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == ["word prompts", "deed prompts — change not detected (p = 0.52): shares not interpretable"]
+    heatmaps = [t for t in fig.data if t.type == "heatmap"]
+    assert [h.opacity for h in heatmaps] == [1.0, 0.3]
+    plain = restored_share_figure(pd.DataFrame(rows), title="t")  # without the change's tests: drawn as before
+    assert [a.text for a in plain.layout.annotations] == ["word prompts", "deed prompts"]
