@@ -5,6 +5,7 @@ forms read in the cloze form, each item's change counted toward its flip target.
 ``reports/<model>/alignment/cross-model/rules.md`` (written before the run).
 
     python experiments/alignment_cross_model.py --data ../shared/data/wdct/WDCT.csv
+    python experiments/alignment_cross_model.py --data WDCT.csv --run deed      # where deed training changed words
     python experiments/alignment_cross_model.py --data WDCT.csv --runs /tmp/align --out /tmp/x   # elsewhere
 
 Steps (each resumes): train the `word` run with the alignment study's settings (``experiments/alignment.py``) unless
@@ -105,20 +106,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default=None, help="parent of the alignment run directories (default runs/<model>-align)")
     ap.add_argument("--out", default=None, help="results folder (default reports/<model>/alignment/cross-model)")
     ap.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
+    ap.add_argument("--run", default="word", choices=["word", "deed"], help="which core run of the study: word-trained "
+                                                                         "(default) or deed-trained")
     args = ap.parse_args(argv)
     name = Path(args.model).name
     runs = Path(args.runs or f"runs/{name}-align")
-    out = Path(args.out or f"reports/{name}/alignment/cross-model")
-    run = runs / "word"
+    out = Path(args.out or f"reports/{name}/alignment/" + ("cross-model" if args.run == "word" else f"cross-model-{args.run}"))
+    run = runs / args.run
     study = alignment_study()
-    form, orders = study.RUNS["word"]
+    form, orders = study.RUNS[args.run]
     config = AlignConfig(**{**study.CPU_STUDY.to_json(), "form": form, "orders": orders, "domains": None})
     if not (run / "summary.json").is_file():
-        print(f"== training {run} (the alignment study's word run) ==", flush=True)
+        print(f"== training {run} (the alignment study's {args.run} run) ==", flush=True)
         run_align(run, model=args.model, data=args.data, config=config, train=study.CPU_TRAINING)
-    same, how = reproduced(run, Path(f"reports/{name}/alignment/content/tables/word/change_rates.csv"))
-    print(f"change rates {'reproduce' if same else 'DO NOT reproduce'} the committed word run ({how})", flush=True)
-    model_dir = runs / "word-model"
+    same, how = reproduced(run, Path(f"reports/{name}/alignment/content/tables/{args.run}/change_rates.csv"))
+    print(f"change rates {'reproduce' if same else 'DO NOT reproduce'} the committed {args.run} run ({how})", flush=True)
+    model_dir = runs / f"{args.run}-model"
     if aligned_record(model_dir) is None:
         export_aligned(run, model_dir, model=args.model)
     items = [i for i in read_items(resolve_wdct_path(args.data)) if i.n_options == 2]
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "rules": "rules.md", "forms": result})
     readme = (out / "README.md").read_text()
     head = ["## Verdicts (rules.md, written before the run)", "",
-            f"Re-read of the `word` alignment run (its change rates {'reproduce' if same else 'do NOT reproduce'} the "
+            f"Re-read of the `{args.run}` alignment run (its change rates {'reproduce' if same else 'do NOT reproduce'} the "
             f"committed run: {how}); variant: its model after epoch {record['epoch']}, on its {len(trained)} trained "
             "items.", "", *verdict_lines(result), ""]
     readme = readme.replace("## Findings", "\n".join(head) + "\n## Findings", 1)
