@@ -89,16 +89,16 @@ def test_an_interrupted_build_resumes_and_changed_settings_are_refused(organism_
     import wdprobe.studies.organisms.build as build
 
     d, model_dir, data = organism_setup
-    real = build._publish_model
+    real = build.publish_model
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(build, "_publish_model", interrupted)
+    monkeypatch.setattr(build, "publish_model", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_organism("sincere", d / "again", model=str(model_dir), data=data, epochs=6, settings=FAST, progress=False)
     assert organism_manifest(d / "again") is None and not (d / "again" / "config.json").exists()
-    monkeypatch.setattr(build, "_publish_model", real)
+    monkeypatch.setattr(build, "publish_model", real)
     resumed = build_organism("sincere", d / "again", model=str(model_dir), data=data, epochs=6, settings=FAST,
                              progress=False)
     assert resumed["final"] == sincere[1]["final"]  # the same seeded training, picked up from its checkpoints
