@@ -355,8 +355,7 @@ def pct_findings(n: dict[str, Any], ledger: pd.DataFrame | None = None) -> list[
     n = {**n, "shifts": with_report_q(n["shifts"], ledger),
          "probes_content_summary": with_q_values(json.loads(json.dumps(n.get("probes_content_summary"))),
                                                  CONTENT_SOURCE, ledger)}
-    found: list[Finding] = []
-    out: list[tuple[str, str]] = []
+    out: list[Finding] = []
     pos, sh, cs = n["positions"], n["shifts"], n["compass_summary"]
     if pos is not None:
         base = pos[(pos.form == "closed") & (pos.persona == "base")]
@@ -371,7 +370,7 @@ def pct_findings(n: dict[str, Any], ledger: pd.DataFrame | None = None) -> list[
             has_interval = not pd.isna(getattr(b, "econ_low", float("nan")))
             spread = ("95% bootstrap over propositions" if has_interval
                       else "no interval: this run's positions table predates them")
-            out.append(("Closed-form position.", f"Without a persona the model sits at {where} ({spread}; "
+            out.append(Finding("Closed-form position.", f"Without a persona the model sits at {where} ({spread}; "
                         f"s.d. over instructions {b.econ_sd:.2f} / {b.social_sd:.2f})"
                         + (f"; '{top}' is its most frequent closed answer ({rates[top]:.0%} of prompts)." if top else ".")
                         + one_order))
@@ -380,14 +379,14 @@ def pct_findings(n: dict[str, Any], ledger: pd.DataFrame | None = None) -> list[
         share = pb["chosen_listed_position_share"]
         if "shown_order" in pb:
             shown = pb["shown_order"]["chosen_listed_position_share"]
-            out.append(("Position bias.", f"Read in the one shuffled order, the chosen answer is the first option listed "
+            out.append(Finding("Position bias.", f"Read in the one shuffled order, the chosen answer is the first option listed "
                         f"in {shown[0]:.0%} of closed prompts. Averaged over the four cyclic orders of the answers "
                         f"(every answer listed first once) it is the shuffled order's first option in {share[0]:.0%} "
                         f"(second {share[1]:.0%}, third {share[2]:.0%}, fourth {share[3]:.0%}), and the answer changes "
                         f"with the order in {pb['order_sensitive']:.0%} of prompts. Positions and shifts below are "
                         "read from the order-averaged answers."))
         else:
-            out.append(("Position bias.", f"The chosen answer is the first option listed in {share[0]:.0%} of closed "
+            out.append(Finding("Position bias.", f"The chosen answer is the first option listed in {share[0]:.0%} of closed "
                         f"prompts (second {share[1]:.0%}, third {share[2]:.0%}, fourth {share[3]:.0%}); its side matches "
                         f"the first-listed option's side {pb['same_side_as_first_listed']:.0%} of the time. Options are "
                         f"ordered {_order_words(n['manifest'])}."))
@@ -400,9 +399,7 @@ def pct_findings(n: dict[str, Any], ledger: pd.DataFrame | None = None) -> list[
                  "propositions differently under another closed instruction." if noise else "")
         claims = [ledger_key(SHIFT_SOURCE, f"{r.form}/{r.persona}/{axis}") for r in sig.itertuples() for axis in AXES
                   if getattr(r, f"q_{axis}") < ALPHA]
-        found += [Finding(t, x) for t, x in out]
-        out = []
-        found.append(Finding("Personas.", f"{len(sig)} of {len(c)} personas move the closed-form position significantly "
+        out.append(Finding("Personas.", f"{len(sig)} of {len(c)} personas move the closed-form position significantly "
                     f"(BH q < {ALPHA} across the report's {len(ledger)} tests)"
                     + (f": {', '.join(sig.persona)}" if 0 < len(sig) <= 8 else "") +
                     ". Largest moves: " + "; ".join(f"{r.persona} ({_shift_text(r)})" for r in big.itertuples()) +
@@ -410,7 +407,7 @@ def pct_findings(n: dict[str, Any], ledger: pd.DataFrame | None = None) -> list[
                     + floor, claims=claims))
     jc = n.get("judge_check_summary")
     if jc:
-        out.append(("Judge check.", f"On {jc['statements']} planted unambiguous statements (one per answer and "
+        out.append(Finding("Judge check.", f"On {jc['statements']} planted unambiguous statements (one per answer and "
                     f"proposition) the judge ({jc['judge']}) names the exact answer {jc['exact']:.2f} of the time "
                     f"(chance 0.25) and the side {jc['same_side']:.2f} (chance 0.50)"
                     + (f"; on implicit statements ('I think that …' / 'I do not think that …') it gets the side "
@@ -418,7 +415,7 @@ def pct_findings(n: dict[str, Any], ledger: pd.DataFrame | None = None) -> list[
                        f"disagreeing ones {jc['implicit_disagree_read_as_disagree']:.2f})" if "implicit_same_side" in jc else "")
                     + ("; open-form stances below are only as good as that." if jc["same_side"] < 0.9 else ".")))
     if cs and cs.get("pairs"):
-        out.append(("Closed vs open.", f"On {cs['pairs']} pairs the open text takes the same side as the closed answer "
+        out.append(Finding("Closed vs open.", f"On {cs['pairs']} pairs the open text takes the same side as the closed answer "
                     f"{cs['same_side']:.2f} of the time (chance from the answer rates {cs['same_side_chance']:.2f}); "
                     f"the exact answer matches {cs['exact']:.2f} (chance {cs['exact_chance']:.2f})."))
     pr = n["probes"]
@@ -434,31 +431,29 @@ def pct_findings(n: dict[str, Any], ledger: pd.DataFrame | None = None) -> list[
             b = _best(oc, "first_listed_agrees", kind)
             bits.append(f"whether the first-listed option agrees (prompt text, no stance) it reads at up to {b[1]:.2f} "
                         f"(layer {b[0]})")
-        out.append(("Inside.", f"A {kind} probe " + "; ".join(bits) + ". Folds hold out whole propositions, so no probe "
+        out.append(Finding("Inside.", f"A {kind} probe " + "; ".join(bits) + ". Folds hold out whole propositions, so no probe "
                     "can memorise a proposition's answer." + (f" Not computed (one stance only): {', '.join(missing)}."
                                                                if missing else "")))
-    found += [Finding(t, x) for t, x in out]
-    out = []
     with asserted_claims() as claims:
         content = content_probe_text(n.get("probes_content_summary"))
     if content:
-        found.append(Finding("Inside, order-free.", content, claims=list(claims)))
+        out.append(Finding("Inside, order-free.", content, claims=list(claims)))
     eff = n["persona_effect"]
     if eff is not None and len(eff):
         last = eff[eff.layer == eff.layer.max()]
         corr = derived_numbers(eff)["persona_internal_vs_behaviour_r_last_layer"]
         strongest = eff.loc[eff["shift"].abs().idxmax()]
-        out.append(("Personas inside.", f"Along the base case's internal stance direction, the largest persona shift is "
+        out.append(Finding("Personas inside.", f"Along the base case's internal stance direction, the largest persona shift is "
                     f"{strongest['persona']} at layer {int(strongest.layer)} ({strongest['shift']:+.2f} of an answer "
                     f"change's gap); at the last layer internal and behavioural (P(agree)) shifts correlate r = {corr:.2f} "
                     f"over {len(last)} personas."))
     tr, ts = n["tropes"], n["tropes_summary"]
     if tr is not None and ts:
         lab = f" The widest: “{tr.iloc[0].label[:120]}” ({int(tr.iloc[0].prompts)} prompts)." if len(tr) else ""
-        out.append(("Tropes.", f"{ts['tropes']} sentence clusters recur in at least {ts['min_prompts']} distinct prompts "
+        out.append(Finding("Tropes.", f"{ts['tropes']} sentence clusters recur in at least {ts['min_prompts']} distinct prompts "
                     f"({ts['sentences']} sentences from {ts['texts']} open texts, cosine ≥ {ts['threshold']}; "
                     f"{ts.get('dropped_prompt_echoes', 0)} sentences copied from the prompt left out)." + lab))
-    return found + [Finding(t, x) for t, x in out]
+    return out
 
 
 def _order_words(manifest: dict) -> str:
