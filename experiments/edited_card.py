@@ -6,6 +6,7 @@ score where each instrument puts the divergence against where it was planted.
     python experiments/edited_card.py --data WDCT.csv                        # the committed card (~70 min, 2 cores)
     python experiments/edited_card.py --data WDCT.csv --layers 4 12 --seeds 0 --out /tmp/c   # a quick look
     python experiments/edited_card.py --model SINCERE_DIR --against-stance --out reports/organisms/edited/balanced
+    python experiments/edited_card.py --restudy-lens --out reports/organisms/edited/card   # add the trained lens
 
 ``--against-stance`` plants into a sincere organism (``wdprobe organism build --kind sincere-balanced``): each item's
 planted option is its *incorrect* one (the organism's stance is the correct option, at either position), the items are
@@ -27,8 +28,15 @@ Each organism is scored with the parent's blocks below its edit replayed from on
 (``wdprobe.studies.organisms.replay``: bit-identical scores, checked against the full forward on the first organism
 of each invocation, ``run.json``'s ``replay_check``).
 
+``--restudy-lens`` adds the trained lens to a finished card (rules: the addendum of ``card-rules.md``): every studied
+organism is rebuilt from its record (``wdprobe.studies.organisms.card_rebuild``), its study rerun on the same items
+with the stages ``score``, ``capture`` and ``lens`` only, the rerun's logit-lens summary checked against the kept one
+(counts equal, readings within 1e-3; else nothing is read), the trained lens's summary kept, the record's recovered
+layers updated and the card rewritten.
+
 Time: on 2 CPU cores about 4 minutes per seed to read the parent, then 30-70 s per organism that fails its gate
-(less the higher its block) and about 2 minutes per organism studied.
+(less the higher its block) and about 2 minutes per organism studied; ``--restudy-lens`` about 1 minute per studied
+organism after the parent's readings.
 """
 from __future__ import annotations
 
@@ -44,11 +52,12 @@ import numpy as np
 import pandas as pd
 
 from wdprobe.core.cache import atomic_write_json
-from wdprobe.core.model import default_model_dir, load_model
+from wdprobe.core.model import convert_default_model, load_model
 from wdprobe.data.items import item_record, read_items
 from wdprobe.data.wdct import resolve_wdct_path
 from wdprobe.pipeline.config import StudyConfig
 from wdprobe.pipeline.study import run_study
+from wdprobe.studies.organisms.card_rebuild import CardOrganisms, NotTheStoredOrganism
 from wdprobe.studies.organisms.data import planted_order, sincere_organism_items
 from wdprobe.studies.organisms.edit import (
     DIRECTIONS_FILE,
@@ -62,7 +71,9 @@ from wdprobe.studies.organisms.replay import recorded_prefixes, replayed_prefix
 
 TARGET = 1
 STUDY_STAGES = ["score", "capture", "probes", "lens", "patch_cross", "steer"]
-KEPT = ["lens/cloze-summary.json", "probes/cloze-last.csv", "patching/cloze_cross_form_summary.csv",
+LENS_RESTUDY_STAGES = ["score", "capture", "lens"]
+TUNED_SUMMARY = "lens/cloze-tuned-summary.json"
+KEPT = ["lens/cloze-summary.json", TUNED_SUMMARY, "probes/cloze-last.csv", "patching/cloze_cross_form_summary.csv",
         "steering/cloze_steering_summary.csv", "steering/cloze_steering_headline.json",
         "patching/cloze_cross_form_headline.json", "probes/cloze-summary.json"]
 
@@ -112,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="/tmp/wdprobe-edited-card", help="edited weights and study runs (deleted)")
     ap.add_argument("--card-only", action="store_true",
                     help="build nothing: write the card from the organisms already measured (the rest listed as not run)")
+    ap.add_argument("--restudy-lens", action="store_true",
+                    help="rebuild every studied organism of the card in --out and add the trained lens to its study")
     ap.add_argument("--against-stance", action="store_true",
                     help="--model is a sincere organism: plant each item's incorrect option on its own held-out items")
     args = ap.parse_args(argv)
@@ -126,12 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     targets = [target_of(it) for it in held]
     by_id = {i.id: i for i in held}
     ids = [i.id for i in held]
-    parent_dir = Path(args.model) if args.model else default_model_dir()
+    parent_dir = Path(args.model) if args.model else convert_default_model()
     lm = load_model(str(parent_dir))
+    t0 = time.perf_counter()
+    if args.restudy_lens:
+        restudy_lens(Path(args.out), lm, parent_dir, Path(args.work), args.data if args.against_stance else
+                     str(resolve_wdct_path(args.data)))
+        args.card_only = True
     layers = args.layers if args.layers is not None else list(range(1, lm.n_layers - 1))
     out, work = Path(args.out), Path(args.work)
     (out / "organisms").mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
     organisms = plan(args.seeds, layers, args.replicate_layers, args.null_layers, args.strength_layer, args.strengths,
                      args.head_layers)
     # every organism shares blocks 0..L-1 with the parent: read the parent once, recording what enters each planted
@@ -225,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
              else "Gemma-3-270M edited organisms")
     not_run = [name_of(o) for o in organisms if result_of(o) is None]
     write_card(out, organisms, lm.n_layers, result_of, label, not_run)
+    if args.restudy_lens:  # the card's own run record is kept; the restudy is recorded beside it
+        record = json.loads((out / "run.json").read_text())
+        record["restudy_lens"] = {"stages": LENS_RESTUDY_STAGES, "wall_seconds": round(time.perf_counter() - t0, 1)}
+        atomic_write_json(out / "run.json", record)
+        return 0
     data = str(Path(args.model) / "items.jsonl") if args.against_stance else str(resolve_wdct_path(args.data))
     atomic_write_json(out / "run.json", {"parent": str(parent_dir), "data": data,
                                          "target": "each item's incorrect option" if args.against_stance else TARGET,
@@ -235,6 +257,60 @@ def main(argv: list[str] | None = None) -> int:
                                                                           if (out / "replay-check.json").is_file() else None),
                                          "wall_seconds_last_invocation": round(time.perf_counter() - t0, 1)})
     return 0
+
+
+REBUILD_WRITE_SCALE_RTOL = 0.02  # card-rules.md, second addendum: a sibling edit, checked by its logit-lens readout
+
+
+def same_lens_summary(fresh: dict, kept: dict, *, atol: float = 1e-3) -> bool:
+    """Whether a rerun's lens summary is the kept one: every count the kept one holds equal, every reading within
+    ``atol`` (keys the lens stage added since the card ran are not compared)."""
+    if isinstance(fresh, dict) and isinstance(kept, dict):
+        return kept.keys() <= fresh.keys() and all(same_lens_summary(fresh[k], kept[k], atol=atol) for k in kept)
+    if isinstance(fresh, list) and isinstance(kept, list):
+        return len(fresh) == len(kept) and all(same_lens_summary(a, b, atol=atol) for a, b in zip(fresh, kept))
+    if isinstance(fresh, float) or isinstance(kept, float):
+        return fresh is not None and kept is not None and bool(np.isclose(fresh, kept, rtol=0, atol=atol))
+    return fresh == kept
+
+
+def restudy_lens(out: Path, lm, parent_dir: Path, work: Path, data: str | None) -> None:
+    """The trained lens added to every studied organism of a finished card (``card-rules.md``, addendum): rebuilt,
+    restudied on the same items (score, capture, lens), checked against the kept logit-lens summary, kept."""
+    organisms = CardOrganisms(out, lm, parent_dir, work, data)
+    names = sorted((n for n, r in organisms.records.items() if r.get("study_items")),
+                   key=lambda n: (organisms.records[n]["seed"], n))  # one reading of the parent per seed
+    for name in names:
+        record = organisms.records[name]
+        keep = out / "studies" / name
+        if "tuned lens" in (record.get("recovered") or {}) and (keep / TUNED_SUMMARY).is_file():
+            continue  # resumed: already read
+        started = time.perf_counter()
+        spec, child_dir = organisms.rebuild(name, list(organisms.records),  # the parent read for the card's blocks
+                                            write_scale_rtol=REBUILD_WRITE_SCALE_RTOL)
+        run_dir = work / f"{name}-restudy"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        cfg = replace(StudyConfig(model=str(child_dir), format="cloze", out=str(run_dir), png=False),
+                      stages=LENS_RESTUDY_STAGES)
+        study = record["study_items"]
+        records = [item_record(organisms.by_id[i]) for i in study["studied"] + study["controls"]]
+        run_study(cfg, items=records, lm=load_model(str(child_dir)), progress=False, log=lambda m: None)
+        fresh = json.loads((run_dir / "lens" / "cloze-summary.json").read_text())
+        if not same_lens_summary(fresh, json.loads((keep / "lens" / "cloze-summary.json").read_text())):
+            raise NotTheStoredOrganism(f"{name}: the rerun study's logit-lens summary is not the card's "
+                                       f"({run_dir / 'lens' / 'cloze-summary.json'}); nothing read")
+        if (run_dir / TUNED_SUMMARY).is_file():
+            shutil.copy2(run_dir / TUNED_SUMMARY, keep / TUNED_SUMMARY)
+        recovered = recover_layers(run_dir)  # blind, as the card's first reading
+        record["recovered"] = {**record["recovered"], "tuned lens": recovered["tuned lens"],
+                               **{k: v for k, v in recovered.items() if k.startswith("tuned_lens_")}}
+        record["restudy_seconds"] = round(time.perf_counter() - started, 1)
+        record["restudy_write_scale"] = spec.write_scale  # the sibling's, beside the stored spec's
+        atomic_write_json(out / "organisms" / f"{name}.json", record)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(child_dir, ignore_errors=True)
+        print(f"{name}: tuned lens {recovered['tuned lens']} (logit lens {record['recovered']['logit lens']}; "
+              f"planted {record['layer']}) [{record['restudy_seconds']:.0f} s]", flush=True)
 
 
 def write_card(out: Path, organisms: list[dict], n_layers: int, result_of, label: str, not_run: list[str]) -> None:
@@ -249,7 +325,8 @@ def write_card(out: Path, organisms: list[dict], n_layers: int, result_of, label
         gates.append({"name": r["name"], "family": r["family"], "layer": r["layer"], "seed": r["seed"],
                       "strength": r["strength"], **r["gate"], "studied_in_study": len(study.get("studied", [])),
                       "inconsistent_in_study": (r.get("recovered") or {}).get("inconsistent_items"),
-                      "lens_items": (r.get("recovered") or {}).get("lens_items"), "seconds": r["seconds"]})
+                      "lens_items": (r.get("recovered") or {}).get("lens_items"),
+                      "tuned_lens_items": (r.get("recovered") or {}).get("tuned_lens_items"), "seconds": r["seconds"]})
         if r["family"] == "null-gate":
             g = r["gate"]
             nulls.append({"name": r["name"], "n_items": g["n_items"],
@@ -257,6 +334,8 @@ def write_card(out: Path, organisms: list[dict], n_layers: int, result_of, label
                           "deed_changed": round(g["deed_changes"] * g["n_items"])})
         if r.get("recovered"):
             for name in INSTRUMENTS:
+                if name not in r["recovered"]:
+                    continue  # an instrument added after this organism was studied, not read for it
                 rec = r["recovered"][name]
                 rows.append({"name": r["name"], "family": r["family"], "layer": r["layer"], "seed": r["seed"],
                              "strength": r["strength"], "instrument": name,

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from wdprobe.core.cache import atomic_write_json
-from wdprobe.core.model import default_model_dir, load_model
+from wdprobe.core.model import convert_default_model, load_model
 from wdprobe.data.items import read_items
 from wdprobe.data.wdct import resolve_wdct_path
 from wdprobe.studies.organisms.data import planted_order
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     items = planted_order(read_items(resolve_wdct_path(args.data)))
     pool, held = items[:args.pool], items[args.pool:args.pool + args.held_out]
-    parent_dir = Path(args.model) if args.model else default_model_dir()
+    parent_dir = Path(args.model) if args.model else convert_default_model()
     lm = load_model(str(parent_dir))
     layers = args.layers if args.layers is not None else list(range(1, lm.n_layers - 1))
     out, work = Path(args.out), Path(args.work)

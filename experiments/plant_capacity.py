@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wdprobe.core.model import default_model_dir, load_model
+from wdprobe.core.model import convert_default_model, load_model
 from wdprobe.data.items import read_items
 from wdprobe.data.wdct import resolve_wdct_path
 from wdprobe.studies.organisms.causal import added_after_block, option_logprobs
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     items = planted_order(read_items(resolve_wdct_path(args.data)))
     calib, held = items[:args.calibrate], items[200:200 + args.held_out]
-    lm = load_model(str(Path(args.model) if args.model else default_model_dir()))
+    lm = load_model(str(Path(args.model) if args.model else convert_default_model()))
     with torch.enable_grad():
         plants = plant_directions(lm, calib, args.layers, TARGET)
     parent = deed_choices(lm, held)

@@ -64,9 +64,11 @@ class CardOrganisms:
             return list(self.records.get(name.replace("null-gate", "override"), {}).get("studied", []))
         return list(r.get("studied", []))
 
-    def rebuild(self, name: str, batch: list[str]) -> tuple[Any, Path]:
+    def rebuild(self, name: str, batch: list[str], *, write_scale_rtol: float = 1e-4) -> tuple[Any, Path]:
         """The organism's weights written to ``work/name`` (the parent read once per seed for the blocks of the
-        organisms in ``batch``) and its specification; :class:`NotTheStoredOrganism` when it is not the card's."""
+        organisms in ``batch``) and its specification; :class:`NotTheStoredOrganism` when it is not the card's. A
+        re-derived edit must pick the stored unit and a write scale within ``write_scale_rtol`` of the stored one
+        (a reader that checks its own readout against the card's may accept a sibling with a looser one)."""
         r, spec_stored = self.records[name], self.records[name]["spec"]
         stored = self.card / "organisms" / f"{name}.{DIRECTIONS_FILE}"
         child_dir = self.work / name
@@ -87,7 +89,8 @@ class CardOrganisms:
         spec = edit_from_reading(self._reading[1], r["layer"], kind=r["kind"], strength=r["strength"], seed=r["seed"],
                                  component=r.get("component", "mlp"),
                                  head=spec_stored["unit"] if r.get("component") == "attn-head" else None)
-        if spec.unit != spec_stored["unit"] or not np.isclose(spec.write_scale, spec_stored["write_scale"], rtol=1e-4):
+        if spec.unit != spec_stored["unit"] or not np.isclose(spec.write_scale, spec_stored["write_scale"],
+                                                                  rtol=write_scale_rtol, atol=0):
             raise NotTheStoredOrganism(f"{name}: the rebuilt edit (unit {spec.unit}, write scale {spec.write_scale}) is "
                                        f"not the stored one (unit {spec_stored['unit']}, {spec_stored['write_scale']}); "
                                        "nothing written")

@@ -31,7 +31,9 @@ LOCALISES_AT = 13 / 15  # hit rate an instrument needs (with a significant binom
 ALPHA = 0.05
 PERMUTATIONS = 10_000
 EQUIVALENCE_MARGIN = 0.05  # TOST margin on the share of answers a null edit changes
-INSTRUMENTS = ("logit lens", "word probe on deeds", "inconsistency prediction", "cross-form patching", "steering")
+INSTRUMENTS = ("logit lens", "tuned lens", "word probe on deeds", "inconsistency prediction", "cross-form patching",
+               "steering")
+LENS_SUMMARIES = {"logit lens": "lens/cloze-summary.json", "tuned lens": "lens/cloze-tuned-summary.json"}
 
 
 @dataclass(frozen=True)
@@ -116,15 +118,17 @@ def recover_layers(run_dir: str | Path) -> dict[str, Any]:
     missing or speaks for no item gets None."""
     run = Path(run_dir)
     out: dict[str, Any] = {name: None for name in INSTRUMENTS}
-    lens_file = run / "lens" / "cloze-summary.json"
-    if lens_file.is_file():
-        incon = json.loads(lens_file.read_text()).get("inconsistent", {})
+    for name, rel in LENS_SUMMARIES.items():
+        incon = json.loads((run / rel).read_text()).get("inconsistent", {}) if (run / rel).is_file() else None
+        if incon is None:
+            continue
         median = incon.get("item_divergence_layer_median")
-        hist = incon.get("item_divergence_layer_hist", {})
-        out["lens_items"] = int(sum(hist.values()))
+        prefix = "lens" if name == "logit lens" else "tuned_lens"
+        out[f"{prefix}_items"] = int(sum(incon.get("item_divergence_layer_hist", {}).values()))
+        out[f"{prefix}_never_parts"] = incon.get("item_divergence_never")
         out["inconsistent_items"] = int(incon.get("n", 0))
         if median is not None and np.isfinite(median):
-            out["logit lens"] = int(np.floor(median))
+            out[name] = int(np.floor(median))
     probes_file = run / "probes" / "cloze-last.csv"
     if probes_file.is_file():
         table = pd.read_csv(probes_file)
@@ -295,7 +299,9 @@ def write_card_page(out: str | Path, table: pd.DataFrame, ledger: pd.DataFrame, 
     ledger_rows = [[r.instrument, r.test, f"{r.statistic:.3g}", str(r.n), f"{r.p:.3g}", f"{r.q:.3g}"]
                    for r in ledger.itertuples()]
     gate_cols = ["name", "n_eligible", "n_studied", "hold_rate", "hold_low", "hold_high", "word_changes",
-                 "deed_changes", "carded", "studied_in_study", "inconsistent_in_study", "lens_items", "seconds"]
+                 "deed_changes", "carded", "studied_in_study", "inconsistent_in_study", "lens_items", "tuned_lens_items",
+                 "seconds"]
+    gate_cols = [c for c in gate_cols if c in gates.columns]  # a card read before the trained lens has no column
     gate_rows = [[str(getattr(r, c)) for c in gate_cols] for r in gates.itertuples()]
     strength = strength_rows(gates, recovered)
     if strength:

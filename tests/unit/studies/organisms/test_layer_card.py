@@ -68,12 +68,17 @@ def test_largest_rise_by_hand():
         largest_rise([0.1, 0.2], [0, 1, 2])
 
 
-def _write_study(run, jump_at: int, n_layers: int = 8, lens_median: float | None = 4.5):
+def _write_study(run, jump_at: int, n_layers: int = 8, lens_median: float | None = 4.5,
+                 tuned_median: float | None = None):
     layers = range(n_layers)
     (run / "lens").mkdir(parents=True)
     (run / "lens" / "cloze-summary.json").write_text(json.dumps(
         {"inconsistent": {"n": 6, "item_divergence_layer_median": lens_median,
-                          "item_divergence_layer_hist": {"4": 2, "5": 2}}}))
+                          "item_divergence_layer_hist": {"4": 2, "5": 2}, "item_divergence_never": 2}}))
+    if tuned_median is not None:
+        (run / "lens" / "cloze-tuned-summary.json").write_text(json.dumps(
+            {"inconsistent": {"n": 6, "item_divergence_layer_median": tuned_median,
+                              "item_divergence_layer_hist": {"1": 3, "2": 2}, "item_divergence_never": 1}}))
     (run / "probes").mkdir()
     curve = lambda: [0.3 if l < jump_at else 0.8 for l in layers]  # noqa: E731
     rows = [{"position": "last", "analysis": a, "layer": l, "metric": m, "value": v}
@@ -97,6 +102,15 @@ def test_recover_layers_reads_each_instrument_blind(tmp_path):
     assert got["lens_items"] == 4 and got["inconsistent_items"] == 6
     for name in ("word probe on deeds", "inconsistency prediction", "cross-form patching", "steering"):
         assert got[name] == 5, name
+    assert got["tuned lens"] is None and "tuned_lens_items" not in got  # an older study: no trained lens read
+
+
+def test_recover_layers_reads_the_trained_lens_from_its_own_summary(tmp_path):
+    _write_study(tmp_path, jump_at=5, tuned_median=2.0)
+    got = recover_layers(tmp_path)
+    assert got["tuned lens"] == 2 and got["logit lens"] == 4
+    assert got["tuned_lens_items"] == 5 and got["tuned_lens_never_parts"] == 1
+    assert got["lens_items"] == 4 and got["lens_never_parts"] == 2
 
 
 def test_recover_layers_gives_none_for_missing_tables(tmp_path):
