@@ -57,7 +57,7 @@ from wdprobe.data.items import item_record, read_items
 from wdprobe.data.wdct import resolve_wdct_path
 from wdprobe.pipeline.config import StudyConfig
 from wdprobe.pipeline.study import run_study
-from wdprobe.studies.organisms.card_rebuild import CardOrganisms, NotTheStoredOrganism
+from wdprobe.studies.organisms.card_rebuild import CardOrganisms, NotTheStoredOrganism, same_summary
 from wdprobe.studies.organisms.data import planted_order, sincere_organism_items
 from wdprobe.studies.organisms.edit import (
     DIRECTIONS_FILE,
@@ -262,18 +262,6 @@ def main(argv: list[str] | None = None) -> int:
 REBUILD_WRITE_SCALE_RTOL = 0.02  # card-rules.md, second addendum: a sibling edit, checked by its logit-lens readout
 
 
-def same_lens_summary(fresh: dict, kept: dict, *, atol: float = 1e-3) -> bool:
-    """Whether a rerun's lens summary is the kept one: every count the kept one holds equal, every reading within
-    ``atol`` (keys the lens stage added since the card ran are not compared)."""
-    if isinstance(fresh, dict) and isinstance(kept, dict):
-        return kept.keys() <= fresh.keys() and all(same_lens_summary(fresh[k], kept[k], atol=atol) for k in kept)
-    if isinstance(fresh, list) and isinstance(kept, list):
-        return len(fresh) == len(kept) and all(same_lens_summary(a, b, atol=atol) for a, b in zip(fresh, kept))
-    if isinstance(fresh, float) or isinstance(kept, float):
-        return fresh is not None and kept is not None and bool(np.isclose(fresh, kept, rtol=0, atol=atol))
-    return fresh == kept
-
-
 def restudy_lens(out: Path, lm, parent_dir: Path, work: Path, data: str | None) -> None:
     """The trained lens added to every studied organism of a finished card (``card-rules.md``, addendum): rebuilt,
     restudied on the same items (score, capture, lens), checked against the kept logit-lens summary, kept."""
@@ -283,11 +271,17 @@ def restudy_lens(out: Path, lm, parent_dir: Path, work: Path, data: str | None) 
     for name in names:
         record = organisms.records[name]
         keep = out / "studies" / name
-        if "tuned lens" in (record.get("recovered") or {}) and (keep / TUNED_SUMMARY).is_file():
-            continue  # resumed: already read
+        if "tuned lens" in (record.get("recovered") or {}) or record.get("restudy_refused"):
+            continue  # resumed: already read, or refused
         started = time.perf_counter()
-        spec, child_dir = organisms.rebuild(name, list(organisms.records),  # the parent read for the card's blocks
-                                            write_scale_rtol=REBUILD_WRITE_SCALE_RTOL)
+        try:
+            spec, child_dir = organisms.rebuild(name, list(organisms.records),  # the parent read for the card's blocks
+                                                write_scale_rtol=REBUILD_WRITE_SCALE_RTOL)
+        except NotTheStoredOrganism as exc:  # not read, listed (card-rules.md, second addendum)
+            record["restudy_refused"] = str(exc)
+            atomic_write_json(out / "organisms" / f"{name}.json", record)
+            print(f"{name}: not read ({exc})", flush=True)
+            continue
         run_dir = work / f"{name}-restudy"
         shutil.rmtree(run_dir, ignore_errors=True)
         cfg = replace(StudyConfig(model=str(child_dir), format="cloze", out=str(run_dir), png=False),
@@ -296,20 +290,26 @@ def restudy_lens(out: Path, lm, parent_dir: Path, work: Path, data: str | None) 
         records = [item_record(organisms.by_id[i]) for i in study["studied"] + study["controls"]]
         run_study(cfg, items=records, lm=load_model(str(child_dir)), progress=False, log=lambda m: None)
         fresh = json.loads((run_dir / "lens" / "cloze-summary.json").read_text())
-        if not same_lens_summary(fresh, json.loads((keep / "lens" / "cloze-summary.json").read_text())):
-            raise NotTheStoredOrganism(f"{name}: the rerun study's logit-lens summary is not the card's "
-                                       f"({run_dir / 'lens' / 'cloze-summary.json'}); nothing read")
-        if (run_dir / TUNED_SUMMARY).is_file():
-            shutil.copy2(run_dir / TUNED_SUMMARY, keep / TUNED_SUMMARY)
-        recovered = recover_layers(run_dir)  # blind, as the card's first reading
-        record["recovered"] = {**record["recovered"], "tuned lens": recovered["tuned lens"],
-                               **{k: v for k, v in recovered.items() if k.startswith("tuned_lens_")}}
-        record["restudy_seconds"] = round(time.perf_counter() - started, 1)
-        record["restudy_write_scale"] = spec.write_scale  # the sibling's, beside the stored spec's
+        kept = keep / "lens" / "cloze-summary.json"
+        reproduced = kept.is_file() and same_summary(fresh, json.loads(kept.read_text()))
+        if reproduced:
+            if (run_dir / TUNED_SUMMARY).is_file():
+                shutil.copy2(run_dir / TUNED_SUMMARY, keep / TUNED_SUMMARY)
+            recovered = recover_layers(run_dir)  # blind, as the card's first reading
+            record["recovered"] = {**record.get("recovered", {}), "tuned lens": recovered["tuned lens"],
+                                   **{k: v for k, v in recovered.items() if k.startswith("tuned_lens_")}}
+            record["restudy_seconds"] = round(time.perf_counter() - started, 1)
+            record["restudy_write_scale"] = spec.write_scale  # the sibling's, beside the stored spec's
+        else:
+            record["restudy_refused"] = (f"{name}: the rerun study's logit-lens summary is not the card's ({kept}"
+                                         f"{'' if kept.is_file() else ' is missing'}); nothing read")
         atomic_write_json(out / "organisms" / f"{name}.json", record)
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(child_dir, ignore_errors=True)
-        print(f"{name}: tuned lens {recovered['tuned lens']} (logit lens {record['recovered']['logit lens']}; "
+        if not reproduced:
+            print(record["restudy_refused"], flush=True)
+            continue
+        print(f"{name}: tuned lens {recovered['tuned lens']} (logit lens {record['recovered'].get('logit lens')}; "
               f"planted {record['layer']}) [{record['restudy_seconds']:.0f} s]", flush=True)
 
 

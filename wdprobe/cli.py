@@ -578,6 +578,9 @@ def cmd_cross_patch(args: argparse.Namespace) -> int:
     if args.toward == "listed" and not args.ids_from:
         raise InputError("--toward listed reads each item's target from the --ids-from table's 'target' column; "
                          "give --ids-from")
+    if args.set is not None and not args.ids_from:
+        raise InputError(f"--set {args.set} picks rows of the --ids-from table by its 'set' column; give --ids-from "
+                         "(without it every item of --data would be patched, whatever --set says)")
     if args.ids_from and args.organism_items:
         raise InputError("--ids-from selects among --data's items; --organism-items reads an organism's own items: "
                          "give one of them")

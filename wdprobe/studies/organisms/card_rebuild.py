@@ -41,6 +41,22 @@ def card_items(run: dict, data: str | None) -> tuple[dict[str, Item], bool]:
     return {it.id: it for it in planted_order(read_items(path))}, against
 
 
+def same_summary(fresh: Any, kept: Any, *, atol: float = 1e-3) -> bool:
+    """Whether a rerun's saved summary (JSON) reproduces a kept one: every count and label the kept one holds equal,
+    every reading within ``atol``. Keys a stage added after the kept summary was written are not compared, so a
+    newer stage can vouch for an organism rebuilt for it."""
+    if isinstance(kept, dict):
+        return isinstance(fresh, dict) and kept.keys() <= fresh.keys() and all(
+            same_summary(fresh[k], kept[k], atol=atol) for k in kept)
+    if isinstance(kept, list):
+        return isinstance(fresh, list) and len(fresh) == len(kept) and all(
+            same_summary(a, b, atol=atol) for a, b in zip(fresh, kept))
+    if isinstance(kept, float) or isinstance(fresh, float):
+        return (isinstance(fresh, (int, float)) and isinstance(kept, (int, float))
+                and bool(np.isclose(fresh, kept, rtol=0, atol=atol)))
+    return fresh == kept
+
+
 def targets_of(items: list[Item], against: bool) -> list[int]:
     """The planted option per item: the incorrect one against a stance, else canonical option 1."""
     return [1 - it.correct if against else 1 for it in items]

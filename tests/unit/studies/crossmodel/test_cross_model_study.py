@@ -174,3 +174,9 @@ def test_items_listed_in_a_split_table_are_read_in_its_order(pair, capsys):
     capsys.readouterr()
     assert main(args[:-4] + ["--out", str(root / "listed-bad"), "--no-png", "--quiet"]) == 2
     assert "split.csv, line 3: item 'no-such-item' is not among the items read" in capsys.readouterr().err
+    capsys.readouterr()
+    alone = ["cross-patch", "--reference", str(ref), "--variant", str(var), "--data", str(data), "--set", "train",
+             "--out", str(root / "set-alone"), "--quiet"]
+    assert main(alone) == 2  # --set without a table would silently patch every item
+    assert "--set train picks rows of the --ids-from table" in capsys.readouterr().err
+    assert not (root / "set-alone").exists()

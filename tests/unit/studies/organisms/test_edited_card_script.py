@@ -114,3 +114,62 @@ def test_cross_model_patching_finds_every_tiny_plant_at_its_block_and_component(
     with pytest.raises(RuntimeError, match="override-L1-s0: the rebuilt edit"):
         script.main(["--card", str(card), "--min-items", "1", "--only", "override-L1-s0", "--work", str(tmp_path / "w3")])
     assert not (card / "cross-model" / "organisms" / "override-L1-s0.json").exists()
+
+
+def test_the_trained_lens_is_added_only_where_a_rebuilt_organism_reproduces_the_kept_reading(tiny_card, tmp_path):
+    """--restudy-lens: each studied organism rebuilt and restudied (score, capture, lens) on its items; its trained
+    lens is read only when the rerun reproduces the logit-lens summary the card kept."""
+    _, model_dir, items, out = tiny_card
+    held = json.loads((out / "run.json").read_text())["held_out_ids"]
+    study = {"studied": held[:6], "controls": held[6:]}
+    # the kept summary: the card's own reading of one organism, made here by the same rebuild and study
+    script = experiment_script("edited_card")
+    card = tmp_path / "card"
+    shutil.copytree(out, card)
+    for name in ("override-L1-s0", "override-L2-s0"):
+        f = card / "organisms" / f"{name}.json"
+        r = json.loads(f.read_text())
+        r["study_items"], r["recovered"] = study, {"logit lens": None}
+        f.write_text(json.dumps(r))
+    first = tmp_path / "first"
+    shutil.copytree(card, first)
+    for name in ("override-L1-s0", "override-L2-s0"):  # no kept summary yet: nothing read, both listed
+        (first / "studies" / name / "lens").mkdir(parents=True)
+    args = ["--model", str(model_dir), "--against-stance", "--layers", "1", "2", "--seeds", "0", "--null-layers", "2",
+            "--strengths", "--head-layers", "2", "--pool", "12", "--calibrate", "10", "--held-out", "12",
+            "--restudy-lens", "--work", str(tmp_path / "work")]
+    assert script.main(args + ["--out", str(first)]) == 0
+    refused = json.loads((first / "organisms" / "override-L1-s0.json").read_text())
+    assert "is missing" in refused["restudy_refused"] and "tuned lens" not in refused["recovered"]
+    # now keep a true reading for L1 and a perturbed one for L2, from the study the restudy itself runs
+    from dataclasses import replace
+
+    from wdprobe.core.model import load_model
+    from wdprobe.data.items import item_record
+    from wdprobe.pipeline.config import StudyConfig
+    from wdprobe.pipeline.study import run_study
+    from wdprobe.studies.organisms.card_rebuild import CardOrganisms
+
+    lm = load_model(str(model_dir))
+    organisms = CardOrganisms(card, lm, model_dir, tmp_path / "rebuilt", str(model_dir / "items.jsonl"))
+    by_id = {it.id: it for it in items}
+    for name, shift in (("override-L1-s0", 0.0), ("override-L2-s0", 0.01)):
+        _, child = organisms.rebuild(name, list(organisms.records))
+        run = tmp_path / f"{name}-study"
+        cfg = replace(StudyConfig(model=str(child), format="cloze", out=str(run), png=False),
+                      stages=["score", "capture", "lens"])
+        run_study(cfg, items=[item_record(by_id[i]) for i in held], lm=load_model(str(child)), progress=False,
+                  log=lambda m: None)
+        summary = json.loads((run / "lens" / "cloze-summary.json").read_text())
+        summary["all"]["lens_cs"][0] += shift
+        (card / "studies" / name / "lens").mkdir(parents=True)
+        (card / "studies" / name / "lens" / "cloze-summary.json").write_text(json.dumps(summary))
+    assert script.main(args + ["--out", str(card)]) == 0
+    same = json.loads((card / "organisms" / "override-L1-s0.json").read_text())
+    moved = json.loads((card / "organisms" / "override-L2-s0.json").read_text())
+    assert "tuned lens" in same["recovered"] and "restudy_refused" not in same
+    assert same["restudy_write_scale"] == pytest.approx(same["spec"]["write_scale"], rel=1e-4)
+    assert "not the card's" in moved["restudy_refused"] and "tuned lens" not in moved["recovered"]
+    assert not any((tmp_path / "work").glob("*-restudy"))  # study runs are deleted once read
+    recovered = pd.read_csv(card / "recovered.csv")
+    assert set(recovered.query("instrument == 'tuned lens'")["name"]) == {"override-L1-s0"}

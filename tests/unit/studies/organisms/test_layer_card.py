@@ -196,3 +196,16 @@ def test_card_page_puts_verdicts_first_and_folds_the_tables(tmp_path):
     page = (tmp_path / "index.html").read_text()
     assert page.index("<table") < page.index("<b>Read this.</b>") < page.index("<details")
     assert "plotly" in page
+
+
+def test_a_rerun_summary_reproduces_a_kept_one_within_its_tolerance():
+    from wdprobe.studies.organisms.card_rebuild import same_summary
+
+    kept = {"n_items": 4, "all": {"lens_cs": [0.5, 0.75], "hist": {"3": 2}}, "median": None}
+    assert same_summary({**kept, "added_since": 7}, kept)  # a key a newer stage writes is not compared
+    assert same_summary({**kept, "all": {"lens_cs": [0.5004, 0.75], "hist": {"3": 2}}}, kept)
+    assert not same_summary({**kept, "all": {"lens_cs": [0.502, 0.75], "hist": {"3": 2}}}, kept)
+    assert not same_summary({**kept, "all": {"lens_cs": [0.5, 0.75], "hist": {"3": 3}}}, kept)  # a count differs
+    assert not same_summary({**kept, "all": {"lens_cs": [0.5], "hist": {"3": 2}}}, kept)
+    assert not same_summary({k: v for k, v in kept.items() if k != "median"}, kept)  # a kept key is missing
+    assert not same_summary({**kept, "median": 2.0}, kept)
