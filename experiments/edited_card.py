@@ -248,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(out / "run.json", record)
         return 0
     data = str(Path(args.model) / "items.jsonl") if args.against_stance else str(resolve_wdct_path(args.data))
+    previous = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else None
+    if args.card_only and previous:  # a card written from records measures nothing: the run's record is kept
+        atomic_write_json(out / "run.json", {**previous, "organisms": [name_of(o) for o in organisms],
+                                             "not_run": not_run})
+        return 0
     atomic_write_json(out / "run.json", {"parent": str(parent_dir), "data": data,
                                          "target": "each item's incorrect option" if args.against_stance else TARGET,
                                          "n_held_out": len(held), "held_out_ids": ids,

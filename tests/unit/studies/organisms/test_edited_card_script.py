@@ -58,6 +58,7 @@ def test_the_card_plants_against_a_sincere_organisms_stance_and_gates_every_orga
                            "--work", str(tmp_path / "work")]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["not_run"] == ["override-L3-s0"] and not (out / "organisms" / "override-L3-s0.json").exists()
+    assert run["replay_check"]["equal_to_full_forward"] is True  # the run's record is kept: the card measured nothing
     assert len(pd.read_csv(out / "gates.csv")) == 5
 
 
