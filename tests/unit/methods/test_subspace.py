@@ -72,11 +72,16 @@ def test_a_rotation_holds_a_planted_two_dimensional_variable():
     sub = make_subspace("rotation", D, k=2, seed=0)
     fit_subspace(sub, run, labels, list(range(220)), epochs=100, batch_size=32, lr=0.05)
     held = list(range(220, 300))
-    assert interchange_accuracy(interchange_scores(sub, run, held), labels[held]) >= 0.9
+    # the learned span is the planted one (principal cosines about 0.99); held-out IIA then sits near 0.9 whatever the
+    # floating-point path (0.89-0.91 across thread counts: three-way near-ties flip), so it is checked with margin
+    # against a random 2-d subspace's, not at a knife's edge
+    iia = interchange_accuracy(interchange_scores(sub, run, held), labels[held])
+    chance = interchange_accuracy(interchange_scores(make_subspace("rotation", D, k=2, seed=7), run, held), labels[held])
+    assert iia >= 0.85 and iia >= chance + 0.3
     learned = sub.directions()
     assert learned.shape == (D, 2)
     for a, b in ((0, 1), (1, 2)):
-        assert subspace_cosine(learned, readers[a] - readers[b]) > 0.9
+        assert subspace_cosine(learned, readers[a] - readers[b]) > 0.95
 
 
 def test_boundless_keeps_few_dimensions_and_the_planted_one():
