@@ -210,12 +210,9 @@ def main(argv: list[str] | None = None) -> int:
             pick = lambda xs: sorted(xs[k] for k in rng.permutation(len(xs))[:args.per_group])  # noqa: E731
             study_on = {"studied": pick(split.studied), "controls": pick(split.controls)}
         if study_on:
-            run_dir = work / f"{name_of(o)}-study"
-            shutil.rmtree(run_dir, ignore_errors=True)
-            cfg = StudyConfig(model=str(child_dir), format="cloze", out=str(run_dir), png=False)
-            cfg = replace(cfg, stages=STUDY_STAGES, steer=replace(cfg.steer, alphas=[4.0, 16.0]))
-            records = [item_record(by_id[i]) for i in study_on["studied"] + study_on["controls"]]
-            run_study(cfg, items=records, lm=child_lm, progress=False, log=lambda m: None)
+            run_dir = study_organism(child_dir, work / f"{name_of(o)}-study",
+                                     [by_id[i] for i in study_on["studied"] + study_on["controls"]], STUDY_STAGES,
+                                     child_lm)
             result["study_items"] = study_on
             result["recovered"] = recover_layers(run_dir)  # blind: the study's tables only
             keep = out / "studies" / name_of(o)
@@ -264,6 +261,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def study_organism(child_dir: Path, run_dir: Path, items: list, stages: list[str], lm) -> Path:
+    """``wdprobe run`` on an organism's items as the card studies them (cloze, no figures, steering alphas 4 and 16),
+    into a fresh ``run_dir``; blind: it gets a model directory and items, never the planted block."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cfg = StudyConfig(model=str(child_dir), format="cloze", out=str(run_dir), png=False)
+    cfg = replace(cfg, stages=stages, steer=replace(cfg.steer, alphas=[4.0, 16.0]))
+    run_study(cfg, items=[item_record(it) for it in items], lm=lm, progress=False, log=lambda m: None)
+    return run_dir
+
+
 REBUILD_WRITE_SCALE_RTOL = 0.02  # card-rules.md, second addendum: a sibling edit, checked by its logit-lens readout
 
 
@@ -287,13 +294,10 @@ def restudy_lens(out: Path, lm, parent_dir: Path, work: Path, data: str | None) 
             atomic_write_json(out / "organisms" / f"{name}.json", record)
             print(f"{name}: not read ({exc})", flush=True)
             continue
-        run_dir = work / f"{name}-restudy"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        cfg = replace(StudyConfig(model=str(child_dir), format="cloze", out=str(run_dir), png=False),
-                      stages=LENS_RESTUDY_STAGES)
         study = record["study_items"]
-        records = [item_record(organisms.by_id[i]) for i in study["studied"] + study["controls"]]
-        run_study(cfg, items=records, lm=load_model(str(child_dir)), progress=False, log=lambda m: None)
+        run_dir = study_organism(child_dir, work / f"{name}-restudy",
+                                 [organisms.by_id[i] for i in study["studied"] + study["controls"]],
+                                 LENS_RESTUDY_STAGES, load_model(str(child_dir)))
         fresh = json.loads((run_dir / "lens" / "cloze-summary.json").read_text())
         kept = keep / "lens" / "cloze-summary.json"
         reproduced = kept.is_file() and same_summary(fresh, json.loads(kept.read_text()))
