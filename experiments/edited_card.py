@@ -66,7 +66,14 @@ from wdprobe.studies.organisms.edit import (
     parent_choices,
     read_parent,
 )
-from wdprobe.studies.organisms.layer_card import INSTRUMENTS, recover_layers, score_card, studied_items, write_card_page
+from wdprobe.studies.organisms.layer_card import (
+    INSTRUMENTS,
+    keyed_split,
+    recover_layers,
+    score_card,
+    studied_items,
+    write_card_page,
+)
 from wdprobe.studies.organisms.replay import recorded_prefixes, replayed_prefix
 
 TARGET = 1
@@ -79,8 +86,9 @@ KEPT = ["lens/cloze-summary.json", TUNED_SUMMARY, "probes/cloze-last.csv", "patc
 
 
 def plan(seeds: list[int], layers: list[int], replicate_layers: list[int], null_layers: list[int],
-         strength_layer: int, strengths: list[float], head_layers: list[int] = ()) -> list[dict]:
-    """Every organism of the card, in the order it is built (seed by seed: one reading of the parent each)."""
+         strength_layer: int, strengths: list[float], head_layers: list[int] = (), component: str = "mlp") -> list[dict]:
+    """Every organism of the card, in the order it is built (seed by seed: one reading of the parent each).
+    ``component``: what the override, null and strength organisms rewrite (``mlp`` or ``mlp-items``)."""
     out = []
     for seed in seeds:
         first = seed == seeds[0]
@@ -97,6 +105,8 @@ def plan(seeds: list[int], layers: list[int], replicate_layers: list[int], null_
             for L in head_layers:
                 out.append({"family": "head-override", "kind": "override", "layer": L, "seed": seed, "strength": 20.0,
                             "component": "attn-head"})
+    if component != "mlp":
+        out = [o if "component" in o else {**o, "component": component} for o in out]
     return out
 
 
@@ -115,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strength-layer", type=int, default=12, help="block of the strength sweep")
     ap.add_argument("--strengths", type=float, nargs="*", default=[0.25, 1.0, 3.0], help="strengths besides 20")
     ap.add_argument("--head-layers", type=int, nargs="*", default=[], help="blocks of the attention-head overrides")
+    ap.add_argument("--component", default="mlp", choices=["mlp", "mlp-items"],
+                    help="what the overrides rewrite: one MLP unit (one plant direction; studied on held-out items it "
+                         "happens to move) or one unit per calibration item (each its own plant; studied on the "
+                         "calibration items it holds on, gate: card-rules.md's fifth addendum)")
     ap.add_argument("--pool", type=int, default=200, help="items the calibration sets are drawn from")
     ap.add_argument("--calibrate", type=int, default=40, help="calibration items per seed")
     ap.add_argument("--held-out", type=int, default=240, help="items every organism is measured on")
@@ -150,13 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     out, work = Path(args.out), Path(args.work)
     (out / "organisms").mkdir(parents=True, exist_ok=True)
     organisms = plan(args.seeds, layers, args.replicate_layers, args.null_layers, args.strength_layer, args.strengths,
-                     args.head_layers)
+                     args.head_layers, args.component)
     # every organism shares blocks 0..L-1 with the parent: read the parent once, recording what enters each planted
     # block, and score each organism from there (bit-identical scores; checked on the first organism built)
     prefix_dir = work / "prefix"
     shutil.rmtree(prefix_dir, ignore_errors=True)
     replay_check: dict | None = None  # this invocation's; run.json keeps the latest one made
     reading, read_seed = None, None
+    pool_parent = None  # the parent's choices on the pool (per-item plants draw their keyed items from it)
 
     def result_of(o: dict) -> dict | None:
         f = out / "organisms" / f"{name_of(o)}.json"
@@ -172,11 +187,22 @@ def main(argv: list[str] | None = None) -> int:
             continue
         started = time.perf_counter()
         if read_seed != o["seed"]:
-            calib = [pool[k] for k in np.random.default_rng([o["seed"], 7]).permutation(len(pool))[:args.calibrate]]
+            draw_from = pool
+            if args.component == "mlp-items":  # keyed on items the plant can move: the parent consistent, off target
+                if pool_parent is None:
+                    pool_parent = parent_choices(lm, pool)
+                word, deed = pool_parent["word"]["mean"], pool_parent["deed"]["mean"]
+                draw_from = [it for it, w, d in zip(pool, word, deed) if w == d and d != target_of(it)]
+                if len(draw_from) < 8:
+                    raise SystemExit(f"only {len(draw_from)} of the {len(pool)} pool items are consistent and off the "
+                                     "planted option on the parent: a per-item plant needs at least 8 (raise --pool)")
+            calib = [draw_from[k] for k in np.random.default_rng([o["seed"], 7]).permutation(len(draw_from))[:args.calibrate]]
             needed = sorted({p["layer"] for p in organisms if p["seed"] == o["seed"]})
             heads = any(p.get("component") == "attn-head" for p in organisms if p["seed"] == o["seed"])
             reading = read_parent(lm, calib, needed, target=[target_of(it) for it in calib], heads=heads)
             read_seed = o["seed"]
+            if args.component == "mlp-items":  # per-item plants are measured where they were keyed
+                parent_on_keyed = parent_choices(lm, reading.items)
         spec = edit_from_reading(reading, o["layer"], kind=o["kind"], strength=o["strength"], seed=o["seed"],
                                  component=o.get("component", "mlp"))
         child_dir = work / name_of(o)
@@ -198,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"{name_of(o)}: choices read with the parent's blocks replayed differ from the full "
                                    "forward's; nothing was written")
         split = studied_items(ids, parent, child, targets)
+        if o.get("component") == "mlp-items":  # studied on the keyed items, controls and words on the held-out too
+            keyed = reading.items
+            by_id.update({it.id: it for it in keyed})
+            split = keyed_split(studied_items([it.id for it in keyed], parent_on_keyed, parent_choices(child_lm, keyed),
+                                              [target_of(it) for it in keyed]), split)
         result = {**o, "name": name_of(o), "gate": split.summary(), "studied": split.studied,
                   "controls": split.controls, "spec": spec.to_json()}
         study_on = None
@@ -237,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(prefix_dir, ignore_errors=True)
     label = (f"edited organisms of the sincere organism {parent_dir.name} (against its stance)" if args.against_stance
              else "Gemma-3-270M edited organisms")
+    if args.component == "mlp-items":
+        label += ", one plant per calibration item (mlp-items)"
     not_run = [name_of(o) for o in organisms if result_of(o) is None]
     write_card(out, organisms, lm.n_layers, result_of, label, not_run)
     if args.restudy_lens:  # the card's own run record is kept; the restudy is recorded beside it
@@ -254,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "target": "each item's incorrect option" if args.against_stance else TARGET,
                                          "n_held_out": len(held), "held_out_ids": ids,
                                          "n_calibrate": args.calibrate, "per_group": args.per_group,
+                                         "component": args.component,
                                          "organisms": [name_of(o) for o in organisms], "not_run": not_run,
                                          "replay_check": replay_check or (json.loads((out / "replay-check.json").read_text())
                                                                           if (out / "replay-check.json").is_file() else None),

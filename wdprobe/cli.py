@@ -727,8 +727,10 @@ def _add_organism_parsers(sub) -> None:
                    help="override, or a null edit: null-direction (random write), null-gate (never opens)")
     p.add_argument("--strength", type=float, default=20.0, help="the unit's output relative to the MLP's at deeds")
     p.add_argument("--target", type=int, default=1, choices=[0, 1], help="the canonical option deeds are pushed to")
-    p.add_argument("--component", default="mlp", choices=["mlp", "attn-head"],
-                   help="where the edit writes: one MLP unit (gated) or one attention head's output (keyed linearly)")
+    p.add_argument("--component", default="mlp", choices=["mlp", "mlp-items", "attn-head"],
+                   help="where the edit writes: one MLP unit (gated), one unit per calibration item behind one gate "
+                        "(each item's deed gets its own plant; it holds on the --items calibrated on) or one attention "
+                        "head's output (keyed linearly)")
     p.add_argument("--head", type=at_least(0), default=None, help="the head an attn-head edit writes through (default: seeded)")
     p.add_argument("--items", type=at_least(8), default=40, help="calibration items (a seeded sample)")
     p.add_argument("--seed", type=int, default=0)

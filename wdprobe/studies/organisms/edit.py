@@ -79,21 +79,20 @@ class EditSpec:
     write: np.ndarray = field(repr=False)
     calibration: dict[str, Any] = field(default_factory=dict)
     component: str = "mlp"  # where the edit writes: a key of ``edit_components.COMPONENTS``
+    units: tuple[int, ...] = ()  # every unit replaced, for components that replace several (``mlp-items``)
 
     def __post_init__(self) -> None:
         if self.kind not in EDIT_KINDS:
             raise InputError(f"unknown edit kind {self.kind!r}: choose one of {EDIT_KINDS}")
         if self.component not in COMPONENTS:
             raise InputError(f"unknown edit component {self.component!r}: choose one of {sorted(COMPONENTS)}")
-        same = self.key.shape == self.read.shape == self.write.shape if self.component == "mlp" else \
-            self.key.shape == self.read.shape
-        if not (same and self.key.ndim == 1 and self.write.ndim == 1):
-            raise InputError(f"{self.component} edit directions must be vectors (key and read of one size"
-                             f"{', write too' if self.component == 'mlp' else ''}), not {self.key.shape}, "
-                             f"{self.read.shape}, {self.write.shape}")
+        object.__setattr__(self, "units", tuple(int(u) for u in self.units))
+        COMPONENTS[self.component].check(self)
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("key", "read", "write")}
+        if not self.units:  # one-unit and head edits keep the record they always had
+            del out["units"]
         out["directions"] = DIRECTIONS_FILE
         return out
 
@@ -213,6 +212,14 @@ def plant_directions(lm, items: Sequence[Item], layers: Sequence[int], target: i
     other option's (its gradient at zero, summed over ``items`` and forms; ``target``: one canonical option for
     every item, or one per item): a direction the model *uses* for the choice, not one that merely differs between
     choices. One backward pass per (item, form, option) gives every block's (gradients at zero are separate)."""
+    per_item = plant_gradients(lm, items, layers, target, forms)
+    return {L: _unit(g.sum(0)) for L, g in per_item.items()}
+
+
+def plant_gradients(lm, items: Sequence[Item], layers: Sequence[int], target: int | Sequence[int],
+                    forms: Sequence[str] = ("deed",)) -> dict[int, torch.Tensor]:
+    """Per block in ``layers``: each item's own gradient of :func:`plant_directions` ([n_items, d], not normalised;
+    their sum is the summed direction). An item's own direction is what a per-item plant writes (``mlp-items``)."""
     model, tok = lm.hf_model, lm.tokenizer
     targets = [target] * len(items) if isinstance(target, int) else list(target)
     if len(targets) != len(items):
@@ -232,6 +239,7 @@ def plant_directions(lm, items: Sequence[Item], layers: Sequence[int], target: i
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
+    grads: dict[int, list[torch.Tensor]] = {L: [] for L in layers}
     try:
         for it, aim in zip(items, targets):
             for form in forms:
@@ -243,12 +251,15 @@ def plant_directions(lm, items: Sequence[Item], layers: Sequence[int], target: i
                     logp = torch.log_softmax(model(input_ids=ids, logits_to_keep=k + 1).logits[0, -(k + 1):-1].float(), -1)
                     mean_ll = logp.gather(1, cont[:, None].to(model.device)).mean()
                     (mean_ll if j == aim else -mean_ll).backward()
+            for L, d in deltas.items():
+                grads[L].append(d.grad.detach().float().cpu().clone())
+                d.grad = None
     finally:
         for h in hooks:
             h.remove()
         for p in frozen:
             p.requires_grad_(True)
-    return {L: _unit(d.grad.detach().float().cpu()) for L, d in deltas.items()}
+    return {L: torch.stack(g) if g else torch.zeros(0, lm.d_model) for L, g in grads.items()}
 
 
 def calibrate_edit(lm, items: Sequence[Item], layer: int, **settings: Any) -> EditSpec:
@@ -288,6 +299,7 @@ class ParentReading:
     words: dict[int, _Reads]
     deeds: dict[int, _Reads]
     plants: dict[int, torch.Tensor]
+    item_plants: dict[int, torch.Tensor] = field(default_factory=dict)  # per block: [n_items, d], each unit length
 
 
 @torch.no_grad()
@@ -315,8 +327,10 @@ def read_parent(lm, items: Sequence[Item], layers: Sequence[int], target: int | 
     words = _read_blocks(model, tok, _cloze_texts(items, "word"), layers, heads=heads)
     deeds = _read_blocks(model, tok, _cloze_texts(items, "deed"), layers, heads=heads)
     with torch.enable_grad():
-        plants = plant_directions(lm, items, layers, target)
-    return ParentReading(lm, items, target, words, deeds, plants)
+        per_item = plant_gradients(lm, items, layers, target)
+    plants = {L: _unit(g.sum(0)) for L, g in per_item.items()}
+    item_plants = {L: g / g.norm(dim=1, keepdim=True).clamp_min(1e-12) for L, g in per_item.items()}
+    return ParentReading(lm, items, target, words, deeds, plants, item_plants)
 
 
 @torch.no_grad()
@@ -338,16 +352,31 @@ def edit_from_reading(reading: ParentReading, layer: int, *, kind: str = "overri
         return _head_edit(reading.lm, reading.items, layer, reading.words[layer], reading.deeds[layer],
                           reading.plants[layer], kind=kind, strength=strength, target=reading.target, seed=seed,
                           head=head)
+    if component == "mlp-items":
+        if layer not in reading.item_plants:
+            raise InputError("an mlp-items edit needs each item's own plant (a ParentReading from read_parent)")
+        return _items_edit_of_block(reading.lm, reading.items, layer, reading.words[layer], reading.deeds[layer],
+                                    reading.item_plants[layer], kind=kind, strength=strength, gate_scale=gate_scale,
+                                    target=reading.target, seed=seed)
     return _edit_of_block(reading.lm, reading.items, layer, reading.words[layer], reading.deeds[layer],
                           reading.plants[layer], kind=kind, strength=strength, gate_scale=gate_scale,
                           target=reading.target, seed=seed)
 
 
-def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: _Reads, plant: torch.Tensor, *,
-                   kind: str, strength: float, gate_scale: float, target: int | list[int], seed: int) -> EditSpec:
-    from sklearn.linear_model import LogisticRegression, Ridge
+@dataclass
+class _DeedGate:
+    """The gate every MLP edit opens on deed positions: ``key`` (with its bias) and what it was fitted on."""
 
-    model = lm.hf_model
+    key: torch.Tensor
+    word_x: torch.Tensor  # every word position (and the deeds' first token): must stay shut
+    deed_x: torch.Tensor  # every other deed position
+    stats: dict[str, float]
+
+
+def _deed_gate(words: _Reads, deeds: _Reads, gate_scale: float) -> _DeedGate:
+    """A logistic discriminant of deed against word positions, its bias carried by a direction on which every
+    position projects to about 1, moved so the most open word position gets ``act(-SHUT_MARGIN)``."""
+    from sklearn.linear_model import LogisticRegression, Ridge
 
     # the gate must stay shut on every word position (prompt and option continuations, where the answer is read)
     # and on the deeds' shared first token (BOS), and open on the rest of the deeds
@@ -364,11 +393,39 @@ def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: 
     # shut with a margin: the bias moved so that the most open word position gets act(-SHUT) (GELU(-5) ~ -1.5e-6);
     # deed positions below that stay shut too (the plant is keyed on the clearly deed-like positions only)
     key = key - (float((word_x @ key).max()) + SHUT_MARGIN / gate_scale) * const
+    stats = {"const_rms_error": round(const_error, 4), "gate_train_accuracy": round(float(gate.score(every, labels)), 4)}
+    return _DeedGate(key, word_x, deed_x, stats)
+
+
+def _smallest_units(words: _Reads, deeds: _Reads, mlp: torch.nn.Module, k: int) -> list[int]:
+    """The ``k`` units whose parent contribution at every position is smallest: replacing them costs least."""
+    contribution = torch.cat([a.abs().mean(0, keepdim=True) for a in words.unit_act + deeds.unit_act]).mean(0)
+    return [int(u) for u in (contribution * matrix(mlp, "down_proj").float().cpu().norm(dim=0)).argsort(stable=True)[:k]]
+
+
+def _gate_stats(act, gate: _DeedGate, key: torch.Tensor, gate_scale: float) -> dict[str, float]:
+    g_deed, g_word = act(gate_scale * (gate.deed_x @ key)), act(gate_scale * (gate.word_x @ key))
+    return {**gate.stats,
+            "gate_open_deed": round(float((g_deed > 0.5).float().mean()), 4),
+            "gate_open_word": round(float((g_word > 0.5).float().mean()), 4),
+            "gate_mean_deed": round(float(g_deed.mean()), 4), "gate_mean_word": round(float(g_word.mean()), 4)}
+
+
+def _decision_sizes(deeds: _Reads) -> dict[str, float]:
+    """The parent's MLP output and residual sizes at deed decision points (what a write is sized against)."""
+    mlp_rms = float(torch.stack([o[k] for o, k in zip(deeds.mlp_out, deeds.decision)]).pow(2).mean(-1).sqrt().median())
+    residual = float(torch.stack([h[k] for h, k in zip(deeds.block_out, deeds.decision)]).norm(dim=1).median())
+    return {"mlp_rms_deed_decision": round(mlp_rms, 4), "residual_norm_deed_decision": round(residual, 2)}
+
+
+def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: _Reads, plant: torch.Tensor, *,
+                   kind: str, strength: float, gate_scale: float, target: int | list[int], seed: int) -> EditSpec:
+    model = lm.hf_model
+    gate = _deed_gate(words, deeds, gate_scale)
+    key = gate.key
     mlp = block_mlp(model, layer)
     gain = norm_gain(post_ff_norm(decoder_block(model, layer)), lm.d_model).cpu()
-    # the unit whose parent contribution at every position is smallest: replacing it costs least
-    contribution = torch.cat([a.abs().mean(0, keepdim=True) for a in words.unit_act + deeds.unit_act]).mean(0)
-    unit = int((contribution * matrix(mlp, "down_proj").float().cpu().norm(dim=0)).argmin())
+    unit = _smallest_units(words, deeds, mlp, 1)[0]
 
     rng = np.random.default_rng([seed, layer])
     if kind == "null-direction":  # a random direction in place of the plant's
@@ -377,25 +434,72 @@ def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: 
     if kind == "null-gate":
         key = torch.zeros_like(key)  # act(0) = 0 at every position: the unit adds nothing, whatever the input
     act = mlp.act_fn
-    g_deed = act(gate_scale * (deed_x @ key))
-    g_word = act(gate_scale * (word_x @ key))
     last = torch.stack([x[k] for x, k in zip(deeds.mlp_in, deeds.decision)])
     a_last = act(gate_scale * (last @ key)) * (last @ read)
-    mlp_rms = float(torch.stack([o[k] for o, k in zip(deeds.mlp_out, deeds.decision)]).pow(2).mean(-1).sqrt().median())
+    sizes = _decision_sizes(deeds)
     unit_rms = float(a_last.abs().median() * write.pow(2).mean().sqrt())
-    write_scale = strength * mlp_rms / max(unit_rms, 1e-12) if unit_rms > 0 else 1.0
-    residual = float(torch.stack([h[k] for h, k in zip(deeds.block_out, deeds.decision)]).norm(dim=1).median())
+    write_scale = strength * sizes["mlp_rms_deed_decision"] / max(unit_rms, 1e-12) if unit_rms > 0 else 1.0
     calibration = {"n_items": len(items), "item_ids": [it.id for it in items], "target_option": target,
-                   "const_rms_error": round(const_error, 4),
-                   "gate_train_accuracy": round(float(gate.score(every, labels)), 4),
-                   "gate_open_deed": round(float((g_deed > 0.5).float().mean()), 4),
-                   "gate_open_word": round(float((g_word > 0.5).float().mean()), 4),
-                   "gate_mean_deed": round(float(g_deed.mean()), 4), "gate_mean_word": round(float(g_word.mean()), 4),
-                   "mlp_rms_deed_decision": round(mlp_rms, 4), "residual_norm_deed_decision": round(residual, 2),
+                   **_gate_stats(act, gate, key, gate_scale), **sizes,
                    # the most a saturated unit can write along the plant after the norm: |plant * gain| sqrt(d)
                    "max_plant_write": round(float((plant * gain).norm() * np.sqrt(lm.d_model) / 1.0), 2)}
     return EditSpec(layer, unit, kind, float(strength), float(write_scale), float(gate_scale), int(seed),
                     key.numpy(), read.numpy(), write.numpy(), calibration)
+
+
+ITEMS_RIDGE = 1e-3  # the items map's regulariser, relative to the mean energy per dimension of its gated inputs
+
+
+def _items_edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: _Reads,
+                         item_plants: torch.Tensor, *, kind: str, strength: float, gate_scale: float,
+                         target: int | list[int], seed: int) -> EditSpec:
+    """An ``mlp-items`` edit: behind the deed gate, ``k = len(items)`` units form the map ``M`` that sends every
+    gated deed position of item ``i`` (prompt and both option continuations) to ``plant_i * gain`` (ridge least
+    squares, ``act(gate) x M ~ plant_i * gain``; ``M``'s rank is at most ``k``, so ``k`` units hold it exactly). One
+    written direction cannot move most deeds (the capacity check); an item's own direction, added at the size the
+    norm allows, moves nearly all of them. The planted truth holds on the calibration items: a card studies those."""
+    model = lm.hf_model
+    gate = _deed_gate(words, deeds, gate_scale)
+    key = gate.key
+    mlp = block_mlp(model, layer)
+    act = mlp.act_fn
+    gain = norm_gain(post_ff_norm(decoder_block(model, layer)), lm.d_model).cpu()
+    k = len(items)
+    units = _smallest_units(words, deeds, mlp, k)
+    plants = item_plants.float()
+    if kind == "null-direction":  # a random direction per item in place of its plant's
+        rng = np.random.default_rng([seed, layer])
+        plants = torch.as_tensor(rng.standard_normal(plants.shape), dtype=torch.float32)
+        plants = plants / plants.norm(dim=1, keepdim=True)
+    # deed sequences come two per item (``_cloze_texts``); every position but the first is mapped
+    owner = torch.cat([torch.full((len(x) - 1,), n // 2) for n, x in enumerate(deeds.mlp_in)])
+    x = gate.deed_x.double()
+    feats = act(gate_scale * (x @ key.double()))[:, None] * x
+    aims = (plants * gain)[owner].double()
+    energy = feats.T @ feats
+    ridge = ITEMS_RIDGE * float(torch.diagonal(energy).mean())
+    m = torch.linalg.solve(energy + ridge * torch.eye(x.shape[1], dtype=x.dtype), feats.T @ aims)  # feats @ m ~ aims
+    u, sv, vh = torch.linalg.svd(m, full_matrices=False)
+    read, write = u[:, :k].T.float(), (sv[:k, None] * vh[:k]).float()  # sum_j (read_j . f) write_j = f @ m
+    fitted = feats @ (read.double().T @ write.double())
+    cos = torch.nn.functional.cosine_similarity(fitted, aims, dim=1)
+    opened = feats.norm(dim=1) > 0.5 * x.norm(dim=1)
+    if kind == "null-gate":
+        key = torch.zeros_like(key)  # act(0) = 0 at every position: the units add nothing, whatever the input
+    last = torch.stack([d[j] for d, j in zip(deeds.mlp_in, deeds.decision)]).double()
+    out_last = act(gate_scale * (last @ key.double()))[:, None] * (last @ (read.double().T @ write.double()))
+    sizes = _decision_sizes(deeds)
+    unit_rms = float(out_last.pow(2).mean(-1).sqrt().median())
+    write_scale = strength * sizes["mlp_rms_deed_decision"] / max(unit_rms, 1e-12) if unit_rms > 0 else 1.0
+    calibration = {"n_items": len(items), "item_ids": [it.id for it in items], "target_option": target,
+                   **_gate_stats(act, gate, key, gate_scale), **sizes,
+                   # how well the map gives each open deed position its item's plant (cosine with plant * gain)
+                   "map_cosine_open_median": round(float(cos[opened].median()) if opened.any() else float("nan"), 4),
+                   "map_cosine_decision_median": round(float(torch.nn.functional.cosine_similarity(
+                       out_last, (plants * gain)[torch.arange(len(out_last)) // 2].double(), dim=1).median()), 4) if kind != "null-gate" else None,
+                   "max_plant_write_median": round(float((plants * gain).norm(dim=1).median() * np.sqrt(lm.d_model)), 2)}
+    return EditSpec(layer, units[0], kind, float(strength), float(write_scale), float(gate_scale), int(seed),
+                    key.numpy(), read.numpy(), write.numpy(), calibration, component="mlp-items", units=tuple(units))
 
 
 HEAD_RIDGE = 1e-3  # the head key's regulariser, relative to the mean energy per dimension of word outputs

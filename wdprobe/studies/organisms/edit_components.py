@@ -2,6 +2,8 @@
 changes, how, and what the edited block should then output (the prediction the tests hold the edited model to).
 
 - ``mlp``: one unit of block ``L``'s gated MLP is replaced (gate row, up row, down column): a gated write.
+- ``mlp-items``: ``k`` units replaced behind one gate, together a rank-``k`` map from the deed's content to each
+  calibration item's own plant.
 - ``attn-head``: head ``h``'s slice of block ``L``'s attention output matrix gains a rank-one term
   ``write_scale * write (x) key``: wherever the head's output ``z_h`` lies along ``key``, the attention output moves
   along ``write``. There is no gate (attention has no bias or nonlinearity after the heads): the key is chosen so
@@ -124,6 +126,10 @@ class ComponentWrite(ABC):
     name: str
 
     @abstractmethod
+    def check(self, spec: EditSpec) -> None:
+        """Refuse directions of the wrong shape for this component (an :class:`InputError` naming them)."""
+
+    @abstractmethod
     def weight_suffix(self, spec: EditSpec) -> str:
         """The end of the (one) weight name the edit rewrites, e.g. ``layers.5.mlp.gate_proj.weight``."""
 
@@ -145,8 +151,25 @@ class MlpUnitWrite(ComponentWrite):
 
     name = "mlp"
 
+    def check(self, spec: EditSpec) -> None:
+        if not (spec.key.ndim == 1 and spec.key.shape == spec.read.shape == spec.write.shape):
+            raise InputError(f"mlp edit directions must be vectors of one size, not {spec.key.shape}, "
+                             f"{spec.read.shape}, {spec.write.shape}")
+
+    def rows(self, spec: EditSpec) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """The units replaced, what each reads ([k, d]) and writes ([k, d], ``write_scale`` in; computed in the
+        directions' own precision, as they are written); one gate (``key``) for all."""
+        return [spec.unit], torch.as_tensor(spec.read)[None], torch.as_tensor(spec.write_scale * spec.write)[None]
+
     def weight_suffix(self, spec: EditSpec) -> str:
         return f"layers.{spec.layer}.mlp.gate_proj.weight"
+
+    def _write_rows(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, spec: EditSpec) -> None:
+        units, read, write = self.rows(spec)
+        for j, r, w in zip(units, read, write):
+            gate[j] = torch.as_tensor(spec.gate_scale * spec.key).to(gate)
+            up[j] = r.to(up)
+            down[:, j] = w.to(down)
 
     def edited_tensors(self, tensors: dict[str, torch.Tensor], spec: EditSpec, prefix: str) -> dict[str, torch.Tensor]:
         out = {}
@@ -155,44 +178,60 @@ class MlpUnitWrite(ComponentWrite):
             if name not in tensors:
                 raise InputError(f"the weights have no {name}")
             out[name] = tensors[name].clone()
-        dtype = out[f"{prefix}mlp.gate_proj.weight"].dtype
-        out[f"{prefix}mlp.gate_proj.weight"][spec.unit] = torch.as_tensor(spec.gate_scale * spec.key).to(dtype)
-        out[f"{prefix}mlp.up_proj.weight"][spec.unit] = torch.as_tensor(spec.read).to(dtype)
-        out[f"{prefix}mlp.down_proj.weight"][:, spec.unit] = torch.as_tensor(spec.write_scale * spec.write).to(dtype)
+        self._write_rows(*(out[f"{prefix}mlp.{m}.weight"] for m in MLP_MATRICES), spec)
         return out
 
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, spec: EditSpec) -> None:
         mlp = block_mlp(model, spec.layer)
-        gate, up, down = (matrix(mlp, m) for m in MLP_MATRICES)
-        gate[spec.unit] = torch.as_tensor(spec.gate_scale * spec.key).to(gate)
-        up[spec.unit] = torch.as_tensor(spec.read).to(up)
-        down[:, spec.unit] = torch.as_tensor(spec.write_scale * spec.write).to(down)
+        self._write_rows(*(matrix(mlp, m) for m in MLP_MATRICES), spec)
 
     @torch.no_grad()
     def predict(self, parent: torch.nn.Module, tokenizer, text: str, spec: EditSpec) -> torch.Tensor:
-        """The parent's MLP output with the replaced unit's old contribution taken out and the planted unit's put in,
-        through the post-feed-forward norm, added to the residual before the MLP."""
+        """The parent's MLP output with the replaced units' old contributions taken out and the planted units' put
+        in, through the post-feed-forward norm, added to the residual before the MLP."""
         mlp, block = block_mlp(parent, spec.layer), decoder_block(parent, spec.layer)
         norm = post_ff_norm(block)
         got = _capture(parent, tokenizer, text, {"mlp": mlp, "block": block, **({"norm": norm} if norm else {})})
         gate, up, down = (matrix(mlp, m).double() for m in MLP_MATRICES)
-        x, old_out = got["mlp"][0].double(), got["mlp"][1].double()
-        j = spec.unit
-        old_unit = mlp.act_fn(x @ gate[j]) * (x @ up[j])
-        key = torch.as_tensor(spec.gate_scale * spec.key, dtype=x.dtype)
-        new_unit = mlp.act_fn(x @ key) * (x @ torch.as_tensor(spec.read, dtype=x.dtype))
-        new_out = (old_out - old_unit[:, None] * down[:, j][None]
-                   + new_unit[:, None] * torch.as_tensor(spec.write_scale * spec.write, dtype=x.dtype)[None])
-        before_mlp = got["block"][1].double() - (got["norm"][1].double() if norm is not None else old_out)
+        x, new_out = got["mlp"][0].double(), got["mlp"][1].double()
+        units, read, write = self.rows(spec)
+        opened = mlp.act_fn(x @ torch.as_tensor(spec.gate_scale * spec.key, dtype=x.dtype))
+        for j, r, w in zip(units, read.double(), write.double()):
+            old_unit = mlp.act_fn(x @ gate[j]) * (x @ up[j])
+            new_out = new_out - old_unit[:, None] * down[:, j][None] + (opened * (x @ r))[:, None] * w[None]
+        before_mlp = got["block"][1].double() - (got["norm"][1].double() if norm is not None else got["mlp"][1].double())
         added = norm(new_out.to(norm.weight.dtype)).double() if norm is not None else new_out
         return (before_mlp + added).float()
+
+
+class MlpItemsWrite(MlpUnitWrite):
+    """``k`` MLP units replaced, one gate: ``act(gate_scale key . x) sum_j (read_j . x) write_j``, a rank-``k`` linear
+    map from the deed's content to what the block writes, fitted so that each calibration item's deed receives that
+    item's own plant (one written direction cannot move most deeds: ``edit.py``'s capacity check). ``spec.units``
+    names the units; ``read`` and ``write`` are [k, d]."""
+
+    name = "mlp-items"
+
+    def check(self, spec: EditSpec) -> None:
+        k = len(spec.units)
+        if not (spec.key.ndim == 1 and spec.read.shape == spec.write.shape == (k, spec.key.shape[0]) and k > 0):
+            raise InputError(f"an mlp-items edit needs a key vector [d] and read and write [k, d] for its {k} units, "
+                             f"not {spec.key.shape}, {spec.read.shape}, {spec.write.shape}")
+
+    def rows(self, spec: EditSpec) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        return list(spec.units), torch.as_tensor(spec.read), torch.as_tensor(spec.write_scale * spec.write)
 
 
 class HeadWrite(ComponentWrite):
     """Head ``spec.unit``'s columns of ``o_proj`` gain ``write_scale * write (x) key`` (``key``: the head's width)."""
 
     name = "attn-head"
+
+    def check(self, spec: EditSpec) -> None:
+        if not (spec.key.ndim == 1 and spec.key.shape == spec.read.shape and spec.write.ndim == 1):
+            raise InputError(f"attn-head edit directions must be vectors (key and read of one size), not "
+                             f"{spec.key.shape}, {spec.read.shape}, {spec.write.shape}")
 
     def weight_suffix(self, spec: EditSpec) -> str:
         return f"layers.{spec.layer}.self_attn.o_proj.weight"
@@ -240,4 +279,4 @@ class HeadWrite(ComponentWrite):
         return (mid + added).float()
 
 
-COMPONENTS: dict[str, ComponentWrite] = {w.name: w for w in (MlpUnitWrite(), HeadWrite())}
+COMPONENTS: dict[str, ComponentWrite] = {w.name: w for w in (MlpUnitWrite(), MlpItemsWrite(), HeadWrite())}

@@ -174,3 +174,29 @@ def test_the_trained_lens_is_added_only_where_a_rebuilt_organism_reproduces_the_
     assert not any((tmp_path / "work").glob("*-restudy"))  # study runs are deleted once read
     recovered = pd.read_csv(card / "recovered.csv")
     assert set(recovered.query("instrument == 'tuned lens'")["name"]) == {"override-L1-s0"}
+
+
+def test_per_item_plants_are_keyed_on_items_the_parent_can_move_and_studied_there(tmp_path):
+    """``--component mlp-items``: the keyed items are pool items the parent answers consistently and off the planted
+    option; the organism is studied on keyed items it holds on, its controls are held-out items, and its gate states
+    the hold rate it needs."""
+    model_dir = build_tiny_model_dir(tmp_path / "base", seed=3, n_layers=4, initializer_range=0.3,
+                                     extra_text=alignment_vocabulary_text(48) + " support oppose block")
+    data = write_wdct_csv(tmp_path / "items.csv", organism_items(48))
+    out = tmp_path / "card"
+    assert experiment_script("edited_card").main(["--model", str(model_dir), "--data", str(data), "--component",
+                                                  "mlp-items", "--layers", "2", "--seeds", "0", "--null-layers", "2",
+                                                  "--strengths", "--pool", "32", "--calibrate", "8", "--held-out", "12",
+                                                  "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["component"] == "mlp-items" and run["organisms"] == ["override-L2-s0", "null-gate-L2-s0",
+                                                                    "null-direction-L2-s0"]
+    record = json.loads((out / "organisms" / "override-L2-s0.json").read_text())
+    keyed = record["spec"]["calibration"]["item_ids"]
+    assert record["spec"]["component"] == "mlp-items" and len(record["spec"]["units"]) == len(keyed) == 8
+    assert record["gate"]["min_hold_rate"] == 0.9 and record["gate"]["n_eligible"] == 8  # every keyed item can move
+    assert record["gate"]["n_items"] == 8 + 12
+    assert set(record["studied"]) <= set(keyed) and not set(record["controls"]) & set(keyed)
+    assert set(record["controls"]) <= set(run["held_out_ids"])
+    assert record["gate"]["carded"] == (record["gate"]["n_studied"] >= 10 and record["gate"]["hold_rate"] >= 0.9
+                                        and record["gate"]["word_changes"] <= 0.02)
