@@ -5,7 +5,8 @@ Times, in one process with the model loaded once (not timed):
 
 * ``read_parent``: the family's reading of the parent (word and deed activations of every block asked, and the plant
   directions: one backward pass per calibration item and option, whatever the number of blocks);
-* per block: ``edit`` (the specification from the reading), ``build`` (the weights written to a model directory,
+* per block and edit component (``--components``: the one-unit edit and the per-item ``mlp-items``, keyed
+  ``<block>-mlp-items``): ``edit`` (the specification from the reading), ``build`` (the weights written to a model directory,
   every tensor but three copied) and ``load`` (the organism loaded blind by ``load_model``);
 * per block, side by side: the organism's cloze choices on ``--held-out`` items (both forms; what a card's gate reads)
   by the full forward and with the parent's blocks 0..L-1 replayed (``wdprobe.studies.organisms.replay``), the ratio,
@@ -33,6 +34,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, nargs="*", default=[4, 12])
     ap.add_argument("--items", type=int, default=40)
     ap.add_argument("--held-out", type=int, default=60, help="items the choices are read on (after the calibration ones)")
+    ap.add_argument("--components", nargs="*", default=["mlp", "mlp-items"],
+                    help="edits timed side by side per block (mlp-items: one unit per calibration item)")
     ap.add_argument("--json", default=str(Path(__file__).with_name("results_edited.json")))
     args = ap.parse_args()
 
@@ -57,9 +60,9 @@ def main() -> None:
         parent_choices(lm, held)
     result["parent_choices_recorded_seconds"] = round(time.perf_counter() - t, 2)
     try:
-        for layer in args.layers:
+        for layer, component in [(L, c) for L in args.layers for c in args.components]:
             t = time.perf_counter()
-            spec = edit_from_reading(reading, layer)
+            spec = edit_from_reading(reading, layer, component=component)
             t_edit = time.perf_counter() - t
             t = time.perf_counter()
             build_edited_organism(default_model_dir(), work / f"L{layer}", spec)
@@ -75,7 +78,7 @@ def main() -> None:
                 fast = parent_choices(child, held)
             t_fast = time.perf_counter() - t
             equal = all(np.array_equal(full[f][s], fast[f][s]) for f in full for s in full[f])
-            result["per_organism"][str(layer)] = {"edit": round(t_edit, 2), "build": round(t_build, 2),
+            result["per_organism"][str(layer) if component == "mlp" else f"{layer}-{component}"] = {"edit": round(t_edit, 2), "build": round(t_build, 2),
                                                   "load": round(t_load, 2),
                                                   "total": round(t_edit + t_build + t_load, 2),
                                                   "choices_full": round(t_full, 2), "choices_replayed": round(t_fast, 2),
