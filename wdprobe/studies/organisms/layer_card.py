@@ -9,7 +9,7 @@ nothing changed, and the card counts how often each instrument puts the divergen
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -48,6 +48,8 @@ class StudiedItems:
     n_items: int
     deed_changes: float = float("nan")  # share of all items whose deed answer changed (per-token mean)
     min_hold_rate: float = 0.0  # the hold rate the organism must reach besides (per-item plants: GATE_KEYED_HOLD)
+    why: dict[str, int] = field(default_factory=dict)  # among eligible items: deed moved (mean; mean and sum), word changed
+    word_changes_by_set: dict[str, float] = field(default_factory=dict)  # per-item plants: keyed and held-out apart
 
     @property
     def hold_rate(self) -> float:
@@ -64,7 +66,9 @@ class StudiedItems:
                 "n_controls": len(self.controls), "hold_rate": round(self.hold_rate, 4),
                 "hold_low": round(float(low), 4), "hold_high": round(float(high), 4),
                 "word_changes": round(self.word_changes, 4), "deed_changes": round(self.deed_changes, 4),
-                **({"min_hold_rate": self.min_hold_rate} if self.min_hold_rate > 0 else {}), "carded": self.carded}
+                **({"min_hold_rate": self.min_hold_rate} if self.min_hold_rate > 0 else {}),
+                **{f"eligible_{k}": v for k, v in self.why.items()},
+                **{f"word_changes_{k}": v for k, v in self.word_changes_by_set.items()}, "carded": self.carded}
 
 
 def studied_items(ids: Sequence[str], parent: dict[str, dict[str, np.ndarray]], child: dict[str, dict[str, np.ndarray]],
@@ -87,9 +91,12 @@ def studied_items(ids: Sequence[str], parent: dict[str, dict[str, np.ndarray]], 
     on_target = (child["deed"]["mean"] == target) & (child["deed"]["sum"] == target)
     studied = eligible & on_target & word_kept["mean"] & word_kept["sum"]
     controls = (pw == pd_) & (child["deed"]["mean"] == pd_) & word_kept["mean"]
+    why = {"deed_moved_mean": int((eligible & (child["deed"]["mean"] == target)).sum()),
+           "deed_moved_both": int((eligible & on_target).sum()),
+           "word_changed": int((eligible & ~(word_kept["mean"] & word_kept["sum"])).sum())}
     return StudiedItems([i for i, s in zip(ids, studied) if s], [i for i, c in zip(ids, controls) if c],
                         int(eligible.sum()), float((~word_kept["mean"]).mean()), n,
-                        float((child["deed"]["mean"] != pd_).mean()))
+                        float((child["deed"]["mean"] != pd_).mean()), why=why)
 
 
 def keyed_split(keyed: StudiedItems, others: StudiedItems) -> StudiedItems:
@@ -99,7 +106,8 @@ def keyed_split(keyed: StudiedItems, others: StudiedItems) -> StudiedItems:
     n = keyed.n_items + others.n_items
     mix = lambda a, b: (a * keyed.n_items + b * others.n_items) / n  # noqa: E731
     return StudiedItems(keyed.studied, others.controls, keyed.n_eligible, mix(keyed.word_changes, others.word_changes),
-                        n, mix(keyed.deed_changes, others.deed_changes), GATE_KEYED_HOLD)
+                        n, mix(keyed.deed_changes, others.deed_changes), GATE_KEYED_HOLD, keyed.why,
+                        {"keyed": round(keyed.word_changes, 4), "held_out": round(others.word_changes, 4)})
 
 
 # ---- blind recovery --------------------------------------------------------------------------------------------

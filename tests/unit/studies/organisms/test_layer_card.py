@@ -9,9 +9,11 @@ import pytest
 
 from wdprobe.errors import InputError
 from wdprobe.studies.organisms.layer_card import (
+    GATE_KEYED_HOLD,
     GATE_MIN_STUDIED,
     INSTRUMENTS,
     chance_of_hit,
+    keyed_split,
     largest_rise,
     recover_layers,
     score_card,
@@ -42,6 +44,27 @@ def test_studied_items_follow_the_rules_item_by_item():
     assert split.word_changes == pytest.approx(1 / 6)
     assert split.deed_changes == pytest.approx(3 / 6)  # a, b and f changed by the mean
     assert not split.carded  # one studied item, words changed on 1/6
+    # why the others of a, b, e, f fail: b moved by the mean only, e did not move, f's word changed
+    assert split.why == {"deed_moved_mean": 3, "deed_moved_both": 2, "word_changed": 1}
+
+
+def test_a_per_item_plant_is_studied_where_it_was_keyed_and_needs_the_hold_rate():
+    """``keyed_split``: studied among the keyed items, controls among the others, words over both; carded only when
+    it also holds on GATE_KEYED_HOLD of the eligible keyed items."""
+    n = GATE_MIN_STUDIED + 2
+    keyed_ids, held_ids = [f"k{j}" for j in range(n)], ["h0", "h1", "h2", "h3"]
+    held = studied_items(held_ids, _read([0] * 4, [0] * 4), _read([0, 0, 0, 1], [0, 0, 1, 0]), 1)
+    all_moved = studied_items(keyed_ids, _read([0] * n, [0] * n), _read([0] * n, [1] * n), 1)
+    split = keyed_split(all_moved, held)
+    assert split.studied == keyed_ids and split.controls == ["h0", "h1"]  # h2 moved, h3's word changed
+    assert split.n_items == n + 4 and split.word_changes == pytest.approx(1 / (n + 4))
+    assert split.word_changes_by_set == {"keyed": 0.0, "held_out": 0.25}
+    quiet = keyed_split(all_moved, studied_items(held_ids, _read([0] * 4, [0] * 4), _read([0] * 4, [0] * 4), 1))
+    assert quiet.carded and quiet.summary()["min_hold_rate"] == GATE_KEYED_HOLD
+    # GATE_MIN_STUDIED moved of n: enough items for the one-unit gate, too few of the keyed ones for this one
+    most = studied_items(keyed_ids, _read([0] * n, [0] * n), _read([0] * n, [1] * (n - 2) + [0, 0]), 1)
+    assert most.carded and most.hold_rate < GATE_KEYED_HOLD
+    assert not keyed_split(most, studied_items(held_ids, _read([0] * 4, [0] * 4), _read([0] * 4, [0] * 4), 1)).carded
 
 
 def test_carded_needs_enough_studied_items_and_quiet_words():
