@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(child_dir, ignore_errors=True)
         planted_head = spec_stored["unit"] if result["component"] == "attn-head" else None
         result.update({"scored": True, "items": chosen, **found,
-                       "component_hit": component_hit(found, "mlp" if result["component"] == "mlp" else "attn-head",
+                       "component_hit": component_hit(found, result["component"],
                                                       planted_head),
                        "seconds_total": round(time.perf_counter() - started, 1)})
         atomic_write_json(out / "organisms" / f"{name}.json", result)

@@ -118,12 +118,15 @@ def localise_by_patching(reference, variant, items: Sequence[Item], toward: Sequ
     return out
 
 
+MLP_COMPONENTS = ("mlp", "mlp-items")  # edit components that write through the MLP (``edit_components``)
+
+
 def component_hit(result: dict, planted_component: str, planted_head: int | None) -> bool | None:
     """Did the recovered component name the planted one? An MLP plant needs ``mlp``; a head plant needs the attention
     contribution (or one head) first and the planted head first among the heads. None when nothing was recovered."""
     if result.get("recovered_component") is None:
         return None
-    if planted_component == "mlp":
+    if planted_component in MLP_COMPONENTS:
         return result["recovered_component"] == "mlp"
     return result["recovered_component"] in ("attn", "head") and result.get("recovered_head") == planted_head
 
@@ -153,7 +156,7 @@ def attribute_components(reference, variant, items: Sequence[Item], toward: Sequ
 def attribution_hit(found: dict, planted_block: int, planted_component: str, planted_head: int | None) -> bool:
     """The rule of ``cross-model-rules.md`` (attribution section): the planted block's MLP first among attention and
     MLP sites; for a head plant, the planted block's attention first and the planted head first among all heads."""
-    if planted_component == "mlp":
+    if planted_component in MLP_COMPONENTS:
         return found["top_block"] == planted_block and found["top_kind"] == "mlp"
     return (found["top_block"] == planted_block and found["top_kind"] == "attn"
             and found["top_head_block"] == planted_block and found["top_head"] == planted_head)

@@ -110,6 +110,7 @@ def test_attribution_ranks_the_redrawn_mlp_first_without_being_told_its_block(pa
     found = attribute_components(load_model(str(ref)), load_model(str(var)), items, [0] * len(items))
     assert found["top_site"] == "L1.mlp" and found["ranking"][0]["share"] >= found["ranking"][-1]["share"]
     assert attribution_hit(found, 1, "mlp", None) and not attribution_hit(found, 2, "mlp", None)
+    assert attribution_hit(found, 1, "mlp-items", None)  # a per-item plant writes through the MLP too
     assert not attribution_hit(found, 1, "attn-head", 0)  # a head plant needs the attention and the head first
 
 
