@@ -22,7 +22,8 @@ def localisation_figure(recovered: pd.DataFrame, instruments: Sequence[str], n_l
                         title: str, gates: pd.DataFrame | None = None) -> go.Figure:
     """Recovered against planted layer per instrument (``recovered``: columns family, layer, seed, instrument,
     recovered; NaN recovered = the instrument named no layer). ``gates`` (family, layer, seed, hold_rate, hold_low,
-    hold_high): a last panel with how often each override's plant held, by block."""
+    hold_high; min_hold_rate where the gate needs one, drawn dashed): a last panel with how often each override's
+    plant held, by block."""
     cols = 3
     panels = list(instruments) + (["the plant's hold rate by block (overrides)"] if gates is not None else [])
     rows = int(np.ceil(len(panels) / cols))
@@ -64,6 +65,11 @@ def localisation_figure(recovered: pd.DataFrame, instruments: Sequence[str], n_l
                                                   arrayminus=part["hold_rate"] - part["hold_low"]),
                                      hovertemplate=f"block %{{x:.0f}}, seed {seed}: %{{y:.2f}}<extra></extra>"),
                           row=r, col=c)
+        if "min_hold_rate" in over and over["min_hold_rate"].notna().any():  # a gate on the hold rate: drawn
+            need = float(over["min_hold_rate"].max())
+            fig.add_trace(go.Scatter(x=[-0.5, n_layers - 0.5], y=[need, need], mode="lines", showlegend=False,
+                                     line=dict(color="#d62728", dash="dash", width=1),
+                                     hovertemplate=f"the gate: {need:.2f}<extra></extra>"), row=r, col=c)
         fig.update_xaxes(range=[-0.5, n_layers - 0.5], title_text="planted block L", row=r, col=c)
         fig.update_yaxes(range=[0, 1], title_text="share of eligible deeds moved", row=r, col=c)
     fig.update_layout(title=dict(text=title, x=0, xanchor="left"), template="plotly_white", height=300 * rows + 140,

@@ -319,11 +319,13 @@ def write_card_page(out: str | Path, table: pd.DataFrame, ledger: pd.DataFrame, 
         md += ["", reading.strip()]
     ledger_rows = [[r.instrument, r.test, f"{r.statistic:.3g}", str(r.n), f"{r.p:.3g}", f"{r.q:.3g}"]
                    for r in ledger.itertuples()]
-    gate_cols = ["name", "n_eligible", "n_studied", "hold_rate", "hold_low", "hold_high", "word_changes",
-                 "deed_changes", "carded", "studied_in_study", "inconsistent_in_study", "lens_items", "tuned_lens_items",
-                 "seconds"]
+    gate_cols = ["name", "n_eligible", "n_studied", "hold_rate", "hold_low", "hold_high", "eligible_deed_moved_mean",
+                 "eligible_deed_moved_both", "eligible_word_changed", "word_changes", "word_changes_keyed",
+                 "word_changes_held_out", "deed_changes", "carded", "studied_in_study", "inconsistent_in_study",
+                 "lens_items", "tuned_lens_items", "seconds"]
     gate_cols = [c for c in gate_cols if c in gates.columns]  # a card read before the trained lens has no column
-    gate_rows = [[str(getattr(r, c)) for c in gate_cols] for r in gates.itertuples()]
+    shown = lambda v: "" if isinstance(v, float) and np.isnan(v) else str(v)  # noqa: E731  (not recorded then)
+    gate_rows = [[shown(getattr(r, c)) for c in gate_cols] for r in gates.itertuples()]
     strength = strength_rows(gates, recovered)
     if strength:
         md += ["", "## Detection against strength", "", "| " + " | ".join(STRENGTH_HEADER) + " |",

@@ -232,3 +232,16 @@ def test_a_rerun_summary_reproduces_a_kept_one_within_its_tolerance():
     assert not same_summary({**kept, "all": {"lens_cs": [0.5], "hist": {"3": 2}}}, kept)
     assert not same_summary({k: v for k, v in kept.items() if k != "median"}, kept)  # a kept key is missing
     assert not same_summary({**kept, "median": 2.0}, kept)
+
+
+def test_the_hold_rate_panel_draws_the_gate_a_per_item_card_needs():
+    from wdprobe.figures.card import localisation_figure
+
+    rows = pd.DataFrame([{"name": "override-L4-s0", "family": "override", "layer": 4, "seed": 0, "strength": 20.0,
+                          "instrument": "logit lens", "recovered": 5.0}])
+    gates = pd.DataFrame([{"name": "override-L4-s0", "family": "override", "layer": 4, "seed": 0, "hold_rate": 0.8,
+                           "hold_low": 0.7, "hold_high": 0.9}])
+    lines = lambda fig: [list(t.y) for t in fig.data if t.mode == "lines"]  # noqa: E731
+    assert lines(localisation_figure(rows, ["logit lens"], 10, title="t", gates=gates)) == []
+    keyed = localisation_figure(rows, ["logit lens"], 10, title="t", gates=gates.assign(min_hold_rate=0.9))
+    assert lines(keyed) == [[0.9, 0.9]]
