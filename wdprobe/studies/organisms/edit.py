@@ -481,13 +481,14 @@ def _items_edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, d
     m = torch.linalg.solve(energy + ridge * torch.eye(x.shape[1], dtype=x.dtype), feats.T @ aims)  # feats @ m ~ aims
     u, sv, vh = torch.linalg.svd(m, full_matrices=False)
     read, write = u[:, :k].T.float(), (sv[:k, None] * vh[:k]).float()  # sum_j (read_j . f) write_j = f @ m
-    fitted = feats @ (read.double().T @ write.double())
+    kept_map = read.double().T @ write.double()  # the rank-k map the units hold (in the directions' precision)
+    fitted = feats @ kept_map
     cos = torch.nn.functional.cosine_similarity(fitted, aims, dim=1)
     opened = feats.norm(dim=1) > 0.5 * x.norm(dim=1)
     if kind == "null-gate":
         key = torch.zeros_like(key)  # act(0) = 0 at every position: the units add nothing, whatever the input
     last = torch.stack([d[j] for d, j in zip(deeds.mlp_in, deeds.decision)]).double()
-    out_last = act(gate_scale * (last @ key.double()))[:, None] * (last @ (read.double().T @ write.double()))
+    out_last = act(gate_scale * (last @ key.double()))[:, None] * (last @ kept_map)
     sizes = _decision_sizes(deeds)
     unit_rms = float(out_last.pow(2).mean(-1).sqrt().median())
     write_scale = strength * sizes["mlp_rms_deed_decision"] / max(unit_rms, 1e-12) if unit_rms > 0 else 1.0
