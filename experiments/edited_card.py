@@ -129,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="what the overrides rewrite: one MLP unit (one plant direction; studied on held-out items it "
                          "happens to move) or one unit per calibration item (each its own plant; studied on the "
                          "calibration items it holds on, gate: card-rules.md's fifth addendum)")
+    ap.add_argument("--plant-score", default="mean", choices=["mean", "both"],
+                    help="mlp-items: each item's plant raises its per-token mean margin (the fourth run's) or both "
+                         "scorings' margins alike (seventh addendum)")
+    ap.add_argument("--gate-pool", action="store_true",
+                    help="fit the deed gate to stay shut on the word prompts of every pool item not calibrated on "
+                         "too (never on the measured held-out items)")
+    ap.add_argument("--gate-only", action="store_true",
+                    help="measure every organism's behaviour gate and study none (a pilot of an edit's variants)")
     ap.add_argument("--pool", type=int, default=200, help="items the calibration sets are drawn from")
     ap.add_argument("--calibrate", type=int, default=40, help="calibration items per seed")
     ap.add_argument("--held-out", type=int, default=240, help="items every organism is measured on")
@@ -199,12 +207,15 @@ def main(argv: list[str] | None = None) -> int:
             calib = [draw_from[k] for k in np.random.default_rng([o["seed"], 7]).permutation(len(draw_from))[:args.calibrate]]
             needed = sorted({p["layer"] for p in organisms if p["seed"] == o["seed"]})
             heads = any(p.get("component") == "attn-head" for p in organisms if p["seed"] == o["seed"])
-            reading = read_parent(lm, calib, needed, target=[target_of(it) for it in calib], heads=heads)
+            gate_items = [it for it in pool if it.id not in {c.id for c in calib}] if args.gate_pool else []
+            reading = read_parent(lm, calib, needed, target=[target_of(it) for it in calib], heads=heads,
+                                  gate_items=gate_items)
             read_seed = o["seed"]
             if args.component == "mlp-items":  # per-item plants are measured where they were keyed
                 parent_on_keyed = parent_choices(lm, reading.items)
         spec = edit_from_reading(reading, o["layer"], kind=o["kind"], strength=o["strength"], seed=o["seed"],
-                                 component=o.get("component", "mlp"))
+                                 component=o.get("component", "mlp"),
+                                 plant_score=args.plant_score if o.get("component") == "mlp-items" else "mean")
         child_dir = work / name_of(o)
         build_edited_organism(parent_dir, child_dir, spec)
         child_lm = load_model(str(child_dir))
@@ -232,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         result = {**o, "name": name_of(o), "gate": split.summary(), "studied": split.studied,
                   "controls": split.controls, "spec": spec.to_json()}
         study_on = None
-        if o["family"] == "null-gate":  # studied on the items of the override of its block and seed
+        if args.gate_only:
+            pass
+        elif o["family"] == "null-gate":  # studied on the items of the override of its block and seed
             twin = result_of({**o, "family": "override", "kind": "override"})
             if twin and twin.get("study_items"):
                 study_on = twin["study_items"]
@@ -287,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "target": "each item's incorrect option" if args.against_stance else TARGET,
                                          "n_held_out": len(held), "held_out_ids": ids,
                                          "n_calibrate": args.calibrate, "per_group": args.per_group,
-                                         "component": args.component,
+                                         "component": args.component, "plant_score": args.plant_score,
+                                         "gate_pool": args.gate_pool,
                                          "organisms": [name_of(o) for o in organisms], "not_run": not_run,
                                          "replay_check": replay_check or (json.loads((out / "replay-check.json").read_text())
                                                                           if (out / "replay-check.json").is_file() else None),

@@ -101,10 +101,13 @@ class CardOrganisms:
         if self._reading[0] != key:  # a reading holds only the blocks it was read for
             cal = spec_stored["calibration"]
             calib = [self.by_id[i] for i in cal["item_ids"]]
-            self._reading = (key, read_parent(self.lm, calib, list(key[1]), target=cal["target_option"], heads=key[2]))
+            gate_items = [self.by_id[i] for i in cal.get("gate_item_ids", [])]
+            self._reading = (key, read_parent(self.lm, calib, list(key[1]), target=cal["target_option"], heads=key[2],
+                                              gate_items=gate_items))
         spec = edit_from_reading(self._reading[1], r["layer"], kind=r["kind"], strength=r["strength"], seed=r["seed"],
                                  component=r.get("component", "mlp"),
-                                 head=spec_stored["unit"] if r.get("component") == "attn-head" else None)
+                                 head=spec_stored["unit"] if r.get("component") == "attn-head" else None,
+                                 plant_score=spec_stored["calibration"].get("plant_score", "mean"))
         if spec.unit != spec_stored["unit"] or not np.isclose(spec.write_scale, spec_stored["write_scale"],
                                                                   rtol=write_scale_rtol, atol=0):
             raise NotTheStoredOrganism(f"{name}: the rebuilt edit (unit {spec.unit}, write scale {spec.write_scale}) is "

@@ -136,9 +136,10 @@ class _Reads:
 
 @torch.no_grad()
 def _read_blocks(model, tokenizer, texts: Sequence[tuple[str, str]], layers: Sequence[int], *,
-                 heads: bool = False) -> dict[int, _Reads]:
+                 heads: bool = False, inputs_only: bool = False) -> dict[int, _Reads]:
     """The parent's activations of blocks ``layers`` on ``texts`` (prompt, continuation): every position the answer
-    is read at, one sequence at a time (no padding to mask). ``heads``: the attention heads' outputs too."""
+    is read at, one sequence at a time (no padding to mask). ``heads``: the attention heads' outputs too.
+    ``inputs_only``: only the MLP inputs (what a gate is fitted on; the unit activations are 3x wider)."""
     mlps = {L: block_mlp(model, L) for L in layers}
     store: dict[int, dict[str, torch.Tensor]] = {L: {} for L in layers}
     hooks = [mlp.register_forward_hook(lambda m, i, o, L=L: store[L].update(x=i[0].detach(), out=o.detach()))
@@ -157,6 +158,8 @@ def _read_blocks(model, tokenizer, texts: Sequence[tuple[str, str]], layers: Seq
                 x = store[L]["x"][0].float().cpu()
                 w, u = weights[L]
                 reads[L].mlp_in.append(x)
+                if inputs_only:
+                    continue
                 reads[L].mlp_out.append(store[L]["out"][0].float().cpu())
                 reads[L].block_out.append(out.hidden_states[L + 1][0].float().cpu())
                 reads[L].unit_act.append(mlps[L].act_fn(x @ w.T) * (x @ u.T))
@@ -205,6 +208,10 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm().clamp_min(1e-12)
 
 
+def _unit_rows(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
 def plant_directions(lm, items: Sequence[Item], layers: Sequence[int], target: int | Sequence[int],
                      forms: Sequence[str] = ("deed",)) -> dict[int, torch.Tensor]:
     """Per block in ``layers``: the residual direction that, added after the block at every position of ``forms``'
@@ -217,9 +224,21 @@ def plant_directions(lm, items: Sequence[Item], layers: Sequence[int], target: i
 
 
 def plant_gradients(lm, items: Sequence[Item], layers: Sequence[int], target: int | Sequence[int],
-                    forms: Sequence[str] = ("deed",)) -> dict[int, torch.Tensor]:
+                    forms: Sequence[str] = ("deed",), *, score: str = "mean") -> dict[int, torch.Tensor]:
     """Per block in ``layers``: each item's own gradient of :func:`plant_directions` ([n_items, d], not normalised;
-    their sum is the summed direction). An item's own direction is what a per-item plant writes (``mlp-items``)."""
+    their sum is the summed direction). An item's own direction is what a per-item plant writes (``mlp-items``).
+    ``score``: the margin differentiated, the per-token ``mean`` log-likelihood difference or the ``sum``'s."""
+    return plant_gradients_by_score(lm, items, layers, target, forms)[score]
+
+
+PLANT_SCORES = ("mean", "sum")
+
+
+def plant_gradients_by_score(lm, items: Sequence[Item], layers: Sequence[int], target: int | Sequence[int],
+                             forms: Sequence[str] = ("deed",)) -> dict[str, dict[int, torch.Tensor]]:
+    """:func:`plant_gradients` for both margins at once (``{"mean": ..., "sum": ...}``): one backward pass per
+    (item, form, option) gives that option's summed log-likelihood gradient, and the mean's is it over the option's
+    token count, so the summed scoring's gradient costs nothing more."""
     model, tok = lm.hf_model, lm.tokenizer
     targets = [target] * len(items) if isinstance(target, int) else list(target)
     if len(targets) != len(items):
@@ -239,9 +258,10 @@ def plant_gradients(lm, items: Sequence[Item], layers: Sequence[int], target: in
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
-    grads: dict[int, list[torch.Tensor]] = {L: [] for L in layers}
+    grads: dict[str, dict[int, list[torch.Tensor]]] = {s: {L: [] for L in layers} for s in PLANT_SCORES}
     try:
         for it, aim in zip(items, targets):
+            item_grad = {s: {L: torch.zeros(lm.d_model) for L in layers} for s in PLANT_SCORES}
             for form in forms:
                 prompt = tok(cloze_prompt(it, form), return_tensors="pt")["input_ids"][0]
                 for j in range(2):
@@ -249,17 +269,23 @@ def plant_gradients(lm, items: Sequence[Item], layers: Sequence[int], target: in
                     ids = torch.cat([prompt, cont])[None].to(model.device)
                     k = len(cont)  # the vocabulary projection only where option tokens are predicted
                     logp = torch.log_softmax(model(input_ids=ids, logits_to_keep=k + 1).logits[0, -(k + 1):-1].float(), -1)
-                    mean_ll = logp.gather(1, cont[:, None].to(model.device)).mean()
-                    (mean_ll if j == aim else -mean_ll).backward()
-            for L, d in deltas.items():
-                grads[L].append(d.grad.detach().float().cpu().clone())
-                d.grad = None
+                    logp.gather(1, cont[:, None].to(model.device)).sum().backward()
+                    sign = 1.0 if j == aim else -1.0
+                    for L, d in deltas.items():
+                        g = d.grad.detach().float().cpu()
+                        item_grad["sum"][L] += sign * g
+                        item_grad["mean"][L] += sign * g / k
+                        d.grad = None
+            for s in PLANT_SCORES:
+                for L in layers:
+                    grads[s][L].append(item_grad[s][L])
     finally:
         for h in hooks:
             h.remove()
         for p in frozen:
             p.requires_grad_(True)
-    return {L: torch.stack(g) if g else torch.zeros(0, lm.d_model) for L, g in grads.items()}
+    return {s: {L: torch.stack(g) if g else torch.zeros(0, lm.d_model) for L, g in by_layer.items()}
+            for s, by_layer in grads.items()}
 
 
 def calibrate_edit(lm, items: Sequence[Item], layer: int, **settings: Any) -> EditSpec:
@@ -300,14 +326,19 @@ class ParentReading:
     deeds: dict[int, _Reads]
     plants: dict[int, torch.Tensor]
     item_plants: dict[int, torch.Tensor] = field(default_factory=dict)  # per block: [n_items, d], each unit length
+    item_sum_plants: dict[int, torch.Tensor] = field(default_factory=dict)  # the same for the summed scoring's margin
+    gate_items: list[Item] = field(default_factory=list)  # items whose word prompts only the gate is fitted on
+    gate_words: dict[int, torch.Tensor] = field(default_factory=dict)  # per block: their word positions' MLP inputs
 
 
 @torch.no_grad()
 def read_parent(lm, items: Sequence[Item], layers: Sequence[int], target: int | Sequence[int] = 1, *,
-                heads: bool = False) -> ParentReading:
+                heads: bool = False, gate_items: Sequence[Item] = ()) -> ParentReading:
     """Read the parent on ``items`` at blocks ``layers`` (see :func:`calibrate_edits`). ``target``: the planted
     option, one canonical option for every item or one per item (e.g. against a sincere organism's stance, whose
-    correct option sits at either position). ``heads``: read the attention heads too (for ``attn-head`` edits)."""
+    correct option sits at either position). ``heads``: read the attention heads too (for ``attn-head`` edits).
+    ``gate_items``: more items whose word prompts (and options) the deed gate is fitted to stay shut on; a gate
+    fitted on the calibration items' words alone opens on new items' words in early blocks."""
     if not isinstance(target, (int, np.integer)):
         target = [int(t) for t in target]
         if len(target) != len(items):
@@ -326,22 +357,39 @@ def read_parent(lm, items: Sequence[Item], layers: Sequence[int], target: int | 
     model, tok = lm.hf_model, lm.tokenizer
     words = _read_blocks(model, tok, _cloze_texts(items, "word"), layers, heads=heads)
     deeds = _read_blocks(model, tok, _cloze_texts(items, "deed"), layers, heads=heads)
+    keyed = {it.id for it in items}
+    gate_items = [it for it in gate_items if it.id not in keyed]
+    gate_words = {}
+    if gate_items:
+        extra = _read_blocks(model, tok, _cloze_texts(gate_items, "word"), layers, inputs_only=True)
+        gate_words = {L: torch.cat(r.mlp_in) for L, r in extra.items()}
     with torch.enable_grad():
-        per_item = plant_gradients(lm, items, layers, target)
+        by_score = plant_gradients_by_score(lm, items, layers, target)
+    per_item = by_score["mean"]
     plants = {L: _unit(g.sum(0)) for L, g in per_item.items()}
-    item_plants = {L: g / g.norm(dim=1, keepdim=True).clamp_min(1e-12) for L, g in per_item.items()}
-    return ParentReading(lm, items, target, words, deeds, plants, item_plants)
+
+    return ParentReading(lm, items, target, words, deeds, plants, {L: _unit_rows(g) for L, g in per_item.items()},
+                         {L: _unit_rows(g) for L, g in by_score["sum"].items()}, list(gate_items), gate_words)
+
+
+ITEM_PLANT_SCORES = ("mean", "both")
 
 
 @torch.no_grad()
 def edit_from_reading(reading: ParentReading, layer: int, *, kind: str = "override", strength: float = 20.0,
                       gate_scale: float = 8.0, seed: int = 0, component: str = "mlp",
-                      head: int | None = None) -> EditSpec:
+                      head: int | None = None, plant_score: str = "mean") -> EditSpec:
     """One edit of block ``layer`` from a :class:`ParentReading` (see :func:`calibrate_edits`). ``component``:
     ``mlp`` (one unit, gated) or ``attn-head`` (head ``head``'s output, default one drawn by ``seed``; see
-    the head edit below)."""
+    the head edit below). The MLP gates also stay shut on the reading's ``gate_items``' words. ``plant_score``
+    (``mlp-items``): each item's plant raises its per-token ``mean`` margin, or ``both`` scorings' margins (the
+    direction that raises the mean's and the sum's alike after the post-feed-forward norm)."""
     if kind not in EDIT_KINDS:
         raise InputError(f"unknown edit kind {kind!r}: choose one of {EDIT_KINDS}")
+    if plant_score not in ITEM_PLANT_SCORES:
+        raise InputError(f"unknown plant score {plant_score!r}: choose one of {ITEM_PLANT_SCORES}")
+    if plant_score != "mean" and component != "mlp-items":
+        raise InputError(f"plant_score={plant_score!r} is a per-item plant's (component 'mlp-items'), not {component!r}'s")
     if layer not in reading.plants:
         raise InputError(f"the parent was not read at block {layer} (read: {sorted(reading.plants)})")
     if component not in COMPONENTS:
@@ -355,12 +403,17 @@ def edit_from_reading(reading: ParentReading, layer: int, *, kind: str = "overri
     if component == "mlp-items":
         if layer not in reading.item_plants:
             raise InputError("an mlp-items edit needs each item's own plant (a ParentReading from read_parent)")
+        if plant_score == "both" and layer not in reading.item_sum_plants:
+            raise InputError("plant_score='both' needs each item's summed-margin plant (a ParentReading from read_parent)")
         return _items_edit_of_block(reading.lm, reading.items, layer, reading.words[layer], reading.deeds[layer],
                                     reading.item_plants[layer], kind=kind, strength=strength, gate_scale=gate_scale,
-                                    target=reading.target, seed=seed)
+                                    target=reading.target, seed=seed, more_words=reading.gate_words.get(layer),
+                                    gate_items=reading.gate_items,
+                                    sum_plants=reading.item_sum_plants[layer] if plant_score == "both" else None)
     return _edit_of_block(reading.lm, reading.items, layer, reading.words[layer], reading.deeds[layer],
                           reading.plants[layer], kind=kind, strength=strength, gate_scale=gate_scale,
-                          target=reading.target, seed=seed)
+                          target=reading.target, seed=seed, more_words=reading.gate_words.get(layer),
+                          gate_items=reading.gate_items)
 
 
 @dataclass
@@ -373,14 +426,16 @@ class _DeedGate:
     stats: dict[str, float]
 
 
-def _deed_gate(words: _Reads, deeds: _Reads, gate_scale: float) -> _DeedGate:
+def _deed_gate(words: _Reads, deeds: _Reads, gate_scale: float, more_words: torch.Tensor | None = None) -> _DeedGate:
     """A logistic discriminant of deed against word positions, its bias carried by a direction on which every
-    position projects to about 1, moved so the most open word position gets ``act(-SHUT_MARGIN)``."""
+    position projects to about 1, moved so the most open word position gets ``act(-SHUT_MARGIN)``. ``more_words``:
+    word positions of other items ([n, d]) the gate must stay shut on as well."""
     from sklearn.linear_model import LogisticRegression, Ridge
 
     # the gate must stay shut on every word position (prompt and option continuations, where the answer is read)
     # and on the deeds' shared first token (BOS), and open on the rest of the deeds
-    word_x = torch.cat([*words.mlp_in, *(x[:1] for x in deeds.mlp_in)])
+    extra = [] if more_words is None or not len(more_words) else [more_words]
+    word_x = torch.cat([*words.mlp_in, *(x[:1] for x in deeds.mlp_in), *extra])
     deed_x = torch.cat([x[1:] for x in deeds.mlp_in])
     every = torch.cat([word_x, deed_x]).numpy()
     labels = np.r_[np.zeros(len(word_x)), np.ones(len(deed_x))]
@@ -393,7 +448,8 @@ def _deed_gate(words: _Reads, deeds: _Reads, gate_scale: float) -> _DeedGate:
     # shut with a margin: the bias moved so that the most open word position gets act(-SHUT) (GELU(-5) ~ -1.5e-6);
     # deed positions below that stay shut too (the plant is keyed on the clearly deed-like positions only)
     key = key - (float((word_x @ key).max()) + SHUT_MARGIN / gate_scale) * const
-    stats = {"const_rms_error": round(const_error, 4), "gate_train_accuracy": round(float(gate.score(every, labels)), 4)}
+    stats = {"const_rms_error": round(const_error, 4), "gate_train_accuracy": round(float(gate.score(every, labels)), 4),
+             **({"gate_extra_word_positions": len(more_words)} if extra else {})}
     return _DeedGate(key, word_x, deed_x, stats)
 
 
@@ -418,10 +474,16 @@ def _decision_sizes(deeds: _Reads) -> dict[str, float]:
     return {"mlp_rms_deed_decision": round(mlp_rms, 4), "residual_norm_deed_decision": round(residual, 2)}
 
 
+def _gate_record(gate_items: Sequence[Item]) -> dict[str, Any]:
+    """The calibration's note of the items the gate alone was fitted on (none: no key, as before them)."""
+    return {"gate_item_ids": [it.id for it in gate_items]} if gate_items else {}
+
+
 def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: _Reads, plant: torch.Tensor, *,
-                   kind: str, strength: float, gate_scale: float, target: int | list[int], seed: int) -> EditSpec:
+                   kind: str, strength: float, gate_scale: float, target: int | list[int], seed: int,
+                   more_words: torch.Tensor | None = None, gate_items: Sequence[Item] = ()) -> EditSpec:
     model = lm.hf_model
-    gate = _deed_gate(words, deeds, gate_scale)
+    gate = _deed_gate(words, deeds, gate_scale, more_words)
     key = gate.key
     mlp = block_mlp(model, layer)
     gain = norm_gain(post_ff_norm(decoder_block(model, layer)), lm.d_model).cpu()
@@ -440,7 +502,7 @@ def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: 
     unit_rms = float(a_last.abs().median() * write.pow(2).mean().sqrt())
     write_scale = strength * sizes["mlp_rms_deed_decision"] / max(unit_rms, 1e-12) if unit_rms > 0 else 1.0
     calibration = {"n_items": len(items), "item_ids": [it.id for it in items], "target_option": target,
-                   **_gate_stats(act, gate, key, gate_scale), **sizes,
+                   **_gate_record(gate_items), **_gate_stats(act, gate, key, gate_scale), **sizes,
                    # the most a saturated unit can write along the plant after the norm: |plant * gain| sqrt(d)
                    "max_plant_write": round(float((plant * gain).norm() * np.sqrt(lm.d_model) / 1.0), 2)}
     return EditSpec(layer, unit, kind, float(strength), float(write_scale), float(gate_scale), int(seed),
@@ -452,14 +514,20 @@ ITEMS_RIDGE = 1e-3  # the items map's regulariser, relative to the mean energy p
 
 def _items_edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: _Reads,
                          item_plants: torch.Tensor, *, kind: str, strength: float, gate_scale: float,
-                         target: int | list[int], seed: int) -> EditSpec:
+                         target: int | list[int], seed: int, more_words: torch.Tensor | None = None,
+                         gate_items: Sequence[Item] = (), sum_plants: torch.Tensor | None = None) -> EditSpec:
     """An ``mlp-items`` edit: behind the deed gate, ``k = len(items)`` units form the map ``M`` that sends every
     gated deed position of item ``i`` (prompt and both option continuations) to ``plant_i * gain`` (ridge least
     squares, ``act(gate) x M ~ plant_i * gain``; ``M``'s rank is at most ``k``, so ``k`` units hold it exactly). One
     written direction cannot move most deeds (the capacity check); an item's own direction, added at the size the
-    norm allows, moves nearly all of them. The planted truth holds on the calibration items: a card studies those."""
+    norm allows, moves nearly all of them. The planted truth holds on the calibration items: a card studies those.
+
+    ``sum_plants`` (each item's summed-margin plant): each item's aim is then the bisector of the two margins' write
+    directions (``unit(p_mean * gain) + unit(p_sum * gain)``, at the mean aim's size). After the norm a write ``w``
+    adds ``sqrt(d) (w * gain) / |w|``, so a margin with gradient ``g`` rises at the rate ``(g * gain) . w / |w|``
+    and the bisector of the two rates' directions raises the two normalised rates alike, as far as one direction can."""
     model = lm.hf_model
-    gate = _deed_gate(words, deeds, gate_scale)
+    gate = _deed_gate(words, deeds, gate_scale, more_words)
     key = gate.key
     mlp = block_mlp(model, layer)
     act = mlp.act_fn
@@ -475,7 +543,11 @@ def _items_edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, d
     owner = torch.cat([torch.full((len(x) - 1,), n // 2) for n, x in enumerate(deeds.mlp_in)])
     x = gate.deed_x.double()
     feats = act(gate_scale * (x @ key.double()))[:, None] * x
-    aims = (plants * gain)[owner].double()
+    item_aims = plants * gain
+    if sum_plants is not None and kind != "null-direction":
+        both = _unit_rows(plants * gain) + _unit_rows(sum_plants.float() * gain)
+        item_aims = _unit_rows(both) * item_aims.norm(dim=1, keepdim=True)
+    aims = item_aims[owner].double()
     energy = feats.T @ feats
     ridge = ITEMS_RIDGE * float(torch.diagonal(energy).mean())
     m = torch.linalg.solve(energy + ridge * torch.eye(x.shape[1], dtype=x.dtype), feats.T @ aims)  # feats @ m ~ aims
@@ -493,11 +565,12 @@ def _items_edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, d
     unit_rms = float(out_last.pow(2).mean(-1).sqrt().median())
     write_scale = strength * sizes["mlp_rms_deed_decision"] / max(unit_rms, 1e-12) if unit_rms > 0 else 1.0
     calibration = {"n_items": len(items), "item_ids": [it.id for it in items], "target_option": target,
-                   **_gate_stats(act, gate, key, gate_scale), **sizes,
+                   "plant_score": "both" if sum_plants is not None else "mean",
+                   **_gate_record(gate_items), **_gate_stats(act, gate, key, gate_scale), **sizes,
                    # how well the map gives each open deed position its item's plant (cosine with plant * gain)
                    "map_cosine_open_median": round(float(cos[opened].median()) if opened.any() else float("nan"), 4),
                    "map_cosine_decision_median": round(float(torch.nn.functional.cosine_similarity(
-                       out_last, (plants * gain)[torch.arange(len(out_last)) // 2].double(), dim=1).median()), 4) if kind != "null-gate" else None,
+                       out_last, item_aims[torch.arange(len(out_last)) // 2].double(), dim=1).median()), 4) if kind != "null-gate" else None,
                    "max_plant_write_median": round(float((plants * gain).norm(dim=1).median() * np.sqrt(lm.d_model)), 2)}
     return EditSpec(layer, units[0], kind, float(strength), float(write_scale), float(gate_scale), int(seed),
                     key.numpy(), read.numpy(), write.numpy(), calibration, component="mlp-items", units=tuple(units))
