@@ -564,9 +564,14 @@ def cmd_organism_edit(args: argparse.Namespace) -> int:
     lm = load_model(args.model)
     parent = default_model_dir() if args.model == DEFAULT_MODEL else Path(args.model)
     pool = sorted((i for i in read_items(resolve_wdct_path(args.data)) if i.n_options == 2), key=lambda i: i.id)
-    items = [pool[k] for k in np.random.default_rng(args.seed).permutation(len(pool))[:args.items]]
+    drawn = [pool[k] for k in np.random.default_rng(args.seed).permutation(len(pool))]
+    items, gate_items = drawn[:args.items], drawn[args.items:args.items + args.gate_items]
+    if args.gate_items and len(gate_items) < args.gate_items:
+        raise InputError(f"--gate-items {args.gate_items}: only {len(gate_items)} two-option items of "
+                         f"{args.data or 'WDCT'} are left after the {args.items} calibrated on")
     spec = calibrate_edit(lm, items, args.layer, kind=args.kind, strength=args.strength, target=args.target,
-                          seed=args.seed, component=args.component, head=args.head)
+                          seed=args.seed, component=args.component, head=args.head, plant_score=args.plant_score,
+                          gate_items=gate_items)
     info = build_edited_organism(parent, args.out, spec)
     print(json.dumps({k: info[k] for k in ("layer", "component", "unit", "kind", "strength", "seconds")}, indent=2))
     print(f"edited organism in {args.out}: use it with --model {args.out} (the plan: {Path(args.out) / 'edit.json'})")
@@ -733,6 +738,11 @@ def _add_organism_parsers(sub) -> None:
                         "head's output (keyed linearly)")
     p.add_argument("--head", type=at_least(0), default=None, help="the head an attn-head edit writes through (default: seeded)")
     p.add_argument("--items", type=at_least(8), default=40, help="calibration items (a seeded sample)")
+    p.add_argument("--gate-items", type=at_least(0), default=0,
+                   help="more items (the next of the seeded sample) whose word prompts the MLP gate is also fitted to "
+                        "stay shut on: a gate fitted on the calibration items alone opens on new words in early blocks")
+    p.add_argument("--plant-score", default="mean", choices=["mean", "both"],
+                   help="mlp-items: each item's plant raises its per-token mean margin, or the mean's and the sum's alike")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_organism_edit)
     p = osub.add_parser("show", help="the recipe, planted truth and held-out accuracies of a finished organism")

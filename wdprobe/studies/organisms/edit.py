@@ -296,7 +296,8 @@ def calibrate_edit(lm, items: Sequence[Item], layer: int, **settings: Any) -> Ed
 @torch.no_grad()
 def calibrate_edits(lm, items: Sequence[Item], layers: Sequence[int], *, kind: str = "override", strength: float = 20.0,
                     gate_scale: float = 8.0, target: int = 1, seed: int = 0, component: str = "mlp",
-                    head: int | None = None) -> dict[int, EditSpec]:
+                    head: int | None = None, plant_score: str = "mean",
+                    gate_items: Sequence[Item] = ()) -> dict[int, EditSpec]:
     """Edits of each block in ``layers`` calibrated on the parent ``lm`` with two-option ``items`` (their cloze prompts).
 
     The gate (``key``) is a logistic discriminant of deed positions against word positions (and the deeds' first
@@ -306,12 +307,13 @@ def calibrate_edits(lm, items: Sequence[Item], layers: Sequence[int], *, kind: s
     the input that after the norm writes furthest along the plant. ``strength``: the unit's output at deed decision
     points relative to the parent's MLP output there (above about 3 the unit dominates the norm's input, so the
     block writes a saturated plant of the size the norm allows). The parent is read once for every block.
-    ``component="attn-head"`` writes through one attention head's output instead (:func:`edit_from_reading`)."""
+    ``component="attn-head"`` writes through one attention head's output instead (:func:`edit_from_reading`, which
+    also says what ``plant_score`` does); ``gate_items``: see :func:`read_parent`."""
     if kind not in EDIT_KINDS:
         raise InputError(f"unknown edit kind {kind!r}: choose one of {EDIT_KINDS}")
-    reading = read_parent(lm, items, layers, target, heads=component == "attn-head")
+    reading = read_parent(lm, items, layers, target, heads=component == "attn-head", gate_items=gate_items)
     return {L: edit_from_reading(reading, L, kind=kind, strength=strength, gate_scale=gate_scale, seed=seed,
-                                 component=component, head=head) for L in layers}
+                                 component=component, head=head, plant_score=plant_score) for L in layers}
 
 
 @dataclass
