@@ -469,6 +469,15 @@ def _gate_stats(act, gate: _DeedGate, key: torch.Tensor, gate_scale: float) -> d
             "gate_mean_deed": round(float(g_deed.mean()), 4), "gate_mean_word": round(float(g_word.mean()), 4)}
 
 
+UNSIZED = ("the gate is shut at most deed decision points: the units write nothing there to size, so write_scale is "
+           "1.0 and the strength is not reached")
+
+
+def _sizing_note(unit_rms: float, kind: str) -> dict[str, str]:
+    """A calibration's note when its write could not be sized (none when it could, or nothing is written)."""
+    return {"write_scale_unsized": UNSIZED} if unit_rms <= 0 and kind != "null-gate" else {}
+
+
 def _decision_sizes(deeds: _Reads) -> dict[str, float]:
     """The parent's MLP output and residual sizes at deed decision points (what a write is sized against)."""
     mlp_rms = float(torch.stack([o[k] for o, k in zip(deeds.mlp_out, deeds.decision)]).pow(2).mean(-1).sqrt().median())
@@ -505,6 +514,7 @@ def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: 
     write_scale = strength * sizes["mlp_rms_deed_decision"] / max(unit_rms, 1e-12) if unit_rms > 0 else 1.0
     calibration = {"n_items": len(items), "item_ids": [it.id for it in items], "target_option": target,
                    **_gate_record(gate_items), **_gate_stats(act, gate, key, gate_scale), **sizes,
+                   **_sizing_note(unit_rms, kind),
                    # the most a saturated unit can write along the plant after the norm: |plant * gain| sqrt(d)
                    "max_plant_write": round(float((plant * gain).norm() * np.sqrt(lm.d_model) / 1.0), 2)}
     return EditSpec(layer, unit, kind, float(strength), float(write_scale), float(gate_scale), int(seed),
@@ -551,6 +561,9 @@ def _items_edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, d
         item_aims = _unit_rows(both) * item_aims.norm(dim=1, keepdim=True)
     aims = item_aims[owner].double()
     energy = feats.T @ feats
+    if not float(torch.diagonal(energy).mean()) > 0:
+        raise InputError(f"block {layer}: the deed gate opens at no deed position of the {k} calibration items, so "
+                         "there is nothing to fit the items map on (a gate fitted on more words shuts more deeds)")
     ridge = ITEMS_RIDGE * float(torch.diagonal(energy).mean())
     m = torch.linalg.solve(energy + ridge * torch.eye(x.shape[1], dtype=x.dtype), feats.T @ aims)  # feats @ m ~ aims
     u, sv, vh = torch.linalg.svd(m, full_matrices=False)
@@ -569,6 +582,7 @@ def _items_edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, d
     calibration = {"n_items": len(items), "item_ids": [it.id for it in items], "target_option": target,
                    "plant_score": "both" if sum_plants is not None else "mean",
                    **_gate_record(gate_items), **_gate_stats(act, gate, key, gate_scale), **sizes,
+                   **_sizing_note(unit_rms, kind),
                    # how well the map gives each open deed position its item's plant (cosine with plant * gain)
                    "map_cosine_open_median": round(float(cos[opened].median()) if opened.any() else float("nan"), 4),
                    "map_cosine_decision_median": round(float(torch.nn.functional.cosine_similarity(

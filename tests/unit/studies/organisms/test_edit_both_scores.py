@@ -142,3 +142,18 @@ def test_the_cli_plants_both_scorings_behind_a_gate_fitted_on_more_words(parent,
     assert main(["organism", "edit", "--model", str(model_dir), "--data", str(d / "items.csv"), "--layer", "1",
                  "--items", "20", "--gate-items", "10", "--out", str(tmp_path / "x")]) != 0
     assert "--gate-items 10: only 4" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_a_write_the_shut_gate_leaves_unsized_says_so(parent, monkeypatch):
+    """A gate shut at most deed decision points leaves nothing there to size the write by: the calibration says the
+    strength was not reached instead of passing write_scale 1.0 off as calibrated."""
+    import wdprobe.studies.organisms.edit as edit
+
+    reading = parent[-1]
+    assert "write_scale_unsized" not in edit_from_reading(reading, 2, component="mlp-items").calibration
+    monkeypatch.setattr(edit, "SHUT_MARGIN", 1e6)  # the bias moved so far that no position opens
+    spec = edit_from_reading(reading, 2, component="mlp")
+    assert spec.write_scale == 1.0 and "strength is not reached" in spec.calibration["write_scale_unsized"]
+    with pytest.raises(InputError, match="block 2: the deed gate opens at no deed position"):
+        edit_from_reading(reading, 2, component="mlp-items")  # nothing to fit the map on: said, not a singular solve
+    assert "write_scale_unsized" not in edit_from_reading(reading, 2, component="mlp", kind="null-gate").calibration
