@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gate-pool", action="store_true",
                     help="fit the deed gate to stay shut on the word prompts of every pool item not calibrated on "
                          "too (never on the measured held-out items)")
+    ap.add_argument("--units-by", default="mean", choices=["mean", "peak"],
+                    help="MLP edits replace the units quietest on average (mean) or at their peak over every "
+                         "calibration and gate-item word position (peak; eighth addendum)")
     ap.add_argument("--gate-only", action="store_true",
                     help="measure every organism's behaviour gate and study none (a pilot of an edit's variants)")
     ap.add_argument("--pool", type=int, default=200, help="items the calibration sets are drawn from")
@@ -215,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                 parent_on_keyed = parent_choices(lm, reading.items)
         spec = edit_from_reading(reading, o["layer"], kind=o["kind"], strength=o["strength"], seed=o["seed"],
                                  component=o.get("component", "mlp"),
-                                 plant_score=args.plant_score if o.get("component") == "mlp-items" else "mean")
+                                 plant_score=args.plant_score if o.get("component") == "mlp-items" else "mean",
+                                 units_by=args.units_by if o.get("component", "mlp") != "attn-head" else "mean")
         child_dir = work / name_of(o)
         build_edited_organism(parent_dir, child_dir, spec)
         child_lm = load_model(str(child_dir))
@@ -301,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "n_held_out": len(held), "held_out_ids": ids,
                                          "n_calibrate": args.calibrate, "per_group": args.per_group,
                                          "component": args.component, "plant_score": args.plant_score,
-                                         "gate_pool": args.gate_pool,
+                                         "gate_pool": args.gate_pool, "units_by": args.units_by,
                                          "organisms": [name_of(o) for o in organisms], "not_run": not_run,
                                          "replay_check": replay_check or (json.loads((out / "replay-check.json").read_text())
                                                                           if (out / "replay-check.json").is_file() else None),

@@ -107,7 +107,8 @@ class CardOrganisms:
         spec = edit_from_reading(self._reading[1], r["layer"], kind=r["kind"], strength=r["strength"], seed=r["seed"],
                                  component=r.get("component", "mlp"),
                                  head=spec_stored["unit"] if r.get("component") == "attn-head" else None,
-                                 plant_score=spec_stored["calibration"].get("plant_score", "mean"))
+                                 plant_score=spec_stored["calibration"].get("plant_score", "mean"),
+                                 units_by=spec_stored["calibration"].get("units_by", "mean"))
         if spec.unit != spec_stored["unit"] or not np.isclose(spec.write_scale, spec_stored["write_scale"],
                                                                   rtol=write_scale_rtol, atol=0):
             raise NotTheStoredOrganism(f"{name}: the rebuilt edit (unit {spec.unit}, write scale {spec.write_scale}) is "

@@ -380,12 +380,16 @@ ITEM_PLANT_SCORES = ("mean", "both")
 @torch.no_grad()
 def edit_from_reading(reading: ParentReading, layer: int, *, kind: str = "override", strength: float = 20.0,
                       gate_scale: float = 8.0, seed: int = 0, component: str = "mlp",
-                      head: int | None = None, plant_score: str = "mean") -> EditSpec:
+                      head: int | None = None, plant_score: str = "mean", units_by: str = "mean") -> EditSpec:
     """One edit of block ``layer`` from a :class:`ParentReading` (see :func:`calibrate_edits`). ``component``:
     ``mlp`` (one unit, gated) or ``attn-head`` (head ``head``'s output, default one drawn by ``seed``; see
     the head edit below). The MLP gates also stay shut on the reading's ``gate_items``' words. ``plant_score``
     (``mlp-items``): each item's plant raises its per-token ``mean`` margin, or ``both`` scorings' margins (the
-    direction that raises the mean's and the sum's alike after the post-feed-forward norm)."""
+    direction that raises the mean's and the sum's alike after the post-feed-forward norm). ``units_by`` (MLP
+    edits): replace the units quietest on average (``mean``) or at their peak, the gate items' words included
+    (``peak``; see ``_smallest_units``)."""
+    if units_by not in UNIT_CHOICES:
+        raise InputError(f"unknown unit choice {units_by!r}: choose one of {UNIT_CHOICES}")
     if kind not in EDIT_KINDS:
         raise InputError(f"unknown edit kind {kind!r}: choose one of {EDIT_KINDS}")
     if plant_score not in ITEM_PLANT_SCORES:
@@ -411,11 +415,12 @@ def edit_from_reading(reading: ParentReading, layer: int, *, kind: str = "overri
                                     reading.item_plants[layer], kind=kind, strength=strength, gate_scale=gate_scale,
                                     target=reading.target, seed=seed, more_words=reading.gate_words.get(layer),
                                     gate_items=reading.gate_items,
-                                    sum_plants=reading.item_sum_plants[layer] if plant_score == "both" else None)
+                                    sum_plants=reading.item_sum_plants[layer] if plant_score == "both" else None,
+                                    units_by=units_by)
     return _edit_of_block(reading.lm, reading.items, layer, reading.words[layer], reading.deeds[layer],
                           reading.plants[layer], kind=kind, strength=strength, gate_scale=gate_scale,
                           target=reading.target, seed=seed, more_words=reading.gate_words.get(layer),
-                          gate_items=reading.gate_items)
+                          gate_items=reading.gate_items, units_by=units_by)
 
 
 @dataclass
@@ -455,9 +460,26 @@ def _deed_gate(words: _Reads, deeds: _Reads, gate_scale: float, more_words: torc
     return _DeedGate(key, word_x, deed_x, stats)
 
 
-def _smallest_units(words: _Reads, deeds: _Reads, mlp: torch.nn.Module, k: int) -> list[int]:
-    """The ``k`` units whose parent contribution at every position is smallest: replacing them costs least."""
-    contribution = torch.cat([a.abs().mean(0, keepdim=True) for a in words.unit_act + deeds.unit_act]).mean(0)
+UNIT_CHOICES = ("mean", "peak")
+
+
+def _smallest_units(words: _Reads, deeds: _Reads, mlp: torch.nn.Module, k: int, by: str = "mean",
+                    more_words: torch.Tensor | None = None) -> list[int]:
+    """The ``k`` units whose parent contribution (``|activation| x |down column|``) is smallest: replacing them costs
+    least. ``by="mean"``: on average over the calibration positions; ``"peak"``: at its largest over every position,
+    ``more_words``' included (a unit quiet on average can still carry some word prompts: removing 40 such units at
+    block 6 changes 15 of 120 new items' words, the 40 quietest at their peak none; ``experiments/unit_removal_check.py``)."""
+    if by not in UNIT_CHOICES:
+        raise InputError(f"unknown unit choice {by!r}: choose one of {UNIT_CHOICES}")
+    acts = words.unit_act + deeds.unit_act
+    if by == "mean":
+        contribution = torch.cat([a.abs().mean(0, keepdim=True) for a in acts]).mean(0)
+    else:
+        contribution = torch.stack([a.abs().amax(0) for a in acts]).amax(0)
+        if more_words is not None and len(more_words):
+            gate, up = matrix(mlp, "gate_proj").float().cpu(), matrix(mlp, "up_proj").float().cpu()
+            for x in more_words.split(4096):
+                contribution = torch.maximum(contribution, (mlp.act_fn(x @ gate.T) * (x @ up.T)).abs().amax(0))
     return [int(u) for u in (contribution * matrix(mlp, "down_proj").float().cpu().norm(dim=0)).argsort(stable=True)[:k]]
 
 
@@ -492,13 +514,14 @@ def _gate_record(gate_items: Sequence[Item]) -> dict[str, Any]:
 
 def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: _Reads, plant: torch.Tensor, *,
                    kind: str, strength: float, gate_scale: float, target: int | list[int], seed: int,
-                   more_words: torch.Tensor | None = None, gate_items: Sequence[Item] = ()) -> EditSpec:
+                   more_words: torch.Tensor | None = None, gate_items: Sequence[Item] = (),
+                   units_by: str = "mean") -> EditSpec:
     model = lm.hf_model
     gate = _deed_gate(words, deeds, gate_scale, more_words)
     key = gate.key
     mlp = block_mlp(model, layer)
     gain = norm_gain(post_ff_norm(decoder_block(model, layer)), lm.d_model).cpu()
-    unit = _smallest_units(words, deeds, mlp, 1)[0]
+    unit = _smallest_units(words, deeds, mlp, 1, units_by, more_words)[0]
 
     rng = np.random.default_rng([seed, layer])
     if kind == "null-direction":  # a random direction in place of the plant's
@@ -514,7 +537,7 @@ def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: 
     write_scale = strength * sizes["mlp_rms_deed_decision"] / max(unit_rms, 1e-12) if unit_rms > 0 else 1.0
     calibration = {"n_items": len(items), "item_ids": [it.id for it in items], "target_option": target,
                    **_gate_record(gate_items), **_gate_stats(act, gate, key, gate_scale), **sizes,
-                   **_sizing_note(unit_rms, kind),
+                   **_sizing_note(unit_rms, kind), **({"units_by": units_by} if units_by != "mean" else {}),
                    # the most a saturated unit can write along the plant after the norm: |plant * gain| sqrt(d)
                    "max_plant_write": round(float((plant * gain).norm() * np.sqrt(lm.d_model) / 1.0), 2)}
     return EditSpec(layer, unit, kind, float(strength), float(write_scale), float(gate_scale), int(seed),
@@ -527,7 +550,8 @@ ITEMS_RIDGE = 1e-3  # the items map's regulariser, relative to the mean energy p
 def _items_edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: _Reads,
                          item_plants: torch.Tensor, *, kind: str, strength: float, gate_scale: float,
                          target: int | list[int], seed: int, more_words: torch.Tensor | None = None,
-                         gate_items: Sequence[Item] = (), sum_plants: torch.Tensor | None = None) -> EditSpec:
+                         gate_items: Sequence[Item] = (), sum_plants: torch.Tensor | None = None,
+                         units_by: str = "mean") -> EditSpec:
     """An ``mlp-items`` edit: behind the deed gate, ``k = len(items)`` units form the map ``M`` that sends every
     gated deed position of item ``i`` (prompt and both option continuations) to ``plant_i * gain`` (ridge least
     squares, ``act(gate) x M ~ plant_i * gain``; ``M``'s rank is at most ``k``, so ``k`` units hold it exactly). One
@@ -545,7 +569,7 @@ def _items_edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, d
     act = mlp.act_fn
     gain = norm_gain(post_ff_norm(decoder_block(model, layer)), lm.d_model).cpu()
     k = len(items)
-    units = _smallest_units(words, deeds, mlp, k)
+    units = _smallest_units(words, deeds, mlp, k, units_by, more_words)
     plants = item_plants.float()
     if kind == "null-direction":  # a random direction per item in place of its plant's
         rng = np.random.default_rng([seed, layer])
@@ -580,7 +604,7 @@ def _items_edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, d
     unit_rms = float(out_last.pow(2).mean(-1).sqrt().median())
     write_scale = strength * sizes["mlp_rms_deed_decision"] / max(unit_rms, 1e-12) if unit_rms > 0 else 1.0
     calibration = {"n_items": len(items), "item_ids": [it.id for it in items], "target_option": target,
-                   "plant_score": "both" if sum_plants is not None else "mean",
+                   "plant_score": "both" if sum_plants is not None else "mean", "units_by": units_by,
                    **_gate_record(gate_items), **_gate_stats(act, gate, key, gate_scale), **sizes,
                    **_sizing_note(unit_rms, kind),
                    # how well the map gives each open deed position its item's plant (cosine with plant * gain)
