@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             calib = [draw_from[k] for k in np.random.default_rng([o["seed"], 7]).permutation(len(draw_from))[:args.calibrate]]
             needed = sorted({p["layer"] for p in organisms if p["seed"] == o["seed"]})
             heads = any(p.get("component") == "attn-head" for p in organisms if p["seed"] == o["seed"])
-            gate_items = [it for it in pool if it.id not in {c.id for c in calib}] if args.gate_pool else []
+            calibrated = {c.id for c in calib}
+            gate_items = [it for it in pool if it.id not in calibrated] if args.gate_pool else []
             reading = read_parent(lm, calib, needed, target=[target_of(it) for it in calib], heads=heads,
                                   gate_items=gate_items)
             read_seed = o["seed"]

@@ -153,7 +153,8 @@ def _read_blocks(model, tokenizer, texts: Sequence[tuple[str, str]], layers: Seq
         for prompt, continuation in texts:
             ids = with_continuation(tokenizer, prompt, continuation).to(model.device)
             n_prompt = len(tokenizer(prompt)["input_ids"])
-            out = model(input_ids=ids, output_hidden_states=True, logits_to_keep=1)  # only the residuals are read
+            # only the residuals are read (and with ``inputs_only`` not even those: the hooks hold the MLP inputs)
+            out = model(input_ids=ids, output_hidden_states=not inputs_only, logits_to_keep=1)
             for L in layers:
                 x = store[L]["x"][0].float().cpu()
                 w, u = weights[L]
