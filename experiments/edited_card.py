@@ -66,6 +66,7 @@ from wdprobe.studies.organisms.edit import (
     parent_choices,
     read_parent,
 )
+from wdprobe.studies.organisms.edit_training import MAP_FITS, train_items_edit
 from wdprobe.studies.organisms.layer_card import (
     INSTRUMENTS,
     keyed_split,
@@ -132,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plant-score", default="mean", choices=["mean", "both"],
                     help="mlp-items: each item's plant raises its per-token mean margin (the fourth run's) or both "
                          "scorings' margins alike (seventh addendum)")
+    ap.add_argument("--map-fit", default="ridge", choices=list(MAP_FITS),
+                    help="mlp-items overrides: the units' map fitted by ridge (the fourth run's) or then trained on the "
+                         "keyed deeds' two margins through the blocks above (ninth addendum)")
     ap.add_argument("--gate-pool", action="store_true",
                     help="fit the deed gate to stay shut on the word prompts of every pool item not calibrated on "
                          "too (never on the measured held-out items)")
@@ -221,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                                  component=o.get("component", "mlp"),
                                  plant_score=args.plant_score if o.get("component") == "mlp-items" else "mean",
                                  units_by=args.units_by if o.get("component", "mlp") != "attn-head" else "mean")
+        if args.map_fit == "trained" and spec.component == "mlp-items" and spec.kind == "override":
+            spec = train_items_edit(lm, reading.items, reading.target, spec)
         child_dir = work / name_of(o)
         build_edited_organism(parent_dir, child_dir, spec)
         child_lm = load_model(str(child_dir))
@@ -307,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "n_calibrate": args.calibrate, "per_group": args.per_group,
                                          "component": args.component, "plant_score": args.plant_score,
                                          "gate_pool": args.gate_pool, "units_by": args.units_by,
+                                         "map_fit": args.map_fit,
                                          "organisms": [name_of(o) for o in organisms], "not_run": not_run,
                                          "replay_check": replay_check or (json.loads((out / "replay-check.json").read_text())
                                                                           if (out / "replay-check.json").is_file() else None),

@@ -66,6 +66,7 @@ from wdprobe.studies.crossmodel.study import cross_model_study
 from wdprobe.studies.organisms.build import DEFAULT_TRAINING, build_organism, organism_manifest
 from wdprobe.studies.organisms.data import sincere_organism_items
 from wdprobe.studies.organisms.edit import EDIT_KINDS, build_edited_organism, calibrate_edit
+from wdprobe.studies.organisms.edit_training import MAP_FITS, train_items_edit
 from wdprobe.studies.organisms.recipes import KINDS
 from wdprobe.studies.pct.stages import PCTConfig
 
@@ -572,6 +573,10 @@ def cmd_organism_edit(args: argparse.Namespace) -> int:
     spec = calibrate_edit(lm, items, args.layer, kind=args.kind, strength=args.strength, target=args.target,
                           seed=args.seed, component=args.component, head=args.head, plant_score=args.plant_score,
                           gate_items=gate_items)
+    if args.map_fit == "trained":
+        keyed = {it.id: it for it in items}
+        spec = train_items_edit(lm, [keyed[i] for i in spec.calibration["item_ids"]],
+                                [args.target] * len(spec.calibration["item_ids"]), spec)
     info = build_edited_organism(parent, args.out, spec)
     print(json.dumps({k: info[k] for k in ("layer", "component", "unit", "kind", "strength", "seconds")}, indent=2))
     print(f"edited organism in {args.out}: use it with --model {args.out} (the plan: {Path(args.out) / 'edit.json'})")
@@ -743,6 +748,9 @@ def _add_organism_parsers(sub) -> None:
                         "stay shut on: a gate fitted on the calibration items alone opens on new words in early blocks")
     p.add_argument("--plant-score", default="mean", choices=["mean", "both"],
                    help="mlp-items: each item's plant raises its per-token mean margin, or the mean's and the sum's alike")
+    p.add_argument("--map-fit", default="ridge", choices=list(MAP_FITS),
+                   help="mlp-items overrides: the units' map fitted by ridge to each item's plant, or then trained on "
+                        "the calibration deeds' two margins through the blocks above (gate, units and size kept)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_organism_edit)
     p = osub.add_parser("show", help="the recipe, planted truth and held-out accuracies of a finished organism")

@@ -26,6 +26,7 @@ from wdprobe.studies.organisms.edit import (
     edit_from_reading,
     read_parent,
 )
+from wdprobe.studies.organisms.edit_training import MapTraining, train_items_edit
 
 
 class NotTheStoredOrganism(RuntimeError):
@@ -109,6 +110,10 @@ class CardOrganisms:
                                  head=spec_stored["unit"] if r.get("component") == "attn-head" else None,
                                  plant_score=spec_stored["calibration"].get("plant_score", "mean"),
                                  units_by=spec_stored["calibration"].get("units_by", "mean"))
+        training = spec_stored["calibration"].get("map_training")
+        if training:  # the same training, from its stored settings
+            spec = train_items_edit(self.lm, self._reading[1].items, self._reading[1].target, spec,
+                                    MapTraining(training["steps"], training["lr"], training["goal"]))
         if spec.unit != spec_stored["unit"] or not np.isclose(spec.write_scale, spec_stored["write_scale"],
                                                                   rtol=write_scale_rtol, atol=0):
             raise NotTheStoredOrganism(f"{name}: the rebuilt edit (unit {spec.unit}, write scale {spec.write_scale}) is "

@@ -50,6 +50,7 @@ from wdprobe.studies.organisms.edit_components import (
     attention_output,
     block_mlp,
     decoder_block,
+    frozen_weights,
     matrix,
     norm_gain,
     post_attn_norm,
@@ -254,37 +255,31 @@ def plant_gradients_by_score(lm, items: Sequence[Item], layers: Sequence[int], t
         return add
 
     hooks = [decoder_block(model, L).register_forward_hook(adder(d)) for L, d in deltas.items()]
-    # only the added vectors need gradients: the weights' would cost a full backward into every matrix (the 262k-row
-    # embedding included) and accumulate in their .grad
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
     grads: dict[str, dict[int, list[torch.Tensor]]] = {s: {L: [] for L in layers} for s in PLANT_SCORES}
     try:
-        for it, aim in zip(items, targets):
-            item_grad = {s: {L: torch.zeros(lm.d_model) for L in layers} for s in PLANT_SCORES}
-            for form in forms:
-                prompt = tok(cloze_prompt(it, form), return_tensors="pt")["input_ids"][0]
-                for j in range(2):
-                    cont = tok(" " + it.options(form)[j], add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-                    ids = torch.cat([prompt, cont])[None].to(model.device)
-                    k = len(cont)  # the vocabulary projection only where option tokens are predicted
-                    logp = torch.log_softmax(model(input_ids=ids, logits_to_keep=k + 1).logits[0, -(k + 1):-1].float(), -1)
-                    logp.gather(1, cont[:, None].to(model.device)).sum().backward()
-                    sign = 1.0 if j == aim else -1.0
-                    for L, d in deltas.items():
-                        g = d.grad.detach().float().cpu()
-                        item_grad["sum"][L] += sign * g
-                        item_grad["mean"][L] += sign * g / k
-                        d.grad = None
-            for s in PLANT_SCORES:
-                for L in layers:
-                    grads[s][L].append(item_grad[s][L])
+        with frozen_weights(model):  # only the added vectors need gradients
+            for it, aim in zip(items, targets):
+                item_grad = {s: {L: torch.zeros(lm.d_model) for L in layers} for s in PLANT_SCORES}
+                for form in forms:
+                    prompt = tok(cloze_prompt(it, form), return_tensors="pt")["input_ids"][0]
+                    for j in range(2):
+                        cont = tok(" " + it.options(form)[j], add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+                        ids = torch.cat([prompt, cont])[None].to(model.device)
+                        k = len(cont)  # the vocabulary projection only where option tokens are predicted
+                        logp = torch.log_softmax(model(input_ids=ids, logits_to_keep=k + 1).logits[0, -(k + 1):-1].float(), -1)
+                        logp.gather(1, cont[:, None].to(model.device)).sum().backward()
+                        sign = 1.0 if j == aim else -1.0
+                        for L, d in deltas.items():
+                            g = d.grad.detach().float().cpu()
+                            item_grad["sum"][L] += sign * g
+                            item_grad["mean"][L] += sign * g / k
+                            d.grad = None
+                for s in PLANT_SCORES:
+                    for L in layers:
+                        grads[s][L].append(item_grad[s][L])
     finally:
         for h in hooks:
             h.remove()
-        for p in frozen:
-            p.requires_grad_(True)
     return {s: {L: torch.stack(g) if g else torch.zeros(0, lm.d_model) for L, g in by_layer.items()}
             for s, by_layer in grads.items()}
 

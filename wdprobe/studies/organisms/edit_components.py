@@ -16,8 +16,9 @@ is one class and one line.
 """
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
@@ -27,6 +28,21 @@ if TYPE_CHECKING:
     from wdprobe.studies.organisms.edit import EditSpec
 
 MLP_MATRICES = ("gate_proj", "up_proj", "down_proj")
+
+
+@contextlib.contextmanager
+def frozen_weights(model: torch.nn.Module) -> Iterator[None]:
+    """No weight requires a gradient inside: a backward pass reaches only what hooks add or what is trained beside
+    the model (a backward into every matrix, the 262k-row embedding included, would cost as much again and
+    accumulate in their ``.grad``)."""
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 # ---- where a block's parts live ----------------------------------------------------------------------------------

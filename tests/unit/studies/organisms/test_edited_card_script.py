@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 from tiny import alignment_vocabulary_text, build_tiny_model_dir, experiment_script, organism_items, write_wdct_csv
 
 from wdprobe.data.items import read_items, write_items_jsonl
+from wdprobe.studies.organisms.edit import DIRECTIONS_FILE
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +202,36 @@ def test_per_item_plants_are_keyed_on_items_the_parent_can_move_and_studied_ther
     assert set(record["controls"]) <= set(run["held_out_ids"])
     assert record["gate"]["carded"] == (record["gate"]["n_studied"] >= 10 and record["gate"]["hold_rate"] >= 0.9
                                         and record["gate"]["word_changes"] <= 0.02)
+
+
+def test_a_trained_map_is_planted_recorded_and_rebuilt_the_same(tmp_path):
+    """``--map-fit trained``: overrides' maps are trained (null edits are not), the record says how, and an organism
+    rebuilt from its record without its stored directions trains to the same weights."""
+    from safetensors.torch import load_file
+
+    from wdprobe.core.model import load_model
+    from wdprobe.studies.organisms.card_rebuild import CardOrganisms
+
+    model_dir = build_tiny_model_dir(tmp_path / "base", seed=3, n_layers=4, initializer_range=0.3,
+                                     extra_text=alignment_vocabulary_text(48) + " support oppose block")
+    data = write_wdct_csv(tmp_path / "items.csv", organism_items(48))
+    out = tmp_path / "card"
+    assert experiment_script("edited_card").main(["--model", str(model_dir), "--data", str(data), "--component",
+                                                  "mlp-items", "--map-fit", "trained", "--layers", "2", "--seeds", "0",
+                                                  "--null-layers", "2", "--strengths", "--pool", "32", "--calibrate",
+                                                  "8", "--held-out", "12", "--gate-only", "--out", str(out),
+                                                  "--work", str(tmp_path / "work")]) == 0
+    assert json.loads((out / "run.json").read_text())["map_fit"] == "trained"
+    records = {n: json.loads((out / "organisms" / f"{n}.json").read_text())
+               for n in ("override-L2-s0", "null-gate-L2-s0", "null-direction-L2-s0")}
+    training = records["override-L2-s0"]["spec"]["calibration"]["map_training"]
+    assert records["override-L2-s0"]["spec"]["calibration"]["map_fit"] == "trained" and training["trace"]
+    assert all("map_fit" not in r["spec"]["calibration"] for n, r in records.items() if n.startswith("null"))
+    stored = out / "organisms" / f"override-L2-s0.{DIRECTIONS_FILE}"
+    kept = load_file(stored)
+    stored.unlink()  # rebuilt from the record: read, fitted and trained again
+    organisms = CardOrganisms(out, load_model(str(model_dir)), model_dir, tmp_path / "rebuilt", str(data))
+    spec, _ = organisms.rebuild("override-L2-s0", ["override-L2-s0"])
+    assert spec.calibration["map_training"]["trace"] == training["trace"]
+    np.testing.assert_allclose(spec.read, kept["read"].numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(spec.write, kept["write"].numpy(), rtol=1e-4, atol=1e-6)
