@@ -6,13 +6,14 @@ positions. This check rebuilds an organism of an edited card with the same units
 removing them alone does: its null gate), and counts the held-out items whose word or deed choice changes against the
 parent, by the per-token mean and by the sum. It does the same for the k units whose *peak* contribution
 (``max |activation| x |down-projection column|`` over every word and deed position of the calibration items and, where
-the edit has them, its gate items' words) is smallest. Beside them: the parent's word margins on the held-out items.
+the edit has them, its gate items' words) is smallest, and the whole edit as built; each counted on the held-out items
+and, separately (``keyed_*``), on the keyed items. Beside them: the parent's word margins on both.
 
     python experiments/unit_removal_check.py --card /tmp/pilot/both-pool --name override-L6-s9 \
         --data WDCT.csv --out reports/organisms/edited/early-blocks/removal-L6-s9.json
 
-Time: on 2 CPU cores about 4 minutes (the parent and two organisms on 120 held-out items; the peak needs one forward
-pass per calibration and gate-item sequence).
+Time: on 2 CPU cores about 6 minutes (the parent and three organisms on 120 held-out and 40 keyed items; the peak needs
+one forward pass per calibration and gate-item sequence).
 """
 from __future__ import annotations
 
@@ -55,9 +56,10 @@ def peak_contribution(lm, layer: int, texts: list[tuple[str, str]]) -> torch.Ten
     return peak * matrix(mlp, "down_proj").float().cpu().norm(dim=0)
 
 
-def changes(parent: dict, child: dict) -> dict[str, int]:
-    return {f"{form}_changed_{s}": int((parent[form][s] != child[form][s]).sum()) for form in ("word", "deed")
-            for s in ("mean", "sum")}
+def changes(parent: dict, child: dict, rows: slice = slice(None), prefix: str = "") -> dict[str, int]:
+    """Items (``rows`` of the measured ones) whose word or deed choice differs from the parent's, per scoring."""
+    return {f"{prefix}{form}_changed_{s}": int((parent[form][s][rows] != child[form][s][rows]).sum())
+            for form in ("word", "deed") for s in ("mean", "sum")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     gate_items = [by_id[i] for i in spec.calibration.get("gate_item_ids", [])]
     parent_dir = convert_default_model()
     lm = load_model(str(parent_dir))
-    parent = parent_choices(lm, held)
+    measured = held + keyed  # held-out items first (the counts without a prefix), then the keyed ones
+    parent = parent_choices(lm, measured)
+    held_rows, keyed_rows = slice(0, len(held)), slice(len(held), None)
 
     texts = [(cloze_prompt(it, form), o) for form in ("word", "deed") for it in keyed for o in it.options(form)]
     texts += [(cloze_prompt(it, "word"), o) for it in gate_items for o in it.options("word")]
@@ -90,15 +94,22 @@ def main(argv: list[str] | None = None) -> int:
     for label, units in (("edit_units", list(spec.units)), ("quietest_at_peak", quiet)):
         null = replace(spec, kind="null-gate", key=np.zeros_like(spec.key), units=tuple(units), unit=units[0])
         build_edited_organism(parent_dir, Path(args.work) / label, null)
-        child = parent_choices(load_model(str(Path(args.work) / label)), held)
+        child = parent_choices(load_model(str(Path(args.work) / label)), measured)
         result[label] = {"peak_contribution_median": round(float(peak[units].median()), 4),
-                         "peak_contribution_max": round(float(peak[units].max()), 4), **changes(parent, child)}
+                         "peak_contribution_max": round(float(peak[units].max()), 4),
+                         **changes(parent, child, held_rows), **changes(parent, child, keyed_rows, "keyed_")}
         print(label, result[label], flush=True)
-    total, n_tok = continuation_logprobs(lm, [cloze_prompt(it, "word") for it in held for _ in it.options("word")],
-                                         [o for it in held for o in it.options("word")])
-    per_token = (total / n_tok).reshape(len(held), 2)
+    # the whole edit as built (its gate open, its map writing): what the units' removal does not explain
+    build_edited_organism(parent_dir, Path(args.work) / "whole_edit", spec)
+    child = parent_choices(load_model(str(Path(args.work) / "whole_edit")), measured)
+    result["whole_edit"] = {**changes(parent, child, held_rows), **changes(parent, child, keyed_rows, "keyed_")}
+    print("whole_edit", result["whole_edit"], flush=True)
+    total, n_tok = continuation_logprobs(lm, [cloze_prompt(it, "word") for it in measured for _ in it.options("word")],
+                                         [o for it in measured for o in it.options("word")])
+    per_token = (total / n_tok).reshape(len(measured), 2)
     margin = np.abs(per_token[:, 0] - per_token[:, 1])
-    result["parent_word_margin_quantiles"] = {str(q): round(float(np.quantile(margin, q)), 4) for q in (0.05, 0.1, 0.25, 0.5)}
+    for key, rows in (("parent_word_margin_quantiles", held_rows), ("parent_keyed_word_margin_quantiles", keyed_rows)):
+        result[key] = {str(q): round(float(np.quantile(margin[rows], q)), 4) for q in (0.05, 0.1, 0.25, 0.5)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(args.out), result)
     print(json.dumps(result, indent=1))

@@ -235,3 +235,11 @@ def test_a_trained_map_is_planted_recorded_and_rebuilt_the_same(tmp_path):
     assert spec.calibration["map_training"]["trace"] == training["trace"]
     np.testing.assert_allclose(spec.read, kept["read"].numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(spec.write, kept["write"].numpy(), rtol=1e-4, atol=1e-6)
+    # the pilots' table reads the same record: the rule's numbers and the training's before/after
+    assert experiment_script("pilot_table").main(["--pilot", f"trained={out}", "--out", str(tmp_path / "p.csv")]) == 0
+    row = pd.read_csv(tmp_path / "p.csv").iloc[0]
+    gate = records["override-L2-s0"]["gate"]
+    assert (row["variant"], row["map_fit"], row["layer"], row["hold_rate"]) == ("trained", "trained", 2, gate["hold_rate"])
+    assert row["keyed_moved_both_before_training"] == training["trace"][0]["moved_both"]
+    assert row["keyed_moved_both_trained"] == training["trace"][training["step_kept"]]["moved_both"]
+    assert bool(row["gate_met"]) == gate["carded"]
