@@ -139,9 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gate-pool", action="store_true",
                     help="fit the deed gate to stay shut on the word prompts of every pool item not calibrated on "
                          "too (never on the measured held-out items)")
-    ap.add_argument("--units-by", default="mean", choices=["mean", "peak"],
+    ap.add_argument("--units-by", default="mean", choices=["mean", "peak", "words"],
                     help="MLP edits replace the units quietest on average (mean) or at their peak over every "
-                         "calibration and gate-item word position (peak; eighth addendum)")
+                         "calibration and gate-item word position (peak; eighth addendum), or of least first-order "
+                         "effect on the calibration and gate items' word margins (words; tenth addendum)")
     ap.add_argument("--gate-only", action="store_true",
                     help="measure every organism's behaviour gate and study none (a pilot of an edit's variants)")
     ap.add_argument("--pool", type=int, default=200, help="items the calibration sets are drawn from")
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             calibrated = {c.id for c in calib}
             gate_items = [it for it in pool if it.id not in calibrated] if args.gate_pool else []
             reading = read_parent(lm, calib, needed, target=[target_of(it) for it in calib], heads=heads,
-                                  gate_items=gate_items)
+                                  gate_items=gate_items, unit_risk=args.units_by == "words")
             read_seed = o["seed"]
             if args.component == "mlp-items":  # per-item plants are measured where they were keyed
                 parent_on_keyed = parent_choices(lm, reading.items)

@@ -104,7 +104,7 @@ class CardOrganisms:
             calib = [self.by_id[i] for i in cal["item_ids"]]
             gate_items = [self.by_id[i] for i in cal.get("gate_item_ids", [])]
             self._reading = (key, read_parent(self.lm, calib, list(key[1]), target=cal["target_option"], heads=key[2],
-                                              gate_items=gate_items))
+                                              gate_items=gate_items, unit_risk=cal.get("units_by") == "words"))
         spec = edit_from_reading(self._reading[1], r["layer"], kind=r["kind"], strength=r["strength"], seed=r["seed"],
                                  component=r.get("component", "mlp"),
                                  head=spec_stored["unit"] if r.get("component") == "attn-head" else None,

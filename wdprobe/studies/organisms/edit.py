@@ -56,6 +56,7 @@ from wdprobe.studies.organisms.edit_components import (
     post_attn_norm,
     post_ff_norm,
 )
+from wdprobe.studies.organisms.unit_risk import removal_effects, word_risk
 
 EDIT_KINDS = ("override", "null-direction", "null-gate")
 SHUT_MARGIN = 5.0  # the gate's pre-activation on the most open calibration word position: -SHUT_MARGIN
@@ -327,16 +328,19 @@ class ParentReading:
     item_sum_plants: dict[int, torch.Tensor] = field(default_factory=dict)  # the same for the summed scoring's margin
     gate_items: list[Item] = field(default_factory=list)  # items whose word prompts only the gate is fitted on
     gate_words: dict[int, torch.Tensor] = field(default_factory=dict)  # per block: their word positions' MLP inputs
+    word_risk: dict[int, torch.Tensor] = field(default_factory=dict)  # per block: each unit's word risk (unit_risk)
 
 
 @torch.no_grad()
 def read_parent(lm, items: Sequence[Item], layers: Sequence[int], target: int | Sequence[int] = 1, *,
-                heads: bool = False, gate_items: Sequence[Item] = ()) -> ParentReading:
+                heads: bool = False, gate_items: Sequence[Item] = (), unit_risk: bool = False) -> ParentReading:
     """Read the parent on ``items`` at blocks ``layers`` (see :func:`calibrate_edits`). ``target``: the planted
     option, one canonical option for every item or one per item (e.g. against a sincere organism's stance, whose
     correct option sits at either position). ``heads``: read the attention heads too (for ``attn-head`` edits).
     ``gate_items``: more items whose word prompts (and options) the deed gate is fitted to stay shut on; a gate
-    fitted on the calibration items' words alone opens on new items' words in early blocks."""
+    fitted on the calibration items' words alone opens on new items' words in early blocks. ``unit_risk``: also
+    measure each MLP unit's word risk on the calibration and gate items' words (:mod:`.unit_risk`; for
+    ``units_by="words"``; one more backward pass per word prompt and option)."""
     if not isinstance(target, (int, np.integer)):
         target = [int(t) for t in target]
         if len(target) != len(items):
@@ -366,8 +370,9 @@ def read_parent(lm, items: Sequence[Item], layers: Sequence[int], target: int | 
     per_item = by_score["mean"]
     plants = {L: _unit(g.sum(0)) for L, g in per_item.items()}
 
+    risk = {L: word_risk(e) for L, e in removal_effects(lm, items + gate_items, layers).items()} if unit_risk else {}
     return ParentReading(lm, items, target, words, deeds, plants, {L: _unit_rows(g) for L, g in per_item.items()},
-                         {L: _unit_rows(g) for L, g in by_score["sum"].items()}, list(gate_items), gate_words)
+                         {L: _unit_rows(g) for L, g in by_score["sum"].items()}, list(gate_items), gate_words, risk)
 
 
 ITEM_PLANT_SCORES = ("mean", "both")
@@ -386,6 +391,9 @@ def edit_from_reading(reading: ParentReading, layer: int, *, kind: str = "overri
     (``peak``; see ``_smallest_units``)."""
     if units_by not in UNIT_CHOICES:
         raise InputError(f"unknown unit choice {units_by!r}: choose one of {UNIT_CHOICES}")
+    if units_by == "words" and component != "attn-head" and layer not in reading.word_risk:
+        raise InputError(f"units_by='words' needs the units' word risk at block {layer}: read the parent with "
+                         "read_parent(..., unit_risk=True)")
     if kind not in EDIT_KINDS:
         raise InputError(f"unknown edit kind {kind!r}: choose one of {EDIT_KINDS}")
     if plant_score not in ITEM_PLANT_SCORES:
@@ -412,11 +420,11 @@ def edit_from_reading(reading: ParentReading, layer: int, *, kind: str = "overri
                                     target=reading.target, seed=seed, more_words=reading.gate_words.get(layer),
                                     gate_items=reading.gate_items,
                                     sum_plants=reading.item_sum_plants[layer] if plant_score == "both" else None,
-                                    units_by=units_by)
+                                    units_by=units_by, risk=reading.word_risk.get(layer))
     return _edit_of_block(reading.lm, reading.items, layer, reading.words[layer], reading.deeds[layer],
                           reading.plants[layer], kind=kind, strength=strength, gate_scale=gate_scale,
                           target=reading.target, seed=seed, more_words=reading.gate_words.get(layer),
-                          gate_items=reading.gate_items, units_by=units_by)
+                          gate_items=reading.gate_items, units_by=units_by, risk=reading.word_risk.get(layer))
 
 
 @dataclass
@@ -456,17 +464,20 @@ def _deed_gate(words: _Reads, deeds: _Reads, gate_scale: float, more_words: torc
     return _DeedGate(key, word_x, deed_x, stats)
 
 
-UNIT_CHOICES = ("mean", "peak")
+UNIT_CHOICES = ("mean", "peak", "words")
 
 
 def _smallest_units(words: _Reads, deeds: _Reads, mlp: torch.nn.Module, k: int, by: str = "mean",
-                    more_words: torch.Tensor | None = None) -> list[int]:
+                    more_words: torch.Tensor | None = None, risk: torch.Tensor | None = None) -> list[int]:
     """The ``k`` units whose parent contribution (``|activation| x |down column|``) is smallest: replacing them costs
     least. ``by="mean"``: on average over the calibration positions; ``"peak"``: at its largest over every position,
     ``more_words``' included (a unit quiet on average can still carry some word prompts: removing 40 such units at
-    block 6 changes 15 of 120 new items' words, the 40 quietest at their peak none; ``experiments/unit_removal_check.py``)."""
+    block 6 changes 15 of 120 new items' words, the 40 quietest at their peak none; ``experiments/unit_removal_check.py``).
+    ``"words"``: the ``k`` units of least word risk (``risk``, :mod:`.unit_risk`)."""
     if by not in UNIT_CHOICES:
         raise InputError(f"unknown unit choice {by!r}: choose one of {UNIT_CHOICES}")
+    if by == "words":
+        return [int(u) for u in risk.argsort(stable=True)[:k]]
     acts = words.unit_act + deeds.unit_act
     if by == "mean":
         contribution = torch.cat([a.abs().mean(0, keepdim=True) for a in acts]).mean(0)
@@ -477,6 +488,14 @@ def _smallest_units(words: _Reads, deeds: _Reads, mlp: torch.nn.Module, k: int, 
             for x in more_words.split(4096):
                 contribution = torch.maximum(contribution, (mlp.act_fn(x @ gate.T) * (x @ up.T)).abs().amax(0))
     return [int(u) for u in (contribution * matrix(mlp, "down_proj").float().cpu().norm(dim=0)).argsort(stable=True)[:k]]
+
+
+def _risk_record(risk: torch.Tensor | None, units: Sequence[int], units_by: str) -> dict[str, float]:
+    """The chosen units' word risk (largest and summed), where units were chosen by it."""
+    if units_by != "words" or risk is None:
+        return {}
+    chosen = risk[list(units)]
+    return {"word_risk_units_max": round(float(chosen.max()), 5), "word_risk_units_sum": round(float(chosen.sum()), 5)}
 
 
 def _gate_stats(act, gate: _DeedGate, key: torch.Tensor, gate_scale: float) -> dict[str, float]:
@@ -511,13 +530,13 @@ def _gate_record(gate_items: Sequence[Item]) -> dict[str, Any]:
 def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: _Reads, plant: torch.Tensor, *,
                    kind: str, strength: float, gate_scale: float, target: int | list[int], seed: int,
                    more_words: torch.Tensor | None = None, gate_items: Sequence[Item] = (),
-                   units_by: str = "mean") -> EditSpec:
+                   units_by: str = "mean", risk: torch.Tensor | None = None) -> EditSpec:
     model = lm.hf_model
     gate = _deed_gate(words, deeds, gate_scale, more_words)
     key = gate.key
     mlp = block_mlp(model, layer)
     gain = norm_gain(post_ff_norm(decoder_block(model, layer)), lm.d_model).cpu()
-    unit = _smallest_units(words, deeds, mlp, 1, units_by, more_words)[0]
+    unit = _smallest_units(words, deeds, mlp, 1, units_by, more_words, risk)[0]
 
     rng = np.random.default_rng([seed, layer])
     if kind == "null-direction":  # a random direction in place of the plant's
@@ -534,6 +553,7 @@ def _edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, deeds: 
     calibration = {"n_items": len(items), "item_ids": [it.id for it in items], "target_option": target,
                    **_gate_record(gate_items), **_gate_stats(act, gate, key, gate_scale), **sizes,
                    **_sizing_note(unit_rms, kind), **({"units_by": units_by} if units_by != "mean" else {}),
+                   **_risk_record(risk, [unit], units_by),
                    # the most a saturated unit can write along the plant after the norm: |plant * gain| sqrt(d)
                    "max_plant_write": round(float((plant * gain).norm() * np.sqrt(lm.d_model) / 1.0), 2)}
     return EditSpec(layer, unit, kind, float(strength), float(write_scale), float(gate_scale), int(seed),
@@ -547,7 +567,7 @@ def _items_edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, d
                          item_plants: torch.Tensor, *, kind: str, strength: float, gate_scale: float,
                          target: int | list[int], seed: int, more_words: torch.Tensor | None = None,
                          gate_items: Sequence[Item] = (), sum_plants: torch.Tensor | None = None,
-                         units_by: str = "mean") -> EditSpec:
+                         units_by: str = "mean", risk: torch.Tensor | None = None) -> EditSpec:
     """An ``mlp-items`` edit: behind the deed gate, ``k = len(items)`` units form the map ``M`` that sends every
     gated deed position of item ``i`` (prompt and both option continuations) to ``plant_i * gain`` (ridge least
     squares, ``act(gate) x M ~ plant_i * gain``; ``M``'s rank is at most ``k``, so ``k`` units hold it exactly). One
@@ -565,7 +585,7 @@ def _items_edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, d
     act = mlp.act_fn
     gain = norm_gain(post_ff_norm(decoder_block(model, layer)), lm.d_model).cpu()
     k = len(items)
-    units = _smallest_units(words, deeds, mlp, k, units_by, more_words)
+    units = _smallest_units(words, deeds, mlp, k, units_by, more_words, risk)
     plants = item_plants.float()
     if kind == "null-direction":  # a random direction per item in place of its plant's
         rng = np.random.default_rng([seed, layer])
@@ -601,6 +621,7 @@ def _items_edit_of_block(lm, items: Sequence[Item], layer: int, words: _Reads, d
     write_scale = strength * sizes["mlp_rms_deed_decision"] / max(unit_rms, 1e-12) if unit_rms > 0 else 1.0
     calibration = {"n_items": len(items), "item_ids": [it.id for it in items], "target_option": target,
                    "plant_score": "both" if sum_plants is not None else "mean", "units_by": units_by,
+                   **_risk_record(risk, units, units_by),
                    **_gate_record(gate_items), **_gate_stats(act, gate, key, gate_scale), **sizes,
                    **_sizing_note(unit_rms, kind),
                    # how well the map gives each open deed position its item's plant (cosine with plant * gain)
