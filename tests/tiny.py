@@ -143,6 +143,16 @@ def alignment_vocabulary_text(n: int = 24) -> str:
         " Where do you stand on Which view do you hold How feel about"
 
 
+UNEQUAL_DEEDS_TEXT = " support oppose block gladly and at once"  # the words a tiny model needs for the items below
+
+
+def organism_items_unequal_deeds(n: int = 24):
+    """:func:`organism_items` with the "fund" deed option made longer than the "block" one, so that the per-token
+    mean's margin and the sum's point different ways (build the model with ``UNEQUAL_DEEDS_TEXT`` in its vocabulary)."""
+    return [(*r[:5], [o.replace(".", " gladly and at once.") if "fund" in o else o for o in r[5]], r[6])
+            for r in organism_items(n)]
+
+
 def organism_items(n: int = 20):
     """``n`` Theory items with a learnable correct option: "support"/"fund" is correct, listed first or second in turn,
     so a model that learns the rule answers held-out items right (a correct letter alone would not)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny import alignment_vocabulary_text, build_tiny_model_dir, organism_items, write_wdct_csv
+from tiny import UNEQUAL_DEEDS_TEXT, alignment_vocabulary_text, build_tiny_model_dir, organism_items_unequal_deeds, write_wdct_csv
 
 from wdprobe.core.model import load_model
 from wdprobe.data.items import read_items
@@ -27,11 +27,9 @@ from wdprobe.studies.organisms.edit_components import decoder_block, norm_gain, 
 def parent(tmp_path_factory):
     d = tmp_path_factory.mktemp("edit-both")
     model_dir = build_tiny_model_dir(d / "model", seed=5, n_layers=4, initializer_range=0.3,
-                                     extra_text=alignment_vocabulary_text(24) + " support oppose block gladly and at once")
+                                     extra_text=alignment_vocabulary_text(24) + UNEQUAL_DEEDS_TEXT)
     # deed options of unequal length, so that the per-token mean's margin and the sum's point different ways
-    rows = [(*r[:5], [o.replace(".", " gladly and at once.") if "fund" in o else o for o in r[5]], r[6])
-            for r in organism_items(24)]
-    items = read_items(write_wdct_csv(d / "items.csv", rows))
+    items = read_items(write_wdct_csv(d / "items.csv", organism_items_unequal_deeds(24)))
     lm = load_model(str(model_dir))
     # the gate items overlap the keyed ones on purpose: a keyed item is never a gate item
     return d, model_dir, lm, items, read_parent(lm, items[:12], [1, 2], 1, gate_items=items[10:20])

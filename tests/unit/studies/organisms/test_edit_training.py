@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import alignment_vocabulary_text, build_tiny_model_dir, organism_items, write_wdct_csv
+from tiny import UNEQUAL_DEEDS_TEXT, alignment_vocabulary_text, build_tiny_model_dir, organism_items_unequal_deeds, write_wdct_csv
 
 from wdprobe.core.model import load_model
 from wdprobe.data.items import read_items
@@ -24,10 +24,8 @@ LAYER = 1
 def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("edit-training")
     model_dir = build_tiny_model_dir(d / "model", seed=5, n_layers=4, initializer_range=0.3,
-                                     extra_text=alignment_vocabulary_text(24) + " support oppose block gladly and at once")
-    rows = [(*r[:5], [o.replace(".", " gladly and at once.") if "fund" in o else o for o in r[5]], r[6])
-            for r in organism_items(24)]
-    items = read_items(write_wdct_csv(d / "items.csv", rows))
+                                     extra_text=alignment_vocabulary_text(24) + UNEQUAL_DEEDS_TEXT)
+    items = read_items(write_wdct_csv(d / "items.csv", organism_items_unequal_deeds(24)))
     lm = load_model(str(model_dir))
     reading = read_parent(lm, items[:10], [LAYER], 1)
     ridge = edit_from_reading(reading, LAYER, component="mlp-items", strength=0.5)
