@@ -53,6 +53,7 @@ from wdprobe.studies.organisms.edit_components import (
     frozen_weights,
     matrix,
     norm_gain,
+    option_log_likelihood,
     post_attn_norm,
     post_ff_norm,
 )
@@ -265,10 +266,8 @@ def plant_gradients_by_score(lm, items: Sequence[Item], layers: Sequence[int], t
                     prompt = tok(cloze_prompt(it, form), return_tensors="pt")["input_ids"][0]
                     for j in range(2):
                         cont = tok(" " + it.options(form)[j], add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-                        ids = torch.cat([prompt, cont])[None].to(model.device)
-                        k = len(cont)  # the vocabulary projection only where option tokens are predicted
-                        logp = torch.log_softmax(model(input_ids=ids, logits_to_keep=k + 1).logits[0, -(k + 1):-1].float(), -1)
-                        logp.gather(1, cont[:, None].to(model.device)).sum().backward()
+                        k = len(cont)
+                        option_log_likelihood(model, prompt, cont).backward()
                         sign = 1.0 if j == aim else -1.0
                         for L, d in deltas.items():
                             g = d.grad.detach().float().cpu()

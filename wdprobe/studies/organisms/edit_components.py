@@ -45,6 +45,15 @@ def frozen_weights(model: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+def option_log_likelihood(model: torch.nn.Module, prompt: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
+    """The summed log-likelihood of the option tokens ``cont`` after ``prompt`` (1-d id tensors), differentiable; the
+    vocabulary is projected only where option tokens are predicted (``logits_to_keep``)."""
+    ids = torch.cat([prompt, cont])[None].to(model.device)
+    k = len(cont)
+    logp = torch.log_softmax(model(input_ids=ids, logits_to_keep=k + 1).logits[0, -(k + 1):-1].float(), -1)
+    return logp.gather(1, cont[:, None].to(model.device)).sum()
+
+
 # ---- where a block's parts live ----------------------------------------------------------------------------------
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:

@@ -27,7 +27,13 @@ from wdprobe.data.prompts import cloze_prompt
 from wdprobe.data.wdct import Item
 from wdprobe.errors import InputError
 from wdprobe.studies.organisms.edit import EditSpec
-from wdprobe.studies.organisms.edit_components import MLP_MATRICES, block_mlp, frozen_weights, matrix
+from wdprobe.studies.organisms.edit_components import (
+    MLP_MATRICES,
+    block_mlp,
+    frozen_weights,
+    matrix,
+    option_log_likelihood,
+)
 
 MAP_FITS = ("ridge", "trained")
 
@@ -49,13 +55,8 @@ class MapTraining:
 
 def _margins(model, prompt: torch.Tensor, conts: Sequence[torch.Tensor], target: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-token mean margin, summed margin) of option ``target`` over the other, from the option tokens' logits."""
-    lls, counts = [], []
-    for cont in conts:
-        ids = torch.cat([prompt, cont])[None].to(model.device)
-        k = len(cont)
-        logp = torch.log_softmax(model(input_ids=ids, logits_to_keep=k + 1).logits[0, -(k + 1):-1].float(), -1)
-        lls.append(logp.gather(1, cont[:, None].to(model.device)).sum())
-        counts.append(k)
+    lls = [option_log_likelihood(model, prompt, cont) for cont in conts]
+    counts = [len(cont) for cont in conts]
     other = 1 - target
     return lls[target] / counts[target] - lls[other] / counts[other], lls[target] - lls[other]
 

@@ -19,7 +19,7 @@ import torch
 from wdprobe.data.prompts import cloze_prompt
 from wdprobe.data.wdct import Item
 from wdprobe.errors import InputError
-from wdprobe.studies.organisms.edit_components import block_mlp, frozen_weights, matrix
+from wdprobe.studies.organisms.edit_components import block_mlp, frozen_weights, matrix, option_log_likelihood
 
 
 def removal_effects(lm, items: Sequence[Item], layers: Sequence[int]) -> dict[int, dict[str, torch.Tensor]]:
@@ -50,13 +50,10 @@ def removal_effects(lm, items: Sequence[Item], layers: Sequence[int]) -> dict[in
                 prompt = tok(cloze_prompt(it, "word"), return_tensors="pt")["input_ids"][0]
                 for option in it.options("word"):
                     cont = tok(" " + option, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-                    ids = torch.cat([prompt, cont])[None].to(model.device)
-                    k = len(cont)
-                    logp = torch.log_softmax(model(input_ids=ids, logits_to_keep=k + 1).logits[0, -(k + 1):-1].float(), -1)
-                    total = logp.gather(1, cont[:, None].to(model.device)).sum()
+                    total = option_log_likelihood(model, prompt, cont)
                     total.backward()
                     logps.append(float(total.detach()))
-                    counts.append(k)
+                    counts.append(len(cont))
                     for L in layers:
                         x, grad = seen[L]["x"][0].float(), seen[L]["delta"].grad[0].float()
                         gate, up = ups[L]
